@@ -1,0 +1,1 @@
+//! CUDA GpuBackend on cudarc (dynamic loading), kernels through NVRTC

@@ -1,0 +1,15 @@
+// out[i] = a[i] + b[i] (p.m == 0) or a[i] * b[i] (p.m == 1) for i < n.
+struct Params { n: u32, m: u32, k: u32, alpha: f32 }
+
+@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<uniform> p: Params;
+
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.y * nwg.x * 256u + gid.x;
+    if (i < p.n) {
+        if (p.m == 0u) { out[i] = a[i] + b[i]; } else { out[i] = a[i] * b[i]; }
+    }
+}

@@ -1,0 +1,14 @@
+// out[i] = alpha * x[i] for i < n.
+struct Params { n: u32, m: u32, k: u32, alpha: f32 }
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<uniform> p: Params;
+
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.y * nwg.x * 256u + gid.x;
+    if (i < p.n) {
+        out[i] = p.alpha * x[i];
+    }
+}

@@ -1,0 +1,1 @@
+//! Vulkan GpuBackend on vulkano, kernels from WGSL through naga

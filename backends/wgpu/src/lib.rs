@@ -1,0 +1,1 @@
+//! WebGPU GpuBackend on wgpu

@@ -1,0 +1,416 @@
+//! The `GpuBackend` trait: what a node needs from a GPU (or from host memory).
+//!
+//! The trait is small, object-safe, `no_std` and allocation-free, so the same session code
+//! drives a CUDA device on a server and a static byte arena on a microcontroller.
+//!
+//! # Contract
+//!
+//! - Buffers are named by backend-chosen [`BufferId`]s. Sessions never expose them on the wire:
+//!   clients see per-session handles only (see [`crate::session`]).
+//! - Every method validates its arguments and returns a [`BackendError`] rather than touching
+//!   memory out of bounds; `offset + len` overflow is [`BackendError::OutOfBounds`].
+//! - **Zero on free.** Memory returned by `free` is zeroed before it can be handed out again,
+//!   so no allocation ever shows a previous owner's bytes. Fresh allocations read as zeros.
+//! - `alloc(0)` is [`BackendError::InvalidArgument`]. Zero-length `write`, `read`, `copy` and
+//!   `fill` within bounds succeed and do nothing.
+//! - [`Usage`] is exact: `used` is the sum of the sizes of live buffers.
+//! - Kernels are validated with [`KernelCall::validate`] before any device work.
+
+use core::fmt;
+
+use heapless::String;
+
+use crate::config::{MAX_DEVICE_NAME, MAX_VENDOR_NAME};
+
+/// A backend's name for one of its buffers. Opaque to sessions and never sent on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BufferId(pub u64);
+
+/// Which kind of backend serves a node (an open wire enum).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BackendKind(pub u8);
+
+impl BackendKind {
+    /// Host memory (the reference backend).
+    pub const HOST: Self = Self(1);
+    /// NVIDIA CUDA.
+    pub const CUDA: Self = Self(2);
+    /// Vulkan (vulkano).
+    pub const VULKAN: Self = Self(3);
+    /// WebGPU (wgpu).
+    pub const WGPU: Self = Self(4);
+
+    /// The lower-case name of a known backend.
+    pub const fn name(self) -> Option<&'static str> {
+        match self.0 {
+            1 => Some("host"),
+            2 => Some("cuda"),
+            3 => Some("vulkan"),
+            4 => Some("wgpu"),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Debug for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(n) => f.write_str(n),
+            None => write!(f, "unknown({})", self.0),
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Static facts about a backend's device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Backend kind.
+    pub backend: BackendKind,
+    /// Device name, truncated to 64 bytes.
+    pub name: String<MAX_DEVICE_NAME>,
+    /// Vendor name, truncated to 32 bytes.
+    pub vendor: String<MAX_VENDOR_NAME>,
+    /// Bytes the backend lends in total.
+    pub total: u64,
+    /// Largest single allocation.
+    pub max_alloc: u64,
+}
+
+impl DeviceInfo {
+    /// Builds device info, truncating `name` and `vendor` at a character boundary to fit.
+    pub fn new(backend: BackendKind, name: &str, vendor: &str, total: u64, max_alloc: u64) -> Self {
+        Self {
+            backend,
+            name: truncated(name),
+            vendor: truncated(vendor),
+            total,
+            max_alloc,
+        }
+    }
+}
+
+fn truncated<const N: usize>(s: &str) -> String<N> {
+    let mut out = String::new();
+    for c in s.chars() {
+        if out.push(c).is_err() {
+            break;
+        }
+    }
+    out
+}
+
+/// Live usage of a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// Bytes in live buffers.
+    pub used: u64,
+    /// Live buffers.
+    pub buffers: u32,
+}
+
+/// What a backend operation can fail with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// No memory left for the request.
+    OutOfMemory,
+    /// Offset and length reach outside the buffer, or overflow.
+    OutOfBounds,
+    /// No live buffer has this id.
+    NoSuchBuffer,
+    /// An argument is invalid (zero size, kernel shape, aliasing, overlapping copy).
+    InvalidArgument,
+    /// The operation or kernel is not supported by this backend.
+    Unsupported,
+    /// The device was lost or failed.
+    DeviceLost,
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::OutOfMemory => "out of device memory",
+            Self::OutOfBounds => "out of bounds",
+            Self::NoSuchBuffer => "no such buffer",
+            Self::InvalidArgument => "invalid argument",
+            Self::Unsupported => "unsupported",
+            Self::DeviceLost => "device lost or failed",
+        })
+    }
+}
+
+impl core::error::Error for BackendError {}
+
+impl From<BackendError> for crate::wire::ErrorCode {
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::OutOfMemory => Self::OUT_OF_MEMORY,
+            BackendError::OutOfBounds => Self::OUT_OF_BOUNDS,
+            BackendError::NoSuchBuffer => Self::NO_SUCH_BUFFER,
+            BackendError::InvalidArgument => Self::INVALID_ARGUMENT,
+            BackendError::Unsupported => Self::UNSUPPORTED,
+            BackendError::DeviceLost => Self::BACKEND,
+        }
+    }
+}
+
+/// Built-in kernel ids (an open wire enum).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KernelId(pub u16);
+
+impl KernelId {
+    /// `out[i] = a[i] + b[i]` over `n` f32 elements.
+    pub const ADD: Self = Self(1);
+    /// `out[i] = a[i] * b[i]` over `n` f32 elements.
+    pub const MUL: Self = Self(2);
+    /// `out[i] = alpha * a[i]` over `n` f32 elements.
+    pub const SCALE: Self = Self(3);
+    /// Row-major f32 matmul: `out (M×N) = a (M×K) · b (K×N)`.
+    pub const MATMUL: Self = Self(4);
+
+    /// The spec name of a known kernel.
+    pub const fn name(self) -> Option<&'static str> {
+        match self.0 {
+            1 => Some("ADD"),
+            2 => Some("MUL"),
+            3 => Some("SCALE"),
+            4 => Some("MATMUL"),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Debug for KernelId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(n) => f.write_str(n),
+            None => write!(f, "Unknown({})", self.0),
+        }
+    }
+}
+
+/// A binary elementwise operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryOp {
+    /// Addition.
+    Add,
+    /// Multiplication.
+    Mul,
+}
+
+/// A kernel invocation on backend buffers. Inputs and output are whole buffers read from
+/// offset 0 as little-endian f32.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum KernelCall {
+    /// `out[i] = a[i] op b[i]` for `i < n`.
+    Binary {
+        /// The operation.
+        op: BinaryOp,
+        /// Left input.
+        a: BufferId,
+        /// Right input.
+        b: BufferId,
+        /// Output.
+        out: BufferId,
+        /// Elements.
+        n: u32,
+    },
+    /// `out[i] = alpha * x[i]` for `i < n`.
+    Scale {
+        /// Input.
+        x: BufferId,
+        /// Output.
+        out: BufferId,
+        /// Elements.
+        n: u32,
+        /// Factor.
+        alpha: f32,
+    },
+    /// `out = a · b`, row-major, `a` is M×K, `b` is K×N, `out` is M×N.
+    Matmul {
+        /// Left matrix.
+        a: BufferId,
+        /// Right matrix.
+        b: BufferId,
+        /// Output matrix.
+        out: BufferId,
+        /// Rows of `a`.
+        m: u32,
+        /// Inner dimension.
+        k: u32,
+        /// Columns of `b`.
+        n: u32,
+    },
+}
+
+/// Bytes of `count` f32 elements, or `None` on overflow.
+const fn f32_bytes(count: u64) -> Option<u64> {
+    count.checked_mul(4)
+}
+
+impl KernelCall {
+    /// The output buffer.
+    pub const fn output(&self) -> BufferId {
+        match self {
+            Self::Binary { out, .. } | Self::Scale { out, .. } | Self::Matmul { out, .. } => *out,
+        }
+    }
+
+    /// Validates shapes against buffer sizes before any device work.
+    ///
+    /// `size_of` returns a buffer's size, or `None` if no such buffer exists. Checks, with
+    /// overflow-safe arithmetic: every buffer exists; every buffer holds what the shape needs;
+    /// the output aliases no input (the kernels are not in-place safe on every backend). Zero
+    /// elements (or a zero dimension) is allowed and does nothing.
+    pub fn validate(&self, size_of: impl Fn(BufferId) -> Option<u64>) -> Result<(), BackendError> {
+        let need = |id: BufferId, bytes: Option<u64>| -> Result<(), BackendError> {
+            let have = size_of(id).ok_or(BackendError::NoSuchBuffer)?;
+            let bytes = bytes.ok_or(BackendError::InvalidArgument)?;
+            if bytes > have { Err(BackendError::OutOfBounds) } else { Ok(()) }
+        };
+        match *self {
+            Self::Binary { a, b, out, n, .. } => {
+                let bytes = f32_bytes(n as u64);
+                need(a, bytes)?;
+                need(b, bytes)?;
+                need(out, bytes)?;
+                if out == a || out == b {
+                    return Err(BackendError::InvalidArgument);
+                }
+            }
+            Self::Scale { x, out, n, alpha } => {
+                let bytes = f32_bytes(n as u64);
+                need(x, bytes)?;
+                need(out, bytes)?;
+                if out == x || !alpha.is_finite() {
+                    return Err(BackendError::InvalidArgument);
+                }
+            }
+            Self::Matmul { a, b, out, m, k, n } => {
+                let (m, k, n) = (m as u64, k as u64, n as u64);
+                need(a, m.checked_mul(k).and_then(f32_bytes))?;
+                need(b, k.checked_mul(n).and_then(f32_bytes))?;
+                need(out, m.checked_mul(n).and_then(f32_bytes))?;
+                if out == a || out == b {
+                    return Err(BackendError::InvalidArgument);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks that `offset..offset + len` lies inside a buffer of `size` bytes, overflow-safe.
+/// Returns the range as `usize` bounds.
+pub fn check_range(size: u64, offset: u64, len: u64) -> Result<core::ops::Range<u64>, BackendError> {
+    let end = offset.checked_add(len).ok_or(BackendError::OutOfBounds)?;
+    if end > size {
+        return Err(BackendError::OutOfBounds);
+    }
+    Ok(offset..end)
+}
+
+/// A device that lends memory and runs kernels.
+///
+/// Object-safe, so hosts can pick a backend at run time (`Box<dyn GpuBackend + Send>`).
+/// See the module docs for the contract every implementation must keep; the `rela-conformance`
+/// crate checks it.
+pub trait GpuBackend {
+    /// Static facts about the device.
+    fn info(&self) -> DeviceInfo;
+
+    /// Live usage: bytes and buffers.
+    fn usage(&self) -> Usage;
+
+    /// Allocates a zeroed buffer of `size` bytes.
+    fn alloc(&mut self, size: u64) -> Result<BufferId, BackendError>;
+
+    /// Zeroes and releases a buffer.
+    fn free(&mut self, id: BufferId) -> Result<(), BackendError>;
+
+    /// The size of a live buffer.
+    fn size(&self, id: BufferId) -> Result<u64, BackendError>;
+
+    /// Writes `data` at `offset`.
+    fn write(&mut self, id: BufferId, offset: u64, data: &[u8]) -> Result<(), BackendError>;
+
+    /// Reads `out.len()` bytes from `offset` into `out`.
+    fn read(&mut self, id: BufferId, offset: u64, out: &mut [u8]) -> Result<(), BackendError>;
+
+    /// Copies `len` bytes from `src` at `src_offset` to `dst` at `dst_offset`. Within one buffer
+    /// the ranges must not overlap ([`BackendError::InvalidArgument`]).
+    fn copy(
+        &mut self,
+        src: BufferId,
+        src_offset: u64,
+        dst: BufferId,
+        dst_offset: u64,
+        len: u64,
+    ) -> Result<(), BackendError>;
+
+    /// Sets `len` bytes from `offset` to `value`.
+    fn fill(&mut self, id: BufferId, offset: u64, len: u64, value: u8) -> Result<(), BackendError>;
+
+    /// Runs a built-in kernel and waits for it to complete.
+    fn dispatch(&mut self, call: &KernelCall) -> Result<(), BackendError>;
+}
+
+/// Checks a same-buffer copy for overlap. Returns `Err(InvalidArgument)` if the two ranges of
+/// one buffer overlap.
+pub fn check_copy_overlap(
+    src: BufferId,
+    src_range: &core::ops::Range<u64>,
+    dst: BufferId,
+    dst_range: &core::ops::Range<u64>,
+) -> Result<(), BackendError> {
+    if src == dst && src_range.start < dst_range.end && dst_range.start < src_range.end {
+        return Err(BackendError::InvalidArgument);
+    }
+    Ok(())
+}
+
+impl<B: GpuBackend + ?Sized> GpuBackend for &mut B {
+    fn info(&self) -> DeviceInfo {
+        (**self).info()
+    }
+    fn usage(&self) -> Usage {
+        (**self).usage()
+    }
+    fn alloc(&mut self, size: u64) -> Result<BufferId, BackendError> {
+        (**self).alloc(size)
+    }
+    fn free(&mut self, id: BufferId) -> Result<(), BackendError> {
+        (**self).free(id)
+    }
+    fn size(&self, id: BufferId) -> Result<u64, BackendError> {
+        (**self).size(id)
+    }
+    fn write(&mut self, id: BufferId, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+        (**self).write(id, offset, data)
+    }
+    fn read(&mut self, id: BufferId, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
+        (**self).read(id, offset, out)
+    }
+    fn copy(
+        &mut self,
+        src: BufferId,
+        src_offset: u64,
+        dst: BufferId,
+        dst_offset: u64,
+        len: u64,
+    ) -> Result<(), BackendError> {
+        (**self).copy(src, src_offset, dst, dst_offset, len)
+    }
+    fn fill(&mut self, id: BufferId, offset: u64, len: u64, value: u8) -> Result<(), BackendError> {
+        (**self).fill(id, offset, len, value)
+    }
+    fn dispatch(&mut self, call: &KernelCall) -> Result<(), BackendError> {
+        (**self).dispatch(call)
+    }
+}

@@ -1,0 +1,104 @@
+//! Message kinds: an open enum, so unknown values survive a decode and re-encode.
+
+use core::fmt;
+
+/// A frame's message kind (header byte 4).
+///
+/// Unknown values are kept as they are; a node answers them with
+/// [`ErrorCode::UNKNOWN_KIND`](super::ErrorCode::UNKNOWN_KIND).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Kind(pub u8);
+
+macro_rules! kinds {
+    ($($(#[$doc:meta])* $name:ident = $val:literal,)*) => {
+        impl Kind {
+            $($(#[$doc])* pub const $name: Self = Self($val);)*
+
+            /// Every kind this crate defines, in numeric order.
+            pub const KNOWN: &'static [Self] = &[$(Self::$name),*];
+
+            /// The spec name of a known kind.
+            pub const fn name(self) -> Option<&'static str> {
+                match self.0 {
+                    $($val => Some(stringify!($name)),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+kinds! {
+    /// HELLO (request) / WELCOME (response): version negotiation, limits and the server nonce.
+    HELLO = 0x01,
+    /// AUTH: HMAC-SHA256 of the server nonce, keyed by the shared token.
+    AUTH = 0x02,
+    /// PING / PONG: liveness and round-trip time; the payload is echoed.
+    PING = 0x03,
+    /// DEVICE_INFO: backend kind, device, vendor, total and free VRAM.
+    DEVICE_INFO = 0x04,
+    /// STATS: the session's usage and counters.
+    STATS = 0x05,
+    /// BYE: orderly close; every buffer of the session is freed and zeroed.
+    BYE = 0x06,
+    /// ALLOC: reserve a buffer of remote memory.
+    ALLOC = 0x10,
+    /// FREE: release (and zero) a buffer.
+    FREE = 0x11,
+    /// WRITE: bytes into a buffer at an offset.
+    WRITE = 0x12,
+    /// READ: bytes out of a buffer at an offset.
+    READ = 0x13,
+    /// COPY: between two of the session's buffers.
+    COPY = 0x14,
+    /// FILL: set a byte range to one value.
+    FILL = 0x15,
+    /// DISPATCH: run a built-in kernel on the session's buffers.
+    DISPATCH = 0x20,
+    /// MODEL_LOAD (reserved, not yet served).
+    MODEL_LOAD = 0x30,
+    /// MODEL_UNLOAD (reserved, not yet served).
+    MODEL_UNLOAD = 0x31,
+    /// INFER (reserved, not yet served).
+    INFER = 0x32,
+    /// DISCOVER: UDP discovery probe.
+    DISCOVER = 0x40,
+    /// ANNOUNCE: UDP discovery answer.
+    ANNOUNCE = 0x41,
+    /// ERROR: a typed error reply.
+    ERROR = 0x7F,
+}
+
+impl Kind {
+    /// Whether this kind is reserved for a later protocol feature.
+    pub const fn is_reserved(self) -> bool {
+        matches!(self, Self::MODEL_LOAD | Self::MODEL_UNLOAD | Self::INFER)
+    }
+}
+
+impl From<u8> for Kind {
+    fn from(v: u8) -> Self {
+        Self(v)
+    }
+}
+
+impl From<Kind> for u8 {
+    fn from(k: Kind) -> Self {
+        k.0
+    }
+}
+
+impl fmt::Debug for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(n) => f.write_str(n),
+            None => write!(f, "Unknown(0x{:02x})", self.0),
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}

@@ -1,0 +1,651 @@
+//! Payload codecs for every message. All integers are little-endian.
+//!
+//! Each message type has `parse` (strict: a short payload is [`DecodeError::Truncated`], extra
+//! bytes are [`DecodeError::TrailingBytes`]), `buffer_len` and `emit` through the [`Message`]
+//! trait. Borrowing messages keep their byte fields as slices of the frame (zero copy).
+//!
+//! Requests are decoded together by [`Request::parse`] and responses by [`Response::parse`];
+//! both keep unknown kinds instead of failing.
+
+use super::{DecodeError, EncodeError, ErrorCode, Flags, Kind, Reader, Writer};
+use crate::backend::{BackendKind, KernelId};
+use crate::config::{MAC_LEN, MAX_DEVICE_NAME, MAX_ERROR_REASON, MAX_PING_PAYLOAD, MAX_VENDOR_NAME, NONCE_LEN};
+
+/// A message payload codec.
+pub trait Message<'a>: Sized {
+    /// The kind this message travels under.
+    const KIND: Kind;
+    /// Whether it is a response (header flag bit 0).
+    const RESPONSE: bool;
+
+    /// Decodes a payload.
+    fn parse(payload: &'a [u8]) -> Result<Self, DecodeError>;
+    /// Encoded payload length.
+    fn buffer_len(&self) -> usize;
+    /// Encodes into `buf`, returning the payload length.
+    fn emit(&self, buf: &mut [u8]) -> Result<usize, EncodeError>;
+
+    /// The header flags this message is sent with.
+    fn flags() -> Flags {
+        match (Self::RESPONSE, Self::KIND == Kind::ERROR) {
+            (true, true) => Flags::RESPONSE.union(Flags::ERROR),
+            (true, false) => Flags::RESPONSE,
+            _ => Flags::NONE,
+        }
+    }
+}
+
+/// Declares a fixed-layout message: its fields, their wire types, and its kind.
+macro_rules! fixed_message {
+    (
+        $(#[$doc:meta])*
+        $name:ident, $kind:ident, response = $resp:literal, len = $len:literal {
+            $($(#[$fdoc:meta])* $field:ident : $ty:ty,)*
+        }
+    ) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq)]
+        pub struct $name {
+            $($(#[$fdoc])* pub $field: $ty,)*
+        }
+
+        impl<'a> Message<'a> for $name {
+            const KIND: Kind = Kind::$kind;
+            const RESPONSE: bool = $resp;
+
+            fn parse(payload: &'a [u8]) -> Result<Self, DecodeError> {
+                let mut r = Reader::new(payload);
+                let msg = Self { $($field: <$ty as WireField>::read(&mut r)?,)* };
+                r.finish()?;
+                Ok(msg)
+            }
+
+            fn buffer_len(&self) -> usize {
+                $len
+            }
+
+            #[allow(unused_mut, unused_variables)]
+            fn emit(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
+                let mut w = Writer::new(buf);
+                $(WireField::write(self.$field, &mut w)?;)*
+                Ok(w.len())
+            }
+        }
+    };
+}
+
+/// Capability bits carried by HELLO and WELCOME.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Caps(pub u32);
+
+impl Caps {
+    /// Built-in kernel dispatch (DISPATCH).
+    pub const DISPATCH: Self = Self(1 << 0);
+    /// Model loading and inference (MODEL_LOAD / MODEL_UNLOAD / INFER). Reserved.
+    pub const MODELS: Self = Self(1 << 1);
+    /// LZ4-compressed payloads (flag bit 2). Reserved.
+    pub const LZ4: Self = Self(1 << 2);
+
+    /// Whether every bit of `other` is set.
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl From<u32> for Caps {
+    fn from(v: u32) -> Self {
+        Self(v)
+    }
+}
+
+impl From<Caps> for u32 {
+    fn from(c: Caps) -> Self {
+        c.0
+    }
+}
+
+fixed_message! {
+    /// HELLO: the first request of a session. The node picks the highest version in
+    /// `min_version..=max_version` it speaks.
+    Hello, HELLO, response = false, len = 8 {
+        /// Oldest protocol version the client speaks.
+        min_version: u16,
+        /// Newest protocol version the client speaks.
+        max_version: u16,
+        /// Capabilities the client would use.
+        caps: Caps,
+    }
+}
+
+/// WELCOME flag: the node requires AUTH before any other request.
+pub const WELCOME_AUTH_REQUIRED: u16 = 1 << 0;
+
+fixed_message! {
+    /// WELCOME: the answer to HELLO. Carries the chosen version, the node's capabilities and the
+    /// limits it enforces, and the nonce AUTH must sign.
+    Welcome, HELLO, response = true, len = 64 {
+        /// The chosen protocol version.
+        version: u16,
+        /// Bit 0: AUTH required. Other bits zero.
+        flags: u16,
+        /// Capabilities the node serves.
+        caps: Caps,
+        /// Largest payload the node accepts.
+        max_payload: u32,
+        /// Most buffers a session may hold.
+        max_buffers: u32,
+        /// Session VRAM quota in bytes.
+        quota: u64,
+        /// Handshake timeout in milliseconds.
+        handshake_timeout_ms: u32,
+        /// Idle timeout in milliseconds.
+        idle_timeout_ms: u32,
+        /// Server nonce for AUTH.
+        nonce: [u8; NONCE_LEN],
+    }
+}
+
+impl Welcome {
+    /// Whether the node requires AUTH.
+    pub const fn auth_required(&self) -> bool {
+        self.flags & WELCOME_AUTH_REQUIRED != 0
+    }
+}
+
+fixed_message! {
+    /// AUTH: `HMAC-SHA256(token, "RELA-AUTH-v1" || nonce)`. The token never crosses the wire.
+    Auth, AUTH, response = false, len = 32 {
+        /// The tag.
+        mac: [u8; MAC_LEN],
+    }
+}
+
+fixed_message! {
+    /// ALLOC: reserve `size` bytes (non-zero). Answered with [`Allocated`].
+    Alloc, ALLOC, response = false, len = 8 {
+        /// Bytes requested.
+        size: u64,
+    }
+}
+
+fixed_message! {
+    /// The answer to ALLOC.
+    Allocated, ALLOC, response = true, len = 12 {
+        /// The new buffer's handle, valid in this session only.
+        handle: u32,
+        /// Its size in bytes.
+        size: u64,
+    }
+}
+
+fixed_message! {
+    /// FREE: release a buffer; its memory is zeroed. Answered with an empty response.
+    Free, FREE, response = false, len = 4 {
+        /// The buffer.
+        handle: u32,
+    }
+}
+
+fixed_message! {
+    /// READ: `len` bytes of a buffer from `offset`. Answered with the bytes as the payload.
+    Read, READ, response = false, len = 16 {
+        /// The buffer.
+        handle: u32,
+        /// Start offset.
+        offset: u64,
+        /// Bytes wanted; at most the negotiated max payload.
+        len: u32,
+    }
+}
+
+fixed_message! {
+    /// COPY: `len` bytes from one buffer to another (or within one, ranges not overlapping).
+    Copy, COPY, response = false, len = 32 {
+        /// Source buffer.
+        src: u32,
+        /// Source offset.
+        src_offset: u64,
+        /// Destination buffer.
+        dst: u32,
+        /// Destination offset.
+        dst_offset: u64,
+        /// Bytes to copy.
+        len: u64,
+    }
+}
+
+fixed_message! {
+    /// FILL: set `len` bytes from `offset` to `value`.
+    Fill, FILL, response = false, len = 21 {
+        /// The buffer.
+        handle: u32,
+        /// Start offset.
+        offset: u64,
+        /// Bytes to set.
+        len: u64,
+        /// The byte value.
+        value: u8,
+    }
+}
+
+fixed_message! {
+    /// DISPATCH: run a built-in kernel. Fields a kernel does not use must be zero.
+    ///
+    /// | kernel | a | b | out | m | k | n | alpha |
+    /// |---|---|---|---|---|---|---|---|
+    /// | ADD, MUL | lhs | rhs | out | 0 | 0 | elements | 0 |
+    /// | SCALE | x | 0 | out | 0 | 0 | elements | factor |
+    /// | MATMUL | M×K | K×N | M×N | M | K | N | 0 |
+    Dispatch, DISPATCH, response = false, len = 32 {
+        /// The kernel.
+        kernel: KernelId,
+        /// Reserved, zero.
+        reserved: u16,
+        /// First input buffer.
+        a: u32,
+        /// Second input buffer (0 when unused).
+        b: u32,
+        /// Output buffer.
+        out: u32,
+        /// Rows of `a` and `out` (MATMUL).
+        m: u32,
+        /// Inner dimension (MATMUL).
+        k: u32,
+        /// Elements (ADD, MUL, SCALE) or columns of `b` and `out` (MATMUL).
+        n: u32,
+        /// Scale factor (SCALE).
+        alpha: f32,
+    }
+}
+
+fixed_message! {
+    /// The answer to STATS: the session's usage and counters.
+    Stats, STATS, response = true, len = 56 {
+        /// Buffers held.
+        buffers: u32,
+        /// Most buffers allowed.
+        max_buffers: u32,
+        /// Bytes held.
+        used: u64,
+        /// Quota in bytes.
+        quota: u64,
+        /// Request frames handled.
+        frames_in: u64,
+        /// Payload bytes received.
+        bytes_in: u64,
+        /// Payload bytes sent.
+        bytes_out: u64,
+    }
+}
+
+/// A request or response with an empty payload (DEVICE_INFO, STATS and BYE requests, and the
+/// acknowledgements of AUTH, FREE, WRITE, COPY, FILL, DISPATCH and BYE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Empty;
+
+impl Empty {
+    /// Decodes an empty payload.
+    pub fn parse(payload: &[u8]) -> Result<Self, DecodeError> {
+        if payload.is_empty() { Ok(Self) } else { Err(DecodeError::TrailingBytes) }
+    }
+}
+
+/// PING: up to 256 bytes, echoed by PONG.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ping<'a> {
+    /// The bytes to echo.
+    pub data: &'a [u8],
+}
+
+impl<'a> Message<'a> for Ping<'a> {
+    const KIND: Kind = Kind::PING;
+    const RESPONSE: bool = false;
+
+    fn parse(payload: &'a [u8]) -> Result<Self, DecodeError> {
+        if payload.len() > MAX_PING_PAYLOAD {
+            return Err(DecodeError::InvalidField("ping.data"));
+        }
+        Ok(Self { data: payload })
+    }
+
+    fn buffer_len(&self) -> usize {
+        self.data.len()
+    }
+
+    fn emit(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
+        if self.data.len() > MAX_PING_PAYLOAD {
+            return Err(EncodeError::TooLarge);
+        }
+        let mut w = Writer::new(buf);
+        w.bytes(self.data)?;
+        Ok(w.len())
+    }
+}
+
+/// Length of WRITE's fixed part (handle and offset) before the data.
+pub const WRITE_PREFIX_LEN: usize = 12;
+
+/// WRITE: bytes into a buffer from `offset`. The data borrows the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Write<'a> {
+    /// The buffer.
+    pub handle: u32,
+    /// Start offset.
+    pub offset: u64,
+    /// The bytes.
+    pub data: &'a [u8],
+}
+
+impl<'a> Write<'a> {
+    /// Writes just the fixed prefix (handle, offset) into `buf[..12]`, for senders that place
+    /// the data behind it themselves.
+    pub fn emit_prefix(handle: u32, offset: u64, buf: &mut [u8]) -> Result<usize, EncodeError> {
+        let mut w = Writer::new(buf);
+        w.u32(handle)?;
+        w.u64(offset)?;
+        Ok(w.len())
+    }
+}
+
+impl<'a> Message<'a> for Write<'a> {
+    const KIND: Kind = Kind::WRITE;
+    const RESPONSE: bool = false;
+
+    fn parse(payload: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(payload);
+        Ok(Self { handle: r.u32()?, offset: r.u64()?, data: r.rest() })
+    }
+
+    fn buffer_len(&self) -> usize {
+        WRITE_PREFIX_LEN + self.data.len()
+    }
+
+    fn emit(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
+        Self::emit_prefix(self.handle, self.offset, buf)?;
+        let mut w = Writer::new(&mut buf[WRITE_PREFIX_LEN..]);
+        w.bytes(self.data)?;
+        Ok(WRITE_PREFIX_LEN + w.len())
+    }
+}
+
+/// The answer to DEVICE_INFO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceInfoMsg<'a> {
+    /// Backend kind.
+    pub backend: BackendKind,
+    /// Total device memory the node lends, in bytes.
+    pub total: u64,
+    /// Free device memory, in bytes.
+    pub free: u64,
+    /// Largest single allocation, in bytes.
+    pub max_alloc: u64,
+    /// Device name (at most 64 bytes).
+    pub name: &'a str,
+    /// Vendor name (at most 32 bytes).
+    pub vendor: &'a str,
+}
+
+impl<'a> Message<'a> for DeviceInfoMsg<'a> {
+    const KIND: Kind = Kind::DEVICE_INFO;
+    const RESPONSE: bool = true;
+
+    fn parse(payload: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(payload);
+        let backend = BackendKind(r.u8()?);
+        if r.array::<3>()? != [0; 3] {
+            return Err(DecodeError::InvalidField("device_info.reserved"));
+        }
+        let msg = Self {
+            backend,
+            total: r.u64()?,
+            free: r.u64()?,
+            max_alloc: r.u64()?,
+            name: r.str_u8(MAX_DEVICE_NAME, "device_info.name")?,
+            vendor: r.str_u8(MAX_VENDOR_NAME, "device_info.vendor")?,
+        };
+        r.finish()?;
+        Ok(msg)
+    }
+
+    fn buffer_len(&self) -> usize {
+        4 + 24 + 1 + self.name.len() + 1 + self.vendor.len()
+    }
+
+    fn emit(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
+        let mut w = Writer::new(buf);
+        w.u8(self.backend.0)?;
+        w.bytes(&[0; 3])?;
+        w.u64(self.total)?;
+        w.u64(self.free)?;
+        w.u64(self.max_alloc)?;
+        w.str_u8(self.name, MAX_DEVICE_NAME)?;
+        w.str_u8(self.vendor, MAX_VENDOR_NAME)?;
+        Ok(w.len())
+    }
+}
+
+/// ERROR: a typed error reply. `seq` echoes the failed request (0 when unsolicited, such as a
+/// timeout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorMsg<'a> {
+    /// The error code.
+    pub code: ErrorCode,
+    /// The kind of the request that failed (0 when unsolicited).
+    pub request_kind: Kind,
+    /// A short human-readable reason, at most 128 bytes of UTF-8.
+    pub reason: &'a str,
+}
+
+impl<'a> Message<'a> for ErrorMsg<'a> {
+    const KIND: Kind = Kind::ERROR;
+    const RESPONSE: bool = true;
+
+    fn parse(payload: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(payload);
+        let msg = Self {
+            code: ErrorCode(r.u16()?),
+            request_kind: Kind(r.u8()?),
+            reason: r.str_u8(MAX_ERROR_REASON, "error.reason")?,
+        };
+        r.finish()?;
+        Ok(msg)
+    }
+
+    fn buffer_len(&self) -> usize {
+        4 + self.reason.len()
+    }
+
+    fn emit(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
+        let mut w = Writer::new(buf);
+        w.u16(self.code.0)?;
+        w.u8(self.request_kind.0)?;
+        w.str_u8(self.reason, MAX_ERROR_REASON)?;
+        Ok(w.len())
+    }
+}
+
+/// Any request, decoded from its kind and payload.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum Request<'a> {
+    /// HELLO.
+    Hello(Hello),
+    /// AUTH.
+    Auth(Auth),
+    /// PING.
+    Ping(Ping<'a>),
+    /// DEVICE_INFO.
+    DeviceInfo,
+    /// STATS.
+    Stats,
+    /// BYE.
+    Bye,
+    /// ALLOC.
+    Alloc(Alloc),
+    /// FREE.
+    Free(Free),
+    /// WRITE.
+    Write(Write<'a>),
+    /// READ.
+    Read(Read),
+    /// COPY.
+    Copy(Copy),
+    /// FILL.
+    Fill(Fill),
+    /// DISPATCH.
+    Dispatch(Dispatch),
+    /// A kind reserved for a later protocol feature (MODEL_LOAD, MODEL_UNLOAD, INFER).
+    Reserved(Kind),
+    /// A kind this crate does not know, or one that is not a request.
+    Unknown(Kind),
+}
+
+impl<'a> Request<'a> {
+    /// Decodes a request payload of the given kind.
+    pub fn parse(kind: Kind, payload: &'a [u8]) -> Result<Self, DecodeError> {
+        Ok(match kind {
+            Kind::HELLO => Self::Hello(Hello::parse(payload)?),
+            Kind::AUTH => Self::Auth(Auth::parse(payload)?),
+            Kind::PING => Self::Ping(Ping::parse(payload)?),
+            Kind::DEVICE_INFO => Empty::parse(payload).map(|_| Self::DeviceInfo)?,
+            Kind::STATS => Empty::parse(payload).map(|_| Self::Stats)?,
+            Kind::BYE => Empty::parse(payload).map(|_| Self::Bye)?,
+            Kind::ALLOC => Self::Alloc(Alloc::parse(payload)?),
+            Kind::FREE => Self::Free(Free::parse(payload)?),
+            Kind::WRITE => Self::Write(Write::parse(payload)?),
+            Kind::READ => Self::Read(Read::parse(payload)?),
+            Kind::COPY => Self::Copy(Copy::parse(payload)?),
+            Kind::FILL => Self::Fill(Fill::parse(payload)?),
+            Kind::DISPATCH => Self::Dispatch(Dispatch::parse(payload)?),
+            k if k.is_reserved() => Self::Reserved(k),
+            k => Self::Unknown(k),
+        })
+    }
+
+    /// The kind this request travels under.
+    pub const fn kind(&self) -> Kind {
+        match self {
+            Self::Hello(_) => Kind::HELLO,
+            Self::Auth(_) => Kind::AUTH,
+            Self::Ping(_) => Kind::PING,
+            Self::DeviceInfo => Kind::DEVICE_INFO,
+            Self::Stats => Kind::STATS,
+            Self::Bye => Kind::BYE,
+            Self::Alloc(_) => Kind::ALLOC,
+            Self::Free(_) => Kind::FREE,
+            Self::Write(_) => Kind::WRITE,
+            Self::Read(_) => Kind::READ,
+            Self::Copy(_) => Kind::COPY,
+            Self::Fill(_) => Kind::FILL,
+            Self::Dispatch(_) => Kind::DISPATCH,
+            Self::Reserved(k) | Self::Unknown(k) => *k,
+        }
+    }
+
+    /// Encodes the payload into `buf` (unknown and reserved kinds encode as empty).
+    pub fn emit(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
+        match self {
+            Self::Hello(m) => m.emit(buf),
+            Self::Auth(m) => m.emit(buf),
+            Self::Ping(m) => m.emit(buf),
+            Self::Alloc(m) => m.emit(buf),
+            Self::Free(m) => m.emit(buf),
+            Self::Write(m) => m.emit(buf),
+            Self::Read(m) => m.emit(buf),
+            Self::Copy(m) => m.emit(buf),
+            Self::Fill(m) => m.emit(buf),
+            Self::Dispatch(m) => m.emit(buf),
+            Self::DeviceInfo | Self::Stats | Self::Bye | Self::Reserved(_) | Self::Unknown(_) => Ok(0),
+        }
+    }
+}
+
+/// Any response, decoded from its header and payload (the client side's decoder).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum Response<'a> {
+    /// WELCOME.
+    Welcome(Welcome),
+    /// PONG, echoing the PING's bytes.
+    Pong(&'a [u8]),
+    /// DEVICE_INFO's answer.
+    DeviceInfo(DeviceInfoMsg<'a>),
+    /// STATS's answer.
+    Stats(Stats),
+    /// ALLOC's answer.
+    Allocated(Allocated),
+    /// READ's answer: the bytes.
+    Data(&'a [u8]),
+    /// An empty acknowledgement of the named kind (AUTH, FREE, WRITE, COPY, FILL, DISPATCH, BYE).
+    Ack(Kind),
+    /// An ERROR.
+    Error(ErrorMsg<'a>),
+    /// A response of a kind this crate does not know; the payload is kept.
+    Unknown(Kind, &'a [u8]),
+}
+
+impl<'a> Response<'a> {
+    /// Decodes a response. Fails if the response flag is clear.
+    pub fn parse(kind: Kind, flags: Flags, payload: &'a [u8]) -> Result<Self, DecodeError> {
+        if !flags.is_response() {
+            return Err(DecodeError::InvalidField("flags.response"));
+        }
+        Ok(match kind {
+            Kind::HELLO => Self::Welcome(Welcome::parse(payload)?),
+            Kind::PING => {
+                if payload.len() > MAX_PING_PAYLOAD {
+                    return Err(DecodeError::InvalidField("pong.data"));
+                }
+                Self::Pong(payload)
+            }
+            Kind::DEVICE_INFO => Self::DeviceInfo(DeviceInfoMsg::parse(payload)?),
+            Kind::STATS => Self::Stats(Stats::parse(payload)?),
+            Kind::ALLOC => Self::Allocated(Allocated::parse(payload)?),
+            Kind::READ => Self::Data(payload),
+            Kind::AUTH | Kind::FREE | Kind::WRITE | Kind::COPY | Kind::FILL | Kind::DISPATCH | Kind::BYE => {
+                Empty::parse(payload)?;
+                Self::Ack(kind)
+            }
+            Kind::ERROR => Self::Error(ErrorMsg::parse(payload)?),
+            k => Self::Unknown(k, payload),
+        })
+    }
+}
+
+/// A fixed-size field of a fixed-layout message.
+trait WireField: Sized {
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError>;
+    fn write(self, w: &mut Writer<'_>) -> Result<(), EncodeError>;
+}
+
+macro_rules! wire_field {
+    ($($ty:ty => $rd:ident / $wr:ident, $to:expr, $from:expr;)*) => {$(
+        impl WireField for $ty {
+            fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+                r.$rd().map($from)
+            }
+            fn write(self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
+                w.$wr($to(self))
+            }
+        }
+    )*};
+}
+
+wire_field! {
+    u8 => u8 / u8, |v| v, |v| v;
+    u16 => u16 / u16, |v| v, |v| v;
+    u32 => u32 / u32, |v| v, |v| v;
+    u64 => u64 / u64, |v| v, |v| v;
+    f32 => f32 / f32, |v| v, |v| v;
+    Caps => u32 / u32, |v: Caps| v.0, Caps;
+    KernelId => u16 / u16, |v: KernelId| v.0, KernelId;
+}
+
+impl<const N: usize> WireField for [u8; N] {
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        r.array()
+    }
+    fn write(self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
+        w.bytes(&self)
+    }
+}

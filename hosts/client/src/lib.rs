@@ -1,0 +1,1 @@
+//! RELA client library: async (tokio) with a blocking wrapper

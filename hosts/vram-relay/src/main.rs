@@ -1,0 +1,3 @@
+//! The `vram-relay` command-line tool.
+
+fn main() {}
