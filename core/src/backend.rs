@@ -85,13 +85,7 @@ pub struct DeviceInfo {
 impl DeviceInfo {
     /// Builds device info, truncating `name` and `vendor` at a character boundary to fit.
     pub fn new(backend: BackendKind, name: &str, vendor: &str, total: u64, max_alloc: u64) -> Self {
-        Self {
-            backend,
-            name: truncated(name),
-            vendor: truncated(vendor),
-            total,
-            max_alloc,
-        }
+        Self { backend, name: truncated(name), vendor: truncated(vendor), total, max_alloc }
     }
 }
 

@@ -57,11 +57,7 @@ impl Duration {
     /// Whole milliseconds, saturating at `u32::MAX`.
     pub const fn as_millis_u32(self) -> u32 {
         let ms = self.0 / 1000;
-        if ms > u32::MAX as u64 {
-            u32::MAX
-        } else {
-            ms as u32
-        }
+        if ms > u32::MAX as u64 { u32::MAX } else { ms as u32 }
     }
 
     /// Microseconds.

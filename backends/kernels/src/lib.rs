@@ -125,10 +125,14 @@ pub mod reference {
     pub fn binary(op: BinaryOp, a: &[u8], b: &[u8], out: &mut [u8], n: usize) {
         for i in 0..n {
             let (x, y) = (f32_at(a, i), f32_at(b, i));
-            set_f32(out, i, match op {
-                BinaryOp::Add => x + y,
-                BinaryOp::Mul => x * y,
-            });
+            set_f32(
+                out,
+                i,
+                match op {
+                    BinaryOp::Add => x + y,
+                    BinaryOp::Mul => x * y,
+                },
+            );
         }
     }
 

@@ -159,10 +159,7 @@ impl<'a> Writer<'a> {
     /// Appends raw bytes.
     pub fn bytes(&mut self, b: &[u8]) -> Result<(), EncodeError> {
         let end = self.pos.checked_add(b.len()).ok_or(EncodeError::TooLarge)?;
-        let dst = self
-            .buf
-            .get_mut(self.pos..end)
-            .ok_or(EncodeError::BufferTooSmall { needed: end })?;
+        let dst = self.buf.get_mut(self.pos..end).ok_or(EncodeError::BufferTooSmall { needed: end })?;
         dst.copy_from_slice(b);
         self.pos = end;
         Ok(())

@@ -193,9 +193,8 @@ impl HeaderRepr {
 
     /// Writes the 16 header bytes (with `self.crc` as given) into `buf[..16]`.
     pub fn emit(&self, buf: &mut [u8]) -> Result<(), super::EncodeError> {
-        let dst = buf
-            .get_mut(..HEADER_LEN)
-            .ok_or(super::EncodeError::BufferTooSmall { needed: HEADER_LEN })?;
+        let dst =
+            buf.get_mut(..HEADER_LEN).ok_or(super::EncodeError::BufferTooSmall { needed: HEADER_LEN })?;
         dst.copy_from_slice(self.to_raw().as_bytes());
         Ok(())
     }

@@ -9,7 +9,9 @@
 
 use super::{DecodeError, EncodeError, ErrorCode, Flags, Kind, Reader, Writer};
 use crate::backend::{BackendKind, KernelId};
-use crate::config::{MAC_LEN, MAX_DEVICE_NAME, MAX_ERROR_REASON, MAX_PING_PAYLOAD, MAX_VENDOR_NAME, NONCE_LEN};
+use crate::config::{
+    MAC_LEN, MAX_DEVICE_NAME, MAX_ERROR_REASON, MAX_PING_PAYLOAD, MAX_VENDOR_NAME, NONCE_LEN,
+};
 
 /// A message payload codec.
 pub trait Message<'a>: Sized {
