@@ -1,1 +1,626 @@
-//! CUDA GpuBackend on cudarc (dynamic loading), kernels through NVRTC
+//! CUDA [`GpuBackend`] on [cudarc](https://docs.rs/cudarc) 0.19, kernels compiled at run time
+//! by NVRTC.
+//!
+//! # Building
+//!
+//! The crate builds **without a CUDA toolkit or driver**: cudarc is used with its
+//! `dynamic-loading` feature, so `libcuda` and `libnvrtc` are opened with `dlopen` at run time
+//! and nothing is linked at build time. The driver API bindings are selected by the
+//! `cuda-12080` feature (CUDA 12.8 headers), set once in the workspace's
+//! `[workspace.dependencies]`; any driver that supports CUDA 12.8 or later works.
+//!
+//! # Run time
+//!
+//! [`CudaBackend::new`] never panics. Before calling into cudarc at all it checks that the
+//! driver library (`libcuda` / `nvcuda`) and NVRTC can be loaded, because cudarc panics when a
+//! library is missing. Missing libraries, no device, or no device at the requested ordinal give
+//! [`InitError::Unavailable`]; other driver failures are [`InitError::Driver`], and NVRTC
+//! failures [`InitError::Compile`]. Construction also runs under
+//! [`std::panic::catch_unwind`], as a last line of defence, and a caught panic becomes
+//! [`InitError::Unavailable`].
+//!
+//! # Behaviour
+//!
+//! - Buffers are `CudaSlice<u8>` device allocations, zeroed on allocation and zeroed again
+//!   before they are released (`free`, and when the backend is dropped).
+//! - Accounting is exact and enforced against [`CudaConfig::capacity`] (clamped to the device's
+//!   total memory); a real device allocation failure is reported as
+//!   [`BackendError::OutOfMemory`] too.
+//! - Every operation runs on the context's default stream and synchronizes it before returning,
+//!   so an error is reported by the call that caused it. Driver errors map to
+//!   [`BackendError::OutOfMemory`] (`CUDA_ERROR_OUT_OF_MEMORY`) or
+//!   [`BackendError::DeviceLost`] (everything else).
+//! - Kernels are `rela_kernels::CUDA_SOURCE`, compiled once by NVRTC at construction with FMA
+//!   contraction disabled, so results match `rela_kernels::reference` bit for bit. Every call is
+//!   checked with [`KernelCall::validate`] before any device work.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::string::String;
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtrMut, DriverError, LaunchConfig, PushKernelArg,
+    result as cu_result, sys as cu_sys,
+};
+use cudarc::nvrtc::{self, CompileOptions};
+use rela_core::backend::{
+    BackendError, BackendKind, BufferId, DeviceInfo, GpuBackend, KernelCall, Usage, check_copy_overlap,
+    check_range,
+};
+use rela_kernels::{TILE, WORKGROUP_1D, op_code};
+
+/// Names of the kernels in `rela_kernels::CUDA_SOURCE`.
+const BINARY_KERNEL: &str = "rela_binary";
+const SCALE_KERNEL: &str = "rela_scale";
+const MATMUL_KERNEL: &str = "rela_matmul";
+
+/// Largest grid `y` dimension CUDA accepts.
+const MAX_GRID_Y: u32 = 65_535;
+
+/// Configuration of a [`CudaBackend`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CudaConfig {
+    /// Bytes the backend lends. Accounting and [`BackendError::OutOfMemory`] are enforced
+    /// against `min(capacity, device total memory)`. Must not be zero.
+    pub capacity: u64,
+    /// CUDA device ordinal.
+    pub ordinal: usize,
+}
+
+impl CudaConfig {
+    /// A configuration lending `capacity` bytes of device 0.
+    pub const fn new(capacity: u64) -> Self {
+        Self { capacity, ordinal: 0 }
+    }
+}
+
+/// Why a [`CudaBackend`] could not be created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InitError {
+    /// CUDA cannot be used on this machine: the driver library or NVRTC is missing, there is
+    /// no device (or none at the requested ordinal), or the driver refused to initialize. The
+    /// string says which.
+    Unavailable(String),
+    /// The configuration is invalid (for example a zero capacity).
+    InvalidConfig(&'static str),
+    /// A CUDA driver call failed during setup.
+    Driver {
+        /// What the backend was doing.
+        step: &'static str,
+        /// The `CUresult` code.
+        code: u32,
+        /// The driver's description of the error.
+        message: String,
+    },
+    /// NVRTC failed to compile the built-in kernels; the string holds the compiler's log.
+    Compile(String),
+}
+
+impl InitError {
+    fn driver(step: &'static str, e: DriverError) -> Self {
+        Self::Driver { step, code: e.0 as u32, message: describe(e) }
+    }
+}
+
+impl fmt::Display for InitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unavailable(why) => write!(f, "CUDA unavailable: {why}"),
+            Self::InvalidConfig(why) => write!(f, "invalid CUDA backend configuration: {why}"),
+            Self::Driver { step, code, message } => {
+                write!(f, "CUDA driver error while trying to {step}: {message} (CUresult {code})")
+            }
+            Self::Compile(log) => write!(f, "NVRTC failed to compile the RELA kernels: {log}"),
+        }
+    }
+}
+
+impl std::error::Error for InitError {}
+
+/// Whether the CUDA driver library (`libcuda` / `nvcuda`) can be loaded.
+///
+/// Never calls into the driver, so it is safe to use where no GPU is installed.
+pub fn driver_present() -> bool {
+    // SAFETY: `is_culib_present` only tries to load candidate library names with `dlopen` and
+    // closes them again; it runs no CUDA function. Loading a shared library runs its
+    // initializers, which is why cudarc marks it unsafe; the driver library is designed to be
+    // loaded this way.
+    unsafe { cu_sys::is_culib_present() }
+}
+
+/// Whether the NVRTC library can be loaded.
+///
+/// Never calls into NVRTC, so it is safe to use where no toolkit is installed.
+pub fn nvrtc_present() -> bool {
+    // SAFETY: as in `driver_present`, this only opens and closes candidate libraries.
+    unsafe { nvrtc::sys::is_culib_present() }
+}
+
+/// The compiled kernels.
+#[derive(Debug)]
+struct Kernels {
+    binary: CudaFunction,
+    scale: CudaFunction,
+    matmul: CudaFunction,
+}
+
+/// A [`GpuBackend`] on one CUDA device.
+///
+/// `Send` and `Sync`: cudarc binds the context to the calling thread before each driver call,
+/// so the backend may move between threads.
+#[derive(Debug)]
+pub struct CudaBackend {
+    // Field order is drop order: buffers go before the kernels, stream and context they use.
+    buffers: HashMap<u64, CudaSlice<u8>>,
+    kernels: Kernels,
+    stream: Arc<CudaStream>,
+    ctx: Arc<CudaContext>,
+    info: DeviceInfo,
+    next_id: u64,
+    used: u64,
+}
+
+impl CudaBackend {
+    /// Opens device `config.ordinal`, compiles the kernels and returns the backend.
+    ///
+    /// Never panics: see the crate docs for how each failure is reported.
+    pub fn new(config: CudaConfig) -> Result<Self, InitError> {
+        if config.capacity == 0 {
+            return Err(InitError::InvalidConfig("capacity must be at least one byte"));
+        }
+        match catch_unwind(AssertUnwindSafe(|| Self::open(config))) {
+            Ok(result) => result,
+            Err(payload) => {
+                let what = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(InitError::Unavailable(format!("CUDA initialization panicked: {what}")))
+            }
+        }
+    }
+
+    /// The device ordinal this backend uses.
+    pub fn ordinal(&self) -> usize {
+        self.ctx.ordinal()
+    }
+
+    fn open(config: CudaConfig) -> Result<Self, InitError> {
+        use cu_sys::CUresult as R;
+
+        // cudarc panics when a library is missing, so check both before the first call into it.
+        if !driver_present() {
+            return Err(InitError::Unavailable(
+                "the CUDA driver library (libcuda) could not be loaded; no NVIDIA driver is installed".into(),
+            ));
+        }
+        if !nvrtc_present() {
+            return Err(InitError::Unavailable(
+                "the NVRTC library (libnvrtc) could not be loaded; install the CUDA runtime compiler".into(),
+            ));
+        }
+        let count = CudaContext::device_count().map_err(|e| {
+            if matches!(
+                e.0,
+                R::CUDA_ERROR_NO_DEVICE
+                    | R::CUDA_ERROR_STUB_LIBRARY
+                    | R::CUDA_ERROR_SYSTEM_DRIVER_MISMATCH
+                    | R::CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE
+                    | R::CUDA_ERROR_SYSTEM_NOT_READY
+                    | R::CUDA_ERROR_DEVICE_UNAVAILABLE
+                    | R::CUDA_ERROR_NOT_INITIALIZED
+            ) {
+                InitError::Unavailable(format!("the CUDA driver could not initialize: {}", describe(e)))
+            } else {
+                InitError::driver("initialize the driver", e)
+            }
+        })?;
+        let count = usize::try_from(count).unwrap_or(0);
+        if count == 0 {
+            return Err(InitError::Unavailable("the CUDA driver reports no devices".into()));
+        }
+        if config.ordinal >= count {
+            return Err(InitError::Unavailable(format!(
+                "no CUDA device at ordinal {} ({count} present)",
+                config.ordinal
+            )));
+        }
+
+        let ctx = CudaContext::new(config.ordinal).map_err(|e| InitError::driver("create a context", e))?;
+        let stream = ctx.default_stream();
+
+        let opts = CompileOptions {
+            // Keep `a * b + c` as two roundings, like the Rust reference kernels.
+            fmad: Some(false),
+            name: Some("rela_kernels.cu".into()),
+            ..Default::default()
+        };
+        let ptx = nvrtc::compile_ptx_with_opts(rela_kernels::CUDA_SOURCE, opts)
+            .map_err(|e| InitError::Compile(compile_error_text(&e)))?;
+        let module = ctx.load_module(ptx).map_err(|e| InitError::driver("load the compiled kernels", e))?;
+        let load = |name: &'static str| {
+            module.load_function(name).map_err(|e| InitError::driver("look up a kernel", e))
+        };
+        let kernels = Kernels {
+            binary: load(BINARY_KERNEL)?,
+            scale: load(SCALE_KERNEL)?,
+            matmul: load(MATMUL_KERNEL)?,
+        };
+
+        let name = ctx.name().map_err(|e| InitError::driver("query the device name", e))?;
+        let device_total = ctx.total_mem().map_err(|e| InitError::driver("query the device memory", e))?;
+        let total = config.capacity.min(u64::try_from(device_total).unwrap_or(u64::MAX));
+        let info = DeviceInfo::new(BackendKind::CUDA, &name, "NVIDIA", total, total);
+
+        Ok(Self { buffers: HashMap::new(), kernels, stream, ctx, info, next_id: 1, used: 0 })
+    }
+
+    fn buffer(&self, id: BufferId) -> Result<&CudaSlice<u8>, BackendError> {
+        self.buffers.get(&id.0).ok_or(BackendError::NoSuchBuffer)
+    }
+
+    fn buffer_mut(&mut self, id: BufferId) -> Result<&mut CudaSlice<u8>, BackendError> {
+        self.buffers.get_mut(&id.0).ok_or(BackendError::NoSuchBuffer)
+    }
+
+    fn sync(&self) -> Result<(), BackendError> {
+        self.stream.synchronize().map_err(map_err)
+    }
+
+    /// Takes `out` out of the map while `f` runs with the other buffers, then puts it back.
+    /// Lets `f` hold shared borrows of inputs and a mutable borrow of the output at once.
+    fn with_output<R>(
+        &mut self,
+        out: BufferId,
+        f: impl FnOnce(&Self, &mut CudaSlice<u8>) -> Result<R, BackendError>,
+    ) -> Result<R, BackendError> {
+        let mut slice = self.buffers.remove(&out.0).ok_or(BackendError::NoSuchBuffer)?;
+        let result = f(self, &mut slice);
+        self.buffers.insert(out.0, slice);
+        result
+    }
+
+    /// Sets `len` bytes of `slice` from `start` to `value`, on the stream (not synchronized).
+    fn memset(
+        &self,
+        slice: &mut CudaSlice<u8>,
+        start: usize,
+        len: usize,
+        value: u8,
+    ) -> Result<(), BackendError> {
+        let end = start.checked_add(len).ok_or(BackendError::OutOfBounds)?;
+        let mut view = slice.try_slice_mut(start..end).ok_or(BackendError::OutOfBounds)?;
+        if value == 0 {
+            return self.stream.memset_zeros(&mut view).map_err(map_err);
+        }
+        self.ctx.bind_to_thread().map_err(map_err)?;
+        let (ptr, _record) = view.device_ptr_mut(&self.stream);
+        // SAFETY: `ptr` addresses `view`, `len` bytes inside a live allocation of this context,
+        // which the mutable borrow keeps alive and unaliased until the call is enqueued; the
+        // context is bound to this thread and `cu_stream` belongs to it. The write is
+        // stream-ordered with every other use of the buffer (one stream), and callers
+        // synchronize before the buffer can be released.
+        unsafe { cu_result::memset_d8_async(ptr, value, len, self.stream.cu_stream()) }.map_err(map_err)
+    }
+
+    fn launch_binary(&self, call: &KernelCall, out: &mut CudaSlice<u8>) -> Result<(), BackendError> {
+        let KernelCall::Binary { op, a, b, n, .. } = *call else {
+            return Err(BackendError::InvalidArgument);
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        let (a, b) = (self.buffer(a)?, self.buffer(b)?);
+        let op = op_code(op);
+        let cfg = grid_1d(n);
+        let mut builder = self.stream.launch_builder(&self.kernels.binary);
+        builder.arg(a).arg(b).arg(&mut *out).arg(&n).arg(&op);
+        // SAFETY: `rela_binary(const float* a, const float* b, float* out, unsigned int n,
+        // unsigned int op)`: three device pointers (each CudaSlice argument passes its
+        // `CUdeviceptr`) then two 4-byte `u32`s, in that order. `validate` checked that `a`,
+        // `b` and `out` hold at least `4 n` bytes and that `out` aliases neither input; the
+        // kernel touches only indices `< n`. The grid covers `n` with 256-thread blocks.
+        unsafe { builder.launch(cfg) }.map_err(map_err)?;
+        Ok(())
+    }
+
+    fn launch_scale(&self, call: &KernelCall, out: &mut CudaSlice<u8>) -> Result<(), BackendError> {
+        let KernelCall::Scale { x, n, alpha, .. } = *call else {
+            return Err(BackendError::InvalidArgument);
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        let x = self.buffer(x)?;
+        let cfg = grid_1d(n);
+        let mut builder = self.stream.launch_builder(&self.kernels.scale);
+        builder.arg(x).arg(&mut *out).arg(&n).arg(&alpha);
+        // SAFETY: `rela_scale(const float* x, float* out, unsigned int n, float alpha)`: two
+        // device pointers, a `u32` and an `f32`, in that order. `validate` checked that `x` and
+        // `out` hold at least `4 n` bytes and do not alias; the kernel touches only indices
+        // `< n`.
+        unsafe { builder.launch(cfg) }.map_err(map_err)?;
+        Ok(())
+    }
+
+    fn launch_matmul(&self, call: &KernelCall, out: &mut CudaSlice<u8>) -> Result<(), BackendError> {
+        let KernelCall::Matmul { a, b, m, k, n, .. } = *call else {
+            return Err(BackendError::InvalidArgument);
+        };
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let (a, b) = (self.buffer(a)?, self.buffer(b)?);
+        let b_view = b.as_view();
+        // Grid y is limited to 65,535 blocks, so rows go in chunks of up to 65,535 tiles, each
+        // launch seeing its rows of `a` and `out` through views.
+        let rows_per_launch = MAX_GRID_Y * TILE;
+        let mut row = 0u32;
+        while row < m {
+            let rows = (m - row).min(rows_per_launch);
+            let a_range = f32_range(row, rows, k)?;
+            let out_range = f32_range(row, rows, n)?;
+            let a_view = a.try_slice(a_range).ok_or(BackendError::OutOfBounds)?;
+            let mut out_view = out.try_slice_mut(out_range).ok_or(BackendError::OutOfBounds)?;
+            let cfg = LaunchConfig {
+                grid_dim: (n.div_ceil(TILE), rows.div_ceil(TILE), 1),
+                block_dim: (TILE, TILE, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut builder = self.stream.launch_builder(&self.kernels.matmul);
+            builder.arg(&a_view).arg(&b_view).arg(&mut out_view).arg(&rows).arg(&k).arg(&n);
+            // SAFETY: `rela_matmul(const float* a, const float* b, float* out, unsigned int m,
+            // unsigned int k, unsigned int n)`: three device pointers then three `u32`s, in that
+            // order. The `a` view holds exactly `rows × k` f32s from row `row`, the `out` view
+            // `rows × n` f32s from row `row` (both inside the buffers, which `validate` checked
+            // hold `m × k` and `m × n` f32s), and `b` holds at least `k × n` f32s. The kernel
+            // reads only rows `< rows`, columns `< n` and inner indices `< k`; `out` aliases
+            // neither input. Grid: `n / 16` (≤ 2^28) by `rows / 16` (≤ 65,535) blocks of 16×16,
+            // using 2 KiB of static shared memory.
+            unsafe { builder.launch(cfg) }.map_err(map_err)?;
+            row += rows;
+        }
+        Ok(())
+    }
+}
+
+impl GpuBackend for CudaBackend {
+    fn info(&self) -> DeviceInfo {
+        self.info.clone()
+    }
+
+    fn usage(&self) -> Usage {
+        Usage { used: self.used, buffers: u32::try_from(self.buffers.len()).unwrap_or(u32::MAX) }
+    }
+
+    fn alloc(&mut self, size: u64) -> Result<BufferId, BackendError> {
+        if size == 0 {
+            return Err(BackendError::InvalidArgument);
+        }
+        let used = self.used.checked_add(size).ok_or(BackendError::OutOfMemory)?;
+        if used > self.info.total {
+            return Err(BackendError::OutOfMemory);
+        }
+        let len = usize::try_from(size).map_err(|_| BackendError::OutOfMemory)?;
+        let id = self.next_id;
+        let next_id = id.checked_add(1).ok_or(BackendError::OutOfMemory)?;
+        // SAFETY: the memory is uninitialized only until the memset below, which is enqueued on
+        // the same stream before any other use; if it fails the slice is dropped unread.
+        let mut slice = unsafe { self.stream.alloc::<u8>(len) }.map_err(map_err)?;
+        self.stream.memset_zeros(&mut slice).map_err(map_err)?;
+        self.sync()?;
+        self.buffers.insert(id, slice);
+        self.next_id = next_id;
+        self.used = used;
+        Ok(BufferId(id))
+    }
+
+    fn free(&mut self, id: BufferId) -> Result<(), BackendError> {
+        let slice = self.buffers.get_mut(&id.0).ok_or(BackendError::NoSuchBuffer)?;
+        // Zero before release. If zeroing fails the buffer stays live (and accounted), so no
+        // unzeroed memory is ever handed back to the driver by this path.
+        self.stream.memset_zeros(slice).map_err(map_err)?;
+        self.sync()?;
+        let Some(slice) = self.buffers.remove(&id.0) else {
+            return Err(BackendError::NoSuchBuffer);
+        };
+        self.used = self.used.saturating_sub(slice.len() as u64);
+        drop(slice);
+        // Surface a failed release (recorded by the slice's destructor).
+        self.ctx.check_err().map_err(map_err)
+    }
+
+    fn size(&self, id: BufferId) -> Result<u64, BackendError> {
+        Ok(self.buffer(id)?.len() as u64)
+    }
+
+    fn write(&mut self, id: BufferId, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+        let slice = self.buffers.get_mut(&id.0).ok_or(BackendError::NoSuchBuffer)?;
+        let range = usize_range(check_range(slice.len() as u64, offset, data.len() as u64)?)?;
+        if range.is_empty() {
+            return Ok(());
+        }
+        let mut view = slice.try_slice_mut(range).ok_or(BackendError::OutOfBounds)?;
+        self.stream.memcpy_htod(data, &mut view).map_err(map_err)?;
+        self.sync()
+    }
+
+    fn read(&mut self, id: BufferId, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
+        let slice = self.buffer(id)?;
+        let range = usize_range(check_range(slice.len() as u64, offset, out.len() as u64)?)?;
+        if range.is_empty() {
+            return Ok(());
+        }
+        let view = slice.try_slice(range).ok_or(BackendError::OutOfBounds)?;
+        self.stream.memcpy_dtoh(&view, out).map_err(map_err)?;
+        self.sync()
+    }
+
+    fn copy(
+        &mut self,
+        src: BufferId,
+        src_offset: u64,
+        dst: BufferId,
+        dst_offset: u64,
+        len: u64,
+    ) -> Result<(), BackendError> {
+        let src_size = self.size(src)?;
+        let dst_size = self.size(dst)?;
+        let src_range = check_range(src_size, src_offset, len)?;
+        let dst_range = check_range(dst_size, dst_offset, len)?;
+        check_copy_overlap(src, &src_range, dst, &dst_range)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let (src_range, dst_range) = (usize_range(src_range)?, usize_range(dst_range)?);
+        if src == dst {
+            // Non-overlapping ranges of one buffer: split it between them.
+            let stream = Arc::clone(&self.stream);
+            let slice = self.buffer_mut(src)?;
+            let mid = src_range.start.max(dst_range.start);
+            let (lo, mut hi) = slice.try_split_at_mut(mid).ok_or(BackendError::OutOfBounds)?;
+            if src_range.start < dst_range.start {
+                let s = lo.try_slice(src_range).ok_or(BackendError::OutOfBounds)?;
+                let mut d = hi.try_slice_mut(..dst_range.len()).ok_or(BackendError::OutOfBounds)?;
+                stream.memcpy_dtod(&s, &mut d).map_err(map_err)?;
+            } else {
+                let mut lo = lo;
+                let s = hi.try_slice(..src_range.len()).ok_or(BackendError::OutOfBounds)?;
+                let mut d = lo.try_slice_mut(dst_range).ok_or(BackendError::OutOfBounds)?;
+                stream.memcpy_dtod(&s, &mut d).map_err(map_err)?;
+            }
+        } else {
+            self.with_output(dst, |this, out| {
+                let s = this.buffer(src)?.try_slice(src_range).ok_or(BackendError::OutOfBounds)?;
+                let mut d = out.try_slice_mut(dst_range).ok_or(BackendError::OutOfBounds)?;
+                this.stream.memcpy_dtod(&s, &mut d).map_err(map_err)
+            })?;
+        }
+        self.sync()
+    }
+
+    fn fill(&mut self, id: BufferId, offset: u64, len: u64, value: u8) -> Result<(), BackendError> {
+        let range = usize_range(check_range(self.size(id)?, offset, len)?)?;
+        if range.is_empty() {
+            return Ok(());
+        }
+        self.with_output(id, |this, slice| this.memset(slice, range.start, range.len(), value))?;
+        self.sync()
+    }
+
+    fn dispatch(&mut self, call: &KernelCall) -> Result<(), BackendError> {
+        call.validate(|id| self.buffers.get(&id.0).map(|s| s.len() as u64))?;
+        self.with_output(call.output(), |this, out| match call {
+            KernelCall::Binary { .. } => this.launch_binary(call, out),
+            KernelCall::Scale { .. } => this.launch_scale(call, out),
+            KernelCall::Matmul { .. } => this.launch_matmul(call, out),
+        })?;
+        self.sync()
+    }
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        // Zero every live buffer before the driver gets it back. Errors are ignored: there is
+        // no one to report them to, and a failed device keeps nothing to leak.
+        for slice in self.buffers.values_mut() {
+            let _ = self.stream.memset_zeros(slice);
+        }
+        let _ = self.stream.synchronize();
+    }
+}
+
+/// Maps a driver error to the backend's error.
+fn map_err(e: DriverError) -> BackendError {
+    match e.0 {
+        cu_sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => BackendError::OutOfMemory,
+        _ => BackendError::DeviceLost,
+    }
+}
+
+/// A driver error's name and description.
+fn describe(e: DriverError) -> String {
+    let name = e.error_name().map(|s| s.to_string_lossy().into_owned());
+    let text = e.error_string().map(|s| s.to_string_lossy().into_owned());
+    match (name, text) {
+        (Ok(name), Ok(text)) => format!("{name}: {text}"),
+        (Ok(name), Err(_)) => name,
+        _ => format!("CUresult {}", e.0 as u32),
+    }
+}
+
+fn compile_error_text(e: &nvrtc::CompileError) -> String {
+    match e {
+        nvrtc::CompileError::CompileError { nvrtc, options, log } => {
+            format!("{nvrtc:?} with options {options:?}: {}", log.to_string_lossy())
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// A `u64` byte range as `usize`.
+fn usize_range(r: core::ops::Range<u64>) -> Result<core::ops::Range<usize>, BackendError> {
+    let start = usize::try_from(r.start).map_err(|_| BackendError::OutOfBounds)?;
+    let end = usize::try_from(r.end).map_err(|_| BackendError::OutOfBounds)?;
+    Ok(start..end)
+}
+
+/// Byte range of `rows` rows of `cols` f32s starting at row `row`.
+fn f32_range(row: u32, rows: u32, cols: u32) -> Result<core::ops::Range<usize>, BackendError> {
+    let row_bytes = u64::from(cols).checked_mul(4).ok_or(BackendError::InvalidArgument)?;
+    let start = u64::from(row).checked_mul(row_bytes).ok_or(BackendError::InvalidArgument)?;
+    let len = u64::from(rows).checked_mul(row_bytes).ok_or(BackendError::InvalidArgument)?;
+    let end = start.checked_add(len).ok_or(BackendError::InvalidArgument)?;
+    usize_range(start..end)
+}
+
+/// Launch shape for the elementwise kernels: 256-thread blocks over `n` in one dimension.
+/// `n.div_ceil(256)` is at most 2^24 blocks, well under the grid x limit of 2^31 − 1.
+fn grid_1d(n: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n.div_ceil(WORKGROUP_1D), 1, 1),
+        block_dim: (WORKGROUP_1D, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<CudaBackend>();
+    }
+
+    #[test]
+    fn zero_capacity_is_invalid_config() {
+        assert_eq!(
+            CudaBackend::new(CudaConfig::new(0)).err(),
+            Some(InitError::InvalidConfig("capacity must be at least one byte"))
+        );
+    }
+
+    #[test]
+    fn launch_shapes_fit_cuda_limits() {
+        let cfg = grid_1d(u32::MAX);
+        assert!(u64::from(cfg.grid_dim.0) * 256 >= u64::from(u32::MAX));
+        assert!(cfg.grid_dim.0 <= i32::MAX as u32);
+        assert_eq!(grid_1d(1).grid_dim, (1, 1, 1));
+        assert_eq!(grid_1d(256).grid_dim, (1, 1, 1));
+        assert_eq!(grid_1d(257).grid_dim, (2, 1, 1));
+        assert!((MAX_GRID_Y * TILE).div_ceil(TILE) <= MAX_GRID_Y);
+    }
+
+    #[test]
+    fn row_ranges_are_overflow_safe() {
+        assert_eq!(f32_range(2, 3, 4), Ok(32..80));
+        assert_eq!(f32_range(0, 0, 0), Ok(0..0));
+        assert!(f32_range(u32::MAX, u32::MAX, u32::MAX).is_ok() || cfg!(target_pointer_width = "32"));
+    }
+}
