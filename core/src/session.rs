@@ -1,1 +1,830 @@
-//! placeholder
+//! The sans-I/O server session state machine.
+//!
+//! A [`Session`] is one client's conversation with a node. It never touches a socket or a
+//! clock and never allocates: validated frames come in through [`Session::handle_frame`],
+//! response frames go out through [`Session::poll_transmit`] into a caller buffer, and time
+//! comes in as an [`Instant`].
+//!
+//! # Call order
+//!
+//! 1. Read a frame from the transport. Validate its header *before* reading the payload
+//!    ([`crate::wire::HeaderRepr::parse`] with [`Session::max_payload`]), then its CRC. A
+//!    framing failure goes to [`Session::handle_frame_error`].
+//! 2. [`Session::handle_frame`] with the validated frame.
+//! 3. Drain [`Session::poll_transmit`] until it returns `Ok(None)`, writing each frame out.
+//!    `handle_frame` refuses new input while output is pending.
+//! 4. Drain [`Session::poll_event`].
+//! 5. Wait for input no later than [`Session::poll_timeout`]; when that instant passes, call
+//!    [`Session::handle_timeout`] and go to 3.
+//! 6. Once [`Session::is_closed`], close the transport. If the transport fails first, call
+//!    [`Session::abort`].
+//!
+//! # States
+//!
+//! ```text
+//!             HELLO ok                AUTH ok
+//! AwaitHello ─────────► AwaitAuth ─────────────► Ready
+//!     │  └──────────────(no token)───────────────▲  │
+//!     │ fatal error, BYE, timeout, abort          │  │ BYE, fatal error, timeout, abort
+//!     └──────────────────► Closing ◄─────────────┴──┘
+//!                             │ output drained
+//!                             ▼
+//!                           Closed
+//! ```
+//!
+//! A request in the wrong state gets `ERROR(WRONG_STATE)` and the session stays where it is.
+//! Fatal errors ([`ErrorCode::closes_session`]) close it. Entering `Closing` releases every
+//! buffer the session holds through [`GpuBackend::free`], which zeroes it.
+//!
+//! # Isolation
+//!
+//! Buffers are named on the wire by per-session handles from a fixed-capacity table, never by
+//! backend ids or addresses. A handle from another session names nothing here. Handles are
+//! drawn from an odd-step sequence seeded from the session nonce, so they are not small
+//! predictable integers, and a freed handle is not reissued for 2³² allocations.
+
+use core::fmt;
+
+use heapless::{Deque, Vec};
+
+use crate::auth::AuthKey;
+use crate::backend::{BackendError, BinaryOp, BufferId, DeviceInfo, GpuBackend, KernelCall, KernelId};
+use crate::config::{
+    MAX_BUFFERS, MAX_PAYLOAD, MAX_PENDING, MAX_PING_PAYLOAD, MIN_PROTOCOL_VERSION, NONCE_LEN,
+    PROTOCOL_VERSION,
+};
+use crate::crc32::Crc32;
+use crate::time::{Duration, Instant};
+use crate::wire::msg::{
+    self, Allocated, Caps, DeviceInfoMsg, ErrorMsg, Message, Request, Stats, WELCOME_AUTH_REQUIRED, Welcome,
+};
+use crate::wire::{EncodeError, ErrorCode, Flags, Frame, FrameError, HeaderError, Kind, emit_frame};
+
+/// A node's per-session limits and settings.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Largest accepted payload; clamped to [`MAX_PAYLOAD`].
+    pub max_payload: u32,
+    /// Most buffers a session may hold; clamped to [`MAX_BUFFERS`].
+    pub max_buffers: u16,
+    /// Bytes of backend memory a session may hold at once.
+    pub quota: u64,
+    /// Time from session start to the end of the handshake (HELLO, and AUTH when required).
+    pub handshake_timeout: Duration,
+    /// Longest silence tolerated once ready. [`Duration::ZERO`] disables it.
+    pub idle_timeout: Duration,
+    /// The shared token's key; `Some` makes AUTH mandatory.
+    pub auth: Option<AuthKey>,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            max_payload: MAX_PAYLOAD,
+            max_buffers: 64,
+            quota: 256 * 1024 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            auth: None,
+        }
+    }
+}
+
+impl SessionConfig {
+    /// The payload cap in force.
+    pub fn effective_max_payload(&self) -> u32 {
+        self.max_payload.min(MAX_PAYLOAD)
+    }
+
+    /// The buffer cap in force.
+    pub fn effective_max_buffers(&self) -> usize {
+        (self.max_buffers as usize).min(MAX_BUFFERS)
+    }
+
+    /// The capabilities a node with this configuration advertises.
+    pub const fn caps(&self) -> Caps {
+        Caps::DISPATCH
+    }
+}
+
+/// Where a session stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Waiting for HELLO.
+    AwaitHello,
+    /// HELLO done; waiting for AUTH.
+    AwaitAuth,
+    /// Serving requests.
+    Ready,
+    /// Closing: resources released, final output pending.
+    Closing,
+    /// Closed: nothing more will be sent.
+    Closed,
+}
+
+/// Why a session closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client said BYE.
+    Bye,
+    /// A fatal error (the code sent to the client).
+    Error(ErrorCode),
+    /// The host aborted it (disconnect, shutdown).
+    Aborted,
+}
+
+/// Something the host may want to log or act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// The handshake finished; the session is ready.
+    Ready,
+    /// AUTH failed.
+    AuthFailed,
+    /// The session closed.
+    Closed(CloseReason),
+}
+
+/// One frame ready in the caller's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct Transmit {
+    /// Bytes of the frame at the start of the buffer.
+    pub len: usize,
+}
+
+/// Misuse of the session API by the host (never caused by the peer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ApiMisuse {
+    /// Output from the previous input has not been drained with `poll_transmit`.
+    OutputPending,
+    /// The session is closing or closed.
+    Closed,
+}
+
+impl fmt::Display for ApiMisuse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::OutputPending => "output pending: drain poll_transmit first",
+            Self::Closed => "session is closed",
+        })
+    }
+}
+
+impl core::error::Error for ApiMisuse {}
+
+/// Why `poll_transmit` could not emit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PollError {
+    /// The output buffer is too small; the frame stays queued.
+    BufferTooSmall {
+        /// Bytes needed.
+        needed: usize,
+    },
+}
+
+impl fmt::Display for PollError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BufferTooSmall { needed } => write!(f, "output buffer too small ({needed} bytes needed)"),
+        }
+    }
+}
+
+impl core::error::Error for PollError {}
+
+impl From<EncodeError> for PollError {
+    fn from(e: EncodeError) -> Self {
+        match e {
+            EncodeError::BufferTooSmall { needed } => Self::BufferTooSmall { needed },
+            // Every queued body is bounded by construction (ping ≤ 256 B, reasons ≤ 128 B,
+            // reads ≤ max payload), so only a short buffer can make encoding fail.
+            EncodeError::TooLarge => Self::BufferTooSmall { needed: usize::MAX },
+        }
+    }
+}
+
+/// A session's usage and counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SessionStats {
+    /// Buffers held.
+    pub buffers: u32,
+    /// Bytes held.
+    pub used: u64,
+    /// Request frames handled.
+    pub frames_in: u64,
+    /// Payload bytes received.
+    pub bytes_in: u64,
+    /// Payload bytes sent.
+    pub bytes_out: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    handle: u32,
+    id: BufferId,
+    size: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Body {
+    Empty,
+    Welcome(Welcome),
+    Pong(Vec<u8, MAX_PING_PAYLOAD>),
+    DeviceInfo { info: DeviceInfo, free: u64 },
+    Stats(Stats),
+    Allocated(Allocated),
+    Read { id: BufferId, offset: u64, len: u32 },
+    Error { code: ErrorCode, request_kind: Kind, reason: &'static str },
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    kind: Kind,
+    seq: u16,
+    body: Body,
+}
+
+/// A failed request: the code and reason sent back in ERROR.
+#[derive(Debug, Clone, Copy)]
+struct Reject {
+    code: ErrorCode,
+    reason: &'static str,
+}
+
+impl Reject {
+    const fn new(code: ErrorCode, reason: &'static str) -> Self {
+        Self { code, reason }
+    }
+}
+
+impl From<BackendError> for Reject {
+    fn from(e: BackendError) -> Self {
+        let reason = match e {
+            BackendError::OutOfMemory => "backend out of memory",
+            BackendError::OutOfBounds => "range outside the buffer",
+            BackendError::NoSuchBuffer => "no such buffer",
+            BackendError::InvalidArgument => "invalid argument",
+            BackendError::Unsupported => "not supported by this backend",
+            BackendError::DeviceLost => "backend failure",
+        };
+        Self { code: e.into(), reason }
+    }
+}
+
+/// One client session on a node. See the [module docs](self) for the call order.
+#[derive(Debug)]
+pub struct Session {
+    config: SessionConfig,
+    state: State,
+    nonce: [u8; NONCE_LEN],
+    slots: Vec<Slot, MAX_BUFFERS>,
+    next_handle: u32,
+    used: u64,
+    started: Instant,
+    last_activity: Instant,
+    pending: Deque<Pending, MAX_PENDING>,
+    events: Deque<Event, 4>,
+    stats: SessionStats,
+}
+
+impl Session {
+    /// Starts a session at `now`. `nonce` must be fresh and unpredictable (from the host's
+    /// CSPRNG): AUTH signs it.
+    pub fn new(config: SessionConfig, nonce: [u8; NONCE_LEN], now: Instant) -> Self {
+        let seed = u32::from_le_bytes([nonce[0], nonce[1], nonce[2], nonce[3]]);
+        Self {
+            config,
+            state: State::AwaitHello,
+            nonce,
+            slots: Vec::new(),
+            next_handle: seed,
+            used: 0,
+            started: now,
+            last_activity: now,
+            pending: Deque::new(),
+            events: Deque::new(),
+            stats: SessionStats::default(),
+        }
+    }
+
+    // ---- getters ----
+
+    /// The current state.
+    pub const fn state(&self) -> State {
+        self.state
+    }
+
+    /// Whether the session is serving requests.
+    pub const fn is_ready(&self) -> bool {
+        matches!(self.state, State::Ready)
+    }
+
+    /// Whether the session has closed and its output is drained.
+    pub const fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// The payload cap hosts must apply when reading headers for this session.
+    pub fn max_payload(&self) -> u32 {
+        self.config.effective_max_payload()
+    }
+
+    /// The session's configuration.
+    pub const fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// The server nonce sent in WELCOME.
+    pub const fn nonce(&self) -> &[u8; NONCE_LEN] {
+        &self.nonce
+    }
+
+    /// Usage and counters.
+    pub fn stats(&self) -> SessionStats {
+        SessionStats { buffers: self.slots.len() as u32, used: self.used, ..self.stats }
+    }
+
+    /// The backend ids this session holds, for invariant checks (fuzzing, tests).
+    pub fn buffer_ids(&self) -> impl Iterator<Item = BufferId> + '_ {
+        self.slots.iter().map(|s| s.id)
+    }
+
+    /// The wire handles this session holds.
+    pub fn handles(&self) -> impl Iterator<Item = u32> + '_ {
+        self.slots.iter().map(|s| s.handle)
+    }
+
+    /// The next instant at which [`handle_timeout`](Self::handle_timeout) must be called.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::AwaitHello | State::AwaitAuth => Some(self.started + self.config.handshake_timeout),
+            State::Ready if self.config.idle_timeout != Duration::ZERO => {
+                Some(self.last_activity + self.config.idle_timeout)
+            }
+            _ => None,
+        }
+    }
+
+    // ---- inputs ----
+
+    /// Handles one validated frame from the client.
+    ///
+    /// Protocol errors never come back as `Err`: they become ERROR frames (and close the
+    /// session when fatal). `Err` means the host broke the call order.
+    pub fn handle_frame<B: GpuBackend + ?Sized>(
+        &mut self,
+        now: Instant,
+        frame: Frame<'_>,
+        backend: &mut B,
+    ) -> Result<(), ApiMisuse> {
+        self.check_input()?;
+        self.last_activity = now;
+        self.stats.frames_in += 1;
+        self.stats.bytes_in += frame.payload.len() as u64;
+        let kind = frame.kind();
+        let seq = frame.seq();
+        let outcome = self.dispatch(frame, backend);
+        match outcome {
+            Ok(Some(body)) => self.queue(kind, seq, body),
+            Ok(None) => {}
+            Err(reject) => self.reject(kind, seq, reject, backend),
+        }
+        Ok(())
+    }
+
+    /// Reports a frame the host could not validate (bad header, bad CRC, truncated).
+    /// Sends ERROR and closes the session: after a framing violation the byte stream can no
+    /// longer be trusted.
+    pub fn handle_frame_error<B: GpuBackend + ?Sized>(
+        &mut self,
+        _now: Instant,
+        error: FrameError,
+        backend: &mut B,
+    ) -> Result<(), ApiMisuse> {
+        self.check_input()?;
+        let (code, reason) = match error {
+            FrameError::Header(HeaderError::PayloadTooLarge { .. }) => {
+                (ErrorCode::PAYLOAD_TOO_LARGE, "payload length above the negotiated limit")
+            }
+            FrameError::Header(HeaderError::BadMagic(_)) => (ErrorCode::BAD_FRAME, "bad magic"),
+            FrameError::Header(HeaderError::ReservedFlags(_)) => {
+                (ErrorCode::BAD_FRAME, "reserved flag bits set")
+            }
+            FrameError::BadCrc { .. } => (ErrorCode::BAD_FRAME, "CRC mismatch"),
+            _ => (ErrorCode::BAD_FRAME, "malformed frame"),
+        };
+        self.close_with_error(Kind(0), 0, Reject::new(code, reason), backend);
+        Ok(())
+    }
+
+    /// Fires due timers. Sends ERROR(TIMEOUT) and closes the session if the handshake or idle
+    /// deadline has passed; does nothing otherwise.
+    pub fn handle_timeout<B: GpuBackend + ?Sized>(&mut self, now: Instant, backend: &mut B) {
+        if matches!(self.state, State::Closing | State::Closed) {
+            return;
+        }
+        if let Some(deadline) = self.poll_timeout()
+            && now >= deadline
+        {
+            let reason = if self.is_ready() { "idle timeout" } else { "handshake timeout" };
+            self.pending.clear();
+            self.close_with_error(Kind(0), 0, Reject::new(ErrorCode::TIMEOUT, reason), backend);
+        }
+    }
+
+    /// Ends the session without sending anything (transport gone, node shutting down):
+    /// releases and zeroes every buffer it holds.
+    pub fn abort<B: GpuBackend + ?Sized>(&mut self, backend: &mut B) {
+        if self.is_closed() {
+            return;
+        }
+        self.release(backend);
+        self.pending.clear();
+        self.enter_closed(CloseReason::Aborted);
+    }
+
+    /// Sends a final ERROR with `code` (e.g. SHUTTING_DOWN) and closes the session.
+    pub fn close_with<B: GpuBackend + ?Sized>(
+        &mut self,
+        code: ErrorCode,
+        reason: &'static str,
+        backend: &mut B,
+    ) {
+        if matches!(self.state, State::Closing | State::Closed) {
+            return;
+        }
+        self.pending.clear();
+        self.close_with_error(Kind(0), 0, Reject::new(code, reason), backend);
+    }
+
+    // ---- outputs ----
+
+    /// Writes the next response frame into `out`. `Ok(None)` when there is nothing to send.
+    ///
+    /// `out` must hold a header plus the largest payload the session may send: a READ response
+    /// can be up to [`max_payload`](Self::max_payload) bytes, and it is read from the backend
+    /// straight into `out`.
+    #[must_use = "a response frame must be sent"]
+    pub fn poll_transmit<C: Crc32, B: GpuBackend + ?Sized>(
+        &mut self,
+        backend: &mut B,
+        out: &mut [u8],
+    ) -> Result<Option<Transmit>, PollError> {
+        let Some(p) = self.pending.front() else {
+            return Ok(None);
+        };
+        let payload_out = out.get_mut(crate::config::HEADER_LEN..).unwrap_or(&mut []);
+        let (kind, flags, len) = match &p.body {
+            Body::Read { id, offset, len } => {
+                let len = *len as usize;
+                let needed = crate::config::HEADER_LEN + len;
+                let dst = payload_out.get_mut(..len).ok_or(PollError::BufferTooSmall { needed })?;
+                match backend.read(*id, *offset, dst) {
+                    Ok(()) => (p.kind, Flags::RESPONSE, len),
+                    Err(e) => {
+                        let r = Reject::from(e);
+                        let m = ErrorMsg { code: r.code, request_kind: p.kind, reason: r.reason };
+                        (Kind::ERROR, ErrorMsg::flags(), m.emit(payload_out)?)
+                    }
+                }
+            }
+            body => {
+                let (kind, flags, len) = Self::emit_body(p.kind, body, payload_out)?;
+                (kind, flags, len)
+            }
+        };
+        let n = emit_frame::<C>(out, kind, flags, p.seq, len)?;
+        self.stats.bytes_out += len as u64;
+        self.pending.pop_front();
+        if self.pending.is_empty() && matches!(self.state, State::Closing) {
+            self.state = State::Closed;
+        }
+        Ok(Some(Transmit { len: n }))
+    }
+
+    /// The next event, if any.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    // ---- internals ----
+
+    fn check_input(&self) -> Result<(), ApiMisuse> {
+        if matches!(self.state, State::Closing | State::Closed) {
+            return Err(ApiMisuse::Closed);
+        }
+        if !self.pending.is_empty() {
+            return Err(ApiMisuse::OutputPending);
+        }
+        Ok(())
+    }
+
+    fn emit_body(kind: Kind, body: &Body, out: &mut [u8]) -> Result<(Kind, Flags, usize), EncodeError> {
+        let r = Flags::RESPONSE;
+        Ok(match body {
+            Body::Empty => (kind, r, 0),
+            Body::Welcome(m) => (kind, r, m.emit(out)?),
+            Body::Pong(data) => (kind, r, msg::Ping { data }.emit(out)?),
+            Body::DeviceInfo { info, free } => {
+                let m = DeviceInfoMsg {
+                    backend: info.backend,
+                    total: info.total,
+                    free: *free,
+                    max_alloc: info.max_alloc,
+                    name: &info.name,
+                    vendor: &info.vendor,
+                };
+                (kind, r, m.emit(out)?)
+            }
+            Body::Stats(m) => (kind, r, m.emit(out)?),
+            Body::Allocated(m) => (kind, r, m.emit(out)?),
+            Body::Error { code, request_kind, reason } => {
+                let m = ErrorMsg { code: *code, request_kind: *request_kind, reason };
+                (Kind::ERROR, ErrorMsg::flags(), m.emit(out)?)
+            }
+            // Read bodies are emitted by poll_transmit, which reads the backend into `out`.
+            Body::Read { .. } => (kind, r, 0),
+        })
+    }
+
+    fn queue(&mut self, kind: Kind, seq: u16, body: Body) {
+        // Each input queues at most MAX_PENDING frames and input is refused until output is
+        // drained, so the queue cannot be full here.
+        let _ = self.pending.push_back(Pending { kind, seq, body });
+    }
+
+    fn push_event(&mut self, e: Event) {
+        if self.events.is_full() {
+            self.events.pop_front();
+        }
+        let _ = self.events.push_back(e);
+    }
+
+    fn reject<B: GpuBackend + ?Sized>(&mut self, kind: Kind, seq: u16, r: Reject, backend: &mut B) {
+        if r.code.closes_session() {
+            self.close_with_error(kind, seq, r, backend);
+        } else {
+            self.queue(kind, seq, Body::Error { code: r.code, request_kind: kind, reason: r.reason });
+        }
+    }
+
+    fn close_with_error<B: GpuBackend + ?Sized>(&mut self, kind: Kind, seq: u16, r: Reject, backend: &mut B) {
+        self.release(backend);
+        self.queue(kind, seq, Body::Error { code: r.code, request_kind: kind, reason: r.reason });
+        self.state = State::Closing;
+        self.push_event(Event::Closed(CloseReason::Error(r.code)));
+    }
+
+    fn enter_closed(&mut self, reason: CloseReason) {
+        self.state = State::Closed;
+        self.push_event(Event::Closed(reason));
+    }
+
+    /// Frees (and so zeroes) every buffer. Backend failures are ignored: the session's claim on
+    /// the memory ends either way, and the backend's own accounting reports any leak.
+    fn release<B: GpuBackend + ?Sized>(&mut self, backend: &mut B) {
+        for slot in self.slots.iter() {
+            let _ = backend.free(slot.id);
+        }
+        self.slots.clear();
+        self.used = 0;
+    }
+
+    fn slot(&self, handle: u32) -> Result<Slot, Reject> {
+        self.slots
+            .iter()
+            .find(|s| s.handle == handle)
+            .copied()
+            .ok_or(Reject::new(ErrorCode::NO_SUCH_BUFFER, "no such buffer in this session"))
+    }
+
+    fn range(slot: &Slot, offset: u64, len: u64) -> Result<(), Reject> {
+        crate::backend::check_range(slot.size, offset, len)
+            .map(|_| ())
+            .map_err(|_| Reject::new(ErrorCode::OUT_OF_BOUNDS, "range outside the buffer"))
+    }
+
+    fn fresh_handle(&mut self) -> u32 {
+        loop {
+            self.next_handle = self.next_handle.wrapping_add(0x9E37_79B9);
+            let h = self.next_handle;
+            if h != 0 && !self.slots.iter().any(|s| s.handle == h) {
+                return h;
+            }
+        }
+    }
+
+    fn dispatch<B: GpuBackend + ?Sized>(
+        &mut self,
+        frame: Frame<'_>,
+        backend: &mut B,
+    ) -> Result<Option<Body>, Reject> {
+        let kind = frame.kind();
+        let flags = frame.header.flags;
+        if flags.is_response() {
+            return Err(Reject::new(ErrorCode::MALFORMED, "response flag set on a request"));
+        }
+        if flags.contains(Flags::COMPRESSED) {
+            return Err(Reject::new(ErrorCode::UNSUPPORTED, "compressed payloads are not supported"));
+        }
+        let request = Request::parse(kind, frame.payload)
+            .map_err(|_| Reject::new(ErrorCode::MALFORMED, "payload does not decode"))?;
+        match (self.state, request) {
+            (_, Request::Unknown(_)) => Err(Reject::new(ErrorCode::UNKNOWN_KIND, "unknown message kind")),
+            (_, Request::Reserved(_)) => Err(Reject::new(ErrorCode::UNSUPPORTED, "reserved message kind")),
+            (_, Request::Bye) => {
+                self.release(backend);
+                self.queue(kind, frame.seq(), Body::Empty);
+                self.state = State::Closing;
+                self.push_event(Event::Closed(CloseReason::Bye));
+                Ok(None)
+            }
+            (State::AwaitHello, Request::Hello(h)) => self.on_hello(h).map(Some),
+            (State::AwaitAuth, Request::Auth(a)) => {
+                let ok = self.config.auth.as_ref().is_some_and(|key| key.verify_auth(&self.nonce, &a.mac));
+                if ok {
+                    self.state = State::Ready;
+                    self.push_event(Event::Ready);
+                    Ok(Some(Body::Empty))
+                } else {
+                    self.push_event(Event::AuthFailed);
+                    Err(Reject::new(ErrorCode::AUTH_FAILED, "authentication failed"))
+                }
+            }
+            (State::Ready, req) => self.on_ready(req, backend),
+            (State::AwaitHello, _) => Err(Reject::new(ErrorCode::WRONG_STATE, "HELLO required first")),
+            (State::AwaitAuth, _) => Err(Reject::new(ErrorCode::WRONG_STATE, "AUTH required first")),
+            (State::Closing | State::Closed, _) => {
+                Err(Reject::new(ErrorCode::WRONG_STATE, "session closing"))
+            }
+        }
+    }
+
+    fn on_hello(&mut self, h: msg::Hello) -> Result<Body, Reject> {
+        let lo = h.min_version.max(MIN_PROTOCOL_VERSION);
+        let hi = h.max_version.min(PROTOCOL_VERSION);
+        if lo > hi {
+            return Err(Reject::new(ErrorCode::VERSION_MISMATCH, "no common protocol version"));
+        }
+        let auth = self.config.auth.is_some();
+        let welcome = Welcome {
+            version: hi,
+            flags: if auth { WELCOME_AUTH_REQUIRED } else { 0 },
+            caps: self.config.caps(),
+            max_payload: self.config.effective_max_payload(),
+            max_buffers: self.config.effective_max_buffers() as u32,
+            quota: self.config.quota,
+            handshake_timeout_ms: self.config.handshake_timeout.as_millis_u32(),
+            idle_timeout_ms: self.config.idle_timeout.as_millis_u32(),
+            nonce: self.nonce,
+        };
+        if auth {
+            self.state = State::AwaitAuth;
+        } else {
+            self.state = State::Ready;
+            self.push_event(Event::Ready);
+        }
+        Ok(Body::Welcome(welcome))
+    }
+
+    fn on_ready<B: GpuBackend + ?Sized>(
+        &mut self,
+        req: Request<'_>,
+        backend: &mut B,
+    ) -> Result<Option<Body>, Reject> {
+        let body = match req {
+            Request::Hello(_) => return Err(Reject::new(ErrorCode::WRONG_STATE, "HELLO already done")),
+            Request::Auth(_) => return Err(Reject::new(ErrorCode::WRONG_STATE, "AUTH not expected")),
+            Request::Ping(p) => {
+                let mut data = Vec::new();
+                // Ping::parse bounds the payload to MAX_PING_PAYLOAD, the vector's capacity.
+                data.extend_from_slice(p.data)
+                    .map_err(|_| Reject::new(ErrorCode::MALFORMED, "ping payload too long"))?;
+                Body::Pong(data)
+            }
+            Request::DeviceInfo => {
+                let info = backend.info();
+                let free = info.total.saturating_sub(backend.usage().used);
+                Body::DeviceInfo { info, free }
+            }
+            Request::Stats => {
+                let s = self.stats();
+                Body::Stats(Stats {
+                    buffers: s.buffers,
+                    max_buffers: self.config.effective_max_buffers() as u32,
+                    used: s.used,
+                    quota: self.config.quota,
+                    frames_in: s.frames_in,
+                    bytes_in: s.bytes_in,
+                    bytes_out: s.bytes_out,
+                })
+            }
+            Request::Alloc(a) => {
+                if a.size == 0 {
+                    return Err(Reject::new(ErrorCode::INVALID_ARGUMENT, "zero-size allocation"));
+                }
+                if a.size > self.config.quota.saturating_sub(self.used) {
+                    return Err(Reject::new(ErrorCode::QUOTA_EXCEEDED, "session quota exceeded"));
+                }
+                if self.slots.len() >= self.config.effective_max_buffers() {
+                    return Err(Reject::new(ErrorCode::TOO_MANY_BUFFERS, "session buffer limit reached"));
+                }
+                let id = backend.alloc(a.size)?;
+                let handle = self.fresh_handle();
+                // Capacity was checked above (effective_max_buffers <= MAX_BUFFERS).
+                if self.slots.push(Slot { handle, id, size: a.size }).is_err() {
+                    let _ = backend.free(id);
+                    return Err(Reject::new(ErrorCode::TOO_MANY_BUFFERS, "session buffer limit reached"));
+                }
+                self.used += a.size;
+                Body::Allocated(Allocated { handle, size: a.size })
+            }
+            Request::Free(f) => {
+                let slot = self.slot(f.handle)?;
+                self.slots.retain(|s| s.handle != f.handle);
+                self.used -= slot.size;
+                backend.free(slot.id)?;
+                Body::Empty
+            }
+            Request::Write(w) => {
+                let slot = self.slot(w.handle)?;
+                Self::range(&slot, w.offset, w.data.len() as u64)?;
+                backend.write(slot.id, w.offset, w.data)?;
+                Body::Empty
+            }
+            Request::Read(r) => {
+                let slot = self.slot(r.handle)?;
+                if r.len > self.config.effective_max_payload() {
+                    return Err(Reject::new(ErrorCode::INVALID_ARGUMENT, "read length above max payload"));
+                }
+                Self::range(&slot, r.offset, r.len as u64)?;
+                Body::Read { id: slot.id, offset: r.offset, len: r.len }
+            }
+            Request::Copy(c) => {
+                let src = self.slot(c.src)?;
+                let dst = self.slot(c.dst)?;
+                Self::range(&src, c.src_offset, c.len)?;
+                Self::range(&dst, c.dst_offset, c.len)?;
+                let sr = c.src_offset..c.src_offset + c.len;
+                let dr = c.dst_offset..c.dst_offset + c.len;
+                crate::backend::check_copy_overlap(src.id, &sr, dst.id, &dr)
+                    .map_err(|_| Reject::new(ErrorCode::INVALID_ARGUMENT, "overlapping copy"))?;
+                backend.copy(src.id, c.src_offset, dst.id, c.dst_offset, c.len)?;
+                Body::Empty
+            }
+            Request::Fill(f) => {
+                let slot = self.slot(f.handle)?;
+                Self::range(&slot, f.offset, f.len)?;
+                backend.fill(slot.id, f.offset, f.len, f.value)?;
+                Body::Empty
+            }
+            Request::Dispatch(d) => {
+                let call = self.kernel_call(&d)?;
+                call.validate(|id| self.slots.iter().find(|s| s.id == id).map(|s| s.size))
+                    .map_err(Reject::from)?;
+                backend.dispatch(&call)?;
+                Body::Empty
+            }
+            // Handled before the state match.
+            Request::Bye | Request::Reserved(_) | Request::Unknown(_) => {
+                return Err(Reject::new(ErrorCode::INTERNAL, "unreachable request routing"));
+            }
+        };
+        Ok(Some(body))
+    }
+
+    fn kernel_call(&self, d: &msg::Dispatch) -> Result<KernelCall, Reject> {
+        let bad = |reason| Reject::new(ErrorCode::INVALID_ARGUMENT, reason);
+        if d.reserved != 0 {
+            return Err(Reject::new(ErrorCode::MALFORMED, "reserved field not zero"));
+        }
+        let id = |h: u32| self.slot(h).map(|s| s.id);
+        let unused_zero = |vals: &[u32]| vals.iter().all(|v| *v == 0);
+        match d.kernel {
+            KernelId::ADD | KernelId::MUL => {
+                if !unused_zero(&[d.m, d.k]) || d.alpha.to_bits() != 0 {
+                    return Err(bad("unused kernel fields must be zero"));
+                }
+                let op = if d.kernel == KernelId::ADD { BinaryOp::Add } else { BinaryOp::Mul };
+                Ok(KernelCall::Binary { op, a: id(d.a)?, b: id(d.b)?, out: id(d.out)?, n: d.n })
+            }
+            KernelId::SCALE => {
+                if !unused_zero(&[d.b, d.m, d.k]) {
+                    return Err(bad("unused kernel fields must be zero"));
+                }
+                Ok(KernelCall::Scale { x: id(d.a)?, out: id(d.out)?, n: d.n, alpha: d.alpha })
+            }
+            KernelId::MATMUL => {
+                if d.alpha.to_bits() != 0 {
+                    return Err(bad("unused kernel fields must be zero"));
+                }
+                Ok(KernelCall::Matmul { a: id(d.a)?, b: id(d.b)?, out: id(d.out)?, m: d.m, k: d.k, n: d.n })
+            }
+            _ => Err(Reject::new(ErrorCode::UNSUPPORTED, "unknown kernel")),
+        }
+    }
+}

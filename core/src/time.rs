@@ -73,7 +73,7 @@ impl Add<Duration> for Instant {
     }
 }
 
-impl Sub<Instant> for Instant {
+impl Sub<Self> for Instant {
     type Output = Duration;
     fn sub(self, rhs: Self) -> Duration {
         self.saturating_since(rhs)
