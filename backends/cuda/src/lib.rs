@@ -241,7 +241,14 @@ impl CudaBackend {
         };
         let ptx = nvrtc::compile_ptx_with_opts(rela_kernels::CUDA_SOURCE, opts)
             .map_err(|e| InitError::Compile(compile_error_text(&e)))?;
-        let module = ctx.load_module(ptx).map_err(|e| InitError::driver("load the compiled kernels", e))?;
+        let module = ctx.load_module(ptx).map_err(|e| match e.0 {
+            R::CUDA_ERROR_UNSUPPORTED_PTX_VERSION => InitError::Unavailable(format!(
+                "the installed NVRTC emits PTX newer than the driver accepts; update the driver or \
+                 use an NVRTC no newer than the driver ({})",
+                describe(e)
+            )),
+            _ => InitError::driver("load the compiled kernels", e),
+        })?;
         let load = |name: &'static str| {
             module.load_function(name).map_err(|e| InitError::driver("look up a kernel", e))
         };
