@@ -1,1 +1,146 @@
-//! WebGPU GpuBackend on wgpu
+//! A [`GpuBackend`](rela_core::backend::GpuBackend) on [wgpu](https://wgpu.rs): WebGPU over
+//! Vulkan, OpenGL (ES, through EGL), Metal or DX12, headless.
+//!
+//! ```no_run
+//! use rela_backend_wgpu::{Api, WgpuBackend, WgpuConfig};
+//! use rela_core::backend::GpuBackend;
+//!
+//! let mut gpu = WgpuBackend::new(WgpuConfig { capacity: 1 << 30, ..WgpuConfig::default() })?;
+//! let buf = gpu.alloc(1024).map_err(|e| e.to_string())?;
+//! gpu.write(buf, 3, b"hello").map_err(|e| e.to_string())?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # How the contract maps onto wgpu
+//!
+//! - **Buffers** are `STORAGE | COPY_SRC | COPY_DST`, padded up to a multiple of 4 bytes
+//!   (`COPY_BUFFER_ALIGNMENT`); the logical size is what the caller asked for and is what
+//!   bounds checks and [`Usage`](rela_core::backend::Usage) see. The padding is never visible.
+//! - **Accounting** is enforced against [`WgpuConfig::capacity`], which is also
+//!   [`DeviceInfo::total`](rela_core::backend::DeviceInfo::total). An allocation larger than
+//!   [`DeviceInfo::max_alloc`](rela_core::backend::DeviceInfo::max_alloc) (the smaller of the
+//!   capacity and the device's `max_buffer_size`) is
+//!   [`OutOfMemory`](rela_core::backend::BackendError::OutOfMemory), as is a driver allocation
+//!   failure.
+//! - **Transfers** go through two reusable staging buffers (one `MAP_READ`, one `MAP_WRITE`),
+//!   chunked, so the hot path allocates nothing per call. Unaligned edges are handled by
+//!   read-modify-write of the 4-byte words they touch.
+//! - **Zero on free**: `free` clears the buffer on the device and waits before dropping it.
+//!   wgpu also zero-initialises every new buffer.
+//! - **Kernels** are the [`rela_kernels::wgsl`] sources, compiled once at start-up. A kernel
+//!   whose operands exceed the device's `max_storage_buffer_binding_size`, or whose grid
+//!   exceeds `max_compute_workgroups_per_dimension`, is
+//!   [`Unsupported`](rela_core::backend::BackendError::Unsupported).
+//! - **Failures**: wgpu's default error handler panics. This backend installs its own handlers
+//!   that record uncaptured errors and device loss; the operation that observes one returns
+//!   [`DeviceLost`](rela_core::backend::BackendError::DeviceLost), and after a real device loss
+//!   every operation does. [`WgpuBackend::fault`] gives the recorded message for logging.
+
+mod backend;
+mod init;
+
+use core::fmt;
+
+pub use backend::WgpuBackend;
+pub use init::list_adapters;
+
+/// Which graphics API wgpu should use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Api {
+    /// Every API compiled in; the best adapter wins (discrete, integrated, virtual, CPU).
+    #[default]
+    Auto,
+    /// Vulkan.
+    Vulkan,
+    /// OpenGL / OpenGL ES through EGL (needs compute shaders: GL 4.3 or GLES 3.1).
+    Gl,
+    /// Metal (only where wgpu was built with it).
+    Metal,
+    /// Direct3D 12 (only where wgpu was built with it).
+    Dx12,
+}
+
+impl Api {
+    /// The wgpu backend set this API selects.
+    pub const fn backends(self) -> wgpu::Backends {
+        match self {
+            Self::Auto => wgpu::Backends::all(),
+            Self::Vulkan => wgpu::Backends::VULKAN,
+            Self::Gl => wgpu::Backends::GL,
+            Self::Metal => wgpu::Backends::METAL,
+            Self::Dx12 => wgpu::Backends::DX12,
+        }
+    }
+}
+
+impl fmt::Display for Api {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Vulkan => "vulkan",
+            Self::Gl => "gl",
+            Self::Metal => "metal",
+            Self::Dx12 => "dx12",
+        })
+    }
+}
+
+/// How to open a [`WgpuBackend`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WgpuConfig {
+    /// Bytes this backend lends. Allocations are accounted against it
+    /// ([`OutOfMemory`](rela_core::backend::BackendError::OutOfMemory) past it) and it is
+    /// reported as [`DeviceInfo::total`](rela_core::backend::DeviceInfo::total).
+    pub capacity: u64,
+    /// Which API to use.
+    pub backends: Api,
+    /// Which adapter: a decimal index into [`list_adapters`]`(backends)`, or a case-insensitive
+    /// substring of the adapter name. `None` picks the best adapter that can run compute.
+    pub adapter: Option<String>,
+}
+
+impl Default for WgpuConfig {
+    /// 256 MiB on the best adapter of any API.
+    fn default() -> Self {
+        Self { capacity: 256 << 20, backends: Api::Auto, adapter: None }
+    }
+}
+
+/// Why a [`WgpuBackend`] could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InitError {
+    /// No usable adapter for the requested API (none present, or wgpu failed to start it).
+    Unavailable(String),
+    /// Adapters exist but none matches [`WgpuConfig::adapter`].
+    NoMatchingAdapter {
+        /// The selector that matched nothing.
+        wanted: String,
+        /// What is available, as [`list_adapters`] prints it.
+        available: Vec<String>,
+    },
+    /// The adapter was found but cannot run the RELA kernels (no compute shaders, too few
+    /// storage buffers, small workgroups).
+    Unsupported(String),
+    /// Opening the device failed.
+    Device(String),
+    /// A built-in kernel failed to compile.
+    Shader(String),
+}
+
+impl fmt::Display for InitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unavailable(why) => write!(f, "no wgpu adapter available: {why}"),
+            Self::NoMatchingAdapter { wanted, available } => {
+                write!(f, "no wgpu adapter matches {wanted:?}; available: [{}]", available.join(", "))
+            }
+            Self::Unsupported(why) => write!(f, "wgpu adapter cannot run the RELA kernels: {why}"),
+            Self::Device(why) => write!(f, "opening the wgpu device failed: {why}"),
+            Self::Shader(why) => write!(f, "compiling a RELA kernel failed: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for InitError {}

@@ -1,0 +1,321 @@
+//! Integration tests on real adapters: Vulkan (lavapipe in CI) and GL (llvmpipe via EGL).
+//!
+//! A test whose API has no adapter prints why and passes, unless `RELA_REQUIRE_BACKENDS`
+//! (comma-separated) names that backend (`wgpu-vulkan`, `wgpu-gl`): then it fails.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use rela_backend_wgpu::{Api, InitError, WgpuBackend, WgpuConfig, list_adapters};
+use rela_core::backend::{BackendError, BinaryOp, BufferId, GpuBackend, KernelCall};
+use rela_kernels::reference;
+
+const CAPACITY: u64 = 64 << 20;
+
+fn open(name: &str, api: Api) -> Option<WgpuBackend> {
+    match WgpuBackend::new(WgpuConfig { capacity: CAPACITY, backends: api, adapter: None }) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            let required = std::env::var("RELA_REQUIRE_BACKENDS").unwrap_or_default();
+            if required.split(',').any(|s| s.trim() == name) {
+                panic!("{name} is required (RELA_REQUIRE_BACKENDS) but unavailable: {e}");
+            }
+            eprintln!("SKIP {name}: {e}");
+            None
+        }
+    }
+}
+
+/// Deterministic bytes.
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+fn floats(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn read_all(b: &mut WgpuBackend, id: BufferId) -> Vec<u8> {
+    let mut out = vec![0u8; b.size(id).unwrap() as usize];
+    b.read(id, 0, &mut out).unwrap();
+    out
+}
+
+fn round_trips(b: &mut WgpuBackend) {
+    for size in [1u64, 3, 4, 5, 255, 4096, 4099, (4 << 20) + 13, (9 << 20) + 1] {
+        let id = b.alloc(size).unwrap();
+        assert!(read_all(b, id).iter().all(|&x| x == 0), "fresh buffer of {size} not zero");
+        let data = pattern(size as usize, size as u32);
+        b.write(id, 0, &data).unwrap();
+        assert_eq!(read_all(b, id), data, "round trip of {size}");
+        b.free(id).unwrap();
+    }
+    // Unaligned offsets and lengths against a host mirror.
+    let size = 4 * 1024 + 7;
+    let id = b.alloc(size).unwrap();
+    let mut mirror = vec![0u8; size as usize];
+    let mut seed = 1;
+    for off in [0u64, 1, 2, 3, 5, 6, 7, 1021, 4093] {
+        for len in [0u64, 1, 2, 3, 4, 5, 7, 8, 9, 63, 1000] {
+            if off + len > size {
+                continue;
+            }
+            seed += 1;
+            let data = pattern(len as usize, seed);
+            b.write(id, off, &data).unwrap();
+            mirror[off as usize..(off + len) as usize].copy_from_slice(&data);
+            let mut back = vec![0u8; len as usize];
+            b.read(id, off, &mut back).unwrap();
+            assert_eq!(back, data, "read back at {off}+{len}");
+        }
+    }
+    assert_eq!(read_all(b, id), mirror);
+    // Bounds.
+    assert_eq!(b.write(id, size, &[1]), Err(BackendError::OutOfBounds));
+    assert_eq!(b.write(id, u64::MAX, &[1]), Err(BackendError::OutOfBounds));
+    assert_eq!(b.read(id, size - 1, &mut [0, 0]), Err(BackendError::OutOfBounds));
+    assert_eq!(b.write(id, size, &[]), Ok(()));
+    assert_eq!(b.read(id, size, &mut []), Ok(()));
+    assert_eq!(b.write(BufferId(999_999), 0, &[1]), Err(BackendError::NoSuchBuffer));
+    b.free(id).unwrap();
+    assert_eq!(b.free(id), Err(BackendError::NoSuchBuffer));
+}
+
+fn zero_after_free(b: &mut WgpuBackend) {
+    let before = b.usage();
+    let ids: Vec<_> = (0..8).map(|i| b.alloc(1000 + i).unwrap()).collect();
+    for (i, &id) in ids.iter().enumerate() {
+        b.fill(id, 0, 1000, 0xA5 ^ i as u8).unwrap();
+    }
+    for id in ids {
+        b.free(id).unwrap();
+    }
+    assert_eq!(b.usage(), before);
+    for i in 0..8 {
+        let id = b.alloc(1000 + i).unwrap();
+        assert!(read_all(b, id).iter().all(|&x| x == 0));
+        b.free(id).unwrap();
+    }
+}
+
+fn fill_edges(b: &mut WgpuBackend) {
+    let size = (4 << 20) + 11;
+    let id = b.alloc(size).unwrap();
+    let mut mirror = vec![0u8; size as usize];
+    let cases = [
+        (0, size, 0x11u8),
+        (1, 1, 0x22),
+        (3, 2, 0x33),
+        (5, 7, 0x44),
+        (2, 4, 0),
+        (6, 4000, 0),
+        (7, size - 7, 0x55),
+        (13, (4 << 20) - 20, 0x66),
+        (size - 3, 3, 0x77),
+        (size - 1, 1, 0),
+        (100, 0, 0x99),
+    ];
+    for (off, len, v) in cases {
+        b.fill(id, off, len, v).unwrap();
+        mirror[off as usize..(off + len) as usize].fill(v);
+        assert_eq!(read_all(b, id), mirror, "fill {off}+{len}={v:#x}");
+    }
+    assert_eq!(b.fill(id, size, 1, 0), Err(BackendError::OutOfBounds));
+    assert_eq!(b.fill(id, 1, u64::MAX, 0), Err(BackendError::OutOfBounds));
+    b.free(id).unwrap();
+}
+
+fn copy_edges(b: &mut WgpuBackend) {
+    let size = 10_000u64;
+    let (s, d) = (b.alloc(size).unwrap(), b.alloc(size + 3).unwrap());
+    let src = pattern(size as usize, 7);
+    b.write(s, 0, &src).unwrap();
+    let mut mirror = vec![0u8; (size + 3) as usize];
+    for (so, dof, len) in [
+        (0u64, 0u64, 16u64),
+        (0, 0, 9),
+        (1, 5, 11),
+        (2, 3, 1),
+        (3, 0, 4000),
+        (4, 7, 9996),
+        (5, 6, 3),
+        (0, 9, 0),
+    ] {
+        b.copy(s, so, d, dof, len).unwrap();
+        mirror[dof as usize..(dof + len) as usize].copy_from_slice(&src[so as usize..(so + len) as usize]);
+        assert_eq!(read_all(b, d), mirror, "copy {so}->{dof} len {len}");
+    }
+    // Same buffer, disjoint ranges, every phase.
+    let mut smirror = src.clone();
+    for (so, dof, len) in [(0u64, 5000u64, 5000u64), (1, 4001, 999), (6000, 10, 2001), (3, 9000, 7)] {
+        b.copy(s, so, s, dof, len).unwrap();
+        let chunk = smirror[so as usize..(so + len) as usize].to_vec();
+        smirror[dof as usize..(dof + len) as usize].copy_from_slice(&chunk);
+        assert_eq!(read_all(b, s), smirror, "self copy {so}->{dof} len {len}");
+    }
+    assert_eq!(b.copy(s, 0, s, 10, 20), Err(BackendError::InvalidArgument));
+    assert_eq!(b.copy(s, 0, d, size, 4), Err(BackendError::OutOfBounds));
+    assert_eq!(b.copy(s, u64::MAX, d, 0, 2), Err(BackendError::OutOfBounds));
+    assert_eq!(b.copy(s, size, d, 0, 0), Ok(()));
+    b.free(s).unwrap();
+    b.free(d).unwrap();
+}
+
+fn kernels(b: &mut WgpuBackend) {
+    for n in [0u32, 1, 7, 256, 1000, 70_000] {
+        let len = (n as usize * 4).max(4);
+        let (xa, xb) = (pattern(n as usize, 1), pattern(n as usize, 2));
+        let to_f = |v: &[u8]| floats(&v.iter().map(|&x| x as f32 / 16.0 - 7.0).collect::<Vec<_>>());
+        let (fa, fb) = (to_f(&xa), to_f(&xb));
+        let a = b.alloc(len as u64).unwrap();
+        let bb = b.alloc(len as u64).unwrap();
+        let out = b.alloc(len as u64 + 8).unwrap();
+        b.write(a, 0, &fa).unwrap();
+        b.write(bb, 0, &fb).unwrap();
+        for op in [BinaryOp::Add, BinaryOp::Mul] {
+            b.dispatch(&KernelCall::Binary { op, a, b: bb, out, n }).unwrap();
+            let mut want = vec![0u8; n as usize * 4];
+            reference::binary(op, &fa, &fb, &mut want, n as usize);
+            let mut got = vec![0u8; n as usize * 4];
+            b.read(out, 0, &mut got).unwrap();
+            assert_eq!(got, want, "{op:?} n={n}");
+        }
+        b.dispatch(&KernelCall::Scale { x: a, out, n, alpha: -2.5 }).unwrap();
+        let mut want = vec![0u8; n as usize * 4];
+        reference::scale(&fa, &mut want, n as usize, -2.5);
+        let mut got = vec![0u8; n as usize * 4];
+        b.read(out, 0, &mut got).unwrap();
+        assert_eq!(got, want, "scale n={n}");
+        for id in [a, bb, out] {
+            b.free(id).unwrap();
+        }
+    }
+    for (m, k, n) in
+        [(1u32, 1u32, 1u32), (2, 3, 2), (16, 16, 16), (17, 33, 5), (64, 1, 70), (5, 0, 3), (0, 4, 4)]
+    {
+        let fa = floats(&(0..m * k).map(|i| (i % 13) as f32 * 0.5 - 2.0).collect::<Vec<_>>());
+        let fb = floats(&(0..k * n).map(|i| (i % 7) as f32 * 0.25 + 1.0).collect::<Vec<_>>());
+        let a = b.alloc(fa.len().max(4) as u64).unwrap();
+        let bb = b.alloc(fb.len().max(4) as u64).unwrap();
+        let out_len = (m * n * 4) as usize;
+        let out = b.alloc(out_len.max(4) as u64).unwrap();
+        b.fill(out, 0, out_len.max(4) as u64, 0xCD).unwrap();
+        b.write(a, 0, &fa).unwrap();
+        b.write(bb, 0, &fb).unwrap();
+        b.dispatch(&KernelCall::Matmul { a, b: bb, out, m, k, n }).unwrap();
+        let mut want = vec![0u8; out_len];
+        reference::matmul(&fa, &fb, &mut want, m as usize, k as usize, n as usize);
+        let mut got = vec![0u8; out_len];
+        b.read(out, 0, &mut got).unwrap();
+        assert_eq!(got, want, "matmul {m}x{k}x{n}");
+        for id in [a, bb, out] {
+            b.free(id).unwrap();
+        }
+    }
+    // Validation before device work.
+    let a = b.alloc(16).unwrap();
+    let out = b.alloc(16).unwrap();
+    let call = KernelCall::Binary { op: BinaryOp::Add, a, b: a, out, n: 5 };
+    assert_eq!(b.dispatch(&call), Err(BackendError::OutOfBounds));
+    let call = KernelCall::Binary { op: BinaryOp::Add, a, b: a, out: a, n: 4 };
+    assert_eq!(b.dispatch(&call), Err(BackendError::InvalidArgument));
+    let call = KernelCall::Scale { x: a, out, n: 4, alpha: f32::NAN };
+    assert_eq!(b.dispatch(&call), Err(BackendError::InvalidArgument));
+    let call = KernelCall::Matmul { a, b: BufferId(424_242), out, m: 1, k: 1, n: 1 };
+    assert_eq!(b.dispatch(&call), Err(BackendError::NoSuchBuffer));
+    b.free(a).unwrap();
+    b.free(out).unwrap();
+}
+
+fn accounting(b: &mut WgpuBackend) {
+    let info = b.info();
+    assert_eq!(info.total, CAPACITY);
+    assert!(info.max_alloc <= CAPACITY && info.max_alloc > 0);
+    assert_eq!(b.alloc(0), Err(BackendError::InvalidArgument));
+    assert_eq!(b.alloc(CAPACITY + 1), Err(BackendError::OutOfMemory));
+    assert_eq!(b.alloc(u64::MAX), Err(BackendError::OutOfMemory));
+    let start = b.usage();
+    let big = b.alloc(CAPACITY - start.used - 10).unwrap();
+    assert_eq!(b.alloc(11), Err(BackendError::OutOfMemory));
+    let small = b.alloc(10).unwrap();
+    assert_eq!(b.usage().used, CAPACITY);
+    assert_eq!(b.usage().buffers, start.buffers + 2);
+    assert_eq!(b.alloc(1), Err(BackendError::OutOfMemory));
+    assert_eq!(b.size(small), Ok(10));
+    b.free(big).unwrap();
+    b.free(small).unwrap();
+    assert_eq!(b.usage(), start);
+}
+
+macro_rules! api_tests {
+    ($module:ident, $name:literal, $api:expr) => {
+        mod $module {
+            use super::*;
+
+            #[test]
+            fn adapters_listed() {
+                eprintln!("{} adapters: {:?}", $name, list_adapters($api));
+            }
+
+            #[test]
+            fn round_trips() {
+                if let Some(mut b) = open($name, $api) {
+                    super::round_trips(&mut b);
+                }
+            }
+
+            #[test]
+            fn zero_after_free() {
+                if let Some(mut b) = open($name, $api) {
+                    super::zero_after_free(&mut b);
+                }
+            }
+
+            #[test]
+            fn fill_edges() {
+                if let Some(mut b) = open($name, $api) {
+                    super::fill_edges(&mut b);
+                }
+            }
+
+            #[test]
+            fn copy_edges() {
+                if let Some(mut b) = open($name, $api) {
+                    super::copy_edges(&mut b);
+                }
+            }
+
+            #[test]
+            fn kernels() {
+                if let Some(mut b) = open($name, $api) {
+                    super::kernels(&mut b);
+                }
+            }
+
+            #[test]
+            fn accounting() {
+                if let Some(mut b) = open($name, $api) {
+                    super::accounting(&mut b);
+                }
+            }
+        }
+    };
+}
+
+api_tests!(vulkan, "wgpu-vulkan", Api::Vulkan);
+api_tests!(gl, "wgpu-gl", Api::Gl);
+
+#[test]
+fn bad_adapter_selector_is_typed() {
+    let cfg = WgpuConfig { capacity: 1024, backends: Api::Auto, adapter: Some("no such gpu zzz".into()) };
+    match WgpuBackend::new(cfg) {
+        Err(InitError::NoMatchingAdapter { .. } | InitError::Unavailable(_)) => {}
+        other => panic!("unexpected: {:?}", other.map(|b| b.info())),
+    }
+}
