@@ -17,6 +17,9 @@ use crate::{InitError, WgpuConfig};
 /// Bytes of each staging buffer (read, write, bounce), clamped to the device's limit.
 const STAGING_SIZE: u64 = 4 << 20;
 
+/// Bytes of the [`Params`] uniform.
+const PARAMS_SIZE: u64 = 16;
+
 /// wgpu's copy and write alignment (`COPY_BUFFER_ALIGNMENT`).
 const ALIGN: u64 = wgpu::COPY_BUFFER_ALIGNMENT;
 
@@ -116,7 +119,7 @@ impl WgpuBackend {
             })
         };
         use wgpu::BufferUsages as U;
-        let params = make("rela-params", 16, U::UNIFORM | U::COPY_DST, false);
+        let params = make("rela-params", PARAMS_SIZE, U::UNIFORM | U::COPY_DST, false);
         let read_staging = make("rela-read-staging", staging_size, U::MAP_READ | U::COPY_DST, false);
         let write_staging = make("rela-write-staging", staging_size, U::MAP_WRITE | U::COPY_SRC, true);
         let bounce = make("rela-bounce", staging_size, U::COPY_SRC | U::COPY_DST, false);
@@ -369,13 +372,23 @@ impl WgpuBackend {
         result
     }
 
-    /// A storage binding of the first `need` bytes of buffer `id` (at least 4 bytes, since
-    /// no buffer is empty). `Unsupported` past the device's binding limit.
+    /// Puts `bytes` at the start of the write staging buffer and unmaps it, ready to be
+    /// copied by the next submission (which must then call [`Self::ensure_write_mapped`]).
+    fn stage(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
+        self.ensure_write_mapped()?;
+        let staged = self
+            .write_staging
+            .get_mapped_range_mut(0..bytes.len() as u64)
+            .map(|mut view| view.slice(..).copy_from_slice(bytes));
+        self.write_staging.unmap();
+        self.write_mapped = false;
+        staged.map_err(|_| BackendError::DeviceLost)
+    }
+
+    /// A storage binding of the first `need` bytes of buffer `id` (at least 4 bytes; no
+    /// buffer is empty). The caller keeps `need` within the buffer and the binding limit.
     fn binding(&self, id: BufferId, need: u64) -> Result<wgpu::BindingResource<'_>, BackendError> {
         let entry = self.entry(id)?;
-        if need > self.max_binding {
-            return Err(BackendError::Unsupported);
-        }
         let size = round_up(need).max(ALIGN);
         Ok(wgpu::BindingResource::Buffer(wgpu::BufferBinding {
             buffer: &entry.buffer,
@@ -548,15 +561,9 @@ impl GpuBackend for WgpuBackend {
         call.validate(|id| self.buffers.get(&id.0).map(|e| e.size))?;
         self.alive()?;
         let f32s = |count: u64| count * 4;
-        let p = Params::of(call);
-        let (pipeline, layout, groups) = match *call {
-            KernelCall::Binary { n, .. } => {
-                (&self.pipelines.binary, &self.pipelines.binary_layout, grid_1d(n))
-            }
-            KernelCall::Scale { n, .. } => (&self.pipelines.scale, &self.pipelines.scale_layout, grid_1d(n)),
-            KernelCall::Matmul { m, n, .. } => {
-                (&self.pipelines.matmul, &self.pipelines.matmul_layout, grid_matmul(m, n))
-            }
+        let groups = match *call {
+            KernelCall::Binary { n, .. } | KernelCall::Scale { n, .. } => grid_1d(n),
+            KernelCall::Matmul { m, n, .. } => grid_matmul(m, n),
         };
         if groups.0 == 0 || groups.1 == 0 {
             return Ok(());
@@ -564,7 +571,7 @@ impl GpuBackend for WgpuBackend {
         if groups.0 > self.max_groups || groups.1 > self.max_groups {
             return Err(BackendError::Unsupported);
         }
-        // Validated above: every id exists and the products fit in u64.
+        // Validated above: every id exists and these products fit in u64.
         let (storage, count) = match *call {
             KernelCall::Binary { a, b, out, n, .. } => {
                 let bytes = f32s(u64::from(n));
@@ -579,7 +586,17 @@ impl GpuBackend for WgpuBackend {
                 ([(a, f32s(m * k)), (b, f32s(k * n)), (out, f32s(m * n))], 3)
             }
         };
-        let mut entries = Vec::with_capacity(4);
+        if storage.iter().any(|&(_, need)| need > self.max_binding) {
+            return Err(BackendError::Unsupported);
+        }
+        // Params go through the write staging buffer (no per-call allocation in wgpu).
+        self.stage(&Params::of(call).to_bytes())?;
+        let (pipeline, layout) = match call {
+            KernelCall::Binary { .. } => (&self.pipelines.binary, &self.pipelines.binary_layout),
+            KernelCall::Scale { .. } => (&self.pipelines.scale, &self.pipelines.scale_layout),
+            KernelCall::Matmul { .. } => (&self.pipelines.matmul, &self.pipelines.matmul_layout),
+        };
+        let mut entries = Vec::with_capacity(count + 1);
         for (i, &(id, need)) in storage[..count].iter().enumerate() {
             entries.push(wgpu::BindGroupEntry { binding: i as u32, resource: self.binding(id, need)? });
         }
@@ -590,8 +607,8 @@ impl GpuBackend for WgpuBackend {
             layout,
             entries: &entries,
         });
-        self.queue.write_buffer(&self.params, 0, &p.to_bytes());
         let mut enc = self.encoder();
+        enc.copy_buffer_to_buffer(&self.write_staging, 0, &self.params, 0, PARAMS_SIZE);
         {
             let mut pass =
                 enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
@@ -600,7 +617,8 @@ impl GpuBackend for WgpuBackend {
             pass.dispatch_workgroups(groups.0, groups.1, 1);
         }
         self.queue.submit([enc.finish()]);
-        self.wait()
+        // Re-maps the staging buffer; the wait covers the kernel.
+        self.ensure_write_mapped()
     }
 }
 

@@ -253,6 +253,87 @@ fn accounting(b: &mut WgpuBackend) {
     assert_eq!(b.usage(), start);
 }
 
+/// Random operations, valid and not, against a host model.
+fn random_ops(b: &mut WgpuBackend) {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut rnd = move |m: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % m.max(1)
+    };
+    let mut model: Vec<(BufferId, Vec<u8>)> = Vec::new();
+    for step in 0..400 {
+        let pick = |r: u64, model: &Vec<(BufferId, Vec<u8>)>| {
+            if model.is_empty() || r.is_multiple_of(10) { None } else { Some((r as usize) % model.len()) }
+        };
+        match rnd(6) {
+            0 if model.len() < 12 => {
+                let size = 1 + rnd(3000);
+                let id = b.alloc(size).unwrap();
+                model.push((id, vec![0; size as usize]));
+            }
+            1 if model.len() > 3 => {
+                let i = rnd(model.len() as u64) as usize;
+                let (id, _) = model.swap_remove(i);
+                b.free(id).unwrap();
+            }
+            2 => {
+                let (off, len) = (rnd(3100), rnd(200));
+                let data = pattern(len as usize, step);
+                match pick(rnd(1000), &model) {
+                    Some(i) if off + len <= model[i].1.len() as u64 => {
+                        b.write(model[i].0, off, &data).unwrap();
+                        model[i].1[off as usize..(off + len) as usize].copy_from_slice(&data);
+                    }
+                    Some(i) => assert_eq!(b.write(model[i].0, off, &data), Err(BackendError::OutOfBounds)),
+                    None => {
+                        assert_eq!(b.write(BufferId(u64::MAX), off, &data), Err(BackendError::NoSuchBuffer))
+                    }
+                }
+            }
+            3 => {
+                let (off, len, v) = (rnd(3100), rnd(300), rnd(256) as u8);
+                match pick(rnd(1000), &model) {
+                    Some(i) if off + len <= model[i].1.len() as u64 => {
+                        b.fill(model[i].0, off, len, v).unwrap();
+                        model[i].1[off as usize..(off + len) as usize].fill(v);
+                    }
+                    Some(i) => assert_eq!(b.fill(model[i].0, off, len, v), Err(BackendError::OutOfBounds)),
+                    None => assert_eq!(b.fill(BufferId(0), off, len, v), Err(BackendError::NoSuchBuffer)),
+                }
+            }
+            4 => {
+                let (Some(i), Some(j)) = (pick(rnd(1000), &model), pick(rnd(1000), &model)) else { continue };
+                let (so, dof, len) = (rnd(1500), rnd(1500), rnd(1500));
+                let (sl, dl) = (model[i].1.len() as u64, model[j].1.len() as u64);
+                let got = b.copy(model[i].0, so, model[j].0, dof, len);
+                if so + len > sl || dof + len > dl {
+                    assert_eq!(got, Err(BackendError::OutOfBounds));
+                } else if i == j && so < dof + len && dof < so + len && len > 0 {
+                    assert_eq!(got, Err(BackendError::InvalidArgument));
+                } else {
+                    got.unwrap();
+                    let chunk = model[i].1[so as usize..(so + len) as usize].to_vec();
+                    model[j].1[dof as usize..(dof + len) as usize].copy_from_slice(&chunk);
+                }
+            }
+            _ => {
+                if let Some(i) = pick(rnd(1000), &model) {
+                    let (id, want) = &model[i];
+                    assert_eq!(&read_all(b, *id), want, "step {step}");
+                }
+            }
+        }
+        let used: u64 = model.iter().map(|(_, v)| v.len() as u64).sum();
+        assert_eq!(b.usage().used, used);
+        assert_eq!(b.usage().buffers as usize, model.len());
+    }
+    for (id, want) in &model {
+        assert_eq!(&read_all(b, *id), want);
+    }
+}
+
 macro_rules! api_tests {
     ($module:ident, $name:literal, $api:expr) => {
         mod $module {
@@ -299,6 +380,13 @@ macro_rules! api_tests {
             }
 
             #[test]
+            fn random_ops() {
+                if let Some(mut b) = open($name, $api) {
+                    super::random_ops(&mut b);
+                }
+            }
+
+            #[test]
             fn accounting() {
                 if let Some(mut b) = open($name, $api) {
                     super::accounting(&mut b);
@@ -317,5 +405,25 @@ fn bad_adapter_selector_is_typed() {
     match WgpuBackend::new(cfg) {
         Err(InitError::NoMatchingAdapter { .. } | InitError::Unavailable(_)) => {}
         other => panic!("unexpected: {:?}", other.map(|b| b.info())),
+    }
+}
+
+#[test]
+fn backend_is_send() {
+    fn send<T: Send>() {}
+    send::<WgpuBackend>();
+    send::<Box<dyn GpuBackend + Send>>();
+}
+
+#[test]
+fn device_facts() {
+    for (name, api) in [("wgpu-vulkan", Api::Vulkan), ("wgpu-gl", Api::Gl)] {
+        if let Some(b) = open(name, api) {
+            eprintln!("{name}: {:?} on {:?}", b.info(), b.api());
+        }
+        let cfg = WgpuConfig { capacity: u64::MAX, backends: api, adapter: None };
+        if let Ok(b) = WgpuBackend::new(cfg) {
+            eprintln!("{name}: device max_alloc {}", b.info().max_alloc);
+        }
     }
 }
