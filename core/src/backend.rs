@@ -259,13 +259,14 @@ impl KernelCall {
     /// Validates shapes against buffer sizes before any device work.
     ///
     /// `size_of` returns a buffer's size, or `None` if no such buffer exists. Checks, with
-    /// overflow-safe arithmetic: every buffer exists; every buffer holds what the shape needs;
+    /// overflow-safe arithmetic: every buffer exists (`NoSuchBuffer`); every buffer holds what the
+    /// shape needs (`OutOfBounds`, also when the byte count overflows `u64`);
     /// the output aliases no input (the kernels are not in-place safe on every backend). Zero
     /// elements (or a zero dimension) is allowed and does nothing.
     pub fn validate(&self, size_of: impl Fn(BufferId) -> Option<u64>) -> Result<(), BackendError> {
         let need = |id: BufferId, bytes: Option<u64>| -> Result<(), BackendError> {
             let have = size_of(id).ok_or(BackendError::NoSuchBuffer)?;
-            let bytes = bytes.ok_or(BackendError::InvalidArgument)?;
+            let bytes = bytes.ok_or(BackendError::OutOfBounds)?;
             if bytes > have { Err(BackendError::OutOfBounds) } else { Ok(()) }
         };
         match *self {

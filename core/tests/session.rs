@@ -1,0 +1,433 @@
+//! Whole sessions driven in memory: handshake, auth, every out-of-state request, quotas,
+//! isolation between sessions, timeouts, and release of everything on close.
+
+mod common;
+
+use common::{Driver, MockBackend};
+use rela_core::auth::AuthKey;
+use rela_core::backend::{GpuBackend, KernelId};
+use rela_core::session::{ApiMisuse, CloseReason, Event, SessionConfig, State};
+use rela_core::time::{Duration, Instant};
+use rela_core::wire::msg::*;
+use rela_core::wire::{ErrorCode, Flags, FrameError, HeaderError, Kind};
+
+const TOKEN: &[u8] = b"correct horse battery staple";
+
+fn hello() -> Hello {
+    Hello { min_version: 1, max_version: 1, caps: Caps::DISPATCH }
+}
+
+fn config() -> SessionConfig {
+    SessionConfig { quota: 1 << 20, max_buffers: 4, ..SessionConfig::default() }
+}
+
+fn ready(b: &mut MockBackend) -> Driver {
+    let mut d = Driver::new(config(), [3; 32]);
+    let w = d.one(b, &hello());
+    assert!(matches!(w.response(), Response::Welcome(_)));
+    assert!(d.session.is_ready());
+    d
+}
+
+fn alloc(d: &mut Driver, b: &mut MockBackend, size: u64) -> u32 {
+    match d.one(b, &Alloc { size }).response() {
+        Response::Allocated(a) => {
+            assert_eq!(a.size, size);
+            a.handle
+        }
+        other => panic!("alloc failed: {other:?}"),
+    }
+}
+
+fn code(o: &common::Out) -> ErrorCode {
+    ErrorCode(o.error_code().unwrap_or_else(|| panic!("expected ERROR, got {:?}", o.response())))
+}
+
+#[test]
+fn handshake_without_auth() {
+    let mut b = MockBackend::new(1 << 24);
+    let mut d = Driver::new(config(), [9; 32]);
+    assert_eq!(d.session.state(), State::AwaitHello);
+    let w = d.one(&mut b, &hello());
+    let Response::Welcome(w) = w.response() else { panic!() };
+    assert_eq!(w.version, 1);
+    assert!(!w.auth_required());
+    assert_eq!(w.nonce, [9; 32]);
+    assert_eq!(w.quota, 1 << 20);
+    assert_eq!(w.max_buffers, 4);
+    assert!(w.caps.contains(Caps::DISPATCH));
+    assert!(!w.caps.contains(Caps::MODELS), "models are not advertised yet");
+    assert_eq!(d.session.poll_event(), Some(Event::Ready));
+    assert!(matches!(d.one(&mut b, &Ping { data: b"abc" }).response(), Response::Pong(b"abc")));
+}
+
+#[test]
+fn version_mismatch_closes() {
+    let mut b = MockBackend::new(1 << 24);
+    let mut d = Driver::new(config(), [0; 32]);
+    let o = d.one(&mut b, &Hello { min_version: 2, max_version: 9, caps: Caps(0) });
+    assert_eq!(code(&o), ErrorCode::VERSION_MISMATCH);
+    assert!(d.session.is_closed());
+}
+
+#[test]
+fn auth_success() {
+    let mut b = MockBackend::new(1 << 24);
+    let key = AuthKey::new(TOKEN);
+    let mut d = Driver::new(SessionConfig { auth: Some(key.clone()), ..config() }, [5; 32]);
+    let Response::Welcome(w) = d.one(&mut b, &hello()).response() else { panic!() };
+    assert!(w.auth_required());
+    assert_eq!(d.session.state(), State::AwaitAuth);
+    // Before AUTH, everything but AUTH and BYE is refused, and the session stays put.
+    assert_eq!(code(&d.one(&mut b, &Alloc { size: 8 })), ErrorCode::WRONG_STATE);
+    assert_eq!(d.session.state(), State::AwaitAuth);
+    let o = d.one(&mut b, &Auth { mac: key.auth_tag(&w.nonce) });
+    assert!(matches!(o.response(), Response::Ack(Kind::AUTH)));
+    assert!(d.session.is_ready());
+    alloc(&mut d, &mut b, 8);
+}
+
+#[test]
+fn auth_failure_closes_and_wrong_nonce_fails() {
+    let mut b = MockBackend::new(1 << 24);
+    let key = AuthKey::new(TOKEN);
+    // A wrong token.
+    let mut d = Driver::new(SessionConfig { auth: Some(key.clone()), ..config() }, [5; 32]);
+    let _ = d.one(&mut b, &hello());
+    let o = d.one(&mut b, &Auth { mac: AuthKey::new(b"wrong").auth_tag(&[5; 32]) });
+    assert_eq!(code(&o), ErrorCode::AUTH_FAILED);
+    assert!(d.session.is_closed());
+    assert_eq!(d.session.poll_event(), Some(Event::AuthFailed));
+    // A tag replayed from another session (other nonce) fails too.
+    let mut d2 = Driver::new(SessionConfig { auth: Some(key.clone()), ..config() }, [6; 32]);
+    let _ = d2.one(&mut b, &hello());
+    let o = d2.one(&mut b, &Auth { mac: key.auth_tag(&[5; 32]) });
+    assert_eq!(code(&o), ErrorCode::AUTH_FAILED);
+}
+
+#[test]
+fn every_request_before_hello_is_refused() {
+    let mut b = MockBackend::new(1 << 24);
+    let mut d = Driver::new(config(), [1; 32]);
+    let requests: Vec<(Kind, Vec<u8>)> = vec![
+        (Kind::AUTH, vec![0; 32]),
+        (Kind::PING, vec![]),
+        (Kind::DEVICE_INFO, vec![]),
+        (Kind::STATS, vec![]),
+        (Kind::ALLOC, 8u64.to_le_bytes().to_vec()),
+        (Kind::FREE, 1u32.to_le_bytes().to_vec()),
+        (Kind::WRITE, vec![0; 13]),
+        (Kind::READ, vec![0; 16]),
+        (Kind::COPY, vec![0; 32]),
+        (Kind::FILL, vec![0; 21]),
+        (Kind::DISPATCH, vec![0; 32]),
+    ];
+    for (kind, payload) in requests {
+        let outs = d.raw(&mut b, kind, Flags::NONE, &payload);
+        assert_eq!(outs.len(), 1);
+        assert_eq!(code(&outs[0]), ErrorCode::WRONG_STATE, "{kind}");
+        assert_eq!(outs[0].seq, d.last_seq());
+        assert_eq!(d.session.state(), State::AwaitHello);
+    }
+    assert!(b.bufs.is_empty());
+    // The session is still usable.
+    let _ = d.one(&mut b, &hello());
+    assert!(d.session.is_ready());
+}
+
+#[test]
+fn out_of_state_after_ready() {
+    let mut b = MockBackend::new(1 << 24);
+    let mut d = ready(&mut b);
+    assert_eq!(code(&d.one(&mut b, &hello())), ErrorCode::WRONG_STATE);
+    assert_eq!(code(&d.one(&mut b, &Auth { mac: [0; 32] })), ErrorCode::WRONG_STATE);
+    assert!(d.session.is_ready());
+}
+
+#[test]
+fn unknown_reserved_malformed_and_flags() {
+    let mut b = MockBackend::new(1 << 24);
+    let mut d = ready(&mut b);
+    let o = d.raw(&mut b, Kind(0x55), Flags::NONE, b"xyz");
+    assert_eq!(code(&o[0]), ErrorCode::UNKNOWN_KIND);
+    let Response::Error(e) = o[0].response() else { panic!() };
+    assert_eq!(e.request_kind, Kind(0x55), "unknown kinds round-trip");
+    for k in [Kind::MODEL_LOAD, Kind::MODEL_UNLOAD, Kind::INFER] {
+        assert_eq!(code(&d.raw(&mut b, k, Flags::NONE, &[])[0]), ErrorCode::UNSUPPORTED);
+    }
+    assert_eq!(code(&d.raw(&mut b, Kind::ALLOC, Flags::NONE, &[1, 2, 3])[0]), ErrorCode::MALFORMED);
+    assert_eq!(code(&d.raw(&mut b, Kind::ALLOC, Flags::NONE, &[0; 9])[0]), ErrorCode::MALFORMED);
+    assert_eq!(code(&d.raw(&mut b, Kind::PING, Flags::RESPONSE, &[])[0]), ErrorCode::MALFORMED);
+    assert_eq!(code(&d.raw(&mut b, Kind::PING, Flags::COMPRESSED, &[])[0]), ErrorCode::UNSUPPORTED);
+    assert_eq!(code(&d.raw(&mut b, Kind::PING, Flags::NONE, &[0; 257])[0]), ErrorCode::MALFORMED);
+    assert!(d.session.is_ready(), "none of these is fatal");
+}
+
+#[test]
+fn buffer_lifecycle_and_errors() {
+    let mut b = MockBackend::new(1 << 24);
+    let mut d = ready(&mut b);
+    let h = alloc(&mut d, &mut b, 100);
+    assert_ne!(h, 0);
+    assert!(matches!(
+        d.one(&mut b, &Write { handle: h, offset: 10, data: b"hello" }).response(),
+        Response::Ack(Kind::WRITE)
+    ));
+    let o = d.one(&mut b, &Read { handle: h, offset: 8, len: 9 });
+    assert_eq!(o.response(), Response::Data(b"\0\0hello\0\0"));
+    // Copy within the buffer (disjoint), then fill.
+    assert!(matches!(
+        d.one(&mut b, &Copy { src: h, src_offset: 10, dst: h, dst_offset: 50, len: 5 }).response(),
+        Response::Ack(Kind::COPY)
+    ));
+    assert!(matches!(
+        d.one(&mut b, &Fill { handle: h, offset: 0, len: 2, value: 7 }).response(),
+        Response::Ack(Kind::FILL)
+    ));
+    assert_eq!(d.one(&mut b, &Read { handle: h, offset: 50, len: 5 }).response(), Response::Data(b"hello"));
+    assert_eq!(d.one(&mut b, &Read { handle: h, offset: 0, len: 3 }).response(), Response::Data(&[7, 7, 0]));
+    // Bounds and overflow.
+    let oob = [
+        d.one(&mut b, &Write { handle: h, offset: 96, data: b"12345" }),
+        d.one(&mut b, &Write { handle: h, offset: u64::MAX, data: b"1" }),
+        d.one(&mut b, &Read { handle: h, offset: 101, len: 0 }),
+        d.one(&mut b, &Read { handle: h, offset: u64::MAX - 1, len: 4 }),
+        d.one(&mut b, &Fill { handle: h, offset: 1, len: u64::MAX, value: 0 }),
+        d.one(&mut b, &Copy { src: h, src_offset: u64::MAX, dst: h, dst_offset: 0, len: 2 }),
+        d.one(&mut b, &Copy { src: h, src_offset: 0, dst: h, dst_offset: 99, len: 2 }),
+    ];
+    for o in &oob {
+        assert_eq!(code(o), ErrorCode::OUT_OF_BOUNDS);
+    }
+    // Overlapping copy within a buffer.
+    assert_eq!(
+        code(&d.one(&mut b, &Copy { src: h, src_offset: 0, dst: h, dst_offset: 5, len: 10 })),
+        ErrorCode::INVALID_ARGUMENT
+    );
+    // Zero-size alloc.
+    assert_eq!(code(&d.one(&mut b, &Alloc { size: 0 })), ErrorCode::INVALID_ARGUMENT);
+    // Free, then the handle is gone.
+    assert!(matches!(d.one(&mut b, &Free { handle: h }).response(), Response::Ack(Kind::FREE)));
+    assert_eq!(code(&d.one(&mut b, &Free { handle: h })), ErrorCode::NO_SUCH_BUFFER);
+    assert_eq!(code(&d.one(&mut b, &Read { handle: h, offset: 0, len: 1 })), ErrorCode::NO_SUCH_BUFFER);
+    assert!(b.bufs.is_empty());
+    assert_eq!(b.freed.len(), 1);
+    assert!(b.freed[0].1, "freed buffers are zeroed");
+}
+
+#[test]
+fn read_larger_than_max_payload_is_refused() {
+    let mut b = MockBackend::new(1 << 26);
+    let mut d = Driver::new(SessionConfig { max_payload: 1024, quota: 1 << 24, ..config() }, [0; 32]);
+    let _ = d.one(&mut b, &hello());
+    let h = alloc(&mut d, &mut b, 4096);
+    assert_eq!(code(&d.one(&mut b, &Read { handle: h, offset: 0, len: 1025 })), ErrorCode::INVALID_ARGUMENT);
+    assert!(matches!(d.one(&mut b, &Read { handle: h, offset: 0, len: 1024 }).response(), Response::Data(_)));
+}
+
+#[test]
+fn quota_and_buffer_cap_keep_session_usable() {
+    let mut b = MockBackend::new(1 << 24);
+    let mut d = ready(&mut b);
+    let big = alloc(&mut d, &mut b, (1 << 20) - 10);
+    assert_eq!(code(&d.one(&mut b, &Alloc { size: 11 })), ErrorCode::QUOTA_EXCEEDED);
+    assert_eq!(code(&d.one(&mut b, &Alloc { size: u64::MAX })), ErrorCode::QUOTA_EXCEEDED);
+    let small = alloc(&mut d, &mut b, 10);
+    assert_eq!(d.session.stats().used, 1 << 20);
+    let _ = d.one(&mut b, &Free { handle: big });
+    let _ = d.one(&mut b, &Free { handle: small });
+    for _ in 0..4 {
+        alloc(&mut d, &mut b, 1);
+    }
+    assert_eq!(code(&d.one(&mut b, &Alloc { size: 1 })), ErrorCode::TOO_MANY_BUFFERS);
+    assert!(d.session.is_ready());
+    let Response::Stats(s) = d.empty(&mut b, Kind::STATS).response() else { panic!() };
+    assert_eq!((s.buffers, s.used, s.max_buffers, s.quota), (4, 4, 4, 1 << 20));
+}
+
+#[test]
+fn backend_out_of_memory_is_typed() {
+    let mut b = MockBackend::new(100);
+    let mut d = ready(&mut b);
+    alloc(&mut d, &mut b, 60);
+    assert_eq!(code(&d.one(&mut b, &Alloc { size: 60 })), ErrorCode::OUT_OF_MEMORY);
+    alloc(&mut d, &mut b, 40);
+}
+
+#[test]
+fn handles_are_isolated_between_sessions() {
+    let mut b = MockBackend::new(1 << 24);
+    let mut a = ready(&mut b);
+    let mut c = Driver::new(config(), [4; 32]);
+    let _ = c.one(&mut b, &hello());
+    let ha = alloc(&mut a, &mut b, 16);
+    let _ = a.one(&mut b, &Write { handle: ha, offset: 0, data: b"secret of a" });
+    let hc = alloc(&mut c, &mut b, 16);
+    // c guesses a's handle: nothing is reachable.
+    assert_eq!(code(&c.one(&mut b, &Read { handle: ha, offset: 0, len: 11 })), ErrorCode::NO_SUCH_BUFFER);
+    assert_eq!(code(&c.one(&mut b, &Write { handle: ha, offset: 0, data: b"x" })), ErrorCode::NO_SUCH_BUFFER);
+    assert_eq!(code(&c.one(&mut b, &Free { handle: ha })), ErrorCode::NO_SUCH_BUFFER);
+    assert_eq!(
+        code(&c.one(&mut b, &Copy { src: ha, src_offset: 0, dst: hc, dst_offset: 0, len: 11 })),
+        ErrorCode::NO_SUCH_BUFFER
+    );
+    // Handles are not small sequential integers.
+    assert!(ha > 4 && hc > 4);
+    assert_eq!(
+        a.one(&mut b, &Read { handle: ha, offset: 0, len: 11 }).response(),
+        Response::Data(b"secret of a")
+    );
+    // Closing c releases only c's buffer.
+    c.session.abort(&mut b);
+    assert_eq!(b.bufs.len(), 1);
+    assert_eq!(a.session.stats().buffers, 1);
+}
+
+#[test]
+fn dispatch_validates_shapes() {
+    let mut b = MockBackend::new(1 << 24);
+    let mut d = ready(&mut b);
+    let x = alloc(&mut d, &mut b, 40);
+    let y = alloc(&mut d, &mut b, 40);
+    let z = alloc(&mut d, &mut b, 40);
+    let add =
+        |n| Dispatch { kernel: KernelId::ADD, reserved: 0, a: x, b: y, out: z, m: 0, k: 0, n, alpha: 0.0 };
+    assert!(matches!(d.one(&mut b, &add(10)).response(), Response::Ack(Kind::DISPATCH)));
+    assert_eq!(code(&d.one(&mut b, &add(11))), ErrorCode::OUT_OF_BOUNDS);
+    assert_eq!(code(&d.one(&mut b, &Dispatch { out: x, ..add(10) })), ErrorCode::INVALID_ARGUMENT);
+    assert_eq!(code(&d.one(&mut b, &Dispatch { m: 1, ..add(10) })), ErrorCode::INVALID_ARGUMENT);
+    assert_eq!(code(&d.one(&mut b, &Dispatch { reserved: 1, ..add(10) })), ErrorCode::MALFORMED);
+    assert_eq!(code(&d.one(&mut b, &Dispatch { kernel: KernelId(99), ..add(10) })), ErrorCode::UNSUPPORTED);
+    assert_eq!(code(&d.one(&mut b, &Dispatch { a: 12345, ..add(10) })), ErrorCode::NO_SUCH_BUFFER);
+    let mm =
+        |m, k, n| Dispatch { kernel: KernelId::MATMUL, reserved: 0, a: x, b: y, out: z, m, k, n, alpha: 0.0 };
+    assert!(matches!(d.one(&mut b, &mm(2, 5, 2)).response(), Response::Ack(Kind::DISPATCH)));
+    assert_eq!(code(&d.one(&mut b, &mm(u32::MAX, u32::MAX, 2))), ErrorCode::OUT_OF_BOUNDS);
+    let sc =
+        Dispatch { kernel: KernelId::SCALE, reserved: 0, a: x, b: 0, out: z, m: 0, k: 0, n: 10, alpha: 2.0 };
+    assert!(matches!(d.one(&mut b, &sc).response(), Response::Ack(Kind::DISPATCH)));
+    assert_eq!(code(&d.one(&mut b, &Dispatch { alpha: f32::NAN, ..sc })), ErrorCode::INVALID_ARGUMENT);
+    assert_eq!(b.dispatched.len(), 3, "only validated calls reach the backend");
+}
+
+#[test]
+fn bye_releases_and_zeroes_everything() {
+    let mut b = MockBackend::new(1 << 24);
+    let mut d = ready(&mut b);
+    for _ in 0..3 {
+        let h = alloc(&mut d, &mut b, 64);
+        let _ = d.one(&mut b, &Fill { handle: h, offset: 0, len: 64, value: 0xAB });
+    }
+    let o = d.empty(&mut b, Kind::BYE);
+    assert!(matches!(o.response(), Response::Ack(Kind::BYE)));
+    assert!(d.session.is_closed());
+    assert!(b.bufs.is_empty());
+    assert_eq!(b.freed.len(), 3);
+    assert!(b.freed.iter().all(|(_, zeroed)| *zeroed));
+    assert_eq!(d.session.poll_event(), Some(Event::Ready));
+    assert_eq!(d.session.poll_event(), Some(Event::Closed(CloseReason::Bye)));
+    // Input after close is an API misuse, not a panic.
+    let frame_bytes = {
+        let mut buf = [0u8; 16];
+        rela_core::wire::encode_frame::<rela_core::crc32::SoftCrc32>(
+            &mut buf,
+            Kind::PING,
+            Flags::NONE,
+            1,
+            &[],
+        )
+        .unwrap()
+        .to_vec()
+    };
+    let f = rela_core::wire::Frame::parse::<rela_core::crc32::SoftCrc32>(&frame_bytes, 16).unwrap();
+    assert_eq!(d.session.handle_frame(d.now, f, &mut b), Err(ApiMisuse::Closed));
+}
+
+#[test]
+fn framing_error_closes_and_releases() {
+    let mut b = MockBackend::new(1 << 24);
+    let mut d = ready(&mut b);
+    alloc(&mut d, &mut b, 64);
+    let now = d.now;
+    d.session.handle_frame_error(now, FrameError::BadCrc { expected: 1, actual: 2 }, &mut b).unwrap();
+    let outs = d.drain(&mut b);
+    assert_eq!(outs.len(), 1);
+    assert_eq!(code(&outs[0]), ErrorCode::BAD_FRAME);
+    assert!(d.session.is_closed());
+    assert!(b.bufs.is_empty());
+
+    let mut d = ready(&mut b);
+    let now = d.now;
+    d.session
+        .handle_frame_error(now, HeaderError::PayloadTooLarge { len: u32::MAX, max: 1 << 24 }.into(), &mut b)
+        .unwrap();
+    assert_eq!(code(&d.drain(&mut b)[0]), ErrorCode::PAYLOAD_TOO_LARGE);
+}
+
+#[test]
+fn output_must_be_drained_before_more_input() {
+    let mut b = MockBackend::new(1 << 24);
+    let mut d = ready(&mut b);
+    let mut buf = [0u8; 16];
+    let bytes = rela_core::wire::encode_frame::<rela_core::crc32::SoftCrc32>(
+        &mut buf,
+        Kind::PING,
+        Flags::NONE,
+        1,
+        &[],
+    )
+    .unwrap()
+    .to_vec();
+    let f = rela_core::wire::Frame::parse::<rela_core::crc32::SoftCrc32>(&bytes, 16).unwrap();
+    d.session.handle_frame(d.now, f, &mut b).unwrap();
+    assert_eq!(d.session.handle_frame(d.now, f, &mut b), Err(ApiMisuse::OutputPending));
+    // A too-small output buffer keeps the frame queued.
+    let mut tiny = [0u8; 8];
+    assert!(d.session.poll_transmit::<rela_core::crc32::SoftCrc32, _>(&mut b, &mut tiny).is_err());
+    assert_eq!(d.drain(&mut b).len(), 1);
+}
+
+#[test]
+fn handshake_and_idle_timeouts() {
+    let mut b = MockBackend::new(1 << 24);
+    let cfg = SessionConfig {
+        handshake_timeout: Duration::from_secs(2),
+        idle_timeout: Duration::from_secs(5),
+        ..config()
+    };
+    let mut d = Driver::new(cfg.clone(), [0; 32]);
+    assert_eq!(d.session.poll_timeout(), Some(Instant::from_millis(2000)));
+    d.session.handle_timeout(Instant::from_millis(1999), &mut b);
+    assert!(d.drain(&mut b).is_empty());
+    d.session.handle_timeout(Instant::from_millis(2000), &mut b);
+    let outs = d.drain(&mut b);
+    assert_eq!(code(&outs[0]), ErrorCode::TIMEOUT);
+    assert_eq!(outs[0].seq, 0, "unsolicited errors carry seq 0");
+    assert!(d.session.is_closed());
+
+    let mut d = Driver::new(cfg, [0; 32]);
+    let _ = d.one(&mut b, &hello());
+    alloc(&mut d, &mut b, 32);
+    d.now = Instant::from_millis(1000);
+    let _ = d.one(&mut b, &Ping { data: &[] });
+    assert_eq!(
+        d.session.poll_timeout(),
+        Some(Instant::from_millis(6000)),
+        "activity pushes the idle deadline"
+    );
+    d.session.handle_timeout(Instant::from_millis(6000), &mut b);
+    assert_eq!(code(&d.drain(&mut b)[0]), ErrorCode::TIMEOUT);
+    assert!(b.bufs.is_empty(), "timeout releases buffers");
+    assert_eq!(d.session.poll_timeout(), None);
+}
+
+#[test]
+fn device_info_reports_backend() {
+    let mut b = MockBackend::new(1000);
+    let mut d = ready(&mut b);
+    alloc(&mut d, &mut b, 100);
+    let o = d.empty(&mut b, Kind::DEVICE_INFO);
+    let Response::DeviceInfo(i) = o.response() else { panic!() };
+    assert_eq!((i.total, i.free, i.name), (1000, 900, "mock"));
+    assert_eq!(b.usage().used, 100);
+}
