@@ -446,6 +446,7 @@ impl GpuBackend for WgpuBackend {
         let oom = pollster::block_on(oom.pop());
         if invalid.is_some() || oom.is_some() {
             buffer.destroy();
+            self.alive()?;
             return Err(BackendError::OutOfMemory);
         }
         let id = self.next_id;
@@ -635,5 +636,33 @@ impl Drop for WgpuBackend {
         self.queue.submit([enc.finish()]);
         // Nothing to report to from drop; a failure here means the device is gone anyway.
         let _ = self.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::Api;
+
+    #[test]
+    fn destroyed_device_reports_lost_without_panicking() {
+        let cfg = WgpuConfig { capacity: 1 << 20, backends: Api::Vulkan, adapter: None };
+        let Ok(mut b) = WgpuBackend::new(cfg) else {
+            eprintln!("SKIP wgpu-vulkan: no adapter");
+            return;
+        };
+        let id = b.alloc(100).unwrap();
+        b.device.destroy();
+        let mut out = [0u8; 8];
+        // Loss is noticed by the first operation that waits on the device, then sticks.
+        assert_eq!(b.read(id, 0, &mut out), Err(BackendError::DeviceLost));
+        assert_eq!(b.alloc(10), Err(BackendError::DeviceLost));
+        assert_eq!(b.write(id, 1, &[1, 2, 3]), Err(BackendError::DeviceLost));
+        assert_eq!(b.free(id), Err(BackendError::DeviceLost));
+        assert!(b.fault().is_some_and(|m| m.contains("lost")));
+        assert_eq!(b.usage(), Usage::default());
+        drop(b);
     }
 }

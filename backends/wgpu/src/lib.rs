@@ -33,8 +33,9 @@
 //!   [`Unsupported`](rela_core::backend::BackendError::Unsupported).
 //! - **Failures**: wgpu's default error handler panics. This backend installs its own handlers
 //!   that record uncaptured errors and device loss; the operation that observes one returns
-//!   [`DeviceLost`](rela_core::backend::BackendError::DeviceLost), and after a real device loss
-//!   every operation does. [`WgpuBackend::fault`] gives the recorded message for logging.
+//!   [`DeviceLost`](rela_core::backend::BackendError::DeviceLost), and after a device loss
+//!   every operation does. Loss is noticed by the first operation that waits on the device
+//!   (every one but `alloc`, `size`, `info` and `usage`). [`WgpuBackend::fault`] gives the recorded message for logging.
 
 mod backend;
 mod init;
