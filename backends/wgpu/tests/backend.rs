@@ -427,3 +427,42 @@ fn device_facts() {
         }
     }
 }
+
+#[test]
+fn api_not_compiled_in_is_unavailable() {
+    let cfg = WgpuConfig { capacity: 1024, backends: Api::Metal, adapter: None };
+    match WgpuBackend::new(cfg) {
+        Err(e @ InitError::Unavailable(_)) => eprintln!("{e}"),
+        other => panic!("unexpected: {:?}", other.map(|b| b.info())),
+    }
+}
+
+/// `cargo test -p rela-backend-wgpu --release -- --ignored --nocapture throughput`
+#[test]
+#[ignore = "timing, not a check"]
+fn throughput() {
+    for (name, api) in [("wgpu-vulkan", Api::Vulkan), ("wgpu-gl", Api::Gl)] {
+        let Some(mut b) = open(name, api) else { continue };
+        let size = 48 << 20;
+        let id = b.alloc(size).unwrap();
+        let data = pattern(size as usize, 3);
+        let mut out = vec![0u8; size as usize];
+        let t = std::time::Instant::now();
+        b.write(id, 0, &data).unwrap();
+        let w = t.elapsed();
+        let t = std::time::Instant::now();
+        b.read(id, 0, &mut out).unwrap();
+        let r = t.elapsed();
+        let t = std::time::Instant::now();
+        b.fill(id, 1, size - 1, 0x5A).unwrap();
+        let f = t.elapsed();
+        let mb = (size >> 20) as f64;
+        eprintln!(
+            "{name}: write {:.0} MiB/s, read {:.0} MiB/s, fill {:.0} MiB/s",
+            mb / w.as_secs_f64(),
+            mb / r.as_secs_f64(),
+            mb / f.as_secs_f64()
+        );
+        assert_eq!(out, data);
+    }
+}
