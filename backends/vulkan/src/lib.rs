@@ -1,1 +1,51 @@
-//! Vulkan GpuBackend on vulkano, kernels from WGSL through naga
+//! Vulkan [`GpuBackend`](rela_core::backend::GpuBackend) on vulkano, kernels from WGSL through naga.
+//!
+//! [`VulkanBackend`] lends device-local storage buffers of one Vulkan device and runs the
+//! built-in RELA kernels on it:
+//!
+//! - Buffers are device-local `STORAGE_BUFFER | TRANSFER_SRC | TRANSFER_DST` buffers, zeroed on
+//!   the device (`vkCmdFillBuffer`) when allocated and again before they are released.
+//! - Host data moves through one host-visible staging buffer, created once and reused; large
+//!   writes and reads are chunked through it ([`STAGING_SIZE`] bytes at a time).
+//! - The kernels in [`rela_kernels::wgsl`] are translated to SPIR-V with naga when the backend
+//!   is created, and their compute pipelines are built once and cached.
+//! - One queue, one reusable command-buffer allocator; every operation waits on a fence before
+//!   it returns, so the backend is simple and strictly ordered.
+//!
+//! With [`VulkanConfig::validation`] the Khronos validation layer is enabled and every warning
+//! or error it reports is logged to stderr and counted ([`VulkanBackend::validation_messages`]).
+//!
+//! Creating a backend never panics: a missing loader, driver or device is
+//! [`InitError::Unavailable`].
+
+mod backend;
+mod error;
+mod instance;
+mod kernels;
+
+pub use backend::{STAGING_SIZE, VulkanBackend};
+pub use error::InitError;
+pub use instance::{DeviceSelector, DeviceType, list_devices};
+
+/// How to create a [`VulkanBackend`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VulkanConfig {
+    /// Bytes this backend lends. Accounting and [`OutOfMemory`] are enforced against
+    /// `min(capacity, device-local heap size)`, which is also reported as `DeviceInfo::total`.
+    ///
+    /// [`OutOfMemory`]: rela_core::backend::BackendError::OutOfMemory
+    pub capacity: u64,
+    /// Which physical device to use.
+    pub device: DeviceSelector,
+    /// Enable `VK_LAYER_KHRONOS_validation` and count its messages. Creation fails with
+    /// [`InitError::ValidationUnavailable`] if the layer is not installed.
+    pub validation: bool,
+}
+
+impl VulkanConfig {
+    /// A configuration lending `capacity` bytes of the automatically chosen device, without
+    /// validation.
+    pub const fn new(capacity: u64) -> Self {
+        Self { capacity, device: DeviceSelector::Auto, validation: false }
+    }
+}

@@ -1,0 +1,104 @@
+//! WGSL → SPIR-V with naga, and the cached compute pipelines.
+
+use std::sync::Arc;
+
+use naga::{
+    back::spv,
+    proc::{BoundsCheckPolicies, BoundsCheckPolicy},
+    valid::{Capabilities, ValidationFlags, Validator},
+};
+use vulkano::{
+    device::Device,
+    pipeline::{
+        ComputePipeline, PipelineLayout, PipelineShaderStageCreateInfo, compute::ComputePipelineCreateInfo,
+        layout::PipelineDescriptorSetLayoutCreateInfo,
+    },
+    shader::{ShaderModule, ShaderModuleCreateInfo},
+};
+
+use crate::InitError;
+
+/// The compute pipelines of every built-in kernel, built once per backend.
+pub(crate) struct Pipelines {
+    /// ADD and MUL (`Params::m` selects the op).
+    pub(crate) binary: Arc<ComputePipeline>,
+    /// SCALE.
+    pub(crate) scale: Arc<ComputePipeline>,
+    /// MATMUL.
+    pub(crate) matmul: Arc<ComputePipeline>,
+}
+
+impl Pipelines {
+    /// Translates every kernel and builds its pipeline.
+    pub(crate) fn new(device: &Arc<Device>) -> Result<Self, InitError> {
+        Ok(Self {
+            binary: pipeline(device, "binary", rela_kernels::wgsl::BINARY)?,
+            scale: pipeline(device, "scale", rela_kernels::wgsl::SCALE)?,
+            matmul: pipeline(device, "matmul", rela_kernels::wgsl::MATMUL)?,
+        })
+    }
+}
+
+/// Translates a WGSL compute shader with entry point `main` to SPIR-V 1.0 words.
+///
+/// Buffer and index accesses get naga's `ReadZeroSkipWrite` bounds checks, so a kernel can never
+/// touch memory outside the ranges bound to it, whatever its parameters.
+pub(crate) fn wgsl_to_spirv(name: &str, source: &str) -> Result<Vec<u32>, InitError> {
+    let module = naga::front::wgsl::parse_str(source)
+        .map_err(|e| InitError::Kernel(format!("{name}: WGSL parse: {}", e.emit_to_string(source))))?;
+    let info = Validator::new(ValidationFlags::all(), Capabilities::empty())
+        .validate(&module)
+        .map_err(|e| InitError::Kernel(format!("{name}: validation: {}", e.emit_to_string(source))))?;
+    let checks = BoundsCheckPolicies {
+        index: BoundsCheckPolicy::ReadZeroSkipWrite,
+        buffer: BoundsCheckPolicy::ReadZeroSkipWrite,
+        image_load: BoundsCheckPolicy::ReadZeroSkipWrite,
+        binding_array: BoundsCheckPolicy::ReadZeroSkipWrite,
+    };
+    let options = spv::Options {
+        lang_version: (1, 0),
+        // No debug info, no coordinate-space fixups: compute only.
+        flags: spv::WriterFlags::empty(),
+        bounds_check_policies: checks,
+        ..spv::Options::default()
+    };
+    let pipeline =
+        spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: "main".into() };
+    spv::write_vec(&module, &info, &options, Some(&pipeline))
+        .map_err(|e| InitError::Kernel(format!("{name}: SPIR-V output: {e}")))
+}
+
+fn pipeline(device: &Arc<Device>, name: &str, source: &str) -> Result<Arc<ComputePipeline>, InitError> {
+    let words = wgsl_to_spirv(name, source)?;
+    let kernel_err =
+        |what: &str, e: &dyn std::fmt::Display| InitError::Kernel(format!("{name}: {what}: {e}"));
+    // SAFETY: the words come from naga's SPIR-V writer after naga validated the module, so they
+    // are valid SPIR-V; vulkano additionally parses and checks them against the device.
+    let module = unsafe { ShaderModule::new(device.clone(), ShaderModuleCreateInfo::new(&words)) }
+        .map_err(|e| kernel_err("shader module", &e))?;
+    let entry = module.entry_point("main").ok_or_else(|| InitError::Kernel(format!("{name}: no `main`")))?;
+    let stage = PipelineShaderStageCreateInfo::new(entry);
+    let layout_info = PipelineDescriptorSetLayoutCreateInfo::from_stages([&stage])
+        .into_pipeline_layout_create_info(device.clone())
+        .map_err(|e| kernel_err("layout", &e))?;
+    let layout = PipelineLayout::new(device.clone(), layout_info).map_err(|e| kernel_err("layout", &e))?;
+    ComputePipeline::new(device.clone(), None, ComputePipelineCreateInfo::stage_layout(stage, layout))
+        .map_err(|e| kernel_err("pipeline", &e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kernel_translates() {
+        for (name, src) in [
+            ("binary", rela_kernels::wgsl::BINARY),
+            ("scale", rela_kernels::wgsl::SCALE),
+            ("matmul", rela_kernels::wgsl::MATMUL),
+        ] {
+            let words = wgsl_to_spirv(name, src).expect("kernel translates");
+            assert_eq!(words.first(), Some(&0x0723_0203), "{name}: SPIR-V magic");
+        }
+    }
+}

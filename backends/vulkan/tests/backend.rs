@@ -1,0 +1,250 @@
+//! Integration tests of the Vulkan backend against the `GpuBackend` contract and the host
+//! reference kernels. Each test skips (printing why) when no Vulkan device is present, unless
+//! `RELA_REQUIRE_BACKENDS` lists `vulkan`. With `RELA_VK_VALIDATION=1` the validation layer is on
+//! and every test asserts it reported nothing.
+
+mod common;
+
+use common::{CAPACITY, f32_bytes, floats, pattern, try_backend};
+use rela_backend_vulkan::{STAGING_SIZE, VulkanBackend};
+use rela_core::backend::{BackendError, BackendKind, BinaryOp, BufferId, GpuBackend, KernelCall, Usage};
+use rela_kernels::reference;
+
+/// Runs `f` on a fresh backend (or skips), then checks the validation layer stayed silent.
+fn with_backend(f: impl FnOnce(&mut VulkanBackend)) {
+    let Some(mut b) = try_backend(CAPACITY) else { return };
+    assert_eq!(b.validation_enabled(), common::validation_requested());
+    f(&mut b);
+    assert_eq!(b.validation_messages(), 0, "validation layer reported messages");
+}
+
+fn read_all(b: &mut VulkanBackend, id: BufferId) -> Vec<u8> {
+    let mut out = vec![0xAA; b.size(id).expect("live") as usize];
+    b.read(id, 0, &mut out).expect("read");
+    out
+}
+
+#[test]
+fn info_and_capacity() {
+    with_backend(|b| {
+        let info = b.info();
+        assert_eq!(info.backend, BackendKind::VULKAN);
+        assert!(info.total > 0 && info.total <= CAPACITY);
+        assert!(info.max_alloc > 0 && info.max_alloc <= info.total);
+        assert!(!info.name.is_empty());
+        eprintln!("device: {} ({}), total {}", info.name, info.vendor, info.total);
+    });
+}
+
+#[test]
+fn round_trip_sizes_and_offsets() {
+    with_backend(|b| {
+        let big = STAGING_SIZE as usize * 2 + 7;
+        for (i, &size) in [1usize, 2, 3, 4, 5, 7, 255, 4099, big].iter().enumerate() {
+            let id = b.alloc(size as u64).expect("alloc");
+            assert_eq!(read_all(b, id), vec![0; size], "fresh allocation of {size} reads zero");
+            let data = pattern(size, i as u64);
+            b.write(id, 0, &data).expect("write");
+            assert_eq!(read_all(b, id), data, "round trip of {size}");
+            for off in [1usize, 2, 3, 5] {
+                if off >= size {
+                    continue;
+                }
+                let len = (size - off).min(size / 2 + 1);
+                let chunk = pattern(len, 100 + off as u64);
+                b.write(id, off as u64, &chunk).expect("write at offset");
+                let mut got = vec![0; len];
+                b.read(id, off as u64, &mut got).expect("read at offset");
+                assert_eq!(got, chunk, "size {size} offset {off}");
+            }
+            b.free(id).expect("free");
+        }
+        assert_eq!(b.usage(), Usage::default());
+    });
+}
+
+#[test]
+fn zero_after_free() {
+    with_backend(|b| {
+        for size in [64u64, 1000, 3 << 20] {
+            let id = b.alloc(size).expect("alloc");
+            b.write(id, 0, &vec![0xFF; size as usize]).expect("write");
+            b.free(id).expect("free");
+            assert_eq!(b.read(id, 0, &mut [0u8; 1]), Err(BackendError::NoSuchBuffer));
+            let again = b.alloc(size).expect("alloc again");
+            assert!(read_all(b, again).iter().all(|&x| x == 0), "reused memory is zeroed ({size})");
+            b.free(again).expect("free");
+        }
+    });
+}
+
+#[test]
+fn fill_edges() {
+    with_backend(|b| {
+        let size = 37usize;
+        let id = b.alloc(size as u64).expect("alloc");
+        let mut model = vec![0u8; size];
+        let cases = [
+            (0, 0),
+            (0, 1),
+            (1, 1),
+            (1, 2),
+            (1, 3),
+            (2, 5),
+            (3, 4),
+            (4, 4),
+            (5, 8),
+            (6, 31),
+            (0, 37),
+            (33, 4),
+        ];
+        for (i, &(off, len)) in cases.iter().enumerate() {
+            let value = 0x11u8.wrapping_mul(i as u8 + 1);
+            b.fill(id, off as u64, len as u64, value).expect("fill");
+            model[off..off + len].fill(value);
+            assert_eq!(read_all(b, id), model, "fill({off}, {len})");
+        }
+        assert_eq!(b.fill(id, 30, 8, 1), Err(BackendError::OutOfBounds));
+        assert_eq!(b.fill(id, u64::MAX, 2, 1), Err(BackendError::OutOfBounds));
+        b.fill(id, 37, 0, 1).expect("empty fill at the end");
+        b.free(id).expect("free");
+    });
+}
+
+#[test]
+fn copy_between_and_within() {
+    with_backend(|b| {
+        let a = b.alloc(101).expect("alloc");
+        let c = b.alloc(99).expect("alloc");
+        let data = pattern(101, 7);
+        b.write(a, 0, &data).expect("write");
+        b.copy(a, 3, c, 1, 90).expect("copy");
+        let got = read_all(b, c);
+        assert_eq!(&got[1..91], &data[3..93]);
+        assert_eq!(got[0], 0);
+        assert!(got[91..].iter().all(|&x| x == 0));
+        // Within one buffer: disjoint ranges are fine, overlapping ones are not.
+        b.copy(a, 0, a, 50, 50).expect("disjoint same-buffer copy");
+        let mut expect = data.clone();
+        expect.copy_within(0..50, 50);
+        assert_eq!(read_all(b, a), expect);
+        assert_eq!(b.copy(a, 0, a, 10, 20), Err(BackendError::InvalidArgument));
+        assert_eq!(b.copy(a, 0, c, 0, 100), Err(BackendError::OutOfBounds));
+        assert_eq!(b.copy(a, u64::MAX, c, 0, 2), Err(BackendError::OutOfBounds));
+        assert_eq!(b.copy(a, 0, BufferId(9999), 0, 1), Err(BackendError::NoSuchBuffer));
+        b.copy(a, 101, c, 99, 0).expect("empty copy at the ends");
+        b.copy(a, 5, a, 5, 0).expect("empty same-buffer copy");
+        b.free(a).expect("free");
+        b.free(c).expect("free");
+    });
+}
+
+#[test]
+fn errors_and_accounting() {
+    with_backend(|b| {
+        assert_eq!(b.alloc(0), Err(BackendError::InvalidArgument));
+        assert_eq!(b.alloc(u64::MAX), Err(BackendError::OutOfMemory));
+        assert_eq!(b.alloc(b.info().total + 1), Err(BackendError::OutOfMemory));
+        let x = b.alloc(10).expect("alloc");
+        let y = b.alloc(CAPACITY / 2).expect("alloc half");
+        assert_eq!(b.usage(), Usage { used: 10 + CAPACITY / 2, buffers: 2 });
+        assert_eq!(b.alloc(CAPACITY / 2), Err(BackendError::OutOfMemory));
+        assert_eq!(b.usage(), Usage { used: 10 + CAPACITY / 2, buffers: 2 });
+        assert_eq!(b.size(x), Ok(10));
+        assert_eq!(b.write(x, 8, &[1, 2, 3]), Err(BackendError::OutOfBounds));
+        assert_eq!(b.write(x, u64::MAX, &[1]), Err(BackendError::OutOfBounds));
+        assert_eq!(b.read(x, 11, &mut []), Err(BackendError::OutOfBounds));
+        b.read(x, 10, &mut []).expect("empty read at the end");
+        b.write(x, 10, &[]).expect("empty write at the end");
+        b.free(y).expect("free");
+        assert_eq!(b.free(y), Err(BackendError::NoSuchBuffer));
+        assert_eq!(b.size(y), Err(BackendError::NoSuchBuffer));
+        let z = b.alloc(CAPACITY / 2).expect("capacity is back");
+        assert_eq!(b.usage(), Usage { used: 10 + CAPACITY / 2, buffers: 2 });
+        b.free(z).expect("free");
+        b.free(x).expect("free");
+        assert_eq!(b.usage(), Usage::default());
+    });
+}
+
+fn upload(b: &mut VulkanBackend, v: &[f32]) -> BufferId {
+    let bytes = f32_bytes(v);
+    let id = b.alloc(bytes.len().max(4) as u64).expect("alloc");
+    b.write(id, 0, &bytes).expect("write");
+    id
+}
+
+#[test]
+fn binary_and_scale_match_reference() {
+    with_backend(|b| {
+        for n in [1usize, 255, 256, 257, 10_000] {
+            let (va, vb) = (floats(n, 1), floats(n, 2));
+            let (a, bb) = (upload(b, &va), upload(b, &vb));
+            let out = b.alloc(n as u64 * 4 + 3).expect("alloc out");
+            for op in [BinaryOp::Add, BinaryOp::Mul] {
+                b.dispatch(&KernelCall::Binary { op, a, b: bb, out, n: n as u32 }).expect("binary");
+                let mut want = vec![0u8; n * 4];
+                reference::binary(op, &f32_bytes(&va), &f32_bytes(&vb), &mut want, n);
+                assert_eq!(&read_all(b, out)[..n * 4], &want[..], "{op:?} n={n}");
+            }
+            b.dispatch(&KernelCall::Scale { x: a, out, n: n as u32, alpha: 0.5 }).expect("scale");
+            let mut want = vec![0u8; n * 4];
+            reference::scale(&f32_bytes(&va), &mut want, n, 0.5);
+            assert_eq!(&read_all(b, out)[..n * 4], &want[..], "scale n={n}");
+            // Only n elements are touched.
+            assert_eq!(&read_all(b, out)[n * 4..], &[0, 0, 0]);
+            for id in [a, bb, out] {
+                b.free(id).expect("free");
+            }
+        }
+    });
+}
+
+#[test]
+fn matmul_matches_reference() {
+    with_backend(|b| {
+        for (m, k, n) in [(1, 1, 1), (2, 3, 2), (16, 16, 16), (17, 5, 33), (40, 70, 9), (3, 0, 4), (0, 4, 4)]
+        {
+            let (va, vb) = (floats((m * k).max(1), 3), floats((k * n).max(1), 4));
+            let (a, bb) = (upload(b, &va), upload(b, &vb));
+            let out = b.alloc((m * n * 4).max(4) as u64).expect("alloc out");
+            b.fill(out, 0, (m * n * 4) as u64, 0x7F).expect("poison output");
+            let call = KernelCall::Matmul { a, b: bb, out, m: m as u32, k: k as u32, n: n as u32 };
+            b.dispatch(&call).expect("matmul");
+            let mut want = vec![0u8; m * n * 4];
+            reference::matmul(&f32_bytes(&va), &f32_bytes(&vb), &mut want, m, k, n);
+            assert_eq!(&read_all(b, out)[..m * n * 4], &want[..], "matmul {m}x{k}x{n}");
+            for id in [a, bb, out] {
+                b.free(id).expect("free");
+            }
+        }
+    });
+}
+
+#[test]
+fn kernel_validation_errors() {
+    with_backend(|b| {
+        let a = b.alloc(16).expect("alloc");
+        let c = b.alloc(16).expect("alloc");
+        let bin = |a, bb, out, n| KernelCall::Binary { op: BinaryOp::Add, a, b: bb, out, n };
+        assert_eq!(b.dispatch(&bin(a, a, a, 4)), Err(BackendError::InvalidArgument));
+        assert_eq!(b.dispatch(&bin(a, a, c, 5)), Err(BackendError::OutOfBounds));
+        assert_eq!(b.dispatch(&bin(a, BufferId(777), c, 1)), Err(BackendError::NoSuchBuffer));
+        b.dispatch(&bin(a, a, c, 4)).expect("a op a is fine");
+        b.dispatch(&bin(a, a, c, 0)).expect("zero elements");
+        let scale = KernelCall::Scale { x: a, out: c, n: 4, alpha: f32::NAN };
+        assert_eq!(b.dispatch(&scale), Err(BackendError::InvalidArgument));
+        let mm = KernelCall::Matmul { a, b: a, out: c, m: u32::MAX, k: u32::MAX, n: u32::MAX };
+        assert!(b.dispatch(&mm).is_err());
+        let mm = KernelCall::Matmul { a, b: c, out: c, m: 2, k: 2, n: 2 };
+        assert_eq!(b.dispatch(&mm), Err(BackendError::InvalidArgument));
+        b.free(a).expect("free");
+        b.free(c).expect("free");
+    });
+}
+
+#[test]
+fn backend_is_send() {
+    fn is_send<T: Send>() {}
+    is_send::<VulkanBackend>();
+}
