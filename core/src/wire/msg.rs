@@ -41,7 +41,7 @@ pub trait Message<'a>: Sized {
 macro_rules! fixed_message {
     (
         $(#[$doc:meta])*
-        $name:ident, $kind:ident, response = $resp:literal, len = $len:literal {
+        $name:ident, $kind:ident, response = $resp:literal {
             $($(#[$fdoc:meta])* $field:ident : $ty:ty,)*
         }
     ) => {
@@ -49,6 +49,11 @@ macro_rules! fixed_message {
         #[derive(Debug, Clone, Copy, PartialEq)]
         pub struct $name {
             $($(#[$fdoc])* pub $field: $ty,)*
+        }
+
+        impl $name {
+            /// Encoded payload length (fixed).
+            pub const LEN: usize = 0 $(+ core::mem::size_of::<$ty>())*;
         }
 
         impl<'a> Message<'a> for $name {
@@ -63,7 +68,7 @@ macro_rules! fixed_message {
             }
 
             fn buffer_len(&self) -> usize {
-                $len
+                Self::LEN
             }
 
             #[allow(unused_mut, unused_variables)]
@@ -109,7 +114,7 @@ impl From<Caps> for u32 {
 fixed_message! {
     /// HELLO: the first request of a session. The node picks the highest version in
     /// `min_version..=max_version` it speaks.
-    Hello, HELLO, response = false, len = 8 {
+    Hello, HELLO, response = false {
         /// Oldest protocol version the client speaks.
         min_version: u16,
         /// Newest protocol version the client speaks.
@@ -125,7 +130,7 @@ pub const WELCOME_AUTH_REQUIRED: u16 = 1 << 0;
 fixed_message! {
     /// WELCOME: the answer to HELLO. Carries the chosen version, the node's capabilities and the
     /// limits it enforces, and the nonce AUTH must sign.
-    Welcome, HELLO, response = true, len = 64 {
+    Welcome, HELLO, response = true {
         /// The chosen protocol version.
         version: u16,
         /// Bit 0: AUTH required. Other bits zero.
@@ -156,7 +161,7 @@ impl Welcome {
 
 fixed_message! {
     /// AUTH: `HMAC-SHA256(token, "RELA-AUTH-v1" || nonce)`. The token never crosses the wire.
-    Auth, AUTH, response = false, len = 32 {
+    Auth, AUTH, response = false {
         /// The tag.
         mac: [u8; MAC_LEN],
     }
@@ -164,7 +169,7 @@ fixed_message! {
 
 fixed_message! {
     /// ALLOC: reserve `size` bytes (non-zero). Answered with [`Allocated`].
-    Alloc, ALLOC, response = false, len = 8 {
+    Alloc, ALLOC, response = false {
         /// Bytes requested.
         size: u64,
     }
@@ -172,7 +177,7 @@ fixed_message! {
 
 fixed_message! {
     /// The answer to ALLOC.
-    Allocated, ALLOC, response = true, len = 12 {
+    Allocated, ALLOC, response = true {
         /// The new buffer's handle, valid in this session only.
         handle: u32,
         /// Its size in bytes.
@@ -182,7 +187,7 @@ fixed_message! {
 
 fixed_message! {
     /// FREE: release a buffer; its memory is zeroed. Answered with an empty response.
-    Free, FREE, response = false, len = 4 {
+    Free, FREE, response = false {
         /// The buffer.
         handle: u32,
     }
@@ -190,7 +195,7 @@ fixed_message! {
 
 fixed_message! {
     /// READ: `len` bytes of a buffer from `offset`. Answered with the bytes as the payload.
-    Read, READ, response = false, len = 16 {
+    Read, READ, response = false {
         /// The buffer.
         handle: u32,
         /// Start offset.
@@ -202,7 +207,7 @@ fixed_message! {
 
 fixed_message! {
     /// COPY: `len` bytes from one buffer to another (or within one, ranges not overlapping).
-    Copy, COPY, response = false, len = 32 {
+    Copy, COPY, response = false {
         /// Source buffer.
         src: u32,
         /// Source offset.
@@ -218,7 +223,7 @@ fixed_message! {
 
 fixed_message! {
     /// FILL: set `len` bytes from `offset` to `value`.
-    Fill, FILL, response = false, len = 21 {
+    Fill, FILL, response = false {
         /// The buffer.
         handle: u32,
         /// Start offset.
@@ -238,7 +243,7 @@ fixed_message! {
     /// | ADD, MUL | lhs | rhs | out | 0 | 0 | elements | 0 |
     /// | SCALE | x | 0 | out | 0 | 0 | elements | factor |
     /// | MATMUL | M×K | K×N | M×N | M | K | N | 0 |
-    Dispatch, DISPATCH, response = false, len = 32 {
+    Dispatch, DISPATCH, response = false {
         /// The kernel.
         kernel: KernelId,
         /// Reserved, zero.
@@ -262,7 +267,7 @@ fixed_message! {
 
 fixed_message! {
     /// The answer to STATS: the session's usage and counters.
-    Stats, STATS, response = true, len = 56 {
+    Stats, STATS, response = true {
         /// Buffers held.
         buffers: u32,
         /// Most buffers allowed.
