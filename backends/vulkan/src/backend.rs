@@ -30,7 +30,7 @@ use vulkano::{
 
 use crate::{
     InitError, VulkanConfig,
-    error::{alloc, record, validated},
+    error::{alloc, describe, record, validated},
     instance::{Validation, create_instance, select},
     kernels::Pipelines,
 };
@@ -108,7 +108,7 @@ impl VulkanBackend {
                 ..Default::default()
             },
         )
-        .map_err(|e| InitError::Device(format!("device creation failed: {e}")))?;
+        .map_err(|e| InitError::Device(format!("device creation failed: {}", describe(&e))))?;
         let queue = queues.next().ok_or_else(|| InitError::Device("the device returned no queue".into()))?;
 
         let memory = Arc::new(StandardMemoryAllocator::new_default(device.clone()));
@@ -130,7 +130,7 @@ impl VulkanBackend {
                 },
                 size,
             )
-            .map_err(|e| InitError::Device(format!("host buffer: {e}")))
+            .map_err(|e| InitError::Device(format!("host buffer: {}", describe(&e))))
         };
         let staging = host_buffer(BufferUsage::TRANSFER_SRC | BufferUsage::TRANSFER_DST, STAGING_SIZE)?;
         let params = host_buffer(BufferUsage::UNIFORM_BUFFER, PARAMS_SIZE)?;

@@ -77,3 +77,12 @@ pub(crate) fn record(e: Box<vulkano::ValidationError>) -> BackendError {
     eprintln!("rela-backend-vulkan: vulkano rejected a command: {e}");
     BackendError::DeviceLost
 }
+
+/// Describes a vulkano error with its cause (vulkano's own Display of `Validated::Error` only
+/// says "a non-validation error occurred").
+pub(crate) fn describe<E: fmt::Display>(e: &Validated<E>) -> String {
+    match e {
+        Validated::Error(e) => e.to_string(),
+        Validated::ValidationError(v) => v.to_string(),
+    }
+}

@@ -21,7 +21,7 @@ use vulkano::{
     },
 };
 
-use crate::InitError;
+use crate::{InitError, error::describe};
 
 /// The Khronos validation layer's name.
 const VALIDATION_LAYER: &str = "VK_LAYER_KHRONOS_validation";
@@ -161,12 +161,12 @@ pub(crate) fn create_instance(validation: bool) -> Result<(Arc<Instance>, Option
         }
         vulkano::Validated::Error(
             vulkano::VulkanError::IncompatibleDriver | vulkano::VulkanError::InitializationFailed,
-        ) => InitError::Unavailable(format!("no usable Vulkan driver: {e}")),
-        e => InitError::Device(format!("instance creation failed: {e}")),
+        ) => InitError::Unavailable(format!("no usable Vulkan driver: {}", describe(&e))),
+        e => InitError::Device(format!("instance creation failed: {}", describe(&e))),
     })?;
     let validation = if validation {
         let messenger = DebugUtilsMessenger::new(instance.clone(), messenger_info(count.clone()))
-            .map_err(|e| InitError::ValidationUnavailable(format!("debug messenger: {e}")))?;
+            .map_err(|e| InitError::ValidationUnavailable(format!("debug messenger: {}", describe(&e))))?;
         Some(Validation { _messenger: messenger, count })
     } else {
         None

@@ -16,7 +16,7 @@ use vulkano::{
     shader::{ShaderModule, ShaderModuleCreateInfo},
 };
 
-use crate::InitError;
+use crate::{InitError, error::describe};
 
 /// The compute pipelines of every built-in kernel, built once per backend.
 pub(crate) struct Pipelines {
@@ -75,15 +75,16 @@ fn pipeline(device: &Arc<Device>, name: &str, source: &str) -> Result<Arc<Comput
     // SAFETY: the words come from naga's SPIR-V writer after naga validated the module, so they
     // are valid SPIR-V; vulkano additionally parses and checks them against the device.
     let module = unsafe { ShaderModule::new(device.clone(), ShaderModuleCreateInfo::new(&words)) }
-        .map_err(|e| kernel_err("shader module", &e))?;
+        .map_err(|e| kernel_err("shader module", &describe(&e)))?;
     let entry = module.entry_point("main").ok_or_else(|| InitError::Kernel(format!("{name}: no `main`")))?;
     let stage = PipelineShaderStageCreateInfo::new(entry);
     let layout_info = PipelineDescriptorSetLayoutCreateInfo::from_stages([&stage])
         .into_pipeline_layout_create_info(device.clone())
         .map_err(|e| kernel_err("layout", &e))?;
-    let layout = PipelineLayout::new(device.clone(), layout_info).map_err(|e| kernel_err("layout", &e))?;
+    let layout =
+        PipelineLayout::new(device.clone(), layout_info).map_err(|e| kernel_err("layout", &describe(&e)))?;
     ComputePipeline::new(device.clone(), None, ComputePipelineCreateInfo::stage_layout(stage, layout))
-        .map_err(|e| kernel_err("pipeline", &e))
+        .map_err(|e| kernel_err("pipeline", &describe(&e)))
 }
 
 #[cfg(test)]

@@ -248,3 +248,23 @@ fn backend_is_send() {
     fn is_send<T: Send>() {}
     is_send::<VulkanBackend>();
 }
+
+/// Past 65,535 workgroups the 1-D grid folds into a second dimension; every element must still
+/// be covered exactly once.
+#[test]
+fn folded_grid_covers_every_element() {
+    with_backend(|b| {
+        let n = 65_535 * 256 + 1000;
+        let x: Vec<f32> = (0..n).map(|i| (i % 1024) as f32).collect();
+        let xb = upload(b, &x);
+        let out = b.alloc(n as u64 * 4).expect("alloc out");
+        b.dispatch(&KernelCall::Scale { x: xb, out, n: n as u32, alpha: 2.0 }).expect("scale");
+        let got = read_all(b, out);
+        for (i, chunk) in got.chunks_exact(4).enumerate() {
+            let v = f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            assert_eq!(v, 2.0 * (i % 1024) as f32, "element {i}");
+        }
+        b.free(xb).expect("free");
+        b.free(out).expect("free");
+    });
+}
