@@ -1,6 +1,8 @@
 //! Message codecs: a round trip for every message, every malformed case, and property tests
 //! (encode then decode round-trips; arbitrary bytes never panic a decoder).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 use proptest::prelude::*;
 use rela_core::auth::AuthKey;
 use rela_core::backend::{BackendKind, KernelId};

@@ -1,6 +1,8 @@
 //! Whole sessions driven in memory: handshake, auth, every out-of-state request, quotas,
 //! isolation between sessions, timeouts, and release of everything on close.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use common::{Driver, MockBackend};

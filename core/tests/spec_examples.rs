@@ -1,6 +1,8 @@
 //! The worked hex examples in docs/PROTOCOL.md, checked against the code so the spec cannot
 //! drift. Run with `RELA_PRINT_EXAMPLES=1` to print the blocks as the code encodes them.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 use rela_core::auth::AuthKey;
 use rela_core::backend::{BackendKind, KernelId};
 use rela_core::crc32::SoftCrc32;
