@@ -9,7 +9,7 @@ const CAPACITY: u64 = 64 << 20;
 
 fn required() -> bool {
     std::env::var("RELA_REQUIRE_BACKENDS")
-        .map(|v| v.split([',', ' ']).any(|name| name.trim() == "cuda"))
+        .map(|v| v.split(',').any(|name| name.trim().eq_ignore_ascii_case("cuda")))
         .unwrap_or(false)
 }
 
