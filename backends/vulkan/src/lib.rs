@@ -17,6 +17,15 @@
 //!
 //! Creating a backend never panics: a missing loader, driver or device is
 //! [`InitError::Unavailable`].
+//!
+//! # Limitations
+//!
+//! Commands are recorded with vulkano's `AutoCommandBufferBuilder`, which places barriers
+//! between commands of one command buffer but not between submissions, nor a `HOST_READ`
+//! barrier before the host reads the staging buffer. Operations rely on the fence wait that
+//! ends each of them for ordering and visibility, which holds on the drivers in use (Mesa,
+//! NVIDIA, AMD) but is weaker than the specification asks; moving to explicit barriers needs
+//! vulkano's unsafe raw command-buffer path.
 
 mod backend;
 mod error;
