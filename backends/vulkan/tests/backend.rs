@@ -268,3 +268,34 @@ fn folded_grid_covers_every_element() {
         b.free(out).expect("free");
     });
 }
+
+/// Rough numbers for later tuning: `cargo test -p rela-backend-vulkan --release -- --ignored
+/// --nocapture throughput_probe`.
+#[test]
+#[ignore = "timing probe, not a check"]
+fn throughput_probe() {
+    with_backend(|b| {
+        let size = 64usize << 20;
+        let id = b.alloc(size as u64).expect("alloc");
+        let data = pattern(size, 1);
+        let t = std::time::Instant::now();
+        b.write(id, 0, &data).expect("write");
+        let w = t.elapsed();
+        let mut out = vec![0; size];
+        let t = std::time::Instant::now();
+        b.read(id, 0, &mut out).expect("read");
+        let r = t.elapsed();
+        let t = std::time::Instant::now();
+        for i in 0..1000u64 {
+            b.write(id, i * 8, &[1, 2, 3, 4]).expect("small write");
+        }
+        let small = t.elapsed() / 1000;
+        let mib = (size >> 20) as f64;
+        eprintln!(
+            "write {:.0} MiB/s, read {:.0} MiB/s, small write {small:?}",
+            mib / w.as_secs_f64(),
+            mib / r.as_secs_f64()
+        );
+        b.free(id).expect("free");
+    });
+}
