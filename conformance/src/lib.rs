@@ -1,1 +1,427 @@
-//! One conformance suite for every GpuBackend, and a wire suite for any running node
+//! One conformance suite for every [`GpuBackend`].
+//!
+//! The [`GpuBackend`] contract (see `rela_core::backend`) is short: exact accounting, zero on
+//! free, typed errors for every out-of-bounds, overflowing, stale or aliasing argument, and
+//! kernels that match the plain-Rust reference. This crate checks all of it, once, for every
+//! backend: host memory, Vulkan, wgpu and CUDA run the same [`CASES`].
+//!
+//! # Shape
+//!
+//! - A [`Case`] is a name and a `fn(&mut dyn GpuBackend) -> Result<(), Failure>`. Each case
+//!   gets a fresh backend built with a capacity of [`SUITE_CAPACITY`] (64 MiB), so the
+//!   out-of-memory cases stay cheap. Cases compute what they expect themselves (shadow copies,
+//!   plain f32/f64 arithmetic), so every case can fail, the host backend included; the random
+//!   sequence also runs each of its 10,000 steps on the host reference
+//!   ([`rela_backend_host::OwnedHostBackend`]).
+//! - In a backend's tests, [`testgen!`] expands to one `#[test]` per case:
+//!
+//!   ```ignore
+//!   // backends/foo/tests/conformance.rs
+//!   rela_conformance::testgen!("foo", || {
+//!       rela_backend_foo::FooBackend::new(rela_conformance::SUITE_CAPACITY)
+//!           .map(|b| Box::new(b) as Box<dyn rela_core::backend::GpuBackend>)
+//!           .map_err(|e| e.to_string())
+//!   });
+//!   ```
+//!
+//!   A factory error (no such device on this machine) prints `SKIPPED foo/<case>: <reason>` to
+//!   stderr and passes, unless `RELA_REQUIRE_BACKENDS` names the backend (see [`required`]),
+//!   in which case it fails. CI sets it for the backends its runners have.
+//! - [`run_suite`] runs every case and returns a [`BackendReport`]: skips and failures are
+//!   data, panics are caught and count as failures. [`render_table`] turns reports into a plain
+//!   text table (and the reports serialize with serde), for a vendor to attach to a bug report.
+//!
+//! # Timing
+//!
+//! The suite must stay quick on software Vulkan (lavapipe): the largest transfer is 16 MiB,
+//! the largest kernels are 100,000 elements and a 64×64×64 matmul, and the random sequence uses
+//! buffers of at most 64 KiB.
+
+use std::fmt::{self, Write as _};
+use std::panic::{self, AssertUnwindSafe};
+use std::time::Instant;
+
+pub use rela_core::backend::GpuBackend;
+use serde::Serialize;
+
+mod cases;
+mod support;
+
+/// The capacity, in bytes, a backend under test is built with (64 MiB).
+pub const SUITE_CAPACITY: u64 = 64 << 20;
+
+/// The environment variable listing backends that must be available (comma-separated, e.g.
+/// `host,vulkan,wgpu-vulkan,wgpu-gl`). See [`required`].
+pub const REQUIRE_ENV: &str = "RELA_REQUIRE_BACKENDS";
+
+/// Why a case failed: a message naming the operation and what differed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure(pub String);
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Self(message)
+    }
+}
+
+/// One conformance case.
+#[derive(Debug, Clone, Copy)]
+pub struct Case {
+    /// The case's name, a Rust identifier (the name of its generated `#[test]`).
+    pub name: &'static str,
+    /// Runs the case against a fresh backend.
+    pub run: fn(&mut dyn GpuBackend) -> Result<(), Failure>,
+}
+
+/// Every case, in the order [`run_suite`] runs them.
+pub const CASES: &[Case] = cases::ALL;
+
+/// The case named `name`.
+pub fn case(name: &str) -> Option<&'static Case> {
+    CASES.iter().find(|c| c.name == name)
+}
+
+/// How a case ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Outcome {
+    /// Every check held.
+    Passed,
+    /// A check failed or the case panicked; the message says which.
+    Failed(String),
+    /// The backend could not be built here; the reason says why.
+    Skipped(String),
+}
+
+/// One case's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CaseResult {
+    /// The case name.
+    pub name: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Wall time, backend construction included, in milliseconds.
+    pub millis: u64,
+}
+
+/// Every case's result for one backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackendReport {
+    /// The backend's name as given to [`run_suite`].
+    pub backend: String,
+    /// Device and vendor names, if the backend could be built at least once.
+    pub device: Option<String>,
+    /// Results in [`CASES`] order.
+    pub results: Vec<CaseResult>,
+}
+
+impl BackendReport {
+    /// Counts of passed, failed and skipped cases.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let count = |f: fn(&Outcome) -> bool| self.results.iter().filter(|r| f(&r.outcome)).count();
+        (
+            count(|o| matches!(o, Outcome::Passed)),
+            count(|o| matches!(o, Outcome::Failed(_))),
+            count(|o| matches!(o, Outcome::Skipped(_))),
+        )
+    }
+
+    /// Whether no case failed (skips allowed).
+    pub fn ok(&self) -> bool {
+        self.counts().1 == 0
+    }
+}
+
+/// A factory for the backend under test: a fresh backend, or why none can be built here.
+pub type Factory<'a> = &'a dyn Fn() -> Result<Box<dyn GpuBackend>, String>;
+
+/// Runs one case on a fresh backend from `make`, catching panics (a panic is a failure).
+/// Returns the result and the device's name if the backend was built.
+pub fn run_case(case: &Case, make: Factory<'_>) -> (CaseResult, Option<String>) {
+    let start = Instant::now();
+    let mut device = None;
+    let outcome = match panic::catch_unwind(AssertUnwindSafe(|| match make() {
+        Err(reason) => Outcome::Skipped(reason),
+        Ok(mut backend) => {
+            let info = backend.info();
+            device = Some(format!("{} ({})", info.name, info.vendor));
+            match (case.run)(&mut *backend) {
+                Ok(()) => Outcome::Passed,
+                Err(failure) => Outcome::Failed(failure.0),
+            }
+        }
+    })) {
+        Ok(outcome) => outcome,
+        Err(payload) => Outcome::Failed(format!("panicked: {}", panic_message(&*payload))),
+    };
+    let millis = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+    (CaseResult { name: case.name.to_owned(), outcome, millis }, device)
+}
+
+/// Runs every case in [`CASES`], each on a fresh backend from `make`.
+///
+/// A factory error makes that case [`Outcome::Skipped`] with the error as its reason; a panic
+/// in the factory or the case makes it [`Outcome::Failed`].
+pub fn run_suite(
+    backend_name: &str,
+    make: &dyn Fn() -> Result<Box<dyn GpuBackend>, String>,
+) -> BackendReport {
+    let mut device = None;
+    let mut results = Vec::with_capacity(CASES.len());
+    for case in CASES {
+        let (result, dev) = run_case(case, make);
+        device = device.or(dev);
+        results.push(result);
+    }
+    BackendReport { backend: backend_name.to_owned(), device, results }
+}
+
+/// Whether `RELA_REQUIRE_BACKENDS` names `backend` (case-insensitive, comma-separated), so
+/// that a backend which cannot be built fails its tests instead of skipping them.
+pub fn required(backend: &str) -> bool {
+    std::env::var(REQUIRE_ENV).is_ok_and(|list| list_names(&list, backend))
+}
+
+/// Whether the comma-separated `list` names `backend`.
+fn list_names(list: &str, backend: &str) -> bool {
+    list.split(',').map(str::trim).any(|name| name.eq_ignore_ascii_case(backend))
+}
+
+/// A plain-text table of reports: one row per backend with its device and counts, then one
+/// line per failed case and per distinct skip reason.
+pub fn render_table(reports: &[BackendReport]) -> String {
+    let header = ["backend", "device", "passed", "failed", "skipped"];
+    let rows: Vec<[String; 5]> = reports
+        .iter()
+        .map(|r| {
+            let (p, f, s) = r.counts();
+            let device = r.device.clone().unwrap_or_else(|| "-".to_owned());
+            [r.backend.clone(), device, p.to_string(), f.to_string(), s.to_string()]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, cells: [&str; 5]| {
+        let [b, d, p, f, s] = cells;
+        let [wb, wd, wp, wf, ws] = widths;
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "{b:<wb$}  {d:<wd$}  {p:>wp$}  {f:>wf$}  {s:>ws$}");
+    };
+    line(&mut out, header);
+    let rule = widths.map(|w| "-".repeat(w));
+    line(&mut out, [&rule[0], &rule[1], &rule[2], &rule[3], &rule[4]]);
+    for row in &rows {
+        line(&mut out, [&row[0], &row[1], &row[2], &row[3], &row[4]]);
+    }
+    for r in reports {
+        let mut skips: Vec<(&str, Vec<&str>)> = Vec::new();
+        for c in &r.results {
+            match &c.outcome {
+                Outcome::Passed => {}
+                Outcome::Failed(why) => {
+                    let _ = writeln!(out, "FAILED  {}/{}: {why}", r.backend, c.name);
+                }
+                Outcome::Skipped(why) => match skips.iter_mut().find(|(reason, _)| reason == why) {
+                    Some((_, names)) => names.push(&c.name),
+                    None => skips.push((why, vec![&c.name])),
+                },
+            }
+        }
+        for (why, names) in skips {
+            let which =
+                if names.len() == r.results.len() { "all cases".to_owned() } else { names.join(", ") };
+            let _ = writeln!(out, "SKIPPED {} ({which}): {why}", r.backend);
+        }
+    }
+    out
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+/// The body of each `#[test]` that [`testgen!`] generates. Not for direct use.
+///
+/// Builds the backend; if that fails, skips loudly (stderr) unless [`required`], then panics.
+/// Runs the case and panics with its failure message.
+#[doc(hidden)]
+pub fn __run_case_test<F>(backend: &str, name: &str, make: F)
+where
+    F: Fn() -> Result<Box<dyn GpuBackend>, String>,
+{
+    let Some(case) = case(name) else {
+        panic!("testgen! lists `{name}`, which is not in rela_conformance::CASES");
+    };
+    let mut instance = match make() {
+        Ok(b) => b,
+        Err(reason) if required(backend) => {
+            panic!("backend `{backend}` is required by {REQUIRE_ENV} but unavailable: {reason}")
+        }
+        Err(reason) => {
+            eprintln!("SKIPPED {backend}/{name}: {reason}");
+            return;
+        }
+    };
+    if let Err(failure) = (case.run)(&mut *instance) {
+        panic!("{backend}/{name} failed: {failure}");
+    }
+}
+
+/// Expands, in a backend's test file, to one `#[test]` per conformance case, plus
+/// `testgen_lists_every_case`, which fails if [`CASES`] has a case the macro does not list.
+///
+/// `$backend` is the backend's name (as [`required`] matches it); `$make` is a closure
+/// `Fn() -> Result<Box<dyn GpuBackend>, String>` building a fresh backend with a capacity of
+/// [`SUITE_CAPACITY`], or saying why it cannot.
+///
+/// ```ignore
+/// rela_conformance::testgen!("host", || {
+///     Ok(Box::new(OwnedHostBackend::with_capacity(SUITE_CAPACITY as usize)))
+/// });
+/// ```
+#[macro_export]
+macro_rules! testgen {
+    ($backend:literal, $make:expr $(,)?) => {
+        $crate::testgen!(@cases $backend, $make;
+            info_and_empty_usage,
+            alloc_zero_rejected,
+            accounting,
+            round_trip_sizes,
+            round_trip_unaligned_offsets,
+            zero_length_ops,
+            fresh_alloc_reads_zero,
+            out_of_bounds_rejected,
+            offset_overflow_rejected,
+            stale_and_unknown_ids_rejected,
+            copy_between_buffers,
+            copy_within_buffer,
+            copy_overlap_rejected,
+            fill_ranges,
+            zero_after_free,
+            past_capacity_is_out_of_memory,
+            random_ops_match_reference,
+            kernel_add,
+            kernel_mul,
+            kernel_scale,
+            kernel_matmul,
+            kernel_invalid_rejected,
+        );
+    };
+    (@cases $backend:literal, $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::__run_case_test($backend, stringify!($case), $make);
+            }
+        )*
+
+        #[test]
+        fn testgen_lists_every_case() {
+            let listed: &[&str] = &[$(stringify!($case)),*];
+            let all: Vec<&str> = $crate::CASES.iter().map(|c| c.name).collect();
+            assert_eq!(listed, all.as_slice(), "testgen! and rela_conformance::CASES disagree");
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(backend: &str, outcomes: &[Outcome]) -> BackendReport {
+        BackendReport {
+            backend: backend.into(),
+            device: Some("dev (vendor)".into()),
+            results: outcomes
+                .iter()
+                .enumerate()
+                .map(|(i, o)| CaseResult { name: format!("case{i}"), outcome: o.clone(), millis: 1 })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn names_are_unique_identifiers() {
+        let mut names: Vec<&str> = CASES.iter().map(|c| c.name).collect();
+        for n in &names {
+            assert!(
+                n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "{n} is not a snake_case identifier"
+            );
+        }
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), CASES.len(), "duplicate case names");
+    }
+
+    #[test]
+    fn require_list_parsing() {
+        assert!(list_names("host,vulkan, wgpu-gl", "wgpu-gl"));
+        assert!(list_names("HOST", "host"));
+        assert!(!list_names("host,vulkan", "wgpu-vulkan"));
+        assert!(!list_names("", "host"));
+        assert!(!list_names("wgpu", "wgpu-gl"));
+    }
+
+    #[test]
+    fn factory_errors_skip_every_case() {
+        let r = run_suite("nothing", &|| Err("no device here".into()));
+        assert_eq!(r.results.len(), CASES.len());
+        assert!(r.results.iter().all(|c| c.outcome == Outcome::Skipped("no device here".into())));
+        assert_eq!(r.device, None);
+        assert_eq!(r.counts(), (0, 0, CASES.len()));
+        assert!(r.ok());
+        let table = render_table(&[r]);
+        assert!(table.contains("SKIPPED nothing (all cases): no device here"), "{table}");
+    }
+
+    #[test]
+    fn panicking_factory_is_a_failure() {
+        let first = &CASES[0];
+        let (r, dev) = run_case(first, &|| panic!("factory exploded"));
+        assert_eq!(r.outcome, Outcome::Failed("panicked: factory exploded".into()));
+        assert_eq!(dev, None);
+    }
+
+    #[test]
+    fn table_lists_counts_failures_and_skip_reasons() {
+        let a = report("alpha", &[Outcome::Passed, Outcome::Failed("boom".into()), Outcome::Passed]);
+        let b = report(
+            "beta-long-name",
+            &[Outcome::Skipped("x".into()), Outcome::Passed, Outcome::Skipped("y".into())],
+        );
+        let t = render_table(&[a, b]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("backend"), "{t}");
+        assert!(lines[2].starts_with("alpha           dev (vendor)       2       1        0"), "{t}");
+        assert!(lines[3].starts_with("beta-long-name  dev (vendor)       1       0        2"), "{t}");
+        assert!(t.contains("FAILED  alpha/case1: boom"), "{t}");
+        assert!(t.contains("SKIPPED beta-long-name (case0): x"), "{t}");
+        assert!(t.contains("SKIPPED beta-long-name (case2): y"), "{t}");
+    }
+
+    #[test]
+    fn reports_serialize() {
+        let r = report("alpha", &[Outcome::Passed, Outcome::Skipped("why".into())]);
+        let json = serde_json::to_value(&r).expect("serializable");
+        assert_eq!(json["backend"], "alpha");
+        assert_eq!(json["results"][0]["outcome"], "Passed");
+        assert_eq!(json["results"][1]["outcome"]["Skipped"], "why");
+    }
+}

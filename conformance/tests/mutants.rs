@@ -1,0 +1,248 @@
+//! The suite has teeth: backends with one planted bug each fail the cases meant to catch it,
+//! and the same wrapper without a bug passes everything.
+
+use rela_backend_host::OwnedHostBackend;
+use rela_conformance::{CASES, Outcome, SUITE_CAPACITY, case, run_case, run_suite};
+use rela_core::backend::{BackendError, BinaryOp, BufferId, DeviceInfo, GpuBackend, KernelCall, Usage};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bug {
+    None,
+    /// Fresh buffers start with a stray byte.
+    DirtyAlloc,
+    /// Free forgets to zero (simulated: the next allocation sees 0xAB bytes).
+    NoZeroOnFree,
+    /// Usage counts one byte too many once a buffer is live.
+    UsageOffByOne,
+    /// Out-of-bounds writes are silently clamped to the buffer's end.
+    ClampedWrite,
+    /// Offset + len is computed with wrapping arithmetic in `fill`.
+    WrappingFill,
+    /// Freeing an unknown id "succeeds".
+    LenientFree,
+    /// Overlapping self-copies are accepted (and done with memmove).
+    OverlapAllowed,
+    /// Copies of odd lengths drop their last byte.
+    CopyDropsLastByte,
+    /// Past capacity reports InvalidArgument instead of OutOfMemory.
+    WrongOomError,
+    /// ADD multiplies.
+    AddMultiplies,
+    /// Binary kernels skip the last element when n > 256.
+    ShortGrid,
+    /// SCALE ignores alpha's sign.
+    ScaleAbs,
+    /// MATMUL reads `b` transposed.
+    MatmulTransposed,
+    /// Aliasing kernel outputs are accepted.
+    AliasAllowed,
+    /// Reads at offsets ≡ 5 (mod 13) return one wrong byte (a rare bug only random ops hit).
+    RareBadRead,
+    /// Panics on any fill with the value 0x5A.
+    Panics,
+}
+
+struct Mutant {
+    inner: OwnedHostBackend,
+    bug: Bug,
+    freed_sizes: Vec<u64>,
+}
+
+impl Mutant {
+    fn boxed(bug: Bug) -> Result<Box<dyn GpuBackend>, String> {
+        let inner = OwnedHostBackend::with_capacity(SUITE_CAPACITY as usize);
+        Ok(Box::new(Self { inner, bug, freed_sizes: Vec::new() }))
+    }
+
+    fn f32s(&mut self, id: BufferId, n: usize) -> Result<Vec<f32>, BackendError> {
+        let mut bytes = vec![0u8; n * 4];
+        self.inner.read(id, 0, &mut bytes)?;
+        Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    }
+
+    fn put_f32s(&mut self, id: BufferId, v: &[f32]) -> Result<(), BackendError> {
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.inner.write(id, 0, &bytes)
+    }
+}
+
+impl GpuBackend for Mutant {
+    fn info(&self) -> DeviceInfo {
+        self.inner.info()
+    }
+
+    fn usage(&self) -> Usage {
+        let mut u = self.inner.usage();
+        if self.bug == Bug::UsageOffByOne && u.buffers > 0 {
+            u.used += 1;
+        }
+        u
+    }
+
+    fn alloc(&mut self, size: u64) -> Result<BufferId, BackendError> {
+        let id = self.inner.alloc(size).map_err(|e| match (self.bug, e) {
+            (Bug::WrongOomError, BackendError::OutOfMemory) => BackendError::InvalidArgument,
+            _ => e,
+        })?;
+        match self.bug {
+            Bug::DirtyAlloc => self.inner.fill(id, size - 1, 1, 0x5A)?,
+            Bug::NoZeroOnFree if self.freed_sizes.contains(&size) => self.inner.fill(id, 0, size, 0xAB)?,
+            _ => {}
+        }
+        Ok(id)
+    }
+
+    fn free(&mut self, id: BufferId) -> Result<(), BackendError> {
+        if let Ok(size) = self.inner.size(id) {
+            self.freed_sizes.push(size);
+        }
+        match self.inner.free(id) {
+            Err(BackendError::NoSuchBuffer) if self.bug == Bug::LenientFree => Ok(()),
+            r => r,
+        }
+    }
+
+    fn size(&self, id: BufferId) -> Result<u64, BackendError> {
+        self.inner.size(id)
+    }
+
+    fn write(&mut self, id: BufferId, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+        match self.inner.write(id, offset, data) {
+            Err(BackendError::OutOfBounds) if self.bug == Bug::ClampedWrite => {
+                let size = self.inner.size(id)?;
+                let offset = offset.min(size);
+                let len = (size - offset).min(data.len() as u64) as usize;
+                self.inner.write(id, offset, &data[..len])
+            }
+            r => r,
+        }
+    }
+
+    fn read(&mut self, id: BufferId, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
+        self.inner.read(id, offset, out)?;
+        if self.bug == Bug::RareBadRead && offset % 13 == 5 && out.len() > 1 {
+            out[1] ^= 0x01;
+        }
+        Ok(())
+    }
+
+    fn copy(&mut self, src: BufferId, so: u64, dst: BufferId, d: u64, len: u64) -> Result<(), BackendError> {
+        match self.bug {
+            Bug::OverlapAllowed if src == dst => {
+                let mut tmp = vec![0u8; len as usize];
+                self.inner.read(src, so, &mut tmp)?;
+                self.inner.write(dst, d, &tmp)
+            }
+            Bug::CopyDropsLastByte if len % 2 == 1 => self.inner.copy(src, so, dst, d, len - 1),
+            _ => self.inner.copy(src, so, dst, d, len),
+        }
+    }
+
+    fn fill(&mut self, id: BufferId, offset: u64, len: u64, value: u8) -> Result<(), BackendError> {
+        if self.bug == Bug::Panics && value == 0x5A {
+            panic!("planted panic");
+        }
+        if self.bug == Bug::WrappingFill {
+            let size = self.inner.size(id)?;
+            if offset.wrapping_add(len) <= size {
+                return Ok(()); // "in bounds" by the wrapped sum: does nothing, reports success
+            }
+        }
+        self.inner.fill(id, offset, len, value)
+    }
+
+    fn dispatch(&mut self, call: &KernelCall) -> Result<(), BackendError> {
+        match (self.bug, *call) {
+            (Bug::AliasAllowed, _) => match self.inner.dispatch(call) {
+                Err(BackendError::InvalidArgument) => Ok(()),
+                r => r,
+            },
+            (Bug::AddMultiplies, KernelCall::Binary { op: BinaryOp::Add, a, b, out, n }) => {
+                self.inner.dispatch(&KernelCall::Binary { op: BinaryOp::Mul, a, b, out, n })
+            }
+            (Bug::ShortGrid, KernelCall::Binary { op, a, b, out, n }) if n > 256 => {
+                call.validate(|id| self.inner.size(id).ok())?;
+                self.inner.dispatch(&KernelCall::Binary { op, a, b, out, n: n - 1 })
+            }
+            (Bug::ScaleAbs, KernelCall::Scale { x, out, n, alpha }) => {
+                self.inner.dispatch(&KernelCall::Scale { x, out, n, alpha: alpha.abs() })
+            }
+            (Bug::MatmulTransposed, KernelCall::Matmul { a, b, out, m, k, n }) if k == n && k > 1 => {
+                call.validate(|id| self.inner.size(id).ok())?;
+                let (av, bv) = (self.f32s(a, (m * k) as usize)?, self.f32s(b, (k * n) as usize)?);
+                let (m, k, n) = (m as usize, k as usize, n as usize);
+                let mut o = vec![0f32; m * n];
+                for r in 0..m {
+                    for c in 0..n {
+                        o[r * n + c] = (0..k).map(|i| av[r * k + i] * bv[c * n + i]).sum();
+                    }
+                }
+                self.put_f32s(out, &o)
+            }
+            _ => self.inner.dispatch(call),
+        }
+    }
+}
+
+fn outcome(bug: Bug, name: &str) -> Outcome {
+    let c = case(name).unwrap_or_else(|| panic!("no case {name}"));
+    run_case(c, &|| Mutant::boxed(bug)).0.outcome
+}
+
+#[test]
+fn wrapper_without_a_bug_passes_everything() {
+    let report = run_suite("mutant-none", &|| Mutant::boxed(Bug::None));
+    let (passed, failed, skipped) = report.counts();
+    assert_eq!(
+        (passed, failed, skipped),
+        (CASES.len(), 0, 0),
+        "{}",
+        rela_conformance::render_table(&[report])
+    );
+}
+
+#[test]
+fn every_planted_bug_is_caught() {
+    let expectations: &[(Bug, &[&str])] = &[
+        (Bug::DirtyAlloc, &["fresh_alloc_reads_zero", "zero_after_free"]),
+        (Bug::NoZeroOnFree, &["zero_after_free"]),
+        (Bug::UsageOffByOne, &["accounting", "alloc_zero_rejected", "random_ops_match_reference"]),
+        (
+            Bug::ClampedWrite,
+            &["out_of_bounds_rejected", "offset_overflow_rejected", "random_ops_match_reference"],
+        ),
+        (Bug::WrappingFill, &["offset_overflow_rejected"]),
+        (Bug::LenientFree, &["stale_and_unknown_ids_rejected", "random_ops_match_reference"]),
+        (Bug::OverlapAllowed, &["copy_overlap_rejected", "random_ops_match_reference"]),
+        (
+            Bug::CopyDropsLastByte,
+            &["copy_between_buffers", "copy_within_buffer", "random_ops_match_reference"],
+        ),
+        (Bug::WrongOomError, &["past_capacity_is_out_of_memory"]),
+        (Bug::AddMultiplies, &["kernel_add"]),
+        (Bug::ShortGrid, &["kernel_add", "kernel_mul"]),
+        (Bug::ScaleAbs, &["kernel_scale"]),
+        (Bug::MatmulTransposed, &["kernel_matmul"]),
+        (Bug::AliasAllowed, &["kernel_invalid_rejected"]),
+        (Bug::RareBadRead, &["random_ops_match_reference"]),
+        (Bug::Panics, &["fill_ranges"]),
+    ];
+    let mut missed = Vec::new();
+    for &(bug, names) in expectations {
+        for &name in names {
+            match outcome(bug, name) {
+                Outcome::Failed(why) => eprintln!("{bug:?} caught by {name}: {why}"),
+                other => missed.push(format!("{bug:?} not caught by {name}: {other:?}")),
+            }
+        }
+    }
+    assert!(missed.is_empty(), "{missed:#?}");
+}
+
+#[test]
+fn a_panic_is_reported_as_a_failure() {
+    let Outcome::Failed(why) = outcome(Bug::Panics, "fill_ranges") else {
+        panic!("a panicking case must fail");
+    };
+    assert!(why.contains("panicked: planted panic"), "{why}");
+}
