@@ -1,0 +1,67 @@
+//! The shared conformance suite on the Vulkan backend (lavapipe in CI).
+//!
+//! With `RELA_VK_VALIDATION=1` every case runs with the validation layer on, and fails if the
+//! layer reported any warning or error by the time the case drops its backend.
+
+mod common;
+
+use rela_backend_vulkan::VulkanBackend;
+use rela_core::backend::{BackendError, BufferId, DeviceInfo, GpuBackend, KernelCall, Usage};
+
+/// The Vulkan backend, asserting on drop that the validation layer stayed silent.
+struct Checked(VulkanBackend);
+
+impl Drop for Checked {
+    fn drop(&mut self) {
+        let messages = self.0.validation_messages();
+        if messages != 0 && !std::thread::panicking() {
+            panic!("the validation layer reported {messages} message(s) (see stderr)");
+        }
+    }
+}
+
+impl GpuBackend for Checked {
+    fn info(&self) -> DeviceInfo {
+        self.0.info()
+    }
+    fn usage(&self) -> Usage {
+        self.0.usage()
+    }
+    fn alloc(&mut self, size: u64) -> Result<BufferId, BackendError> {
+        self.0.alloc(size)
+    }
+    fn free(&mut self, id: BufferId) -> Result<(), BackendError> {
+        self.0.free(id)
+    }
+    fn size(&self, id: BufferId) -> Result<u64, BackendError> {
+        self.0.size(id)
+    }
+    fn write(&mut self, id: BufferId, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+        self.0.write(id, offset, data)
+    }
+    fn read(&mut self, id: BufferId, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
+        self.0.read(id, offset, out)
+    }
+    fn copy(
+        &mut self,
+        src: BufferId,
+        src_offset: u64,
+        dst: BufferId,
+        dst_offset: u64,
+        len: u64,
+    ) -> Result<(), BackendError> {
+        self.0.copy(src, src_offset, dst, dst_offset, len)
+    }
+    fn fill(&mut self, id: BufferId, offset: u64, len: u64, value: u8) -> Result<(), BackendError> {
+        self.0.fill(id, offset, len, value)
+    }
+    fn dispatch(&mut self, call: &KernelCall) -> Result<(), BackendError> {
+        self.0.dispatch(call)
+    }
+}
+
+rela_conformance::testgen!("vulkan", || {
+    VulkanBackend::new(common::config(rela_conformance::SUITE_CAPACITY))
+        .map(|b| Box::new(Checked(b)) as Box<dyn GpuBackend>)
+        .map_err(|e| e.to_string())
+});
