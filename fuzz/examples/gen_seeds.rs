@@ -1,0 +1,387 @@
+//! Writes the committed seed corpora, `fuzz/corpus/<target>/seed-*`, with the core's own
+//! encoders so the seeds stay valid as the protocol evolves.
+//!
+//! ```text
+//! cargo +nightly run --manifest-path fuzz/Cargo.toml --example gen_seeds
+//! ```
+//!
+//! Existing `seed-*` files of each target are replaced; other corpus files are left alone.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use rela_core::auth::AuthKey;
+use rela_core::backend::{BackendKind, KernelId};
+use rela_core::config::{HEADER_LEN, MAX_PAYLOAD};
+use rela_core::crc32::SoftCrc32;
+use rela_core::discovery::{Announce, Discover};
+use rela_core::wire::msg::{self, Caps, DeviceInfoMsg, ErrorMsg, Message, Request};
+use rela_core::wire::{ErrorCode, Flags, Kind, encode_frame};
+use rela_fuzz::script::{HandleRef, Op, Req, ScriptWriter, Setup};
+use rela_fuzz::{AUTH_TOKEN, DISCOVERY_TOKEN};
+
+struct Corpus {
+    dir: PathBuf,
+}
+
+impl Corpus {
+    fn new(root: &Path, target: &str) -> Self {
+        let dir = root.join(target);
+        fs::create_dir_all(&dir).expect("create corpus dir");
+        for e in fs::read_dir(&dir).expect("read corpus dir") {
+            let p = e.expect("dir entry").path();
+            if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("seed-")) {
+                fs::remove_file(p).expect("remove old seed");
+            }
+        }
+        Self { dir }
+    }
+
+    fn put(&self, name: &str, bytes: &[u8]) {
+        fs::write(self.dir.join(format!("seed-{name}")), bytes).expect("write seed");
+    }
+}
+
+fn emit<'a, M: Message<'a>>(m: &M) -> Vec<u8> {
+    let mut buf = vec![0u8; m.buffer_len()];
+    let n = m.emit(&mut buf).expect("seed message encodes");
+    buf.truncate(n);
+    buf
+}
+
+fn frame(kind: Kind, flags: Flags, seq: u16, payload: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; HEADER_LEN + payload.len()];
+    encode_frame::<SoftCrc32>(&mut buf, kind, flags, seq, payload).expect("seed frame encodes").to_vec()
+}
+
+fn f32s(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// One valid payload of every request kind, plus a reserved and an unknown kind.
+fn requests() -> Vec<(&'static str, Kind, Vec<u8>)> {
+    let dispatch = |kernel, b, m, k, n, alpha: f32| msg::Dispatch {
+        kernel,
+        reserved: 0,
+        a: 0x1111,
+        b,
+        out: 0x3333,
+        m,
+        k,
+        n,
+        alpha,
+    };
+    let write = msg::Write { handle: 0x9E37_79B9, offset: 4, data: b"payload bytes" };
+    vec![
+        ("hello", Kind::HELLO, emit(&msg::Hello { min_version: 1, max_version: 1, caps: Caps::DISPATCH })),
+        ("auth", Kind::AUTH, emit(&msg::Auth { mac: AuthKey::new(AUTH_TOKEN).auth_tag(&[7; 32]) })),
+        ("ping", Kind::PING, emit(&msg::Ping { data: b"are you there?" })),
+        ("device_info", Kind::DEVICE_INFO, Vec::new()),
+        ("stats", Kind::STATS, Vec::new()),
+        ("bye", Kind::BYE, Vec::new()),
+        ("alloc", Kind::ALLOC, emit(&msg::Alloc { size: 4096 })),
+        ("free", Kind::FREE, emit(&msg::Free { handle: 0x9E37_79B9 })),
+        ("write", Kind::WRITE, emit(&write)),
+        ("read", Kind::READ, emit(&msg::Read { handle: 0x9E37_79B9, offset: 0, len: 64 })),
+        (
+            "copy",
+            Kind::COPY,
+            emit(&msg::Copy { src: 0x1111, src_offset: 0, dst: 0x2222, dst_offset: 8, len: 32 }),
+        ),
+        ("fill", Kind::FILL, emit(&msg::Fill { handle: 0x1111, offset: 2, len: 10, value: 0xAB })),
+        ("dispatch-add", Kind::DISPATCH, emit(&dispatch(KernelId::ADD, 0x2222, 0, 0, 16, 0.0))),
+        ("dispatch-mul", Kind::DISPATCH, emit(&dispatch(KernelId::MUL, 0x2222, 0, 0, 16, 0.0))),
+        ("dispatch-scale", Kind::DISPATCH, emit(&dispatch(KernelId::SCALE, 0, 0, 0, 16, 2.5))),
+        ("dispatch-matmul", Kind::DISPATCH, emit(&dispatch(KernelId::MATMUL, 0x2222, 2, 3, 4, 0.0))),
+        ("reserved-infer", Kind::INFER, Vec::new()),
+        ("unknown", Kind(0x55), b"??".to_vec()),
+    ]
+}
+
+/// One valid payload of every response, with its kind and flags.
+fn responses() -> Vec<(&'static str, Kind, Flags, Vec<u8>)> {
+    let r = Flags::RESPONSE;
+    let welcome = msg::Welcome {
+        version: 1,
+        flags: msg::WELCOME_AUTH_REQUIRED,
+        caps: Caps::DISPATCH,
+        max_payload: MAX_PAYLOAD,
+        max_buffers: 64,
+        quota: 256 << 20,
+        handshake_timeout_ms: 10_000,
+        idle_timeout_ms: 300_000,
+        nonce: [0x42; 32],
+    };
+    let info = DeviceInfoMsg {
+        backend: BackendKind::HOST,
+        total: 1 << 20,
+        free: 1 << 19,
+        max_alloc: 1 << 20,
+        name: "host memory",
+        vendor: "vram-relay",
+    };
+    let stats = msg::Stats {
+        buffers: 2,
+        max_buffers: 64,
+        used: 8192,
+        quota: 1 << 20,
+        frames_in: 9,
+        bytes_in: 300,
+        bytes_out: 4000,
+    };
+    let error = ErrorMsg { code: ErrorCode::NO_SUCH_BUFFER, request_kind: Kind::READ, reason: "no such buffer" };
+    let mut v = vec![
+        ("welcome", Kind::HELLO, r, emit(&welcome)),
+        ("pong", Kind::PING, r, b"are you there?".to_vec()),
+        ("device_info", Kind::DEVICE_INFO, r, emit(&info)),
+        ("stats", Kind::STATS, r, emit(&stats)),
+        ("allocated", Kind::ALLOC, r, emit(&msg::Allocated { handle: 0x9E37_79B9, size: 4096 })),
+        ("data", Kind::READ, r, b"bytes read back".to_vec()),
+        ("error", Kind::ERROR, ErrorMsg::flags(), emit(&error)),
+        ("unknown", Kind(0x66), r, b"opaque".to_vec()),
+    ];
+    for (name, kind) in [
+        ("ack-auth", Kind::AUTH),
+        ("ack-free", Kind::FREE),
+        ("ack-write", Kind::WRITE),
+        ("ack-copy", Kind::COPY),
+        ("ack-fill", Kind::FILL),
+        ("ack-dispatch", Kind::DISPATCH),
+        ("ack-bye", Kind::BYE),
+    ] {
+        v.push((name, kind, r, Vec::new()));
+    }
+    v
+}
+
+fn setup(auth: bool, seed: [u8; 4]) -> Setup {
+    Setup {
+        auth,
+        quota: 48 * 1024,
+        max_buffers: 8,
+        max_payload: 8192,
+        handshake_ms: 5_000,
+        idle_ms: 60_000,
+        nonce_seed: seed,
+    }
+}
+
+fn req(who: u8, seq: u16, req: Req<'_>) -> Op<'_> {
+    Op::Request { who, seq, req }
+}
+
+const HELLO: Req<'static> = Req::Hello { min: 1, max: 1, caps: 1 };
+const OWN0: HandleRef = HandleRef::Own(0);
+const OWN1: HandleRef = HandleRef::Own(1);
+const OWN2: HandleRef = HandleRef::Own(2);
+
+fn sessions() -> Vec<(&'static str, Vec<u8>)> {
+    let ones = f32s(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    let mut out = Vec::new();
+
+    // Every request kind on one session, with the other one idle.
+    let mut w = ScriptWriter::new(64 * 1024, [setup(false, [1, 2, 3, 4]), setup(false, [9, 9, 9, 9])]);
+    for op in [
+        req(0, 1, HELLO),
+        req(0, 2, Req::Ping(b"ping")),
+        req(0, 3, Req::DeviceInfo),
+        req(0, 4, Req::Alloc(24)),
+        req(0, 5, Req::Alloc(24)),
+        req(0, 6, Req::Alloc(24)),
+        req(0, 7, Req::Write { h: OWN0, offset: 0, data: &ones }),
+        req(0, 8, Req::Write { h: OWN1, offset: 0, data: &ones }),
+        req(0, 9, Req::Dispatch { kernel: 1, reserved: 0, a: OWN0, b: OWN1, out: OWN2, m: 0, k: 0, n: 6, alpha_bits: 0 }),
+        req(0, 10, Req::Dispatch {
+            kernel: 3,
+            reserved: 0,
+            a: OWN0,
+            b: HandleRef::Raw(0),
+            out: OWN2,
+            m: 0,
+            k: 0,
+            n: 6,
+            alpha_bits: 2.0f32.to_bits(),
+        }),
+        req(0, 11, Req::Dispatch { kernel: 4, reserved: 0, a: OWN0, b: OWN1, out: OWN2, m: 2, k: 3, n: 2, alpha_bits: 0 }),
+        req(0, 12, Req::Read { h: OWN2, offset: 0, len: 24 }),
+        req(0, 13, Req::Copy { src: OWN0, src_offset: 0, dst: OWN1, dst_offset: 8, len: 16 }),
+        req(0, 14, Req::Fill { h: OWN0, offset: 4, len: 8, value: 0x5A }),
+        req(0, 15, Req::Read { h: OWN1, offset: 0, len: 24 }),
+        req(0, 16, Req::Read { h: OWN0, offset: 0, len: 24 }),
+        req(0, 17, Req::Stats),
+        req(0, 18, Req::Free(OWN1)),
+        req(0, 19, Req::Read { h: HandleRef::Retired(0), offset: 0, len: 1 }),
+        req(0, 20, Req::Bye),
+    ] {
+        w.op(op);
+    }
+    out.push(("all-requests", w.finish()));
+
+    // Two authenticated sessions with colliding handle sequences (same nonce seed): each must
+    // only ever see its own buffers.
+    let mut w = ScriptWriter::new(64 * 1024, [setup(true, [5, 5, 5, 5]), setup(true, [5, 5, 5, 5])]);
+    for op in [
+        req(0, 1, HELLO),
+        req(0, 2, Req::AuthGood),
+        req(1, 1, HELLO),
+        req(1, 2, Req::AuthGood),
+        req(0, 3, Req::Alloc(300)),
+        req(1, 3, Req::Alloc(300)),
+        req(0, 4, Req::Fill { h: OWN0, offset: 0, len: 300, value: 0xEE }),
+        req(1, 4, Req::Read { h: OWN0, offset: 0, len: 300 }),
+        req(1, 5, Req::Write { h: HandleRef::Other(0), offset: 0, data: b"steal" }),
+        req(1, 6, Req::Read { h: HandleRef::Other(0), offset: 0, len: 16 }),
+        req(0, 5, Req::Free(OWN0)),
+        req(1, 7, Req::Alloc(300)),
+        req(1, 8, Req::Read { h: OWN1, offset: 0, len: 300 }),
+        req(1, 9, Req::Copy { src: OWN0, src_offset: 0, dst: HandleRef::Other(0), dst_offset: 0, len: 1 }),
+        Op::Abort { who: 0 },
+        req(1, 10, Req::Stats),
+    ] {
+        w.op(op);
+    }
+    out.push(("two-sessions-isolation", w.finish()));
+
+    // Handshake failures: bad AUTH, requests before the handshake, reopen, version mismatch.
+    let mut w = ScriptWriter::new(4096, [setup(true, [1, 0, 0, 0]), setup(false, [2, 0, 0, 0])]);
+    for op in [
+        req(0, 1, Req::Alloc(16)),
+        req(0, 2, HELLO),
+        req(0, 3, Req::Stats),
+        req(0, 4, Req::AuthBad(0)),
+        req(0, 5, HELLO),
+        Op::Reopen { who: 0, setup: setup(true, [3, 0, 0, 0]) },
+        req(0, 1, HELLO),
+        req(0, 2, HELLO),
+        req(0, 3, Req::AuthGood),
+        req(0, 4, Req::AuthGood),
+        req(1, 1, Req::Hello { min: 2, max: 9, caps: 0 }),
+        Op::Reopen { who: 1, setup: setup(false, [4, 0, 0, 0]) },
+        req(1, 1, HELLO),
+        Op::CloseWith { who: 1, code: ErrorCode::SHUTTING_DOWN.0 },
+    ] {
+        w.op(op);
+    }
+    out.push(("handshake-failures", w.finish()));
+
+    // Timers: a handshake timeout, then an idle timeout after some traffic.
+    let mut w = ScriptWriter::new(4096, [setup(false, [1, 1, 0, 0]), setup(false, [2, 2, 0, 0])]);
+    for op in [
+        req(1, 1, HELLO),
+        req(1, 2, Req::Alloc(100)),
+        Op::Advance { who: 2, ms: 4_999 },
+        Op::Deadline { who: 0 },
+        req(1, 3, Req::Ping(b"still here")),
+        Op::Advance { who: 1, ms: 59_999 },
+        Op::Advance { who: 1, ms: 1 },
+        Op::Reopen { who: 0, setup: setup(false, [1, 1, 0, 0]) },
+        req(0, 1, HELLO),
+    ] {
+        w.op(op);
+    }
+    out.push(("timeouts", w.finish()));
+
+    // Raw frames and framing errors: flags the node must refuse, unknown and reserved kinds,
+    // a payload above the cap, and reported framing errors.
+    let mut w = ScriptWriter::new(4096, [setup(false, [7, 0, 0, 0]), setup(false, [8, 0, 0, 0])]);
+    let alloc = emit(&msg::Alloc { size: 64 });
+    let big = vec![0u8; 9000];
+    for op in [
+        req(0, 1, HELLO),
+        Op::Raw { who: 0, kind: Kind::ALLOC.0, flags: 0, seq: 2, payload: &alloc },
+        Op::Raw { who: 0, kind: Kind::ALLOC.0, flags: Flags::COMPRESSED.0, seq: 3, payload: &alloc },
+        Op::Raw { who: 0, kind: Kind::ALLOC.0, flags: Flags::RESPONSE.0, seq: 4, payload: &alloc },
+        Op::Raw { who: 0, kind: Kind::ALLOC.0, flags: 0, seq: 5, payload: &alloc[..7] },
+        Op::Raw { who: 0, kind: Kind::INFER.0, flags: 0, seq: 6, payload: b"" },
+        Op::Raw { who: 0, kind: 0x77, flags: 0, seq: 7, payload: b"x" },
+        Op::Raw { who: 0, kind: Kind::ERROR.0, flags: 0x03, seq: 8, payload: b"" },
+        Op::Raw { who: 0, kind: Kind::PING.0, flags: 0, seq: 9, payload: &big },
+        req(1, 1, HELLO),
+        Op::FrameError { who: 1, variant: 7 },
+    ] {
+        w.op(op);
+    }
+    out.push(("raw-frames", w.finish()));
+
+    // Limits: quota, buffer table, arena exhaustion, bounds.
+    let mut small = setup(false, [6, 0, 0, 0]);
+    small.max_buffers = 2;
+    small.quota = 3000;
+    let mut w = ScriptWriter::new(2048, [small, setup(false, [6, 1, 0, 0])]);
+    for op in [
+        req(0, 1, HELLO),
+        req(1, 1, HELLO),
+        req(0, 2, Req::Alloc(1000)),
+        req(0, 3, Req::Alloc(1000)),
+        req(0, 4, Req::Alloc(1)),
+        req(1, 2, Req::Alloc(1500)),
+        req(0, 5, Req::Alloc(0)),
+        req(0, 6, Req::Write { h: OWN0, offset: 999, data: b"xy" }),
+        req(0, 7, Req::Read { h: OWN0, offset: u64::MAX, len: 2 }),
+        req(0, 8, Req::Fill { h: OWN0, offset: 1, len: u64::MAX, value: 1 }),
+        req(0, 9, Req::Copy { src: OWN0, src_offset: 0, dst: OWN0, dst_offset: 10, len: 20 }),
+        req(0, 10, Req::Read { h: OWN0, offset: 0, len: 9000 }),
+        req(0, 11, Req::Dispatch { kernel: 4, reserved: 0, a: OWN0, b: OWN1, out: OWN0, m: 2, k: 2, n: 2, alpha_bits: 0 }),
+        req(0, 12, Req::Dispatch { kernel: 9, reserved: 1, a: OWN0, b: OWN1, out: OWN0, m: 0, k: 0, n: 0, alpha_bits: 0 }),
+        req(1, 3, Req::DeviceInfo),
+    ] {
+        w.op(op);
+    }
+    out.push(("limits", w.finish()));
+    out
+}
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+
+    let c = Corpus::new(&root, "request");
+    for (name, kind, payload) in requests() {
+        let mut seed = vec![kind.0];
+        seed.extend(&payload);
+        assert!(Request::parse(kind, &payload).is_ok(), "request seed {name} does not parse");
+        c.put(name, &seed);
+    }
+
+    let c = Corpus::new(&root, "response");
+    for (name, kind, flags, payload) in responses() {
+        let mut seed = vec![kind.0, flags.0];
+        seed.extend(&payload);
+        c.put(name, &seed);
+    }
+
+    let frames = Corpus::new(&root, "frame");
+    let headers = Corpus::new(&root, "header");
+    for (name, kind, payload) in requests() {
+        let f = frame(kind, Flags::NONE, 7, &payload);
+        frames.put(&format!("req-{name}"), &f);
+        let mut h = MAX_PAYLOAD.to_le_bytes().to_vec();
+        h.extend(&f[..HEADER_LEN]);
+        headers.put(&format!("req-{name}"), &h);
+    }
+    for (name, kind, flags, payload) in responses() {
+        frames.put(&format!("resp-{name}"), &frame(kind, flags, 7, &payload));
+    }
+    let err = frame(Kind::ERROR, ErrorMsg::flags(), 0, &[]);
+    let mut h = 64u32.to_le_bytes().to_vec();
+    h.extend(&err[..HEADER_LEN]);
+    headers.put("error-small-cap", &h);
+
+    let c = Corpus::new(&root, "discovery");
+    let mut buf = [0u8; 256];
+    let nonce = *b"discover-nonce-1";
+    let n = Discover { nonce }.emit::<SoftCrc32>(&mut buf).expect("discover encodes");
+    c.put("discover", &buf[..n]);
+    let ann = Announce::new(nonce, *b"node-0123456789a", 8765, BackendKind::CUDA, true, 24 << 30, 20 << 30, "NVIDIA H100");
+    let n = ann.emit::<SoftCrc32>(None, &mut buf).expect("announce encodes");
+    c.put("announce-unsigned", &buf[..n]);
+    let n = ann.emit::<SoftCrc32>(Some(&AuthKey::new(DISCOVERY_TOKEN)), &mut buf).expect("announce encodes");
+    c.put("announce-signed", &buf[..n]);
+    let n = ann.emit::<SoftCrc32>(Some(&AuthKey::new(b"some other token")), &mut buf).expect("announce encodes");
+    c.put("announce-signed-other-key", &buf[..n]);
+
+    let c = Corpus::new(&root, "session");
+    for (name, script) in sessions() {
+        c.put(name, &script);
+    }
+    println!("seeds written under {}", root.display());
+}

@@ -1,0 +1,70 @@
+//! Discovery datagrams: `Discover::parse`, `Announce::parse` and `Announce::verify` with and
+//! without a key.
+//!
+//! Oracles: a parsed datagram re-encodes to the same bytes (CRC field aside: it is recomputed,
+//! and the check is bypassed under `cfg(fuzzing)`); `verify` with a key accepts exactly the
+//! announcements whose tag equals the one the node-side encoder computes for the same body.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use rela_core::auth::AuthKey;
+use rela_core::config::{HEADER_LEN, MAC_LEN, MAX_DATAGRAM};
+use rela_core::crc32::SoftCrc32;
+use rela_core::discovery::{Announce, Discover, DiscoveryError};
+use rela_fuzz::DISCOVERY_TOKEN;
+
+/// Same bytes except the CRC field (12..16).
+fn same_but_crc(a: &[u8], b: &[u8]) {
+    assert_eq!(a.len(), b.len(), "re-encoded datagram has another length");
+    assert_eq!(a[..12], b[..12], "re-encoded header differs");
+    assert_eq!(a[HEADER_LEN..], b[HEADER_LEN..], "re-encoded payload differs");
+}
+
+fuzz_target!(|data: &[u8]| {
+    let key = AuthKey::new(DISCOVERY_TOKEN);
+    let other_key = AuthKey::new(b"another token");
+
+    if let Ok(d) = Discover::parse::<SoftCrc32>(data) {
+        let mut buf = [0u8; MAX_DATAGRAM];
+        let n = d.emit::<SoftCrc32>(&mut buf).expect("DISCOVER fits a datagram");
+        same_but_crc(&buf[..n], data);
+    }
+
+    let a = match Announce::parse::<SoftCrc32>(data) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.to_string();
+            return;
+        }
+    };
+    assert!(data.len() <= MAX_DATAGRAM);
+    assert!(a.verify(&a.nonce, None).is_ok(), "unkeyed verify of the matching nonce failed");
+    let mut wrong = a.nonce;
+    wrong[0] ^= 1;
+    assert_eq!(a.verify(&wrong, None), Err(DiscoveryError::NonceMismatch));
+    assert_eq!(a.verify(&wrong, Some(&key)), Err(DiscoveryError::NonceMismatch));
+
+    let fresh = Announce::new(a.nonce, a.node_id, a.port, a.backend, a.auth_required(), a.total, a.free, a.device);
+    let mut buf = [0u8; MAX_DATAGRAM];
+    match a.mac {
+        None => {
+            assert_eq!(a.verify(&a.nonce, Some(&key)), Err(DiscoveryError::Unsigned));
+            let n = fresh.emit::<SoftCrc32>(None, &mut buf).expect("an unsigned announce re-encodes");
+            same_but_crc(&buf[..n], data);
+        }
+        Some(mac) => {
+            let n = fresh.emit::<SoftCrc32>(Some(&key), &mut buf).expect("a signed announce re-encodes");
+            let expected: [u8; MAC_LEN] = buf[n - MAC_LEN..n].try_into().expect("a 32-byte tag");
+            same_but_crc(&buf[..n - MAC_LEN], &data[..n - MAC_LEN]);
+            let verdict = a.verify(&a.nonce, Some(&key));
+            if mac == expected {
+                assert_eq!(verdict, Ok(()), "a correctly signed announce was rejected");
+                assert_eq!(a.verify(&a.nonce, Some(&other_key)), Err(DiscoveryError::BadSignature));
+            } else {
+                assert_eq!(verdict, Err(DiscoveryError::BadSignature), "a forged tag was accepted");
+            }
+            let signed = Announce::parse::<SoftCrc32>(&buf[..n]).expect("our own signed announce parses");
+            assert_eq!(signed.verify(&a.nonce, Some(&key)), Ok(()));
+        }
+    }
+});

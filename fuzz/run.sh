@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Builds every fuzz target and runs each for SECONDS_PER_TARGET seconds (default 30).
+#
+#   fuzz/run.sh [SECONDS_PER_TARGET]
+#
+# Needs nightly Rust and cargo-fuzz (`cargo install cargo-fuzz`). Each target starts from a
+# scratch copy of its committed seeds (fuzz/corpus/<target>/seed-*), so the committed corpus
+# stays small; crash inputs land in fuzz/artifacts/<target>/. Exits non-zero if any target
+# crashes, leaks, times out or fails to build. Extra libFuzzer flags: FUZZ_ARGS="-max_len=8192".
+set -euo pipefail
+
+secs="${1:-30}"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$here"
+
+targets=(header frame request response discovery session)
+scratch="$(mktemp -d "${TMPDIR:-/tmp}/rela-fuzz.XXXXXX")"
+trap 'rm -rf "$scratch"' EXIT
+
+echo "== building ${#targets[@]} targets (release, debug assertions, ASan)"
+cargo +nightly fuzz build
+
+triple="$(rustc +nightly -vV | sed -n 's/^host: //p')"
+bin_dir="$here/target/$triple/release"
+
+failed=()
+summary=()
+for t in "${targets[@]}"; do
+    corpus="$scratch/$t"
+    mkdir -p "$corpus" "$here/artifacts/$t"
+    cp "$here"/corpus/"$t"/seed-* "$corpus"/ 2>/dev/null || true
+    log="$scratch/$t.log"
+    echo "== $t: ${secs}s"
+    start=$(date +%s)
+    rc=0
+    # shellcheck disable=SC2086
+    "$bin_dir/$t" "$corpus" \
+        -max_total_time="$secs" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 \
+        -artifact_prefix="$here/artifacts/$t/" ${FUZZ_ARGS:-} >"$log" 2>&1 || rc=$?
+    elapsed=$(( $(date +%s) - start ))
+    execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n1)"
+    cov="$(grep -oE 'cov: [0-9]+' "$log" | tail -n1 || true)"
+    summary+=("$(printf '%-10s %12s execs %5ss  %s  rc=%s' "$t" "${execs:-?}" "$elapsed" "${cov:-}" "$rc")")
+    if [[ $rc -ne 0 ]]; then
+        failed+=("$t")
+        echo "!! $t failed (rc=$rc); last lines of its log:"
+        tail -n 40 "$log"
+    fi
+done
+
+echo
+echo "== summary (target, executions, seconds, coverage, exit code)"
+printf '%s\n' "${summary[@]}"
+if [[ ${#failed[@]} -ne 0 ]]; then
+    echo "FAILED: ${failed[*]} (inputs under fuzz/artifacts/)"
+    exit 1
+fi
+echo "all targets passed"

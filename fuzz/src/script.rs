@@ -1,0 +1,481 @@
+//! The session-script byte format, decoder and encoder.
+//!
+//! A hand-rolled format rather than `arbitrary`, so seed scripts can be written exactly (see
+//! `examples/gen_seeds.rs`) and stay valid as the harness grows. Decoding never fails: a
+//! script ends where its bytes run out, and every byte value means something.
+//!
+//! ```text
+//! script := arena:num setup setup op*
+//! setup  := flags:u8 quota:num max_buffers:u8 max_payload:num handshake_ms:num idle_ms:num
+//!           nonce_seed:[u8; 4]                        flags bit 0: AUTH required
+//! op     := code:u8 (code % 8 picks)
+//!           0 REQUEST     who:u8 seq:u16 req
+//!           1 RAW         who:u8 kind:u8 flags:u8 seq:u16 len:num payload:[u8; len]
+//!           2 FRAME_ERROR who:u8 variant:u8
+//!           3 ADVANCE     who:u8 ms:num               who % 3 == 2: both sessions
+//!           4 DEADLINE    who:u8                      jump to the session's poll_timeout
+//!           5 ABORT       who:u8
+//!           6 CLOSE_WITH  who:u8 code:u16
+//!           7 REOPEN      who:u8 setup                replaces a closed session
+//! req    := tag:u8 (tag % 14 picks)
+//!           0 HELLO min:u16 max:u16 caps:u32   1 AUTH (correct tag)   2 AUTH bad:u8
+//!           3 PING len:u8 data                 4 DEVICE_INFO  5 STATS  6 BYE
+//!           7 ALLOC size:num                   8 FREE h
+//!           9 WRITE h offset:num len:num data  10 READ h offset:num len:num
+//!           11 COPY src:h src_off:num dst:h dst_off:num len:num
+//!           12 FILL h offset:num len:num value:u8
+//!           13 DISPATCH kernel:u16 reserved:u16 a:h b:h out:h m:num k:num n:num alpha:u32
+//! h      := sel:u8 (sel % 4)  0 own idx:u8 | 1 other session's idx:u8 | 2 retired idx:u8
+//!                             | 3 raw:u32
+//! num    := b:u8  b < 0xFD: b | 0xFD u16 | 0xFE u32 | 0xFF u64      (integers little-endian)
+//! ```
+//!
+//! Byte strings (`data`, `payload`) shorter than their length take what is left.
+
+/// A session's configuration, as a script gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setup {
+    /// Whether AUTH is required (with [`crate::AUTH_TOKEN`]).
+    pub auth: bool,
+    /// Session quota in bytes.
+    pub quota: u64,
+    /// Most buffers.
+    pub max_buffers: u8,
+    /// Largest payload; the harness clamps it to its output buffer.
+    pub max_payload: u64,
+    /// Handshake timeout in milliseconds.
+    pub handshake_ms: u64,
+    /// Idle timeout in milliseconds (0 disables it).
+    pub idle_ms: u64,
+    /// First four nonce bytes (they seed the handle sequence); the rest is derived.
+    pub nonce_seed: [u8; 4],
+}
+
+/// Which handle a request names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandleRef {
+    /// The `n`-th (mod count) live handle of the requesting session.
+    Own(u8),
+    /// The `n`-th live handle of the *other* session: must never resolve here.
+    Other(u8),
+    /// The `n`-th handle this session has freed or lost: must never resolve again.
+    Retired(u8),
+    /// Any value.
+    Raw(u32),
+}
+
+/// A structurally valid request, built from script fields.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[allow(missing_docs)]
+pub enum Req<'a> {
+    Hello { min: u16, max: u16, caps: u32 },
+    /// AUTH with the correct tag for this session's nonce.
+    AuthGood,
+    /// AUTH with a tag of 32 copies of a byte.
+    AuthBad(u8),
+    Ping(&'a [u8]),
+    DeviceInfo,
+    Stats,
+    Bye,
+    Alloc(u64),
+    Free(HandleRef),
+    Write { h: HandleRef, offset: u64, data: &'a [u8] },
+    Read { h: HandleRef, offset: u64, len: u64 },
+    Copy { src: HandleRef, src_offset: u64, dst: HandleRef, dst_offset: u64, len: u64 },
+    Fill { h: HandleRef, offset: u64, len: u64, value: u8 },
+    Dispatch {
+        kernel: u16,
+        reserved: u16,
+        a: HandleRef,
+        b: HandleRef,
+        out: HandleRef,
+        m: u64,
+        k: u64,
+        n: u64,
+        alpha_bits: u32,
+    },
+}
+
+/// One script step. `who` picks a session (`who & 1`), except for [`Op::Advance`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[allow(missing_docs)]
+pub enum Op<'a> {
+    Request { who: u8, seq: u16, req: Req<'a> },
+    Raw { who: u8, kind: u8, flags: u8, seq: u16, payload: &'a [u8] },
+    FrameError { who: u8, variant: u8 },
+    /// Advance the clock by `ms` milliseconds and fire timers of session `who % 3` (2: both).
+    Advance { who: u8, ms: u64 },
+    /// Jump the clock to the session's `poll_timeout` (if later) and fire both sessions' timers.
+    Deadline { who: u8 },
+    Abort { who: u8 },
+    CloseWith { who: u8, code: u16 },
+    Reopen { who: u8, setup: Setup },
+}
+
+/// A decoded script header plus an iterator over its operations.
+#[derive(Debug, Clone)]
+pub struct Script<'a> {
+    /// Backend arena size in bytes (the harness clamps it).
+    pub arena: u64,
+    /// The two sessions' configurations.
+    pub setups: [Setup; 2],
+    ops: Cursor<'a>,
+}
+
+impl<'a> Script<'a> {
+    /// Decodes a script header. `None` if the input is too short to hold one.
+    pub fn parse(data: &'a [u8]) -> Option<Self> {
+        let mut c = Cursor { buf: data };
+        let arena = c.num()?;
+        let setups = [c.setup()?, c.setup()?];
+        Some(Self { arena, setups, ops: c })
+    }
+}
+
+impl<'a> Iterator for Script<'a> {
+    type Item = Op<'a>;
+
+    fn next(&mut self) -> Option<Op<'a>> {
+        self.ops.op()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Cursor<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if n > self.buf.len() {
+            return None;
+        }
+        let (h, t) = self.buf.split_at(n);
+        self.buf = t;
+        Some(h)
+    }
+
+    fn take_up_to(&mut self, n: u64) -> &'a [u8] {
+        let n = usize::try_from(n).unwrap_or(usize::MAX).min(self.buf.len());
+        let (h, t) = self.buf.split_at(n);
+        self.buf = t;
+        h
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Some(u64::from_le_bytes(a))
+    }
+
+    fn num(&mut self) -> Option<u64> {
+        match self.u8()? {
+            0xFD => self.u16().map(u64::from),
+            0xFE => self.u32().map(u64::from),
+            0xFF => self.u64(),
+            b => Some(u64::from(b)),
+        }
+    }
+
+    fn setup(&mut self) -> Option<Setup> {
+        let flags = self.u8()?;
+        Some(Setup {
+            auth: flags & 1 != 0,
+            quota: self.num()?,
+            max_buffers: self.u8()?,
+            max_payload: self.num()?,
+            handshake_ms: self.num()?,
+            idle_ms: self.num()?,
+            nonce_seed: [self.u8()?, self.u8()?, self.u8()?, self.u8()?],
+        })
+    }
+
+    fn handle(&mut self) -> Option<HandleRef> {
+        Some(match self.u8()? % 4 {
+            0 => HandleRef::Own(self.u8()?),
+            1 => HandleRef::Other(self.u8()?),
+            2 => HandleRef::Retired(self.u8()?),
+            _ => HandleRef::Raw(self.u32()?),
+        })
+    }
+
+    fn req(&mut self) -> Option<Req<'a>> {
+        Some(match self.u8()? % 14 {
+            0 => Req::Hello { min: self.u16()?, max: self.u16()?, caps: self.u32()? },
+            1 => Req::AuthGood,
+            2 => Req::AuthBad(self.u8()?),
+            3 => {
+                let n = self.u8()?;
+                Req::Ping(self.take_up_to(u64::from(n)))
+            }
+            4 => Req::DeviceInfo,
+            5 => Req::Stats,
+            6 => Req::Bye,
+            7 => Req::Alloc(self.num()?),
+            8 => Req::Free(self.handle()?),
+            9 => {
+                let (h, offset, len) = (self.handle()?, self.num()?, self.num()?);
+                Req::Write { h, offset, data: self.take_up_to(len) }
+            }
+            10 => Req::Read { h: self.handle()?, offset: self.num()?, len: self.num()? },
+            11 => Req::Copy {
+                src: self.handle()?,
+                src_offset: self.num()?,
+                dst: self.handle()?,
+                dst_offset: self.num()?,
+                len: self.num()?,
+            },
+            12 => Req::Fill { h: self.handle()?, offset: self.num()?, len: self.num()?, value: self.u8()? },
+            _ => Req::Dispatch {
+                kernel: self.u16()?,
+                reserved: self.u16()?,
+                a: self.handle()?,
+                b: self.handle()?,
+                out: self.handle()?,
+                m: self.num()?,
+                k: self.num()?,
+                n: self.num()?,
+                alpha_bits: self.u32()?,
+            },
+        })
+    }
+
+    fn op(&mut self) -> Option<Op<'a>> {
+        Some(match self.u8()? % 8 {
+            0 => Op::Request { who: self.u8()?, seq: self.u16()?, req: self.req()? },
+            1 => {
+                let (who, kind, flags, seq, len) = (self.u8()?, self.u8()?, self.u8()?, self.u16()?, self.num()?);
+                Op::Raw { who, kind, flags, seq, payload: self.take_up_to(len) }
+            }
+            2 => Op::FrameError { who: self.u8()?, variant: self.u8()? },
+            3 => Op::Advance { who: self.u8()?, ms: self.num()? },
+            4 => Op::Deadline { who: self.u8()? },
+            5 => Op::Abort { who: self.u8()? },
+            6 => Op::CloseWith { who: self.u8()?, code: self.u16()? },
+            _ => Op::Reopen { who: self.u8()?, setup: self.setup()? },
+        })
+    }
+}
+
+/// Encodes scripts in the format above (the inverse of [`Script::parse`] and its iterator).
+#[derive(Debug, Clone, Default)]
+pub struct ScriptWriter {
+    buf: Vec<u8>,
+}
+
+impl ScriptWriter {
+    /// Starts a script with an arena size and two session setups.
+    pub fn new(arena: u64, setups: [Setup; 2]) -> Self {
+        let mut w = Self { buf: Vec::new() };
+        w.num(arena);
+        for s in setups {
+            w.setup(s);
+        }
+        w
+    }
+
+    /// Appends an operation.
+    pub fn op(&mut self, op: Op<'_>) -> &mut Self {
+        match op {
+            Op::Request { who, seq, req } => {
+                self.buf.extend([0, who]);
+                self.buf.extend(seq.to_le_bytes());
+                self.req(req);
+            }
+            Op::Raw { who, kind, flags, seq, payload } => {
+                self.buf.extend([1, who, kind, flags]);
+                self.buf.extend(seq.to_le_bytes());
+                self.num(payload.len() as u64);
+                self.buf.extend(payload);
+            }
+            Op::FrameError { who, variant } => self.buf.extend([2, who, variant]),
+            Op::Advance { who, ms } => {
+                self.buf.extend([3, who]);
+                self.num(ms);
+            }
+            Op::Deadline { who } => self.buf.extend([4, who]),
+            Op::Abort { who } => self.buf.extend([5, who]),
+            Op::CloseWith { who, code } => {
+                self.buf.extend([6, who]);
+                self.buf.extend(code.to_le_bytes());
+            }
+            Op::Reopen { who, setup } => {
+                self.buf.extend([7, who]);
+                self.setup(setup);
+            }
+        }
+        self
+    }
+
+    /// The encoded script.
+    pub fn finish(self) -> Vec<u8> {
+        self.buf
+    }
+
+    fn num(&mut self, v: u64) {
+        if v < 0xFD {
+            self.buf.push(v as u8);
+        } else if let Ok(v) = u16::try_from(v) {
+            self.buf.push(0xFD);
+            self.buf.extend(v.to_le_bytes());
+        } else if let Ok(v) = u32::try_from(v) {
+            self.buf.push(0xFE);
+            self.buf.extend(v.to_le_bytes());
+        } else {
+            self.buf.push(0xFF);
+            self.buf.extend(v.to_le_bytes());
+        }
+    }
+
+    fn setup(&mut self, s: Setup) {
+        self.buf.push(u8::from(s.auth));
+        self.num(s.quota);
+        self.buf.push(s.max_buffers);
+        self.num(s.max_payload);
+        self.num(s.handshake_ms);
+        self.num(s.idle_ms);
+        self.buf.extend(s.nonce_seed);
+    }
+
+    fn handle(&mut self, h: HandleRef) {
+        match h {
+            HandleRef::Own(i) => self.buf.extend([0, i]),
+            HandleRef::Other(i) => self.buf.extend([1, i]),
+            HandleRef::Retired(i) => self.buf.extend([2, i]),
+            HandleRef::Raw(v) => {
+                self.buf.push(3);
+                self.buf.extend(v.to_le_bytes());
+            }
+        }
+    }
+
+    fn req(&mut self, r: Req<'_>) {
+        match r {
+            Req::Hello { min, max, caps } => {
+                self.buf.push(0);
+                self.buf.extend(min.to_le_bytes());
+                self.buf.extend(max.to_le_bytes());
+                self.buf.extend(caps.to_le_bytes());
+            }
+            Req::AuthGood => self.buf.push(1),
+            Req::AuthBad(b) => self.buf.extend([2, b]),
+            Req::Ping(d) => {
+                let d = &d[..d.len().min(255)];
+                self.buf.extend([3, d.len() as u8]);
+                self.buf.extend(d);
+            }
+            Req::DeviceInfo => self.buf.push(4),
+            Req::Stats => self.buf.push(5),
+            Req::Bye => self.buf.push(6),
+            Req::Alloc(size) => {
+                self.buf.push(7);
+                self.num(size);
+            }
+            Req::Free(h) => {
+                self.buf.push(8);
+                self.handle(h);
+            }
+            Req::Write { h, offset, data } => {
+                self.buf.push(9);
+                self.handle(h);
+                self.num(offset);
+                self.num(data.len() as u64);
+                self.buf.extend(data);
+            }
+            Req::Read { h, offset, len } => {
+                self.buf.push(10);
+                self.handle(h);
+                self.num(offset);
+                self.num(len);
+            }
+            Req::Copy { src, src_offset, dst, dst_offset, len } => {
+                self.buf.push(11);
+                self.handle(src);
+                self.num(src_offset);
+                self.handle(dst);
+                self.num(dst_offset);
+                self.num(len);
+            }
+            Req::Fill { h, offset, len, value } => {
+                self.buf.push(12);
+                self.handle(h);
+                self.num(offset);
+                self.num(len);
+                self.buf.push(value);
+            }
+            Req::Dispatch { kernel, reserved, a, b, out, m, k, n, alpha_bits } => {
+                self.buf.push(13);
+                self.buf.extend(kernel.to_le_bytes());
+                self.buf.extend(reserved.to_le_bytes());
+                self.handle(a);
+                self.handle(b);
+                self.handle(out);
+                self.num(m);
+                self.num(k);
+                self.num(n);
+                self.buf.extend(alpha_bits.to_le_bytes());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writer_and_parser_agree() {
+        let s = Setup {
+            auth: true,
+            quota: 70_000,
+            max_buffers: 4,
+            max_payload: 1 << 40,
+            handshake_ms: 253,
+            idle_ms: 0,
+            nonce_seed: [1, 2, 3, 4],
+        };
+        let ops = [
+            Op::Request { who: 1, seq: 9, req: Req::Hello { min: 1, max: 1, caps: 1 } },
+            Op::Request { who: 0, seq: 2, req: Req::Write { h: HandleRef::Raw(7), offset: 300, data: b"abc" } },
+            Op::Request {
+                who: 0,
+                seq: 3,
+                req: Req::Dispatch {
+                    kernel: 4,
+                    reserved: 0,
+                    a: HandleRef::Own(0),
+                    b: HandleRef::Other(1),
+                    out: HandleRef::Retired(2),
+                    m: 2,
+                    k: u64::MAX,
+                    n: 70_000,
+                    alpha_bits: 5,
+                },
+            },
+            Op::Raw { who: 0, kind: 0x12, flags: 4, seq: 1, payload: b"xyz" },
+            Op::Advance { who: 2, ms: 10_000 },
+            Op::Reopen { who: 1, setup: s },
+        ];
+        let mut w = ScriptWriter::new(65536, [s, s]);
+        for op in ops {
+            w.op(op);
+        }
+        let bytes = w.finish();
+        let script = Script::parse(&bytes).expect("header");
+        assert_eq!((script.arena, script.setups), (65536, [s, s]));
+        assert_eq!(script.collect::<Vec<_>>(), ops);
+    }
+}
