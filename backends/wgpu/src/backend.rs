@@ -226,11 +226,32 @@ impl WgpuBackend {
         Ok(())
     }
 
-    /// The 4-byte word at `at` (aligned).
-    fn read_word(&self, buffer: &wgpu::Buffer, at: u64) -> Result<[u8; 4], BackendError> {
-        let mut word = [0u8; 4];
-        self.read_raw(buffer, at, &mut word)?;
-        Ok(word)
+    /// The 4-byte words at `head` and `tail` (aligned, when wanted), in one round trip.
+    fn read_edges(
+        &self,
+        buffer: &wgpu::Buffer,
+        head: Option<u64>,
+        tail: Option<u64>,
+    ) -> Result<(Option<[u8; 4]>, Option<[u8; 4]>), BackendError> {
+        if head.is_none() && tail.is_none() {
+            return Ok((None, None));
+        }
+        let mut enc = self.encoder();
+        for (slot, at) in [head, tail].into_iter().enumerate() {
+            if let Some(at) = at {
+                enc.copy_buffer_to_buffer(buffer, at, &self.read_staging, slot as u64 * ALIGN, ALIGN);
+            }
+        }
+        self.queue.submit([enc.finish()]);
+        self.map(&self.read_staging, wgpu::MapMode::Read, 2 * ALIGN)?;
+        let words = self.read_staging.get_mapped_range(0..2 * ALIGN).map(|view| {
+            let mut w = [[0u8; 4]; 2];
+            w[0].copy_from_slice(&view[..4]);
+            w[1].copy_from_slice(&view[4..8]);
+            (head.map(|_| w[0]), tail.map(|_| w[1]))
+        });
+        self.read_staging.unmap();
+        words.map_err(|_| BackendError::DeviceLost)
     }
 
     fn ensure_write_mapped(&mut self) -> Result<(), BackendError> {
@@ -255,12 +276,11 @@ impl WgpuBackend {
         }
         let end = offset + len;
         let (start, stop) = (round_down(offset), round_up(end));
-        let head = if start != offset { Some(self.read_word(buffer, start)?) } else { None };
-        let tail = match (end == stop, head) {
-            (true, _) => None,
-            (false, Some(h)) if stop - start == ALIGN => Some(h),
-            (false, _) => Some(self.read_word(buffer, stop - ALIGN)?),
-        };
+        let head_at = (start != offset).then_some(start);
+        // A partial last word that is also the partial first word is read once, as the head.
+        let tail_at = (end != stop && (head_at.is_none() || stop - start > ALIGN)).then_some(stop - ALIGN);
+        let (head, tail) = self.read_edges(buffer, head_at, tail_at)?;
+        let tail = if end != stop && tail.is_none() { head } else { tail };
         let mut pos = start;
         while pos < stop {
             let n = (stop - pos).min(self.staging_size);

@@ -466,3 +466,31 @@ fn throughput() {
         assert_eq!(out, data);
     }
 }
+
+/// `cargo test -p rela-backend-wgpu -- --ignored --nocapture latency`
+#[test]
+#[ignore = "timing, not a check"]
+fn latency() {
+    for (name, api) in [("wgpu-vulkan", Api::Vulkan), ("wgpu-gl", Api::Gl)] {
+        let Some(mut b) = open(name, api) else { continue };
+        let id = b.alloc(4096).unwrap();
+        let per = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1e6 / 200.0;
+        let t = std::time::Instant::now();
+        for i in 0..200 {
+            b.write(id, 8 * i, &[1, 2, 3, 4]).unwrap();
+        }
+        let w = per(t);
+        let t = std::time::Instant::now();
+        for i in 0..200 {
+            b.read(id, 8 * i, &mut [0; 4]).unwrap();
+        }
+        let r = per(t);
+        let t = std::time::Instant::now();
+        for _ in 0..200 {
+            let x = b.alloc(100).unwrap();
+            b.free(x).unwrap();
+        }
+        let a = per(t);
+        eprintln!("{name}: aligned write {w:.0} us, read {r:.0} us, alloc+free {a:.0} us");
+    }
+}
