@@ -44,6 +44,9 @@ const fn us(x: u64) -> usize {
     x as usize
 }
 
+/// One 4-byte word of a buffer.
+type Word = [u8; 4];
+
 /// One live buffer.
 #[derive(Debug)]
 struct Entry {
@@ -232,7 +235,7 @@ impl WgpuBackend {
         buffer: &wgpu::Buffer,
         head: Option<u64>,
         tail: Option<u64>,
-    ) -> Result<(Option<[u8; 4]>, Option<[u8; 4]>), BackendError> {
+    ) -> Result<(Option<Word>, Option<Word>), BackendError> {
         if head.is_none() && tail.is_none() {
             return Ok((None, None));
         }
