@@ -217,10 +217,9 @@ fn sessions() -> Vec<(&'static str, Vec<u8>)> {
     }
     out.push(("all-requests", w.finish()));
 
-    // Two authenticated sessions with colliding handle sequences (same nonce seed): each must
-    // only ever see its own buffers.
-    let mut w = ScriptWriter::new(64 * 1024, [setup(true, [5, 5, 5, 5]), setup(true, [5, 5, 5, 5])]);
-    for op in [
+    // Two authenticated sessions, with distinct and with colliding handle sequences (same
+    // nonce seed): each must only ever see its own buffers.
+    let isolation = [
         req(0, 1, HELLO),
         req(0, 2, Req::AuthGood),
         req(1, 1, HELLO),
@@ -237,10 +236,14 @@ fn sessions() -> Vec<(&'static str, Vec<u8>)> {
         req(1, 9, Req::Copy { src: OWN0, src_offset: 0, dst: HandleRef::Other(0), dst_offset: 0, len: 1 }),
         Op::Abort { who: 0 },
         req(1, 10, Req::Stats),
-    ] {
-        w.op(op);
+    ];
+    for (name, seed1) in [("two-sessions-isolation", [6, 5, 5, 5]), ("two-sessions-same-handles", [5, 5, 5, 5])] {
+        let mut w = ScriptWriter::new(64 * 1024, [setup(true, [5, 5, 5, 5]), setup(true, seed1)]);
+        for op in isolation {
+            w.op(op);
+        }
+        out.push((name, w.finish()));
     }
-    out.push(("two-sessions-isolation", w.finish()));
 
     // Handshake failures: bad AUTH, requests before the handshake, reopen, version mismatch.
     let mut w = ScriptWriter::new(4096, [setup(true, [1, 0, 0, 0]), setup(false, [2, 0, 0, 0])]);

@@ -45,6 +45,13 @@ pub const MAX_ARENA: u64 = 1 << 16;
 /// Largest session payload cap a script can configure (the output buffer's payload room).
 pub const MAX_SESSION_PAYLOAD: u32 = 1 << 16;
 
+/// Whether to print every step and reply to stderr (`RELA_FUZZ_TRACE=1`), for reading a crash
+/// input: `RELA_FUZZ_TRACE=1 fuzz/target/<triple>/release/session <crash-file>`.
+fn trace() -> bool {
+    static TRACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TRACE.get_or_init(|| std::env::var_os("RELA_FUZZ_TRACE").is_some_and(|v| v != "0"))
+}
+
 /// Plays one script; panics on any broken invariant.
 pub fn run(data: &[u8]) {
     let Some(script) = Script::parse(data) else { return };
@@ -59,7 +66,13 @@ pub fn run(data: &[u8]) {
             out: vec![0u8; HEADER_LEN + MAX_SESSION_PAYLOAD as usize],
         };
         h.check_invariants();
+        if trace() {
+            eprintln!("arena {} setups {:?}", h.backend.info().total, script.setups);
+        }
         for op in script {
+            if trace() {
+                eprintln!("> {op:?}");
+            }
             h.step(op);
             h.check_invariants();
         }
@@ -382,6 +395,9 @@ impl Harness<'_> {
             assert!(frame.header.flags.is_response(), "emitted frame lacks the response flag");
             if let Err(e) = Response::parse(frame.kind(), frame.header.flags, frame.payload) {
                 panic!("emitted {:?} frame does not decode as a response: {e}", frame.kind());
+            }
+            if trace() {
+                eprintln!("  < session {who} {:?}", Response::parse(frame.kind(), frame.header.flags, frame.payload));
             }
             replies.push(Reply {
                 kind: frame.kind(),
