@@ -1,1 +1,53 @@
-//! RELA client library: async (tokio) with a blocking wrapper
+//! # rela-client
+//!
+//! The RELA client library.
+//!
+//! - [`Client`]: an async (tokio) session with a node: HELLO, WELCOME and AUTH, then buffer
+//!   calls. Bulk [`Client::write`] and [`Client::read_into`] take any size: they are split
+//!   into frames of at most the node's `max_payload` and pipelined.
+//! - [`BlockingClient`]: the same calls for plain std programs.
+//! - [`discover`] / [`discover_report`]: UDP discovery, with announcement signatures checked
+//!   when a token is given.
+//! - [`FastCrc32`]: the `crc32fast` implementation of the core's CRC seam, shared with the node.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), rela_client::ClientError> {
+//! let addr = "127.0.0.1:8765".parse().unwrap();
+//! let mut client = rela_client::Client::connect(addr, Some(b"token")).await?;
+//! let buf = client.alloc(1 << 20).await?;
+//! client.write(buf, 0, &[7u8; 1 << 20]).await?;
+//! let back = client.read(buf, 0, 1 << 20).await?;
+//! assert!(back.iter().all(|b| *b == 7));
+//! client.close().await
+//! # }
+//! ```
+
+mod blocking;
+mod client;
+mod crc;
+mod discovery;
+mod error;
+
+pub use blocking::BlockingClient;
+pub use client::{Client, ClientOptions, Handle, Kernel, Progress, RemoteDeviceInfo};
+pub use crc::FastCrc32;
+pub use discovery::{DiscoveryReport, NodeAnnouncement, RejectedAnnouncement, discover, discover_report};
+pub use error::ClientError;
+
+#[doc(hidden)]
+pub mod __private {
+    //! Not public API: helpers shared with `rela-node`.
+
+    /// Whether asking for `size`-byte socket buffers gets them: on Linux the kernel clamps
+    /// `SO_{SND,RCV}BUF` to `net.core.{w,r}mem_max` and turns off autotuning, which would make
+    /// a clamped request slower than the default.
+    pub fn socket_buffer_applicable(size: usize) -> bool {
+        if size == 0 {
+            return false;
+        }
+        let max = |path: &str| {
+            std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse::<usize>().ok()).unwrap_or(0)
+        };
+        max("/proc/sys/net/core/rmem_max") >= size && max("/proc/sys/net/core/wmem_max") >= size
+    }
+}

@@ -1,1 +1,265 @@
-//! The tokio RELA relay node: a thin driver of rela-core's session state machine
+//! # rela-node
+//!
+//! The tokio RELA relay node: a thin driver of `rela-core`'s sans-I/O
+//! [`Session`](rela_core::session::Session).
+//!
+//! # Architecture
+//!
+//! - One **engine thread** (a plain `std::thread`) owns the `Box<dyn GpuBackend + Send>` and
+//!   every session. Backend calls (which may block on a device) never run on the async
+//!   runtime.
+//! - Each connection has a reader task and a writer task. The reader checks each header against
+//!   the session's payload cap *before* reading the payload, reads the payload into a recycled
+//!   buffer, verifies the CRC ([`FastCrc32`](rela_client::FastCrc32)) and hands the buffer to
+//!   the engine; it keeps reading while earlier requests are served
+//!   ([`NodeConfig::pipeline_depth`] buffers per connection). The engine runs the frame through
+//!   the session and drains the response frames into the buffer's output half (READ data goes
+//!   from the backend straight into it); the writer sends them in order and recycles the
+//!   buffers. Nothing is allocated per frame once a connection's buffers have grown.
+//! - Session timers: every reply carries the session's next deadline; the writer arms a timer
+//!   and asks the engine to fire it.
+//! - Past [`NodeConfig::max_sessions`] a connection gets one `ERROR(BUSY)` and is closed.
+//! - Failed AUTH attempts slow down later connections from the same IP (exponential, bounded).
+//! - A UDP responder answers DISCOVER with ANNOUNCE, signed when a token is configured.
+//! - [`NodeHandle::shutdown`] stops accepting, sends `ERROR(SHUTTING_DOWN)` to every session,
+//!   frees everything and returns the backend's final usage.
+//!
+//! Logging uses `tracing` with one span per session (peer address and id). Tokens and payload
+//! bytes are never logged.
+//!
+//! ```no_run
+//! # async fn demo(backend: Box<dyn rela_core::backend::GpuBackend + Send>) -> Result<(), rela_node::NodeError> {
+//! use rela_node::{Node, NodeConfig};
+//! let config = NodeConfig { listen: "127.0.0.1:0".parse().unwrap(), ..NodeConfig::default() };
+//! let node = Node::start(config.with_token(b"secret"), backend).await?;
+//! println!("serving on {}", node.local_addr());
+//! let final_usage = node.shutdown().await?;
+//! assert_eq!(final_usage.used, 0);
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod conn;
+mod discovery;
+mod engine;
+mod throttle;
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use config::{ConfigError, MIN_MAX_PAYLOAD, NodeConfig};
+use rela_core::backend::{GpuBackend, Usage};
+use tokio::net::{TcpListener, TcpSocket, UdpSocket};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::conn::Shared;
+use crate::engine::{Clock, Command, Engine, Status};
+use crate::throttle::AuthThrottle;
+
+/// How long shutdown waits for connections to finish their last writes before cancelling them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Capacity of the engine's command queue.
+const ENGINE_QUEUE: usize = 1024;
+
+/// Why the node could not start or stop cleanly.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The configuration was refused.
+    Config(ConfigError),
+    /// Binding a socket or starting the engine thread failed.
+    Io(io::Error),
+    /// The engine thread is no longer running (it stopped or panicked).
+    EngineStopped,
+}
+
+impl fmt::Display for NodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Config(e) => write!(f, "invalid configuration: {e}"),
+            Self::Io(e) => write!(f, "I/O error: {e}"),
+            Self::EngineStopped => f.write_str("the engine thread is not running"),
+        }
+    }
+}
+
+impl std::error::Error for NodeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Config(e) => Some(e),
+            Self::Io(e) => Some(e),
+            Self::EngineStopped => None,
+        }
+    }
+}
+
+impl From<ConfigError> for NodeError {
+    fn from(e: ConfigError) -> Self {
+        Self::Config(e)
+    }
+}
+
+impl From<io::Error> for NodeError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+/// The node entry point.
+#[derive(Debug)]
+pub struct Node;
+
+impl Node {
+    /// Validates `config`, binds the session listener and the discovery socket, starts the
+    /// engine thread with `backend`, and starts serving. Must be called inside a tokio runtime.
+    pub async fn start(
+        config: NodeConfig,
+        backend: Box<dyn GpuBackend + Send>,
+    ) -> Result<NodeHandle, NodeError> {
+        config.validate()?;
+        let listener = bind_listener(config.listen, config.socket_buffer)?;
+        let local_addr = listener.local_addr()?;
+        let discovery = match config.discovery {
+            Some(addr) => Some(UdpSocket::bind(addr).await?),
+            None => None,
+        };
+        let discovery_addr = discovery.as_ref().map(UdpSocket::local_addr).transpose()?;
+
+        let status = Arc::new(Status { info: backend.info(), used: AtomicU64::new(backend.usage().used) });
+        let clock = Clock::new();
+        let throttle = Arc::new(Mutex::new(AuthThrottle::new(config.auth_backoff, config.auth_backoff_max)));
+        let (engine_tx, engine_rx) = mpsc::channel(ENGINE_QUEUE);
+        let engine = Engine::new(backend, config.session.clone(), status.clone(), throttle.clone(), clock);
+        let engine_thread =
+            std::thread::Builder::new().name("rela-engine".into()).spawn(move || engine.run(engine_rx))?;
+
+        let shared = Arc::new(Shared {
+            engine: engine_tx.clone(),
+            clock,
+            throttle,
+            max_payload: config.session.effective_max_payload(),
+            depth: config.pipeline_depth,
+            max_sessions: config.max_sessions,
+            live: AtomicUsize::new(0),
+            rejecting: AtomicUsize::new(0),
+            next_conn: AtomicU64::new(1),
+        });
+        let responder = discovery.map(|socket| {
+            let key = config.session.auth.clone();
+            tokio::spawn(discovery::respond(socket, status, key, config.node_id, local_addr.port()))
+        });
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        tokio::spawn(run(listener, shared.clone(), stop_rx, responder, engine_thread, done_tx));
+        tracing::info!(%local_addr, ?discovery_addr, auth = config.has_token(), "node started");
+        Ok(NodeHandle {
+            local_addr,
+            discovery_addr,
+            engine: engine_tx,
+            shared,
+            stop: Some(stop_tx),
+            done: done_rx,
+        })
+    }
+}
+
+/// A running node. Dropping it shuts the node down in the background; call
+/// [`shutdown`](Self::shutdown) to wait for that.
+#[derive(Debug)]
+pub struct NodeHandle {
+    local_addr: SocketAddr,
+    discovery_addr: Option<SocketAddr>,
+    engine: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+    done: oneshot::Receiver<Result<Usage, NodeError>>,
+}
+
+impl NodeHandle {
+    /// The bound session address (with the real port when configured with port 0).
+    pub const fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The bound discovery address, if discovery is enabled.
+    pub const fn discovery_addr(&self) -> Option<SocketAddr> {
+        self.discovery_addr
+    }
+
+    /// Connections being served now (including ones still in their handshake).
+    pub fn sessions(&self) -> usize {
+        self.shared.live.load(Ordering::Acquire)
+    }
+
+    /// The backend's current usage, as the engine sees it.
+    pub async fn usage(&self) -> Result<Usage, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.engine.send(Command::Usage { reply }).await.map_err(|_| NodeError::EngineStopped)?;
+        rx.await.map_err(|_| NodeError::EngineStopped)
+    }
+
+    /// Graceful shutdown: stops accepting, sends `ERROR(SHUTTING_DOWN)` to every live session
+    /// (which frees and zeroes its buffers), waits up to a few seconds for connections to
+    /// finish, stops the engine thread and returns the backend's usage after the sessions were
+    /// released.
+    pub async fn shutdown(mut self) -> Result<Usage, NodeError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.done).await.map_err(|_| NodeError::EngineStopped)?
+    }
+}
+
+fn bind_listener(addr: SocketAddr, socket_buffer: usize) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    if rela_client::__private::socket_buffer_applicable(socket_buffer) {
+        // Accepted sockets inherit these. Best effort: the defaults still work.
+        let size = u32::try_from(socket_buffer).unwrap_or(u32::MAX);
+        let _ = socket.set_recv_buffer_size(size);
+        let _ = socket.set_send_buffer_size(size);
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// The node's lifetime: accept until told to stop, then shut down in order.
+async fn run(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stop: oneshot::Receiver<()>,
+    responder: Option<JoinHandle<()>>,
+    engine_thread: std::thread::JoinHandle<()>,
+    done: oneshot::Sender<Result<Usage, NodeError>>,
+) {
+    let mut tasks = conn::accept_loop(listener, shared.clone(), stop).await;
+    tracing::info!("shutting down: no longer accepting");
+    if let Some(r) = responder {
+        r.abort();
+    }
+    let (reply, usage) = oneshot::channel();
+    let usage = match shared.engine.send(Command::Shutdown { reply }).await {
+        Ok(()) => usage.await.map_err(|_| NodeError::EngineStopped),
+        Err(_) => Err(NodeError::EngineStopped),
+    };
+    drop(shared);
+    let drained =
+        tokio::time::timeout(SHUTDOWN_GRACE, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(left = tasks.len(), "connections still open after the grace period; cancelling");
+        tasks.shutdown().await;
+    }
+    // The engine stops right after Shutdown; joining only waits for it to drop the backend.
+    let joined = tokio::task::spawn_blocking(move || engine_thread.join()).await;
+    let result = match joined {
+        Ok(Ok(())) => usage,
+        _ => Err(NodeError::EngineStopped),
+    };
+    tracing::info!("node stopped");
+    let _ = done.send(result);
+}

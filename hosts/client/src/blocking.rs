@@ -1,0 +1,134 @@
+//! [`BlockingClient`]: the async client behind a private current-thread runtime.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rela_core::wire::msg;
+use tokio::runtime::{Builder, Runtime};
+
+use crate::client::{Client, ClientOptions, Handle, Kernel, Progress, RemoteDeviceInfo};
+use crate::error::ClientError;
+
+/// A blocking client for plain std programs: the same calls as [`Client`], each driven to
+/// completion on a runtime this value owns.
+///
+/// Do not use it from inside an async runtime (tokio refuses nested `block_on`); use [`Client`]
+/// there.
+#[derive(Debug)]
+pub struct BlockingClient {
+    rt: Runtime,
+    inner: Client,
+}
+
+impl BlockingClient {
+    /// Connects and handshakes; see [`Client::connect`].
+    pub fn connect(addr: SocketAddr, token: Option<&[u8]>) -> Result<Self, ClientError> {
+        Self::connect_with(addr, token, ClientOptions::default())
+    }
+
+    /// Connects with explicit options; see [`Client::connect_with`].
+    pub fn connect_with(
+        addr: SocketAddr,
+        token: Option<&[u8]>,
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
+        let rt = Builder::new_current_thread().enable_all().build()?;
+        let inner = rt.block_on(Client::connect_with(addr, token, options))?;
+        Ok(Self { rt, inner })
+    }
+
+    /// The node's WELCOME.
+    pub const fn welcome(&self) -> &msg::Welcome {
+        self.inner.welcome()
+    }
+
+    /// See [`Client::ping`].
+    pub fn ping(&mut self) -> Result<Duration, ClientError> {
+        self.rt.block_on(self.inner.ping())
+    }
+
+    /// See [`Client::device_info`].
+    pub fn device_info(&mut self) -> Result<RemoteDeviceInfo, ClientError> {
+        self.rt.block_on(self.inner.device_info())
+    }
+
+    /// See [`Client::stats`].
+    pub fn stats(&mut self) -> Result<msg::Stats, ClientError> {
+        self.rt.block_on(self.inner.stats())
+    }
+
+    /// See [`Client::alloc`].
+    pub fn alloc(&mut self, size: u64) -> Result<Handle, ClientError> {
+        self.rt.block_on(self.inner.alloc(size))
+    }
+
+    /// See [`Client::free`].
+    pub fn free(&mut self, h: Handle) -> Result<(), ClientError> {
+        self.rt.block_on(self.inner.free(h))
+    }
+
+    /// See [`Client::write`].
+    pub fn write(&mut self, h: Handle, offset: u64, data: &[u8]) -> Result<(), ClientError> {
+        self.rt.block_on(self.inner.write(h, offset, data))
+    }
+
+    /// See [`Client::write_with_progress`].
+    pub fn write_with_progress(
+        &mut self,
+        h: Handle,
+        offset: u64,
+        data: &[u8],
+        progress: Option<Progress<'_>>,
+    ) -> Result<(), ClientError> {
+        self.rt.block_on(self.inner.write_with_progress(h, offset, data, progress))
+    }
+
+    /// See [`Client::read`].
+    pub fn read(&mut self, h: Handle, offset: u64, len: u64) -> Result<Vec<u8>, ClientError> {
+        self.rt.block_on(self.inner.read(h, offset, len))
+    }
+
+    /// See [`Client::read_into`].
+    pub fn read_into(&mut self, h: Handle, offset: u64, out: &mut [u8]) -> Result<(), ClientError> {
+        self.rt.block_on(self.inner.read_into(h, offset, out))
+    }
+
+    /// See [`Client::read_into_with_progress`].
+    pub fn read_into_with_progress(
+        &mut self,
+        h: Handle,
+        offset: u64,
+        out: &mut [u8],
+        progress: Option<Progress<'_>>,
+    ) -> Result<(), ClientError> {
+        self.rt.block_on(self.inner.read_into_with_progress(h, offset, out, progress))
+    }
+
+    /// See [`Client::copy`].
+    pub fn copy(
+        &mut self,
+        src: Handle,
+        src_offset: u64,
+        dst: Handle,
+        dst_offset: u64,
+        len: u64,
+    ) -> Result<(), ClientError> {
+        self.rt.block_on(self.inner.copy(src, src_offset, dst, dst_offset, len))
+    }
+
+    /// See [`Client::fill`].
+    pub fn fill(&mut self, h: Handle, offset: u64, len: u64, value: u8) -> Result<(), ClientError> {
+        self.rt.block_on(self.inner.fill(h, offset, len, value))
+    }
+
+    /// See [`Client::dispatch`].
+    pub fn dispatch(&mut self, kernel: Kernel) -> Result<(), ClientError> {
+        self.rt.block_on(self.inner.dispatch(kernel))
+    }
+
+    /// See [`Client::close`].
+    pub fn close(self) -> Result<(), ClientError> {
+        let Self { rt, inner } = self;
+        rt.block_on(inner.close())
+    }
+}

@@ -1,0 +1,767 @@
+//! The async client: one TCP session with a node.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rela_core::auth::AuthKey;
+use rela_core::backend::{BackendKind, KernelId};
+use rela_core::config::{HEADER_LEN, MAX_PAYLOAD, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
+use rela_core::wire::msg::{self, Caps, ErrorMsg, Message, Response, WRITE_PREFIX_LEN, Welcome};
+use rela_core::wire::{ErrorCode, Flags, FrameCrc, HeaderRepr, Kind, RawHeader, emit_frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpSocket;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::FastCrc32;
+use crate::error::ClientError;
+
+/// Largest non-data response payload the client accepts (WELCOME, PONG, DEVICE_INFO, STATS,
+/// ERROR are all well below this).
+const SMALL_PAYLOAD: usize = 512;
+/// Piece size for reading bulk payloads, so the CRC runs over cache-hot bytes.
+const READ_PIECE: usize = 256 * 1024;
+/// Read buffer in front of the socket, so small responses take one syscall for many.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// A progress callback for bulk transfers: `(bytes done, bytes total)`, called after each
+/// acknowledged frame.
+pub type Progress<'a> = &'a mut (dyn FnMut(u64, u64) + Send);
+
+/// Tuning knobs for a connection.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Frames in flight during bulk reads and writes (at least 1). Default 4.
+    pub window: usize,
+    /// Largest payload per bulk frame; clamped to the node's `max_payload`. Default: the node's.
+    pub chunk: Option<u32>,
+    /// Requested socket send and receive buffer size. Applied only when the kernel allows that
+    /// much (Linux `net.core.{r,w}mem_max`): a clamped fixed size would switch off the kernel's
+    /// buffer autotuning and be slower than leaving it alone. `0` leaves the defaults.
+    pub socket_buffer: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self { window: 4, chunk: None, socket_buffer: 4 * 1024 * 1024 }
+    }
+}
+
+/// A buffer on the node, named by its per-session handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Handle {
+    raw: u32,
+    size: u64,
+}
+
+impl Handle {
+    /// Rebuilds a handle from its wire value and size.
+    pub const fn from_raw(raw: u32, size: u64) -> Self {
+        Self { raw, size }
+    }
+
+    /// The wire value.
+    pub const fn raw(self) -> u32 {
+        self.raw
+    }
+
+    /// The buffer's size in bytes.
+    pub const fn size(self) -> u64 {
+        self.size
+    }
+}
+
+/// A built-in kernel invocation (see DISPATCH in the protocol). Buffers hold little-endian f32.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kernel {
+    /// `out[i] = a[i] + b[i]` for `i < n`.
+    Add {
+        /// Left input.
+        a: Handle,
+        /// Right input.
+        b: Handle,
+        /// Output.
+        out: Handle,
+        /// Elements.
+        n: u32,
+    },
+    /// `out[i] = a[i] * b[i]` for `i < n`.
+    Mul {
+        /// Left input.
+        a: Handle,
+        /// Right input.
+        b: Handle,
+        /// Output.
+        out: Handle,
+        /// Elements.
+        n: u32,
+    },
+    /// `out[i] = alpha * x[i]` for `i < n`.
+    Scale {
+        /// Input.
+        x: Handle,
+        /// Output.
+        out: Handle,
+        /// Elements.
+        n: u32,
+        /// Factor.
+        alpha: f32,
+    },
+    /// Row-major `out (M×N) = a (M×K) · b (K×N)`.
+    Matmul {
+        /// Left matrix.
+        a: Handle,
+        /// Right matrix.
+        b: Handle,
+        /// Output matrix.
+        out: Handle,
+        /// Rows of `a`.
+        m: u32,
+        /// Inner dimension.
+        k: u32,
+        /// Columns of `b`.
+        n: u32,
+    },
+}
+
+impl Kernel {
+    fn to_msg(self) -> msg::Dispatch {
+        let base = msg::Dispatch {
+            kernel: KernelId::ADD,
+            reserved: 0,
+            a: 0,
+            b: 0,
+            out: 0,
+            m: 0,
+            k: 0,
+            n: 0,
+            alpha: 0.0,
+        };
+        match self {
+            Self::Add { a, b, out, n } => {
+                msg::Dispatch { kernel: KernelId::ADD, a: a.raw, b: b.raw, out: out.raw, n, ..base }
+            }
+            Self::Mul { a, b, out, n } => {
+                msg::Dispatch { kernel: KernelId::MUL, a: a.raw, b: b.raw, out: out.raw, n, ..base }
+            }
+            Self::Scale { x, out, n, alpha } => {
+                msg::Dispatch { kernel: KernelId::SCALE, a: x.raw, out: out.raw, n, alpha, ..base }
+            }
+            Self::Matmul { a, b, out, m, k, n } => {
+                msg::Dispatch { kernel: KernelId::MATMUL, a: a.raw, b: b.raw, out: out.raw, m, k, n, ..base }
+            }
+        }
+    }
+}
+
+/// The node's device, as DEVICE_INFO reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteDeviceInfo {
+    /// Backend kind.
+    pub backend: BackendKind,
+    /// Total memory the node lends, in bytes.
+    pub total: u64,
+    /// Free memory, in bytes.
+    pub free: u64,
+    /// Largest single allocation, in bytes.
+    pub max_alloc: u64,
+    /// Device name.
+    pub name: String,
+    /// Vendor name.
+    pub vendor: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    seq: u16,
+    pos: usize,
+    len: usize,
+}
+
+/// One session with a node over TCP.
+///
+/// Calls take `&mut self`: one call runs at a time, but bulk [`write`](Self::write) and
+/// [`read_into`](Self::read_into) split the transfer into frames of at most the node's
+/// `max_payload` and keep [`ClientOptions::window`] of them in flight.
+#[derive(Debug)]
+pub struct Client {
+    rd: BufReader<OwnedReadHalf>,
+    wr: OwnedWriteHalf,
+    welcome: Welcome,
+    options: ClientOptions,
+    next_seq: u16,
+    /// Encoding buffer for requests (header plus the largest fixed request).
+    tx: Vec<u8>,
+    /// Payload buffer for non-data responses.
+    rx: Vec<u8>,
+    inflight: VecDeque<InFlight>,
+    broken: bool,
+}
+
+impl Client {
+    /// Connects, says HELLO and, when the node requires it, authenticates with `token`.
+    pub async fn connect(addr: SocketAddr, token: Option<&[u8]>) -> Result<Self, ClientError> {
+        Self::connect_with(addr, token, ClientOptions::default()).await
+    }
+
+    /// [`connect`](Self::connect) with explicit options.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        token: Option<&[u8]>,
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        if crate::__private::socket_buffer_applicable(options.socket_buffer) {
+            // Best effort: the defaults still work.
+            let _ = socket.set_send_buffer_size(options.socket_buffer as u32);
+            let _ = socket.set_recv_buffer_size(options.socket_buffer as u32);
+        }
+        let stream = socket.connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let placeholder = Welcome {
+            version: 0,
+            flags: 0,
+            caps: Caps(0),
+            max_payload: MAX_PAYLOAD,
+            max_buffers: 0,
+            quota: 0,
+            handshake_timeout_ms: 0,
+            idle_timeout_ms: 0,
+            nonce: [0; 32],
+        };
+        let (rd, wr) = stream.into_split();
+        let mut client = Self {
+            rd: BufReader::with_capacity(READ_BUFFER, rd),
+            wr,
+            welcome: placeholder,
+            options,
+            next_seq: 0,
+            tx: vec![0; HEADER_LEN + SMALL_PAYLOAD],
+            rx: vec![0; SMALL_PAYLOAD],
+            inflight: VecDeque::new(),
+            broken: false,
+        };
+        client.handshake(token).await?;
+        Ok(client)
+    }
+
+    async fn handshake(&mut self, token: Option<&[u8]>) -> Result<(), ClientError> {
+        let hello = msg::Hello {
+            min_version: MIN_PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+            caps: Caps::DISPATCH,
+        };
+        let seq = self.send_msg(&hello).await?;
+        let welcome = match self.expect(seq, Kind::HELLO).await? {
+            Response::Welcome(w) => w,
+            other => {
+                return {
+                    let e = unexpected(&other);
+                    Err(self.broke(e))
+                };
+            }
+        };
+        if (welcome.max_payload as usize) <= WRITE_PREFIX_LEN {
+            self.broken = true;
+            return Err(ClientError::Protocol(format!("max payload {} too small", welcome.max_payload)));
+        }
+        self.welcome = welcome;
+        if welcome.auth_required() {
+            let Some(token) = token else {
+                self.broken = true;
+                return Err(ClientError::TokenRequired);
+            };
+            let mac = AuthKey::new(token).auth_tag(&welcome.nonce);
+            let seq = self.send_msg(&msg::Auth { mac }).await?;
+            match self.expect(seq, Kind::AUTH).await? {
+                Response::Ack(Kind::AUTH) => {}
+                other => {
+                    return {
+                        let e = unexpected(&other);
+                        Err(self.broke(e))
+                    };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- getters ----
+
+    /// The node's WELCOME: protocol version, limits, quota.
+    pub const fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// The node's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.wr.peer_addr()
+    }
+
+    /// Whether an earlier fatal error closed the connection.
+    pub const fn is_closed(&self) -> bool {
+        self.broken
+    }
+
+    // ---- calls ----
+
+    /// PING with a random payload; returns the round-trip time.
+    pub async fn ping(&mut self) -> Result<Duration, ClientError> {
+        let data: [u8; 8] = rand::random();
+        let started = Instant::now();
+        let seq = self.send_msg(&msg::Ping { data: &data }).await?;
+        match self.expect(seq, Kind::PING).await? {
+            Response::Pong(echo) if echo == data => Ok(started.elapsed()),
+            other => {
+                let e = unexpected(&other);
+                Err(self.broke(e))
+            }
+        }
+    }
+
+    /// DEVICE_INFO.
+    pub async fn device_info(&mut self) -> Result<RemoteDeviceInfo, ClientError> {
+        let seq = self.send_empty(Kind::DEVICE_INFO).await?;
+        match self.expect(seq, Kind::DEVICE_INFO).await? {
+            Response::DeviceInfo(d) => Ok(RemoteDeviceInfo {
+                backend: d.backend,
+                total: d.total,
+                free: d.free,
+                max_alloc: d.max_alloc,
+                name: d.name.to_owned(),
+                vendor: d.vendor.to_owned(),
+            }),
+            other => {
+                let e = unexpected(&other);
+                Err(self.broke(e))
+            }
+        }
+    }
+
+    /// STATS: this session's usage and counters.
+    pub async fn stats(&mut self) -> Result<msg::Stats, ClientError> {
+        let seq = self.send_empty(Kind::STATS).await?;
+        match self.expect(seq, Kind::STATS).await? {
+            Response::Stats(s) => Ok(s),
+            other => {
+                let e = unexpected(&other);
+                Err(self.broke(e))
+            }
+        }
+    }
+
+    /// ALLOC: a zeroed buffer of `size` bytes.
+    pub async fn alloc(&mut self, size: u64) -> Result<Handle, ClientError> {
+        let seq = self.send_msg(&msg::Alloc { size }).await?;
+        match self.expect(seq, Kind::ALLOC).await? {
+            Response::Allocated(a) => Ok(Handle { raw: a.handle, size: a.size }),
+            other => {
+                let e = unexpected(&other);
+                Err(self.broke(e))
+            }
+        }
+    }
+
+    /// FREE: releases (and zeroes) a buffer.
+    pub async fn free(&mut self, h: Handle) -> Result<(), ClientError> {
+        let seq = self.send_msg(&msg::Free { handle: h.raw }).await?;
+        self.expect_ack(seq, Kind::FREE).await
+    }
+
+    /// COPY `len` bytes between buffers of this session.
+    pub async fn copy(
+        &mut self,
+        src: Handle,
+        src_offset: u64,
+        dst: Handle,
+        dst_offset: u64,
+        len: u64,
+    ) -> Result<(), ClientError> {
+        let m = msg::Copy { src: src.raw, src_offset, dst: dst.raw, dst_offset, len };
+        let seq = self.send_msg(&m).await?;
+        self.expect_ack(seq, Kind::COPY).await
+    }
+
+    /// FILL `len` bytes from `offset` with `value`.
+    pub async fn fill(&mut self, h: Handle, offset: u64, len: u64, value: u8) -> Result<(), ClientError> {
+        let seq = self.send_msg(&msg::Fill { handle: h.raw, offset, len, value }).await?;
+        self.expect_ack(seq, Kind::FILL).await
+    }
+
+    /// DISPATCH a built-in kernel and wait for it to finish.
+    pub async fn dispatch(&mut self, kernel: Kernel) -> Result<(), ClientError> {
+        let seq = self.send_msg(&kernel.to_msg()).await?;
+        self.expect_ack(seq, Kind::DISPATCH).await
+    }
+
+    /// Writes `data` at `offset`, of any size, pipelined.
+    pub async fn write(&mut self, h: Handle, offset: u64, data: &[u8]) -> Result<(), ClientError> {
+        self.write_with_progress(h, offset, data, None).await
+    }
+
+    /// [`write`](Self::write) with a progress callback.
+    ///
+    /// On a non-fatal node error (for example `OUT_OF_BOUNDS`) the frames already in flight are
+    /// still collected, so the session stays usable, and the first error is returned.
+    pub async fn write_with_progress(
+        &mut self,
+        h: Handle,
+        offset: u64,
+        data: &[u8],
+        mut progress: Option<Progress<'_>>,
+    ) -> Result<(), ClientError> {
+        self.check_usable()?;
+        offset
+            .checked_add(data.len() as u64)
+            .ok_or(ClientError::InvalidArgument("offset + length overflows"))?;
+        let chunk = self.chunk().saturating_sub(WRITE_PREFIX_LEN).max(1);
+        let total = data.len();
+        let window = self.options.window.max(1);
+        self.inflight.clear();
+        let (mut sent, mut done, mut started) = (0usize, 0usize, false);
+        let mut first_err = None;
+        loop {
+            while first_err.is_none() && self.inflight.len() < window && (sent < total || !started) {
+                started = true;
+                let n = chunk.min(total - sent);
+                let seq = self.send_write(h.raw, offset + sent as u64, &data[sent..sent + n]).await?;
+                self.inflight.push_back(InFlight { seq, pos: sent, len: n });
+                sent += n;
+            }
+            let Some(f) = self.inflight.pop_front() else { break };
+            match self.expect(f.seq, Kind::WRITE).await {
+                Ok(Response::Ack(Kind::WRITE)) => {
+                    done += f.len;
+                    if let Some(p) = progress.as_deref_mut() {
+                        p(done as u64, total as u64);
+                    }
+                }
+                Ok(other) => {
+                    return {
+                        let e = unexpected(&other);
+                        Err(self.broke(e))
+                    };
+                }
+                Err(e) => {
+                    if self.broken {
+                        return Err(e);
+                    }
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Reads `len` bytes from `offset` into a new vector, of any size, pipelined.
+    pub async fn read(&mut self, h: Handle, offset: u64, len: u64) -> Result<Vec<u8>, ClientError> {
+        let len = usize::try_from(len).map_err(|_| ClientError::InvalidArgument("length above usize"))?;
+        let mut out = vec![0; len];
+        self.read_into(h, offset, &mut out).await?;
+        Ok(out)
+    }
+
+    /// Reads `out.len()` bytes from `offset` into `out`, of any size, pipelined. Each frame's
+    /// payload goes straight from the socket into `out`.
+    pub async fn read_into(&mut self, h: Handle, offset: u64, out: &mut [u8]) -> Result<(), ClientError> {
+        self.read_into_with_progress(h, offset, out, None).await
+    }
+
+    /// [`read_into`](Self::read_into) with a progress callback. Error handling as in
+    /// [`write_with_progress`](Self::write_with_progress).
+    pub async fn read_into_with_progress(
+        &mut self,
+        h: Handle,
+        offset: u64,
+        out: &mut [u8],
+        mut progress: Option<Progress<'_>>,
+    ) -> Result<(), ClientError> {
+        self.check_usable()?;
+        offset
+            .checked_add(out.len() as u64)
+            .ok_or(ClientError::InvalidArgument("offset + length overflows"))?;
+        let chunk = self.chunk();
+        let total = out.len();
+        let window = self.options.window.max(1);
+        self.inflight.clear();
+        let (mut sent, mut done, mut started) = (0usize, 0usize, false);
+        let mut first_err = None;
+        loop {
+            while first_err.is_none() && self.inflight.len() < window && (sent < total || !started) {
+                started = true;
+                let n = chunk.min(total - sent);
+                // `n <= chunk <= MAX_PAYLOAD`, so it fits in u32.
+                let m = msg::Read { handle: h.raw, offset: offset + sent as u64, len: n as u32 };
+                let seq = self.send_msg(&m).await?;
+                self.inflight.push_back(InFlight { seq, pos: sent, len: n });
+                sent += n;
+            }
+            let Some(f) = self.inflight.pop_front() else { break };
+            let (header, mut crc) = self.read_header().await?;
+            if header.kind == Kind::READ && header.flags == Flags::RESPONSE && header.seq == f.seq {
+                if header.len as usize != f.len {
+                    self.broken = true;
+                    return Err(ClientError::Protocol(format!(
+                        "READ answered with {} bytes, {} requested",
+                        header.len, f.len
+                    )));
+                }
+                let dst = &mut out[f.pos..f.pos + f.len];
+                self.read_payload_into(dst, &mut crc).await?;
+                if let Err(e) = crc.verify(&header) {
+                    self.broken = true;
+                    return Err(e.into());
+                }
+                done += f.len;
+                if let Some(p) = progress.as_deref_mut() {
+                    p(done as u64, total as u64);
+                }
+                continue;
+            }
+            match self.finish_small(header, crc, f.seq, Kind::READ).await {
+                Ok(other) => {
+                    return {
+                        let e = unexpected(&other);
+                        Err(self.broke(e))
+                    };
+                }
+                Err(e) => {
+                    if self.broken {
+                        return Err(e);
+                    }
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// BYE: the node frees every buffer of the session, acknowledges, and closes.
+    pub async fn close(mut self) -> Result<(), ClientError> {
+        if self.broken {
+            return Ok(());
+        }
+        let seq = self.send_empty(Kind::BYE).await?;
+        self.expect_ack(seq, Kind::BYE).await?;
+        self.broken = true;
+        let _ = self.wr.shutdown().await;
+        Ok(())
+    }
+
+    // ---- internals ----
+
+    fn check_usable(&self) -> Result<(), ClientError> {
+        if self.broken { Err(ClientError::Closed) } else { Ok(()) }
+    }
+
+    fn max_payload(&self) -> u32 {
+        self.welcome.max_payload.min(MAX_PAYLOAD)
+    }
+
+    /// Payload bytes per bulk frame.
+    fn chunk(&self) -> usize {
+        let max = self.max_payload();
+        self.options.chunk.map_or(max, |c| c.clamp(WRITE_PREFIX_LEN as u32 + 1, max)) as usize
+    }
+
+    fn next_seq(&mut self) -> u16 {
+        // Seq 0 is left for the node's unsolicited errors.
+        self.next_seq = self.next_seq.checked_add(1).unwrap_or(1);
+        self.next_seq
+    }
+
+    fn fail<T>(&mut self, e: impl Into<ClientError>) -> Result<T, ClientError> {
+        self.broken = true;
+        Err(e.into())
+    }
+
+    fn broke(&mut self, e: ClientError) -> ClientError {
+        self.broken = true;
+        e
+    }
+
+    async fn send_msg<'m, M: Message<'m>>(&mut self, m: &M) -> Result<u16, ClientError> {
+        self.check_usable()?;
+        let seq = self.next_seq();
+        let len = match m.emit(&mut self.tx[HEADER_LEN..]) {
+            Ok(len) => len,
+            Err(_) => return Err(ClientError::InvalidArgument("request does not encode")),
+        };
+        let n = emit_frame::<FastCrc32>(&mut self.tx, M::KIND, M::flags(), seq, len)
+            .map_err(|_| ClientError::InvalidArgument("request does not encode"))?;
+        if let Err(e) = self.wr.write_all(&self.tx[..n]).await {
+            return self.fail(e);
+        }
+        Ok(seq)
+    }
+
+    async fn send_empty(&mut self, kind: Kind) -> Result<u16, ClientError> {
+        self.check_usable()?;
+        let seq = self.next_seq();
+        let n = emit_frame::<FastCrc32>(&mut self.tx, kind, Flags::NONE, seq, 0)
+            .map_err(|_| ClientError::InvalidArgument("request does not encode"))?;
+        if let Err(e) = self.wr.write_all(&self.tx[..n]).await {
+            return self.fail(e);
+        }
+        Ok(seq)
+    }
+
+    /// Sends one WRITE frame: header and prefix from `tx`, the data straight from the caller's
+    /// slice (no copy).
+    async fn send_write(&mut self, handle: u32, offset: u64, data: &[u8]) -> Result<u16, ClientError> {
+        let seq = self.next_seq();
+        let len = WRITE_PREFIX_LEN + data.len();
+        let prefix = &mut self.tx[HEADER_LEN..HEADER_LEN + WRITE_PREFIX_LEN];
+        msg::Write::emit_prefix(handle, offset, prefix)
+            .map_err(|_| ClientError::InvalidArgument("request does not encode"))?;
+        // `len <= chunk <= MAX_PAYLOAD`, so it fits in u32.
+        let mut header = HeaderRepr { kind: Kind::WRITE, flags: Flags::NONE, seq, len: len as u32, crc: 0 };
+        let mut crc = FrameCrc::<FastCrc32>::new(&header.to_raw());
+        crc.update(&self.tx[HEADER_LEN..HEADER_LEN + WRITE_PREFIX_LEN]);
+        crc.update(data);
+        header.crc = crc.value();
+        header.emit(&mut self.tx).map_err(|_| ClientError::InvalidArgument("request does not encode"))?;
+        let head = &self.tx[..HEADER_LEN + WRITE_PREFIX_LEN];
+        if let Err(e) = write_all_two(&mut self.wr, head, data).await {
+            return self.fail(e);
+        }
+        Ok(seq)
+    }
+
+    async fn read_header(&mut self) -> Result<(HeaderRepr, FrameCrc<FastCrc32>), ClientError> {
+        let mut raw = [0u8; HEADER_LEN];
+        if let Err(e) = self.rd.read_exact(&mut raw).await {
+            return self.fail(e);
+        }
+        let max = self.max_payload();
+        let parsed = RawHeader::view(&raw).and_then(|r| HeaderRepr::parse(r, max).map(|h| (r, h)));
+        match parsed {
+            Ok((r, h)) => Ok((h, FrameCrc::new(r))),
+            Err(e) => self.fail(rela_core::wire::FrameError::Header(e)),
+        }
+    }
+
+    async fn read_payload_into(
+        &mut self,
+        dst: &mut [u8],
+        crc: &mut FrameCrc<FastCrc32>,
+    ) -> Result<(), ClientError> {
+        for piece in dst.chunks_mut(READ_PIECE) {
+            if let Err(e) = self.rd.read_exact(piece).await {
+                return self.fail(e);
+            }
+            crc.update(piece);
+        }
+        Ok(())
+    }
+
+    /// Reads the answer to request `seq` of kind `request`.
+    async fn expect(&mut self, seq: u16, request: Kind) -> Result<Response<'_>, ClientError> {
+        let (header, crc) = self.read_header().await?;
+        self.finish_small(header, crc, seq, request).await
+    }
+
+    async fn expect_ack(&mut self, seq: u16, request: Kind) -> Result<(), ClientError> {
+        match self.expect(seq, request).await? {
+            Response::Ack(k) if k == request => Ok(()),
+            other => {
+                let e = unexpected(&other);
+                Err(self.broke(e))
+            }
+        }
+    }
+
+    /// Reads a small payload after `header`, checks it answers `seq`, decodes it and turns an
+    /// ERROR into `Err`.
+    async fn finish_small(
+        &mut self,
+        header: HeaderRepr,
+        mut crc: FrameCrc<FastCrc32>,
+        seq: u16,
+        request: Kind,
+    ) -> Result<Response<'_>, ClientError> {
+        let len = header.len as usize;
+        if len > self.rx.len() {
+            return self.fail(ClientError::Protocol(format!(
+                "{} response of {len} bytes where at most {} were expected",
+                header.kind,
+                self.rx.len()
+            )));
+        }
+        let mut rx = std::mem::take(&mut self.rx);
+        let read = self.rd.read_exact(&mut rx[..len]).await;
+        self.rx = rx;
+        if let Err(e) = read {
+            return self.fail(e);
+        }
+        crc.update(&self.rx[..len]);
+        if let Err(e) = crc.verify(&header) {
+            return self.fail(e);
+        }
+        let unsolicited = header.seq == 0 && header.kind == Kind::ERROR;
+        if header.seq != seq && !unsolicited {
+            return self.fail(ClientError::Protocol(format!(
+                "answer to seq {} while waiting for seq {seq}",
+                header.seq
+            )));
+        }
+        let response = match Response::parse(header.kind, header.flags, &self.rx[..len]) {
+            Ok(r) => r,
+            Err(e) => {
+                self.broken = true;
+                return Err(ClientError::Protocol(format!("{} response does not decode: {e}", header.kind)));
+            }
+        };
+        if let Response::Error(e) = response {
+            let fatal = unsolicited || e.code.closes_session();
+            let err = server_error(&e, if unsolicited { e.request_kind } else { request });
+            if fatal {
+                self.broken = true;
+            }
+            return Err(err);
+        }
+        Ok(response)
+    }
+}
+
+fn unexpected(r: &Response<'_>) -> ClientError {
+    let what = match r {
+        Response::Welcome(_) => "WELCOME".to_owned(),
+        Response::Pong(_) => "PONG".to_owned(),
+        Response::DeviceInfo(_) => "DEVICE_INFO".to_owned(),
+        Response::Stats(_) => "STATS".to_owned(),
+        Response::Allocated(_) => "ALLOCATED".to_owned(),
+        Response::Data(_) => "READ data".to_owned(),
+        Response::Ack(k) => format!("{k} acknowledgement"),
+        Response::Error(e) => format!("ERROR {}", e.code),
+        Response::Unknown(k, _) => format!("unknown kind {k}"),
+        _ => "an unknown response".to_owned(),
+    };
+    ClientError::Protocol(format!("unexpected response: {what}"))
+}
+
+fn server_error(e: &ErrorMsg<'_>, request: Kind) -> ClientError {
+    if e.code == ErrorCode::AUTH_FAILED {
+        return ClientError::AuthRejected;
+    }
+    ClientError::Server { code: e.code, reason: e.reason.to_owned(), request }
+}
+
+/// Writes `a` then `b` with vectored writes (one syscall for a frame's header and data when the
+/// socket takes it all).
+async fn write_all_two(stream: &mut OwnedWriteHalf, mut a: &[u8], mut b: &[u8]) -> io::Result<()> {
+    while !a.is_empty() {
+        let n = stream.write_vectored(&[IoSlice::new(a), IoSlice::new(b)]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        if n < a.len() {
+            a = &a[n..];
+        } else {
+            b = &b[n - a.len()..];
+            a = &[];
+        }
+    }
+    stream.write_all(b).await
+}

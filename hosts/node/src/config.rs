@@ -1,0 +1,172 @@
+//! [`NodeConfig`] and its validation.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use rela_core::auth::AuthKey;
+use rela_core::config::{
+    DEFAULT_DISCOVERY_PORT, DEFAULT_SESSION_PORT, MAX_BUFFERS, MAX_PAYLOAD, MAX_PING_PAYLOAD, NODE_ID_LEN,
+};
+use rela_core::session::SessionConfig;
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// TCP address for sessions. Default `127.0.0.1:8765`; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// UDP address of the discovery responder, `None` to disable it. Default `127.0.0.1:8766`.
+    pub discovery: Option<SocketAddr>,
+    /// Most concurrent sessions; past it a connection gets one ERROR(BUSY) and is closed.
+    pub max_sessions: usize,
+    /// Per-session limits, timeouts and the auth key (`session.auth`: `Some` makes AUTH
+    /// mandatory and signs discovery announcements).
+    pub session: SessionConfig,
+    /// The id announced by discovery. Default: random per config.
+    pub node_id: [u8; NODE_ID_LEN],
+    /// Allow binding a non-loopback address without a token (see [`validate`](Self::validate)).
+    pub allow_unauthenticated: bool,
+    /// Requests read ahead per connection while earlier ones are served (pipelining depth,
+    /// at least 1). Each holds an input and an output buffer of up to `max_payload` bytes.
+    pub pipeline_depth: usize,
+    /// Delay before serving the next connection from an IP after its first failed AUTH; it
+    /// doubles with each further failure.
+    pub auth_backoff: Duration,
+    /// Upper bound of that delay.
+    pub auth_backoff_max: Duration,
+    /// Requested socket buffer size; applied only where the kernel grants that much (see
+    /// `rela_client::ClientOptions::socket_buffer`). `0` leaves the defaults.
+    pub socket_buffer: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_SESSION_PORT),
+            discovery: Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_DISCOVERY_PORT)),
+            max_sessions: 64,
+            session: SessionConfig::default(),
+            node_id: rand::random(),
+            allow_unauthenticated: false,
+            pipeline_depth: 4,
+            auth_backoff: Duration::from_millis(250),
+            auth_backoff_max: Duration::from_secs(30),
+            socket_buffer: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Sets the shared token (AUTH becomes mandatory; announcements are signed).
+    #[must_use]
+    pub fn with_token(mut self, token: &[u8]) -> Self {
+        self.session.auth = Some(AuthKey::new(token));
+        self
+    }
+
+    /// Whether a token is configured.
+    pub const fn has_token(&self) -> bool {
+        self.session.auth.is_some()
+    }
+
+    /// Checks the configuration. [`crate::Node::start`] calls it; a CLI can call it first to
+    /// report problems before binding anything.
+    ///
+    /// Refuses a non-loopback session or discovery address without a token unless
+    /// [`allow_unauthenticated`](Self::allow_unauthenticated) is set, and limits outside what
+    /// the protocol core supports.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.has_token() && !self.allow_unauthenticated {
+            for addr in std::iter::once(self.listen).chain(self.discovery) {
+                if !addr.ip().is_loopback() {
+                    return Err(ConfigError::UnauthenticatedBind(addr));
+                }
+            }
+        }
+        if self.max_sessions == 0 {
+            return Err(ConfigError::NoSessions);
+        }
+        if self.pipeline_depth == 0 {
+            return Err(ConfigError::NoPipeline);
+        }
+        let p = self.session.max_payload;
+        if !(MIN_MAX_PAYLOAD..=MAX_PAYLOAD).contains(&p) {
+            return Err(ConfigError::MaxPayload(p));
+        }
+        if self.session.max_buffers == 0 || self.session.max_buffers as usize > MAX_BUFFERS {
+            return Err(ConfigError::MaxBuffers(self.session.max_buffers));
+        }
+        Ok(())
+    }
+}
+
+/// Smallest `max_payload` a node accepts: a PING must fit.
+pub const MIN_MAX_PAYLOAD: u32 = MAX_PING_PAYLOAD as u32 * 4;
+
+/// A configuration [`NodeConfig::validate`] refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A non-loopback address without a token and without `allow_unauthenticated`.
+    UnauthenticatedBind(SocketAddr),
+    /// `max_sessions` is zero.
+    NoSessions,
+    /// `pipeline_depth` is zero.
+    NoPipeline,
+    /// `max_payload` outside [`MIN_MAX_PAYLOAD`]`..=16 MiB`.
+    MaxPayload(u32),
+    /// `max_buffers` is zero or above the core's table capacity.
+    MaxBuffers(u16),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnauthenticatedBind(a) => write!(
+                f,
+                "refusing to serve {a} without a token (set a token or allow unauthenticated access)"
+            ),
+            Self::NoSessions => f.write_str("max_sessions must be at least 1"),
+            Self::NoPipeline => f.write_str("pipeline_depth must be at least 1"),
+            Self::MaxPayload(p) => {
+                write!(f, "max_payload {p} outside {MIN_MAX_PAYLOAD}..={MAX_PAYLOAD}")
+            }
+            Self::MaxBuffers(b) => write!(f, "max_buffers {b} outside 1..={MAX_BUFFERS}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        assert_eq!(NodeConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn public_bind_needs_token_or_opt_in() {
+        let mut c = NodeConfig { listen: "0.0.0.0:8765".parse().expect("addr"), ..NodeConfig::default() };
+        assert!(matches!(c.validate(), Err(ConfigError::UnauthenticatedBind(_))));
+        c.allow_unauthenticated = true;
+        assert_eq!(c.validate(), Ok(()));
+        c.allow_unauthenticated = false;
+        let c = c.with_token(b"t");
+        assert_eq!(c.validate(), Ok(()));
+        let c =
+            NodeConfig { discovery: Some("0.0.0.0:8766".parse().expect("addr")), ..NodeConfig::default() };
+        assert!(matches!(c.validate(), Err(ConfigError::UnauthenticatedBind(_))));
+    }
+
+    #[test]
+    fn limits() {
+        let mut c = NodeConfig::default();
+        c.session.max_payload = MAX_PAYLOAD + 1;
+        assert_eq!(c.validate(), Err(ConfigError::MaxPayload(MAX_PAYLOAD + 1)));
+        let c = NodeConfig { max_sessions: 0, ..NodeConfig::default() };
+        assert_eq!(c.validate(), Err(ConfigError::NoSessions));
+    }
+}

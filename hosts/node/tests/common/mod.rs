@@ -1,0 +1,84 @@
+//! Test helpers: a node on an ephemeral loopback port over the host-memory backend.
+#![allow(dead_code, unreachable_pub)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use rela_backend_host::OwnedHostBackend;
+use rela_client::FastCrc32;
+use rela_core::backend::{GpuBackend, Usage};
+use rela_core::config::HEADER_LEN;
+use rela_core::wire::msg::{ErrorMsg, Message};
+use rela_core::wire::{ErrorCode, Frame, HeaderRepr, Kind};
+use rela_node::{Node, NodeConfig, NodeHandle};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+/// Upper bound for any single test step.
+pub const STEP: Duration = Duration::from_secs(30);
+
+/// Loopback config with ephemeral ports.
+pub fn config() -> NodeConfig {
+    NodeConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        discovery: Some("127.0.0.1:0".parse().expect("addr")),
+        ..NodeConfig::default()
+    }
+}
+
+/// A host-memory backend with `bytes` of arena.
+pub fn backend(bytes: usize) -> Box<dyn GpuBackend + Send> {
+    Box::new(OwnedHostBackend::with_capacity(bytes))
+}
+
+/// Starts a node.
+pub async fn start(config: NodeConfig, arena: usize) -> NodeHandle {
+    within(Node::start(config, backend(arena))).await.expect("node starts")
+}
+
+/// Runs `f`, failing the test if it takes longer than [`STEP`].
+pub async fn within<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(STEP, f).await.expect("test step timed out")
+}
+
+/// Polls until the backend holds nothing (bounded).
+pub async fn wait_idle(node: &NodeHandle) -> Usage {
+    let mut last = Usage::default();
+    for _ in 0..400 {
+        last = node.usage().await.expect("usage");
+        if last.used == 0 && last.buffers == 0 && node.sessions() == 0 {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("node did not become idle: {last:?}, {} sessions", node.sessions());
+}
+
+/// Reads one whole frame from a raw stream; `None` on EOF.
+pub async fn read_raw_frame(stream: &mut TcpStream) -> Option<(HeaderRepr, Vec<u8>)> {
+    let mut header = [0u8; HEADER_LEN];
+    within(stream.read_exact(&mut header)).await.ok()?;
+    let h = HeaderRepr::parse_bytes(&header, u32::MAX).expect("valid header from node");
+    let mut frame = header.to_vec();
+    frame.resize(HEADER_LEN + h.len as usize, 0);
+    within(stream.read_exact(&mut frame[HEADER_LEN..])).await.expect("payload");
+    let f = Frame::parse::<FastCrc32>(&frame, u32::MAX).expect("valid frame from node");
+    Some((f.header, f.payload.to_vec()))
+}
+
+/// Decodes an ERROR frame's code.
+pub fn error_code(header: &HeaderRepr, payload: &[u8]) -> ErrorCode {
+    assert_eq!(header.kind, Kind::ERROR, "expected an ERROR frame");
+    ErrorMsg::parse(payload).expect("ERROR decodes").code
+}
+
+/// Asserts the node closes the stream (EOF or reset) within [`STEP`].
+pub async fn assert_closed(stream: &mut TcpStream) {
+    let mut b = [0u8; 64];
+    loop {
+        match within(stream.read(&mut b)).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => panic!("unexpected bytes after the final frame"),
+        }
+    }
+}
