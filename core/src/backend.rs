@@ -241,7 +241,127 @@ pub enum KernelCall {
         /// Columns of `b`.
         n: u32,
     },
+    /// Embedding gather: `out[r, :] = table[ids[r], :]` for `r < rows`. `ids` holds `rows`
+    /// little-endian `u32`; `table` is `vocab × dim`. An id ≥ `vocab` yields a row of zeros
+    /// (checked on the device, never an out-of-bounds access).
+    Gather {
+        /// Embedding table, `vocab × dim`.
+        table: BufferId,
+        /// Token ids, `rows` u32.
+        ids: BufferId,
+        /// Output, `rows × dim`.
+        out: BufferId,
+        /// Rows of `table`.
+        vocab: u32,
+        /// Row width.
+        dim: u32,
+        /// Ids to gather.
+        rows: u32,
+    },
+    /// Row-wise layer norm: `out[r, :] = (x[r, :] - mean) / sqrt(var + eps) * gamma + beta`
+    /// (biased variance); `x` is `rows × dim`, `gamma` and `beta` are `dim`.
+    LayerNorm {
+        /// Input.
+        x: BufferId,
+        /// Scale, `dim`.
+        gamma: BufferId,
+        /// Shift, `dim`.
+        beta: BufferId,
+        /// Output, `rows × dim`.
+        out: BufferId,
+        /// Rows.
+        rows: u32,
+        /// Row width.
+        dim: u32,
+        /// Variance epsilon (finite, > 0).
+        eps: f32,
+    },
+    /// Linear layer: `out[i, j] = Σ_t x[i, t] · w[j, t] + bias[j]`; `x` is `m × k`, `w` is
+    /// `n × k` (PyTorch `nn.Linear` layout), `bias` is `n`, `out` is `m × n`.
+    Linear {
+        /// Input, `m × k`.
+        x: BufferId,
+        /// Weights, `n × k`.
+        w: BufferId,
+        /// Bias, `n`.
+        bias: BufferId,
+        /// Output, `m × n`.
+        out: BufferId,
+        /// Rows of `x`.
+        m: u32,
+        /// Input features.
+        k: u32,
+        /// Output features.
+        n: u32,
+    },
+    /// Exact (erf) GELU: `out[i] = 0.5 · x[i] · (1 + erf(x[i] / √2))` for `i < n`.
+    Gelu {
+        /// Input.
+        x: BufferId,
+        /// Output.
+        out: BufferId,
+        /// Elements.
+        n: u32,
+    },
+    /// Scaled dot-product self-attention with a key padding mask.
+    ///
+    /// `q`, `k`, `v` and `out` are `(batch·seq) × (heads·head_dim)` row-major; head `h` uses
+    /// columns `h·head_dim .. (h+1)·head_dim`. `mask` is `batch·seq` f32 (1.0 = token,
+    /// 0.0 = padding). For batch `b`, head `h`, query `i`: `s_j = (q_i · k_j) / √head_dim` over
+    /// keys `j` with `mask[b, j] ≠ 0` (masked keys get probability 0), `p = softmax(s)`
+    /// (max-subtracted), `out_i = Σ_j p_j v_j`. A query whose keys are all masked yields zeros.
+    /// `seq` ≤ [`MAX_ATTENTION_SEQ`].
+    Attention {
+        /// Queries.
+        q: BufferId,
+        /// Keys.
+        k: BufferId,
+        /// Values.
+        v: BufferId,
+        /// Key padding mask, `batch·seq`.
+        mask: BufferId,
+        /// Output.
+        out: BufferId,
+        /// Sequences.
+        batch: u32,
+        /// Tokens per sequence.
+        seq: u32,
+        /// Heads.
+        heads: u32,
+        /// Width of one head.
+        head_dim: u32,
+    },
+    /// Masked mean over tokens: `out[b, :] = Σ_s mask[b, s] · x[b·seq + s, :] /
+    /// max(Σ_s mask[b, s], 1e-9)`; `x` is `(batch·seq) × dim`, `out` is `batch × dim`.
+    MeanPool {
+        /// Token vectors.
+        x: BufferId,
+        /// Mask, `batch·seq`.
+        mask: BufferId,
+        /// Output, `batch × dim`.
+        out: BufferId,
+        /// Sequences.
+        batch: u32,
+        /// Tokens per sequence.
+        seq: u32,
+        /// Vector width.
+        dim: u32,
+    },
+    /// Row-wise L2 normalization: `out[r, :] = x[r, :] / max(‖x[r, :]‖₂, 1e-12)`.
+    L2Normalize {
+        /// Input, `rows × dim`.
+        x: BufferId,
+        /// Output.
+        out: BufferId,
+        /// Rows.
+        rows: u32,
+        /// Row width.
+        dim: u32,
+    },
 }
+
+/// Longest sequence [`KernelCall::Attention`] accepts.
+pub const MAX_ATTENTION_SEQ: u32 = 512;
 
 /// Bytes of `count` f32 elements, or `None` on overflow.
 const fn f32_bytes(count: u64) -> Option<u64> {
@@ -252,7 +372,16 @@ impl KernelCall {
     /// The output buffer.
     pub const fn output(&self) -> BufferId {
         match self {
-            Self::Binary { out, .. } | Self::Scale { out, .. } | Self::Matmul { out, .. } => *out,
+            Self::Binary { out, .. }
+            | Self::Scale { out, .. }
+            | Self::Matmul { out, .. }
+            | Self::Gather { out, .. }
+            | Self::LayerNorm { out, .. }
+            | Self::Linear { out, .. }
+            | Self::Gelu { out, .. }
+            | Self::Attention { out, .. }
+            | Self::MeanPool { out, .. }
+            | Self::L2Normalize { out, .. } => *out,
         }
     }
 
@@ -268,6 +397,9 @@ impl KernelCall {
             let have = size_of(id).ok_or(BackendError::NoSuchBuffer)?;
             let bytes = bytes.ok_or(BackendError::OutOfBounds)?;
             if bytes > have { Err(BackendError::OutOfBounds) } else { Ok(()) }
+        };
+        let distinct = |out: BufferId, inputs: &[BufferId]| {
+            if inputs.contains(&out) { Err(BackendError::InvalidArgument) } else { Ok(()) }
         };
         match *self {
             Self::Binary { a, b, out, n, .. } => {
@@ -295,6 +427,66 @@ impl KernelCall {
                 if out == a || out == b {
                     return Err(BackendError::InvalidArgument);
                 }
+            }
+            Self::Gather { table, ids, out, vocab, dim, rows } => {
+                let (vocab, dim, rows) = (vocab as u64, dim as u64, rows as u64);
+                need(table, vocab.checked_mul(dim).and_then(f32_bytes))?;
+                need(ids, f32_bytes(rows))?;
+                need(out, rows.checked_mul(dim).and_then(f32_bytes))?;
+                distinct(out, &[table, ids])?;
+            }
+            Self::LayerNorm { x, gamma, beta, out, rows, dim, eps } => {
+                let (rows, dim) = (rows as u64, dim as u64);
+                need(x, rows.checked_mul(dim).and_then(f32_bytes))?;
+                need(gamma, f32_bytes(dim))?;
+                need(beta, f32_bytes(dim))?;
+                need(out, rows.checked_mul(dim).and_then(f32_bytes))?;
+                distinct(out, &[x, gamma, beta])?;
+                if !(eps.is_finite() && eps > 0.0) {
+                    return Err(BackendError::InvalidArgument);
+                }
+            }
+            Self::Linear { x, w, bias, out, m, k, n } => {
+                let (m, k, n) = (m as u64, k as u64, n as u64);
+                need(x, m.checked_mul(k).and_then(f32_bytes))?;
+                need(w, n.checked_mul(k).and_then(f32_bytes))?;
+                need(bias, f32_bytes(n))?;
+                need(out, m.checked_mul(n).and_then(f32_bytes))?;
+                distinct(out, &[x, w, bias])?;
+            }
+            Self::Gelu { x, out, n } => {
+                need(x, f32_bytes(n as u64))?;
+                need(out, f32_bytes(n as u64))?;
+                distinct(out, &[x])?;
+            }
+            Self::Attention { q, k, v, mask, out, batch, seq, heads, head_dim } => {
+                if seq > MAX_ATTENTION_SEQ {
+                    return Err(BackendError::InvalidArgument);
+                }
+                let tokens = (batch as u64).checked_mul(seq as u64);
+                let bytes = tokens
+                    .and_then(|t| t.checked_mul(heads as u64))
+                    .and_then(|t| t.checked_mul(head_dim as u64))
+                    .and_then(f32_bytes);
+                for buf in [q, k, v, out] {
+                    need(buf, bytes)?;
+                }
+                need(mask, tokens.and_then(f32_bytes))?;
+                distinct(out, &[q, k, v, mask])?;
+            }
+            Self::MeanPool { x, mask, out, batch, seq, dim } => {
+                let (batch, seq, dim) = (batch as u64, seq as u64, dim as u64);
+                let tokens = batch.checked_mul(seq);
+                need(x, tokens.and_then(|t| t.checked_mul(dim)).and_then(f32_bytes))?;
+                need(mask, tokens.and_then(f32_bytes))?;
+                need(out, batch.checked_mul(dim).and_then(f32_bytes))?;
+                distinct(out, &[x, mask])?;
+            }
+            Self::L2Normalize { x, out, rows, dim } => {
+                let bytes = (rows as u64).checked_mul(dim as u64).and_then(f32_bytes);
+                need(x, bytes)?;
+                need(out, bytes)?;
+                distinct(out, &[x])?;
             }
         }
         Ok(())

@@ -525,6 +525,7 @@ impl GpuBackend for CudaBackend {
             KernelCall::Binary { .. } => this.launch_binary(call, out),
             KernelCall::Scale { .. } => this.launch_scale(call, out),
             KernelCall::Matmul { .. } => this.launch_matmul(call, out),
+            _ => Err(BackendError::Unsupported),
         })?;
         self.sync()
     }

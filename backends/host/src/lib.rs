@@ -219,6 +219,7 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>, const N: usize> GpuBackend for HostMemory<S, 
                 let (inputs, out) = split(self.storage.as_mut(), out);
                 reference::matmul(inputs.get(a), inputs.get(b), out, m as usize, k as usize, n as usize);
             }
+            _ => return Err(BackendError::Unsupported),
         }
         Ok(())
     }

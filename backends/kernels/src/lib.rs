@@ -76,6 +76,7 @@ impl Params {
             KernelCall::Binary { op, n, .. } => Self { n, m: op_code(op), k: 0, alpha: 0.0 },
             KernelCall::Scale { n, alpha, .. } => Self { n, m: 0, k: 0, alpha },
             KernelCall::Matmul { m, k, n, .. } => Self { n, m, k, alpha: 0.0 },
+            _ => Self { n: 0, m: 0, k: 0, alpha: 0.0 },
         }
     }
 }

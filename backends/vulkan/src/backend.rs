@@ -484,6 +484,7 @@ impl GpuBackend for VulkanBackend {
                 ];
                 self.run_kernel(&self.pipelines.matmul, call, &storage, grid_matmul(m, n))
             }
+            _ => Err(BackendError::Unsupported),
         }
     }
 }

@@ -588,6 +588,7 @@ impl GpuBackend for WgpuBackend {
         let groups = match *call {
             KernelCall::Binary { n, .. } | KernelCall::Scale { n, .. } => grid_1d(n),
             KernelCall::Matmul { m, n, .. } => grid_matmul(m, n),
+            _ => return Err(BackendError::Unsupported),
         };
         if groups.0 == 0 || groups.1 == 0 {
             return Ok(());
@@ -609,6 +610,7 @@ impl GpuBackend for WgpuBackend {
                 let (m, k, n) = (u64::from(m), u64::from(k), u64::from(n));
                 ([(a, f32s(m * k)), (b, f32s(k * n)), (out, f32s(m * n))], 3)
             }
+            _ => return Err(BackendError::Unsupported),
         };
         if storage.iter().any(|&(_, need)| need > self.max_binding) {
             return Err(BackendError::Unsupported);
@@ -619,6 +621,7 @@ impl GpuBackend for WgpuBackend {
             KernelCall::Binary { .. } => (&self.pipelines.binary, &self.pipelines.binary_layout),
             KernelCall::Scale { .. } => (&self.pipelines.scale, &self.pipelines.scale_layout),
             KernelCall::Matmul { .. } => (&self.pipelines.matmul, &self.pipelines.matmul_layout),
+            _ => return Err(BackendError::Unsupported),
         };
         let mut entries = Vec::with_capacity(count + 1);
         for (i, &(id, need)) in storage[..count].iter().enumerate() {
