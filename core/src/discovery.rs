@@ -105,6 +105,9 @@ fn frame_of<C: Crc32>(datagram: &[u8], kind: Kind, flags: Flags) -> Result<Frame
     if frame.kind() != kind || frame.header.flags != flags {
         return Err(DiscoveryError::WrongKind(frame.kind()));
     }
+    if frame.seq() != 0 {
+        return Err(DecodeError::InvalidField("seq").into());
+    }
     Ok(frame)
 }
 

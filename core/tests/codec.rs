@@ -268,6 +268,13 @@ fn discovery_roundtrip_signed_and_spoofed() {
     tampered[12..16].copy_from_slice(&crc.finish().to_le_bytes());
     let t = Announce::parse::<SoftCrc32>(&tampered).unwrap();
     assert_eq!(t.verify(&[1; 16], Some(&key)), Err(DiscoveryError::BadSignature));
+    // Discovery datagrams carry seq 0.
+    let mut f = [0u8; 64];
+    let bytes = encode_frame::<SoftCrc32>(&mut f, Kind::DISCOVER, Flags::NONE, 5, &[1; 16]).unwrap().to_vec();
+    assert_eq!(
+        Discover::parse::<SoftCrc32>(&bytes),
+        Err(DiscoveryError::Decode(DecodeError::InvalidField("seq")))
+    );
     // Kinds are checked.
     let n = Discover { nonce: [1; 16] }.emit::<SoftCrc32>(&mut buf).unwrap();
     assert!(matches!(Announce::parse::<SoftCrc32>(&buf[..n]), Err(DiscoveryError::WrongKind(_))));
