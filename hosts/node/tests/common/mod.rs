@@ -75,10 +75,7 @@ pub fn error_code(header: &HeaderRepr, payload: &[u8]) -> ErrorCode {
 /// Asserts the node closes the stream (EOF or reset) within [`STEP`].
 pub async fn assert_closed(stream: &mut TcpStream) {
     let mut b = [0u8; 64];
-    loop {
-        match within(stream.read(&mut b)).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => panic!("unexpected bytes after the final frame"),
-        }
+    if let Ok(n @ 1..) = within(stream.read(&mut b)).await {
+        panic!("{n} unexpected bytes after the final frame");
     }
 }
