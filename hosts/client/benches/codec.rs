@@ -26,7 +26,8 @@ fn validate<C: Crc32>(frame: &[u8]) -> bool {
 fn frame_validation(c: &mut Criterion) {
     let payload: Vec<u8> = (0..PAYLOAD).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     let mut buf = vec![0u8; PAYLOAD + 16];
-    let frame = encode_frame::<FastCrc32>(&mut buf, Kind::WRITE, Flags::NONE, 1, &payload).expect("fits").to_vec();
+    let frame =
+        encode_frame::<FastCrc32>(&mut buf, Kind::WRITE, Flags::NONE, 1, &payload).expect("fits").to_vec();
     assert!(validate::<SoftCrc32>(&frame) && validate::<FastCrc32>(&frame), "both CRCs accept the frame");
     let mut dst = vec![0u8; PAYLOAD];
 
@@ -39,7 +40,9 @@ fn frame_validation(c: &mut Criterion) {
             black_box(&dst);
         })
     });
-    g.bench_function("SoftCrc32 (crc crate, slice-by-16)", |b| b.iter(|| validate::<SoftCrc32>(black_box(&frame))));
+    g.bench_function("SoftCrc32 (crc crate, slice-by-16)", |b| {
+        b.iter(|| validate::<SoftCrc32>(black_box(&frame)))
+    });
     g.bench_function("FastCrc32 (crc32fast)", |b| b.iter(|| validate::<FastCrc32>(black_box(&frame))));
     g.finish();
 }
