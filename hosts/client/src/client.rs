@@ -22,6 +22,8 @@ use crate::error::ClientError;
 const SMALL_PAYLOAD: usize = 512;
 /// Piece size for reading bulk payloads, so the CRC runs over cache-hot bytes.
 const READ_PIECE: usize = 256 * 1024;
+/// Default bulk frame payload ([`ClientOptions::chunk`]).
+const DEFAULT_CHUNK: u32 = 1024 * 1024;
 /// Read buffer in front of the socket, so small responses take one syscall for many.
 const READ_BUFFER: usize = 64 * 1024;
 
@@ -32,9 +34,11 @@ pub type Progress<'a> = &'a mut (dyn FnMut(u64, u64) + Send);
 /// Tuning knobs for a connection.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    /// Frames in flight during bulk reads and writes (at least 1). Default 4.
+    /// Frames in flight during bulk reads and writes (at least 1). Default 8.
     pub window: usize,
-    /// Largest payload per bulk frame; clamped to the node's `max_payload`. Default: the node's.
+    /// Largest payload per bulk frame; clamped to the node's `max_payload`. Default
+    /// ([`None`]): 1 MiB, which measured faster than 16 MiB frames on loopback (finer
+    /// pipelining, cache-resident buffers on both ends).
     pub chunk: Option<u32>,
     /// Requested socket send and receive buffer size. Applied only when the kernel allows that
     /// much (Linux `net.core.{r,w}mem_max`): a clamped fixed size would switch off the kernel's
@@ -44,7 +48,7 @@ pub struct ClientOptions {
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        Self { window: 4, chunk: None, socket_buffer: 4 * 1024 * 1024 }
+        Self { window: 8, chunk: None, socket_buffer: 4 * 1024 * 1024 }
     }
 }
 
@@ -562,7 +566,7 @@ impl Client {
     /// Payload bytes per bulk frame.
     fn chunk(&self) -> usize {
         let max = self.max_payload();
-        self.options.chunk.map_or(max, |c| c.clamp(WRITE_PREFIX_LEN as u32 + 1, max)) as usize
+        self.options.chunk.unwrap_or(DEFAULT_CHUNK).min(max).max(WRITE_PREFIX_LEN as u32 + 1) as usize
     }
 
     fn next_seq(&mut self) -> u16 {

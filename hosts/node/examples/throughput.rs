@@ -3,12 +3,13 @@
 //!
 //! ```text
 //! cargo run --release -p rela-node --example throughput -- [MiB, default 1024]
+//! # knobs: RELA_CHUNK_KIB (bulk frame payload), RELA_WINDOW (frames in flight)
 //! ```
 
 use std::time::Instant;
 
 use rela_backend_host::OwnedHostBackend;
-use rela_client::Client;
+use rela_client::{Client, ClientOptions};
 use rela_node::{Node, NodeConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -54,6 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     c.read_exact(&mut ack).await?;
     let raw_write = t.elapsed();
     let mut back = vec![0u8; len];
+    back.fill(1); // fault the pages in before timing
     let t = Instant::now();
     c.read_exact(&mut back).await?;
     let raw_read = t.elapsed();
@@ -67,8 +69,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..NodeConfig::default()
     };
     let node = Node::start(config, Box::new(OwnedHostBackend::with_capacity(len))).await?;
-    let mut client = Client::connect(node.local_addr(), None).await?;
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+    let mut options = ClientOptions::default();
+    if let Some(kib) = env("RELA_CHUNK_KIB") {
+        options.chunk = Some((kib * 1024) as u32);
+    }
+    if let Some(w) = env("RELA_WINDOW") {
+        options.window = w;
+    }
+    let mut client = Client::connect_with(node.local_addr(), None, options).await?;
     let h = client.alloc(len as u64).await?;
+    // Untimed first pass: faults in the backend arena and grows the connection's buffers.
+    client.write(h, 0, &data).await?;
     let t = Instant::now();
     client.write(h, 0, &data).await?;
     let relay_write = t.elapsed();

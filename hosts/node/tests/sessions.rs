@@ -150,7 +150,10 @@ async fn thirty_two_concurrent_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forty_mib_round_trip_splits_into_frames() {
     let node = start(config(), 48 * MIB).await;
-    let mut c = within(Client::connect(node.local_addr(), None)).await.expect("connect");
+    // Full-size frames: the node's max payload (16 MiB), so WRITE data is 16 MiB - 12 per frame
+    // and READ answers carry exactly 16 MiB.
+    let options = ClientOptions { chunk: Some(u32::MAX), ..ClientOptions::default() };
+    let mut c = within(Client::connect_with(node.local_addr(), None, options)).await.expect("connect");
     let len = 40 * MIB;
     let data = pattern(7, len);
     let h = within(c.alloc(len as u64)).await.expect("alloc");
@@ -165,8 +168,15 @@ async fn forty_mib_round_trip_splits_into_frames() {
     let mut reads = 0;
     let mut progress = |_: u64, _: u64| reads += 1;
     within(c.read_into_with_progress(h, 0, &mut back, Some(&mut progress))).await.expect("read");
-    assert!(reads >= 3);
+    assert_eq!(reads, 3);
     assert!(back == data, "40 MiB round trip differs");
+
+    // Default (1 MiB) frames, at an unaligned offset.
+    let mut d = within(Client::connect(node.local_addr(), None)).await.expect("connect");
+    let h2 = within(d.alloc(5 * MIB as u64 + 3)).await.expect("alloc");
+    within(d.write(h2, 3, &data[..5 * MIB])).await.expect("write");
+    assert!(within(d.read(h2, 3, 5 * MIB as u64)).await.expect("read") == data[..5 * MIB]);
+    drop(d);
 
     let stats = within(c.stats()).await.expect("stats");
     assert!(stats.bytes_in >= len as u64 && stats.bytes_out >= len as u64);
