@@ -42,6 +42,14 @@ pub(crate) const ALL: &[Case] = &[
     Case { name: "kernel_scale", run: kernel_scale },
     Case { name: "kernel_matmul", run: kernel_matmul },
     Case { name: "kernel_invalid_rejected", run: kernel_invalid_rejected },
+    Case { name: "kernel_gather", run: kernel_gather },
+    Case { name: "kernel_layer_norm", run: kernel_layer_norm },
+    Case { name: "kernel_linear", run: kernel_linear },
+    Case { name: "kernel_gelu", run: kernel_gelu },
+    Case { name: "kernel_attention", run: kernel_attention },
+    Case { name: "kernel_mean_pool", run: kernel_mean_pool },
+    Case { name: "kernel_l2_normalize", run: kernel_l2_normalize },
+    Case { name: "kernel_model_invalid_rejected", run: kernel_model_invalid_rejected },
 ];
 
 fn alloc(b: &mut dyn GpuBackend, size: u64) -> Result<BufferId, Failure> {
@@ -835,6 +843,443 @@ fn kernel_invalid_rejected(b: &mut dyn GpuBackend) -> Outcome {
         ("ADD with a freed input", add(gone, y, out, 1), NO_SUCH),
         ("SCALE into a freed output", scale(x, gone, 1, 1.0), NO_SUCH),
         ("MATMUL with a freed b", mm(x, gone, out, 1, 1, 1), NO_SUCH),
+    ];
+    for (what, call, want) in cases {
+        expect_err(what, b.dispatch(&call), want)?;
+        snap.unchanged(b, &ids, &format!("rejected dispatch ({what})"))?;
+    }
+    Ok(())
+}
+
+// Model kernels (GATHER, LAYER_NORM, LINEAR, GELU, ATTENTION, MEAN_POOL, L2_NORMALIZE).
+// Expectations are computed here in f64 from the f32 inputs; a value passes within 1e-4
+// relative or 1e-5 absolute (sums compare against the sum of their terms' magnitudes).
+
+/// Uniform-ish f32 in `lo..hi`.
+fn uniform(rng: &mut Rng, lo: f32, hi: f32) -> f32 {
+    let unit = (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+    lo + (hi - lo) * unit
+}
+
+fn uniforms(rng: &mut Rng, len: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..len).map(|_| uniform(rng, lo, hi)).collect()
+}
+
+/// A buffer holding `values` (at least 4 bytes).
+fn upload(b: &mut dyn GpuBackend, values: &[f32]) -> Result<BufferId, Failure> {
+    let id = alloc(b, (values.len() as u64 * 4).max(4))?;
+    write(b, id, 0, &f32_bytes(values))?;
+    Ok(id)
+}
+
+/// An output buffer of `len` f32 plus [`TAIL`] bytes, filled with random bytes.
+fn output(b: &mut dyn GpuBackend, len: usize, seed: u64) -> Result<(BufferId, Vec<u8>), Failure> {
+    patterned(b, len * 4 + TAIL, seed)
+}
+
+/// Reads an output made by [`output`]: checks the tail is untouched and returns the values.
+fn outputs(b: &mut dyn GpuBackend, what: &str, out: BufferId, init: &[u8]) -> Result<Vec<f32>, Failure> {
+    let got = read_all(b, out)?;
+    let len = init.len() - TAIL;
+    same_bytes(&format!("{what}: bytes past the output"), &got[len..], &init[len..])?;
+    Ok(f32_values(&got[..len]))
+}
+
+/// Fails unless every `got[i]` is within 1e-4 × `scale[i]` or 1e-5 of `want[i]`.
+fn close_all(what: &str, got: &[f32], want: &[f64], scale: &[f64]) -> Outcome {
+    ensure!(got.len() == want.len(), "{what}: {} values, expected {}", got.len(), want.len());
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let g = f64::from(g);
+        let tolerance = (1e-4 * scale[i]).max(1e-5);
+        ensure!(
+            (g - w).abs() <= tolerance,
+            "{what}: out[{i}] = {g:e}, expected {w:e} (tolerance {tolerance:e})"
+        );
+    }
+    Ok(())
+}
+
+/// `close_all` relative to each expected value's own magnitude.
+fn close_rel(what: &str, got: &[f32], want: &[f64]) -> Outcome {
+    let scale: Vec<f64> = want.iter().map(|w| w.abs()).collect();
+    close_all(what, got, want, &scale)
+}
+
+fn free_all(b: &mut dyn GpuBackend, ids: &[BufferId]) -> Outcome {
+    for &id in ids {
+        b.free(id).ctx(|| format!("free({id:?})"))?;
+    }
+    Ok(())
+}
+
+fn kernel_gather(b: &mut dyn GpuBackend) -> Outcome {
+    for (case, (vocab, dim, rows)) in
+        [(1000u32, 384u32, 37u32), (3, 5, 4), (0, 3, 2), (10, 7, 0)].into_iter().enumerate()
+    {
+        let what = format!("GATHER vocab {vocab} dim {dim} rows {rows}");
+        let mut rng = Rng::new(0x6A7 + case as u64);
+        let (v, d, r) = (vocab as usize, dim as usize, rows as usize);
+        let table_v = uniforms(&mut rng, v * d, -2.0, 2.0);
+        let special = [vocab.saturating_sub(1), 0, vocab, u32::MAX, vocab.saturating_add(1)];
+        let ids_v: Vec<u32> = (0..r)
+            .map(|i| if i < special.len() { special[i] } else { rng.below(u64::from(vocab) + 1) as u32 })
+            .collect();
+        let table = upload(b, &table_v)?;
+        let ids_bytes: Vec<u8> = ids_v.iter().flat_map(|i| i.to_le_bytes()).collect();
+        let ids = alloc(b, (ids_bytes.len() as u64).max(4))?;
+        write(b, ids, 0, &ids_bytes)?;
+        let (out, init) = output(b, r * d, 0x6B0 + case as u64)?;
+        b.dispatch(&KernelCall::Gather { table, ids, out, vocab, dim, rows }).ctx(|| what.clone())?;
+        let got = outputs(b, &what, out, &init)?;
+        let mut want = Vec::with_capacity(r * d);
+        for &id in &ids_v {
+            let id = id as usize;
+            if id < v {
+                want.extend_from_slice(&table_v[id * d..(id + 1) * d]);
+            } else {
+                want.extend(std::iter::repeat_n(0.0f32, d));
+            }
+        }
+        same_bytes(&what, &f32_bytes(&got), &f32_bytes(&want))?;
+        free_all(b, &[table, ids, out])?;
+    }
+    Ok(())
+}
+
+fn kernel_layer_norm(b: &mut dyn GpuBackend) -> Outcome {
+    let shapes = [(7u32, 384u32, 1e-12f32), (3, 1000, 1e-5), (5, 1, 1e-5), (70_000, 1, 1e-5), (0, 8, 1e-5)];
+    for (case, (rows, dim, eps)) in shapes.into_iter().enumerate() {
+        let what = format!("LAYER_NORM rows {rows} dim {dim} eps {eps:e}");
+        let mut rng = Rng::new(0x1A0 + case as u64);
+        let (r, d) = (rows as usize, dim as usize);
+        // An offset mean, so a one-pass variance would lose precision.
+        let xv: Vec<f32> =
+            (0..r * d).map(|i| 3.0 + (i % 7) as f32 * 0.01 + uniform(&mut rng, -1.0, 1.0)).collect();
+        let gv = uniforms(&mut rng, d, 0.5, 1.5);
+        let bv = uniforms(&mut rng, d, -0.5, 0.5);
+        let (x, gamma, beta) = (upload(b, &xv)?, upload(b, &gv)?, upload(b, &bv)?);
+        let (out, init) = output(b, r * d, 0x1B0 + case as u64)?;
+        b.dispatch(&KernelCall::LayerNorm { x, gamma, beta, out, rows, dim, eps }).ctx(|| what.clone())?;
+        let got = outputs(b, &what, out, &init)?;
+        let mut want = Vec::with_capacity(r * d);
+        for row in xv.chunks(d.max(1)).take(r) {
+            let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / d as f64;
+            let var = row.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / d as f64;
+            let inv = 1.0 / (var + f64::from(eps)).sqrt();
+            for (c, &v) in row.iter().enumerate() {
+                want.push((f64::from(v) - mean) * inv * f64::from(gv[c]) + f64::from(bv[c]));
+            }
+        }
+        close_rel(&what, &got, &want)?;
+        free_all(b, &[x, gamma, beta, out])?;
+    }
+    Ok(())
+}
+
+fn kernel_linear(b: &mut dyn GpuBackend) -> Outcome {
+    let shapes =
+        [(7u32, 384u32, 1536u32), (130, 33, 70), (65, 17, 1), (1, 1, 1), (3, 0, 5), (0, 4, 4), (4, 4, 0)];
+    for (case, (m, k, n)) in shapes.into_iter().enumerate() {
+        let what = format!("LINEAR m {m} k {k} n {n}");
+        let mut rng = Rng::new(0x11E + case as u64);
+        let (mu, ku, nu) = (m as usize, k as usize, n as usize);
+        let xv = uniforms(&mut rng, mu * ku, -1.0, 1.0);
+        let wv = uniforms(&mut rng, nu * ku, -0.2, 0.2);
+        let bv = uniforms(&mut rng, nu, -1.0, 1.0);
+        let (x, w, bias) = (upload(b, &xv)?, upload(b, &wv)?, upload(b, &bv)?);
+        let (out, init) = output(b, mu * nu, 0x12E + case as u64)?;
+        b.dispatch(&KernelCall::Linear { x, w, bias, out, m, k, n }).ctx(|| what.clone())?;
+        let got = outputs(b, &what, out, &init)?;
+        let (mut want, mut scale) = (Vec::with_capacity(mu * nu), Vec::with_capacity(mu * nu));
+        for i in 0..mu {
+            for j in 0..nu {
+                let (mut sum, mut magnitude) = (f64::from(bv[j]), f64::from(bv[j]).abs());
+                for t in 0..ku {
+                    let p = f64::from(xv[i * ku + t]) * f64::from(wv[j * ku + t]);
+                    sum += p;
+                    magnitude += p.abs();
+                }
+                want.push(sum);
+                scale.push(magnitude);
+            }
+        }
+        close_all(&what, &got, &want, &scale)?;
+        free_all(b, &[x, w, bias, out])?;
+    }
+    Ok(())
+}
+
+/// `erf` in f64 by its Maclaurin series (|x| ≤ 5 here: about 1e-9 absolute).
+fn erf64(x: f64) -> f64 {
+    let (mut term, mut sum, x2) = (x, x, x * x);
+    for n in 1..200 {
+        term *= -x2 / n as f64;
+        let add = term / (2 * n + 1) as f64;
+        sum += add;
+        if add.abs() < 1e-17 {
+            break;
+        }
+    }
+    sum * 2.0 / std::f64::consts::PI.sqrt()
+}
+
+fn kernel_gelu(b: &mut dyn GpuBackend) -> Outcome {
+    let mut rng = Rng::new(0x6E1);
+    let mut xv = uniforms(&mut rng, 100_003, -7.0, 7.0);
+    xv[..8].copy_from_slice(&[0.0, -0.0, 1e-30, -1e-30, 7.0, -7.0, 0.5, -0.5]);
+    let n = xv.len() as u32;
+    let x = upload(b, &xv)?;
+    let (out, init) = output(b, xv.len(), 0x6E2)?;
+    b.dispatch(&KernelCall::Gelu { x, out, n }).ctx(|| "GELU".into())?;
+    let got = outputs(b, "GELU", out, &init)?;
+    let want: Vec<f64> = xv
+        .iter()
+        .map(|&v| {
+            let v = f64::from(v);
+            0.5 * v * (1.0 + erf64(v / std::f64::consts::SQRT_2))
+        })
+        .collect();
+    close_rel("GELU", &got, &want)?;
+    free_all(b, &[x, out])
+}
+
+/// Expected attention output in f64 (see `KernelCall::Attention`).
+#[allow(clippy::too_many_arguments)]
+fn attention64(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: &[f32],
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    hd: usize,
+) -> Vec<f64> {
+    let width = heads * hd;
+    let mut out = vec![0.0f64; batch * seq * width];
+    for b in 0..batch {
+        for h in 0..heads {
+            for i in 0..seq {
+                let row = |buf: &[f32], t: usize| -> Vec<f64> {
+                    let at = (b * seq + t) * width + h * hd;
+                    buf[at..at + hd].iter().map(|&x| f64::from(x)).collect()
+                };
+                let qi = row(q, i);
+                let keys: Vec<usize> = (0..seq).filter(|&j| mask[b * seq + j] != 0.0).collect();
+                if keys.is_empty() {
+                    continue;
+                }
+                let s: Vec<f64> = keys
+                    .iter()
+                    .map(|&j| row(k, j).iter().zip(&qi).map(|(a, c)| a * c).sum::<f64>() / (hd as f64).sqrt())
+                    .collect();
+                let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let p: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+                let sum: f64 = p.iter().sum();
+                for (pj, &j) in p.iter().zip(&keys) {
+                    for (d, vd) in row(v, j).iter().enumerate() {
+                        out[(b * seq + i) * width + h * hd + d] += pj * vd / sum;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn kernel_attention(b: &mut dyn GpuBackend) -> Outcome {
+    // (batch, seq, heads, head_dim); masks per batch: all tokens, a partial prefix, none,
+    // holes with a non-unit weight (any non-zero is a token).
+    let shapes = [
+        (4u32, 13u32, 12u32, 32u32),
+        (1, 512, 2, 8),
+        (2, 70, 1, 100),
+        (1, 1, 1, 1),
+        (0, 5, 2, 2),
+        (2, 3, 2, 0),
+    ];
+    for (case, (batch, seq, heads, head_dim)) in shapes.into_iter().enumerate() {
+        let what = format!("ATTENTION batch {batch} seq {seq} heads {heads} head_dim {head_dim}");
+        let mut rng = Rng::new(0xA77 + case as u64);
+        let (bu, su, hu, du) = (batch as usize, seq as usize, heads as usize, head_dim as usize);
+        let len = bu * su * hu * du;
+        let qv = uniforms(&mut rng, len, -3.0, 3.0);
+        let kv = uniforms(&mut rng, len, -1.0, 1.0);
+        let vv = uniforms(&mut rng, len, -1.0, 1.0);
+        let mut mv = Vec::with_capacity(bu * su);
+        for bi in 0..bu {
+            for j in 0..su {
+                mv.push(match bi % 4 {
+                    0 => 1.0,
+                    1 => f32::from(j < 9),
+                    2 => 0.0,
+                    _ => [1.0, 0.0, 0.5][j % 3],
+                });
+            }
+        }
+        let (q, k, v, mask) = (upload(b, &qv)?, upload(b, &kv)?, upload(b, &vv)?, upload(b, &mv)?);
+        let (out, init) = output(b, len, 0xA80 + case as u64)?;
+        let call = KernelCall::Attention { q, k, v, mask, out, batch, seq, heads, head_dim };
+        b.dispatch(&call).ctx(|| what.clone())?;
+        let got = outputs(b, &what, out, &init)?;
+        let want = attention64(&qv, &kv, &vv, &mv, bu, su, hu, du);
+        close_rel(&what, &got, &want)?;
+        free_all(b, &[q, k, v, mask, out])?;
+    }
+    Ok(())
+}
+
+fn kernel_mean_pool(b: &mut dyn GpuBackend) -> Outcome {
+    for (case, (batch, seq, dim)) in
+        [(5u32, 13u32, 384u32), (2, 1, 3), (3, 0, 4), (0, 4, 4)].into_iter().enumerate()
+    {
+        let what = format!("MEAN_POOL batch {batch} seq {seq} dim {dim}");
+        let mut rng = Rng::new(0x3E0 + case as u64);
+        let (bu, su, du) = (batch as usize, seq as usize, dim as usize);
+        let xv = uniforms(&mut rng, bu * su * du, -2.0, 2.0);
+        let mv: Vec<f32> = (0..bu * su)
+            .map(|t| match (t / su.max(1)) % 4 {
+                0 => 1.0,
+                1 => f32::from(t % su < 4),
+                2 => 0.0,
+                _ => uniform(&mut rng, 0.0, 1.0),
+            })
+            .collect();
+        let (x, mask) = (upload(b, &xv)?, upload(b, &mv)?);
+        let (out, init) = output(b, bu * du, 0x3F0 + case as u64)?;
+        b.dispatch(&KernelCall::MeanPool { x, mask, out, batch, seq, dim }).ctx(|| what.clone())?;
+        let got = outputs(b, &what, out, &init)?;
+        let (mut want, mut scale) = (Vec::new(), Vec::new());
+        for bi in 0..bu {
+            let weight: f64 = mv[bi * su..(bi + 1) * su].iter().map(|&w| f64::from(w)).sum();
+            for c in 0..du {
+                let (mut acc, mut magnitude) = (0.0f64, 0.0f64);
+                for s in 0..su {
+                    let p = f64::from(mv[bi * su + s]) * f64::from(xv[(bi * su + s) * du + c]);
+                    acc += p;
+                    magnitude += p.abs();
+                }
+                let denom = weight.max(1e-9);
+                want.push(acc / denom);
+                scale.push(magnitude / denom);
+            }
+        }
+        close_all(&what, &got, &want, &scale)?;
+        free_all(b, &[x, mask, out])?;
+    }
+    Ok(())
+}
+
+fn kernel_l2_normalize(b: &mut dyn GpuBackend) -> Outcome {
+    for (case, (rows, dim)) in [(7u32, 384u32), (3, 1000), (70_000, 3), (0, 5)].into_iter().enumerate() {
+        let what = format!("L2_NORMALIZE rows {rows} dim {dim}");
+        let mut rng = Rng::new(0x120 + case as u64);
+        let (r, d) = (rows as usize, dim as usize);
+        let mut xv = uniforms(&mut rng, r * d, -3.0, 3.0);
+        if r > 1 {
+            xv[d..2 * d].fill(0.0); // a zero row stays zero
+        }
+        let x = upload(b, &xv)?;
+        let (out, init) = output(b, r * d, 0x130 + case as u64)?;
+        b.dispatch(&KernelCall::L2Normalize { x, out, rows, dim }).ctx(|| what.clone())?;
+        let got = outputs(b, &what, out, &init)?;
+        let mut want = Vec::with_capacity(r * d);
+        for row in xv.chunks(d.max(1)).take(r) {
+            let norm = row.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt().max(1e-12);
+            want.extend(row.iter().map(|&v| f64::from(v) / norm));
+        }
+        close_rel(&what, &got, &want)?;
+        free_all(b, &[x, out])?;
+    }
+    Ok(())
+}
+
+fn kernel_model_invalid_rejected(b: &mut dyn GpuBackend) -> Outcome {
+    let (x, _) = patterned(b, 400, 31)?; // 100 f32
+    let (y, _) = patterned(b, 400, 32)?;
+    let (z, _) = patterned(b, 400, 33)?;
+    let (m, _) = patterned(b, 400, 34)?;
+    let (out, _) = patterned(b, 400, 35)?;
+    let (small, _) = patterned(b, 396, 36)?; // 99 f32
+    let (gone, _) = patterned(b, 400, 37)?;
+    b.free(gone).ctx(|| "free".into())?;
+    let ids = [x, y, z, m, out, small];
+    let snap = Snapshot::take(b, &ids)?;
+    let gather = |table, ids, out, vocab, dim, rows| KernelCall::Gather { table, ids, out, vocab, dim, rows };
+    let ln =
+        |x, gamma, beta, out, rows, dim, eps| KernelCall::LayerNorm { x, gamma, beta, out, rows, dim, eps };
+    let lin = |x, w, bias, out, m, k, n| KernelCall::Linear { x, w, bias, out, m, k, n };
+    let gelu = |x, out, n| KernelCall::Gelu { x, out, n };
+    let att = |q, k, v, mask, out, batch, seq, heads, head_dim| KernelCall::Attention {
+        q,
+        k,
+        v,
+        mask,
+        out,
+        batch,
+        seq,
+        heads,
+        head_dim,
+    };
+    let pool = |x, mask, out, batch, seq, dim| KernelCall::MeanPool { x, mask, out, batch, seq, dim };
+    let l2 = |x, out, rows, dim| KernelCall::L2Normalize { x, out, rows, dim };
+    let max_seq = rela_core::backend::MAX_ATTENTION_SEQ;
+    let cases = [
+        ("GATHER output aliases table", gather(x, y, x, 10, 10, 1), INVALID),
+        ("GATHER output aliases ids", gather(x, y, y, 10, 10, 1), INVALID),
+        ("GATHER table too small", gather(small, y, out, 10, 10, 1), OOB),
+        ("GATHER ids too small", gather(x, small, out, 1, 1, 100), OOB),
+        ("GATHER out too small", gather(x, y, small, 1, 100, 1), OOB),
+        ("GATHER shape overflows u64", gather(x, y, out, u32::MAX, u32::MAX, 1), OOB),
+        ("GATHER with a freed table", gather(gone, y, out, 1, 1, 1), NO_SUCH),
+        ("LAYER_NORM output aliases x", ln(x, y, z, x, 10, 10, 1e-5), INVALID),
+        ("LAYER_NORM output aliases gamma", ln(x, y, z, y, 10, 10, 1e-5), INVALID),
+        ("LAYER_NORM output aliases beta", ln(x, y, z, z, 10, 10, 1e-5), INVALID),
+        ("LAYER_NORM eps = 0", ln(x, y, z, out, 10, 10, 0.0), INVALID),
+        ("LAYER_NORM eps < 0", ln(x, y, z, out, 10, 10, -1e-5), INVALID),
+        ("LAYER_NORM eps NaN", ln(x, y, z, out, 10, 10, f32::NAN), INVALID),
+        ("LAYER_NORM eps infinite", ln(x, y, z, out, 10, 10, f32::INFINITY), INVALID),
+        ("LAYER_NORM x too small", ln(small, y, z, out, 10, 10, 1e-5), OOB),
+        ("LAYER_NORM gamma too small", ln(x, small, z, out, 1, 100, 1e-5), OOB),
+        ("LAYER_NORM beta too small", ln(x, y, small, out, 1, 100, 1e-5), OOB),
+        ("LAYER_NORM out too small", ln(x, y, z, small, 1, 100, 1e-5), OOB),
+        ("LAYER_NORM with a freed beta", ln(x, y, gone, out, 1, 1, 1e-5), NO_SUCH),
+        ("LINEAR output aliases x", lin(x, y, z, x, 2, 2, 2), INVALID),
+        ("LINEAR output aliases w", lin(x, y, z, y, 2, 2, 2), INVALID),
+        ("LINEAR output aliases bias", lin(x, y, z, z, 2, 2, 2), INVALID),
+        ("LINEAR x too small", lin(small, y, z, out, 10, 10, 1), OOB),
+        ("LINEAR w too small", lin(x, small, z, out, 1, 10, 10), OOB),
+        ("LINEAR bias too small", lin(x, y, small, out, 1, 1, 100), OOB),
+        ("LINEAR out too small", lin(x, y, z, small, 10, 1, 10), OOB),
+        ("LINEAR shape overflows u64", lin(x, y, z, out, u32::MAX, u32::MAX, 1), OOB),
+        ("LINEAR with a freed w", lin(x, gone, z, out, 1, 1, 1), NO_SUCH),
+        ("GELU output aliases input", gelu(x, x, 10), INVALID),
+        ("GELU input too small", gelu(small, out, 100), OOB),
+        ("GELU out too small", gelu(x, small, 100), OOB),
+        ("GELU into a freed output", gelu(x, gone, 1), NO_SUCH),
+        ("ATTENTION output aliases q", att(x, y, z, m, x, 1, 2, 1, 2), INVALID),
+        ("ATTENTION output aliases k", att(x, y, z, m, y, 1, 2, 1, 2), INVALID),
+        ("ATTENTION output aliases v", att(x, y, z, m, z, 1, 2, 1, 2), INVALID),
+        ("ATTENTION output aliases mask", att(x, y, z, m, m, 1, 2, 1, 2), INVALID),
+        ("ATTENTION seq past the maximum", att(x, y, z, m, out, 0, max_seq + 1, 1, 1), INVALID),
+        ("ATTENTION q too small", att(small, y, z, m, out, 1, 10, 2, 5), OOB),
+        ("ATTENTION v too small", att(x, y, small, m, out, 1, 10, 2, 5), OOB),
+        ("ATTENTION mask too small", att(x, y, z, small, out, 1, 100, 1, 1), OOB),
+        ("ATTENTION out too small", att(x, y, z, m, small, 1, 10, 2, 5), OOB),
+        ("ATTENTION shape overflows u64", att(x, y, z, m, out, u32::MAX, 512, u32::MAX, u32::MAX), OOB),
+        ("ATTENTION with a freed mask", att(x, y, z, gone, out, 1, 1, 1, 1), NO_SUCH),
+        ("MEAN_POOL output aliases x", pool(x, m, x, 1, 2, 2), INVALID),
+        ("MEAN_POOL output aliases mask", pool(x, m, m, 1, 2, 2), INVALID),
+        ("MEAN_POOL x too small", pool(small, m, out, 1, 10, 10), OOB),
+        ("MEAN_POOL mask too small", pool(x, small, out, 1, 100, 1), OOB),
+        ("MEAN_POOL out too small", pool(x, m, small, 100, 1, 1), OOB),
+        ("MEAN_POOL shape overflows u64", pool(x, m, out, u32::MAX, u32::MAX, u32::MAX), OOB),
+        ("MEAN_POOL with a freed x", pool(gone, m, out, 1, 1, 1), NO_SUCH),
+        ("L2_NORMALIZE output aliases input", l2(x, x, 10, 10), INVALID),
+        ("L2_NORMALIZE input too small", l2(small, out, 10, 10), OOB),
+        ("L2_NORMALIZE out too small", l2(x, small, 10, 10), OOB),
+        ("L2_NORMALIZE shape overflows u64", l2(x, out, u32::MAX, u32::MAX), OOB),
+        ("L2_NORMALIZE with a freed input", l2(gone, out, 1, 1), NO_SUCH),
     ];
     for (what, call, want) in cases {
         expect_err(what, b.dispatch(&call), want)?;

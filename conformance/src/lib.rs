@@ -321,6 +321,14 @@ macro_rules! testgen {
             kernel_scale,
             kernel_matmul,
             kernel_invalid_rejected,
+            kernel_gather,
+            kernel_layer_norm,
+            kernel_linear,
+            kernel_gelu,
+            kernel_attention,
+            kernel_mean_pool,
+            kernel_l2_normalize,
+            kernel_model_invalid_rejected,
         );
     };
     (@cases $backend:literal, $make:expr; $($case:ident),* $(,)?) => {

@@ -219,7 +219,101 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>, const N: usize> GpuBackend for HostMemory<S, 
                 let (inputs, out) = split(self.storage.as_mut(), out);
                 reference::matmul(inputs.get(a), inputs.get(b), out, m as usize, k as usize, n as usize);
             }
-            _ => return Err(BackendError::Unsupported),
+            KernelCall::Gather { table, ids, out, vocab, dim, rows } => {
+                let (v, d, r) = (vocab as u64, dim as u64, rows as u64);
+                let table = self.prefix(table, v * d * 4)?;
+                let ids = self.prefix(ids, r * 4)?;
+                let out = self.prefix(out, r * d * 4)?;
+                let (inputs, out) = split(self.storage.as_mut(), out);
+                reference::gather(
+                    inputs.get(table),
+                    inputs.get(ids),
+                    out,
+                    vocab as usize,
+                    dim as usize,
+                    rows as usize,
+                );
+            }
+            KernelCall::LayerNorm { x, gamma, beta, out, rows, dim, eps } => {
+                let bytes = rows as u64 * dim as u64 * 4;
+                let x = self.prefix(x, bytes)?;
+                let gamma = self.prefix(gamma, dim as u64 * 4)?;
+                let beta = self.prefix(beta, dim as u64 * 4)?;
+                let out = self.prefix(out, bytes)?;
+                let (inputs, out) = split(self.storage.as_mut(), out);
+                reference::layer_norm(
+                    inputs.get(x),
+                    inputs.get(gamma),
+                    inputs.get(beta),
+                    out,
+                    rows as usize,
+                    dim as usize,
+                    eps,
+                );
+            }
+            KernelCall::Linear { x, w, bias, out, m, k, n } => {
+                let (m, k, n) = (m as u64, k as u64, n as u64);
+                let x = self.prefix(x, m * k * 4)?;
+                let w = self.prefix(w, n * k * 4)?;
+                let bias = self.prefix(bias, n * 4)?;
+                let out = self.prefix(out, m * n * 4)?;
+                let (inputs, out) = split(self.storage.as_mut(), out);
+                reference::linear(
+                    inputs.get(x),
+                    inputs.get(w),
+                    inputs.get(bias),
+                    out,
+                    m as usize,
+                    k as usize,
+                    n as usize,
+                );
+            }
+            KernelCall::Gelu { x, out, n } => {
+                let bytes = n as u64 * 4;
+                let (x, out) = (self.prefix(x, bytes)?, self.prefix(out, bytes)?);
+                let (inputs, out) = split(self.storage.as_mut(), out);
+                reference::gelu(inputs.get(x), out, n as usize);
+            }
+            KernelCall::Attention { q, k, v, mask, out, batch, seq, heads, head_dim } => {
+                let tokens = batch as u64 * seq as u64;
+                let bytes = tokens * heads as u64 * head_dim as u64 * 4;
+                let (q, k, v) = (self.prefix(q, bytes)?, self.prefix(k, bytes)?, self.prefix(v, bytes)?);
+                let mask = self.prefix(mask, tokens * 4)?;
+                let out = self.prefix(out, bytes)?;
+                let (inputs, out) = split(self.storage.as_mut(), out);
+                reference::attention(
+                    inputs.get(q),
+                    inputs.get(k),
+                    inputs.get(v),
+                    inputs.get(mask),
+                    out,
+                    batch as usize,
+                    seq as usize,
+                    heads as usize,
+                    head_dim as usize,
+                );
+            }
+            KernelCall::MeanPool { x, mask, out, batch, seq, dim } => {
+                let tokens = batch as u64 * seq as u64;
+                let x = self.prefix(x, tokens * dim as u64 * 4)?;
+                let mask = self.prefix(mask, tokens * 4)?;
+                let out = self.prefix(out, batch as u64 * dim as u64 * 4)?;
+                let (inputs, out) = split(self.storage.as_mut(), out);
+                reference::mean_pool(
+                    inputs.get(x),
+                    inputs.get(mask),
+                    out,
+                    batch as usize,
+                    seq as usize,
+                    dim as usize,
+                );
+            }
+            KernelCall::L2Normalize { x, out, rows, dim } => {
+                let bytes = rows as u64 * dim as u64 * 4;
+                let (x, out) = (self.prefix(x, bytes)?, self.prefix(out, bytes)?);
+                let (inputs, out) = split(self.storage.as_mut(), out);
+                reference::l2_normalize(inputs.get(x), out, rows as usize, dim as usize);
+            }
         }
         Ok(())
     }

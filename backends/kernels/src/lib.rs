@@ -5,23 +5,38 @@
 //! - [`CUDA_SOURCE`]: the same kernels in CUDA C, compiled at run time by NVRTC.
 //! - [`reference`]: plain-Rust implementations over little-endian byte buffers. The host
 //!   backend runs them, and the conformance suite checks every other backend against them.
+//! - [`Launch`]: what a GPU backend binds and how many workgroups it dispatches for a call,
+//!   shared by the Vulkan and wgpu backends (and the CUDA grid shapes).
 //!
 //! # Binding and launch conventions (WGSL)
 //!
-//! Every kernel has one entry point, `main`, and bind group 0:
+//! Every kernel has one entry point, `main`, and bind group 0: the storage buffers in the order
+//! below (inputs read-only, then the output `read_write`), then the [`Params`] uniform block.
+//! "Folded" grids cover `G` workgroups as [`grid_groups`]`(G)` and the kernel computes its
+//! group index `g = wg.y * num_workgroups.x + wg.x`, returning when `g >= G`.
 //!
-//! | kernel | bindings | workgroup | grid |
+//! | kernel | storage bindings | workgroup | grid |
 //! |---|---|---|---|
-//! | binary (ADD, MUL) | 0: `a` (read), 1: `b` (read), 2: `out` (read_write), 3: [`Params`] (uniform) | 256 | [`grid_1d`]`(n)` |
-//! | scale | 0: `x` (read), 1: `out` (read_write), 2: [`Params`] (uniform) | 256 | [`grid_1d`]`(n)` |
-//! | matmul | 0: `a`, 1: `b`, 2: `out`, 3: [`Params`] | 16×16 | [`grid_matmul`]`(m, n)` |
+//! | binary (ADD, MUL) | `a`, `b`, `out` | 256 | [`grid_1d`]`(n)` |
+//! | scale | `x`, `out` | 256 | [`grid_1d`]`(n)` |
+//! | matmul | `a`, `b`, `out` | 16×16 | [`grid_matmul`]`(m, n)` |
+//! | gather | `table`, `ids` (u32), `out` | 256 | [`grid_1d`]`(rows·dim)` |
+//! | layernorm | `x`, `gamma`, `beta`, `out` | 256 (one row) | folded, `rows` groups |
+//! | linear | `x`, `w`, `bias`, `out` | 16×16 (a 64×64 tile) | folded, `⌈m/64⌉·⌈n/64⌉` groups |
+//! | gelu | `x`, `out` | 256 | [`grid_1d`]`(n)` |
+//! | attention | `q`, `k`, `v`, `mask`, `out` | 64 (one query of one head) | folded, `batch·heads·seq` groups |
+//! | meanpool | `x`, `mask`, `out` | 256 | [`grid_1d`]`(batch·dim)` |
+//! | l2norm | `x`, `out` | 256 (one row) | folded, `rows` groups |
+//!
+//! A storage binding that a call needs zero bytes of (for example `x` and `w` of a linear
+//! layer with `k = 0`) is still bound, to at least 4 bytes of its buffer, and never read.
 #![no_std]
 #![forbid(unsafe_code)]
 
 #[cfg(test)]
 extern crate std;
 
-use rela_core::backend::{BinaryOp, KernelCall};
+use rela_core::backend::{BackendError, BinaryOp, BufferId, KernelCall};
 
 /// WGSL sources.
 pub mod wgsl {
@@ -31,52 +46,108 @@ pub mod wgsl {
     pub const SCALE: &str = include_str!("../wgsl/scale.wgsl");
     /// Row-major matmul, 16×16 tiles.
     pub const MATMUL: &str = include_str!("../wgsl/matmul.wgsl");
+    /// Embedding gather; out-of-range ids give zero rows.
+    pub const GATHER: &str = include_str!("../wgsl/gather.wgsl");
+    /// Row-wise layer norm, one workgroup per row.
+    pub const LAYERNORM: &str = include_str!("../wgsl/layernorm.wgsl");
+    /// `x · wᵀ + bias`, 64×64 output tiles staged in workgroup memory.
+    pub const LINEAR: &str = include_str!("../wgsl/linear.wgsl");
+    /// Exact (erf) GELU.
+    pub const GELU: &str = include_str!("../wgsl/gelu.wgsl");
+    /// Masked scaled dot-product attention, one workgroup per (batch, head, query).
+    pub const ATTENTION: &str = include_str!("../wgsl/attention.wgsl");
+    /// Masked mean over tokens.
+    pub const MEANPOOL: &str = include_str!("../wgsl/meanpool.wgsl");
+    /// Row-wise L2 normalization, one workgroup per row.
+    pub const L2NORM: &str = include_str!("../wgsl/l2norm.wgsl");
 }
 
-/// CUDA C source of every kernel (`rela_binary`, `rela_scale`, `rela_matmul`), for NVRTC.
+/// CUDA C source of every kernel, for NVRTC. [`Kernel::cuda_name`] names each entry point.
 ///
-/// Launches: `rela_binary(a, b, out, n, op)` and `rela_scale(x, out, n, alpha)` with 256-thread
-/// blocks over `n`; `rela_matmul(a, b, out, m, k, n)` with 16×16 blocks over `(n, m)`.
+/// Launches (`g` is the folded block index `blockIdx.y * gridDim.x + blockIdx.x`):
+/// - `rela_binary(a, b, out, n, op)` and `rela_scale(x, out, n, alpha)` with 256-thread
+///   blocks over `n`; `rela_matmul(a, b, out, m, k, n)` with 16×16 blocks over `(n, m)`.
+/// - `rela_gather(table, ids, out, vocab, dim, rows)`, `rela_gelu(x, out, n)` and
+///   `rela_meanpool(x, mask, out, batch, seq, dim)`: 256-thread blocks, [`grid_1d`] of the
+///   output elements.
+/// - `rela_layernorm(x, gamma, beta, out, rows, dim, eps)` and `rela_l2norm(x, out, rows, dim)`:
+///   256-thread blocks, one per row, [`grid_groups`]`(rows)`.
+/// - `rela_linear(x, w, bias, out, m, k, n)`: 256-thread blocks (16×16), one per 64×64 output
+///   tile, [`grid_groups`]`(⌈m/64⌉·⌈n/64⌉)`.
+/// - `rela_attention(q, k, v, mask, out, batch, seq, heads, head_dim, scale)`: 64-thread blocks,
+///   one per (batch, head, query), [`grid_groups`]`(batch·heads·seq)`; `scale` is
+///   [`reference::attention_scale`]`(head_dim)`.
 pub const CUDA_SOURCE: &str = include_str!("../cuda/kernels.cu");
 
 /// Elementwise workgroup size.
 pub const WORKGROUP_1D: u32 = 256;
 /// Matmul tile edge.
 pub const TILE: u32 = 16;
+/// Linear output tile edge (rows and columns per workgroup).
+pub const LINEAR_TILE: u32 = 64;
+/// Threads per attention workgroup.
+pub const ATTENTION_WORKGROUP: u32 = 64;
+/// Threads per row-reduction workgroup (layer norm, L2 normalization).
+pub const ROW_WORKGROUP: u32 = 256;
 /// Largest workgroup count per grid dimension that every API guarantees.
 pub const MAX_GROUPS_PER_DIM: u32 = 65_535;
 
-/// The 16-byte uniform block every WGSL kernel reads.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The 32-byte uniform block every WGSL kernel reads (std140-compatible: eight 4-byte scalars).
+///
+/// | bytes | field | binary | scale | matmul, linear | gather | layernorm | attention | meanpool | l2norm | gelu |
+/// |---|---|---|---|---|---|---|---|---|---|---|
+/// | 0..4 | `n` | elements | elements | columns | dim | dim | head_dim | dim | dim | elements |
+/// | 4..8 | `m` | op (0 add, 1 mul) | | rows | rows | rows | seq | seq | rows | |
+/// | 8..12 | `k` | | | inner | vocab | | heads | | | |
+/// | 12..16 | `alpha` (f32) | | factor | | | eps | `√head_dim` | | | |
+/// | 16..20 | `batch` | | | | | | batch | batch | | |
+/// | 20..32 | reserved, zero | | | | | | | | | |
+///
+/// Unused fields are zero.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Params {
-    /// Elements (binary, scale) or columns of `b` and `out` (matmul).
+    /// Elements, columns or row width (see the table).
     pub n: u32,
-    /// Binary op selector (0 add, 1 mul), or rows of `a` (matmul).
+    /// Rows, op selector or sequence length.
     pub m: u32,
-    /// Inner dimension (matmul).
+    /// Inner dimension, vocabulary size or heads.
     pub k: u32,
-    /// Scale factor.
+    /// Scale factor, epsilon or attention divisor.
     pub alpha: f32,
+    /// Sequences (attention, mean pool).
+    pub batch: u32,
 }
 
 impl Params {
-    /// The uniform block's bytes (std140-compatible: four 4-byte scalars).
-    pub fn to_bytes(&self) -> [u8; 16] {
-        let mut out = [0u8; 16];
+    /// Bytes of the uniform block.
+    pub const SIZE: usize = 32;
+
+    /// The uniform block's bytes (bytes 20..32 are zero).
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
         out[0..4].copy_from_slice(&self.n.to_le_bytes());
         out[4..8].copy_from_slice(&self.m.to_le_bytes());
         out[8..12].copy_from_slice(&self.k.to_le_bytes());
         out[12..16].copy_from_slice(&self.alpha.to_le_bytes());
+        out[16..20].copy_from_slice(&self.batch.to_le_bytes());
         out
     }
 
     /// The parameters of a kernel call.
     pub fn of(call: &KernelCall) -> Self {
+        let z = Self::default();
         match *call {
-            KernelCall::Binary { op, n, .. } => Self { n, m: op_code(op), k: 0, alpha: 0.0 },
-            KernelCall::Scale { n, alpha, .. } => Self { n, m: 0, k: 0, alpha },
-            KernelCall::Matmul { m, k, n, .. } => Self { n, m, k, alpha: 0.0 },
-            _ => Self { n: 0, m: 0, k: 0, alpha: 0.0 },
+            KernelCall::Binary { op, n, .. } => Self { n, m: op_code(op), ..z },
+            KernelCall::Scale { n, alpha, .. } => Self { n, alpha, ..z },
+            KernelCall::Matmul { m, k, n, .. } | KernelCall::Linear { m, k, n, .. } => Self { n, m, k, ..z },
+            KernelCall::Gather { vocab, dim, rows, .. } => Self { n: dim, m: rows, k: vocab, ..z },
+            KernelCall::LayerNorm { rows, dim, eps, .. } => Self { n: dim, m: rows, alpha: eps, ..z },
+            KernelCall::Gelu { n, .. } => Self { n, ..z },
+            KernelCall::Attention { batch, seq, heads, head_dim, .. } => {
+                Self { n: head_dim, m: seq, k: heads, alpha: reference::attention_scale(head_dim), batch }
+            }
+            KernelCall::MeanPool { batch, seq, dim, .. } => Self { n: dim, m: seq, batch, ..z },
+            KernelCall::L2Normalize { rows, dim, .. } => Self { n: dim, m: rows, ..z },
         }
     }
 }
@@ -100,16 +171,261 @@ pub const fn grid_1d(n: u32) -> (u32, u32) {
     }
 }
 
+/// Workgroup counts `(x, y)` covering `groups` workgroups, folding into the second dimension
+/// past 65,535; `None` past 65,535² groups. The kernel computes `g = y * x_groups + x` and skips
+/// `g >= groups`.
+pub const fn grid_groups(groups: u64) -> Option<(u32, u32)> {
+    let max = MAX_GROUPS_PER_DIM as u64;
+    if groups <= max {
+        Some((groups as u32, 1))
+    } else if groups <= max * max {
+        Some((MAX_GROUPS_PER_DIM, groups.div_ceil(max) as u32))
+    } else {
+        None
+    }
+}
+
 /// Workgroup counts `(x, y)` for a matmul with `m` rows and `n` columns.
 pub const fn grid_matmul(m: u32, n: u32) -> (u32, u32) {
     (n.div_ceil(TILE), m.div_ceil(TILE))
 }
 
+/// A compiled kernel: one WGSL source, one CUDA entry point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// ADD and MUL.
+    Binary,
+    /// SCALE.
+    Scale,
+    /// MATMUL.
+    Matmul,
+    /// Embedding gather.
+    Gather,
+    /// Layer norm.
+    LayerNorm,
+    /// Linear layer.
+    Linear,
+    /// GELU.
+    Gelu,
+    /// Attention.
+    Attention,
+    /// Mean pooling.
+    MeanPool,
+    /// L2 normalization.
+    L2Normalize,
+}
+
+impl Kernel {
+    /// Every kernel, in declaration order (`kernel as usize` indexes this array).
+    pub const ALL: [Self; 10] = [
+        Self::Binary,
+        Self::Scale,
+        Self::Matmul,
+        Self::Gather,
+        Self::LayerNorm,
+        Self::Linear,
+        Self::Gelu,
+        Self::Attention,
+        Self::MeanPool,
+        Self::L2Normalize,
+    ];
+
+    /// A short lower-case name, for labels and errors.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Binary => "binary",
+            Self::Scale => "scale",
+            Self::Matmul => "matmul",
+            Self::Gather => "gather",
+            Self::LayerNorm => "layernorm",
+            Self::Linear => "linear",
+            Self::Gelu => "gelu",
+            Self::Attention => "attention",
+            Self::MeanPool => "meanpool",
+            Self::L2Normalize => "l2norm",
+        }
+    }
+
+    /// The WGSL source.
+    pub const fn wgsl(self) -> &'static str {
+        match self {
+            Self::Binary => wgsl::BINARY,
+            Self::Scale => wgsl::SCALE,
+            Self::Matmul => wgsl::MATMUL,
+            Self::Gather => wgsl::GATHER,
+            Self::LayerNorm => wgsl::LAYERNORM,
+            Self::Linear => wgsl::LINEAR,
+            Self::Gelu => wgsl::GELU,
+            Self::Attention => wgsl::ATTENTION,
+            Self::MeanPool => wgsl::MEANPOOL,
+            Self::L2Normalize => wgsl::L2NORM,
+        }
+    }
+
+    /// The entry point's name in [`CUDA_SOURCE`].
+    pub const fn cuda_name(self) -> &'static str {
+        match self {
+            Self::Binary => "rela_binary",
+            Self::Scale => "rela_scale",
+            Self::Matmul => "rela_matmul",
+            Self::Gather => "rela_gather",
+            Self::LayerNorm => "rela_layernorm",
+            Self::Linear => "rela_linear",
+            Self::Gelu => "rela_gelu",
+            Self::Attention => "rela_attention",
+            Self::MeanPool => "rela_meanpool",
+            Self::L2Normalize => "rela_l2norm",
+        }
+    }
+
+    /// Storage buffers the kernel binds (before the uniform block).
+    pub const fn storage_buffers(self) -> u32 {
+        match self {
+            Self::Scale | Self::Gelu | Self::L2Normalize => 2,
+            Self::Binary | Self::Matmul | Self::Gather | Self::MeanPool => 3,
+            Self::LayerNorm | Self::Linear => 4,
+            Self::Attention => 5,
+        }
+    }
+
+    /// The kernel a call runs.
+    pub const fn of(call: &KernelCall) -> Self {
+        match call {
+            KernelCall::Binary { .. } => Self::Binary,
+            KernelCall::Scale { .. } => Self::Scale,
+            KernelCall::Matmul { .. } => Self::Matmul,
+            KernelCall::Gather { .. } => Self::Gather,
+            KernelCall::LayerNorm { .. } => Self::LayerNorm,
+            KernelCall::Linear { .. } => Self::Linear,
+            KernelCall::Gelu { .. } => Self::Gelu,
+            KernelCall::Attention { .. } => Self::Attention,
+            KernelCall::MeanPool { .. } => Self::MeanPool,
+            KernelCall::L2Normalize { .. } => Self::L2Normalize,
+        }
+    }
+}
+
+/// Most storage buffers any kernel binds.
+pub const MAX_STORAGE_BUFFERS: usize = 5;
+
+/// One GPU launch of a validated call: the kernel, its storage bindings and its grid.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Launch {
+    /// The kernel.
+    pub kernel: Kernel,
+    /// Workgroups (thread blocks) in x and y; both at most [`MAX_GROUPS_PER_DIM`] except for
+    /// matmul, whose grid is not folded (backends check it against their limits).
+    pub groups: (u32, u32),
+    /// The uniform block.
+    pub params: Params,
+    buffers: [(BufferId, u64); MAX_STORAGE_BUFFERS],
+    count: usize,
+}
+
+impl Launch {
+    /// Plans a call that [`KernelCall::validate`] accepted.
+    ///
+    /// `Ok(None)`: the output is empty, nothing to run. `Err(Unsupported)`: a binding holds more
+    /// than `u32::MAX` f32s (kernels index with `u32`) or the grid cannot be folded into
+    /// 65,535 × 65,535 workgroups.
+    pub fn of(call: &KernelCall) -> Result<Option<Self>, BackendError> {
+        // Saturating, so a call that skipped validation cannot panic here (it fails below).
+        let f = |count: u64| count.saturating_mul(4);
+        let mul = |a: u32, b: u32| u64::from(a) * u64::from(b);
+        let one_d = |count: u64| -> Result<(u32, u32), BackendError> {
+            let count = u32::try_from(count).map_err(|_| BackendError::Unsupported)?;
+            Ok(grid_1d(count))
+        };
+        let folded = |groups: u64| grid_groups(groups).ok_or(BackendError::Unsupported);
+        let kernel = Kernel::of(call);
+        let (buffers, out_elems, groups): (&[(BufferId, u64)], u64, (u32, u32)) = match *call {
+            KernelCall::Binary { a, b, out, n, .. } => {
+                let bytes = f(n.into());
+                (&[(a, bytes), (b, bytes), (out, bytes)], n.into(), grid_1d(n))
+            }
+            KernelCall::Scale { x, out, n, .. } => {
+                let bytes = f(n.into());
+                (&[(x, bytes), (out, bytes)], n.into(), grid_1d(n))
+            }
+            KernelCall::Matmul { a, b, out, m, k, n } => {
+                (&[(a, f(mul(m, k))), (b, f(mul(k, n))), (out, f(mul(m, n)))], mul(m, n), grid_matmul(m, n))
+            }
+            KernelCall::Gather { table, ids, out, vocab, dim, rows } => (
+                &[(table, f(mul(vocab, dim))), (ids, f(rows.into())), (out, f(mul(rows, dim)))],
+                mul(rows, dim),
+                one_d(mul(rows, dim))?,
+            ),
+            KernelCall::LayerNorm { x, gamma, beta, out, rows, dim, .. } => (
+                &[
+                    (x, f(mul(rows, dim))),
+                    (gamma, f(dim.into())),
+                    (beta, f(dim.into())),
+                    (out, f(mul(rows, dim))),
+                ],
+                mul(rows, dim),
+                folded(rows.into())?,
+            ),
+            KernelCall::Linear { x, w, bias, out, m, k, n } => (
+                &[(x, f(mul(m, k))), (w, f(mul(n, k))), (bias, f(n.into())), (out, f(mul(m, n)))],
+                mul(m, n),
+                folded(mul(m.div_ceil(LINEAR_TILE), n.div_ceil(LINEAR_TILE)))?,
+            ),
+            KernelCall::Gelu { x, out, n } => {
+                let bytes = f(n.into());
+                (&[(x, bytes), (out, bytes)], n.into(), grid_1d(n))
+            }
+            KernelCall::Attention { q, k, v, mask, out, batch, seq, heads, head_dim } => {
+                let tokens = mul(batch, seq);
+                let elems = tokens.saturating_mul(mul(heads, head_dim));
+                let bytes = f(elems);
+                (
+                    &[(q, bytes), (k, bytes), (v, bytes), (mask, f(tokens)), (out, bytes)],
+                    elems,
+                    folded(tokens.saturating_mul(heads.into()))?,
+                )
+            }
+            KernelCall::MeanPool { x, mask, out, batch, seq, dim } => (
+                &[
+                    (x, f(mul(batch, seq).saturating_mul(dim.into()))),
+                    (mask, f(mul(batch, seq))),
+                    (out, f(mul(batch, dim))),
+                ],
+                mul(batch, dim),
+                one_d(mul(batch, dim))?,
+            ),
+            KernelCall::L2Normalize { x, out, rows, dim } => {
+                let bytes = f(mul(rows, dim));
+                (&[(x, bytes), (out, bytes)], mul(rows, dim), folded(rows.into())?)
+            }
+        };
+        if out_elems == 0 {
+            return Ok(None);
+        }
+        if buffers.iter().any(|&(_, bytes)| bytes / 4 > u64::from(u32::MAX)) {
+            return Err(BackendError::Unsupported);
+        }
+        let mut all = [(call.output(), 0); MAX_STORAGE_BUFFERS];
+        all[..buffers.len()].copy_from_slice(buffers);
+        Ok(Some(Self { kernel, groups, params: Params::of(call), buffers: all, count: buffers.len() }))
+    }
+
+    /// The storage bindings in binding order (inputs, then the output), each with the bytes the
+    /// kernel may touch (zero for an input it never reads).
+    pub fn bindings(&self) -> &[(BufferId, u64)] {
+        &self.buffers[..self.count]
+    }
+}
+
 /// Plain-Rust reference kernels over little-endian f32 byte buffers.
 ///
 /// Callers validate shapes first ([`KernelCall::validate`]); these functions then index only
-/// within the slices they are given and never panic on validated shapes.
+/// within the slices they are given and never panic on validated shapes. Sums run in index
+/// order in f32; the GPU kernels keep that order wherever one thread owns a sum (matmul,
+/// linear, mean pool, attention's weighted sum) and reduce in a tree elsewhere, so they agree
+/// to a few ulp rather than bit for bit.
 pub mod reference {
+    use rela_core::backend::MAX_ATTENTION_SEQ;
+
     use super::BinaryOp;
 
     fn f32_at(buf: &[u8], i: usize) -> f32 {
@@ -120,6 +436,13 @@ pub mod reference {
 
     fn set_f32(buf: &mut [u8], i: usize, v: f32) {
         buf[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
+    }
+
+    /// The `len` f32s from element `start`.
+    fn row(buf: &[u8], start: usize, len: usize) -> impl Iterator<Item = f32> + '_ {
+        buf[start * 4..(start + len) * 4]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
     }
 
     /// `out[i] = a[i] op b[i]` for `i < n`. Slices must hold at least `4 n` bytes.
@@ -153,6 +476,182 @@ pub mod reference {
                     acc += f32_at(a, r * k + i) * f32_at(b, i * n + c);
                 }
                 set_f32(out, r * n + c, acc);
+            }
+        }
+    }
+
+    /// `out[r, :] = table[ids[r], :]` for `r < rows`; `ids` are little-endian u32, and an id
+    /// `>= vocab` gives a row of zeros.
+    pub fn gather(table: &[u8], ids: &[u8], out: &mut [u8], vocab: usize, dim: usize, rows: usize) {
+        for r in 0..rows {
+            let id =
+                u32::from_le_bytes([ids[r * 4], ids[r * 4 + 1], ids[r * 4 + 2], ids[r * 4 + 3]]) as usize;
+            let dst = &mut out[r * dim * 4..(r + 1) * dim * 4];
+            if id < vocab {
+                dst.copy_from_slice(&table[id * dim * 4..(id + 1) * dim * 4]);
+            } else {
+                dst.fill(0);
+            }
+        }
+    }
+
+    /// Row-wise layer norm over `rows × dim`: mean, then biased variance of `x - mean` (two
+    /// passes), then `(x - mean) · (1 / √(var + eps)) · gamma + beta`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer_norm(
+        x: &[u8],
+        gamma: &[u8],
+        beta: &[u8],
+        out: &mut [u8],
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) {
+        for r in 0..rows {
+            let base = r * dim;
+            let mean = row(x, base, dim).fold(0.0f32, |s, v| s + v) / dim as f32;
+            let var = row(x, base, dim).fold(0.0f32, |s, v| s + (v - mean) * (v - mean)) / dim as f32;
+            let inv = 1.0 / libm::sqrtf(var + eps);
+            for c in 0..dim {
+                let y = (f32_at(x, base + c) - mean) * inv * f32_at(gamma, c) + f32_at(beta, c);
+                set_f32(out, base + c, y);
+            }
+        }
+    }
+
+    /// `out[i, j] = Σ_t x[i, t] · w[j, t] + bias[j]`: `x` is `m × k`, `w` is `n × k`, summing
+    /// over `t` in order, then adding the bias.
+    pub fn linear(x: &[u8], w: &[u8], bias: &[u8], out: &mut [u8], m: usize, k: usize, n: usize) {
+        for i in 0..m {
+            let xr = &x[i * k * 4..(i + 1) * k * 4];
+            for j in 0..n {
+                let wr = &w[j * k * 4..(j + 1) * k * 4];
+                let acc = row(xr, 0, k).zip(row(wr, 0, k)).fold(0.0f32, |s, (a, b)| s + a * b);
+                set_f32(out, i * n + j, acc + f32_at(bias, j));
+            }
+        }
+    }
+
+    /// Abramowitz–Stegun 7.1.26 for `erfc(z)`, `z >= 0` (absolute error below 1.5e-7):
+    /// `t = 1 / (1 + p z)`, `erfc(z) ≈ t (a1 + t (a2 + t (a3 + t (a4 + t a5)))) e^(−z²)`.
+    /// The WGSL and CUDA kernels evaluate the same expression.
+    fn erfc_as(z: f32) -> f32 {
+        let t = 1.0 / (1.0 + 0.327_591_1 * z);
+        let poly = t
+            * (0.254_829_6 + t * (-0.284_496_72 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
+        poly * libm::expf(-z * z)
+    }
+
+    /// `erf(x)` by Abramowitz–Stegun 7.1.26 (absolute error below 1.5e-7), odd in `x`.
+    pub fn erf(x: f32) -> f32 {
+        let e = 1.0 - erfc_as(x.abs());
+        if x < 0.0 { -e } else { e }
+    }
+
+    /// Exact (erf) GELU of one value: `0.5 x (1 + erf(x / √2))`, with `1 + erf` computed as
+    /// `2 − erfc(|z|)` for `x >= 0` and `erfc(|z|)` below, so the negative tail keeps its
+    /// relative precision.
+    pub fn gelu_one(x: f32) -> f32 {
+        let e = erfc_as(x.abs() * core::f32::consts::FRAC_1_SQRT_2);
+        let c = if x >= 0.0 { 2.0 - e } else { e };
+        0.5 * x * c
+    }
+
+    /// `out[i] = gelu(x[i])` for `i < n` (see [`gelu_one`]).
+    pub fn gelu(x: &[u8], out: &mut [u8], n: usize) {
+        for i in 0..n {
+            set_f32(out, i, gelu_one(f32_at(x, i)));
+        }
+    }
+
+    /// The divisor of attention scores, `√head_dim` (in f32, correctly rounded). The GPU kernels
+    /// receive this value rather than computing it.
+    pub fn attention_scale(head_dim: u32) -> f32 {
+        libm::sqrtf(head_dim as f32)
+    }
+
+    /// Masked scaled dot-product attention (see `KernelCall::Attention`). For each (batch `b`,
+    /// head `h`, query `i`): `s_j = (q_i · k_j) / √head_dim` in order over the head's columns,
+    /// for keys with `mask[b, j] != 0`; `p_j = exp(s_j − max s)`; `out_i = (Σ_j p_j v_j) / Σ_j p_j`
+    /// summing keys in order and skipping `p_j = 0`. All keys masked: zeros. `seq` must be at most
+    /// [`MAX_ATTENTION_SEQ`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(
+        q: &[u8],
+        k: &[u8],
+        v: &[u8],
+        mask: &[u8],
+        out: &mut [u8],
+        batch: usize,
+        seq: usize,
+        heads: usize,
+        head_dim: usize,
+    ) {
+        let width = heads * head_dim;
+        let scale = attention_scale(head_dim as u32);
+        let mut p = [0.0f32; MAX_ATTENTION_SEQ as usize];
+        let p = &mut p[..seq];
+        for b in 0..batch {
+            for h in 0..heads {
+                for i in 0..seq {
+                    let qbase = (b * seq + i) * width + h * head_dim;
+                    let mut max = f32::NEG_INFINITY;
+                    for (j, pj) in p.iter_mut().enumerate() {
+                        *pj = 0.0;
+                        if f32_at(mask, b * seq + j) != 0.0 {
+                            let kbase = (b * seq + j) * width + h * head_dim;
+                            let dot = row(q, qbase, head_dim)
+                                .zip(row(k, kbase, head_dim))
+                                .fold(0.0f32, |s, (a, c)| s + a * c);
+                            *pj = dot / scale;
+                            max = max.max(*pj);
+                        }
+                    }
+                    let mut sum = 0.0f32;
+                    for (j, pj) in p.iter_mut().enumerate() {
+                        *pj = if f32_at(mask, b * seq + j) != 0.0 { libm::expf(*pj - max) } else { 0.0 };
+                        sum += *pj;
+                    }
+                    for d in 0..head_dim {
+                        let mut acc = 0.0f32;
+                        for (j, &pj) in p.iter().enumerate() {
+                            if pj != 0.0 {
+                                acc += pj * f32_at(v, (b * seq + j) * width + h * head_dim + d);
+                            }
+                        }
+                        set_f32(out, qbase + d, if sum > 0.0 { acc / sum } else { 0.0 });
+                    }
+                }
+            }
+        }
+    }
+
+    /// `out[b, :] = Σ_s mask[b, s] · x[b·seq + s, :] / max(Σ_s mask[b, s], 1e-9)`, summing over
+    /// `s` in order and skipping zero weights.
+    pub fn mean_pool(x: &[u8], mask: &[u8], out: &mut [u8], batch: usize, seq: usize, dim: usize) {
+        for b in 0..batch {
+            for c in 0..dim {
+                let (mut acc, mut weight) = (0.0f32, 0.0f32);
+                for s in 0..seq {
+                    let w = f32_at(mask, b * seq + s);
+                    weight += w;
+                    if w != 0.0 {
+                        acc += w * f32_at(x, (b * seq + s) * dim + c);
+                    }
+                }
+                set_f32(out, b * dim + c, acc / weight.max(1e-9));
+            }
+        }
+    }
+
+    /// `out[r, :] = x[r, :] / max(‖x[r, :]‖₂, 1e-12)` over `rows × dim`.
+    pub fn l2_normalize(x: &[u8], out: &mut [u8], rows: usize, dim: usize) {
+        for r in 0..rows {
+            let base = r * dim;
+            let ss = row(x, base, dim).fold(0.0f32, |s, v| s + v * v);
+            let denom = libm::sqrtf(ss).max(1e-12);
+            for c in 0..dim {
+                set_f32(out, base + c, f32_at(x, base + c) / denom);
             }
         }
     }

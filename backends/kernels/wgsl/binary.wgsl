@@ -1,5 +1,5 @@
 // out[i] = a[i] + b[i] (p.m == 0) or a[i] * b[i] (p.m == 1) for i < n.
-struct Params { n: u32, m: u32, k: u32, alpha: f32 }
+struct Params { n: u32, m: u32, k: u32, alpha: f32, batch: u32, r0: u32, r1: u32, r2: u32 }
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
 @group(0) @binding(1) var<storage, read> b: array<f32>;

@@ -1,7 +1,7 @@
 // Row-major f32 matmul: out (M x N) = a (M x K) * b (K x N).
 // 16x16 output tile per workgroup; K is walked in 16-wide tiles staged in workgroup memory.
 // Accumulation order is k = 0, 1, 2, ... like the host reference.
-struct Params { n: u32, m: u32, k: u32, alpha: f32 }
+struct Params { n: u32, m: u32, k: u32, alpha: f32, batch: u32, r0: u32, r1: u32, r2: u32 }
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
 @group(0) @binding(1) var<storage, read> b: array<f32>;

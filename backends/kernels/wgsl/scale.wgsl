@@ -1,5 +1,5 @@
 // out[i] = alpha * x[i] for i < n.
-struct Params { n: u32, m: u32, k: u32, alpha: f32 }
+struct Params { n: u32, m: u32, k: u32, alpha: f32, batch: u32, r0: u32, r1: u32, r2: u32 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;

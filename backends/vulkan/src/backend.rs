@@ -39,7 +39,7 @@ use crate::{
 pub const STAGING_SIZE: u64 = 8 << 20;
 
 /// Bytes of the kernel uniform block ([`Params`]).
-const PARAMS_SIZE: u64 = 16;
+const PARAMS_SIZE: u64 = Params::SIZE as u64;
 
 type Builder = AutoCommandBufferBuilder<PrimaryAutoCommandBuffer>;
 

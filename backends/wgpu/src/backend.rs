@@ -18,7 +18,7 @@ use crate::{InitError, WgpuConfig};
 const STAGING_SIZE: u64 = 4 << 20;
 
 /// Bytes of the [`Params`] uniform.
-const PARAMS_SIZE: u64 = 16;
+const PARAMS_SIZE: u64 = Params::SIZE as u64;
 
 /// wgpu's copy and write alignment (`COPY_BUFFER_ALIGNMENT`).
 const ALIGN: u64 = wgpu::COPY_BUFFER_ALIGNMENT;
@@ -82,7 +82,7 @@ pub struct WgpuBackend {
     next_id: u64,
     usage: Usage,
     pipelines: Pipelines,
-    /// The 16-byte [`Params`] uniform.
+    /// The 32-byte [`Params`] uniform.
     params: wgpu::Buffer,
     staging_size: u64,
     /// `MAP_READ | COPY_DST`: device-to-host.
