@@ -1,0 +1,93 @@
+//! Opening backends by name, and the `auto` choice.
+
+use rela_core::backend::GpuBackend;
+
+/// A backend the node can run on, as named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum BackendChoice {
+    /// CUDA, then Vulkan, then wgpu, then host memory.
+    Auto,
+    /// NVIDIA CUDA (needs the driver; kernels through NVRTC).
+    Cuda,
+    /// Vulkan (vulkano).
+    Vulkan,
+    /// WebGPU (wgpu) on its best adapter.
+    Wgpu,
+    /// wgpu restricted to Vulkan.
+    WgpuVulkan,
+    /// wgpu restricted to OpenGL/GLES through EGL.
+    WgpuGl,
+    /// Host memory (the reference backend).
+    Host,
+}
+
+impl BackendChoice {
+    /// The name used in reports and by `RELA_REQUIRE_BACKENDS`.
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Cuda => "cuda",
+            Self::Vulkan => "vulkan",
+            Self::Wgpu => "wgpu",
+            Self::WgpuVulkan => "wgpu-vulkan",
+            Self::WgpuGl => "wgpu-gl",
+            Self::Host => "host",
+        }
+    }
+}
+
+/// A backend boxed for the node's engine thread.
+pub(crate) type Boxed = Box<dyn GpuBackend + Send>;
+
+/// Opens one concrete backend lending `capacity` bytes. `Err` says why it cannot run here.
+pub(crate) fn open(choice: BackendChoice, capacity: u64, vk_validation: bool) -> Result<Boxed, String> {
+    match choice {
+        BackendChoice::Auto => open_auto(capacity, vk_validation).map(|(b, _)| b),
+        BackendChoice::Host => {
+            let cap = usize::try_from(capacity).map_err(|_| "capacity does not fit in memory".to_string())?;
+            rela_backend_host::OwnedHostBackend::try_with_capacity(cap)
+                .map(|b| Box::new(b) as Boxed)
+                .map_err(|e| format!("cannot reserve {capacity} bytes of host memory: {e}"))
+        }
+        BackendChoice::Vulkan => {
+            let mut cfg = rela_backend_vulkan::VulkanConfig::new(capacity);
+            cfg.validation = vk_validation;
+            rela_backend_vulkan::VulkanBackend::new(cfg)
+                .map(|b| Box::new(b) as Boxed)
+                .map_err(|e| e.to_string())
+        }
+        BackendChoice::Wgpu | BackendChoice::WgpuVulkan | BackendChoice::WgpuGl => {
+            let api = match choice {
+                BackendChoice::WgpuVulkan => rela_backend_wgpu::Api::Vulkan,
+                BackendChoice::WgpuGl => rela_backend_wgpu::Api::Gl,
+                _ => rela_backend_wgpu::Api::Auto,
+            };
+            let cfg = rela_backend_wgpu::WgpuConfig { capacity, backends: api, adapter: None };
+            rela_backend_wgpu::WgpuBackend::new(cfg).map(|b| Box::new(b) as Boxed).map_err(|e| e.to_string())
+        }
+        BackendChoice::Cuda => {
+            rela_backend_cuda::CudaBackend::new(rela_backend_cuda::CudaConfig::new(capacity))
+                .map(|b| Box::new(b) as Boxed)
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// Tries CUDA, Vulkan, wgpu, then host, logging why each one that is skipped was skipped.
+pub(crate) fn open_auto(capacity: u64, vk_validation: bool) -> Result<(Boxed, BackendChoice), String> {
+    let mut reasons = Vec::new();
+    for choice in [BackendChoice::Cuda, BackendChoice::Vulkan, BackendChoice::Wgpu, BackendChoice::Host] {
+        match open(choice, capacity, vk_validation) {
+            Ok(b) => {
+                let info = b.info();
+                tracing::info!(backend = choice.name(), device = %info.name, "backend auto-selected");
+                return Ok((b, choice));
+            }
+            Err(why) => {
+                tracing::info!(backend = choice.name(), reason = %why, "backend not available");
+                reasons.push(format!("{}: {why}", choice.name()));
+            }
+        }
+    }
+    Err(reasons.join("; "))
+}
