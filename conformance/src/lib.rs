@@ -46,6 +46,7 @@ use serde::Serialize;
 
 mod cases;
 mod support;
+pub mod faults;
 pub mod wire;
 
 /// The capacity, in bytes, a backend under test is built with (64 MiB).
