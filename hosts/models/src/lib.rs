@@ -213,3 +213,15 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod send_sync {
+    /// The node moves an embedder into its engine thread.
+    #[test]
+    fn embedder_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<crate::Embedder>();
+        check::<crate::ModelRepository>();
+        check::<crate::ModelError>();
+    }
+}

@@ -109,7 +109,7 @@ pub(crate) fn check<'a>(bytes: &'a [u8], config: &BertConfig) -> Result<Vec<Chec
     // shape × dtype size.
     let tensors = SafeTensors::deserialize(bytes).map_err(|e| ModelError::Safetensors(e.to_string()))?;
     let names = tensors.names();
-    let has = |n: &str| names.iter().any(|m| *m == n);
+    let has = |n: &str| names.contains(&n);
     let prefix = if !has("embeddings.word_embeddings.weight") && has("bert.embeddings.word_embeddings.weight")
     {
         "bert."
