@@ -478,9 +478,10 @@ fn check_error(r: &Resp, kind: Kind, code: ErrorCode, what: &str) -> R<()> {
 fn check_welcome(w: &Welcome) -> R<()> {
     check!(w.version == 1, "WELCOME chose version {}, expected 1", w.version);
     check!(w.flags & !1 == 0, "WELCOME flags 0x{:04x} have reserved bits set", w.flags);
+    // LZ4 is defined but never served in version 1; no other bit is defined.
     check!(
-        w.caps.0 & !Caps::DISPATCH.0 == 0,
-        "WELCOME advertises capabilities 0x{:08x}; version 1 defines only DISPATCH",
+        w.caps.0 & !(Caps::DISPATCH.0 | Caps::MODELS.0) == 0,
+        "WELCOME advertises capabilities 0x{:08x}; only DISPATCH and MODELS may be served",
         w.caps.0
     );
     check!(
@@ -935,9 +936,12 @@ async fn unknown_kind(cx: Cx) -> R<()> {
 
 async fn unsupported(cx: Cx) -> R<()> {
     let (mut c, w) = Conn::ready(&cx).await?;
-    for k in [Kind::MODEL_LOAD, Kind::MODEL_UNLOAD, Kind::INFER] {
-        c.err(k, &[], ErrorCode::UNSUPPORTED).await?;
-        c.err(k, b"some model bytes", ErrorCode::UNSUPPORTED).await?;
+    // The model kinds are reserved unless the node serves MODELS.
+    if !w.caps.contains(Caps::MODELS) {
+        for k in [Kind::MODEL_LOAD, Kind::MODEL_UNLOAD, Kind::INFER] {
+            c.err(k, &[], ErrorCode::UNSUPPORTED).await?;
+            c.err(k, b"some model bytes", ErrorCode::UNSUPPORTED).await?;
+        }
     }
     c.err_flags(Kind::PING, Flags::COMPRESSED, b"lz4?", ErrorCode::UNSUPPORTED).await?;
     if w.caps.contains(Caps::DISPATCH) && w.max_buffers >= 3 && w.quota >= 3 * 256 {
