@@ -936,11 +936,18 @@ async fn unknown_kind(cx: Cx) -> R<()> {
 
 async fn unsupported(cx: Cx) -> R<()> {
     let (mut c, w) = Conn::ready(&cx).await?;
-    // The model kinds are reserved unless the node serves MODELS.
+    // The model kinds are not served unless the node advertises MODELS. A node that knows
+    // their payloads may refuse one that does not decode as MALFORMED before it gets to
+    // UNSUPPORTED; either way the request is refused, typed, and the session stays usable.
     if !w.caps.contains(Caps::MODELS) {
         for k in [Kind::MODEL_LOAD, Kind::MODEL_UNLOAD, Kind::INFER] {
-            c.err(k, &[], ErrorCode::UNSUPPORTED).await?;
-            c.err(k, b"some model bytes", ErrorCode::UNSUPPORTED).await?;
+            for payload in [&b""[..], b"some model bytes"] {
+                let what = format!("{k:?} on a node without MODELS ({} payload bytes)", payload.len());
+                let r = c.call(k, payload).await?;
+                if check_error(&r, k, ErrorCode::UNSUPPORTED, &what).is_err() {
+                    check_error(&r, k, ErrorCode::MALFORMED, &what)?;
+                }
+            }
         }
     }
     c.err_flags(Kind::PING, Flags::COMPRESSED, b"lz4?", ErrorCode::UNSUPPORTED).await?;
