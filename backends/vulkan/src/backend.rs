@@ -6,7 +6,7 @@ use rela_core::backend::{
     BackendError, BackendKind, BufferId, DeviceInfo, GpuBackend, KernelCall, Usage, check_copy_overlap,
     check_range,
 };
-use rela_kernels::{Params, grid_1d, grid_matmul};
+use rela_kernels::{Launch, Params};
 use vulkano::{
     buffer::{Buffer, BufferCreateInfo, BufferUsage, Subbuffer},
     command_buffer::{
@@ -134,9 +134,9 @@ impl VulkanBackend {
         };
         let staging = host_buffer(BufferUsage::TRANSFER_SRC | BufferUsage::TRANSFER_DST, STAGING_SIZE)?;
         let params = host_buffer(BufferUsage::UNIFORM_BUFFER, PARAMS_SIZE)?;
-        let pipelines = Pipelines::new(&device)?;
 
         let props = physical.properties();
+        let pipelines = Pipelines::new(&device, props.max_per_stage_descriptor_storage_buffers)?;
         let heap = physical
             .memory_properties()
             .memory_heaps
@@ -230,22 +230,24 @@ impl VulkanBackend {
         Ok(())
     }
 
-    /// Writes the uniform block for a kernel call.
-    fn set_params(&self, call: &KernelCall) -> Result<(), BackendError> {
-        let bytes = Params::of(call).to_bytes();
+    /// Writes the uniform block for a kernel launch.
+    fn set_params(&self, params: &Params) -> Result<(), BackendError> {
+        let bytes = params.to_bytes();
         let mut guard = self.params.write().map_err(host)?;
         let dst = guard.get_mut(..bytes.len()).ok_or(BackendError::InvalidArgument)?;
         dst.copy_from_slice(&bytes);
         Ok(())
     }
 
-    /// The first `bytes` bytes of a live buffer, for binding to a kernel. `bytes` is non-zero and
-    /// within the buffer (the caller validated the call).
+    /// The first `bytes` bytes of a live buffer, for binding to a kernel; the first 4 (padded)
+    /// bytes when `bytes` is zero, for an input the kernel will not read. `bytes` is within the
+    /// buffer (the caller validated the call).
     fn binding(&self, id: BufferId, bytes: u64) -> Result<Subbuffer<[u8]>, BackendError> {
         let buf = self.buf(id)?;
         check_range(buf.size, 0, bytes)?;
         if bytes == 0 {
-            return Err(BackendError::InvalidArgument);
+            // Every buffer is padded to a non-zero multiple of 4 bytes.
+            return Ok(buf.sub.clone().slice(0..4));
         }
         if bytes > self.max_storage_range {
             return Err(BackendError::Unsupported);
@@ -258,7 +260,7 @@ impl VulkanBackend {
     fn run_kernel(
         &self,
         pipeline: &Arc<ComputePipeline>,
-        call: &KernelCall,
+        params: &Params,
         storage: &[Subbuffer<[u8]>],
         groups: (u32, u32),
     ) -> Result<(), BackendError> {
@@ -266,7 +268,7 @@ impl VulkanBackend {
         if x > self.max_groups[0] || y > self.max_groups[1] {
             return Err(BackendError::Unsupported);
         }
-        self.set_params(call)?;
+        self.set_params(params)?;
         let layout = pipeline.layout().set_layouts().first().ok_or(BackendError::DeviceLost)?.clone();
         let mut writes: Vec<WriteDescriptorSet> = Vec::with_capacity(storage.len() + 1);
         let mut binding = 0u32;
@@ -448,51 +450,16 @@ impl GpuBackend for VulkanBackend {
 
     fn dispatch(&mut self, call: &KernelCall) -> Result<(), BackendError> {
         call.validate(|id| self.buffers.get(&id.0).map(|b| b.size))?;
-        // Shapes are validated: every product below fits the buffers, hence u64.
-        match *call {
-            KernelCall::Binary { a, b, out, n, .. } => {
-                if n == 0 {
-                    return Ok(());
-                }
-                let bytes = u64::from(n) * 4;
-                let storage = [self.binding(a, bytes)?, self.binding(b, bytes)?, self.binding(out, bytes)?];
-                self.run_kernel(&self.pipelines.binary, call, &storage, grid_1d(n))
-            }
-            KernelCall::Scale { x, out, n, .. } => {
-                if n == 0 {
-                    return Ok(());
-                }
-                let bytes = u64::from(n) * 4;
-                let storage = [self.binding(x, bytes)?, self.binding(out, bytes)?];
-                self.run_kernel(&self.pipelines.scale, call, &storage, grid_1d(n))
-            }
-            KernelCall::Matmul { a, b, out, m, k, n } => {
-                let (m64, k64, n64) = (u64::from(m), u64::from(k), u64::from(n));
-                let out_bytes = m64 * n64 * 4;
-                if out_bytes == 0 {
-                    return Ok(());
-                }
-                if k == 0 {
-                    // An empty inner dimension sums nothing: the output is all zeros.
-                    let out = self.binding(out, out_bytes)?;
-                    return self.fill_sub_zero(out, out_bytes);
-                }
-                let storage = [
-                    self.binding(a, m64 * k64 * 4)?,
-                    self.binding(b, k64 * n64 * 4)?,
-                    self.binding(out, out_bytes)?,
-                ];
-                self.run_kernel(&self.pipelines.matmul, call, &storage, grid_matmul(m, n))
-            }
-            _ => Err(BackendError::Unsupported),
-        }
-    }
-}
-
-impl VulkanBackend {
-    /// Zeroes `bytes` (a multiple of 4) bytes at the start of `sub`.
-    fn fill_sub_zero(&self, sub: Subbuffer<[u8]>, bytes: u64) -> Result<(), BackendError> {
-        self.zero(sub.slice(0..bytes))
+        let Some(launch) = Launch::of(call)? else {
+            return Ok(());
+        };
+        let pipeline = self.pipelines.get(launch.kernel).ok_or(BackendError::Unsupported)?;
+        let storage = launch
+            .bindings()
+            .iter()
+            .map(|&(id, bytes)| self.binding(id, bytes))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.run_kernel(pipeline, &launch.params, &storage, launch.groups)
     }
 }
 

@@ -16,26 +16,36 @@ use vulkano::{
     shader::{ShaderModule, ShaderModuleCreateInfo},
 };
 
+use rela_kernels::Kernel;
+
 use crate::{InitError, error::describe};
 
 /// The compute pipelines of every built-in kernel, built once per backend.
 pub(crate) struct Pipelines {
-    /// ADD and MUL (`Params::m` selects the op).
-    pub(crate) binary: Arc<ComputePipeline>,
-    /// SCALE.
-    pub(crate) scale: Arc<ComputePipeline>,
-    /// MATMUL.
-    pub(crate) matmul: Arc<ComputePipeline>,
+    /// Indexed by `Kernel as usize`; `None` where the device binds too few storage buffers per
+    /// stage for the kernel (its calls are `Unsupported`).
+    pipelines: Vec<Option<Arc<ComputePipeline>>>,
 }
 
 impl Pipelines {
-    /// Translates every kernel and builds its pipeline.
-    pub(crate) fn new(device: &Arc<Device>) -> Result<Self, InitError> {
-        Ok(Self {
-            binary: pipeline(device, "binary", rela_kernels::wgsl::BINARY)?,
-            scale: pipeline(device, "scale", rela_kernels::wgsl::SCALE)?,
-            matmul: pipeline(device, "matmul", rela_kernels::wgsl::MATMUL)?,
-        })
+    /// Translates every kernel and builds its pipeline. `max_storage_buffers` is the device's
+    /// `maxPerStageDescriptorStorageBuffers`.
+    pub(crate) fn new(device: &Arc<Device>, max_storage_buffers: u32) -> Result<Self, InitError> {
+        let pipelines = Kernel::ALL
+            .iter()
+            .map(|&k| {
+                if k.storage_buffers() > max_storage_buffers {
+                    return Ok(None);
+                }
+                pipeline(device, k.name(), k.wgsl()).map(Some)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { pipelines })
+    }
+
+    /// The pipeline of `kernel`, if the device can run it.
+    pub(crate) fn get(&self, kernel: Kernel) -> Option<&Arc<ComputePipeline>> {
+        self.pipelines.get(kernel as usize).and_then(Option::as_ref)
     }
 }
 
@@ -93,12 +103,9 @@ mod tests {
 
     #[test]
     fn every_kernel_translates() {
-        for (name, src) in [
-            ("binary", rela_kernels::wgsl::BINARY),
-            ("scale", rela_kernels::wgsl::SCALE),
-            ("matmul", rela_kernels::wgsl::MATMUL),
-        ] {
-            let words = wgsl_to_spirv(name, src).expect("kernel translates");
+        for kernel in Kernel::ALL {
+            let name = kernel.name();
+            let words = wgsl_to_spirv(name, kernel.wgsl()).expect("kernel translates");
             assert_eq!(words.first(), Some(&0x0723_0203), "{name}: SPIR-V magic");
         }
     }

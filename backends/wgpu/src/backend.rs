@@ -9,7 +9,7 @@ use rela_core::backend::{
     BackendError, BackendKind, BufferId, DeviceInfo, GpuBackend, KernelCall, Usage, check_copy_overlap,
     check_range,
 };
-use rela_kernels::{Params, grid_1d, grid_matmul};
+use rela_kernels::{Launch, Params};
 
 use crate::init::{self, Fault, Pipelines};
 use crate::{InitError, WgpuConfig};
@@ -584,47 +584,26 @@ impl GpuBackend for WgpuBackend {
     fn dispatch(&mut self, call: &KernelCall) -> Result<(), BackendError> {
         call.validate(|id| self.buffers.get(&id.0).map(|e| e.size))?;
         self.alive()?;
-        let f32s = |count: u64| count * 4;
-        let groups = match *call {
-            KernelCall::Binary { n, .. } | KernelCall::Scale { n, .. } => grid_1d(n),
-            KernelCall::Matmul { m, n, .. } => grid_matmul(m, n),
-            _ => return Err(BackendError::Unsupported),
-        };
-        if groups.0 == 0 || groups.1 == 0 {
+        let Some(launch) = Launch::of(call)? else {
             return Ok(());
-        }
+        };
+        let groups = launch.groups;
         if groups.0 > self.max_groups || groups.1 > self.max_groups {
             return Err(BackendError::Unsupported);
         }
-        // Validated above: every id exists and these products fit in u64.
-        let (storage, count) = match *call {
-            KernelCall::Binary { a, b, out, n, .. } => {
-                let bytes = f32s(u64::from(n));
-                ([(a, bytes), (b, bytes), (out, bytes)], 3)
-            }
-            KernelCall::Scale { x, out, n, .. } => {
-                let bytes = f32s(u64::from(n));
-                ([(x, bytes), (out, bytes), (out, bytes)], 2)
-            }
-            KernelCall::Matmul { a, b, out, m, k, n } => {
-                let (m, k, n) = (u64::from(m), u64::from(k), u64::from(n));
-                ([(a, f32s(m * k)), (b, f32s(k * n)), (out, f32s(m * n))], 3)
-            }
-            _ => return Err(BackendError::Unsupported),
-        };
+        let storage = launch.bindings();
         if storage.iter().any(|&(_, need)| need > self.max_binding) {
             return Err(BackendError::Unsupported);
         }
+        if self.pipelines.get(launch.kernel).is_none() {
+            return Err(BackendError::Unsupported);
+        }
         // Params go through the write staging buffer (no per-call allocation in wgpu).
-        self.stage(&Params::of(call).to_bytes())?;
-        let (pipeline, layout) = match call {
-            KernelCall::Binary { .. } => (&self.pipelines.binary, &self.pipelines.binary_layout),
-            KernelCall::Scale { .. } => (&self.pipelines.scale, &self.pipelines.scale_layout),
-            KernelCall::Matmul { .. } => (&self.pipelines.matmul, &self.pipelines.matmul_layout),
-            _ => return Err(BackendError::Unsupported),
-        };
+        self.stage(&launch.params.to_bytes())?;
+        let (pipeline, layout) = self.pipelines.get(launch.kernel).ok_or(BackendError::Unsupported)?;
+        let count = storage.len();
         let mut entries = Vec::with_capacity(count + 1);
-        for (i, &(id, need)) in storage[..count].iter().enumerate() {
+        for (i, &(id, need)) in storage.iter().enumerate() {
             entries.push(wgpu::BindGroupEntry { binding: i as u32, resource: self.binding(id, need)? });
         }
         entries

@@ -4,7 +4,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rela_kernels::{TILE, WORKGROUP_1D, wgsl};
+use rela_kernels::{Kernel, LINEAR_TILE, TILE, WORKGROUP_1D};
 
 use crate::{Api, InitError, WgpuConfig};
 
@@ -66,7 +66,10 @@ fn unsuitable(adapter: &wgpu::Adapter) -> Option<String> {
         || l.max_compute_workgroup_size_y < TILE
     {
         Some("compute workgroups too small".to_owned())
-    } else if l.max_compute_workgroup_storage_size < 2 * TILE * TILE * 4 {
+    } else if l.max_compute_workgroup_storage_size < 2 * TILE * TILE * 4
+        // LINEAR stages two LINEAR_TILE × 16 slices.
+        || l.max_compute_workgroup_storage_size < 2 * LINEAR_TILE * 16 * 4
+    {
         Some("workgroup storage too small".to_owned())
     } else {
         None
@@ -165,12 +168,16 @@ impl Fault {
 /// The compiled kernels and their bind group layouts.
 #[derive(Debug)]
 pub(crate) struct Pipelines {
-    pub(crate) binary: wgpu::ComputePipeline,
-    pub(crate) binary_layout: wgpu::BindGroupLayout,
-    pub(crate) scale: wgpu::ComputePipeline,
-    pub(crate) scale_layout: wgpu::BindGroupLayout,
-    pub(crate) matmul: wgpu::ComputePipeline,
-    pub(crate) matmul_layout: wgpu::BindGroupLayout,
+    /// Indexed by `Kernel as usize`; `None` where the device binds too few storage buffers per
+    /// stage for the kernel (its calls are `Unsupported`).
+    kernels: Vec<Option<(wgpu::ComputePipeline, wgpu::BindGroupLayout)>>,
+}
+
+impl Pipelines {
+    /// The pipeline and bind group layout of `kernel`, if the device can run it.
+    pub(crate) fn get(&self, kernel: Kernel) -> Option<(&wgpu::ComputePipeline, &wgpu::BindGroupLayout)> {
+        self.kernels.get(kernel as usize).and_then(Option::as_ref).map(|(p, l)| (p, l))
+    }
 }
 
 /// An opened device, ready for [`crate::WgpuBackend`].
@@ -230,11 +237,13 @@ fn compile(device: &wgpu::Device) -> Result<Pipelines, InitError> {
         let layout = pipeline.get_bind_group_layout(0);
         (pipeline, layout)
     };
-    let (binary, binary_layout) = make("rela-binary", wgsl::BINARY);
-    let (scale, scale_layout) = make("rela-scale", wgsl::SCALE);
-    let (matmul, matmul_layout) = make("rela-matmul", wgsl::MATMUL);
+    let max_storage = device.limits().max_storage_buffers_per_shader_stage;
+    let kernels = Kernel::ALL
+        .iter()
+        .map(|&k| (k.storage_buffers() <= max_storage).then(|| make(k.name(), k.wgsl())))
+        .collect();
     if let Some(e) = pollster::block_on(scope.pop()) {
         return Err(InitError::Shader(e.to_string()));
     }
-    Ok(Pipelines { binary, binary_layout, scale, scale_layout, matmul, matmul_layout })
+    Ok(Pipelines { kernels })
 }
