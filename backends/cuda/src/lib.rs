@@ -31,8 +31,10 @@
 //!   [`BackendError::OutOfMemory`] (`CUDA_ERROR_OUT_OF_MEMORY`) or
 //!   [`BackendError::DeviceLost`] (everything else).
 //! - Kernels are `rela_kernels::CUDA_SOURCE`, compiled once by NVRTC at construction with FMA
-//!   contraction disabled, so results match `rela_kernels::reference` bit for bit. Every call is
-//!   checked with [`KernelCall::validate`] before any device work.
+//!   contraction disabled, so ADD, MUL, SCALE and MATMUL match `rela_kernels::reference` bit for
+//!   bit. The model kernels (GATHER … L2_NORMALIZE) launch on the grids `rela_kernels::Launch`
+//!   plans; their tree reductions and `expf` agree with the reference to a few ulp. Every call
+//!   is checked with [`KernelCall::validate`] before any device work.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -49,7 +51,7 @@ use rela_core::backend::{
     BackendError, BackendKind, BufferId, DeviceInfo, GpuBackend, KernelCall, Usage, check_copy_overlap,
     check_range,
 };
-use rela_kernels::{TILE, WORKGROUP_1D, op_code};
+use rela_kernels::{ATTENTION_WORKGROUP, Kernel, Launch, TILE, WORKGROUP_1D, op_code};
 
 /// Names of the kernels in `rela_kernels::CUDA_SOURCE`.
 const BINARY_KERNEL: &str = "rela_binary";
@@ -145,6 +147,8 @@ struct Kernels {
     binary: CudaFunction,
     scale: CudaFunction,
     matmul: CudaFunction,
+    /// The model kernels, indexed by `Kernel as usize` (`None` for the three above).
+    model: Vec<Option<CudaFunction>>,
 }
 
 /// A [`GpuBackend`] on one CUDA device.
@@ -256,6 +260,13 @@ impl CudaBackend {
             binary: load(BINARY_KERNEL)?,
             scale: load(SCALE_KERNEL)?,
             matmul: load(MATMUL_KERNEL)?,
+            model: Kernel::ALL
+                .iter()
+                .map(|&k| match k {
+                    Kernel::Binary | Kernel::Scale | Kernel::Matmul => Ok(None),
+                    _ => load(k.cuda_name()).map(Some),
+                })
+                .collect::<Result<_, _>>()?,
         };
 
         let name = ctx.name().map_err(|e| InitError::driver("query the device name", e))?;
@@ -395,6 +406,98 @@ impl CudaBackend {
     }
 }
 
+impl CudaBackend {
+    /// Launches a model kernel (GATHER … L2_NORMALIZE) with the grid [`Launch`] plans.
+    fn launch_model(&self, call: &KernelCall, out: &mut CudaSlice<u8>) -> Result<(), BackendError> {
+        let Some(launch) = Launch::of(call)? else {
+            return Ok(());
+        };
+        let f = self
+            .kernels
+            .model
+            .get(launch.kernel as usize)
+            .and_then(Option::as_ref)
+            .ok_or(BackendError::Unsupported)?;
+        let block = if launch.kernel == Kernel::Attention { ATTENTION_WORKGROUP } else { WORKGROUP_1D };
+        let cfg = LaunchConfig {
+            grid_dim: (launch.groups.0, launch.groups.1, 1),
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut builder = self.stream.launch_builder(f);
+        // Scalars outlive `builder`: they are bound here, before it is used.
+        let (p, scale) = (launch.params, launch.params.alpha);
+        let buf = |id| self.buffer(id);
+        match *call {
+            KernelCall::Gather { table, ids, .. } => {
+                // rela_gather(table, ids, out, vocab, dim, rows)
+                builder.arg(buf(table)?).arg(buf(ids)?).arg(&mut *out).arg(&p.k).arg(&p.n).arg(&p.m);
+            }
+            KernelCall::LayerNorm { x, gamma, beta, .. } => {
+                // rela_layernorm(x, gamma, beta, out, rows, dim, eps)
+                builder
+                    .arg(buf(x)?)
+                    .arg(buf(gamma)?)
+                    .arg(buf(beta)?)
+                    .arg(&mut *out)
+                    .arg(&p.m)
+                    .arg(&p.n)
+                    .arg(&scale);
+            }
+            KernelCall::Linear { x, w, bias, .. } => {
+                // rela_linear(x, w, bias, out, m, k, n)
+                builder
+                    .arg(buf(x)?)
+                    .arg(buf(w)?)
+                    .arg(buf(bias)?)
+                    .arg(&mut *out)
+                    .arg(&p.m)
+                    .arg(&p.k)
+                    .arg(&p.n);
+            }
+            KernelCall::Gelu { x, .. } => {
+                // rela_gelu(x, out, n)
+                builder.arg(buf(x)?).arg(&mut *out).arg(&p.n);
+            }
+            KernelCall::Attention { q, k, v, mask, .. } => {
+                // rela_attention(q, k, v, mask, out, batch, seq, heads, head_dim, scale)
+                builder
+                    .arg(buf(q)?)
+                    .arg(buf(k)?)
+                    .arg(buf(v)?)
+                    .arg(buf(mask)?)
+                    .arg(&mut *out)
+                    .arg(&p.batch)
+                    .arg(&p.m)
+                    .arg(&p.k)
+                    .arg(&p.n)
+                    .arg(&scale);
+            }
+            KernelCall::MeanPool { x, mask, .. } => {
+                // rela_meanpool(x, mask, out, batch, seq, dim)
+                builder.arg(buf(x)?).arg(buf(mask)?).arg(&mut *out).arg(&p.batch).arg(&p.m).arg(&p.n);
+            }
+            KernelCall::L2Normalize { x, .. } => {
+                // rela_l2norm(x, out, rows, dim)
+                builder.arg(buf(x)?).arg(&mut *out).arg(&p.m).arg(&p.n);
+            }
+            KernelCall::Binary { .. } | KernelCall::Scale { .. } | KernelCall::Matmul { .. } => {
+                return Err(BackendError::Unsupported);
+            }
+        }
+        // SAFETY: each arm pushes exactly the parameters of its kernel in `CUDA_SOURCE`, in
+        // order: device pointers (a `CudaSlice` passes its `CUdeviceptr`) for the inputs and the
+        // output, then `u32`s and `f32`s (`Params` fields, named in the comments). `validate`
+        // checked that every buffer holds what the shape needs and that the output aliases no
+        // input; `Launch::of` checked that every element count fits `u32`. The kernels index
+        // only below those counts (ids are range-checked against `vocab` on the device), and
+        // skip folded block indices past their work. Grid: at most 65,535 × 65,535 blocks of
+        // 256 (64 for attention) threads, at most 8 KiB of static shared memory.
+        unsafe { builder.launch(cfg) }.map_err(map_err)?;
+        Ok(())
+    }
+}
+
 impl GpuBackend for CudaBackend {
     fn info(&self) -> DeviceInfo {
         self.info.clone()
@@ -525,7 +628,7 @@ impl GpuBackend for CudaBackend {
             KernelCall::Binary { .. } => this.launch_binary(call, out),
             KernelCall::Scale { .. } => this.launch_scale(call, out),
             KernelCall::Matmul { .. } => this.launch_matmul(call, out),
-            _ => Err(BackendError::Unsupported),
+            _ => this.launch_model(call, out),
         })?;
         self.sync()
     }
