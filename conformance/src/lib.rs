@@ -45,8 +45,8 @@ pub use rela_core::backend::GpuBackend;
 use serde::Serialize;
 
 mod cases;
-mod support;
 pub mod faults;
+mod support;
 pub mod wire;
 
 /// The capacity, in bytes, a backend under test is built with (64 MiB).
