@@ -8,7 +8,9 @@
 //! - Host data moves through one host-visible staging buffer, created once and reused; large
 //!   writes and reads are chunked through it ([`STAGING_SIZE`] bytes at a time).
 //! - The kernels in [`rela_kernels::wgsl`] are translated to SPIR-V with naga when the backend
-//!   is created, and their compute pipelines are built once and cached.
+//!   is created, and their compute pipelines are built once and cached. Every call runs on the
+//!   grid and bindings [`rela_kernels::Launch`] plans; a kernel needing more storage buffers per
+//!   stage than the device binds (attention needs 5) is `Unsupported`.
 //! - One queue, one reusable command-buffer allocator; every operation waits on a fence before
 //!   it returns, so the backend is simple and strictly ordered.
 //!

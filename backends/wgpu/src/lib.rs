@@ -27,9 +27,11 @@
 //!   read-modify-write of the 4-byte words they touch.
 //! - **Zero on free**: `free` clears the buffer on the device and waits before dropping it.
 //!   wgpu also zero-initialises every new buffer.
-//! - **Kernels** are the [`rela_kernels::wgsl`] sources, compiled once at start-up. A kernel
-//!   whose operands exceed the device's `max_storage_buffer_binding_size`, or whose grid
-//!   exceeds `max_compute_workgroups_per_dimension`, is
+//! - **Kernels** are the [`rela_kernels::wgsl`] sources, compiled once at start-up and run on
+//!   the grids and bindings [`rela_kernels::Launch`] plans. A kernel whose operands exceed the
+//!   device's `max_storage_buffer_binding_size`, whose grid exceeds
+//!   `max_compute_workgroups_per_dimension`, or which needs more storage buffers per stage than
+//!   the device binds (attention needs 5), is
 //!   [`Unsupported`](rela_core::backend::BackendError::Unsupported).
 //! - **Failures**: wgpu's default error handler panics. This backend installs its own handlers
 //!   that record uncaptured errors and device loss; the operation that observes one returns
