@@ -17,6 +17,8 @@ pub const MAX_FRAME: usize = HEADER_LEN + MAX_PAYLOAD as usize;
 
 /// Capacity of a session's buffer table (the most buffers one session can hold).
 pub const MAX_BUFFERS: usize = 256;
+/// Most models one session may hold loaded at once.
+pub const MAX_MODELS: usize = 4;
 /// Largest PING payload a node echoes.
 pub const MAX_PING_PAYLOAD: usize = 256;
 /// Longest reason string carried by an ERROR frame.

@@ -35,6 +35,7 @@ pub mod config;
 pub mod crc32;
 pub mod discovery;
 pub mod io;
+pub mod model;
 pub mod session;
 pub mod time;
 pub mod wire;

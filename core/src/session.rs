@@ -50,13 +50,15 @@ use heapless::{Deque, Vec};
 use crate::auth::AuthKey;
 use crate::backend::{BackendError, BinaryOp, BufferId, DeviceInfo, GpuBackend, KernelCall, KernelId};
 use crate::config::{
-    MAX_BUFFERS, MAX_PAYLOAD, MAX_PENDING, MAX_PING_PAYLOAD, MIN_PROTOCOL_VERSION, NONCE_LEN,
+    MAX_BUFFERS, MAX_MODELS, MAX_PAYLOAD, MAX_PENDING, MAX_PING_PAYLOAD, MIN_PROTOCOL_VERSION, NONCE_LEN,
     PROTOCOL_VERSION,
 };
 use crate::crc32::Crc32;
+use crate::model::{InferOutput, LoadedModel, ModelHost, NoModels};
 use crate::time::{Duration, Instant};
 use crate::wire::msg::{
-    self, Allocated, Caps, DeviceInfoMsg, ErrorMsg, Message, Request, Stats, WELCOME_AUTH_REQUIRED, Welcome,
+    self, Allocated, Caps, DeviceInfoMsg, EMBEDDINGS_PREFIX_LEN, ErrorMsg, Message, ModelLoaded, Request,
+    Stats, WELCOME_AUTH_REQUIRED, Welcome,
 };
 use crate::wire::{EncodeError, ErrorCode, Flags, Frame, FrameError, HeaderError, Kind, emit_frame};
 
@@ -75,6 +77,9 @@ pub struct SessionConfig {
     pub idle_timeout: Duration,
     /// The shared token's key; `Some` makes AUTH mandatory.
     pub auth: Option<AuthKey>,
+    /// Whether the node serves models (MODEL_LOAD, MODEL_UNLOAD, INFER) through a
+    /// [`ModelHost`]; advertised as the MODELS capability.
+    pub models: bool,
 }
 
 impl Default for SessionConfig {
@@ -86,6 +91,7 @@ impl Default for SessionConfig {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             auth: None,
+            models: false,
         }
     }
 }
@@ -103,7 +109,7 @@ impl SessionConfig {
 
     /// The capabilities a node with this configuration advertises.
     pub const fn caps(&self) -> Caps {
-        Caps::DISPATCH
+        if self.models { Caps(Caps::DISPATCH.0 | Caps::MODELS.0) } else { Caps::DISPATCH }
     }
 }
 
@@ -236,6 +242,8 @@ enum Body {
     Stats(Stats),
     Allocated(Allocated),
     Read { id: BufferId, offset: u64, len: u32 },
+    ModelLoaded(ModelLoaded),
+    Embeddings(InferOutput),
     Error { code: ErrorCode, request_kind: Kind, reason: &'static str },
 }
 
@@ -280,6 +288,7 @@ pub struct Session {
     state: State,
     nonce: [u8; NONCE_LEN],
     slots: Vec<Slot, MAX_BUFFERS>,
+    models: Vec<LoadedModel, MAX_MODELS>,
     next_handle: u32,
     used: u64,
     started: Instant,
@@ -299,6 +308,7 @@ impl Session {
             state: State::AwaitHello,
             nonce,
             slots: Vec::new(),
+            models: Vec::new(),
             next_handle: seed,
             used: 0,
             started: now,
@@ -351,6 +361,11 @@ impl Session {
         self.slots.iter().map(|s| s.id)
     }
 
+    /// The models this session has loaded.
+    pub fn models(&self) -> &[LoadedModel] {
+        &self.models
+    }
+
     /// The wire handles this session holds.
     pub fn handles(&self) -> impl Iterator<Item = u32> + '_ {
         self.slots.iter().map(|s| s.handle)
@@ -380,13 +395,26 @@ impl Session {
         frame: Frame<'_>,
         backend: &mut B,
     ) -> Result<(), ApiMisuse> {
+        self.handle_frame_with(now, frame, backend, &mut NoModels)
+    }
+
+    /// [`handle_frame`](Self::handle_frame) for a node that serves models: MODEL_LOAD,
+    /// MODEL_UNLOAD and INFER go to `models` (this session's model host). When the session
+    /// closes, call [`ModelHost::release_all`] on it.
+    pub fn handle_frame_with<B: GpuBackend + ?Sized, M: ModelHost<B> + ?Sized>(
+        &mut self,
+        now: Instant,
+        frame: Frame<'_>,
+        backend: &mut B,
+        models: &mut M,
+    ) -> Result<(), ApiMisuse> {
         self.check_input()?;
         self.last_activity = now;
         self.stats.frames_in += 1;
         self.stats.bytes_in += frame.payload.len() as u64;
         let kind = frame.kind();
         let seq = frame.seq();
-        let outcome = self.dispatch(frame, backend);
+        let outcome = self.dispatch(frame, backend, models);
         match outcome {
             Ok(Some(body)) => self.queue(kind, seq, body),
             Ok(None) => {}
@@ -491,6 +519,23 @@ impl Session {
                     }
                 }
             }
+            Body::Embeddings(e) => {
+                let data = e.count as usize * e.dim as usize * 4;
+                let needed = crate::config::HEADER_LEN + EMBEDDINGS_PREFIX_LEN + data;
+                let dst = payload_out
+                    .get_mut(..EMBEDDINGS_PREFIX_LEN + data)
+                    .ok_or(PollError::BufferTooSmall { needed })?;
+                dst[0..2].copy_from_slice(&e.count.to_le_bytes());
+                dst[2..4].copy_from_slice(&e.dim.to_le_bytes());
+                match backend.read(e.buffer, 0, &mut dst[EMBEDDINGS_PREFIX_LEN..]) {
+                    Ok(()) => (p.kind, Flags::RESPONSE, EMBEDDINGS_PREFIX_LEN + data),
+                    Err(err) => {
+                        let r = Reject::from(err);
+                        let m = ErrorMsg { code: r.code, request_kind: p.kind, reason: r.reason };
+                        (Kind::ERROR, ErrorMsg::flags(), m.emit(payload_out)?)
+                    }
+                }
+            }
             body => {
                 let (kind, flags, len) = Self::emit_body(p.kind, body, payload_out)?;
                 (kind, flags, len)
@@ -542,12 +587,14 @@ impl Session {
             }
             Body::Stats(m) => (kind, r, m.emit(out)?),
             Body::Allocated(m) => (kind, r, m.emit(out)?),
+            Body::ModelLoaded(m) => (kind, r, m.emit(out)?),
             Body::Error { code, request_kind, reason } => {
                 let m = ErrorMsg { code: *code, request_kind: *request_kind, reason };
                 (Kind::ERROR, ErrorMsg::flags(), m.emit(out)?)
             }
-            // Read bodies are emitted by poll_transmit, which reads the backend into `out`.
-            Body::Read { .. } => (kind, r, 0),
+            // Read and embedding bodies are emitted by poll_transmit, which reads the backend
+            // into `out`.
+            Body::Read { .. } | Body::Embeddings(_) => (kind, r, 0),
         })
     }
 
@@ -584,13 +631,17 @@ impl Session {
         self.push_event(Event::Closed(reason));
     }
 
-    /// Frees (and so zeroes) every buffer. Backend failures are ignored: the session's claim on
-    /// the memory ends either way, and the backend's own accounting reports any leak.
+    /// Frees (and so zeroes) every buffer, trying each failed free once more (a transient
+    /// backend failure must not leak memory for the node's lifetime). If the backend still
+    /// fails, the session's claim ends anyway and the backend's own accounting shows the leak.
     fn release<B: GpuBackend + ?Sized>(&mut self, backend: &mut B) {
         for slot in self.slots.iter() {
-            let _ = backend.free(slot.id);
+            if backend.free(slot.id).is_err() {
+                let _ = backend.free(slot.id);
+            }
         }
         self.slots.clear();
+        self.models.clear();
         self.used = 0;
     }
 
@@ -618,10 +669,11 @@ impl Session {
         }
     }
 
-    fn dispatch<B: GpuBackend + ?Sized>(
+    fn dispatch<B: GpuBackend + ?Sized, M: ModelHost<B> + ?Sized>(
         &mut self,
         frame: Frame<'_>,
         backend: &mut B,
+        models: &mut M,
     ) -> Result<Option<Body>, Reject> {
         let kind = frame.kind();
         let flags = frame.header.flags;
@@ -654,6 +706,9 @@ impl Session {
                     self.push_event(Event::AuthFailed);
                     Err(Reject::new(ErrorCode::AUTH_FAILED, "authentication failed"))
                 }
+            }
+            (State::Ready, req @ (Request::ModelLoad(_) | Request::ModelUnload(_) | Request::Infer(_))) => {
+                self.on_model(req, backend, models).map(Some)
             }
             (State::Ready, req) => self.on_ready(req, backend),
             (State::AwaitHello, _) => Err(Reject::new(ErrorCode::WRONG_STATE, "HELLO required first")),
@@ -745,9 +800,11 @@ impl Session {
             }
             Request::Free(f) => {
                 let slot = self.slot(f.handle)?;
+                // Only a successful free ends the session's claim: if the backend fails, the
+                // handle stays valid so the client can retry, and close retries it too.
+                backend.free(slot.id)?;
                 self.slots.retain(|s| s.handle != f.handle);
                 self.used -= slot.size;
-                backend.free(slot.id)?;
                 Body::Empty
             }
             Request::Write(w) => {
@@ -790,11 +847,78 @@ impl Session {
                 Body::Empty
             }
             // Handled before the state match.
-            Request::Bye | Request::Reserved(_) | Request::Unknown(_) => {
+            Request::Bye
+            | Request::Reserved(_)
+            | Request::Unknown(_)
+            | Request::ModelLoad(_)
+            | Request::ModelUnload(_)
+            | Request::Infer(_) => {
                 return Err(Reject::new(ErrorCode::INTERNAL, "unreachable request routing"));
             }
         };
         Ok(Some(body))
+    }
+
+    fn on_model<B: GpuBackend + ?Sized, M: ModelHost<B> + ?Sized>(
+        &mut self,
+        req: Request<'_>,
+        backend: &mut B,
+        models: &mut M,
+    ) -> Result<Body, Reject> {
+        if !self.config.models {
+            return Err(Reject::new(ErrorCode::UNSUPPORTED, "this node serves no models"));
+        }
+        let wire = |e: crate::model::ModelError| {
+            let (code, reason) = e.wire();
+            Reject::new(code, reason)
+        };
+        let known = |models: &Vec<LoadedModel, MAX_MODELS>, id: u32| {
+            models
+                .iter()
+                .position(|m| m.id == id)
+                .ok_or(Reject::new(ErrorCode::NO_SUCH_MODEL, "no such model"))
+        };
+        match req {
+            Request::ModelLoad(m) => {
+                if self.models.is_full() {
+                    return Err(Reject::new(ErrorCode::TOO_MANY_BUFFERS, "session model limit reached"));
+                }
+                let budget = self.config.quota.saturating_sub(self.used);
+                let loaded = models.load(backend, m.name, budget).map_err(wire)?;
+                if loaded.bytes > budget || self.models.iter().any(|x| x.id == loaded.id) {
+                    // The host broke its contract: undo, and refuse.
+                    let _ = models.unload(backend, loaded.id);
+                    return Err(Reject::new(
+                        ErrorCode::QUOTA_EXCEEDED,
+                        "model does not fit the session quota",
+                    ));
+                }
+                // Not full: checked above.
+                let _ = self.models.push(loaded);
+                self.used += loaded.bytes;
+                Ok(Body::ModelLoaded(ModelLoaded { model: loaded.id, dim: loaded.dim, bytes: loaded.bytes }))
+            }
+            Request::ModelUnload(u) => {
+                let i = known(&self.models, u.model)?;
+                let m = self.models.swap_remove(i);
+                self.used -= m.bytes;
+                models.unload(backend, m.id).map_err(wire)?;
+                Ok(Body::Empty)
+            }
+            Request::Infer(inf) => {
+                let i = known(&self.models, inf.model)?;
+                let out = models.infer(backend, self.models[i].id, &inf).map_err(wire)?;
+                let payload = EMBEDDINGS_PREFIX_LEN as u64 + out.count as u64 * out.dim as u64 * 4;
+                if out.count as usize != inf.count() || payload > self.config.effective_max_payload() as u64 {
+                    return Err(Reject::new(
+                        ErrorCode::INVALID_INPUT,
+                        "batch too large for one response frame",
+                    ));
+                }
+                Ok(Body::Embeddings(out))
+            }
+            _ => Err(Reject::new(ErrorCode::INTERNAL, "unreachable model routing")),
+        }
     }
 
     fn kernel_call(&self, d: &msg::Dispatch) -> Result<KernelCall, Reject> {

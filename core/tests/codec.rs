@@ -58,6 +58,9 @@ fn every_fixed_message_roundtrips() {
         ],
         [8, 64, 32, 8, 12, 4, 16, 32, 21, 32, 48]
     );
+    assert_eq!([ModelUnload::LEN, ModelLoaded::LEN], [4, 16]);
+    roundtrip_fixed(ModelUnload { model: 7 });
+    roundtrip_fixed(ModelLoaded { model: 7, dim: 384, bytes: 90_000_000 });
     roundtrip_fixed(Hello { min_version: 1, max_version: 3, caps: Caps(5) });
     roundtrip_fixed(Welcome {
         version: 1,
@@ -125,6 +128,31 @@ fn borrowing_messages_roundtrip_zero_copy() {
         vendor: "Mesa",
     };
     roundtrip(&info, &mut buf);
+
+    let mut buf = Vec::new();
+    roundtrip(&ModelLoad { name: "all-MiniLM-L6-v2" }, &mut buf);
+    assert!(ModelLoad::parse(b"\x05../ab").is_err(), "path-like names are malformed");
+    assert!(ModelLoad::parse(b"\x00").is_err(), "empty names are malformed");
+
+    let texts = ["héllo wörld", "", "third"];
+    let mut buf = vec![0u8; Infer::encoded_len(&texts)];
+    let n = Infer::emit_texts(9, &texts, &mut buf).unwrap();
+    let parsed = Infer::parse(&buf[..n]).unwrap();
+    assert_eq!((parsed.model, parsed.count()), (9, 3));
+    assert_eq!(parsed.texts().collect::<Vec<_>>(), texts);
+    let mut again = vec![0u8; parsed.buffer_len()];
+    assert_eq!(parsed.emit(&mut again).unwrap(), n);
+    assert_eq!(again, buf[..n]);
+    assert_eq!(Infer::parse(&buf[..n - 1]), Err(DecodeError::Truncated));
+    let mut bad = buf[..n].to_vec();
+    bad[8] = 0xFF; // first byte of the first text
+    assert_eq!(Infer::parse(&bad), Err(DecodeError::InvalidUtf8));
+
+    let floats: Vec<u8> = [1.0f32, -2.0, 0.5, 0.25].iter().flat_map(|f| f.to_le_bytes()).collect();
+    let mut buf = Vec::new();
+    roundtrip(&Embeddings { count: 2, dim: 2, data: &floats }, &mut buf);
+    assert_eq!(Embeddings::parse(&buf).unwrap().get(1), Some(-2.0));
+    assert!(Embeddings::parse(&buf[..buf.len() - 4]).is_err());
 
     let mut buf = Vec::new();
     let e = ErrorMsg { code: ErrorCode(4242), request_kind: Kind(0x99), reason: "unknown codes round-trip" };

@@ -154,9 +154,17 @@ fn unknown_reserved_malformed_and_flags() {
     assert_eq!(code(&o[0]), ErrorCode::UNKNOWN_KIND);
     let Response::Error(e) = o[0].response() else { panic!() };
     assert_eq!(e.request_kind, Kind(0x55), "unknown kinds round-trip");
-    for k in [Kind::MODEL_LOAD, Kind::MODEL_UNLOAD, Kind::INFER] {
-        assert_eq!(code(&d.raw(&mut b, k, Flags::NONE, &[])[0]), ErrorCode::UNSUPPORTED);
-    }
+    // A node without models answers the model kinds UNSUPPORTED.
+    assert_eq!(code(&d.one(&mut b, &ModelLoad { name: "all-MiniLM-L6-v2" })), ErrorCode::UNSUPPORTED);
+    assert_eq!(code(&d.one(&mut b, &ModelUnload { model: 1 })), ErrorCode::UNSUPPORTED);
+    assert_eq!(
+        code(&d.raw(&mut b, Kind::INFER, Flags::NONE, &[1, 0, 0, 0, 0, 0])[0]),
+        ErrorCode::UNSUPPORTED
+    );
+    assert_eq!(
+        code(&d.raw(&mut b, Kind::MODEL_LOAD, Flags::NONE, &[3, b'.', b'.', b'/'])[0]),
+        ErrorCode::MALFORMED
+    );
     assert_eq!(code(&d.raw(&mut b, Kind::ALLOC, Flags::NONE, &[1, 2, 3])[0]), ErrorCode::MALFORMED);
     assert_eq!(code(&d.raw(&mut b, Kind::ALLOC, Flags::NONE, &[0; 9])[0]), ErrorCode::MALFORMED);
     assert_eq!(code(&d.raw(&mut b, Kind::PING, Flags::RESPONSE, &[])[0]), ErrorCode::MALFORMED);

@@ -126,6 +126,7 @@ impl Side {
             handshake_timeout: Duration::from_millis(setup.handshake_ms),
             idle_timeout: Duration::from_millis(setup.idle_ms),
             auth: key.clone(),
+            models: false,
         };
         Self { session: Session::new(config, nonce, now), key, model: Vec::new(), retired: Vec::new() }
     }

@@ -72,6 +72,11 @@ codes! {
     INTERNAL = 18, false;
     /// The node is shutting down. The node closes the session.
     SHUTTING_DOWN = 19, true;
+    /// No model of that name in the node's repository, or no loaded model with that id in
+    /// this session.
+    NO_SUCH_MODEL = 20, false;
+    /// The model's input is outside its limits (too many texts, a text too long).
+    INVALID_INPUT = 21, false;
 }
 
 impl From<u16> for ErrorCode {

@@ -55,11 +55,11 @@ kinds! {
     FILL = 0x15,
     /// DISPATCH: run a built-in kernel on the session's buffers.
     DISPATCH = 0x20,
-    /// MODEL_LOAD (reserved, not yet served).
+    /// MODEL_LOAD: load a model from the node's repository (capability MODELS).
     MODEL_LOAD = 0x30,
-    /// MODEL_UNLOAD (reserved, not yet served).
+    /// MODEL_UNLOAD: free and zero a loaded model (capability MODELS).
     MODEL_UNLOAD = 0x31,
-    /// INFER (reserved, not yet served).
+    /// INFER: run a loaded model on a batch of texts (capability MODELS).
     INFER = 0x32,
     /// DISCOVER: UDP discovery probe.
     DISCOVER = 0x40,
@@ -70,9 +70,10 @@ kinds! {
 }
 
 impl Kind {
-    /// Whether this kind is reserved for a later protocol feature.
+    /// Whether this kind is reserved for a later protocol feature. No kind is reserved in
+    /// version 1; the model kinds (`0x30..=0x32`) are served behind the MODELS capability.
     pub const fn is_reserved(self) -> bool {
-        matches!(self, Self::MODEL_LOAD | Self::MODEL_UNLOAD | Self::INFER)
+        false
     }
 }
 

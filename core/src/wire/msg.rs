@@ -285,6 +285,201 @@ fixed_message! {
     }
 }
 
+fixed_message! {
+    /// MODEL_UNLOAD: free (and zero) every byte of a loaded model. Answered with an empty response.
+    ModelUnload, MODEL_UNLOAD, response = false {
+        /// The model, as MODEL_LOAD's answer named it.
+        model: u32,
+    }
+}
+
+fixed_message! {
+    /// The answer to MODEL_LOAD.
+    ModelLoaded, MODEL_LOAD, response = true {
+        /// The model's id, valid in this session only.
+        model: u32,
+        /// Embedding width of the model's output.
+        dim: u32,
+        /// Device bytes the weights hold (charged to the session's quota).
+        bytes: u64,
+    }
+}
+
+/// MODEL_LOAD: load a model from the node's repository, by name. The name is 1–64 bytes of
+/// `[A-Za-z0-9._-]`, not starting with `.` (so no path can be named).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelLoad<'a> {
+    /// The model's name in the node's repository.
+    pub name: &'a str,
+}
+
+/// Longest model name.
+pub const MAX_MODEL_NAME: usize = 64;
+
+/// Whether `name` is a valid model name: 1–64 bytes of `[A-Za-z0-9._-]`, not starting with `.`.
+pub fn valid_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_MODEL_NAME
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl<'a> Message<'a> for ModelLoad<'a> {
+    const KIND: Kind = Kind::MODEL_LOAD;
+    const RESPONSE: bool = false;
+
+    fn parse(payload: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(payload);
+        let name = r.str_u8(MAX_MODEL_NAME, "model_load.name")?;
+        r.finish()?;
+        if !valid_model_name(name) {
+            return Err(DecodeError::InvalidField("model_load.name"));
+        }
+        Ok(Self { name })
+    }
+
+    fn buffer_len(&self) -> usize {
+        1 + self.name.len()
+    }
+
+    fn emit(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
+        let mut w = Writer::new(buf);
+        w.str_u8(self.name, MAX_MODEL_NAME)?;
+        Ok(w.len())
+    }
+}
+
+/// INFER: run a loaded model on a batch of texts. Payload: `model u32`, `count u16`, then
+/// `count` texts, each a `u16` byte length and that many bytes of UTF-8. The texts borrow the
+/// frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Infer<'a> {
+    /// The model.
+    pub model: u32,
+    count: u16,
+    texts: &'a [u8],
+}
+
+/// Length of INFER's fixed part (model and count).
+pub const INFER_PREFIX_LEN: usize = 6;
+
+impl<'a> Infer<'a> {
+    /// Number of texts.
+    pub const fn count(&self) -> usize {
+        self.count as usize
+    }
+
+    /// The texts, in order. Parsing checked their lengths and UTF-8, so this yields exactly
+    /// [`count`](Self::count) items.
+    pub fn texts(&self) -> impl Iterator<Item = &'a str> + 'a {
+        let mut r = Reader::new(self.texts);
+        (0..self.count).map_while(move |_| {
+            let n = r.u16().ok()? as usize;
+            core::str::from_utf8(r.bytes(n).ok()?).ok()
+        })
+    }
+
+    /// Encodes the payload for `texts` into `buf`, returning its length.
+    pub fn emit_texts(model: u32, texts: &[&str], buf: &mut [u8]) -> Result<usize, EncodeError> {
+        let count = u16::try_from(texts.len()).map_err(|_| EncodeError::TooLarge)?;
+        let mut w = Writer::new(buf);
+        w.u32(model)?;
+        w.u16(count)?;
+        for t in texts {
+            w.u16(u16::try_from(t.len()).map_err(|_| EncodeError::TooLarge)?)?;
+            w.bytes(t.as_bytes())?;
+        }
+        Ok(w.len())
+    }
+
+    /// Encoded length for `texts`.
+    pub fn encoded_len(texts: &[&str]) -> usize {
+        INFER_PREFIX_LEN + texts.iter().map(|t| 2 + t.len()).sum::<usize>()
+    }
+}
+
+impl<'a> Message<'a> for Infer<'a> {
+    const KIND: Kind = Kind::INFER;
+    const RESPONSE: bool = false;
+
+    fn parse(payload: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(payload);
+        let model = r.u32()?;
+        let count = r.u16()?;
+        let texts = r.rest();
+        let mut check = Reader::new(texts);
+        for _ in 0..count {
+            let n = check.u16()? as usize;
+            core::str::from_utf8(check.bytes(n)?).map_err(|_| DecodeError::InvalidUtf8)?;
+        }
+        check.finish()?;
+        Ok(Self { model, count, texts })
+    }
+
+    fn buffer_len(&self) -> usize {
+        INFER_PREFIX_LEN + self.texts.len()
+    }
+
+    fn emit(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
+        let mut w = Writer::new(buf);
+        w.u32(self.model)?;
+        w.u16(self.count)?;
+        w.bytes(self.texts)?;
+        Ok(w.len())
+    }
+}
+
+/// Length of the INFER response's fixed part (`count u16`, `dim u16`) before the floats.
+pub const EMBEDDINGS_PREFIX_LEN: usize = 4;
+
+/// The answer to INFER: `count u16`, `dim u16`, then `count × dim` little-endian f32, one
+/// L2-normalized embedding per text, in request order. The floats borrow the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Embeddings<'a> {
+    /// Embeddings.
+    pub count: u16,
+    /// Floats per embedding.
+    pub dim: u16,
+    /// `count × dim` little-endian f32.
+    pub data: &'a [u8],
+}
+
+impl<'a> Embeddings<'a> {
+    /// The `i`-th float.
+    pub fn get(&self, i: usize) -> Option<f32> {
+        let b = self.data.get(i.checked_mul(4)?..i.checked_mul(4)?.checked_add(4)?)?;
+        Some(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+}
+
+impl<'a> Message<'a> for Embeddings<'a> {
+    const KIND: Kind = Kind::INFER;
+    const RESPONSE: bool = true;
+
+    fn parse(payload: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(payload);
+        let count = r.u16()?;
+        let dim = r.u16()?;
+        let data = r.rest();
+        if data.len() != count as usize * dim as usize * 4 {
+            return Err(DecodeError::InvalidField("embeddings.data"));
+        }
+        Ok(Self { count, dim, data })
+    }
+
+    fn buffer_len(&self) -> usize {
+        EMBEDDINGS_PREFIX_LEN + self.data.len()
+    }
+
+    fn emit(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
+        let mut w = Writer::new(buf);
+        w.u16(self.count)?;
+        w.u16(self.dim)?;
+        w.bytes(self.data)?;
+        Ok(w.len())
+    }
+}
+
 /// A request or response with an empty payload (DEVICE_INFO, STATS and BYE requests, and the
 /// acknowledgements of AUTH, FREE, WRITE, COPY, FILL, DISPATCH and BYE).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -501,6 +696,12 @@ pub enum Request<'a> {
     Fill(Fill),
     /// DISPATCH.
     Dispatch(Dispatch),
+    /// MODEL_LOAD.
+    ModelLoad(ModelLoad<'a>),
+    /// MODEL_UNLOAD.
+    ModelUnload(ModelUnload),
+    /// INFER.
+    Infer(Infer<'a>),
     /// A kind reserved for a later protocol feature (MODEL_LOAD, MODEL_UNLOAD, INFER).
     Reserved(Kind),
     /// A kind this crate does not know, or one that is not a request.
@@ -524,6 +725,9 @@ impl<'a> Request<'a> {
             Kind::COPY => Self::Copy(Copy::parse(payload)?),
             Kind::FILL => Self::Fill(Fill::parse(payload)?),
             Kind::DISPATCH => Self::Dispatch(Dispatch::parse(payload)?),
+            Kind::MODEL_LOAD => Self::ModelLoad(ModelLoad::parse(payload)?),
+            Kind::MODEL_UNLOAD => Self::ModelUnload(ModelUnload::parse(payload)?),
+            Kind::INFER => Self::Infer(Infer::parse(payload)?),
             k if k.is_reserved() => Self::Reserved(k),
             k => Self::Unknown(k),
         })
@@ -545,6 +749,9 @@ impl<'a> Request<'a> {
             Self::Copy(_) => Kind::COPY,
             Self::Fill(_) => Kind::FILL,
             Self::Dispatch(_) => Kind::DISPATCH,
+            Self::ModelLoad(_) => Kind::MODEL_LOAD,
+            Self::ModelUnload(_) => Kind::MODEL_UNLOAD,
+            Self::Infer(_) => Kind::INFER,
             Self::Reserved(k) | Self::Unknown(k) => *k,
         }
     }
@@ -562,6 +769,9 @@ impl<'a> Request<'a> {
             Self::Copy(m) => m.emit(buf),
             Self::Fill(m) => m.emit(buf),
             Self::Dispatch(m) => m.emit(buf),
+            Self::ModelLoad(m) => m.emit(buf),
+            Self::ModelUnload(m) => m.emit(buf),
+            Self::Infer(m) => m.emit(buf),
             Self::DeviceInfo | Self::Stats | Self::Bye | Self::Reserved(_) | Self::Unknown(_) => Ok(0),
         }
     }
@@ -583,7 +793,12 @@ pub enum Response<'a> {
     Allocated(Allocated),
     /// READ's answer: the bytes.
     Data(&'a [u8]),
-    /// An empty acknowledgement of the named kind (AUTH, FREE, WRITE, COPY, FILL, DISPATCH, BYE).
+    /// MODEL_LOAD's answer.
+    ModelLoaded(ModelLoaded),
+    /// INFER's answer.
+    Embeddings(Embeddings<'a>),
+    /// An empty acknowledgement of the named kind (AUTH, FREE, WRITE, COPY, FILL, DISPATCH,
+    /// MODEL_UNLOAD, BYE).
     Ack(Kind),
     /// An ERROR.
     Error(ErrorMsg<'a>),
@@ -609,7 +824,16 @@ impl<'a> Response<'a> {
             Kind::STATS => Self::Stats(Stats::parse(payload)?),
             Kind::ALLOC => Self::Allocated(Allocated::parse(payload)?),
             Kind::READ => Self::Data(payload),
-            Kind::AUTH | Kind::FREE | Kind::WRITE | Kind::COPY | Kind::FILL | Kind::DISPATCH | Kind::BYE => {
+            Kind::MODEL_LOAD => Self::ModelLoaded(ModelLoaded::parse(payload)?),
+            Kind::INFER => Self::Embeddings(Embeddings::parse(payload)?),
+            Kind::AUTH
+            | Kind::FREE
+            | Kind::WRITE
+            | Kind::COPY
+            | Kind::FILL
+            | Kind::DISPATCH
+            | Kind::MODEL_UNLOAD
+            | Kind::BYE => {
                 Empty::parse(payload)?;
                 Self::Ack(kind)
             }

@@ -137,6 +137,24 @@ impl Driver {
         }
     }
 
+    /// Sends a raw frame through `handle_frame_with` and a model host.
+    pub fn raw_with<M: rela_core::model::ModelHost<MockBackend>>(
+        &mut self,
+        b: &mut MockBackend,
+        models: &mut M,
+        kind: Kind,
+        flags: Flags,
+        payload: &[u8],
+    ) -> Vec<Out> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut buf = vec![0u8; payload.len() + 16];
+        let bytes =
+            encode_frame::<SoftCrc32>(&mut buf, kind, flags, self.seq, payload).expect("encode").to_vec();
+        let frame = Frame::parse::<SoftCrc32>(&bytes, u32::MAX).expect("valid frame");
+        self.session.handle_frame_with(self.now, frame, b, models).expect("host follows the call order");
+        self.drain(b)
+    }
+
     /// Sends a raw frame (kind, flags, payload) and returns every response frame.
     pub fn raw(&mut self, b: &mut MockBackend, kind: Kind, flags: Flags, payload: &[u8]) -> Vec<Out> {
         self.seq = self.seq.wrapping_add(1);
