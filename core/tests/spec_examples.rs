@@ -103,6 +103,21 @@ fn examples() -> Vec<(&'static str, Vec<u8>)> {
                 },
             ),
         ),
+        ("model-load", frame(9, &ModelLoad { name: "all-MiniLM-L6-v2" })),
+        ("model-loaded", frame(9, &ModelLoaded { model: 1, dim: 384, bytes: 90_866_688 })),
+        ("infer", {
+            let texts = ["hi", "RELA"];
+            let mut payload = vec![0u8; Infer::encoded_len(&texts)];
+            Infer::emit_texts(1, &texts, &mut payload).unwrap();
+            let mut buf = vec![0u8; payload.len() + 16];
+            encode_frame::<SoftCrc32>(&mut buf, Kind::INFER, rela_core::wire::Flags::NONE, 10, &payload)
+                .unwrap()
+                .to_vec()
+        }),
+        ("embeddings", {
+            let data: Vec<u8> = [0.6f32, 0.8, 1.0, 0.0].iter().flat_map(|f| f.to_le_bytes()).collect();
+            frame(10, &Embeddings { count: 2, dim: 2, data: &data })
+        }),
         ("discover", discover),
         ("announce", announce),
     ]
