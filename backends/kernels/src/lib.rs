@@ -3,7 +3,7 @@
 //! - [`wgsl`]: one WGSL source per kernel. wgpu consumes them directly; the Vulkan backend
 //!   turns them into SPIR-V with naga.
 //! - [`CUDA_SOURCE`]: the same kernels in CUDA C, compiled at run time by NVRTC.
-//! - [`reference`]: plain-Rust implementations over little-endian byte buffers. The host
+//! - [`reference`](mod@reference): plain-Rust implementations over little-endian byte buffers. The host
 //!   backend runs them, and the conformance suite checks every other backend against them.
 //! - [`Launch`]: what a GPU backend binds and how many workgroups it dispatches for a call,
 //!   shared by the Vulkan and wgpu backends (and the CUDA grid shapes).
