@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use rela_core::auth::AuthKey;
 use rela_core::config::{
-    DEFAULT_DISCOVERY_PORT, DEFAULT_SESSION_PORT, MAX_BUFFERS, MAX_PAYLOAD, MAX_PING_PAYLOAD, NODE_ID_LEN,
+    DEFAULT_DISCOVERY_PORT, DEFAULT_SESSION_PORT, HEADER_LEN, MAX_BUFFERS, MAX_PAYLOAD, MAX_PING_PAYLOAD,
+    NODE_ID_LEN,
 };
 use rela_core::session::SessionConfig;
 
@@ -27,8 +28,16 @@ pub struct NodeConfig {
     /// Allow binding a non-loopback address without a token (see [`validate`](Self::validate)).
     pub allow_unauthenticated: bool,
     /// Requests read ahead per connection while earlier ones are served (pipelining depth,
-    /// at least 1). Each holds an input and an output buffer of up to `max_payload` bytes.
+    /// at least 1). Their large buffers come from the node-wide pool ([`buffer_budget`]).
+    ///
+    /// [`buffer_budget`]: Self::buffer_budget
     pub pipeline_depth: usize,
+    /// Bytes of frame buffers the whole node may hold at once: WRITE payloads being read or
+    /// waiting for the engine, READ responses waiting for their socket, and buffers cached for
+    /// reuse. A connection waits for room before reading a payload. Must hold at least one
+    /// largest frame (header plus `max_payload`, rounded up to 64 KiB). Default
+    /// [`DEFAULT_BUFFER_BUDGET`].
+    pub buffer_budget: usize,
     /// Delay before serving the next connection from an IP after its first failed AUTH; it
     /// doubles with each further failure.
     pub auth_backoff: Duration,
@@ -49,6 +58,7 @@ impl Default for NodeConfig {
             node_id: rand::random(),
             allow_unauthenticated: false,
             pipeline_depth: 4,
+            buffer_budget: DEFAULT_BUFFER_BUDGET,
             auth_backoff: Duration::from_millis(250),
             auth_backoff_max: Duration::from_secs(30),
             socket_buffer: 4 * 1024 * 1024,
@@ -93,12 +103,19 @@ impl NodeConfig {
         if !(MIN_MAX_PAYLOAD..=MAX_PAYLOAD).contains(&p) {
             return Err(ConfigError::MaxPayload(p));
         }
+        let frame = crate::pool::class_of(HEADER_LEN + p as usize);
+        if self.buffer_budget < frame {
+            return Err(ConfigError::BufferBudget { budget: self.buffer_budget, needed: frame });
+        }
         if self.session.max_buffers == 0 || self.session.max_buffers as usize > MAX_BUFFERS {
             return Err(ConfigError::MaxBuffers(self.session.max_buffers));
         }
         Ok(())
     }
 }
+
+/// Default [`NodeConfig::buffer_budget`]: 64 MiB, four largest frames.
+pub const DEFAULT_BUFFER_BUDGET: usize = 64 * 1024 * 1024;
 
 /// Smallest `max_payload` a node accepts: a PING must fit.
 pub const MIN_MAX_PAYLOAD: u32 = MAX_PING_PAYLOAD as u32 * 4;
@@ -117,6 +134,13 @@ pub enum ConfigError {
     MaxPayload(u32),
     /// `max_buffers` is zero or above the core's table capacity.
     MaxBuffers(u16),
+    /// `buffer_budget` cannot hold one largest frame.
+    BufferBudget {
+        /// The configured budget.
+        budget: usize,
+        /// The bytes one largest frame needs.
+        needed: usize,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -132,6 +156,9 @@ impl fmt::Display for ConfigError {
                 write!(f, "max_payload {p} outside {MIN_MAX_PAYLOAD}..={MAX_PAYLOAD}")
             }
             Self::MaxBuffers(b) => write!(f, "max_buffers {b} outside 1..={MAX_BUFFERS}"),
+            Self::BufferBudget { budget, needed } => {
+                write!(f, "buffer_budget {budget} below one largest frame ({needed} bytes)")
+            }
         }
     }
 }
@@ -168,5 +195,10 @@ mod tests {
         assert_eq!(c.validate(), Err(ConfigError::MaxPayload(MAX_PAYLOAD + 1)));
         let c = NodeConfig { max_sessions: 0, ..NodeConfig::default() };
         assert_eq!(c.validate(), Err(ConfigError::NoSessions));
+        let c = NodeConfig { buffer_budget: 1 << 20, ..NodeConfig::default() };
+        assert!(matches!(c.validate(), Err(ConfigError::BufferBudget { .. })));
+        let mut c = NodeConfig { buffer_budget: 1 << 20, ..NodeConfig::default() };
+        c.session.max_payload = 512 * 1024;
+        assert_eq!(c.validate(), Ok(()));
     }
 }

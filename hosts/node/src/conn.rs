@@ -3,45 +3,75 @@
 //! Each connection has a reader task and a writer (the connection task itself):
 //!
 //! ```text
-//!          pool of `pipeline_depth` slots
-//!   ┌──────────────────────────────────────────┐
-//!   ▼                                          │
-//! reader ──Command::Frame(slot)──► engine ──Reply(slot)──► writer ──► socket
-//!   ▲ socket                                        (in order)
+//!                     node-wide buffer pool (byte budget)
+//!                      │ WRITE payloads, READ responses
+//!                      ▼
+//! socket ──► reader ──Command::Frame──► engine ──Reply──► writer ──► socket
+//!              │                                  ▲        (in order)
+//!              └──── PING fast path (session lock) ┘
 //! ```
 //!
-//! The reader validates the header before reading the payload, reads the payload into a
-//! recycled slot and checks the CRC while the bytes are hot; it keeps reading while earlier
-//! requests are served, up to the number of slots. The writer writes replies in order, arms the
-//! session timer the engine reports, and closes the connection when the session closes.
+//! The reader validates the header before reading the payload. Small payloads travel inline in
+//! the command; a large one (WRITE data) is read straight from the socket into a buffer from the
+//! node's [`Pool`], waiting for room in the budget first, and its CRC is computed piece by
+//! piece while the bytes are hot. For a READ the reader reserves the response buffer (header
+//! plus the length asked for) before forwarding the request, so the backend reads straight into
+//! it and the budget bounds READ responses too. At most `pipeline_depth` requests per
+//! connection are between the reader and the socket at once.
+//!
+//! The PING fast path: when nothing of this connection is in flight, a well-formed PING is run
+//! through the session on the reader task itself (under the session's lock; the core decides,
+//! updates the idle timer and the counters exactly as on the engine) and the PONG goes straight
+//! to the writer, saving two thread hops. A PING is the one request the core serves without the
+//! backend, so the reader needs none.
+//!
+//! The writer writes replies in order (several at once with a vectored write when they queue
+//! up), arms the session timer the engine reports, and closes the connection when the session
+//! closes.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rela_client::FastCrc32;
+use rela_core::backend::{BackendError, BackendKind, BufferId, DeviceInfo, GpuBackend, KernelCall, Usage};
 use rela_core::config::HEADER_LEN;
-use rela_core::wire::msg::{ErrorMsg, Message};
-use rela_core::wire::{ErrorCode, FrameCrc, FrameError, HeaderRepr, Kind, RawHeader, emit_frame};
+use rela_core::session::{Session, SessionConfig};
+use rela_core::wire::msg::{self, ErrorMsg, Message, Request};
+use rela_core::wire::{
+    ErrorCode, Flags, Frame, FrameCrc, FrameError, HeaderRepr, Kind, RawHeader, emit_frame,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{Instrument, Span};
 
-use crate::engine::{Clock, Command, ConnId, Reply, Slot};
+use crate::engine::{
+    Clock, Command, ConnId, ConnState, INLINE_OUT, INLINE_PAYLOAD, Job, OutBuf, Outcome, Payload, Reply,
+    ReplyTx, drain,
+};
+use crate::pool::{Pool, PoolBuf};
 use crate::throttle::AuthThrottle;
 
 /// How long a closing connection keeps reading (and discarding) so that its last frames are not
 /// destroyed by a reset (closing a socket with unread input sends RST).
 const LINGER: Duration = Duration::from_secs(2);
 /// Read buffer in front of each socket: headers and small requests take one syscall for many.
-const READ_BUFFER: usize = 64 * 1024;
-/// Payloads are read and checksummed in pieces of this size.
+/// Large payloads bypass it (they are read straight into their pooled buffer); at most this
+/// many bytes of a payload are copied out of it.
+const READ_BUFFER: usize = 8 * 1024;
+/// Payloads are read and checksummed in pieces of this size (cache-resident between the copy
+/// out of the socket and the CRC).
 const READ_PIECE: usize = 256 * 1024;
+/// A peer that takes no response bytes for this long is dropped, so it cannot hold pooled
+/// buffers (and with them the node's budget) indefinitely.
+const WRITE_STALL: Duration = Duration::from_secs(60);
+/// Most replies gathered into one vectored write.
+const WRITE_BATCH: usize = 16;
 
 /// What every connection task shares.
 #[derive(Debug)]
@@ -49,8 +79,12 @@ pub(crate) struct Shared {
     pub(crate) engine: mpsc::Sender<Command>,
     pub(crate) clock: Clock,
     pub(crate) throttle: Arc<Mutex<AuthThrottle>>,
+    /// Every session's configuration (each connection starts its session from it).
+    pub(crate) session: SessionConfig,
     pub(crate) max_payload: u32,
     pub(crate) depth: usize,
+    /// Payload and READ-response buffers, bounded by the node's budget.
+    pub(crate) pool: Arc<Pool>,
     pub(crate) max_sessions: usize,
     /// Connections being served (counted against `max_sessions`).
     pub(crate) live: AtomicUsize,
@@ -171,50 +205,65 @@ async fn serve(
     let _ = stream.set_nodelay(true);
     let (rd, mut wr) = stream.into_split();
     let (reply_tx, mut replies) = mpsc::unbounded_channel();
-    let open = Command::Open { conn, peer, span: Span::current(), replies: reply_tx };
+    let session = Session::new(shared.session.clone(), rand::random(), shared.clock.now());
+    let state = Arc::new(ConnState::new(session));
+    let open =
+        Command::Open { conn, peer, span: Span::current(), state: state.clone(), replies: reply_tx.clone() };
     if shared.engine.send(open).await.is_err() {
         return;
     }
-    let (pool_tx, pool_rx) = mpsc::channel(shared.depth);
-    for _ in 0..shared.depth {
-        let _ = pool_tx.try_send(Slot::default());
-    }
     let (stop_tx, stop_rx) = watch::channel(false);
-    let reader = AbortOnDrop(tokio::spawn(
-        read_loop(BufReader::with_capacity(READ_BUFFER, rd), conn, shared.clone(), pool_rx, stop_rx)
-            .instrument(Span::current()),
-    ));
+    let reader = Reader {
+        rd: BufReader::with_capacity(READ_BUFFER, rd),
+        conn,
+        shared: shared.clone(),
+        state: state.clone(),
+        depth: Arc::new(Semaphore::new(shared.depth)),
+        fast: reply_tx,
+    };
+    let reader = AbortOnDrop(tokio::spawn(reader.run(stop_rx).instrument(Span::current())));
 
     let timer = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(timer);
     let mut armed = false;
+    let mut batch: Vec<Reply> = Vec::with_capacity(WRITE_BATCH);
     loop {
         tokio::select! {
             reply = replies.recv() => {
                 let Some(reply) = reply else { break };
-                let (written, outcome) = match reply {
-                    Reply::Frame { slot, outcome } => {
-                        let r = wr.write_all(slot.output.get(..slot.out_len).unwrap_or(&[])).await;
-                        // The pool has room for every slot, so this cannot fail while the
-                        // reader is alive; if it is gone the slot is simply dropped.
-                        let _ = pool_tx.try_send(slot);
-                        (r, outcome)
+                batch.push(reply);
+                while batch.len() < WRITE_BATCH {
+                    match replies.try_recv() {
+                        Ok(r) => batch.push(r),
+                        Err(_) => break,
                     }
-                    Reply::Control { bytes, outcome } => (wr.write_all(&bytes).await, outcome),
+                }
+                let written = match tokio::time::timeout(WRITE_STALL, write_replies(&mut wr, &batch)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(io::ErrorKind::TimedOut.into()),
                 };
+                // Everything in the batch is out (or the connection is broken): release the
+                // pipeline slots and buffers, then let the fast path know.
+                let n = batch.len();
+                let last = batch.last().map(|r| r.outcome);
+                let closed = batch.iter().any(|r| r.outcome.closed);
+                batch.clear();
+                state.inflight.fetch_sub(n, Ordering::AcqRel);
                 if let Err(error) = written {
                     tracing::debug!(%error, "write failed");
                     let _ = shared.engine.send(Command::Abort { conn }).await;
                     break;
                 }
-                match outcome.timeout {
-                    Some(at) => {
-                        timer.as_mut().reset(shared.clock.deadline(at));
-                        armed = true;
+                if let Some(outcome) = last {
+                    match outcome.timeout {
+                        Some(at) => {
+                            timer.as_mut().reset(shared.clock.deadline(at));
+                            armed = true;
+                        }
+                        None => armed = false,
                     }
-                    None => armed = false,
                 }
-                if outcome.closed {
+                if closed {
                     break;
                 }
             }
@@ -234,7 +283,31 @@ async fn serve(
     let _ = (&mut reader.0).await;
 }
 
-/// Why [`read_frame`] stopped.
+/// Writes the frames of `batch` in order: one write for one reply, a vectored write for more.
+async fn write_replies(wr: &mut OwnedWriteHalf, batch: &[Reply]) -> io::Result<()> {
+    if let [one] = batch {
+        return wr.write_all(one.out.as_slice().get(..one.len).unwrap_or(&[])).await;
+    }
+    let mut slices: [IoSlice<'_>; WRITE_BATCH] = [IoSlice::new(&[]); WRITE_BATCH];
+    let mut count = 0;
+    for r in batch.iter().filter(|r| r.len > 0) {
+        if let Some(slot) = slices.get_mut(count) {
+            *slot = IoSlice::new(r.out.as_slice().get(..r.len).unwrap_or(&[]));
+            count += 1;
+        }
+    }
+    let mut bufs = &mut slices[..count];
+    while !bufs.is_empty() {
+        let n = wr.write_vectored(bufs).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
+}
+
+/// Why [`Reader::read_frame`] stopped.
 enum ReadError {
     Io(io::Error),
     Frame(FrameError),
@@ -246,64 +319,185 @@ impl From<io::Error> for ReadError {
     }
 }
 
-async fn read_loop(
-    mut rd: BufReader<OwnedReadHalf>,
+/// A connection's reader task.
+struct Reader {
+    rd: BufReader<OwnedReadHalf>,
     conn: ConnId,
     shared: Arc<Shared>,
-    mut pool: mpsc::Receiver<Slot>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let mut slot = tokio::select! {
-            biased;
-            _ = stop.changed() => break,
-            slot = pool.recv() => match slot {
-                Some(slot) => slot,
-                None => break,
-            },
-        };
-        let read = tokio::select! {
-            biased;
-            _ = stop.changed() => break,
-            r = read_frame(&mut rd, &mut slot.input, shared.max_payload) => r,
-        };
-        let now = shared.clock.now();
-        let (cmd, last) = match read {
-            Ok(header) => (Command::Frame { conn, now, header, slot }, false),
-            Err(ReadError::Frame(error)) => (Command::FrameError { conn, now, error }, true),
-            Err(ReadError::Io(error)) => {
-                // EOF between frames, EOF inside a frame, or a reset: the transport is gone.
-                tracing::debug!(%error, "connection ended");
-                (Command::Abort { conn }, true)
-            }
-        };
-        if shared.engine.send(cmd).await.is_err() || last {
-            break;
-        }
-    }
-    linger(&mut rd).await;
+    state: Arc<ConnState>,
+    /// `pipeline_depth` permits: one per request between the reader and the socket.
+    depth: Arc<Semaphore>,
+    /// The writer's queue, for fast-path replies.
+    fast: ReplyTx,
 }
 
-/// Reads one frame: the header is validated before any payload byte is read, the payload lands
-/// in `buf[..len]` (grown, never shrunk) and its CRC is checked piece by piece.
+impl Reader {
+    async fn run(self, mut stop: watch::Receiver<bool>) {
+        let Self { mut rd, conn, shared, state, depth, fast } = self;
+        loop {
+            let ticket = tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                t = depth.clone().acquire_owned() => t.expect("the depth semaphore is never closed"),
+            };
+            let read = tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                r = read_frame(&mut rd, &shared) => r,
+            };
+            let now = shared.clock.now();
+            let (cmd, last) = match read {
+                Ok((header, payload, out)) => {
+                    if let Payload::Inline(p) = &payload
+                        && let Some((out, len, outcome)) = fast_ping(&state, header, p, now)
+                    {
+                        if fast.send(Reply { out, len, outcome, _ticket: Some(ticket) }).is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    state.inflight.fetch_add(1, Ordering::AcqRel);
+                    let job = Job { header, payload, out, ticket };
+                    (Command::Frame { conn, now, job }, false)
+                }
+                Err(ReadError::Frame(error)) => (Command::FrameError { conn, now, error }, true),
+                Err(ReadError::Io(error)) => {
+                    // EOF between frames, EOF inside a frame, or a reset: the transport is gone.
+                    tracing::debug!(%error, "connection ended");
+                    (Command::Abort { conn }, true)
+                }
+            };
+            if shared.engine.send(cmd).await.is_err() || last {
+                break;
+            }
+        }
+        // The writer's queue must close once the engine lets go of the session.
+        drop(fast);
+        linger(&mut rd).await;
+    }
+}
+
+/// Reads one frame: the header is validated before any payload byte is read; a small payload
+/// is read inline, a large one into a pooled buffer (waiting for budget first), with its CRC
+/// checked piece by piece. Also reserves the response buffer.
 async fn read_frame(
     rd: &mut BufReader<OwnedReadHalf>,
-    buf: &mut Vec<u8>,
-    max_payload: u32,
-) -> Result<HeaderRepr, ReadError> {
+    shared: &Shared,
+) -> Result<(HeaderRepr, Payload, Option<PoolBuf>), ReadError> {
     let mut raw = [0u8; HEADER_LEN];
     rd.read_exact(&mut raw).await?;
     let view = RawHeader::view(&raw).map_err(|e| ReadError::Frame(e.into()))?;
-    let header = HeaderRepr::parse(view, max_payload).map_err(|e| ReadError::Frame(e.into()))?;
+    let header = HeaderRepr::parse(view, shared.max_payload).map_err(|e| ReadError::Frame(e.into()))?;
     let len = header.len as usize;
-    if buf.len() < len {
-        buf.resize(len, 0);
-    }
     let mut crc = FrameCrc::<FastCrc32>::new(view);
-    for piece in buf[..len].chunks_mut(READ_PIECE) {
+    if len <= INLINE_PAYLOAD {
+        let mut buf = [0u8; INLINE_PAYLOAD];
+        rd.read_exact(&mut buf[..len]).await?;
+        crc.update(&buf[..len]);
+        crc.verify(&header).map_err(ReadError::Frame)?;
+        let read_len = match msg::Read::parse(&buf[..len]) {
+            Ok(r) if header.kind == Kind::READ && r.len <= shared.max_payload => r.len as usize,
+            _ => 0,
+        };
+        // Room for the response: READ data plus header, or a small frame (an ERROR at most).
+        let out = if HEADER_LEN + read_len <= INLINE_OUT {
+            None
+        } else {
+            Some(shared.pool.get(HEADER_LEN + read_len).await)
+        };
+        return Ok((header, Payload::Inline(buf), out));
+    }
+    let mut buf = shared.pool.get(len).await;
+    for piece in buf.as_mut_slice()[..len].chunks_mut(READ_PIECE) {
         rd.read_exact(piece).await?;
         crc.update(piece);
     }
     crc.verify(&header).map_err(ReadError::Frame)?;
-    Ok(header)
+    Ok((header, Payload::Pooled(buf), None))
+}
+
+/// The PING fast path: serves a well-formed PING on the reader task when nothing of this
+/// connection is in flight (so the PONG cannot overtake an earlier response). The session
+/// decides, under its lock, exactly as on the engine. `None` sends the frame the normal way.
+fn fast_ping(
+    state: &ConnState,
+    header: HeaderRepr,
+    payload: &[u8; INLINE_PAYLOAD],
+    now: rela_core::time::Instant,
+) -> Option<(OutBuf, usize, Outcome)> {
+    let payload = payload.get(..header.len as usize)?;
+    // Only a request the core answers without the backend: a PING that decodes, no flags.
+    if header.kind != Kind::PING
+        || header.flags != Flags::NONE
+        || !matches!(Request::parse(Kind::PING, payload), Ok(Request::Ping(_)))
+    {
+        return None;
+    }
+    let mut session = state.lock();
+    // Checked under the lock: the engine counts its replies while holding it.
+    if !session.is_ready() || state.inflight.load(Ordering::Acquire) != 0 {
+        return None;
+    }
+    let mut no_backend = NoBackend;
+    session.handle_frame(now, Frame::from_verified(header, payload), &mut no_backend).ok()?;
+    let mut out = OutBuf::Inline([0; INLINE_OUT]);
+    // A PONG (at most 272 bytes) always fits; `drain` would grow the buffer otherwise.
+    let len = drain(&mut session, &mut no_backend, &mut out).unwrap_or(0);
+    let outcome = Outcome { timeout: session.poll_timeout(), closed: session.is_closed() };
+    state.inflight.fetch_add(1, Ordering::AcqRel);
+    Some((out, len, outcome))
+}
+
+/// The backend the PING fast path hands the session: the core never calls a backend for a
+/// PING, and every call here fails, so a future change in that would show as errors rather than
+/// touch the real backend.
+struct NoBackend;
+
+impl GpuBackend for NoBackend {
+    fn info(&self) -> DeviceInfo {
+        DeviceInfo::new(BackendKind::HOST, "", "", 0, 0)
+    }
+
+    fn usage(&self) -> Usage {
+        Usage { used: 0, buffers: 0 }
+    }
+
+    fn alloc(&mut self, _size: u64) -> Result<BufferId, BackendError> {
+        Err(BackendError::Unsupported)
+    }
+
+    fn free(&mut self, _id: BufferId) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported)
+    }
+
+    fn size(&self, _id: BufferId) -> Result<u64, BackendError> {
+        Err(BackendError::Unsupported)
+    }
+
+    fn write(&mut self, _id: BufferId, _offset: u64, _data: &[u8]) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported)
+    }
+
+    fn read(&mut self, _id: BufferId, _offset: u64, _out: &mut [u8]) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported)
+    }
+
+    fn copy(
+        &mut self,
+        _src: BufferId,
+        _src_offset: u64,
+        _dst: BufferId,
+        _dst_offset: u64,
+        _len: u64,
+    ) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported)
+    }
+
+    fn fill(&mut self, _id: BufferId, _offset: u64, _len: u64, _value: u8) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported)
+    }
+
+    fn dispatch(&mut self, _call: &KernelCall) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported)
+    }
 }

@@ -7,8 +7,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rela_client::FastCrc32;
 use rela_core::backend::{DeviceInfo, GpuBackend, Usage};
@@ -16,16 +16,21 @@ use rela_core::config::MAX_FRAME;
 use rela_core::session::{Event, PollError, Session, SessionConfig};
 use rela_core::time::Instant;
 use rela_core::wire::{ErrorCode, Frame, FrameError, HeaderRepr};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tracing::Span;
 
+use crate::pool::PoolBuf;
 use crate::throttle::AuthThrottle;
 
 /// A connection's id (also the session id in logs).
 pub(crate) type ConnId = u64;
 
-/// Room kept free in an output buffer for a non-READ frame (the largest is a 256-byte PONG).
-const SMALL_ROOM: usize = 1024;
+/// Bytes of a request payload carried inline in [`Payload::Inline`] (every request but WRITE
+/// is far smaller: the largest fixed one is a 256-byte PING).
+pub(crate) const INLINE_PAYLOAD: usize = 512;
+/// Bytes of an inline response buffer ([`OutBuf::Inline`]): enough for every response but READ
+/// data (the largest is DEVICE_INFO at about 200 bytes; a session queues at most two frames).
+pub(crate) const INLINE_OUT: usize = 1024;
 
 /// Time as the core sees it: microseconds since the node started.
 #[derive(Debug, Clone, Copy)]
@@ -56,14 +61,95 @@ pub(crate) struct Status {
     pub(crate) used: AtomicU64,
 }
 
-/// One request's buffers, recycled between the connection and the engine: `input` holds the
-/// request payload, `output` the response frames. Both keep their length (their largest size
-/// so far) so refilling them never zeroes memory again.
-#[derive(Debug, Default)]
-pub(crate) struct Slot {
-    pub(crate) input: Vec<u8>,
-    pub(crate) output: Vec<u8>,
-    pub(crate) out_len: usize,
+/// A request payload on its way to the engine.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant, reason = "inline on purpose: no allocation per small frame")]
+pub(crate) enum Payload {
+    /// A small payload, carried in the command itself (no buffer).
+    Inline([u8; INLINE_PAYLOAD]),
+    /// A large payload (WRITE data) in a pooled buffer, counted against the node's budget.
+    Pooled(PoolBuf),
+}
+
+impl Payload {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Inline(b) => b,
+            Self::Pooled(b) => b.as_slice(),
+        }
+    }
+}
+
+/// Where response frames are written.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant, reason = "inline on purpose: no allocation per small response")]
+pub(crate) enum OutBuf {
+    /// Small responses (acknowledgements, PONG, errors): no buffer at all.
+    Inline([u8; INLINE_OUT]),
+    /// A READ response, reserved by the reader before the request was forwarded, so the
+    /// backend reads straight into a buffer the node's budget already accounts for.
+    Pooled(PoolBuf),
+    /// Fallback when a reservation turns out too small, and control output (rare events).
+    Heap(Vec<u8>),
+}
+
+impl OutBuf {
+    /// An empty heap buffer (grown on demand).
+    pub(crate) const fn heap() -> Self {
+        Self::Heap(Vec::new())
+    }
+
+    /// The whole buffer.
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Inline(b) => &b[..],
+            Self::Pooled(b) => b.as_slice(),
+            Self::Heap(v) => v,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        match self {
+            Self::Inline(b) => &mut b[..],
+            Self::Pooled(b) => b.as_mut_slice(),
+            Self::Heap(v) => v,
+        }
+    }
+
+    /// Makes room for at least `len` bytes, keeping the first `keep`.
+    fn grow(&mut self, len: usize, keep: usize) {
+        if let Self::Heap(v) = self {
+            if v.len() < len {
+                v.resize(len, 0);
+            }
+            return;
+        }
+        let mut bigger = vec![0u8; len];
+        bigger[..keep].copy_from_slice(&self.as_slice()[..keep]);
+        *self = Self::Heap(bigger);
+    }
+}
+
+/// Per-connection state shared between the connection's tasks and the engine.
+#[derive(Debug)]
+pub(crate) struct ConnState {
+    /// The session. The engine locks it for every input; the reader locks it for the PING
+    /// fast path ([`crate::conn`]). Never held across an await.
+    pub(crate) session: Mutex<Session>,
+    /// Replies decided (by the engine or the fast path) and not yet written by the writer,
+    /// plus frames on their way to the engine. The fast path runs only when this is zero, so
+    /// responses stay in request order.
+    pub(crate) inflight: AtomicUsize,
+}
+
+impl ConnState {
+    pub(crate) fn new(session: Session) -> Self {
+        Self { session: Mutex::new(session), inflight: AtomicUsize::new(0) }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Session> {
+        self.session.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// What the connection does after writing a reply.
@@ -75,22 +161,36 @@ pub(crate) struct Outcome {
     pub(crate) closed: bool,
 }
 
-/// Engine → connection.
+/// Engine (or the PING fast path) → connection writer: bytes to send, in order.
 #[derive(Debug)]
-pub(crate) enum Reply {
-    /// The answer to [`Command::Frame`]: the slot, with its output filled.
-    Frame { slot: Slot, outcome: Outcome },
-    /// Output not tied to a request slot (handshake start, timeouts, framing errors, shutdown).
-    Control { bytes: Vec<u8>, outcome: Outcome },
+pub(crate) struct Reply {
+    /// Frames in `out[..len]`.
+    pub(crate) out: OutBuf,
+    pub(crate) len: usize,
+    pub(crate) outcome: Outcome,
+    /// The connection's pipeline slot, released once the bytes are written.
+    pub(crate) _ticket: Option<OwnedSemaphorePermit>,
+}
+
+/// A validated request frame on its way to the engine.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub(crate) header: HeaderRepr,
+    /// The payload, in `payload[..header.len]`.
+    pub(crate) payload: Payload,
+    /// The response buffer the reader reserved for a READ; `None` for a small response.
+    pub(crate) out: Option<PoolBuf>,
+    pub(crate) ticket: OwnedSemaphorePermit,
 }
 
 /// Connection (or node) → engine.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant, reason = "frames carry small payloads inline instead of boxed")]
 pub(crate) enum Command {
-    /// A new connection: start its session.
-    Open { conn: ConnId, peer: SocketAddr, span: Span, replies: mpsc::UnboundedSender<Reply> },
-    /// A validated frame whose payload is `slot.input[..header.len]`.
-    Frame { conn: ConnId, now: Instant, header: HeaderRepr, slot: Slot },
+    /// A new connection and its session.
+    Open { conn: ConnId, peer: SocketAddr, span: Span, state: Arc<ConnState>, replies: ReplyTx },
+    /// A validated frame.
+    Frame { conn: ConnId, now: Instant, job: Job },
     /// The connection read an invalid frame.
     FrameError { conn: ConnId, now: Instant, error: FrameError },
     /// The session's timer expired.
@@ -103,9 +203,12 @@ pub(crate) enum Command {
     Shutdown { reply: oneshot::Sender<Usage> },
 }
 
+/// The sending side of a connection's reply queue.
+pub(crate) type ReplyTx = mpsc::UnboundedSender<Reply>;
+
 struct Conn {
-    session: Session,
-    replies: mpsc::UnboundedSender<Reply>,
+    state: Arc<ConnState>,
+    replies: ReplyTx,
     peer: SocketAddr,
     span: Span,
 }
@@ -117,7 +220,6 @@ pub(crate) struct Engine {
     sessions: HashMap<ConnId, Conn>,
     status: Arc<Status>,
     throttle: Arc<Mutex<AuthThrottle>>,
-    clock: Clock,
 }
 
 impl Engine {
@@ -126,9 +228,8 @@ impl Engine {
         config: SessionConfig,
         status: Arc<Status>,
         throttle: Arc<Mutex<AuthThrottle>>,
-        clock: Clock,
     ) -> Self {
-        Self { backend, config, sessions: HashMap::new(), status, throttle, clock }
+        Self { backend, config, sessions: HashMap::new(), status, throttle }
     }
 
     /// Serves commands until [`Command::Shutdown`] or until every sender is gone. Sessions left
@@ -141,37 +242,36 @@ impl Engine {
                 break;
             }
         }
-        for (_, mut c) in self.sessions.drain() {
-            c.session.abort(&mut *self.backend);
+        for (_, c) in self.sessions.drain() {
+            c.state.lock().abort(&mut *self.backend);
         }
     }
 
     /// Handles one command; `true` to stop.
     fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
-            Command::Open { conn, peer, span, replies } => {
-                let session = Session::new(self.config.clone(), rand::random(), self.clock.now());
+            Command::Open { conn, peer, span, state, replies } => {
                 tracing::debug!(parent: &span, "session opened");
-                self.sessions.insert(conn, Conn { session, replies, peer, span });
+                self.sessions.insert(conn, Conn { state, replies, peer, span });
                 self.control(conn, |_, _| {});
             }
-            Command::Frame { conn, now, header, mut slot } => {
-                let mut output = std::mem::take(&mut slot.output);
-                let input = &slot.input;
-                let stepped = self.step(conn, &mut output, |session, backend| {
-                    match input.get(..header.len as usize) {
-                        Some(payload) => {
+            Command::Frame { conn, now, job } => {
+                let Job { header, payload, out, ticket } = job;
+                let mut out = out.map_or(OutBuf::Inline([0; INLINE_OUT]), OutBuf::Pooled);
+                let stepped = self.step(conn, &mut out, |session, backend| {
+                    match payload.as_slice().get(..header.len as usize) {
+                        Some(p) => {
                             // Err only if the session is closing; it is then removed below.
-                            let _ = session.handle_frame(now, Frame::from_verified(header, payload), backend);
+                            let _ = session.handle_frame(now, Frame::from_verified(header, p), backend);
                         }
-                        // The connection always fills the slot; treat a short one as broken.
+                        // The connection always fills the payload; treat a short one as broken.
                         None => session.abort(backend),
                     }
+                    // The payload's buffer goes back to the pool before the response is sent.
+                    drop(payload);
                 });
-                slot.output = output;
                 if let Some((len, outcome, replies)) = stepped {
-                    slot.out_len = len;
-                    let _ = replies.send(Reply::Frame { slot, outcome });
+                    let _ = replies.send(Reply { out, len, outcome, _ticket: Some(ticket) });
                 }
             }
             Command::FrameError { conn, now, error } => {
@@ -186,9 +286,10 @@ impl Engine {
                 self.control(conn, |session, backend| session.handle_timeout(now, backend));
             }
             Command::Abort { conn } => {
-                if let Some(mut c) = self.sessions.remove(&conn) {
-                    c.session.abort(&mut *self.backend);
-                    log_events(&mut c, &self.config, &self.throttle);
+                if let Some(c) = self.sessions.remove(&conn) {
+                    let mut session = c.state.lock();
+                    session.abort(&mut *self.backend);
+                    log_events(&mut session, &c, &self.config, &self.throttle);
                 }
             }
             Command::Usage { reply } => {
@@ -208,57 +309,63 @@ impl Engine {
         false
     }
 
-    /// Runs `input` on a session and sends whatever it produced as a control reply.
+    /// Runs `input` on a session and sends whatever it produced as a reply without a slot.
     fn control(&mut self, conn: ConnId, input: impl FnOnce(&mut Session, &mut dyn GpuBackend)) {
-        let mut out = Vec::new();
+        let mut out = OutBuf::heap();
         if let Some((len, outcome, replies)) = self.step(conn, &mut out, input) {
-            out.truncate(len);
-            let _ = replies.send(Reply::Control { bytes: out, outcome });
+            let _ = replies.send(Reply { out, len, outcome, _ticket: None });
         }
     }
 
     /// Runs `input` on the session of `conn`, drains its output into `out`, handles its events
     /// and removes it once closed. Returns the output length, the outcome and the reply channel,
-    /// or `None` if the connection has no session.
+    /// or `None` if the connection has no session. Counts the reply as in flight.
     fn step(
         &mut self,
         conn: ConnId,
-        out: &mut Vec<u8>,
+        out: &mut OutBuf,
         input: impl FnOnce(&mut Session, &mut dyn GpuBackend),
-    ) -> Option<(usize, Outcome, mpsc::UnboundedSender<Reply>)> {
-        let c = self.sessions.get_mut(&conn)?;
+    ) -> Option<(usize, Outcome, ReplyTx)> {
+        let c = self.sessions.get(&conn)?;
         let backend: &mut dyn GpuBackend = &mut *self.backend;
-        input(&mut c.session, backend);
-        let len = match drain(&mut c.session, backend, out) {
+        let mut session = c.state.lock();
+        input(&mut session, backend);
+        let len = match drain(&mut session, backend, out) {
             Ok(len) => len,
             Err(e) => {
                 tracing::error!(parent: &c.span, %e, "response does not fit; aborting session");
-                c.session.abort(backend);
+                session.abort(backend);
                 0
             }
         };
-        log_events(c, &self.config, &self.throttle);
-        let outcome = Outcome { timeout: c.session.poll_timeout(), closed: c.session.is_closed() };
+        log_events(&mut session, c, &self.config, &self.throttle);
+        let outcome = Outcome { timeout: session.poll_timeout(), closed: session.is_closed() };
+        // Counted while the session is locked, so the fast path sees it.
+        c.state.inflight.fetch_add(1, Ordering::AcqRel);
+        drop(session);
         let replies =
             if outcome.closed { self.sessions.remove(&conn).map(|c| c.replies)? } else { c.replies.clone() };
         Some((len, outcome, replies))
     }
 }
 
-/// Writes every pending frame of `session` into `out`, growing it when a READ response needs
-/// more room. `out` keeps its grown length for reuse. Returns the bytes written.
-fn drain(session: &mut Session, backend: &mut dyn GpuBackend, out: &mut Vec<u8>) -> Result<usize, PollError> {
+/// Writes every pending frame of `session` into `out`, growing it (off the pool, a rare
+/// fallback) when a frame does not fit. Returns the bytes written.
+pub(crate) fn drain<B: GpuBackend + ?Sized>(
+    session: &mut Session,
+    backend: &mut B,
+    out: &mut OutBuf,
+) -> Result<usize, PollError> {
     let mut len = 0;
     // Each round emits a frame or grows the buffer once; a session queues at most two frames.
     for _ in 0..8 {
-        if out.len() < len + SMALL_ROOM {
-            out.resize(len + SMALL_ROOM, 0);
-        }
-        match session.poll_transmit::<FastCrc32, _>(backend, &mut out[len..]) {
+        match session
+            .poll_transmit::<FastCrc32, _>(backend, out.as_mut_slice().get_mut(len..).unwrap_or(&mut []))
+        {
             Ok(Some(t)) => len += t.len,
             Ok(None) => return Ok(len),
             Err(PollError::BufferTooSmall { needed }) if needed <= MAX_FRAME => {
-                out.resize(len + needed, 0);
+                out.grow(len + needed.max(INLINE_OUT), len);
             }
             Err(e) => return Err(e),
         }
@@ -266,26 +373,31 @@ fn drain(session: &mut Session, backend: &mut dyn GpuBackend, out: &mut Vec<u8>)
     Err(PollError::BufferTooSmall { needed: usize::MAX })
 }
 
-fn log_events(c: &mut Conn, config: &SessionConfig, throttle: &Mutex<AuthThrottle>) {
-    while let Some(event) = c.session.poll_event() {
+pub(crate) fn log_events(
+    session: &mut Session,
+    c: &impl ConnInfo,
+    config: &SessionConfig,
+    throttle: &Mutex<AuthThrottle>,
+) {
+    while let Some(event) = session.poll_event() {
         match event {
             Event::Ready => {
-                tracing::info!(parent: &c.span, "session ready");
+                tracing::info!(parent: c.span(), "session ready");
                 if config.auth.is_some() {
-                    throttle.lock().unwrap_or_else(PoisonError::into_inner).succeeded(c.peer.ip());
+                    throttle.lock().unwrap_or_else(PoisonError::into_inner).succeeded(c.peer().ip());
                 }
             }
             Event::AuthFailed => {
-                tracing::warn!(parent: &c.span, "authentication failed");
+                tracing::warn!(parent: c.span(), "authentication failed");
                 throttle
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .failed(c.peer.ip(), std::time::Instant::now());
+                    .failed(c.peer().ip(), std::time::Instant::now());
             }
             Event::Closed(reason) => {
-                let stats = c.session.stats();
+                let stats = session.stats();
                 tracing::info!(
-                    parent: &c.span,
+                    parent: c.span(),
                     ?reason,
                     frames = stats.frames_in,
                     bytes_in = stats.bytes_in,
@@ -294,5 +406,21 @@ fn log_events(c: &mut Conn, config: &SessionConfig, throttle: &Mutex<AuthThrottl
                 );
             }
         }
+    }
+}
+
+/// What [`log_events`] needs to know about a connection.
+pub(crate) trait ConnInfo {
+    fn span(&self) -> &Span;
+    fn peer(&self) -> SocketAddr;
+}
+
+impl ConnInfo for Conn {
+    fn span(&self) -> &Span {
+        &self.span
+    }
+
+    fn peer(&self) -> SocketAddr {
+        self.peer
     }
 }

@@ -9,13 +9,23 @@
 //!   every session. Backend calls (which may block on a device) never run on the async
 //!   runtime.
 //! - Each connection has a reader task and a writer task. The reader checks each header against
-//!   the session's payload cap *before* reading the payload, reads the payload into a recycled
-//!   buffer, verifies the CRC ([`FastCrc32`](rela_client::FastCrc32)) and hands the buffer to
-//!   the engine; it keeps reading while earlier requests are served
-//!   ([`NodeConfig::pipeline_depth`] buffers per connection). The engine runs the frame through
-//!   the session and drains the response frames into the buffer's output half (READ data goes
-//!   from the backend straight into it); the writer sends them in order and recycles the
-//!   buffers. Nothing is allocated per frame once a connection's buffers have grown.
+//!   the session's payload cap *before* reading the payload, reads a large payload straight
+//!   from the socket into a buffer from the node-wide pool, verifies the CRC
+//!   ([`FastCrc32`](rela_client::FastCrc32)) and hands the frame to the engine; it keeps reading
+//!   while earlier requests are served (up to [`NodeConfig::pipeline_depth`] per connection).
+//!   The engine runs the frame through the session and drains the response frames into a small
+//!   inline buffer, or for a READ into the pooled buffer the reader reserved (READ data goes
+//!   from the backend straight into it); the writer sends them in order, batching replies that
+//!   queue up into one vectored write, and returns the buffers to the pool.
+//! - Memory: every payload and READ-response buffer comes from one pool bounded by
+//!   [`NodeConfig::buffer_budget`] (in use plus cached). Readers wait for room before reading a
+//!   payload, so many connections with large frames back up into TCP instead of growing the
+//!   node; an idle connection holds no payload buffer. Steady traffic reuses pooled buffers and
+//!   allocates nothing per frame. [`NodeHandle::buffer_bytes`] and
+//!   [`NodeHandle::peak_buffer_bytes`] report the pool's size.
+//! - PING fast path: with nothing else of a connection in flight, a PING is run through the
+//!   session on the connection's reader task (under the session's lock) instead of the engine
+//!   thread, saving two thread hops on the round trip.
 //! - Session timers: every reply carries the session's next deadline; the writer arms a timer
 //!   and asks the engine to fire it.
 //! - Past [`NodeConfig::max_sessions`] a connection gets one `ERROR(BUSY)` and is closed.
@@ -42,6 +52,7 @@ mod config;
 mod conn;
 mod discovery;
 mod engine;
+mod pool;
 mod throttle;
 
 use std::fmt;
@@ -51,7 +62,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use config::{ConfigError, MIN_MAX_PAYLOAD, NodeConfig};
+pub use config::{ConfigError, DEFAULT_BUFFER_BUDGET, MIN_MAX_PAYLOAD, NodeConfig};
 use rela_core::backend::{GpuBackend, Usage};
 use tokio::net::{TcpListener, TcpSocket, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
@@ -59,6 +70,7 @@ use tokio::task::JoinHandle;
 
 use crate::conn::Shared;
 use crate::engine::{Clock, Command, Engine, Status};
+use crate::pool::Pool;
 use crate::throttle::AuthThrottle;
 
 /// How long shutdown waits for connections to finish their last writes before cancelling them.
@@ -134,7 +146,7 @@ impl Node {
         let clock = Clock::new();
         let throttle = Arc::new(Mutex::new(AuthThrottle::new(config.auth_backoff, config.auth_backoff_max)));
         let (engine_tx, engine_rx) = mpsc::channel(ENGINE_QUEUE);
-        let engine = Engine::new(backend, config.session.clone(), status.clone(), throttle.clone(), clock);
+        let engine = Engine::new(backend, config.session.clone(), status.clone(), throttle.clone());
         let engine_thread =
             std::thread::Builder::new().name("rela-engine".into()).spawn(move || engine.run(engine_rx))?;
 
@@ -142,8 +154,10 @@ impl Node {
             engine: engine_tx.clone(),
             clock,
             throttle,
+            session: config.session.clone(),
             max_payload: config.session.effective_max_payload(),
             depth: config.pipeline_depth,
+            pool: Pool::new(config.buffer_budget),
             max_sessions: config.max_sessions,
             live: AtomicUsize::new(0),
             rejecting: AtomicUsize::new(0),
@@ -194,6 +208,29 @@ impl NodeHandle {
     /// Connections being served now (including ones still in their handshake).
     pub fn sessions(&self) -> usize {
         self.shared.live.load(Ordering::Acquire)
+    }
+
+    /// Bytes of frame buffers the node holds now: payloads being read or waiting for the engine,
+    /// READ responses waiting for their socket, and buffers cached for reuse. Never above
+    /// [`NodeConfig::buffer_budget`].
+    pub fn buffer_bytes(&self) -> usize {
+        self.shared.pool.current()
+    }
+
+    /// The configured [`NodeConfig::buffer_budget`].
+    pub fn buffer_budget(&self) -> usize {
+        self.shared.pool.budget()
+    }
+
+    /// The largest [`buffer_bytes`](Self::buffer_bytes) since the node started.
+    pub fn peak_buffer_bytes(&self) -> usize {
+        self.shared.pool.peak()
+    }
+
+    /// Drops the buffers the pool keeps cached for reuse (those in use stay); for example after
+    /// a burst of large transfers.
+    pub fn trim_buffers(&self) {
+        self.shared.pool.trim();
     }
 
     /// The backend's current usage, as the engine sees it.
