@@ -17,6 +17,9 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use crate::FastCrc32;
 use crate::error::ClientError;
 
+mod models;
+pub use models::RemoteModel;
+
 /// Largest non-data response payload the client accepts (WELCOME, PONG, DEVICE_INFO, STATS,
 /// ERROR are all well below this).
 const SMALL_PAYLOAD: usize = 512;

@@ -352,6 +352,59 @@ pub(crate) async fn get(conn: ConnectArgs, out: PathBuf, size: u64, fill: Option
     Ok(())
 }
 
+pub(crate) async fn embed(
+    conn: ConnectArgs,
+    model: String,
+    texts: Vec<String>,
+    json: bool,
+) -> Result<(), String> {
+    let mut c = connect(&conn).await?;
+    if !c.serves_models() {
+        return Err(format!("{} serves no models (start it with --models DIR)", conn.addr));
+    }
+    let started = Instant::now();
+    let m = c.model_load(&model).await.map_err(|e| format!("loading {model} failed: {e}"))?;
+    let loaded = started.elapsed();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let started = Instant::now();
+    let vectors = c.infer(m, &refs).await.map_err(|e| format!("inference failed: {e}"))?;
+    let inferred = started.elapsed();
+    c.model_unload(m).await.map_err(|e| format!("unload failed: {e}"))?;
+    c.close().await.map_err(|e| e.to_string())?;
+    let sim: Vec<Vec<f32>> = vectors
+        .iter()
+        .map(|a| vectors.iter().map(|b| a.iter().zip(b).map(|(x, y)| x * y).sum()).collect())
+        .collect();
+    if json {
+        let out = serde_json::json!({
+            "model": model, "dim": m.dim, "embeddings": vectors, "similarity": sim,
+            "load_ms": loaded.as_millis() as u64, "infer_ms": inferred.as_millis() as u64,
+        });
+        println!("{out}");
+        return Ok(());
+    }
+    println!(
+        "{model}: {} dims, {} of weights loaded in {} ms, {} text(s) embedded in {} ms",
+        m.dim,
+        human(m.bytes),
+        loaded.as_millis(),
+        texts.len(),
+        inferred.as_millis()
+    );
+    for (t, v) in texts.iter().zip(&vectors) {
+        let head: Vec<String> = v.iter().take(6).map(|x| format!("{x:+.4}")).collect();
+        println!("[{} …]  {t}", head.join(", "));
+    }
+    if texts.len() > 1 {
+        println!("\ncosine similarity:");
+        for (i, row) in sim.iter().enumerate() {
+            let cells: Vec<String> = row.iter().map(|x| format!("{x:6.3}")).collect();
+            println!("  [{i}] {}", cells.join(" "));
+        }
+    }
+    Ok(())
+}
+
 /// `vram-relay conformance`.
 #[derive(Debug, Args)]
 pub(crate) struct ConformanceArgs {

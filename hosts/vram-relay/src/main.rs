@@ -87,6 +87,23 @@ enum Command {
         #[arg(long)]
         fill: Option<u8>,
     },
+    /// Embed texts with a model on the node (all-MiniLM-L6-v2: 384 floats per text).
+    ///
+    /// Prints each embedding (first values) and, for several texts, their cosine similarity
+    /// matrix; `--json` prints everything.
+    Embed {
+        #[command(flatten)]
+        conn: ConnectArgs,
+        /// Model name in the node's repository.
+        #[arg(long, default_value = "all-MiniLM-L6-v2")]
+        model: String,
+        /// Texts to embed.
+        #[arg(required = true)]
+        texts: Vec<String>,
+        /// Print JSON (embeddings and similarity matrix).
+        #[arg(long)]
+        json: bool,
+    },
     /// Benchmark a node against a raw TCP baseline in the same run.
     Bench(bench::BenchArgs),
     /// Run the backend conformance suite, or the wire suite against a running node.
@@ -122,6 +139,7 @@ fn main() -> ExitCode {
             Command::Info { conn, json } => commands::info(conn, json).await,
             Command::Put { conn, file, then_get } => commands::put(conn, file, then_get).await,
             Command::Get { conn, out, size, fill } => commands::get(conn, out, size, fill).await,
+            Command::Embed { conn, model, texts, json } => commands::embed(conn, model, texts, json).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Conformance(args) => commands::conformance(args).await,
         }
