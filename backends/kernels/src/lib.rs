@@ -549,8 +549,8 @@ pub mod reference {
     }
 
     /// Exact (erf) GELU of one value: `0.5 x (1 + erf(x / √2))`, with `1 + erf` computed as
-    /// `2 − erfc(|z|)` for `x >= 0` and `erfc(|z|)` below, so the negative tail keeps its
-    /// relative precision.
+    /// `2 − erfc(|z|)` for `x >= 0` and `erfc(|z|)` below, so the negative tail does not cancel
+    /// (absolute error at most `0.5 |x| · 1.5e-7`).
     pub fn gelu_one(x: f32) -> f32 {
         let e = erfc_as(x.abs() * core::f32::consts::FRAC_1_SQRT_2);
         let c = if x >= 0.0 { 2.0 - e } else { e };
@@ -670,6 +670,62 @@ mod tests {
         let (x, y) = grid_1d(u32::MAX);
         assert!(x as u64 * y as u64 * 256 >= u32::MAX as u64);
         assert!(x <= MAX_GROUPS_PER_DIM && y <= MAX_GROUPS_PER_DIM);
+    }
+
+    #[test]
+    fn folded_grids_cover_and_stay_in_limits() {
+        assert_eq!(grid_groups(0), Some((0, 1)));
+        assert_eq!(grid_groups(65_535), Some((65_535, 1)));
+        assert_eq!(grid_groups(65_536), Some((65_535, 2)));
+        let max = u64::from(MAX_GROUPS_PER_DIM);
+        let (x, y) = grid_groups(max * max).expect("fits");
+        assert_eq!(u64::from(x) * u64::from(y), max * max);
+        assert_eq!(grid_groups(max * max + 1), None);
+    }
+
+    #[test]
+    fn launch_plans_bindings_and_skips_empty_outputs() {
+        use rela_core::backend::BufferId as B;
+        let call = KernelCall::Linear { x: B(1), w: B(2), bias: B(3), out: B(4), m: 130, k: 0, n: 70 };
+        let launch = Launch::of(&call).expect("plannable").expect("non-empty output");
+        assert_eq!(launch.kernel, Kernel::Linear);
+        assert_eq!(launch.bindings(), &[(B(1), 0), (B(2), 0), (B(3), 280), (B(4), 130 * 70 * 4)]);
+        assert_eq!(launch.groups, (3 * 2, 1));
+        let empty = KernelCall::Attention {
+            q: B(1),
+            k: B(2),
+            v: B(3),
+            mask: B(5),
+            out: B(4),
+            batch: 2,
+            seq: 3,
+            heads: 4,
+            head_dim: 0,
+        };
+        assert_eq!(Launch::of(&empty), Ok(None));
+        let huge = KernelCall::Gelu { x: B(1), out: B(2), n: u32::MAX };
+        assert!(Launch::of(&huge).is_ok(), "u32::MAX elements still index with u32");
+        let too_many = KernelCall::L2Normalize { x: B(1), out: B(2), rows: 1 << 20, dim: 1 << 13 };
+        assert_eq!(Launch::of(&too_many), Err(BackendError::Unsupported));
+        for k in Kernel::ALL {
+            assert_eq!(Kernel::ALL[k as usize], k);
+        }
+    }
+
+    #[test]
+    fn erf_and_gelu_match_known_values() {
+        // erf(0.5), erf(1), erf(2) to 1e-9 (tables); A-S 7.1.26 promises 1.5e-7.
+        for (x, want) in [(0.5f32, 0.520_499_877_8f64), (1.0, 0.842_700_792_9), (2.0, 0.995_322_265_0)] {
+            assert!((f64::from(reference::erf(x)) - want).abs() < 3e-7, "erf({x})");
+            assert!((f64::from(reference::erf(-x)) + want).abs() < 3e-7, "erf(-{x})");
+        }
+        assert_eq!(reference::gelu_one(0.0), 0.0);
+        // gelu(1) = 0.5 (1 + erf(1/√2)) = 0.841344746...
+        assert!((f64::from(reference::gelu_one(1.0)) - 0.841_344_746).abs() < 1e-6);
+        // The negative tail does not cancel to zero: gelu(-5) = -1.43326e-6, within A-S's
+        // 0.5 · 5 · 1.5e-7.
+        let tail = f64::from(reference::gelu_one(-5.0));
+        assert!(tail < 0.0 && (tail + 1.433_26e-6).abs() < 3.75e-7, "gelu(-5) = {tail:e}");
     }
 
     #[test]
