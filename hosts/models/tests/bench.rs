@@ -14,10 +14,77 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::*;
+use rela_core::backend::{BackendError, BufferId, DeviceInfo, GpuBackend, KernelCall, Usage};
 use rela_models::{Embedder, ModelFiles};
+
+/// Forwards to a backend, adding up the time each kind of kernel and transfer takes.
+struct Timed<'a> {
+    inner: &'a mut dyn GpuBackend,
+    spent: BTreeMap<&'static str, (u32, Duration)>,
+}
+
+impl Timed<'_> {
+    fn time<T>(&mut self, what: &'static str, f: impl FnOnce(&mut dyn GpuBackend) -> T) -> T {
+        let t0 = Instant::now();
+        let r = f(&mut *self.inner);
+        let e = self.spent.entry(what).or_default();
+        e.0 += 1;
+        e.1 += t0.elapsed();
+        r
+    }
+}
+
+fn kind(call: &KernelCall) -> &'static str {
+    match call {
+        KernelCall::Binary { .. } => "Binary",
+        KernelCall::Scale { .. } => "Scale",
+        KernelCall::Matmul { .. } => "Matmul",
+        KernelCall::Gather { .. } => "Gather",
+        KernelCall::LayerNorm { .. } => "LayerNorm",
+        KernelCall::Linear { .. } => "Linear",
+        KernelCall::Gelu { .. } => "Gelu",
+        KernelCall::Attention { .. } => "Attention",
+        KernelCall::MeanPool { .. } => "MeanPool",
+        KernelCall::L2Normalize { .. } => "L2Normalize",
+    }
+}
+
+impl GpuBackend for Timed<'_> {
+    fn info(&self) -> DeviceInfo {
+        self.inner.info()
+    }
+    fn usage(&self) -> Usage {
+        self.inner.usage()
+    }
+    fn alloc(&mut self, size: u64) -> Result<BufferId, BackendError> {
+        self.time("alloc", |b| b.alloc(size))
+    }
+    fn free(&mut self, id: BufferId) -> Result<(), BackendError> {
+        self.time("free", |b| b.free(id))
+    }
+    fn size(&self, id: BufferId) -> Result<u64, BackendError> {
+        self.inner.size(id)
+    }
+    fn write(&mut self, id: BufferId, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+        self.time("write", |b| b.write(id, offset, data))
+    }
+    fn read(&mut self, id: BufferId, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
+        self.time("read", |b| b.read(id, offset, out))
+    }
+    fn copy(&mut self, s: BufferId, so: u64, d: BufferId, dof: u64, len: u64) -> Result<(), BackendError> {
+        self.time("copy", |b| b.copy(s, so, d, dof, len))
+    }
+    fn fill(&mut self, id: BufferId, offset: u64, len: u64, value: u8) -> Result<(), BackendError> {
+        self.time("fill", |b| b.fill(id, offset, len, value))
+    }
+    fn dispatch(&mut self, call: &KernelCall) -> Result<(), BackendError> {
+        self.time(kind(call), |b| b.dispatch(call))
+    }
+}
 
 #[test]
 #[ignore = "benchmark: run with --ignored --nocapture (needs the model)"]
@@ -67,6 +134,16 @@ fn throughput() {
                 secs * 1e3,
                 tokens as f64 / secs
             );
+            eprintln!("{line}");
+            rows.push(line);
+            // Where one more run spends its time.
+            let mut timed = Timed { inner: &mut *b, spent: BTreeMap::new() };
+            e.embed(&mut timed, &texts).unwrap();
+            let mut parts: Vec<_> = timed.spent.into_iter().collect();
+            parts.sort_by_key(|(_, (_, d))| std::cmp::Reverse(*d));
+            let parts: Vec<String> =
+                parts.iter().map(|(k, (n, d))| format!("{k} {:.1} ms/{n}", d.as_secs_f64() * 1e3)).collect();
+            let line = format!("{name:12} batch {batch:2} breakdown: {}", parts.join(", "));
             eprintln!("{line}");
             rows.push(line);
         }

@@ -60,9 +60,10 @@ fn conformance(name: &str) {
         max_diff = max_diff.max(diff);
     }
     eprintln!(
-        "rela-models fixture on {name}: {} sentences, min cosine {min_cos:.9}, max abs diff {max_diff:.3e}, \
+        "rela-models fixture on {name}: {} sentences, min cosine {min_cos:.9} (1 - min = {:.2e}), max abs diff {max_diff:.3e}, \
          load {:.2}s, embed {:.2}s ({} weight bytes, {} workspace bytes)",
         out.len(),
+        1.0 - min_cos,
         load.as_secs_f64(),
         run.as_secs_f64(),
         e.device_bytes(),

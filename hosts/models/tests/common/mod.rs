@@ -53,7 +53,7 @@ pub fn vk_validation() -> bool {
 /// L2Normalize) have landed: on these an `Unsupported` answer fails the test. On the others it
 /// prints a loud SKIPPED line (the kernels are being implemented backend by backend). Add a
 /// backend here when its kernels land.
-pub const KERNELS_LANDED: [&str; 1] = ["host"];
+pub const KERNELS_LANDED: [&str; 4] = ["host", "vulkan", "wgpu-vulkan", "wgpu-gl"];
 
 /// Whether `err` is a backend answering `Unsupported` for an inference kernel it has not got
 /// yet, on a backend not in [`KERNELS_LANDED`]; prints the SKIPPED line if so.
