@@ -35,7 +35,7 @@ pub struct NodeConfig {
     /// Bytes of frame buffers the whole node may hold at once: WRITE payloads being read or
     /// waiting for the engine, READ responses waiting for their socket, and buffers cached for
     /// reuse. A connection waits for room before reading a payload. Must hold at least one
-    /// largest frame (header plus `max_payload`, rounded up to 64 KiB). Default
+    /// largest frame (header plus `max_payload`, rounded up to 4 KiB). Default
     /// [`DEFAULT_BUFFER_BUDGET`].
     pub buffer_budget: usize,
     /// Delay before serving the next connection from an IP after its first failed AUTH; it
@@ -43,6 +43,10 @@ pub struct NodeConfig {
     pub auth_backoff: Duration,
     /// Upper bound of that delay.
     pub auth_backoff_max: Duration,
+    /// Directory of models to serve (`serve --models DIR`): each subdirectory holding
+    /// `model.safetensors`, `tokenizer.json` and `config.json` is a model named after it.
+    /// `None` serves no models (MODEL_* requests are answered UNSUPPORTED).
+    pub models: Option<std::path::PathBuf>,
     /// Requested socket buffer size; applied only where the kernel grants that much (see
     /// `rela_client::ClientOptions::socket_buffer`). `0` leaves the defaults.
     pub socket_buffer: usize,
@@ -62,6 +66,7 @@ impl Default for NodeConfig {
             auth_backoff: Duration::from_millis(250),
             auth_backoff_max: Duration::from_secs(30),
             socket_buffer: 4 * 1024 * 1024,
+            models: None,
         }
     }
 }
@@ -114,8 +119,10 @@ impl NodeConfig {
     }
 }
 
-/// Default [`NodeConfig::buffer_budget`]: 64 MiB, four largest frames.
-pub const DEFAULT_BUFFER_BUDGET: usize = 64 * 1024 * 1024;
+/// Default [`NodeConfig::buffer_budget`]: 48 MiB — two largest (16 MiB) frames plus room for
+/// a dozen default-size (1 MiB) client frames, and small enough that a node's memory beyond the
+/// bytes it stores stays under 64 MiB.
+pub const DEFAULT_BUFFER_BUDGET: usize = 48 * 1024 * 1024;
 
 /// Smallest `max_payload` a node accepts: a PING must fit.
 pub const MIN_MAX_PAYLOAD: u32 = MAX_PING_PAYLOAD as u32 * 4;

@@ -52,6 +52,7 @@ mod config;
 mod conn;
 mod discovery;
 mod engine;
+mod models;
 mod pool;
 mod throttle;
 
@@ -88,6 +89,8 @@ pub enum NodeError {
     Io(io::Error),
     /// The engine thread is no longer running (it stopped or panicked).
     EngineStopped,
+    /// The model repository could not be opened.
+    Models(String),
 }
 
 impl fmt::Display for NodeError {
@@ -96,6 +99,7 @@ impl fmt::Display for NodeError {
             Self::Config(e) => write!(f, "invalid configuration: {e}"),
             Self::Io(e) => write!(f, "I/O error: {e}"),
             Self::EngineStopped => f.write_str("the engine thread is not running"),
+            Self::Models(e) => write!(f, "model repository: {e}"),
         }
     }
 }
@@ -105,7 +109,7 @@ impl std::error::Error for NodeError {
         match self {
             Self::Config(e) => Some(e),
             Self::Io(e) => Some(e),
-            Self::EngineStopped => None,
+            Self::EngineStopped | Self::Models(_) => None,
         }
     }
 }
@@ -146,7 +150,19 @@ impl Node {
         let clock = Clock::new();
         let throttle = Arc::new(Mutex::new(AuthThrottle::new(config.auth_backoff, config.auth_backoff_max)));
         let (engine_tx, engine_rx) = mpsc::channel(ENGINE_QUEUE);
-        let engine = Engine::new(backend, config.session.clone(), status.clone(), throttle.clone());
+        let repository = match &config.models {
+            Some(dir) => Some(Arc::new(
+                rela_models::ModelRepository::open(dir).map_err(|e| NodeError::Models(e.to_string()))?,
+            )),
+            None => None,
+        };
+        if let Some(r) = &repository {
+            tracing::info!(dir = %r.root().display(), models = ?r.names(), "serving models");
+        }
+        let mut config = config;
+        config.session.models = repository.is_some();
+        let engine =
+            Engine::new(backend, config.session.clone(), status.clone(), throttle.clone(), repository);
         let engine_thread =
             std::thread::Builder::new().name("rela-engine".into()).spawn(move || engine.run(engine_rx))?;
 

@@ -65,6 +65,10 @@ pub(crate) struct ServeArgs {
     /// Enable the Khronos validation layer on the Vulkan backend.
     #[arg(long)]
     vk_validation: bool,
+    /// Serve the models in this directory (one subdirectory per model with model.safetensors,
+    /// tokenizer.json and config.json; see hosts/models/fetch-model.sh).
+    #[arg(long)]
+    models: Option<PathBuf>,
 }
 
 pub(crate) async fn serve(args: ServeArgs) -> Result<(), String> {
@@ -80,6 +84,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), String> {
         discovery: (!args.no_discovery).then_some(args.discovery),
         max_sessions: args.max_sessions,
         allow_unauthenticated: args.allow_unauthenticated,
+        models: args.models.clone(),
         ..NodeConfig::default()
     };
     config.session.quota = args.quota;

@@ -1,0 +1,120 @@
+//! MODEL_LOAD / INFER / MODEL_UNLOAD through a live node (host backend): embeddings match the
+//! sentence-transformers fixture, the weights are charged to the session's quota, and once the
+//! model is unloaded (or the session ends) the node holds nothing.
+//!
+//! Needs the weights (`hosts/models/fetch-model.sh`, or `RELA_MODEL_DIR`). Without them the
+//! test prints a SKIPPED line — unless `RELA_REQUIRE_MODEL=1`, when it fails.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{config, start, within};
+use rela_client::{Client, ClientError};
+use rela_core::wire::ErrorCode;
+
+/// The repository directory holding `all-MiniLM-L6-v2`, if its files are present.
+fn repository() -> Option<PathBuf> {
+    let model = std::env::var_os("RELA_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2"));
+    let ok = ["model.safetensors", "tokenizer.json", "config.json"].iter().all(|f| model.join(f).is_file());
+    if ok {
+        return model.parent().map(Path::to_path_buf);
+    }
+    let why = format!("model files not found in {} (run hosts/models/fetch-model.sh)", model.display());
+    assert!(
+        std::env::var_os("RELA_REQUIRE_MODEL").is_none_or(|v| v != "1"),
+        "RELA_REQUIRE_MODEL=1 but {why}"
+    );
+    eprintln!("*** SKIPPED models through the node: {why} ***");
+    None
+}
+
+/// The first `n` fixture sentences and their reference embeddings.
+fn fixture(n: usize) -> Vec<(String, Vec<f32>)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/reference.json");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).expect("fixture")).expect("json");
+    json["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .take(n)
+        .map(|c| {
+            let text = c["text"].as_str().expect("text").to_owned();
+            let v =
+                c["embedding"].as_array().expect("embedding").iter().map(|x| x.as_f64().expect("f") as f32);
+            (text, v.collect())
+        })
+        .collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_through_the_node_match_the_reference_and_leave_nothing() {
+    let Some(dir) = repository() else { return };
+    let mut cfg = config();
+    cfg.models = Some(dir);
+    cfg.session.quota = 256 << 20;
+    let node = start(cfg, 512 << 20).await;
+    let addr = node.local_addr();
+
+    let mut c = within(Client::connect(addr, None)).await.expect("connect");
+    assert!(c.serves_models());
+    let m = within(c.model_load("all-MiniLM-L6-v2")).await.expect("load");
+    assert_eq!(m.dim, 384);
+    let stats = within(c.stats()).await.expect("stats");
+    assert_eq!(stats.used, m.bytes, "the weights are charged to the session's quota");
+
+    let cases = fixture(6);
+    let texts: Vec<&str> = cases.iter().map(|(t, _)| t.as_str()).collect();
+    let got = within(c.infer(m, &texts)).await.expect("infer");
+    let mut worst = 1.0f64;
+    for ((text, want), v) in cases.iter().zip(&got) {
+        let cos = cosine(v, want);
+        worst = worst.min(cos);
+        assert!(cos >= 0.9999, "{text:?}: cosine {cos}");
+    }
+    eprintln!("through the node (host backend): {} texts, min cosine {worst:.9}", cases.len());
+
+    // Errors are typed and the session survives them.
+    let err = within(c.model_load("no-such-model")).await.expect_err("unknown model");
+    assert_eq!(err.code(), Some(ErrorCode::NO_SUCH_MODEL));
+    let too_many = vec!["x"; 65];
+    let err = within(c.infer(m, &too_many)).await.expect_err("too many texts");
+    assert_eq!(err.code(), Some(ErrorCode::INVALID_INPUT));
+
+    within(c.model_unload(m)).await.expect("unload");
+    assert!(matches!(
+        within(c.infer(m, &["x"])).await,
+        Err(ClientError::Server { code: ErrorCode::NO_SUCH_MODEL, .. })
+    ));
+    let usage = within(node.usage()).await.expect("usage");
+    // Only the small INFER staging buffer may remain while the session lives.
+    assert!(usage.used <= 64 * 384 * 4, "after unload the node holds {} bytes", usage.used);
+
+    // A second session loads the model and disconnects without unloading: everything goes.
+    let mut d = within(Client::connect(addr, None)).await.expect("connect");
+    let m2 = within(d.model_load("all-MiniLM-L6-v2")).await.expect("load");
+    let _ = within(d.infer(m2, &["hello"])).await.expect("infer");
+    drop(d);
+    within(c.close()).await.expect("close");
+    let mut usage = within(node.usage()).await.expect("usage");
+    for _ in 0..100 {
+        if usage.used == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        usage = within(node.usage()).await.expect("usage");
+    }
+    assert_eq!((usage.used, usage.buffers), (0, 0), "every model and buffer released");
+    let end = within(node.shutdown()).await.expect("shutdown");
+    assert_eq!(end.used, 0);
+}
