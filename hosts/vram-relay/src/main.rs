@@ -6,6 +6,7 @@
 mod backends;
 mod bench;
 mod commands;
+mod embed_bench;
 mod util;
 
 use std::net::SocketAddr;
@@ -106,6 +107,8 @@ enum Command {
     },
     /// Benchmark a node against a raw TCP baseline in the same run.
     Bench(bench::BenchArgs),
+    /// Embedding throughput through a node beside the same backend in-process (sentences/s).
+    BenchEmbed(embed_bench::EmbedBenchArgs),
     /// Run the backend conformance suite, or the wire suite against a running node.
     Conformance(commands::ConformanceArgs),
 }
@@ -141,6 +144,7 @@ fn main() -> ExitCode {
             Command::Get { conn, out, size, fill } => commands::get(conn, out, size, fill).await,
             Command::Embed { conn, model, texts, json } => commands::embed(conn, model, texts, json).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::BenchEmbed(args) => embed_bench::run(args).await,
             Command::Conformance(args) => commands::conformance(args).await,
         }
     });
