@@ -39,8 +39,20 @@ impl BackendChoice {
 /// A backend boxed for the node's engine thread.
 pub(crate) type Boxed = Box<dyn GpuBackend + Send>;
 
-/// Opens one concrete backend lending `capacity` bytes. `Err` says why it cannot run here.
+/// Opens one concrete backend lending `capacity` bytes on its default device. `Err` says why
+/// it cannot run here.
 pub(crate) fn open(choice: BackendChoice, capacity: u64, vk_validation: bool) -> Result<Boxed, String> {
+    open_on(choice, capacity, vk_validation, None)
+}
+
+/// [`open`] on a chosen device: a name substring or an index (Vulkan devices, wgpu adapters,
+/// CUDA ordinals; ignored by the host backend).
+pub(crate) fn open_on(
+    choice: BackendChoice,
+    capacity: u64,
+    vk_validation: bool,
+    device: Option<&str>,
+) -> Result<Boxed, String> {
     match choice {
         BackendChoice::Auto => open_auto(capacity, vk_validation).map(|(b, _)| b),
         BackendChoice::Host => {
@@ -52,6 +64,12 @@ pub(crate) fn open(choice: BackendChoice, capacity: u64, vk_validation: bool) ->
         BackendChoice::Vulkan => {
             let mut cfg = rela_backend_vulkan::VulkanConfig::new(capacity);
             cfg.validation = vk_validation;
+            if let Some(d) = device {
+                cfg.device = match d.parse::<usize>() {
+                    Ok(i) => rela_backend_vulkan::DeviceSelector::Index(i),
+                    Err(_) => rela_backend_vulkan::DeviceSelector::Name(d.to_string()),
+                };
+            }
             rela_backend_vulkan::VulkanBackend::new(cfg)
                 .map(|b| Box::new(b) as Boxed)
                 .map_err(|e| e.to_string())
@@ -62,7 +80,11 @@ pub(crate) fn open(choice: BackendChoice, capacity: u64, vk_validation: bool) ->
                 BackendChoice::WgpuGl => rela_backend_wgpu::Api::Gl,
                 _ => rela_backend_wgpu::Api::Auto,
             };
-            let cfg = rela_backend_wgpu::WgpuConfig { capacity, backends: api, adapter: None };
+            let cfg = rela_backend_wgpu::WgpuConfig {
+                capacity,
+                backends: api,
+                adapter: device.map(str::to_string),
+            };
             rela_backend_wgpu::WgpuBackend::new(cfg).map(|b| Box::new(b) as Boxed).map_err(|e| e.to_string())
         }
         BackendChoice::Cuda => {

@@ -29,6 +29,10 @@ pub(crate) struct ServeArgs {
     /// Backend: auto tries cuda, vulkan, wgpu, then host.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
+    /// Device to use with --backend vulkan|wgpu|cuda: a name substring or an index (the log
+    /// lists what is available).
+    #[arg(long)]
+    device: Option<String>,
     /// Memory the node lends in total (e.g. 1GiB).
     #[arg(long, value_parser = parse_size, default_value = "1GiB")]
     capacity: u64,
@@ -110,7 +114,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), String> {
             tracing::info!(backend = choice.name(), "using backend");
             b
         }
-        other => backends::open(other, args.capacity, args.vk_validation)
+        other => backends::open_on(other, args.capacity, args.vk_validation, args.device.as_deref())
             .map_err(|why| format!("backend {} cannot start: {why}", other.name()))?,
     };
     let info = backend.info();
