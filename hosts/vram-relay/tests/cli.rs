@@ -1,0 +1,171 @@
+//! The `vram-relay` binary end to end: serve, discover, info, put --then-get, get, the exit
+//! codes scripts rely on, and a graceful stop on SIGTERM. Loopback only.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_vram-relay");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).env_remove("AUTH_TOKEN").env_remove("REQUIRE_AUTH").output().unwrap()
+}
+
+/// A `serve` child on free loopback ports, killed on drop.
+struct Served {
+    child: Child,
+    addr: String,
+    discovery: String,
+}
+
+impl Served {
+    fn start(extra: &[&str]) -> Self {
+        let (port, dport) = (free_port(), free_port());
+        let (addr, discovery) = (format!("127.0.0.1:{port}"), format!("127.0.0.1:{dport}"));
+        let mut child = Command::new(BIN)
+            .args([
+                "serve",
+                "--backend",
+                "host",
+                "--capacity",
+                "64MiB",
+                "--listen",
+                &addr,
+                "--discovery",
+                &discovery,
+            ])
+            .args(extra)
+            .env_remove("AUTH_TOKEN")
+            .env_remove("REQUIRE_AUTH")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait for the "node ready" log line (bounded).
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("node ready") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(30)).expect("node ready within 30 s");
+        Self { child, addr, discovery }
+    }
+
+    /// Sends SIGTERM and returns the exit status (bounded wait).
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let t = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "node did not stop within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn serve_discover_info_put_get_and_stop() {
+    let node = Served::start(&[]);
+    let out = run(&["discover", "--to", &node.discovery, "--timeout", "2"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&node.addr) && text.contains("host memory"), "{text}");
+
+    let out = run(&["info", &node.addr, "--json"]);
+    assert!(out.status.success());
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["backend"], "host");
+    assert_eq!(info["total"], 64 << 20);
+
+    let dir = std::env::temp_dir().join(format!("vram-relay-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (src, back, zeros) = (dir.join("src"), dir.join("back"), dir.join("zeros"));
+    let data: Vec<u8> = (0..5_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    std::fs::write(&src, &data).unwrap();
+    let out = run(&["put", &node.addr, src.to_str().unwrap(), "--then-get", back.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(&back).unwrap(), data);
+
+    let out = run(&["get", &node.addr, zeros.to_str().unwrap(), "--size", "1MiB"]);
+    assert!(out.status.success());
+    let z = std::fs::read(&zeros).unwrap();
+    assert_eq!(z.len(), 1 << 20);
+    assert!(z.iter().all(|b| *b == 0), "fresh memory reads as zeros, after the earlier put was freed");
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    assert!(node.terminate().success(), "SIGTERM stops the node with status 0");
+}
+
+#[test]
+fn tokens_are_enforced_end_to_end() {
+    let dir = std::env::temp_dir().join(format!("vram-relay-cli-tok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (good, bad) = (dir.join("good"), dir.join("bad"));
+    std::fs::write(&good, "correct horse battery staple\n").unwrap();
+    std::fs::write(&bad, "wrong\n").unwrap();
+    let node = Served::start(&["--token-file", good.to_str().unwrap()]);
+    let ok = run(&["info", &node.addr, "--token-file", good.to_str().unwrap()]);
+    assert!(ok.status.success());
+    let missing = run(&["info", &node.addr]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("requires a token"));
+    let wrong = run(&["info", &node.addr, "--token-file", bad.to_str().unwrap()]);
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("rejected the token"));
+    let discovered = run(&["discover", "--to", &node.discovery, "--token-file", good.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&discovered.stdout).contains("signature verified"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn exit_codes_and_safe_defaults() {
+    // Bad usage is 2.
+    assert_eq!(run(&["info"]).status.code(), Some(2));
+    assert_eq!(run(&["serve", "--no-such-flag"]).status.code(), Some(2));
+    // A failed command is 1, with a message.
+    let port = free_port();
+    let out = run(&["info", &format!("127.0.0.1:{port}")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: "));
+    // A public bind without a token is refused.
+    let out = run(&["serve", "--backend", "host", "--listen", "0.0.0.0:0", "--no-discovery"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without a token"));
+    // REQUIRE_AUTH without a token is refused.
+    let out =
+        Command::new(BIN).args(["serve", "--backend", "host"]).env("REQUIRE_AUTH", "1").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    // Every command has --help.
+    for cmd in ["serve", "discover", "info", "put", "get", "embed", "bench", "bench-embed", "conformance"] {
+        assert!(run(&[cmd, "--help"]).status.success(), "{cmd} --help");
+    }
+}
+
+#[test]
+fn conformance_command_reports_the_host_backend() {
+    let out = run(&["conformance", "--backend", "host"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("host") && table.contains("passed"), "{table}");
+}
