@@ -6,7 +6,7 @@
 //! (`crate::NodeConfig`): a reader waits for room before it reads a payload, so a burst of
 //! large frames on many connections backs up into TCP instead of growing the node's memory.
 //!
-//! Buffers come in size classes (4 KiB steps up to 64 KiB, then 64 KiB steps); a returned
+//! Buffers come in size classes (sizes rounded up to 4 KiB); a returned
 //! buffer is cached under its class and handed out again as is, so steady traffic allocates
 //! nothing. When a new class is needed and the budget is full, cached buffers are dropped
 //! first (largest first).
@@ -21,16 +21,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Smallest class; also the step below [`LARGE_STEP`].
-const SMALL_STEP: usize = 4 * 1024;
-/// Class step for buffers of 64 KiB and more.
-const LARGE_STEP: usize = 64 * 1024;
+/// Class step: sizes are rounded up to a page.
+const STEP: usize = 4 * 1024;
 
 /// The size class (capacity) of a buffer able to hold `len` bytes.
 pub(crate) const fn class_of(len: usize) -> usize {
-    let step = if len <= LARGE_STEP { SMALL_STEP } else { LARGE_STEP };
     let len = if len == 0 { 1 } else { len };
-    len.div_ceil(step) * step
+    len.div_ceil(STEP) * STEP
 }
 
 /// The node-wide buffer pool. Shared behind an [`Arc`].
@@ -70,7 +67,7 @@ impl Pool {
     /// `NodeConfig::validate`); a larger request still succeeds, by waiting for the whole
     /// budget.
     pub(crate) fn new(budget: usize) -> Arc<Self> {
-        let budget = budget.clamp(SMALL_STEP, Semaphore::MAX_PERMITS);
+        let budget = budget.clamp(STEP, Semaphore::MAX_PERMITS);
         Arc::new(Self {
             budget,
             permits: Arc::new(Semaphore::new(budget)),
@@ -199,11 +196,10 @@ mod tests {
 
     #[test]
     fn classes() {
-        assert_eq!(class_of(0), SMALL_STEP);
-        assert_eq!(class_of(16), SMALL_STEP);
-        assert_eq!(class_of(SMALL_STEP + 1), 2 * SMALL_STEP);
-        assert_eq!(class_of(LARGE_STEP), LARGE_STEP);
-        assert_eq!(class_of((1 << 20) + 16), (1 << 20) + LARGE_STEP);
+        assert_eq!(class_of(0), STEP);
+        assert_eq!(class_of(16), STEP);
+        assert_eq!(class_of(STEP + 1), 2 * STEP);
+        assert_eq!(class_of((1 << 20) + 16), (1 << 20) + STEP);
     }
 
     #[tokio::test]

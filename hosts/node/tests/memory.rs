@@ -48,7 +48,7 @@ async fn many_sessions_with_16_mib_frames_stay_within_the_buffer_budget() {
 
     let budget = node.buffer_budget();
     let peak = node.peak_buffer_bytes();
-    // 64 sessions × 4 frames in flight × (16 MiB in + 16 MiB out) would be 8 GiB unbounded.
+    // 64 sessions × 4 frames in flight × 16 MiB would be 4 GiB of payload buffers unbounded.
     assert!(peak <= budget, "peak frame-buffer memory {peak} above the budget {budget}");
     assert!(peak >= FRAME, "the pool carried the large frames (peak {peak})");
     assert!(node.buffer_bytes() <= budget);

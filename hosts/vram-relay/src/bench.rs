@@ -317,10 +317,14 @@ impl Spawned {
 async fn serve_raw() -> Result<(), String> {
     let addr = baseline_server().await.map_err(|e| e.to_string())?;
     println!("{addr}");
-    let mut stdin = tokio::io::stdin();
-    let mut sink = [0u8; 64];
-    while stdin.read(&mut sink).await.map_err(|e| e.to_string())? > 0 {}
-    Ok(())
+    // The parent holds our stdin; it closes when the parent exits or drops us.
+    tokio::task::spawn_blocking(|| {
+        use std::io::Read;
+        let mut sink = [0u8; 64];
+        while std::io::stdin().read(&mut sink).is_ok_and(|n| n > 0) {}
+    })
+    .await
+    .map_err(|e| e.to_string())
 }
 
 /// The backend itself, driven in this process: best-of-`repeat` (upload, download) times for
@@ -412,7 +416,8 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
     let buffer = usize::try_from(args.buffer).map_err(|_| "--buffer too large".to_string())?;
     let token = util::load_token(args.token.as_deref(), args.token_file.as_deref())?;
     let max_sessions = args.sessions.iter().copied().max().unwrap_or(1).max(1);
-    let per_session = (args.buffer / max_sessions as u64).clamp(1 << 20, 16 << 20);
+    // At least 4 MiB per session, so each session keeps several 1 MiB frames in flight.
+    let per_session = (args.buffer / max_sessions as u64).clamp(4 << 20, 16 << 20);
     let spawned = if args.spawn {
         let capacity = args.buffer.max(per_session * max_sessions as u64) + (64 << 20);
         Some(Spawned::node(args.backend, capacity, args.buffer.max(per_session)).await?)
