@@ -43,6 +43,10 @@ pub struct NodeConfig {
     pub auth_backoff: Duration,
     /// Upper bound of that delay.
     pub auth_backoff_max: Duration,
+    /// Directory of models to serve (`serve --models DIR`): each subdirectory holding
+    /// `model.safetensors`, `tokenizer.json` and `config.json` is a model named after it.
+    /// `None` serves no models (MODEL_* requests are answered UNSUPPORTED).
+    pub models: Option<std::path::PathBuf>,
     /// Requested socket buffer size; applied only where the kernel grants that much (see
     /// `rela_client::ClientOptions::socket_buffer`). `0` leaves the defaults.
     pub socket_buffer: usize,
@@ -62,6 +66,7 @@ impl Default for NodeConfig {
             auth_backoff: Duration::from_millis(250),
             auth_backoff_max: Duration::from_secs(30),
             socket_buffer: 4 * 1024 * 1024,
+            models: None,
         }
     }
 }

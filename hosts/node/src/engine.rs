@@ -13,12 +13,15 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use rela_client::FastCrc32;
 use rela_core::backend::{DeviceInfo, GpuBackend, Usage};
 use rela_core::config::MAX_FRAME;
+use rela_core::model::ModelHost;
 use rela_core::session::{Event, PollError, Session, SessionConfig};
 use rela_core::time::Instant;
-use rela_core::wire::{ErrorCode, Frame, FrameError, HeaderRepr};
+use rela_core::wire::{ErrorCode, Frame, FrameError, HeaderRepr, Kind};
+use rela_models::ModelRepository;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tracing::Span;
 
+use crate::models::SessionModels;
 use crate::pool::PoolBuf;
 use crate::throttle::AuthThrottle;
 
@@ -218,6 +221,10 @@ pub(crate) struct Engine {
     backend: Box<dyn GpuBackend + Send>,
     config: SessionConfig,
     sessions: HashMap<ConnId, Conn>,
+    /// The model repository, when the node serves models.
+    repository: Option<Arc<ModelRepository>>,
+    /// Model hosts of sessions that sent a model request. Released when their session ends.
+    models: HashMap<ConnId, SessionModels>,
     status: Arc<Status>,
     throttle: Arc<Mutex<AuthThrottle>>,
 }
@@ -228,8 +235,30 @@ impl Engine {
         config: SessionConfig,
         status: Arc<Status>,
         throttle: Arc<Mutex<AuthThrottle>>,
+        repository: Option<Arc<ModelRepository>>,
     ) -> Self {
-        Self { backend, config, sessions: HashMap::new(), status, throttle }
+        Self {
+            backend,
+            config,
+            sessions: HashMap::new(),
+            repository,
+            models: HashMap::new(),
+            status,
+            throttle,
+        }
+    }
+
+    /// Frees and zeroes the models of every session that has ended.
+    fn release_models(&mut self) {
+        let backend: &mut dyn GpuBackend = &mut *self.backend;
+        let sessions = &self.sessions;
+        self.models.retain(|conn, models| {
+            let live = sessions.contains_key(conn);
+            if !live {
+                models.release_all(backend);
+            }
+            live
+        });
     }
 
     /// Serves commands until [`Command::Shutdown`] or until every sender is gone. Sessions left
@@ -237,6 +266,7 @@ impl Engine {
     pub(crate) fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         while let Some(cmd) = commands.blocking_recv() {
             let stop = self.handle(cmd);
+            self.release_models();
             self.status.used.store(self.backend.usage().used, Ordering::Relaxed);
             if stop {
                 break;
@@ -245,6 +275,7 @@ impl Engine {
         for (_, c) in self.sessions.drain() {
             c.state.lock().abort(&mut *self.backend);
         }
+        self.release_models();
     }
 
     /// Handles one command; `true` to stop.
@@ -258,12 +289,24 @@ impl Engine {
             Command::Frame { conn, now, job } => {
                 let Job { header, payload, out, ticket } = job;
                 let mut out = out.map_or(OutBuf::Inline([0; INLINE_OUT]), OutBuf::Pooled);
+                let model_request =
+                    matches!(header.kind, Kind::MODEL_LOAD | Kind::MODEL_UNLOAD | Kind::INFER);
+                let mut models = if model_request {
+                    let repository = self.repository.clone();
+                    Some(self.models.remove(&conn).unwrap_or_else(|| SessionModels::new(repository)))
+                } else {
+                    None
+                };
                 // The reader counted this frame as in flight when it sent it.
                 let stepped = self.step(conn, &mut out, false, |session, backend| {
                     match payload.as_slice().get(..header.len as usize) {
                         Some(p) => {
                             // Err only if the session is closing; it is then removed below.
-                            let _ = session.handle_frame(now, Frame::from_verified(header, p), backend);
+                            let frame = Frame::from_verified(header, p);
+                            let _ = match models.as_mut() {
+                                Some(m) => session.handle_frame_with(now, frame, backend, m),
+                                None => session.handle_frame(now, frame, backend),
+                            };
                         }
                         // The connection always fills the payload; treat a short one as broken.
                         None => session.abort(backend),
@@ -271,6 +314,10 @@ impl Engine {
                     // The payload's buffer goes back to the pool before the response is sent.
                     drop(payload);
                 });
+                if let Some(m) = models {
+                    // Kept while the session lives; `release_models` frees it once it ends.
+                    self.models.insert(conn, m);
+                }
                 if let Some((len, outcome, replies)) = stepped {
                     let _ = replies.send(Reply { out, len, outcome, _ticket: Some(ticket) });
                 }
