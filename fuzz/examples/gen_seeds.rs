@@ -58,7 +58,7 @@ fn f32s(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// One valid payload of every request kind, plus a reserved and an unknown kind.
+/// One valid payload of every request kind, plus an unknown kind.
 fn requests() -> Vec<(&'static str, Kind, Vec<u8>)> {
     let dispatch = |kernel, b, m, k, n, alpha: f32| msg::Dispatch {
         kernel,
@@ -93,7 +93,15 @@ fn requests() -> Vec<(&'static str, Kind, Vec<u8>)> {
         ("dispatch-mul", Kind::DISPATCH, emit(&dispatch(KernelId::MUL, 0x2222, 0, 0, 16, 0.0))),
         ("dispatch-scale", Kind::DISPATCH, emit(&dispatch(KernelId::SCALE, 0, 0, 0, 16, 2.5))),
         ("dispatch-matmul", Kind::DISPATCH, emit(&dispatch(KernelId::MATMUL, 0x2222, 2, 3, 4, 0.0))),
-        ("reserved-infer", Kind::INFER, Vec::new()),
+        ("model_load", Kind::MODEL_LOAD, emit(&msg::ModelLoad { name: "all-MiniLM-L6-v2" })),
+        ("model_unload", Kind::MODEL_UNLOAD, emit(&msg::ModelUnload { model: 1 })),
+        ("infer", Kind::INFER, {
+            let texts = ["hello", "wörld"];
+            let mut p = vec![0u8; msg::Infer::encoded_len(&texts)];
+            let n = msg::Infer::emit_texts(1, &texts, &mut p).expect("fits");
+            p.truncate(n);
+            p
+        }),
         ("unknown", Kind(0x55), b"??".to_vec()),
     ]
 }
@@ -138,6 +146,11 @@ fn responses() -> Vec<(&'static str, Kind, Flags, Vec<u8>)> {
         ("allocated", Kind::ALLOC, r, emit(&msg::Allocated { handle: 0x9E37_79B9, size: 4096 })),
         ("data", Kind::READ, r, b"bytes read back".to_vec()),
         ("error", Kind::ERROR, ErrorMsg::flags(), emit(&error)),
+        ("model_loaded", Kind::MODEL_LOAD, r, emit(&msg::ModelLoaded { model: 1, dim: 384, bytes: 90_261_504 })),
+        ("embeddings", Kind::INFER, r, {
+            let data = f32s(&[0.6, 0.8, 1.0, 0.0]);
+            emit(&msg::Embeddings { count: 2, dim: 2, data: &data })
+        }),
         ("unknown", Kind(0x66), r, b"opaque".to_vec()),
     ];
     for (name, kind) in [
@@ -147,6 +160,7 @@ fn responses() -> Vec<(&'static str, Kind, Flags, Vec<u8>)> {
         ("ack-copy", Kind::COPY),
         ("ack-fill", Kind::FILL),
         ("ack-dispatch", Kind::DISPATCH),
+        ("ack-model_unload", Kind::MODEL_UNLOAD),
         ("ack-bye", Kind::BYE),
     ] {
         v.push((name, kind, r, Vec::new()));

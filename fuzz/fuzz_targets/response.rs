@@ -58,8 +58,24 @@ fuzz_target!(|data: &[u8]| {
             assert!(payload.is_empty());
             assert!(matches!(
                 k,
-                Kind::AUTH | Kind::FREE | Kind::WRITE | Kind::COPY | Kind::FILL | Kind::DISPATCH | Kind::BYE
+                Kind::AUTH
+                    | Kind::FREE
+                    | Kind::WRITE
+                    | Kind::COPY
+                    | Kind::FILL
+                    | Kind::DISPATCH
+                    | Kind::MODEL_UNLOAD
+                    | Kind::BYE
             ));
+        }
+        Response::ModelLoaded(m) => {
+            assert_eq!(kind, Kind::MODEL_LOAD);
+            reemit(&m, payload);
+        }
+        Response::Embeddings(e) => {
+            assert_eq!(kind, Kind::INFER);
+            assert_eq!(e.data.len(), e.count as usize * e.dim as usize * 4);
+            reemit(&e, payload);
         }
         Response::Error(e) => {
             assert_eq!(kind, Kind::ERROR);
@@ -72,6 +88,7 @@ fuzz_target!(|data: &[u8]| {
             let handled = [
                 Kind::HELLO, Kind::PING, Kind::DEVICE_INFO, Kind::STATS, Kind::ALLOC, Kind::READ, Kind::AUTH,
                 Kind::FREE, Kind::WRITE, Kind::COPY, Kind::FILL, Kind::DISPATCH, Kind::BYE, Kind::ERROR,
+                Kind::MODEL_LOAD, Kind::MODEL_UNLOAD, Kind::INFER,
             ];
             assert!(!handled.contains(&k), "{k:?} decoded as Unknown");
         }
