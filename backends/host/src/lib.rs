@@ -126,10 +126,20 @@ impl HostMemory<std::boxed::Box<[u8]>> {
     /// Like [`with_capacity`](Self::with_capacity), but reports a heap that cannot hold
     /// `capacity` bytes instead of aborting.
     pub fn try_with_capacity(capacity: usize) -> Result<Self, std::collections::TryReserveError> {
-        let mut v = std::vec::Vec::new();
-        v.try_reserve_exact(capacity)?;
-        v.resize(capacity, 0);
-        let storage = v.into_boxed_slice();
+        HostMemory::<std::boxed::Box<[u8]>, MAX_BLOCKS>::try_with_blocks(capacity)
+    }
+}
+
+#[cfg(feature = "std")]
+impl<const N: usize> HostMemory<std::boxed::Box<[u8]>, N> {
+    /// A backend owning a zeroed heap arena of `capacity` bytes with a table of `N` live
+    /// buffers, reporting a heap that cannot hold it instead of aborting. The arena's pages are
+    /// mapped lazily (zeroed by the allocator), so memory is committed only as it is used.
+    pub fn try_with_blocks(capacity: usize) -> Result<Self, std::collections::TryReserveError> {
+        // Probe that the heap can provide `capacity` bytes, then take zeroed pages (calloc),
+        // which the OS maps only when first written.
+        std::vec::Vec::<u8>::new().try_reserve_exact(capacity)?;
+        let storage = std::vec![0u8; capacity].into_boxed_slice();
         Ok(Self { alloc: Allocator::new(storage.len()), storage })
     }
 }

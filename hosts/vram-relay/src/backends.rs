@@ -36,6 +36,10 @@ impl BackendChoice {
     }
 }
 
+/// Live buffers the host backend's table holds for the whole node (sessions' buffers plus the
+/// ~100 tensors of each loaded model).
+const HOST_BLOCKS: usize = 4096;
+
 /// A backend boxed for the node's engine thread.
 pub(crate) type Boxed = Box<dyn GpuBackend + Send>;
 
@@ -57,7 +61,8 @@ pub(crate) fn open_on(
         BackendChoice::Auto => open_auto(capacity, vk_validation).map(|(b, _)| b),
         BackendChoice::Host => {
             let cap = usize::try_from(capacity).map_err(|_| "capacity does not fit in memory".to_string())?;
-            rela_backend_host::OwnedHostBackend::try_with_capacity(cap)
+            // A node-wide table: every session's buffers and every loaded model's tensors.
+            rela_backend_host::HostMemory::<Box<[u8]>, HOST_BLOCKS>::try_with_blocks(cap)
                 .map(|b| Box::new(b) as Boxed)
                 .map_err(|e| format!("cannot reserve {capacity} bytes of host memory: {e}"))
         }
