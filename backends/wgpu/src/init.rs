@@ -35,7 +35,12 @@ fn enumerate(api: Api) -> Result<Vec<wgpu::Adapter>, InitError> {
     let run = || {
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
         desc.backends = api.backends();
-        desc.flags = wgpu::InstanceFlags::from_build_config().with_env();
+        // Validation in debug builds, but no shader debug info: naga then tags SPIR-V with the
+        // WGSL source language, which the Khronos validation layer of Debian 12 (1.3.239)
+        // rejects as invalid SPIR-V. `WGPU_DEBUG=1` still turns it on.
+        let mut flags = wgpu::InstanceFlags::from_build_config();
+        flags.remove(wgpu::InstanceFlags::DEBUG);
+        desc.flags = flags.with_env();
         let instance = wgpu::Instance::new(desc);
         pollster::block_on(instance.enumerate_adapters(api.backends()))
     };
