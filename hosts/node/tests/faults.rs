@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::pattern;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,18 +38,6 @@ async fn start_faulty(
     let log = backend.log();
     let node = within(Node::start(cfg, Box::new(backend))).await.expect("node starts");
     (node, log)
-}
-
-fn pattern(seed: u32, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::pattern;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -30,18 +32,6 @@ const TOKEN: &[u8] = b"hostile-suite-token";
 
 fn node_config() -> NodeConfig {
     NodeConfig { discovery: None, auth_backoff: Duration::from_millis(10), ..config() }
-}
-
-fn pattern(seed: u32, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
 }
 
 fn enc<'a, M: Message<'a>>(m: &M) -> Vec<u8> {

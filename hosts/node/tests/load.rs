@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::pattern;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -32,18 +34,6 @@ fn rss_bytes() -> u64 {
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
     let kb: u64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("VmRSS value");
     kb * 1024
-}
-
-fn pattern(seed: u32, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {

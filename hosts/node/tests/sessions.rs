@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::pattern;
+
 use std::time::Duration;
 
 use common::{STEP, config, start, wait_idle, within};
@@ -10,18 +12,6 @@ use rela_core::backend::BackendKind;
 use rela_core::wire::{ErrorCode, Kind};
 
 const MIB: usize = 1024 * 1024;
-
-fn pattern(seed: u32, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()

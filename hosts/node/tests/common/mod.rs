@@ -79,3 +79,16 @@ pub async fn assert_closed(stream: &mut TcpStream) {
         panic!("{n} unexpected bytes after the final frame");
     }
 }
+
+/// Deterministic pseudo-random bytes (xorshift32) for round-trip checks.
+pub fn pattern(seed: u32, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
