@@ -8,6 +8,20 @@
 //!
 //! Hosts without models use [`NoModels`]; MODEL_* requests are then answered `UNSUPPORTED`.
 //!
+//! # Uploads
+//!
+//! MODEL_UPLOAD, MODEL_CHUNK and MODEL_COMMIT stage a client's safetensors file in host memory
+//! and then load it. The session checks the order (one upload at a time, chunks contiguous
+//! from offset 0, commit only once every byte has arrived) and charges the staged bytes to the
+//! session's quota until the commit; the host stores the bytes and, on commit, checks them
+//! before anything touches the device.
+//!
+//! # Progress
+//!
+//! A long load (MODEL_LOAD, MODEL_COMMIT) of a client that asked for PROGRESS frames comes with
+//! a [`ProgressTarget`]. The host encodes frames with it and sends them itself, ahead of the
+//! answer the session queues: the core cannot do I/O in the middle of a call.
+//!
 //! # Cleanup
 //!
 //! When a session closes for any reason it forgets its models and their bytes; the host must
@@ -16,8 +30,33 @@
 use core::fmt;
 
 use crate::backend::{BackendError, BufferId, GpuBackend};
-use crate::wire::ErrorCode;
-use crate::wire::msg::Infer;
+use crate::crc32::Crc32;
+use crate::wire::msg::{Infer, Message, Progress};
+use crate::wire::{EncodeError, ErrorCode, Flags, Kind, emit_frame};
+
+/// Where PROGRESS frames for one request go: its kind and seq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProgressTarget {
+    /// The request being reported on.
+    pub kind: Kind,
+    /// Its seq (PROGRESS frames echo it).
+    pub seq: u16,
+}
+
+impl ProgressTarget {
+    /// Bytes of one PROGRESS frame.
+    pub const FRAME_LEN: usize = crate::config::HEADER_LEN + Progress::LEN;
+
+    /// Writes a complete PROGRESS frame (`done` of `total`) into `out`, returning its length
+    /// ([`FRAME_LEN`](Self::FRAME_LEN)).
+    pub fn emit<C: Crc32>(&self, done: u64, total: u64, out: &mut [u8]) -> Result<usize, EncodeError> {
+        let payload = out
+            .get_mut(crate::config::HEADER_LEN..)
+            .ok_or(EncodeError::BufferTooSmall { needed: Self::FRAME_LEN })?;
+        let len = Progress { done, total }.emit(payload)?;
+        emit_frame::<C>(out, Kind::PROGRESS, Flags::RESPONSE, self.seq, len)
+    }
+}
 
 /// A model loaded for a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,8 +89,11 @@ pub enum ModelError {
     NoSuchModel,
     /// The weights would exceed the budget given to `load`.
     QuotaExceeded,
-    /// The input is outside the model's limits (reason for humans).
+    /// The input is outside the model's limits, or uploaded weights fail their checks
+    /// (reason for humans).
     InvalidInput(&'static str),
+    /// The host has no room to stage an upload now.
+    OutOfMemory,
     /// The model files are unusable (reason for humans).
     BadModel(&'static str),
     /// The backend failed.
@@ -64,6 +106,7 @@ impl fmt::Display for ModelError {
             Self::NoSuchModel => f.write_str("no such model"),
             Self::QuotaExceeded => f.write_str("model does not fit the session quota"),
             Self::InvalidInput(r) => write!(f, "invalid input: {r}"),
+            Self::OutOfMemory => f.write_str("no room to stage the upload"),
             Self::BadModel(r) => write!(f, "unusable model: {r}"),
             Self::Backend(e) => write!(f, "backend: {e}"),
         }
@@ -85,6 +128,7 @@ impl ModelError {
             Self::NoSuchModel => (ErrorCode::NO_SUCH_MODEL, "no such model"),
             Self::QuotaExceeded => (ErrorCode::QUOTA_EXCEEDED, "model does not fit the session quota"),
             Self::InvalidInput(r) => (ErrorCode::INVALID_INPUT, r),
+            Self::OutOfMemory => (ErrorCode::OUT_OF_MEMORY, "no room to stage the upload"),
             Self::BadModel(r) => (ErrorCode::INTERNAL, r),
             Self::Backend(e) => (e.into(), "backend failure"),
         }
@@ -95,8 +139,38 @@ impl ModelError {
 pub trait ModelHost<B: GpuBackend + ?Sized> {
     /// Loads the model `name` (already validated: `[A-Za-z0-9._-]`, 1–64 bytes, no leading
     /// dot) into `backend`. Must fail with [`ModelError::QuotaExceeded`] before touching the
-    /// device if its weights need more than `budget` bytes.
-    fn load(&mut self, backend: &mut B, name: &str, budget: u64) -> Result<LoadedModel, ModelError>;
+    /// device if its weights need more than `budget` bytes. With `progress`, the host may send
+    /// PROGRESS frames built by it.
+    fn load(
+        &mut self,
+        backend: &mut B,
+        name: &str,
+        budget: u64,
+        progress: Option<ProgressTarget>,
+    ) -> Result<LoadedModel, ModelError>;
+
+    /// Starts staging `size` bytes of weights for a model like `base` (a repository model,
+    /// name already validated), dropping any upload staged before. `size` is non-zero and
+    /// already charged to the session's quota. [`ModelError::NoSuchModel`] if `base` is
+    /// unknown, [`ModelError::OutOfMemory`] if the host cannot stage that much now.
+    fn upload_begin(&mut self, base: &str, size: u64) -> Result<(), ModelError>;
+
+    /// Appends `data` to the staged upload. The session guarantees an upload is staged and
+    /// that the total stays within its `size`.
+    fn upload_chunk(&mut self, data: &[u8]) -> Result<(), ModelError>;
+
+    /// Checks the complete staged file and loads it into `backend`, dropping the staged bytes
+    /// whatever the outcome. As [`load`](Self::load) for `budget` and `progress`; weights that
+    /// fail their checks are [`ModelError::InvalidInput`], before the device is touched.
+    fn upload_commit(
+        &mut self,
+        backend: &mut B,
+        budget: u64,
+        progress: Option<ProgressTarget>,
+    ) -> Result<LoadedModel, ModelError>;
+
+    /// Drops the staged upload, if any.
+    fn upload_cancel(&mut self);
 
     /// Frees and zeroes every byte of model `id`.
     fn unload(&mut self, backend: &mut B, id: u32) -> Result<(), ModelError>;
@@ -104,7 +178,8 @@ pub trait ModelHost<B: GpuBackend + ?Sized> {
     /// Runs model `id` on the request's texts.
     fn infer(&mut self, backend: &mut B, id: u32, request: &Infer<'_>) -> Result<InferOutput, ModelError>;
 
-    /// Frees and zeroes every model this host holds (the session closed).
+    /// Frees and zeroes every model this host holds and drops any staged upload (the session
+    /// closed).
     fn release_all(&mut self, backend: &mut B);
 }
 
@@ -113,9 +188,30 @@ pub trait ModelHost<B: GpuBackend + ?Sized> {
 pub struct NoModels;
 
 impl<B: GpuBackend + ?Sized> ModelHost<B> for NoModels {
-    fn load(&mut self, _: &mut B, _: &str, _: u64) -> Result<LoadedModel, ModelError> {
+    fn load(
+        &mut self,
+        _: &mut B,
+        _: &str,
+        _: u64,
+        _: Option<ProgressTarget>,
+    ) -> Result<LoadedModel, ModelError> {
         Err(ModelError::NoSuchModel)
     }
+    fn upload_begin(&mut self, _: &str, _: u64) -> Result<(), ModelError> {
+        Err(ModelError::NoSuchModel)
+    }
+    fn upload_chunk(&mut self, _: &[u8]) -> Result<(), ModelError> {
+        Err(ModelError::NoSuchModel)
+    }
+    fn upload_commit(
+        &mut self,
+        _: &mut B,
+        _: u64,
+        _: Option<ProgressTarget>,
+    ) -> Result<LoadedModel, ModelError> {
+        Err(ModelError::NoSuchModel)
+    }
+    fn upload_cancel(&mut self) {}
     fn unload(&mut self, _: &mut B, _: u32) -> Result<(), ModelError> {
         Err(ModelError::NoSuchModel)
     }

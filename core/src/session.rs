@@ -54,7 +54,7 @@ use crate::config::{
     PROTOCOL_VERSION,
 };
 use crate::crc32::Crc32;
-use crate::model::{InferOutput, LoadedModel, ModelHost, NoModels};
+use crate::model::{InferOutput, LoadedModel, ModelHost, NoModels, ProgressTarget};
 use crate::time::{Duration, Instant};
 use crate::wire::msg::{
     self, Allocated, Caps, DeviceInfoMsg, EMBEDDINGS_PREFIX_LEN, ErrorMsg, Message, ModelLoaded, Request,
@@ -77,8 +77,8 @@ pub struct SessionConfig {
     pub idle_timeout: Duration,
     /// The shared token's key; `Some` makes AUTH mandatory.
     pub auth: Option<AuthKey>,
-    /// Whether the node serves models (MODEL_LOAD, MODEL_UNLOAD, INFER) through a
-    /// [`ModelHost`]; advertised as the MODELS capability.
+    /// Whether the node serves models (MODEL_LOAD, MODEL_UNLOAD, INFER, and uploads) through
+    /// a [`ModelHost`]; advertised as the MODELS and PROGRESS capabilities.
     pub models: bool,
 }
 
@@ -109,7 +109,7 @@ impl SessionConfig {
 
     /// The capabilities a node with this configuration advertises.
     pub const fn caps(&self) -> Caps {
-        if self.models { Caps(Caps::DISPATCH.0 | Caps::MODELS.0) } else { Caps::DISPATCH }
+        if self.models { Caps(Caps::DISPATCH.0 | Caps::MODELS.0 | Caps::PROGRESS.0) } else { Caps::DISPATCH }
     }
 }
 
@@ -233,6 +233,13 @@ struct Slot {
     size: u64,
 }
 
+/// A staged model upload: its announced size and the bytes received so far.
+#[derive(Debug, Clone, Copy)]
+struct Upload {
+    size: u64,
+    received: u64,
+}
+
 #[derive(Debug, Clone)]
 enum Body {
     Empty,
@@ -289,6 +296,10 @@ pub struct Session {
     nonce: [u8; NONCE_LEN],
     slots: Vec<Slot, MAX_BUFFERS>,
     models: Vec<LoadedModel, MAX_MODELS>,
+    /// The staged model upload (MODEL_UPLOAD until MODEL_COMMIT); its `size` is in `used`.
+    upload: Option<Upload>,
+    /// The capabilities the client asked for in HELLO.
+    client_caps: Caps,
     next_handle: u32,
     used: u64,
     started: Instant,
@@ -309,6 +320,8 @@ impl Session {
             nonce,
             slots: Vec::new(),
             models: Vec::new(),
+            upload: None,
+            client_caps: Caps(0),
             next_handle: seed,
             used: 0,
             started: now,
@@ -642,6 +655,7 @@ impl Session {
         }
         self.slots.clear();
         self.models.clear();
+        self.upload = None;
         self.used = 0;
     }
 
@@ -707,8 +721,17 @@ impl Session {
                     Err(Reject::new(ErrorCode::AUTH_FAILED, "authentication failed"))
                 }
             }
-            (State::Ready, req @ (Request::ModelLoad(_) | Request::ModelUnload(_) | Request::Infer(_))) => {
-                self.on_model(req, backend, models).map(Some)
+            (
+                State::Ready,
+                req @ (Request::ModelLoad(_)
+                | Request::ModelUnload(_)
+                | Request::Infer(_)
+                | Request::ModelUpload(_)
+                | Request::ModelChunk(_)
+                | Request::ModelCommit),
+            ) => {
+                let progress = self.progress_target(kind, frame.seq());
+                self.on_model(req, backend, models, progress).map(Some)
             }
             (State::Ready, req) => self.on_ready(req, backend),
             (State::AwaitHello, _) => Err(Reject::new(ErrorCode::WRONG_STATE, "HELLO required first")),
@@ -737,6 +760,7 @@ impl Session {
             idle_timeout_ms: self.config.idle_timeout.as_millis_u32(),
             nonce: self.nonce,
         };
+        self.client_caps = h.caps;
         if auth {
             self.state = State::AwaitAuth;
         } else {
@@ -852,11 +876,42 @@ impl Session {
             | Request::Unknown(_)
             | Request::ModelLoad(_)
             | Request::ModelUnload(_)
-            | Request::Infer(_) => {
+            | Request::Infer(_)
+            | Request::ModelUpload(_)
+            | Request::ModelChunk(_)
+            | Request::ModelCommit => {
                 return Err(Reject::new(ErrorCode::INTERNAL, "unreachable request routing"));
             }
         };
         Ok(Some(body))
+    }
+
+    /// Where a long request's PROGRESS frames go: only to a client that asked for them, from a
+    /// node that sends them.
+    fn progress_target(&self, kind: Kind, seq: u16) -> Option<ProgressTarget> {
+        self.client_caps
+            .intersection(self.config.caps())
+            .contains(Caps::PROGRESS)
+            .then_some(ProgressTarget { kind, seq })
+    }
+
+    /// Records a model the host loaded, after checking it kept its side of the contract.
+    fn adopt_model<B: GpuBackend + ?Sized, M: ModelHost<B> + ?Sized>(
+        &mut self,
+        loaded: LoadedModel,
+        budget: u64,
+        backend: &mut B,
+        models: &mut M,
+    ) -> Result<Body, Reject> {
+        if loaded.bytes > budget || self.models.iter().any(|x| x.id == loaded.id) || self.models.is_full() {
+            // The host broke its contract: undo, and refuse.
+            let _ = models.unload(backend, loaded.id);
+            return Err(Reject::new(ErrorCode::QUOTA_EXCEEDED, "model does not fit the session quota"));
+        }
+        // Not full: checked above.
+        let _ = self.models.push(loaded);
+        self.used += loaded.bytes;
+        Ok(Body::ModelLoaded(ModelLoaded { model: loaded.id, dim: loaded.dim, bytes: loaded.bytes }))
     }
 
     fn on_model<B: GpuBackend + ?Sized, M: ModelHost<B> + ?Sized>(
@@ -864,6 +919,7 @@ impl Session {
         req: Request<'_>,
         backend: &mut B,
         models: &mut M,
+        progress: Option<ProgressTarget>,
     ) -> Result<Body, Reject> {
         if !self.config.models {
             return Err(Reject::new(ErrorCode::UNSUPPORTED, "this node serves no models"));
@@ -884,19 +940,63 @@ impl Session {
                     return Err(Reject::new(ErrorCode::TOO_MANY_BUFFERS, "session model limit reached"));
                 }
                 let budget = self.config.quota.saturating_sub(self.used);
-                let loaded = models.load(backend, m.name, budget).map_err(wire)?;
-                if loaded.bytes > budget || self.models.iter().any(|x| x.id == loaded.id) {
-                    // The host broke its contract: undo, and refuse.
-                    let _ = models.unload(backend, loaded.id);
+                let loaded = models.load(backend, m.name, budget, progress).map_err(wire)?;
+                self.adopt_model(loaded, budget, backend, models)
+            }
+            Request::ModelUpload(u) => {
+                if u.size == 0 {
+                    return Err(Reject::new(ErrorCode::INVALID_ARGUMENT, "empty upload"));
+                }
+                if self.models.is_full() {
+                    return Err(Reject::new(ErrorCode::TOO_MANY_BUFFERS, "session model limit reached"));
+                }
+                // A new upload replaces a staged one, whose bytes stop counting.
+                let staged = self.upload.map_or(0, |up| up.size);
+                if u.size > self.config.quota.saturating_sub(self.used - staged) {
                     return Err(Reject::new(
                         ErrorCode::QUOTA_EXCEEDED,
-                        "model does not fit the session quota",
+                        "upload does not fit the session quota",
                     ));
                 }
-                // Not full: checked above.
-                let _ = self.models.push(loaded);
-                self.used += loaded.bytes;
-                Ok(Body::ModelLoaded(ModelLoaded { model: loaded.id, dim: loaded.dim, bytes: loaded.bytes }))
+                self.upload = None;
+                self.used -= staged;
+                models.upload_begin(u.base, u.size).map_err(wire)?;
+                self.upload = Some(Upload { size: u.size, received: 0 });
+                self.used += u.size;
+                Ok(Body::Empty)
+            }
+            Request::ModelChunk(c) => {
+                let up = self
+                    .upload
+                    .as_mut()
+                    .ok_or(Reject::new(ErrorCode::WRONG_STATE, "no upload in progress"))?;
+                if c.offset != up.received {
+                    return Err(Reject::new(
+                        ErrorCode::INVALID_ARGUMENT,
+                        "chunk offset is not the number of bytes received so far",
+                    ));
+                }
+                if c.data.len() as u64 > up.size - up.received {
+                    return Err(Reject::new(ErrorCode::OUT_OF_BOUNDS, "chunk runs past the upload's size"));
+                }
+                models.upload_chunk(c.data).map_err(wire)?;
+                up.received += c.data.len() as u64;
+                Ok(Body::Empty)
+            }
+            Request::ModelCommit => {
+                let up = self.upload.ok_or(Reject::new(ErrorCode::WRONG_STATE, "no upload in progress"))?;
+                if up.received != up.size {
+                    return Err(Reject::new(ErrorCode::INVALID_ARGUMENT, "upload incomplete"));
+                }
+                if self.models.is_full() {
+                    return Err(Reject::new(ErrorCode::TOO_MANY_BUFFERS, "session model limit reached"));
+                }
+                // The staged bytes are gone whatever the outcome.
+                self.upload = None;
+                self.used -= up.size;
+                let budget = self.config.quota.saturating_sub(self.used);
+                let loaded = models.upload_commit(backend, budget, progress).map_err(wire)?;
+                self.adopt_model(loaded, budget, backend, models)
             }
             Request::ModelUnload(u) => {
                 let i = known(&self.models, u.model)?;

@@ -7,7 +7,8 @@ mod common;
 
 use common::{Driver, MockBackend};
 use rela_core::backend::{BufferId, GpuBackend};
-use rela_core::model::{InferOutput, LoadedModel, ModelError, ModelHost};
+use rela_core::crc32::SoftCrc32;
+use rela_core::model::{InferOutput, LoadedModel, ModelError, ModelHost, ProgressTarget};
 use rela_core::session::SessionConfig;
 use rela_core::wire::msg::*;
 use rela_core::wire::{ErrorCode, Flags, Kind};
@@ -18,12 +19,23 @@ struct Scripted {
     loaded: Vec<(u32, BufferId)>,
     next: u32,
     released: usize,
+    /// The staged upload, if any.
+    staged: Option<Vec<u8>>,
+    /// The progress target of the last load or commit.
+    progress: Option<ProgressTarget>,
 }
 
 const WEIGHTS: u64 = 1000;
 
 impl ModelHost<MockBackend> for Scripted {
-    fn load(&mut self, b: &mut MockBackend, name: &str, budget: u64) -> Result<LoadedModel, ModelError> {
+    fn load(
+        &mut self,
+        b: &mut MockBackend,
+        name: &str,
+        budget: u64,
+        progress: Option<ProgressTarget>,
+    ) -> Result<LoadedModel, ModelError> {
+        self.progress = progress;
         if name != "tiny" {
             return Err(ModelError::NoSuchModel);
         }
@@ -54,10 +66,42 @@ impl ModelHost<MockBackend> for Scripted {
         b.write(buf, 0, &out)?;
         Ok(InferOutput { buffer: buf, count: req.count() as u16, dim: 2 })
     }
+    fn upload_begin(&mut self, base: &str, size: u64) -> Result<(), ModelError> {
+        self.staged = None;
+        if base != "tiny" {
+            return Err(ModelError::NoSuchModel);
+        }
+        self.staged = Some(Vec::with_capacity(size as usize));
+        Ok(())
+    }
+    fn upload_chunk(&mut self, data: &[u8]) -> Result<(), ModelError> {
+        self.staged
+            .as_mut()
+            .expect("the session only sends chunks of a staged upload")
+            .extend_from_slice(data);
+        Ok(())
+    }
+    fn upload_commit(
+        &mut self,
+        b: &mut MockBackend,
+        budget: u64,
+        progress: Option<ProgressTarget>,
+    ) -> Result<LoadedModel, ModelError> {
+        let staged = self.staged.take().expect("the session only commits a staged upload");
+        // The scripted "format": weights start with TINY.
+        if !staged.starts_with(b"TINY") {
+            return Err(ModelError::InvalidInput("not a tiny model"));
+        }
+        self.load(b, "tiny", budget, progress)
+    }
+    fn upload_cancel(&mut self) {
+        self.staged = None;
+    }
     fn release_all(&mut self, b: &mut MockBackend) {
         for (_, buf) in self.loaded.drain(..) {
             let _ = b.free(buf);
         }
+        self.staged = None;
         self.released += 1;
     }
 }
@@ -184,4 +228,125 @@ fn quota_names_state_and_isolation() {
     assert_eq!(a.session.stats().used, 0);
     host_a.release_all(&mut b);
     assert!(b.bufs.is_empty());
+}
+
+fn chunk(d: &mut Driver, b: &mut MockBackend, host: &mut Scripted, offset: u64, data: &[u8]) -> common::Out {
+    send(d, b, host, &ModelChunk { offset, data })
+}
+
+fn commit(d: &mut Driver, b: &mut MockBackend, host: &mut Scripted) -> common::Out {
+    d.raw_with(b, host, Kind::MODEL_COMMIT, Flags::NONE, &[]).remove(0)
+}
+
+#[test]
+fn upload_in_order_chunks_then_commit() {
+    let mut b = MockBackend::new(1 << 20);
+    let mut host = Scripted::default();
+    let mut d = ready(&mut b, &mut host, 4096, 1);
+    // Nothing staged: chunks and commits are out of place.
+    assert_eq!(code(&chunk(&mut d, &mut b, &mut host, 0, b"TINY")), ErrorCode::WRONG_STATE);
+    assert_eq!(code(&commit(&mut d, &mut b, &mut host)), ErrorCode::WRONG_STATE);
+    assert_eq!(
+        code(&send(&mut d, &mut b, &mut host, &ModelUpload { size: 0, base: "tiny" })),
+        ErrorCode::INVALID_ARGUMENT
+    );
+
+    let o = send(&mut d, &mut b, &mut host, &ModelUpload { size: 10, base: "tiny" });
+    assert!(matches!(o.response(), Response::Ack(Kind::MODEL_UPLOAD)), "{:?}", o.response());
+    assert_eq!(d.session.stats().used, 10, "staged bytes count against the quota");
+    assert!(matches!(
+        chunk(&mut d, &mut b, &mut host, 0, b"TINY1").response(),
+        Response::Ack(Kind::MODEL_CHUNK)
+    ));
+    // A gap, a resend and an overrun are refused and leave the upload as it was.
+    assert_eq!(code(&chunk(&mut d, &mut b, &mut host, 6, b"x")), ErrorCode::INVALID_ARGUMENT);
+    assert_eq!(code(&chunk(&mut d, &mut b, &mut host, 0, b"TINY1")), ErrorCode::INVALID_ARGUMENT);
+    assert_eq!(code(&chunk(&mut d, &mut b, &mut host, 5, b"234567")), ErrorCode::OUT_OF_BOUNDS);
+    assert_eq!(code(&commit(&mut d, &mut b, &mut host)), ErrorCode::INVALID_ARGUMENT, "incomplete");
+    assert!(matches!(
+        chunk(&mut d, &mut b, &mut host, 5, b"23456").response(),
+        Response::Ack(Kind::MODEL_CHUNK)
+    ));
+    assert_eq!(host.staged.as_deref(), Some(&b"TINY123456"[..]));
+
+    let o = commit(&mut d, &mut b, &mut host);
+    assert_eq!(o.kind, Kind::MODEL_COMMIT);
+    let Response::ModelLoaded(m) = o.response() else { panic!("{:?}", o.response()) };
+    assert_eq!(m.bytes, WEIGHTS);
+    assert_eq!(d.session.stats().used, WEIGHTS, "the staged bytes were released, the weights charged");
+    assert!(host.staged.is_none());
+    assert_eq!(code(&commit(&mut d, &mut b, &mut host)), ErrorCode::WRONG_STATE, "nothing staged any more");
+    let o = infer(&mut d, &mut b, &mut host, m.model, &["ok"]);
+    assert!(matches!(o.response(), Response::Embeddings(_)));
+}
+
+#[test]
+fn upload_rejections_release_everything() {
+    let mut b = MockBackend::new(1 << 20);
+    let mut host = Scripted::default();
+    let mut d = ready(&mut b, &mut host, 100, 1);
+    assert_eq!(
+        code(&send(&mut d, &mut b, &mut host, &ModelUpload { size: 101, base: "tiny" })),
+        ErrorCode::QUOTA_EXCEEDED
+    );
+    assert_eq!(
+        code(&send(&mut d, &mut b, &mut host, &ModelUpload { size: 4, base: "huge" })),
+        ErrorCode::NO_SUCH_MODEL
+    );
+    assert_eq!(d.session.stats().used, 0);
+
+    // A second upload replaces the first: only its size is charged.
+    send(&mut d, &mut b, &mut host, &ModelUpload { size: 90, base: "tiny" });
+    send(&mut d, &mut b, &mut host, &ModelUpload { size: 60, base: "tiny" });
+    assert_eq!(d.session.stats().used, 60);
+
+    // Bad weights: refused with a typed error, the staging and its charge are gone.
+    let mut d = ready(&mut b, &mut host, 4096, 2);
+    send(&mut d, &mut b, &mut host, &ModelUpload { size: 4, base: "tiny" });
+    chunk(&mut d, &mut b, &mut host, 0, b"JUNK");
+    assert_eq!(code(&commit(&mut d, &mut b, &mut host)), ErrorCode::INVALID_INPUT);
+    assert_eq!(d.session.stats().used, 0);
+    assert!(b.bufs.is_empty(), "nothing reached the device");
+    assert_eq!(code(&chunk(&mut d, &mut b, &mut host, 4, b"x")), ErrorCode::WRONG_STATE);
+
+    // Closing with an upload staged releases it.
+    send(&mut d, &mut b, &mut host, &ModelUpload { size: 8, base: "tiny" });
+    chunk(&mut d, &mut b, &mut host, 0, b"TINY");
+    let released = host.released;
+    d.raw_with(&mut b, &mut host, Kind::BYE, Flags::NONE, &[]);
+    assert_eq!(d.session.stats().used, 0);
+    host.release_all(&mut b);
+    assert_eq!(host.released, released + 1);
+    assert!(host.staged.is_none());
+}
+
+#[test]
+fn progress_only_when_the_client_asks() {
+    let mut b = MockBackend::new(1 << 20);
+    let mut host = Scripted::default();
+    let mut d = ready(&mut b, &mut host, 4096, 1);
+    send(&mut d, &mut b, &mut host, &ModelLoad { name: "tiny" });
+    assert_eq!(host.progress, None, "HELLO did not ask for PROGRESS");
+
+    let mut d = Driver::new(config(4096), [2; 32]);
+    let caps = Caps(Caps::MODELS.0 | Caps::PROGRESS.0);
+    let w = send(&mut d, &mut b, &mut host, &Hello { min_version: 1, max_version: 1, caps });
+    let Response::Welcome(w) = w.response() else { panic!() };
+    assert!(w.caps.contains(Caps::PROGRESS), "a node with models sends PROGRESS");
+    send(&mut d, &mut b, &mut host, &ModelLoad { name: "tiny" });
+    let target = host.progress.expect("a progress target for MODEL_LOAD");
+    assert_eq!(target, ProgressTarget { kind: Kind::MODEL_LOAD, seq: d.last_seq() });
+
+    // The frame the host sends is a valid PROGRESS response with the request's seq.
+    let mut buf = [0u8; ProgressTarget::FRAME_LEN];
+    let n = target.emit::<SoftCrc32>(5, 9, &mut buf).unwrap();
+    let f = rela_core::wire::Frame::parse::<SoftCrc32>(&buf[..n], u32::MAX).unwrap();
+    assert_eq!((f.kind(), f.seq()), (Kind::PROGRESS, d.last_seq()));
+    let r = Response::parse(f.kind(), f.header.flags, f.payload).unwrap();
+    assert_eq!(r, Response::Progress(Progress { done: 5, total: 9 }));
+
+    send(&mut d, &mut b, &mut host, &ModelUpload { size: 4, base: "tiny" });
+    chunk(&mut d, &mut b, &mut host, 0, b"TINY");
+    commit(&mut d, &mut b, &mut host);
+    assert_eq!(host.progress, Some(ProgressTarget { kind: Kind::MODEL_COMMIT, seq: d.last_seq() }));
 }

@@ -102,6 +102,9 @@ fn requests() -> Vec<(&'static str, Kind, Vec<u8>)> {
             p.truncate(n);
             p
         }),
+        ("model_upload", Kind::MODEL_UPLOAD, emit(&msg::ModelUpload { size: 4096, base: "all-MiniLM-L6-v2" })),
+        ("model_chunk", Kind::MODEL_CHUNK, emit(&msg::ModelChunk { offset: 0, data: b"\x08\0\0\0\0\0\0\0{}      " })),
+        ("model_commit", Kind::MODEL_COMMIT, Vec::new()),
         ("unknown", Kind(0x55), b"??".to_vec()),
     ]
 }
@@ -151,6 +154,8 @@ fn responses() -> Vec<(&'static str, Kind, Flags, Vec<u8>)> {
             let data = f32s(&[0.6, 0.8, 1.0, 0.0]);
             emit(&msg::Embeddings { count: 2, dim: 2, data: &data })
         }),
+        ("model_committed", Kind::MODEL_COMMIT, r, emit(&msg::ModelLoaded { model: 2, dim: 384, bytes: 90_261_504 })),
+        ("progress", Kind::PROGRESS, r, emit(&msg::Progress { done: 16 << 20, total: 90_261_504 })),
         ("unknown", Kind(0x66), r, b"opaque".to_vec()),
     ];
     for (name, kind) in [
@@ -161,6 +166,8 @@ fn responses() -> Vec<(&'static str, Kind, Flags, Vec<u8>)> {
         ("ack-fill", Kind::FILL),
         ("ack-dispatch", Kind::DISPATCH),
         ("ack-model_unload", Kind::MODEL_UNLOAD),
+        ("ack-model_upload", Kind::MODEL_UPLOAD),
+        ("ack-model_chunk", Kind::MODEL_CHUNK),
         ("ack-bye", Kind::BYE),
     ] {
         v.push((name, kind, r, Vec::new()));

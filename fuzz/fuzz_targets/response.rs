@@ -65,12 +65,18 @@ fuzz_target!(|data: &[u8]| {
                     | Kind::FILL
                     | Kind::DISPATCH
                     | Kind::MODEL_UNLOAD
+                    | Kind::MODEL_UPLOAD
+                    | Kind::MODEL_CHUNK
                     | Kind::BYE
             ));
         }
         Response::ModelLoaded(m) => {
-            assert_eq!(kind, Kind::MODEL_LOAD);
+            assert!(matches!(kind, Kind::MODEL_LOAD | Kind::MODEL_COMMIT));
             reemit(&m, payload);
+        }
+        Response::Progress(p) => {
+            assert_eq!(kind, Kind::PROGRESS);
+            reemit(&p, payload);
         }
         Response::Embeddings(e) => {
             assert_eq!(kind, Kind::INFER);
@@ -88,7 +94,8 @@ fuzz_target!(|data: &[u8]| {
             let handled = [
                 Kind::HELLO, Kind::PING, Kind::DEVICE_INFO, Kind::STATS, Kind::ALLOC, Kind::READ, Kind::AUTH,
                 Kind::FREE, Kind::WRITE, Kind::COPY, Kind::FILL, Kind::DISPATCH, Kind::BYE, Kind::ERROR,
-                Kind::MODEL_LOAD, Kind::MODEL_UNLOAD, Kind::INFER,
+                Kind::MODEL_LOAD, Kind::MODEL_UNLOAD, Kind::INFER, Kind::PROGRESS, Kind::MODEL_UPLOAD,
+                Kind::MODEL_CHUNK, Kind::MODEL_COMMIT,
             ];
             assert!(!handled.contains(&k), "{k:?} decoded as Unknown");
         }

@@ -41,6 +41,9 @@ kinds! {
     STATS = 0x05,
     /// BYE: orderly close; every buffer of the session is freed and zeroed.
     BYE = 0x06,
+    /// PROGRESS: node → client only, before the answer to a long request (MODEL_LOAD,
+    /// MODEL_COMMIT) of a client that advertised the PROGRESS capability.
+    PROGRESS = 0x07,
     /// ALLOC: reserve a buffer of remote memory.
     ALLOC = 0x10,
     /// FREE: release (and zero) a buffer.
@@ -61,6 +64,12 @@ kinds! {
     MODEL_UNLOAD = 0x31,
     /// INFER: run a loaded model on a batch of texts (capability MODELS).
     INFER = 0x32,
+    /// MODEL_UPLOAD: start staging client-supplied weights for a model (capability MODELS).
+    MODEL_UPLOAD = 0x33,
+    /// MODEL_CHUNK: the next piece of the staged weights (capability MODELS).
+    MODEL_CHUNK = 0x34,
+    /// MODEL_COMMIT: check the staged weights and load them (capability MODELS).
+    MODEL_COMMIT = 0x35,
     /// DISCOVER: UDP discovery probe.
     DISCOVER = 0x40,
     /// ANNOUNCE: UDP discovery answer.
@@ -71,7 +80,7 @@ kinds! {
 
 impl Kind {
     /// Whether this kind is reserved for a later protocol feature. No kind is reserved in
-    /// version 1; the model kinds (`0x30..=0x32`) are served behind the MODELS capability.
+    /// version 1; the model kinds (`0x30..=0x35`) are served behind the MODELS capability.
     pub const fn is_reserved(self) -> bool {
         false
     }

@@ -88,10 +88,19 @@ pub struct Caps(pub u32);
 impl Caps {
     /// Built-in kernel dispatch (DISPATCH).
     pub const DISPATCH: Self = Self(1 << 0);
-    /// Model loading and inference (MODEL_LOAD / MODEL_UNLOAD / INFER). Reserved.
+    /// Model loading and inference (MODEL_LOAD, MODEL_UNLOAD, INFER, MODEL_UPLOAD,
+    /// MODEL_CHUNK, MODEL_COMMIT).
     pub const MODELS: Self = Self(1 << 1);
     /// LZ4-compressed payloads (flag bit 2). Reserved.
     pub const LZ4: Self = Self(1 << 2);
+    /// PROGRESS frames before the answer to a long request. A client sets it in HELLO to ask
+    /// for them; a node sets it in WELCOME when it sends them.
+    pub const PROGRESS: Self = Self(1 << 3);
+
+    /// The bits set in both.
+    pub const fn intersection(self, other: Self) -> Self {
+        Self(self.0 & other.0)
+    }
 
     /// Whether every bit of `other` is set.
     pub const fn contains(self, other: Self) -> bool {
@@ -305,6 +314,17 @@ fixed_message! {
     }
 }
 
+fixed_message! {
+    /// PROGRESS: how far a long request has got. Sent by a node only, with the RESPONSE flag
+    /// and the seq of the request it reports on, before that request's answer.
+    Progress, PROGRESS, response = true {
+        /// Units done (bytes of weights placed in device memory).
+        done: u64,
+        /// Units in all.
+        total: u64,
+    }
+}
+
 /// MODEL_LOAD: load a model from the node's repository, by name. The name is 1–64 bytes of
 /// `[A-Za-z0-9._-]`, not starting with `.` (so no path can be named).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,6 +365,78 @@ impl<'a> Message<'a> for ModelLoad<'a> {
     fn emit(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
         let mut w = Writer::new(buf);
         w.str_u8(self.name, MAX_MODEL_NAME)?;
+        Ok(w.len())
+    }
+}
+
+/// MODEL_UPLOAD: start staging `size` bytes of client-supplied weights (a safetensors file)
+/// for a model of the architecture and tokenizer of `base`, a model in the node's repository.
+/// Payload: `size u64`, then `base` as `str8`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelUpload<'a> {
+    /// Bytes of the safetensors file that MODEL_CHUNK frames will carry (non-zero).
+    pub size: u64,
+    /// The repository model whose `config.json` and `tokenizer.json` the weights go with.
+    pub base: &'a str,
+}
+
+impl<'a> Message<'a> for ModelUpload<'a> {
+    const KIND: Kind = Kind::MODEL_UPLOAD;
+    const RESPONSE: bool = false;
+
+    fn parse(payload: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(payload);
+        let size = r.u64()?;
+        let base = r.str_u8(MAX_MODEL_NAME, "model_upload.base")?;
+        r.finish()?;
+        if !valid_model_name(base) {
+            return Err(DecodeError::InvalidField("model_upload.base"));
+        }
+        Ok(Self { size, base })
+    }
+
+    fn buffer_len(&self) -> usize {
+        8 + 1 + self.base.len()
+    }
+
+    fn emit(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
+        let mut w = Writer::new(buf);
+        w.u64(self.size)?;
+        w.str_u8(self.base, MAX_MODEL_NAME)?;
+        Ok(w.len())
+    }
+}
+
+/// Length of MODEL_CHUNK's fixed part (the offset) before the data.
+pub const MODEL_CHUNK_PREFIX_LEN: usize = 8;
+
+/// MODEL_CHUNK: the bytes of the staged upload from `offset`, which must equal the bytes
+/// received so far. Payload: `offset u64`, then the data. The data borrows the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelChunk<'a> {
+    /// Where the data goes in the file.
+    pub offset: u64,
+    /// The bytes.
+    pub data: &'a [u8],
+}
+
+impl<'a> Message<'a> for ModelChunk<'a> {
+    const KIND: Kind = Kind::MODEL_CHUNK;
+    const RESPONSE: bool = false;
+
+    fn parse(payload: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(payload);
+        Ok(Self { offset: r.u64()?, data: r.rest() })
+    }
+
+    fn buffer_len(&self) -> usize {
+        MODEL_CHUNK_PREFIX_LEN + self.data.len()
+    }
+
+    fn emit(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
+        let mut w = Writer::new(buf);
+        w.u64(self.offset)?;
+        w.bytes(self.data)?;
         Ok(w.len())
     }
 }
@@ -702,6 +794,12 @@ pub enum Request<'a> {
     ModelUnload(ModelUnload),
     /// INFER.
     Infer(Infer<'a>),
+    /// MODEL_UPLOAD.
+    ModelUpload(ModelUpload<'a>),
+    /// MODEL_CHUNK.
+    ModelChunk(ModelChunk<'a>),
+    /// MODEL_COMMIT (empty payload).
+    ModelCommit,
     /// A kind reserved for a later protocol feature (MODEL_LOAD, MODEL_UNLOAD, INFER).
     Reserved(Kind),
     /// A kind this crate does not know, or one that is not a request.
@@ -728,6 +826,9 @@ impl<'a> Request<'a> {
             Kind::MODEL_LOAD => Self::ModelLoad(ModelLoad::parse(payload)?),
             Kind::MODEL_UNLOAD => Self::ModelUnload(ModelUnload::parse(payload)?),
             Kind::INFER => Self::Infer(Infer::parse(payload)?),
+            Kind::MODEL_UPLOAD => Self::ModelUpload(ModelUpload::parse(payload)?),
+            Kind::MODEL_CHUNK => Self::ModelChunk(ModelChunk::parse(payload)?),
+            Kind::MODEL_COMMIT => Empty::parse(payload).map(|_| Self::ModelCommit)?,
             k if k.is_reserved() => Self::Reserved(k),
             k => Self::Unknown(k),
         })
@@ -752,6 +853,9 @@ impl<'a> Request<'a> {
             Self::ModelLoad(_) => Kind::MODEL_LOAD,
             Self::ModelUnload(_) => Kind::MODEL_UNLOAD,
             Self::Infer(_) => Kind::INFER,
+            Self::ModelUpload(_) => Kind::MODEL_UPLOAD,
+            Self::ModelChunk(_) => Kind::MODEL_CHUNK,
+            Self::ModelCommit => Kind::MODEL_COMMIT,
             Self::Reserved(k) | Self::Unknown(k) => *k,
         }
     }
@@ -772,7 +876,14 @@ impl<'a> Request<'a> {
             Self::ModelLoad(m) => m.emit(buf),
             Self::ModelUnload(m) => m.emit(buf),
             Self::Infer(m) => m.emit(buf),
-            Self::DeviceInfo | Self::Stats | Self::Bye | Self::Reserved(_) | Self::Unknown(_) => Ok(0),
+            Self::ModelUpload(m) => m.emit(buf),
+            Self::ModelChunk(m) => m.emit(buf),
+            Self::DeviceInfo
+            | Self::Stats
+            | Self::Bye
+            | Self::ModelCommit
+            | Self::Reserved(_)
+            | Self::Unknown(_) => Ok(0),
         }
     }
 }
@@ -793,12 +904,14 @@ pub enum Response<'a> {
     Allocated(Allocated),
     /// READ's answer: the bytes.
     Data(&'a [u8]),
-    /// MODEL_LOAD's answer.
+    /// MODEL_LOAD's and MODEL_COMMIT's answer.
     ModelLoaded(ModelLoaded),
     /// INFER's answer.
     Embeddings(Embeddings<'a>),
+    /// A PROGRESS report on the request with the same seq (its answer is still to come).
+    Progress(Progress),
     /// An empty acknowledgement of the named kind (AUTH, FREE, WRITE, COPY, FILL, DISPATCH,
-    /// MODEL_UNLOAD, BYE).
+    /// MODEL_UNLOAD, MODEL_UPLOAD, MODEL_CHUNK, BYE).
     Ack(Kind),
     /// An ERROR.
     Error(ErrorMsg<'a>),
@@ -824,8 +937,9 @@ impl<'a> Response<'a> {
             Kind::STATS => Self::Stats(Stats::parse(payload)?),
             Kind::ALLOC => Self::Allocated(Allocated::parse(payload)?),
             Kind::READ => Self::Data(payload),
-            Kind::MODEL_LOAD => Self::ModelLoaded(ModelLoaded::parse(payload)?),
+            Kind::MODEL_LOAD | Kind::MODEL_COMMIT => Self::ModelLoaded(ModelLoaded::parse(payload)?),
             Kind::INFER => Self::Embeddings(Embeddings::parse(payload)?),
+            Kind::PROGRESS => Self::Progress(Progress::parse(payload)?),
             Kind::AUTH
             | Kind::FREE
             | Kind::WRITE
@@ -833,6 +947,8 @@ impl<'a> Response<'a> {
             | Kind::FILL
             | Kind::DISPATCH
             | Kind::MODEL_UNLOAD
+            | Kind::MODEL_UPLOAD
+            | Kind::MODEL_CHUNK
             | Kind::BYE => {
                 Empty::parse(payload)?;
                 Self::Ack(kind)

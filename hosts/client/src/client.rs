@@ -18,7 +18,7 @@ use crate::FastCrc32;
 use crate::error::ClientError;
 
 mod models;
-pub use models::RemoteModel;
+pub use models::{LoadProgress, LoadStage, RemoteModel};
 
 /// Largest non-data response payload the client accepts (WELCOME, PONG, DEVICE_INFO, STATS,
 /// ERROR are all well below this).
@@ -257,7 +257,7 @@ impl Client {
         let hello = msg::Hello {
             min_version: MIN_PROTOCOL_VERSION,
             max_version: PROTOCOL_VERSION,
-            caps: Caps::DISPATCH,
+            caps: Caps(Caps::DISPATCH.0 | Caps::PROGRESS.0),
         };
         let seq = self.send_msg(&hello).await?;
         let welcome = match self.expect(seq, Kind::HELLO).await? {
@@ -617,19 +617,31 @@ impl Client {
     /// Sends one WRITE frame: header and prefix from `tx`, the data straight from the caller's
     /// slice (no copy).
     async fn send_write(&mut self, handle: u32, offset: u64, data: &[u8]) -> Result<u16, ClientError> {
-        let seq = self.next_seq();
-        let len = WRITE_PREFIX_LEN + data.len();
-        let prefix = &mut self.tx[HEADER_LEN..HEADER_LEN + WRITE_PREFIX_LEN];
-        msg::Write::emit_prefix(handle, offset, prefix)
+        let mut prefix = [0u8; WRITE_PREFIX_LEN];
+        msg::Write::emit_prefix(handle, offset, &mut prefix)
             .map_err(|_| ClientError::InvalidArgument("request does not encode"))?;
-        // `len <= chunk <= MAX_PAYLOAD`, so it fits in u32.
-        let mut header = HeaderRepr { kind: Kind::WRITE, flags: Flags::NONE, seq, len: len as u32, crc: 0 };
+        self.send_prefixed(Kind::WRITE, &prefix, data).await
+    }
+
+    /// Sends one request frame whose payload is `prefix` then `data`: header and prefix from
+    /// `tx`, the data straight from the caller's slice (no copy). The caller keeps the payload
+    /// within the node's `max_payload`.
+    async fn send_prefixed(&mut self, kind: Kind, prefix: &[u8], data: &[u8]) -> Result<u16, ClientError> {
+        self.check_usable()?;
+        let len = u32::try_from(prefix.len() + data.len())
+            .ok()
+            .filter(|&len| len <= self.max_payload())
+            .ok_or(ClientError::InvalidArgument("payload larger than the node's max_payload"))?;
+        let seq = self.next_seq();
+        let head_len = HEADER_LEN + prefix.len();
+        self.tx[HEADER_LEN..head_len].copy_from_slice(prefix);
+        let mut header = HeaderRepr { kind, flags: Flags::NONE, seq, len, crc: 0 };
         let mut crc = FrameCrc::<FastCrc32>::new(&header.to_raw());
-        crc.update(&self.tx[HEADER_LEN..HEADER_LEN + WRITE_PREFIX_LEN]);
+        crc.update(prefix);
         crc.update(data);
         header.crc = crc.value();
         header.emit(&mut self.tx).map_err(|_| ClientError::InvalidArgument("request does not encode"))?;
-        let head = &self.tx[..HEADER_LEN + WRITE_PREFIX_LEN];
+        let head = &self.tx[..head_len];
         if let Err(e) = write_all_two(&mut self.wr, head, data).await {
             return self.fail(e);
         }

@@ -29,7 +29,9 @@ mod discovery;
 mod error;
 
 pub use blocking::BlockingClient;
-pub use client::{Client, ClientOptions, Handle, Kernel, Progress, RemoteDeviceInfo, RemoteModel};
+pub use client::{
+    Client, ClientOptions, Handle, Kernel, LoadProgress, LoadStage, Progress, RemoteDeviceInfo, RemoteModel,
+};
 pub use crc::FastCrc32;
 pub use discovery::{DiscoveryReport, NodeAnnouncement, RejectedAnnouncement, discover, discover_report};
 pub use error::ClientError;

@@ -261,10 +261,32 @@ impl Embedder {
         files: &ModelFiles,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Self, ModelError> {
+        Self::load_within(backend, files, None, u64::MAX, progress)
+    }
+
+    /// Loads a model whose weights need at most `budget` bytes of device memory, checked
+    /// before the backend is touched ([`ModelError::OverBudget`]). The tokenizer and config
+    /// come from `files`; the weights too, unless `safetensors` supplies them (a client's
+    /// upload for a model of the same architecture). Progress as in
+    /// [`load_with_progress`](Self::load_with_progress).
+    pub fn load_within(
+        backend: &mut dyn GpuBackend,
+        files: &ModelFiles,
+        safetensors: Option<&[u8]>,
+        budget: u64,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Self, ModelError> {
         let config = read_capped(&files.config, "config.json", MAX_CONFIG_BYTES as u64)?;
         let tokenizer = read_capped(&files.tokenizer, "tokenizer.json", MAX_TOKENIZER_BYTES as u64)?;
-        let safetensors = read_capped(&files.safetensors, "model.safetensors", MAX_SAFETENSORS_BYTES)?;
-        Self::load_from_bytes_with_progress(backend, &safetensors, &tokenizer, &config, progress)
+        let on_disk;
+        let safetensors = match safetensors {
+            Some(bytes) => bytes,
+            None => {
+                on_disk = read_capped(&files.safetensors, "model.safetensors", MAX_SAFETENSORS_BYTES)?;
+                &on_disk
+            }
+        };
+        Self::load_bytes_within(backend, safetensors, &tokenizer, &config, budget, progress)
     }
 
     /// Loads a model from the bytes of its `model.safetensors`, `tokenizer.json` and
@@ -295,12 +317,26 @@ impl Embedder {
         config_json: &[u8],
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Self, ModelError> {
+        Self::load_bytes_within(backend, safetensors, tokenizer_json, config_json, u64::MAX, progress)
+    }
+
+    fn load_bytes_within(
+        backend: &mut dyn GpuBackend,
+        safetensors: &[u8],
+        tokenizer_json: &[u8],
+        config_json: &[u8],
+        budget: u64,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Self, ModelError> {
         let config = BertConfig::from_json(config_json)?;
         let max_tokens = MAX_TOKENS.min(config.max_position_embeddings);
         let tokenizer = TextTokenizer::from_json(tokenizer_json, max_tokens)?;
         let checked = weights::check(safetensors, &config)?;
-        // Checked: from here on the backend is touched.
         let total: u64 = checked.iter().map(Checked::device_bytes).sum();
+        if total > budget {
+            return Err(ModelError::OverBudget { bytes: total, budget });
+        }
+        // Checked: from here on the backend is touched.
         let mut ids = Vec::with_capacity(checked.len());
         if let Err(e) = upload(backend, &checked, &mut ids, total, progress) {
             for id in ids {

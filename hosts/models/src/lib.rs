@@ -121,6 +121,13 @@ pub enum ModelError {
         /// Index of the text in the request.
         index: usize,
     },
+    /// The weights need more device memory than the budget the load was given.
+    OverBudget {
+        /// Device bytes the weights need (as f32).
+        bytes: u64,
+        /// The budget.
+        budget: u64,
+    },
     /// The backend failed (out of memory, device lost, kernel unsupported, …).
     Backend(BackendError),
 }
@@ -152,6 +159,9 @@ impl fmt::Display for ModelError {
                 write!(f, "text {index} is {bytes} bytes, at most {max}")
             }
             Self::InvalidUtf8 { index } => write!(f, "text {index} is not valid UTF-8"),
+            Self::OverBudget { bytes, budget } => {
+                write!(f, "the weights need {bytes} bytes of device memory, more than the {budget} allowed")
+            }
             Self::Backend(e) => write!(f, "backend: {e}"),
         }
     }

@@ -21,7 +21,7 @@ use rela_models::ModelRepository;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tracing::Span;
 
-use crate::models::SessionModels;
+use crate::models::{ProgressSink, SessionModels, StagingBudget};
 use crate::pool::PoolBuf;
 use crate::throttle::AuthThrottle;
 
@@ -225,6 +225,8 @@ pub(crate) struct Engine {
     repository: Option<Arc<ModelRepository>>,
     /// Model hosts of sessions that sent a model request. Released when their session ends.
     models: HashMap<ConnId, SessionModels>,
+    /// Host memory staging client uploads, shared by every session.
+    staging: Arc<StagingBudget>,
     status: Arc<Status>,
     throttle: Arc<Mutex<AuthThrottle>>,
 }
@@ -243,6 +245,7 @@ impl Engine {
             sessions: HashMap::new(),
             repository,
             models: HashMap::new(),
+            staging: Arc::default(),
             status,
             throttle,
         }
@@ -289,11 +292,23 @@ impl Engine {
             Command::Frame { conn, now, job } => {
                 let Job { header, payload, out, ticket } = job;
                 let mut out = out.map_or(OutBuf::Inline([0; INLINE_OUT]), OutBuf::Pooled);
-                let model_request =
-                    matches!(header.kind, Kind::MODEL_LOAD | Kind::MODEL_UNLOAD | Kind::INFER);
+                let model_request = matches!(
+                    header.kind,
+                    Kind::MODEL_LOAD
+                        | Kind::MODEL_UNLOAD
+                        | Kind::INFER
+                        | Kind::MODEL_UPLOAD
+                        | Kind::MODEL_CHUNK
+                        | Kind::MODEL_COMMIT
+                );
                 let mut models = if model_request {
-                    let repository = self.repository.clone();
-                    Some(self.models.remove(&conn).unwrap_or_else(|| SessionModels::new(repository)))
+                    Some(self.models.remove(&conn).unwrap_or_else(|| {
+                        let sink = self
+                            .sessions
+                            .get(&conn)
+                            .map(|c| ProgressSink { replies: c.replies.clone(), state: c.state.clone() });
+                        SessionModels::new(self.repository.clone(), self.staging.clone(), sink)
+                    }))
                 } else {
                     None
                 };

@@ -2,45 +2,152 @@
 //! [`ModelHost`] seam with `rela-models`.
 //!
 //! - MODEL_LOAD names a model in the node's repository (`serve --models DIR`). Its weights are
-//!   charged to the **session's quota**: the size of `model.safetensors` is checked against the
-//!   quota left before anything touches the device, and the loaded size again after.
+//!   charged to the **session's quota**: the device bytes they need are checked against the
+//!   quota left before anything touches the device.
+//! - MODEL_UPLOAD / MODEL_CHUNK / MODEL_COMMIT load a client's own safetensors file for the
+//!   architecture and tokenizer of a repository model. The file is staged in host memory (its
+//!   size is charged to the session's quota until the commit, and all sessions together stage
+//!   at most [`MAX_STAGED_BYTES`]), then parsed and checked (header, offsets, every tensor's
+//!   dtype and shape) before anything touches the device.
+//! - Long loads send PROGRESS frames to clients that asked for them, straight to the
+//!   connection's writer while the engine works.
 //! - INFER runs the forward pass on the node's backend. The embeddings are staged in a small
 //!   backend buffer the session's host owns (at most `MAX_TEXTS × dim × 4` bytes; reused), from
 //!   which the core reads the response payload. The forward pass's working memory is bounded
 //!   by `rela_models::BATCH_TOKENS` and is not charged to the quota.
 //! - MODEL_UNLOAD and session close free and zero every byte: weights, working memory and the
-//!   staging buffer.
+//!   staging buffer; close also drops a staged upload.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use rela_client::FastCrc32;
 use rela_core::backend::{BufferId, GpuBackend};
-use rela_core::model::{InferOutput, LoadedModel, ModelError, ModelHost};
+use rela_core::model::{InferOutput, LoadedModel, ModelError, ModelHost, ProgressTarget};
 use rela_core::wire::msg::Infer;
-use rela_models::{Embedder, ModelRepository};
+use rela_models::{Embedder, ModelFiles, ModelRepository};
+
+use crate::engine::{ConnState, INLINE_OUT, OutBuf, Outcome, Reply, ReplyTx};
+
+/// Most bytes of uploaded weights all sessions of a node stage at once.
+pub(crate) const MAX_STAGED_BYTES: u64 = 1 << 30;
+
+/// A PROGRESS frame at most every this many bytes (besides the first and the last).
+const PROGRESS_STEP: u64 = 4 << 20;
+
+/// Bytes staged by every session of a node, against [`MAX_STAGED_BYTES`].
+#[derive(Debug, Default)]
+pub(crate) struct StagingBudget(AtomicU64);
+
+/// One session's claim on the [`StagingBudget`], returned when dropped.
+#[derive(Debug)]
+struct StagingClaim {
+    budget: Arc<StagingBudget>,
+    bytes: u64,
+}
+
+impl StagingClaim {
+    fn take(budget: &Arc<StagingBudget>, bytes: u64) -> Option<Self> {
+        budget
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|&total| total <= MAX_STAGED_BYTES)
+            })
+            .ok()?;
+        Some(Self { budget: budget.clone(), bytes })
+    }
+}
+
+impl Drop for StagingClaim {
+    fn drop(&mut self) {
+        self.budget.0.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// A client's upload being staged.
+struct Staged {
+    base: ModelFiles,
+    bytes: Vec<u8>,
+    _claim: StagingClaim,
+}
+
+/// Where PROGRESS frames go: the connection's writer queue.
+#[derive(Debug, Clone)]
+pub(crate) struct ProgressSink {
+    pub(crate) replies: ReplyTx,
+    pub(crate) state: Arc<ConnState>,
+}
+
+impl ProgressSink {
+    /// A reporter for `target` that sends a frame for the first and last report and at most
+    /// every [`PROGRESS_STEP`] bytes in between.
+    fn reporter(&self, target: ProgressTarget) -> impl FnMut(u64, u64) + '_ {
+        let mut last: Option<u64> = None;
+        move |done, total| {
+            let due = match last {
+                None => true,
+                Some(prev) => done == total || done.saturating_sub(prev) >= PROGRESS_STEP,
+            };
+            if due && last != Some(done) {
+                last = Some(done);
+                self.send(target, done, total);
+            }
+        }
+    }
+
+    fn send(&self, target: ProgressTarget, done: u64, total: u64) {
+        let mut out = [0u8; INLINE_OUT];
+        let Ok(len) = target.emit::<FastCrc32>(done, total, &mut out) else { return };
+        // Counted as in flight like every reply, so the PING fast path keeps response order.
+        self.state.inflight.fetch_add(1, Ordering::AcqRel);
+        // No timer change: the answer that follows sets it.
+        let outcome = Outcome { timeout: None, closed: false };
+        let reply = Reply { out: OutBuf::Inline(out), len, outcome, _ticket: None };
+        if self.replies.send(reply).is_err() {
+            self.state.inflight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
 
 /// One session's models.
 pub(crate) struct SessionModels {
     repository: Option<Arc<ModelRepository>>,
+    staging: Arc<StagingBudget>,
     loaded: Vec<(u32, Embedder)>,
     next_id: u32,
     /// Staging buffer for INFER results and its size.
     output: Option<(BufferId, u64)>,
+    upload: Option<Staged>,
+    /// Where this session's PROGRESS frames go.
+    progress: Option<ProgressSink>,
 }
 
 impl std::fmt::Debug for SessionModels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionModels").field("loaded", &self.loaded.len()).finish_non_exhaustive()
+        f.debug_struct("SessionModels")
+            .field("loaded", &self.loaded.len())
+            .field("staged", &self.upload.as_ref().map(|u| u.bytes.len()))
+            .finish_non_exhaustive()
     }
 }
 
 impl SessionModels {
     /// A session's model host over `repository` (`None`: the node serves no models).
-    pub(crate) fn new(repository: Option<Arc<ModelRepository>>) -> Self {
-        Self { repository, loaded: Vec::new(), next_id: 0, output: None }
+    pub(crate) fn new(
+        repository: Option<Arc<ModelRepository>>,
+        staging: Arc<StagingBudget>,
+        progress: Option<ProgressSink>,
+    ) -> Self {
+        Self { repository, staging, loaded: Vec::new(), next_id: 0, output: None, upload: None, progress }
     }
 
     fn embedder(&mut self, id: u32) -> Result<&mut Embedder, ModelError> {
         self.loaded.iter_mut().find(|(i, _)| *i == id).map(|(_, e)| e).ok_or(ModelError::NoSuchModel)
+    }
+
+    fn files(&self, name: &str) -> Result<ModelFiles, ModelError> {
+        let repo = self.repository.as_ref().ok_or(ModelError::NoSuchModel)?;
+        repo.files(name).map_err(wire_error)
     }
 
     /// A staging buffer of at least `bytes`, reusing the current one when it is large enough.
@@ -57,12 +164,50 @@ impl SessionModels {
         self.output = Some((id, bytes.max(4)));
         Ok(id)
     }
+
+    /// Loads a model (from `files`, or with `weights` in place of its safetensors file) and
+    /// registers it.
+    fn load_model(
+        &mut self,
+        backend: &mut dyn GpuBackend,
+        what: &str,
+        files: &ModelFiles,
+        weights: Option<&[u8]>,
+        budget: u64,
+        progress: Option<ProgressTarget>,
+    ) -> Result<LoadedModel, ModelError> {
+        let started = std::time::Instant::now();
+        let sink = self.progress.clone();
+        let mut report = |_: u64, _: u64| {};
+        let mut reporter;
+        let report: &mut dyn FnMut(u64, u64) = match (progress, &sink) {
+            (Some(target), Some(sink)) => {
+                reporter = sink.reporter(target);
+                &mut reporter
+            }
+            _ => &mut report,
+        };
+        let embedder = Embedder::load_within(backend, files, weights, budget, report)
+            .map_err(|e| if weights.is_some() { upload_error(e) } else { wire_error(e) })?;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        let id = self.next_id;
+        let loaded = LoadedModel { id, dim: embedder.dim() as u32, bytes: embedder.device_bytes() };
+        tracing::info!(
+            model = what,
+            bytes = loaded.bytes,
+            ms = started.elapsed().as_millis() as u64,
+            "model loaded"
+        );
+        self.loaded.push((id, embedder));
+        Ok(loaded)
+    }
 }
 
 fn wire_error(e: rela_models::ModelError) -> ModelError {
     use rela_models::ModelError as E;
     match e {
         E::InvalidName { .. } | E::NotFound(_) => ModelError::NoSuchModel,
+        E::OverBudget { .. } => ModelError::QuotaExceeded,
         E::TooManyTexts { .. } => ModelError::InvalidInput("too many texts"),
         E::TextTooLong { .. } => ModelError::InvalidInput("a text is too long"),
         E::InvalidUtf8 { .. } => ModelError::InvalidInput("a text is not UTF-8"),
@@ -75,36 +220,63 @@ fn wire_error(e: rela_models::ModelError) -> ModelError {
     }
 }
 
+/// Errors about a client's uploaded weights are the client's input errors.
+fn upload_error(e: rela_models::ModelError) -> ModelError {
+    use rela_models::ModelError as E;
+    let reason = match &e {
+        E::Safetensors(_) => "uploaded weights: not a valid safetensors file",
+        E::MissingTensor(_) => "uploaded weights: a tensor the model needs is missing",
+        E::Shape { .. } => "uploaded weights: a tensor has the wrong shape for the base model",
+        E::Dtype { .. } => "uploaded weights: a tensor's dtype is not F32, F16 or BF16",
+        E::FileTooLarge { .. } => "uploaded weights: file too large",
+        _ => return wire_error(e),
+    };
+    tracing::info!(error = %e, "uploaded weights rejected");
+    ModelError::InvalidInput(reason)
+}
+
 impl<'b> ModelHost<dyn GpuBackend + 'b> for SessionModels {
     fn load(
         &mut self,
         backend: &mut (dyn GpuBackend + 'b),
         name: &str,
         budget: u64,
+        progress: Option<ProgressTarget>,
     ) -> Result<LoadedModel, ModelError> {
-        let repo = self.repository.as_ref().ok_or(ModelError::NoSuchModel)?;
-        let files = repo.files(name).map_err(wire_error)?;
-        let on_disk = std::fs::metadata(&files.safetensors).map(|m| m.len()).unwrap_or(u64::MAX);
-        if on_disk > budget {
-            return Err(ModelError::QuotaExceeded);
-        }
-        let started = std::time::Instant::now();
-        let embedder = Embedder::load(backend, &files).map_err(wire_error)?;
-        if embedder.device_bytes() > budget {
-            let _ = embedder.unload(backend);
-            return Err(ModelError::QuotaExceeded);
-        }
-        self.next_id = self.next_id.wrapping_add(1).max(1);
-        let id = self.next_id;
-        let loaded = LoadedModel { id, dim: embedder.dim() as u32, bytes: embedder.device_bytes() };
-        tracing::info!(
-            model = name,
-            bytes = loaded.bytes,
-            ms = started.elapsed().as_millis() as u64,
-            "model loaded"
-        );
-        self.loaded.push((id, embedder));
-        Ok(loaded)
+        let files = self.files(name)?;
+        self.load_model(backend, name, &files, None, budget, progress)
+    }
+
+    fn upload_begin(&mut self, base: &str, size: u64) -> Result<(), ModelError> {
+        self.upload = None;
+        let files = self.files(base)?;
+        let claim = StagingClaim::take(&self.staging, size).ok_or(ModelError::OutOfMemory)?;
+        let mut bytes = Vec::new();
+        let len = usize::try_from(size).map_err(|_| ModelError::OutOfMemory)?;
+        bytes.try_reserve_exact(len).map_err(|_| ModelError::OutOfMemory)?;
+        self.upload = Some(Staged { base: files, bytes, _claim: claim });
+        Ok(())
+    }
+
+    fn upload_chunk(&mut self, data: &[u8]) -> Result<(), ModelError> {
+        let staged = self.upload.as_mut().ok_or(ModelError::InvalidInput("no upload in progress"))?;
+        // Within the reserved capacity: the session keeps the total at the announced size.
+        staged.bytes.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn upload_commit(
+        &mut self,
+        backend: &mut (dyn GpuBackend + 'b),
+        budget: u64,
+        progress: Option<ProgressTarget>,
+    ) -> Result<LoadedModel, ModelError> {
+        let staged = self.upload.take().ok_or(ModelError::InvalidInput("no upload in progress"))?;
+        self.load_model(backend, "(uploaded)", &staged.base, Some(&staged.bytes), budget, progress)
+    }
+
+    fn upload_cancel(&mut self) {
+        self.upload = None;
     }
 
     fn unload(&mut self, backend: &mut (dyn GpuBackend + 'b), id: u32) -> Result<(), ModelError> {
@@ -132,6 +304,7 @@ impl<'b> ModelHost<dyn GpuBackend + 'b> for SessionModels {
     }
 
     fn release_all(&mut self, backend: &mut (dyn GpuBackend + 'b)) {
+        self.upload = None;
         for (_, embedder) in self.loaded.drain(..) {
             if let Err(e) = embedder.unload(backend) {
                 tracing::warn!(error = %e, "unloading a model failed");

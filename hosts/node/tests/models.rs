@@ -118,3 +118,96 @@ async fn embeddings_through_the_node_match_the_reference_and_leave_nothing() {
     let end = within(node.shutdown()).await.expect("shutdown");
     assert_eq!(end.used, 0);
 }
+
+/// `file` (a safetensors file) with the data of `tensor` (with or without a `bert.` prefix)
+/// set to zero.
+fn with_zeroed(file: &[u8], tensor: &str) -> Vec<u8> {
+    let n = u64::from_le_bytes(file[..8].try_into().expect("8 bytes")) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&file[8..8 + n]).expect("header json");
+    let entry = if header[tensor].is_object() { &header[tensor] } else { &header[format!("bert.{tensor}")] };
+    let offsets = entry["data_offsets"].as_array().expect("data_offsets");
+    let (a, b) = (offsets[0].as_u64().expect("u64") as usize, offsets[1].as_u64().expect("u64") as usize);
+    let mut out = file.to_vec();
+    out[8 + n + a..8 + n + b].fill(0);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploaded_weights_are_checked_loaded_and_report_progress() {
+    use rela_client::LoadStage;
+
+    let Some(dir) = repository() else { return };
+    let weights = std::fs::read(dir.join("all-MiniLM-L6-v2/model.safetensors")).expect("weights");
+    let mut cfg = config();
+    cfg.models = Some(dir);
+    cfg.session.quota = 256 << 20;
+    let node = start(cfg, 512 << 20).await;
+    let mut c = within(Client::connect(node.local_addr(), None)).await.expect("connect");
+    let cases = fixture(4);
+    let texts: Vec<&str> = cases.iter().map(|(t, _)| t.as_str()).collect();
+
+    // The repository's own file, uploaded: the same embeddings as loading it by name.
+    let mut reports = Vec::new();
+    let mut record = |stage, done, total| reports.push((stage, done, total));
+    let m = within(c.model_upload("all-MiniLM-L6-v2", &weights, Some(&mut record))).await.expect("upload");
+    assert_eq!(m.dim, 384);
+    let total = weights.len() as u64;
+    let sent: Vec<_> = reports.iter().filter(|r| r.0 == LoadStage::Upload).collect();
+    assert_eq!(sent.first().map(|r| (r.1, r.2)), Some((0, total)));
+    assert_eq!(sent.last().map(|r| (r.1, r.2)), Some((total, total)));
+    assert!(sent.len() >= 3, "{} MiB in 8 MiB chunks: {sent:?}", total >> 20);
+    let device: Vec<_> = reports.iter().filter(|r| r.0 == LoadStage::Device).collect();
+    assert!(device.len() >= 3, "PROGRESS frames from the node: {device:?}");
+    assert!(device.windows(2).all(|w| w[0].1 <= w[1].1 && w[0].2 == w[1].2), "{device:?}");
+    assert_eq!(device.last().map(|r| (r.1, r.2)), Some((m.bytes, m.bytes)));
+    let got = within(c.infer(m, &texts)).await.expect("infer");
+    for ((text, want), v) in cases.iter().zip(&got) {
+        let cos = cosine(v, want);
+        assert!(cos >= 0.9999, "{text:?}: cosine {cos}");
+    }
+    within(c.model_unload(m)).await.expect("unload");
+
+    // Changed weights: the node runs what the client sent, not the repository's file.
+    let changed = with_zeroed(&weights, "encoder.layer.5.output.dense.weight");
+    let m = within(c.model_upload("all-MiniLM-L6-v2", &changed, None)).await.expect("upload changed");
+    let got = within(c.infer(m, &texts)).await.expect("infer");
+    let worst = cases.iter().zip(&got).map(|((_, want), v)| cosine(v, want)).fold(1.0, f64::min);
+    assert!(worst < 0.999, "zeroing a layer must change the embeddings (min cosine {worst})");
+    within(c.model_unload(m)).await.expect("unload");
+
+    // A load by name reports progress too.
+    let mut device = Vec::new();
+    let mut record = |stage, done, total| {
+        assert_eq!(stage, LoadStage::Device);
+        device.push((done, total));
+    };
+    let m = within(c.model_load_with_progress("all-MiniLM-L6-v2", Some(&mut record))).await.expect("load");
+    assert_eq!(device.last(), Some(&(m.bytes, m.bytes)));
+    within(c.model_unload(m)).await.expect("unload");
+
+    // Bad files are typed errors, checked before the device is touched; the session goes on.
+    let before = within(node.usage()).await.expect("usage").used;
+    for (what, bad) in [
+        ("not safetensors", b"definitely not a safetensors file".to_vec()),
+        ("truncated", weights[..weights.len() / 2].to_vec()),
+        ("header only", weights[..4096].to_vec()),
+    ] {
+        let err = within(c.model_upload("all-MiniLM-L6-v2", &bad, None)).await.expect_err(what);
+        assert_eq!(err.code(), Some(ErrorCode::INVALID_INPUT), "{what}: {err}");
+        assert_eq!(
+            within(node.usage()).await.expect("usage").used,
+            before,
+            "{what}: nothing reached the device"
+        );
+    }
+    let err = within(c.model_upload("no-such-base", &weights, None)).await.expect_err("unknown base");
+    assert_eq!(err.code(), Some(ErrorCode::NO_SUCH_MODEL));
+    let huge = vec![0u8; (256 << 20) + 1];
+    let err = within(c.model_upload("all-MiniLM-L6-v2", &huge, None)).await.expect_err("over quota");
+    assert_eq!(err.code(), Some(ErrorCode::QUOTA_EXCEEDED));
+    let stats = within(c.stats()).await.expect("stats");
+    assert_eq!(stats.used, 0, "no staged bytes or weights left in the session");
+    within(c.close()).await.expect("close");
+    let end = within(node.shutdown()).await.expect("shutdown");
+    assert_eq!(end.used, 0);
+}

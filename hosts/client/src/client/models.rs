@@ -1,12 +1,28 @@
-//! MODEL_LOAD, MODEL_UNLOAD and INFER (nodes that advertise the MODELS capability).
+//! MODEL_LOAD, MODEL_UNLOAD, INFER and uploads of the client's own weights (MODEL_UPLOAD,
+//! MODEL_CHUNK, MODEL_COMMIT), on nodes that advertise the MODELS capability.
 
 use rela_core::config::HEADER_LEN;
-use rela_core::wire::msg::{self, Caps, EMBEDDINGS_PREFIX_LEN, Infer, Response};
+use rela_core::wire::msg::{self, Caps, EMBEDDINGS_PREFIX_LEN, Infer, MODEL_CHUNK_PREFIX_LEN, Response};
 use rela_core::wire::{Flags, Kind, emit_frame};
 
 use super::{Client, unexpected};
 use crate::FastCrc32;
 use crate::error::ClientError;
+
+/// Largest MODEL_CHUNK payload the client sends (the node's `max_payload` may lower it).
+const UPLOAD_CHUNK: usize = 8 << 20;
+
+/// Which part of a model load a progress report is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LoadStage {
+    /// Bytes of the client's weights file sent and acknowledged by the node.
+    Upload,
+    /// Bytes of weights the node has placed in device memory (PROGRESS frames).
+    Device,
+}
+
+/// A progress callback for model loads: `(stage, done, total)`.
+pub type LoadProgress<'a> = &'a mut (dyn FnMut(LoadStage, u64, u64) + Send);
 
 /// A model loaded on the node for this session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -27,17 +43,80 @@ impl Client {
 
     /// MODEL_LOAD: loads a model from the node's repository by name.
     pub async fn model_load(&mut self, name: &str) -> Result<RemoteModel, ClientError> {
-        if !msg::valid_model_name(name) {
-            return Err(ClientError::InvalidArgument(
-                "model names are 1-64 bytes of [A-Za-z0-9._-], no leading dot",
-            ));
-        }
+        self.model_load_with_progress(name, None).await
+    }
+
+    /// [`model_load`](Self::model_load), reporting the node's PROGRESS frames to `progress`
+    /// ([`LoadStage::Device`]).
+    pub async fn model_load_with_progress(
+        &mut self,
+        name: &str,
+        progress: Option<LoadProgress<'_>>,
+    ) -> Result<RemoteModel, ClientError> {
+        check_name(name)?;
         let seq = self.send_msg(&msg::ModelLoad { name }).await?;
-        match self.expect(seq, Kind::MODEL_LOAD).await? {
-            Response::ModelLoaded(m) => Ok(RemoteModel { id: m.model, dim: m.dim, bytes: m.bytes }),
-            other => {
-                let e = unexpected(&other);
-                Err(self.broke(e))
+        self.expect_model(seq, Kind::MODEL_LOAD, progress).await
+    }
+
+    /// Loads the client's own weights: `weights` is a safetensors file for a model of the
+    /// architecture and tokenizer of `base`, a model in the node's repository (for example
+    /// fine-tuned all-MiniLM-L6-v2 weights). The file is sent in chunks of at most 8 MiB
+    /// (MODEL_UPLOAD, MODEL_CHUNK), then checked and loaded on the node (MODEL_COMMIT).
+    /// `progress` hears about both stages.
+    pub async fn model_upload(
+        &mut self,
+        base: &str,
+        weights: &[u8],
+        mut progress: Option<LoadProgress<'_>>,
+    ) -> Result<RemoteModel, ClientError> {
+        check_name(base)?;
+        if weights.is_empty() {
+            return Err(ClientError::InvalidArgument("no weights to upload"));
+        }
+        let total = weights.len() as u64;
+        let seq = self.send_msg(&msg::ModelUpload { size: total, base }).await?;
+        self.expect_ack(seq, Kind::MODEL_UPLOAD).await?;
+        let chunk =
+            (self.max_payload() as usize).saturating_sub(MODEL_CHUNK_PREFIX_LEN).clamp(1, UPLOAD_CHUNK);
+        let mut offset = 0u64;
+        if let Some(p) = progress.as_deref_mut() {
+            p(LoadStage::Upload, 0, total);
+        }
+        for piece in weights.chunks(chunk) {
+            let seq = self.send_prefixed(Kind::MODEL_CHUNK, &offset.to_le_bytes(), piece).await?;
+            self.expect_ack(seq, Kind::MODEL_CHUNK).await?;
+            offset += piece.len() as u64;
+            if let Some(p) = progress.as_deref_mut() {
+                p(LoadStage::Upload, offset, total);
+            }
+        }
+        let seq = self.send_empty(Kind::MODEL_COMMIT).await?;
+        self.expect_model(seq, Kind::MODEL_COMMIT, progress).await
+    }
+
+    /// Reads the answer to a MODEL_LOAD or MODEL_COMMIT, passing PROGRESS frames on the way
+    /// to `progress`.
+    async fn expect_model(
+        &mut self,
+        seq: u16,
+        request: Kind,
+        mut progress: Option<LoadProgress<'_>>,
+    ) -> Result<RemoteModel, ClientError> {
+        loop {
+            let (header, crc) = self.read_header().await?;
+            match self.finish_small(header, crc, seq, request).await? {
+                Response::Progress(p) => {
+                    if let Some(report) = progress.as_deref_mut() {
+                        report(LoadStage::Device, p.done, p.total);
+                    }
+                }
+                Response::ModelLoaded(m) if header.kind == request => {
+                    return Ok(RemoteModel { id: m.model, dim: m.dim, bytes: m.bytes });
+                }
+                other => {
+                    let e = unexpected(&other);
+                    return Err(self.broke(e));
+                }
             }
         }
     }
@@ -86,5 +165,13 @@ impl Client {
                 Err(self.broke(e))
             }
         }
+    }
+}
+
+fn check_name(name: &str) -> Result<(), ClientError> {
+    if msg::valid_model_name(name) {
+        Ok(())
+    } else {
+        Err(ClientError::InvalidArgument("model names are 1-64 bytes of [A-Za-z0-9._-], no leading dot"))
     }
 }
