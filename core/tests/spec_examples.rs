@@ -118,6 +118,10 @@ fn examples() -> Vec<(&'static str, Vec<u8>)> {
             let data: Vec<u8> = [0.6f32, 0.8, 1.0, 0.0].iter().flat_map(|f| f.to_le_bytes()).collect();
             frame(10, &Embeddings { count: 2, dim: 2, data: &data })
         }),
+        ("model-upload", frame(11, &ModelUpload { size: 90_868_184, base: "all-MiniLM-L6-v2" })),
+        ("model-chunk", frame(12, &ModelChunk { offset: 8_388_608, data: b"RELA" })),
+        ("model-commit", empty(Kind::MODEL_COMMIT, rela_core::wire::Flags::NONE, 13)),
+        ("progress", frame(13, &Progress { done: 16_777_216, total: 90_866_688 })),
         ("discover", discover),
         ("announce", announce),
     ]
