@@ -42,8 +42,8 @@ use rela_core::backend::KernelId;
 use rela_core::config::{HEADER_LEN, MAX_BUFFERS, MAX_PAYLOAD, MAX_PING_PAYLOAD, NONCE_LEN};
 use rela_core::crc32::SoftCrc32;
 use rela_core::wire::msg::{
-    Alloc, Allocated, Caps, Copy, DeviceInfoMsg, Dispatch, ErrorMsg, Fill, Free, Hello, Message, Read, Stats,
-    Welcome,
+    Alloc, Allocated, Caps, Copy, DeviceInfoMsg, Dispatch, ErrorMsg, Fill, Free, Hello, Message, ModelChunk,
+    ModelUpload, Read, Stats, Welcome,
 };
 use rela_core::wire::{ErrorCode, Flags, FrameCrc, HeaderRepr, Kind, RawHeader, encode_frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -139,6 +139,7 @@ cases!(
     bad_flags_close,
     unknown_kind,
     unsupported,
+    model_upload_rules,
     no_such_buffer,
     out_of_bounds,
     invalid_argument,
@@ -478,10 +479,15 @@ fn check_error(r: &Resp, kind: Kind, code: ErrorCode, what: &str) -> R<()> {
 fn check_welcome(w: &Welcome) -> R<()> {
     check!(w.version == 1, "WELCOME chose version {}, expected 1", w.version);
     check!(w.flags & !1 == 0, "WELCOME flags 0x{:04x} have reserved bits set", w.flags);
-    // LZ4 is defined but never served in version 1; no other bit is defined.
+    // LZ4 is defined but never served in version 1; PROGRESS goes with MODELS.
     check!(
-        w.caps.0 & !(Caps::DISPATCH.0 | Caps::MODELS.0) == 0,
-        "WELCOME advertises capabilities 0x{:08x}; only DISPATCH and MODELS may be served",
+        w.caps.0 & !(Caps::DISPATCH.0 | Caps::MODELS.0 | Caps::PROGRESS.0) == 0,
+        "WELCOME advertises capabilities 0x{:08x}; only DISPATCH, MODELS and PROGRESS may be served",
+        w.caps.0
+    );
+    check!(
+        !w.caps.contains(Caps::PROGRESS) || w.caps.contains(Caps::MODELS),
+        "WELCOME advertises PROGRESS without MODELS (caps 0x{:08x})",
         w.caps.0
     );
     check!(
@@ -926,7 +932,8 @@ async fn bad_flags_close(cx: Cx) -> R<()> {
 
 async fn unknown_kind(cx: Cx) -> R<()> {
     let (mut c, _) = Conn::ready(&cx).await?;
-    for k in [0x00u8, 0x07, 0x0F, 0x16, 0x21, 0x33, 0x50, 0x7E, 0x80, 0xC3, 0xFF] {
+    // 0x07 is PROGRESS, which only a node sends.
+    for k in [0x00u8, 0x07, 0x0F, 0x16, 0x21, 0x36, 0x50, 0x7E, 0x80, 0xC3, 0xFF] {
         c.err(Kind(k), &[], ErrorCode::UNKNOWN_KIND).await?;
         c.err(Kind(k), &pattern(u32::from(k), 40), ErrorCode::UNKNOWN_KIND).await?;
     }
@@ -940,7 +947,14 @@ async fn unsupported(cx: Cx) -> R<()> {
     // their payloads may refuse one that does not decode as MALFORMED before it gets to
     // UNSUPPORTED; either way the request is refused, typed, and the session stays usable.
     if !w.caps.contains(Caps::MODELS) {
-        for k in [Kind::MODEL_LOAD, Kind::MODEL_UNLOAD, Kind::INFER] {
+        for k in [
+            Kind::MODEL_LOAD,
+            Kind::MODEL_UNLOAD,
+            Kind::INFER,
+            Kind::MODEL_UPLOAD,
+            Kind::MODEL_CHUNK,
+            Kind::MODEL_COMMIT,
+        ] {
             for payload in [&b""[..], b"some model bytes"] {
                 let what = format!("{k:?} on a node without MODELS ({} payload bytes)", payload.len());
                 let r = c.call(k, payload).await?;
@@ -959,6 +973,33 @@ async fn unsupported(cx: Cx) -> R<()> {
             check_error(&r, Kind::DISPATCH, ErrorCode::UNSUPPORTED, &format!("kernel id {kernel}"))?;
         }
     }
+    c.ok(Kind::PING, b"still usable").await?;
+    Ok(())
+}
+
+/// The order and limits of an upload (MODEL_UPLOAD, MODEL_CHUNK, MODEL_COMMIT), checked without
+/// knowing any model's name: every refusal is typed and leaves the session usable and empty.
+async fn model_upload_rules(cx: Cx) -> R<()> {
+    let (mut c, w) = Conn::ready(&cx).await?;
+    if !w.caps.contains(Caps::MODELS) {
+        return Err(Stop::Skip("the node does not advertise MODELS".into()));
+    }
+    c.err(Kind::MODEL_COMMIT, &[], ErrorCode::WRONG_STATE).await?;
+    c.err(Kind::MODEL_CHUNK, &enc(&ModelChunk { offset: 0, data: b"data" }), ErrorCode::WRONG_STATE).await?;
+    let base = "no-such-model.rela-conformance";
+    c.err(Kind::MODEL_UPLOAD, &enc(&ModelUpload { size: 0, base }), ErrorCode::INVALID_ARGUMENT).await?;
+    let over = w.quota.saturating_add(1);
+    c.err(Kind::MODEL_UPLOAD, &enc(&ModelUpload { size: over, base }), ErrorCode::QUOTA_EXCEEDED).await?;
+    c.err(Kind::MODEL_UPLOAD, &enc(&ModelUpload { size: 64.min(w.quota), base }), ErrorCode::NO_SUCH_MODEL)
+        .await?;
+    // Nothing was staged by the refused uploads.
+    c.err(Kind::MODEL_COMMIT, &[], ErrorCode::WRONG_STATE).await?;
+    for bad in [&b"\x08\0\0\0\0\0\0\0\x03../x"[..], b"\x01\0\0\0\0\0\0\0\x00", b"\x01\0\0"] {
+        c.err(Kind::MODEL_UPLOAD, bad, ErrorCode::MALFORMED).await?;
+    }
+    c.err(Kind::MODEL_COMMIT, b"x", ErrorCode::MALFORMED).await?;
+    let s = c.stats().await?;
+    check!(s.used == 0 && s.buffers == 0, "refused uploads left {} bytes in {} buffers", s.used, s.buffers);
     c.ok(Kind::PING, b"still usable").await?;
     Ok(())
 }

@@ -41,7 +41,12 @@ fn outcome<'a>(report: &'a BackendReport, name: &str) -> &'a Outcome {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wire_suite_passes_without_token() {
-    let node = start(limited(), 64 * MIB).await;
+    // An empty model repository: the node advertises MODELS, so the upload rules run too.
+    let models = std::env::temp_dir().join(format!("rela-wire-models-{}", std::process::id()));
+    std::fs::create_dir_all(&models).expect("temp dir");
+    let mut cfg = limited();
+    cfg.models = Some(models.clone());
+    let node = start(cfg, 64 * MIB).await;
     let report = tokio::time::timeout(Duration::from_secs(240), wire::run(node.local_addr(), None))
         .await
         .expect("wire suite finished in time");
@@ -55,8 +60,10 @@ async fn wire_suite_passes_without_token() {
     assert_eq!(outcome(&report, "quota_enforced"), &Outcome::Passed);
     assert_eq!(outcome(&report, "max_buffers_enforced"), &Outcome::Passed);
     assert_eq!(outcome(&report, "max_payload_accepted"), &Outcome::Passed);
+    assert_eq!(outcome(&report, "model_upload_rules"), &Outcome::Passed);
     wait_idle(&node).await;
     within(node.shutdown()).await.expect("shutdown");
+    let _ = std::fs::remove_dir_all(models);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,7 +76,12 @@ async fn wire_suite_passes_with_token() {
     for name in ["auth_right_token", "auth_wrong_token", "wrong_state_before_auth"] {
         assert_eq!(outcome(&report, name), &Outcome::Passed, "{name}");
     }
-    assert_eq!(report.counts().2, 0, "nothing may skip with the token given");
+    // This node serves no models; every other case runs with the token given.
+    assert_eq!(
+        outcome(&report, "model_upload_rules"),
+        &Outcome::Skipped("the node does not advertise MODELS".into())
+    );
+    assert_eq!(report.counts().2, 1, "nothing else may skip with the token given");
     wait_idle(&node).await;
     within(node.shutdown()).await.expect("shutdown");
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use rela_client::{Client, ClientError};
+use rela_client::{Client, ClientError, LoadStage};
 use rela_core::config::{DEFAULT_DISCOVERY_PORT, MAX_PAYLOAD};
 use rela_node::{Node, NodeConfig};
 
@@ -366,13 +366,42 @@ pub(crate) async fn embed(
     model: String,
     texts: Vec<String>,
     json: bool,
+    weights: Option<PathBuf>,
 ) -> Result<(), String> {
+    let file = match &weights {
+        Some(path) => Some(std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?),
+        None => None,
+    };
     let mut c = connect(&conn).await?;
     if !c.serves_models() {
         return Err(format!("{} serves no models (start it with --models DIR)", conn.addr));
     }
     let started = Instant::now();
-    let m = c.model_load(&model).await.map_err(|e| format!("loading {model} failed: {e}"))?;
+    // One bar per stage: the file going to the node, then the weights going into device memory.
+    let mut bar: Option<(LoadStage, indicatif::ProgressBar)> = None;
+    let mut report = |stage: LoadStage, done: u64, total: u64| {
+        if bar.as_ref().is_none_or(|(s, _)| *s != stage) {
+            if let Some((_, old)) = bar.take() {
+                old.finish_and_clear();
+            }
+            let what = if stage == LoadStage::Upload { "upload" } else { "load" };
+            bar = Some((stage, util::progress_bar(total, what)));
+        }
+        if let Some((_, b)) = &bar {
+            b.set_position(done);
+        }
+    };
+    let loading = match &file {
+        Some(bytes) => c.model_upload(&model, bytes, Some(&mut report)).await,
+        None => c.model_load_with_progress(&model, Some(&mut report)).await,
+    };
+    if let Some((_, b)) = bar.take() {
+        b.finish_and_clear();
+    }
+    let m = loading.map_err(|e| match &weights {
+        Some(path) => format!("loading {} as {model} failed: {e}", path.display()),
+        None => format!("loading {model} failed: {e}"),
+    })?;
     let loaded = started.elapsed();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let started = Instant::now();

@@ -104,6 +104,10 @@ enum Command {
         /// Print JSON (embeddings and similarity matrix).
         #[arg(long)]
         json: bool,
+        /// Upload this safetensors file and run it with the architecture and tokenizer of
+        /// `--model` (for example fine-tuned weights), instead of the repository's weights.
+        #[arg(long, value_name = "FILE")]
+        weights: Option<PathBuf>,
     },
     /// Benchmark a node against a raw TCP baseline in the same run.
     Bench(bench::BenchArgs),
@@ -142,7 +146,9 @@ fn main() -> ExitCode {
             Command::Info { conn, json } => commands::info(conn, json).await,
             Command::Put { conn, file, then_get } => commands::put(conn, file, then_get).await,
             Command::Get { conn, out, size, fill } => commands::get(conn, out, size, fill).await,
-            Command::Embed { conn, model, texts, json } => commands::embed(conn, model, texts, json).await,
+            Command::Embed { conn, model, texts, json, weights } => {
+                commands::embed(conn, model, texts, json, weights).await
+            }
             Command::Bench(args) => bench::run(args).await,
             Command::BenchEmbed(args) => embed_bench::run(args).await,
             Command::Conformance(args) => commands::conformance(args).await,

@@ -27,6 +27,10 @@ struct Served {
 
 impl Served {
     fn start(extra: &[&str]) -> Self {
+        Self::start_with("64MiB", extra)
+    }
+
+    fn start_with(capacity: &str, extra: &[&str]) -> Self {
         let (port, dport) = (free_port(), free_port());
         let (addr, discovery) = (format!("127.0.0.1:{port}"), format!("127.0.0.1:{dport}"));
         let mut child = Command::new(BIN)
@@ -35,7 +39,7 @@ impl Served {
                 "--backend",
                 "host",
                 "--capacity",
-                "64MiB",
+                capacity,
                 "--listen",
                 &addr,
                 "--discovery",
@@ -168,4 +172,55 @@ fn conformance_command_reports_the_host_backend() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("host") && table.contains("passed"), "{table}");
+}
+
+/// The model directory (`RELA_MODEL_DIR`, or `models/all-MiniLM-L6-v2`) if its files are there;
+/// otherwise a SKIPPED line, or a failure under `RELA_REQUIRE_MODEL=1`.
+fn model_dir() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("RELA_MODEL_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2")
+    });
+    if ["model.safetensors", "tokenizer.json", "config.json"].iter().all(|f| dir.join(f).is_file()) {
+        return Some(dir);
+    }
+    let why = format!("model files not found in {} (run hosts/models/fetch-model.sh)", dir.display());
+    assert!(std::env::var_os("RELA_REQUIRE_MODEL").is_none_or(|v| v != "1"), "RELA_REQUIRE_MODEL=1 but {why}");
+    eprintln!("*** SKIPPED embed through the CLI: {why} ***");
+    None
+}
+
+#[test]
+fn embed_by_name_and_with_uploaded_weights() {
+    let Some(model) = model_dir() else { return };
+    let repo = model.parent().unwrap().to_str().unwrap().to_owned();
+    let node = Served::start_with("512MiB", &["--models", &repo]);
+    let texts = ["A cat sits on the mat.", "Stock markets fell sharply today."];
+    let embed = |extra: &[&str]| {
+        let mut args = vec!["embed", node.addr.as_str(), "--json"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&texts);
+        run(&args)
+    };
+    let by_name = embed(&[]);
+    assert!(by_name.status.success(), "{}", String::from_utf8_lossy(&by_name.stderr));
+    let by_name: serde_json::Value = serde_json::from_slice(&by_name.stdout).unwrap();
+    assert_eq!(by_name["dim"], 384);
+
+    let weights = model.join("model.safetensors");
+    let uploaded = embed(&["--weights", weights.to_str().unwrap()]);
+    assert!(uploaded.status.success(), "{}", String::from_utf8_lossy(&uploaded.stderr));
+    let uploaded: serde_json::Value = serde_json::from_slice(&uploaded.stdout).unwrap();
+    assert_eq!(by_name["embeddings"], uploaded["embeddings"], "the same weights give the same floats");
+
+    // A file that is not safetensors: a clear error and exit status 1.
+    let junk = std::env::temp_dir().join(format!("vram-relay-junk-{}.safetensors", std::process::id()));
+    std::fs::write(&junk, b"not a safetensors file at all").unwrap();
+    let out = embed(&["--weights", junk.to_str().unwrap()]);
+    std::fs::remove_file(&junk).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("INVALID_INPUT") && err.contains("safetensors"), "{err}");
+    let missing = embed(&["--weights", "/nonexistent/weights.safetensors"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(node.terminate().success());
 }
