@@ -6,7 +6,9 @@ use std::time::Duration;
 use rela_core::wire::msg;
 use tokio::runtime::{Builder, Runtime};
 
-use crate::client::{Client, ClientOptions, Handle, Kernel, Progress, RemoteDeviceInfo};
+use crate::client::{
+    Client, ClientOptions, Handle, Kernel, LoadProgress, Progress, RemoteDeviceInfo, RemoteModel,
+};
 use crate::error::ClientError;
 
 /// A blocking client for plain std programs: the same calls as [`Client`], each driven to
@@ -124,6 +126,40 @@ impl BlockingClient {
     /// See [`Client::dispatch`].
     pub fn dispatch(&mut self, kernel: Kernel) -> Result<(), ClientError> {
         self.rt.block_on(self.inner.dispatch(kernel))
+    }
+
+    /// See [`Client::serves_models`].
+    pub fn serves_models(&self) -> bool {
+        self.inner.serves_models()
+    }
+
+    /// See [`Client::model_load_with_progress`].
+    pub fn model_load(
+        &mut self,
+        name: &str,
+        progress: Option<LoadProgress<'_>>,
+    ) -> Result<RemoteModel, ClientError> {
+        self.rt.block_on(self.inner.model_load_with_progress(name, progress))
+    }
+
+    /// See [`Client::model_upload`].
+    pub fn model_upload(
+        &mut self,
+        base: &str,
+        weights: &[u8],
+        progress: Option<LoadProgress<'_>>,
+    ) -> Result<RemoteModel, ClientError> {
+        self.rt.block_on(self.inner.model_upload(base, weights, progress))
+    }
+
+    /// See [`Client::model_unload`].
+    pub fn model_unload(&mut self, model: RemoteModel) -> Result<(), ClientError> {
+        self.rt.block_on(self.inner.model_unload(model))
+    }
+
+    /// See [`Client::infer`].
+    pub fn infer(&mut self, model: RemoteModel, texts: &[&str]) -> Result<Vec<Vec<f32>>, ClientError> {
+        self.rt.block_on(self.inner.infer(model, texts))
     }
 
     /// See [`Client::close`].

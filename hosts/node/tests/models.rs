@@ -211,3 +211,39 @@ async fn uploaded_weights_are_checked_loaded_and_report_progress() {
     let end = within(node.shutdown()).await.expect("shutdown");
     assert_eq!(end.used, 0);
 }
+
+#[test]
+fn blocking_client_loads_uploads_and_infers() {
+    let Some(dir) = repository() else { return };
+    let weights = std::fs::read(dir.join("all-MiniLM-L6-v2/model.safetensors")).expect("weights");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mut cfg = config();
+    cfg.models = Some(dir);
+    cfg.session.quota = 256 << 20;
+    let node = rt.block_on(start(cfg, 512 << 20));
+    let addr = node.local_addr();
+    let worker = std::thread::spawn(move || {
+        let mut c = rela_client::BlockingClient::connect(addr, None).expect("connect");
+        assert!(c.serves_models());
+        let by_name = c.model_load("all-MiniLM-L6-v2", None).expect("load");
+        let mut device = 0u64;
+        let mut report = |stage, done, _| {
+            if stage == rela_client::LoadStage::Device {
+                device = device.max(done);
+            }
+        };
+        let uploaded = c.model_upload("all-MiniLM-L6-v2", &weights, Some(&mut report)).expect("upload");
+        assert_eq!(device, uploaded.bytes, "progress reached the whole model");
+        let a = c.infer(by_name, &["blocking clients embed too"]).expect("infer");
+        let b = c.infer(uploaded, &["blocking clients embed too"]).expect("infer");
+        assert_eq!(a, b, "the same weights, loaded two ways, give the same floats");
+        c.model_unload(by_name).expect("unload");
+        c.model_unload(uploaded).expect("unload");
+        c.close().expect("bye");
+    });
+    worker.join().expect("worker");
+    rt.block_on(async {
+        let end = within(node.shutdown()).await.expect("shutdown");
+        assert_eq!(end.used, 0);
+    });
+}

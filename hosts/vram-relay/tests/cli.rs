@@ -184,7 +184,10 @@ fn model_dir() -> Option<std::path::PathBuf> {
         return Some(dir);
     }
     let why = format!("model files not found in {} (run hosts/models/fetch-model.sh)", dir.display());
-    assert!(std::env::var_os("RELA_REQUIRE_MODEL").is_none_or(|v| v != "1"), "RELA_REQUIRE_MODEL=1 but {why}");
+    assert!(
+        std::env::var_os("RELA_REQUIRE_MODEL").is_none_or(|v| v != "1"),
+        "RELA_REQUIRE_MODEL=1 but {why}"
+    );
     eprintln!("*** SKIPPED embed through the CLI: {why} ***");
     None
 }
