@@ -17,7 +17,8 @@ use rela_core::crc32::SoftCrc32;
 use rela_core::discovery::{Announce, Discover};
 use rela_core::wire::msg::{self, Caps, DeviceInfoMsg, ErrorMsg, Message, Request};
 use rela_core::wire::{ErrorCode, Flags, Kind, encode_frame};
-use rela_fuzz::script::{HandleRef, Op, Req, ScriptWriter, Setup};
+use rela_fuzz::harness::host::{MAX_STAGED, UPLOAD_MAGIC};
+use rela_fuzz::script::{ChunkAt, HandleRef, ModelRef, Op, Req, ScriptWriter, Setup, Texts};
 use rela_fuzz::{AUTH_TOKEN, DISCOVERY_TOKEN};
 
 struct Corpus {
@@ -102,8 +103,16 @@ fn requests() -> Vec<(&'static str, Kind, Vec<u8>)> {
             p.truncate(n);
             p
         }),
-        ("model_upload", Kind::MODEL_UPLOAD, emit(&msg::ModelUpload { size: 4096, base: "all-MiniLM-L6-v2" })),
-        ("model_chunk", Kind::MODEL_CHUNK, emit(&msg::ModelChunk { offset: 0, data: b"\x08\0\0\0\0\0\0\0{}      " })),
+        (
+            "model_upload",
+            Kind::MODEL_UPLOAD,
+            emit(&msg::ModelUpload { size: 4096, base: "all-MiniLM-L6-v2" }),
+        ),
+        (
+            "model_chunk",
+            Kind::MODEL_CHUNK,
+            emit(&msg::ModelChunk { offset: 0, data: b"\x08\0\0\0\0\0\0\0{}      " }),
+        ),
         ("model_commit", Kind::MODEL_COMMIT, Vec::new()),
         ("unknown", Kind(0x55), b"??".to_vec()),
     ]
@@ -140,7 +149,8 @@ fn responses() -> Vec<(&'static str, Kind, Flags, Vec<u8>)> {
         bytes_in: 300,
         bytes_out: 4000,
     };
-    let error = ErrorMsg { code: ErrorCode::NO_SUCH_BUFFER, request_kind: Kind::READ, reason: "no such buffer" };
+    let error =
+        ErrorMsg { code: ErrorCode::NO_SUCH_BUFFER, request_kind: Kind::READ, reason: "no such buffer" };
     let mut v = vec![
         ("welcome", Kind::HELLO, r, emit(&welcome)),
         ("pong", Kind::PING, r, b"are you there?".to_vec()),
@@ -149,12 +159,22 @@ fn responses() -> Vec<(&'static str, Kind, Flags, Vec<u8>)> {
         ("allocated", Kind::ALLOC, r, emit(&msg::Allocated { handle: 0x9E37_79B9, size: 4096 })),
         ("data", Kind::READ, r, b"bytes read back".to_vec()),
         ("error", Kind::ERROR, ErrorMsg::flags(), emit(&error)),
-        ("model_loaded", Kind::MODEL_LOAD, r, emit(&msg::ModelLoaded { model: 1, dim: 384, bytes: 90_261_504 })),
+        (
+            "model_loaded",
+            Kind::MODEL_LOAD,
+            r,
+            emit(&msg::ModelLoaded { model: 1, dim: 384, bytes: 90_261_504 }),
+        ),
         ("embeddings", Kind::INFER, r, {
             let data = f32s(&[0.6, 0.8, 1.0, 0.0]);
             emit(&msg::Embeddings { count: 2, dim: 2, data: &data })
         }),
-        ("model_committed", Kind::MODEL_COMMIT, r, emit(&msg::ModelLoaded { model: 2, dim: 384, bytes: 90_261_504 })),
+        (
+            "model_committed",
+            Kind::MODEL_COMMIT,
+            r,
+            emit(&msg::ModelLoaded { model: 2, dim: 384, bytes: 90_261_504 }),
+        ),
         ("progress", Kind::PROGRESS, r, emit(&msg::Progress { done: 16 << 20, total: 90_261_504 })),
         ("unknown", Kind(0x66), r, b"opaque".to_vec()),
     ];
@@ -178,6 +198,7 @@ fn responses() -> Vec<(&'static str, Kind, Flags, Vec<u8>)> {
 fn setup(auth: bool, seed: [u8; 4]) -> Setup {
     Setup {
         auth,
+        models: false,
         quota: 48 * 1024,
         max_buffers: 8,
         max_payload: 8192,
@@ -185,6 +206,11 @@ fn setup(auth: bool, seed: [u8; 4]) -> Setup {
         idle_ms: 60_000,
         nonce_seed: seed,
     }
+}
+
+/// A session of a node that serves models.
+fn with_models(seed: [u8; 4]) -> Setup {
+    Setup { models: true, ..setup(false, seed) }
 }
 
 fn req(who: u8, seq: u16, req: Req<'_>) -> Op<'_> {
@@ -195,6 +221,340 @@ const HELLO: Req<'static> = Req::Hello { min: 1, max: 1, caps: 1 };
 const OWN0: HandleRef = HandleRef::Own(0);
 const OWN1: HandleRef = HandleRef::Own(1);
 const OWN2: HandleRef = HandleRef::Own(2);
+
+/// HELLO asking for DISPATCH and MODELS, and with PROGRESS as well.
+const HELLO_MODELS: Req<'static> = Req::Hello { min: 1, max: 1, caps: 0b0011 };
+const HELLO_PROGRESS: Req<'static> = Req::Hello { min: 1, max: 1, caps: 0b1011 };
+// Indexes into `rela_fuzz::script::MODEL_NAMES`.
+const TINY: u8 = 0;
+const WIDE: u8 = 1;
+const ROGUE: u8 = 2;
+const UNKNOWN: u8 = 3;
+const INVALID: u8 = 4;
+const M0: ModelRef = ModelRef::Own(0);
+const M1: ModelRef = ModelRef::Own(1);
+
+fn load(who: u8, seq: u16, name: u8) -> Op<'static> {
+    req(who, seq, Req::ModelLoad { name })
+}
+
+fn upload(who: u8, seq: u16, size: u64, base: u8) -> Op<'static> {
+    req(who, seq, Req::ModelUpload { size, base })
+}
+
+fn chunk(who: u8, seq: u16, at: ChunkAt, data: &[u8]) -> Op<'_> {
+    req(who, seq, Req::ModelChunk { at, data })
+}
+
+fn commit(who: u8, seq: u16) -> Op<'static> {
+    req(who, seq, Req::ModelCommit)
+}
+
+fn infer(who: u8, seq: u16, m: ModelRef, texts: &[u8]) -> Op<'_> {
+    req(who, seq, Req::Infer { m, texts: Texts::new(texts) })
+}
+
+fn script(arena: u64, setups: [Setup; 2], ops: &[Op<'_>]) -> Vec<u8> {
+    let mut w = ScriptWriter::new(arena, setups);
+    for op in ops {
+        w.op(*op);
+    }
+    w.finish()
+}
+
+/// Scripts for the model paths: MODEL_LOAD, MODEL_UNLOAD, INFER, uploads, PROGRESS targets.
+fn model_sessions() -> Vec<(&'static str, Vec<u8>)> {
+    let three = Texts::encode(&[&b"hello"[..], b"", "w\u{f6}rld".as_bytes()]);
+    let one = Texts::encode(&[&b"x"[..]]);
+    let nine = Texts::encode(&[&b"t"[..]; 9]);
+    let not_utf8 = Texts::encode(&[&b"ok"[..], b"\xFF\xFE"]);
+    let none = Texts::encode(&[]);
+    let weights: Vec<u8> = UPLOAD_MAGIC.iter().copied().chain(*b"-weights").collect();
+    let (head, tail) = weights.split_at(5);
+    let mut out = Vec::new();
+
+    // Load, infer and unload on a client that asked for PROGRESS (session 0) and one that did
+    // not (session 1); unknown and invalid names; the retired id afterwards.
+    out.push((
+        "models-load-infer-unload",
+        script(
+            64 * 1024,
+            [with_models([1, 0, 0, 1]), with_models([2, 0, 0, 2])],
+            &[
+                req(0, 1, HELLO_PROGRESS),
+                req(1, 1, HELLO_MODELS),
+                load(0, 2, TINY),
+                load(0, 3, WIDE),
+                load(1, 2, TINY),
+                infer(0, 4, M0, &three),
+                infer(0, 5, M1, &one),
+                infer(0, 6, M0, &none),
+                infer(0, 7, M0, &nine),
+                infer(0, 8, M0, &not_utf8),
+                infer(1, 3, M0, &three),
+                load(0, 9, UNKNOWN),
+                load(0, 10, INVALID),
+                req(0, 11, Req::Stats),
+                req(0, 12, Req::ModelUnload(M0)),
+                infer(0, 13, ModelRef::Retired(0), &one),
+                req(0, 14, Req::ModelUnload(ModelRef::Retired(0))),
+                req(0, 15, Req::ModelUnload(ModelRef::Raw(0xDEAD_BEEF))),
+                req(0, 16, Req::DeviceInfo),
+                req(1, 4, Req::Bye),
+            ],
+        ),
+    ));
+
+    // A complete upload in two chunks, committed and used; PROGRESS asked for.
+    out.push((
+        "models-upload-commit",
+        script(
+            64 * 1024,
+            [with_models([3, 0, 0, 3]), with_models([4, 0, 0, 4])],
+            &[
+                req(0, 1, HELLO_PROGRESS),
+                upload(0, 2, weights.len() as u64, WIDE),
+                req(0, 3, Req::Stats),
+                chunk(0, 4, ChunkAt::Next, head),
+                chunk(0, 5, ChunkAt::Next, tail),
+                commit(0, 6),
+                infer(0, 7, M0, &three),
+                req(0, 8, Req::Stats),
+                commit(0, 9),
+            ],
+        ),
+    ));
+
+    // Uploads the node refuses: weights without the magic (the staging is gone afterwards),
+    // an unknown base, a zero size, more than the host stages, more than the quota, and a
+    // second upload replacing the first.
+    out.push((
+        "models-upload-rejected",
+        script(
+            64 * 1024,
+            [with_models([5, 0, 0, 5]), with_models([6, 0, 0, 6])],
+            &[
+                req(0, 1, HELLO_MODELS),
+                upload(0, 2, 8, TINY),
+                chunk(0, 3, ChunkAt::Next, b"JUNKJUNK"),
+                commit(0, 4),
+                chunk(0, 5, ChunkAt::Next, b"x"),
+                commit(0, 6),
+                upload(0, 7, 8, UNKNOWN),
+                upload(0, 8, 8, INVALID),
+                upload(0, 9, 0, TINY),
+                upload(0, 10, MAX_STAGED + 1, TINY),
+                upload(0, 11, 48 * 1024 + 1, TINY),
+                upload(0, 12, 900, TINY),
+                upload(0, 13, 40, WIDE),
+                req(0, 14, Req::Stats),
+                upload(0, 15, 8, UNKNOWN),
+                req(0, 16, Req::Stats),
+            ],
+        ),
+    ));
+
+    // Chunk order: a gap, a resend, a raw offset, a commit before the end (the upload stays),
+    // a chunk past the size, then the rest and a commit.
+    let twelve = *b"RELW-12bytes";
+    out.push((
+        "models-chunk-order",
+        script(
+            64 * 1024,
+            [with_models([7, 0, 0, 7]), with_models([8, 0, 0, 8])],
+            &[
+                req(0, 1, HELLO_MODELS),
+                chunk(0, 2, ChunkAt::Next, b"RELW"),
+                upload(0, 3, 12, TINY),
+                chunk(0, 4, ChunkAt::Ahead(0), b"x"),
+                chunk(0, 5, ChunkAt::Next, &twelve[..4]),
+                chunk(0, 6, ChunkAt::Behind(3), &twelve[..4]),
+                chunk(0, 7, ChunkAt::Raw(u64::MAX), b"y"),
+                commit(0, 8),
+                chunk(0, 9, ChunkAt::Next, b"123456789"),
+                chunk(0, 10, ChunkAt::Next, b""),
+                chunk(0, 11, ChunkAt::Next, &twelve[4..]),
+                chunk(0, 12, ChunkAt::Next, b"z"),
+                commit(0, 13),
+                commit(0, 14),
+                infer(0, 15, M0, &one),
+            ],
+        ),
+    ));
+
+    // Model ids of one session used in the other, before and after their owner closes.
+    out.push((
+        "models-cross-session",
+        script(
+            64 * 1024,
+            [with_models([9, 0, 0, 9]), with_models([9, 0, 0, 9])],
+            &[
+                req(0, 1, HELLO_MODELS),
+                req(1, 1, HELLO_MODELS),
+                load(0, 2, TINY),
+                load(0, 3, WIDE),
+                infer(1, 2, ModelRef::Other(0), &one),
+                infer(1, 3, ModelRef::Other(1), &one),
+                req(1, 4, Req::ModelUnload(ModelRef::Other(0))),
+                req(1, 5, Req::ModelUnload(ModelRef::Raw(1))),
+                load(1, 6, TINY),
+                infer(0, 4, ModelRef::Other(0), &one),
+                infer(0, 5, M0, &one),
+                req(0, 6, Req::ModelUnload(M0)),
+                infer(1, 7, ModelRef::Other(0), &one),
+                req(0, 7, Req::Bye),
+                infer(1, 8, M0, &one),
+                Op::Reopen { who: 0, setup: with_models([9, 0, 0, 9]) },
+                req(0, 1, HELLO_MODELS),
+                infer(0, 2, ModelRef::Other(0), &one),
+                load(0, 3, TINY),
+                infer(1, 9, ModelRef::Other(0), &one),
+            ],
+        ),
+    ));
+
+    // Sessions that close holding models and a staged upload: BYE, abort, close_with, and
+    // an idle timeout.
+    let mut idle = with_models([11, 0, 0, 11]);
+    idle.idle_ms = 1000;
+    out.push((
+        "models-close-with-staged-upload",
+        script(
+            64 * 1024,
+            [with_models([10, 0, 0, 10]), idle],
+            &[
+                req(0, 1, HELLO_MODELS),
+                req(1, 1, HELLO_PROGRESS),
+                load(0, 2, WIDE),
+                upload(0, 3, 12, TINY),
+                chunk(0, 4, ChunkAt::Next, &twelve[..6]),
+                infer(0, 5, M0, &three),
+                load(1, 2, TINY),
+                upload(1, 3, 100, WIDE),
+                req(0, 6, Req::Bye),
+                Op::Advance { who: 2, ms: 1000 },
+                Op::Reopen { who: 0, setup: with_models([10, 0, 0, 10]) },
+                Op::Reopen { who: 1, setup: with_models([11, 0, 0, 11]) },
+                req(0, 1, HELLO_MODELS),
+                req(1, 1, HELLO_MODELS),
+                upload(0, 2, 4, TINY),
+                load(0, 3, TINY),
+                upload(1, 2, 4, WIDE),
+                Op::Abort { who: 0 },
+                Op::CloseWith { who: 1, code: ErrorCode::SHUTTING_DOWN.0 },
+            ],
+        ),
+    ));
+
+    // Limits. Session 0: the quota, against an honest model, a rogue host that ignores its
+    // budget (the session must refuse and undo) and miscounts INFER's output, a commit and an
+    // ALLOC. Session 1: a small
+    // payload cap for INFER, the model table (loads, uploads and a commit refused while it is
+    // full; the commit keeps its upload), then the arena running out between the two buffers of
+    // a model (the host must free the first). Then a node
+    // without models.
+    let mut small = with_models([12, 0, 0, 12]);
+    small.quota = 100;
+    let mut narrow = with_models([14, 0, 0, 14]);
+    narrow.max_payload = 256;
+    let mut no_models = setup(false, [13, 0, 0, 13]);
+    no_models.quota = 4096;
+    out.push((
+        "models-limits",
+        script(
+            4096,
+            [small, narrow],
+            &[
+                req(0, 1, HELLO_PROGRESS),
+                load(0, 2, WIDE),
+                load(0, 3, TINY),
+                load(0, 4, ROGUE),
+                req(0, 5, Req::ModelUnload(M0)),
+                load(0, 6, ROGUE),
+                infer(0, 7, M0, &one),
+                upload(0, 7, 8, TINY),
+                chunk(0, 8, ChunkAt::Next, b"RELW1234"),
+                commit(0, 9),
+                req(0, 10, Req::Alloc(36)),
+                req(0, 11, Req::Alloc(1)),
+                upload(0, 12, 1, TINY),
+                req(1, 1, HELLO_MODELS),
+                load(1, 2, WIDE),
+                infer(1, 3, M0, &one),
+                infer(1, 4, M0, &three),
+                load(1, 5, TINY),
+                load(1, 6, TINY),
+                load(1, 7, TINY),
+                load(1, 8, TINY),
+                upload(1, 9, 4, TINY),
+                req(1, 10, Req::ModelUnload(M0)),
+                upload(1, 11, 4, TINY),
+                chunk(1, 12, ChunkAt::Next, b"RELW"),
+                load(1, 13, TINY),
+                commit(1, 14),
+                req(1, 15, Req::ModelUnload(M1)),
+                commit(1, 16),
+                req(1, 17, Req::ModelUnload(M0)),
+                req(1, 18, Req::Alloc(256)),
+                req(1, 19, Req::Alloc(256)),
+                req(1, 20, Req::Alloc(256)),
+                req(1, 21, Req::Alloc(256)),
+                req(1, 22, Req::Alloc(256)),
+                req(1, 23, Req::Alloc(256)),
+                req(1, 24, Req::Alloc(256)),
+                req(1, 25, Req::Alloc(256)),
+                req(1, 26, Req::Free(OWN1)),
+                req(1, 27, Req::Free(OWN1)),
+                load(1, 28, WIDE),
+                req(1, 29, Req::Stats),
+                req(0, 13, Req::Bye),
+                Op::Reopen { who: 0, setup: no_models },
+                req(0, 1, HELLO_PROGRESS),
+                load(0, 2, TINY),
+                req(0, 3, Req::ModelUnload(M0)),
+                infer(0, 4, M0, &one),
+                upload(0, 5, 4, TINY),
+                chunk(0, 6, ChunkAt::Next, b"RELW"),
+                commit(0, 7),
+            ],
+        ),
+    ));
+
+    // Model requests before the handshake, during AUTH, and as raw frames with bad payloads.
+    let mut auth = with_models([15, 0, 0, 15]);
+    auth.auth = true;
+    let bad_name = [7u8, b'.', b'.', b'/', b'e', b't', b'c', b'!'];
+    let short_infer = [1u8, 0, 0, 0, 2, 0, 1, 0, b'a'];
+    out.push((
+        "models-handshake-and-raw",
+        script(
+            64 * 1024,
+            [auth, with_models([16, 0, 0, 16])],
+            &[
+                load(0, 1, TINY),
+                req(0, 2, HELLO_PROGRESS),
+                upload(0, 3, 4, TINY),
+                commit(0, 4),
+                req(0, 5, Req::AuthGood),
+                load(0, 6, TINY),
+                req(1, 1, HELLO_MODELS),
+                Op::Raw { who: 1, kind: Kind::MODEL_LOAD.0, flags: 0, seq: 2, payload: &bad_name },
+                Op::Raw { who: 1, kind: Kind::INFER.0, flags: 0, seq: 3, payload: &short_infer },
+                Op::Raw { who: 1, kind: Kind::MODEL_COMMIT.0, flags: 0, seq: 4, payload: b"x" },
+                Op::Raw {
+                    who: 1,
+                    kind: Kind::MODEL_LOAD.0,
+                    flags: Flags::RESPONSE.0,
+                    seq: 5,
+                    payload: b"\x04tiny",
+                },
+                Op::Raw { who: 1, kind: Kind::MODEL_LOAD.0, flags: 0, seq: 6, payload: b"\x04tiny" },
+                Op::Raw { who: 1, kind: Kind::MODEL_CHUNK.0, flags: 0, seq: 7, payload: b"\0\0\0" },
+            ],
+        ),
+    ));
+    out
+}
 
 fn sessions() -> Vec<(&'static str, Vec<u8>)> {
     let ones = f32s(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
@@ -211,19 +571,51 @@ fn sessions() -> Vec<(&'static str, Vec<u8>)> {
         req(0, 6, Req::Alloc(24)),
         req(0, 7, Req::Write { h: OWN0, offset: 0, data: &ones }),
         req(0, 8, Req::Write { h: OWN1, offset: 0, data: &ones }),
-        req(0, 9, Req::Dispatch { kernel: 1, reserved: 0, a: OWN0, b: OWN1, out: OWN2, m: 0, k: 0, n: 6, alpha_bits: 0 }),
-        req(0, 10, Req::Dispatch {
-            kernel: 3,
-            reserved: 0,
-            a: OWN0,
-            b: HandleRef::Raw(0),
-            out: OWN2,
-            m: 0,
-            k: 0,
-            n: 6,
-            alpha_bits: 2.0f32.to_bits(),
-        }),
-        req(0, 11, Req::Dispatch { kernel: 4, reserved: 0, a: OWN0, b: OWN1, out: OWN2, m: 2, k: 3, n: 2, alpha_bits: 0 }),
+        req(
+            0,
+            9,
+            Req::Dispatch {
+                kernel: 1,
+                reserved: 0,
+                a: OWN0,
+                b: OWN1,
+                out: OWN2,
+                m: 0,
+                k: 0,
+                n: 6,
+                alpha_bits: 0,
+            },
+        ),
+        req(
+            0,
+            10,
+            Req::Dispatch {
+                kernel: 3,
+                reserved: 0,
+                a: OWN0,
+                b: HandleRef::Raw(0),
+                out: OWN2,
+                m: 0,
+                k: 0,
+                n: 6,
+                alpha_bits: 2.0f32.to_bits(),
+            },
+        ),
+        req(
+            0,
+            11,
+            Req::Dispatch {
+                kernel: 4,
+                reserved: 0,
+                a: OWN0,
+                b: OWN1,
+                out: OWN2,
+                m: 2,
+                k: 3,
+                n: 2,
+                alpha_bits: 0,
+            },
+        ),
         req(0, 12, Req::Read { h: OWN2, offset: 0, len: 24 }),
         req(0, 13, Req::Copy { src: OWN0, src_offset: 0, dst: OWN1, dst_offset: 8, len: 16 }),
         req(0, 14, Req::Fill { h: OWN0, offset: 4, len: 8, value: 0x5A }),
@@ -258,7 +650,9 @@ fn sessions() -> Vec<(&'static str, Vec<u8>)> {
         Op::Abort { who: 0 },
         req(1, 10, Req::Stats),
     ];
-    for (name, seed1) in [("two-sessions-isolation", [6, 5, 5, 5]), ("two-sessions-same-handles", [5, 5, 5, 5])] {
+    for (name, seed1) in
+        [("two-sessions-isolation", [6, 5, 5, 5]), ("two-sessions-same-handles", [5, 5, 5, 5])]
+    {
         let mut w = ScriptWriter::new(64 * 1024, [setup(true, [5, 5, 5, 5]), setup(true, seed1)]);
         for op in isolation {
             w.op(op);
@@ -345,8 +739,36 @@ fn sessions() -> Vec<(&'static str, Vec<u8>)> {
         req(0, 8, Req::Fill { h: OWN0, offset: 1, len: u64::MAX, value: 1 }),
         req(0, 9, Req::Copy { src: OWN0, src_offset: 0, dst: OWN0, dst_offset: 10, len: 20 }),
         req(0, 10, Req::Read { h: OWN0, offset: 0, len: 9000 }),
-        req(0, 11, Req::Dispatch { kernel: 4, reserved: 0, a: OWN0, b: OWN1, out: OWN0, m: 2, k: 2, n: 2, alpha_bits: 0 }),
-        req(0, 12, Req::Dispatch { kernel: 9, reserved: 1, a: OWN0, b: OWN1, out: OWN0, m: 0, k: 0, n: 0, alpha_bits: 0 }),
+        req(
+            0,
+            11,
+            Req::Dispatch {
+                kernel: 4,
+                reserved: 0,
+                a: OWN0,
+                b: OWN1,
+                out: OWN0,
+                m: 2,
+                k: 2,
+                n: 2,
+                alpha_bits: 0,
+            },
+        ),
+        req(
+            0,
+            12,
+            Req::Dispatch {
+                kernel: 9,
+                reserved: 1,
+                a: OWN0,
+                b: OWN1,
+                out: OWN0,
+                m: 0,
+                k: 0,
+                n: 0,
+                alpha_bits: 0,
+            },
+        ),
         req(1, 3, Req::DeviceInfo),
     ] {
         w.op(op);
@@ -395,16 +817,26 @@ fn main() {
     let nonce = *b"discover-nonce-1";
     let n = Discover { nonce }.emit::<SoftCrc32>(&mut buf).expect("discover encodes");
     c.put("discover", &buf[..n]);
-    let ann = Announce::new(nonce, *b"node-0123456789a", 8765, BackendKind::CUDA, true, 24 << 30, 20 << 30, "NVIDIA H100");
+    let ann = Announce::new(
+        nonce,
+        *b"node-0123456789a",
+        8765,
+        BackendKind::CUDA,
+        true,
+        24 << 30,
+        20 << 30,
+        "NVIDIA H100",
+    );
     let n = ann.emit::<SoftCrc32>(None, &mut buf).expect("announce encodes");
     c.put("announce-unsigned", &buf[..n]);
     let n = ann.emit::<SoftCrc32>(Some(&AuthKey::new(DISCOVERY_TOKEN)), &mut buf).expect("announce encodes");
     c.put("announce-signed", &buf[..n]);
-    let n = ann.emit::<SoftCrc32>(Some(&AuthKey::new(b"some other token")), &mut buf).expect("announce encodes");
+    let n =
+        ann.emit::<SoftCrc32>(Some(&AuthKey::new(b"some other token")), &mut buf).expect("announce encodes");
     c.put("announce-signed-other-key", &buf[..n]);
 
     let c = Corpus::new(&root, "session");
-    for (name, script) in sessions() {
+    for (name, script) in sessions().into_iter().chain(model_sessions()) {
         c.put(name, &script);
     }
     println!("seeds written under {}", root.display());

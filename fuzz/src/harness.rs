@@ -4,32 +4,49 @@
 //! [`HostBackend`] (the reference backend, over a heap arena of at most [`MAX_ARENA`] bytes).
 //! Frames take the host's path: encoded with the real CRC, header checked with
 //! [`HeaderRepr::parse`] against the session's cap (a rejection goes to
-//! [`Session::handle_frame_error`]), then [`Frame::parse`] and [`Session::handle_frame`].
+//! [`Session::handle_frame_error`]), then [`Frame::parse`] and [`Session::handle_frame_with`]
+//! with the session's own [`ScriptedHost`] (see [`host`]), also for sessions whose node serves
+//! no models (the host must then never be called).
 //!
 //! A shadow model keeps, per session, every live handle with the bytes its buffer must hold
-//! (`None` where a kernel wrote). Every reply is checked against it, and after every step:
+//! (`None` where a kernel wrote), every loaded model, and the staged upload (size and bytes).
+//! Every reply is checked against it, and after every step:
 //!
-//! 1. **Accounting:** the backend's `usage()` equals the sum of both sessions' `stats()`, and
-//!    each session's stats equal its model (buffers, bytes).
+//! 1. **Accounting:** the backend's `usage()` equals both sessions' buffers plus what both
+//!    model hosts hold (weights and INFER output buffers); each session's `stats()` equal its
+//!    model: buffers, and bytes = live buffers + model weights + the staged upload's size; the
+//!    session's model list, the host's and the shadow's agree, and so do the host's staged
+//!    bytes and the shadow's. After an unload or a close the model's buffers are gone.
 //! 2. **Isolation:** every handle a session holds resolves to an id the backend knows with the
-//!    model's size, no id belongs to both sessions, a request that names another session's (or
-//!    a freed) handle never succeeds, READ returns exactly the model's bytes (so nothing leaks
-//!    between sessions or survives a free), and nothing but HELLO/AUTH succeeds before the
-//!    handshake.
-//! 3. **Output:** `poll_transmit` drains within [`MAX_PENDING`] frames and never fails with a
+//!    model's size, no id belongs to both sessions or to a model host as well, a request that
+//!    names another session's (or a freed) handle or model never succeeds, READ returns
+//!    exactly the model's bytes (so nothing leaks between sessions or survives a free), and
+//!    nothing but HELLO/AUTH succeeds before the handshake.
+//! 3. **Models:** the outcome of every MODEL_LOAD, MODEL_UNLOAD, INFER, MODEL_UPLOAD,
+//!    MODEL_CHUNK and MODEL_COMMIT in the Ready state is predicted from the shadow (limits,
+//!    quota, chunk order, commit rules, the host's answers) and must match the reply exactly,
+//!    code included; the host sees exactly the calls and arguments (budget, progress target)
+//!    the rules imply. A progress target is passed only when the client's HELLO asked for
+//!    PROGRESS (the node has models whenever the host is called), and every PROGRESS frame
+//!    the host builds from it decodes and echoes the request's seq.
+//! 4. **Output:** `poll_transmit` drains within [`MAX_PENDING`] frames and never fails with a
 //!    full-size buffer; every frame re-parses with [`Frame::parse`] and [`Response::parse`],
 //!    carries the right CRC, echoes the request's seq and kind, and a request gets exactly one
-//!    reply. A closed session has released everything.
+//!    reply. A closed session has released everything, and its host's `release_all` empties
+//!    the host.
 //!
 //! At the end both sessions are aborted: the backend must hold nothing and the whole arena
-//! must be zero again (zero on free).
+//! must be zero again (zero on free, model weights included).
+
+pub mod host;
 
 use rela_backend_host::HostBackend;
 use rela_core::auth::AuthKey;
 use rela_core::backend::{BufferId, GpuBackend, KernelId};
-use rela_core::config::{HEADER_LEN, MAX_PAYLOAD, MAX_PENDING, NONCE_LEN, PROTOCOL_VERSION};
+use rela_core::config::{HEADER_LEN, MAX_MODELS, MAX_PAYLOAD, MAX_PENDING, NONCE_LEN, PROTOCOL_VERSION};
 use rela_core::crc32::SoftCrc32;
 use rela_core::fuzzing::{frame_crc, handle_table};
+use rela_core::model::{ModelHost, ProgressTarget};
 use rela_core::session::{ApiMisuse, Event, Session, SessionConfig, State};
 use rela_core::time::{Duration, Instant};
 use rela_core::wire::msg::{self, Caps, Message, Request, Response};
@@ -38,7 +55,8 @@ use rela_core::wire::{
 };
 
 use crate::AUTH_TOKEN;
-use crate::script::{HandleRef, Op, Req, Script, Setup};
+use crate::script::{ChunkAt, HandleRef, MODEL_NAMES, ModelRef, Op, Req, Script, Setup};
+use host::{HostCall, MAX_STAGED, MAX_TEXTS, ScriptedHost, Spec, UPLOAD_MAGIC, embedding, spec};
 
 /// Largest backend arena a script can ask for.
 pub const MAX_ARENA: u64 = 1 << 16;
@@ -67,8 +85,9 @@ pub fn run(data: &[u8]) {
         let mut h = Harness {
             now,
             backend: HostBackend::new(&mut arena[..]),
-            sides: [Side::new(s0, now), Side::new(s1, now)],
+            sides: [Side::new(s0, now, 0), Side::new(s1, now, 1)],
             out: OUT.take(),
+            generation: 1,
         };
         h.out.resize(HEADER_LEN + MAX_SESSION_PAYLOAD as usize, 0);
         h.check_invariants();
@@ -90,7 +109,10 @@ pub fn run(data: &[u8]) {
         assert_eq!((usage.used, usage.buffers), (0, 0), "backend holds memory after both sessions ended");
         OUT.set(h.out);
     }
-    assert!(arena.iter().all(|&b| b == 0), "freed memory was not zeroed");
+    // One slice comparison rather than a compare per byte, which coverage instrumentation
+    // would trace one by one.
+    static ZERO: [u8; MAX_ARENA as usize] = [0; MAX_ARENA as usize];
+    assert!(arena[..] == ZERO[..arena.len()], "freed memory was not zeroed");
 }
 
 /// What a buffer must hold: one entry per byte, `None` where a kernel wrote.
@@ -100,18 +122,43 @@ struct Shadow {
     bytes: Vec<Option<u8>>,
 }
 
-/// One session and its model.
+/// A model the session has loaded, as the shadow sees it.
+#[derive(Debug)]
+struct ShadowModel {
+    id: u32,
+    spec: Spec,
+}
+
+/// The staged upload, as the shadow sees it.
+#[derive(Debug)]
+struct ShadowUpload {
+    base: Spec,
+    size: u64,
+    bytes: Vec<u8>,
+}
+
+/// One session, its model host, and its model.
 #[derive(Debug)]
 struct Side {
     session: Session,
     key: Option<AuthKey>,
+    host: ScriptedHost,
     model: Vec<Shadow>,
     /// Handles this session instance freed or lost; it must never reissue or honour them.
     retired: Vec<u32>,
+    /// Loaded models.
+    models: Vec<ShadowModel>,
+    /// Model ids this session instance unloaded or lost.
+    retired_models: Vec<u32>,
+    upload: Option<ShadowUpload>,
+    /// The capabilities of the HELLO the session accepted.
+    client_caps: Caps,
 }
 
 impl Side {
-    fn new(setup: Setup, now: Instant) -> Self {
+    /// A fresh session; `generation` (distinct for every session of a run) picks the range of
+    /// its host's model ids.
+    fn new(setup: Setup, now: Instant, generation: u32) -> Self {
         let mut nonce = [0u8; NONCE_LEN];
         // The first four bytes seed the handle sequence; the rest only needs to vary.
         nonce[..4].copy_from_slice(&setup.nonce_seed);
@@ -126,9 +173,19 @@ impl Side {
             handshake_timeout: Duration::from_millis(setup.handshake_ms),
             idle_timeout: Duration::from_millis(setup.idle_ms),
             auth: key.clone(),
-            models: false,
+            models: setup.models,
         };
-        Self { session: Session::new(config, nonce, now), key, model: Vec::new(), retired: Vec::new() }
+        Self {
+            session: Session::new(config, nonce, now),
+            key,
+            host: ScriptedHost::new(generation << 20),
+            model: Vec::new(),
+            retired: Vec::new(),
+            models: Vec::new(),
+            retired_models: Vec::new(),
+            upload: None,
+            client_caps: Caps(0),
+        }
     }
 
     fn is_open(&self) -> bool {
@@ -142,8 +199,16 @@ impl Side {
         }
     }
 
-    fn used(&self) -> u64 {
+    /// Bytes of live buffers.
+    fn buffer_bytes(&self) -> u64 {
         self.model.iter().map(|s| s.bytes.len() as u64).sum()
+    }
+
+    /// Bytes charged to the quota: buffers, model weights and the staged upload.
+    fn used(&self) -> u64 {
+        self.buffer_bytes()
+            + self.models.iter().map(|m| m.spec.bytes()).sum::<u64>()
+            + self.upload.as_ref().map_or(0, |u| u.size)
     }
 }
 
@@ -168,6 +233,8 @@ struct Harness<'a> {
     backend: HostBackend<'a>,
     sides: [Side; 2],
     out: Vec<u8>,
+    /// Sessions created so far, less one.
+    generation: u32,
 }
 
 impl Harness<'_> {
@@ -178,7 +245,9 @@ impl Harness<'_> {
                 let (kind, payload) = self.encode_request(who, req);
                 self.deliver(who, kind.0, Flags::NONE.0, seq, &payload);
             }
-            Op::Raw { who, kind, flags, seq, payload } => self.deliver(usize::from(who & 1), kind, flags, seq, payload),
+            Op::Raw { who, kind, flags, seq, payload } => {
+                self.deliver(usize::from(who & 1), kind, flags, seq, payload)
+            }
             Op::FrameError { who, variant } => {
                 let (error, code) = match variant % 8 {
                     0 => (FrameError::Header(HeaderError::BadMagic(*b"RELB")), ErrorCode::BAD_FRAME),
@@ -224,7 +293,8 @@ impl Harness<'_> {
             Op::Reopen { who, setup } => {
                 let who = usize::from(who & 1);
                 if self.sides[who].session.is_closed() {
-                    self.sides[who] = Side::new(setup, self.now);
+                    self.generation += 1;
+                    self.sides[who] = Side::new(setup, self.now, self.generation);
                 }
             }
         }
@@ -243,13 +313,24 @@ impl Harness<'_> {
         }
     }
 
-    /// The kind and payload of a script request, encoded with the core's own encoders.
+    fn resolve_model(&self, who: usize, m: ModelRef) -> u32 {
+        let pick = |v: Vec<u32>, i: u8| if v.is_empty() { 0 } else { v[usize::from(i) % v.len()] };
+        let ids = |side: &Side| side.models.iter().map(|m| m.id).collect();
+        match m {
+            ModelRef::Own(i) => pick(ids(&self.sides[who]), i),
+            ModelRef::Other(i) => pick(ids(&self.sides[1 - who]), i),
+            ModelRef::Retired(i) => pick(self.sides[who].retired_models.clone(), i),
+            ModelRef::Raw(v) => v,
+        }
+    }
+
+    /// The kind and payload of a script request, encoded with the core's own encoders (INFER
+    /// by hand, as its texts need not be UTF-8).
     fn encode_request(&self, who: usize, req: Req<'_>) -> (Kind, Vec<u8>) {
         let h = |r| self.resolve(who, r);
-        let mut buf = vec![0u8; 64];
-        let n = match req {
+        let payload = match req {
             Req::Hello { min, max, caps } => {
-                msg::Hello { min_version: min, max_version: max, caps: Caps(caps) }.emit(&mut buf)
+                emit(&msg::Hello { min_version: min, max_version: max, caps: Caps(caps) })
             }
             Req::AuthGood => {
                 let side = &self.sides[who];
@@ -258,26 +339,20 @@ impl Harness<'_> {
                     Some(k) => k.auth_tag(nonce),
                     None => AuthKey::new(AUTH_TOKEN).auth_tag(nonce),
                 };
-                msg::Auth { mac }.emit(&mut buf)
+                emit(&msg::Auth { mac })
             }
-            Req::AuthBad(b) => msg::Auth { mac: [b; 32] }.emit(&mut buf),
-            Req::Ping(data) => return (Kind::PING, data.to_vec()),
-            Req::DeviceInfo => return (Kind::DEVICE_INFO, Vec::new()),
-            Req::Stats => return (Kind::STATS, Vec::new()),
-            Req::Bye => return (Kind::BYE, Vec::new()),
-            Req::Alloc(size) => msg::Alloc { size }.emit(&mut buf),
-            Req::Free(r) => msg::Free { handle: h(r) }.emit(&mut buf),
-            Req::Write { h: r, offset, data } => {
-                let m = msg::Write { handle: h(r), offset, data };
-                buf.resize(m.buffer_len(), 0);
-                m.emit(&mut buf)
-            }
-            Req::Read { h: r, offset, len } => msg::Read { handle: h(r), offset, len: len as u32 }.emit(&mut buf),
+            Req::AuthBad(b) => emit(&msg::Auth { mac: [b; 32] }),
+            Req::Ping(data) => data.to_vec(),
+            Req::DeviceInfo | Req::Stats | Req::Bye | Req::ModelCommit => Vec::new(),
+            Req::Alloc(size) => emit(&msg::Alloc { size }),
+            Req::Free(r) => emit(&msg::Free { handle: h(r) }),
+            Req::Write { h: r, offset, data } => emit(&msg::Write { handle: h(r), offset, data }),
+            Req::Read { h: r, offset, len } => emit(&msg::Read { handle: h(r), offset, len: len as u32 }),
             Req::Copy { src, src_offset, dst, dst_offset, len } => {
-                msg::Copy { src: h(src), src_offset, dst: h(dst), dst_offset, len }.emit(&mut buf)
+                emit(&msg::Copy { src: h(src), src_offset, dst: h(dst), dst_offset, len })
             }
-            Req::Fill { h: r, offset, len, value } => msg::Fill { handle: h(r), offset, len, value }.emit(&mut buf),
-            Req::Dispatch { kernel, reserved, a, b, out, m, k, n, alpha_bits } => msg::Dispatch {
+            Req::Fill { h: r, offset, len, value } => emit(&msg::Fill { handle: h(r), offset, len, value }),
+            Req::Dispatch { kernel, reserved, a, b, out, m, k, n, alpha_bits } => emit(&msg::Dispatch {
                 kernel: KernelId(kernel),
                 reserved,
                 a: h(a),
@@ -287,13 +362,41 @@ impl Harness<'_> {
                 k: k as u32,
                 n: n as u32,
                 alpha: f32::from_bits(alpha_bits),
+            }),
+            Req::ModelLoad { name } => emit(&msg::ModelLoad { name: model_name(name) }),
+            Req::ModelUnload(m) => emit(&msg::ModelUnload { model: self.resolve_model(who, m) }),
+            Req::Infer { m, texts } => {
+                let mut p = self.resolve_model(who, m).to_le_bytes().to_vec();
+                p.extend((texts.iter().count() as u16).to_le_bytes());
+                for t in texts.iter() {
+                    p.extend((t.len() as u16).to_le_bytes());
+                    p.extend(t);
+                }
+                p
             }
-            .emit(&mut buf),
+            Req::ModelUpload { size, base } => emit(&msg::ModelUpload { size, base: model_name(base) }),
+            Req::ModelChunk { at, data } => {
+                let received = self.sides[who].upload.as_ref().map_or(0, |u| u.bytes.len() as u64);
+                let offset = match at {
+                    ChunkAt::Next => received,
+                    ChunkAt::Ahead(d) => received.saturating_add(d).saturating_add(1),
+                    ChunkAt::Behind(d) => received.wrapping_sub(d).wrapping_sub(1),
+                    ChunkAt::Raw(v) => v,
+                };
+                emit(&msg::ModelChunk { offset, data })
+            }
         };
-        let n = n.expect("the scratch buffer fits every request");
-        buf.truncate(n);
-        let kind = Request::parse(kind_of(req), &buf).map(|r| r.kind()).expect("our own encoding decodes");
-        (kind, buf)
+        let kind = kind_of(req);
+        let decoded = Request::parse(kind, &payload);
+        assert_eq!(
+            decoded.is_ok(),
+            !rejected_by_wire(req),
+            "our own encoding of {req:?} decodes: {decoded:?}"
+        );
+        if let Ok(r) = decoded {
+            assert_eq!(r.kind(), kind);
+        }
+        (kind, payload)
     }
 
     /// Sends one frame to session `who` the way a host does, and checks the reply.
@@ -319,7 +422,11 @@ impl Harness<'_> {
         assert_eq!(frame_crc::<SoftCrc32>(raw, f.payload), header.crc, "encode_frame wrote a bad CRC");
         let pre = side.session.state();
         let open = side.is_open();
-        let r = side.session.handle_frame(self.now, f, &mut self.backend);
+        side.host.log.clear();
+        side.host.progress_frames.clear();
+        let r = side.session.handle_frame_with(self.now, f, &mut self.backend, &mut side.host);
+        let calls = std::mem::take(&mut side.host.log);
+        let progress = std::mem::take(&mut side.host.progress_frames);
         if open {
             assert_eq!(r, Ok(()), "handle_frame refused input after output was drained");
         } else {
@@ -328,10 +435,14 @@ impl Harness<'_> {
         let replies = self.drain(who);
         if !open {
             assert!(replies.is_empty(), "a closed session sent a frame");
+            assert!(calls.is_empty(), "a closed session called its model host: {calls:?}");
             return;
         }
+        for bytes in &progress {
+            check_progress_frame(bytes, seq);
+        }
         let request = if flags == 0 { Request::parse(Kind(kind), payload).ok() } else { None };
-        self.check_reply(who, pre, Kind(kind), seq, request, &replies);
+        self.check_reply(who, pre, Kind(kind), seq, request, &replies, &calls);
     }
 
     fn frame_error(&mut self, who: usize, error: FrameError, code: ErrorCode) {
@@ -399,13 +510,20 @@ impl Harness<'_> {
             let bytes = &self.out[..t.len];
             let frame = Frame::parse::<SoftCrc32>(bytes, MAX_PAYLOAD).expect("emitted frame re-parses");
             let raw = RawHeader::view(bytes).expect("16 header bytes");
-            assert_eq!(frame_crc::<SoftCrc32>(raw, frame.payload), frame.header.crc, "emitted frame has a bad CRC");
+            assert_eq!(
+                frame_crc::<SoftCrc32>(raw, frame.payload),
+                frame.header.crc,
+                "emitted frame has a bad CRC"
+            );
             assert!(frame.header.flags.is_response(), "emitted frame lacks the response flag");
             if let Err(e) = Response::parse(frame.kind(), frame.header.flags, frame.payload) {
                 panic!("emitted {:?} frame does not decode as a response: {e}", frame.kind());
             }
             if trace() {
-                eprintln!("  < session {who} {:?}", Response::parse(frame.kind(), frame.header.flags, frame.payload));
+                eprintln!(
+                    "  < session {who} {:?}",
+                    Response::parse(frame.kind(), frame.header.flags, frame.payload)
+                );
             }
             replies.push(Reply {
                 kind: frame.kind(),
@@ -434,8 +552,14 @@ impl Harness<'_> {
             }
             let gone: Vec<u32> = side.model.drain(..).map(|s| s.handle).collect();
             side.retired.extend(gone);
+            let gone: Vec<u32> = side.models.drain(..).map(|m| m.id).collect();
+            side.retired_models.extend(gone);
+            side.upload = None;
             let s = side.session.stats();
             assert_eq!((s.buffers, s.used), (0, 0), "closed session still holds buffers");
+            assert!(side.session.models().is_empty(), "closed session still lists models");
+            side.host.release_all(&mut self.backend);
+            assert!(side.host.is_empty(), "release_all left the host holding something");
         }
         if events.contains(&Event::Ready) {
             assert!(side.session.is_ready() || side.session.is_closed());
@@ -443,7 +567,9 @@ impl Harness<'_> {
         replies
     }
 
-    /// Checks the reply to a request the session accepted as input, and updates the model.
+    /// Checks the reply to a request the session accepted as input (and the calls it made on
+    /// its model host), and updates the model.
+    #[allow(clippy::too_many_arguments)]
     fn check_reply(
         &mut self,
         who: usize,
@@ -452,6 +578,7 @@ impl Harness<'_> {
         seq: u16,
         request: Option<Request<'_>>,
         replies: &[Reply],
+        calls: &[HostCall],
     ) {
         let used_by_backend = self.backend.usage().used;
         let total = self.backend.info().total;
@@ -469,8 +596,13 @@ impl Harness<'_> {
                 }
                 other => panic!("session closed after replying {other:?}"),
             }
+            assert!(calls.is_empty(), "a request that closed the session called the model host: {calls:?}");
             return;
         }
+        if let Some(request) = request.filter(|r| pre == State::Ready && is_model_request(r)) {
+            return self.check_model_reply(who, seq, request, reply.response(), calls);
+        }
+        assert!(calls.is_empty(), "{request:?} in {pre:?} called the model host: {calls:?}");
         if let Response::Error(e) = response {
             assert!(!e.code.closes_session(), "fatal {} but the session stayed open", e.code);
             assert_eq!(e.request_kind, kind);
@@ -488,6 +620,9 @@ impl Harness<'_> {
                 assert_eq!(w.version, PROTOCOL_VERSION);
                 assert_eq!(&w.nonce, side.session.nonce());
                 assert_eq!(w.auth_required(), side.key.is_some());
+                let caps = if side.session.config().models { 0b1011 } else { 0b0001 };
+                assert_eq!(w.caps, Caps(caps), "WELCOME advertises the wrong capabilities");
+                side.client_caps = h.caps;
                 let next = if side.key.is_some() { State::AwaitAuth } else { State::Ready };
                 assert_eq!(side.session.state(), next);
             }
@@ -563,11 +698,169 @@ impl Harness<'_> {
         }
     }
 
+    /// Predicts the outcome of a model request in the Ready state from the shadow and the
+    /// host's log, checks the reply and the host calls against it, and updates the shadow.
+    fn check_model_reply(
+        &mut self,
+        who: usize,
+        seq: u16,
+        request: Request<'_>,
+        response: Response<'_>,
+        calls: &[HostCall],
+    ) {
+        let kind = request.kind();
+        let side = &mut self.sides[who];
+        let config = side.session.config();
+        let (quota, max_payload) = (config.quota, u64::from(config.effective_max_payload()));
+        if !config.models {
+            assert!(calls.is_empty(), "a node without models called its model host: {calls:?}");
+            return expect_error(&request, response, ErrorCode::UNSUPPORTED);
+        }
+        let asked = side.client_caps.contains(Caps::PROGRESS);
+        let target = |kind| asked.then_some(ProgressTarget { kind, seq });
+        let failed = calls.iter().find_map(|c| match c {
+            HostCall::BackendFailed(e) => Some(ErrorCode::from(*e)),
+            _ => None,
+        });
+        let used = side.used();
+        let full = side.models.len() >= MAX_MODELS;
+        let untouched =
+            || assert!(calls.is_empty(), "{request:?} was refused but called the host: {calls:?}");
+        match request {
+            Request::ModelLoad(m) => {
+                if full {
+                    untouched();
+                    return expect_error(&request, response, ErrorCode::TOO_MANY_BUFFERS);
+                }
+                let budget = quota.saturating_sub(used);
+                let call = HostCall::Load { name: m.name.into(), budget, progress: target(kind) };
+                assert_eq!(calls.first(), Some(&call), "MODEL_LOAD reached the host wrongly");
+                let want = placed(spec(m.name), budget, failed);
+                side.expect_loaded(&request, want, response);
+            }
+            Request::ModelUnload(u) => {
+                let Some(i) = side.models.iter().position(|m| m.id == u.model) else {
+                    untouched();
+                    return expect_error(&request, response, ErrorCode::NO_SUCH_MODEL);
+                };
+                assert_eq!(calls, [HostCall::Unload { id: u.model }]);
+                expect_ack(&request, response);
+                side.models.remove(i);
+                side.retired_models.push(u.model);
+            }
+            Request::Infer(inf) => {
+                let Some(m) = side.models.iter().find(|m| m.id == inf.model) else {
+                    untouched();
+                    return expect_error(&request, response, ErrorCode::NO_SUCH_MODEL);
+                };
+                assert_eq!(calls.first(), Some(&HostCall::Infer { id: m.id, count: inf.count() }));
+                let dim = usize::from(m.spec.dim);
+                let payload = 4 + (inf.count() * dim * 4) as u64;
+                let want = if inf.count() > MAX_TEXTS {
+                    Err(ErrorCode::INVALID_INPUT)
+                } else if let Some(code) = failed {
+                    Err(code)
+                } else if payload > max_payload || !m.spec.honest {
+                    // Too large for one frame, or a host answering with the wrong count.
+                    Err(ErrorCode::INVALID_INPUT)
+                } else {
+                    Ok(())
+                };
+                match (want, response) {
+                    (Ok(()), Response::Embeddings(e)) => {
+                        assert_eq!((usize::from(e.count), usize::from(e.dim)), (inf.count(), dim));
+                        for (i, text) in inf.texts().enumerate() {
+                            for j in 0..dim {
+                                let got = e.get(i * dim + j).expect("Embeddings::parse checked the length");
+                                let want = embedding(m.id, i, text.len(), j);
+                                assert_eq!(got.to_bits(), want.to_bits(), "INFER returned the wrong floats");
+                            }
+                        }
+                    }
+                    (Err(code), Response::Error(e)) => check_error(&request, e, code),
+                    (want, got) => panic!("{request:?}: expected {want:?}, got {got:?}"),
+                }
+            }
+            Request::ModelUpload(u) => {
+                let staged = side.upload.as_ref().map_or(0, |up| up.size);
+                let refused = if u.size == 0 {
+                    Some(ErrorCode::INVALID_ARGUMENT)
+                } else if full {
+                    Some(ErrorCode::TOO_MANY_BUFFERS)
+                } else if u.size > quota.saturating_sub(used - staged) {
+                    Some(ErrorCode::QUOTA_EXCEEDED)
+                } else {
+                    None
+                };
+                if let Some(code) = refused {
+                    untouched();
+                    return expect_error(&request, response, code);
+                }
+                assert_eq!(calls, [HostCall::UploadBegin { base: u.base.into(), size: u.size }]);
+                // The staged upload is replaced even if the host refuses the new one.
+                side.upload = None;
+                match spec(u.base) {
+                    None => expect_error(&request, response, ErrorCode::NO_SUCH_MODEL),
+                    Some(_) if u.size > MAX_STAGED => {
+                        expect_error(&request, response, ErrorCode::OUT_OF_MEMORY)
+                    }
+                    Some(base) => {
+                        expect_ack(&request, response);
+                        side.upload = Some(ShadowUpload { base, size: u.size, bytes: Vec::new() });
+                    }
+                }
+            }
+            Request::ModelChunk(c) => {
+                let refused = match &side.upload {
+                    None => Some(ErrorCode::WRONG_STATE),
+                    Some(up) if c.offset != up.bytes.len() as u64 => Some(ErrorCode::INVALID_ARGUMENT),
+                    Some(up) if c.data.len() as u64 > up.size - up.bytes.len() as u64 => {
+                        Some(ErrorCode::OUT_OF_BOUNDS)
+                    }
+                    Some(_) => None,
+                };
+                if let Some(code) = refused {
+                    untouched();
+                    return expect_error(&request, response, code);
+                }
+                assert_eq!(calls, [HostCall::UploadChunk { len: c.data.len() }]);
+                expect_ack(&request, response);
+                side.upload.as_mut().expect("checked above").bytes.extend_from_slice(c.data);
+            }
+            Request::ModelCommit => {
+                let refused = match &side.upload {
+                    None => Some(ErrorCode::WRONG_STATE),
+                    Some(up) if up.bytes.len() as u64 != up.size => Some(ErrorCode::INVALID_ARGUMENT),
+                    Some(_) if full => Some(ErrorCode::TOO_MANY_BUFFERS),
+                    Some(_) => None,
+                };
+                if let Some(code) = refused {
+                    // The upload stays staged.
+                    untouched();
+                    return expect_error(&request, response, code);
+                }
+                let up = side.upload.take().expect("checked above");
+                let budget = quota.saturating_sub(used - up.size);
+                let call = HostCall::Commit { budget, progress: target(kind) };
+                assert_eq!(calls.first(), Some(&call), "MODEL_COMMIT reached the host wrongly");
+                let want = if up.bytes.starts_with(UPLOAD_MAGIC) {
+                    placed(Some(up.base), budget, failed)
+                } else {
+                    Err(ErrorCode::INVALID_INPUT)
+                };
+                side.expect_loaded(&request, want, response);
+            }
+            other => panic!("{other:?} is not a model request"),
+        }
+    }
+
     fn check_invariants(&self) {
         let usage = self.backend.usage();
         let stats = [self.sides[0].session.stats(), self.sides[1].session.stats()];
-        assert_eq!(usage.used, stats[0].used + stats[1].used, "backend bytes != sum of session bytes");
-        assert_eq!(usage.buffers, stats[0].buffers + stats[1].buffers, "backend buffers != sum of sessions'");
+        let held: u64 = self.sides.iter().map(|s| s.buffer_bytes() + s.host.device_bytes()).sum();
+        assert_eq!(usage.used, held, "backend bytes != sessions' buffers + model hosts' buffers");
+        let buffers: usize = self.sides.iter().map(|s| s.model.len() + s.host.buffers().count()).sum();
+        assert_eq!(usage.buffers as usize, buffers, "backend buffers != sessions' + model hosts'");
         let mut ids: Vec<BufferId> = Vec::new();
         for (side, stats) in self.sides.iter().zip(stats) {
             assert_eq!(stats.buffers as usize, side.model.len(), "session buffer count drifted");
@@ -576,14 +869,154 @@ impl Harness<'_> {
                 let Some(shadow) = side.model.iter().find(|s| s.handle == handle) else {
                     panic!("session holds handle {handle:#x} it never reported");
                 };
-                assert_eq!(self.backend.size(id), Ok(shadow.bytes.len() as u64), "handle resolves to a wrong buffer");
+                assert_eq!(
+                    self.backend.size(id),
+                    Ok(shadow.bytes.len() as u64),
+                    "handle resolves to a wrong buffer"
+                );
+                ids.push(id);
+            }
+            let mut listed: Vec<(u32, u32, u64)> =
+                side.session.models().iter().map(|m| (m.id, m.dim, m.bytes)).collect();
+            let mut shadow: Vec<(u32, u32, u64)> =
+                side.models.iter().map(|m| (m.id, u32::from(m.spec.dim), m.spec.bytes())).collect();
+            let mut hosted: Vec<(u32, u32, u64)> =
+                side.host.loaded.iter().map(|m| (m.id, u32::from(m.spec.dim), m.spec.bytes())).collect();
+            listed.sort_unstable();
+            shadow.sort_unstable();
+            hosted.sort_unstable();
+            assert_eq!(listed, shadow, "the session's model list drifted from the replies");
+            assert_eq!(hosted, shadow, "the host holds other models than the session lists");
+            match (&side.host.staged, &side.upload) {
+                (None, None) => {}
+                (Some(h), Some(s)) => {
+                    assert_eq!((h.base, h.size), (s.base, s.size), "the host stages another upload");
+                    assert_eq!(h.bytes, s.bytes, "the host staged other bytes than the chunks carried");
+                }
+                (h, s) => panic!("host staging {h:?} but the session's upload is {s:?}"),
+            }
+            for (id, size) in side.host.buffers() {
+                assert_eq!(self.backend.size(id), Ok(size), "a model host buffer changed size");
                 ids.push(id);
             }
         }
         let n = ids.len();
         ids.sort();
         ids.dedup();
-        assert_eq!(ids.len(), n, "one backend buffer is held twice (possibly by both sessions)");
+        assert_eq!(
+            ids.len(),
+            n,
+            "one backend buffer is held twice (by both sessions, or a session and a host)"
+        );
+    }
+}
+
+impl Side {
+    /// Checks the answer to MODEL_LOAD or MODEL_COMMIT against the predicted outcome and
+    /// records a loaded model.
+    fn expect_loaded(
+        &mut self,
+        request: &Request<'_>,
+        want: Result<Spec, ErrorCode>,
+        response: Response<'_>,
+    ) {
+        match (want, response) {
+            (Ok(s), Response::ModelLoaded(x)) => {
+                assert_eq!(
+                    (x.dim, x.bytes),
+                    (u32::from(s.dim), s.bytes()),
+                    "{request:?} loaded the wrong model"
+                );
+                assert!(self.models.iter().all(|m| m.id != x.model), "model id {} issued twice", x.model);
+                assert!(!self.retired_models.contains(&x.model), "unloaded model id {} reissued", x.model);
+                self.models.push(ShadowModel { id: x.model, spec: s });
+            }
+            (Err(code), Response::Error(e)) => check_error(request, e, code),
+            (want, got) => panic!("{request:?}: expected {want:?}, got {got:?}"),
+        }
+    }
+}
+
+/// Whether the session routes this request to its model host.
+fn is_model_request(r: &Request<'_>) -> bool {
+    matches!(
+        r,
+        Request::ModelLoad(_)
+            | Request::ModelUnload(_)
+            | Request::Infer(_)
+            | Request::ModelUpload(_)
+            | Request::ModelChunk(_)
+            | Request::ModelCommit
+    )
+}
+
+/// The outcome of placing the weights of `spec` (`None`: not in the repository) within
+/// `budget`, given the backend failure the host logged, if any.
+fn placed(spec: Option<Spec>, budget: u64, failed: Option<ErrorCode>) -> Result<Spec, ErrorCode> {
+    let spec = spec.ok_or(ErrorCode::NO_SUCH_MODEL)?;
+    if spec.honest && spec.bytes() > budget {
+        return Err(ErrorCode::QUOTA_EXCEEDED);
+    }
+    if let Some(code) = failed {
+        return Err(code);
+    }
+    if spec.bytes() > budget {
+        // A host that ignored the budget: the session must refuse and unload the model.
+        return Err(ErrorCode::QUOTA_EXCEEDED);
+    }
+    Ok(spec)
+}
+
+fn check_error(request: &Request<'_>, e: msg::ErrorMsg<'_>, code: ErrorCode) {
+    assert_eq!(e.code, code, "{request:?} failed with {} ({}), expected {code}", e.code, e.reason);
+    assert_eq!(e.request_kind, request.kind());
+}
+
+fn expect_error(request: &Request<'_>, response: Response<'_>, code: ErrorCode) {
+    match response {
+        Response::Error(e) => check_error(request, e, code),
+        other => panic!("{request:?} answered {other:?}, expected ERROR({code})"),
+    }
+}
+
+fn expect_ack(request: &Request<'_>, response: Response<'_>) {
+    assert_eq!(response, Response::Ack(request.kind()), "{request:?} not acknowledged");
+}
+
+/// A PROGRESS frame a model host built: valid, a response, and echoing the request's seq.
+fn check_progress_frame(bytes: &[u8], seq: u16) {
+    let f = Frame::parse::<SoftCrc32>(bytes, MAX_PAYLOAD).expect("a PROGRESS frame parses");
+    let raw = RawHeader::view(bytes).expect("16 header bytes");
+    assert_eq!(frame_crc::<SoftCrc32>(raw, f.payload), f.header.crc, "PROGRESS frame has a bad CRC");
+    assert_eq!((f.kind(), f.seq()), (Kind::PROGRESS, seq), "PROGRESS frame does not echo the request");
+    match Response::parse(f.kind(), f.header.flags, f.payload) {
+        Ok(Response::Progress(p)) => assert!(p.done <= p.total, "PROGRESS past its total: {p:?}"),
+        other => panic!("PROGRESS frame decodes as {other:?}"),
+    }
+}
+
+/// Encodes one message into a buffer of its own length.
+fn emit<'m, M: Message<'m>>(m: &M) -> Vec<u8> {
+    let mut buf = vec![0u8; m.buffer_len()];
+    let n = m.emit(&mut buf).expect("a message encodes into its buffer_len");
+    buf.truncate(n);
+    buf
+}
+
+/// The model name a script byte picks.
+fn model_name(n: u8) -> &'static str {
+    MODEL_NAMES[usize::from(n) % MODEL_NAMES.len()]
+}
+
+/// Whether a script request encodes to a payload the wire format rejects (an invalid model
+/// name, or INFER texts that are not UTF-8).
+fn rejected_by_wire(req: Req<'_>) -> bool {
+    match req {
+        Req::ModelLoad { name: n } | Req::ModelUpload { base: n, .. } => {
+            !msg::valid_model_name(model_name(n))
+        }
+        Req::Infer { texts, .. } => texts.iter().any(|t| core::str::from_utf8(t).is_err()),
+        _ => false,
     }
 }
 
@@ -603,6 +1036,12 @@ fn kind_of(req: Req<'_>) -> Kind {
         Req::Copy { .. } => Kind::COPY,
         Req::Fill { .. } => Kind::FILL,
         Req::Dispatch { .. } => Kind::DISPATCH,
+        Req::ModelLoad { .. } => Kind::MODEL_LOAD,
+        Req::ModelUnload(_) => Kind::MODEL_UNLOAD,
+        Req::Infer { .. } => Kind::INFER,
+        Req::ModelUpload { .. } => Kind::MODEL_UPLOAD,
+        Req::ModelChunk { .. } => Kind::MODEL_CHUNK,
+        Req::ModelCommit => Kind::MODEL_COMMIT,
     }
 }
 

@@ -2,8 +2,9 @@
 //!
 //! - [`script`]: the compact byte format of a session script (what the `session` target
 //!   decodes) and its encoder, which `examples/gen_seeds.rs` uses to write seed scripts.
-//! - [`harness`]: drives two [`rela_core::session::Session`]s over one host-memory backend
-//!   through a script and asserts the session invariants after every step.
+//! - [`harness`]: drives two [`rela_core::session::Session`]s over one host-memory backend,
+//!   each with a scripted model host ([`harness::host`]), through a script and asserts the
+//!   session invariants after every step.
 //!
 //! Everything panics on a broken invariant: that is how libFuzzer learns about it. Nothing
 //! here catches panics.

@@ -7,7 +7,7 @@
 //! ```text
 //! script := arena:num setup setup op*
 //! setup  := flags:u8 quota:num max_buffers:u8 max_payload:num handshake_ms:num idle_ms:num
-//!           nonce_seed:[u8; 4]                        flags bit 0: AUTH required
+//!           nonce_seed:[u8; 4]        flags bit 0: AUTH required, bit 1: the node serves models
 //! op     := code:u8 (code % 8 picks)
 //!           0 REQUEST     who:u8 seq:u16 req
 //!           1 RAW         who:u8 kind:u8 flags:u8 seq:u16 len:num payload:[u8; len]
@@ -17,7 +17,7 @@
 //!           5 ABORT       who:u8
 //!           6 CLOSE_WITH  who:u8 code:u16
 //!           7 REOPEN      who:u8 setup                replaces a closed session
-//! req    := tag:u8 (tag % 14 picks)
+//! req    := tag:u8 (tag % 20 picks)
 //!           0 HELLO min:u16 max:u16 caps:u32   1 AUTH (correct tag)   2 AUTH bad:u8
 //!           3 PING len:u8 data                 4 DEVICE_INFO  5 STATS  6 BYE
 //!           7 ALLOC size:num                   8 FREE h
@@ -25,18 +25,34 @@
 //!           11 COPY src:h src_off:num dst:h dst_off:num len:num
 //!           12 FILL h offset:num len:num value:u8
 //!           13 DISPATCH kernel:u16 reserved:u16 a:h b:h out:h m:num k:num n:num alpha:u32
+//!           14 MODEL_LOAD name:u8              15 MODEL_UNLOAD m
+//!           16 INFER m count:u8 (len:u8 data)*count         texts need not be UTF-8
+//!           17 MODEL_UPLOAD size:num base:u8
+//!           18 MODEL_CHUNK at len:num data     19 MODEL_COMMIT
 //! h      := sel:u8 (sel % 4)  0 own idx:u8 | 1 other session's idx:u8 | 2 retired idx:u8
 //!                             | 3 raw:u32
+//! m      := sel:u8 (sel % 4)  0 own idx:u8 | 1 other session's idx:u8 | 2 unloaded idx:u8
+//!                             | 3 raw:u32                               (model ids, like h)
+//! at     := sel:u8 (sel % 4)  0 next (the bytes received so far) | 1 ahead d:num
+//!                             | 2 behind d:num | 3 raw offset:num
+//! name   := n % 5 indexes MODEL_NAMES: tiny, wide, rogue, unknown, invalid
 //! num    := b:u8  b < 0xFD: b | 0xFD u16 | 0xFE u32 | 0xFF u64      (integers little-endian)
 //! ```
 //!
 //! Byte strings (`data`, `payload`) shorter than their length take what is left.
+
+/// Model names a MODEL_LOAD or MODEL_UPLOAD can pick (`name % 5`): two models the harness's
+/// model host serves, one it serves while ignoring its budget, a well-formed name it does not
+/// know, and a name the wire format rejects.
+pub const MODEL_NAMES: [&str; 5] = ["tiny", "wide", "rogue", "unknown-model", ".hidden"];
 
 /// A session's configuration, as a script gives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Setup {
     /// Whether AUTH is required (with [`crate::AUTH_TOKEN`]).
     pub auth: bool,
+    /// Whether the node serves models (MODEL_* and INFER go to the harness's model host).
+    pub models: bool,
     /// Session quota in bytes.
     pub quota: u64,
     /// Most buffers.
@@ -64,11 +80,77 @@ pub enum HandleRef {
     Raw(u32),
 }
 
-/// A structurally valid request, built from script fields.
+/// Which model id a request names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelRef {
+    /// The `n`-th (mod count) loaded model of the requesting session.
+    Own(u8),
+    /// The `n`-th loaded model of the *other* session: must never resolve here.
+    Other(u8),
+    /// The `n`-th model this session has unloaded or lost: must never resolve again.
+    Retired(u8),
+    /// Any value.
+    Raw(u32),
+}
+
+/// Where a MODEL_CHUNK says its data goes, relative to the bytes the upload has received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkAt {
+    /// Exactly the bytes received so far (the only offset the node accepts).
+    Next,
+    /// `1 + d` bytes past it (a gap).
+    Ahead(u64),
+    /// `1 + d` bytes before it (a resend), wrapping below zero.
+    Behind(u64),
+    /// Any offset.
+    Raw(u64),
+}
+
+/// The texts of an INFER: `count` entries of `len:u8 data`, as the script holds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Texts<'a> {
+    count: u8,
+    raw: &'a [u8],
+}
+
+impl<'a> Texts<'a> {
+    /// Texts in their script encoding (`len:u8 data` each, at most 255 texts of 255 bytes).
+    pub fn encode(texts: &[&[u8]]) -> Vec<u8> {
+        let mut raw = Vec::new();
+        for t in texts.iter().take(255) {
+            let t = &t[..t.len().min(255)];
+            raw.push(t.len() as u8);
+            raw.extend_from_slice(t);
+        }
+        raw
+    }
+
+    /// Texts over `raw`, an output of [`Texts::encode`].
+    pub fn new(raw: &'a [u8]) -> Self {
+        let count = Self { count: u8::MAX, raw }.iter().count() as u8;
+        Self { count, raw }
+    }
+
+    /// The texts, in order (the last may be shorter than its length byte says).
+    pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let mut c = Cursor { buf: self.raw };
+        (0..self.count).map_while(move |_| {
+            let n = c.u8()?;
+            Some(c.take_up_to(u64::from(n)))
+        })
+    }
+}
+
+/// A structurally valid request, built from script fields (model names and texts may still be
+/// ones the wire format rejects).
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[allow(missing_docs)]
 pub enum Req<'a> {
-    Hello { min: u16, max: u16, caps: u32 },
+    Hello {
+        min: u16,
+        max: u16,
+        caps: u32,
+    },
     /// AUTH with the correct tag for this session's nonce.
     AuthGood,
     /// AUTH with a tag of 32 copies of a byte.
@@ -79,10 +161,29 @@ pub enum Req<'a> {
     Bye,
     Alloc(u64),
     Free(HandleRef),
-    Write { h: HandleRef, offset: u64, data: &'a [u8] },
-    Read { h: HandleRef, offset: u64, len: u64 },
-    Copy { src: HandleRef, src_offset: u64, dst: HandleRef, dst_offset: u64, len: u64 },
-    Fill { h: HandleRef, offset: u64, len: u64, value: u8 },
+    Write {
+        h: HandleRef,
+        offset: u64,
+        data: &'a [u8],
+    },
+    Read {
+        h: HandleRef,
+        offset: u64,
+        len: u64,
+    },
+    Copy {
+        src: HandleRef,
+        src_offset: u64,
+        dst: HandleRef,
+        dst_offset: u64,
+        len: u64,
+    },
+    Fill {
+        h: HandleRef,
+        offset: u64,
+        len: u64,
+        value: u8,
+    },
     Dispatch {
         kernel: u16,
         reserved: u16,
@@ -94,22 +195,67 @@ pub enum Req<'a> {
         n: u64,
         alpha_bits: u32,
     },
+    /// MODEL_LOAD of `MODEL_NAMES[name % 5]`.
+    ModelLoad {
+        name: u8,
+    },
+    ModelUnload(ModelRef),
+    Infer {
+        m: ModelRef,
+        texts: Texts<'a>,
+    },
+    /// MODEL_UPLOAD of `size` bytes like `MODEL_NAMES[base % 5]`.
+    ModelUpload {
+        size: u64,
+        base: u8,
+    },
+    ModelChunk {
+        at: ChunkAt,
+        data: &'a [u8],
+    },
+    ModelCommit,
 }
 
 /// One script step. `who` picks a session (`who & 1`), except for [`Op::Advance`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[allow(missing_docs)]
 pub enum Op<'a> {
-    Request { who: u8, seq: u16, req: Req<'a> },
-    Raw { who: u8, kind: u8, flags: u8, seq: u16, payload: &'a [u8] },
-    FrameError { who: u8, variant: u8 },
+    Request {
+        who: u8,
+        seq: u16,
+        req: Req<'a>,
+    },
+    Raw {
+        who: u8,
+        kind: u8,
+        flags: u8,
+        seq: u16,
+        payload: &'a [u8],
+    },
+    FrameError {
+        who: u8,
+        variant: u8,
+    },
     /// Advance the clock by `ms` milliseconds and fire timers of session `who % 3` (2: both).
-    Advance { who: u8, ms: u64 },
+    Advance {
+        who: u8,
+        ms: u64,
+    },
     /// Jump the clock to the session's `poll_timeout` (if later) and fire both sessions' timers.
-    Deadline { who: u8 },
-    Abort { who: u8 },
-    CloseWith { who: u8, code: u16 },
-    Reopen { who: u8, setup: Setup },
+    Deadline {
+        who: u8,
+    },
+    Abort {
+        who: u8,
+    },
+    CloseWith {
+        who: u8,
+        code: u16,
+    },
+    Reopen {
+        who: u8,
+        setup: Setup,
+    },
 }
 
 /// A decoded script header plus an iterator over its operations.
@@ -194,6 +340,7 @@ impl<'a> Cursor<'a> {
         let flags = self.u8()?;
         Some(Setup {
             auth: flags & 1 != 0,
+            models: flags & 2 != 0,
             quota: self.num()?,
             max_buffers: self.u8()?,
             max_payload: self.num()?,
@@ -212,8 +359,37 @@ impl<'a> Cursor<'a> {
         })
     }
 
+    fn model(&mut self) -> Option<ModelRef> {
+        Some(match self.u8()? % 4 {
+            0 => ModelRef::Own(self.u8()?),
+            1 => ModelRef::Other(self.u8()?),
+            2 => ModelRef::Retired(self.u8()?),
+            _ => ModelRef::Raw(self.u32()?),
+        })
+    }
+
+    fn chunk_at(&mut self) -> Option<ChunkAt> {
+        Some(match self.u8()? % 4 {
+            0 => ChunkAt::Next,
+            1 => ChunkAt::Ahead(self.num()?),
+            2 => ChunkAt::Behind(self.num()?),
+            _ => ChunkAt::Raw(self.num()?),
+        })
+    }
+
+    fn texts(&mut self) -> Option<Texts<'a>> {
+        let count = self.u8()?;
+        let start = self.buf;
+        for _ in 0..count {
+            let n = self.u8()?;
+            self.take_up_to(u64::from(n));
+        }
+        let raw = &start[..start.len() - self.buf.len()];
+        Some(Texts { count, raw })
+    }
+
     fn req(&mut self) -> Option<Req<'a>> {
-        Some(match self.u8()? % 14 {
+        Some(match self.u8()? % 20 {
             0 => Req::Hello { min: self.u16()?, max: self.u16()?, caps: self.u32()? },
             1 => Req::AuthGood,
             2 => Req::AuthBad(self.u8()?),
@@ -239,7 +415,7 @@ impl<'a> Cursor<'a> {
                 len: self.num()?,
             },
             12 => Req::Fill { h: self.handle()?, offset: self.num()?, len: self.num()?, value: self.u8()? },
-            _ => Req::Dispatch {
+            13 => Req::Dispatch {
                 kernel: self.u16()?,
                 reserved: self.u16()?,
                 a: self.handle()?,
@@ -250,6 +426,15 @@ impl<'a> Cursor<'a> {
                 n: self.num()?,
                 alpha_bits: self.u32()?,
             },
+            14 => Req::ModelLoad { name: self.u8()? },
+            15 => Req::ModelUnload(self.model()?),
+            16 => Req::Infer { m: self.model()?, texts: self.texts()? },
+            17 => Req::ModelUpload { size: self.num()?, base: self.u8()? },
+            18 => {
+                let (at, len) = (self.chunk_at()?, self.num()?);
+                Req::ModelChunk { at, data: self.take_up_to(len) }
+            }
+            _ => Req::ModelCommit,
         })
     }
 
@@ -257,7 +442,8 @@ impl<'a> Cursor<'a> {
         Some(match self.u8()? % 8 {
             0 => Op::Request { who: self.u8()?, seq: self.u16()?, req: self.req()? },
             1 => {
-                let (who, kind, flags, seq, len) = (self.u8()?, self.u8()?, self.u8()?, self.u16()?, self.num()?);
+                let (who, kind, flags, seq, len) =
+                    (self.u8()?, self.u8()?, self.u8()?, self.u16()?, self.num()?);
                 Op::Raw { who, kind, flags, seq, payload: self.take_up_to(len) }
             }
             2 => Op::FrameError { who: self.u8()?, variant: self.u8()? },
@@ -341,7 +527,7 @@ impl ScriptWriter {
     }
 
     fn setup(&mut self, s: Setup) {
-        self.buf.push(u8::from(s.auth));
+        self.buf.push(u8::from(s.auth) | u8::from(s.models) << 1);
         self.num(s.quota);
         self.buf.push(s.max_buffers);
         self.num(s.max_payload);
@@ -356,6 +542,18 @@ impl ScriptWriter {
             HandleRef::Other(i) => self.buf.extend([1, i]),
             HandleRef::Retired(i) => self.buf.extend([2, i]),
             HandleRef::Raw(v) => {
+                self.buf.push(3);
+                self.buf.extend(v.to_le_bytes());
+            }
+        }
+    }
+
+    fn model(&mut self, m: ModelRef) {
+        match m {
+            ModelRef::Own(i) => self.buf.extend([0, i]),
+            ModelRef::Other(i) => self.buf.extend([1, i]),
+            ModelRef::Retired(i) => self.buf.extend([2, i]),
+            ModelRef::Raw(v) => {
                 self.buf.push(3);
                 self.buf.extend(v.to_le_bytes());
             }
@@ -428,6 +626,43 @@ impl ScriptWriter {
                 self.num(n);
                 self.buf.extend(alpha_bits.to_le_bytes());
             }
+            Req::ModelLoad { name } => self.buf.extend([14, name]),
+            Req::ModelUnload(m) => {
+                self.buf.push(15);
+                self.model(m);
+            }
+            Req::Infer { m, texts } => {
+                self.buf.push(16);
+                self.model(m);
+                self.buf.push(texts.count);
+                self.buf.extend(texts.raw);
+            }
+            Req::ModelUpload { size, base } => {
+                self.buf.push(17);
+                self.num(size);
+                self.buf.push(base);
+            }
+            Req::ModelChunk { at, data } => {
+                self.buf.push(18);
+                match at {
+                    ChunkAt::Next => self.buf.push(0),
+                    ChunkAt::Ahead(d) => {
+                        self.buf.push(1);
+                        self.num(d);
+                    }
+                    ChunkAt::Behind(d) => {
+                        self.buf.push(2);
+                        self.num(d);
+                    }
+                    ChunkAt::Raw(v) => {
+                        self.buf.push(3);
+                        self.num(v);
+                    }
+                }
+                self.num(data.len() as u64);
+                self.buf.extend(data);
+            }
+            Req::ModelCommit => self.buf.push(19),
         }
     }
 }
@@ -440,6 +675,7 @@ mod tests {
     fn writer_and_parser_agree() {
         let s = Setup {
             auth: true,
+            models: true,
             quota: 70_000,
             max_buffers: 4,
             max_payload: 1 << 40,
@@ -447,9 +683,14 @@ mod tests {
             idle_ms: 0,
             nonce_seed: [1, 2, 3, 4],
         };
+        let texts = Texts::encode(&[b"a", b"", "h\u{e9}llo".as_bytes()]);
         let ops = [
             Op::Request { who: 1, seq: 9, req: Req::Hello { min: 1, max: 1, caps: 1 } },
-            Op::Request { who: 0, seq: 2, req: Req::Write { h: HandleRef::Raw(7), offset: 300, data: b"abc" } },
+            Op::Request {
+                who: 0,
+                seq: 2,
+                req: Req::Write { h: HandleRef::Raw(7), offset: 300, data: b"abc" },
+            },
             Op::Request {
                 who: 0,
                 seq: 3,
@@ -466,6 +707,17 @@ mod tests {
                 },
             },
             Op::Raw { who: 0, kind: 0x12, flags: 4, seq: 1, payload: b"xyz" },
+            Op::Request { who: 1, seq: 4, req: Req::ModelLoad { name: 7 } },
+            Op::Request { who: 1, seq: 5, req: Req::ModelUnload(ModelRef::Raw(0xDEAD_BEEF)) },
+            Op::Request {
+                who: 0,
+                seq: 6,
+                req: Req::Infer { m: ModelRef::Other(3), texts: Texts::new(&texts) },
+            },
+            Op::Request { who: 0, seq: 7, req: Req::ModelUpload { size: 1 << 33, base: 1 } },
+            Op::Request { who: 0, seq: 8, req: Req::ModelChunk { at: ChunkAt::Behind(300), data: b"RELW" } },
+            Op::Request { who: 0, seq: 9, req: Req::ModelChunk { at: ChunkAt::Next, data: b"" } },
+            Op::Request { who: 0, seq: 10, req: Req::ModelCommit },
             Op::Advance { who: 2, ms: 10_000 },
             Op::Reopen { who: 1, setup: s },
         ];
@@ -477,5 +729,26 @@ mod tests {
         let script = Script::parse(&bytes).expect("header");
         assert_eq!((script.arena, script.setups), (65536, [s, s]));
         assert_eq!(script.collect::<Vec<_>>(), ops);
+    }
+
+    #[test]
+    fn old_tags_and_setup_flags_decode_as_before() {
+        // A pre-model setup byte (AUTH only) and a tag-7 ALLOC.
+        let bytes = [0x40, 1, 10, 2, 20, 5, 0, 1, 2, 3, 4, 0, 10, 2, 20, 5, 0, 1, 2, 3, 4, 0, 1, 3, 0, 7, 9];
+        let script = Script::parse(&bytes).expect("header");
+        assert!(script.setups[0].auth && !script.setups[0].models && !script.setups[1].auth);
+        let ops: Vec<_> = script.collect();
+        assert_eq!(ops, [Op::Request { who: 1, seq: 3, req: Req::Alloc(9) }]);
+    }
+
+    #[test]
+    fn texts_round_trip_and_truncate() {
+        let raw = Texts::encode(&[b"xy", b"", b"z"]);
+        let t = Texts::new(&raw);
+        assert_eq!(t.iter().collect::<Vec<_>>(), [&b"xy"[..], b"", b"z"]);
+        // A script that ends inside the last text keeps what is there.
+        let mut c = Cursor { buf: &[3, 2, b'x', b'y', 0, 5, b'z'] };
+        let t = c.texts().expect("three length bytes are present");
+        assert_eq!(t.iter().collect::<Vec<_>>(), [&b"xy"[..], b"", b"z"]);
     }
 }
