@@ -189,7 +189,14 @@ impl SessionModels {
         };
         let embedder = Embedder::load_within(backend, files, weights, budget, report)
             .map_err(|e| if weights.is_some() { upload_error(e) } else { wire_error(e) })?;
-        self.next_id = self.next_id.wrapping_add(1).max(1);
+        // Ids stay unique among this session's models (at most a handful), even after the
+        // counter wraps: the core undoes a load by id if the id were taken.
+        loop {
+            self.next_id = self.next_id.wrapping_add(1).max(1);
+            if !self.loaded.iter().any(|(i, _)| *i == self.next_id) {
+                break;
+            }
+        }
         let id = self.next_id;
         let loaded = LoadedModel { id, dim: embedder.dim() as u32, bytes: embedder.device_bytes() };
         tracing::info!(
