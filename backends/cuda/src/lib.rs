@@ -33,8 +33,9 @@
 //! - Kernels are `rela_kernels::CUDA_SOURCE`, compiled once by NVRTC at construction with FMA
 //!   contraction disabled, so ADD, MUL, SCALE and MATMUL match `rela_kernels::reference` bit for
 //!   bit. The model kernels (GATHER … L2_NORMALIZE) launch on the grids `rela_kernels::Launch`
-//!   plans; their tree reductions and `expf` agree with the reference to a few ulp. Every call
-//!   is checked with [`KernelCall::validate`] before any device work.
+//!   plans, except LINEAR, whose 64×64-tile kernel uses `rela_kernels::grid_linear_tiles`;
+//!   their tree reductions and `expf` agree with the reference to a few ulp. Every call is
+//!   checked with [`KernelCall::validate`] before any device work.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -51,7 +52,7 @@ use rela_core::backend::{
     BackendError, BackendKind, BufferId, DeviceInfo, GpuBackend, KernelCall, Usage, check_copy_overlap,
     check_range,
 };
-use rela_kernels::{ATTENTION_WORKGROUP, Kernel, Launch, TILE, WORKGROUP_1D, op_code};
+use rela_kernels::{ATTENTION_WORKGROUP, Kernel, Launch, TILE, WORKGROUP_1D, grid_linear_tiles, op_code};
 
 /// Names of the kernels in `rela_kernels::CUDA_SOURCE`.
 const BINARY_KERNEL: &str = "rela_binary";
@@ -407,7 +408,8 @@ impl CudaBackend {
 }
 
 impl CudaBackend {
-    /// Launches a model kernel (GATHER … L2_NORMALIZE) with the grid [`Launch`] plans.
+    /// Launches a model kernel (GATHER … L2_NORMALIZE) with the grid [`Launch`] plans (LINEAR:
+    /// one block per 64×64 output tile, [`grid_linear_tiles`]).
     fn launch_model(&self, call: &KernelCall, out: &mut CudaSlice<u8>) -> Result<(), BackendError> {
         let Some(launch) = Launch::of(call)? else {
             return Ok(());
@@ -419,11 +421,12 @@ impl CudaBackend {
             .and_then(Option::as_ref)
             .ok_or(BackendError::Unsupported)?;
         let block = if launch.kernel == Kernel::Attention { ATTENTION_WORKGROUP } else { WORKGROUP_1D };
-        let cfg = LaunchConfig {
-            grid_dim: (launch.groups.0, launch.groups.1, 1),
-            block_dim: (block, 1, 1),
-            shared_mem_bytes: 0,
+        let groups = match *call {
+            KernelCall::Linear { m, n, .. } => grid_linear_tiles(m, n).ok_or(BackendError::Unsupported)?,
+            _ => launch.groups,
         };
+        let cfg =
+            LaunchConfig { grid_dim: (groups.0, groups.1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 };
         let mut builder = self.stream.launch_builder(f);
         // Scalars outlive `builder`: they are bound here, before it is used.
         let (p, scale) = (launch.params, launch.params.alpha);

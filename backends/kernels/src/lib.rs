@@ -22,11 +22,15 @@
 //! | matmul | `a`, `b`, `out` | 16×16 | [`grid_matmul`]`(m, n)` |
 //! | gather | `table`, `ids` (u32), `out` | 256 | [`grid_1d`]`(rows·dim)` |
 //! | layernorm | `x`, `gamma`, `beta`, `out` | 256 (one row) | folded, `rows` groups |
-//! | linear | `x`, `w`, `bias`, `out` | 16×16 (a 64×64 tile) | folded, `⌈m/64⌉·⌈n/64⌉` groups |
+//! | linear, linear_vec4 | `x`, `w`, `bias`, `out` | 8 (an 8×128 block) | folded, `⌈m/8⌉·⌈n/128⌉` groups |
 //! | gelu | `x`, `out` | 256 | [`grid_1d`]`(n)` |
 //! | attention | `q`, `k`, `v`, `mask`, `out` | 64 (one query of one head) | folded, `batch·heads·seq` groups |
 //! | meanpool | `x`, `mask`, `out` | 256 | [`grid_1d`]`(batch·dim)` |
 //! | l2norm | `x`, `out` | 256 (one row) | folded, `rows` groups |
+//!
+//! A linear call runs `linear_vec4` when `k` is a positive multiple of 4 (it binds `x` and `w` as
+//! arrays of `vec4<f32>`, which needs their byte sizes to be multiples of 16) and `linear`
+//! otherwise; see [`Kernel::of`].
 //!
 //! A storage binding that a call needs zero bytes of (for example `x` and `w` of a linear
 //! layer with `k = 0`) is still bound, to at least 4 bytes of its buffer, and never read.
@@ -50,8 +54,14 @@ pub mod wgsl {
     pub const GATHER: &str = include_str!("../wgsl/gather.wgsl");
     /// Row-wise layer norm, one workgroup per row.
     pub const LAYERNORM: &str = include_str!("../wgsl/layernorm.wgsl");
-    /// `x · wᵀ + bias`, 64×64 output tiles staged in workgroup memory.
-    pub const LINEAR: &str = include_str!("../wgsl/linear.wgsl");
+    /// `x · wᵀ + bias` for any `k`: 8 rows × 128 columns of output per 8-invocation workgroup,
+    /// x and w read as f32 (`linear_f32.wgsl` followed by the shared `linear.wgsl`).
+    pub const LINEAR: &str =
+        concat!(include_str!("../wgsl/linear_f32.wgsl"), include_str!("../wgsl/linear.wgsl"));
+    /// The same for `k` a multiple of 4, x and w read as `vec4<f32>` (`linear_vec4.wgsl`
+    /// followed by the shared `linear.wgsl`).
+    pub const LINEAR_VEC4: &str =
+        concat!(include_str!("../wgsl/linear_vec4.wgsl"), include_str!("../wgsl/linear.wgsl"));
     /// Exact (erf) GELU.
     pub const GELU: &str = include_str!("../wgsl/gelu.wgsl");
     /// Masked scaled dot-product attention, one workgroup per (batch, head, query).
@@ -73,7 +83,7 @@ pub mod wgsl {
 /// - `rela_layernorm(x, gamma, beta, out, rows, dim, eps)` and `rela_l2norm(x, out, rows, dim)`:
 ///   256-thread blocks, one per row, [`grid_groups`]`(rows)`.
 /// - `rela_linear(x, w, bias, out, m, k, n)`: 256-thread blocks (16×16), one per 64×64 output
-///   tile, [`grid_groups`]`(⌈m/64⌉·⌈n/64⌉)`.
+///   tile, [`grid_linear_tiles`]`(m, n)` (not the WGSL kernels' grid in [`Launch::groups`]).
 /// - `rela_attention(q, k, v, mask, out, batch, seq, heads, head_dim, scale)`: 64-thread blocks,
 ///   one per (batch, head, query), [`grid_groups`]`(batch·heads·seq)`; `scale` is
 ///   [`reference::attention_scale`]`(head_dim)`.
@@ -83,8 +93,14 @@ pub const CUDA_SOURCE: &str = include_str!("../cuda/kernels.cu");
 pub const WORKGROUP_1D: u32 = 256;
 /// Matmul tile edge.
 pub const TILE: u32 = 16;
-/// Linear output tile edge (rows and columns per workgroup).
+/// Output tile edge (rows and columns per thread block) of the CUDA linear kernel.
 pub const LINEAR_TILE: u32 = 64;
+/// Output rows per workgroup of the WGSL linear kernels.
+pub const LINEAR_ROWS: u32 = 8;
+/// Output columns per workgroup of the WGSL linear kernels (8 invocations × 16 columns).
+pub const LINEAR_COLS: u32 = 128;
+/// Invocations per workgroup of the WGSL linear kernels.
+pub const LINEAR_WORKGROUP: u32 = 8;
 /// Threads per attention workgroup.
 pub const ATTENTION_WORKGROUP: u32 = 64;
 /// Threads per row-reduction workgroup (layer norm, L2 normalization).
@@ -185,6 +201,12 @@ pub const fn grid_groups(groups: u64) -> Option<(u32, u32)> {
     }
 }
 
+/// Thread blocks `(x, y)` of the CUDA linear kernel for `m` rows and `n` columns: one per
+/// [`LINEAR_TILE`]² output tile, folded like [`grid_groups`]; `None` past 65,535² tiles.
+pub const fn grid_linear_tiles(m: u32, n: u32) -> Option<(u32, u32)> {
+    grid_groups(m.div_ceil(LINEAR_TILE) as u64 * n.div_ceil(LINEAR_TILE) as u64)
+}
+
 /// Workgroup counts `(x, y)` for a matmul with `m` rows and `n` columns.
 pub const fn grid_matmul(m: u32, n: u32) -> (u32, u32) {
     (n.div_ceil(TILE), m.div_ceil(TILE))
@@ -203,7 +225,7 @@ pub enum Kernel {
     Gather,
     /// Layer norm.
     LayerNorm,
-    /// Linear layer.
+    /// Linear layer, any inner dimension.
     Linear,
     /// GELU.
     Gelu,
@@ -213,11 +235,13 @@ pub enum Kernel {
     MeanPool,
     /// L2 normalization.
     L2Normalize,
+    /// Linear layer whose inner dimension is a positive multiple of 4.
+    LinearVec4,
 }
 
 impl Kernel {
     /// Every kernel, in declaration order (`kernel as usize` indexes this array).
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Binary,
         Self::Scale,
         Self::Matmul,
@@ -228,6 +252,7 @@ impl Kernel {
         Self::Attention,
         Self::MeanPool,
         Self::L2Normalize,
+        Self::LinearVec4,
     ];
 
     /// A short lower-case name, for labels and errors.
@@ -243,6 +268,7 @@ impl Kernel {
             Self::Attention => "attention",
             Self::MeanPool => "meanpool",
             Self::L2Normalize => "l2norm",
+            Self::LinearVec4 => "linear_vec4",
         }
     }
 
@@ -259,10 +285,11 @@ impl Kernel {
             Self::Attention => wgsl::ATTENTION,
             Self::MeanPool => wgsl::MEANPOOL,
             Self::L2Normalize => wgsl::L2NORM,
+            Self::LinearVec4 => wgsl::LINEAR_VEC4,
         }
     }
 
-    /// The entry point's name in [`CUDA_SOURCE`].
+    /// The entry point's name in [`CUDA_SOURCE`] (both linear kernels are `rela_linear`).
     pub const fn cuda_name(self) -> &'static str {
         match self {
             Self::Binary => "rela_binary",
@@ -270,7 +297,7 @@ impl Kernel {
             Self::Matmul => "rela_matmul",
             Self::Gather => "rela_gather",
             Self::LayerNorm => "rela_layernorm",
-            Self::Linear => "rela_linear",
+            Self::Linear | Self::LinearVec4 => "rela_linear",
             Self::Gelu => "rela_gelu",
             Self::Attention => "rela_attention",
             Self::MeanPool => "rela_meanpool",
@@ -283,12 +310,13 @@ impl Kernel {
         match self {
             Self::Scale | Self::Gelu | Self::L2Normalize => 2,
             Self::Binary | Self::Matmul | Self::Gather | Self::MeanPool => 3,
-            Self::LayerNorm | Self::Linear => 4,
+            Self::LayerNorm | Self::Linear | Self::LinearVec4 => 4,
             Self::Attention => 5,
         }
     }
 
-    /// The kernel a call runs.
+    /// The kernel a call runs: [`LinearVec4`](Self::LinearVec4) for a linear call whose `k` is
+    /// a positive multiple of 4, [`Linear`](Self::Linear) for any other.
     pub const fn of(call: &KernelCall) -> Self {
         match call {
             KernelCall::Binary { .. } => Self::Binary,
@@ -296,6 +324,7 @@ impl Kernel {
             KernelCall::Matmul { .. } => Self::Matmul,
             KernelCall::Gather { .. } => Self::Gather,
             KernelCall::LayerNorm { .. } => Self::LayerNorm,
+            KernelCall::Linear { k, .. } if *k > 0 && *k % 4 == 0 => Self::LinearVec4,
             KernelCall::Linear { .. } => Self::Linear,
             KernelCall::Gelu { .. } => Self::Gelu,
             KernelCall::Attention { .. } => Self::Attention,
@@ -314,7 +343,8 @@ pub struct Launch {
     /// The kernel.
     pub kernel: Kernel,
     /// Workgroups (thread blocks) in x and y; both at most [`MAX_GROUPS_PER_DIM`] except for
-    /// matmul, whose grid is not folded (backends check it against their limits).
+    /// matmul, whose grid is not folded (backends check it against their limits). For linear
+    /// calls this is the WGSL kernels' grid; CUDA launches [`grid_linear_tiles`] instead.
     pub groups: (u32, u32),
     /// The uniform block.
     pub params: Params,
@@ -368,7 +398,7 @@ impl Launch {
             KernelCall::Linear { x, w, bias, out, m, k, n } => (
                 &[(x, f(mul(m, k))), (w, f(mul(n, k))), (bias, f(n.into())), (out, f(mul(m, n)))],
                 mul(m, n),
-                folded(mul(m.div_ceil(LINEAR_TILE), n.div_ceil(LINEAR_TILE)))?,
+                folded(mul(m.div_ceil(LINEAR_ROWS), n.div_ceil(LINEAR_COLS)))?,
             ),
             KernelCall::Gelu { x, out, n } => {
                 let bytes = f(n.into());
@@ -420,9 +450,10 @@ impl Launch {
 ///
 /// Callers validate shapes first ([`KernelCall::validate`]); these functions then index only
 /// within the slices they are given and never panic on validated shapes. Sums run in index
-/// order in f32; the GPU kernels keep that order wherever one thread owns a sum (matmul,
-/// linear, mean pool, attention's weighted sum) and reduce in a tree elsewhere, so they agree
-/// to a few ulp rather than bit for bit.
+/// order in f32, except [`linear`]'s (eight interleaved partial sums, see there); the GPU
+/// kernels keep index order wherever one thread owns a sum (matmul, CUDA's linear, mean pool,
+/// attention's weighted sum), add four-element dot products in order (WGSL linear) or reduce
+/// in a tree elsewhere, so they agree to a few ulp rather than bit for bit.
 pub mod reference {
     use rela_core::backend::MAX_ATTENTION_SEQ;
 
@@ -519,16 +550,113 @@ pub mod reference {
         }
     }
 
-    /// `out[i, j] = Σ_t x[i, t] · w[j, t] + bias[j]`: `x` is `m × k`, `w` is `n × k`, summing
-    /// over `t` in order, then adding the bias.
-    pub fn linear(x: &[u8], w: &[u8], bias: &[u8], out: &mut [u8], m: usize, k: usize, n: usize) {
-        for i in 0..m {
-            let xr = &x[i * k * 4..(i + 1) * k * 4];
-            for j in 0..n {
-                let wr = &w[j * k * 4..(j + 1) * k * 4];
-                let acc = row(xr, 0, k).zip(row(wr, 0, k)).fold(0.0f32, |s, (a, b)| s + a * b);
-                set_f32(out, i * n + j, acc + f32_at(bias, j));
+    /// Partial sums per dot product in [`linear`]: eight f32 lanes, which the compiler keeps in
+    /// vector registers.
+    const LANES: usize = 8;
+    /// Rows of `x` and of `w` that [`linear`] multiplies together per pass over `k`.
+    const BLOCK: usize = 2;
+    /// Rows of `w` (output columns) per cache block in [`linear`].
+    const COLUMN_BLOCK: usize = 32;
+
+    /// Elements `LANES q .. LANES q + LANES` of a row of little-endian f32s.
+    #[inline(always)]
+    fn lanes(row: &[u8], q: usize) -> [f32; LANES] {
+        let bytes = &row[q * 4 * LANES..(q + 1) * 4 * LANES];
+        core::array::from_fn(|l| {
+            f32::from_le_bytes([bytes[4 * l], bytes[4 * l + 1], bytes[4 * l + 2], bytes[4 * l + 3]])
+        })
+    }
+
+    /// The `R × C` dot products of rows `xs` with rows `ws` (each `k` little-endian f32s, the
+    /// slices exactly `4 k` bytes). Each sum keeps [`LANES`] partial sums (lane `l` takes the
+    /// terms `t ≡ l mod LANES` below `LANES ⌊k / LANES⌋`, in order), adds them lane by lane,
+    /// then adds the remaining terms in order.
+    #[inline(always)]
+    fn dots<const R: usize, const C: usize>(xs: [&[u8]; R], ws: [&[u8]; C], k: usize) -> [[f32; C]; R] {
+        let full = k / LANES;
+        let mut acc = [[[0.0f32; LANES]; C]; R];
+        for q in 0..full {
+            let wv: [[f32; LANES]; C] = core::array::from_fn(|c| lanes(ws[c], q));
+            for (xr, acc_r) in xs.iter().zip(acc.iter_mut()) {
+                let xv = lanes(xr, q);
+                for (wc, acc_rc) in wv.iter().zip(acc_r.iter_mut()) {
+                    for ((a, &xe), &we) in acc_rc.iter_mut().zip(xv.iter()).zip(wc.iter()) {
+                        *a += xe * we;
+                    }
+                }
             }
+        }
+        let mut out = [[0.0f32; C]; R];
+        for ((xr, acc_r), out_r) in xs.iter().zip(acc.iter()).zip(out.iter_mut()) {
+            for ((wc, acc_rc), o) in ws.iter().zip(acc_r.iter()).zip(out_r.iter_mut()) {
+                let lanes = acc_rc.iter().fold(0.0f32, |s, &v| s + v);
+                let tail = full * LANES;
+                *o = row(xr, tail, k - tail).zip(row(wc, tail, k - tail)).fold(lanes, |s, (a, b)| s + a * b);
+            }
+        }
+        out
+    }
+
+    /// Stores `sums[r][c] + bias[j + c]` at `out[i + r, j + c]` (`n` columns).
+    fn store<const R: usize, const C: usize>(
+        out: &mut [u8],
+        bias: &[u8],
+        sums: [[f32; C]; R],
+        (i, j, n): (usize, usize, usize),
+    ) {
+        for (r, sums_r) in sums.iter().enumerate() {
+            for (c, &v) in sums_r.iter().enumerate() {
+                set_f32(out, (i + r) * n + j + c, v + f32_at(bias, j + c));
+            }
+        }
+    }
+
+    /// `R` rows of `x` from row `i` against columns `j0..j1`: [`BLOCK`] rows of `w` at a time,
+    /// then one for an odd count.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_rows<const R: usize>(
+        x: &[u8],
+        w: &[u8],
+        bias: &[u8],
+        out: &mut [u8],
+        (i, j0, j1): (usize, usize, usize),
+        k: usize,
+        n: usize,
+    ) {
+        let bytes = k * 4;
+        let xs: [&[u8]; R] = core::array::from_fn(|r| &x[(i + r) * bytes..(i + r + 1) * bytes]);
+        let w_row = |j: usize| &w[j * bytes..(j + 1) * bytes];
+        let mut j = j0;
+        while j + BLOCK <= j1 {
+            let ws: [&[u8]; BLOCK] = core::array::from_fn(|c| w_row(j + c));
+            store(out, bias, dots(xs, ws, k), (i, j, n));
+            j += BLOCK;
+        }
+        if j < j1 {
+            store(out, bias, dots(xs, [w_row(j)], k), (i, j, n));
+        }
+    }
+
+    /// `out[i, j] = Σ_t x[i, t] · w[j, t] + bias[j]`: `x` is `m × k`, `w` is `n × k`.
+    ///
+    /// Each sum runs in eight interleaved f32 partial sums (lane `l` adds the terms
+    /// `t ≡ l mod 8` of the first `8 ⌊k / 8⌋` in order), which are added lane by lane; the last
+    /// `k mod 8` terms follow in order, then the bias. The loop works on 2 rows of `x` by 2 rows
+    /// of `w` at a time (each load feeds two products) over blocks of 32 rows of `w`, so the
+    /// compiler vectorizes it; results differ from a sum in index order by rounding only.
+    pub fn linear(x: &[u8], w: &[u8], bias: &[u8], out: &mut [u8], m: usize, k: usize, n: usize) {
+        let mut j0 = 0;
+        while j0 < n {
+            let j1 = (j0 + COLUMN_BLOCK).min(n);
+            let mut i = 0;
+            while i + BLOCK <= m {
+                linear_rows::<BLOCK>(x, w, bias, out, (i, j0, j1), k, n);
+                i += BLOCK;
+            }
+            if i < m {
+                linear_rows::<1>(x, w, bias, out, (i, j0, j1), k, n);
+            }
+            j0 = j1;
         }
     }
 
@@ -688,9 +816,18 @@ mod tests {
         use rela_core::backend::BufferId as B;
         let call = KernelCall::Linear { x: B(1), w: B(2), bias: B(3), out: B(4), m: 130, k: 0, n: 70 };
         let launch = Launch::of(&call).expect("plannable").expect("non-empty output");
-        assert_eq!(launch.kernel, Kernel::Linear);
+        assert_eq!(launch.kernel, Kernel::Linear, "k = 0 binds nothing of x and w as vec4");
         assert_eq!(launch.bindings(), &[(B(1), 0), (B(2), 0), (B(3), 280), (B(4), 130 * 70 * 4)]);
-        assert_eq!(launch.groups, (3 * 2, 1));
+        assert_eq!(launch.groups, (17, 1), "⌈130 / 8⌉ row blocks, one 128-column block");
+        assert_eq!(grid_linear_tiles(130, 70), Some((3 * 2, 1)));
+        let vec4 = KernelCall::Linear { x: B(1), w: B(2), bias: B(3), out: B(4), m: 9, k: 384, n: 1536 };
+        let launch = Launch::of(&vec4).expect("plannable").expect("non-empty output");
+        assert_eq!(launch.kernel, Kernel::LinearVec4);
+        assert_eq!(launch.groups, (2 * 12, 1));
+        for (k, want) in [(1, Kernel::Linear), (6, Kernel::Linear), (8, Kernel::LinearVec4)] {
+            let call = KernelCall::Linear { x: B(1), w: B(2), bias: B(3), out: B(4), m: 1, k, n: 1 };
+            assert_eq!(Kernel::of(&call), want, "k = {k}");
+        }
         let empty = KernelCall::Attention {
             q: B(1),
             k: B(2),
@@ -726,6 +863,35 @@ mod tests {
         // 0.5 · 5 · 1.5e-7.
         let tail = f64::from(reference::gelu_one(-5.0));
         assert!(tail < 0.0 && (tail + 1.433_26e-6).abs() < 3.75e-7, "gelu(-5) = {tail:e}");
+    }
+
+    #[test]
+    fn reference_linear_matches_f64() {
+        let f = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<std::vec::Vec<u8>>();
+        // Odd m and n (single-row and single-column tails), k below, at and past the lane width.
+        for (m, k, n) in
+            [(1usize, 1usize, 1usize), (3, 17, 5), (5, 33, 70), (2, 0, 3), (4, 8, 2), (7, 64, 33)]
+        {
+            let value = |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 2001) as f32 / 1000.0 - 1.0;
+            let xv: std::vec::Vec<f32> = (0..m * k).map(|i| value(i, 1)).collect();
+            let wv: std::vec::Vec<f32> = (0..n * k).map(|i| value(i, 2) * 0.2).collect();
+            let bv: std::vec::Vec<f32> = (0..n).map(|i| value(i, 3)).collect();
+            let mut out = std::vec![0u8; m * n * 4];
+            reference::linear(&f(&xv), &f(&wv), &f(&bv), &mut out, m, k, n);
+            for i in 0..m {
+                for j in 0..n {
+                    let (mut want, mut scale) = (f64::from(bv[j]), f64::from(bv[j]).abs());
+                    for t in 0..k {
+                        let p = f64::from(xv[i * k + t]) * f64::from(wv[j * k + t]);
+                        want += p;
+                        scale += p.abs();
+                    }
+                    let q = (i * n + j) * 4;
+                    let got = f64::from(f32::from_le_bytes([out[q], out[q + 1], out[q + 2], out[q + 3]]));
+                    assert!((got - want).abs() <= 1e-6 * scale.max(1e-30), "m {m} k {k} n {n} at ({i}, {j})");
+                }
+            }
+        }
     }
 
     #[test]
