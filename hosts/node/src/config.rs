@@ -119,10 +119,11 @@ impl NodeConfig {
     }
 }
 
-/// Default [`NodeConfig::buffer_budget`]: 48 MiB — two largest (16 MiB) frames plus room for
-/// a dozen default-size (1 MiB) client frames, and small enough that a node's memory beyond the
-/// bytes it stores stays under 64 MiB.
-pub const DEFAULT_BUFFER_BUDGET: usize = 48 * 1024 * 1024;
+/// Default [`NodeConfig::buffer_budget`]: 40 MiB — two largest (16 MiB) frames, so one can be
+/// read while the other is stored, plus eight default-size (1 MiB) client frames; small enough
+/// that a node's memory beyond the bytes it stores stays well under 64 MiB with many sessions
+/// (about 53 MiB with 64 sessions uploading at once, see docs/BENCHMARKS.md).
+pub const DEFAULT_BUFFER_BUDGET: usize = 40 * 1024 * 1024;
 
 /// Smallest `max_payload` a node accepts: a PING must fit.
 pub const MIN_MAX_PAYLOAD: u32 = MAX_PING_PAYLOAD as u32 * 4;

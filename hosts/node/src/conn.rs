@@ -21,13 +21,19 @@
 //!
 //! The PING fast path: when nothing of this connection is in flight, a well-formed PING is run
 //! through the session on the reader task itself (under the session's lock; the core decides,
-//! updates the idle timer and the counters exactly as on the engine) and the PONG goes straight
-//! to the writer, saving two thread hops. A PING is the one request the core serves without the
-//! backend, so the reader needs none.
+//! updates the idle timer and the counters exactly as on the engine) and the reader writes the
+//! PONG to the socket itself (a non-blocking write; whatever the socket does not take at once
+//! goes to the writer), saving the two thread hops of the engine and the hop to the writer. A
+//! PING is the one request the core serves without the backend, so the reader needs none.
 //!
 //! The writer writes replies in order (several at once with a vectored write when they queue
-//! up), arms the session timer the engine reports, and closes the connection when the session
-//! closes.
+//! up, trying a non-blocking write before arming the stall timeout), keeps the session timer
+//! armed at the earliest deadline it was told (a deadline that moved later is picked up when
+//! the timer fires, so steady traffic does not reset the timer per reply), and closes the
+//! connection when the session closes.
+//!
+//! The tasks are not instrumented with the session's span (entering a span on every poll costs
+//! more than a PING); log lines name it as their parent instead.
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
@@ -46,9 +52,9 @@ use rela_core::wire::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Mutex as AsyncMutex, Semaphore, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
-use tracing::{Instrument, Span};
+use tracing::Span;
 
 use crate::engine::{
     Clock, Command, ConnId, ConnState, INLINE_OUT, INLINE_PAYLOAD, Job, OutBuf, Outcome, Payload, Reply,
@@ -158,7 +164,7 @@ fn admit(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, tasks: &mut 
         .admit(peer.ip(), std::time::Instant::now());
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("session", %peer, id = conn);
-    tasks.spawn(serve(stream, peer, conn, shared.clone(), delay, guard).instrument(span));
+    tasks.spawn(serve(stream, peer, conn, span, shared.clone(), delay, guard));
 }
 
 /// Sends one ERROR(BUSY) with seq 0 and closes.
@@ -189,26 +195,31 @@ async fn linger<R: AsyncRead + Unpin>(r: &mut R) {
     .await;
 }
 
+/// The connection's write half: the writer's, lent to the PING fast path when it is idle.
+type SharedWriter = Arc<AsyncMutex<OwnedWriteHalf>>;
+
 /// Serves one connection: the writer half runs here, the reader in its own task.
 async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     conn: ConnId,
+    span: Span,
     shared: Arc<Shared>,
     delay: Duration,
     _live: CountGuard,
 ) {
     if !delay.is_zero() {
-        tracing::info!(?delay, "delaying connection after failed AUTH attempts from this address");
+        tracing::info!(parent: &span, ?delay, "delaying connection after failed AUTH attempts from this address");
         tokio::time::sleep(delay).await;
     }
     let _ = stream.set_nodelay(true);
-    let (rd, mut wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
+    let wr: SharedWriter = Arc::new(AsyncMutex::new(wr));
     let (reply_tx, mut replies) = mpsc::unbounded_channel();
     let session = Session::new(shared.session.clone(), rand::random(), shared.clock.now());
     let state = Arc::new(ConnState::new(session));
     let open =
-        Command::Open { conn, peer, span: Span::current(), state: state.clone(), replies: reply_tx.clone() };
+        Command::Open { conn, peer, span: span.clone(), state: state.clone(), replies: reply_tx.clone() };
     if shared.engine.send(open).await.is_err() {
         return;
     }
@@ -216,15 +227,20 @@ async fn serve(
     let reader = Reader {
         rd: BufReader::with_capacity(READ_BUFFER, rd),
         conn,
+        span: span.clone(),
         shared: shared.clone(),
         state: state.clone(),
         depth: Arc::new(Semaphore::new(shared.depth)),
         fast: reply_tx,
+        wr: wr.clone(),
     };
-    let reader = AbortOnDrop(tokio::spawn(reader.run(stop_rx).instrument(Span::current())));
+    let reader = AbortOnDrop(tokio::spawn(reader.run(stop_rx)));
 
     let timer = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(timer);
+    // The session's latest deadline, and whether the timer is armed (at that deadline or an
+    // earlier one).
+    let mut deadline: Option<rela_core::time::Instant> = None;
     let mut armed = false;
     let mut batch: Vec<Reply> = Vec::with_capacity(WRITE_BATCH);
     loop {
@@ -238,10 +254,7 @@ async fn serve(
                         Err(_) => break,
                     }
                 }
-                let written = match tokio::time::timeout(WRITE_STALL, write_replies(&mut wr, &batch)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(io::ErrorKind::TimedOut.into()),
-                };
+                let written = write_replies(&mut *wr.lock().await, &batch).await;
                 // Everything in the batch is out (or the connection is broken): release the
                 // pipeline slots and buffers, then let the fast path know.
                 let n = batch.len();
@@ -250,16 +263,20 @@ async fn serve(
                 batch.clear();
                 state.inflight.fetch_sub(n, Ordering::AcqRel);
                 if let Err(error) = written {
-                    tracing::debug!(%error, "write failed");
+                    tracing::debug!(parent: &span, %error, "write failed");
                     let _ = shared.engine.send(Command::Abort { conn }).await;
                     break;
                 }
                 if let Some(outcome) = last {
+                    // A later deadline waits for the armed timer; an earlier one re-arms it.
+                    let earlier = matches!((outcome.timeout, deadline), (Some(new), Some(old)) if new < old);
+                    deadline = outcome.timeout;
                     match outcome.timeout {
-                        Some(at) => {
+                        Some(at) if !armed || earlier => {
                             timer.as_mut().reset(shared.clock.deadline(at));
                             armed = true;
                         }
+                        Some(_) => {}
                         None => armed = false,
                     }
                 }
@@ -268,26 +285,31 @@ async fn serve(
                 }
             }
             () = &mut timer, if armed => {
-                armed = false;
                 let now = shared.clock.now();
-                if shared.engine.send(Command::Timeout { conn, now }).await.is_err() {
-                    break;
+                match deadline {
+                    // The deadline moved on since the timer was set: wait for the new one.
+                    Some(at) if at > now => timer.as_mut().reset(shared.clock.deadline(at)),
+                    _ => {
+                        armed = false;
+                        if shared.engine.send(Command::Timeout { conn, now }).await.is_err() {
+                            break;
+                        }
+                    }
                 }
             }
         }
     }
     let _ = stop_tx.send(true);
-    let _ = wr.shutdown().await;
+    let _ = wr.lock().await.shutdown().await;
     // The reader lingers at most LINGER; dropping `reader` aborts it if this task is cancelled.
     let mut reader = reader;
     let _ = (&mut reader.0).await;
 }
 
 /// Writes the frames of `batch` in order: one write for one reply, a vectored write for more.
+/// A non-blocking attempt comes first; only what the socket does not take at once waits, for
+/// at most [`WRITE_STALL`].
 async fn write_replies(wr: &mut OwnedWriteHalf, batch: &[Reply]) -> io::Result<()> {
-    if let [one] = batch {
-        return wr.write_all(one.out.as_slice().get(..one.len).unwrap_or(&[])).await;
-    }
     let mut slices: [IoSlice<'_>; WRITE_BATCH] = [IoSlice::new(&[]); WRITE_BATCH];
     let mut count = 0;
     for r in batch.iter().filter(|r| r.len > 0) {
@@ -297,14 +319,30 @@ async fn write_replies(wr: &mut OwnedWriteHalf, batch: &[Reply]) -> io::Result<(
         }
     }
     let mut bufs = &mut slices[..count];
-    while !bufs.is_empty() {
-        let n = wr.write_vectored(bufs).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut bufs, n);
+    let first = match &*bufs {
+        [] => return Ok(()),
+        [one] => wr.try_write(one),
+        more => wr.try_write_vectored(more),
+    };
+    match first {
+        Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e),
     }
-    Ok(())
+    if bufs.is_empty() {
+        return Ok(());
+    }
+    let rest = async {
+        while !bufs.is_empty() {
+            let n = wr.write_vectored(bufs).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut bufs, n);
+        }
+        Ok(())
+    };
+    tokio::time::timeout(WRITE_STALL, rest).await.unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }
 
 /// Why [`Reader::read_frame`] stopped.
@@ -323,35 +361,46 @@ impl From<io::Error> for ReadError {
 struct Reader {
     rd: BufReader<OwnedReadHalf>,
     conn: ConnId,
+    span: Span,
     shared: Arc<Shared>,
     state: Arc<ConnState>,
     /// `pipeline_depth` permits: one per request between the reader and the socket.
     depth: Arc<Semaphore>,
-    /// The writer's queue, for fast-path replies.
+    /// The writer's queue, for fast-path replies the socket did not take at once.
     fast: ReplyTx,
+    /// The socket's write half, for fast-path replies.
+    wr: SharedWriter,
 }
 
 impl Reader {
     async fn run(self, mut stop: watch::Receiver<bool>) {
-        let Self { mut rd, conn, shared, state, depth, fast } = self;
+        let Self { mut rd, conn, span, shared, state, depth, fast, wr } = self;
+        // Made once: the writer asks the reader to stop at most once, and the loop ends then.
+        let stopped = stop.changed();
+        tokio::pin!(stopped);
         loop {
-            let ticket = tokio::select! {
-                biased;
-                _ = stop.changed() => break,
-                t = depth.clone().acquire_owned() => t.expect("the depth semaphore is never closed"),
+            let ticket = match depth.clone().try_acquire_owned() {
+                Ok(t) => t,
+                Err(_) => tokio::select! {
+                    biased;
+                    _ = &mut stopped => break,
+                    t = depth.clone().acquire_owned() => t.expect("the depth semaphore is never closed"),
+                },
             };
             let read = tokio::select! {
                 biased;
-                _ = stop.changed() => break,
+                _ = &mut stopped => break,
                 r = read_frame(&mut rd, &shared) => r,
             };
             let now = shared.clock.now();
             let (cmd, last) = match read {
                 Ok((header, payload, out)) => {
                     if let Payload::Inline(p) = &payload
-                        && let Some((out, len, outcome)) = fast_ping(&state, header, p, now)
+                        && let Some(fast_reply) = fast_ping(&state, &wr, header, p, now)
                     {
-                        if fast.send(Reply { out, len, outcome, _ticket: Some(ticket) }).is_err() {
+                        if let Some((out, len, outcome)) = fast_reply
+                            && fast.send(Reply { out, len, outcome, _ticket: Some(ticket) }).is_err()
+                        {
                             break;
                         }
                         continue;
@@ -363,7 +412,7 @@ impl Reader {
                 Err(ReadError::Frame(error)) => (Command::FrameError { conn, now, error }, true),
                 Err(ReadError::Io(error)) => {
                     // EOF between frames, EOF inside a frame, or a reset: the transport is gone.
-                    tracing::debug!(%error, "connection ended");
+                    tracing::debug!(parent: &span, %error, "connection ended");
                     (Command::Abort { conn }, true)
                 }
             };
@@ -373,6 +422,7 @@ impl Reader {
         }
         // The writer's queue must close once the engine lets go of the session.
         drop(fast);
+        drop(wr);
         linger(&mut rd).await;
     }
 }
@@ -419,12 +469,21 @@ async fn read_frame(
 /// The PING fast path: serves a well-formed PING on the reader task when nothing of this
 /// connection is in flight (so the PONG cannot overtake an earlier response). The session
 /// decides, under its lock, exactly as on the engine. `None` sends the frame the normal way.
+///
+/// With the writer idle (nothing in flight, so it has nothing to write), the PONG is written
+/// to the socket right here, still under the session's lock so nothing else of this connection
+/// can be decided and written in between; `Some(None)` then. Whatever the socket does not take
+/// at once (or the whole frame, when the session closes or the writer is busy) comes back as
+/// `Some(Some(reply))`, counted in flight, for the writer. A PONG written here does not tell
+/// the writer the session's new idle deadline; the writer's timer then fires at the old one,
+/// the engine finds the session not yet expired, and its answer carries the new deadline.
 fn fast_ping(
     state: &ConnState,
+    wr: &SharedWriter,
     header: HeaderRepr,
     payload: &[u8; INLINE_PAYLOAD],
     now: rela_core::time::Instant,
-) -> Option<(OutBuf, usize, Outcome)> {
+) -> Option<Option<(OutBuf, usize, Outcome)>> {
     let payload = payload.get(..header.len as usize)?;
     // Only a request the core answers without the backend: a PING that decodes, no flags.
     if header.kind != Kind::PING
@@ -442,10 +501,26 @@ fn fast_ping(
     session.handle_frame(now, Frame::from_verified(header, payload), &mut no_backend).ok()?;
     let mut out = OutBuf::Inline([0; INLINE_OUT]);
     // A PONG (at most 272 bytes) always fits; `drain` would grow the buffer otherwise.
-    let len = drain(&mut session, &mut no_backend, &mut out).unwrap_or(0);
+    let mut len = drain(&mut session, &mut no_backend, &mut out).unwrap_or(0);
     let outcome = Outcome { timeout: session.poll_timeout(), closed: session.is_closed() };
+    if let OutBuf::Inline(bytes) = &mut out
+        && len > 0
+        && !outcome.closed
+        && let Ok(socket) = wr.try_lock()
+    {
+        match bytes.get(..len).map(|frame| socket.try_write(frame)) {
+            Some(Ok(n)) if n >= len => return Some(None),
+            Some(Ok(n)) => {
+                // The rest goes to the writer, in order: nothing else is queued before it.
+                bytes.copy_within(n..len, 0);
+                len -= n;
+            }
+            // Would block, or the socket is broken: the writer finds out the same way.
+            _ => {}
+        }
+    }
     state.inflight.fetch_add(1, Ordering::AcqRel);
-    Some((out, len, outcome))
+    Some(Some((out, len, outcome)))
 }
 
 /// The backend the PING fast path hands the session: the core never calls a backend for a
@@ -499,5 +574,68 @@ impl GpuBackend for NoBackend {
 
     fn dispatch(&mut self, _call: &KernelCall) -> Result<(), BackendError> {
         Err(BackendError::Unsupported)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rela_backend_host::OwnedHostBackend;
+    use rela_client::Client;
+    use rela_core::wire::ErrorCode;
+
+    use crate::{Node, NodeConfig};
+
+    /// PONGs the reader writes itself keep the session alive: the writer's timer, armed at an
+    /// older deadline, fires, the engine finds the session active and the timer moves on. A
+    /// session that then goes quiet still times out.
+    #[tokio::test]
+    async fn fast_path_pings_extend_the_idle_deadline() {
+        let mut config = NodeConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            discovery: None,
+            ..NodeConfig::default()
+        };
+        config.session.idle_timeout = rela_core::time::Duration::from_millis(600);
+        let backend = Box::new(OwnedHostBackend::with_capacity(1 << 20));
+        let node = Node::start(config, backend).await.expect("node starts");
+        let mut client = Client::connect(node.local_addr(), None).await.expect("connect");
+        // 12 × 150 ms: three idle timeouts' worth of time, never 600 ms quiet.
+        for _ in 0..12 {
+            client.ping().await.expect("pings keep the session alive");
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let error = client.ping().await.expect_err("a quiet session is closed");
+        assert_eq!(error.code(), Some(ErrorCode::TIMEOUT), "{error}");
+        let usage = node.shutdown().await.expect("shutdown");
+        assert_eq!(usage.used, 0);
+    }
+
+    /// A PING written by the reader and the responses the writer sends stay in request order
+    /// when they alternate quickly (the fast path only runs with nothing in flight).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pings_between_writes_and_reads_stay_in_order() {
+        let config = NodeConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            discovery: None,
+            ..NodeConfig::default()
+        };
+        let backend = Box::new(OwnedHostBackend::with_capacity(8 << 20));
+        let node = Node::start(config, backend).await.expect("node starts");
+        let mut client = Client::connect(node.local_addr(), None).await.expect("connect");
+        let h = client.alloc(1 << 20).await.expect("alloc");
+        let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+        for round in 0..50 {
+            client.ping().await.expect("ping");
+            client.write(h, 0, &data[..4096 * (round % 7 + 1)]).await.expect("write");
+            client.ping().await.expect("ping");
+            let back = client.read(h, 0, 4096).await.expect("read");
+            assert_eq!(back, data[..4096]);
+        }
+        client.close().await.expect("bye");
+        let usage = node.shutdown().await.expect("shutdown");
+        assert_eq!(usage.used, 0);
     }
 }

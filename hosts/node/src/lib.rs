@@ -25,7 +25,12 @@
 //!   [`NodeHandle::peak_buffer_bytes`] report the pool's size.
 //! - PING fast path: with nothing else of a connection in flight, a PING is run through the
 //!   session on the connection's reader task (under the session's lock) instead of the engine
-//!   thread, saving two thread hops on the round trip.
+//!   thread, and the reader writes the PONG to the socket itself, saving the engine's two
+//!   thread hops and the hop to the writer task.
+//! - Threads: the connection tasks run on whatever tokio runtime calls [`Node::start`]. On a
+//!   machine with few cores a single-threaded runtime is the better fit (one thread for every
+//!   socket plus the engine thread, no wakeups between runtime workers); `vram-relay serve
+//!   --threads` chooses, with one fewer than the cores as its default.
 //! - Session timers: every reply carries the session's next deadline; the writer arms a timer
 //!   and asks the engine to fire it.
 //! - Past [`NodeConfig::max_sessions`] a connection gets one `ERROR(BUSY)` and is closed.

@@ -48,10 +48,47 @@ struct ConnectArgs {
     token_file: Option<PathBuf>,
 }
 
+/// `vram-relay serve`: the node's options and the runtime that drives it.
+#[derive(Debug, Args)]
+struct ServeCli {
+    #[command(flatten)]
+    args: commands::ServeArgs,
+    /// Threads running the node's connections: socket reads and writes, frame checks and CRCs
+    /// (the backend has its own thread besides). 1 runs every connection on one thread, with the
+    /// fewest wakeups between threads. Default: one fewer than the CPU cores, at least 1.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
+}
+
+impl ServeCli {
+    /// The connection threads asked for, or the default for this machine.
+    fn threads(&self) -> usize {
+        self.threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),
+            usize::from,
+        )
+    }
+}
+
+/// The runtime for `command`: for `serve`, its connection threads (one: a single-threaded
+/// runtime); otherwise a worker per core.
+fn runtime(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match command {
+        Command::Serve(serve) if serve.threads() == 1 => tokio::runtime::Builder::new_current_thread(),
+        Command::Serve(serve) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(serve.threads());
+            b
+        }
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder.enable_all().build()
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a node: TCP sessions and UDP discovery.
-    Serve(commands::ServeArgs),
+    Serve(ServeCli),
     /// Find nodes on the LAN (or ask one node) and list them.
     Discover(commands::DiscoverArgs),
     /// Show a node's device, limits and free memory.
@@ -132,7 +169,7 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match runtime(&cli.command) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -141,7 +178,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => commands::serve(args).await,
+            Command::Serve(serve) => commands::serve(serve.args).await,
             Command::Discover(args) => commands::discover(args).await,
             Command::Info { conn, json } => commands::info(conn, json).await,
             Command::Put { conn, file, then_get } => commands::put(conn, file, then_get).await,
