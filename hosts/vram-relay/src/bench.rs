@@ -16,12 +16,14 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use rela_client::Client;
+use rela_client::{Client, Handle};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Barrier;
 
 use crate::backends::{self, BackendChoice};
 use crate::util::{self, human, parse_size};
@@ -38,6 +40,13 @@ pub(crate) struct BenchArgs {
     /// Backend of the spawned node; also driven directly in this process for comparison.
     #[arg(long, value_enum, default_value = "host", requires = "spawn")]
     backend: BackendChoice,
+    /// `serve --threads` of the spawned node (connection threads; the backend has its own).
+    #[arg(long, requires = "spawn", value_parser = clap::value_parser!(u16).range(1..))]
+    node_threads: Option<u16>,
+    /// Executable of the spawned node (default: this one), e.g. an older build to compare with
+    /// under the same bench.
+    #[arg(long, requires = "spawn")]
+    node_exe: Option<PathBuf>,
     /// Internal: run only the raw TCP baseline server, print its port, serve until stdin closes.
     #[arg(long, hide = true)]
     serve_raw: bool,
@@ -79,9 +88,16 @@ struct Row {
     ratio: Option<f64>,
 }
 
+/// Most bytes one raw `write_all` / `read` call asks for.
 const CHUNK: usize = 16 << 20;
+/// Largest buffer the raw server allocates for one connection.
+const RAW_BUFFER_MAX: u64 = 1 << 30;
 
-/// The raw TCP baseline server.
+/// The raw TCP baseline server. Each connection sends one operation (kind, count, buffer size),
+/// the server makes a buffer of that size (every page written once, like the node's memory
+/// after the first pass) and answers one byte, then runs it: `U` sinks `count` bytes into the
+/// buffer, cycling through it the way the node cycles through its remote buffer; `D` sends
+/// `count` bytes out of it; `P` echoes `count` 16-byte pings.
 async fn baseline_server() -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -89,45 +105,62 @@ async fn baseline_server() -> std::io::Result<SocketAddr> {
         while let Ok((mut s, _)) = listener.accept().await {
             let _ = s.set_nodelay(true);
             tokio::spawn(async move {
-                let mut buf = vec![0u8; CHUNK];
-                loop {
-                    let mut op = [0u8; 9];
-                    if s.read_exact(&mut op).await.is_err() {
-                        return;
-                    }
-                    let n = u64::from_le_bytes([op[1], op[2], op[3], op[4], op[5], op[6], op[7], op[8]]);
-                    let ok = match op[0] {
-                        b'U' => sink(&mut s, &mut buf, n).await,
-                        b'D' => source(&mut s, &buf, n).await,
-                        b'P' => echo(&mut s, n).await,
-                        _ => Err(std::io::ErrorKind::InvalidData.into()),
-                    };
-                    if ok.is_err() {
-                        return;
-                    }
+                let mut op = [0u8; 17];
+                if s.read_exact(&mut op).await.is_err() {
+                    return;
                 }
+                let field = |at: usize| {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&op[at..at + 8]);
+                    u64::from_le_bytes(b)
+                };
+                let (n, size) = (field(1), field(9).clamp(1, RAW_BUFFER_MAX));
+                let mut buf = if matches!(op[0], b'U' | b'D') {
+                    vec![1u8; usize::try_from(size).unwrap_or(CHUNK)]
+                } else {
+                    Vec::new()
+                };
+                if s.write_all(&[1]).await.is_err() {
+                    return;
+                }
+                let _ = match op[0] {
+                    b'U' => sink(&mut s, &mut buf, n).await,
+                    b'D' => source(&mut s, &buf, n).await,
+                    b'P' => echo(&mut s, n).await,
+                    _ => Err(std::io::ErrorKind::InvalidData.into()),
+                };
             });
         }
     });
     Ok(addr)
 }
 
+/// The next piece of a transfer that cycles through `len` bytes: (start, length).
+fn piece(pos: usize, len: usize, left: u64) -> (usize, usize) {
+    let pos = if pos >= len { 0 } else { pos };
+    (pos, (len - pos).min(CHUNK).min(usize::try_from(left).unwrap_or(usize::MAX)))
+}
+
 async fn sink(s: &mut TcpStream, buf: &mut [u8], mut n: u64) -> std::io::Result<()> {
+    let mut pos = 0;
     while n > 0 {
-        let want = buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
-        let got = s.read(&mut buf[..want]).await?;
+        let (at, want) = piece(pos, buf.len(), n);
+        let got = s.read(&mut buf[at..at + want]).await?;
         if got == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
+        pos = at + got;
         n -= got as u64;
     }
     s.write_all(&[1]).await
 }
 
 async fn source(s: &mut TcpStream, buf: &[u8], mut n: u64) -> std::io::Result<()> {
+    let mut pos = 0;
     while n > 0 {
-        let want = buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
-        s.write_all(&buf[..want]).await?;
+        let (at, want) = piece(pos, buf.len(), n);
+        s.write_all(&buf[at..at + want]).await?;
+        pos = at + want;
         n -= want as u64;
     }
     Ok(())
@@ -142,39 +175,53 @@ async fn echo(s: &mut TcpStream, count: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn raw_conn(addr: SocketAddr) -> Result<TcpStream, String> {
-    let s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+/// A raw connection that has sent its operation and got the server's ready byte.
+async fn raw_conn(addr: SocketAddr, kind: u8, count: u64, buffer: usize) -> Result<TcpStream, String> {
+    let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     s.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut op = [0u8; 17];
+    op[0] = kind;
+    op[1..9].copy_from_slice(&count.to_le_bytes());
+    op[9..].copy_from_slice(&(buffer as u64).to_le_bytes());
+    s.write_all(&op).await.map_err(|e| e.to_string())?;
+    let mut ready = [0u8; 1];
+    s.read_exact(&mut ready).await.map_err(|e| e.to_string())?;
     Ok(s)
 }
 
+/// Uploads `total` bytes, cycling through `data` (as the relay upload does), into a server
+/// buffer of `data.len()` bytes (as large as the relay's remote buffer).
 async fn raw_upload(addr: SocketAddr, data: &[u8], total: u64) -> Result<Duration, String> {
-    let mut s = raw_conn(addr).await?;
+    let s = raw_conn(addr, b'U', total, data.len()).await?;
     let t = Instant::now();
-    let mut op = vec![b'U'];
-    op.extend_from_slice(&total.to_le_bytes());
-    s.write_all(&op).await.map_err(|e| e.to_string())?;
-    let mut left = total;
+    raw_send(s, data, total).await?;
+    Ok(t.elapsed())
+}
+
+/// The transfer of [`raw_upload`] on a connection that [`raw_conn`] set up, up to the server's
+/// acknowledgement.
+async fn raw_send(mut s: TcpStream, data: &[u8], total: u64) -> Result<(), String> {
+    let (mut left, mut pos) = (total, 0);
     while left > 0 {
-        let n = data.len().min(CHUNK).min(usize::try_from(left).unwrap_or(usize::MAX));
-        s.write_all(&data[..n]).await.map_err(|e| e.to_string())?;
+        let (at, n) = piece(pos, data.len(), left);
+        s.write_all(&data[at..at + n]).await.map_err(|e| e.to_string())?;
+        pos = at + n;
         left -= n as u64;
     }
     let mut ack = [0u8; 1];
     s.read_exact(&mut ack).await.map_err(|e| e.to_string())?;
-    Ok(t.elapsed())
+    Ok(())
 }
 
+/// Downloads `total` bytes from a server buffer of `buf.len()` bytes, cycling through `buf`.
 async fn raw_download(addr: SocketAddr, buf: &mut [u8], total: u64) -> Result<Duration, String> {
-    let mut s = raw_conn(addr).await?;
+    let mut s = raw_conn(addr, b'D', total, buf.len()).await?;
     let t = Instant::now();
-    let mut op = vec![b'D'];
-    op.extend_from_slice(&total.to_le_bytes());
-    s.write_all(&op).await.map_err(|e| e.to_string())?;
-    let mut left = total;
+    let (mut left, mut pos) = (total, 0);
     while left > 0 {
-        let n = buf.len().min(CHUNK).min(usize::try_from(left).unwrap_or(usize::MAX));
-        s.read_exact(&mut buf[..n]).await.map_err(|e| e.to_string())?;
+        let (at, n) = piece(pos, buf.len(), left);
+        s.read_exact(&mut buf[at..at + n]).await.map_err(|e| e.to_string())?;
+        pos = at + n;
         left -= n as u64;
     }
     Ok(t.elapsed())
@@ -182,11 +229,7 @@ async fn raw_download(addr: SocketAddr, buf: &mut [u8], total: u64) -> Result<Du
 
 /// A raw connection in ping-pong mode.
 async fn raw_pinger(addr: SocketAddr) -> Result<TcpStream, String> {
-    let mut s = raw_conn(addr).await?;
-    let mut op = vec![b'P'];
-    op.extend_from_slice(&u64::MAX.to_le_bytes());
-    s.write_all(&op).await.map_err(|e| e.to_string())?;
-    Ok(s)
+    raw_conn(addr, b'P', u64::MAX, 0).await
 }
 
 /// One 16-byte round trip on a [`raw_pinger`] connection.
@@ -201,15 +244,21 @@ async fn raw_ping(s: &mut TcpStream) -> Result<Duration, String> {
 async fn relay_upload(c: &mut Client, data: &[u8], total: u64) -> Result<Duration, String> {
     let h = c.alloc(data.len() as u64).await.map_err(|e| e.to_string())?;
     let t = Instant::now();
+    relay_send(c, h, data, total).await?;
+    let took = t.elapsed();
+    c.free(h).await.map_err(|e| e.to_string())?;
+    Ok(took)
+}
+
+/// Writes `total` bytes into `h` (of `data.len()` bytes), `data` over and over.
+async fn relay_send(c: &mut Client, h: Handle, data: &[u8], total: u64) -> Result<(), String> {
     let mut left = total;
     while left > 0 {
         let n = data.len().min(usize::try_from(left).unwrap_or(usize::MAX));
         c.write(h, 0, &data[..n]).await.map_err(|e| e.to_string())?;
         left -= n as u64;
     }
-    let took = t.elapsed();
-    c.free(h).await.map_err(|e| e.to_string())?;
-    Ok(took)
+    Ok(())
 }
 
 async fn relay_download(c: &mut Client, buf: &mut [u8], total: u64) -> Result<Duration, String> {
@@ -247,18 +296,31 @@ struct Spawned {
 
 impl Spawned {
     /// A node serving `backend` on a free loopback port.
-    async fn node(backend: BackendChoice, capacity: u64, quota: u64) -> Result<Self, String> {
+    async fn node(
+        exe: Option<&std::path::Path>,
+        backend: BackendChoice,
+        capacity: u64,
+        quota: u64,
+        threads: Option<u16>,
+    ) -> Result<Self, String> {
         // Reserve a free port, release it, and hand it to the child.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| e.to_string())?
             .port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let child = tokio::process::Command::new(exe)
-            .args(["serve", "--backend", backend.name(), "--no-discovery", "--max-sessions", "128"])
+        let exe = match exe {
+            Some(exe) => exe.to_owned(),
+            None => std::env::current_exe().map_err(|e| e.to_string())?,
+        };
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.args(["serve", "--backend", backend.name(), "--no-discovery", "--max-sessions", "128"])
             .args(["--listen", &addr.to_string(), "--capacity", &capacity.to_string()])
-            .args(["--quota", &quota.to_string(), "--idle-timeout", "0"])
+            .args(["--quota", &quota.to_string(), "--idle-timeout", "0"]);
+        if let Some(n) = threads {
+            cmd.args(["--threads", &n.to_string()]);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -310,6 +372,78 @@ impl Spawned {
                 .map(|kb| kb * 1024)
         };
         Some((field("VmRSS:")?, field("VmHWM:")?))
+    }
+}
+
+/// CPU time (user and system, nanosecond resolution) that the live threads of process `pid`
+/// have run so far: the sum of the first field of `/proc/PID/task/*/schedstat`, in all and for
+/// the threads named `rela-engine` (the node's backend thread). `None` where that is not
+/// available (not Linux, or no scheduler statistics).
+fn cpu_time(pid: u32) -> Option<(Duration, Duration)> {
+    let (mut all, mut engine) = (0u64, 0u64);
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let dir = task.ok()?.path();
+        // A thread may exit between the listing and the read; it no longer runs either way.
+        let Ok(stat) = std::fs::read_to_string(dir.join("schedstat")) else { continue };
+        let ns = stat.split_whitespace().next()?.parse::<u64>().ok()?;
+        all += ns;
+        if std::fs::read_to_string(dir.join("comm")).is_ok_and(|c| c.trim() == "rela-engine") {
+            engine += ns;
+        }
+    }
+    Some((Duration::from_nanos(all), Duration::from_nanos(engine)))
+}
+
+/// CPU time of the two processes of a measurement (client = this process, server = the node
+/// or the raw server), taken around each repetition; the repetition with the least server CPU
+/// is kept.
+#[derive(Debug, Clone, Copy)]
+struct CpuUse {
+    server: Option<u32>,
+    /// (client, server, server's backend thread) of the kept repetition.
+    kept: Option<(Duration, Duration, Duration)>,
+    /// (client, server) over every repetition.
+    sum: (Duration, Duration),
+    ok: bool,
+}
+
+impl CpuUse {
+    const fn new(server: Option<u32>) -> Self {
+        Self { server, kept: None, sum: (Duration::ZERO, Duration::ZERO), ok: server.is_some() }
+    }
+
+    fn sample(&self) -> Option<(Duration, (Duration, Duration))> {
+        Some((cpu_time(std::process::id())?.0, cpu_time(self.server?)?))
+    }
+
+    /// Runs `f`, recording its CPU use.
+    async fn measure<T>(&mut self, f: impl std::future::Future<Output = T>) -> T {
+        let before = self.sample();
+        let out = f.await;
+        match (before, self.sample()) {
+            (Some((c0, (s0, e0))), Some((c1, (s1, e1)))) => {
+                let run = (c1.saturating_sub(c0), s1.saturating_sub(s0), e1.saturating_sub(e0));
+                self.sum = (self.sum.0 + run.0, self.sum.1 + run.1);
+                if self.kept.is_none_or(|k| run.1 < k.1) {
+                    self.kept = Some(run);
+                }
+            }
+            _ => self.ok = false,
+        }
+        out
+    }
+
+    /// (client, server, server's backend thread) CPU milliseconds per GiB moved, if measured.
+    fn per_gib(&self, bytes: u64) -> Option<(f64, f64, f64)> {
+        let per = |d: Duration| d.as_secs_f64() * 1e3 * (1u64 << 30) as f64 / bytes as f64;
+        let (c, s, e) = self.kept.filter(|_| self.ok)?;
+        Some((per(c), per(s), per(e)))
+    }
+
+    /// (client, server) CPU microseconds per operation over every repetition, if measured.
+    fn per_op(&self, ops: usize) -> Option<(f64, f64)> {
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / ops.max(1) as f64;
+        self.ok.then(|| (per(self.sum.0), per(self.sum.1)))
     }
 }
 
@@ -367,21 +501,30 @@ fn backend_direct(
     Ok((up, down))
 }
 
-/// Aggregate raw TCP upload of `n` concurrent connections, `each` bytes apiece.
+/// Aggregate raw TCP upload of `n` concurrent connections, `each` bytes apiece from `chunk`
+/// into a server buffer of `chunk.len()` bytes each. The clock starts once every connection is
+/// set up and stops when the last upload is acknowledged.
 async fn raw_concurrent(addr: SocketAddr, chunk: &[u8], n: usize, each: u64) -> Result<Duration, String> {
-    let t = Instant::now();
+    let ready = Arc::new(Barrier::new(n + 1));
     let mut tasks = Vec::new();
     for _ in 0..n {
         let chunk = chunk.to_vec();
-        tasks.push(tokio::spawn(async move { raw_upload(addr, &chunk, each).await }));
+        let ready = ready.clone();
+        tasks.push(tokio::spawn(async move {
+            let conn = raw_conn(addr, b'U', each, chunk.len()).await;
+            // Every task reaches the barrier, failed or not, so none waits forever.
+            ready.wait().await;
+            raw_send(conn?, &chunk, each).await?;
+            Ok::<_, String>(Instant::now())
+        }));
     }
-    for task in tasks {
-        task.await.map_err(|e| e.to_string())??;
-    }
-    Ok(t.elapsed())
+    finish(ready, tasks).await
 }
 
-/// Aggregate relay upload of `n` concurrent sessions, `each` bytes apiece.
+/// Aggregate relay upload of `n` concurrent sessions, `each` bytes apiece from `chunk` into a
+/// remote buffer of `chunk.len()` bytes each (all allocated at once, so the node holds
+/// `n * chunk.len()` bytes). The clock starts once every session is ready and its buffer
+/// allocated, and stops when the last upload is acknowledged.
 async fn relay_concurrent(
     addr: SocketAddr,
     token: Option<Vec<u8>>,
@@ -389,21 +532,43 @@ async fn relay_concurrent(
     n: usize,
     each: u64,
 ) -> Result<Duration, String> {
-    let t = Instant::now();
+    let ready = Arc::new(Barrier::new(n + 1));
     let mut tasks = Vec::new();
     for _ in 0..n {
         let chunk = chunk.to_vec();
         let token = token.clone();
+        let ready = ready.clone();
         tasks.push(tokio::spawn(async move {
-            let mut c = Client::connect(addr, token.as_deref()).await.map_err(|e| e.to_string())?;
-            relay_upload(&mut c, &chunk, each).await?;
-            c.close().await.map_err(|e| e.to_string())
+            let setup = async {
+                let mut c = Client::connect(addr, token.as_deref()).await.map_err(|e| e.to_string())?;
+                let h = c.alloc(chunk.len() as u64).await.map_err(|e| e.to_string())?;
+                Ok::<_, String>((c, h))
+            }
+            .await;
+            ready.wait().await;
+            let (mut c, h) = setup?;
+            relay_send(&mut c, h, &chunk, each).await?;
+            let done = Instant::now();
+            c.free(h).await.map_err(|e| e.to_string())?;
+            c.close().await.map_err(|e| e.to_string())?;
+            Ok(done)
         }));
     }
+    finish(ready, tasks).await
+}
+
+/// Starts the clock at the barrier and stops it at the latest finishing time of `tasks`.
+async fn finish(
+    ready: Arc<Barrier>,
+    tasks: Vec<tokio::task::JoinHandle<Result<Instant, String>>>,
+) -> Result<Duration, String> {
+    ready.wait().await;
+    let t = Instant::now();
+    let mut last = t;
     for task in tasks {
-        task.await.map_err(|e| e.to_string())??;
+        last = last.max(task.await.map_err(|e| e.to_string())??);
     }
-    Ok(t.elapsed())
+    Ok(last - t)
 }
 
 pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
@@ -416,11 +581,14 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
     let buffer = usize::try_from(args.buffer).map_err(|_| "--buffer too large".to_string())?;
     let token = util::load_token(args.token.as_deref(), args.token_file.as_deref())?;
     let max_sessions = args.sessions.iter().copied().max().unwrap_or(1).max(1);
-    // At least 4 MiB per session, so each session keeps several 1 MiB frames in flight.
-    let per_session = (args.buffer / max_sessions as u64).clamp(4 << 20, 16 << 20);
+    // At least 4 MiB per session (so each session keeps several 1 MiB frames in flight), at
+    // most the buffer the data comes from.
+    let per_session = (args.buffer / max_sessions as u64).clamp(4 << 20, 16 << 20).min(args.buffer);
     let spawned = if args.spawn {
         let capacity = args.buffer.max(per_session * max_sessions as u64) + (64 << 20);
-        Some(Spawned::node(args.backend, capacity, args.buffer.max(per_session)).await?)
+        let quota = args.buffer.max(per_session);
+        let exe = args.node_exe.as_deref();
+        Some(Spawned::node(exe, args.backend, capacity, quota, args.node_threads).await?)
     } else {
         None
     };
@@ -439,14 +607,19 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
         Client::connect(addr, token.as_deref()).await.map_err(|e| format!("connect {addr}: {e}"))?;
     let info = client.device_info().await.map_err(|e| e.to_string())?;
 
-    // Transfers: best of `repeat`, alternating sides so drift hits both.
+    // Transfers: best of `repeat`, alternating sides so drift hits both. CPU time of both
+    // processes is taken around each run (only where both are local processes).
     let (mut up_r, mut up_b, mut dn_r, mut dn_b) =
         (Duration::MAX, Duration::MAX, Duration::MAX, Duration::MAX);
+    let node_pid = spawned.as_ref().and_then(|s| s.child.id());
+    let raw_pid = raw_child.as_ref().and_then(|r| r.child.id());
+    let (mut up_rc, mut up_bc) = (CpuUse::new(node_pid), CpuUse::new(raw_pid));
+    let (mut dn_rc, mut dn_bc) = (CpuUse::new(node_pid), CpuUse::new(raw_pid));
     for _ in 0..args.repeat {
-        up_b = up_b.min(raw_upload(base, &data, args.size).await?);
-        up_r = up_r.min(relay_upload(&mut client, &data, args.size).await?);
-        dn_b = dn_b.min(raw_download(base, &mut sink_buf, args.size).await?);
-        dn_r = dn_r.min(relay_download(&mut client, &mut sink_buf, args.size).await?);
+        up_b = up_b.min(up_bc.measure(raw_upload(base, &data, args.size)).await?);
+        up_r = up_r.min(up_rc.measure(relay_upload(&mut client, &data, args.size)).await?);
+        dn_b = dn_b.min(dn_bc.measure(raw_download(base, &mut sink_buf, args.size)).await?);
+        dn_r = dn_r.min(dn_rc.measure(relay_download(&mut client, &mut sink_buf, args.size)).await?);
     }
     let tput = |metric: String, relay: Duration, base: Duration, unit_base: &str| Row {
         metric: format!("{metric} (vs {unit_base})"),
@@ -457,6 +630,19 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
     };
     rows.push(tput(format!("upload {} WRITE", human(args.size)), up_r, up_b, base_name));
     rows.push(tput(format!("download {} READ", human(args.size)), dn_r, dn_b, base_name));
+    for (what, relay, raw) in [("upload", up_rc, up_bc), ("download", dn_rc, dn_bc)] {
+        let (Some((rc, rs, re)), Some((bc, bs, _))) = (relay.per_gib(args.size), raw.per_gib(args.size))
+        else {
+            continue;
+        };
+        let mut cpu = |metric: String, relay: f64, base: Option<f64>| {
+            let ratio = base.map(|b| relay / b);
+            rows.push(Row { metric, relay, baseline: base, unit: "ms/GiB", ratio });
+        };
+        cpu(format!("{what} CPU time, server process (node vs raw server)"), rs, Some(bs));
+        cpu(format!("{what} CPU time, of which the node's backend thread"), re, None);
+        cpu(format!("{what} CPU time, client process (rela-client vs raw client)"), rc, Some(bc));
+    }
 
     // Round trips, alternating blocks of 50 between the relay and each baseline.
     let mut relay_rtt = Vec::with_capacity(args.pings);
@@ -464,14 +650,25 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
     let mut inproc_rtt = Vec::with_capacity(args.pings);
     let mut base_conn = raw_pinger(base).await?;
     let mut inproc_conn = raw_pinger(inproc).await?;
+    let (mut relay_cpu, mut base_cpu) = (CpuUse::new(node_pid), CpuUse::new(raw_pid));
     while relay_rtt.len() < args.pings {
         let block = 50.min(args.pings - relay_rtt.len());
-        for _ in 0..block {
-            relay_rtt.push(client.ping().await.map_err(|e| e.to_string())?);
-        }
-        for _ in 0..block {
-            base_rtt.push(raw_ping(&mut base_conn).await?);
-        }
+        relay_cpu
+            .measure(async {
+                for _ in 0..block {
+                    relay_rtt.push(client.ping().await.map_err(|e| e.to_string())?);
+                }
+                Ok::<_, String>(())
+            })
+            .await?;
+        base_cpu
+            .measure(async {
+                for _ in 0..block {
+                    base_rtt.push(raw_ping(&mut base_conn).await?);
+                }
+                Ok::<_, String>(())
+            })
+            .await?;
         if raw_child.is_some() {
             for _ in 0..block {
                 inproc_rtt.push(raw_ping(&mut inproc_conn).await?);
@@ -495,7 +692,17 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
             lat("raw tcp, in-process", &mut inproc_rtt);
         }
     }
+    if let (Some((rc, rs)), Some((bc, bs))) = (relay_cpu.per_op(args.pings), base_cpu.per_op(args.pings)) {
+        let mut cpu = |metric: &str, relay: f64, base: f64| {
+            let metric = format!("PING CPU time per round trip, {metric}");
+            rows.push(Row { metric, relay, baseline: Some(base), unit: "µs", ratio: Some(relay / base) });
+        };
+        cpu("server process (node vs raw server)", rs, bs);
+        cpu("client process (rela-client vs raw client)", rc, bc);
+    }
     client.close().await.map_err(|e| e.to_string())?;
+    // The node's peak so far held at most the one transfer buffer.
+    let one_session_hwm = spawned.as_ref().and_then(Spawned::memory).map(|(_, hwm)| hwm);
 
     // Concurrency: aggregate upload throughput of N sessions, against N raw connections.
     let mut peak_stored = args.buffer;
@@ -528,13 +735,18 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
             unit: "MiB",
             ratio: None,
         });
-        rows.push(Row {
-            metric: format!("node peak RSS beyond peak bytes stored ({})", human(peak_stored)),
-            relay: hwm.saturating_sub(peak_stored) as f64 / MIB,
-            baseline: None,
-            unit: "MiB",
-            ratio: None,
-        });
+        let mut beyond = |metric: String, hwm: u64, stored: u64| {
+            let relay = hwm.saturating_sub(stored) as f64 / MIB;
+            rows.push(Row { metric, relay, baseline: None, unit: "MiB", ratio: None });
+        };
+        if let Some(one) = one_session_hwm {
+            let metric =
+                format!("node peak RSS beyond bytes stored, 1 session ({} stored)", human(args.buffer));
+            beyond(metric, one, args.buffer);
+        }
+        let metric =
+            format!("node peak RSS beyond bytes stored, whole run ({} stored at most)", human(peak_stored));
+        beyond(metric, hwm, peak_stored);
     }
     drop(spawned);
     drop(raw_child);
