@@ -141,8 +141,14 @@ fn throughput() {
             e.embed(&mut timed, &texts).unwrap();
             let mut parts: Vec<_> = timed.spent.into_iter().collect();
             parts.sort_by_key(|(_, (_, d))| std::cmp::Reverse(*d));
-            let parts: Vec<String> =
-                parts.iter().map(|(k, (n, d))| format!("{k} {:.1} ms/{n}", d.as_secs_f64() * 1e3)).collect();
+            let total: f64 = parts.iter().map(|(_, (_, d))| d.as_secs_f64()).sum();
+            let parts: Vec<String> = parts
+                .iter()
+                .map(|(k, (n, d))| {
+                    let share = 100.0 * d.as_secs_f64() / total.max(f64::MIN_POSITIVE);
+                    format!("{k} {:.1} ms/{n} ({share:.0} %)", d.as_secs_f64() * 1e3)
+                })
+                .collect();
             let line = format!("{name:12} batch {batch:2} breakdown: {}", parts.join(", "));
             eprintln!("{line}");
             rows.push(line);
