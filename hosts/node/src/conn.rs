@@ -492,8 +492,13 @@ fn fast_ping(
     {
         return None;
     }
+    // Something in flight: the engine may be holding the session for a long request (a model
+    // load, an INFER), and waiting for its lock here would stall this runtime thread.
+    if state.inflight.load(Ordering::Acquire) != 0 {
+        return None;
+    }
     let mut session = state.lock();
-    // Checked under the lock: the engine counts its replies while holding it.
+    // Checked again under the lock: the engine counts its replies while holding it.
     if !session.is_ready() || state.inflight.load(Ordering::Acquire) != 0 {
         return None;
     }
