@@ -21,10 +21,10 @@
 //! | scale | `x`, `out` | 256 | [`grid_1d`]`(n)` |
 //! | matmul | `a`, `b`, `out` | 16×16 | [`grid_matmul`]`(m, n)` |
 //! | gather | `table`, `ids` (u32), `out` | 256 | [`grid_1d`]`(rows·dim)` |
-//! | layernorm | `x`, `gamma`, `beta`, `out` | 256 (one row) | folded, `rows` groups |
+//! | layernorm | `x`, `gamma`, `beta`, `out` | 8 (one row) | folded, `rows` groups |
 //! | linear, linear_vec4 | `x`, `w`, `bias`, `out` | 8 (an 8×128 block) | folded, `⌈m/8⌉·⌈n/128⌉` groups |
 //! | gelu | `x`, `out` | 256 | [`grid_1d`]`(n)` |
-//! | attention | `q`, `k`, `v`, `mask`, `out` | 64 (one query of one head) | folded, `batch·heads·seq` groups |
+//! | attention | `q`, `k`, `v`, `mask`, `out` | 8 (one query of one head) | folded, `batch·heads·seq` groups |
 //! | meanpool | `x`, `mask`, `out` | 256 | [`grid_1d`]`(batch·dim)` |
 //! | l2norm | `x`, `out` | 256 (one row) | folded, `rows` groups |
 //!
@@ -52,7 +52,7 @@ pub mod wgsl {
     pub const MATMUL: &str = include_str!("../wgsl/matmul.wgsl");
     /// Embedding gather; out-of-range ids give zero rows.
     pub const GATHER: &str = include_str!("../wgsl/gather.wgsl");
-    /// Row-wise layer norm, one workgroup per row.
+    /// Row-wise layer norm, one 8-invocation workgroup per row.
     pub const LAYERNORM: &str = include_str!("../wgsl/layernorm.wgsl");
     /// `x · wᵀ + bias` for any `k`: 8 rows × 128 columns of output per 8-invocation workgroup,
     /// x and w read as f32 (`linear_f32.wgsl` followed by the shared `linear.wgsl`).
@@ -64,7 +64,7 @@ pub mod wgsl {
         concat!(include_str!("../wgsl/linear_vec4.wgsl"), include_str!("../wgsl/linear.wgsl"));
     /// Exact (erf) GELU.
     pub const GELU: &str = include_str!("../wgsl/gelu.wgsl");
-    /// Masked scaled dot-product attention, one workgroup per (batch, head, query).
+    /// Masked scaled dot-product attention, one 8-invocation workgroup per (batch, head, query).
     pub const ATTENTION: &str = include_str!("../wgsl/attention.wgsl");
     /// Masked mean over tokens.
     pub const MEANPOOL: &str = include_str!("../wgsl/meanpool.wgsl");
@@ -101,10 +101,13 @@ pub const LINEAR_ROWS: u32 = 8;
 pub const LINEAR_COLS: u32 = 128;
 /// Invocations per workgroup of the WGSL linear kernels.
 pub const LINEAR_WORKGROUP: u32 = 8;
-/// Threads per attention workgroup.
+/// Threads per block of the CUDA attention kernel (the WGSL kernel's workgroups have 8).
 pub const ATTENTION_WORKGROUP: u32 = 64;
-/// Threads per row-reduction workgroup (layer norm, L2 normalization).
+/// Threads per row-reduction workgroup (WGSL L2 normalization; CUDA layer norm and L2
+/// normalization).
 pub const ROW_WORKGROUP: u32 = 256;
+/// Invocations per WGSL layer norm workgroup.
+pub const LAYERNORM_WORKGROUP: u32 = 8;
 /// Largest workgroup count per grid dimension that every API guarantees.
 pub const MAX_GROUPS_PER_DIM: u32 = 65_535;
 
@@ -450,10 +453,11 @@ impl Launch {
 ///
 /// Callers validate shapes first ([`KernelCall::validate`]); these functions then index only
 /// within the slices they are given and never panic on validated shapes. Sums run in index
-/// order in f32, except [`linear`]'s (eight interleaved partial sums, see there); the GPU
+/// order in f32, except [`linear`]'s (eight interleaved partial sums, see there). The GPU
 /// kernels keep index order wherever one thread owns a sum (matmul, CUDA's linear, mean pool,
-/// attention's weighted sum), add four-element dot products in order (WGSL linear) or reduce
-/// in a tree elsewhere, so they agree to a few ulp rather than bit for bit.
+/// attention's dot products and weighted sum, WGSL attention's softmax sum), add four-element
+/// dot products in order (WGSL linear) or reduce in a tree elsewhere, so they agree to a few
+/// ulp rather than bit for bit.
 pub mod reference {
     use rela_core::backend::MAX_ATTENTION_SEQ;
 

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rela_core::backend::MAX_ATTENTION_SEQ;
-use rela_kernels::{ATTENTION_WORKGROUP, Kernel, TILE, WORKGROUP_1D};
+use rela_kernels::{Kernel, TILE, WORKGROUP_1D};
 
 use crate::{Api, InitError, WgpuConfig};
 
@@ -73,8 +73,8 @@ fn unsuitable(adapter: &wgpu::Adapter) -> Option<String> {
     {
         Some("compute workgroups too small".to_owned())
     } else if l.max_compute_workgroup_storage_size < 2 * TILE * TILE * 4
-        // ATTENTION holds one score per key and one partial sum per invocation.
-        || l.max_compute_workgroup_storage_size < (MAX_ATTENTION_SEQ + ATTENTION_WORKGROUP) * 4
+        // ATTENTION holds one score per key.
+        || l.max_compute_workgroup_storage_size < MAX_ATTENTION_SEQ * 4
     {
         Some("workgroup storage too small".to_owned())
     } else {
