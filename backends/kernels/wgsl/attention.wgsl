@@ -29,8 +29,8 @@ fn main(
 ) {
     // The loop bounds also depend on arrayLength(&out), which is never 0 (every binding holds at
     // least 4 bytes). Bounds from the uniform block alone let a driver specialize the shader on
-    // their values: lavapipe then recompiles it on every dispatch when a head is short (32
-    // columns or fewer), which costs milliseconds per call.
+    // their values: lavapipe (Mesa 22.3) then recompiles it on every dispatch when a head is
+    // short (32 columns or fewer), which costs milliseconds per call.
     let opaque = arrayLength(&out) == 0u;
     let seq = select(p.m, 0u, opaque);
     let heads = p.k;

@@ -72,7 +72,10 @@ fn main(
     var s11 = mat4x4<f32>();
     var s12 = mat4x4<f32>();
     var s13 = mat4x4<f32>();
-    let steps = (p.k + 3u) / 4u;
+    // The bound also depends on arrayLength(&out), which is never 0 (every binding holds at
+    // least 4 bytes): lavapipe (Mesa 22.3) specializes shaders on uniform values that bound
+    // loops, and a variant that pays off for a short k is then recompiled on every dispatch.
+    let steps = select((p.k + 3u) / 4u, 0u, arrayLength(&out) == 0u);
     for (var s = 0u; s < steps; s = s + 1u) {
         // Columns of xa, xb: elements 4 s + e of rows r0..r3, r4..r7; columns of wq: the
         // four elements of one w row. (xa * wq)[cc][rr] is then a four-element dot product.
