@@ -453,11 +453,11 @@ impl Launch {
 ///
 /// Callers validate shapes first ([`KernelCall::validate`]); these functions then index only
 /// within the slices they are given and never panic on validated shapes. Sums run in index
-/// order in f32, except [`linear`]'s (eight interleaved partial sums, see there). The GPU
-/// kernels keep index order wherever one thread owns a sum (matmul, CUDA's linear, mean pool,
-/// attention's dot products and weighted sum, WGSL attention's softmax sum), add four-element
-/// dot products in order (WGSL linear) or reduce in a tree elsewhere, so they agree to a few
-/// ulp rather than bit for bit.
+/// order in f32, except [`linear`](reference::linear)'s (eight interleaved partial sums, see
+/// there). The GPU kernels keep index order wherever one thread owns a sum (matmul, CUDA's
+/// linear, mean pool, attention's dot products and weighted sum, WGSL attention's softmax
+/// sum), add four-element dot products in order (WGSL linear) or reduce in a tree elsewhere, so
+/// they agree to a few ulp rather than bit for bit.
 pub mod reference {
     use rela_core::backend::MAX_ATTENTION_SEQ;
 
