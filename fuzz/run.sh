@@ -21,7 +21,7 @@ echo "== building ${#targets[@]} targets (release, debug assertions, ASan)"
 cargo +nightly fuzz build
 
 triple="$(rustc +nightly -vV | sed -n 's/^host: //p')"
-bin_dir="$here/target/$triple/release"
+bin_dir="${CARGO_TARGET_DIR:-$here/target}/$triple/release"
 
 failed=()
 summary=()
