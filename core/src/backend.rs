@@ -546,6 +546,17 @@ pub trait GpuBackend {
 
     /// Runs a built-in kernel and waits for it to complete.
     fn dispatch(&mut self, call: &KernelCall) -> Result<(), BackendError>;
+
+    /// Where bytes `offset..offset + len` of buffer `id` lie in the backend's storage, as a
+    /// byte range of that storage, for a backend whose storage is host memory that its owner
+    /// can reach directly (the host backend). A host that built the backend over memory it
+    /// shares can then move data into or out of that range itself, without a copy through
+    /// [`write`](Self::write) or [`read`](Self::read). `None` when the backend has no such
+    /// storage (the default: device memory) or the range is not inside the buffer.
+    fn storage_range(&self, id: BufferId, offset: u64, len: u64) -> Option<core::ops::Range<usize>> {
+        let _ = (id, offset, len);
+        None
+    }
 }
 
 /// Checks a same-buffer copy for overlap. Returns `Err(InvalidArgument)` if the two ranges of
@@ -599,5 +610,8 @@ impl<B: GpuBackend + ?Sized> GpuBackend for &mut B {
     }
     fn dispatch(&mut self, call: &KernelCall) -> Result<(), BackendError> {
         (**self).dispatch(call)
+    }
+    fn storage_range(&self, id: BufferId, offset: u64, len: u64) -> Option<core::ops::Range<usize>> {
+        (**self).storage_range(id, offset, len)
     }
 }

@@ -60,7 +60,9 @@ use crate::wire::msg::{
     self, Allocated, Caps, DeviceInfoMsg, EMBEDDINGS_PREFIX_LEN, ErrorMsg, Message, ModelLoaded, Request,
     Stats, WELCOME_AUTH_REQUIRED, Welcome,
 };
-use crate::wire::{EncodeError, ErrorCode, Flags, Frame, FrameError, HeaderError, Kind, emit_frame};
+use crate::wire::{
+    EncodeError, ErrorCode, Flags, Frame, FrameError, HeaderError, HeaderRepr, Kind, emit_frame,
+};
 
 /// A node's per-session limits and settings.
 #[derive(Debug, Clone)]
@@ -166,6 +168,24 @@ pub enum ApiMisuse {
     OutputPending,
     /// The session is closing or closed.
     Closed,
+    /// [`Session::finish_write`] after the session changed since [`Session::begin_write`].
+    StaleWrite,
+}
+
+/// A WRITE the host carries out itself, from [`Session::begin_write`]: the data goes to
+/// `offset..offset + len` of backend buffer `id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirectWrite {
+    /// The backend buffer.
+    pub id: BufferId,
+    /// The session's handle of the buffer.
+    pub handle: u32,
+    /// Where the data starts in the buffer.
+    pub offset: u64,
+    /// Bytes of data (the payload less the 12-byte prefix).
+    pub len: u64,
+    /// The request's sequence number.
+    pub seq: u16,
 }
 
 impl fmt::Display for ApiMisuse {
@@ -173,6 +193,7 @@ impl fmt::Display for ApiMisuse {
         f.write_str(match self {
             Self::OutputPending => "output pending: drain poll_transmit first",
             Self::Closed => "session is closed",
+            Self::StaleWrite => "finish_write after other input to the session",
         })
     }
 }
@@ -433,6 +454,66 @@ impl Session {
             Ok(None) => {}
             Err(reject) => self.reject(kind, seq, reject, backend),
         }
+        Ok(())
+    }
+
+    /// Decides a WRITE from its header and fixed prefix alone (`payload` holds at least the
+    /// first 12 bytes: handle and offset), before its data is read, so that a host whose
+    /// backend exposes its storage ([`GpuBackend::storage_range`]) can read the data from the
+    /// transport straight into the buffer.
+    ///
+    /// `Some` only for a WRITE that [`handle_frame`](Self::handle_frame) would carry out: the
+    /// session is ready with no output pending, the flags are clear, and the range lies inside
+    /// one of this session's buffers. The host then places the data at
+    /// [`DirectWrite::offset`] of buffer [`DirectWrite::id`], checks the frame's CRC, and calls
+    /// [`finish_write`](Self::finish_write); or, if the transport or the CRC fails,
+    /// [`abort`](Self::abort) or [`handle_frame_error`](Self::handle_frame_error) as for any
+    /// frame. It must not give the session any other input in between.
+    ///
+    /// `None` changes nothing: the host reads the frame as usual and hands it to `handle_frame`,
+    /// which answers it (with the ERROR the request deserves).
+    #[must_use]
+    pub fn begin_write<B: GpuBackend + ?Sized>(
+        &self,
+        header: &HeaderRepr,
+        payload: &[u8],
+        backend: &B,
+    ) -> Option<DirectWrite> {
+        if self.check_input().is_err() || self.state != State::Ready {
+            return None;
+        }
+        if header.kind != Kind::WRITE || header.flags != Flags::NONE {
+            return None;
+        }
+        let prefix = payload.get(..msg::WRITE_PREFIX_LEN)?;
+        let w = msg::Write::parse(prefix).ok()?;
+        let len = u64::from(header.len).checked_sub(msg::WRITE_PREFIX_LEN as u64)?;
+        let slot = self.slot(w.handle).ok()?;
+        Self::range(&slot, w.offset, len).ok()?;
+        // The buffer exists in the backend (every slot does); asked for completeness.
+        backend.size(slot.id).ok()?;
+        Some(DirectWrite { id: slot.id, handle: w.handle, offset: w.offset, len, seq: header.seq })
+    }
+
+    /// Completes a WRITE begun with [`begin_write`](Self::begin_write) whose data the host has
+    /// placed in the buffer and whose CRC it has checked: counts the frame and queues the
+    /// acknowledgement, exactly as [`handle_frame`](Self::handle_frame) would have.
+    ///
+    /// `Err(ApiMisuse::StaleWrite)` if the session changed since `begin_write` (the host gave it
+    /// other input in between); nothing is queued then.
+    pub fn finish_write(&mut self, now: Instant, write: &DirectWrite) -> Result<(), ApiMisuse> {
+        self.check_input()?;
+        let slot = self.slot(write.handle).map_err(|_| ApiMisuse::StaleWrite)?;
+        if slot.id != write.id
+            || self.state != State::Ready
+            || Self::range(&slot, write.offset, write.len).is_err()
+        {
+            return Err(ApiMisuse::StaleWrite);
+        }
+        self.last_activity = now;
+        self.stats.frames_in += 1;
+        self.stats.bytes_in += write.len + msg::WRITE_PREFIX_LEN as u64;
+        self.queue(Kind::WRITE, write.seq, Body::Empty);
         Ok(())
     }
 

@@ -441,3 +441,90 @@ fn device_info_reports_backend() {
     assert_eq!((i.total, i.free, i.name), (1000, 900, "mock"));
     assert_eq!(b.usage().used, 100);
 }
+
+/// A WRITE header for `data_len` bytes of data after the 12-byte prefix.
+fn write_header(seq: u16, data_len: usize) -> rela_core::wire::HeaderRepr {
+    rela_core::wire::HeaderRepr {
+        kind: Kind::WRITE,
+        flags: Flags::NONE,
+        seq,
+        len: (WRITE_PREFIX_LEN + data_len) as u32,
+        crc: 0,
+    }
+}
+
+fn write_prefix(handle: u32, offset: u64) -> [u8; WRITE_PREFIX_LEN] {
+    let mut p = [0u8; WRITE_PREFIX_LEN];
+    Write::emit_prefix(handle, offset, &mut p).unwrap();
+    p
+}
+
+#[test]
+fn begin_write_accepts_exactly_the_writes_handle_frame_would_carry_out() {
+    let mut b = MockBackend::new(1 << 20);
+    // Not ready yet: nothing is lent.
+    let d = Driver::new(config(), [3; 32]);
+    assert_eq!(d.session.begin_write(&write_header(1, 100), &write_prefix(1, 0), &b), None);
+    let mut d = ready(&mut b);
+    let h = alloc(&mut d, &mut b, 4096);
+    let ok = d.session.begin_write(&write_header(9, 4096), &write_prefix(h, 0), &b).expect("lent");
+    assert_eq!((ok.handle, ok.offset, ok.len, ok.seq), (h, 0, 4096, 9));
+    assert_eq!(b.size(ok.id), Ok(4096));
+    // Everything handle_frame would refuse is not lent.
+    let refused = [
+        (write_header(2, 4097), write_prefix(h, 0)),
+        (write_header(2, 1), write_prefix(h, 4096)),
+        (write_header(2, 16), write_prefix(h, u64::MAX - 4)),
+        (write_header(2, 16), write_prefix(h ^ 1, 0)),
+        (rela_core::wire::HeaderRepr { kind: Kind::READ, ..write_header(2, 16) }, write_prefix(h, 0)),
+        (rela_core::wire::HeaderRepr { flags: Flags::COMPRESSED, ..write_header(2, 16) }, write_prefix(h, 0)),
+    ];
+    for (header, prefix) in &refused {
+        assert_eq!(d.session.begin_write(header, prefix, &b), None, "{header:?} {prefix:?}");
+    }
+    // A payload shorter than the prefix, or a prefix cut short.
+    let short = rela_core::wire::HeaderRepr { len: 11, ..write_header(2, 0) };
+    assert_eq!(d.session.begin_write(&short, &write_prefix(h, 0), &b), None);
+    assert_eq!(d.session.begin_write(&write_header(2, 16), &write_prefix(h, 0)[..8], &b), None);
+}
+
+#[test]
+fn finish_write_acknowledges_and_counts_like_handle_frame() {
+    let mut b = MockBackend::new(1 << 20);
+    let mut d = ready(&mut b);
+    let h = alloc(&mut d, &mut b, 4096);
+    let before = d.session.stats();
+    let w = d.session.begin_write(&write_header(77, 1000), &write_prefix(h, 8), &b).expect("lent");
+    // The host places the data itself, then finishes.
+    b.write(w.id, w.offset, &[5u8; 1000]).unwrap();
+    d.now = Instant::from_micros(1234);
+    d.session.finish_write(d.now, &w).unwrap();
+    let outs = d.drain(&mut b);
+    assert_eq!(outs.len(), 1);
+    assert_eq!((outs[0].kind, outs[0].seq, outs[0].payload.len()), (Kind::WRITE, 77, 0));
+    assert!(outs[0].flags.is_response());
+    let after = d.session.stats();
+    assert_eq!(after.frames_in, before.frames_in + 1);
+    assert_eq!(after.bytes_in, before.bytes_in + 1012);
+    // The data is where the WRITE said.
+    let r = d.one(&mut b, &Read { handle: h, offset: 8, len: 1000 });
+    assert!(matches!(r.response(), Response::Data(x) if x.iter().all(|&v| v == 5)));
+}
+
+#[test]
+fn finish_write_after_the_session_changed_is_refused() {
+    let mut b = MockBackend::new(1 << 20);
+    let mut d = ready(&mut b);
+    let h = alloc(&mut d, &mut b, 4096);
+    let w = d.session.begin_write(&write_header(5, 100), &write_prefix(h, 0), &b).expect("lent");
+    // The host broke the contract: it freed the buffer in between.
+    let freed = d.one(&mut b, &Free { handle: h });
+    assert!(matches!(freed.response(), Response::Ack(Kind::FREE)));
+    assert_eq!(d.session.finish_write(d.now, &w), Err(ApiMisuse::StaleWrite));
+    assert!(d.drain(&mut b).is_empty(), "nothing acknowledged");
+    // Output pending is refused too, and a closed session.
+    let h = alloc(&mut d, &mut b, 4096);
+    let w = d.session.begin_write(&write_header(6, 100), &write_prefix(h, 0), &b).expect("lent");
+    let _ = d.raw(&mut b, Kind::BYE, Flags::NONE, &[]);
+    assert_eq!(d.session.finish_write(d.now, &w), Err(ApiMisuse::Closed));
+}

@@ -25,10 +25,12 @@
 extern crate std;
 
 mod allocator;
+mod arena;
 
 use core::ops::Range;
 
 pub use allocator::{ALIGN, Allocator, MAX_BLOCKS};
+pub use arena::{Arena, Around, KernelInputs};
 use rela_core::backend::{
     BackendError, BackendKind, BufferId, DeviceInfo, GpuBackend, KernelCall, Usage, check_copy_overlap,
     check_range,
@@ -40,10 +42,12 @@ pub const DEVICE_NAME: &str = "host memory";
 /// Vendor name reported in [`DeviceInfo`].
 pub const VENDOR_NAME: &str = "vram-relay";
 
-/// A [`GpuBackend`] over host memory held in `S`, with a block table of `N` live buffers.
+/// A [`GpuBackend`] over host memory held in `S` (an [`Arena`]), with a block table of `N` live
+/// buffers.
 ///
 /// Use the aliases: [`HostBackend`] borrows its arena, [`OwnedHostBackend`] (feature `std`)
-/// owns one.
+/// owns one. Other arenas (memory shared with the host's I/O) plug in through [`Arena`];
+/// [`GpuBackend::storage_range`] tells their owner where a buffer's bytes lie.
 #[derive(Debug)]
 pub struct HostMemory<S, const N: usize = MAX_BLOCKS> {
     storage: S,
@@ -70,7 +74,7 @@ pub type HostBackend<'a, const N: usize = MAX_BLOCKS> = HostMemory<&'a mut [u8],
 #[cfg(feature = "std")]
 pub type OwnedHostBackend<const N: usize = MAX_BLOCKS> = HostMemory<std::boxed::Box<[u8]>, N>;
 
-impl<S: AsRef<[u8]> + AsMut<[u8]>> HostMemory<S> {
+impl<S: Arena> HostMemory<S> {
     /// A backend lending out all of `storage`, with a table of [`MAX_BLOCKS`] live buffers.
     /// Zeroes the storage first (O(len)).
     pub fn new(storage: S) -> Self {
@@ -78,12 +82,12 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>> HostMemory<S> {
     }
 }
 
-impl<S: AsRef<[u8]> + AsMut<[u8]>, const N: usize> HostMemory<S, N> {
+impl<S: Arena, const N: usize> HostMemory<S, N> {
     /// A backend lending out all of `storage`, with a table of `N` live buffers, for example
     /// `HostBackend::<'_, 16>::with_block_table(&mut arena)`. Zeroes the storage first (O(len)).
     pub fn with_block_table(mut storage: S) -> Self {
-        storage.as_mut().fill(0);
-        let alloc = Allocator::new(storage.as_ref().len());
+        storage.zero_all();
+        let alloc = Allocator::new(storage.len());
         Self { storage, alloc }
     }
 
@@ -144,7 +148,7 @@ impl<const N: usize> HostMemory<std::boxed::Box<[u8]>, N> {
     }
 }
 
-impl<S: AsRef<[u8]> + AsMut<[u8]>, const N: usize> GpuBackend for HostMemory<S, N> {
+impl<S: Arena, const N: usize> GpuBackend for HostMemory<S, N> {
     fn info(&self) -> DeviceInfo {
         let total = self.alloc.len() as u64;
         DeviceInfo::new(BackendKind::HOST, DEVICE_NAME, VENDOR_NAME, total, total)
@@ -163,7 +167,7 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>, const N: usize> GpuBackend for HostMemory<S, 
 
     fn free(&mut self, id: BufferId) -> Result<(), BackendError> {
         let r = self.alloc.free(id)?;
-        self.storage.as_mut()[r].fill(0);
+        self.storage.bytes_mut(r).fill(0);
         Ok(())
     }
 
@@ -173,13 +177,13 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>, const N: usize> GpuBackend for HostMemory<S, 
 
     fn write(&mut self, id: BufferId, offset: u64, data: &[u8]) -> Result<(), BackendError> {
         let r = self.span(id, offset, data.len() as u64)?;
-        self.storage.as_mut()[r].copy_from_slice(data);
+        self.storage.bytes_mut(r).copy_from_slice(data);
         Ok(())
     }
 
     fn read(&mut self, id: BufferId, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
         let r = self.span(id, offset, out.len() as u64)?;
-        out.copy_from_slice(&self.storage.as_ref()[r]);
+        out.copy_from_slice(self.storage.bytes(r));
         Ok(())
     }
 
@@ -195,14 +199,18 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>, const N: usize> GpuBackend for HostMemory<S, 
         let d = self.span(dst, dst_offset, len)?;
         let as_u64 = |r: &Range<usize>| r.start as u64..r.end as u64;
         check_copy_overlap(src, &as_u64(&s), dst, &as_u64(&d))?;
-        self.storage.as_mut().copy_within(s, d.start);
+        self.storage.copy_within(s, d.start);
         Ok(())
     }
 
     fn fill(&mut self, id: BufferId, offset: u64, len: u64, value: u8) -> Result<(), BackendError> {
         let r = self.span(id, offset, len)?;
-        self.storage.as_mut()[r].fill(value);
+        self.storage.bytes_mut(r).fill(value);
         Ok(())
+    }
+
+    fn storage_range(&self, id: BufferId, offset: u64, len: u64) -> Option<Range<usize>> {
+        self.span(id, offset, len).ok()
     }
 
     fn dispatch(&mut self, call: &KernelCall) -> Result<(), BackendError> {
@@ -212,13 +220,13 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>, const N: usize> GpuBackend for HostMemory<S, 
             KernelCall::Binary { op, a, b, out, n } => {
                 let bytes = n as u64 * 4;
                 let (a, b, out) = (self.prefix(a, bytes)?, self.prefix(b, bytes)?, self.prefix(out, bytes)?);
-                let (inputs, out) = split(self.storage.as_mut(), out);
+                let (inputs, out) = self.storage.split(out);
                 reference::binary(op, inputs.get(a), inputs.get(b), out, n as usize);
             }
             KernelCall::Scale { x, out, n, alpha } => {
                 let bytes = n as u64 * 4;
                 let (x, out) = (self.prefix(x, bytes)?, self.prefix(out, bytes)?);
-                let (inputs, out) = split(self.storage.as_mut(), out);
+                let (inputs, out) = self.storage.split(out);
                 reference::scale(inputs.get(x), out, n as usize, alpha);
             }
             KernelCall::Matmul { a, b, out, m, k, n } => {
@@ -226,7 +234,7 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>, const N: usize> GpuBackend for HostMemory<S, 
                 let a = self.prefix(a, m * k * 4)?;
                 let b = self.prefix(b, k * n * 4)?;
                 let out = self.prefix(out, m * n * 4)?;
-                let (inputs, out) = split(self.storage.as_mut(), out);
+                let (inputs, out) = self.storage.split(out);
                 reference::matmul(inputs.get(a), inputs.get(b), out, m as usize, k as usize, n as usize);
             }
             KernelCall::Gather { table, ids, out, vocab, dim, rows } => {
@@ -234,7 +242,7 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>, const N: usize> GpuBackend for HostMemory<S, 
                 let table = self.prefix(table, v * d * 4)?;
                 let ids = self.prefix(ids, r * 4)?;
                 let out = self.prefix(out, r * d * 4)?;
-                let (inputs, out) = split(self.storage.as_mut(), out);
+                let (inputs, out) = self.storage.split(out);
                 reference::gather(
                     inputs.get(table),
                     inputs.get(ids),
@@ -250,7 +258,7 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>, const N: usize> GpuBackend for HostMemory<S, 
                 let gamma = self.prefix(gamma, dim as u64 * 4)?;
                 let beta = self.prefix(beta, dim as u64 * 4)?;
                 let out = self.prefix(out, bytes)?;
-                let (inputs, out) = split(self.storage.as_mut(), out);
+                let (inputs, out) = self.storage.split(out);
                 reference::layer_norm(
                     inputs.get(x),
                     inputs.get(gamma),
@@ -267,7 +275,7 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>, const N: usize> GpuBackend for HostMemory<S, 
                 let w = self.prefix(w, n * k * 4)?;
                 let bias = self.prefix(bias, n * 4)?;
                 let out = self.prefix(out, m * n * 4)?;
-                let (inputs, out) = split(self.storage.as_mut(), out);
+                let (inputs, out) = self.storage.split(out);
                 reference::linear(
                     inputs.get(x),
                     inputs.get(w),
@@ -281,7 +289,7 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>, const N: usize> GpuBackend for HostMemory<S, 
             KernelCall::Gelu { x, out, n } => {
                 let bytes = n as u64 * 4;
                 let (x, out) = (self.prefix(x, bytes)?, self.prefix(out, bytes)?);
-                let (inputs, out) = split(self.storage.as_mut(), out);
+                let (inputs, out) = self.storage.split(out);
                 reference::gelu(inputs.get(x), out, n as usize);
             }
             KernelCall::Attention { q, k, v, mask, out, batch, seq, heads, head_dim } => {
@@ -290,7 +298,7 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>, const N: usize> GpuBackend for HostMemory<S, 
                 let (q, k, v) = (self.prefix(q, bytes)?, self.prefix(k, bytes)?, self.prefix(v, bytes)?);
                 let mask = self.prefix(mask, tokens * 4)?;
                 let out = self.prefix(out, bytes)?;
-                let (inputs, out) = split(self.storage.as_mut(), out);
+                let (inputs, out) = self.storage.split(out);
                 reference::attention(
                     inputs.get(q),
                     inputs.get(k),
@@ -308,7 +316,7 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>, const N: usize> GpuBackend for HostMemory<S, 
                 let x = self.prefix(x, tokens * dim as u64 * 4)?;
                 let mask = self.prefix(mask, tokens * 4)?;
                 let out = self.prefix(out, batch as u64 * dim as u64 * 4)?;
-                let (inputs, out) = split(self.storage.as_mut(), out);
+                let (inputs, out) = self.storage.split(out);
                 reference::mean_pool(
                     inputs.get(x),
                     inputs.get(mask),
@@ -321,38 +329,12 @@ impl<S: AsRef<[u8]> + AsMut<[u8]>, const N: usize> GpuBackend for HostMemory<S, 
             KernelCall::L2Normalize { x, out, rows, dim } => {
                 let bytes = rows as u64 * dim as u64 * 4;
                 let (x, out) = (self.prefix(x, bytes)?, self.prefix(out, bytes)?);
-                let (inputs, out) = split(self.storage.as_mut(), out);
+                let (inputs, out) = self.storage.split(out);
                 reference::l2_normalize(inputs.get(x), out, rows as usize, dim as usize);
             }
         }
         Ok(())
     }
-}
-
-/// The arena around an output range: everything before it and everything after it.
-struct Inputs<'s> {
-    head: &'s [u8],
-    tail: &'s [u8],
-    tail_start: usize,
-}
-
-impl Inputs<'_> {
-    /// An input range. Live buffers are disjoint and validation rejected an input aliasing the
-    /// output, so `r` lies wholly in the head or wholly in the tail.
-    fn get(&self, r: Range<usize>) -> &[u8] {
-        if r.end <= self.head.len() {
-            &self.head[r]
-        } else {
-            &self.tail[r.start - self.tail_start..r.end - self.tail_start]
-        }
-    }
-}
-
-/// Splits the arena into the mutable output range and the shared rest.
-fn split(arena: &mut [u8], out: Range<usize>) -> (Inputs<'_>, &mut [u8]) {
-    let (head, rest) = arena.split_at_mut(out.start);
-    let (out_bytes, tail) = rest.split_at_mut(out.len());
-    (Inputs { head, tail, tail_start: out.end }, out_bytes)
 }
 
 #[cfg(test)]

@@ -45,20 +45,20 @@ use rela_client::FastCrc32;
 use rela_core::backend::{BackendError, BackendKind, BufferId, DeviceInfo, GpuBackend, KernelCall, Usage};
 use rela_core::config::HEADER_LEN;
 use rela_core::session::{Session, SessionConfig};
-use rela_core::wire::msg::{self, ErrorMsg, Message, Request};
+use rela_core::wire::msg::{self, ErrorMsg, Message, Request, WRITE_PREFIX_LEN};
 use rela_core::wire::{
     ErrorCode, Flags, Frame, FrameCrc, FrameError, HeaderRepr, Kind, RawHeader, emit_frame,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Mutex as AsyncMutex, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Mutex as AsyncMutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::Span;
 
 use crate::engine::{
-    Clock, Command, ConnId, ConnState, INLINE_OUT, INLINE_PAYLOAD, Job, OutBuf, Outcome, Payload, Reply,
-    ReplyTx, drain,
+    Clock, Command, ConnId, ConnState, Granted, INLINE_OUT, INLINE_PAYLOAD, Job, OutBuf, Outcome, Payload,
+    Reply, ReplyTx, WriteOutcome, drain,
 };
 use crate::pool::{Pool, PoolBuf};
 use crate::throttle::AuthThrottle;
@@ -83,6 +83,8 @@ const WRITE_BATCH: usize = 16;
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) engine: mpsc::Sender<Command>,
+    /// The backend's storage is shared: WRITE data may go straight into its buffer.
+    pub(crate) direct: bool,
     pub(crate) clock: Clock,
     pub(crate) throttle: Arc<Mutex<AuthThrottle>>,
     /// Every session's configuration (each connection starts its session from it).
@@ -97,6 +99,8 @@ pub(crate) struct Shared {
     /// Connections being turned away with BUSY.
     pub(crate) rejecting: AtomicUsize,
     pub(crate) next_conn: AtomicU64,
+    /// WRITEs read straight into the backend's memory.
+    pub(crate) direct_writes: AtomicU64,
 }
 
 /// Decrements a counter when dropped.
@@ -345,10 +349,22 @@ async fn write_replies(wr: &mut OwnedWriteHalf, batch: &[Reply]) -> io::Result<(
     tokio::time::timeout(WRITE_STALL, rest).await.unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }
 
-/// Why [`Reader::read_frame`] stopped.
+/// Why [`read_frame`] stopped.
 enum ReadError {
     Io(io::Error),
     Frame(FrameError),
+    /// A WRITE read straight into its buffer failed, and the engine has been told: the reader
+    /// stops without another word.
+    Told,
+}
+
+/// What [`read_frame`] read.
+#[allow(clippy::large_enum_variant, reason = "small payloads travel inline; see `Payload`")]
+enum Got {
+    /// A frame for the engine, with the pipeline slot it holds.
+    Frame(HeaderRepr, Payload, Option<PoolBuf>, OwnedSemaphorePermit),
+    /// A WRITE whose data went straight into its buffer; the engine has it.
+    Written,
 }
 
 impl From<io::Error> for ReadError {
@@ -390,11 +406,13 @@ impl Reader {
             let read = tokio::select! {
                 biased;
                 _ = &mut stopped => break,
-                r = read_frame(&mut rd, &shared) => r,
+                r = read_frame(&mut rd, &shared, conn, ticket) => r,
             };
             let now = shared.clock.now();
             let (cmd, last) = match read {
-                Ok((header, payload, out)) => {
+                Ok(Got::Written) => continue,
+                Err(ReadError::Told) => break,
+                Ok(Got::Frame(header, payload, out, ticket)) => {
                     if let Payload::Inline(p) = &payload
                         && let Some(fast_reply) = fast_ping(&state, &wr, header, p, now)
                     {
@@ -429,11 +447,14 @@ impl Reader {
 
 /// Reads one frame: the header is validated before any payload byte is read; a small payload
 /// is read inline, a large one into a pooled buffer (waiting for budget first), with its CRC
-/// checked piece by piece. Also reserves the response buffer.
+/// checked piece by piece. Also reserves the response buffer. A WRITE goes straight into its
+/// buffer when the engine lends it ([`direct_write`]).
 async fn read_frame(
     rd: &mut BufReader<OwnedReadHalf>,
     shared: &Shared,
-) -> Result<(HeaderRepr, Payload, Option<PoolBuf>), ReadError> {
+    conn: ConnId,
+    ticket: OwnedSemaphorePermit,
+) -> Result<Got, ReadError> {
     let mut raw = [0u8; HEADER_LEN];
     rd.read_exact(&mut raw).await?;
     let view = RawHeader::view(&raw).map_err(|e| ReadError::Frame(e.into()))?;
@@ -455,15 +476,97 @@ async fn read_frame(
         } else {
             Some(shared.pool.get(HEADER_LEN + read_len).await)
         };
-        return Ok((header, Payload::Inline(buf), out));
+        return Ok(Got::Frame(header, Payload::Inline(buf), out, ticket));
+    }
+    let mut start = 0;
+    let mut prefix = [0u8; WRITE_PREFIX_LEN];
+    if shared.direct && header.kind == Kind::WRITE {
+        rd.read_exact(&mut prefix).await?;
+        crc.update(&prefix);
+        if let Some(granted) = lease(shared, conn, header, prefix).await? {
+            return direct_write(rd, shared, header, crc, granted, ticket).await;
+        }
+        // Not lent (the WRITE will fail, or the node is shutting down): the usual way, with
+        // the prefix already read.
+        start = WRITE_PREFIX_LEN;
     }
     let mut buf = shared.pool.get(len).await;
-    for piece in buf.as_mut_slice()[..len].chunks_mut(READ_PIECE) {
+    buf.as_mut_slice()[..start].copy_from_slice(&prefix[..start]);
+    for piece in buf.as_mut_slice()[start..len].chunks_mut(READ_PIECE) {
         rd.read_exact(piece).await?;
         crc.update(piece);
     }
     crc.verify(&header).map_err(ReadError::Frame)?;
-    Ok((header, Payload::Pooled(buf), None))
+    Ok(Got::Frame(header, Payload::Pooled(buf), None, ticket))
+}
+
+/// Asks the engine to lend the range a WRITE's data goes to. `None`: read the frame as usual.
+async fn lease(
+    shared: &Shared,
+    conn: ConnId,
+    header: HeaderRepr,
+    prefix: [u8; WRITE_PREFIX_LEN],
+) -> Result<Option<Granted>, ReadError> {
+    let gone = || ReadError::Io(io::Error::other("the engine has stopped"));
+    // The slot the lease will end through, reserved now so that ending it never waits.
+    let done = shared.engine.clone().reserve_owned().await.map_err(|_| gone())?;
+    let (reply, answer) = oneshot::channel();
+    shared.engine.send(Command::Lease { conn, header, prefix, done, reply }).await.map_err(|_| gone())?;
+    match answer.await {
+        Ok(Ok(granted)) => Ok(Some(granted)),
+        Ok(Err(_slot)) => Ok(None),
+        Err(_) => Err(gone()),
+    }
+}
+
+/// Reads a WRITE's data from the socket straight into the buffer the engine lent, checking the
+/// CRC piece by piece, and ends the lease: the engine acknowledges the WRITE (or closes the
+/// session on a bad CRC). Stops early when the engine asks for the lease back.
+async fn direct_write(
+    rd: &mut BufReader<OwnedReadHalf>,
+    shared: &Shared,
+    header: HeaderRepr,
+    mut crc: FrameCrc<FastCrc32>,
+    granted: Granted,
+    ticket: OwnedSemaphorePermit,
+) -> Result<Got, ReadError> {
+    let Granted { mut lease, cancel, done } = granted;
+    let fill = async {
+        for piece in lease.as_mut_slice().chunks_mut(READ_PIECE) {
+            rd.read_exact(piece).await?;
+            crc.update(piece);
+        }
+        Ok::<(), io::Error>(())
+    };
+    let filled = tokio::select! {
+        biased;
+        () = cancel.notified() => None,
+        r = fill => Some(r),
+    };
+    match filled {
+        None => {
+            done.send(WriteOutcome::Cancelled, None);
+            Err(ReadError::Told)
+        }
+        Some(Err(_)) => {
+            done.send(WriteOutcome::Broken, None);
+            Err(ReadError::Told)
+        }
+        Some(Ok(())) => {
+            let now = shared.clock.now();
+            match crc.verify(&header) {
+                Ok(()) => {
+                    shared.direct_writes.fetch_add(1, Ordering::Relaxed);
+                    done.send(WriteOutcome::Written(now), Some(ticket));
+                    Ok(Got::Written)
+                }
+                Err(error) => {
+                    done.send(WriteOutcome::BadCrc(now, error), Some(ticket));
+                    Err(ReadError::Told)
+                }
+            }
+        }
+    }
 }
 
 /// The PING fast path: serves a well-formed PING on the reader task when nothing of this

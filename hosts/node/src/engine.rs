@@ -14,13 +14,15 @@ use rela_client::FastCrc32;
 use rela_core::backend::{DeviceInfo, GpuBackend, Usage};
 use rela_core::config::MAX_FRAME;
 use rela_core::model::ModelHost;
-use rela_core::session::{Event, PollError, Session, SessionConfig};
+use rela_core::session::{DirectWrite, Event, PollError, Session, SessionConfig};
 use rela_core::time::Instant;
+use rela_core::wire::msg::WRITE_PREFIX_LEN;
 use rela_core::wire::{ErrorCode, Frame, FrameError, HeaderRepr, Kind};
 use rela_models::ModelRepository;
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot};
 use tracing::Span;
 
+use crate::arena::{DirectMemory, Lease};
 use crate::models::{ProgressSink, SessionModels, StagingBudget};
 use crate::pool::PoolBuf;
 use crate::throttle::AuthThrottle;
@@ -200,10 +202,102 @@ pub(crate) enum Command {
     Timeout { conn: ConnId, now: Instant },
     /// The transport is gone.
     Abort { conn: ConnId },
+    /// A WRITE's header and prefix: may its data go straight into the buffer? The engine
+    /// answers with a [`Granted`] lease, or gives `done` back for the frame to come the usual
+    /// way.
+    Lease {
+        conn: ConnId,
+        header: HeaderRepr,
+        prefix: [u8; WRITE_PREFIX_LEN],
+        done: mpsc::OwnedPermit<Self>,
+        reply: oneshot::Sender<Result<Granted, mpsc::OwnedPermit<Self>>>,
+    },
+    /// A leased WRITE is over (sent through [`Done`], exactly once per [`Granted`]).
+    WriteDone { conn: ConnId, outcome: WriteOutcome, ticket: Option<OwnedSemaphorePermit> },
     /// Report backend usage.
     Usage { reply: oneshot::Sender<Usage> },
     /// Close every session with SHUTTING_DOWN, report usage, and stop.
     Shutdown { reply: oneshot::Sender<Usage> },
+}
+
+/// How a leased WRITE ended.
+#[derive(Debug)]
+pub(crate) enum WriteOutcome {
+    /// The data is in place and its CRC matched.
+    Written(Instant),
+    /// The data is in place but the frame's CRC did not match.
+    BadCrc(Instant, FrameError),
+    /// The reader stopped before the data was in: the transport failed or the connection is
+    /// closing.
+    Broken,
+    /// The engine asked for the lease back ([`Granted::cancel`]).
+    Cancelled,
+}
+
+/// A lease granted to a reader: the buffer's range, the engine's call to give it back early,
+/// and the one way to end it.
+#[derive(Debug)]
+pub(crate) struct Granted {
+    pub(crate) lease: Lease,
+    /// Notified when the engine needs the lease back (the session timed out, the node is
+    /// shutting down): the reader stops reading and reports [`WriteOutcome::Cancelled`].
+    pub(crate) cancel: Arc<Notify>,
+    pub(crate) done: Done,
+}
+
+/// Ends a lease: sends [`Command::WriteDone`] through a queue slot reserved before the lease
+/// was asked for, so ending never waits and never fails. Dropped unsent (the reader task was
+/// cancelled, or the grant never reached it), it reports [`WriteOutcome::Broken`].
+#[derive(Debug)]
+pub(crate) struct Done {
+    conn: ConnId,
+    state: Arc<ConnState>,
+    permit: Option<mpsc::OwnedPermit<Command>>,
+}
+
+impl Done {
+    /// Ends the lease with `outcome`; the reply to the WRITE holds `ticket`.
+    pub(crate) fn send(mut self, outcome: WriteOutcome, ticket: Option<OwnedSemaphorePermit>) {
+        self.finish(outcome, ticket);
+    }
+
+    fn finish(&mut self, outcome: WriteOutcome, ticket: Option<OwnedSemaphorePermit>) {
+        if let Some(permit) = self.permit.take() {
+            // The engine answers with one reply, which the writer counts out again.
+            self.state.inflight.fetch_add(1, Ordering::AcqRel);
+            permit.send(Command::WriteDone { conn: self.conn, outcome, ticket });
+        }
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.finish(WriteOutcome::Broken, None);
+    }
+}
+
+/// A lease the engine has out: the session waits for it.
+struct Leased {
+    write: DirectWrite,
+    cancel: Arc<Notify>,
+    /// This connection's commands that arrived meanwhile, run once the lease is back.
+    deferred: Vec<Command>,
+}
+
+impl Command {
+    /// The connection a command is about, if any.
+    fn conn(&self) -> Option<ConnId> {
+        match self {
+            Self::Open { conn, .. }
+            | Self::Frame { conn, .. }
+            | Self::FrameError { conn, .. }
+            | Self::Timeout { conn, .. }
+            | Self::Abort { conn }
+            | Self::Lease { conn, .. }
+            | Self::WriteDone { conn, .. } => Some(*conn),
+            Self::Usage { .. } | Self::Shutdown { .. } => None,
+        }
+    }
 }
 
 /// The sending side of a connection's reply queue.
@@ -229,6 +323,12 @@ pub(crate) struct Engine {
     staging: Arc<StagingBudget>,
     status: Arc<Status>,
     throttle: Arc<Mutex<AuthThrottle>>,
+    /// The backend's storage, when readers may place WRITE data in it themselves.
+    direct: Option<DirectMemory>,
+    /// Leases out, by connection.
+    leases: HashMap<ConnId, Leased>,
+    /// A shutdown waiting for the leases to come back.
+    shutdown: Option<Command>,
 }
 
 impl Engine {
@@ -238,8 +338,12 @@ impl Engine {
         status: Arc<Status>,
         throttle: Arc<Mutex<AuthThrottle>>,
         repository: Option<Arc<ModelRepository>>,
+        direct: Option<DirectMemory>,
     ) -> Self {
         Self {
+            direct,
+            leases: HashMap::new(),
+            shutdown: None,
             backend,
             config,
             sessions: HashMap::new(),
@@ -281,9 +385,49 @@ impl Engine {
         self.release_models();
     }
 
-    /// Handles one command; `true` to stop.
+    /// Handles one command; `true` to stop. A command for a connection whose reader holds a
+    /// lease waits until the lease is back, and so does a shutdown.
     fn handle(&mut self, cmd: Command) -> bool {
+        if let Some(conn) = cmd.conn()
+            && !matches!(cmd, Command::WriteDone { .. })
+            && let Some(leased) = self.leases.get_mut(&conn)
+        {
+            if let Command::Timeout { now, .. } = &cmd {
+                let expired = self
+                    .sessions
+                    .get(&conn)
+                    .and_then(|c| c.state.lock().poll_timeout())
+                    .is_some_and(|at| *now >= at);
+                if expired {
+                    // A WRITE whose data does not arrive in time: stop waiting for it.
+                    leased.cancel.notify_one();
+                }
+            }
+            leased.deferred.push(cmd);
+            return false;
+        }
+        if matches!(cmd, Command::Shutdown { .. }) && !self.leases.is_empty() {
+            for leased in self.leases.values() {
+                leased.cancel.notify_one();
+            }
+            self.shutdown = Some(cmd);
+            return false;
+        }
         match cmd {
+            Command::Lease { conn, header, prefix, done, reply } => {
+                let Some((write, lease)) = self.grant(conn, &header, &prefix) else {
+                    let _ = reply.send(Err(done));
+                    return false;
+                };
+                let Some(c) = self.sessions.get(&conn) else { return false };
+                let cancel = Arc::new(Notify::new());
+                // Recorded first: a grant that never reaches the reader still ends through
+                // its `Done`, which then finds the lease here.
+                self.leases.insert(conn, Leased { write, cancel: cancel.clone(), deferred: Vec::new() });
+                let done = Done { conn, state: c.state.clone(), permit: Some(done) };
+                let _ = reply.send(Ok(Granted { lease, cancel, done }));
+            }
+            Command::WriteDone { conn, outcome, ticket } => return self.write_done(conn, outcome, ticket),
             Command::Open { conn, peer, span, state, replies } => {
                 tracing::debug!(parent: &span, "session opened");
                 self.sessions.insert(conn, Conn { state, replies, peer, span });
@@ -370,6 +514,93 @@ impl Engine {
             }
         }
         false
+    }
+
+    /// Lends the range of a WRITE's data to the connection's reader, if the backend's storage
+    /// is shared and the session accepts the WRITE as it stands.
+    fn grant(&self, conn: ConnId, header: &HeaderRepr, prefix: &[u8]) -> Option<(DirectWrite, Lease)> {
+        let direct = self.direct.as_ref()?;
+        if self.shutdown.is_some() {
+            return None;
+        }
+        let c = self.sessions.get(&conn)?;
+        let write = c.state.lock().begin_write(header, prefix, &*self.backend)?;
+        let range = self.backend.storage_range(write.id, write.offset, write.len)?;
+        // SAFETY: `range` is where the backend keeps bytes of a live buffer of this session
+        // (`storage_range` of the buffer `begin_write` found in its slots). Until the lease
+        // comes back (`write_done`), `handle` runs no input of this session (its commands
+        // wait in `deferred`), so none of its buffers is freed or touched; the reader sends
+        // nothing else meanwhile; no other session can name the buffer; and the backend only
+        // touches the ranges of the buffers a call names (`rela_backend_host::Arena`).
+        let lease = unsafe { direct.lease(range) };
+        Some((write, lease))
+    }
+
+    /// A lease is back: finishes the WRITE (or closes the session), then runs what waited.
+    fn write_done(
+        &mut self,
+        conn: ConnId,
+        outcome: WriteOutcome,
+        mut ticket: Option<OwnedSemaphorePermit>,
+    ) -> bool {
+        let Some(leased) = self.leases.remove(&conn) else {
+            // Never granted (the session ended first): still answer, so the count balances.
+            self.reply_to(conn, ticket, |session, backend| session.abort(backend));
+            return false;
+        };
+        let write = leased.write;
+        let cancelled = matches!(outcome, WriteOutcome::Cancelled);
+        match outcome {
+            WriteOutcome::Written(now) => self.reply_to(conn, ticket.take(), |session, backend| {
+                if session.finish_write(now, &write).is_err() {
+                    session.abort(backend);
+                }
+            }),
+            WriteOutcome::BadCrc(now, error) => self.reply_to(conn, ticket.take(), |session, backend| {
+                let _ = session.handle_frame_error(now, error, backend);
+            }),
+            WriteOutcome::Broken => {
+                self.reply_to(conn, ticket.take(), |session, backend| session.abort(backend))
+            }
+            // What asked for the lease back (a timeout, a shutdown) closes the session below.
+            WriteOutcome::Cancelled => {}
+        }
+        for cmd in leased.deferred {
+            if self.handle(cmd) {
+                return true;
+            }
+        }
+        if cancelled && self.sessions.contains_key(&conn) {
+            // The reader stopped mid-payload, so the stream cannot go on.
+            let shutting_down = self.shutdown.is_some();
+            self.reply_to(conn, ticket.take(), |session, backend| {
+                if shutting_down {
+                    session.close_with(ErrorCode::SHUTTING_DOWN, "node shutting down", backend);
+                } else {
+                    session.abort(backend);
+                }
+            });
+        }
+        if self.leases.is_empty()
+            && let Some(shutdown) = self.shutdown.take()
+        {
+            return self.handle(shutdown);
+        }
+        false
+    }
+
+    /// Runs `input` on a session and answers with its output, holding `ticket` (the reply the
+    /// reader counted in flight).
+    fn reply_to(
+        &mut self,
+        conn: ConnId,
+        ticket: Option<OwnedSemaphorePermit>,
+        input: impl FnOnce(&mut Session, &mut dyn GpuBackend),
+    ) {
+        let mut out = OutBuf::Inline([0; INLINE_OUT]);
+        if let Some((len, outcome, replies)) = self.step(conn, &mut out, false, input) {
+            let _ = replies.send(Reply { out, len, outcome, _ticket: ticket });
+        }
     }
 
     /// Runs `input` on a session and sends whatever it produced as a reply without a slot.

@@ -53,6 +53,7 @@
 //! # Ok(()) }
 //! ```
 
+mod arena;
 mod config;
 mod conn;
 mod discovery;
@@ -68,12 +69,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use arena::{SharedArena, SharedInputs};
 pub use config::{ConfigError, DEFAULT_BUFFER_BUDGET, MIN_MAX_PAYLOAD, NodeConfig};
 use rela_core::backend::{GpuBackend, Usage};
 use tokio::net::{TcpListener, TcpSocket, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::arena::DirectMemory;
 use crate::conn::Shared;
 use crate::engine::{Clock, Command, Engine, Status};
 use crate::pool::Pool;
@@ -131,17 +134,63 @@ impl From<io::Error> for NodeError {
     }
 }
 
+/// The backend a node runs on, with what the node may do with its memory.
+///
+/// Any `Box<dyn GpuBackend + Send>` converts into one. [`NodeBackend::host`] makes the host
+/// backend over memory the node shares with its connection readers, so that WRITE data goes
+/// from the socket straight into its buffer instead of through a staging buffer and a copy
+/// (see `docs/BENCHMARKS.md`).
+pub struct NodeBackend {
+    backend: Box<dyn GpuBackend + Send>,
+    direct: Option<DirectMemory>,
+}
+
+impl NodeBackend {
+    /// The host backend (`rela_backend_host::HostMemory`) over `capacity` bytes of zeroed host
+    /// memory (mapped lazily), with a table of `N` live buffers, whose WRITE data the node reads
+    /// from the socket straight into place. `Err` if the heap cannot provide `capacity` bytes.
+    pub fn host<const N: usize>(capacity: usize) -> Result<Self, std::collections::TryReserveError> {
+        let (backend, direct) = arena::host_backend::<N>(capacity)?;
+        Ok(Self { backend: Box::new(backend), direct: Some(direct) })
+    }
+
+    /// Whether WRITE data goes straight into the backend's memory.
+    pub const fn direct_writes(&self) -> bool {
+        self.direct.is_some()
+    }
+}
+
+impl fmt::Debug for NodeBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeBackend")
+            .field("device", &self.backend.info().name.as_str())
+            .field("direct_writes", &self.direct_writes())
+            .finish()
+    }
+}
+
+impl<B: GpuBackend + Send + 'static> From<Box<B>> for NodeBackend {
+    fn from(backend: Box<B>) -> Self {
+        Self { backend, direct: None }
+    }
+}
+
+impl From<Box<dyn GpuBackend + Send>> for NodeBackend {
+    fn from(backend: Box<dyn GpuBackend + Send>) -> Self {
+        Self { backend, direct: None }
+    }
+}
+
 /// The node entry point.
 #[derive(Debug)]
 pub struct Node;
 
 impl Node {
     /// Validates `config`, binds the session listener and the discovery socket, starts the
-    /// engine thread with `backend`, and starts serving. Must be called inside a tokio runtime.
-    pub async fn start(
-        config: NodeConfig,
-        backend: Box<dyn GpuBackend + Send>,
-    ) -> Result<NodeHandle, NodeError> {
+    /// engine thread with `backend` (a `Box<dyn GpuBackend + Send>` or a [`NodeBackend`]), and
+    /// starts serving. Must be called inside a tokio runtime.
+    pub async fn start(config: NodeConfig, backend: impl Into<NodeBackend>) -> Result<NodeHandle, NodeError> {
+        let NodeBackend { backend, direct } = backend.into();
         config.validate()?;
         let listener = bind_listener(config.listen, config.socket_buffer)?;
         let local_addr = listener.local_addr()?;
@@ -166,13 +215,20 @@ impl Node {
         }
         let mut config = config;
         config.session.models = repository.is_some();
-        let engine =
-            Engine::new(backend, config.session.clone(), status.clone(), throttle.clone(), repository);
+        let engine = Engine::new(
+            backend,
+            config.session.clone(),
+            status.clone(),
+            throttle.clone(),
+            repository,
+            direct.clone(),
+        );
         let engine_thread =
             std::thread::Builder::new().name("rela-engine".into()).spawn(move || engine.run(engine_rx))?;
 
         let shared = Arc::new(Shared {
             engine: engine_tx.clone(),
+            direct: direct.is_some(),
             clock,
             throttle,
             session: config.session.clone(),
@@ -183,6 +239,7 @@ impl Node {
             live: AtomicUsize::new(0),
             rejecting: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
+            direct_writes: AtomicU64::new(0),
         });
         let responder = discovery.map(|socket| {
             let key = config.session.auth.clone();
@@ -241,6 +298,12 @@ impl NodeHandle {
     /// The configured [`NodeConfig::buffer_budget`].
     pub fn buffer_budget(&self) -> usize {
         self.shared.pool.budget()
+    }
+
+    /// WRITEs whose data went from the socket straight into the backend's memory (a node over
+    /// [`NodeBackend::host`]); the others went through a staging buffer.
+    pub fn direct_writes(&self) -> u64 {
+        self.shared.direct_writes.load(Ordering::Relaxed)
     }
 
     /// The largest [`buffer_bytes`](Self::buffer_bytes) since the node started.

@@ -676,3 +676,85 @@ async fn slowloris_payload_is_cut_by_the_idle_timeout() {
     assert_eq!(wait_idle(&node).await, Usage::default());
     within(node.shutdown()).await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_crc_on_a_large_write_closes_and_leaves_nothing() {
+    let node = start(node_config(), 8 * MIB).await;
+    let addr = node.local_addr();
+    let mut w = Witness::new(addr, None).await;
+    let (mut r, _) = Raw::ready(addr, None).await;
+    let h = r.alloc(MIB as u64).await;
+    let before = node.direct_writes();
+    // Large enough that the node reads the data straight into the buffer, then finds the CRC
+    // wrong: the session closes, and the buffer (with the bytes already in it) is zeroed.
+    let mut f = frame(Kind::WRITE, Flags::NONE, 7, &write_payload(h, 0, &pattern(3, 600 * 1024)));
+    let last = f.len() - 1;
+    f[last] ^= 0xFF;
+    r.send_bytes(&f).await;
+    r.fatal(ErrorCode::BAD_FRAME).await;
+    wait_usage(&node, w.usage()).await;
+    assert_eq!(node.direct_writes(), before, "a WRITE with a bad CRC is not counted");
+    // The next session to get that memory finds zeroes.
+    let (mut fresh, _) = Raw::ready(addr, None).await;
+    let h = fresh.alloc(MIB as u64).await;
+    let back = fresh.read(h, 0, MIB as u32).await;
+    assert!(back.iter().all(|&b| b == 0), "bytes of the rejected WRITE survived");
+    drop(fresh);
+    w.check().await;
+    finish(node, w, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_writes_the_session_refuses_get_their_errors_and_the_session_goes_on() {
+    let node = start(node_config(), 8 * MIB).await;
+    let addr = node.local_addr();
+    let mut w = Witness::new(addr, None).await;
+    let (mut r, _) = Raw::ready(addr, None).await;
+    let h = r.alloc(64 * 1024).await;
+    let data = pattern(5, 64 * 1024);
+    // Refused before any data is placed: the node reads them the usual way and answers.
+    r.err(Kind::WRITE, &write_payload(h ^ 0x5A5A, 0, &data), ErrorCode::NO_SUCH_BUFFER).await;
+    r.err(Kind::WRITE, &write_payload(h, 1, &data), ErrorCode::OUT_OF_BOUNDS).await;
+    r.err(Kind::WRITE, &write_payload(h, u64::MAX - 8, &data[..4096]), ErrorCode::OUT_OF_BOUNDS).await;
+    assert!(r.read(h, 0, 4096).await.iter().all(|&b| b == 0), "a refused WRITE changed the buffer");
+    // A good one goes straight into the buffer.
+    let before = node.direct_writes();
+    assert!(r.ok(Kind::WRITE, &write_payload(h, 0, &data)).await.is_empty());
+    assert_eq!(node.direct_writes(), before + 1);
+    assert_eq!(r.read(h, 0, data.len() as u32).await, data);
+    drop(r);
+    w.check().await;
+    finish(node, w, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_during_a_stalled_large_write_finishes_and_frees_everything() {
+    let node = start(node_config(), 8 * MIB).await;
+    let addr = node.local_addr();
+    let (mut r, _) = Raw::ready(addr, None).await;
+    let h = r.alloc(MIB as u64).await;
+    let f = frame(Kind::WRITE, Flags::NONE, 3, &write_payload(h, 0, &pattern(9, 512 * 1024)));
+    // Header, prefix and part of the data, then nothing: the node is waiting inside the WRITE.
+    r.send_bytes(&f[..HEADER_LEN + 12 + 100 * 1024]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let last = within(node.shutdown()).await.expect("shutdown");
+    assert_eq!(last, Usage::default(), "the stalled session's buffer was freed");
+    r.fatal(ErrorCode::SHUTTING_DOWN).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_behind_the_trait_takes_writes_through_staging() {
+    let node = within(rela_node::Node::start(node_config(), common::boxed_backend(8 * MIB)))
+        .await
+        .expect("node starts");
+    let addr = node.local_addr();
+    let mut c = within(Client::connect(addr, None)).await.expect("connect");
+    let data = pattern(11, 3 * MIB);
+    let h = within(c.alloc(data.len() as u64)).await.expect("alloc");
+    within(c.write(h, 0, &data)).await.expect("write");
+    assert_eq!(within(c.read(h, 0, data.len() as u64)).await.expect("read"), data);
+    assert_eq!(node.direct_writes(), 0);
+    within(c.close()).await.expect("close");
+    assert_eq!(wait_idle(&node).await, Usage::default());
+    within(node.shutdown()).await.expect("shutdown");
+}

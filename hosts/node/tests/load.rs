@@ -14,11 +14,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{config, wait_idle, within};
-use rela_backend_host::OwnedHostBackend;
 use rela_client::{Client, Kernel};
 use rela_core::backend::{BackendKind, Usage};
 use rela_core::session::SessionConfig;
-use rela_node::{Node, NodeConfig};
+use rela_node::{Node, NodeBackend, NodeConfig};
 
 const MIB: usize = 1024 * 1024;
 const CLIENTS: u32 = 256;
@@ -88,9 +87,9 @@ async fn many_clients_mixed_operations() {
         session: SessionConfig { quota: MIB as u64, max_buffers: 8, ..SessionConfig::default() },
         ..config()
     };
-    let arena = vec![0u8; 64 * MIB].into_boxed_slice();
-    let backend = OwnedHostBackend::<BLOCKS>::with_block_table(arena);
-    let node = within(Node::start(cfg, Box::new(backend))).await.expect("node starts");
+    // The host backend as `serve` runs it: WRITE data straight from the socket into place.
+    let backend = NodeBackend::host::<BLOCKS>(64 * MIB).expect("arena");
+    let node = within(Node::start(cfg, backend)).await.expect("node starts");
     let addr = node.local_addr();
 
     // Warm up once so one-time allocations are not counted as growth.

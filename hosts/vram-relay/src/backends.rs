@@ -43,6 +43,23 @@ const HOST_BLOCKS: usize = 4096;
 /// A backend boxed for the node's engine thread.
 pub(crate) type Boxed = Box<dyn GpuBackend + Send>;
 
+/// The backend a node serves from: the host backend is made again over memory the node
+/// shares with its connection readers (WRITE data goes from the socket straight into place);
+/// every other backend is served as opened.
+pub(crate) fn for_node(
+    backend: Boxed,
+    choice: BackendChoice,
+    capacity: u64,
+) -> Result<rela_node::NodeBackend, String> {
+    if choice != BackendChoice::Host {
+        return Ok(backend.into());
+    }
+    drop(backend);
+    let cap = usize::try_from(capacity).map_err(|_| "capacity does not fit in memory".to_string())?;
+    rela_node::NodeBackend::host::<HOST_BLOCKS>(cap)
+        .map_err(|e| format!("cannot reserve {capacity} bytes of host memory: {e}"))
+}
+
 /// Opens one concrete backend lending `capacity` bytes on its default device. `Err` says why
 /// it cannot run here.
 pub(crate) fn open(choice: BackendChoice, capacity: u64, vk_validation: bool) -> Result<Boxed, String> {

@@ -107,17 +107,21 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), String> {
         );
     }
 
-    let backend = match args.backend {
+    let (backend, choice) = match args.backend {
         BackendChoice::Auto => {
             let (b, choice) = backends::open_auto(args.capacity, args.vk_validation)
                 .map_err(|why| format!("no backend could start: {why}"))?;
             tracing::info!(backend = choice.name(), "using backend");
-            b
+            (b, choice)
         }
-        other => backends::open_on(other, args.capacity, args.vk_validation, args.device.as_deref())
-            .map_err(|why| format!("backend {} cannot start: {why}", other.name()))?,
+        other => (
+            backends::open_on(other, args.capacity, args.vk_validation, args.device.as_deref())
+                .map_err(|why| format!("backend {} cannot start: {why}", other.name()))?,
+            other,
+        ),
     };
     let info = backend.info();
+    let backend = backends::for_node(backend, choice, args.capacity)?;
     let node = Node::start(config, backend).await.map_err(|e| format!("cannot start the node: {e}"))?;
     tracing::info!(
         listen = %node.local_addr(),

@@ -10,7 +10,7 @@ use rela_core::backend::{GpuBackend, Usage};
 use rela_core::config::HEADER_LEN;
 use rela_core::wire::msg::{ErrorMsg, Message};
 use rela_core::wire::{ErrorCode, Frame, HeaderRepr, Kind};
-use rela_node::{Node, NodeConfig, NodeHandle};
+use rela_node::{Node, NodeBackend, NodeConfig, NodeHandle};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
@@ -26,8 +26,15 @@ pub fn config() -> NodeConfig {
     }
 }
 
-/// A host-memory backend with `bytes` of arena.
-pub fn backend(bytes: usize) -> Box<dyn GpuBackend + Send> {
+/// A host-memory backend with `bytes` of arena, shared with the node's readers (WRITE data
+/// straight into place), as `vram-relay serve --backend host` runs it.
+pub fn backend(bytes: usize) -> NodeBackend {
+    NodeBackend::host::<{ rela_backend_host::MAX_BLOCKS }>(bytes).expect("arena")
+}
+
+/// A host-memory backend the node sees only through `GpuBackend` (WRITE data through a
+/// staging buffer and `GpuBackend::write`, as for device backends).
+pub fn boxed_backend(bytes: usize) -> Box<dyn GpuBackend + Send> {
     Box::new(OwnedHostBackend::with_capacity(bytes))
 }
 

@@ -1,0 +1,117 @@
+//! The storage a [`HostMemory`](crate::HostMemory) lends out.
+//!
+//! The backend reaches its storage only through [`Arena`], and every call names the byte range
+//! it touches: a buffer's range for `write`, `read` and `fill`, the two ranges of a `copy`, and
+//! for a kernel its output range plus the input ranges it reads. It never takes the whole
+//! storage at once after construction. So an [`Arena`] whose owner hands other ranges to other
+//! threads (a node reading a WRITE's data from its socket straight into the buffer) only ever
+//! sees the backend touch ranges of the buffers it is asked to work on.
+//!
+//! `&mut [u8]` and `Box<[u8]>` are arenas.
+
+use core::ops::Range;
+
+/// Byte storage addressed by range. Ranges passed in always lie inside `0..len()`.
+pub trait Arena {
+    /// The input ranges of one kernel call (see [`split`](Self::split)).
+    type Inputs<'a>: KernelInputs
+    where
+        Self: 'a;
+
+    /// Bytes of storage.
+    fn len(&self) -> usize;
+
+    /// Whether the storage is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sets every byte to zero (once, when the backend is made). An arena that knows it is
+    /// still zero (fresh pages) may skip the pass.
+    fn zero_all(&mut self);
+
+    /// The bytes of `r`.
+    fn bytes(&self, r: Range<usize>) -> &[u8];
+
+    /// The bytes of `r`, to change.
+    fn bytes_mut(&mut self, r: Range<usize>) -> &mut [u8];
+
+    /// Copies `src` to `dst..dst + src.len()`; the ranges do not overlap.
+    fn copy_within(&mut self, src: Range<usize>, dst: usize);
+
+    /// The output range `out` of a kernel, to change, and access to its input ranges, which lie
+    /// wholly outside `out`.
+    fn split(&mut self, out: Range<usize>) -> (Self::Inputs<'_>, &mut [u8]);
+}
+
+/// The input ranges of a kernel call.
+pub trait KernelInputs {
+    /// The bytes of input range `r` (outside the call's output range).
+    fn get(&self, r: Range<usize>) -> &[u8];
+}
+
+/// The storage around an output range: everything before it and everything after it.
+#[derive(Debug)]
+pub struct Around<'s> {
+    head: &'s [u8],
+    tail: &'s [u8],
+    tail_start: usize,
+}
+
+impl KernelInputs for Around<'_> {
+    /// An input range. Live buffers are disjoint and validation rejected an input aliasing the
+    /// output, so `r` lies wholly in the head or wholly in the tail.
+    fn get(&self, r: Range<usize>) -> &[u8] {
+        if r.end <= self.head.len() {
+            &self.head[r]
+        } else {
+            &self.tail[r.start - self.tail_start..r.end - self.tail_start]
+        }
+    }
+}
+
+/// Splits `storage` into the mutable output range and the shared rest.
+fn around(storage: &mut [u8], out: Range<usize>) -> (Around<'_>, &mut [u8]) {
+    let (head, rest) = storage.split_at_mut(out.start);
+    let (out_bytes, tail) = rest.split_at_mut(out.len());
+    (Around { head, tail, tail_start: out.end }, out_bytes)
+}
+
+macro_rules! slice_arena {
+    ($ty:ty) => {
+        impl Arena for $ty {
+            type Inputs<'a>
+                = Around<'a>
+            where
+                Self: 'a;
+
+            fn len(&self) -> usize {
+                <[u8]>::len(self)
+            }
+
+            fn zero_all(&mut self) {
+                self.fill(0);
+            }
+
+            fn bytes(&self, r: Range<usize>) -> &[u8] {
+                &self[r]
+            }
+
+            fn bytes_mut(&mut self, r: Range<usize>) -> &mut [u8] {
+                &mut self[r]
+            }
+
+            fn copy_within(&mut self, src: Range<usize>, dst: usize) {
+                <[u8]>::copy_within(self, src, dst);
+            }
+
+            fn split(&mut self, out: Range<usize>) -> (Around<'_>, &mut [u8]) {
+                around(self, out)
+            }
+        }
+    };
+}
+
+slice_arena!(&mut [u8]);
+#[cfg(feature = "std")]
+slice_arena!(std::boxed::Box<[u8]>);

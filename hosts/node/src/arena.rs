@@ -1,0 +1,269 @@
+//! Host memory shared between the host backend and the connection readers, so that a WRITE's
+//! data goes from the socket straight into its buffer (no copy through a staging buffer).
+//!
+//! [`SharedArena`] is the host backend's storage ([`rela_backend_host::Arena`]): the backend,
+//! on the engine thread, reaches it only by naming the byte ranges of the buffers it works on.
+//! [`DirectMemory`] is the engine's second handle on the same memory: for a WRITE that the
+//! session has accepted ([`rela_core::session::Session::begin_write`]) it lends the buffer's
+//! range to the connection's reader as a [`Lease`], and the reader reads the payload into it.
+//!
+//! # Why this is sound
+//!
+//! The memory is a raw allocation owned by [`Memory`] behind an `Arc`; no reference to all of
+//! it ever exists, only references to the ranges an access names, so the rules for references
+//! apply range by range. Two handles touch it:
+//!
+//! - the backend, through [`SharedArena`], on the engine thread: the ranges of the buffers
+//!   named by the call it is running (a session's own buffers, a model's tensors);
+//! - a reader, through a [`Lease`]: the range of one buffer of its own session, for one WRITE.
+//!
+//! The engine grants a lease only for a range [`GpuBackend::storage_range`] reports inside a
+//! live buffer of the leasing session, and until the reader hands the lease back it runs no
+//! input of that session and frees none of its buffers (the session's timer, an abort and the
+//! node's shutdown wait; see `engine.rs`). Other sessions cannot name that buffer. So while a
+//! lease lives, nothing else touches its bytes. The `Arc` keeps the memory alive for as long
+//! as any lease exists, even if the engine thread ends first.
+//!
+//! [`GpuBackend::storage_range`]: rela_core::backend::GpuBackend::storage_range
+
+use std::ops::Range;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use rela_backend_host::{Arena, HostMemory, KernelInputs};
+
+/// A zeroed heap allocation, reached only through raw pointers.
+#[derive(Debug)]
+struct Memory {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: `Memory` is plain bytes with no thread affinity; who may touch which bytes when is
+// governed by the lease discipline in the module docs, not by the owner's thread.
+unsafe impl Send for Memory {}
+// SAFETY: as above; `&Memory` gives no access by itself (every access is an `unsafe` range
+// access justified at its call site).
+unsafe impl Sync for Memory {}
+
+impl Memory {
+    /// `len` zeroed bytes, mapped lazily by the OS (calloc), or the reason the heap cannot
+    /// provide them.
+    fn zeroed(len: usize) -> Result<Self, std::collections::TryReserveError> {
+        Vec::<u8>::new().try_reserve_exact(len)?;
+        let boxed = vec![0u8; len].into_boxed_slice();
+        let raw: *mut [u8] = Box::into_raw(boxed);
+        // A `Box`'s pointer is never null.
+        let ptr = NonNull::new(raw.cast::<u8>()).unwrap_or(NonNull::dangling());
+        Ok(Self { ptr, len })
+    }
+
+    /// Panics unless `r` lies inside the allocation (a broken caller, never the peer: every
+    /// range comes from the backend's allocator).
+    fn check(&self, r: &Range<usize>) {
+        assert!(r.start <= r.end && r.end <= self.len, "range {r:?} outside an arena of {} bytes", self.len);
+    }
+
+    /// The bytes of `r`.
+    ///
+    /// # Safety
+    /// `r` is inside the allocation and nothing changes those bytes while the slice lives.
+    unsafe fn slice(&self, r: Range<usize>) -> &[u8] {
+        // SAFETY: in bounds (caller), and no writer for the slice's lifetime (caller).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(r.start), r.len()) }
+    }
+
+    /// The bytes of `r`, to change.
+    ///
+    /// # Safety
+    /// `r` is inside the allocation and nothing else touches those bytes while the slice lives.
+    #[allow(clippy::mut_from_ref, reason = "exclusive per range, by the lease discipline")]
+    unsafe fn slice_mut(&self, r: Range<usize>) -> &mut [u8] {
+        // SAFETY: in bounds (caller), and exclusive for the slice's lifetime (caller).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(r.start), r.len()) }
+    }
+}
+
+impl Drop for Memory {
+    fn drop(&mut self) {
+        let raw = std::ptr::slice_from_raw_parts_mut(self.ptr.as_ptr(), self.len);
+        // SAFETY: made by `Box::into_raw` of a `Box<[u8]>` of this length in `zeroed`, and
+        // dropped once (the last `Arc` goes).
+        drop(unsafe { Box::from_raw(raw) });
+    }
+}
+
+/// The host backend's storage in a node: shared with the readers through [`DirectMemory`].
+#[derive(Debug)]
+pub struct SharedArena {
+    mem: Arc<Memory>,
+    /// Not written since it was made (the OS gave zeroed pages): `zero_all` can skip the pass
+    /// (which would commit every page of the arena at once).
+    fresh: bool,
+}
+
+impl Arena for SharedArena {
+    type Inputs<'a> = SharedInputs<'a>;
+
+    fn len(&self) -> usize {
+        self.mem.len
+    }
+
+    fn zero_all(&mut self) {
+        if !self.fresh {
+            let all = 0..self.mem.len;
+            // SAFETY: in bounds; called when the backend is made, before any lease exists.
+            unsafe { self.mem.slice_mut(all) }.fill(0);
+        }
+    }
+
+    fn bytes(&self, r: Range<usize>) -> &[u8] {
+        self.mem.check(&r);
+        // SAFETY: in bounds; the backend names a range of a buffer it is working on, which no
+        // lease holds (module docs), and `&self` keeps the backend from changing it meanwhile.
+        unsafe { self.mem.slice(r) }
+    }
+
+    fn bytes_mut(&mut self, r: Range<usize>) -> &mut [u8] {
+        self.mem.check(&r);
+        self.fresh = false;
+        // SAFETY: in bounds; a range of a buffer the backend is working on, which no lease
+        // holds, and `&mut self` makes this the backend's only slice.
+        unsafe { self.mem.slice_mut(r) }
+    }
+
+    fn copy_within(&mut self, src: Range<usize>, dst: usize) {
+        let to = dst..dst.saturating_add(src.len());
+        self.mem.check(&src);
+        self.mem.check(&to);
+        assert!(src.end <= to.start || to.end <= src.start, "overlapping copy");
+        self.fresh = false;
+        // SAFETY: both in bounds and disjoint, ranges of buffers the backend is working on.
+        let (from, into) = unsafe { (self.mem.slice(src), self.mem.slice_mut(to)) };
+        into.copy_from_slice(from);
+    }
+
+    fn split(&mut self, out: Range<usize>) -> (SharedInputs<'_>, &mut [u8]) {
+        self.mem.check(&out);
+        self.fresh = false;
+        // SAFETY: in bounds; the output range of a kernel call, which no lease holds; inputs
+        // are handed out only outside it (`SharedInputs::get`).
+        let bytes = unsafe { self.mem.slice_mut(out.clone()) };
+        (SharedInputs { mem: &self.mem, out }, bytes)
+    }
+}
+
+/// The input ranges of a kernel call on a [`SharedArena`].
+#[derive(Debug)]
+pub struct SharedInputs<'a> {
+    mem: &'a Memory,
+    out: Range<usize>,
+}
+
+impl KernelInputs for SharedInputs<'_> {
+    fn get(&self, r: Range<usize>) -> &[u8] {
+        self.mem.check(&r);
+        assert!(r.end <= self.out.start || self.out.end <= r.start, "kernel input overlaps its output");
+        // SAFETY: in bounds, outside the call's output range, and a range of a buffer the
+        // kernel names, which no lease holds.
+        unsafe { self.mem.slice(r) }
+    }
+}
+
+/// The engine's handle on a [`SharedArena`]'s memory, to lend ranges to readers.
+#[derive(Debug, Clone)]
+pub(crate) struct DirectMemory {
+    mem: Arc<Memory>,
+}
+
+impl DirectMemory {
+    /// Lends `r` to a reader.
+    ///
+    /// # Safety
+    /// `r` is the range of a live buffer (as [`GpuBackend::storage_range`] reports it) that
+    /// nothing else touches until the lease is dropped: see the module docs.
+    ///
+    /// [`GpuBackend::storage_range`]: rela_core::backend::GpuBackend::storage_range
+    pub(crate) unsafe fn lease(&self, r: Range<usize>) -> Lease {
+        self.mem.check(&r);
+        Lease { mem: self.mem.clone(), range: r }
+    }
+}
+
+/// A buffer's range lent to a reader for one WRITE. Keeps the memory alive.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    mem: Arc<Memory>,
+    range: Range<usize>,
+}
+
+impl Lease {
+    /// The leased bytes.
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: in bounds (checked when lent) and exclusive to this lease until it is dropped
+        // (`DirectMemory::lease`'s contract); `&mut self` makes this the only slice of it.
+        unsafe { self.mem.slice_mut(self.range.clone()) }
+    }
+}
+
+/// A host backend over a [`SharedArena`] with a table of `N` live buffers, and the engine's
+/// handle on its memory.
+pub(crate) fn host_backend<const N: usize>(
+    capacity: usize,
+) -> Result<(HostMemory<SharedArena, N>, DirectMemory), std::collections::TryReserveError> {
+    let mem = Arc::new(Memory::zeroed(capacity)?);
+    let direct = DirectMemory { mem: mem.clone() };
+    Ok((HostMemory::with_block_table(SharedArena { mem, fresh: true }), direct))
+}
+
+#[cfg(test)]
+mod tests {
+    use rela_core::backend::{BinaryOp, GpuBackend, KernelCall};
+
+    use super::*;
+
+    #[test]
+    fn a_lease_lands_in_the_buffer_and_the_backend_works_around_it() {
+        let (mut host, direct) = host_backend::<16>(1 << 16).expect("arena");
+        let a = host.alloc(1024).expect("a");
+        let b = host.alloc(1024).expect("b");
+        let out = host.alloc(1024).expect("out");
+        let r = host.storage_range(a, 4, 1000).expect("a's range");
+        // SAFETY: `a` is live and nothing else touches it while the lease lives.
+        let mut lease = unsafe { direct.lease(r) };
+        lease.as_mut_slice().copy_from_slice(&[7u8; 1000]);
+        drop(lease);
+        let mut back = vec![0u8; 1024];
+        host.read(a, 0, &mut back).expect("read");
+        assert_eq!(&back[..4], &[0; 4]);
+        assert!(back[4..1004].iter().all(|&x| x == 7));
+        assert_eq!(&back[1004..], &[0; 20]);
+        // Kernels and copies go through ranges too.
+        host.fill(b, 0, 1024, 0).expect("fill");
+        let ones: Vec<u8> = 1.0f32.to_le_bytes().repeat(256);
+        host.write(b, 0, &ones).expect("write");
+        host.dispatch(&KernelCall::Binary { op: BinaryOp::Add, a: b, b, out, n: 256 }).expect("add");
+        host.read(out, 0, &mut back).expect("read out");
+        assert_eq!(&back[..4], &2.0f32.to_le_bytes());
+        host.copy(out, 0, a, 0, 8).expect("copy");
+        host.read(a, 0, &mut back[..8]).expect("read a");
+        assert_eq!(&back[..8], &[0, 0, 0, 64, 0, 0, 0, 64]);
+        // Freeing zeroes the arena range.
+        host.free(a).expect("free");
+        let r = host.storage_range(b, 0, 1024).expect("b's range");
+        assert_eq!(r.start % rela_backend_host::ALIGN, 0);
+        assert!(host.storage_range(a, 0, 1).is_none(), "freed buffers have no range");
+    }
+
+    #[test]
+    fn a_lease_keeps_the_memory_alive_after_the_backend_is_gone() {
+        let (mut host, direct) = host_backend::<16>(4096).expect("arena");
+        let a = host.alloc(64).expect("a");
+        let r = host.storage_range(a, 0, 64).expect("range");
+        // SAFETY: `a` is live; the backend is dropped below and never touches it again.
+        let mut lease = unsafe { direct.lease(r) };
+        drop(host);
+        lease.as_mut_slice().fill(1);
+        assert!(lease.as_mut_slice().iter().all(|&x| x == 1));
+    }
+}
