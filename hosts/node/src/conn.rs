@@ -14,7 +14,8 @@
 //! The reader validates the header before reading the payload. Small payloads travel inline in
 //! the command; a large one (WRITE data) is read straight from the socket into a buffer from the
 //! node's [`Pool`], waiting for room in the budget first, and its CRC is computed piece by
-//! piece while the bytes are hot. For a READ the reader reserves the response buffer (header
+//! piece while the bytes are hot. With a shared host arena the WRITE data skips the pool: the
+//! engine lends the reader the buffer's own range ([`direct_write`]). For a READ the reader reserves the response buffer (header
 //! plus the length asked for) before forwarding the request, so the backend reads straight into
 //! it and the budget bounds READ responses too. At most `pipeline_depth` requests per
 //! connection are between the reader and the socket at once.
