@@ -61,7 +61,7 @@ use crate::wire::msg::{
     Stats, WELCOME_AUTH_REQUIRED, Welcome,
 };
 use crate::wire::{
-    EncodeError, ErrorCode, Flags, Frame, FrameError, HeaderError, HeaderRepr, Kind, emit_frame,
+    EncodeError, ErrorCode, Flags, Frame, FrameCrc, FrameError, HeaderError, HeaderRepr, Kind, emit_frame,
 };
 
 /// A node's per-session limits and settings.
@@ -209,14 +209,30 @@ pub enum PollError {
         /// Bytes needed.
         needed: usize,
     },
+    /// [`Session::transmit_read_header`] when the next response is not READ data of that
+    /// length; nothing was emitted.
+    NotReadData,
 }
 
 impl fmt::Display for PollError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::BufferTooSmall { needed } => write!(f, "output buffer too small ({needed} bytes needed)"),
+            Self::NotReadData => f.write_str("the next response is not the READ data that was passed"),
         }
     }
+}
+
+/// READ data waiting to be sent ([`Session::peek_read`]): bytes `offset..offset + len` of
+/// backend buffer `id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingRead {
+    /// The backend buffer.
+    pub id: BufferId,
+    /// Where the data starts in the buffer.
+    pub offset: u64,
+    /// Bytes of data.
+    pub len: u32,
 }
 
 impl core::error::Error for PollError {}
@@ -642,6 +658,55 @@ impl Session {
             self.state = State::Closed;
         }
         Ok(Some(Transmit { len: n }))
+    }
+
+    /// The next response, when it is READ data and the only frame queued: where the data lies.
+    ///
+    /// A host whose backend keeps its storage in memory the host can reach
+    /// ([`GpuBackend::storage_range`]) may send those bytes from there itself, behind the
+    /// header from [`transmit_read_header`](Self::transmit_read_header), instead of having
+    /// [`poll_transmit`](Self::poll_transmit) copy them into its buffer. The bytes must not
+    /// change until they are sent: the host gives the session no input that could write to
+    /// the buffer (or free it) until then.
+    #[must_use]
+    pub fn peek_read(&self) -> Option<PendingRead> {
+        match self.pending.front() {
+            Some(Pending { body: Body::Read { id, offset, len }, .. }) if self.pending.len() == 1 => {
+                Some(PendingRead { id: *id, offset: *offset, len: *len })
+            }
+            _ => None,
+        }
+    }
+
+    /// Emits into `out` the header of the READ response that [`peek_read`](Self::peek_read)
+    /// reported, for `data`: the bytes the host will send right behind it (the buffer's range,
+    /// read from the backend's storage), which its CRC covers. Dequeues the response, counting
+    /// its bytes as sent. `Err(NotReadData)` if the next response is not READ data of
+    /// `data.len()` bytes.
+    #[must_use = "the header must be sent, followed by the data"]
+    pub fn transmit_read_header<C: Crc32>(
+        &mut self,
+        data: &[u8],
+        out: &mut [u8],
+    ) -> Result<Transmit, PollError> {
+        let Some(p) = self.pending.front() else {
+            return Err(PollError::NotReadData);
+        };
+        let len = match p.body {
+            Body::Read { len, .. } if len as usize == data.len() => len,
+            _ => return Err(PollError::NotReadData),
+        };
+        let mut header = HeaderRepr { kind: p.kind, flags: Flags::RESPONSE, seq: p.seq, len, crc: 0 };
+        let mut crc = FrameCrc::<C>::new(&header.to_raw());
+        crc.update(data);
+        header.crc = crc.value();
+        header.emit(out).map_err(|_| PollError::BufferTooSmall { needed: crate::config::HEADER_LEN })?;
+        self.stats.bytes_out += u64::from(len);
+        self.pending.pop_front();
+        if self.pending.is_empty() && matches!(self.state, State::Closing) {
+            self.state = State::Closed;
+        }
+        Ok(Transmit { len: crate::config::HEADER_LEN })
     }
 
     /// The next event, if any.

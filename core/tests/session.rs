@@ -528,3 +528,52 @@ fn finish_write_after_the_session_changed_is_refused() {
     let _ = d.raw(&mut b, Kind::BYE, Flags::NONE, &[]);
     assert_eq!(d.session.finish_write(d.now, &w), Err(ApiMisuse::Closed));
 }
+
+#[test]
+fn read_data_can_be_sent_from_the_backend_behind_a_header_with_the_same_crc() {
+    use rela_core::crc32::SoftCrc32;
+    use rela_core::session::{PendingRead, PollError};
+    use rela_core::wire::Frame;
+    let mut b = MockBackend::new(1 << 20);
+    let mut d = ready(&mut b);
+    let h = alloc(&mut d, &mut b, 4096);
+    let data: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+    let _ =
+        d.raw(&mut b, Kind::WRITE, Flags::NONE, &[&h.to_le_bytes()[..], &8u64.to_le_bytes(), &data].concat());
+    assert!(d.session.peek_read().is_none(), "nothing queued");
+    // Queue a READ without draining it.
+    let mut frame = vec![0u8; 64];
+    let payload = {
+        let mut p = vec![0u8; Read { handle: h, offset: 8, len: 1000 }.buffer_len()];
+        Read { handle: h, offset: 8, len: 1000 }.emit(&mut p).unwrap();
+        p
+    };
+    let bytes = rela_core::wire::encode_frame::<SoftCrc32>(&mut frame, Kind::READ, Flags::NONE, 42, &payload)
+        .unwrap()
+        .to_vec();
+    let f = Frame::parse::<SoftCrc32>(&bytes, u32::MAX).unwrap();
+    d.session.handle_frame(d.now, f, &mut b).unwrap();
+    let pending = d.session.peek_read().expect("READ data queued");
+    assert_eq!((pending.offset, pending.len), (8, 1000));
+    let PendingRead { id, .. } = pending;
+    // The host reads the bytes where they lie and sends them behind the header.
+    let mut lying = vec![0u8; 1000];
+    b.read(id, 8, &mut lying).unwrap();
+    let mut header = [0u8; 16];
+    assert_eq!(
+        d.session.transmit_read_header::<SoftCrc32>(&lying[..999], &mut header),
+        Err(PollError::NotReadData),
+        "a length that does not match is refused"
+    );
+    let before = d.session.stats().bytes_out;
+    let t = d.session.transmit_read_header::<SoftCrc32>(&lying, &mut header).unwrap();
+    assert_eq!(t.len, 16);
+    let wire = [&header[..], &lying].concat();
+    let parsed = Frame::parse::<SoftCrc32>(&wire, u32::MAX).expect("header and data form a valid frame");
+    assert_eq!((parsed.kind(), parsed.seq(), parsed.payload), (Kind::READ, 42, &data[..]));
+    assert!(parsed.header.flags.is_response());
+    assert_eq!(d.session.stats().bytes_out, before + 1000);
+    assert!(d.session.peek_read().is_none());
+    assert!(d.drain(&mut b).is_empty(), "the response was dequeued");
+    assert_eq!(d.session.transmit_read_header::<SoftCrc32>(&lying, &mut header), Err(PollError::NotReadData));
+}

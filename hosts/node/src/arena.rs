@@ -6,6 +6,8 @@
 //! [`DirectMemory`] is the engine's second handle on the same memory: for a WRITE that the
 //! session has accepted ([`rela_core::session::Session::begin_write`]) it lends the buffer's
 //! range to the connection's reader as a [`Lease`], and the reader reads the payload into it.
+//! For a READ it lends the range the other way: the engine computes the response's CRC over it
+//! and the connection's writer sends the bytes from there.
 //!
 //! # Why this is sound
 //!
@@ -15,13 +17,16 @@
 //!
 //! - the backend, through [`SharedArena`], on the engine thread: the ranges of the buffers
 //!   named by the call it is running (a session's own buffers, a model's tensors);
-//! - a reader, through a [`Lease`]: the range of one buffer of its own session, for one WRITE.
+//! - a reader, through a [`Lease`]: the range of one buffer of its own session, for one WRITE;
+//! - a writer, through a [`Lease`]: the range of a READ's data, only read (several READs of
+//!   one session may be out at once; they only read).
 //!
 //! The engine grants a lease only for a range [`GpuBackend::storage_range`] reports inside a
-//! live buffer of the leasing session, and until the reader hands the lease back it runs no
-//! input of that session and frees none of its buffers (the session's timer, an abort and the
-//! node's shutdown wait; see `engine.rs`). Other sessions cannot name that buffer. So while a
-//! lease lives, nothing else touches its bytes. The `Arc` keeps the memory alive for as long
+//! live buffer of the leasing session, and until the lease comes back it runs no input of that
+//! session that could write or free a buffer (only further READs, which only read; everything
+//! else, the session's timer, an abort and the node's shutdown wait; see `engine.rs`). Other
+//! sessions cannot name that buffer. So while a WRITE lease lives nothing else touches its
+//! bytes, and while READ leases live nothing writes theirs. The `Arc` keeps the memory alive for as long
 //! as any lease exists, even if the engine thread ends first.
 //!
 //! [`GpuBackend::storage_range`]: rela_core::backend::GpuBackend::storage_range
@@ -198,6 +203,13 @@ pub(crate) struct Lease {
 }
 
 impl Lease {
+    /// The leased bytes, to read.
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        // SAFETY: in bounds (checked when lent); while the lease lives nothing writes the range
+        // (`DirectMemory::lease`'s contract; a READ lease is only ever read).
+        unsafe { self.mem.slice(self.range.clone()) }
+    }
+
     /// The leased bytes.
     pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: in bounds (checked when lent) and exclusive to this lease until it is dropped

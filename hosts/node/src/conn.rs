@@ -58,8 +58,8 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::Span;
 
 use crate::engine::{
-    Clock, Command, ConnId, ConnState, Granted, INLINE_OUT, INLINE_PAYLOAD, Job, OutBuf, Outcome, Payload,
-    Reply, ReplyTx, WriteOutcome, drain,
+    Clock, Command, ConnId, ConnState, EngineTx, Granted, INLINE_OUT, INLINE_PAYLOAD, Job, OutBuf, Outcome,
+    Payload, Reply, ReplyTx, WriteOutcome, drain,
 };
 use crate::pool::{Pool, PoolBuf};
 use crate::throttle::AuthThrottle;
@@ -83,7 +83,7 @@ const WRITE_BATCH: usize = 16;
 /// What every connection task shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) engine: mpsc::Sender<Command>,
+    pub(crate) engine: EngineTx,
     /// The backend's storage is shared: WRITE data may go straight into its buffer.
     pub(crate) direct: bool,
     pub(crate) clock: Clock,
@@ -225,7 +225,7 @@ async fn serve(
     let state = Arc::new(ConnState::new(session));
     let open =
         Command::Open { conn, peer, span: span.clone(), state: state.clone(), replies: reply_tx.clone() };
-    if shared.engine.send(open).await.is_err() {
+    if shared.engine.send(open).is_err() {
         return;
     }
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -259,7 +259,37 @@ async fn serve(
                         Err(_) => break,
                     }
                 }
-                let written = write_replies(&mut *wr.lock().await, &batch).await;
+                // READ data lent from the backend's memory: stop if the engine wants it back.
+                let cancel = batch.iter().find_map(|r| r.data.as_ref().map(|d| d.cancel.clone()));
+                let written = match cancel {
+                    None => write_replies(&mut *wr.lock().await, &batch).await,
+                    Some(cancel) => {
+                        let mut socket = wr.lock().await;
+                        let write = write_replies(&mut socket, &batch);
+                        tokio::pin!(write);
+                        loop {
+                            tokio::select! {
+                                r = &mut write => break r,
+                                () = cancel.notified() => break Err(io::Error::other("READ data asked back")),
+                                // A peer that does not take its READ data still has a session
+                                // timer. Its deadline may have moved with requests answered
+                                // meanwhile (their replies queue behind this write), so ask the
+                                // session; once it has passed, the engine takes the data back.
+                                () = &mut timer, if armed => {
+                                    let now = shared.clock.now();
+                                    match state.lock().poll_timeout() {
+                                        Some(at) if at > now => timer.as_mut().reset(shared.clock.deadline(at)),
+                                        Some(_) => {
+                                            armed = false;
+                                            let _ = shared.engine.send(Command::Timeout { conn, now });
+                                        }
+                                        None => armed = false,
+                                    }
+                                }
+                            }
+                        }
+                    }
+                };
                 // Everything in the batch is out (or the connection is broken): release the
                 // pipeline slots and buffers, then let the fast path know.
                 let n = batch.len();
@@ -269,7 +299,7 @@ async fn serve(
                 state.inflight.fetch_sub(n, Ordering::AcqRel);
                 if let Err(error) = written {
                     tracing::debug!(parent: &span, %error, "write failed");
-                    let _ = shared.engine.send(Command::Abort { conn }).await;
+                    let _ = shared.engine.send(Command::Abort { conn });
                     break;
                 }
                 if let Some(outcome) = last {
@@ -296,7 +326,7 @@ async fn serve(
                     Some(at) if at > now => timer.as_mut().reset(shared.clock.deadline(at)),
                     _ => {
                         armed = false;
-                        if shared.engine.send(Command::Timeout { conn, now }).await.is_err() {
+                        if shared.engine.send(Command::Timeout { conn, now }).is_err() {
                             break;
                         }
                     }
@@ -315,11 +345,15 @@ async fn serve(
 /// A non-blocking attempt comes first; only what the socket does not take at once waits, for
 /// at most [`WRITE_STALL`].
 async fn write_replies(wr: &mut OwnedWriteHalf, batch: &[Reply]) -> io::Result<()> {
-    let mut slices: [IoSlice<'_>; WRITE_BATCH] = [IoSlice::new(&[]); WRITE_BATCH];
+    // Each reply: its frames, then READ data sent from the backend's memory, if any.
+    let mut slices: [IoSlice<'_>; 2 * WRITE_BATCH] = [IoSlice::new(&[]); 2 * WRITE_BATCH];
     let mut count = 0;
-    for r in batch.iter().filter(|r| r.len > 0) {
+    let pieces = batch.iter().flat_map(|r| {
+        [r.out.as_slice().get(..r.len).unwrap_or(&[]), r.data.as_ref().map_or(&[][..], |d| d.as_slice())]
+    });
+    for piece in pieces.filter(|p| !p.is_empty()) {
         if let Some(slot) = slices.get_mut(count) {
-            *slot = IoSlice::new(r.out.as_slice().get(..r.len).unwrap_or(&[]));
+            *slot = IoSlice::new(piece);
             count += 1;
         }
     }
@@ -363,7 +397,7 @@ enum ReadError {
 #[allow(clippy::large_enum_variant, reason = "small payloads travel inline; see `Payload`")]
 enum Got {
     /// A frame for the engine, with the pipeline slot it holds.
-    Frame(HeaderRepr, Payload, Option<PoolBuf>, OwnedSemaphorePermit),
+    Frame(HeaderRepr, Payload, Option<PoolBuf>, Option<EngineTx>, OwnedSemaphorePermit),
     /// A WRITE whose data went straight into its buffer; the engine has it.
     Written,
 }
@@ -413,19 +447,21 @@ impl Reader {
             let (cmd, last) = match read {
                 Ok(Got::Written) => continue,
                 Err(ReadError::Told) => break,
-                Ok(Got::Frame(header, payload, out, ticket)) => {
+                Ok(Got::Frame(header, payload, out, done, ticket)) => {
                     if let Payload::Inline(p) = &payload
                         && let Some(fast_reply) = fast_ping(&state, &wr, header, p, now)
                     {
                         if let Some((out, len, outcome)) = fast_reply
-                            && fast.send(Reply { out, len, outcome, _ticket: Some(ticket) }).is_err()
+                            && fast
+                                .send(Reply { out, len, outcome, data: None, _ticket: Some(ticket) })
+                                .is_err()
                         {
                             break;
                         }
                         continue;
                     }
                     state.inflight.fetch_add(1, Ordering::AcqRel);
-                    let job = Job { header, payload, out, ticket };
+                    let job = Job { header, payload, out, done, ticket };
                     (Command::Frame { conn, now, job }, false)
                 }
                 Err(ReadError::Frame(error)) => (Command::FrameError { conn, now, error }, true),
@@ -435,7 +471,7 @@ impl Reader {
                     (Command::Abort { conn }, true)
                 }
             };
-            if shared.engine.send(cmd).await.is_err() || last {
+            if shared.engine.send(cmd).is_err() || last {
                 break;
             }
         }
@@ -472,12 +508,16 @@ async fn read_frame(
             _ => 0,
         };
         // Room for the response: READ data plus header, or a small frame (an ERROR at most).
-        let out = if HEADER_LEN + read_len <= INLINE_OUT {
-            None
+        // With a shared arena the data is sent from the buffer itself, and the writer tells the
+        // engine when it has been sent.
+        let (out, done) = if HEADER_LEN + read_len <= INLINE_OUT {
+            (None, None)
+        } else if shared.direct {
+            (None, Some(shared.engine.clone()))
         } else {
-            Some(shared.pool.get(HEADER_LEN + read_len).await)
+            (Some(shared.pool.get(HEADER_LEN + read_len).await), None)
         };
-        return Ok(Got::Frame(header, Payload::Inline(buf), out, ticket));
+        return Ok(Got::Frame(header, Payload::Inline(buf), out, done, ticket));
     }
     let mut start = 0;
     let mut prefix = [0u8; WRITE_PREFIX_LEN];
@@ -498,7 +538,7 @@ async fn read_frame(
         crc.update(piece);
     }
     crc.verify(&header).map_err(ReadError::Frame)?;
-    Ok(Got::Frame(header, Payload::Pooled(buf), None, ticket))
+    Ok(Got::Frame(header, Payload::Pooled(buf), None, None, ticket))
 }
 
 /// Asks the engine to lend the range a WRITE's data goes to. `None`: read the frame as usual.
@@ -509,15 +549,10 @@ async fn lease(
     prefix: [u8; WRITE_PREFIX_LEN],
 ) -> Result<Option<Granted>, ReadError> {
     let gone = || ReadError::Io(io::Error::other("the engine has stopped"));
-    // The slot the lease will end through, reserved now so that ending it never waits.
-    let done = shared.engine.clone().reserve_owned().await.map_err(|_| gone())?;
     let (reply, answer) = oneshot::channel();
-    shared.engine.send(Command::Lease { conn, header, prefix, done, reply }).await.map_err(|_| gone())?;
-    match answer.await {
-        Ok(Ok(granted)) => Ok(Some(granted)),
-        Ok(Err(_slot)) => Ok(None),
-        Err(_) => Err(gone()),
-    }
+    let done = shared.engine.clone();
+    shared.engine.send(Command::Lease { conn, header, prefix, done, reply }).map_err(|_| gone())?;
+    answer.await.map_err(|_| gone())
 }
 
 /// Reads a WRITE's data from the socket straight into the buffer the engine lent, checking the

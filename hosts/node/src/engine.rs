@@ -173,8 +173,42 @@ pub(crate) struct Reply {
     pub(crate) out: OutBuf,
     pub(crate) len: usize,
     pub(crate) outcome: Outcome,
+    /// READ data sent from the backend's memory right behind `out[..len]`.
+    pub(crate) data: Option<ReadData>,
     /// The connection's pipeline slot, released once the bytes are written.
     pub(crate) _ticket: Option<OwnedSemaphorePermit>,
+}
+
+/// A READ's data lent to the connection's writer, which sends it from the backend's memory.
+/// Dropping it (once sent, or when the connection gives up) hands the lease back.
+#[derive(Debug)]
+pub(crate) struct ReadData {
+    lease: Lease,
+    /// Notified when the engine needs the lease back: the writer stops writing.
+    pub(crate) cancel: Arc<Notify>,
+    _done: ReadDone,
+}
+
+impl ReadData {
+    /// The bytes to send.
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        self.lease.as_slice()
+    }
+}
+
+/// Sends [`Command::ReadDone`] when dropped, through a queue slot the reader reserved with the
+/// READ, so it never waits and never fails.
+#[derive(Debug)]
+struct ReadDone {
+    conn: ConnId,
+    tx: EngineTx,
+}
+
+impl Drop for ReadDone {
+    fn drop(&mut self) {
+        // Fails only if the engine is gone, and then nothing waits for the lease.
+        let _ = self.tx.send(Command::ReadDone { conn: self.conn });
+    }
 }
 
 /// A validated request frame on its way to the engine.
@@ -185,6 +219,9 @@ pub(crate) struct Job {
     pub(crate) payload: Payload,
     /// The response buffer the reader reserved for a READ; `None` for a small response.
     pub(crate) out: Option<PoolBuf>,
+    /// For a READ whose data may be sent from the backend's memory: the queue slot that hands
+    /// the lease back ([`ReadDone`]).
+    pub(crate) done: Option<EngineTx>,
     pub(crate) ticket: OwnedSemaphorePermit,
 }
 
@@ -209,11 +246,13 @@ pub(crate) enum Command {
         conn: ConnId,
         header: HeaderRepr,
         prefix: [u8; WRITE_PREFIX_LEN],
-        done: mpsc::OwnedPermit<Self>,
-        reply: oneshot::Sender<Result<Granted, mpsc::OwnedPermit<Self>>>,
+        done: EngineTx,
+        reply: oneshot::Sender<Option<Granted>>,
     },
     /// A leased WRITE is over (sent through [`Done`], exactly once per [`Granted`]).
     WriteDone { conn: ConnId, outcome: WriteOutcome, ticket: Option<OwnedSemaphorePermit> },
+    /// A READ's data lent to the writer is sent or given up (sent by [`ReadData`]'s drop).
+    ReadDone { conn: ConnId },
     /// Report backend usage.
     Usage { reply: oneshot::Sender<Usage> },
     /// Close every session with SHUTTING_DOWN, report usage, and stop.
@@ -252,7 +291,7 @@ pub(crate) struct Granted {
 pub(crate) struct Done {
     conn: ConnId,
     state: Arc<ConnState>,
-    permit: Option<mpsc::OwnedPermit<Command>>,
+    tx: Option<EngineTx>,
 }
 
 impl Done {
@@ -262,10 +301,11 @@ impl Done {
     }
 
     fn finish(&mut self, outcome: WriteOutcome, ticket: Option<OwnedSemaphorePermit>) {
-        if let Some(permit) = self.permit.take() {
+        if let Some(tx) = self.tx.take() {
             // The engine answers with one reply, which the writer counts out again.
             self.state.inflight.fetch_add(1, Ordering::AcqRel);
-            permit.send(Command::WriteDone { conn: self.conn, outcome, ticket });
+            // Fails only if the engine is gone, and then nothing waits for the lease.
+            let _ = tx.send(Command::WriteDone { conn: self.conn, outcome, ticket });
         }
     }
 }
@@ -276,12 +316,35 @@ impl Drop for Done {
     }
 }
 
-/// A lease the engine has out: the session waits for it.
+/// The leases a connection has out; its session waits for them.
 struct Leased {
-    write: DirectWrite,
+    /// A WRITE whose data the reader is placing.
+    write: Option<DirectWrite>,
+    /// READs whose data the writer is sending.
+    reads: usize,
+    /// Asks the reader or writer to give the leases back early.
     cancel: Arc<Notify>,
-    /// This connection's commands that arrived meanwhile, run once the lease is back.
+    /// The engine asked for them back: the session closes once they are.
+    cancel_requested: bool,
+    /// This connection's commands that arrived meanwhile, run once the leases are back.
     deferred: Vec<Command>,
+}
+
+impl Leased {
+    fn new() -> Self {
+        Self {
+            write: None,
+            reads: 0,
+            cancel: Arc::new(Notify::new()),
+            cancel_requested: false,
+            deferred: Vec::new(),
+        }
+    }
+
+    fn cancel(&mut self) {
+        self.cancel_requested = true;
+        self.cancel.notify_one();
+    }
 }
 
 impl Command {
@@ -294,11 +357,17 @@ impl Command {
             | Self::Timeout { conn, .. }
             | Self::Abort { conn }
             | Self::Lease { conn, .. }
-            | Self::WriteDone { conn, .. } => Some(*conn),
+            | Self::WriteDone { conn, .. }
+            | Self::ReadDone { conn } => Some(*conn),
             Self::Usage { .. } | Self::Shutdown { .. } => None,
         }
     }
 }
+
+/// The sending side of the engine's command queue. Unbounded, yet bounded in practice: every
+/// frame in it holds one of its connection's `pipeline_depth` slots, and every other command
+/// is one per connection event (open, timer, abort, lease returned).
+pub(crate) type EngineTx = mpsc::UnboundedSender<Command>;
 
 /// The sending side of a connection's reply queue.
 pub(crate) type ReplyTx = mpsc::UnboundedSender<Reply>;
@@ -370,7 +439,7 @@ impl Engine {
 
     /// Serves commands until [`Command::Shutdown`] or until every sender is gone. Sessions left
     /// then are aborted, so their buffers are freed and zeroed.
-    pub(crate) fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+    pub(crate) fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         while let Some(cmd) = commands.blocking_recv() {
             let stop = self.handle(cmd);
             self.release_models();
@@ -389,26 +458,31 @@ impl Engine {
     /// lease waits until the lease is back, and so does a shutdown.
     fn handle(&mut self, cmd: Command) -> bool {
         if let Some(conn) = cmd.conn()
-            && !matches!(cmd, Command::WriteDone { .. })
+            && !matches!(cmd, Command::WriteDone { .. } | Command::ReadDone { .. })
             && let Some(leased) = self.leases.get_mut(&conn)
         {
-            if let Command::Timeout { now, .. } = &cmd {
-                let expired = self
-                    .sessions
-                    .get(&conn)
-                    .and_then(|c| c.state.lock().poll_timeout())
-                    .is_some_and(|at| *now >= at);
-                if expired {
-                    // A WRITE whose data does not arrive in time: stop waiting for it.
-                    leased.cancel.notify_one();
+            // Another READ may go ahead of READs still being sent (they only read), unless
+            // something that waits came before it.
+            let read = matches!(&cmd, Command::Frame { job, .. } if job.header.kind == Kind::READ);
+            if !(read && leased.write.is_none() && leased.deferred.is_empty()) {
+                if let Command::Timeout { now, .. } = &cmd {
+                    let expired = self
+                        .sessions
+                        .get(&conn)
+                        .and_then(|c| c.state.lock().poll_timeout())
+                        .is_some_and(|at| *now >= at);
+                    if expired {
+                        // Data that does not arrive, or is not taken, in time: stop waiting.
+                        leased.cancel();
+                    }
                 }
+                leased.deferred.push(cmd);
+                return false;
             }
-            leased.deferred.push(cmd);
-            return false;
         }
         if matches!(cmd, Command::Shutdown { .. }) && !self.leases.is_empty() {
-            for leased in self.leases.values() {
-                leased.cancel.notify_one();
+            for leased in self.leases.values_mut() {
+                leased.cancel();
             }
             self.shutdown = Some(cmd);
             return false;
@@ -416,25 +490,32 @@ impl Engine {
         match cmd {
             Command::Lease { conn, header, prefix, done, reply } => {
                 let Some((write, lease)) = self.grant(conn, &header, &prefix) else {
-                    let _ = reply.send(Err(done));
+                    let _ = reply.send(None);
                     return false;
                 };
                 let Some(c) = self.sessions.get(&conn) else { return false };
-                let cancel = Arc::new(Notify::new());
                 // Recorded first: a grant that never reaches the reader still ends through
                 // its `Done`, which then finds the lease here.
-                self.leases.insert(conn, Leased { write, cancel: cancel.clone(), deferred: Vec::new() });
-                let done = Done { conn, state: c.state.clone(), permit: Some(done) };
-                let _ = reply.send(Ok(Granted { lease, cancel, done }));
+                let leased = self.leases.entry(conn).or_insert_with(Leased::new);
+                leased.write = Some(write);
+                let cancel = leased.cancel.clone();
+                let done = Done { conn, state: c.state.clone(), tx: Some(done) };
+                let _ = reply.send(Some(Granted { lease, cancel, done }));
             }
             Command::WriteDone { conn, outcome, ticket } => return self.write_done(conn, outcome, ticket),
+            Command::ReadDone { conn } => {
+                if let Some(leased) = self.leases.get_mut(&conn) {
+                    leased.reads = leased.reads.saturating_sub(1);
+                }
+                return self.settle(conn);
+            }
             Command::Open { conn, peer, span, state, replies } => {
                 tracing::debug!(parent: &span, "session opened");
                 self.sessions.insert(conn, Conn { state, replies, peer, span });
                 self.control(conn, |_, _| {});
             }
             Command::Frame { conn, now, job } => {
-                let Job { header, payload, out, ticket } = job;
+                let Job { header, payload, out, done, ticket } = job;
                 let mut out = out.map_or(OutBuf::Inline([0; INLINE_OUT]), OutBuf::Pooled);
                 let model_request = matches!(
                     header.kind,
@@ -457,7 +538,7 @@ impl Engine {
                     None
                 };
                 // The reader counted this frame as in flight when it sent it.
-                let stepped = self.step(conn, &mut out, false, |session, backend| {
+                let stepped = self.step(conn, &mut out, false, done, |session, backend| {
                     match payload.as_slice().get(..header.len as usize) {
                         Some(p) => {
                             // Err only if the session is closing; it is then removed below.
@@ -477,8 +558,8 @@ impl Engine {
                     // Kept while the session lives; `release_models` frees it once it ends.
                     self.models.insert(conn, m);
                 }
-                if let Some((len, outcome, replies)) = stepped {
-                    let _ = replies.send(Reply { out, len, outcome, _ticket: Some(ticket) });
+                if let Some(Stepped { len, outcome, replies, data }) = stepped {
+                    let _ = replies.send(Reply { out, len, outcome, data, _ticket: Some(ticket) });
                 }
             }
             Command::FrameError { conn, now, error } => {
@@ -536,20 +617,18 @@ impl Engine {
         Some((write, lease))
     }
 
-    /// A lease is back: finishes the WRITE (or closes the session), then runs what waited.
+    /// A WRITE lease is back: finishes the WRITE (or closes the session), then runs what waited.
     fn write_done(
         &mut self,
         conn: ConnId,
         outcome: WriteOutcome,
         mut ticket: Option<OwnedSemaphorePermit>,
     ) -> bool {
-        let Some(leased) = self.leases.remove(&conn) else {
+        let Some(write) = self.leases.get_mut(&conn).and_then(|l| l.write.take()) else {
             // Never granted (the session ended first): still answer, so the count balances.
             self.reply_to(conn, ticket, |session, backend| session.abort(backend));
             return false;
         };
-        let write = leased.write;
-        let cancelled = matches!(outcome, WriteOutcome::Cancelled);
         match outcome {
             WriteOutcome::Written(now) => self.reply_to(conn, ticket.take(), |session, backend| {
                 if session.finish_write(now, &write).is_err() {
@@ -562,24 +641,39 @@ impl Engine {
             WriteOutcome::Broken => {
                 self.reply_to(conn, ticket.take(), |session, backend| session.abort(backend))
             }
-            // What asked for the lease back (a timeout, a shutdown) closes the session below.
-            WriteOutcome::Cancelled => {}
-        }
-        for cmd in leased.deferred {
-            if self.handle(cmd) {
-                return true;
+            // What asked for the lease back (a timeout, a shutdown) closes the session once
+            // every lease is back (`settle`).
+            WriteOutcome::Cancelled => {
+                if let Some(leased) = self.leases.get_mut(&conn) {
+                    leased.cancel_requested = true;
+                }
             }
         }
-        if cancelled && self.sessions.contains_key(&conn) {
-            // The reader stopped mid-payload, so the stream cannot go on.
-            let shutting_down = self.shutdown.is_some();
-            self.reply_to(conn, ticket.take(), |session, backend| {
-                if shutting_down {
-                    session.close_with(ErrorCode::SHUTTING_DOWN, "node shutting down", backend);
-                } else {
-                    session.abort(backend);
+        self.settle(conn)
+    }
+
+    /// Once a connection has no lease out: runs its commands that waited, closes its session if
+    /// the leases were asked back (the stream stopped mid-frame), and carries out a shutdown
+    /// that waited for the last lease. `true` to stop.
+    fn settle(&mut self, conn: ConnId) -> bool {
+        if self.leases.get(&conn).is_some_and(|l| l.write.is_none() && l.reads == 0)
+            && let Some(leased) = self.leases.remove(&conn)
+        {
+            for cmd in leased.deferred {
+                if self.handle(cmd) {
+                    return true;
                 }
-            });
+            }
+            if leased.cancel_requested && self.sessions.contains_key(&conn) {
+                let shutting_down = self.shutdown.is_some();
+                self.control(conn, |session, backend| {
+                    if shutting_down {
+                        session.close_with(ErrorCode::SHUTTING_DOWN, "node shutting down", backend);
+                    } else {
+                        session.abort(backend);
+                    }
+                });
+            }
         }
         if self.leases.is_empty()
             && let Some(shutdown) = self.shutdown.take()
@@ -598,16 +692,16 @@ impl Engine {
         input: impl FnOnce(&mut Session, &mut dyn GpuBackend),
     ) {
         let mut out = OutBuf::Inline([0; INLINE_OUT]);
-        if let Some((len, outcome, replies)) = self.step(conn, &mut out, false, input) {
-            let _ = replies.send(Reply { out, len, outcome, _ticket: ticket });
+        if let Some(Stepped { len, outcome, replies, data }) = self.step(conn, &mut out, false, None, input) {
+            let _ = replies.send(Reply { out, len, outcome, data, _ticket: ticket });
         }
     }
 
     /// Runs `input` on a session and sends whatever it produced as a reply without a slot.
     fn control(&mut self, conn: ConnId, input: impl FnOnce(&mut Session, &mut dyn GpuBackend)) {
         let mut out = OutBuf::heap();
-        if let Some((len, outcome, replies)) = self.step(conn, &mut out, true, input) {
-            let _ = replies.send(Reply { out, len, outcome, _ticket: None });
+        if let Some(Stepped { len, outcome, replies, data }) = self.step(conn, &mut out, true, None, input) {
+            let _ = replies.send(Reply { out, len, outcome, data, _ticket: None });
         }
     }
 
@@ -615,18 +709,42 @@ impl Engine {
     /// and removes it once closed. Returns the output length, the outcome and the reply channel,
     /// or `None` if the connection has no session. With `count`, counts the reply as in flight
     /// (replies to frames were counted by the reader already).
+    ///
+    /// With `done` (a READ's queue slot), READ data the session answers with is lent to the
+    /// writer ([`ReadData`]) instead of copied into `out`, when the backend's storage is shared.
     fn step(
         &mut self,
         conn: ConnId,
         out: &mut OutBuf,
         count: bool,
+        done: Option<EngineTx>,
         input: impl FnOnce(&mut Session, &mut dyn GpuBackend),
-    ) -> Option<(usize, Outcome, ReplyTx)> {
+    ) -> Option<Stepped> {
         let c = self.sessions.get(&conn)?;
         let backend: &mut dyn GpuBackend = &mut *self.backend;
         let mut session = c.state.lock();
         input(&mut session, backend);
-        let len = match drain(&mut session, backend, out) {
+        let mut start = 0;
+        let mut data = None;
+        if let (Some(direct), Some(tx), None) = (self.direct.as_ref(), done, self.shutdown.as_ref())
+            && let Some(pending) = session.peek_read()
+            && let Some(range) = backend.storage_range(pending.id, pending.offset, u64::from(pending.len))
+        {
+            // SAFETY: `range` holds the data of a READ the session answers from a live buffer of
+            // its own (`peek_read`, `storage_range`). Until this lease comes back (`ReadDone`),
+            // `handle` runs nothing of this session but further READs (which only read): every
+            // other command waits in `deferred`, so nothing writes or frees the buffer; no other
+            // session can name it; and the backend only touches the ranges a call names.
+            let lease = unsafe { direct.lease(range) };
+            if let Ok(t) = session.transmit_read_header::<FastCrc32>(lease.as_slice(), out.as_mut_slice()) {
+                start = t.len;
+                let leased = self.leases.entry(conn).or_insert_with(Leased::new);
+                leased.reads += 1;
+                let cancel = leased.cancel.clone();
+                data = Some(ReadData { lease, cancel, _done: ReadDone { conn, tx } });
+            }
+        }
+        let len = match drain_from(&mut session, backend, out, start) {
             Ok(len) => len,
             Err(e) => {
                 tracing::error!(parent: &c.span, %e, "response does not fit; aborting session");
@@ -643,8 +761,17 @@ impl Engine {
         drop(session);
         let replies =
             if outcome.closed { self.sessions.remove(&conn).map(|c| c.replies)? } else { c.replies.clone() };
-        Some((len, outcome, replies))
+        Some(Stepped { len, outcome, replies, data })
     }
+}
+
+/// What [`Engine::step`] produced: `len` bytes of frames, what to do after, where to send
+/// them, and READ data to send behind them.
+struct Stepped {
+    len: usize,
+    outcome: Outcome,
+    replies: ReplyTx,
+    data: Option<ReadData>,
 }
 
 /// Writes every pending frame of `session` into `out`, growing it (off the pool, a rare
@@ -654,7 +781,17 @@ pub(crate) fn drain<B: GpuBackend + ?Sized>(
     backend: &mut B,
     out: &mut OutBuf,
 ) -> Result<usize, PollError> {
-    let mut len = 0;
+    drain_from(session, backend, out, 0)
+}
+
+/// [`drain`] behind the first `start` bytes of `out`.
+fn drain_from<B: GpuBackend + ?Sized>(
+    session: &mut Session,
+    backend: &mut B,
+    out: &mut OutBuf,
+    start: usize,
+) -> Result<usize, PollError> {
+    let mut len = start;
     // Each round emits a frame or grows the buffer once; a session queues at most two frames.
     for _ in 0..8 {
         match session

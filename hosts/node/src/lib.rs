@@ -85,14 +85,12 @@ use tokio::task::JoinHandle;
 
 use crate::arena::DirectMemory;
 use crate::conn::Shared;
-use crate::engine::{Clock, Command, Engine, Status};
+use crate::engine::{Clock, Command, Engine, EngineTx, Status};
 use crate::pool::Pool;
 use crate::throttle::AuthThrottle;
 
 /// How long shutdown waits for connections to finish their last writes before cancelling them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// Capacity of the engine's command queue.
-const ENGINE_QUEUE: usize = 1024;
 
 /// Why the node could not start or stop cleanly.
 #[derive(Debug)]
@@ -210,7 +208,7 @@ impl Node {
         let status = Arc::new(Status { info: backend.info(), used: AtomicU64::new(backend.usage().used) });
         let clock = Clock::new();
         let throttle = Arc::new(Mutex::new(AuthThrottle::new(config.auth_backoff, config.auth_backoff_max)));
-        let (engine_tx, engine_rx) = mpsc::channel(ENGINE_QUEUE);
+        let (engine_tx, engine_rx) = mpsc::unbounded_channel();
         let repository = match &config.models {
             Some(dir) => Some(Arc::new(
                 rela_models::ModelRepository::open(dir).map_err(|e| NodeError::Models(e.to_string()))?,
@@ -273,7 +271,7 @@ impl Node {
 pub struct NodeHandle {
     local_addr: SocketAddr,
     discovery_addr: Option<SocketAddr>,
-    engine: mpsc::Sender<Command>,
+    engine: EngineTx,
     shared: Arc<Shared>,
     stop: Option<oneshot::Sender<()>>,
     done: oneshot::Receiver<Result<Usage, NodeError>>,
@@ -327,7 +325,7 @@ impl NodeHandle {
     /// The backend's current usage, as the engine sees it.
     pub async fn usage(&self) -> Result<Usage, NodeError> {
         let (reply, rx) = oneshot::channel();
-        self.engine.send(Command::Usage { reply }).await.map_err(|_| NodeError::EngineStopped)?;
+        self.engine.send(Command::Usage { reply }).map_err(|_| NodeError::EngineStopped)?;
         rx.await.map_err(|_| NodeError::EngineStopped)
     }
 
@@ -371,7 +369,7 @@ async fn run(
         r.abort();
     }
     let (reply, usage) = oneshot::channel();
-    let usage = match shared.engine.send(Command::Shutdown { reply }).await {
+    let usage = match shared.engine.send(Command::Shutdown { reply }) {
         Ok(()) => usage.await.map_err(|_| NodeError::EngineStopped),
         Err(_) => Err(NodeError::EngineStopped),
     };

@@ -102,7 +102,7 @@ impl ProgressSink {
         self.state.inflight.fetch_add(1, Ordering::AcqRel);
         // No timer change: the answer that follows sets it.
         let outcome = Outcome { timeout: None, closed: false };
-        let reply = Reply { out: OutBuf::Inline(out), len, outcome, _ticket: None };
+        let reply = Reply { out: OutBuf::Inline(out), len, outcome, data: None, _ticket: None };
         if self.replies.send(reply).is_err() {
             self.state.inflight.fetch_sub(1, Ordering::AcqRel);
         }

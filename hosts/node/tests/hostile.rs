@@ -758,3 +758,98 @@ async fn a_backend_behind_the_trait_takes_writes_through_staging() {
     assert_eq!(wait_idle(&node).await, Usage::default());
     within(node.shutdown()).await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_reads_and_writes_of_one_buffer_keep_their_order() {
+    let node = start(node_config(), 16 * MIB).await;
+    let addr = node.local_addr();
+    let (mut r, _) = Raw::ready(addr, None).await;
+    let h = r.alloc(2 * MIB as u64).await;
+    let old = pattern(21, 2 * MIB);
+    let new = pattern(22, 2 * MIB);
+    assert!(r.ok(Kind::WRITE, &write_payload(h, 0, &old)).await.is_empty());
+    // READ, WRITE, READ, FILL, READ of the same bytes in one burst, before any answer is read:
+    // READ data goes out straight from the buffer, so the WRITE and the FILL must wait for it.
+    let read = enc(&Read { handle: h, offset: 0, len: 2 * MIB as u32 });
+    let fill = enc(&Fill { handle: h, offset: MIB as u64, len: 4096, value: 0xEE });
+    let mut burst = frame(Kind::READ, Flags::NONE, 101, &read);
+    burst.extend(frame(Kind::WRITE, Flags::NONE, 102, &write_payload(h, 0, &new)));
+    burst.extend(frame(Kind::READ, Flags::NONE, 103, &read));
+    burst.extend(frame(Kind::FILL, Flags::NONE, 104, &fill));
+    burst.extend(frame(Kind::READ, Flags::NONE, 105, &read));
+    let (mut rd, mut wr) = r.s.into_split();
+    let sender = tokio::spawn(async move { wr.write_all(&burst).await.map(|()| wr) });
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        let mut header = [0u8; HEADER_LEN];
+        within(rd.read_exact(&mut header)).await.expect("header");
+        let h = HeaderRepr::parse_bytes(&header, u32::MAX).expect("header parses");
+        let mut payload = vec![0u8; h.len as usize];
+        within(rd.read_exact(&mut payload)).await.expect("payload");
+        answers.push((h, payload));
+    }
+    let wr = within(sender).await.expect("sender").expect("burst sent");
+    let seqs: Vec<u16> = answers.iter().map(|(h, _)| h.seq).collect();
+    assert_eq!(seqs, [101, 102, 103, 104, 105]);
+    assert!(answers[0].1 == old, "the first READ saw the WRITE that came after it");
+    assert!(answers[2].1 == new, "the second READ missed the WRITE before it");
+    let mut filled = new.clone();
+    filled[MIB..MIB + 4096].fill(0xEE);
+    assert!(answers[4].1 == filled, "the last READ missed the FILL before it");
+    drop((rd, wr));
+    assert_eq!(wait_idle(&node).await, Usage::default());
+    within(node.shutdown()).await.expect("shutdown");
+}
+
+/// A session that asks for READ data and never takes it: `reads` READs of `len` bytes.
+async fn reader_that_never_reads(addr: SocketAddr, len: usize, reads: u16) -> TcpStream {
+    let (mut r, _) = Raw::ready(addr, None).await;
+    let h = r.alloc(len as u64).await;
+    let read = enc(&Read { handle: h, offset: 0, len: len as u32 });
+    let mut burst = Vec::new();
+    for seq in 0..reads {
+        burst.extend(frame(Kind::READ, Flags::NONE, 200 + seq, &read));
+    }
+    r.send_bytes(&burst).await;
+    r.s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_takes_its_read_data_is_cut_by_the_idle_timeout() {
+    let mut cfg = node_config();
+    cfg.session.idle_timeout = CoreDuration::from_secs(2);
+    let node = start(cfg, 64 * MIB).await;
+    let addr = node.local_addr();
+    // 8 × 16 MiB of READ data, far beyond what the sockets buffer: the node's writer blocks.
+    let stuck = reader_that_never_reads(addr, 16 * MIB, 8).await;
+    // The idle timer takes the READ data back from the blocked writer and ends the session
+    // (well before the writer's own 60 s stall limit).
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while node.sessions() > 0 || node.usage().await.expect("usage").used > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the stuck session ended within 15 s");
+    drop(stuck);
+    let mut fresh = within(Client::connect(addr, None)).await.expect("newcomer");
+    within(fresh.ping()).await.expect("ping");
+    within(fresh.close()).await.expect("close");
+    assert_eq!(wait_idle(&node).await, Usage::default());
+    within(node.shutdown()).await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_read_data_nobody_takes_finishes_and_frees_everything() {
+    let node = start(node_config(), 64 * MIB).await;
+    let addr = node.local_addr();
+    let mut w = Witness::new(addr, None).await;
+    let stuck = reader_that_never_reads(addr, 16 * MIB, 8).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    w.check().await;
+    let started = std::time::Instant::now();
+    let last = within(node.shutdown()).await.expect("shutdown");
+    assert_eq!(last, Usage::default());
+    assert!(started.elapsed() < Duration::from_secs(10), "shutdown waited {:?}", started.elapsed());
+    drop(stuck);
+}

@@ -7,20 +7,16 @@ use std::sync::Arc;
 
 use common::{config, start, wait_idle, within};
 use rela_client::{Client, ClientOptions};
-use rela_node::DEFAULT_BUFFER_BUDGET;
+use rela_node::{DEFAULT_BUFFER_BUDGET, Node, NodeConfig, NodeHandle};
 
 const MIB: usize = 1024 * 1024;
 /// One full-size frame per transfer.
 const FRAME: usize = 16 * MIB;
 const SESSIONS: usize = 64;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_sessions_with_16_mib_frames_stay_within_the_buffer_budget() {
-    let mut cfg = config();
-    cfg.max_sessions = SESSIONS;
-    cfg.session.quota = FRAME as u64;
-    assert_eq!(cfg.buffer_budget, DEFAULT_BUFFER_BUDGET);
-    let node = start(cfg, SESSIONS * FRAME).await;
+/// 64 sessions each write and read back one 16 MiB buffer in 16 MiB frames, several in flight
+/// per session. Returns the node's peak frame-buffer bytes and its budget.
+async fn sixty_four_sessions_of_16_mib_frames(node: NodeHandle) -> (usize, usize) {
     let addr = node.local_addr();
     let data: Arc<Vec<u8>> = Arc::new((0..FRAME).map(|i| (i * 131 + 17) as u8).collect());
 
@@ -48,15 +44,42 @@ async fn many_sessions_with_16_mib_frames_stay_within_the_buffer_budget() {
 
     let budget = node.buffer_budget();
     let peak = node.peak_buffer_bytes();
-    // 64 sessions × 4 frames in flight × 16 MiB would be 4 GiB of payload buffers unbounded.
-    assert!(peak <= budget, "peak frame-buffer memory {peak} above the budget {budget}");
-    assert!(peak >= FRAME, "the pool carried the large frames (peak {peak})");
     assert!(node.buffer_bytes() <= budget);
     // Idle connections hold nothing: only the pool's cache remains, and it can be dropped.
     node.trim_buffers();
     assert_eq!(node.buffer_bytes(), 0, "no buffer is pinned once every session is done");
     let usage = node.shutdown().await.expect("shutdown");
     assert_eq!(usage.used, 0);
+    (peak, budget)
+}
+
+fn node_config() -> NodeConfig {
+    let mut cfg = config();
+    cfg.max_sessions = SESSIONS;
+    cfg.session.quota = FRAME as u64;
+    assert_eq!(cfg.buffer_budget, DEFAULT_BUFFER_BUDGET);
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_sessions_with_16_mib_frames_stay_within_the_buffer_budget() {
+    // A backend the node reaches only through `GpuBackend`: WRITE data and READ responses go
+    // through pooled buffers.
+    let backend = common::boxed_backend(SESSIONS * FRAME);
+    let node = within(Node::start(node_config(), backend)).await.expect("node starts");
+    let (peak, budget) = sixty_four_sessions_of_16_mib_frames(node).await;
+    // 64 sessions × 4 frames in flight × 16 MiB would be 4 GiB of payload buffers unbounded.
+    assert!(peak <= budget, "peak frame-buffer memory {peak} above the budget {budget}");
+    assert!(peak >= FRAME, "the pool carried the large frames (peak {peak})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_shared_arena_large_frames_need_no_frame_buffers_at_all() {
+    // The host backend as `serve` runs it: WRITE data is read straight into the buffer and READ
+    // data is sent straight from it, so the pool never holds a payload.
+    let node = start(node_config(), SESSIONS * FRAME).await;
+    let (peak, _) = sixty_four_sessions_of_16_mib_frames(node).await;
+    assert_eq!(peak, 0, "a payload went through a pooled buffer");
 }
 
 #[tokio::test]
