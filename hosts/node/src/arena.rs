@@ -203,6 +203,11 @@ pub(crate) struct Lease {
 }
 
 impl Lease {
+    /// Bytes lent.
+    pub(crate) fn len(&self) -> usize {
+        self.range.len()
+    }
+
     /// The leased bytes, to read.
     pub(crate) fn as_slice(&self) -> &[u8] {
         // SAFETY: in bounds (checked when lent); while the lease lives nothing writes the range

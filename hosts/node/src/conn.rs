@@ -45,12 +45,12 @@ use std::time::Duration;
 use rela_client::FastCrc32;
 use rela_core::backend::{BackendError, BackendKind, BufferId, DeviceInfo, GpuBackend, KernelCall, Usage};
 use rela_core::config::HEADER_LEN;
-use rela_core::session::{Session, SessionConfig};
+use rela_core::session::{DirectWrite, Session, SessionConfig};
 use rela_core::wire::msg::{self, ErrorMsg, Message, Request, WRITE_PREFIX_LEN};
 use rela_core::wire::{
     ErrorCode, Flags, Frame, FrameCrc, FrameError, HeaderRepr, Kind, RawHeader, emit_frame,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex as AsyncMutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
@@ -429,6 +429,8 @@ impl Reader {
         // Made once: the writer asks the reader to stop at most once, and the loop ends then.
         let stopped = stop.changed();
         tokio::pin!(stopped);
+        // A buffer the engine lent for WRITEs, kept while they keep coming.
+        let mut held: Option<Granted> = None;
         loop {
             let ticket = match depth.clone().try_acquire_owned() {
                 Ok(t) => t,
@@ -441,7 +443,7 @@ impl Reader {
             let read = tokio::select! {
                 biased;
                 _ = &mut stopped => break,
-                r = read_frame(&mut rd, &shared, conn, ticket) => r,
+                r = read_frame(&mut rd, &shared, conn, ticket, &mut held) => r,
             };
             let now = shared.clock.now();
             let (cmd, last) = match read {
@@ -475,6 +477,8 @@ impl Reader {
                 break;
             }
         }
+        // The lease goes back before anything else (mid-frame if the loop stopped inside one).
+        drop(held);
         // The writer's queue must close once the engine lets go of the session.
         drop(fast);
         drop(wr);
@@ -486,16 +490,40 @@ impl Reader {
 /// is read inline, a large one into a pooled buffer (waiting for budget first), with its CRC
 /// checked piece by piece. Also reserves the response buffer. A WRITE goes straight into its
 /// buffer when the engine lends it ([`direct_write`]).
+///
+/// A lease on a buffer (`held`) is kept for the WRITEs into that buffer that follow; any other
+/// frame gives it back first, so the engine sees the lease end before that frame.
 async fn read_frame(
     rd: &mut BufReader<OwnedReadHalf>,
     shared: &Shared,
     conn: ConnId,
     ticket: OwnedSemaphorePermit,
+    held: &mut Option<Granted>,
 ) -> Result<Got, ReadError> {
+    // Between frames the engine may ask for a held lease back (the session's timer expired,
+    // the node is shutting down): give it back, then wait for the frame as usual. Waiting
+    // with `fill_buf` consumes nothing, so giving up the wait loses no bytes.
+    if let Some(cancel) = held.as_ref().map(|g| g.cancel.clone()) {
+        let asked_back = tokio::select! {
+            biased;
+            () = cancel.notified() => true,
+            r = rd.fill_buf() => r.map(|_| false)?,
+        };
+        if asked_back {
+            release(held);
+        }
+    }
     let mut raw = [0u8; HEADER_LEN];
     rd.read_exact(&mut raw).await?;
-    let view = RawHeader::view(&raw).map_err(|e| ReadError::Frame(e.into()))?;
-    let header = HeaderRepr::parse(view, shared.max_payload).map_err(|e| ReadError::Frame(e.into()))?;
+    let parsed = RawHeader::view(&raw)
+        .and_then(|view| Ok((view, HeaderRepr::parse(view, shared.max_payload)?)))
+        .map_err(|e| ReadError::Frame(e.into()));
+    let more_writes = matches!(&parsed, Ok((_, h)) if h.kind == Kind::WRITE && h.flags == Flags::NONE
+        && h.len as usize > INLINE_PAYLOAD);
+    if !more_writes {
+        release(held);
+    }
+    let (view, header) = parsed?;
     let len = header.len as usize;
     let mut crc = FrameCrc::<FastCrc32>::new(view);
     if len <= INLINE_PAYLOAD {
@@ -524,8 +552,24 @@ async fn read_frame(
     if shared.direct && header.kind == Kind::WRITE {
         rd.read_exact(&mut prefix).await?;
         crc.update(&prefix);
-        if let Some(granted) = lease(shared, conn, header, prefix).await? {
-            return direct_write(rd, shared, header, crc, granted, ticket).await;
+        let data_len = (len - WRITE_PREFIX_LEN) as u64;
+        let (handle, offset) = match msg::Write::parse(&prefix) {
+            Ok(w) => (w.handle, w.offset),
+            Err(_) => (0, u64::MAX),
+        };
+        // The held lease takes the WRITEs into its buffer that stay inside it; any other goes
+        // back to the engine to decide.
+        let fits = |g: &Granted| {
+            g.first.handle == handle
+                && offset.checked_add(data_len).is_some_and(|end| end <= g.lease.len() as u64)
+        };
+        if !held.as_ref().is_some_and(fits) {
+            release(held);
+            *held = lease(shared, conn, header, prefix).await?;
+        }
+        if let Some(g) = held.as_ref() {
+            let write = DirectWrite { id: g.first.id, handle, offset, len: data_len, seq: header.seq };
+            return direct_write(rd, shared, header, crc, held, write, ticket).await;
         }
         // Not lent (the WRITE will fail, or the node is shutting down): the usual way, with
         // the prefix already read.
@@ -541,7 +585,14 @@ async fn read_frame(
     Ok(Got::Frame(header, Payload::Pooled(buf), None, None, ticket))
 }
 
-/// Asks the engine to lend the range a WRITE's data goes to. `None`: read the frame as usual.
+/// Gives a held lease back between frames.
+fn release(held: &mut Option<Granted>) {
+    if let Some(g) = held.take() {
+        g.done.end(true);
+    }
+}
+
+/// Asks the engine to lend the buffer a WRITE's data goes to. `None`: read the frame as usual.
 async fn lease(
     shared: &Shared,
     conn: ConnId,
@@ -555,52 +606,65 @@ async fn lease(
     answer.await.map_err(|_| gone())
 }
 
-/// Reads a WRITE's data from the socket straight into the buffer the engine lent, checking the
-/// CRC piece by piece, and ends the lease: the engine acknowledges the WRITE (or closes the
-/// session on a bad CRC). Stops early when the engine asks for the lease back.
+/// Reads a WRITE's data from the socket straight into the held lease (at `write.offset`, which
+/// with its length lies inside the lease), checking the CRC piece by piece, and tells the
+/// engine, which acknowledges it (or closes the session on a bad CRC). If the engine asks for
+/// the lease back meanwhile, or the transport fails, the lease goes back mid-frame.
 async fn direct_write(
     rd: &mut BufReader<OwnedReadHalf>,
     shared: &Shared,
     header: HeaderRepr,
     mut crc: FrameCrc<FastCrc32>,
-    granted: Granted,
+    held: &mut Option<Granted>,
+    write: DirectWrite,
     ticket: OwnedSemaphorePermit,
 ) -> Result<Got, ReadError> {
-    let Granted { mut lease, cancel, done } = granted;
-    let fill = async {
-        for piece in lease.as_mut_slice().chunks_mut(READ_PIECE) {
-            rd.read_exact(piece).await?;
-            crc.update(piece);
-        }
-        Ok::<(), io::Error>(())
-    };
-    let filled = tokio::select! {
-        biased;
-        () = cancel.notified() => None,
-        r = fill => Some(r),
-    };
-    match filled {
-        None => {
-            done.send(WriteOutcome::Cancelled, None);
-            Err(ReadError::Told)
-        }
-        Some(Err(_)) => {
-            done.send(WriteOutcome::Broken, None);
-            Err(ReadError::Told)
-        }
-        Some(Ok(())) => {
-            let now = shared.clock.now();
-            match crc.verify(&header) {
-                Ok(()) => {
-                    shared.direct_writes.fetch_add(1, Ordering::Relaxed);
-                    done.send(WriteOutcome::Written(now), Some(ticket));
-                    Ok(Got::Written)
+    let filled = match held.as_mut() {
+        Some(g) => {
+            let cancel = g.cancel.clone();
+            // `read_frame` checked that the range lies inside the lease, so both ends fit.
+            let range =
+                usize::try_from(write.offset).ok().zip(usize::try_from(write.offset + write.len).ok());
+            match range.and_then(|(from, to)| g.lease.as_mut_slice().get_mut(from..to)) {
+                Some(dst) => {
+                    let fill = async {
+                        for piece in dst.chunks_mut(READ_PIECE) {
+                            rd.read_exact(piece).await?;
+                            crc.update(piece);
+                        }
+                        Ok::<(), io::Error>(())
+                    };
+                    tokio::select! {
+                        biased;
+                        () = cancel.notified() => false,
+                        r = fill => r.is_ok(),
+                    }
                 }
-                Err(error) => {
-                    done.send(WriteOutcome::BadCrc(now, error), Some(ticket));
-                    Err(ReadError::Told)
-                }
+                None => false,
             }
+        }
+        None => false,
+    };
+    let Some(g) = held.as_ref().filter(|_| filled) else {
+        // Asked back, or the transport failed: the stream stops inside this frame.
+        if let Some(g) = held.take() {
+            g.done.end(false);
+        }
+        return Err(ReadError::Told);
+    };
+    let now = shared.clock.now();
+    match crc.verify(&header) {
+        Ok(()) => {
+            shared.direct_writes.fetch_add(1, Ordering::Relaxed);
+            g.done.written(write, WriteOutcome::Written(now), Some(ticket));
+            Ok(Got::Written)
+        }
+        Err(error) => {
+            g.done.written(write, WriteOutcome::BadCrc(now, error), Some(ticket));
+            if let Some(g) = held.take() {
+                g.done.end(false);
+            }
+            Err(ReadError::Told)
         }
     }
 }

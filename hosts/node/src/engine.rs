@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rela_client::FastCrc32;
-use rela_core::backend::{DeviceInfo, GpuBackend, Usage};
+use rela_core::backend::{BufferId, DeviceInfo, GpuBackend, Usage};
 use rela_core::config::MAX_FRAME;
 use rela_core::model::ModelHost;
 use rela_core::session::{DirectWrite, Event, PollError, Session, SessionConfig};
@@ -240,8 +240,8 @@ pub(crate) enum Command {
     /// The transport is gone.
     Abort { conn: ConnId },
     /// A WRITE's header and prefix: may its data go straight into the buffer? The engine
-    /// answers with a [`Granted`] lease, or gives `done` back for the frame to come the usual
-    /// way.
+    /// answers with a [`Granted`] lease on the whole buffer, which the reader keeps for the
+    /// WRITEs to that buffer that follow, or with `None`: the frame comes the usual way.
     Lease {
         conn: ConnId,
         header: HeaderRepr,
@@ -249,8 +249,16 @@ pub(crate) enum Command {
         done: EngineTx,
         reply: oneshot::Sender<Option<Granted>>,
     },
-    /// A leased WRITE is over (sent through [`Done`], exactly once per [`Granted`]).
-    WriteDone { conn: ConnId, outcome: WriteOutcome, ticket: Option<OwnedSemaphorePermit> },
+    /// A WRITE's data is in the leased buffer (sent through [`Done::written`]).
+    WriteDone {
+        conn: ConnId,
+        write: DirectWrite,
+        outcome: WriteOutcome,
+        ticket: Option<OwnedSemaphorePermit>,
+    },
+    /// The reader gives a WRITE lease back (sent by [`Done`], exactly once per [`Granted`]).
+    /// `clean`: between frames; otherwise it stopped inside one and the stream cannot go on.
+    LeaseEnd { conn: ConnId, clean: bool },
     /// A READ's data lent to the writer is sent or given up (sent by [`ReadData`]'s drop).
     ReadDone { conn: ConnId },
     /// Report backend usage.
@@ -259,34 +267,32 @@ pub(crate) enum Command {
     Shutdown { reply: oneshot::Sender<Usage> },
 }
 
-/// How a leased WRITE ended.
+/// How a WRITE into a leased buffer ended.
 #[derive(Debug)]
 pub(crate) enum WriteOutcome {
     /// The data is in place and its CRC matched.
     Written(Instant),
     /// The data is in place but the frame's CRC did not match.
     BadCrc(Instant, FrameError),
-    /// The reader stopped before the data was in: the transport failed or the connection is
-    /// closing.
-    Broken,
-    /// The engine asked for the lease back ([`Granted::cancel`]).
-    Cancelled,
 }
 
-/// A lease granted to a reader: the buffer's range, the engine's call to give it back early,
-/// and the one way to end it.
+/// A buffer lent to a reader for the WRITEs into it: its range, the first WRITE, the engine's
+/// call to give it back early, and the way to report WRITEs and end the lease.
 #[derive(Debug)]
 pub(crate) struct Granted {
+    /// The whole buffer.
     pub(crate) lease: Lease,
-    /// Notified when the engine needs the lease back (the session timed out, the node is
-    /// shutting down): the reader stops reading and reports [`WriteOutcome::Cancelled`].
+    /// The WRITE the lease was asked for.
+    pub(crate) first: DirectWrite,
+    /// Notified when the engine needs the lease back (the session's timer expired, the node is
+    /// shutting down): the reader gives it back at once, mid-frame if it must.
     pub(crate) cancel: Arc<Notify>,
     pub(crate) done: Done,
 }
 
-/// Ends a lease: sends [`Command::WriteDone`] through a queue slot reserved before the lease
-/// was asked for, so ending never waits and never fails. Dropped unsent (the reader task was
-/// cancelled, or the grant never reached it), it reports [`WriteOutcome::Broken`].
+/// Reports WRITEs into a leased buffer and ends the lease, over the engine's unbounded queue
+/// (so it never waits). Dropped without [`end`](Self::end) (the reader task was cancelled, or
+/// the grant never reached it), it ends the lease as broken mid-frame.
 #[derive(Debug)]
 pub(crate) struct Done {
     conn: ConnId,
@@ -295,31 +301,43 @@ pub(crate) struct Done {
 }
 
 impl Done {
-    /// Ends the lease with `outcome`; the reply to the WRITE holds `ticket`.
-    pub(crate) fn send(mut self, outcome: WriteOutcome, ticket: Option<OwnedSemaphorePermit>) {
-        self.finish(outcome, ticket);
-    }
-
-    fn finish(&mut self, outcome: WriteOutcome, ticket: Option<OwnedSemaphorePermit>) {
-        if let Some(tx) = self.tx.take() {
+    /// One WRITE's data is in the buffer; the reply to it holds `ticket`.
+    pub(crate) fn written(
+        &self,
+        write: DirectWrite,
+        outcome: WriteOutcome,
+        ticket: Option<OwnedSemaphorePermit>,
+    ) {
+        if let Some(tx) = &self.tx {
             // The engine answers with one reply, which the writer counts out again.
             self.state.inflight.fetch_add(1, Ordering::AcqRel);
             // Fails only if the engine is gone, and then nothing waits for the lease.
-            let _ = tx.send(Command::WriteDone { conn: self.conn, outcome, ticket });
+            let _ = tx.send(Command::WriteDone { conn: self.conn, write, outcome, ticket });
+        }
+    }
+
+    /// Gives the lease back: `clean` between frames, otherwise mid-frame.
+    pub(crate) fn end(mut self, clean: bool) {
+        self.finish(clean);
+    }
+
+    fn finish(&mut self, clean: bool) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Command::LeaseEnd { conn: self.conn, clean });
         }
     }
 }
 
 impl Drop for Done {
     fn drop(&mut self) {
-        self.finish(WriteOutcome::Broken, None);
+        self.finish(false);
     }
 }
 
 /// The leases a connection has out; its session waits for them.
 struct Leased {
-    /// A WRITE whose data the reader is placing.
-    write: Option<DirectWrite>,
+    /// The buffer lent to the reader for WRITEs.
+    write: Option<BufferId>,
     /// READs whose data the writer is sending.
     reads: usize,
     /// Asks the reader or writer to give the leases back early.
@@ -358,6 +376,7 @@ impl Command {
             | Self::Abort { conn }
             | Self::Lease { conn, .. }
             | Self::WriteDone { conn, .. }
+            | Self::LeaseEnd { conn, .. }
             | Self::ReadDone { conn } => Some(*conn),
             Self::Usage { .. } | Self::Shutdown { .. } => None,
         }
@@ -458,7 +477,7 @@ impl Engine {
     /// lease waits until the lease is back, and so does a shutdown.
     fn handle(&mut self, cmd: Command) -> bool {
         if let Some(conn) = cmd.conn()
-            && !matches!(cmd, Command::WriteDone { .. } | Command::ReadDone { .. })
+            && !matches!(cmd, Command::WriteDone { .. } | Command::LeaseEnd { .. } | Command::ReadDone { .. })
             && let Some(leased) = self.leases.get_mut(&conn)
         {
             // Another READ may go ahead of READs still being sent (they only read), unless
@@ -471,10 +490,14 @@ impl Engine {
                         .get(&conn)
                         .and_then(|c| c.state.lock().poll_timeout())
                         .is_some_and(|at| *now >= at);
-                    if expired {
-                        // Data that does not arrive, or is not taken, in time: stop waiting.
-                        leased.cancel();
+                    if !expired {
+                        // Not yet: tell the writer the session's deadline so it fires again
+                        // then. Only the timer is read; the session gets no input.
+                        self.control(conn, |_, _| {});
+                        return false;
                     }
+                    // Data that does not arrive, or is not taken, in time: stop waiting.
+                    leased.cancel();
                 }
                 leased.deferred.push(cmd);
                 return false;
@@ -489,7 +512,7 @@ impl Engine {
         }
         match cmd {
             Command::Lease { conn, header, prefix, done, reply } => {
-                let Some((write, lease)) = self.grant(conn, &header, &prefix) else {
+                let Some((first, lease)) = self.grant(conn, &header, &prefix) else {
                     let _ = reply.send(None);
                     return false;
                 };
@@ -497,12 +520,24 @@ impl Engine {
                 // Recorded first: a grant that never reaches the reader still ends through
                 // its `Done`, which then finds the lease here.
                 let leased = self.leases.entry(conn).or_insert_with(Leased::new);
-                leased.write = Some(write);
+                leased.write = Some(first.id);
                 let cancel = leased.cancel.clone();
                 let done = Done { conn, state: c.state.clone(), tx: Some(done) };
-                let _ = reply.send(Some(Granted { lease, cancel, done }));
+                let _ = reply.send(Some(Granted { lease, first, cancel, done }));
             }
-            Command::WriteDone { conn, outcome, ticket } => return self.write_done(conn, outcome, ticket),
+            Command::WriteDone { conn, write, outcome, ticket } => {
+                self.write_done(conn, write, outcome, ticket)
+            }
+            Command::LeaseEnd { conn, clean } => {
+                if let Some(leased) = self.leases.get_mut(&conn) {
+                    leased.write = None;
+                    if !clean {
+                        // Stopped inside a frame: the stream cannot go on.
+                        leased.cancel_requested = true;
+                    }
+                }
+                return self.settle(conn);
+            }
             Command::ReadDone { conn } => {
                 if let Some(leased) = self.leases.get_mut(&conn) {
                     leased.reads = leased.reads.saturating_sub(1);
@@ -606,50 +641,40 @@ impl Engine {
         }
         let c = self.sessions.get(&conn)?;
         let write = c.state.lock().begin_write(header, prefix, &*self.backend)?;
-        let range = self.backend.storage_range(write.id, write.offset, write.len)?;
-        // SAFETY: `range` is where the backend keeps bytes of a live buffer of this session
+        let size = self.backend.size(write.id).ok()?;
+        let range = self.backend.storage_range(write.id, 0, size)?;
+        // SAFETY: `range` is where the backend keeps a live buffer of this session
         // (`storage_range` of the buffer `begin_write` found in its slots). Until the lease
-        // comes back (`write_done`), `handle` runs no input of this session (its commands
-        // wait in `deferred`), so none of its buffers is freed or touched; the reader sends
-        // nothing else meanwhile; no other session can name the buffer; and the backend only
+        // comes back (`LeaseEnd`), `handle` runs no input of this session (its commands wait
+        // in `deferred`; the reader sends only WRITEs into this buffer), so none of its buffers
+        // is freed or touched; no other session can name the buffer; and the backend only
         // touches the ranges of the buffers a call names (`rela_backend_host::Arena`).
         let lease = unsafe { direct.lease(range) };
         Some((write, lease))
     }
 
-    /// A WRITE lease is back: finishes the WRITE (or closes the session), then runs what waited.
+    /// A WRITE's data is in the leased buffer: acknowledges it (the session checks it again),
+    /// or closes the session on a bad CRC.
     fn write_done(
         &mut self,
         conn: ConnId,
+        write: DirectWrite,
         outcome: WriteOutcome,
-        mut ticket: Option<OwnedSemaphorePermit>,
-    ) -> bool {
-        let Some(write) = self.leases.get_mut(&conn).and_then(|l| l.write.take()) else {
-            // Never granted (the session ended first): still answer, so the count balances.
-            self.reply_to(conn, ticket, |session, backend| session.abort(backend));
-            return false;
-        };
+        ticket: Option<OwnedSemaphorePermit>,
+    ) {
+        let leased = self.leases.get(&conn).and_then(|l| l.write);
         match outcome {
-            WriteOutcome::Written(now) => self.reply_to(conn, ticket.take(), |session, backend| {
-                if session.finish_write(now, &write).is_err() {
+            WriteOutcome::Written(now) => self.reply_to(conn, ticket, |session, backend| {
+                // A WRITE outside the lease, or one the session no longer takes, cannot
+                // happen; if it did, nothing of it is acknowledged.
+                if leased != Some(write.id) || session.finish_write(now, &write).is_err() {
                     session.abort(backend);
                 }
             }),
-            WriteOutcome::BadCrc(now, error) => self.reply_to(conn, ticket.take(), |session, backend| {
+            WriteOutcome::BadCrc(now, error) => self.reply_to(conn, ticket, |session, backend| {
                 let _ = session.handle_frame_error(now, error, backend);
             }),
-            WriteOutcome::Broken => {
-                self.reply_to(conn, ticket.take(), |session, backend| session.abort(backend))
-            }
-            // What asked for the lease back (a timeout, a shutdown) closes the session once
-            // every lease is back (`settle`).
-            WriteOutcome::Cancelled => {
-                if let Some(leased) = self.leases.get_mut(&conn) {
-                    leased.cancel_requested = true;
-                }
-            }
         }
-        self.settle(conn)
     }
 
     /// Once a connection has no lease out: runs its commands that waited, closes its session if

@@ -853,3 +853,50 @@ async fn shutdown_with_read_data_nobody_takes_finishes_and_frees_everything() {
     assert!(started.elapsed() < Duration::from_secs(10), "shutdown waited {:?}", started.elapsed());
     drop(stuck);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_idle_after_large_writes_still_times_out() {
+    let mut cfg = node_config();
+    cfg.session.idle_timeout = CoreDuration::from_secs(2);
+    let node = start(cfg, 8 * MIB).await;
+    let addr = node.local_addr();
+    let (mut r, _) = Raw::ready(addr, None).await;
+    let h = r.alloc(MIB as u64).await;
+    // The node keeps the buffer lent to the connection's reader for more WRITEs into it.
+    assert!(r.ok(Kind::WRITE, &write_payload(h, 0, &pattern(1, 256 * 1024))).await.is_empty());
+    assert_eq!(node.direct_writes(), 1);
+    // Then nothing: the idle timer still ends the session, with its ERROR.
+    let started = std::time::Instant::now();
+    r.fatal(ErrorCode::TIMEOUT).await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(wait_idle(&node).await, Usage::default());
+    within(node.shutdown()).await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_alternating_between_buffers_and_other_requests_land_where_they_should() {
+    let node = start(node_config(), 16 * MIB).await;
+    let addr = node.local_addr();
+    let (mut r, _) = Raw::ready(addr, None).await;
+    let (a, b) = (r.alloc(MIB as u64).await, r.alloc(MIB as u64).await);
+    let (da, db) = (pattern(31, MIB), pattern(32, MIB));
+    let piece = 64 * 1024;
+    for (i, at) in (0..MIB).step_by(piece).enumerate() {
+        // a, a, b, PING, a, b, b, ... : the lease follows the buffer, other frames end it.
+        assert!(r.ok(Kind::WRITE, &write_payload(a, at as u64, &da[at..at + piece])).await.is_empty());
+        if i % 3 == 0 {
+            assert_eq!(r.ok(Kind::PING, b"between").await, b"between");
+        }
+        assert!(r.ok(Kind::WRITE, &write_payload(b, at as u64, &db[at..at + piece])).await.is_empty());
+    }
+    assert_eq!(node.direct_writes(), 2 * (MIB / piece) as u64);
+    assert!(r.read(a, 0, MIB as u32).await == da, "buffer a differs");
+    assert!(r.read(b, 0, MIB as u32).await == db, "buffer b differs");
+    // A WRITE running past the end of the held buffer is refused, and the session goes on.
+    assert!(r.ok(Kind::WRITE, &write_payload(b, 0, &db[..piece])).await.is_empty());
+    r.err(Kind::WRITE, &write_payload(b, (MIB - 100) as u64, &db[..piece]), ErrorCode::OUT_OF_BOUNDS).await;
+    assert!(r.read(b, 0, MIB as u32).await == db, "buffer b changed");
+    drop(r);
+    assert_eq!(wait_idle(&node).await, Usage::default());
+    within(node.shutdown()).await.expect("shutdown");
+}
