@@ -17,14 +17,16 @@
 //!   inline buffer, or for a READ into the pooled buffer the reader reserved (READ data goes
 //!   from the backend straight into it); the writer sends them in order, batching replies that
 //!   queue up into one vectored write, and returns the buffers to the pool.
-//! - Direct WRITEs: over [`NodeBackend::host`] (what `vram-relay serve --backend host` runs),
-//!   the reader sends a WRITE's header and 12-byte prefix to the engine first; when the session
-//!   accepts it, the engine lends the reader the buffer's range of host memory and the reader
-//!   reads the data from the socket straight into place, checking the CRC as it goes, with no
-//!   pooled buffer and no copy. The session waits for the lease to come back (see `arena.rs`
-//!   for why this is sound). Other backends, and WRITEs the session refuses, take the pooled
-//!   path. [`NodeHandle::direct_writes`] counts them.
-//! - Memory: every payload and READ-response buffer comes from one pool bounded by
+//! - Direct transfers: over [`NodeBackend::host`] (what `vram-relay serve --backend host`
+//!   runs), the reader sends a WRITE's header and 12-byte prefix to the engine first; when the
+//!   session accepts it, the engine lends the reader the buffer's range of host memory, and the
+//!   reader reads the data from the socket straight into place (CRC checked as it goes), keeping
+//!   the buffer for the WRITEs into it that follow. For a READ the engine computes the
+//!   response's CRC over the bytes where they lie and the writer sends them from there. While
+//!   a lease is out, the session runs nothing that could write or free a buffer (see
+//!   `arena.rs` for why this is sound). Other backends, and WRITEs the session refuses, take
+//!   the pooled path. [`NodeHandle::direct_writes`] counts the direct WRITEs.
+//! - Memory: every other payload and READ-response buffer comes from one pool bounded by
 //!   [`NodeConfig::buffer_budget`] (in use plus cached). Readers wait for room before reading a
 //!   payload, so many connections with large frames back up into TCP instead of growing the
 //!   node; an idle connection holds no payload buffer. Steady traffic reuses pooled buffers and
