@@ -98,9 +98,10 @@ impl Drop for Memory {
     }
 }
 
-/// The host backend's storage in a node: shared with the readers through [`DirectMemory`].
+/// The host backend's storage in a node ([`NodeBackend::host`](crate::NodeBackend::host)): shared with
+/// the connection tasks, which read WRITE data into it and send READ data from it.
 #[derive(Debug)]
-pub struct SharedArena {
+pub(crate) struct SharedArena {
     mem: Arc<Memory>,
     /// Not written since it was made (the OS gave zeroed pages): `zero_all` can skip the pass
     /// (which would commit every page of the arena at once).
@@ -160,7 +161,7 @@ impl Arena for SharedArena {
 
 /// The input ranges of a kernel call on a [`SharedArena`].
 #[derive(Debug)]
-pub struct SharedInputs<'a> {
+pub(crate) struct SharedInputs<'a> {
     mem: &'a Memory,
     out: Range<usize>,
 }

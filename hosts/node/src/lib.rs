@@ -78,7 +78,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use arena::{SharedArena, SharedInputs};
 pub use config::{ConfigError, DEFAULT_BUFFER_BUDGET, MIN_MAX_PAYLOAD, NodeConfig};
 use rela_core::backend::{GpuBackend, Usage};
 use tokio::net::{TcpListener, TcpSocket, UdpSocket};
