@@ -259,32 +259,29 @@ async fn serve(
                         Err(_) => break,
                     }
                 }
-                // READ data lent from the backend's memory: stop if the engine wants it back.
-                let cancel = batch.iter().find_map(|r| r.data.as_ref().map(|d| d.cancel.clone()));
-                let written = match cancel {
-                    None => write_replies(&mut *wr.lock().await, &batch).await,
-                    Some(cancel) => {
-                        let mut socket = wr.lock().await;
-                        let write = write_replies(&mut socket, &batch);
-                        tokio::pin!(write);
-                        loop {
-                            tokio::select! {
-                                r = &mut write => break r,
-                                () = cancel.notified() => break Err(io::Error::other("READ data asked back")),
-                                // A peer that does not take its READ data still has a session
-                                // timer. Its deadline may have moved with requests answered
-                                // meanwhile (their replies queue behind this write), so ask the
-                                // session; once it has passed, the engine takes the data back.
-                                () = &mut timer, if armed => {
-                                    let now = shared.clock.now();
-                                    match state.lock().poll_timeout() {
-                                        Some(at) if at > now => timer.as_mut().reset(shared.clock.deadline(at)),
-                                        Some(_) => {
-                                            armed = false;
-                                            let _ = shared.engine.send(Command::Timeout { conn, now });
-                                        }
-                                        None => armed = false,
+                // READ data is sent from the backend's memory: stop if the engine takes it back.
+                let written = {
+                    let mut socket = wr.lock().await;
+                    let write = write_replies(&mut socket, &batch);
+                    tokio::pin!(write);
+                    loop {
+                        tokio::select! {
+                            r = &mut write => break r,
+                            () = state.writer_stopped() => break Err(io::Error::other("READ data taken back")),
+                            // A peer that does not take what is written still has a session
+                            // timer. Its deadline may have moved with requests answered
+                            // meanwhile (their replies queue behind this write), so ask the
+                            // session; once it has passed, the engine ends the session and
+                            // takes back READ data lent to this writer.
+                            () = &mut timer, if armed => {
+                                let now = shared.clock.now();
+                                match state.lock().poll_timeout() {
+                                    Some(at) if at > now => timer.as_mut().reset(shared.clock.deadline(at)),
+                                    Some(_) => {
+                                        armed = false;
+                                        let _ = shared.engine.send(Command::Timeout { conn, now });
                                     }
+                                    None => armed = false,
                                 }
                             }
                         }
@@ -434,11 +431,16 @@ impl Reader {
         loop {
             let ticket = match depth.clone().try_acquire_owned() {
                 Ok(t) => t,
-                Err(_) => tokio::select! {
-                    biased;
-                    _ = &mut stopped => break,
-                    t = depth.clone().acquire_owned() => t.expect("the depth semaphore is never closed"),
-                },
+                Err(_) => {
+                    // Waiting for the writer (the peer is not taking replies): a lease is not
+                    // held while waiting, so the engine never waits on this wait.
+                    release(&mut held);
+                    tokio::select! {
+                        biased;
+                        _ = &mut stopped => break,
+                        t = depth.clone().acquire_owned() => t.expect("the depth semaphore is never closed"),
+                    }
+                }
             };
             let read = tokio::select! {
                 biased;
@@ -514,7 +516,7 @@ async fn read_frame(
         }
     }
     let mut raw = [0u8; HEADER_LEN];
-    rd.read_exact(&mut raw).await?;
+    or_asked_back(held, rd.read_exact(&mut raw)).await?;
     let parsed = RawHeader::view(&raw)
         .and_then(|view| Ok((view, HeaderRepr::parse(view, shared.max_payload)?)))
         .map_err(|e| ReadError::Frame(e.into()));
@@ -550,7 +552,7 @@ async fn read_frame(
     let mut start = 0;
     let mut prefix = [0u8; WRITE_PREFIX_LEN];
     if shared.direct && header.kind == Kind::WRITE {
-        rd.read_exact(&mut prefix).await?;
+        or_asked_back(held, rd.read_exact(&mut prefix)).await?;
         crc.update(&prefix);
         let data_len = (len - WRITE_PREFIX_LEN) as u64;
         let (handle, offset) = match msg::Write::parse(&prefix) {
@@ -583,6 +585,27 @@ async fn read_frame(
     }
     crc.verify(&header).map_err(ReadError::Frame)?;
     Ok(Got::Frame(header, Payload::Pooled(buf), None, None, ticket))
+}
+
+/// Runs `read`, a read inside a frame. If the engine asks for a held lease back meanwhile, the
+/// lease goes back mid-frame and the reader stops.
+async fn or_asked_back<T>(
+    held: &mut Option<Granted>,
+    read: impl std::future::Future<Output = io::Result<T>>,
+) -> Result<T, ReadError> {
+    let Some(cancel) = held.as_ref().map(|g| g.cancel.clone()) else {
+        return Ok(read.await?);
+    };
+    tokio::select! {
+        biased;
+        () = cancel.notified() => {
+            if let Some(g) = held.take() {
+                g.done.end(false);
+            }
+            Err(ReadError::Told)
+        }
+        r = read => Ok(r?),
+    }
 }
 
 /// Gives a held lease back between frames.

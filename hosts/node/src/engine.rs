@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rela_client::FastCrc32;
@@ -145,11 +145,39 @@ pub(crate) struct ConnState {
     /// plus frames on their way to the engine. The fast path runs only when this is zero, so
     /// responses stay in request order.
     pub(crate) inflight: AtomicUsize,
+    /// Set (for good) when the engine takes back READ data the writer is sending: the session
+    /// is ending (its timer expired, the node is shutting down) and the peer does not take it.
+    writer_stop: AtomicBool,
+    writer_wake: Notify,
 }
 
 impl ConnState {
     pub(crate) fn new(session: Session) -> Self {
-        Self { session: Mutex::new(session), inflight: AtomicUsize::new(0) }
+        Self {
+            session: Mutex::new(session),
+            inflight: AtomicUsize::new(0),
+            writer_stop: AtomicBool::new(false),
+            writer_wake: Notify::new(),
+        }
+    }
+
+    /// Resolves once the engine has taken back the READ data the writer is sending.
+    pub(crate) async fn writer_stopped(&self) {
+        loop {
+            let woken = self.writer_wake.notified();
+            tokio::pin!(woken);
+            // Registered before the flag is read, so a stop in between is not missed.
+            woken.as_mut().enable();
+            if self.writer_stop.load(Ordering::Acquire) {
+                return;
+            }
+            woken.await;
+        }
+    }
+
+    fn stop_writer(&self) {
+        self.writer_stop.store(true, Ordering::Release);
+        self.writer_wake.notify_waiters();
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Session> {
@@ -184,8 +212,6 @@ pub(crate) struct Reply {
 #[derive(Debug)]
 pub(crate) struct ReadData {
     lease: Lease,
-    /// Notified when the engine needs the lease back: the writer stops writing.
-    pub(crate) cancel: Arc<Notify>,
     _done: ReadDone,
 }
 
@@ -340,7 +366,7 @@ struct Leased {
     write: Option<BufferId>,
     /// READs whose data the writer is sending.
     reads: usize,
-    /// Asks the reader or writer to give the leases back early.
+    /// Asks the reader to give its WRITE lease back early.
     cancel: Arc<Notify>,
     /// The engine asked for them back: the session closes once they are.
     cancel_requested: bool,
@@ -359,9 +385,16 @@ impl Leased {
         }
     }
 
-    fn cancel(&mut self) {
+    /// Asks for the leases back: the reader's (it stops waiting for WRITE data) and the
+    /// writer's (it stops sending READ data the peer does not take).
+    fn cancel(&mut self, state: Option<&ConnState>) {
         self.cancel_requested = true;
         self.cancel.notify_one();
+        if self.reads > 0
+            && let Some(state) = state
+        {
+            state.stop_writer();
+        }
     }
 }
 
@@ -497,15 +530,15 @@ impl Engine {
                         return false;
                     }
                     // Data that does not arrive, or is not taken, in time: stop waiting.
-                    leased.cancel();
+                    leased.cancel(self.sessions.get(&conn).map(|c| &*c.state));
                 }
                 leased.deferred.push(cmd);
                 return false;
             }
         }
         if matches!(cmd, Command::Shutdown { .. }) && !self.leases.is_empty() {
-            for leased in self.leases.values_mut() {
-                leased.cancel();
+            for (conn, leased) in &mut self.leases {
+                leased.cancel(self.sessions.get(conn).map(|c| &*c.state));
             }
             self.shutdown = Some(cmd);
             return false;
@@ -765,8 +798,7 @@ impl Engine {
                 start = t.len;
                 let leased = self.leases.entry(conn).or_insert_with(Leased::new);
                 leased.reads += 1;
-                let cancel = leased.cancel.clone();
-                data = Some(ReadData { lease, cancel, _done: ReadDone { conn, tx } });
+                data = Some(ReadData { lease, _done: ReadDone { conn, tx } });
             }
         }
         let len = match drain_from(&mut session, backend, out, start) {

@@ -900,3 +900,35 @@ async fn writes_alternating_between_buffers_and_other_requests_land_where_they_s
     assert_eq!(wait_idle(&node).await, Usage::default());
     within(node.shutdown()).await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_while_a_peer_streams_writes_and_takes_no_replies_finishes() {
+    let node = start(node_config(), 64 * MIB).await;
+    let addr = node.local_addr();
+    let (mut r, _) = Raw::ready(addr, None).await;
+    let h = r.alloc(16 * MIB as u64).await;
+    // READ data the peer never takes fills the socket and blocks the node's writer; then a
+    // stream of WRITEs into the same buffer fills the pipeline behind it.
+    let read = enc(&Read { handle: h, offset: 0, len: 4 * MIB as u32 });
+    let mut burst = Vec::new();
+    for seq in 0..4u16 {
+        burst.extend(frame(Kind::READ, Flags::NONE, 300 + seq, &read));
+    }
+    let data = pattern(41, 256 * 1024);
+    for (i, seq) in (400..464u16).enumerate() {
+        let at = (i * data.len()) % (16 * MIB);
+        burst.extend(frame(Kind::WRITE, Flags::NONE, seq, &write_payload(h, at as u64, &data)));
+    }
+    let (rd, mut wr) = r.s.into_split();
+    let sender = tokio::spawn(async move {
+        let _ = wr.write_all(&burst).await;
+        wr
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let last = within(node.shutdown()).await.expect("shutdown");
+    assert_eq!(last, Usage::default());
+    assert!(started.elapsed() < Duration::from_secs(10), "shutdown waited {:?}", started.elapsed());
+    drop(rd);
+    sender.abort();
+}
