@@ -36,7 +36,9 @@ pub struct NodeConfig {
     /// waiting for the engine, READ responses waiting for their socket, and buffers cached for
     /// reuse. A connection waits for room before reading a payload. Must hold at least one
     /// largest frame (header plus `max_payload`, rounded up to 4 KiB). Default
-    /// [`DEFAULT_BUFFER_BUDGET`].
+    /// [`DEFAULT_BUFFER_BUDGET`]. Over [`NodeBackend::host`](crate::NodeBackend::host) WRITE
+    /// data and READ responses skip the pool (they go straight to and from the buffer); it
+    /// then holds only payloads the session refuses and other large requests.
     pub buffer_budget: usize,
     /// Delay before serving the next connection from an IP after its first failed AUTH; it
     /// doubles with each further failure.
