@@ -47,7 +47,7 @@ use rela_core::config::{HEADER_LEN, MAX_MODELS, MAX_PAYLOAD, MAX_PENDING, NONCE_
 use rela_core::crc32::SoftCrc32;
 use rela_core::fuzzing::{frame_crc, handle_table};
 use rela_core::model::{ModelHost, ProgressTarget};
-use rela_core::session::{ApiMisuse, Event, Session, SessionConfig, State};
+use rela_core::session::{ApiMisuse, Event, Session, SessionConfig, State, Transmit};
 use rela_core::time::{Duration, Instant};
 use rela_core::wire::msg::{self, Caps, Message, Request, Response};
 use rela_core::wire::{
@@ -88,6 +88,7 @@ pub fn run(data: &[u8]) {
             sides: [Side::new(s0, now, 0), Side::new(s1, now, 1)],
             out: OUT.take(),
             generation: 1,
+            turn: 0,
         };
         h.out.resize(HEADER_LEN + MAX_SESSION_PAYLOAD as usize, 0);
         h.check_invariants();
@@ -235,6 +236,8 @@ struct Harness<'a> {
     out: Vec<u8>,
     /// Sessions created so far, less one.
     generation: u32,
+    /// Steps so far; every other WRITE and READ takes the direct path (below).
+    turn: u32,
 }
 
 impl Harness<'_> {
@@ -424,7 +427,25 @@ impl Harness<'_> {
         let open = side.is_open();
         side.host.log.clear();
         side.host.progress_frames.clear();
-        let r = side.session.handle_frame_with(self.now, f, &mut self.backend, &mut side.host);
+        self.turn = self.turn.wrapping_add(1);
+        // Every other WRITE takes a node's direct path: `begin_write` decides from the header
+        // and prefix, the data goes into the buffer by its id, `finish_write` acknowledges.
+        // The reply must be what `handle_frame` gives; a WRITE `begin_write` refuses goes
+        // through `handle_frame` and must then be refused there too (checked below).
+        let direct = Kind(kind) == Kind::WRITE && self.turn % 2 == 0;
+        let lent = if direct { side.session.begin_write(&header, payload, &self.backend) } else { None };
+        let r = match lent {
+            Some(w) => {
+                assert!(open, "begin_write lent a buffer of a closed session");
+                let data = &payload[msg::WRITE_PREFIX_LEN..];
+                assert_eq!(w.len, data.len() as u64);
+                self.backend
+                    .write(w.id, w.offset, data)
+                    .expect("begin_write lent a range the backend refuses");
+                side.session.finish_write(self.now, &w)
+            }
+            None => side.session.handle_frame_with(self.now, f, &mut self.backend, &mut side.host),
+        };
         let calls = std::mem::take(&mut side.host.log);
         let progress = std::mem::take(&mut side.host.progress_frames);
         if open {
@@ -440,6 +461,12 @@ impl Harness<'_> {
         }
         for bytes in &progress {
             check_progress_frame(bytes, seq);
+        }
+        if direct && lent.is_none() && pre == State::Ready {
+            assert!(
+                replies.iter().all(|r| r.kind != Kind::WRITE),
+                "begin_write refused a WRITE that handle_frame carried out"
+            );
         }
         let request = if flags == 0 { Request::parse(Kind(kind), payload).ok() } else { None };
         self.check_reply(who, pre, Kind(kind), seq, request, &replies, &calls);
@@ -501,10 +528,31 @@ impl Harness<'_> {
         let pre_open = side.is_open() || matches!(side.session.state(), State::Closing);
         let mut replies = Vec::new();
         loop {
-            let t = side
-                .session
-                .poll_transmit::<SoftCrc32, _>(&mut self.backend, &mut self.out)
-                .expect("poll_transmit failed with a full-size buffer");
+            // READ data the node may send from the buffer itself: the header from
+            // `transmit_read_header`, then the bytes where they lie; the same checks follow.
+            let direct = match side.session.peek_read() {
+                Some(p) if self.turn % 2 == 0 => {
+                    let len = p.len as usize;
+                    self.backend
+                        .read(p.id, p.offset, &mut self.out[HEADER_LEN..HEADER_LEN + len])
+                        .expect("peek_read named a range the backend refuses");
+                    let (head, data) = self.out.split_at_mut(HEADER_LEN);
+                    let t = side
+                        .session
+                        .transmit_read_header::<SoftCrc32>(&data[..len], head)
+                        .expect("transmit_read_header refused what peek_read reported");
+                    assert_eq!(t.len, HEADER_LEN);
+                    Some(HEADER_LEN + len)
+                }
+                _ => None,
+            };
+            let t = match direct {
+                Some(len) => Some(Transmit { len }),
+                None => side
+                    .session
+                    .poll_transmit::<SoftCrc32, _>(&mut self.backend, &mut self.out)
+                    .expect("poll_transmit failed with a full-size buffer"),
+            };
             let Some(t) = t else { break };
             assert!(replies.len() < MAX_PENDING, "more than MAX_PENDING frames for one input");
             let bytes = &self.out[..t.len];
