@@ -35,6 +35,7 @@ pub(crate) const ALL: &[Case] = &[
     Case { name: "copy_overlap_rejected", run: copy_overlap_rejected },
     Case { name: "fill_ranges", run: fill_ranges },
     Case { name: "zero_after_free", run: zero_after_free },
+    Case { name: "storage_ranges_are_consistent", run: storage_ranges_are_consistent },
     Case { name: "past_capacity_is_out_of_memory", run: past_capacity_is_out_of_memory },
     Case { name: "random_ops_match_reference", run: random_ops_match_reference },
     Case { name: "kernel_add", run: kernel_add },
@@ -326,6 +327,55 @@ fn fill_ranges(b: &mut dyn GpuBackend) -> Outcome {
         same_bytes(&format!("after fill({offset}, {len}, {value:#x})"), &read_all(b, id)?, &shadow)?;
     }
     same_bytes("other buffer after fills", &read_all(b, other)?, &other_data)
+}
+
+/// `storage_range` (what a node uses to move data straight to and from a backend's memory):
+/// either `None` for every buffer (device memory), or, for every live buffer, exactly the
+/// requested length at the buffer's base plus the offset, buffers disjoint, and `None` for
+/// ranges outside a buffer and for freed buffers.
+fn storage_ranges_are_consistent(b: &mut dyn GpuBackend) -> Outcome {
+    let sizes = [4_096u64, 1, 65_539, 300_000];
+    let mut live = Vec::new();
+    for (i, &size) in sizes.iter().enumerate() {
+        let (id, _) = patterned(b, size as usize, 40 + i as u64)?;
+        live.push((id, size));
+    }
+    let shared = b.storage_range(live[0].0, 0, live[0].1).is_some();
+    let mut whole = Vec::new();
+    for &(id, size) in &live {
+        let r = b.storage_range(id, 0, size);
+        if !shared {
+            ensure!(r.is_none(), "storage_range answers for {id:?} but not for the first buffer");
+            continue;
+        }
+        let Some(r) = r else {
+            return Err(Failure(format!("storage_range answers for the first buffer but not for {id:?}")));
+        };
+        ensure!(r.len() as u64 == size, "storage_range({id:?}, 0, {size}) is {r:?}");
+        if size > 1 {
+            let part = b.storage_range(id, 1, size - 1);
+            ensure!(part == Some(r.start + 1..r.end), "storage_range({id:?}, 1, {}) is {part:?}", size - 1);
+        }
+        for (bad_offset, bad_len) in [(0, size + 1), (size, 1), (u64::MAX, 2)] {
+            let got = b.storage_range(id, bad_offset, bad_len);
+            ensure!(
+                got.is_none(),
+                "storage_range({id:?}, {bad_offset}, {bad_len}) outside the buffer is {got:?}"
+            );
+        }
+        whole.push(r);
+    }
+    for (i, a) in whole.iter().enumerate() {
+        for c in &whole[i + 1..] {
+            ensure!(a.end <= c.start || c.end <= a.start, "storage ranges {a:?} and {c:?} overlap");
+        }
+    }
+    for &(id, _) in &live {
+        b.free(id).ctx(|| format!("free({id:?})"))?;
+        let got = b.storage_range(id, 0, 1);
+        ensure!(got.is_none(), "storage_range of freed {id:?} is {got:?}");
+    }
+    usage_is(b, Usage::default(), "the storage-range checks")
 }
 
 fn zero_after_free(b: &mut dyn GpuBackend) -> Outcome {

@@ -317,6 +317,7 @@ macro_rules! testgen {
             copy_overlap_rejected,
             fill_ranges,
             zero_after_free,
+            storage_ranges_are_consistent,
             past_capacity_is_out_of_memory,
             random_ops_match_reference,
             kernel_add,
