@@ -17,7 +17,7 @@
 //!
 //! - the backend, through [`SharedArena`], on the engine thread: the ranges of the buffers
 //!   named by the call it is running (a session's own buffers, a model's tensors);
-//! - a reader, through a [`Lease`]: the range of one buffer of its own session, for one WRITE;
+//! - a reader, through a [`Lease`]: one buffer of its own session, for the WRITEs into it;
 //! - a writer, through a [`Lease`]: the range of a READ's data, only read (several READs of
 //!   one session may be out at once; they only read).
 //!
@@ -26,8 +26,9 @@
 //! session that could write or free a buffer (only further READs, which only read; everything
 //! else, the session's timer, an abort and the node's shutdown wait; see `engine.rs`). Other
 //! sessions cannot name that buffer. So while a WRITE lease lives nothing else touches its
-//! bytes, and while READ leases live nothing writes theirs. The `Arc` keeps the memory alive for as long
-//! as any lease exists, even if the engine thread ends first.
+//! bytes, and while READ leases live nothing writes theirs. A READ lease goes back before its
+//! session could free anything: the lease's drop, then the deferred commands. The `Arc` keeps
+//! the memory alive for as long as any lease exists, even if the engine thread ends first.
 //!
 //! [`GpuBackend::storage_range`]: rela_core::backend::GpuBackend::storage_range
 

@@ -805,6 +805,9 @@ impl Engine {
             Ok(len) => len,
             Err(e) => {
                 tracing::error!(parent: &c.span, %e, "response does not fit; aborting session");
+                // Nothing is sent: READ data lent above goes back before the buffers are freed.
+                // (Unreachable with a lease: `peek_read` lends only the one pending frame.)
+                data = None;
                 session.abort(backend);
                 0
             }
