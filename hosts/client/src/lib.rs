@@ -30,7 +30,8 @@ mod error;
 
 pub use blocking::BlockingClient;
 pub use client::{
-    Client, ClientOptions, Handle, Kernel, LoadProgress, LoadStage, Progress, RemoteDeviceInfo, RemoteModel,
+    Client, ClientOptions, DEFAULT_CHUNK, Handle, Kernel, LoadProgress, LoadStage, Progress,
+    RemoteDeviceInfo, RemoteModel,
 };
 pub use crc::FastCrc32;
 pub use discovery::{DiscoveryReport, NodeAnnouncement, RejectedAnnouncement, discover, discover_report};

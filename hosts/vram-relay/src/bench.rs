@@ -68,6 +68,10 @@ pub(crate) struct BenchArgs {
     /// File holding the token.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// Payload bytes per WRITE and READ frame of the relay client (default: the client's,
+    /// 4 MiB), e.g. 1MiB. The backend driven directly gets the same pieces.
+    #[arg(long, value_parser = parse_size)]
+    chunk: Option<u64>,
     /// Repetitions of each transfer measurement; the best is kept for both sides.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
@@ -469,19 +473,20 @@ fn backend_direct(
     sink: &mut [u8],
     total: u64,
     repeat: usize,
+    piece: usize,
 ) -> Result<(Duration, Duration), String> {
     let mut b = backends::open(choice, data.len() as u64 + (16 << 20), false)?;
     let id = b.alloc(data.len() as u64).map_err(|e| e.to_string())?;
-    // Same frame size as the client's bulk transfers (1 MiB), so the backend sees the same calls.
-    const PIECE: usize = 1 << 20;
+    // Pieces of the client's frame size, so the backend sees the same calls.
+    let piece = piece.max(1);
     let (mut up, mut down) = (Duration::MAX, Duration::MAX);
     for _ in 0..repeat {
         let t = Instant::now();
         let mut left = total;
         while left > 0 {
             let n = data.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            for (i, piece) in data[..n].chunks(PIECE).enumerate() {
-                b.write(id, (i * PIECE) as u64, piece).map_err(|e| e.to_string())?;
+            for (i, bytes) in data[..n].chunks(piece).enumerate() {
+                b.write(id, (i * piece) as u64, bytes).map_err(|e| e.to_string())?;
             }
             left -= n as u64;
         }
@@ -490,8 +495,8 @@ fn backend_direct(
         let mut left = total;
         while left > 0 {
             let n = sink.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            for (i, piece) in sink[..n].chunks_mut(PIECE).enumerate() {
-                b.read(id, (i * PIECE) as u64, piece).map_err(|e| e.to_string())?;
+            for (i, bytes) in sink[..n].chunks_mut(piece).enumerate() {
+                b.read(id, (i * piece) as u64, bytes).map_err(|e| e.to_string())?;
             }
             left -= n as u64;
         }
@@ -581,7 +586,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
     let buffer = usize::try_from(args.buffer).map_err(|_| "--buffer too large".to_string())?;
     let token = util::load_token(args.token.as_deref(), args.token_file.as_deref())?;
     let max_sessions = args.sessions.iter().copied().max().unwrap_or(1).max(1);
-    // At least 4 MiB per session (so each session keeps several 1 MiB frames in flight), at
+    // At least 4 MiB per session (one default frame; the client keeps several in flight), at
     // most the buffer the data comes from.
     let per_session = (args.buffer / max_sessions as u64).clamp(4 << 20, 16 << 20).min(args.buffer);
     let spawned = if args.spawn {
@@ -603,8 +608,13 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
 
     let data: Vec<u8> = (0..buffer).map(|i| (i * 31 + 7) as u8).collect();
     let mut sink_buf = vec![0u8; buffer];
-    let mut client =
-        Client::connect(addr, token.as_deref()).await.map_err(|e| format!("connect {addr}: {e}"))?;
+    let options = rela_client::ClientOptions {
+        chunk: args.chunk.map(|c| u32::try_from(c).unwrap_or(u32::MAX)),
+        ..rela_client::ClientOptions::default()
+    };
+    let mut client = Client::connect_with(addr, token.as_deref(), options)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
     let info = client.device_info().await.map_err(|e| e.to_string())?;
 
     // Transfers: best of `repeat`, alternating sides so drift hits both. CPU time of both
@@ -751,9 +761,11 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
     drop(spawned);
     drop(raw_child);
 
-    // The backend itself, in this process, moving the same bytes in the same 1 MiB pieces.
+    // The backend itself, in this process, moving the same bytes in the client's frame size.
     if args.spawn {
-        let (up_d, dn_d) = backend_direct(args.backend, &data, &mut sink_buf, args.size, args.repeat)?;
+        let piece = usize::try_from(args.chunk.unwrap_or(u64::from(rela_client::DEFAULT_CHUNK)))
+            .unwrap_or(usize::MAX);
+        let (up_d, dn_d) = backend_direct(args.backend, &data, &mut sink_buf, args.size, args.repeat, piece)?;
         let name = args.backend.name();
         let mut direct = |metric: String, relay: Duration, direct: Duration| {
             rows.push(Row {
