@@ -25,8 +25,10 @@ pub use models::{LoadProgress, LoadStage, RemoteModel};
 const SMALL_PAYLOAD: usize = 512;
 /// Piece size for reading bulk payloads, so the CRC runs over cache-hot bytes.
 const READ_PIECE: usize = 256 * 1024;
-/// Default bulk frame payload ([`ClientOptions::chunk`]).
-pub const DEFAULT_CHUNK: u32 = 4 * 1024 * 1024;
+/// Default WRITE frame payload ([`ClientOptions::chunk`]).
+pub const DEFAULT_WRITE_CHUNK: u32 = 4 * 1024 * 1024;
+/// Default READ frame payload ([`ClientOptions::chunk`]).
+pub const DEFAULT_READ_CHUNK: u32 = 1024 * 1024;
 /// Read buffer in front of the socket, so small responses take one syscall for many.
 const READ_BUFFER: usize = 64 * 1024;
 
@@ -39,11 +41,12 @@ pub type Progress<'a> = &'a mut (dyn FnMut(u64, u64) + Send);
 pub struct ClientOptions {
     /// Frames in flight during bulk reads and writes (at least 1). Default 8.
     pub window: usize,
-    /// Largest payload per bulk frame; clamped to the node's `max_payload`. Default
-    /// ([`None`]): 4 MiB. Against a node that moves the data straight between the socket and
-    /// the buffer, the per-frame costs (an acknowledgement, wakeups on both ends) dominate at
-    /// 1 MiB: 4 MiB frames took upload from 0.75–0.94× to 0.93–1.02× raw TCP on loopback
-    /// (`docs/BENCHMARKS.md`).
+    /// Largest payload per bulk frame, WRITE and READ alike; clamped to the node's
+    /// `max_payload`. Default ([`None`]): [`DEFAULT_WRITE_CHUNK`] (4 MiB) for WRITE and
+    /// [`DEFAULT_READ_CHUNK`] (1 MiB) for READ, which measured best on loopback against a node
+    /// that moves the data straight between the socket and the buffer: larger WRITE frames
+    /// halve the per-frame costs (acknowledgements, wakeups on both ends), while READ does
+    /// better with finer pipelining (`docs/BENCHMARKS.md`).
     pub chunk: Option<u32>,
     /// Requested socket send and receive buffer size. Applied only when the kernel allows that
     /// much (Linux `net.core.{r,w}mem_max`): a clamped fixed size would switch off the kernel's
@@ -424,7 +427,7 @@ impl Client {
         offset
             .checked_add(data.len() as u64)
             .ok_or(ClientError::InvalidArgument("offset + length overflows"))?;
-        let chunk = self.chunk().saturating_sub(WRITE_PREFIX_LEN).max(1);
+        let chunk = self.chunk(DEFAULT_WRITE_CHUNK).saturating_sub(WRITE_PREFIX_LEN).max(1);
         let total = data.len();
         let window = self.options.window.max(1);
         self.inflight.clear();
@@ -490,7 +493,7 @@ impl Client {
         offset
             .checked_add(out.len() as u64)
             .ok_or(ClientError::InvalidArgument("offset + length overflows"))?;
-        let chunk = self.chunk();
+        let chunk = self.chunk(DEFAULT_READ_CHUNK);
         let total = out.len();
         let window = self.options.window.max(1);
         self.inflight.clear();
@@ -569,9 +572,10 @@ impl Client {
     }
 
     /// Payload bytes per bulk frame.
-    fn chunk(&self) -> usize {
+    /// Payload bytes per bulk frame: the option, else `default`, within the node's limit.
+    fn chunk(&self, default: u32) -> usize {
         let max = self.max_payload();
-        self.options.chunk.unwrap_or(DEFAULT_CHUNK).min(max).max(WRITE_PREFIX_LEN as u32 + 1) as usize
+        self.options.chunk.unwrap_or(default).min(max).max(WRITE_PREFIX_LEN as u32 + 1) as usize
     }
 
     fn next_seq(&mut self) -> u16 {

@@ -30,8 +30,8 @@ mod error;
 
 pub use blocking::BlockingClient;
 pub use client::{
-    Client, ClientOptions, DEFAULT_CHUNK, Handle, Kernel, LoadProgress, LoadStage, Progress,
-    RemoteDeviceInfo, RemoteModel,
+    Client, ClientOptions, DEFAULT_READ_CHUNK, DEFAULT_WRITE_CHUNK, Handle, Kernel, LoadProgress, LoadStage,
+    Progress, RemoteDeviceInfo, RemoteModel,
 };
 pub use crc::FastCrc32;
 pub use discovery::{DiscoveryReport, NodeAnnouncement, RejectedAnnouncement, discover, discover_report};

@@ -161,7 +161,7 @@ async fn forty_mib_round_trip_splits_into_frames() {
     assert_eq!(reads, 3);
     assert!(back == data, "40 MiB round trip differs");
 
-    // Default (4 MiB) frames, at an unaligned offset.
+    // Default frames (4 MiB WRITE, 1 MiB READ), at an unaligned offset.
     let mut d = within(Client::connect(node.local_addr(), None)).await.expect("connect");
     let h2 = within(d.alloc(5 * MIB as u64 + 3)).await.expect("alloc");
     within(d.write(h2, 3, &data[..5 * MIB])).await.expect("write");

@@ -69,7 +69,8 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     token_file: Option<PathBuf>,
     /// Payload bytes per WRITE and READ frame of the relay client (default: the client's,
-    /// 4 MiB), e.g. 1MiB. The backend driven directly gets the same pieces.
+    /// 4 MiB for WRITE and 1 MiB for READ), e.g. 1MiB. The backend driven directly gets the
+    /// same pieces.
     #[arg(long, value_parser = parse_size)]
     chunk: Option<u64>,
     /// Repetitions of each transfer measurement; the best is kept for both sides.
@@ -473,20 +474,20 @@ fn backend_direct(
     sink: &mut [u8],
     total: u64,
     repeat: usize,
-    piece: usize,
+    (up_piece, down_piece): (usize, usize),
 ) -> Result<(Duration, Duration), String> {
     let mut b = backends::open(choice, data.len() as u64 + (16 << 20), false)?;
     let id = b.alloc(data.len() as u64).map_err(|e| e.to_string())?;
     // Pieces of the client's frame size, so the backend sees the same calls.
-    let piece = piece.max(1);
+    let (up_piece, down_piece) = (up_piece.max(1), down_piece.max(1));
     let (mut up, mut down) = (Duration::MAX, Duration::MAX);
     for _ in 0..repeat {
         let t = Instant::now();
         let mut left = total;
         while left > 0 {
             let n = data.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            for (i, bytes) in data[..n].chunks(piece).enumerate() {
-                b.write(id, (i * piece) as u64, bytes).map_err(|e| e.to_string())?;
+            for (i, bytes) in data[..n].chunks(up_piece).enumerate() {
+                b.write(id, (i * up_piece) as u64, bytes).map_err(|e| e.to_string())?;
             }
             left -= n as u64;
         }
@@ -495,8 +496,8 @@ fn backend_direct(
         let mut left = total;
         while left > 0 {
             let n = sink.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            for (i, bytes) in sink[..n].chunks_mut(piece).enumerate() {
-                b.read(id, (i * piece) as u64, bytes).map_err(|e| e.to_string())?;
+            for (i, bytes) in sink[..n].chunks_mut(down_piece).enumerate() {
+                b.read(id, (i * down_piece) as u64, bytes).map_err(|e| e.to_string())?;
             }
             left -= n as u64;
         }
@@ -761,11 +762,13 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
     drop(spawned);
     drop(raw_child);
 
-    // The backend itself, in this process, moving the same bytes in the client's frame size.
+    // The backend itself, in this process, moving the same bytes in the client's frame sizes.
     if args.spawn {
-        let piece = usize::try_from(args.chunk.unwrap_or(u64::from(rela_client::DEFAULT_CHUNK)))
-            .unwrap_or(usize::MAX);
-        let (up_d, dn_d) = backend_direct(args.backend, &data, &mut sink_buf, args.size, args.repeat, piece)?;
+        let frame =
+            |default: u32| usize::try_from(args.chunk.unwrap_or(u64::from(default))).unwrap_or(usize::MAX);
+        let pieces = (frame(rela_client::DEFAULT_WRITE_CHUNK), frame(rela_client::DEFAULT_READ_CHUNK));
+        let (up_d, dn_d) =
+            backend_direct(args.backend, &data, &mut sink_buf, args.size, args.repeat, pieces)?;
         let name = args.backend.name();
         let mut direct = |metric: String, relay: Duration, direct: Duration| {
             rows.push(Row {
