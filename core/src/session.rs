@@ -61,7 +61,7 @@ use crate::wire::msg::{
     Stats, WELCOME_AUTH_REQUIRED, Welcome,
 };
 use crate::wire::{
-    EncodeError, ErrorCode, Flags, Frame, FrameCrc, FrameError, HeaderError, HeaderRepr, Kind, emit_frame,
+    EncodeError, ErrorCode, Flags, Frame, FrameError, HeaderError, HeaderRepr, Kind, emit_frame, emit_header,
 };
 
 /// A node's per-session limits and settings.
@@ -459,9 +459,7 @@ impl Session {
         models: &mut M,
     ) -> Result<(), ApiMisuse> {
         self.check_input()?;
-        self.last_activity = now;
-        self.stats.frames_in += 1;
-        self.stats.bytes_in += frame.payload.len() as u64;
+        self.count_input(now, frame.payload.len() as u64);
         let kind = frame.kind();
         let seq = frame.seq();
         let outcome = self.dispatch(frame, backend, models);
@@ -526,9 +524,7 @@ impl Session {
         {
             return Err(ApiMisuse::StaleWrite);
         }
-        self.last_activity = now;
-        self.stats.frames_in += 1;
-        self.stats.bytes_in += write.len + msg::WRITE_PREFIX_LEN as u64;
+        self.count_input(now, write.len + msg::WRITE_PREFIX_LEN as u64);
         self.queue(Kind::WRITE, write.seq, Body::Empty);
         Ok(())
     }
@@ -652,11 +648,7 @@ impl Session {
             }
         };
         let n = emit_frame::<C>(out, kind, flags, p.seq, len)?;
-        self.stats.bytes_out += len as u64;
-        self.pending.pop_front();
-        if self.pending.is_empty() && matches!(self.state, State::Closing) {
-            self.state = State::Closed;
-        }
+        self.sent(len as u64);
         Ok(Some(Transmit { len: n }))
     }
 
@@ -696,16 +688,8 @@ impl Session {
             Body::Read { len, .. } if len as usize == data.len() => len,
             _ => return Err(PollError::NotReadData),
         };
-        let mut header = HeaderRepr { kind: p.kind, flags: Flags::RESPONSE, seq: p.seq, len, crc: 0 };
-        let mut crc = FrameCrc::<C>::new(&header.to_raw());
-        crc.update(data);
-        header.crc = crc.value();
-        header.emit(out).map_err(|_| PollError::BufferTooSmall { needed: crate::config::HEADER_LEN })?;
-        self.stats.bytes_out += u64::from(len);
-        self.pending.pop_front();
-        if self.pending.is_empty() && matches!(self.state, State::Closing) {
-            self.state = State::Closed;
-        }
+        emit_header::<C>(out, p.kind, Flags::RESPONSE, p.seq, data)?;
+        self.sent(u64::from(len));
         Ok(Transmit { len: crate::config::HEADER_LEN })
     }
 
@@ -716,6 +700,23 @@ impl Session {
     }
 
     // ---- internals ----
+
+    /// One frame of `bytes` payload bytes came in at `now`.
+    fn count_input(&mut self, now: Instant, bytes: u64) {
+        self.last_activity = now;
+        self.stats.frames_in += 1;
+        self.stats.bytes_in += bytes;
+    }
+
+    /// The front response went out with `payload` bytes: dequeues it, and a closing session
+    /// whose output is drained is closed.
+    fn sent(&mut self, payload: u64) {
+        self.stats.bytes_out += payload;
+        self.pending.pop_front();
+        if self.pending.is_empty() && matches!(self.state, State::Closing) {
+            self.state = State::Closed;
+        }
+    }
 
     fn check_input(&self) -> Result<(), ApiMisuse> {
         if matches!(self.state, State::Closing | State::Closed) {

@@ -169,13 +169,27 @@ pub fn emit_frame<C: Crc32>(
     if buf.len() < total {
         return Err(EncodeError::BufferTooSmall { needed: total });
     }
-    let mut header = HeaderRepr { kind, flags, seq, len: payload_len as u32, crc: 0 };
-    let raw = header.to_raw();
-    let mut crc = FrameCrc::<C>::new(&raw);
-    crc.update(&buf[HEADER_LEN..total]);
-    header.crc = crc.value();
-    header.emit(buf)?;
+    let (head, rest) = buf.split_at_mut(HEADER_LEN);
+    emit_header::<C>(head, kind, flags, seq, &rest[..payload_len])?;
     Ok(total)
+}
+
+/// Writes into `buf[..16]` the header of a frame whose payload is `payload`, wherever that
+/// lies (the host sends it right behind the header); the CRC covers it. `payload` must be at
+/// most [`MAX_PAYLOAD`] bytes.
+pub fn emit_header<C: Crc32>(
+    buf: &mut [u8],
+    kind: Kind,
+    flags: Flags,
+    seq: u16,
+    payload: &[u8],
+) -> Result<(), EncodeError> {
+    let len = u32::try_from(payload.len()).ok().filter(|&n| n <= MAX_PAYLOAD).ok_or(EncodeError::TooLarge)?;
+    let mut header = HeaderRepr { kind, flags, seq, len, crc: 0 };
+    let mut crc = FrameCrc::<C>::new(&header.to_raw());
+    crc.update(payload);
+    header.crc = crc.value();
+    header.emit(buf)
 }
 
 /// Copies `payload` behind a header into `buf` and returns the encoded frame.

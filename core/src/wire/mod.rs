@@ -20,6 +20,6 @@ pub mod msg;
 
 pub use codec::{DecodeError, EncodeError, Reader, Writer};
 pub use error_code::ErrorCode;
-pub use frame::{Frame, FrameCrc, FrameError, emit_frame, encode_frame};
+pub use frame::{Frame, FrameCrc, FrameError, emit_frame, emit_header, encode_frame};
 pub use header::{Flags, HeaderError, HeaderRepr, MAGIC, RawHeader};
 pub use kind::Kind;

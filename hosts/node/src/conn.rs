@@ -53,7 +53,7 @@ use rela_core::wire::{
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Mutex as AsyncMutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Mutex as AsyncMutex, Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::Span;
 
@@ -434,7 +434,7 @@ impl Reader {
                 Err(_) => {
                     // Waiting for the writer (the peer is not taking replies): a lease is not
                     // held while waiting, so the engine never waits on this wait.
-                    release(&mut held);
+                    release(&mut held, true);
                     tokio::select! {
                         biased;
                         _ = &mut stopped => break,
@@ -506,13 +506,9 @@ async fn read_frame(
     // the node is shutting down): give it back, then wait for the frame as usual. Waiting
     // with `fill_buf` consumes nothing, so giving up the wait loses no bytes.
     if let Some(cancel) = held.as_ref().map(|g| g.cancel.clone()) {
-        let asked_back = tokio::select! {
-            biased;
-            () = cancel.notified() => true,
-            r = rd.fill_buf() => r.map(|_| false)?,
-        };
-        if asked_back {
-            release(held);
+        match unless_asked_back(Some(&cancel), rd.fill_buf()).await {
+            Some(filled) => drop(filled?),
+            None => release(held, true),
         }
     }
     let mut raw = [0u8; HEADER_LEN];
@@ -523,7 +519,7 @@ async fn read_frame(
     let more_writes = matches!(&parsed, Ok((_, h)) if h.kind == Kind::WRITE && h.flags == Flags::NONE
         && h.len as usize > INLINE_PAYLOAD);
     if !more_writes {
-        release(held);
+        release(held, true);
     }
     let (view, header) = parsed?;
     let len = header.len as usize;
@@ -566,7 +562,7 @@ async fn read_frame(
                 && offset.checked_add(data_len).is_some_and(|end| end <= g.lease.len() as u64)
         };
         if !held.as_ref().is_some_and(fits) {
-            release(held);
+            release(held, true);
             *held = lease(shared, conn, header, prefix).await?;
         }
         if let Some(g) = held.as_ref() {
@@ -593,25 +589,35 @@ async fn or_asked_back<T>(
     held: &mut Option<Granted>,
     read: impl std::future::Future<Output = io::Result<T>>,
 ) -> Result<T, ReadError> {
-    let Some(cancel) = held.as_ref().map(|g| g.cancel.clone()) else {
-        return Ok(read.await?);
-    };
-    tokio::select! {
-        biased;
-        () = cancel.notified() => {
-            if let Some(g) = held.take() {
-                g.done.end(false);
-            }
+    let cancel = held.as_ref().map(|g| g.cancel.clone());
+    match unless_asked_back(cancel.as_deref(), read).await {
+        Some(r) => Ok(r?),
+        None => {
+            release(held, false);
             Err(ReadError::Told)
         }
-        r = read => Ok(r?),
     }
 }
 
-/// Gives a held lease back between frames.
-fn release(held: &mut Option<Granted>) {
+/// Runs `read` unless `cancel` (a held lease's) is notified first: `None` then.
+async fn unless_asked_back<T>(
+    cancel: Option<&Notify>,
+    read: impl std::future::Future<Output = io::Result<T>>,
+) -> Option<io::Result<T>> {
+    let Some(cancel) = cancel else {
+        return Some(read.await);
+    };
+    tokio::select! {
+        biased;
+        () = cancel.notified() => None,
+        r = read => Some(r),
+    }
+}
+
+/// Gives a held lease back: `clean` between frames, otherwise mid-frame.
+fn release(held: &mut Option<Granted>, clean: bool) {
     if let Some(g) = held.take() {
-        g.done.end(true);
+        g.done.end(clean);
     }
 }
 
@@ -642,37 +648,24 @@ async fn direct_write(
     write: DirectWrite,
     ticket: OwnedSemaphorePermit,
 ) -> Result<Got, ReadError> {
-    let filled = match held.as_mut() {
-        Some(g) => {
-            let cancel = g.cancel.clone();
-            // `read_frame` checked that the range lies inside the lease, so both ends fit.
-            let range =
-                usize::try_from(write.offset).ok().zip(usize::try_from(write.offset + write.len).ok());
-            match range.and_then(|(from, to)| g.lease.as_mut_slice().get_mut(from..to)) {
-                Some(dst) => {
-                    let fill = async {
-                        for piece in dst.chunks_mut(READ_PIECE) {
-                            rd.read_exact(piece).await?;
-                            crc.update(piece);
-                        }
-                        Ok::<(), io::Error>(())
-                    };
-                    tokio::select! {
-                        biased;
-                        () = cancel.notified() => false,
-                        r = fill => r.is_ok(),
-                    }
-                }
-                None => false,
+    // `read_frame` checked that the range lies inside the lease, so both ends fit.
+    let range = usize::try_from(write.offset).ok().zip(usize::try_from(write.offset + write.len).ok());
+    let mut filled = false;
+    if let Some(g) = held.as_mut()
+        && let Some(dst) = range.and_then(|(from, to)| g.lease.as_mut_slice().get_mut(from..to))
+    {
+        let fill = async {
+            for piece in dst.chunks_mut(READ_PIECE) {
+                rd.read_exact(piece).await?;
+                crc.update(piece);
             }
-        }
-        None => false,
-    };
+            Ok(())
+        };
+        filled = matches!(unless_asked_back(Some(&g.cancel), fill).await, Some(Ok(())));
+    }
     let Some(g) = held.as_ref().filter(|_| filled) else {
         // Asked back, or the transport failed: the stream stops inside this frame.
-        if let Some(g) = held.take() {
-            g.done.end(false);
-        }
+        release(held, false);
         return Err(ReadError::Told);
     };
     let now = shared.clock.now();
@@ -684,9 +677,7 @@ async fn direct_write(
         }
         Err(error) => {
             g.done.written(write, WriteOutcome::BadCrc(now, error), Some(ticket));
-            if let Some(g) = held.take() {
-                g.done.end(false);
-            }
+            release(held, false);
             Err(ReadError::Told)
         }
     }

@@ -160,6 +160,11 @@ impl NodeBackend {
         Ok(Self { backend: Box::new(backend), direct: Some(direct) })
     }
 
+    /// The backend's device facts.
+    pub fn info(&self) -> rela_core::backend::DeviceInfo {
+        self.backend.info()
+    }
+
     /// Whether WRITE data goes straight into the backend's memory.
     pub const fn direct_writes(&self) -> bool {
         self.direct.is_some()
@@ -169,7 +174,7 @@ impl NodeBackend {
 impl fmt::Debug for NodeBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NodeBackend")
-            .field("device", &self.backend.info().name.as_str())
+            .field("device", &self.info().name.as_str())
             .field("direct_writes", &self.direct_writes())
             .finish()
     }

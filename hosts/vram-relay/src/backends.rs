@@ -43,21 +43,21 @@ const HOST_BLOCKS: usize = 4096;
 /// A backend boxed for the node's engine thread.
 pub(crate) type Boxed = Box<dyn GpuBackend + Send>;
 
-/// The backend a node serves from: the host backend is made again over memory the node
-/// shares with its connection readers (WRITE data goes from the socket straight into place);
-/// every other backend is served as opened.
-pub(crate) fn for_node(
-    backend: Boxed,
-    choice: BackendChoice,
-    capacity: u64,
-) -> Result<rela_node::NodeBackend, String> {
-    if choice != BackendChoice::Host {
-        return Ok(backend.into());
-    }
-    drop(backend);
-    let cap = usize::try_from(capacity).map_err(|_| "capacity does not fit in memory".to_string())?;
-    rela_node::NodeBackend::host::<HOST_BLOCKS>(cap)
-        .map_err(|e| format!("cannot reserve {capacity} bytes of host memory: {e}"))
+/// The host backend as a node serves it: over memory the node shares with its connection
+/// tasks (WRITE and READ data go straight between the socket and the buffer), with a
+/// node-wide table of [`HOST_BLOCKS`] buffers.
+pub(crate) fn host_for_node(capacity: u64) -> Result<rela_node::NodeBackend, String> {
+    rela_node::NodeBackend::host::<HOST_BLOCKS>(host_bytes(capacity)?).map_err(|e| no_room(capacity, &e))
+}
+
+/// `capacity` as a host allocation size.
+fn host_bytes(capacity: u64) -> Result<usize, String> {
+    usize::try_from(capacity).map_err(|_| "capacity does not fit in memory".to_string())
+}
+
+/// Why the heap could not provide `capacity` bytes.
+fn no_room(capacity: u64, e: &std::collections::TryReserveError) -> String {
+    format!("cannot reserve {capacity} bytes of host memory: {e}")
 }
 
 /// Opens one concrete backend lending `capacity` bytes on its default device. `Err` says why
@@ -77,11 +77,10 @@ pub(crate) fn open_on(
     match choice {
         BackendChoice::Auto => open_auto(capacity, vk_validation).map(|(b, _)| b),
         BackendChoice::Host => {
-            let cap = usize::try_from(capacity).map_err(|_| "capacity does not fit in memory".to_string())?;
             // A node-wide table: every session's buffers and every loaded model's tensors.
-            rela_backend_host::HostMemory::<Box<[u8]>, HOST_BLOCKS>::try_with_blocks(cap)
+            rela_backend_host::HostMemory::<Box<[u8]>, HOST_BLOCKS>::try_with_blocks(host_bytes(capacity)?)
                 .map(|b| Box::new(b) as Boxed)
-                .map_err(|e| format!("cannot reserve {capacity} bytes of host memory: {e}"))
+                .map_err(|e| no_room(capacity, &e))
         }
         BackendChoice::Vulkan => {
             let mut cfg = rela_backend_vulkan::VulkanConfig::new(capacity);

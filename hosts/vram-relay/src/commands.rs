@@ -107,21 +107,25 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), String> {
         );
     }
 
-    let (backend, choice) = match args.backend {
+    let backend = match args.backend {
+        BackendChoice::Host => backends::host_for_node(args.capacity)?,
         BackendChoice::Auto => {
             let (b, choice) = backends::open_auto(args.capacity, args.vk_validation)
                 .map_err(|why| format!("no backend could start: {why}"))?;
             tracing::info!(backend = choice.name(), "using backend");
-            (b, choice)
+            if choice == BackendChoice::Host {
+                // Every device backend failed: the host backend, as the node shares it.
+                drop(b);
+                backends::host_for_node(args.capacity)?
+            } else {
+                b.into()
+            }
         }
-        other => (
-            backends::open_on(other, args.capacity, args.vk_validation, args.device.as_deref())
-                .map_err(|why| format!("backend {} cannot start: {why}", other.name()))?,
-            other,
-        ),
+        other => backends::open_on(other, args.capacity, args.vk_validation, args.device.as_deref())
+            .map_err(|why| format!("backend {} cannot start: {why}", other.name()))?
+            .into(),
     };
     let info = backend.info();
-    let backend = backends::for_node(backend, choice, args.capacity)?;
     let node = Node::start(config, backend).await.map_err(|e| format!("cannot start the node: {e}"))?;
     tracing::info!(
         listen = %node.local_addr(),
