@@ -208,6 +208,29 @@ fn embed_by_name_and_with_uploaded_weights() {
     assert!(by_name.status.success(), "{}", String::from_utf8_lossy(&by_name.stderr));
     let by_name: serde_json::Value = serde_json::from_slice(&by_name.stdout).unwrap();
     assert_eq!(by_name["dim"], 384);
+    // The similarity matrix: n × n, and each entry the cosine of the printed embeddings.
+    let vectors: Vec<Vec<f64>> = by_name["embeddings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect())
+        .collect();
+    assert_eq!(vectors.len(), texts.len());
+    let sim = by_name["similarity"].as_array().expect("a similarity matrix");
+    assert_eq!(sim.len(), texts.len());
+    for (i, row) in sim.iter().enumerate() {
+        let row = row.as_array().unwrap();
+        assert_eq!(row.len(), texts.len());
+        for (j, got) in row.iter().enumerate() {
+            let dot: f64 = vectors[i].iter().zip(&vectors[j]).map(|(a, b)| a * b).sum();
+            let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+            let want = dot / (norm(&vectors[i]) * norm(&vectors[j]));
+            let got = got.as_f64().unwrap();
+            assert!((got - want).abs() < 1e-4, "similarity[{i}][{j}] = {got}, cosine is {want}");
+        }
+    }
+    let cross = sim[0][1].as_f64().unwrap();
+    assert!(cross < 0.9, "unrelated sentences came out alike ({cross})");
 
     let weights = model.join("model.safetensors");
     let uploaded = embed(&["--weights", weights.to_str().unwrap()]);
