@@ -56,8 +56,9 @@ impl Memory {
     /// `len` zeroed bytes, mapped lazily by the OS (calloc), or the reason the heap cannot
     /// provide them.
     fn zeroed(len: usize) -> Result<Self, std::collections::TryReserveError> {
-        Vec::<u8>::new().try_reserve_exact(len)?;
-        let boxed = vec![0u8; len].into_boxed_slice();
+        // The plain host backend's arena, made the same way (the heap probed first, then
+        // zeroed pages that the OS maps on first write).
+        let boxed = rela_backend_host::OwnedHostBackend::try_with_capacity(len)?.into_storage();
         let raw: *mut [u8] = Box::into_raw(boxed);
         // A `Box`'s pointer is never null.
         let ptr = NonNull::new(raw.cast::<u8>()).unwrap_or(NonNull::dangling());

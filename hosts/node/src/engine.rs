@@ -222,8 +222,8 @@ impl ReadData {
     }
 }
 
-/// Sends [`Command::ReadDone`] when dropped, through a queue slot the reader reserved with the
-/// READ, so it never waits and never fails.
+/// Sends [`Command::ReadDone`] when dropped, over the engine's unbounded queue (so it never
+/// waits), whether the data was sent or the connection gave up.
 #[derive(Debug)]
 struct ReadDone {
     conn: ConnId,
@@ -245,8 +245,8 @@ pub(crate) struct Job {
     pub(crate) payload: Payload,
     /// The response buffer the reader reserved for a READ; `None` for a small response.
     pub(crate) out: Option<PoolBuf>,
-    /// For a READ whose data may be sent from the backend's memory: the queue slot that hands
-    /// the lease back ([`ReadDone`]).
+    /// For a READ whose data may be sent from the backend's memory: the engine's queue, for the
+    /// writer to hand the lease back ([`ReadDone`]).
     pub(crate) done: Option<EngineTx>,
     pub(crate) ticket: OwnedSemaphorePermit,
 }
@@ -768,7 +768,7 @@ impl Engine {
     /// or `None` if the connection has no session. With `count`, counts the reply as in flight
     /// (replies to frames were counted by the reader already).
     ///
-    /// With `done` (a READ's queue slot), READ data the session answers with is lent to the
+    /// With `done` (the engine's queue, for a READ), READ data the session answers with is lent to the
     /// writer ([`ReadData`]) instead of copied into `out`, when the backend's storage is shared.
     fn step(
         &mut self,
