@@ -250,3 +250,56 @@ fn embed_by_name_and_with_uploaded_weights() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(node.terminate().success());
 }
+
+/// `bench --spawn --json` end to end on a small size: every measurement present once, each
+/// throughput a positive figure against a positive baseline, and the client's upload CPU split
+/// into its CRC pass and the rest, which add up. (No timing is asserted beyond "it moved".)
+#[test]
+fn bench_spawn_json_reports_every_row() {
+    let out = run(&[
+        "bench",
+        "--spawn",
+        "--size",
+        "8MiB",
+        "--buffer",
+        "4MiB",
+        "--sessions",
+        "1,2",
+        "--pings",
+        "20",
+        "--repeat",
+        "1",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["backend"], "host");
+    let rows = v["rows"].as_array().unwrap();
+    let find = |prefix: &str| {
+        let hits: Vec<_> =
+            rows.iter().filter(|r| r["metric"].as_str().unwrap().starts_with(prefix)).collect();
+        assert_eq!(hits.len(), 1, "one row starting {prefix:?} in {rows:#?}");
+        hits[0].clone()
+    };
+    for metric in
+        ["upload 8.00 MiB WRITE", "download 8.00 MiB READ", "PING round trip p50 (vs raw tcp, child"]
+    {
+        let r = find(metric);
+        let (relay, base) = (r["relay"].as_f64().unwrap(), r["baseline"].as_f64().unwrap());
+        assert!(relay > 0.0 && base > 0.0, "{r}");
+        // Throughput rows are relay/baseline in MiB/s, latency rows relay/baseline in µs.
+        let ratio = r["ratio"].as_f64().unwrap();
+        assert!((ratio - relay / base).abs() < 1e-6 * ratio, "{r}");
+    }
+    for n in [1, 2] {
+        find(&format!("{n} concurrent session(s), aggregate upload"));
+    }
+    // The CPU rows need /proc/PID/task/*/schedstat; where they exist, they are consistent.
+    if rows.iter().any(|r| r["metric"].as_str().unwrap().starts_with("upload CPU time, client process (")) {
+        let client = find("upload CPU time, client process (")["relay"].as_f64().unwrap();
+        let crc = find("upload CPU time, of which the client's CRC pass")["relay"].as_f64().unwrap();
+        let rest = find("upload CPU time, client process less its CRC pass");
+        assert!(crc > 0.0, "the CRC pass took no time");
+        assert!((rest["relay"].as_f64().unwrap() - (client - crc)).abs() < 1e-6, "{rest}");
+    }
+}
