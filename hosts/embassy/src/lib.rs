@@ -1,0 +1,200 @@
+//! A RELA node front-end for [embassy-net]: `no_std`, no allocator.
+//!
+//! The core's sans-I/O [`Session`] does the protocol; this crate moves its bytes and its time:
+//!
+//! - [`serve_session`] drives one session over any [`embedded_io_async`] stream (an embassy-net
+//!   [`TcpSocket`](embassy_net::tcp::TcpSocket), or anything else that reads and writes), with
+//!   the session's deadlines on an [`embassy_time`] timer.
+//! - [`run_listener`] accepts sessions on a TCP port of an embassy-net [`Stack`](embassy_net::Stack),
+//!   one after another, forever. Run several listeners (each with its own buffers) on the same
+//!   port for concurrent sessions: they share one backend through a [`RefCell`], borrowed only
+//!   inside the session's synchronous calls, never across an `await`.
+//! - [`run_discovery`] answers DISCOVER datagrams on a UDP port with a (signed, when a key is
+//!   given) ANNOUNCE, like the std node.
+//!
+//! Every buffer is the caller's: frame buffers ([`FrameBuffers`]) bound the payload the node
+//! accepts (the WELCOME tells clients, which size their frames to it), and socket buffers bound
+//! what embassy-net holds. A microcontroller with 64 KiB of RAM to spare can serve 4 KiB frames.
+//!
+//! ```ignore
+//! // On the device: a host-memory backend over a static arena, 4 KiB frames.
+//! static ARENA: StaticCell<[u8; 32 * 1024]> = StaticCell::new();
+//! let backend = RefCell::new(HostMemory::<_, 16>::new(&mut ARENA.init([0; 32 * 1024])[..]));
+//! let (mut rx, mut tx) = ([0u8; 4096 + 16], [0u8; 4096 + 16]);
+//! let (mut sock_rx, mut sock_tx) = ([0u8; 8192], [0u8; 8192]);
+//! run_listener::<_, SoftCrc32>(
+//!     stack, DEFAULT_SESSION_PORT, &backend, &SessionConfig::default(), || rng.nonce(),
+//!     SocketBuffers { rx: &mut sock_rx, tx: &mut sock_tx },
+//!     FrameBuffers { rx: &mut rx, tx: &mut tx },
+//!     |_end| {},
+//! ).await
+//! ```
+//!
+//! [embassy-net]: https://docs.rs/embassy-net
+
+#![no_std]
+
+use core::cell::RefCell;
+use core::fmt;
+
+use embassy_futures::select::{Either, select};
+use embassy_time::{Duration as EmbassyDuration, Timer};
+use embedded_io_async::{Read, Write};
+use rela_core::backend::GpuBackend;
+use rela_core::config::{HEADER_LEN, MAX_PING_PAYLOAD, NONCE_LEN};
+use rela_core::crc32::Crc32;
+use rela_core::io::{ReadFrameError, read_frame};
+use rela_core::session::{CloseReason, Event, Session, SessionConfig};
+use rela_core::time::Instant;
+
+mod net;
+
+pub use net::{Advert, DiscoveryBuffers, SocketBuffers, run_discovery, run_listener};
+
+/// The smallest frame buffer [`serve_session`] accepts: a header and 512 payload bytes, enough
+/// for every response that is not READ data (the largest, PONG, echoes up to 256 bytes).
+pub const MIN_FRAME_BUFFER: usize = HEADER_LEN + 2 * MAX_PING_PAYLOAD;
+
+/// The two frame buffers of a session: one request in, one response out.
+///
+/// The payload the node accepts is the smaller of the two less the 16-byte header (and the
+/// session config's `max_payload`): READ data is read from the backend into `tx`, a WRITE's
+/// payload lands in `rx` before it goes to the backend.
+#[derive(Debug)]
+pub struct FrameBuffers<'a> {
+    /// Receives one request frame.
+    pub rx: &'a mut [u8],
+    /// Holds one response frame.
+    pub tx: &'a mut [u8],
+}
+
+impl FrameBuffers<'_> {
+    /// The largest payload these buffers carry in both directions.
+    pub fn max_payload(&self) -> u32 {
+        let bytes = self.rx.len().min(self.tx.len()).saturating_sub(HEADER_LEN);
+        u32::try_from(bytes).unwrap_or(u32::MAX)
+    }
+}
+
+/// How a session served by [`serve_session`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The session closed itself: BYE, or a fatal error whose ERROR frame was sent (including
+    /// handshake and idle timeouts, and frames that fail validation).
+    Closed(CloseReason),
+    /// The peer closed the stream or the transport failed; the session was aborted. Its buffers
+    /// were freed (and zeroed) either way.
+    Disconnected,
+    /// The frame buffers are smaller than [`MIN_FRAME_BUFFER`]; nothing was read or sent.
+    BuffersTooSmall,
+}
+
+impl fmt::Display for SessionEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Closed(CloseReason::Bye) => f.write_str("closed by the client (BYE)"),
+            Self::Closed(CloseReason::Error(code)) => write!(f, "closed with ERROR {code}"),
+            Self::Closed(CloseReason::Aborted) | Self::Disconnected => f.write_str("disconnected"),
+            Self::BuffersTooSmall => write!(f, "frame buffers below {MIN_FRAME_BUFFER} bytes"),
+        }
+    }
+}
+
+/// The current time in the core's terms (microseconds of the embassy clock).
+fn now() -> Instant {
+    Instant(embassy_time::Instant::now().as_micros())
+}
+
+/// Serves one session over `stream` until it ends, and leaves nothing of it in `backend`.
+///
+/// `config` is the node's session configuration; its `max_payload` is lowered to what `bufs`
+/// carry ([`FrameBuffers::max_payload`]), and the WELCOME advertises that. `nonce` must be fresh
+/// and unpredictable (a hardware RNG): AUTH's challenge is built on it.
+///
+/// Frames are read whole into `bufs.rx` and validated (header first, so an oversized length is
+/// refused before any payload byte is read), handled, and every response written (and flushed)
+/// before the next request is read. The session's handshake and idle deadlines race each read.
+/// The stream is left open; the caller closes it.
+pub async fn serve_session<S, B, C>(
+    stream: &mut S,
+    backend: &RefCell<B>,
+    config: &SessionConfig,
+    nonce: [u8; NONCE_LEN],
+    bufs: FrameBuffers<'_>,
+) -> SessionEnd
+where
+    S: Read + Write,
+    B: GpuBackend + ?Sized,
+    C: Crc32,
+{
+    if bufs.rx.len() < MIN_FRAME_BUFFER || bufs.tx.len() < MIN_FRAME_BUFFER {
+        return SessionEnd::BuffersTooSmall;
+    }
+    let mut config = config.clone();
+    config.max_payload = config.max_payload.min(bufs.max_payload());
+    let mut session = Session::new(config, nonce, now());
+    let max_payload = session.max_payload();
+    loop {
+        // Output first: the responses to the last input, then the session's verdict.
+        loop {
+            let polled = session.poll_transmit::<C, B>(&mut backend.borrow_mut(), bufs.tx);
+            let frame = match polled {
+                Ok(Some(t)) => &bufs.tx[..t.len],
+                Ok(None) => break,
+                // Unreachable while `max_payload` fits `tx` (set above); end the session rather
+                // than send a truncated frame.
+                Err(_) => {
+                    session.abort(&mut *backend.borrow_mut());
+                    return SessionEnd::Disconnected;
+                }
+            };
+            if stream.write_all(frame).await.is_err() {
+                session.abort(&mut *backend.borrow_mut());
+                return SessionEnd::Disconnected;
+            }
+        }
+        if stream.flush().await.is_err() {
+            session.abort(&mut *backend.borrow_mut());
+            return SessionEnd::Disconnected;
+        }
+        while let Some(event) = session.poll_event() {
+            if let Event::Closed(reason) = event {
+                return SessionEnd::Closed(reason);
+            }
+        }
+        if session.is_closed() {
+            return SessionEnd::Closed(CloseReason::Aborted);
+        }
+
+        // Input: the next frame, or the deadline, whichever comes first.
+        let read = read_frame::<S, C>(stream, bufs.rx, max_payload);
+        let input = match session.poll_timeout() {
+            Some(deadline) => {
+                let wait = EmbassyDuration::from_micros(deadline.0.saturating_sub(now().0));
+                match select(read, Timer::after(wait)).await {
+                    Either::First(r) => Some(r),
+                    Either::Second(()) => None,
+                }
+            }
+            None => Some(read.await),
+        };
+        let now = now();
+        let mut backend = backend.borrow_mut();
+        // `Err` from the session means this loop broke the call order (input with output
+        // pending, or after close); both are excluded above, so it is ignored.
+        let _ = match input {
+            None => {
+                session.handle_timeout(now, &mut *backend);
+                Ok(())
+            }
+            Some(Ok(frame)) => session.handle_frame(now, frame, &mut *backend),
+            Some(Err(ReadFrameError::Frame(e))) => session.handle_frame_error(now, e, &mut *backend),
+            // End of stream, transport failure, or (unreachable: `max_payload` fits `rx`) a
+            // frame larger than the buffer.
+            Some(Err(_)) => {
+                session.abort(&mut *backend);
+                return SessionEnd::Disconnected;
+            }
+        };
+    }
+}

@@ -1,0 +1,138 @@
+//! The embassy-net side: a TCP listener that serves sessions and a UDP discovery responder.
+
+use core::cell::RefCell;
+
+use embassy_net::Stack;
+use embassy_net::tcp::TcpSocket;
+use embassy_net::udp::{PacketMetadata, UdpSocket};
+use embassy_time::{Duration, Timer};
+use rela_core::auth::AuthKey;
+use rela_core::backend::GpuBackend;
+use rela_core::config::{MAX_DATAGRAM, NODE_ID_LEN, NONCE_LEN};
+use rela_core::crc32::Crc32;
+use rela_core::discovery::{Announce, Discover};
+use rela_core::session::SessionConfig;
+
+use crate::{FrameBuffers, SessionEnd, serve_session};
+
+/// How long a closing socket may take to deliver its last bytes (the final ERROR, say) before
+/// it is reset.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Pause after a failed accept, so a broken stack cannot spin the executor.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// The TCP socket's own buffers (embassy-net keeps in-flight bytes there).
+#[derive(Debug)]
+pub struct SocketBuffers<'a> {
+    /// Receive window.
+    pub rx: &'a mut [u8],
+    /// Send buffer.
+    pub tx: &'a mut [u8],
+}
+
+/// Accepts sessions on `port`, one at a time, and serves each with [`serve_session`]; never
+/// returns.
+///
+/// `nonce` gives each session its AUTH challenge (a hardware RNG). `on_end` hears how each
+/// session ended (for a log or a counter). After a session the socket is closed gracefully
+/// (its last frame, often an ERROR, is delivered within 2 s) and then reset; the next accept
+/// starts on a fresh socket over the same buffers.
+#[allow(clippy::too_many_arguments)] // every argument is a separate resource of the caller's
+pub async fn run_listener<B, C>(
+    stack: Stack<'_>,
+    port: u16,
+    backend: &RefCell<B>,
+    config: &SessionConfig,
+    mut nonce: impl FnMut() -> [u8; NONCE_LEN],
+    sockets: SocketBuffers<'_>,
+    frames: FrameBuffers<'_>,
+    mut on_end: impl FnMut(SessionEnd),
+) -> !
+where
+    B: GpuBackend + ?Sized,
+    C: Crc32,
+{
+    loop {
+        let mut socket = TcpSocket::new(stack, &mut *sockets.rx, &mut *sockets.tx);
+        if socket.accept(port).await.is_err() {
+            Timer::after(ACCEPT_RETRY).await;
+            continue;
+        }
+        let bufs = FrameBuffers { rx: &mut *frames.rx, tx: &mut *frames.tx };
+        let end = serve_session::<_, B, C>(&mut socket, backend, config, nonce(), bufs).await;
+        socket.close();
+        let _ = embassy_time::with_timeout(CLOSE_GRACE, socket.flush()).await;
+        socket.abort();
+        let _ = embassy_time::with_timeout(CLOSE_GRACE, socket.flush()).await;
+        on_end(end);
+    }
+}
+
+/// What [`run_discovery`] announces besides the backend's own figures.
+#[derive(Debug, Clone, Copy)]
+pub struct Advert<'a> {
+    /// The node's stable id (for example derived from the chip's unique id).
+    pub node_id: [u8; NODE_ID_LEN],
+    /// The TCP port [`run_listener`] serves.
+    pub port: u16,
+    /// The token's key when the node requires AUTH: ANNOUNCE then says so and is signed with it.
+    pub key: Option<&'a AuthKey>,
+}
+
+/// The UDP socket's buffers for [`run_discovery`]. Datagrams are at most 256 bytes.
+#[derive(Debug)]
+pub struct DiscoveryBuffers<'a> {
+    /// Metadata of queued received datagrams.
+    pub rx_meta: &'a mut [PacketMetadata],
+    /// Received datagrams.
+    pub rx: &'a mut [u8],
+    /// Metadata of queued datagrams to send.
+    pub tx_meta: &'a mut [PacketMetadata],
+    /// Datagrams to send.
+    pub tx: &'a mut [u8],
+}
+
+/// Answers DISCOVER datagrams on UDP `port` with an ANNOUNCE to the sender; never returns.
+///
+/// The announcement carries the backend's kind, name, total and free bytes at the moment of
+/// the probe. Datagrams that are not a valid DISCOVER are ignored (no answer, so the responder
+/// cannot be used to reflect traffic at a third party with more bytes than it sent).
+pub async fn run_discovery<B, C>(
+    stack: Stack<'_>,
+    port: u16,
+    backend: &RefCell<B>,
+    advert: Advert<'_>,
+    bufs: DiscoveryBuffers<'_>,
+) -> !
+where
+    B: GpuBackend + ?Sized,
+    C: Crc32,
+{
+    let mut socket = UdpSocket::new(stack, bufs.rx_meta, bufs.rx, bufs.tx_meta, bufs.tx);
+    while socket.bind(port).is_err() {
+        Timer::after(ACCEPT_RETRY).await;
+    }
+    let (mut rx, mut tx) = ([0u8; MAX_DATAGRAM], [0u8; MAX_DATAGRAM]);
+    loop {
+        let Ok((len, meta)) = socket.recv_from(&mut rx).await else { continue };
+        let Ok(probe) = Discover::parse::<C>(&rx[..len]) else { continue };
+        let (info, usage) = {
+            let backend = backend.borrow();
+            (backend.info(), backend.usage())
+        };
+        let announce = Announce::new(
+            probe.nonce,
+            advert.node_id,
+            advert.port,
+            info.backend,
+            advert.key.is_some(),
+            info.total,
+            info.total.saturating_sub(usage.used),
+            &info.name,
+        );
+        // A device name is at most 64 bytes, so the datagram always fits; skip it if not.
+        if let Ok(n) = announce.emit::<C>(advert.key, &mut tx) {
+            let _ = socket.send_to(&tx[..n], meta.endpoint).await;
+        }
+    }
+}
