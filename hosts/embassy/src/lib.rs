@@ -16,18 +16,34 @@
 //! accepts (the WELCOME tells clients, which size their frames to it), and socket buffers bound
 //! what embassy-net holds. A microcontroller with 64 KiB of RAM to spare can serve 4 KiB frames.
 //!
-//! ```ignore
-//! // On the device: a host-memory backend over a static arena, 4 KiB frames.
-//! static ARENA: StaticCell<[u8; 32 * 1024]> = StaticCell::new();
-//! let backend = RefCell::new(HostMemory::<_, 16>::new(&mut ARENA.init([0; 32 * 1024])[..]));
-//! let (mut rx, mut tx) = ([0u8; 4096 + 16], [0u8; 4096 + 16]);
-//! let (mut sock_rx, mut sock_tx) = ([0u8; 8192], [0u8; 8192]);
-//! run_listener::<_, SoftCrc32>(
-//!     stack, DEFAULT_SESSION_PORT, &backend, &SessionConfig::default(), || rng.nonce(),
-//!     SocketBuffers { rx: &mut sock_rx, tx: &mut sock_tx },
-//!     FrameBuffers { rx: &mut rx, tx: &mut tx },
-//!     |_end| {},
-//! ).await
+//! ```no_run
+//! use core::cell::RefCell;
+//!
+//! use embassy_net::Stack;
+//! use rela_backend_host::HostBackend;
+//! use rela_core::config::DEFAULT_SESSION_PORT;
+//! use rela_core::crc32::SoftCrc32;
+//! use rela_core::session::SessionConfig;
+//! use rela_embassy::{FrameBuffers, SocketBuffers, run_listener};
+//!
+//! /// On the device: a host-memory backend over the arena, 4 KiB frames.
+//! async fn node(stack: Stack<'_>, arena: &mut [u8], nonce: impl FnMut() -> [u8; 32]) -> ! {
+//!     let backend = RefCell::new(HostBackend::<'_, 16>::with_block_table(arena));
+//!     let (mut rx, mut tx) = ([0u8; 16 + 4096], [0u8; 16 + 4096]);
+//!     let (mut sock_rx, mut sock_tx) = ([0u8; 8192], [0u8; 8192]);
+//!     let config = SessionConfig::default();
+//!     run_listener::<_, SoftCrc32>(
+//!         stack,
+//!         DEFAULT_SESSION_PORT,
+//!         &backend,
+//!         &config,
+//!         nonce,
+//!         SocketBuffers { rx: &mut sock_rx, tx: &mut sock_tx },
+//!         FrameBuffers { rx: &mut rx, tx: &mut tx },
+//!         |_end| {},
+//!     )
+//!     .await
+//! }
 //! ```
 //!
 //! [embassy-net]: https://docs.rs/embassy-net

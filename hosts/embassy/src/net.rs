@@ -36,7 +36,9 @@ pub struct SocketBuffers<'a> {
 /// `nonce` gives each session its AUTH challenge (a hardware RNG). `on_end` hears how each
 /// session ended (for a log or a counter). After a session the socket is closed gracefully
 /// (its last frame, often an ERROR, is delivered within 2 s) and then reset; the next accept
-/// starts on a fresh socket over the same buffers.
+/// starts on a fresh socket over the same buffers. smoltcp has no accept backlog: a connection
+/// that arrives while no listener waits on the port is reset (clients retry), so run one
+/// listener more than the sessions you expect at once.
 #[allow(clippy::too_many_arguments)] // every argument is a separate resource of the caller's
 pub async fn run_listener<B, C>(
     stack: Stack<'_>,
