@@ -128,9 +128,13 @@ fn now() -> Instant {
 /// and unpredictable (a hardware RNG): AUTH's challenge is built on it.
 ///
 /// Frames are read whole into `bufs.rx` and validated (header first, so an oversized length is
-/// refused before any payload byte is read), handled, and every response written (and flushed)
-/// before the next request is read. The session's handshake and idle deadlines race each read.
-/// The stream is left open; the caller closes it.
+/// refused before any payload byte is read), handled, and every response written before the
+/// next request is read. The session's handshake and idle deadlines race each read. The stream
+/// is left open; the caller closes it.
+///
+/// The stream must send written bytes without being flushed, as TCP sockets do (embassy-net's
+/// [`TcpSocket`](embassy_net::tcp::TcpSocket), tokio's `TcpStream`): it is flushed only after
+/// the session's last frame. Wrap a buffering writer so that it does.
 pub async fn serve_session<S, B, C>(
     stream: &mut S,
     backend: &RefCell<B>,
@@ -169,17 +173,19 @@ where
                 return SessionEnd::Disconnected;
             }
         }
-        if stream.flush().await.is_err() {
-            session.abort(&mut *backend.borrow_mut());
-            return SessionEnd::Disconnected;
-        }
+        // No flush between requests: on a TCP socket written bytes go out by themselves, and
+        // embassy-net's flush waits for the peer's ACK, a round trip per response. The last
+        // frame of a session is flushed (the BYE acknowledgement, or the ERROR that closed it).
+        let mut closed = None;
         while let Some(event) = session.poll_event() {
             if let Event::Closed(reason) = event {
-                return SessionEnd::Closed(reason);
+                closed = Some(reason);
             }
         }
-        if session.is_closed() {
-            return SessionEnd::Closed(CloseReason::Aborted);
+        if let Some(reason) = closed.or(session.is_closed().then_some(CloseReason::Aborted)) {
+            // The session is over either way; a peer that is already gone changes nothing.
+            let _ = stream.flush().await;
+            return SessionEnd::Closed(reason);
         }
 
         // Input: the next frame, or the deadline, whichever comes first.
