@@ -21,7 +21,7 @@ use vulkano::{
     device::{Device, DeviceCreateInfo, DeviceExtensions, Queue, QueueCreateInfo},
     instance::Instance,
     memory::{
-        MemoryHeapFlags,
+        MemoryHeapFlags, MemoryPropertyFlags,
         allocator::{AllocationCreateInfo, MemoryTypeFilter, StandardMemoryAllocator},
     },
     pipeline::{ComputePipeline, Pipeline, PipelineBindPoint},
@@ -29,7 +29,7 @@ use vulkano::{
 };
 
 use crate::{
-    InitError, VulkanConfig,
+    HostAccess, InitError, VulkanConfig,
     error::{alloc, describe, record, validated},
     instance::{Validation, create_instance, select},
     kernels::Pipelines,
@@ -74,6 +74,8 @@ pub struct VulkanBackend {
     max_storage_range: u64,
     /// Largest workgroup count per dimension.
     max_groups: [u32; 3],
+    /// Buffers are host-visible and written and read through their mapping ([`HostAccess`]).
+    mapped: bool,
     _instance: Arc<Instance>,
     /// Declared last so the messenger outlives the device and sees its destruction.
     validation: Option<Validation>,
@@ -155,6 +157,14 @@ impl VulkanBackend {
             .min(props.max_buffer_size.unwrap_or(u64::MAX))
             // Buffers are padded up to a multiple of 4 bytes.
             & !3;
+        // Unified memory: every device-local memory type is host-visible too.
+        let types = &physical.memory_properties().memory_types;
+        let unified = types.iter().any(|t| t.property_flags.intersects(MemoryPropertyFlags::DEVICE_LOCAL))
+            && types
+                .iter()
+                .filter(|t| t.property_flags.intersects(MemoryPropertyFlags::DEVICE_LOCAL))
+                .all(|t| t.property_flags.intersects(MemoryPropertyFlags::HOST_VISIBLE));
+        let mapped = unified && config.host_access == HostAccess::Auto;
         let info = DeviceInfo::new(
             BackendKind::VULKAN,
             &props.device_name,
@@ -166,6 +176,7 @@ impl VulkanBackend {
         Ok(Self {
             max_storage_range: u64::from(props.max_storage_buffer_range),
             max_groups: props.max_compute_work_group_count,
+            mapped,
             queue,
             memory,
             commands,
@@ -185,6 +196,12 @@ impl VulkanBackend {
     /// Warnings and errors the validation layer has reported so far (0 without validation).
     pub fn validation_messages(&self) -> u64 {
         self.validation.as_ref().map_or(0, |v| v.count.load(Ordering::Relaxed))
+    }
+
+    /// Whether buffers are written and read through their mapping rather than staging
+    /// ([`HostAccess::Auto`] on unified memory).
+    pub fn host_mapped(&self) -> bool {
+        self.mapped
     }
 
     /// Whether this backend was created with the validation layer on.
@@ -325,7 +342,12 @@ impl GpuBackend for VulkanBackend {
                 ..Default::default()
             },
             AllocationCreateInfo {
-                memory_type_filter: MemoryTypeFilter::PREFER_DEVICE,
+                memory_type_filter: if self.mapped {
+                    // Host-visible (mapped), and on unified memory device-local as well.
+                    MemoryTypeFilter::PREFER_DEVICE | MemoryTypeFilter::HOST_RANDOM_ACCESS
+                } else {
+                    MemoryTypeFilter::PREFER_DEVICE
+                },
                 ..Default::default()
             },
             padded,
@@ -356,6 +378,17 @@ impl GpuBackend for VulkanBackend {
     fn write(&mut self, id: BufferId, offset: u64, data: &[u8]) -> Result<(), BackendError> {
         let buf = self.buf(id)?;
         let range = check_range(buf.size, offset, data.len() as u64)?;
+        if self.mapped {
+            if range.is_empty() {
+                return Ok(());
+            }
+            // No device work is in flight (every operation waited on its fence), so the host
+            // may write; vulkano flushes non-coherent memory when the guard drops.
+            let dst = buf.sub.clone().slice(range);
+            let mut guard = dst.write().map_err(host)?;
+            guard.copy_from_slice(data);
+            return Ok(());
+        }
         let dst = buf.sub.clone();
         let mut at = range.start;
         for chunk in data.chunks(STAGING_SIZE as usize) {
@@ -375,6 +408,15 @@ impl GpuBackend for VulkanBackend {
     fn read(&mut self, id: BufferId, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
         let buf = self.buf(id)?;
         let range = check_range(buf.size, offset, out.len() as u64)?;
+        if self.mapped {
+            if range.is_empty() {
+                return Ok(());
+            }
+            let src = buf.sub.clone().slice(range);
+            let guard = src.read().map_err(host)?;
+            out.copy_from_slice(&guard);
+            return Ok(());
+        }
         let src = buf.sub.clone();
         let mut at = range.start;
         for chunk in out.chunks_mut(STAGING_SIZE as usize) {
@@ -489,7 +531,7 @@ fn exec(e: CommandBufferExecError) -> BackendError {
 }
 
 fn host(e: HostAccessError) -> BackendError {
-    eprintln!("rela-backend-vulkan: staging access failed: {e}");
+    eprintln!("rela-backend-vulkan: host access to mapped memory failed: {e}");
     BackendError::DeviceLost
 }
 

@@ -6,7 +6,10 @@
 //! - Buffers are device-local `STORAGE_BUFFER | TRANSFER_SRC | TRANSFER_DST` buffers, zeroed on
 //!   the device (`vkCmdFillBuffer`) when allocated and again before they are released.
 //! - Host data moves through one host-visible staging buffer, created once and reused; large
-//!   writes and reads are chunked through it ([`STAGING_SIZE`] bytes at a time).
+//!   writes and reads are chunked through it ([`STAGING_SIZE`] bytes at a time). On unified
+//!   memory (every device-local memory type is also host-visible) buffers are allocated
+//!   host-visible instead and written and read through their mapping ([`HostAccess`]); fills,
+//!   copies and kernels still run on the device.
 //! - The kernels in [`rela_kernels::wgsl`] are translated to SPIR-V with naga when the backend
 //!   is created, and their compute pipelines are built once and cached. Every call runs on the
 //!   grid and bindings [`rela_kernels::Launch`] plans; a kernel needing more storage buffers per
@@ -24,7 +27,7 @@
 //!
 //! Commands are recorded with vulkano's `AutoCommandBufferBuilder`, which places barriers
 //! between commands of one command buffer but not between submissions, nor a `HOST_READ`
-//! barrier before the host reads the staging buffer. Operations rely on the fence wait that
+//! barrier before the host reads the staging buffer (or a mapped buffer). Operations rely on the fence wait that
 //! ends each of them for ordering and visibility, which holds on the drivers in use (Mesa,
 //! NVIDIA, AMD) but is weaker than the specification asks; moving to explicit barriers needs
 //! vulkano's unsafe raw command-buffer path.
@@ -51,12 +54,27 @@ pub struct VulkanConfig {
     /// Enable `VK_LAYER_KHRONOS_validation` and count its messages. Creation fails with
     /// [`InitError::ValidationUnavailable`] if the layer is not installed.
     pub validation: bool,
+    /// How WRITE and READ data reach the buffers.
+    pub host_access: HostAccess,
+}
+
+/// How the host's bytes reach a [`VulkanBackend`]'s buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HostAccess {
+    /// On a device whose device-local memory is all host-visible (unified memory: integrated
+    /// GPUs, Jetson-class boards, lavapipe), buffers are allocated host-visible and written and
+    /// read through their mapping: one memcpy, no command buffer, no fence. Elsewhere (discrete
+    /// GPUs, where host-visible device memory is a small BAR window), through staging.
+    #[default]
+    Auto,
+    /// Always through the staging buffer and a device copy.
+    Staging,
 }
 
 impl VulkanConfig {
     /// A configuration lending `capacity` bytes of the automatically chosen device, without
-    /// validation.
+    /// validation, with [`HostAccess::Auto`].
     pub const fn new(capacity: u64) -> Self {
-        Self { capacity, device: DeviceSelector::Auto, validation: false }
+        Self { capacity, device: DeviceSelector::Auto, validation: false, host_access: HostAccess::Auto }
     }
 }

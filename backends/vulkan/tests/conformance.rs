@@ -60,8 +60,31 @@ impl GpuBackend for Checked {
     }
 }
 
+// The default: on unified memory (lavapipe in CI) buffers are mapped and written and read
+// directly; on a discrete GPU this is the staging path.
 rela_conformance::testgen!("vulkan", || {
     VulkanBackend::new(common::config(rela_conformance::SUITE_CAPACITY))
         .map(|b| Box::new(Checked(b)) as Box<dyn GpuBackend>)
         .map_err(|e| e.to_string())
 });
+
+/// The same suite forced through the staging buffer, so both paths run on any device.
+mod staging {
+    use rela_backend_vulkan::{HostAccess, VulkanBackend, VulkanConfig};
+    use rela_core::backend::GpuBackend;
+
+    use super::{Checked, common};
+
+    rela_conformance::testgen!("vulkan", || {
+        let config = VulkanConfig {
+            host_access: HostAccess::Staging,
+            ..common::config(rela_conformance::SUITE_CAPACITY)
+        };
+        VulkanBackend::new(config)
+            .map(|b| {
+                assert!(!b.host_mapped(), "HostAccess::Staging never maps");
+                Box::new(Checked(b)) as Box<dyn GpuBackend>
+            })
+            .map_err(|e| e.to_string())
+    });
+}
