@@ -12,6 +12,10 @@
 //! - [`run_discovery`] answers DISCOVER datagrams on a UDP port with a (signed, when a key is
 //!   given) ANNOUNCE, like the std node.
 //!
+//! This crate enables embassy-net's `tcp`, `udp`, `proto-ipv4` and `medium-ip`; enable the
+//! medium your driver needs (`medium-ethernet` for most boards) in your own `Cargo.toml`, and
+//! provide an `embassy-time` driver as for any embassy program.
+//!
 //! Every buffer is the caller's: frame buffers ([`FrameBuffers`]) bound the payload the node
 //! accepts (the WELCOME tells clients, which size their frames to it), and socket buffers bound
 //! what embassy-net holds. A microcontroller with 64 KiB of RAM to spare can serve 4 KiB frames.
