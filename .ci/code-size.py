@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Prints the code and data size of every ELF object inside a Rust .rlib (an ar archive).
+"""Prints the code and data size of every ELF object inside a Rust .rlib (an ar archive), or the
+flash and RAM of a linked firmware image.
 
-Used by .ci/run to report rela-core's footprint on thumbv7em-none-eabihf. The figure is an upper
-bound: a firmware image links only the functions it calls.
+Used by .ci/run to report rela-core's footprint on thumbv7em-none-eabihf (an upper bound: a
+firmware image links only the functions it calls) and that of the firmware skeleton in
+hosts/embassy/firmware.
 """
 import struct
 import sys
@@ -37,8 +39,19 @@ def elf_sections(blob):
     return out
 
 
+def linked(path, data):
+    """A linked firmware image: flash (vectors, code, read-only data, .data's initial values)
+    and RAM (.data and .bss, without the stack)."""
+    sections = elf_sections(data)
+    flash = sum(n for name, n in sections.items() if name in (".vector_table", ".text", ".rodata", ".data"))
+    ram = sum(n for name, n in sections.items() if name in (".data", ".bss", ".uninit"))
+    print(f"{path.rsplit('/', 1)[-1]} (linked image): flash {flash} B, RAM {ram} B without the stack")
+
+
 def main(path):
     data = open(path, "rb").read()
+    if data[:4] == b"\x7fELF":
+        return linked(path, data)
     assert data[:8] == b"!<arch>\n", "not an ar archive"
     pos, text, rodata, bss = 8, 0, 0, 0
     while pos + 60 <= len(data):
