@@ -76,6 +76,8 @@ pub struct VulkanBackend {
     max_groups: [u32; 3],
     /// Buffers are host-visible and written and read through their mapping ([`HostAccess`]).
     mapped: bool,
+    /// How buffers are allocated: device-local, plus host-visible when `mapped`.
+    buffer_memory: MemoryTypeFilter,
     _instance: Arc<Instance>,
     /// Declared last so the messenger outlives the device and sees its destruction.
     validation: Option<Validation>,
@@ -165,6 +167,20 @@ impl VulkanBackend {
                 .filter(|t| t.property_flags.intersects(MemoryPropertyFlags::DEVICE_LOCAL))
                 .all(|t| t.property_flags.intersects(MemoryPropertyFlags::HOST_VISIBLE));
         let mapped = unified && config.host_access == HostAccess::Auto;
+        // Host-cached memory makes READs through the mapping fast; where the device has none
+        // that is also device-local, plain host-visible memory still works (writes combine).
+        let cached = types.iter().any(|t| {
+            t.property_flags.contains(
+                MemoryPropertyFlags::DEVICE_LOCAL
+                    | MemoryPropertyFlags::HOST_VISIBLE
+                    | MemoryPropertyFlags::HOST_CACHED,
+            )
+        });
+        let buffer_memory = match (mapped, cached) {
+            (false, _) => MemoryTypeFilter::PREFER_DEVICE,
+            (true, true) => MemoryTypeFilter::PREFER_DEVICE | MemoryTypeFilter::HOST_RANDOM_ACCESS,
+            (true, false) => MemoryTypeFilter::PREFER_DEVICE | MemoryTypeFilter::HOST_SEQUENTIAL_WRITE,
+        };
         let info = DeviceInfo::new(
             BackendKind::VULKAN,
             &props.device_name,
@@ -177,6 +193,7 @@ impl VulkanBackend {
             max_storage_range: u64::from(props.max_storage_buffer_range),
             max_groups: props.max_compute_work_group_count,
             mapped,
+            buffer_memory,
             queue,
             memory,
             commands,
@@ -341,15 +358,7 @@ impl GpuBackend for VulkanBackend {
                 usage: BufferUsage::STORAGE_BUFFER | BufferUsage::TRANSFER_SRC | BufferUsage::TRANSFER_DST,
                 ..Default::default()
             },
-            AllocationCreateInfo {
-                memory_type_filter: if self.mapped {
-                    // Host-visible (mapped), and on unified memory device-local as well.
-                    MemoryTypeFilter::PREFER_DEVICE | MemoryTypeFilter::HOST_RANDOM_ACCESS
-                } else {
-                    MemoryTypeFilter::PREFER_DEVICE
-                },
-                ..Default::default()
-            },
+            AllocationCreateInfo { memory_type_filter: self.buffer_memory, ..Default::default() },
             padded,
         )
         .map_err(alloc)?;
