@@ -5,58 +5,39 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
-use std::cell::RefCell;
-use std::net::SocketAddr;
+mod common;
+
 use std::time::Duration;
 
+use common::Node;
 use embedded_io_adapters::tokio_1::FromTokio;
-use rela_backend_host::HostBackend;
 use rela_client::{Client, ClientError, FastCrc32};
-use rela_core::backend::GpuBackend;
 use rela_core::config::HEADER_LEN;
 use rela_core::io::read_frame;
 use rela_core::session::{CloseReason, SessionConfig};
 use rela_core::time::Duration as CoreDuration;
 use rela_core::wire::msg::{Caps, ErrorMsg, Hello, Message};
 use rela_core::wire::{ErrorCode, Flags, Kind, encode_frame};
-use rela_embassy::{FrameBuffers, MIN_FRAME_BUFFER, SessionEnd, serve_session};
+use rela_embassy::{MIN_FRAME_BUFFER, SessionEnd};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// Frame buffers of a small device: 4 KiB payloads.
 const FRAME: usize = HEADER_LEN + 4096;
 const ARENA: usize = 256 * 1024;
 
-/// What the node thread reports when its one session ends.
-struct Ended {
-    end: SessionEnd,
-    used_after: u64,
-    arena_zero: bool,
+/// A node for one session with device-sized frame buffers (`frame` bytes).
+fn serve_one(config: SessionConfig, frame: usize) -> Node {
+    Node::spawn(config, frame, ARENA)
 }
 
-/// Serves exactly one session on a loopback port, on its own thread (the session future is
-/// not `Send`: it borrows the backend through a `RefCell`), with `frame` bytes per buffer.
-fn serve_one(config: SessionConfig, frame: usize) -> (SocketAddr, std::thread::JoinHandle<Ended>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let node = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            let listener = TcpListener::from_std(listener).unwrap();
-            let mut arena = vec![0u8; ARENA];
-            let backend = RefCell::new(HostBackend::<16>::with_block_table(&mut arena[..]));
-            let (stream, _) = listener.accept().await.unwrap();
-            let mut stream = FromTokio::new(stream);
-            let (mut rx, mut tx) = (vec![0u8; frame], vec![0u8; frame]);
-            let bufs = FrameBuffers { rx: &mut rx, tx: &mut tx };
-            let end = serve_session::<_, _, FastCrc32>(&mut stream, &backend, &config, [7; 32], bufs).await;
-            let used_after = backend.borrow().usage().used;
-            drop(backend);
-            Ended { end, used_after, arena_zero: arena.iter().all(|&b| b == 0) }
-        })
-    });
-    (addr, node)
+/// How the one session ended, after checking that it left nothing in the backend.
+async fn ended(node: Node) -> SessionEnd {
+    let report = node.finish(1).await;
+    assert_eq!(report.used, 0, "the session left memory in the backend");
+    assert!(report.arena_zero, "a session's bytes were left in the arena");
+    let [end] = report.ends[..] else { panic!("one session, ended once: {:?}", report.ends) };
+    end
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -65,8 +46,8 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 
 #[tokio::test]
 async fn std_client_round_trip_in_small_frames() {
-    let (addr, node) = serve_one(SessionConfig::default(), FRAME);
-    let mut client = Client::connect(addr, None).await.unwrap();
+    let node = serve_one(SessionConfig::default(), FRAME);
+    let mut client = Client::connect(node.addr, None).await.unwrap();
     // The WELCOME carries the front-end's limit, and the client frames to it.
     assert_eq!(client.welcome().max_payload, 4096);
     let info = client.device_info().await.unwrap();
@@ -88,31 +69,25 @@ async fn std_client_round_trip_in_small_frames() {
     // BYE with a buffer still held: the node frees and zeroes it.
     client.close().await.unwrap();
 
-    let ended = tokio::task::spawn_blocking(move || node.join().unwrap()).await.unwrap();
-    assert_eq!(ended.end, SessionEnd::Closed(CloseReason::Bye));
-    assert_eq!(ended.used_after, 0);
-    assert!(ended.arena_zero, "a session's bytes were left in the arena");
+    assert_eq!(ended(node).await, SessionEnd::Closed(CloseReason::Bye));
 }
 
 #[tokio::test]
 async fn a_dropped_connection_leaves_nothing_behind() {
-    let (addr, node) = serve_one(SessionConfig::default(), FRAME);
-    let mut client = Client::connect(addr, None).await.unwrap();
+    let node = serve_one(SessionConfig::default(), FRAME);
+    let mut client = Client::connect(node.addr, None).await.unwrap();
     let h = client.alloc(64 * 1024).await.unwrap();
     client.write(h, 0, &pattern(64 * 1024, 9)).await.unwrap();
     drop(client); // no BYE: the stream just ends
 
-    let ended = tokio::task::spawn_blocking(move || node.join().unwrap()).await.unwrap();
-    assert_eq!(ended.end, SessionEnd::Disconnected);
-    assert_eq!(ended.used_after, 0);
-    assert!(ended.arena_zero, "a session's bytes were left in the arena");
+    assert_eq!(ended(node).await, SessionEnd::Disconnected);
 }
 
 /// Sends `bytes` on a raw connection and returns the node's one response (an ERROR) and how
 /// the session ended.
-async fn raw_exchange(config: SessionConfig, bytes: &[u8]) -> (ErrorCode, Kind, Ended) {
-    let (addr, node) = serve_one(config, FRAME);
-    let mut stream = TcpStream::connect(addr).await.unwrap();
+async fn raw_exchange(config: SessionConfig, bytes: &[u8]) -> (ErrorCode, Kind, SessionEnd) {
+    let node = serve_one(config, FRAME);
+    let mut stream = TcpStream::connect(node.addr).await.unwrap();
     stream.write_all(bytes).await.unwrap();
     let mut stream = FromTokio::new(stream);
     let mut buf = vec![0u8; FRAME];
@@ -121,15 +96,14 @@ async fn raw_exchange(config: SessionConfig, bytes: &[u8]) -> (ErrorCode, Kind, 
     assert!(frame.header.flags.contains(Flags::ERROR));
     let e = ErrorMsg::parse(frame.payload).unwrap();
     let (code, kind) = (e.code, e.request_kind);
-    let ended = tokio::task::spawn_blocking(move || node.join().unwrap()).await.unwrap();
-    (code, kind, ended)
+    (code, kind, ended(node).await)
 }
 
 #[tokio::test]
 async fn garbage_gets_bad_frame_and_the_session_closes() {
-    let (code, _, ended) = raw_exchange(SessionConfig::default(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let (code, _, end) = raw_exchange(SessionConfig::default(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(code, ErrorCode::BAD_FRAME);
-    assert_eq!(ended.end, SessionEnd::Closed(CloseReason::Error(ErrorCode::BAD_FRAME)));
+    assert_eq!(end, SessionEnd::Closed(CloseReason::Error(ErrorCode::BAD_FRAME)));
 }
 
 #[tokio::test]
@@ -142,45 +116,37 @@ async fn a_payload_beyond_the_frame_buffer_is_refused_before_it_is_read() {
     let frame = encode_frame::<FastCrc32>(&mut buf, Kind::HELLO, Flags::NONE, 1, &payload[..n]).unwrap();
     let mut header = frame[..HEADER_LEN].to_vec();
     header[8..12].copy_from_slice(&(1u32 << 20).to_le_bytes());
-    let (code, _, ended) = raw_exchange(SessionConfig::default(), &header).await;
+    let (code, _, end) = raw_exchange(SessionConfig::default(), &header).await;
     assert_eq!(code, ErrorCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(ended.end, SessionEnd::Closed(CloseReason::Error(ErrorCode::PAYLOAD_TOO_LARGE)));
+    assert_eq!(end, SessionEnd::Closed(CloseReason::Error(ErrorCode::PAYLOAD_TOO_LARGE)));
 }
 
 #[tokio::test]
 async fn a_silent_peer_times_out_in_the_handshake() {
     let config =
         SessionConfig { handshake_timeout: CoreDuration::from_millis(200), ..SessionConfig::default() };
-    let (code, _, ended) = tokio::time::timeout(Duration::from_secs(10), raw_exchange(config, b""))
+    let (code, _, end) = tokio::time::timeout(Duration::from_secs(10), raw_exchange(config, b""))
         .await
         .expect("the handshake deadline fired");
     assert_eq!(code, ErrorCode::TIMEOUT);
-    assert_eq!(ended.end, SessionEnd::Closed(CloseReason::Error(ErrorCode::TIMEOUT)));
+    assert_eq!(end, SessionEnd::Closed(CloseReason::Error(ErrorCode::TIMEOUT)));
 }
 
 #[tokio::test]
 async fn an_idle_session_times_out_and_frees_its_buffers() {
     let config = SessionConfig { idle_timeout: CoreDuration::from_millis(300), ..SessionConfig::default() };
-    let (addr, node) = serve_one(config, FRAME);
-    let mut client = Client::connect(addr, None).await.unwrap();
+    let node = serve_one(config, FRAME);
+    let mut client = Client::connect(node.addr, None).await.unwrap();
     let h = client.alloc(8192).await.unwrap();
     client.write(h, 0, &pattern(8192, 1)).await.unwrap();
-    let ended = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio::task::spawn_blocking(move || node.join().unwrap()),
-    )
-    .await
-    .expect("the idle deadline fired")
-    .unwrap();
-    assert_eq!(ended.end, SessionEnd::Closed(CloseReason::Error(ErrorCode::TIMEOUT)));
-    assert_eq!(ended.used_after, 0);
-    assert!(ended.arena_zero);
+    let end =
+        tokio::time::timeout(Duration::from_secs(10), ended(node)).await.expect("the idle deadline fired");
+    assert_eq!(end, SessionEnd::Closed(CloseReason::Error(ErrorCode::TIMEOUT)));
 }
 
 #[tokio::test]
 async fn frame_buffers_below_the_minimum_are_refused() {
-    let (addr, node) = serve_one(SessionConfig::default(), MIN_FRAME_BUFFER - 1);
-    let _stream = TcpStream::connect(addr).await.unwrap();
-    let ended = tokio::task::spawn_blocking(move || node.join().unwrap()).await.unwrap();
-    assert_eq!(ended.end, SessionEnd::BuffersTooSmall);
+    let node = serve_one(SessionConfig::default(), MIN_FRAME_BUFFER - 1);
+    let _stream = TcpStream::connect(node.addr).await.unwrap();
+    assert_eq!(ended(node).await, SessionEnd::BuffersTooSmall);
 }

@@ -1,97 +1,45 @@
 //! The wire suite (`rela_conformance::wire`, the checks any node must pass) against
-//! `serve_session`: one session per TCP connection, all on one thread sharing one host backend
-//! through a `RefCell`, exactly as embassy tasks would. With and without a token.
+//! `serve_session` (see `common::Node`), with and without a token.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
-use std::cell::RefCell;
-use std::net::SocketAddr;
-use std::rc::Rc;
+mod common;
+
 use std::time::Duration;
 
-use embedded_io_adapters::tokio_1::FromTokio;
-use rela_backend_host::OwnedHostBackend;
-use rela_client::FastCrc32;
+use common::Node;
 use rela_conformance::{Outcome, render_table, wire};
 use rela_core::auth::AuthKey;
-use rela_core::backend::GpuBackend;
 use rela_core::config::HEADER_LEN;
 use rela_core::session::SessionConfig;
-use rela_embassy::{FrameBuffers, SessionEnd, serve_session};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use rela_embassy::SessionEnd;
 
 const MIB: usize = 1024 * 1024;
 const TOKEN: &[u8] = b"wire conformance token";
 
-/// Bytes the backend still held once every session ended, and how each ended.
-type Leftovers = (u64, Vec<SessionEnd>);
-
-/// A node of `serve_session`s on a loopback port until `stop` fires; then it waits for its
-/// sessions to end and reports the bytes its backend still holds and how each session ended.
-fn node(auth: Option<AuthKey>) -> (SocketAddr, oneshot::Sender<()>, std::thread::JoinHandle<Leftovers>) {
-    // The same small limits as the std node's wire test, so every limit case runs for real.
-    let config = SessionConfig {
+/// The same small limits as the std node's wire test, so every limit case runs for real.
+fn limited(auth: Option<AuthKey>) -> SessionConfig {
+    SessionConfig {
         max_payload: MIB as u32,
         max_buffers: 32,
         quota: 4 * MIB as u64,
         auth,
         ..SessionConfig::default()
-    };
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop_tx, mut stop) = oneshot::channel();
-    let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&rt, async move {
-            let listener = TcpListener::from_std(listener).unwrap();
-            let backend = Rc::new(RefCell::new(OwnedHostBackend::<64>::with_block_table(
-                vec![0u8; 64 * MIB].into_boxed_slice(),
-            )));
-            let ends = Rc::new(RefCell::new(Vec::new()));
-            let mut sessions = Vec::new();
-            let mut nonce = 0u8;
-            loop {
-                let stream = tokio::select! {
-                    _ = &mut stop => break,
-                    accepted = listener.accept() => accepted.unwrap().0,
-                };
-                nonce = nonce.wrapping_add(1);
-                let (backend, ends, config) = (backend.clone(), ends.clone(), config.clone());
-                sessions.push(tokio::task::spawn_local(async move {
-                    let mut stream = FromTokio::new(stream);
-                    let (mut rx, mut tx) = (vec![0u8; HEADER_LEN + MIB], vec![0u8; HEADER_LEN + MIB]);
-                    let bufs = FrameBuffers { rx: &mut rx, tx: &mut tx };
-                    let end =
-                        serve_session::<_, _, FastCrc32>(&mut stream, &*backend, &config, [nonce; 32], bufs)
-                            .await;
-                    ends.borrow_mut().push(end);
-                }));
-            }
-            for s in sessions {
-                s.await.unwrap();
-            }
-            let used = backend.borrow().usage().used;
-            (used, ends.borrow().clone())
-        })
-    });
-    (addr, stop_tx, thread)
+    }
 }
 
 async fn suite(token: Option<&[u8]>) -> rela_conformance::BackendReport {
-    let auth = token.map(AuthKey::new);
-    let (addr, stop, thread) = node(auth);
-    let report = tokio::time::timeout(Duration::from_secs(240), wire::run(addr, token))
+    let node = Node::spawn(limited(token.map(AuthKey::new)), HEADER_LEN + MIB, 64 * MIB);
+    let report = tokio::time::timeout(Duration::from_secs(240), wire::run(node.addr, token))
         .await
         .expect("wire suite finished in time");
     eprintln!("{}", render_table(std::slice::from_ref(&report)));
-    stop.send(()).unwrap();
-    let (used, ends) = tokio::task::spawn_blocking(move || thread.join().unwrap()).await.unwrap();
-    assert_eq!(used, 0, "sessions left memory in the backend");
-    assert!(!ends.is_empty());
-    assert!(!ends.contains(&SessionEnd::BuffersTooSmall));
+    // Every connection the suite made was answered, so it was accepted.
+    let left = node.finish(0).await;
+    assert_eq!(left.used, 0, "sessions left memory in the backend");
+    assert!(left.arena_zero, "sessions left bytes in the arena");
+    assert!(!left.ends.is_empty());
+    assert!(!left.ends.contains(&SessionEnd::BuffersTooSmall));
     report
 }
 
