@@ -25,7 +25,7 @@ use rela_core::config::{HEADER_LEN, MAX_DATAGRAM, PROTOCOL_VERSION};
 use rela_core::discovery::{Announce, Discover};
 use rela_core::io::{read_frame, write_frame};
 use rela_core::session::{CloseReason, SessionConfig};
-use rela_core::wire::msg::{Alloc, Caps, Hello, Message, Read, Response, Write};
+use rela_core::wire::msg::{Alloc, Caps, Hello, Message, Read, Response, Welcome, Write};
 use rela_core::wire::{ErrorCode, Flags, Kind, encode_frame};
 use rela_embassy::{
     Advert, DiscoveryBuffers, FrameBuffers, SessionEnd, SocketBuffers, run_discovery, run_listener,
@@ -99,6 +99,17 @@ impl Peer<'_, '_> {
         self.response(seq).await
     }
 
+    /// HELLO, and the WELCOME's fields.
+    async fn hello(&mut self) -> Welcome {
+        let hello =
+            Hello { min_version: PROTOCOL_VERSION, max_version: PROTOCOL_VERSION, caps: Caps::DISPATCH };
+        let (kind, flags, payload) = self.request(&hello).await;
+        let Response::Welcome(welcome) = Response::parse(kind, flags, &payload).unwrap() else {
+            panic!("no WELCOME")
+        };
+        welcome
+    }
+
     async fn response(&mut self, seq: u16) -> (Kind, Flags, Vec<u8>) {
         let frame = read_frame::<_, FastCrc32>(&mut self.socket, self.buf, 1 << 20).await.unwrap();
         assert_eq!(frame.seq(), seq, "responses come in request order");
@@ -110,20 +121,21 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed)).collect()
 }
 
+/// A socket of `client`'s connected to the node's session port.
+async fn connect<'s>(client: Stack<'s>, rx: &'s mut [u8], tx: &'s mut [u8]) -> TcpSocket<'s> {
+    let mut socket = TcpSocket::new(client, rx, tx);
+    socket.connect((NODE_IP, SESSION_PORT)).await.expect("connect to the node");
+    socket
+}
+
 /// One full session through embassy-net: HELLO, ALLOC, WRITE and READ of more than one frame,
 /// refused requests, then BYE or a dropped connection.
 async fn session(client: Stack<'_>, bye: bool) {
     let (mut rx, mut tx) = (vec![0u8; 8192], vec![0u8; 8192]);
-    let mut socket = TcpSocket::new(client, &mut rx, &mut tx);
-    socket.connect((NODE_IP, SESSION_PORT)).await.expect("connect to the node");
+    let socket = connect(client, &mut rx, &mut tx).await;
     let mut buf = vec![0u8; 64 * 1024];
     let mut peer = Peer { socket, buf: &mut buf, seq: 0 };
-
-    let hello = Hello { min_version: PROTOCOL_VERSION, max_version: PROTOCOL_VERSION, caps: Caps::DISPATCH };
-    let (kind, flags, payload) = peer.request(&hello).await;
-    let Response::Welcome(welcome) = Response::parse(kind, flags, &payload).unwrap() else {
-        panic!("no WELCOME")
-    };
+    let welcome = peer.hello().await;
     assert_eq!(welcome.max_payload, 2048, "the node advertises what its frame buffers carry");
 
     let (kind, flags, payload) = peer.request(&Alloc { size: 10_000 }).await;
@@ -285,20 +297,16 @@ fn concurrent_sessions_share_the_backend_and_a_hostile_one_hurts_no_other() {
         // A client that sends garbage mid-way: BAD_FRAME for it alone.
         let hostile = async {
             let (mut rx, mut tx) = (vec![0u8; 4096], vec![0u8; 4096]);
-            let mut socket = TcpSocket::new(client, &mut rx, &mut tx);
-            socket.connect((NODE_IP, SESSION_PORT)).await.expect("connect");
+            let socket = connect(client, &mut rx, &mut tx).await;
             let mut buf = vec![0u8; 4096];
             let mut peer = Peer { socket, buf: &mut buf, seq: 0 };
-            let hello =
-                Hello { min_version: PROTOCOL_VERSION, max_version: PROTOCOL_VERSION, caps: Caps::DISPATCH };
-            peer.request(&hello).await;
+            peer.hello().await;
             let (kind, flags, payload) = peer.request(&Alloc { size: 4096 }).await;
             assert!(matches!(Response::parse(kind, flags, &payload).unwrap(), Response::Allocated(_)));
             write_frame(&mut peer.socket, b"RELA but not a frame at all").await.unwrap();
-            let frame = read_frame::<_, FastCrc32>(&mut peer.socket, peer.buf, 4096).await.unwrap();
-            let Response::Error(e) =
-                Response::parse(frame.kind(), frame.header.flags, frame.payload).unwrap()
-            else {
+            // An ERROR about no request in particular: sequence number 0.
+            let (kind, flags, payload) = peer.response(0).await;
+            let Response::Error(e) = Response::parse(kind, flags, &payload).unwrap() else {
                 panic!("no ERROR")
             };
             assert_eq!(e.code, ErrorCode::BAD_FRAME);
