@@ -140,6 +140,17 @@ async fn baseline_server() -> std::io::Result<SocketAddr> {
     Ok(addr)
 }
 
+/// The lengths of the whole-buffer passes that move `total` bytes through a buffer of `len`
+/// bytes, each pass from its start: `len`, `len`, …, then the rest.
+fn passes(len: usize, total: u64) -> impl Iterator<Item = usize> {
+    let mut left = total;
+    std::iter::from_fn(move || {
+        let n = len.min(usize::try_from(left).unwrap_or(usize::MAX));
+        left -= n as u64;
+        (n > 0).then_some(n)
+    })
+}
+
 /// The next piece of a transfer that cycles through `len` bytes: (start, length).
 fn piece(pos: usize, len: usize, left: u64) -> (usize, usize) {
     let pos = if pos >= len { 0 } else { pos };
@@ -257,11 +268,8 @@ async fn relay_upload(c: &mut Client, data: &[u8], total: u64) -> Result<Duratio
 
 /// Writes `total` bytes into `h` (of `data.len()` bytes), `data` over and over.
 async fn relay_send(c: &mut Client, h: Handle, data: &[u8], total: u64) -> Result<(), String> {
-    let mut left = total;
-    while left > 0 {
-        let n = data.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+    for n in passes(data.len(), total) {
         c.write(h, 0, &data[..n]).await.map_err(|e| e.to_string())?;
-        left -= n as u64;
     }
     Ok(())
 }
@@ -274,13 +282,10 @@ fn crc_pass(data: &[u8], total: u64, chunk: usize, repeat: usize) -> Duration {
     let mut best = Duration::MAX;
     for _ in 0..repeat {
         let t = Instant::now();
-        let mut left = total;
-        while left > 0 {
-            let n = data.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        for n in passes(data.len(), total) {
             for piece in data[..n].chunks(chunk.max(1)) {
                 std::hint::black_box(rela_client::FastCrc32::checksum(piece));
             }
-            left -= n as u64;
         }
         best = best.min(t.elapsed());
     }
@@ -290,11 +295,8 @@ fn crc_pass(data: &[u8], total: u64, chunk: usize, repeat: usize) -> Duration {
 async fn relay_download(c: &mut Client, buf: &mut [u8], total: u64) -> Result<Duration, String> {
     let h = c.alloc(buf.len() as u64).await.map_err(|e| e.to_string())?;
     let t = Instant::now();
-    let mut left = total;
-    while left > 0 {
-        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+    for n in passes(buf.len(), total) {
         c.read_into(h, 0, &mut buf[..n]).await.map_err(|e| e.to_string())?;
-        left -= n as u64;
     }
     let took = t.elapsed();
     c.free(h).await.map_err(|e| e.to_string())?;
@@ -504,23 +506,17 @@ fn backend_direct(
     let (mut up, mut down) = (Duration::MAX, Duration::MAX);
     for _ in 0..repeat {
         let t = Instant::now();
-        let mut left = total;
-        while left > 0 {
-            let n = data.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        for n in passes(data.len(), total) {
             for (i, bytes) in data[..n].chunks(up_piece).enumerate() {
                 b.write(id, (i * up_piece) as u64, bytes).map_err(|e| e.to_string())?;
             }
-            left -= n as u64;
         }
         up = up.min(t.elapsed());
         let t = Instant::now();
-        let mut left = total;
-        while left > 0 {
-            let n = sink.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        for n in passes(sink.len(), total) {
             for (i, bytes) in sink[..n].chunks_mut(down_piece).enumerate() {
                 b.read(id, (i * down_piece) as u64, bytes).map_err(|e| e.to_string())?;
             }
-            left -= n as u64;
         }
         down = down.min(t.elapsed());
     }
@@ -840,3 +836,17 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
 }
 
 const MIB: f64 = (1u64 << 20) as f64;
+
+#[cfg(test)]
+mod tests {
+    use super::passes;
+
+    #[test]
+    fn passes_cover_the_total_in_whole_buffers_then_the_rest() {
+        assert_eq!(passes(4, 10).collect::<Vec<_>>(), [4, 4, 2]);
+        assert_eq!(passes(4, 8).collect::<Vec<_>>(), [4, 4]);
+        assert_eq!(passes(4, 3).collect::<Vec<_>>(), [3]);
+        assert_eq!(passes(4, 0).count(), 0);
+        assert_eq!(passes(0, 5).count(), 0, "an empty buffer moves nothing (and does not spin)");
+    }
+}
