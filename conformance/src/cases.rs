@@ -51,6 +51,7 @@ pub(crate) const ALL: &[Case] = &[
     Case { name: "kernel_mean_pool", run: kernel_mean_pool },
     Case { name: "kernel_l2_normalize", run: kernel_l2_normalize },
     Case { name: "kernel_model_invalid_rejected", run: kernel_model_invalid_rejected },
+    Case { name: "partial_dispatch_matches_whole", run: crate::partial::partial_dispatch_matches_whole },
 ];
 
 fn alloc(b: &mut dyn GpuBackend, size: u64) -> Result<BufferId, Failure> {

@@ -277,6 +277,11 @@ impl<B: GpuBackend> GpuBackend for FaultyBackend<B> {
         self.inject(OpClass::Dispatch)?;
         self.inner.dispatch(call)
     }
+
+    fn dispatch_part(&mut self, call: &KernelCall, units: core::ops::Range<u32>) -> Result<(), BackendError> {
+        self.inject(OpClass::Dispatch)?;
+        self.inner.dispatch_part(call, units)
+    }
 }
 
 #[cfg(test)]

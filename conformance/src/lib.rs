@@ -47,6 +47,7 @@ use serde::Serialize;
 
 mod cases;
 pub mod faults;
+mod partial;
 mod support;
 pub mod wire;
 
@@ -333,6 +334,7 @@ macro_rules! testgen {
             kernel_mean_pool,
             kernel_l2_normalize,
             kernel_model_invalid_rejected,
+            partial_dispatch_matches_whole,
         );
     };
     (@cases $backend:literal, $make:expr; $($case:ident),* $(,)?) => {

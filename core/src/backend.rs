@@ -368,6 +368,25 @@ const fn f32_bytes(count: u64) -> Option<u64> {
     count.checked_mul(4)
 }
 
+/// How a [`KernelCall`] divides into independent parts ([`KernelCall::work`]): `units`
+/// output units (elements, rows or sequences, by kernel), each costing about `unit_cost`
+/// multiply-adds. A host cuts a long call into parts of bounded cost with
+/// [`GpuBackend::dispatch_part`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Work {
+    /// Independent output units.
+    pub units: u32,
+    /// Multiply-adds (or comparable element operations) per unit, at least 1.
+    pub unit_cost: u64,
+}
+
+impl Work {
+    /// The whole call's cost, saturating.
+    pub const fn total(&self) -> u64 {
+        (self.units as u64).saturating_mul(self.unit_cost)
+    }
+}
+
 impl KernelCall {
     /// The output buffer.
     pub const fn output(&self) -> BufferId {
@@ -383,6 +402,26 @@ impl KernelCall {
             | Self::MeanPool { out, .. }
             | Self::L2Normalize { out, .. } => *out,
         }
+    }
+
+    /// The call's units and their cost: elements for ADD, MUL, SCALE and GELU; output rows
+    /// for MATMUL, LINEAR, GATHER, LAYER_NORM and L2_NORMALIZE; sequences for ATTENTION and
+    /// MEAN_POOL. Part `units` of a call writes exactly those units of its output.
+    pub fn work(&self) -> Work {
+        // Saturating: `work` is also asked of calls not yet validated.
+        let mul = |a: u64, b: u64| a.saturating_mul(b);
+        let (units, unit_cost) = match *self {
+            Self::Binary { n, .. } | Self::Scale { n, .. } | Self::Gelu { n, .. } => (n, 1),
+            Self::Matmul { m, k, n, .. } | Self::Linear { m, k, n, .. } => (m, mul(k as u64, n as u64)),
+            Self::Gather { rows, dim, .. } => (rows, dim as u64),
+            Self::LayerNorm { rows, dim, .. } => (rows, mul(4, dim as u64)),
+            Self::L2Normalize { rows, dim, .. } => (rows, mul(2, dim as u64)),
+            Self::Attention { batch, seq, heads, head_dim, .. } => {
+                (batch, mul(mul(2 * seq as u64, seq as u64), mul(heads as u64, head_dim as u64)))
+            }
+            Self::MeanPool { batch, seq, dim, .. } => (batch, mul(seq as u64, dim as u64)),
+        };
+        Work { units, unit_cost: if unit_cost == 0 { 1 } else { unit_cost } }
     }
 
     /// Validates shapes against buffer sizes before any device work.
@@ -547,6 +586,27 @@ pub trait GpuBackend {
     /// Runs a built-in kernel and waits for it to complete.
     fn dispatch(&mut self, call: &KernelCall) -> Result<(), BackendError>;
 
+    /// Runs the part of `call` that writes output units `units` ([`KernelCall::work`]) and
+    /// leaves the rest of the output as it is. Validation is that of the whole call, and
+    /// `units` must lie inside `0..work().units` ([`BackendError::InvalidArgument`]). Running
+    /// every part of a call, in any order, gives what [`dispatch`](Self::dispatch) gives.
+    ///
+    /// Hosts cut long calls into parts of bounded device time so other sessions get a turn.
+    /// The default runs the whole call when `units` covers all of it and answers
+    /// [`BackendError::Unsupported`] for a true part: a backend without partial dispatch is
+    /// run whole.
+    fn dispatch_part(&mut self, call: &KernelCall, units: core::ops::Range<u32>) -> Result<(), BackendError> {
+        let all = call.work().units;
+        if units.start > units.end || units.end > all {
+            return Err(BackendError::InvalidArgument);
+        }
+        if units.start == 0 && units.end == all {
+            self.dispatch(call)
+        } else {
+            Err(BackendError::Unsupported)
+        }
+    }
+
     /// Where bytes `offset..offset + len` of buffer `id` lie in the backend's storage, as a
     /// byte range of that storage, for a backend whose storage is host memory that its owner
     /// can reach directly (the host backend). A host that built the backend over memory it
@@ -610,6 +670,9 @@ impl<B: GpuBackend + ?Sized> GpuBackend for &mut B {
     }
     fn dispatch(&mut self, call: &KernelCall) -> Result<(), BackendError> {
         (**self).dispatch(call)
+    }
+    fn dispatch_part(&mut self, call: &KernelCall, units: core::ops::Range<u32>) -> Result<(), BackendError> {
+        (**self).dispatch_part(call, units)
     }
     fn storage_range(&self, id: BufferId, offset: u64, len: u64) -> Option<core::ops::Range<usize>> {
         (**self).storage_range(id, offset, len)

@@ -108,11 +108,6 @@ impl<S: Arena, const N: usize> HostMemory<S, N> {
         // `r` lies within the block, and the block within the arena, so both fit in usize.
         Ok(block.start + r.start as usize..block.start + r.end as usize)
     }
-
-    /// The first `bytes` bytes of a live buffer's arena range. Callers validated the size.
-    fn prefix(&self, id: BufferId, bytes: u64) -> Result<Range<usize>, BackendError> {
-        self.span(id, 0, bytes)
-    }
 }
 
 #[cfg(feature = "std")]
@@ -214,90 +209,106 @@ impl<S: Arena, const N: usize> GpuBackend for HostMemory<S, N> {
     }
 
     fn dispatch(&mut self, call: &KernelCall) -> Result<(), BackendError> {
+        self.dispatch_part(call, 0..call.work().units)
+    }
+
+    fn dispatch_part(&mut self, call: &KernelCall, units: Range<u32>) -> Result<(), BackendError> {
         call.validate(|id| self.alloc.size(id))?;
-        // After validation every byte count below fits its buffer, hence usize.
+        if units.start > units.end || units.end > call.work().units {
+            return Err(BackendError::InvalidArgument);
+        }
+        self.run(call, units);
+        Ok(())
+    }
+}
+
+impl<S: Arena, const N: usize> HostMemory<S, N> {
+    /// The arena range of `count` units of `width` bytes each, from unit `first`, of buffer
+    /// `id`. Only for a validated call: the range then lies inside the buffer, and an error
+    /// (which validation rules out) leaves an empty range so nothing is touched.
+    fn units(&self, id: BufferId, first: u64, count: u64, width: u64) -> Range<usize> {
+        self.span(id, first * width, count * width).unwrap_or(0..0)
+    }
+
+    /// Runs output units `units` of a validated call (`units` inside `0..work().units`).
+    ///
+    /// After validation every byte count below fits its buffer (hence `usize`), and the spans
+    /// of live buffers cannot fail; the output range is disjoint from every input range.
+    fn run(&mut self, call: &KernelCall, units: Range<u32>) {
+        let (s, c) = (u64::from(units.start), u64::from(units.end - units.start));
+        let cu = c as usize;
         match *call {
-            KernelCall::Binary { op, a, b, out, n } => {
-                let bytes = n as u64 * 4;
-                let (a, b, out) = (self.prefix(a, bytes)?, self.prefix(b, bytes)?, self.prefix(out, bytes)?);
+            KernelCall::Binary { op, a, b, out, .. } => {
+                let (a, b, out) = (self.units(a, s, c, 4), self.units(b, s, c, 4), self.units(out, s, c, 4));
                 let (inputs, out) = self.storage.split(out);
-                reference::binary(op, inputs.get(a), inputs.get(b), out, n as usize);
+                reference::binary(op, inputs.get(a), inputs.get(b), out, cu);
             }
-            KernelCall::Scale { x, out, n, alpha } => {
-                let bytes = n as u64 * 4;
-                let (x, out) = (self.prefix(x, bytes)?, self.prefix(out, bytes)?);
+            KernelCall::Scale { x, out, alpha, .. } => {
+                let (x, out) = (self.units(x, s, c, 4), self.units(out, s, c, 4));
                 let (inputs, out) = self.storage.split(out);
-                reference::scale(inputs.get(x), out, n as usize, alpha);
+                reference::scale(inputs.get(x), out, cu, alpha);
             }
-            KernelCall::Matmul { a, b, out, m, k, n } => {
-                let (m, k, n) = (m as u64, k as u64, n as u64);
-                let a = self.prefix(a, m * k * 4)?;
-                let b = self.prefix(b, k * n * 4)?;
-                let out = self.prefix(out, m * n * 4)?;
+            KernelCall::Matmul { a, b, out, k, n, .. } => {
+                let (k, n) = (u64::from(k), u64::from(n));
+                let a = self.units(a, s, c, k * 4);
+                let b = self.units(b, 0, k, n * 4);
+                let out = self.units(out, s, c, n * 4);
                 let (inputs, out) = self.storage.split(out);
-                reference::matmul(inputs.get(a), inputs.get(b), out, m as usize, k as usize, n as usize);
+                reference::matmul(inputs.get(a), inputs.get(b), out, cu, k as usize, n as usize);
             }
-            KernelCall::Gather { table, ids, out, vocab, dim, rows } => {
-                let (v, d, r) = (vocab as u64, dim as u64, rows as u64);
-                let table = self.prefix(table, v * d * 4)?;
-                let ids = self.prefix(ids, r * 4)?;
-                let out = self.prefix(out, r * d * 4)?;
+            KernelCall::Gather { table, ids, out, vocab, dim, .. } => {
+                let d = u64::from(dim);
+                let table = self.units(table, 0, u64::from(vocab), d * 4);
+                let ids = self.units(ids, s, c, 4);
+                let out = self.units(out, s, c, d * 4);
                 let (inputs, out) = self.storage.split(out);
-                reference::gather(
-                    inputs.get(table),
-                    inputs.get(ids),
-                    out,
-                    vocab as usize,
-                    dim as usize,
-                    rows as usize,
-                );
+                reference::gather(inputs.get(table), inputs.get(ids), out, vocab as usize, dim as usize, cu);
             }
-            KernelCall::LayerNorm { x, gamma, beta, out, rows, dim, eps } => {
-                let bytes = rows as u64 * dim as u64 * 4;
-                let x = self.prefix(x, bytes)?;
-                let gamma = self.prefix(gamma, dim as u64 * 4)?;
-                let beta = self.prefix(beta, dim as u64 * 4)?;
-                let out = self.prefix(out, bytes)?;
+            KernelCall::LayerNorm { x, gamma, beta, out, dim, eps, .. } => {
+                let d = u64::from(dim);
+                let x = self.units(x, s, c, d * 4);
+                let gamma = self.units(gamma, 0, d, 4);
+                let beta = self.units(beta, 0, d, 4);
+                let out = self.units(out, s, c, d * 4);
                 let (inputs, out) = self.storage.split(out);
                 reference::layer_norm(
                     inputs.get(x),
                     inputs.get(gamma),
                     inputs.get(beta),
                     out,
-                    rows as usize,
+                    cu,
                     dim as usize,
                     eps,
                 );
             }
-            KernelCall::Linear { x, w, bias, out, m, k, n } => {
-                let (m, k, n) = (m as u64, k as u64, n as u64);
-                let x = self.prefix(x, m * k * 4)?;
-                let w = self.prefix(w, n * k * 4)?;
-                let bias = self.prefix(bias, n * 4)?;
-                let out = self.prefix(out, m * n * 4)?;
+            KernelCall::Linear { x, w, bias, out, k, n, .. } => {
+                let (k, n) = (u64::from(k), u64::from(n));
+                let x = self.units(x, s, c, k * 4);
+                let w = self.units(w, 0, n, k * 4);
+                let bias = self.units(bias, 0, n, 4);
+                let out = self.units(out, s, c, n * 4);
                 let (inputs, out) = self.storage.split(out);
                 reference::linear(
                     inputs.get(x),
                     inputs.get(w),
                     inputs.get(bias),
                     out,
-                    m as usize,
+                    cu,
                     k as usize,
                     n as usize,
                 );
             }
-            KernelCall::Gelu { x, out, n } => {
-                let bytes = n as u64 * 4;
-                let (x, out) = (self.prefix(x, bytes)?, self.prefix(out, bytes)?);
+            KernelCall::Gelu { x, out, .. } => {
+                let (x, out) = (self.units(x, s, c, 4), self.units(out, s, c, 4));
                 let (inputs, out) = self.storage.split(out);
-                reference::gelu(inputs.get(x), out, n as usize);
+                reference::gelu(inputs.get(x), out, cu);
             }
-            KernelCall::Attention { q, k, v, mask, out, batch, seq, heads, head_dim } => {
-                let tokens = batch as u64 * seq as u64;
-                let bytes = tokens * heads as u64 * head_dim as u64 * 4;
-                let (q, k, v) = (self.prefix(q, bytes)?, self.prefix(k, bytes)?, self.prefix(v, bytes)?);
-                let mask = self.prefix(mask, tokens * 4)?;
-                let out = self.prefix(out, bytes)?;
+            KernelCall::Attention { q, k, v, mask, out, seq, heads, head_dim, .. } => {
+                let row = u64::from(seq) * u64::from(heads) * u64::from(head_dim) * 4;
+                let (q, k, v) =
+                    (self.units(q, s, c, row), self.units(k, s, c, row), self.units(v, s, c, row));
+                let mask = self.units(mask, s, c, u64::from(seq) * 4);
+                let out = self.units(out, s, c, row);
                 let (inputs, out) = self.storage.split(out);
                 reference::attention(
                     inputs.get(q),
@@ -305,35 +316,27 @@ impl<S: Arena, const N: usize> GpuBackend for HostMemory<S, N> {
                     inputs.get(v),
                     inputs.get(mask),
                     out,
-                    batch as usize,
+                    cu,
                     seq as usize,
                     heads as usize,
                     head_dim as usize,
                 );
             }
-            KernelCall::MeanPool { x, mask, out, batch, seq, dim } => {
-                let tokens = batch as u64 * seq as u64;
-                let x = self.prefix(x, tokens * dim as u64 * 4)?;
-                let mask = self.prefix(mask, tokens * 4)?;
-                let out = self.prefix(out, batch as u64 * dim as u64 * 4)?;
+            KernelCall::MeanPool { x, mask, out, seq, dim, .. } => {
+                let (q, d) = (u64::from(seq), u64::from(dim));
+                let x = self.units(x, s, c, q * d * 4);
+                let mask = self.units(mask, s, c, q * 4);
+                let out = self.units(out, s, c, d * 4);
                 let (inputs, out) = self.storage.split(out);
-                reference::mean_pool(
-                    inputs.get(x),
-                    inputs.get(mask),
-                    out,
-                    batch as usize,
-                    seq as usize,
-                    dim as usize,
-                );
+                reference::mean_pool(inputs.get(x), inputs.get(mask), out, cu, seq as usize, dim as usize);
             }
-            KernelCall::L2Normalize { x, out, rows, dim } => {
-                let bytes = rows as u64 * dim as u64 * 4;
-                let (x, out) = (self.prefix(x, bytes)?, self.prefix(out, bytes)?);
+            KernelCall::L2Normalize { x, out, dim, .. } => {
+                let d = u64::from(dim);
+                let (x, out) = (self.units(x, s, c, d * 4), self.units(out, s, c, d * 4));
                 let (inputs, out) = self.storage.split(out);
-                reference::l2_normalize(inputs.get(x), out, rows as usize, dim as usize);
+                reference::l2_normalize(inputs.get(x), out, cu, dim as usize);
             }
         }
-        Ok(())
     }
 }
 
