@@ -15,7 +15,7 @@ use crate::error::ClientError;
 /// completion on a runtime this value owns.
 ///
 /// Do not use it from inside an async runtime (tokio refuses nested `block_on`); use [`Client`]
-/// there.
+/// there. The deadlines of [`ClientOptions`] apply as they do to [`Client`].
 #[derive(Debug)]
 pub struct BlockingClient {
     rt: Runtime,
@@ -37,6 +37,18 @@ impl BlockingClient {
         let rt = Builder::new_current_thread().enable_all().build()?;
         let inner = rt.block_on(Client::connect_with(addr, token, options))?;
         Ok(Self { rt, inner })
+    }
+
+    /// Connects to a `HOST:PORT` name; see [`Client::connect_host`]. Returns the client and the
+    /// address used.
+    pub fn connect_host(
+        host: &str,
+        token: Option<&[u8]>,
+        options: ClientOptions,
+    ) -> Result<(Self, SocketAddr), ClientError> {
+        let rt = Builder::new_current_thread().enable_all().build()?;
+        let (inner, addr) = rt.block_on(Client::connect_host(host, token, options))?;
+        Ok((Self { rt, inner }, addr))
     }
 
     /// The node's WELCOME.

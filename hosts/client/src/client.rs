@@ -1,6 +1,7 @@
 //! The async client: one TCP session with a node.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -11,11 +12,11 @@ use rela_core::config::{HEADER_LEN, MAX_PAYLOAD, MIN_PROTOCOL_VERSION, PROTOCOL_
 use rela_core::wire::msg::{self, Caps, ErrorMsg, Message, Response, WRITE_PREFIX_LEN, Welcome};
 use rela_core::wire::{ErrorCode, Flags, FrameCrc, HeaderRepr, Kind, RawHeader, emit_frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpSocket;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::FastCrc32;
-use crate::error::ClientError;
+use crate::error::{ClientError, TimeoutPhase};
 
 mod models;
 pub use models::{LoadProgress, LoadStage, RemoteModel};
@@ -31,6 +32,12 @@ pub const DEFAULT_WRITE_CHUNK: u32 = 4 * 1024 * 1024;
 pub const DEFAULT_READ_CHUNK: u32 = 1024 * 1024;
 /// Read buffer in front of the socket, so small responses take one syscall for many.
 const READ_BUFFER: usize = 64 * 1024;
+/// Default [`ClientOptions::connect_timeout`].
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`ClientOptions::handshake_timeout`].
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`ClientOptions::request_timeout`].
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A progress callback for bulk transfers: `(bytes done, bytes total)`, called after each
 /// acknowledged frame.
@@ -52,11 +59,44 @@ pub struct ClientOptions {
     /// much (Linux `net.core.{r,w}mem_max`): a clamped fixed size would switch off the kernel's
     /// buffer autotuning and be slower than leaving it alone. `0` leaves the defaults.
     pub socket_buffer: usize,
+    /// Longest wait for the TCP connection to be accepted (per address tried). Default
+    /// [`DEFAULT_CONNECT_TIMEOUT`] (10 s); [`None`] waits as long as the OS does.
+    pub connect_timeout: Option<Duration>,
+    /// Longest the whole handshake may take once connected: HELLO, WELCOME and, when the node
+    /// requires it, AUTH. Default [`DEFAULT_HANDSHAKE_TIMEOUT`] (10 s, the node's own default
+    /// handshake deadline); [`None`] waits forever.
+    pub handshake_timeout: Option<Duration>,
+    /// Longest wait for the node on any one step of a request after the handshake: sending one
+    /// frame, receiving the header of an answer, or receiving each 256 KiB of a READ's data. A
+    /// bulk transfer of any size therefore never times out while data keeps moving; a node
+    /// that stops answering does. Model loads count each PROGRESS frame as an answer. Default
+    /// [`DEFAULT_REQUEST_TIMEOUT`] (60 s, room for INFER on a slow backend); [`None`] waits
+    /// forever.
+    pub request_timeout: Option<Duration>,
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        Self { window: 8, chunk: None, socket_buffer: 4 * 1024 * 1024 }
+        Self {
+            window: 8,
+            chunk: None,
+            socket_buffer: 4 * 1024 * 1024,
+            connect_timeout: Some(DEFAULT_CONNECT_TIMEOUT),
+            handshake_timeout: Some(DEFAULT_HANDSHAKE_TIMEOUT),
+            request_timeout: Some(DEFAULT_REQUEST_TIMEOUT),
+        }
+    }
+}
+
+impl ClientOptions {
+    /// These options with all three deadlines (connect, handshake, each request step) set to
+    /// `timeout`.
+    #[must_use]
+    pub const fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self.handshake_timeout = Some(timeout);
+        self.request_timeout = Some(timeout);
+        self
     }
 }
 
@@ -196,6 +236,10 @@ struct InFlight {
 /// Calls take `&mut self`: one call runs at a time, but bulk [`write`](Self::write) and
 /// [`read_into`](Self::read_into) split the transfer into frames of at most the node's
 /// `max_payload` and keep [`ClientOptions::window`] of them in flight.
+///
+/// Every wait on the node is bounded by the deadlines of [`ClientOptions`] (connect,
+/// handshake, each step of a request); a deadline that passes returns
+/// [`ClientError::Timeout`] and closes the session.
 #[derive(Debug)]
 pub struct Client {
     rd: BufReader<OwnedReadHalf>,
@@ -209,6 +253,8 @@ pub struct Client {
     rx: Vec<u8>,
     inflight: VecDeque<InFlight>,
     broken: bool,
+    /// During the handshake, whose deadline covers it as a whole, single steps are not timed.
+    handshaking: bool,
 }
 
 impl Client {
@@ -223,13 +269,39 @@ impl Client {
         token: Option<&[u8]>,
         options: ClientOptions,
     ) -> Result<Self, ClientError> {
-        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-        if crate::__private::socket_buffer_applicable(options.socket_buffer) {
-            // Best effort: the defaults still work.
-            let _ = socket.set_send_buffer_size(options.socket_buffer as u32);
-            let _ = socket.set_recv_buffer_size(options.socket_buffer as u32);
+        let stream = open_stream(addr, &options).await?;
+        Self::handshake_on(stream, token, options).await
+    }
+
+    /// Connects to `host`, a `HOST:PORT` string such as `localhost:8765` or `[::1]:8765`,
+    /// trying each address the name resolves to in turn until one accepts the TCP connection
+    /// (each attempt bounded by [`ClientOptions::connect_timeout`]), then handshakes there as
+    /// [`connect_with`](Self::connect_with) does. Returns the session and the address used.
+    pub async fn connect_host(
+        host: &str,
+        token: Option<&[u8]>,
+        options: ClientOptions,
+    ) -> Result<(Self, SocketAddr), ClientError> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(host)
+            .await
+            .map_err(|e| ClientError::Resolve(format!("{host}: {e}")))?
+            .collect();
+        let mut last = ClientError::Resolve(format!("{host}: no addresses"));
+        for addr in addrs {
+            match open_stream(addr, &options).await {
+                Ok(stream) => return Ok((Self::handshake_on(stream, token, options).await?, addr)),
+                Err(e) => last = e,
+            }
         }
-        let stream = socket.connect(addr).await?;
+        Err(last)
+    }
+
+    /// Says HELLO (and AUTH) on a connected stream, within the handshake deadline.
+    async fn handshake_on(
+        stream: TcpStream,
+        token: Option<&[u8]>,
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
         stream.set_nodelay(true)?;
         let placeholder = Welcome {
             version: 0,
@@ -253,8 +325,16 @@ impl Client {
             rx: vec![0; SMALL_PAYLOAD],
             inflight: VecDeque::new(),
             broken: false,
+            handshaking: true,
         };
-        client.handshake(token).await?;
+        match client.options.handshake_timeout {
+            Some(after) => match tokio::time::timeout(after, client.handshake(token)).await {
+                Ok(done) => done?,
+                Err(_) => return Err(ClientError::Timeout { phase: TimeoutPhase::Handshake, after }),
+            },
+            None => client.handshake(token).await?,
+        }
+        client.handshaking = false;
         Ok(client)
     }
 
@@ -557,7 +637,8 @@ impl Client {
         let seq = self.send_empty(Kind::BYE).await?;
         self.expect_ack(seq, Kind::BYE).await?;
         self.broken = true;
-        let _ = self.wr.shutdown().await;
+        // Best effort: the node closes its side after acknowledging BYE.
+        let _ = timed(self.step_timeout(), self.wr.shutdown()).await;
         Ok(())
     }
 
@@ -565,6 +646,12 @@ impl Client {
 
     fn check_usable(&self) -> Result<(), ClientError> {
         if self.broken { Err(ClientError::Closed) } else { Ok(()) }
+    }
+
+    /// The deadline for one step on the socket: none during the handshake (its own deadline
+    /// covers it), else [`ClientOptions::request_timeout`].
+    fn step_timeout(&self) -> Option<Duration> {
+        if self.handshaking { None } else { self.options.request_timeout }
     }
 
     fn max_payload(&self) -> u32 {
@@ -603,7 +690,7 @@ impl Client {
         };
         let n = emit_frame::<FastCrc32>(&mut self.tx, M::KIND, M::flags(), seq, len)
             .map_err(|_| ClientError::InvalidArgument("request does not encode"))?;
-        if let Err(e) = self.wr.write_all(&self.tx[..n]).await {
+        if let Err(e) = timed(self.step_timeout(), self.wr.write_all(&self.tx[..n])).await {
             return self.fail(e);
         }
         Ok(seq)
@@ -614,7 +701,7 @@ impl Client {
         let seq = self.next_seq();
         let n = emit_frame::<FastCrc32>(&mut self.tx, kind, Flags::NONE, seq, 0)
             .map_err(|_| ClientError::InvalidArgument("request does not encode"))?;
-        if let Err(e) = self.wr.write_all(&self.tx[..n]).await {
+        if let Err(e) = timed(self.step_timeout(), self.wr.write_all(&self.tx[..n])).await {
             return self.fail(e);
         }
         Ok(seq)
@@ -648,7 +735,7 @@ impl Client {
         header.crc = crc.value();
         header.emit(&mut self.tx).map_err(|_| ClientError::InvalidArgument("request does not encode"))?;
         let head = &self.tx[..head_len];
-        if let Err(e) = write_all_two(&mut self.wr, head, data).await {
+        if let Err(e) = timed(self.step_timeout(), write_all_two(&mut self.wr, head, data)).await {
             return self.fail(e);
         }
         Ok(seq)
@@ -656,7 +743,7 @@ impl Client {
 
     async fn read_header(&mut self) -> Result<(HeaderRepr, FrameCrc<FastCrc32>), ClientError> {
         let mut raw = [0u8; HEADER_LEN];
-        if let Err(e) = self.rd.read_exact(&mut raw).await {
+        if let Err(e) = timed(self.step_timeout(), self.rd.read_exact(&mut raw)).await {
             return self.fail(e);
         }
         let max = self.max_payload();
@@ -672,8 +759,9 @@ impl Client {
         dst: &mut [u8],
         crc: &mut FrameCrc<FastCrc32>,
     ) -> Result<(), ClientError> {
+        let limit = self.step_timeout();
         for piece in dst.chunks_mut(READ_PIECE) {
-            if let Err(e) = self.rd.read_exact(piece).await {
+            if let Err(e) = timed(limit, self.rd.read_exact(piece)).await {
                 return self.fail(e);
             }
             crc.update(piece);
@@ -715,7 +803,7 @@ impl Client {
             )));
         }
         let mut rx = std::mem::take(&mut self.rx);
-        let read = self.rd.read_exact(&mut rx[..len]).await;
+        let read = timed(self.step_timeout(), self.rd.read_exact(&mut rx[..len])).await;
         self.rx = rx;
         if let Err(e) = read {
             return self.fail(e);
@@ -747,6 +835,39 @@ impl Client {
             return Err(err);
         }
         Ok(response)
+    }
+}
+
+/// Opens the TCP connection to `addr` within [`ClientOptions::connect_timeout`], with the
+/// socket buffers the options ask for.
+async fn open_stream(addr: SocketAddr, options: &ClientOptions) -> Result<TcpStream, ClientError> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    if crate::__private::socket_buffer_applicable(options.socket_buffer) {
+        // Best effort: the defaults still work.
+        let _ = socket.set_send_buffer_size(options.socket_buffer as u32);
+        let _ = socket.set_recv_buffer_size(options.socket_buffer as u32);
+    }
+    match options.connect_timeout {
+        Some(after) => match tokio::time::timeout(after, socket.connect(addr)).await {
+            Ok(stream) => Ok(stream?),
+            Err(_) => Err(ClientError::Timeout { phase: TimeoutPhase::Connect, after }),
+        },
+        None => Ok(socket.connect(addr).await?),
+    }
+}
+
+/// Runs one socket step, bounded by `limit` when there is one. A step that runs out of time
+/// is a [`TimeoutPhase::Request`] timeout.
+async fn timed<T>(
+    limit: Option<Duration>,
+    step: impl Future<Output = io::Result<T>>,
+) -> Result<T, ClientError> {
+    match limit {
+        Some(after) => match tokio::time::timeout(after, step).await {
+            Ok(r) => r.map_err(ClientError::Io),
+            Err(_) => Err(ClientError::Timeout { phase: TimeoutPhase::Request, after }),
+        },
+        None => step.await.map_err(ClientError::Io),
     }
 }
 

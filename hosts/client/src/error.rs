@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::io;
+use std::time::Duration;
 
 use rela_core::discovery::DiscoveryError;
 use rela_core::wire::{ErrorCode, FrameError, Kind};
@@ -41,6 +42,39 @@ pub enum ClientError {
     InvalidArgument(&'static str),
     /// The connection was closed by an earlier fatal error or by [`crate::Client::close`].
     Closed,
+    /// The node did not do its part within a deadline of [`crate::ClientOptions`]. The
+    /// session's state is unknown afterwards, so the connection is closed.
+    Timeout {
+        /// What the client was waiting for.
+        phase: TimeoutPhase,
+        /// The deadline that passed.
+        after: Duration,
+    },
+    /// A host name could not be resolved to any address (the host and the reason).
+    Resolve(String),
+}
+
+/// What a [`ClientError::Timeout`] was waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TimeoutPhase {
+    /// The TCP connection ([`crate::ClientOptions::connect_timeout`]).
+    Connect,
+    /// HELLO, WELCOME and AUTH ([`crate::ClientOptions::handshake_timeout`]).
+    Handshake,
+    /// One frame of a request: sending it, or receiving (part of) its answer
+    /// ([`crate::ClientOptions::request_timeout`]).
+    Request,
+}
+
+impl fmt::Display for TimeoutPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Connect => "the node did not accept the connection",
+            Self::Handshake => "the node did not complete the handshake (HELLO, WELCOME, AUTH)",
+            Self::Request => "the node did not answer the request",
+        })
+    }
 }
 
 impl ClientError {
@@ -59,6 +93,10 @@ impl fmt::Display for ClientError {
         match self {
             Self::Io(e) => write!(f, "transport error: {e}"),
             Self::Protocol(m) => write!(f, "protocol violation by the node: {m}"),
+            // Kind 0: an unsolicited error (timeout, BUSY, SHUTTING_DOWN), about no request.
+            Self::Server { code, reason, request } if request.0 == 0 => {
+                write!(f, "node error {code}: {reason}")
+            }
             Self::Server { code, reason, request } => {
                 write!(f, "node error {code} on {request}: {reason}")
             }
@@ -68,7 +106,20 @@ impl fmt::Display for ClientError {
             Self::Discovery(e) => write!(f, "discovery: {e}"),
             Self::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
             Self::Closed => f.write_str("connection closed"),
+            Self::Timeout { phase, after } => write!(f, "timed out after {}: {phase}", seconds(*after)),
+            Self::Resolve(why) => write!(f, "cannot resolve {why}"),
         }
+    }
+}
+
+/// `2 s`, `1.5 s`, `250 ms`.
+fn seconds(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
     }
 }
 

@@ -10,6 +10,11 @@
 //!   when a token is given.
 //! - [`FastCrc32`]: the `crc32fast` implementation of the core's CRC seam, shared with the node.
 //!
+//! No call waits forever: connecting, the handshake and every step of a request have deadlines
+//! ([`ClientOptions::connect_timeout`], [`ClientOptions::handshake_timeout`],
+//! [`ClientOptions::request_timeout`]; 10 s, 10 s and 60 s by default). One that passes is a
+//! [`ClientError::Timeout`] and closes the session.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), rela_client::ClientError> {
 //! let addr = "127.0.0.1:8765".parse().unwrap();
@@ -30,12 +35,13 @@ mod error;
 
 pub use blocking::BlockingClient;
 pub use client::{
-    Client, ClientOptions, DEFAULT_READ_CHUNK, DEFAULT_WRITE_CHUNK, Handle, Kernel, LoadProgress, LoadStage,
-    Progress, RemoteDeviceInfo, RemoteModel,
+    Client, ClientOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_READ_CHUNK,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_WRITE_CHUNK, Handle, Kernel, LoadProgress, LoadStage, Progress,
+    RemoteDeviceInfo, RemoteModel,
 };
 pub use crc::FastCrc32;
 pub use discovery::{DiscoveryReport, NodeAnnouncement, RejectedAnnouncement, discover, discover_report};
-pub use error::ClientError;
+pub use error::{ClientError, TimeoutPhase};
 
 #[doc(hidden)]
 pub mod __private {

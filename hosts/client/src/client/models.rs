@@ -145,7 +145,9 @@ impl Client {
             .map_err(|_| ClientError::InvalidArgument("request does not encode"))?;
         let n = emit_frame::<FastCrc32>(&mut self.tx, Kind::INFER, Flags::NONE, seq, len)
             .map_err(|_| ClientError::InvalidArgument("request does not encode"))?;
-        if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut self.wr, &self.tx[..n]).await {
+        let limit = self.step_timeout();
+        let write = tokio::io::AsyncWriteExt::write_all(&mut self.wr, &self.tx[..n]);
+        if let Err(e) = super::timed(limit, write).await {
             return self.fail(e);
         }
         // The answer is `count × dim` floats: make room for it in the small-response buffer.
