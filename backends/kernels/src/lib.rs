@@ -7,6 +7,9 @@
 //!   backend runs them, and the conformance suite checks every other backend against them.
 //! - [`Launch`]: what a GPU backend binds and how many workgroups it dispatches for a call,
 //!   shared by the Vulkan and wgpu backends (and the CUDA grid shapes).
+//! - `fast` (feature `std`): the reference kernels' functions with the same signatures,
+//!   multithreaded and vectorized (GEMM through the `gemm` crate, tiled attention); the host
+//!   backend runs them when built with `std`.
 //!
 //! # Binding and launch conventions (WGSL)
 //!
@@ -35,10 +38,15 @@
 //! A storage binding that a call needs zero bytes of (for example `x` and `w` of a linear
 //! layer with `k = 0`) is still bound, to at least 4 bytes of its buffer, and never read.
 #![no_std]
-#![forbid(unsafe_code)]
+// Without `std` there is no `unsafe` at all; with it, only the one call into `gemm` in `fast`.
+#![cfg_attr(not(feature = "std"), forbid(unsafe_code))]
+#![cfg_attr(feature = "std", deny(unsafe_code))]
 
-#[cfg(test)]
+#[cfg(any(test, feature = "std"))]
 extern crate std;
+
+#[cfg(feature = "std")]
+pub mod fast;
 
 use rela_core::backend::{BackendError, BinaryOp, BufferId, KernelCall};
 

@@ -1,0 +1,718 @@
+//! Fast host kernels (feature `std`): the same functions, with the same signatures, as
+//! [`reference`](crate::reference), on all the threads of a [`rayon`] pool and in SIMD.
+//!
+//! - MATMUL and LINEAR run through the [`gemm`] crate (packed, cache-blocked, runtime-selected
+//!   AVX2/FMA or AVX-512 micro-kernels, split over the pool's threads).
+//! - Attention is tiled per (sequence, block of [`QUERY_TILE`] queries) with an online softmax
+//!   over blocks of [`KEY_TILE`] keys: no `seq × seq` temporaries, only one
+//!   `QUERY_TILE × KEY_TILE` score tile per task. Masked keys are skipped before any work.
+//! - Elementwise and row-wise kernels (ADD, MUL, SCALE, GELU, layer norm, mean pool) run in
+//!   chunks over the pool, with loops the compiler vectorizes; `exp` is a branch-free
+//!   polynomial ([`exp`]) so that GELU and the softmax vectorize too.
+//!
+//! Inputs are little-endian f32 byte slices, as in [`reference`](crate::reference). Slices that
+//! are 4-byte aligned (the host backend's buffers always are) are viewed in place as `[f32]`;
+//! others are copied into an aligned temporary first, and an unaligned output is computed into
+//! a temporary and copied out.
+//!
+//! Results agree with the reference kernels to rounding (sums run in another order, and `exp`
+//! has a relative error of a few 1e-7), well within the conformance suite's tolerances.
+//!
+//! Work smaller than about [`PAR_MIN`] elements runs on the calling thread, without a hand-off
+//! to the pool.
+
+use std::borrow::Cow;
+use std::sync::OnceLock;
+use std::vec;
+use std::vec::Vec;
+
+use rayon::prelude::*;
+
+use super::BinaryOp;
+use super::reference;
+pub use super::reference::{attention_scale, erf, gelu_one};
+
+/// Queries per attention task (one output tile of `QUERY_TILE × head_dim` per head).
+pub const QUERY_TILE: usize = 32;
+/// Keys per step of attention's online softmax (the score tile is `QUERY_TILE × KEY_TILE`).
+pub const KEY_TILE: usize = 64;
+/// Elements (or multiply-adds, for attention) below which a kernel runs on the calling thread.
+pub const PAR_MIN: usize = 1 << 15;
+
+static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+
+/// Sizes the kernels' thread pool: `threads` workers (0 means one per available CPU core).
+///
+/// Takes effect only before the first kernel runs (or the first call of this function or of
+/// [`threads`]); returns whether it did. The node calls it once at startup with its thread
+/// budget for compute.
+pub fn set_threads(threads: usize) -> bool {
+    let mut applied = false;
+    POOL.get_or_init(|| {
+        applied = true;
+        build_pool(threads)
+    });
+    applied
+}
+
+/// Worker threads the kernels use (the pool's size; 1 if no pool could be made).
+pub fn threads() -> usize {
+    pool().map_or(1, rayon::ThreadPool::current_num_threads)
+}
+
+fn build_pool(threads: usize) -> Option<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| std::format!("rela-kernels-{i}"))
+        .build()
+        .ok()
+}
+
+fn pool() -> Option<&'static rayon::ThreadPool> {
+    POOL.get_or_init(|| build_pool(0)).as_ref()
+}
+
+/// Runs `f` inside the kernels' pool, so that the parallel iterators in it use its threads (on
+/// rayon's global pool if no pool could be made).
+fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    match pool() {
+        Some(p) => p.install(f),
+        None => f(),
+    }
+}
+
+/// `len` f32s from little-endian `bytes`: borrowed in place when aligned (on a little-endian
+/// host), else copied.
+fn input(bytes: &[u8], len: usize) -> Cow<'_, [f32]> {
+    let bytes = &bytes[..len * 4];
+    #[cfg(target_endian = "little")]
+    if let Ok(v) = bytemuck::try_cast_slice::<u8, f32>(bytes) {
+        return Cow::Borrowed(v);
+    }
+    Cow::Owned(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+/// Calls `f` on the first `len` f32s of `out` (in place when aligned on a little-endian host,
+/// else through a zeroed temporary that is copied out afterwards).
+fn output(out: &mut [u8], len: usize, f: impl FnOnce(&mut [f32])) {
+    let out = &mut out[..len * 4];
+    #[cfg(target_endian = "little")]
+    if let Ok(v) = bytemuck::try_cast_slice_mut::<u8, f32>(out) {
+        f(v);
+        return;
+    }
+    let mut tmp = vec![0.0f32; len];
+    f(&mut tmp);
+    for (dst, v) in out.chunks_exact_mut(4).zip(&tmp) {
+        dst.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// Rows per parallel chunk for `rows` rows of `row_work` elements each: chunks of at least
+/// [`PAR_MIN`] elements, about four per thread.
+fn rows_per_chunk(rows: usize, row_work: usize) -> usize {
+    let min_rows = PAR_MIN.div_ceil(row_work.max(1));
+    rows.div_ceil(threads() * 4).max(min_rows).max(1)
+}
+
+/// Calls `f(first_row, chunk)` over chunks of whole rows of `out` (`row_len` elements each,
+/// `row_work` elements of work each): in the pool when there is enough work, else once on the
+/// calling thread.
+fn for_row_chunks(
+    out: &mut [f32],
+    row_len: usize,
+    row_work: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync + Send,
+) {
+    if out.is_empty() || row_len == 0 {
+        return;
+    }
+    let rows = out.len() / row_len;
+    if rows * row_work < 2 * PAR_MIN {
+        f(0, out);
+        return;
+    }
+    let per = rows_per_chunk(rows, row_work);
+    install(|| out.par_chunks_mut(per * row_len).enumerate().for_each(|(c, o)| f(c * per, o)));
+}
+
+/// `out[i] = a[i] op b[i]` for `i < n`.
+pub fn binary(op: BinaryOp, a: &[u8], b: &[u8], out: &mut [u8], n: usize) {
+    let (a, b) = (input(a, n), input(b, n));
+    output(out, n, |o| {
+        for_row_chunks(o, 1, 1, |i, o| {
+            let (a, b) = (&a[i..i + o.len()], &b[i..i + o.len()]);
+            match op {
+                BinaryOp::Add => o.iter_mut().zip(a).zip(b).for_each(|((o, &x), &y)| *o = x + y),
+                BinaryOp::Mul => o.iter_mut().zip(a).zip(b).for_each(|((o, &x), &y)| *o = x * y),
+            }
+        });
+    });
+}
+
+/// `out[i] = alpha * x[i]` for `i < n`.
+pub fn scale(x: &[u8], out: &mut [u8], n: usize, alpha: f32) {
+    let x = input(x, n);
+    output(out, n, |o| {
+        for_row_chunks(o, 1, 1, |i, o| {
+            let x = &x[i..i + o.len()];
+            o.iter_mut().zip(x).for_each(|(o, &v)| *o = alpha * v);
+        });
+    });
+}
+
+/// A strided matrix view for [`gemm_into`]: `rows × cols` with element `(r, c)` at
+/// `data[r * rs + c * cs]`.
+struct View<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+/// Whether `rows × cols` elements at strides `rs`, `cs` lie within `len` elements.
+fn fits(len: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
+    rows == 0 || cols == 0 || (rows - 1) * rs + (cols - 1) * cs < len
+}
+
+/// `dst (m × n, row-major) = [dst +] lhs (m × k) · rhs (k × n)`, on the pool's threads.
+///
+/// Panics if a view reaches past its slice (callers pass validated shapes).
+#[allow(unsafe_code)]
+fn gemm_into(
+    dst: &mut [f32],
+    read_dst: bool,
+    lhs: View<'_>,
+    rhs: View<'_>,
+    (m, k, n): (usize, usize, usize),
+) {
+    assert!(fits(dst.len(), m, n, n, 1), "gemm: dst too small");
+    assert!(fits(lhs.data.len(), m, k, lhs.rs, lhs.cs), "gemm: lhs too small");
+    assert!(fits(rhs.data.len(), k, n, rhs.rs, rhs.cs), "gemm: rhs too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !read_dst {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    // All of these are at most a slice length, hence fit in isize.
+    let s = |v: usize| v as isize;
+    let parallelism = if m * n * k >= PAR_MIN * 8 && threads() > 1 {
+        gemm::Parallelism::Rayon(threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    install(|| {
+        // SAFETY: the asserts above check that every element the views address,
+        // `(i, j) -> base + i * rs + j * cs` for `i < rows`, `j < cols`, lies within its slice
+        // (dst: `m × n` at (n, 1); lhs: `m × k`; rhs: `k × n`). `dst` is borrowed mutably and
+        // the inputs shared, so the output does not alias them. `gemm` reads only the inputs
+        // and writes only `dst`, and returns only when every thread it started has finished.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr(),
+                1,
+                s(n),
+                read_dst,
+                lhs.data.as_ptr(),
+                s(lhs.cs),
+                s(lhs.rs),
+                rhs.data.as_ptr(),
+                s(rhs.cs),
+                s(rhs.rs),
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+    });
+}
+
+/// `out (m×n) = a (m×k) · b (k×n)`, row-major.
+pub fn matmul(a: &[u8], b: &[u8], out: &mut [u8], m: usize, k: usize, n: usize) {
+    let (a, b) = (input(a, m * k), input(b, k * n));
+    output(out, m * n, |o| {
+        gemm_into(o, false, View { data: &a, rs: k, cs: 1 }, View { data: &b, rs: n, cs: 1 }, (m, k, n));
+    });
+}
+
+/// `out[r, :] = table[ids[r], :]` for `r < rows`; an id `>= vocab` gives a row of zeros.
+/// (A copy per row: the same as [`reference::gather`].)
+pub fn gather(table: &[u8], ids: &[u8], out: &mut [u8], vocab: usize, dim: usize, rows: usize) {
+    reference::gather(table, ids, out, vocab, dim, rows);
+}
+
+/// Row-wise layer norm over `rows × dim`: mean, biased variance of `x - mean`, then
+/// `(x - mean) · (1 / √(var + eps)) · gamma + beta`.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm(x: &[u8], gamma: &[u8], beta: &[u8], out: &mut [u8], rows: usize, dim: usize, eps: f32) {
+    let (x, gamma, beta) = (input(x, rows * dim), input(gamma, dim), input(beta, dim));
+    output(out, rows * dim, |o| {
+        for_row_chunks(o, dim, dim, |r0, o| {
+            for (r, o) in o.chunks_exact_mut(dim).enumerate() {
+                let xr = &x[(r0 + r) * dim..(r0 + r + 1) * dim];
+                let mean = sum(xr) / dim as f32;
+                o.iter_mut().zip(xr).for_each(|(o, &v)| *o = v - mean);
+                let var = sum_squares(o) / dim as f32;
+                let inv = 1.0 / (var + eps).sqrt();
+                o.iter_mut()
+                    .zip(gamma.iter().zip(beta.iter()))
+                    .for_each(|(o, (&g, &b))| *o = *o * inv * g + b);
+            }
+        });
+    });
+}
+
+/// Partial sums per reduction: enough independent lanes for the compiler to keep in vector
+/// registers.
+const LANES: usize = 16;
+
+/// `Σ v` in [`LANES`] interleaved partial sums.
+fn sum(v: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let mut chunks = v.chunks_exact(LANES);
+    for c in &mut chunks {
+        acc.iter_mut().zip(c).for_each(|(a, &x)| *a += x);
+    }
+    acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+}
+
+/// `Σ v²` in [`LANES`] interleaved partial sums.
+fn sum_squares(v: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let mut chunks = v.chunks_exact(LANES);
+    for c in &mut chunks {
+        acc.iter_mut().zip(c).for_each(|(a, &x)| *a += x * x);
+    }
+    acc.iter().sum::<f32>() + chunks.remainder().iter().map(|&x| x * x).sum::<f32>()
+}
+
+/// `out[i, j] = Σ_t x[i, t] · w[j, t] + bias[j]`: `x` is `m × k`, `w` is `n × k` (the
+/// transpose is a stride, not a copy).
+pub fn linear(x: &[u8], w: &[u8], bias: &[u8], out: &mut [u8], m: usize, k: usize, n: usize) {
+    let (x, w, bias) = (input(x, m * k), input(w, n * k), input(bias, n));
+    output(out, m * n, |o| {
+        if n == 0 {
+            return;
+        }
+        for row in o.chunks_exact_mut(n) {
+            row.copy_from_slice(&bias);
+        }
+        gemm_into(o, true, View { data: &x, rs: k, cs: 1 }, View { data: &w, rs: 1, cs: k }, (m, k, n));
+    });
+}
+
+/// `e^x` in f32 without branches or calls, so loops over it vectorize: Cephes' `expf`
+/// (range reduction by `ln 2` in two parts, a degree-5 polynomial, the exponent set by bit
+/// arithmetic); relative error about 2e-7. Below −87.33 (where `e^x` leaves the normal range)
+/// it gives 0, above 88.3 it gives `e^88.3`; NaN in gives an unspecified value.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LO: f32 = -87.33;
+    const HI: f32 = 88.3;
+    // 1.5 · 2^23: adding it rounds to an integer held in the low mantissa bits.
+    const MAGIC: f32 = 12_582_912.0;
+    let xc = x.clamp(LO, HI);
+    let shifted = xc * core::f32::consts::LOG2_E + MAGIC;
+    let n = shifted - MAGIC;
+    let k = shifted.to_bits().wrapping_sub(MAGIC.to_bits()) as i32;
+    let r = xc - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5;
+    let y = p * r * r + r + 1.0;
+    let scaled = y * f32::from_bits(((k + 127) as u32) << 23);
+    if x < LO { 0.0 } else { scaled }
+}
+
+/// GELU of one value as [`reference::gelu_one`] computes it (Abramowitz–Stegun 7.1.26 for
+/// `erfc`), with [`exp`] so that it vectorizes.
+#[inline(always)]
+fn gelu_fast(x: f32) -> f32 {
+    let z = x.abs() * core::f32::consts::FRAC_1_SQRT_2;
+    let t = 1.0 / (1.0 + 0.327_591_1 * z);
+    let poly =
+        t * (0.254_829_6 + t * (-0.284_496_72 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
+    let e = poly * exp(-z * z);
+    let c = if x >= 0.0 { 2.0 - e } else { e };
+    0.5 * x * c
+}
+
+/// `out[i] = gelu(x[i])` for `i < n` (exact erf GELU, as [`reference::gelu`]).
+pub fn gelu(x: &[u8], out: &mut [u8], n: usize) {
+    let x = input(x, n);
+    output(out, n, |o| {
+        // About 30 operations per element.
+        for_row_chunks(o, 1, 8, |i, o| {
+            let x = &x[i..i + o.len()];
+            o.iter_mut().zip(x).for_each(|(o, &v)| *o = gelu_fast(v));
+        });
+    });
+}
+
+/// Masked scaled dot-product attention (see `KernelCall::Attention`), as
+/// [`reference::attention`]: for each (batch `b`, head `h`, query `i`) the softmax of
+/// `(q_i · k_j) / √head_dim` over the keys with `mask[b, j] != 0`, applied to their `v_j`; all
+/// keys masked gives zeros.
+///
+/// Tiled: one task per (sequence, [`QUERY_TILE`] queries), over every head, in parallel; each
+/// runs an online softmax over tiles of [`KEY_TILE`] unmasked keys, so memory per task is one
+/// score tile, never `seq × seq`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    q: &[u8],
+    k: &[u8],
+    v: &[u8],
+    mask: &[u8],
+    out: &mut [u8],
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+) {
+    let width = heads * head_dim;
+    let len = batch * seq * width;
+    let (q, k, v, mask) = (input(q, len), input(k, len), input(v, len), input(mask, batch * seq));
+    let shape = Shape { seq, heads, head_dim, scale: attention_scale(head_dim as u32) };
+    output(out, len, |o| {
+        if len == 0 {
+            return;
+        }
+        let (q, k, v, mask) = (&*q, &*k, &*v, &*mask);
+        let task = |(b, t): (usize, usize), o: &mut [f32]| {
+            let keys: Vec<usize> = (0..seq).filter(|&j| mask[b * seq + j] != 0.0).collect();
+            let tokens = b * seq..(b + 1) * seq;
+            let (qb, kb, vb) =
+                (&q[tokens.start * width..], &k[tokens.start * width..], &v[tokens.start * width..]);
+            attention_tile(&shape, qb, kb, vb, &keys, t * QUERY_TILE, o);
+        };
+        let tiles = seq.div_ceil(QUERY_TILE);
+        let chunk = QUERY_TILE * width;
+        // Multiply-adds: two per (query, key, column).
+        if batch * seq * seq * width < PAR_MIN {
+            for (b, ob) in o.chunks_mut(seq * width).enumerate() {
+                for (t, ot) in ob.chunks_mut(chunk).enumerate() {
+                    task((b, t), ot);
+                }
+            }
+        } else {
+            install(|| {
+                o.par_chunks_mut(seq * width).enumerate().for_each(|(b, ob)| {
+                    ob.par_chunks_mut(chunk).enumerate().for_each(|(t, ot)| task((b, t), ot));
+                });
+            });
+        }
+        debug_assert!(tiles * chunk >= seq * width);
+    });
+}
+
+/// Attention's dimensions.
+struct Shape {
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+    scale: f32,
+}
+
+/// Attention for queries `i0 ..` (as many as `out` holds rows) of one sequence whose rows
+/// start at `q`, `k`, `v`, over the unmasked `keys`, every head.
+fn attention_tile(s: &Shape, q: &[f32], k: &[f32], v: &[f32], keys: &[usize], i0: usize, out: &mut [f32]) {
+    let (hd, width) = (s.head_dim, s.heads * s.head_dim);
+    let rows = out.len() / width;
+    debug_assert!(i0 + rows <= s.seq);
+    if keys.is_empty() {
+        out.fill(0.0);
+        return;
+    }
+    // Per head: the key tile transposed (hd × KEY_TILE), scores (rows × KEY_TILE), the running
+    // max and sum per query, and the output accumulator (rows × hd).
+    let mut kt = vec![0.0f32; hd * KEY_TILE];
+    let mut scores = vec![0.0f32; rows * KEY_TILE];
+    let mut max = vec![0.0f32; rows];
+    let mut total = vec![0.0f32; rows];
+    let mut acc = vec![0.0f32; rows * hd];
+    for h in 0..s.heads {
+        max.fill(f32::NEG_INFINITY);
+        total.fill(0.0);
+        acc.fill(0.0);
+        for block in keys.chunks(KEY_TILE) {
+            let cols = block.len();
+            for (c, &j) in block.iter().enumerate() {
+                let kr = &k[j * width + h * hd..j * width + (h + 1) * hd];
+                for (d, &kv) in kr.iter().enumerate() {
+                    kt[d * KEY_TILE + c] = kv;
+                }
+            }
+            for r in 0..rows {
+                let qr = &q[(i0 + r) * width + h * hd..(i0 + r) * width + (h + 1) * hd];
+                let sr = &mut scores[r * KEY_TILE..r * KEY_TILE + cols];
+                sr.fill(0.0);
+                for (d, &qv) in qr.iter().enumerate() {
+                    let kd = &kt[d * KEY_TILE..d * KEY_TILE + cols];
+                    sr.iter_mut().zip(kd).for_each(|(s, &kv)| *s += qv * kv);
+                }
+                let scale = s.scale;
+                let mut m = max[r];
+                for x in sr.iter_mut() {
+                    *x /= scale;
+                    m = m.max(*x);
+                }
+                // The first block: exp(-inf) = 0 scales the empty accumulators.
+                let correction = if max[r] == f32::NEG_INFINITY { 0.0 } else { exp(max[r] - m) };
+                max[r] = m;
+                sr.iter_mut().for_each(|x| *x = exp(*x - m));
+                total[r] = total[r] * correction + sum(sr);
+                let ar = &mut acc[r * hd..(r + 1) * hd];
+                ar.iter_mut().for_each(|a| *a *= correction);
+                for (&p, &j) in sr.iter().zip(block) {
+                    let vr = &v[j * width + h * hd..j * width + (h + 1) * hd];
+                    ar.iter_mut().zip(vr).for_each(|(a, &x)| *a += p * x);
+                }
+            }
+        }
+        for r in 0..rows {
+            let or = &mut out[r * width + h * hd..r * width + (h + 1) * hd];
+            let inv = if total[r] > 0.0 { 1.0 / total[r] } else { 0.0 };
+            or.iter_mut().zip(&acc[r * hd..(r + 1) * hd]).for_each(|(o, &a)| *o = a * inv);
+        }
+    }
+}
+
+/// `out[b, :] = Σ_s mask[b, s] · x[b·seq + s, :] / max(Σ_s mask[b, s], 1e-9)`, skipping zero
+/// weights.
+pub fn mean_pool(x: &[u8], mask: &[u8], out: &mut [u8], batch: usize, seq: usize, dim: usize) {
+    let (x, mask) = (input(x, batch * seq * dim), input(mask, batch * seq));
+    output(out, batch * dim, |o| {
+        for_row_chunks(o, dim, seq * dim, |b0, o| {
+            for (b, ob) in o.chunks_exact_mut(dim).enumerate() {
+                let b = b0 + b;
+                ob.fill(0.0);
+                let mut weight = 0.0f32;
+                for s in 0..seq {
+                    let w = mask[b * seq + s];
+                    weight += w;
+                    if w != 0.0 {
+                        let xr = &x[(b * seq + s) * dim..(b * seq + s + 1) * dim];
+                        ob.iter_mut().zip(xr).for_each(|(a, &v)| *a += w * v);
+                    }
+                }
+                let denom = weight.max(1e-9);
+                ob.iter_mut().for_each(|a| *a /= denom);
+            }
+        });
+    });
+}
+
+/// `out[r, :] = x[r, :] / max(‖x[r, :]‖₂, 1e-12)` over `rows × dim`.
+pub fn l2_normalize(x: &[u8], out: &mut [u8], rows: usize, dim: usize) {
+    let x = input(x, rows * dim);
+    output(out, rows * dim, |o| {
+        for_row_chunks(o, dim, dim, |r0, o| {
+            for (r, o) in o.chunks_exact_mut(dim).enumerate() {
+                let xr = &x[(r0 + r) * dim..(r0 + r + 1) * dim];
+                let denom = sum_squares(xr).sqrt().max(1e-12);
+                o.iter_mut().zip(xr).for_each(|(o, &v)| *o = v / denom);
+            }
+        });
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::vec::Vec;
+
+    use super::*;
+
+    /// A small deterministic generator (xorshift64*), values in [-1, 1).
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> f32 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            let bits = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
+            bits as f32 / (1u64 << 23) as f32 - 1.0
+        }
+
+        fn bytes(&mut self, count: usize, scale: f32) -> Vec<u8> {
+            (0..count).flat_map(|_| (self.next() * scale).to_le_bytes()).collect()
+        }
+    }
+
+    fn floats(b: &[u8]) -> Vec<f32> {
+        b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    }
+
+    /// `bytes` at an odd address: a copy one byte into a fresh vector.
+    fn unaligned(bytes: &[u8]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(bytes.len() + 1);
+        v.push(0xAA);
+        v.extend_from_slice(bytes);
+        v
+    }
+
+    /// Runs `kernel(inputs, out)` aligned, then with every input and the output one byte off,
+    /// and checks both give the same bytes; returns the floats.
+    /// A kernel under test: its inputs, then its output.
+    type Kernel<'a> = &'a dyn Fn(&[&[u8]], &mut [u8]);
+
+    fn both_alignments(inputs: &[&[u8]], out_len: usize, kernel: Kernel<'_>) -> Vec<f32> {
+        let mut out = vec![0u8; out_len * 4];
+        kernel(inputs, &mut out);
+        let shifted: Vec<Vec<u8>> = inputs.iter().map(|b| unaligned(b)).collect();
+        let views: Vec<&[u8]> = shifted.iter().map(|b| &b[1..]).collect();
+        let mut out2 = vec![0xFFu8; out_len * 4 + 1];
+        kernel(&views, &mut out2[1..]);
+        assert_eq!(out, out2[1..], "unaligned slices give the same result");
+        floats(&out)
+    }
+
+    fn close(what: &str, got: &[f32], want: &[f32], tol: impl Fn(usize) -> f32) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            assert!((g - w).abs() <= tol(i), "{what}: [{i}] = {g:e}, reference {w:e}");
+        }
+    }
+
+    #[test]
+    fn linear_and_matmul_match_reference() {
+        let mut rng = Rng(7);
+        for (m, k, n) in
+            [(0, 5, 3), (3, 0, 4), (2, 3, 0), (1, 1, 1), (5, 17, 7), (33, 384, 65), (130, 96, 257)]
+        {
+            let (x, w, b) = (rng.bytes(m * k, 1.0), rng.bytes(n * k, 1.0), rng.bytes(n, 1.0));
+            let got = both_alignments(&[&x, &w, &b], m * n, &|i, o| linear(i[0], i[1], i[2], o, m, k, n));
+            let mut want = vec![0u8; m * n * 4];
+            reference::linear(&x, &w, &b, &mut want, m, k, n);
+            // Each term is at most 1 in magnitude: k + 1 bounds every sum's magnitude.
+            close(&std::format!("linear {m}x{k}x{n}"), &got, &floats(&want), |_| 2e-6 * (k + 1) as f32);
+
+            let (a, bb) = (rng.bytes(m * k, 1.0), rng.bytes(k * n, 1.0));
+            let got = both_alignments(&[&a, &bb], m * n, &|i, o| matmul(i[0], i[1], o, m, k, n));
+            let mut want = vec![0u8; m * n * 4];
+            reference::matmul(&a, &bb, &mut want, m, k, n);
+            close(&std::format!("matmul {m}x{k}x{n}"), &got, &floats(&want), |_| 2e-6 * (k + 1) as f32);
+        }
+    }
+
+    #[test]
+    fn elementwise_and_rows_match_reference() {
+        let mut rng = Rng(11);
+        for n in [0usize, 1, 7, 100, 70_001] {
+            let (a, b) = (rng.bytes(n, 4.0), rng.bytes(n, 4.0));
+            for op in [BinaryOp::Add, BinaryOp::Mul] {
+                let got = both_alignments(&[&a, &b], n, &|i, o| binary(op, i[0], i[1], o, n));
+                let mut want = vec![0u8; n * 4];
+                reference::binary(op, &a, &b, &mut want, n);
+                assert_eq!(got, floats(&want), "binary is exact");
+            }
+            let got = both_alignments(&[&a], n, &|i, o| scale(i[0], o, n, -1.5));
+            let mut want = vec![0u8; n * 4];
+            reference::scale(&a, &mut want, n, -1.5);
+            assert_eq!(got, floats(&want), "scale is exact");
+            let wide = rng.bytes(n, 12.0);
+            let got = both_alignments(&[&wide], n, &|i, o| gelu(i[0], o, n));
+            let mut want = vec![0u8; n * 4];
+            reference::gelu(&wide, &mut want, n);
+            let want = floats(&want);
+            close("gelu", &got, &want, |i| 1e-6 * (1.0 + want[i].abs()));
+        }
+        for (rows, dim) in [(0usize, 8usize), (3, 0), (1, 1), (5, 37), (300, 384)] {
+            let (x, g, b) = (rng.bytes(rows * dim, 3.0), rng.bytes(dim, 1.0), rng.bytes(dim, 1.0));
+            let got = both_alignments(&[&x, &g, &b], rows * dim, &|i, o| {
+                layer_norm(i[0], i[1], i[2], o, rows, dim, 1e-5)
+            });
+            let mut want = vec![0u8; rows * dim * 4];
+            reference::layer_norm(&x, &g, &b, &mut want, rows, dim, 1e-5);
+            close("layer_norm", &got, &floats(&want), |_| 1e-5);
+            let got = both_alignments(&[&x], rows * dim, &|i, o| l2_normalize(i[0], o, rows, dim));
+            let mut want = vec![0u8; rows * dim * 4];
+            reference::l2_normalize(&x, &mut want, rows, dim);
+            close("l2_normalize", &got, &floats(&want), |_| 1e-6);
+        }
+    }
+
+    #[test]
+    fn exp_is_close_to_std() {
+        let mut x = -90.0f32;
+        while x < 88.0 {
+            let (got, want) = (exp(x), x.exp());
+            assert!(
+                (got - want).abs() <= 4e-7 * want || (x < -87.33 && got == 0.0),
+                "exp({x}) = {got:e}, std {want:e}"
+            );
+            x += 0.0137;
+        }
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(0.0), 1.0);
+    }
+
+    fn mask_bytes(batch: usize, seq: usize, lens: &[usize]) -> Vec<u8> {
+        (0..batch * seq)
+            .flat_map(|t| if t % seq < lens[t / seq] { 1.0f32 } else { 0.0 }.to_le_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn attention_and_mean_pool_match_reference() {
+        let mut rng = Rng(23);
+        // (batch, seq, heads, head_dim, unmasked keys per sequence): tails of both tiles, a fully
+        // masked sequence, empty shapes, and enough work to run in parallel.
+        let cases: [(usize, usize, usize, usize, &[usize]); 7] = [
+            (1, 1, 1, 1, &[1]),
+            (2, 5, 3, 7, &[5, 2]),
+            (3, 70, 2, 32, &[70, 0, 65]),
+            (1, 200, 12, 32, &[200]),
+            (2, 33, 4, 16, &[33, 31]),
+            (0, 4, 2, 2, &[]),
+            (2, 3, 2, 0, &[3, 3]),
+        ];
+        for (batch, seq, heads, hd, lens) in cases {
+            let len = batch * seq * heads * hd;
+            let (q, k, v) = (rng.bytes(len, 2.0), rng.bytes(len, 2.0), rng.bytes(len, 1.0));
+            let mask = mask_bytes(batch, seq, lens);
+            let got = both_alignments(&[&q, &k, &v, &mask], len, &|i, o| {
+                attention(i[0], i[1], i[2], i[3], o, batch, seq, heads, hd)
+            });
+            let mut want = vec![0u8; len * 4];
+            reference::attention(&q, &k, &v, &mask, &mut want, batch, seq, heads, hd);
+            // Convex combinations of values in [-1, 1].
+            close(&std::format!("attention {batch}x{seq}x{heads}x{hd}"), &got, &floats(&want), |_| 5e-6);
+
+            let dim = heads * hd;
+            let got =
+                both_alignments(&[&v, &mask], batch * dim, &|i, o| mean_pool(i[0], i[1], o, batch, seq, dim));
+            let mut want = vec![0u8; batch * dim * 4];
+            reference::mean_pool(&v, &mask, &mut want, batch, seq, dim);
+            close("mean_pool", &got, &floats(&want), |_| 1e-6);
+        }
+    }
+
+    #[test]
+    fn gather_matches_reference() {
+        let table = Rng(5).bytes(10 * 3, 1.0);
+        let ids: Vec<u8> = [0u32, 9, 10, 3].iter().flat_map(|i| i.to_le_bytes()).collect();
+        let got = both_alignments(&[&table, &ids], 12, &|i, o| gather(i[0], i[1], o, 10, 3, 4));
+        let mut want = vec![0u8; 48];
+        reference::gather(&table, &ids, &mut want, 10, 3, 4);
+        assert_eq!(got, floats(&want));
+    }
+
+    #[test]
+    fn pool_size_is_fixed_once_used() {
+        let n = threads();
+        assert!(n >= 1);
+        assert!(!set_threads(n + 1), "the pool already exists");
+        assert_eq!(threads(), n);
+    }
+}
