@@ -54,7 +54,8 @@ pub struct DiscoveryReport {
 }
 
 /// Sends one DISCOVER with a fresh random nonce to `target` (a node, or a broadcast address)
-/// and collects the answers for `timeout`.
+/// and collects the answers for `timeout`, or until the node answers when `target` is a
+/// unicast address (see [`discover_targets`]).
 ///
 /// With a token, announcements that are unsigned or whose tag does not verify are dropped
 /// (logged at `warn`); use [`discover_report`] to see them.
@@ -76,15 +77,45 @@ pub async fn discover_report(
     timeout: Duration,
     token: Option<&[u8]>,
 ) -> Result<DiscoveryReport, ClientError> {
+    discover_targets(&[target], timeout, None, token).await
+}
+
+/// One discovery round to several targets at once, say the LAN's broadcast address and the
+/// loopback discovery port (where a node started with the defaults listens): one socket, one
+/// fresh nonce, one DISCOVER to each target.
+///
+/// It collects answers until the first of:
+/// - `timeout` has passed;
+/// - every target is a unicast address and each one has answered;
+/// - `settle` is given, at least one node has answered, and `settle` has passed since the last
+///   new answer (on a LAN, nodes answer within milliseconds).
+///
+/// A target the DISCOVER cannot be sent to (for example a broadcast address on a host without
+/// a network) is skipped and logged at `debug`; the round fails only when no target could be
+/// sent to. All targets must be of one address family.
+pub async fn discover_targets(
+    targets: &[SocketAddr],
+    timeout: Duration,
+    settle: Option<Duration>,
+    token: Option<&[u8]>,
+) -> Result<DiscoveryReport, ClientError> {
+    let Some(first) = targets.first() else {
+        return Err(ClientError::InvalidArgument("no discovery target"));
+    };
+    if targets.iter().any(|t| t.is_ipv4() != first.is_ipv4()) {
+        return Err(ClientError::InvalidArgument("discovery targets mix IPv4 and IPv6"));
+    }
     let key = token.map(AuthKey::new);
-    let local: IpAddr = match (target.ip(), target.ip().is_loopback()) {
+    let all_loopback = targets.iter().all(|t| t.ip().is_loopback());
+    let local: IpAddr = match (first.ip(), all_loopback) {
         (IpAddr::V4(_), true) => Ipv4Addr::LOCALHOST.into(),
         (IpAddr::V4(_), false) => Ipv4Addr::UNSPECIFIED.into(),
         (IpAddr::V6(_), true) => Ipv6Addr::LOCALHOST.into(),
         (IpAddr::V6(_), false) => Ipv6Addr::UNSPECIFIED.into(),
     };
     let socket = UdpSocket::bind(SocketAddr::new(local, 0)).await?;
-    if matches!(target.ip(), IpAddr::V4(ip) if ip.is_broadcast()) {
+    let broadcast = |t: &SocketAddr| matches!(t.ip(), IpAddr::V4(ip) if ip.is_broadcast());
+    if targets.iter().any(broadcast) {
         socket.set_broadcast(true)?;
     }
     let nonce: [u8; Discover::PAYLOAD_LEN] = rand::random();
@@ -92,13 +123,31 @@ pub async fn discover_report(
     let n = Discover { nonce }
         .emit::<FastCrc32>(&mut buf)
         .map_err(|_| ClientError::InvalidArgument("DISCOVER does not encode"))?;
-    socket.send_to(&buf[..n], target).await?;
+    let mut sent = 0;
+    let mut last_err = None;
+    for target in targets {
+        match socket.send_to(&buf[..n], target).await {
+            Ok(_) => sent += 1,
+            Err(e) => {
+                tracing::debug!(%target, error = %e, "cannot send DISCOVER");
+                last_err = Some(e);
+            }
+        }
+    }
+    if sent == 0 {
+        return Err(last_err.map_or(ClientError::InvalidArgument("no discovery target"), ClientError::Io));
+    }
+    // Unicast targets not yet heard from; with a broadcast target, answers cannot be counted.
+    let mut waiting: Vec<SocketAddr> =
+        if targets.iter().any(broadcast) { Vec::new() } else { targets.to_vec() };
+    let counting = !waiting.is_empty();
 
     let mut report = DiscoveryReport::default();
     let deadline = tokio::time::Instant::now() + timeout;
+    let mut until = deadline;
     let mut rx = [0u8; 2048];
     loop {
-        let (len, from) = match tokio::time::timeout_at(deadline, socket.recv_from(&mut rx)).await {
+        let (len, from) = match tokio::time::timeout_at(until, socket.recv_from(&mut rx)).await {
             Err(_) => break,
             Ok(Ok(x)) => x,
             // ICMP errors (port unreachable) surface here on some systems; keep listening.
@@ -125,6 +174,13 @@ pub async fn discover_report(
                 };
                 if !report.nodes.iter().any(|n| n.addr == node.addr && n.node_id == node.node_id) {
                     report.nodes.push(node);
+                    if let Some(quiet) = settle {
+                        until = deadline.min(tokio::time::Instant::now() + quiet);
+                    }
+                }
+                waiting.retain(|t| *t != from);
+                if counting && waiting.is_empty() {
+                    break;
                 }
             }
             Err(error) => report.rejected.push(RejectedAnnouncement { from, error }),

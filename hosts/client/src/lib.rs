@@ -6,8 +6,8 @@
 //!   calls. Bulk [`Client::write`] and [`Client::read_into`] take any size: they are split
 //!   into frames of at most the node's `max_payload` and pipelined.
 //! - [`BlockingClient`]: the same calls for plain std programs.
-//! - [`discover`] / [`discover_report`]: UDP discovery, with announcement signatures checked
-//!   when a token is given.
+//! - [`discover`] / [`discover_report`] / [`discover_targets`]: UDP discovery, with
+//!   announcement signatures checked when a token is given.
 //! - [`FastCrc32`]: the `crc32fast` implementation of the core's CRC seam, shared with the node.
 //!
 //! No call waits forever: connecting, the handshake and every step of a request have deadlines
@@ -40,7 +40,9 @@ pub use client::{
     RemoteDeviceInfo, RemoteModel,
 };
 pub use crc::FastCrc32;
-pub use discovery::{DiscoveryReport, NodeAnnouncement, RejectedAnnouncement, discover, discover_report};
+pub use discovery::{
+    DiscoveryReport, NodeAnnouncement, RejectedAnnouncement, discover, discover_report, discover_targets,
+};
 pub use error::{ClientError, TimeoutPhase};
 
 #[doc(hidden)]
