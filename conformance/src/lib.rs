@@ -141,6 +141,87 @@ impl BackendReport {
     }
 }
 
+/// The exit status a runner (such as `vram-relay conformance`) gives a run in which no case
+/// failed but which did not check what it was asked to: see [`Verdict::Incomplete`]. (A failed
+/// case is status 1, bad usage 2.)
+pub const EXIT_INCOMPLETE: u8 = 3;
+
+/// What a run amounts to, over all its reports: see [`verdict`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Cases ran, all passed, and no skip hides a requirement.
+    Passed,
+    /// At least one case failed.
+    Failed,
+    /// No case failed, but nothing was checked, or skipped cases leave requirements unchecked.
+    /// One line per reason.
+    Incomplete(Vec<String>),
+}
+
+impl Verdict {
+    /// The exit status for this verdict: 0, 1, or [`EXIT_INCOMPLETE`].
+    pub const fn exit_code(&self) -> u8 {
+        match self {
+            Self::Passed => 0,
+            Self::Failed => 1,
+            Self::Incomplete(_) => EXIT_INCOMPLETE,
+        }
+    }
+}
+
+/// Whether a skip reason only says that a node does not offer an optional feature (it does not
+/// require AUTH, advertise DISPATCH or MODELS): nothing the node claims goes unchecked. Every
+/// other skip (no token given, a backend that cannot be built, limits too small to reach) leaves
+/// a requirement unchecked.
+pub fn skip_is_not_applicable(reason: &str) -> bool {
+    reason.starts_with("the node does not ")
+}
+
+/// Judges a run: [`Verdict::Failed`] if any case failed; else [`Verdict::Incomplete`] if no case
+/// passed at all, or if a report has skips that leave requirements unchecked (see
+/// [`skip_is_not_applicable`]); else [`Verdict::Passed`].
+///
+/// `may_be_absent(backend)` says whether a backend may be missing from this machine altogether
+/// (say, CUDA under `--backend all` on a machine without it): a report whose every case skipped
+/// is then not held against the run, unless [`required`] names it. A backend that was built for
+/// some cases and skipped others is always incomplete.
+pub fn verdict(reports: &[BackendReport], may_be_absent: &dyn Fn(&str) -> bool) -> Verdict {
+    if reports.iter().any(|r| !r.ok()) {
+        return Verdict::Failed;
+    }
+    let mut reasons = Vec::new();
+    for r in reports {
+        let (passed, _, skipped) = r.counts();
+        if skipped == r.results.len() && may_be_absent(&r.backend) && !required(&r.backend) {
+            continue;
+        }
+        let mut hidden: Vec<(&str, usize)> = Vec::new();
+        for c in &r.results {
+            if let Outcome::Skipped(why) = &c.outcome {
+                if skip_is_not_applicable(why) {
+                    continue;
+                }
+                match hidden.iter_mut().find(|(reason, _)| reason == why) {
+                    Some((_, n)) => *n += 1,
+                    None => hidden.push((why, 1)),
+                }
+            }
+        }
+        for (why, n) in hidden {
+            let which = if passed == 0 && n == r.results.len() {
+                format!("all {n} cases")
+            } else {
+                format!("{n} case(s)")
+            };
+            reasons.push(format!("{}: {which} skipped, so not checked: {why}", r.backend));
+        }
+    }
+    if reports.iter().all(|r| r.counts().0 == 0) {
+        reasons.insert(0, "nothing was checked: no case ran".to_owned());
+    }
+    if reasons.is_empty() { Verdict::Passed } else { Verdict::Incomplete(reasons) }
+}
+
 /// A factory for the backend under test: a fresh backend, or why none can be built here.
 pub type Factory<'a> = &'a dyn Fn() -> Result<Box<dyn GpuBackend>, String>;
 
@@ -428,6 +509,37 @@ mod tests {
         assert!(t.contains("FAILED  alpha/case1: boom"), "{t}");
         assert!(t.contains("SKIPPED beta-long-name (case0): x"), "{t}");
         assert!(t.contains("SKIPPED beta-long-name (case2): y"), "{t}");
+    }
+
+    #[test]
+    fn verdicts() {
+        let never = |_: &str| false;
+        let passed = report("alpha", &[Outcome::Passed, Outcome::Passed]);
+        assert_eq!(verdict(&[passed.clone()], &never), Verdict::Passed);
+        let failed = report("beta", &[Outcome::Passed, Outcome::Failed("x".into())]);
+        assert_eq!(verdict(&[passed.clone(), failed], &never), Verdict::Failed);
+        assert_eq!(Verdict::Failed.exit_code(), 1);
+
+        // A backend that could not be built: nothing checked, unless it may be absent and
+        // something else ran.
+        let absent =
+            report("gamma", &[Outcome::Skipped("no device".into()), Outcome::Skipped("no device".into())]);
+        let v = verdict(std::slice::from_ref(&absent), &never);
+        assert_eq!(v.exit_code(), EXIT_INCOMPLETE);
+        let Verdict::Incomplete(why) = v else { unreachable!() };
+        assert_eq!(why[0], "nothing was checked: no case ran");
+        assert_eq!(why[1], "gamma: all 2 cases skipped, so not checked: no device");
+        assert_eq!(verdict(&[passed.clone(), absent.clone()], &|b| b == "gamma"), Verdict::Passed);
+        assert!(matches!(verdict(&[passed.clone(), absent], &never), Verdict::Incomplete(_)));
+        assert!(matches!(verdict(&[], &never), Verdict::Incomplete(_)));
+
+        // Skips that hide a requirement make a partial run incomplete; a feature the node does
+        // not offer does not.
+        let partial = report("node", &[Outcome::Passed, Outcome::Skipped("no token was given".into())]);
+        assert!(matches!(verdict(std::slice::from_ref(&partial), &|_| true), Verdict::Incomplete(_)));
+        let optional =
+            report("node", &[Outcome::Passed, Outcome::Skipped("the node does not advertise MODELS".into())]);
+        assert_eq!(verdict(&[optional], &never), Verdict::Passed);
     }
 
     #[test]
