@@ -39,9 +39,27 @@ pub trait Arena {
     /// Copies `src` to `dst..dst + src.len()`; the ranges do not overlap.
     fn copy_within(&mut self, src: Range<usize>, dst: usize);
 
+    /// Zeroes the bytes of `r`, a freed buffer's range, before any other buffer can get them.
+    /// An arena may return whole pages of `r` to the OS instead of writing them, as long as
+    /// they read as zero afterwards (a node's arena does, for large ranges); the default fills
+    /// `r` with zeros.
+    fn release(&mut self, r: Range<usize>) {
+        self.bytes_mut(r).fill(0);
+    }
+
     /// The output range `out` of a kernel, to change, and access to its input ranges, which lie
     /// wholly outside `out`.
     fn split(&mut self, out: Range<usize>) -> (Self::Inputs<'_>, &mut [u8]);
+}
+
+impl<S: Arena, const N: usize> crate::HostMemory<S, N> {
+    /// The storage, freed ranges included, to inspect: a test checking what `free` left
+    /// behind reads it at the ranges [`GpuBackend::storage_range`] reported for live buffers.
+    ///
+    /// [`GpuBackend::storage_range`]: rela_core::backend::GpuBackend::storage_range
+    pub const fn storage(&self) -> &S {
+        &self.storage
+    }
 }
 
 /// The input ranges of a kernel call.
@@ -115,3 +133,81 @@ macro_rules! slice_arena {
 slice_arena!(&mut [u8]);
 #[cfg(feature = "std")]
 slice_arena!(std::boxed::Box<[u8]>);
+
+#[cfg(test)]
+mod tests {
+    use std::vec::Vec;
+
+    use rela_core::backend::GpuBackend;
+
+    use super::*;
+    use crate::HostMemory;
+
+    /// An arena that records what it is asked to release and leaves those bytes as they are.
+    struct Recording<'a> {
+        bytes: &'a mut [u8],
+        released: Vec<Range<usize>>,
+    }
+
+    impl Arena for Recording<'_> {
+        type Inputs<'a>
+            = Around<'a>
+        where
+            Self: 'a;
+
+        fn len(&self) -> usize {
+            self.bytes.len()
+        }
+
+        fn zero_all(&mut self) {
+            self.bytes.fill(0);
+        }
+
+        fn bytes(&self, r: Range<usize>) -> &[u8] {
+            &self.bytes[r]
+        }
+
+        fn bytes_mut(&mut self, r: Range<usize>) -> &mut [u8] {
+            &mut self.bytes[r]
+        }
+
+        fn copy_within(&mut self, src: Range<usize>, dst: usize) {
+            self.bytes.copy_within(src, dst);
+        }
+
+        fn release(&mut self, r: Range<usize>) {
+            self.released.push(r);
+        }
+
+        fn split(&mut self, out: Range<usize>) -> (Around<'_>, &mut [u8]) {
+            around(self.bytes, out)
+        }
+    }
+
+    #[test]
+    fn free_hands_exactly_the_buffers_range_to_release() {
+        let mut bytes = [0u8; 4096];
+        let mut host = HostMemory::new(Recording { bytes: &mut bytes, released: Vec::new() });
+        let keep = host.alloc(100).expect("room");
+        let id = host.alloc(300).expect("room");
+        host.fill(id, 0, 300, 0xAB).expect("in bounds");
+        host.fill(keep, 0, 100, 0xCD).expect("in bounds");
+        let r = host.storage_range(id, 0, 300).expect("host memory has ranges");
+        host.free(id).expect("live");
+        let arena = host.into_storage();
+        assert_eq!(arena.released, [r.clone()], "free releases the buffer's range, once");
+        // Zeroing is the arena's job: this one kept the bytes, and nothing else was written.
+        assert!(arena.bytes[r].iter().all(|&b| b == 0xAB));
+        assert!(arena.bytes[..100].iter().all(|&b| b == 0xCD));
+    }
+
+    #[test]
+    fn the_default_release_zeroes_the_range_only() {
+        let mut bytes = [7u8; 64];
+        let mut arena: &mut [u8] = &mut bytes;
+        arena.release(10..20);
+        assert!(bytes[..10].iter().all(|&b| b == 7));
+        assert!(bytes[10..20].iter().all(|&b| b == 0));
+        assert!(bytes[20..].iter().all(|&b| b == 7));
+    }
+}

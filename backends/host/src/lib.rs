@@ -162,7 +162,9 @@ impl<S: Arena, const N: usize> GpuBackend for HostMemory<S, N> {
 
     fn free(&mut self, id: BufferId) -> Result<(), BackendError> {
         let r = self.alloc.free(id)?;
-        self.storage.bytes_mut(r).fill(0);
+        // Zeroed now, before the region can go to another buffer (the arena may give its
+        // pages back to the OS instead, which also reads as zero).
+        self.storage.release(r);
         Ok(())
     }
 
