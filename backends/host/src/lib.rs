@@ -4,6 +4,8 @@
 //! array on a microcontroller). It is `no_std`, allocates nothing and contains no `unsafe`.
 //! Kernels run on the CPU through [`rela_kernels::reference`], which makes this backend the
 //! yardstick the conformance suite (`rela-conformance`) measures every other backend against.
+//! With the `std` feature they run through `rela_kernels::fast` instead: the same functions on
+//! all cores, in SIMD (`rela_kernels::fast::set_threads` sizes their pool).
 //!
 //! With the `std` feature, [`OwnedHostBackend`] owns a heap arena of a size chosen at run time.
 //! Both are the same type, [`HostMemory`], over different storage.
@@ -35,7 +37,11 @@ use rela_core::backend::{
     BackendError, BackendKind, BufferId, DeviceInfo, GpuBackend, KernelCall, Usage, check_copy_overlap,
     check_range,
 };
-use rela_kernels::reference;
+// The fast kernels (multithreaded, SIMD) with `std`; the no_std reference kernels without.
+#[cfg(feature = "std")]
+use rela_kernels::fast as kernels;
+#[cfg(not(feature = "std"))]
+use rela_kernels::reference as kernels;
 
 /// Device name reported in [`DeviceInfo`].
 pub const DEVICE_NAME: &str = "host memory";
@@ -243,12 +249,12 @@ impl<S: Arena, const N: usize> HostMemory<S, N> {
             KernelCall::Binary { op, a, b, out, .. } => {
                 let (a, b, out) = (self.units(a, s, c, 4), self.units(b, s, c, 4), self.units(out, s, c, 4));
                 let (inputs, out) = self.storage.split(out);
-                reference::binary(op, inputs.get(a), inputs.get(b), out, cu);
+                kernels::binary(op, inputs.get(a), inputs.get(b), out, cu);
             }
             KernelCall::Scale { x, out, alpha, .. } => {
                 let (x, out) = (self.units(x, s, c, 4), self.units(out, s, c, 4));
                 let (inputs, out) = self.storage.split(out);
-                reference::scale(inputs.get(x), out, cu, alpha);
+                kernels::scale(inputs.get(x), out, cu, alpha);
             }
             KernelCall::Matmul { a, b, out, k, n, .. } => {
                 let (k, n) = (u64::from(k), u64::from(n));
@@ -256,7 +262,7 @@ impl<S: Arena, const N: usize> HostMemory<S, N> {
                 let b = self.units(b, 0, k, n * 4);
                 let out = self.units(out, s, c, n * 4);
                 let (inputs, out) = self.storage.split(out);
-                reference::matmul(inputs.get(a), inputs.get(b), out, cu, k as usize, n as usize);
+                kernels::matmul(inputs.get(a), inputs.get(b), out, cu, k as usize, n as usize);
             }
             KernelCall::Gather { table, ids, out, vocab, dim, .. } => {
                 let d = u64::from(dim);
@@ -264,7 +270,7 @@ impl<S: Arena, const N: usize> HostMemory<S, N> {
                 let ids = self.units(ids, s, c, 4);
                 let out = self.units(out, s, c, d * 4);
                 let (inputs, out) = self.storage.split(out);
-                reference::gather(inputs.get(table), inputs.get(ids), out, vocab as usize, dim as usize, cu);
+                kernels::gather(inputs.get(table), inputs.get(ids), out, vocab as usize, dim as usize, cu);
             }
             KernelCall::LayerNorm { x, gamma, beta, out, dim, eps, .. } => {
                 let d = u64::from(dim);
@@ -273,7 +279,7 @@ impl<S: Arena, const N: usize> HostMemory<S, N> {
                 let beta = self.units(beta, 0, d, 4);
                 let out = self.units(out, s, c, d * 4);
                 let (inputs, out) = self.storage.split(out);
-                reference::layer_norm(
+                kernels::layer_norm(
                     inputs.get(x),
                     inputs.get(gamma),
                     inputs.get(beta),
@@ -290,7 +296,7 @@ impl<S: Arena, const N: usize> HostMemory<S, N> {
                 let bias = self.units(bias, 0, n, 4);
                 let out = self.units(out, s, c, n * 4);
                 let (inputs, out) = self.storage.split(out);
-                reference::linear(
+                kernels::linear(
                     inputs.get(x),
                     inputs.get(w),
                     inputs.get(bias),
@@ -303,7 +309,7 @@ impl<S: Arena, const N: usize> HostMemory<S, N> {
             KernelCall::Gelu { x, out, .. } => {
                 let (x, out) = (self.units(x, s, c, 4), self.units(out, s, c, 4));
                 let (inputs, out) = self.storage.split(out);
-                reference::gelu(inputs.get(x), out, cu);
+                kernels::gelu(inputs.get(x), out, cu);
             }
             KernelCall::Attention { q, k, v, mask, out, seq, heads, head_dim, .. } => {
                 let row = u64::from(seq) * u64::from(heads) * u64::from(head_dim) * 4;
@@ -312,7 +318,7 @@ impl<S: Arena, const N: usize> HostMemory<S, N> {
                 let mask = self.units(mask, s, c, u64::from(seq) * 4);
                 let out = self.units(out, s, c, row);
                 let (inputs, out) = self.storage.split(out);
-                reference::attention(
+                kernels::attention(
                     inputs.get(q),
                     inputs.get(k),
                     inputs.get(v),
@@ -330,13 +336,13 @@ impl<S: Arena, const N: usize> HostMemory<S, N> {
                 let mask = self.units(mask, s, c, q * 4);
                 let out = self.units(out, s, c, d * 4);
                 let (inputs, out) = self.storage.split(out);
-                reference::mean_pool(inputs.get(x), inputs.get(mask), out, cu, seq as usize, dim as usize);
+                kernels::mean_pool(inputs.get(x), inputs.get(mask), out, cu, seq as usize, dim as usize);
             }
             KernelCall::L2Normalize { x, out, dim, .. } => {
                 let d = u64::from(dim);
                 let (x, out) = (self.units(x, s, c, d * 4), self.units(out, s, c, d * 4));
                 let (inputs, out) = self.storage.split(out);
-                reference::l2_normalize(inputs.get(x), out, cu, dim as usize);
+                kernels::l2_normalize(inputs.get(x), out, cu, dim as usize);
             }
         }
     }

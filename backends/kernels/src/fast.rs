@@ -236,12 +236,54 @@ fn gemm_into(
     });
 }
 
+/// Columns above which MATMUL and LINEAR go through [`gemm`]; narrower products run the
+/// reference kernel.
+///
+/// Every output row must come out the same whatever rows the call holds besides it, so that a
+/// call cut into row ranges (the host backend's partial dispatch) gives the whole call's bytes.
+/// `gemm` computes the transposed product (its output is column-major to it), and takes its
+/// main path, whose per-element arithmetic depends on `k` and the cache sizes only, unless the
+/// output has at most 256 elements, `k <= 2`, one row, or both sides at most 64: shapes with
+/// more than this many columns, `k > 2` and at least two rows avoid all of them (one row is
+/// run as two).
+pub const GEMM_MIN_COLUMNS: usize = 256;
+
+/// Whether `gemm` runs a product with `k` inner and `n` output columns (see
+/// [`GEMM_MIN_COLUMNS`]).
+const fn use_gemm(k: usize, n: usize) -> bool {
+    n > GEMM_MIN_COLUMNS && k > 2
+}
+
 /// `out (m×n) = a (m×k) · b (k×n)`, row-major.
 pub fn matmul(a: &[u8], b: &[u8], out: &mut [u8], m: usize, k: usize, n: usize) {
+    if !use_gemm(k, n) {
+        return reference::matmul(a, b, out, m, k, n);
+    }
     let (a, b) = (input(a, m * k), input(b, k * n));
+    let (a, rows) = two_rows(a, m, k);
     output(out, m * n, |o| {
-        gemm_into(o, false, View { data: &a, rs: k, cs: 1 }, View { data: &b, rs: n, cs: 1 }, (m, k, n));
+        let b = View { data: &b, rs: n, cs: 1 };
+        if rows == m {
+            gemm_into(o, false, View { data: &a, rs: k, cs: 1 }, b, (m, k, n));
+        } else {
+            let mut two = vec![0.0f32; rows * n];
+            gemm_into(&mut two, false, View { data: &a, rs: k, cs: 1 }, b, (rows, k, n));
+            o.copy_from_slice(&two[..m * n]);
+        }
     });
+}
+
+/// `x` (`m × k`) as at least two rows: a single row is repeated, so that `gemm` never takes its
+/// one-row path (see [`GEMM_MIN_COLUMNS`]). Returns the rows and their count.
+fn two_rows(x: Cow<'_, [f32]>, m: usize, k: usize) -> (Cow<'_, [f32]>, usize) {
+    if m == 1 {
+        let mut v = Vec::with_capacity(2 * k);
+        v.extend_from_slice(&x);
+        v.extend_from_slice(&x);
+        (Cow::Owned(v), 2)
+    } else {
+        (x, m)
+    }
 }
 
 /// `out[r, :] = table[ids[r], :]` for `r < rows`; an id `>= vocab` gives a row of zeros.
@@ -296,17 +338,28 @@ fn sum_squares(v: &[f32]) -> f32 {
 }
 
 /// `out[i, j] = Σ_t x[i, t] · w[j, t] + bias[j]`: `x` is `m × k`, `w` is `n × k` (the
-/// transpose is a stride, not a copy).
+/// transpose is a stride, not a copy). Through [`gemm`] for more than [`GEMM_MIN_COLUMNS`]
+/// columns, else [`reference::linear`].
 pub fn linear(x: &[u8], w: &[u8], bias: &[u8], out: &mut [u8], m: usize, k: usize, n: usize) {
+    if !use_gemm(k, n) {
+        return reference::linear(x, w, bias, out, m, k, n);
+    }
     let (x, w, bias) = (input(x, m * k), input(w, n * k), input(bias, n));
-    output(out, m * n, |o| {
-        if n == 0 {
-            return;
-        }
+    let (x, rows) = two_rows(x, m, k);
+    let run = |o: &mut [f32]| {
         for row in o.chunks_exact_mut(n) {
             row.copy_from_slice(&bias);
         }
-        gemm_into(o, true, View { data: &x, rs: k, cs: 1 }, View { data: &w, rs: 1, cs: k }, (m, k, n));
+        gemm_into(o, true, View { data: &x, rs: k, cs: 1 }, View { data: &w, rs: 1, cs: k }, (rows, k, n));
+    };
+    output(out, m * n, |o| {
+        if rows == m {
+            run(o);
+        } else {
+            let mut two = vec![0.0f32; rows * n];
+            run(&mut two);
+            o.copy_from_slice(&two[..m * n]);
+        }
     });
 }
 
@@ -602,6 +655,36 @@ mod tests {
             let mut want = vec![0u8; m * n * 4];
             reference::matmul(&a, &bb, &mut want, m, k, n);
             close(&std::format!("matmul {m}x{k}x{n}"), &got, &floats(&want), |_| 2e-6 * (k + 1) as f32);
+        }
+    }
+
+    #[test]
+    fn linear_and_matmul_rows_do_not_depend_on_the_rest_of_the_call() {
+        let mut rng = Rng(3);
+        for (m, k, n) in
+            [(37usize, 384usize, 384usize), (9, 1536, 384), (70, 384, 1536), (5, 3, 300), (6, 20, 40)]
+        {
+            let (x, w, b) = (rng.bytes(m * k, 1.0), rng.bytes(n * k, 1.0), rng.bytes(n, 1.0));
+            let bm = rng.bytes(k * n, 1.0);
+            let mut whole = vec![0u8; m * n * 4];
+            linear(&x, &w, &b, &mut whole, m, k, n);
+            let mut whole_mm = vec![0u8; m * n * 4];
+            matmul(&x, &bm, &mut whole_mm, m, k, n);
+            for range in [0..1, 1..m / 3, m / 3..m / 3 + 1, m / 3 + 1..m - m / 4, m - m / 4..m, 0..m] {
+                let rows = range.end - range.start;
+                let xs = &x[range.start * k * 4..range.end * k * 4];
+                let mut part = vec![0u8; rows * n * 4];
+                linear(xs, &w, &b, &mut part, rows, k, n);
+                assert!(
+                    part == whole[range.start * n * 4..range.end * n * 4],
+                    "linear {m}x{k}x{n} rows {range:?}"
+                );
+                matmul(xs, &bm, &mut part, rows, k, n);
+                assert!(
+                    part == whole_mm[range.start * n * 4..range.end * n * 4],
+                    "matmul {m}x{k}x{n} rows {range:?}"
+                );
+            }
         }
     }
 
