@@ -124,6 +124,8 @@ pub enum BackendError {
     Unsupported,
     /// The device was lost or failed.
     DeviceLost,
+    /// The call costs more than the host allows one request (a node's per-DISPATCH limit).
+    LimitExceeded,
 }
 
 impl fmt::Display for BackendError {
@@ -135,6 +137,7 @@ impl fmt::Display for BackendError {
             Self::InvalidArgument => "invalid argument",
             Self::Unsupported => "unsupported",
             Self::DeviceLost => "device lost or failed",
+            Self::LimitExceeded => "over the per-request cost limit",
         })
     }
 }
@@ -150,6 +153,7 @@ impl From<BackendError> for crate::wire::ErrorCode {
             BackendError::InvalidArgument => Self::INVALID_ARGUMENT,
             BackendError::Unsupported => Self::UNSUPPORTED,
             BackendError::DeviceLost => Self::BACKEND,
+            BackendError::LimitExceeded => Self::LIMIT_EXCEEDED,
         }
     }
 }

@@ -320,6 +320,7 @@ impl From<BackendError> for Reject {
             BackendError::InvalidArgument => "invalid argument",
             BackendError::Unsupported => "not supported by this backend",
             BackendError::DeviceLost => "backend failure",
+            BackendError::LimitExceeded => "over the node's per-request cost limit",
         };
         Self { code: e.into(), reason }
     }

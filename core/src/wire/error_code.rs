@@ -77,6 +77,8 @@ codes! {
     NO_SUCH_MODEL = 20, false;
     /// The model's input is outside its limits (too many texts, a text too long).
     INVALID_INPUT = 21, false;
+    /// The request costs more than the node allows one request (multiply-adds per DISPATCH).
+    LIMIT_EXCEEDED = 22, false;
 }
 
 impl From<u16> for ErrorCode {

@@ -52,6 +52,9 @@ pub struct NodeConfig {
     /// Requested socket buffer size; applied only where the kernel grants that much (see
     /// `rela_client::ClientOptions::socket_buffer`). `0` leaves the defaults.
     pub socket_buffer: usize,
+    /// Most multiply-adds one DISPATCH may cost ([`rela_core::backend::KernelCall::work`]);
+    /// more is `ERROR(LIMIT_EXCEEDED)`. Bounds one request to seconds of device time.
+    pub max_dispatch_cost: u64,
 }
 
 impl Default for NodeConfig {
@@ -69,6 +72,7 @@ impl Default for NodeConfig {
             auth_backoff_max: Duration::from_secs(30),
             socket_buffer: 4 * 1024 * 1024,
             models: None,
+            max_dispatch_cost: crate::engine::DEFAULT_MAX_DISPATCH_COST,
         }
     }
 }

@@ -275,7 +275,7 @@ async fn serve(
                             // takes back READ data lent to this writer.
                             () = &mut timer, if armed => {
                                 let now = shared.clock.now();
-                                match state.lock().poll_timeout() {
+                                match state.deadline() {
                                     Some(at) if at > now => timer.as_mut().reset(shared.clock.deadline(at)),
                                     Some(_) => {
                                         armed = false;

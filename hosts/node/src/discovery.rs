@@ -10,7 +10,7 @@ use rela_core::config::{MAX_DATAGRAM, NODE_ID_LEN};
 use rela_core::discovery::{Announce, Discover};
 use tokio::net::UdpSocket;
 
-use crate::engine::Status;
+use crate::messages::Status;
 
 /// Answers every valid DISCOVER with an ANNOUNCE (signed when `key` is set). Anything else is
 /// ignored (logged at debug). Never blocks on the engine: usage comes from `status`.

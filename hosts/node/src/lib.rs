@@ -67,6 +67,8 @@ mod config;
 mod conn;
 mod discovery;
 mod engine;
+mod leases;
+mod messages;
 mod models;
 mod pool;
 mod throttle;
@@ -79,6 +81,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use config::{ConfigError, DEFAULT_BUFFER_BUDGET, MIN_MAX_PAYLOAD, NodeConfig};
+pub use engine::DEFAULT_MAX_DISPATCH_COST;
 use rela_core::backend::{GpuBackend, Usage};
 use tokio::net::{TcpListener, TcpSocket, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
@@ -154,8 +157,9 @@ pub struct NodeBackend {
 impl NodeBackend {
     /// The host backend (`rela_backend_host::HostMemory`) over `capacity` bytes of zeroed host
     /// memory (mapped lazily), with a table of `N` live buffers, whose WRITE data the node reads
-    /// from the socket straight into place. `Err` if the heap cannot provide `capacity` bytes.
-    pub fn host<const N: usize>(capacity: usize) -> Result<Self, std::collections::TryReserveError> {
+    /// from the socket straight into place. Large freed buffers give their pages back to the
+    /// OS. `Err` if the OS cannot map `capacity` bytes.
+    pub fn host<const N: usize>(capacity: usize) -> Result<Self, io::Error> {
         let (backend, direct) = arena::host_backend::<N>(capacity)?;
         Ok(Self { backend: Box::new(backend), direct: Some(direct) })
     }
@@ -233,6 +237,8 @@ impl Node {
             throttle.clone(),
             repository,
             direct.clone(),
+            engine_tx.clone(),
+            config.max_dispatch_cost,
         );
         let engine_thread =
             std::thread::Builder::new().name("rela-engine".into()).spawn(move || engine.run(engine_rx))?;

@@ -27,7 +27,7 @@ use rela_core::model::{InferOutput, LoadedModel, ModelError, ModelHost, Progress
 use rela_core::wire::msg::Infer;
 use rela_models::{Embedder, ModelFiles, ModelRepository};
 
-use crate::engine::{ConnState, INLINE_OUT, OutBuf, Outcome, Reply, ReplyTx};
+use crate::messages::{ConnState, INLINE_OUT, OutBuf, Outcome, Reply, ReplyTx};
 
 /// Most bytes of uploaded weights all sessions of a node stage at once.
 pub(crate) const MAX_STAGED_BYTES: u64 = 1 << 30;

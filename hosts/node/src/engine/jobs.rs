@@ -1,0 +1,414 @@
+//! Long requests as jobs: a request that may run long (DISPATCH, INFER, MODEL_LOAD,
+//! MODEL_COMMIT, COPY, FILL) runs on a thread of its own, which borrows the backend from the
+//! engine one **turn** at a time.
+//!
+//! # How a request becomes steps
+//!
+//! - The engine hands the frame, the session's state and its model host to a job thread and
+//!   keeps serving every other session.
+//! - The job runs the frame through the core session as usual, but its backend is a [`Turns`]:
+//!   before each backend call it asks the engine for the backend ([`Command::Want`]) and blocks
+//!   until the engine sends it over ([`Grant`]); after at most [`QUANTUM`] of device time it
+//!   sends it back ([`Command::Back`]) and asks again. The backend is a `Box` that moves between
+//!   threads, so exactly one thread can reach it at a time: ownership, not call order, keeps
+//!   the backend single-threaded.
+//! - [`Turns`] cuts every call into steps of bounded device time: a kernel into parts of output
+//!   units ([`GpuBackend::dispatch_part`]) sized from the device's measured speed
+//!   ([`PartBudget`]), and a transfer, copy or fill into [`CHUNK`]-byte pieces. A forward pass
+//!   is a sequence of such calls, a model load a sequence of tensor uploads: all of it
+//!   interleaves with other sessions at every step.
+//! - Host-side work (parsing files, tokenizing, converting weights) runs on the job thread
+//!   without a turn, in parallel with everything else.
+//! - Between any two turns, the engine runs every light request that is waiting, and the
+//!   [`Scheduler`](super::sched::Scheduler) picks the next turn by service received.
+//! - While a session has a job, its later commands wait in the job's queue (responses stay in
+//!   request order); the job's answer goes out when it ends ([`Command::JobDone`]).
+//! - Cancelling (the session aborts, the node shuts down) makes every later backend call of
+//!   the job fail at once with [`BackendError::DeviceLost`], so the job ends in a step.
+//! - A panic on a job thread is caught: the backend goes back to the engine as the stack
+//!   unwinds ([`Turns`]' `Drop`), and the engine ends that session alone.
+
+use std::cell::RefCell;
+use std::ops::Range;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use rela_core::backend::{
+    BackendError, BufferId, DeviceInfo, GpuBackend, KernelCall, Usage, check_copy_overlap, check_range,
+};
+use rela_core::time::Instant as CoreInstant;
+use rela_core::wire::{Frame, HeaderRepr};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::output::drain;
+use crate::messages::{Command, ConnId, ConnState, EngineTx, OutBuf, Payload};
+use crate::models::SessionModels;
+
+/// The backend as it moves between the engine and job threads.
+pub(crate) type BackendBox = Box<dyn GpuBackend + Send>;
+
+/// The backend on its way back to the engine.
+pub(crate) struct Lent(pub(crate) BackendBox);
+
+impl std::fmt::Debug for Lent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Lent(backend)")
+    }
+}
+
+/// The engine's side of a job's grant channel: sends the backend for one turn.
+pub(crate) type Grant = std_mpsc::SyncSender<BackendBox>;
+
+/// Longest a job keeps the backend before giving others a turn.
+pub(crate) const QUANTUM: Duration = Duration::from_millis(2);
+
+/// Bytes per step of a WRITE, READ, COPY or FILL that a job runs (a few ms of memory traffic
+/// at worst).
+pub(crate) const CHUNK: u64 = 8 << 20;
+
+/// Device time one kernel part aims at.
+const PART_TARGET: Duration = Duration::from_micros(1_000);
+/// Bounds of [`PartBudget`] (multiply-adds).
+const PART_MIN: u64 = 1 << 12;
+const PART_MAX: u64 = 1 << 34;
+
+/// Multiply-adds one kernel part may cost, learnt from the device's speed: after each part the
+/// budget moves halfway to what would have taken [`PART_TARGET`].
+#[derive(Debug)]
+pub(crate) struct PartBudget(AtomicU64);
+
+impl Default for PartBudget {
+    fn default() -> Self {
+        // A first guess for a slow CPU (1 GMAC/s); corrected after the first part.
+        Self(AtomicU64::new(1 << 20))
+    }
+}
+
+impl PartBudget {
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn learn(&self, cost: u64, took: Duration) {
+        let nanos = took.as_nanos().max(1);
+        let ideal = (u128::from(cost) * PART_TARGET.as_nanos() / nanos).min(u128::from(PART_MAX)) as u64;
+        let old = self.get();
+        let new = (old / 2 + ideal / 2).clamp(PART_MIN, PART_MAX);
+        self.0.store(new, Ordering::Relaxed);
+    }
+}
+
+/// The backend as a job sees it: borrowed from the engine a turn at a time, every call cut into
+/// bounded steps. Returns the backend when dropped (also while unwinding from a panic).
+pub(crate) struct Turns {
+    conn: ConnId,
+    engine: EngineTx,
+    grants: std_mpsc::Receiver<BackendBox>,
+    /// The backend while this job holds it, and when the turn began.
+    held: RefCell<Option<(BackendBox, Instant)>>,
+    cancel: Arc<AtomicBool>,
+    info: DeviceInfo,
+    budget: Arc<PartBudget>,
+    /// Most multiply-adds one DISPATCH may cost.
+    max_cost: u64,
+}
+
+impl Turns {
+    /// The job's current turn, starting one (blocking until the engine grants it) if needed.
+    fn with<R>(
+        &self,
+        f: impl FnOnce(&mut dyn GpuBackend) -> Result<R, BackendError>,
+    ) -> Result<R, BackendError> {
+        if self.cancel.load(Ordering::Acquire) {
+            self.give_back();
+            return Err(BackendError::DeviceLost);
+        }
+        let mut held = self.held.borrow_mut();
+        if held.as_ref().is_some_and(|(_, since)| since.elapsed() >= QUANTUM) {
+            self.send_back(held.take());
+        }
+        let (backend, _) = match &mut *held {
+            Some(h) => h,
+            slot @ None => {
+                // The engine is gone only when the node is stopping.
+                self.engine.send(Command::Want { conn: self.conn }).map_err(|_| BackendError::DeviceLost)?;
+                let backend = self.grants.recv().map_err(|_| BackendError::DeviceLost)?;
+                slot.insert((backend, Instant::now()))
+            }
+        };
+        f(&mut **backend)
+    }
+
+    /// Runs one kernel part and learns the device's speed from it.
+    fn part(
+        &self,
+        cost: u64,
+        f: impl FnOnce(&mut dyn GpuBackend) -> Result<(), BackendError>,
+    ) -> Result<(), BackendError> {
+        self.with(|b| {
+            let start = Instant::now();
+            let r = f(b);
+            if r.is_ok() {
+                self.budget.learn(cost, start.elapsed());
+            }
+            r
+        })
+    }
+
+    /// Ends the current turn, if any.
+    pub(crate) fn give_back(&self) {
+        let held = self.held.borrow_mut().take();
+        self.send_back(held);
+    }
+
+    fn send_back(&self, held: Option<(BackendBox, Instant)>) {
+        if let Some((backend, since)) = held {
+            let used = since.elapsed();
+            // Fails only if the engine is gone; the backend is then dropped here.
+            let _ = self.engine.send(Command::Back { conn: self.conn, backend: Lent(backend), used });
+        }
+    }
+
+    /// `len` bytes from `offset` in steps of [`CHUNK`]: `(offset, position, length)` each.
+    fn chunks(offset: u64, len: u64) -> impl Iterator<Item = (u64, u64, u64)> {
+        (0..len.div_ceil(CHUNK)).map(move |i| {
+            let pos = i * CHUNK;
+            (offset + pos, pos, CHUNK.min(len - pos))
+        })
+    }
+}
+
+impl Drop for Turns {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
+impl GpuBackend for Turns {
+    fn info(&self) -> DeviceInfo {
+        self.info.clone()
+    }
+
+    fn usage(&self) -> Usage {
+        self.with(|b| Ok(b.usage())).unwrap_or_default()
+    }
+
+    fn alloc(&mut self, size: u64) -> Result<BufferId, BackendError> {
+        self.with(|b| b.alloc(size))
+    }
+
+    fn free(&mut self, id: BufferId) -> Result<(), BackendError> {
+        self.with(|b| b.free(id))
+    }
+
+    fn size(&self, id: BufferId) -> Result<u64, BackendError> {
+        self.with(|b| b.size(id))
+    }
+
+    fn write(&mut self, id: BufferId, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+        let size = self.size(id)?;
+        check_range(size, offset, data.len() as u64)?;
+        for (at, pos, len) in Self::chunks(offset, data.len() as u64) {
+            // In range: `pos + len <= data.len()`.
+            let piece = &data[pos as usize..(pos + len) as usize];
+            self.with(|b| b.write(id, at, piece))?;
+        }
+        Ok(())
+    }
+
+    fn read(&mut self, id: BufferId, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
+        let size = self.size(id)?;
+        check_range(size, offset, out.len() as u64)?;
+        for (at, pos, len) in Self::chunks(offset, out.len() as u64) {
+            let piece = &mut out[pos as usize..(pos + len) as usize];
+            self.with(|b| b.read(id, at, piece))?;
+        }
+        Ok(())
+    }
+
+    fn copy(
+        &mut self,
+        src: BufferId,
+        src_offset: u64,
+        dst: BufferId,
+        dst_offset: u64,
+        len: u64,
+    ) -> Result<(), BackendError> {
+        // Checked whole first, so a refused copy changes nothing.
+        let from = check_range(self.size(src)?, src_offset, len)?;
+        let to = check_range(self.size(dst)?, dst_offset, len)?;
+        check_copy_overlap(src, &from, dst, &to)?;
+        for (at, pos, piece) in Self::chunks(src_offset, len) {
+            self.with(|b| b.copy(src, at, dst, dst_offset + pos, piece))?;
+        }
+        Ok(())
+    }
+
+    fn fill(&mut self, id: BufferId, offset: u64, len: u64, value: u8) -> Result<(), BackendError> {
+        check_range(self.size(id)?, offset, len)?;
+        for (at, _, piece) in Self::chunks(offset, len) {
+            self.with(|b| b.fill(id, at, piece, value))?;
+        }
+        Ok(())
+    }
+
+    fn dispatch(&mut self, call: &KernelCall) -> Result<(), BackendError> {
+        let work = call.work();
+        if work.total() > self.max_cost {
+            return Err(BackendError::LimitExceeded);
+        }
+        let per_part = (self.budget.get() / work.unit_cost).clamp(1, u64::from(work.units.max(1)));
+        let per_part = u32::try_from(per_part).unwrap_or(u32::MAX);
+        if per_part >= work.units {
+            return self.part(work.total(), |b| b.dispatch(call));
+        }
+        let mut start = 0;
+        while start < work.units {
+            let units: Range<u32> = start..start + per_part.min(work.units - start);
+            let cost = u64::from(units.end - units.start) * work.unit_cost;
+            match self.part(cost, |b| b.dispatch_part(call, units.clone())) {
+                // A backend that does not cut kernels runs them whole.
+                Err(BackendError::Unsupported) if start == 0 => {
+                    return self.part(work.total(), |b| b.dispatch(call));
+                }
+                r => r?,
+            }
+            start = units.end;
+        }
+        Ok(())
+    }
+
+    fn dispatch_part(&mut self, call: &KernelCall, units: Range<u32>) -> Result<(), BackendError> {
+        self.with(|b| b.dispatch_part(call, units))
+    }
+}
+
+/// Everything a job needs, moved onto its thread.
+pub(crate) struct JobSpec {
+    pub(crate) conn: ConnId,
+    pub(crate) now: CoreInstant,
+    pub(crate) header: HeaderRepr,
+    pub(crate) payload: Payload,
+    pub(crate) out: OutBuf,
+    pub(crate) ticket: OwnedSemaphorePermit,
+    pub(crate) state: Arc<ConnState>,
+    /// The session's model host, for model requests (given back in [`JobDone`]).
+    pub(crate) models: Option<SessionModels>,
+}
+
+/// What a job hands back to the engine.
+pub(crate) struct JobDone {
+    /// The response frames, in `out[..len]`.
+    pub(crate) out: OutBuf,
+    pub(crate) len: usize,
+    pub(crate) ticket: OwnedSemaphorePermit,
+    pub(crate) models: Option<SessionModels>,
+    /// The job panicked (its message): the engine ends the session.
+    pub(crate) panicked: Option<String>,
+}
+
+impl std::fmt::Debug for JobDone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobDone")
+            .field("len", &self.len)
+            .field("panicked", &self.panicked)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the engine keeps of a running job.
+pub(crate) struct JobHandle {
+    /// Sends the backend for a turn.
+    pub(crate) grant: Grant,
+    /// Set to end the job at its next step.
+    pub(crate) cancel: Arc<AtomicBool>,
+    /// The session's commands that arrived while the job ran, in order.
+    pub(crate) queue: std::collections::VecDeque<Command>,
+}
+
+/// The per-job settings the engine passes on.
+#[derive(Clone)]
+pub(crate) struct JobEnv {
+    pub(crate) engine: EngineTx,
+    pub(crate) info: DeviceInfo,
+    pub(crate) budget: Arc<PartBudget>,
+    pub(crate) max_cost: u64,
+}
+
+/// Starts `spec` on a thread of its own; `None` if no thread can be made (the spec is dropped,
+/// and the engine ends the session).
+pub(crate) fn start(env: &JobEnv, spec: JobSpec) -> Option<JobHandle> {
+    let (grant, grants) = std_mpsc::sync_channel(1);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let turns = Turns {
+        conn: spec.conn,
+        engine: env.engine.clone(),
+        grants,
+        held: RefCell::new(None),
+        cancel: cancel.clone(),
+        info: env.info.clone(),
+        budget: env.budget.clone(),
+        max_cost: env.max_cost,
+    };
+    match std::thread::Builder::new().name("rela-job".into()).spawn(move || run(turns, spec)) {
+        Ok(_) => Some(JobHandle { grant, cancel, queue: std::collections::VecDeque::new() }),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a job thread");
+            None
+        }
+    }
+}
+
+/// The job thread: runs the frame through the session, drains the answer, hands back.
+fn run(turns: Turns, spec: JobSpec) {
+    let JobSpec { conn, now, header, payload, mut out, ticket, state, mut models } = spec;
+    let engine = turns.engine.clone();
+    let mut turns = turns;
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let mut session = state.lock();
+        let backend: &mut dyn GpuBackend = &mut turns;
+        match payload.as_slice().get(..header.len as usize) {
+            Some(p) => {
+                let frame = Frame::from_verified(header, p);
+                // Err only if the session is closing; the engine sees that when the job ends.
+                let _ = match models.as_mut() {
+                    Some(m) => session.handle_frame_with(now, frame, backend, m),
+                    None => session.handle_frame(now, frame, backend),
+                };
+            }
+            None => session.abort(backend),
+        }
+        drop(payload);
+        match drain(&mut session, backend, &mut out) {
+            Ok(len) => len,
+            Err(e) => {
+                tracing::error!(%e, "response does not fit; aborting session");
+                session.abort(backend);
+                0
+            }
+        }
+    }));
+    // The backend goes back before the answer, so the engine has it when the answer arrives.
+    turns.give_back();
+    let (len, panicked) = match result {
+        Ok(len) => (len, None),
+        Err(p) => (0, Some(panic_message(&*p))),
+    };
+    let done = JobDone { out, len, ticket, models, panicked };
+    // Fails only if the engine is gone, and then nobody waits for the answer.
+    let _ = engine.send(Command::JobDone { conn, done: Box::new(done) });
+}
+
+/// The message of a panic payload.
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
