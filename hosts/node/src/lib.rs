@@ -265,7 +265,8 @@ impl Node {
         let (stop_tx, stop_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
         tokio::spawn(run(listener, shared.clone(), stop_rx, responder, engine_thread, done_tx));
-        tracing::info!(%local_addr, ?discovery_addr, auth = config.has_token(), "node started");
+        let discovery = discovery_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
+        tracing::info!(%local_addr, discovery_addr = %discovery, auth = config.has_token(), "node started");
         Ok(NodeHandle {
             local_addr,
             discovery_addr,
