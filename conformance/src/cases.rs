@@ -8,7 +8,7 @@ use rela_backend_host::OwnedHostBackend;
 use rela_core::backend::{BackendError, BinaryOp, BufferId, GpuBackend, KernelCall, Usage};
 
 use crate::support::{Ctx, Rng, Snapshot, ensure, expect_err, f32_bytes, f32_values, read_all, same_bytes};
-use crate::{Case, Failure, SUITE_CAPACITY};
+use crate::{Case, Failure, Inspect, Run, SUITE_CAPACITY};
 
 type Outcome = Result<(), Failure>;
 
@@ -20,38 +20,42 @@ const INVALID: BackendError = BackendError::InvalidArgument;
 /// Every case, in the order the suite runs them. Names are identifiers: `testgen!` turns each
 /// into a `#[test]` fn of that name.
 pub(crate) const ALL: &[Case] = &[
-    Case { name: "info_and_empty_usage", run: info_and_empty_usage },
-    Case { name: "alloc_zero_rejected", run: alloc_zero_rejected },
-    Case { name: "accounting", run: accounting },
-    Case { name: "round_trip_sizes", run: round_trip_sizes },
-    Case { name: "round_trip_unaligned_offsets", run: round_trip_unaligned_offsets },
-    Case { name: "zero_length_ops", run: zero_length_ops },
-    Case { name: "fresh_alloc_reads_zero", run: fresh_alloc_reads_zero },
-    Case { name: "out_of_bounds_rejected", run: out_of_bounds_rejected },
-    Case { name: "offset_overflow_rejected", run: offset_overflow_rejected },
-    Case { name: "stale_and_unknown_ids_rejected", run: stale_and_unknown_ids_rejected },
-    Case { name: "copy_between_buffers", run: copy_between_buffers },
-    Case { name: "copy_within_buffer", run: copy_within_buffer },
-    Case { name: "copy_overlap_rejected", run: copy_overlap_rejected },
-    Case { name: "fill_ranges", run: fill_ranges },
-    Case { name: "zero_after_free", run: zero_after_free },
-    Case { name: "storage_ranges_are_consistent", run: storage_ranges_are_consistent },
-    Case { name: "past_capacity_is_out_of_memory", run: past_capacity_is_out_of_memory },
-    Case { name: "random_ops_match_reference", run: random_ops_match_reference },
-    Case { name: "kernel_add", run: kernel_add },
-    Case { name: "kernel_mul", run: kernel_mul },
-    Case { name: "kernel_scale", run: kernel_scale },
-    Case { name: "kernel_matmul", run: kernel_matmul },
-    Case { name: "kernel_invalid_rejected", run: kernel_invalid_rejected },
-    Case { name: "kernel_gather", run: kernel_gather },
-    Case { name: "kernel_layer_norm", run: kernel_layer_norm },
-    Case { name: "kernel_linear", run: kernel_linear },
-    Case { name: "kernel_gelu", run: kernel_gelu },
-    Case { name: "kernel_attention", run: kernel_attention },
-    Case { name: "kernel_mean_pool", run: kernel_mean_pool },
-    Case { name: "kernel_l2_normalize", run: kernel_l2_normalize },
-    Case { name: "kernel_model_invalid_rejected", run: kernel_model_invalid_rejected },
-    Case { name: "partial_dispatch_matches_whole", run: crate::partial::partial_dispatch_matches_whole },
+    Case { name: "info_and_empty_usage", run: Run::Backend(info_and_empty_usage) },
+    Case { name: "alloc_zero_rejected", run: Run::Backend(alloc_zero_rejected) },
+    Case { name: "accounting", run: Run::Backend(accounting) },
+    Case { name: "round_trip_sizes", run: Run::Backend(round_trip_sizes) },
+    Case { name: "round_trip_unaligned_offsets", run: Run::Backend(round_trip_unaligned_offsets) },
+    Case { name: "zero_length_ops", run: Run::Backend(zero_length_ops) },
+    Case { name: "fresh_alloc_reads_zero", run: Run::Backend(fresh_alloc_reads_zero) },
+    Case { name: "out_of_bounds_rejected", run: Run::Backend(out_of_bounds_rejected) },
+    Case { name: "offset_overflow_rejected", run: Run::Backend(offset_overflow_rejected) },
+    Case { name: "stale_and_unknown_ids_rejected", run: Run::Backend(stale_and_unknown_ids_rejected) },
+    Case { name: "copy_between_buffers", run: Run::Backend(copy_between_buffers) },
+    Case { name: "copy_within_buffer", run: Run::Backend(copy_within_buffer) },
+    Case { name: "copy_overlap_rejected", run: Run::Backend(copy_overlap_rejected) },
+    Case { name: "fill_ranges", run: Run::Backend(fill_ranges) },
+    Case { name: "realloc_after_free_reads_zero", run: Run::Backend(realloc_after_free_reads_zero) },
+    Case { name: "zero_after_free", run: Run::Inspect(zero_after_free) },
+    Case { name: "storage_ranges_are_consistent", run: Run::Backend(storage_ranges_are_consistent) },
+    Case { name: "past_capacity_is_out_of_memory", run: Run::Backend(past_capacity_is_out_of_memory) },
+    Case { name: "random_ops_match_reference", run: Run::Backend(random_ops_match_reference) },
+    Case { name: "kernel_add", run: Run::Backend(kernel_add) },
+    Case { name: "kernel_mul", run: Run::Backend(kernel_mul) },
+    Case { name: "kernel_scale", run: Run::Backend(kernel_scale) },
+    Case { name: "kernel_matmul", run: Run::Backend(kernel_matmul) },
+    Case { name: "kernel_invalid_rejected", run: Run::Backend(kernel_invalid_rejected) },
+    Case { name: "kernel_gather", run: Run::Backend(kernel_gather) },
+    Case { name: "kernel_layer_norm", run: Run::Backend(kernel_layer_norm) },
+    Case { name: "kernel_linear", run: Run::Backend(kernel_linear) },
+    Case { name: "kernel_gelu", run: Run::Backend(kernel_gelu) },
+    Case { name: "kernel_attention", run: Run::Backend(kernel_attention) },
+    Case { name: "kernel_mean_pool", run: Run::Backend(kernel_mean_pool) },
+    Case { name: "kernel_l2_normalize", run: Run::Backend(kernel_l2_normalize) },
+    Case { name: "kernel_model_invalid_rejected", run: Run::Backend(kernel_model_invalid_rejected) },
+    Case {
+        name: "partial_dispatch_matches_whole",
+        run: Run::Backend(crate::partial::partial_dispatch_matches_whole),
+    },
 ];
 
 fn alloc(b: &mut dyn GpuBackend, size: u64) -> Result<BufferId, Failure> {
@@ -379,8 +383,16 @@ fn storage_ranges_are_consistent(b: &mut dyn GpuBackend) -> Outcome {
     usage_is(b, Usage::default(), "the storage-range checks")
 }
 
-fn zero_after_free(b: &mut dyn GpuBackend) -> Outcome {
-    let sizes = [4_096u64, 1_000, 65_539, 1, 300_000, 256, 2 * MIB + 3];
+/// Sizes of the zero-after-free rounds: page-sized, odd, one byte, and large enough that a
+/// host arena gives pages back to the OS instead of writing zeros.
+const FREED_SIZES: [u64; 7] = [4_096, 1_000, 65_539, 1, 300_000, 256, 2 * MIB + 3];
+
+/// What any backend shows through `GpuBackend` of zeroing freed memory: a buffer allocated
+/// right after a filled one was freed (the same size, likely the same region, and a neighbour's
+/// size, overlapping it) reads as zero. A backend that zeroes only on allocation passes too;
+/// `zero_after_free` tells the two apart where the storage can be seen.
+fn realloc_after_free_reads_zero(b: &mut dyn GpuBackend) -> Outcome {
+    let sizes = FREED_SIZES;
     for round in 0..4 {
         for (i, &size) in sizes.iter().enumerate() {
             let id = alloc(b, size)?;
@@ -404,6 +416,49 @@ fn zero_after_free(b: &mut dyn GpuBackend) -> Outcome {
             for fresh in again {
                 b.free(fresh).ctx(|| format!("free({fresh:?})"))?;
             }
+        }
+    }
+    usage_is(b, Usage::default(), "the realloc-after-free rounds")
+}
+
+/// Freed memory is zeroed by `free` itself: right after a filled buffer is freed, before
+/// anything is allocated, its bytes in the backend's raw storage read as zero. Buffers beside
+/// it keep their contents (zeroing stays inside the freed range).
+fn zero_after_free(b: &mut dyn Inspect) -> Outcome {
+    for (i, &size) in FREED_SIZES.iter().enumerate() {
+        // A filled neighbour on each side, allocated in order, so that a zeroing pass that
+        // strays past the freed range shows.
+        let before = alloc(b, 4096)?;
+        let id = alloc(b, size)?;
+        let after = alloc(b, 4096)?;
+        for (buf, len) in [(before, 4096), (id, size), (after, 4096)] {
+            b.fill(buf, 0, len, 0xAB).ctx(|| format!("fill of {len} bytes"))?;
+        }
+        let Some(r) = b.storage_range(id, 0, size) else {
+            return Err(Failure(format!(
+                "the backend exposes its storage but gives no storage_range for live {id:?}"
+            )));
+        };
+        let filled =
+            b.storage_bytes(r.clone()).ok_or_else(|| Failure(format!("storage {r:?} not readable")))?;
+        ensure!(filled.iter().all(|&x| x == 0xAB), "storage {r:?} of {id:?} does not hold what was written");
+        b.free(id).ctx(|| format!("free({id:?})"))?;
+        let freed =
+            b.storage_bytes(r.clone()).ok_or_else(|| Failure(format!("storage {r:?} not readable")))?;
+        if let Some(at) = freed.iter().position(|&x| x != 0) {
+            return Err(Failure(format!(
+                "round {i}: the {size}-byte buffer's storage {r:?} still holds {:#x} at byte {at} after \
+                 free: free did not zero it",
+                freed[at]
+            )));
+        }
+        for (buf, len) in [(before, 4096u64), (after, 4096)] {
+            let data = read_all(b, buf)?;
+            ensure!(
+                data.iter().all(|&x| x == 0xAB),
+                "round {i}: freeing a {size}-byte buffer changed its {len}-byte neighbour {buf:?}"
+            );
+            b.free(buf).ctx(|| format!("free({buf:?})"))?;
         }
     }
     usage_is(b, Usage::default(), "the zero-after-free rounds")

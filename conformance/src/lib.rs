@@ -7,7 +7,10 @@
 //!
 //! # Shape
 //!
-//! - A [`Case`] is a name and a `fn(&mut dyn GpuBackend) -> Result<(), Failure>`. Each case
+//! - A [`Case`] is a name and a `fn(&mut dyn GpuBackend) -> Result<(), Failure>`, or, for a
+//!   case that must look at the backend's raw storage (what `free` left behind), a
+//!   `fn(&mut dyn Inspect)`: see [`Run`]. Such a case skips, with the reason, on a backend that
+//!   offers no [`Inspect`] view (a factory returning a plain boxed backend). Each case
 //!   gets a fresh backend built with a capacity of [`SUITE_CAPACITY`] (64 MiB), so the
 //!   out-of-memory cases stay cheap. Cases compute what they expect themselves (shadow copies,
 //!   plain f32/f64 arithmetic), so every case can fail, the host backend included; the random
@@ -51,6 +54,8 @@ mod partial;
 mod support;
 pub mod wire;
 
+pub use support::{Inspect, NO_VIEW, Tested};
+
 /// The capacity, in bytes, a backend under test is built with (64 MiB).
 pub const SUITE_CAPACITY: u64 = 64 << 20;
 
@@ -80,7 +85,30 @@ pub struct Case {
     /// The case's name, a Rust identifier (the name of its generated `#[test]`).
     pub name: &'static str,
     /// Runs the case against a fresh backend.
-    pub run: fn(&mut dyn GpuBackend) -> Result<(), Failure>,
+    pub run: Run,
+}
+
+/// What a case needs of the backend under test.
+#[derive(Debug, Clone, Copy)]
+pub enum Run {
+    /// The backend through [`GpuBackend`] alone: runs on every backend.
+    Backend(fn(&mut dyn GpuBackend) -> Result<(), Failure>),
+    /// The backend with a view of its raw storage ([`Inspect`]): on a backend built without
+    /// one ([`Tested::opaque`]) the case is [`Outcome::Skipped`] with the factory's reason.
+    Inspect(fn(&mut dyn Inspect) -> Result<(), Failure>),
+}
+
+impl Run {
+    /// Runs against `backend`: `Ok(None)` passed, `Ok(Some(reason))` skipped.
+    fn on(self, backend: &mut Tested) -> Result<Option<String>, Failure> {
+        match self {
+            Self::Backend(run) => run(backend.backend()).map(|()| None),
+            Self::Inspect(run) => match backend.inspect() {
+                Ok(viewed) => run(viewed).map(|()| None),
+                Err(why) => Ok(Some(why.to_owned())),
+            },
+        }
+    }
 }
 
 /// Every case, in the order [`run_suite`] runs them.
@@ -98,7 +126,8 @@ pub enum Outcome {
     Passed,
     /// A check failed or the case panicked; the message says which.
     Failed(String),
-    /// The backend could not be built here; the reason says why.
+    /// The backend could not be built here, or offers no view the case needs ([`Run::Inspect`]);
+    /// the reason says why.
     Skipped(String),
 }
 
@@ -170,11 +199,13 @@ impl Verdict {
 }
 
 /// Whether a skip reason only says that a node does not offer an optional feature (it does not
-/// require AUTH, advertise DISPATCH or MODELS): nothing the node claims goes unchecked. Every
-/// other skip (no token given, a backend that cannot be built, limits too small to reach) leaves
-/// a requirement unchecked.
+/// require AUTH, advertise DISPATCH or MODELS), or that a backend does not expose what a case
+/// would inspect (its raw storage, [`NO_VIEW`]; the same requirement is then checked as far as
+/// [`GpuBackend`] shows it): nothing the implementation claims goes unchecked. Every other skip
+/// (no token given, a backend that cannot be built, limits too small to reach) leaves a
+/// requirement unchecked.
 pub fn skip_is_not_applicable(reason: &str) -> bool {
-    reason.starts_with("the node does not ")
+    reason.starts_with("the node does not ") || reason.starts_with("the backend does not ")
 }
 
 /// Judges a run: [`Verdict::Failed`] if any case failed; else [`Verdict::Incomplete`] if no case
@@ -223,20 +254,23 @@ pub fn verdict(reports: &[BackendReport], may_be_absent: &dyn Fn(&str) -> bool) 
 }
 
 /// A factory for the backend under test: a fresh backend, or why none can be built here.
-pub type Factory<'a> = &'a dyn Fn() -> Result<Box<dyn GpuBackend>, String>;
+/// `T` is a boxed [`GpuBackend`] (tested through it alone) or a [`Tested`].
+pub type Factory<'a, T = Box<dyn GpuBackend>> = &'a dyn Fn() -> Result<T, String>;
 
 /// Runs one case on a fresh backend from `make`, catching panics (a panic is a failure).
 /// Returns the result and the device's name if the backend was built.
-pub fn run_case(case: &Case, make: Factory<'_>) -> (CaseResult, Option<String>) {
+pub fn run_case<T: Into<Tested>>(case: &Case, make: Factory<'_, T>) -> (CaseResult, Option<String>) {
     let start = Instant::now();
     let mut device = None;
     let outcome = match panic::catch_unwind(AssertUnwindSafe(|| match make() {
         Err(reason) => Outcome::Skipped(reason),
-        Ok(mut backend) => {
-            let info = backend.info();
+        Ok(made) => {
+            let mut tested = made.into();
+            let info = tested.backend().info();
             device = Some(format!("{} ({})", info.name, info.vendor));
-            match (case.run)(&mut *backend) {
-                Ok(()) => Outcome::Passed,
+            match case.run.on(&mut tested) {
+                Ok(None) => Outcome::Passed,
+                Ok(Some(why)) => Outcome::Skipped(why),
                 Err(failure) => Outcome::Failed(failure.0),
             }
         }
@@ -250,12 +284,10 @@ pub fn run_case(case: &Case, make: Factory<'_>) -> (CaseResult, Option<String>) 
 
 /// Runs every case in [`CASES`], each on a fresh backend from `make`.
 ///
-/// A factory error makes that case [`Outcome::Skipped`] with the error as its reason; a panic
-/// in the factory or the case makes it [`Outcome::Failed`].
-pub fn run_suite(
-    backend_name: &str,
-    make: &dyn Fn() -> Result<Box<dyn GpuBackend>, String>,
-) -> BackendReport {
+/// A factory error makes that case [`Outcome::Skipped`] with the error as its reason, and so
+/// does a backend without a storage view for the cases that need one ([`Run::Inspect`]); a
+/// panic in the factory or the case makes it [`Outcome::Failed`].
+pub fn run_suite<T: Into<Tested>>(backend_name: &str, make: Factory<'_, T>) -> BackendReport {
     let mut device = None;
     let mut results = Vec::with_capacity(CASES.len());
     for case in CASES {
@@ -344,17 +376,19 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// The body of each `#[test]` that [`testgen!`] generates. Not for direct use.
 ///
 /// Builds the backend; if that fails, skips loudly (stderr) unless [`required`], then panics.
-/// Runs the case and panics with its failure message.
+/// Runs the case and panics with its failure message; a case the backend offers no view for
+/// skips loudly with the reason.
 #[doc(hidden)]
-pub fn __run_case_test<F>(backend: &str, name: &str, make: F)
+pub fn __run_case_test<F, T>(backend: &str, name: &str, make: F)
 where
-    F: Fn() -> Result<Box<dyn GpuBackend>, String>,
+    F: Fn() -> Result<T, String>,
+    T: Into<Tested>,
 {
     let Some(case) = case(name) else {
         panic!("testgen! lists `{name}`, which is not in rela_conformance::CASES");
     };
     let mut instance = match make() {
-        Ok(b) => b,
+        Ok(b) => b.into(),
         Err(reason) if required(backend) => {
             panic!("backend `{backend}` is required by {REQUIRE_ENV} but unavailable: {reason}")
         }
@@ -363,8 +397,10 @@ where
             return;
         }
     };
-    if let Err(failure) = (case.run)(&mut *instance) {
-        panic!("{backend}/{name} failed: {failure}");
+    match case.run.on(&mut instance) {
+        Ok(None) => {}
+        Ok(Some(why)) => eprintln!("SKIPPED {backend}/{name}: {why}"),
+        Err(failure) => panic!("{backend}/{name} failed: {failure}"),
     }
 }
 
@@ -372,12 +408,13 @@ where
 /// `testgen_lists_every_case`, which fails if [`CASES`] has a case the macro does not list.
 ///
 /// `$backend` is the backend's name (as [`required`] matches it); `$make` is a closure
-/// `Fn() -> Result<Box<dyn GpuBackend>, String>` building a fresh backend with a capacity of
-/// [`SUITE_CAPACITY`], or saying why it cannot.
+/// building a fresh backend with a capacity of [`SUITE_CAPACITY`], or saying why it cannot:
+/// `Fn() -> Result<Box<dyn GpuBackend>, String>`, or `Fn() -> Result<Tested, String>` for a
+/// backend with a view of its raw storage ([`Tested::inspectable`]).
 ///
 /// ```ignore
 /// rela_conformance::testgen!("host", || {
-///     Ok(Box::new(OwnedHostBackend::with_capacity(SUITE_CAPACITY as usize)))
+///     Ok(Tested::inspectable(OwnedHostBackend::with_capacity(SUITE_CAPACITY as usize)))
 /// });
 /// ```
 #[macro_export]
@@ -398,6 +435,7 @@ macro_rules! testgen {
             copy_within_buffer,
             copy_overlap_rejected,
             fill_ranges,
+            realloc_after_free_reads_zero,
             zero_after_free,
             storage_ranges_are_consistent,
             past_capacity_is_out_of_memory,
@@ -476,7 +514,7 @@ mod tests {
 
     #[test]
     fn factory_errors_skip_every_case() {
-        let r = run_suite("nothing", &|| Err("no device here".into()));
+        let r = run_suite::<Tested>("nothing", &|| Err("no device here".into()));
         assert_eq!(r.results.len(), CASES.len());
         assert!(r.results.iter().all(|c| c.outcome == Outcome::Skipped("no device here".into())));
         assert_eq!(r.device, None);
@@ -489,7 +527,7 @@ mod tests {
     #[test]
     fn panicking_factory_is_a_failure() {
         let first = &CASES[0];
-        let (r, dev) = run_case(first, &|| panic!("factory exploded"));
+        let (r, dev) = run_case::<Tested>(first, &|| panic!("factory exploded"));
         assert_eq!(r.outcome, Outcome::Failed("panicked: factory exploded".into()));
         assert_eq!(dev, None);
     }
@@ -515,7 +553,7 @@ mod tests {
     fn verdicts() {
         let never = |_: &str| false;
         let passed = report("alpha", &[Outcome::Passed, Outcome::Passed]);
-        assert_eq!(verdict(&[passed.clone()], &never), Verdict::Passed);
+        assert_eq!(verdict(std::slice::from_ref(&passed), &never), Verdict::Passed);
         let failed = report("beta", &[Outcome::Passed, Outcome::Failed("x".into())]);
         assert_eq!(verdict(&[passed.clone(), failed], &never), Verdict::Failed);
         assert_eq!(Verdict::Failed.exit_code(), 1);

@@ -1,10 +1,108 @@
-//! Helpers shared by the cases: a deterministic PRNG, error context, snapshots.
+//! Helpers shared by the cases: a deterministic PRNG, error context, snapshots; and the backend
+//! under test as a factory makes it ([`Tested`]), with the optional view of its raw storage
+//! ([`Inspect`]).
 
 use std::fmt::Debug;
+use std::ops::Range;
 
+use rela_backend_host::{Arena, HostMemory};
 use rela_core::backend::{BackendError, BufferId, GpuBackend, Usage};
 
 use crate::Failure;
+
+/// A view of a backend's raw storage, freed regions included: what lets the suite see what
+/// `free` leaves behind. Through [`GpuBackend`] alone a backend that zeroes memory only when it
+/// hands it out again looks the same as one that zeroes it when it is freed; only the storage
+/// itself tells them apart (case `zero_after_free`).
+///
+/// Ranges are in the coordinates [`GpuBackend::storage_range`] reports, so a backend with this
+/// view answers `storage_range` for its live buffers. The host backend has it
+/// ([`HostMemory`], over any arena); a backend without it is tested through [`Tested::opaque`],
+/// and the cases that need the view skip there with its reason.
+pub trait Inspect: GpuBackend {
+    /// Bytes `r` of the storage as they are now, whether or not a live buffer holds them;
+    /// `None` if `r` does not lie inside the storage.
+    fn storage_bytes(&mut self, r: Range<usize>) -> Option<Vec<u8>>;
+}
+
+impl<S: Arena, const N: usize> Inspect for HostMemory<S, N> {
+    fn storage_bytes(&mut self, r: Range<usize>) -> Option<Vec<u8>> {
+        let storage = self.storage();
+        (r.start <= r.end && r.end <= storage.len()).then(|| storage.bytes(r).to_vec())
+    }
+}
+
+/// Why a backend tested through [`GpuBackend`] alone skips the cases that need [`Inspect`],
+/// unless its factory gives a reason of its own ([`Tested::opaque`]).
+pub const NO_VIEW: &str = "the backend does not expose its raw storage (rela_conformance::Inspect), so what \
+                           free leaves behind cannot be read; realloc_after_free_reads_zero checks what the \
+                           next allocation sees";
+
+/// A backend under test, as a factory makes it: used through [`GpuBackend`] only, or also with
+/// a view of its raw storage ([`Inspect`]).
+///
+/// Any boxed [`GpuBackend`] converts into an opaque one (with the reason [`NO_VIEW`]), so a
+/// factory returning `Result<Box<dyn GpuBackend>, String>` works as it is.
+pub struct Tested(Made);
+
+enum Made {
+    Opaque { backend: Box<dyn GpuBackend>, why: String },
+    Viewed(Box<dyn Inspect>),
+}
+
+impl Tested {
+    /// A backend whose raw storage the suite may read.
+    pub fn inspectable(backend: impl Inspect + 'static) -> Self {
+        Self(Made::Viewed(Box::new(backend)))
+    }
+
+    /// A backend used through [`GpuBackend`] only; `why` says why it offers no [`Inspect`]
+    /// view (the skip reason of the cases that need one).
+    pub fn opaque(backend: Box<dyn GpuBackend>, why: impl Into<String>) -> Self {
+        Self(Made::Opaque { backend, why: why.into() })
+    }
+
+    /// The backend.
+    pub fn backend(&mut self) -> &mut dyn GpuBackend {
+        match &mut self.0 {
+            Made::Opaque { backend, .. } => &mut **backend,
+            Made::Viewed(backend) => &mut **backend,
+        }
+    }
+
+    /// The backend with its storage view, or why it has none.
+    pub fn inspect(&mut self) -> Result<&mut dyn Inspect, &str> {
+        match &mut self.0 {
+            Made::Opaque { why, .. } => Err(why),
+            Made::Viewed(backend) => Ok(&mut **backend),
+        }
+    }
+}
+
+impl Debug for Tested {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let view = matches!(self.0, Made::Viewed(_));
+        f.debug_struct("Tested").field("storage_view", &view).finish_non_exhaustive()
+    }
+}
+
+impl From<Box<dyn GpuBackend>> for Tested {
+    fn from(backend: Box<dyn GpuBackend>) -> Self {
+        Self::opaque(backend, NO_VIEW)
+    }
+}
+
+impl From<Box<dyn GpuBackend + Send>> for Tested {
+    fn from(backend: Box<dyn GpuBackend + Send>) -> Self {
+        Self::opaque(backend, NO_VIEW)
+    }
+}
+
+impl<B: GpuBackend + 'static> From<Box<B>> for Tested {
+    fn from(backend: Box<B>) -> Self {
+        Self::opaque(backend, NO_VIEW)
+    }
+}
 
 /// Returns early with a [`Failure`] built from a format string unless `cond` holds.
 macro_rules! ensure {
