@@ -11,9 +11,9 @@
 //!
 //! # Why this is sound
 //!
-//! The memory is a raw allocation owned by [`Memory`] behind an `Arc`; no reference to all of
-//! it ever exists, only references to the ranges an access names, so the rules for references
-//! apply range by range. Two handles touch it:
+//! The memory is a mapping of its own (not heap memory) owned by [`Memory`] behind an `Arc`; no
+//! reference to all of it ever exists, only references to the ranges an access names, so the
+//! rules for references apply range by range. Two handles touch it:
 //!
 //! - the backend, through [`SharedArena`], on the engine thread: the ranges of the buffers
 //!   named by the call it is running (a session's own buffers, a model's tensors);
@@ -30,19 +30,42 @@
 //! session could free anything: the lease's drop, then the deferred commands. The `Arc` keeps
 //! the memory alive for as long as any lease exists, even if the engine thread ends first.
 //!
+//! # Freed memory goes back to the OS
+//!
+//! A freed buffer's range is zeroed before another buffer can get it ([`Arena::release`]). For
+//! a large range the zeros are not written: the whole pages inside it go back to the OS
+//! (`madvise(MADV_DONTNEED)` on Linux, valid because the mapping is private, anonymous and
+//! page-aligned by construction), so the node's resident memory shrinks as soon as a session's
+//! buffers are freed, and those pages read as zero when next touched. Only the unaligned head
+//! and tail are filled.
+//!
 //! [`GpuBackend::storage_range`]: rela_core::backend::GpuBackend::storage_range
 
+use std::io;
 use std::ops::Range;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
 use rela_backend_host::{Arena, HostMemory, KernelInputs};
 
-/// A zeroed heap allocation, reached only through raw pointers.
+/// Freed ranges whose page-aligned interior spans at least this many bytes go back to the OS
+/// (where it zeroes them by unmapping, [`os::discard`]); smaller ones are zeroed with a fill,
+/// which costs about what the system call does and keeps their pages for the next buffer.
+const DISCARD_MIN: usize = 64 * 1024;
+
+/// Zeroed memory mapped straight from the OS, reached only through raw pointers.
+///
+/// The mapping is made here ([`os::map`]: private and anonymous on Unix), not by an allocator,
+/// so by construction it starts on a page boundary, reads as zero, gets physical pages only as
+/// they are written, and is the only thing on its pages. That is what lets [`zero`](Self::zero)
+/// hand whole pages back to the OS instead of writing zeros into them.
 #[derive(Debug)]
 struct Memory {
+    /// The mapping's start (page-aligned), or dangling when `len` is 0 (nothing mapped).
     ptr: NonNull<u8>,
     len: usize,
+    /// The OS page size, if pages may be given back ([`os::discard`]).
+    page: Option<usize>,
 }
 
 // SAFETY: `Memory` is plain bytes with no thread affinity; who may touch which bytes when is
@@ -53,16 +76,11 @@ unsafe impl Send for Memory {}
 unsafe impl Sync for Memory {}
 
 impl Memory {
-    /// `len` zeroed bytes, mapped lazily by the OS (calloc), or the reason the heap cannot
-    /// provide them.
-    fn zeroed(len: usize) -> Result<Self, std::collections::TryReserveError> {
-        // The plain host backend's arena, made the same way (the heap probed first, then
-        // zeroed pages that the OS maps on first write).
-        let boxed = rela_backend_host::OwnedHostBackend::try_with_capacity(len)?.into_storage();
-        let raw: *mut [u8] = Box::into_raw(boxed);
-        // A `Box`'s pointer is never null.
-        let ptr = NonNull::new(raw.cast::<u8>()).unwrap_or(NonNull::dangling());
-        Ok(Self { ptr, len })
+    /// `len` zeroed bytes, which the OS backs only as they are written, or why it cannot map
+    /// them.
+    fn zeroed(len: usize) -> io::Result<Self> {
+        let ptr = if len == 0 { NonNull::dangling() } else { os::map(len)? };
+        Ok(Self { ptr, len, page: os::page_size() })
     }
 
     /// Panics unless `r` lies inside the allocation (a broken caller, never the peer: every
@@ -89,14 +107,149 @@ impl Memory {
         // SAFETY: in bounds (caller), and exclusive for the slice's lifetime (caller).
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(r.start), r.len()) }
     }
+
+    /// Sets the bytes of `r` to zero. The whole pages inside a large `r` go back to the OS
+    /// (they read as zero and hold no memory until written again); the unaligned head and tail,
+    /// and all of a small `r`, are filled with zeros.
+    ///
+    /// # Safety
+    /// `r` is inside the allocation and nothing else touches those bytes meanwhile.
+    unsafe fn zero(&self, r: Range<usize>) {
+        if let Some(page) = self.page {
+            // The whole pages of `r`: offsets that are multiples of the page size are page
+            // boundaries because the mapping starts on one (`os::map`).
+            let start = r.start.next_multiple_of(page).min(r.end);
+            let end = (r.end - r.end % page).max(start);
+            // SAFETY: `start..end` is whole pages inside `r`, so inside this mapping and
+            // untouched by anything else (caller).
+            if end - start >= DISCARD_MIN && unsafe { os::discard(self.ptr.as_ptr().add(start), end - start) }
+            {
+                // SAFETY: both inside `r` (caller).
+                unsafe {
+                    self.slice_mut(r.start..start).fill(0);
+                    self.slice_mut(end..r.end).fill(0);
+                }
+                return;
+            }
+        }
+        // SAFETY: as the caller guarantees.
+        unsafe { self.slice_mut(r) }.fill(0);
+    }
 }
 
 impl Drop for Memory {
     fn drop(&mut self) {
-        let raw = std::ptr::slice_from_raw_parts_mut(self.ptr.as_ptr(), self.len);
-        // SAFETY: made by `Box::into_raw` of a `Box<[u8]>` of this length in `zeroed`, and
-        // dropped once (the last `Arc` goes).
-        drop(unsafe { Box::from_raw(raw) });
+        if self.len > 0 {
+            // SAFETY: the mapping `zeroed` made, unmapped once (the last `Arc` goes, so no
+            // slice or lease of it is left).
+            unsafe { os::unmap(self.ptr, self.len) };
+        }
+    }
+}
+
+/// The OS's memory calls: every `unsafe` call into libc in this crate.
+#[cfg(unix)]
+mod os {
+    use std::io;
+    use std::ptr::{self, NonNull};
+
+    /// Maps `len` (more than 0) bytes of private anonymous memory: page-aligned, zeroed, backed
+    /// by physical pages only once written.
+    pub(super) fn map(len: usize) -> io::Result<NonNull<u8>> {
+        // SAFETY: a new mapping at an address the kernel picks; it replaces nothing.
+        let p = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned address 0"))
+    }
+
+    /// Unmaps a mapping.
+    ///
+    /// # Safety
+    /// `ptr` and `len` are exactly a mapping made by [`map`], and nothing uses it afterwards.
+    pub(super) unsafe fn unmap(ptr: NonNull<u8>, len: usize) {
+        // SAFETY: a whole mapping of ours (caller). Failure is impossible for one made by
+        // `map`; nothing could be done about it in a destructor anyway.
+        let _ = unsafe { libc::munmap(ptr.as_ptr().cast(), len) };
+    }
+
+    /// The size of a page, where [`discard`] may be used.
+    pub(super) fn page_size() -> Option<usize> {
+        // SAFETY: sysconf reads a constant.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        usize::try_from(page).ok().filter(|&p| p > 0 && cfg!(any(target_os = "linux", target_os = "android")))
+    }
+
+    /// Gives the pages at `ptr..ptr + len` back to the OS; they read as zero afterwards.
+    /// `false` if they were left as they are (the caller zeroes them itself).
+    ///
+    /// On Linux, `MADV_DONTNEED` on a private anonymous mapping frees the pages at once, and a
+    /// later access maps fresh zeroed pages; other systems make no such promise for it.
+    ///
+    /// # Safety
+    /// `ptr` is page-aligned, `len` a multiple of the page size, the range inside a mapping made
+    /// by [`map`], and nothing else touches it meanwhile.
+    pub(super) unsafe fn discard(ptr: *mut u8, len: usize) -> bool {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            // SAFETY: whole pages of our private anonymous mapping that nothing else touches
+            // (caller): dropping their contents is the same as writing zeros.
+            unsafe { libc::madvise(ptr.cast(), len, libc::MADV_DONTNEED) == 0 }
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        {
+            let _ = (ptr, len);
+            false
+        }
+    }
+}
+
+/// The OS's memory calls, without Unix: zeroed memory from the global allocator, never handed
+/// back early.
+#[cfg(not(unix))]
+mod os {
+    use std::alloc::{Layout, alloc_zeroed, dealloc};
+    use std::io;
+    use std::ptr::NonNull;
+
+    /// `len` (more than 0) zeroed bytes.
+    pub(super) fn map(len: usize) -> io::Result<NonNull<u8>> {
+        let layout = Layout::from_size_align(len, 1).map_err(io::Error::other)?;
+        // SAFETY: `layout` has a non-zero size.
+        NonNull::new(unsafe { alloc_zeroed(layout) })
+            .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))
+    }
+
+    /// Frees memory from [`map`].
+    ///
+    /// # Safety
+    /// `ptr` and `len` are exactly what [`map`] gave, and nothing uses it afterwards.
+    pub(super) unsafe fn unmap(ptr: NonNull<u8>, len: usize) {
+        // SAFETY: allocated by `map` with this layout (caller), which `map` checked.
+        unsafe { dealloc(ptr.as_ptr(), Layout::from_size_align_unchecked(len, 1)) }
+    }
+
+    /// No pages are ever handed back here.
+    pub(super) const fn page_size() -> Option<usize> {
+        None
+    }
+
+    /// Never called: [`page_size`] is `None`.
+    ///
+    /// # Safety
+    /// None needed: it does nothing.
+    pub(super) unsafe fn discard(_: *mut u8, _: usize) -> bool {
+        false
     }
 }
 
@@ -121,8 +274,16 @@ impl Arena for SharedArena {
         if !self.fresh {
             let all = 0..self.mem.len;
             // SAFETY: in bounds; called when the backend is made, before any lease exists.
-            unsafe { self.mem.slice_mut(all) }.fill(0);
+            unsafe { self.mem.zero(all) };
         }
+    }
+
+    fn release(&mut self, r: Range<usize>) {
+        self.mem.check(&r);
+        // SAFETY: in bounds; the range of a buffer being freed, which no lease holds (the engine
+        // frees nothing of a session while its leases are out: module docs), and `&mut self`
+        // keeps the backend from holding a slice of it meanwhile.
+        unsafe { self.mem.zero(r) };
     }
 
     fn bytes(&self, r: Range<usize>) -> &[u8] {
@@ -230,7 +391,7 @@ impl Lease {
 /// handle on its memory.
 pub(crate) fn host_backend<const N: usize>(
     capacity: usize,
-) -> Result<(HostMemory<SharedArena, N>, DirectMemory), std::collections::TryReserveError> {
+) -> io::Result<(HostMemory<SharedArena, N>, DirectMemory)> {
     let mem = Arc::new(Memory::zeroed(capacity)?);
     let direct = DirectMemory { mem: mem.clone() };
     Ok((HostMemory::with_block_table(SharedArena { mem, fresh: true }), direct))

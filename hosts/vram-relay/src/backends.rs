@@ -47,7 +47,8 @@ pub(crate) type Boxed = Box<dyn GpuBackend + Send>;
 /// tasks (WRITE and READ data go straight between the socket and the buffer), with a
 /// node-wide table of [`HOST_BLOCKS`] buffers.
 pub(crate) fn host_for_node(capacity: u64) -> Result<rela_node::NodeBackend, String> {
-    rela_node::NodeBackend::host::<HOST_BLOCKS>(host_bytes(capacity)?).map_err(|e| no_room(capacity, &e))
+    rela_node::NodeBackend::host::<HOST_BLOCKS>(host_bytes(capacity)?)
+        .map_err(|e| format!("cannot map {capacity} bytes of host memory: {e}"))
 }
 
 /// `capacity` as a host allocation size.

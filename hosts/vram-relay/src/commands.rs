@@ -1,135 +1,158 @@
 //! The subcommands other than `bench`.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use clap::builder::BoolishValueParser;
 use rela_client::{Client, ClientError, LoadStage};
-use rela_core::config::{DEFAULT_DISCOVERY_PORT, MAX_PAYLOAD};
-use rela_node::{Node, NodeConfig};
+use rela_core::config::{DEFAULT_DISCOVERY_PORT, MAX_BUFFERS, MAX_PAYLOAD};
+use rela_core::wire::ErrorCode;
+use rela_node::{ConfigError, Node, NodeConfig};
 
 use crate::ConnectArgs;
+use crate::addr::NodeAddr;
 use crate::backends::{self, BackendChoice};
-use crate::util::{self, human, parse_size};
+use crate::error::CliError;
+use crate::util::{self, human, outln, parse_size};
 
-/// `vram-relay serve`.
+/// `vram-relay serve`. Every flag can also be set by the environment variable its help names
+/// (the flag wins).
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
     /// TCP address for sessions. Binding anything but loopback needs a token (or
     /// --allow-unauthenticated).
-    #[arg(long, default_value = "127.0.0.1:8765")]
+    #[arg(long, env = "RELA_LISTEN", default_value = "127.0.0.1:8765")]
     listen: SocketAddr,
-    /// UDP address for discovery.
-    #[arg(long, default_value = "127.0.0.1:8766")]
+    /// UDP address for discovery (`vram-relay discover` asks 127.0.0.1:8766 and the LAN's
+    /// broadcast address by default).
+    #[arg(long, env = "RELA_DISCOVERY", default_value = "127.0.0.1:8766")]
     discovery: SocketAddr,
     /// Do not answer discovery.
-    #[arg(long)]
+    #[arg(long, env = "RELA_NO_DISCOVERY", value_parser = BoolishValueParser::new())]
     no_discovery: bool,
     /// Backend: auto tries cuda, vulkan, wgpu, then host.
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    #[arg(long, env = "RELA_BACKEND", value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
-    /// Device to use with --backend vulkan|wgpu|cuda: a name substring or an index (the log
-    /// lists what is available).
-    #[arg(long)]
+    /// Device: a name substring or an index (Vulkan devices, wgpu adapters) or a CUDA ordinal.
+    /// With --backend auto, the first of cuda, vulkan, wgpu that has it; an error if none has.
+    #[arg(long, env = "RELA_DEVICE")]
     device: Option<String>,
     /// Memory the node lends in total (e.g. 1GiB).
-    #[arg(long, value_parser = parse_size, default_value = "1GiB")]
+    #[arg(long, env = "RELA_CAPACITY", value_parser = util::parse_nonzero_size, default_value = "1GiB")]
     capacity: u64,
     /// Shared token; sessions must AUTH with it (prefer --token-file or AUTH_TOKEN).
     #[arg(long, env = "AUTH_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// File holding the shared token.
-    #[arg(long)]
+    #[arg(long, env = "RELA_TOKEN_FILE")]
     token_file: Option<PathBuf>,
     /// Refuse to start without a token (REQUIRE_AUTH=1).
-    #[arg(long, env = "REQUIRE_AUTH", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
+    #[arg(long, env = "REQUIRE_AUTH", value_parser = BoolishValueParser::new(), default_value = "false")]
     require_auth: bool,
     /// Serve a non-loopback address without a token. Anyone who can reach it can use the GPU.
-    #[arg(long)]
+    #[arg(long, env = "RELA_ALLOW_UNAUTHENTICATED", value_parser = BoolishValueParser::new())]
     allow_unauthenticated: bool,
     /// Most concurrent sessions.
-    #[arg(long, default_value_t = 64)]
-    max_sessions: usize,
+    #[arg(long, env = "RELA_MAX_SESSIONS", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_sessions: u32,
     /// Memory one session may hold (e.g. 256MiB).
-    #[arg(long, value_parser = parse_size, default_value = "256MiB")]
+    #[arg(long, env = "RELA_QUOTA", value_parser = util::parse_nonzero_size, default_value = "256MiB")]
     quota: u64,
-    /// Buffers one session may hold (at most 256).
-    #[arg(long, default_value_t = 64)]
+    /// Buffers one session may hold (1 to 256).
+    #[arg(long, env = "RELA_MAX_BUFFERS", default_value_t = 64,
+          value_parser = clap::value_parser!(u16).range(1..=MAX_BUFFERS as i64))]
     max_buffers: u16,
     /// Largest frame payload (at most 16MiB).
-    #[arg(long, value_parser = parse_size, default_value = "16MiB")]
-    max_payload: u64,
+    #[arg(long, env = "RELA_MAX_PAYLOAD", value_parser = parse_max_payload, default_value = "16MiB")]
+    max_payload: u32,
     /// Seconds a client has to finish HELLO (and AUTH).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, env = "RELA_HANDSHAKE_TIMEOUT", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
     handshake_timeout: u64,
     /// Seconds of silence before a session is closed (0: never).
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, env = "RELA_IDLE_TIMEOUT", default_value_t = 300)]
     idle_timeout: u64,
     /// Enable the Khronos validation layer on the Vulkan backend.
-    #[arg(long)]
+    #[arg(long, env = "RELA_VK_VALIDATION", value_parser = BoolishValueParser::new())]
     vk_validation: bool,
-    /// Serve the models in this directory (one subdirectory per model with model.safetensors,
-    /// tokenizer.json and config.json; see hosts/models/fetch-model.sh).
-    #[arg(long)]
+    /// Serve the models in this directory: the folder that holds one folder per model, each
+    /// with model.safetensors, tokenizer.json and config.json (`--models models` after
+    /// hosts/models/fetch-model.sh).
+    #[arg(long, env = "RELA_MODELS")]
     models: Option<PathBuf>,
 }
 
-pub(crate) async fn serve(args: ServeArgs) -> Result<(), String> {
+/// `--max-payload`: a size of at most 16 MiB.
+fn parse_max_payload(s: &str) -> Result<u32, String> {
+    let n = parse_size(s)?;
+    u32::try_from(n)
+        .ok()
+        .filter(|n| *n <= MAX_PAYLOAD)
+        .ok_or_else(|| format!("{} is above the protocol cap of {}", human(n), human(u64::from(MAX_PAYLOAD))))
+}
+
+pub(crate) async fn serve(args: ServeArgs) -> Result<(), CliError> {
     let token = util::load_token(args.token.as_deref(), args.token_file.as_deref())?;
     if args.require_auth && token.is_none() {
         return Err("REQUIRE_AUTH is set but no token was given (AUTH_TOKEN, --token or --token-file)".into());
     }
-    if args.max_payload > MAX_PAYLOAD as u64 {
-        return Err(format!("--max-payload {} is above the protocol cap of 16 MiB", args.max_payload));
-    }
     let mut config = NodeConfig {
         listen: args.listen,
         discovery: (!args.no_discovery).then_some(args.discovery),
-        max_sessions: args.max_sessions,
+        max_sessions: args.max_sessions as usize,
         allow_unauthenticated: args.allow_unauthenticated,
         models: args.models.clone(),
         ..NodeConfig::default()
     };
     config.session.quota = args.quota;
     config.session.max_buffers = args.max_buffers;
-    config.session.max_payload = args.max_payload as u32;
+    config.session.max_payload = args.max_payload;
     config.session.handshake_timeout = rela_core::time::Duration::from_secs(args.handshake_timeout);
     config.session.idle_timeout = rela_core::time::Duration::from_secs(args.idle_timeout);
     if let Some(t) = &token {
         config = config.with_token(t);
     }
-    config.validate().map_err(|e| format!("{e}; see --help"))?;
+    config.validate().map_err(|e| match e {
+        // A policy refusal, not a malformed value.
+        ConfigError::UnauthenticatedBind(_) => CliError::Failed(format!("{e}; see --help")),
+        _ => CliError::Usage(format!("{e}; see --help")),
+    })?;
     if token.is_none() && !args.listen.ip().is_loopback() {
         tracing::warn!(
             listen = %args.listen,
             "serving a non-loopback address WITHOUT AUTHENTICATION: anyone who can reach it can use this GPU"
         );
     }
+    // Before the backend starts (which can take seconds and a device): are the ports free?
+    check_ports(&config)?;
+    if let Some(dir) = &args.models {
+        check_models(dir)?;
+    }
 
-    let backend = match args.backend {
-        BackendChoice::Host => backends::host_for_node(args.capacity)?,
-        BackendChoice::Auto => {
-            let (b, choice) = backends::open_auto(args.capacity, args.vk_validation)
-                .map_err(|why| format!("no backend could start: {why}"))?;
-            tracing::info!(backend = choice.name(), "using backend");
-            if choice == BackendChoice::Host {
-                // Every device backend failed: the host backend, as the node shares it.
-                drop(b);
-                backends::host_for_node(args.capacity)?
-            } else {
-                b.into()
-            }
-        }
-        other => backends::open_on(other, args.capacity, args.vk_validation, args.device.as_deref())
-            .map_err(|why| format!("backend {} cannot start: {why}", other.name()))?
-            .into(),
-    };
+    let backend = open_backend(&args)?;
     let info = backend.info();
-    let node = Node::start(config, backend).await.map_err(|e| format!("cannot start the node: {e}"))?;
+    if backends::runs_on_cpu(&info.name) {
+        tracing::warn!(
+            device = %info.name,
+            "this device is a software rasterizer: it runs on the CPU, not on a GPU"
+        );
+    }
+    let node = Node::start(config, backend).await.map_err(|e| match e {
+        rela_node::NodeError::Io(io) if io.kind() == std::io::ErrorKind::AddrInUse => {
+            format!(
+                "cannot start the node: {io} (--listen {} or --discovery {})",
+                args.listen, args.discovery
+            )
+        }
+        e => format!("cannot start the node: {e}"),
+    })?;
+    let discovery = node.discovery_addr().map_or_else(|| "off".to_owned(), |a| a.to_string());
     tracing::info!(
         listen = %node.local_addr(),
-        discovery = ?node.discovery_addr(),
+        discovery = %discovery,
         backend = %info.backend,
         device = %info.name,
         lends = %human(info.total),
@@ -142,11 +165,111 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), String> {
     match node.shutdown().await {
         Ok(usage) if usage.used == 0 && usage.buffers == 0 => tracing::info!("stopped; all memory released"),
         Ok(usage) => {
-            tracing::warn!(used = usage.used, buffers = usage.buffers, "stopped with memory still held")
+            tracing::warn!(used = %human(usage.used), buffers = usage.buffers, "stopped with memory still held")
         }
-        Err(e) => return Err(format!("shutdown failed: {e}")),
+        Err(e) => return Err(format!("shutdown failed: {e}").into()),
     }
     Ok(())
+}
+
+/// Binds the session and discovery ports once and lets them go, so that a clash is reported
+/// (naming the port and the flag) before the backend is opened.
+fn check_ports(config: &NodeConfig) -> Result<(), CliError> {
+    let clash = |what: &str, addr: SocketAddr, flag: &str, e: std::io::Error| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            format!(" (another node running? choose another with {flag})")
+        } else {
+            String::new()
+        };
+        CliError::Failed(format!("cannot bind the {what} port {addr}: {e}{hint}"))
+    };
+    if config.listen.port() != 0 {
+        std::net::TcpListener::bind(config.listen)
+            .map_err(|e| clash("session (TCP)", config.listen, "--listen", e))?;
+    }
+    if let Some(d) = config.discovery.filter(|d| d.port() != 0) {
+        std::net::UdpSocket::bind(d)
+            .map_err(|e| clash("discovery (UDP)", d, "--discovery ADDR or --no-discovery", e))?;
+    }
+    Ok(())
+}
+
+/// Looks at a `--models` directory before the node opens it: refuses a model's own folder
+/// (naming the folder to give instead), warns about every subfolder that is not a usable model
+/// and why, and says which models will be served.
+fn check_models(dir: &Path) -> Result<(), CliError> {
+    use rela_models::{CONFIG_FILE, SAFETENSORS_FILE, TOKENIZER_FILE};
+    let files = [SAFETENSORS_FILE, TOKENIZER_FILE, CONFIG_FILE];
+    if files.iter().any(|f| dir.join(f).is_file()) {
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".."));
+        let name = dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        return Err(CliError::Usage(format!(
+            "--models {} is a model's own folder; give the folder that holds it: --models {} (serves {name:?})",
+            dir.display(),
+            parent.display()
+        )));
+    }
+    let repo =
+        rela_models::ModelRepository::open(dir).map_err(|e| format!("--models {}: {e}", dir.display()))?;
+    let entries = std::fs::read_dir(repo.root()).map_err(|e| format!("--models {}: {e}", dir.display()))?;
+    let mut usable = Vec::new();
+    for entry in entries.filter_map(Result::ok) {
+        if !entry.path().is_dir() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let checked = repo.files(&name).and_then(|f| {
+            let bytes = std::fs::read(&f.config)
+                .map_err(|source| rela_models::ModelError::Io { path: f.config.clone(), source })?;
+            rela_models::BertConfig::from_json(&bytes).map(|_| ())
+        });
+        match checked {
+            Ok(()) => usable.push(name),
+            Err(why) => {
+                tracing::warn!(folder = %entry.path().display(), reason = %why, "not a usable model; skipped")
+            }
+        }
+    }
+    usable.sort();
+    if usable.is_empty() {
+        tracing::warn!(dir = %dir.display(), "no usable model in --models: the node will serve none");
+    } else {
+        tracing::info!(dir = %dir.display(), models = %usable.join(", "), "models found");
+    }
+    Ok(())
+}
+
+/// Opens the backend `serve` asked for, honouring `--device` with every backend choice.
+fn open_backend(args: &ServeArgs) -> Result<rela_node::NodeBackend, CliError> {
+    let device = args.device.as_deref();
+    match (args.backend, device) {
+        (BackendChoice::Host, Some(d)) => {
+            tracing::warn!(device = d, "--device is ignored by the host backend");
+            Ok(backends::host_for_node(args.capacity)?)
+        }
+        (BackendChoice::Host, None) => Ok(backends::host_for_node(args.capacity)?),
+        (BackendChoice::Auto, Some(d)) => {
+            let (b, choice) = backends::open_auto_on(args.capacity, args.vk_validation, d)
+                .map_err(|why| format!("no backend has a device matching --device {d:?}: {why}"))?;
+            tracing::info!(backend = choice.name(), "using backend");
+            Ok(b.into())
+        }
+        (BackendChoice::Auto, None) => {
+            let (b, choice) = backends::open_auto(args.capacity, args.vk_validation)
+                .map_err(|why| format!("no backend could start: {why}"))?;
+            tracing::info!(backend = choice.name(), "using backend");
+            if choice == BackendChoice::Host {
+                // Every device backend failed: the host backend, as the node shares it.
+                drop(b);
+                Ok(backends::host_for_node(args.capacity)?)
+            } else {
+                Ok(b.into())
+            }
+        }
+        (other, _) => Ok(backends::open_on(other, args.capacity, args.vk_validation, device)
+            .map_err(|why| format!("backend {} cannot start: {why}", other.name()))?
+            .into()),
+    }
 }
 
 async fn wait_for_signal() {
@@ -174,12 +297,18 @@ async fn wait_for_signal() {
 /// `vram-relay discover`.
 #[derive(Debug, Args)]
 pub(crate) struct DiscoverArgs {
-    /// Seconds to wait for answers.
-    #[arg(long, default_value_t = 2.0)]
-    timeout: f64,
-    /// Where to send DISCOVER: a node's discovery address, or a broadcast address.
-    #[arg(long, default_value_t = SocketAddr::from(([255, 255, 255, 255], DEFAULT_DISCOVERY_PORT)))]
-    to: SocketAddr,
+    /// Longest wait for answers, in seconds (more than 0, at most 60).
+    #[arg(long, value_name = "SECONDS", default_value = "2", value_parser = |s: &str| util::parse_seconds(s, 60.0))]
+    timeout: Duration,
+    /// Stop this many seconds after the last new answer (nodes on a LAN answer within
+    /// milliseconds); asking only nodes by address (--to) stops once each has answered.
+    #[arg(long, value_name = "SECONDS", default_value = "0.5", value_parser = |s: &str| util::parse_seconds(s, 60.0))]
+    settle: Duration,
+    /// Where to send DISCOVER: a node's discovery address, or a broadcast address (repeatable).
+    /// Default: the LAN's broadcast address and 127.0.0.1, port 8766, where a node started
+    /// with the defaults listens.
+    #[arg(long, value_name = "ADDR")]
+    to: Vec<SocketAddr>,
     /// Shared token: only nodes that prove they hold it are listed.
     #[arg(long, env = "AUTH_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -191,15 +320,19 @@ pub(crate) struct DiscoverArgs {
     json: bool,
 }
 
-pub(crate) async fn discover(args: DiscoverArgs) -> Result<(), String> {
+pub(crate) async fn discover(args: DiscoverArgs) -> Result<(), CliError> {
     let token = util::load_token(args.token.as_deref(), args.token_file.as_deref())?;
-    if !(args.timeout.is_finite() && args.timeout > 0.0 && args.timeout <= 60.0) {
-        return Err("--timeout must be between 0 and 60 seconds".into());
-    }
-    let report =
-        rela_client::discover_report(args.to, Duration::from_secs_f64(args.timeout), token.as_deref())
-            .await
-            .map_err(|e| format!("discovery failed: {e}"))?;
+    let targets = if args.to.is_empty() {
+        vec![
+            SocketAddr::from((Ipv4Addr::BROADCAST, DEFAULT_DISCOVERY_PORT)),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_DISCOVERY_PORT)),
+        ]
+    } else {
+        args.to.clone()
+    };
+    let report = rela_client::discover_targets(&targets, args.timeout, Some(args.settle), token.as_deref())
+        .await
+        .map_err(|e| format!("discovery failed: {e}"))?;
     if args.json {
         let nodes: Vec<_> = report
             .nodes
@@ -216,13 +349,18 @@ pub(crate) async fn discover(args: DiscoverArgs) -> Result<(), String> {
                 })
             })
             .collect();
-        println!("{}", serde_json::json!({ "nodes": nodes, "rejected": report.rejected.len() }));
+        outln!("{}", serde_json::json!({ "nodes": nodes, "rejected": report.rejected.len() }));
         return Ok(());
     }
     if report.nodes.is_empty() {
-        println!("no nodes answered within {} s", args.timeout);
+        let asked: Vec<String> = targets.iter().map(ToString::to_string).collect();
+        outln!(
+            "no nodes answered within {} s (asked {}); for a node serving discovery elsewhere, give --to ADDR",
+            args.timeout.as_secs_f64(),
+            asked.join(" and ")
+        );
     } else {
-        println!("{:<22} {:<8} {:<36} {:>12} {:>12}  auth", "address", "backend", "device", "free", "total");
+        outln!("{:<22} {:<8} {:<36} {:>12} {:>12}  auth", "address", "backend", "device", "free", "total");
         for n in &report.nodes {
             let auth = match (n.auth_required, n.verified) {
                 (true, true) => "required (signature verified)",
@@ -230,7 +368,7 @@ pub(crate) async fn discover(args: DiscoverArgs) -> Result<(), String> {
                 (false, true) => "none (signature verified)",
                 (false, false) => "none",
             };
-            println!(
+            outln!(
                 "{:<22} {:<8} {:<36} {:>12} {:>12}  {auth}",
                 n.addr.to_string(),
                 n.backend.to_string(),
@@ -246,23 +384,51 @@ pub(crate) async fn discover(args: DiscoverArgs) -> Result<(), String> {
     Ok(())
 }
 
-async fn connect(conn: &ConnectArgs) -> Result<Client, String> {
+/// Connects as `conn` asks, with messages that say what to do.
+async fn connect(conn: &ConnectArgs) -> Result<Client, CliError> {
     let token = util::load_token(conn.token.as_deref(), conn.token_file.as_deref())?;
-    Client::connect(conn.addr, token.as_deref()).await.map_err(|e| match e {
-        ClientError::TokenRequired => format!("{} requires a token (--token-file or AUTH_TOKEN)", conn.addr),
-        ClientError::AuthRejected => format!("{} rejected the token", conn.addr),
-        e => format!("cannot connect to {}: {e}", conn.addr),
-    })
+    let addr = &conn.addr;
+    let (client, _) = Client::connect_host(&addr.to_string(), token.as_deref(), conn.options())
+        .await
+        .map_err(|e| match e {
+            ClientError::TokenRequired => format!("{addr} requires a token (--token-file or AUTH_TOKEN)"),
+            ClientError::AuthRejected => format!("{addr} rejected the token"),
+            e @ ClientError::Timeout { .. } => {
+                format!("cannot connect to {addr}: {e} (is it a RELA node? --timeout sets the limit)")
+            }
+            e => format!("cannot connect to {addr}: {e}"),
+        })?;
+    Ok(client)
 }
 
-pub(crate) async fn info(conn: ConnectArgs, json: bool) -> Result<(), String> {
+/// Ends the session with BYE. The command's work is done by then, and the node frees the
+/// session's memory whether or not BYE arrives, so a failure here is only a warning.
+async fn bye(client: Client, addr: &NodeAddr) {
+    if let Err(e) = client.close().await {
+        eprintln!(
+            "warning: {addr}: the session ended without a BYE exchange ({e}); the node frees it anyway"
+        );
+    }
+}
+
+/// An ALLOC failure, with the session's quota when the quota was the problem.
+fn alloc_failed(client: &Client, size: u64, e: &ClientError) -> String {
+    let quota = if e.code() == Some(ErrorCode::QUOTA_EXCEEDED) {
+        format!(" (this node's session quota is {})", human(client.welcome().quota))
+    } else {
+        String::new()
+    };
+    format!("alloc of {} failed: {e}{quota}", human(size))
+}
+
+pub(crate) async fn info(conn: ConnectArgs, json: bool) -> Result<(), CliError> {
     let mut c = connect(&conn).await?;
     let rtt = c.ping().await.map_err(|e| e.to_string())?;
     let d = c.device_info().await.map_err(|e| e.to_string())?;
     let w = *c.welcome();
-    c.close().await.map_err(|e| e.to_string())?;
+    bye(c, &conn.addr).await;
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "addr": conn.addr.to_string(), "backend": d.backend.to_string(), "device": d.name, "vendor": d.vendor,
@@ -272,54 +438,55 @@ pub(crate) async fn info(conn: ConnectArgs, json: bool) -> Result<(), String> {
             })
         );
     } else {
-        println!("node        {}", conn.addr);
-        println!("backend     {} ({})", d.backend, d.vendor);
-        println!("device      {}", d.name);
-        println!(
+        outln!("node        {}", conn.addr);
+        outln!("backend     {} ({})", d.backend, d.vendor);
+        outln!("device      {}", d.name);
+        outln!(
             "memory      {} free of {} (largest allocation {})",
             human(d.free),
             human(d.total),
             human(d.max_alloc)
         );
-        println!(
+        outln!(
             "session     quota {}, {} buffers, frames up to {}",
             human(w.quota),
             w.max_buffers,
             human(w.max_payload as u64)
         );
-        println!("protocol    v{}, auth {}", w.version, if w.auth_required() { "required" } else { "off" });
-        println!("round trip  {:.1} µs", rtt.as_secs_f64() * 1e6);
+        outln!("protocol    v{}, auth {}", w.version, if w.auth_required() { "required" } else { "off" });
+        outln!("round trip  {:.1} µs", rtt.as_secs_f64() * 1e6);
     }
     Ok(())
 }
 
-pub(crate) async fn put(conn: ConnectArgs, file: PathBuf, then_get: Option<PathBuf>) -> Result<(), String> {
+pub(crate) async fn put(conn: ConnectArgs, file: PathBuf, then_get: Option<PathBuf>) -> Result<(), CliError> {
     let data = std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     if data.is_empty() {
-        return Err(format!("{} is empty: nothing to upload", file.display()));
+        return Err(format!("{} is empty: nothing to upload", file.display()).into());
     }
     let mut c = connect(&conn).await?;
-    let h = c
-        .alloc(data.len() as u64)
-        .await
-        .map_err(|e| format!("alloc of {} failed: {e}", human(data.len() as u64)))?;
-    let bar = util::progress_bar(data.len() as u64, "put");
+    let size = data.len() as u64;
+    let h = match c.alloc(size).await {
+        Ok(h) => h,
+        Err(e) => return Err(alloc_failed(&c, size, &e).into()),
+    };
+    let bar = util::progress_bar(size, "put");
     let t = Instant::now();
     c.write_with_progress(h, 0, &data, Some(&mut |done, _| bar.set_position(done)))
         .await
         .map_err(|e| format!("upload failed: {e}"))?;
     let up = t.elapsed();
     bar.finish_and_clear();
-    println!(
+    outln!(
         "put {} ({}) into handle {:#010x}: {:.1} MiB/s",
         file.display(),
-        human(data.len() as u64),
+        human(size),
         h.raw(),
         data.len() as f64 / up.as_secs_f64() / (1 << 20) as f64
     );
     if let Some(out) = then_get {
         let mut back = vec![0u8; data.len()];
-        let bar = util::progress_bar(data.len() as u64, "get");
+        let bar = util::progress_bar(size, "get");
         let t = Instant::now();
         c.read_into_with_progress(h, 0, &mut back, Some(&mut |done, _| bar.set_position(done)))
             .await
@@ -330,23 +497,29 @@ pub(crate) async fn put(conn: ConnectArgs, file: PathBuf, then_get: Option<PathB
         if back != data {
             return Err("the bytes read back differ from the bytes written".into());
         }
-        println!(
+        outln!(
             "got it back into {}: {:.1} MiB/s, identical",
             out.display(),
             data.len() as f64 / down.as_secs_f64() / (1 << 20) as f64
         );
     }
-    c.close().await.map_err(|e| e.to_string())?;
+    bye(c, &conn.addr).await;
     Ok(())
 }
 
-pub(crate) async fn get(conn: ConnectArgs, out: PathBuf, size: u64, fill: Option<u8>) -> Result<(), String> {
-    if size == 0 {
-        return Err("--size must be at least 1 byte".into());
-    }
-    let len = usize::try_from(size).map_err(|_| "size does not fit in memory".to_string())?;
+pub(crate) async fn get(
+    conn: ConnectArgs,
+    out: PathBuf,
+    size: u64,
+    fill: Option<u8>,
+) -> Result<(), CliError> {
+    let len = usize::try_from(size)
+        .map_err(|_| CliError::Usage(format!("{} does not fit in memory", human(size))))?;
     let mut c = connect(&conn).await?;
-    let h = c.alloc(size).await.map_err(|e| format!("alloc of {} failed: {e}", human(size)))?;
+    let h = match c.alloc(size).await {
+        Ok(h) => h,
+        Err(e) => return Err(alloc_failed(&c, size, &e).into()),
+    };
     if let Some(v) = fill {
         c.fill(h, 0, size, v).await.map_err(|e| format!("fill failed: {e}"))?;
     }
@@ -358,9 +531,9 @@ pub(crate) async fn get(conn: ConnectArgs, out: PathBuf, size: u64, fill: Option
         .map_err(|e| format!("download failed: {e}"))?;
     let took = t.elapsed();
     bar.finish_and_clear();
-    c.close().await.map_err(|e| e.to_string())?;
+    bye(c, &conn.addr).await;
     std::fs::write(&out, &data).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
-    println!(
+    outln!(
         "got {} into {}: {:.1} MiB/s",
         human(size),
         out.display(),
@@ -375,14 +548,14 @@ pub(crate) async fn embed(
     texts: Vec<String>,
     json: bool,
     weights: Option<PathBuf>,
-) -> Result<(), String> {
+) -> Result<(), CliError> {
     let file = match &weights {
         Some(path) => Some(std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?),
         None => None,
     };
     let mut c = connect(&conn).await?;
     if !c.serves_models() {
-        return Err(format!("{} serves no models (start it with --models DIR)", conn.addr));
+        return Err(format!("{} serves no models (start it with --models DIR)", conn.addr).into());
     }
     let started = Instant::now();
     // One bar per stage: the file going to the node, then the weights going into device memory.
@@ -406,17 +579,28 @@ pub(crate) async fn embed(
     if let Some((_, b)) = bar.take() {
         b.finish_and_clear();
     }
-    let m = loading.map_err(|e| match &weights {
-        Some(path) => format!("loading {} as {model} failed: {e}", path.display()),
-        None => format!("loading {model} failed: {e}"),
-    })?;
+    let m = match loading {
+        Ok(m) => m,
+        Err(e) => {
+            let quota = if e.code() == Some(ErrorCode::QUOTA_EXCEEDED) {
+                format!(" (this node's session quota is {})", human(c.welcome().quota))
+            } else {
+                String::new()
+            };
+            return Err(match &weights {
+                Some(path) => format!("loading {} as {model} failed: {e}{quota}", path.display()),
+                None => format!("loading {model} failed: {e}{quota}"),
+            }
+            .into());
+        }
+    };
     let loaded = started.elapsed();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let started = Instant::now();
     let vectors = c.infer(m, &refs).await.map_err(|e| format!("inference failed: {e}"))?;
     let inferred = started.elapsed();
     c.model_unload(m).await.map_err(|e| format!("unload failed: {e}"))?;
-    c.close().await.map_err(|e| e.to_string())?;
+    bye(c, &conn.addr).await;
     let sim: Vec<Vec<f32>> = vectors
         .iter()
         .map(|a| vectors.iter().map(|b| a.iter().zip(b).map(|(x, y)| x * y).sum()).collect())
@@ -426,10 +610,10 @@ pub(crate) async fn embed(
             "model": model, "dim": m.dim, "embeddings": vectors, "similarity": sim,
             "load_ms": loaded.as_millis() as u64, "infer_ms": inferred.as_millis() as u64,
         });
-        println!("{out}");
+        outln!("{out}");
         return Ok(());
     }
-    println!(
+    outln!(
         "{model}: {} dims, {} of weights loaded in {} ms, {} text(s) embedded in {} ms",
         m.dim,
         human(m.bytes),
@@ -439,13 +623,13 @@ pub(crate) async fn embed(
     );
     for (t, v) in texts.iter().zip(&vectors) {
         let head: Vec<String> = v.iter().take(6).map(|x| format!("{x:+.4}")).collect();
-        println!("[{} …]  {t}", head.join(", "));
+        outln!("[{} …]  {t}", head.join(", "));
     }
     if texts.len() > 1 {
-        println!("\ncosine similarity:");
+        outln!("\ncosine similarity:");
         for (i, row) in sim.iter().enumerate() {
             let cells: Vec<String> = row.iter().map(|x| format!("{x:6.3}")).collect();
-            println!("  [{i}] {}", cells.join(" "));
+            outln!("  [{i}] {}", cells.join(" "));
         }
     }
     Ok(())
@@ -454,12 +638,15 @@ pub(crate) async fn embed(
 /// `vram-relay conformance`.
 #[derive(Debug, Args)]
 pub(crate) struct ConformanceArgs {
-    /// Backend(s) to certify: host, vulkan, wgpu (both APIs), wgpu-vulkan, wgpu-gl, cuda, or all.
-    #[arg(long, conflicts_with = "node")]
-    backend: Option<String>,
-    /// Run the wire suite against a running node instead.
-    #[arg(long)]
-    node: Option<SocketAddr>,
+    /// Backend(s) to certify, comma-separated: host, vulkan, wgpu (both APIs), wgpu-vulkan,
+    /// wgpu-gl, cuda, or all (default). A backend named here that cannot run on this machine
+    /// makes the run incomplete (exit status 3); under `all` (or `wgpu`) it is skipped, unless
+    /// RELA_REQUIRE_BACKENDS names it.
+    #[arg(long, conflicts_with = "node", value_parser = BackendSet::parse)]
+    backend: Option<BackendSet>,
+    /// Run the wire suite against a running node (`HOST[:PORT]`) instead.
+    #[arg(long, value_parser = NodeAddr::parse)]
+    node: Option<NodeAddr>,
     /// Token for --node.
     #[arg(long, env = "AUTH_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -474,48 +661,69 @@ pub(crate) struct ConformanceArgs {
     vk_validation: bool,
 }
 
-fn backend_list(spec: &str) -> Result<Vec<BackendChoice>, String> {
-    let mut out = Vec::new();
-    for name in spec.split(',').map(str::trim) {
-        let add: &[BackendChoice] = match name {
-            "all" => &[
-                BackendChoice::Host,
-                BackendChoice::Vulkan,
-                BackendChoice::WgpuVulkan,
-                BackendChoice::WgpuGl,
-                BackendChoice::Cuda,
-            ],
-            "host" => &[BackendChoice::Host],
-            "vulkan" => &[BackendChoice::Vulkan],
-            "wgpu" => &[BackendChoice::WgpuVulkan, BackendChoice::WgpuGl],
-            "wgpu-vulkan" => &[BackendChoice::WgpuVulkan],
-            "wgpu-gl" => &[BackendChoice::WgpuGl],
-            "cuda" => &[BackendChoice::Cuda],
-            other => {
-                return Err(format!(
-                    "unknown backend {other:?} (host, vulkan, wgpu, wgpu-vulkan, wgpu-gl, cuda, all)"
-                ));
-            }
-        };
-        for b in add {
-            if !out.contains(b) {
-                out.push(*b);
-            }
-        }
-    }
-    Ok(out)
+/// The backends a conformance run certifies, and which of them came from a group name (`all`,
+/// `wgpu`) and so may be absent from this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BackendSet {
+    list: Vec<BackendChoice>,
+    grouped: Vec<BackendChoice>,
 }
 
-pub(crate) async fn conformance(args: ConformanceArgs) -> Result<(), String> {
-    if let Some(addr) = args.node {
-        let token = util::load_token(args.token.as_deref(), args.token_file.as_deref())?;
-        let report = rela_conformance::wire::run(addr, token.as_deref()).await;
-        print!("{}", rela_conformance::render_table(std::slice::from_ref(&report)));
-        write_json(args.json.as_ref(), std::slice::from_ref(&report))?;
-        return if report.ok() { Ok(()) } else { Err("wire conformance failed".into()) };
+impl BackendSet {
+    /// Parses a comma-separated list of backend names.
+    fn parse(spec: &str) -> Result<Self, String> {
+        let mut set = Self { list: Vec::new(), grouped: Vec::new() };
+        for name in spec.split(',').map(str::trim) {
+            let (add, group): (&[BackendChoice], bool) = match name {
+                "all" => (
+                    &[
+                        BackendChoice::Host,
+                        BackendChoice::Vulkan,
+                        BackendChoice::WgpuVulkan,
+                        BackendChoice::WgpuGl,
+                        BackendChoice::Cuda,
+                    ],
+                    true,
+                ),
+                "host" => (&[BackendChoice::Host], false),
+                "vulkan" => (&[BackendChoice::Vulkan], false),
+                "wgpu" => (&[BackendChoice::WgpuVulkan, BackendChoice::WgpuGl], true),
+                "wgpu-vulkan" => (&[BackendChoice::WgpuVulkan], false),
+                "wgpu-gl" => (&[BackendChoice::WgpuGl], false),
+                "cuda" => (&[BackendChoice::Cuda], false),
+                other => {
+                    return Err(format!(
+                        "unknown backend {other:?} (host, vulkan, wgpu, wgpu-vulkan, wgpu-gl, cuda, all)"
+                    ));
+                }
+            };
+            for b in add {
+                if !set.list.contains(b) {
+                    set.list.push(*b);
+                }
+            }
+            if group {
+                set.grouped.extend_from_slice(add);
+            }
+        }
+        // A backend named on its own is expected here even if a group named it too.
+        let named: Vec<BackendChoice> =
+            spec.split(',').filter_map(|n| set.list.iter().copied().find(|b| b.name() == n.trim())).collect();
+        set.grouped.retain(|b| !named.contains(b));
+        Ok(set)
     }
-    let spec = args.backend.as_deref().unwrap_or("all");
-    let choices = backend_list(spec)?;
+}
+
+pub(crate) async fn conformance(args: ConformanceArgs) -> Result<(), CliError> {
+    if let Some(addr) = &args.node {
+        return conformance_node(addr, &args).await;
+    }
+    let set = match &args.backend {
+        Some(set) => set.clone(),
+        // "all" always parses.
+        None => BackendSet::parse("all").map_err(CliError::Usage)?,
+    };
+    let choices = set.list.clone();
     let vk_validation = args.vk_validation;
     let reports = tokio::task::spawn_blocking(move || {
         choices
@@ -531,13 +739,64 @@ pub(crate) async fn conformance(args: ConformanceArgs) -> Result<(), String> {
     })
     .await
     .map_err(|e| format!("the suite crashed: {e}"))?;
-    print!("{}", rela_conformance::render_table(&reports));
+    util::write_out(format_args!("{}", rela_conformance::render_table(&reports)))?;
     write_json(args.json.as_ref(), &reports)?;
-    let failed: Vec<_> = reports.iter().filter(|r| !r.ok()).map(|r| r.backend.clone()).collect();
-    if failed.is_empty() { Ok(()) } else { Err(format!("conformance failed for: {}", failed.join(", "))) }
+    let may_be_absent = |name: &str| set.grouped.iter().any(|b| b.name() == name);
+    match rela_conformance::verdict(&reports, &may_be_absent) {
+        rela_conformance::Verdict::Passed => Ok(()),
+        rela_conformance::Verdict::Failed => {
+            let failed: Vec<_> = reports.iter().filter(|r| !r.ok()).map(|r| r.backend.clone()).collect();
+            Err(format!("conformance failed for: {}", failed.join(", ")).into())
+        }
+        rela_conformance::Verdict::Incomplete(why) => Err(CliError::Incomplete(why.join("\n  "))),
+    }
 }
 
-fn write_json(path: Option<&PathBuf>, reports: &[rela_conformance::BackendReport]) -> Result<(), String> {
+/// `conformance --node`: checks the token first (a wrong one stops the run at once, instead of
+/// failing every case and tripping the node's AUTH throttle), then runs the wire suite.
+async fn conformance_node(addr: &NodeAddr, args: &ConformanceArgs) -> Result<(), CliError> {
+    let token = util::load_token(args.token.as_deref(), args.token_file.as_deref())?;
+    let host = addr.to_string();
+    let candidates: Vec<SocketAddr> =
+        tokio::net::lookup_host(&host).await.map_err(|e| format!("cannot resolve {host}: {e}"))?.collect();
+    let mut last = format!("cannot resolve {host}");
+    let mut resolved = None;
+    for candidate in candidates {
+        let options = rela_client::ClientOptions::default();
+        match Client::connect_with(candidate, token.as_deref(), options).await {
+            Ok(client) => {
+                bye(client, addr).await;
+                resolved = Some(candidate);
+                break;
+            }
+            Err(ClientError::AuthRejected) => {
+                return Err(format!("{addr} rejected the token (AUTH_FAILED): no case was run").into());
+            }
+            Err(ClientError::TokenRequired) => {
+                eprintln!(
+                    "note: {addr} requires a token and none was given (--token-file or AUTH_TOKEN): \
+                     the cases that need a session will be skipped"
+                );
+                resolved = Some(candidate);
+                break;
+            }
+            // Not reachable at this address; the name may have another.
+            Err(e) => last = format!("cannot run the wire suite against {addr}: {e}"),
+        }
+    }
+    let Some(resolved) = resolved else { return Err(last.into()) };
+    let report = rela_conformance::wire::run(resolved, token.as_deref()).await;
+    let reports = std::slice::from_ref(&report);
+    util::write_out(format_args!("{}", rela_conformance::render_table(reports)))?;
+    write_json(args.json.as_ref(), reports)?;
+    match rela_conformance::verdict(reports, &|_| false) {
+        rela_conformance::Verdict::Passed => Ok(()),
+        rela_conformance::Verdict::Failed => Err("wire conformance failed".into()),
+        rela_conformance::Verdict::Incomplete(why) => Err(CliError::Incomplete(why.join("\n  "))),
+    }
+}
+
+fn write_json(path: Option<&PathBuf>, reports: &[rela_conformance::BackendReport]) -> Result<(), CliError> {
     if let Some(p) = path {
         let json = serde_json::to_string_pretty(reports).map_err(|e| e.to_string())?;
         std::fs::write(p, json).map_err(|e| format!("cannot write {}: {e}", p.display()))?;

@@ -1,23 +1,52 @@
 //! `vram-relay`: run a VRAM relay node, find nodes, move data, benchmark and certify backends.
 //!
 //! Exit codes: `0` success; `1` the command failed (connection, protocol, a failed conformance
-//! case, a bad file); `2` bad usage (unknown flag, invalid value).
+//! case, a bad file); `2` bad usage (unknown flag, invalid value); `3` a conformance run that
+//! failed nothing but checked nothing, or skipped cases that leave requirements unchecked.
 
+mod addr;
 mod backends;
 mod bench;
 mod commands;
 mod embed_bench;
+mod error;
 mod util;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
-/// Lend this machine's GPU memory and compute to thin clients over RELA.
+use crate::addr::NodeAddr;
+use crate::error::CliError;
+
+/// `--version`: the version, the build, and the backends compiled in.
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\nbuild: ",
+    env!("VRAM_RELAY_BUILD"),
+    "\nbackends: cuda (driver loaded at run time), vulkan, wgpu (vulkan, gl), host",
+    "\nprotocol: RELA v1"
+);
+
+/// What the top-level help says after the command list.
+const AFTER_HELP: &str = "\
+Exit codes: 0 success, 1 the command failed, 2 bad usage, 3 conformance checked nothing (or \
+skipped required cases).
+Every command has --help. Shell completions: `vram-relay completions bash`; man page: \
+`vram-relay manpage`.";
+
+/// Lend this machine's GPU memory and compute to thin clients over RELA: run a node, find
+/// nodes, move data, embed text, benchmark and certify backends.
 #[derive(Debug, Parser)]
-#[command(name = "vram-relay", version, about, propagate_version = true)]
+#[command(
+    name = "vram-relay",
+    version,
+    long_version = LONG_VERSION,
+    propagate_version = true,
+    after_help = AFTER_HELP
+)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -38,14 +67,30 @@ enum LogFormat {
 /// Client-side connection options.
 #[derive(Debug, Clone, Args)]
 struct ConnectArgs {
-    /// Node address (`HOST:PORT`).
-    addr: SocketAddr,
+    /// Node address: `HOST[:PORT]`, e.g. `localhost`, `192.168.1.20:8765` (default port 8765).
+    #[arg(value_parser = NodeAddr::parse)]
+    addr: NodeAddr,
     /// Shared token (prefer --token-file or AUTH_TOKEN: command lines are visible to others).
     #[arg(long, env = "AUTH_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// File holding the shared token.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// Seconds to wait for the node at each step before giving up: the connection, the
+    /// handshake, and each request [default: 10, 10 and 60].
+    #[arg(long, value_name = "SECONDS", value_parser = |s: &str| util::parse_seconds(s, 3600.0))]
+    timeout: Option<Duration>,
+}
+
+impl ConnectArgs {
+    /// The client options these arguments ask for.
+    fn options(&self) -> rela_client::ClientOptions {
+        let options = rela_client::ClientOptions::default();
+        match self.timeout {
+            Some(t) => options.with_timeout(t),
+            None => options,
+        }
+    }
 }
 
 /// `vram-relay serve`: the node's options and the runtime that drives it.
@@ -56,7 +101,7 @@ struct ServeCli {
     /// Threads running the node's connections: socket reads and writes, frame checks and CRCs
     /// (the backend has its own thread besides). 1 runs every connection on one thread, with the
     /// fewest wakeups between threads. Default: one fewer than the CPU cores, at least 1.
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "RELA_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
 }
 
@@ -118,8 +163,8 @@ enum Command {
         conn: ConnectArgs,
         /// Output file.
         out: PathBuf,
-        /// Bytes to allocate and download (e.g. 64MiB).
-        #[arg(long, value_parser = util::parse_size)]
+        /// Bytes to allocate and download (e.g. 64MiB; at least 1 byte).
+        #[arg(long, value_parser = util::parse_nonzero_size)]
         size: u64,
         /// Fill the buffer with this byte on the node first (default: leave the fresh zeroes).
         #[arg(long)]
@@ -146,12 +191,22 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         weights: Option<PathBuf>,
     },
-    /// Benchmark a node against a raw TCP baseline in the same run.
+    /// Benchmark a node (or one it spawns with --spawn) against a raw TCP baseline in the same run.
+    #[command(
+        override_usage = "vram-relay bench <ADDR> [OPTIONS]\n       vram-relay bench --spawn [--backend B] [OPTIONS]"
+    )]
     Bench(bench::BenchArgs),
     /// Embedding throughput through a node beside the same backend in-process (sentences/s).
     BenchEmbed(embed_bench::EmbedBenchArgs),
     /// Run the backend conformance suite, or the wire suite against a running node.
     Conformance(commands::ConformanceArgs),
+    /// Print a shell completion script (e.g. `vram-relay completions bash > /etc/bash_completion.d/vram-relay`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `vram-relay manpage > vram-relay.1`.
+    Manpage,
 }
 
 fn init_logging(format: LogFormat) {
@@ -166,8 +221,29 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Writes the completion script for `shell` to stdout.
+fn completions(shell: clap_complete::Shell) -> Result<(), CliError> {
+    let mut buf = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "vram-relay", &mut buf);
+    util::write_out(format_args!("{}", String::from_utf8_lossy(&buf)))
+}
+
+/// Writes the man page to stdout.
+fn manpage() -> Result<(), CliError> {
+    let mut buf = Vec::new();
+    clap_mangen::Man::new(Cli::command())
+        .render(&mut buf)
+        .map_err(|e| CliError::Failed(format!("cannot render the man page: {e}")))?;
+    util::write_out(format_args!("{}", String::from_utf8_lossy(&buf)))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match cli.command {
+        Command::Completions { shell } => return exit(completions(shell)),
+        Command::Manpage => return exit(manpage()),
+        _ => {}
+    }
     init_logging(cli.log_format);
     let runtime = match runtime(&cli.command) {
         Ok(rt) => rt,
@@ -186,16 +262,24 @@ fn main() -> ExitCode {
             Command::Embed { conn, model, texts, json, weights } => {
                 commands::embed(conn, model, texts, json, weights).await
             }
-            Command::Bench(args) => bench::run(args).await,
-            Command::BenchEmbed(args) => embed_bench::run(args).await,
+            Command::Bench(args) => bench::run(args).await.map_err(CliError::from),
+            Command::BenchEmbed(args) => embed_bench::run(args).await.map_err(CliError::from),
             Command::Conformance(args) => commands::conformance(args).await,
+            Command::Completions { .. } | Command::Manpage => Ok(()),
         }
     });
+    exit(result)
+}
+
+/// The exit status for a command's result, with its message on stderr.
+fn exit(result: Result<(), CliError>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::ClosedPipe) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
+            let what = if matches!(e, CliError::Incomplete(_)) { "incomplete" } else { "error" };
+            eprintln!("{what}: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -1,8 +1,51 @@
 //! Small helpers shared by the commands: sizes, tokens, progress bars.
 
+use std::fmt;
+use std::io::Write as _;
 use std::path::Path;
+use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::error::CliError;
+
+/// `println!` for command output: a reader that has gone away (`vram-relay embed ... | head`)
+/// ends the command quietly with status 0 instead of a panic. Use inside a function returning
+/// `Result<_, CliError>`.
+macro_rules! outln {
+    ($($t:tt)*) => {
+        $crate::util::write_out(format_args!("{}\n", format_args!($($t)*)))?
+    };
+}
+pub(crate) use outln;
+
+/// Writes to stdout; a closed pipe is [`CliError::ClosedPipe`].
+pub(crate) fn write_out(args: fmt::Arguments<'_>) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(args).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(CliError::ClosedPipe),
+        Err(e) => Err(CliError::Failed(format!("cannot write to stdout: {e}"))),
+    }
+}
+
+/// [`parse_size`] for sizes that must be at least one byte.
+pub(crate) fn parse_nonzero_size(s: &str) -> Result<u64, String> {
+    match parse_size(s)? {
+        0 => Err("must be at least 1 byte".into()),
+        n => Ok(n),
+    }
+}
+
+/// Parses seconds (`2`, `0.5`) for a timeout: more than 0 and at most `max`.
+pub(crate) fn parse_seconds(s: &str, max: f64) -> Result<Duration, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if v.is_finite() && v > 0.0 && v <= max {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        Err(format!("must be more than 0 and at most {max} seconds"))
+    }
+}
 
 /// Parses `4096`, `64K`, `64KiB`, `16M`, `16MiB`, `1G`, `1GiB` (binary units).
 pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
@@ -86,6 +129,17 @@ mod tests {
         assert!(parse_size("1XB").is_err());
         assert!(parse_size("").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn checked_values() {
+        assert_eq!(parse_nonzero_size("1"), Ok(1));
+        assert!(parse_nonzero_size("0").unwrap_err().contains("at least 1 byte"));
+        assert_eq!(parse_seconds("0.5", 60.0), Ok(Duration::from_millis(500)));
+        for bad in ["0", "-1", "61", "nan", "inf", "x"] {
+            assert!(parse_seconds(bad, 60.0).is_err(), "{bad}");
+        }
+        assert!(parse_seconds("0", 60.0).unwrap_err().contains("more than 0"));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The `vram-relay` binary end to end: serve, discover, info, put --then-get, get, the exit
-//! codes scripts rely on, and a graceful stop on SIGTERM. Loopback only.
+//! codes scripts rely on, timeouts, messages, and a graceful stop on SIGTERM. Loopback only.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
@@ -16,6 +16,34 @@ fn free_port() -> u16 {
 
 fn run(args: &[&str]) -> Output {
     Command::new(BIN).args(args).env_remove("AUTH_TOKEN").env_remove("REQUIRE_AUTH").output().unwrap()
+}
+
+/// Runs the binary, failing the test if it is still running after `limit` (a hang).
+fn run_within(limit: Duration, args: &[&str]) -> Output {
+    let child = Command::new(BIN)
+        .args(args)
+        .env_remove("AUTH_TOKEN")
+        .env_remove("REQUIRE_AUTH")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            panic!("vram-relay {args:?} still running after {limit:?}");
+        }
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// A `serve` child on free loopback ports, killed on drop.
@@ -101,6 +129,10 @@ fn serve_discover_info_put_get_and_stop() {
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(info["backend"], "host");
     assert_eq!(info["total"], 64 << 20);
+    // Host names work, whichever address `localhost` resolves to first.
+    let port = node.addr.rsplit_once(':').unwrap().1;
+    let out = run(&["info", &format!("localhost:{port}")]);
+    assert!(out.status.success(), "{}", stderr(&out));
 
     let dir = std::env::temp_dir().join(format!("vram-relay-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -116,7 +148,28 @@ fn serve_discover_info_put_get_and_stop() {
     let z = std::fs::read(&zeros).unwrap();
     assert_eq!(z.len(), 1 << 20);
     assert!(z.iter().all(|b| *b == 0), "fresh memory reads as zeros, after the earlier put was freed");
+    // Past the session quota: the message states the quota, in human units.
+    let out = run(&["get", &node.addr, zeros.to_str().unwrap(), "--size", "300MiB"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("QUOTA_EXCEEDED") && stderr(&out).contains("quota is 256.00 MiB"),
+        "{}",
+        stderr(&out)
+    );
     std::fs::remove_dir_all(&dir).unwrap();
+
+    // A reader that goes away (`| head`) ends the command quietly, with status 0.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(BIN)
+        .args(["info", &node.addr])
+        .env_remove("AUTH_TOKEN")
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
 
     assert!(node.terminate().success(), "SIGTERM stops the node with status 0");
 }
@@ -160,10 +213,272 @@ fn exit_codes_and_safe_defaults() {
     let out =
         Command::new(BIN).args(["serve", "--backend", "host"]).env("REQUIRE_AUTH", "1").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    // Every command has --help.
-    for cmd in ["serve", "discover", "info", "put", "get", "embed", "bench", "bench-embed", "conformance"] {
+    // Every command has --help, and the top-level help lists each one.
+    let commands = [
+        "serve",
+        "discover",
+        "info",
+        "put",
+        "get",
+        "embed",
+        "bench",
+        "bench-embed",
+        "conformance",
+        "completions",
+        "manpage",
+    ];
+    let top = String::from_utf8_lossy(&run(&["--help"]).stdout).into_owned();
+    for cmd in commands {
         assert!(run(&[cmd, "--help"]).status.success(), "{cmd} --help");
+        assert!(
+            top.lines().any(|l| l.trim_start().starts_with(&format!("{cmd} "))),
+            "--help lists {cmd}: {top}"
+        );
     }
+    // Plain `bench` says how to run it without a node.
+    let out = run(&["bench"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--spawn"), "{}", stderr(&out));
+}
+
+#[test]
+fn validation_failures_exit_2_with_the_reason() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["conformance", "--backend", "foo"], "unknown backend \"foo\""),
+        (&["get", "127.0.0.1:1", "/nonexistent/out", "--size", "0"], "at least 1 byte"),
+        (&["serve", "--max-buffers", "1000"], "1000 is not in 1..=256"),
+        (&["serve", "--max-payload", "32MiB"], "above the protocol cap of 16.00 MiB"),
+        (&["discover", "--timeout", "0"], "more than 0 and at most 60 seconds"),
+        (&["info", "host:port"], "invalid port"),
+    ];
+    for (args, why) in cases {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(why), "{args:?}: {}", stderr(&out));
+    }
+    // Every serve flag has an environment variable, checked like the flag.
+    let out = Command::new(BIN)
+        .args(["serve"])
+        .env_remove("AUTH_TOKEN")
+        .env("RELA_MAX_BUFFERS", "1000")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("1000 is not in 1..=256"), "{}", stderr(&out));
+}
+
+#[test]
+fn info_against_a_silent_server_times_out() {
+    // Accepts every connection and never says a word.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming() {
+            held.push(s);
+        }
+    });
+    let out = run_within(Duration::from_secs(60), &["info", &addr, "--timeout", "0.5"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("timed out after 500 ms") && err.contains("handshake"), "{err}");
+}
+
+#[test]
+fn version_completions_and_man_page() {
+    let out = run(&["--version"]);
+    assert!(out.status.success());
+    let v = String::from_utf8_lossy(&out.stdout);
+    assert!(v.starts_with("vram-relay ") && v.contains("build: ") && v.contains("backends: "), "{v}");
+    for b in ["cuda", "vulkan", "wgpu", "host"] {
+        assert!(v.contains(b), "{v}");
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run(&["completions", shell]);
+        assert!(out.status.success(), "{shell}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("bench-embed"), "{shell} completions");
+    }
+    let out = run(&["manpage"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(".TH vram-relay 1"));
+}
+
+#[test]
+fn serve_names_the_clashing_port_and_checks_models_before_the_backend() {
+    let node = Served::start(&[]);
+    // The session port is free, discovery is not.
+    let out = run_within(
+        Duration::from_secs(60),
+        &[
+            "serve",
+            "--backend",
+            "host",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--discovery",
+            &node.discovery,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("discovery (UDP) port {}", node.discovery)) && err.contains("--no-discovery"),
+        "{err}"
+    );
+    // And the other way round.
+    let out = run_within(
+        Duration::from_secs(60),
+        &[
+            "serve",
+            "--backend",
+            "host",
+            "--listen",
+            &node.addr,
+            "--discovery",
+            &format!("127.0.0.1:{}", free_port()),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains(&format!("session (TCP) port {}", node.addr)) && err.contains("--listen"), "{err}");
+
+    // A model's own folder given as the repository: refused, naming the folder to give.
+    let repo = std::env::temp_dir().join(format!("vram-relay-models-{}", std::process::id()));
+    let model = repo.join("tiny");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in ["model.safetensors", "tokenizer.json", "config.json"] {
+        std::fs::write(model.join(f), b"{}").unwrap();
+    }
+    let out = run_within(
+        Duration::from_secs(60),
+        &[
+            "serve",
+            "--backend",
+            "host",
+            "--no-discovery",
+            "--listen",
+            "127.0.0.1:0",
+            "--models",
+            model.to_str().unwrap(),
+        ],
+    );
+    std::fs::remove_dir_all(&repo).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("a model's own folder") && err.contains(&format!("--models {}", repo.display())),
+        "{err}"
+    );
+}
+
+#[test]
+fn unusable_model_folders_are_logged_with_their_cause() {
+    let repo = std::env::temp_dir().join(format!("vram-relay-badmodels-{}", std::process::id()));
+    let model = repo.join("broken");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in ["model.safetensors", "tokenizer.json", "config.json"] {
+        std::fs::write(model.join(f), b"{}").unwrap();
+    }
+    let mut child = Command::new(BIN)
+        .args(["serve", "--backend", "host", "--no-discovery", "--listen", "127.0.0.1:0", "--models"])
+        .arg(&repo)
+        .env_remove("AUTH_TOKEN")
+        .env_remove("REQUIRE_AUTH")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let seen: Vec<String> = lines.take_while(|l| !l.contains("node ready")).collect();
+        let _ = tx.send(seen);
+    });
+    let seen = rx.recv_timeout(Duration::from_secs(60));
+    let _ = child.kill();
+    let _ = child.wait();
+    std::fs::remove_dir_all(&repo).unwrap();
+    let seen = seen.expect("the node started").join("\n");
+    assert!(
+        seen.contains("not a usable model") && seen.contains("broken") && seen.contains("hidden_size"),
+        "{seen}"
+    );
+    assert!(seen.contains("no usable model"), "{seen}");
+}
+
+#[test]
+fn conformance_that_checks_nothing_does_not_pass() {
+    // CUDA: exit 3 exactly when nothing was checked (no CUDA here), 0 when it ran and passed.
+    let out = run(&["conformance", "--backend", "cuda"]);
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let row = table.lines().find(|l| l.starts_with("cuda ")).expect("a cuda row");
+    let passed: usize = row.split_whitespace().rev().nth(2).unwrap().parse().unwrap();
+    if passed == 0 {
+        assert_eq!(out.status.code(), Some(3), "{table}{}", stderr(&out));
+        assert!(stderr(&out).contains("nothing was checked"), "{}", stderr(&out));
+    } else {
+        assert_eq!(out.status.code(), Some(0), "{table}{}", stderr(&out));
+    }
+
+    let dir = std::env::temp_dir().join(format!("vram-relay-cli-conf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (good, bad) = (dir.join("good"), dir.join("bad"));
+    std::fs::write(&good, "the right token\n").unwrap();
+    std::fs::write(&bad, "a wrong token\n").unwrap();
+    let node = Served::start(&["--token-file", good.to_str().unwrap()]);
+    // A wrong token: one clear line, no case run.
+    let out = run_within(
+        Duration::from_secs(60),
+        &["conformance", "--node", &node.addr, "--token-file", bad.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("rejected the token (AUTH_FAILED)"), "{err}");
+    // No token: the session cases are skipped, so the run is incomplete.
+    let out = run_within(Duration::from_secs(240), &["conformance", "--node", &node.addr]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no token was given"), "{}", stderr(&out));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Plain `serve` and plain `discover` find each other (on the default ports, when they are free
+/// here).
+#[test]
+fn plain_discover_finds_plain_serve() {
+    let free =
+        TcpListener::bind("127.0.0.1:8765").is_ok() && std::net::UdpSocket::bind("127.0.0.1:8766").is_ok();
+    if !free {
+        eprintln!("*** SKIPPED plain discover: ports 8765/8766 are in use on this machine ***");
+        return;
+    }
+    let mut child = Command::new(BIN)
+        .args(["serve", "--backend", "host", "--capacity", "16MiB"])
+        .env_remove("AUTH_TOKEN")
+        .env_remove("REQUIRE_AUTH")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr_lines = BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr_lines {
+            if line.contains("node ready") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let ready = rx.recv_timeout(Duration::from_secs(30));
+    let out = ready.is_ok().then(|| run_within(Duration::from_secs(60), &["discover"]));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ready.is_ok(), "plain serve did not start");
+    let out = out.unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("127.0.0.1:8765"), "{text}");
 }
 
 #[test]
