@@ -6,7 +6,7 @@ use std::fs;
 use std::io::Read;
 use std::path::Path;
 
-use rela_core::backend::{BackendError, BinaryOp, BufferId, GpuBackend, KernelCall};
+use rela_core::backend::{BackendError, BackendKind, BinaryOp, BufferId, GpuBackend, KernelCall};
 
 use crate::config::MAX_CONFIG_BYTES;
 use crate::tokenize::{MAX_TOKENIZER_BYTES, TextTokenizer, Tokens};
@@ -16,11 +16,15 @@ use crate::{BertConfig, MAX_TEXT_BYTES, MAX_TEXTS, MAX_TOKENS, ModelError, Model
 /// Largest single `backend.write` while uploading weights.
 pub const UPLOAD_CHUNK: usize = 16 << 20;
 
-/// Padded tokens one forward pass handles at most. A request is sorted by length and split into
-/// sub-batches of at most this many padded tokens (each padded to its own longest text), which
-/// bounds the intermediate buffers (about 100 MiB for all-MiniLM-L6-v2) and wastes little work
-/// on padding.
+/// Tokens one forward pass handles at most. A request is sorted by length and split into
+/// passes of at most this many tokens (padded tokens on GPU backends, where each text is padded
+/// to the longest of its sub-batch; real tokens on the host backend, which packs them), which
+/// bounds the intermediate buffers (about 100 MiB for all-MiniLM-L6-v2).
 pub const BATCH_TOKENS: usize = 4096;
+
+/// Cost of one more attention group in a packed pass, in padded tokens (see
+/// [`Embedder::embed`]): small, since only attention and mean pooling see the padding.
+const PACKED_GROUP_COST: usize = 8;
 
 /// One encoder layer's weight buffers.
 #[derive(Debug, Clone, Copy)]
@@ -407,9 +411,18 @@ impl Embedder {
     ///
     /// At most [`MAX_TEXTS`] texts ([`ModelError::TooManyTexts`]) of at most [`MAX_TEXT_BYTES`]
     /// bytes each ([`ModelError::TextTooLong`]); longer token sequences are truncated to
-    /// [`MAX_TOKENS`]. The texts are sorted by length and run in sub-batches of at most
-    /// [`BATCH_TOKENS`] padded tokens, each padded to its own longest text; padding does not
-    /// change the result. An empty `texts` gives an empty result without touching the backend.
+    /// [`MAX_TOKENS`]. The texts are sorted by length.
+    ///
+    /// - On the host backend, texts are packed: every token-wise step (embeddings, the linear
+    ///   layers, layer norms, GELU, residual adds) runs once over all the texts' tokens end to
+    ///   end, with no padding, in passes of at most [`BATCH_TOKENS`] tokens. Only attention and
+    ///   mean pooling need a `[batch, seq]` layout: for them, texts of similar lengths are copied
+    ///   into padded groups (memory copies on the host), whose padded keys are masked.
+    /// - On other backends (where a copy is a device submission), texts run in sub-batches of
+    ///   at most [`BATCH_TOKENS`] padded tokens, each padded to its own longest text.
+    ///
+    /// Padding does not change the result. An empty `texts` gives an empty result without
+    /// touching the backend.
     pub fn embed(
         &mut self,
         backend: &mut dyn GpuBackend,
@@ -480,7 +493,18 @@ impl Embedder {
         order.sort_by_key(|&i| Reverse(tokens[i].ids.len()));
         let lens: Vec<usize> = order.iter().map(|&i| tokens[i].ids.len().max(1)).collect();
         let mut out = vec![Vec::new(); tokens.len()];
-        for range in sub_batches(&lens) {
+        if backend.info().backend == BackendKind::HOST {
+            for range in packs(&lens) {
+                let chunk = &order[range];
+                let batch: Vec<&Tokens> = chunk.iter().map(|&i| &tokens[i]).collect();
+                let embeddings = self.forward_packed(backend, &batch)?;
+                for (&i, e) in chunk.iter().zip(embeddings) {
+                    out[i] = e;
+                }
+            }
+            return Ok(out);
+        }
+        for range in sub_batches(&lens, SUB_BATCH_COST) {
             // Sorted longest first: the first text of a sub-batch sets its padded length.
             let seq = lens[range.start];
             let chunk = &order[range];
@@ -620,15 +644,174 @@ impl Embedder {
             raw.chunks_exact(4).map(|w| f32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect();
         Ok(floats.chunks_exact(c.hidden_size).map(<[f32]>::to_vec).collect())
     }
+    /// One packed forward pass over `batch` (sorted longest first; see [`embed`](Self::embed)).
+    ///
+    /// Token-wise steps run over the texts' tokens end to end (`rows` = all tokens, none of
+    /// them padding). For attention, each group of similar lengths is copied into padded
+    /// buffers (`t1`, `t2`, `h1` for q, k, v; `f` for the context; the group's mask in `mask`),
+    /// and the context copied back; mean pooling takes the same route through `t1` and `g`.
+    /// Padded rows hold stale values: their keys are masked, and their outputs are never read.
+    fn forward_packed(
+        &mut self,
+        backend: &mut dyn GpuBackend,
+        batch: &[&Tokens],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let b = batch.len();
+        let lens: Vec<usize> = batch.iter().map(|tk| tk.ids.len().max(1)).collect();
+        let starts: Vec<usize> = lens.iter().scan(0, |at, &l| Some(std::mem::replace(at, *at + l))).collect();
+        let total: usize = lens.iter().sum();
+        let groups = sub_batches(&lens, PACKED_GROUP_COST);
+        let padded = groups.iter().map(|g| g.len() * lens[g.start]).max().unwrap_or(0);
+        self.ensure_workspace(backend, total.max(padded), b)?;
+        let ws = self.workspace.as_ref().ok_or(ModelError::Backend(BackendError::InvalidArgument))?;
+        let c = &self.config;
+
+        // Inputs: ids, token types and positions of every token, end to end (an empty text keeps
+        // one row of id 0, masked out below, as the padded path does).
+        let field = |f: fn(&Tokens) -> &[u32]| {
+            le_bytes(batch.iter().zip(&lens).flat_map(|(tk, &l)| {
+                let v = f(tk);
+                (0..l).map(move |s| v.get(s).copied().unwrap_or(0).to_le_bytes())
+            }))
+        };
+        backend.write(ws.ids, 0, &field(|tk| &tk.ids))?;
+        backend.write(ws.types, 0, &field(|tk| &tk.type_ids))?;
+        backend.write(
+            ws.pos,
+            0,
+            &le_bytes(lens.iter().flat_map(|&l| (0..l).map(|s| (s as u32).to_le_bytes()))),
+        )?;
+        // Each group's mask, `[texts, seq]`, written before each use of the group.
+        let masks: Vec<Vec<u8>> = groups
+            .iter()
+            .map(|g| {
+                let seq = lens[g.start];
+                le_bytes(batch[g.clone()].iter().flat_map(|tk| {
+                    (0..seq).map(move |s| if s < tk.ids.len() { 1.0f32 } else { 0.0 }.to_le_bytes())
+                }))
+            })
+            .collect();
+
+        let (rows, h, f) = (u32_of(total)?, u32_of(c.hidden_size)?, u32_of(c.intermediate_size)?);
+        let row_bytes = c.hidden_size as u64 * 4;
+        let n = rows * h; // ≤ BATCH_TOKENS · 8192: fits.
+        let eps = c.layer_norm_eps;
+        let add = |a, b2, out| KernelCall::Binary { op: BinaryOp::Add, a, b: b2, out, n };
+        let linear = |x, w, bias, out, k, n| KernelCall::Linear { x, w, bias, out, m: rows, k, n };
+        let norm = |x, gamma, beta, out| KernelCall::LayerNorm { x, gamma, beta, out, rows, dim: h, eps };
+        // Copies text `i`'s rows between the packed layout and slot `slot` of a padded group.
+        let to_group = |backend: &mut dyn GpuBackend, src, dst, i: usize, slot: usize, seq: usize| {
+            let bytes = lens[i] as u64 * row_bytes;
+            backend.copy(src, starts[i] as u64 * row_bytes, dst, (slot * seq) as u64 * row_bytes, bytes)
+        };
+        let from_group = |backend: &mut dyn GpuBackend, src, dst, i: usize, slot: usize, seq: usize| {
+            let bytes = lens[i] as u64 * row_bytes;
+            backend.copy(src, (slot * seq) as u64 * row_bytes, dst, starts[i] as u64 * row_bytes, bytes)
+        };
+
+        // Embeddings: word + position + token type, then LayerNorm.
+        backend.dispatch(&KernelCall::Gather {
+            table: self.word,
+            ids: ws.ids,
+            out: ws.t1,
+            vocab: u32_of(c.vocab_size)?,
+            dim: h,
+            rows,
+        })?;
+        backend.dispatch(&KernelCall::Gather {
+            table: self.position,
+            ids: ws.pos,
+            out: ws.t2,
+            vocab: u32_of(c.max_position_embeddings)?,
+            dim: h,
+            rows,
+        })?;
+        backend.dispatch(&add(ws.t1, ws.t2, ws.q))?;
+        backend.dispatch(&KernelCall::Gather {
+            table: self.token_type,
+            ids: ws.types,
+            out: ws.t1,
+            vocab: u32_of(c.type_vocab_size)?,
+            dim: h,
+            rows,
+        })?;
+        backend.dispatch(&add(ws.q, ws.t1, ws.t2))?;
+        backend.dispatch(&norm(ws.t2, self.emb_ln_g, self.emb_ln_b, ws.h))?;
+
+        let (heads, head_dim) = (u32_of(c.num_attention_heads)?, u32_of(c.head_dim())?);
+        for l in &self.layers {
+            backend.dispatch(&linear(ws.h, l.q_w, l.q_b, ws.q, h, h))?;
+            backend.dispatch(&linear(ws.h, l.k_w, l.k_b, ws.k, h, h))?;
+            backend.dispatch(&linear(ws.h, l.v_w, l.v_b, ws.v, h, h))?;
+            for (g, mask) in groups.iter().zip(&masks) {
+                let seq = lens[g.start];
+                for (slot, i) in g.clone().enumerate() {
+                    to_group(backend, ws.q, ws.t1, i, slot, seq)?;
+                    to_group(backend, ws.k, ws.t2, i, slot, seq)?;
+                    to_group(backend, ws.v, ws.h1, i, slot, seq)?;
+                }
+                backend.write(ws.mask, 0, mask)?;
+                backend.dispatch(&KernelCall::Attention {
+                    q: ws.t1,
+                    k: ws.t2,
+                    v: ws.h1,
+                    mask: ws.mask,
+                    out: ws.f,
+                    batch: u32_of(g.len())?,
+                    seq: u32_of(seq)?,
+                    heads,
+                    head_dim,
+                })?;
+                for (slot, i) in g.clone().enumerate() {
+                    from_group(backend, ws.f, ws.ctx, i, slot, seq)?;
+                }
+            }
+            backend.dispatch(&linear(ws.ctx, l.o_w, l.o_b, ws.t1, h, h))?;
+            backend.dispatch(&add(ws.t1, ws.h, ws.t2))?;
+            backend.dispatch(&norm(ws.t2, l.ln1_g, l.ln1_b, ws.h1))?;
+            backend.dispatch(&linear(ws.h1, l.f1_w, l.f1_b, ws.f, h, f))?;
+            backend.dispatch(&KernelCall::Gelu { x: ws.f, out: ws.g, n: rows * f })?;
+            backend.dispatch(&linear(ws.g, l.f2_w, l.f2_b, ws.t1, f, h))?;
+            backend.dispatch(&add(ws.t1, ws.h1, ws.t2))?;
+            backend.dispatch(&norm(ws.t2, l.ln2_g, l.ln2_b, ws.h))?;
+        }
+
+        // Mean pooling per group (padded, masked), into `pooled` in text order; then L2.
+        for (g, mask) in groups.iter().zip(&masks) {
+            let seq = lens[g.start];
+            for (slot, i) in g.clone().enumerate() {
+                to_group(backend, ws.h, ws.t1, i, slot, seq)?;
+            }
+            backend.write(ws.mask, 0, mask)?;
+            let (gb, su) = (u32_of(g.len())?, u32_of(seq)?);
+            backend.dispatch(&KernelCall::MeanPool {
+                x: ws.t1,
+                mask: ws.mask,
+                out: ws.g,
+                batch: gb,
+                seq: su,
+                dim: h,
+            })?;
+            backend.copy(ws.g, 0, ws.pooled, g.start as u64 * row_bytes, g.len() as u64 * row_bytes)?;
+        }
+        let bu = u32_of(b)?;
+        backend.dispatch(&KernelCall::L2Normalize { x: ws.pooled, out: ws.out, rows: bu, dim: h })?;
+
+        let mut raw = vec![0u8; b * c.hidden_size * 4];
+        backend.read(ws.out, 0, &mut raw)?;
+        let floats: Vec<f32> =
+            raw.chunks_exact(4).map(|w| f32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect();
+        Ok(floats.chunks_exact(c.hidden_size).map(<[f32]>::to_vec).collect())
+    }
 }
 
 /// Cost of one extra sub-batch, in padded tokens (dispatch and synchronization overhead).
 const SUB_BATCH_COST: usize = 64;
 
 /// Splits texts with token counts `lens` (sorted longest first) into contiguous sub-batches of
-/// at most [`BATCH_TOKENS`] padded tokens, minimizing padded tokens plus [`SUB_BATCH_COST`] per
-/// sub-batch (dynamic programming; n ≤ [`MAX_TEXTS`]).
-fn sub_batches(lens: &[usize]) -> Vec<std::ops::Range<usize>> {
+/// at most [`BATCH_TOKENS`] padded tokens, minimizing padded tokens plus `cost` per sub-batch
+/// (dynamic programming; n ≤ [`MAX_TEXTS`]).
+fn sub_batches(lens: &[usize], cost: usize) -> Vec<std::ops::Range<usize>> {
     let n = lens.len();
     // best[j]: cost of the first j texts; from[j]: where the last sub-batch starts.
     let mut best = vec![usize::MAX; n + 1];
@@ -640,9 +823,9 @@ fn sub_batches(lens: &[usize]) -> Vec<std::ops::Range<usize>> {
             if best[i] == usize::MAX || (padded > BATCH_TOKENS && j - i > 1) {
                 continue;
             }
-            let cost = best[i] + padded + SUB_BATCH_COST;
-            if cost < best[j] {
-                best[j] = cost;
+            let total = best[i] + padded + cost;
+            if total < best[j] {
+                best[j] = total;
                 from[j] = i;
             }
         }
@@ -654,6 +837,24 @@ fn sub_batches(lens: &[usize]) -> Vec<std::ops::Range<usize>> {
         j = from[j];
     }
     out.reverse();
+    out
+}
+
+/// Splits texts with token counts `lens` into contiguous packs of at most [`BATCH_TOKENS`]
+/// tokens in all (a longer text goes alone; texts are at most [`MAX_TOKENS`] tokens).
+fn packs(lens: &[usize]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut total) = (0, 0);
+    for (i, &len) in lens.iter().enumerate() {
+        if i > start && total + len > BATCH_TOKENS {
+            out.push(start..i);
+            (start, total) = (i, 0);
+        }
+        total += len;
+    }
+    if start < lens.len() {
+        out.push(start..lens.len());
+    }
     out
 }
 
@@ -693,12 +894,12 @@ mod tests {
 
     #[test]
     fn sub_batches_cover_everything_within_budget() {
-        assert!(sub_batches(&[]).is_empty());
-        assert_eq!(sub_batches(&[5]), vec![0..1]);
+        assert!(sub_batches(&[], SUB_BATCH_COST).is_empty());
+        assert_eq!(sub_batches(&[5], SUB_BATCH_COST), vec![0..1]);
         // Similar lengths share one sub-batch; a long outlier goes alone.
-        assert_eq!(sub_batches(&[256, 12, 11, 10, 9]), vec![0..1, 1..5]);
+        assert_eq!(sub_batches(&[256, 12, 11, 10, 9], SUB_BATCH_COST), vec![0..1, 1..5]);
         let lens: Vec<usize> = (0..64).map(|_| 256).collect();
-        let parts = sub_batches(&lens);
+        let parts = sub_batches(&lens, SUB_BATCH_COST);
         assert_eq!(parts.len(), 4);
         let mut next = 0;
         for r in parts {
@@ -707,6 +908,16 @@ mod tests {
             next = r.end;
         }
         assert_eq!(next, 64);
+    }
+
+    #[test]
+    fn packs_hold_at_most_batch_tokens() {
+        assert!(packs(&[]).is_empty());
+        assert_eq!(packs(&[3, 2]), vec![0..2]);
+        let lens = vec![256; 40];
+        let parts = packs(&lens);
+        assert_eq!(parts, vec![0..16, 16..32, 32..40]);
+        assert_eq!(packs(&[BATCH_TOKENS + 1, 5]), vec![0..1, 1..2]);
     }
 
     #[test]
