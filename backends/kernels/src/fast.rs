@@ -44,8 +44,8 @@ static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
 /// Sizes the kernels' thread pool: `threads` workers (0 means one per available CPU core).
 ///
 /// Takes effect only before the first kernel runs (or the first call of this function or of
-/// [`threads`]); returns whether it did. The node calls it once at startup with its thread
-/// budget for compute.
+/// [`threads`]); returns whether it did. Without it, the pool has [`THREADS_ENV`] threads if
+/// that is set, else one per available core.
 pub fn set_threads(threads: usize) -> bool {
     let mut applied = false;
     POOL.get_or_init(|| {
@@ -68,8 +68,16 @@ fn build_pool(threads: usize) -> Option<rayon::ThreadPool> {
         .ok()
 }
 
+/// Environment variable that sizes the pool when [`set_threads`] was not called first: a
+/// positive thread count (anything else means one per available core).
+pub const THREADS_ENV: &str = "RELA_KERNEL_THREADS";
+
 fn pool() -> Option<&'static rayon::ThreadPool> {
-    POOL.get_or_init(|| build_pool(0)).as_ref()
+    POOL.get_or_init(|| {
+        let threads = std::env::var(THREADS_ENV).ok().and_then(|v| v.trim().parse::<usize>().ok());
+        build_pool(threads.unwrap_or(0))
+    })
+    .as_ref()
 }
 
 /// Runs `f` inside the kernels' pool, so that the parallel iterators in it use its threads (on
