@@ -59,12 +59,17 @@ const DISCARD_MIN: usize = 64 * 1024;
 /// so by construction it starts on a page boundary, reads as zero, gets physical pages only as
 /// they are written, and is the only thing on its pages. That is what lets [`zero`](Self::zero)
 /// hand whole pages back to the OS instead of writing zeros into them.
+///
+/// Invariant (set by [`zeroed`](Self::zeroed), the only constructor; the fields are private to
+/// this module and never change): `ptr..ptr + len` is one mapping owned by this value, and
+/// where `page` is `Some(p)` it is a private anonymous mapping starting on a `p`-aligned
+/// address, `p` being the OS page size.
 #[derive(Debug)]
 struct Memory {
-    /// The mapping's start (page-aligned), or dangling when `len` is 0 (nothing mapped).
+    /// The mapping's start, or dangling when `len` is 0 (nothing mapped).
     ptr: NonNull<u8>,
     len: usize,
-    /// The OS page size, if pages may be given back ([`os::discard`]).
+    /// The OS page size where pages may be given back ([`os::discard`], Linux), else `None`.
     page: Option<usize>,
 }
 
@@ -434,6 +439,81 @@ mod tests {
         let r = host.storage_range(b, 0, 1024).expect("b's range");
         assert_eq!(r.start % rela_backend_host::ALIGN, 0);
         assert!(host.storage_range(a, 0, 1).is_none(), "freed buffers have no range");
+    }
+
+    /// Which pages of `r` are resident (Linux `mincore`).
+    #[cfg(target_os = "linux")]
+    fn resident_pages(mem: &Memory, r: Range<usize>) -> Vec<bool> {
+        let page = mem.page.expect("Linux gives pages back");
+        assert!(r.start.is_multiple_of(page) && r.end.is_multiple_of(page));
+        let mut vec = vec![0u8; r.len() / page];
+        // SAFETY: `r` is whole pages of the mapping; mincore only reports on them.
+        let rc = unsafe { libc::mincore(mem.ptr.as_ptr().add(r.start).cast(), r.len(), vec.as_mut_ptr()) };
+        assert_eq!(rc, 0, "mincore: {}", io::Error::last_os_error());
+        vec.iter().map(|&v| v & 1 == 1).collect()
+    }
+
+    #[test]
+    fn zeroing_a_large_range_gives_its_whole_pages_back_and_nothing_outside_it() {
+        let mem = Memory::zeroed(4 << 20).expect("map");
+        let page = mem.page.unwrap_or(4096);
+        assert_eq!(mem.ptr.as_ptr() as usize % page, 0, "the mapping starts on a page");
+        // SAFETY: all of it, no other access in this test.
+        unsafe { mem.slice_mut(0..mem.len) }.fill(0xAB);
+        // Unaligned at both ends, with hundreds of whole pages inside.
+        let r = 3 * page + 100..300 * page - 7;
+        // SAFETY: in bounds, no other access.
+        unsafe { mem.zero(r.clone()) };
+        #[cfg(target_os = "linux")]
+        {
+            let interior = resident_pages(&mem, 4 * page..299 * page);
+            assert!(interior.iter().all(|&p| !p), "whole pages inside the range were handed back");
+            let edges = resident_pages(&mem, 3 * page..4 * page);
+            assert!(edges[0], "the page holding the head (and bytes outside the range) stays");
+        }
+        // SAFETY: in bounds, no writer.
+        let all = unsafe { mem.slice(0..mem.len) };
+        assert!(all[r.clone()].iter().all(|&b| b == 0), "the range reads as zero");
+        assert!(all[..r.start].iter().all(|&b| b == 0xAB), "bytes before it are untouched");
+        assert!(all[r.end..].iter().all(|&b| b == 0xAB), "bytes after it are untouched");
+    }
+
+    #[test]
+    fn zeroing_a_small_range_fills_it() {
+        let mem = Memory::zeroed(1 << 20).expect("map");
+        // SAFETY: all of it, no other access in this test.
+        unsafe { mem.slice_mut(0..mem.len) }.fill(0xAB);
+        let r = 5000..5000 + DISCARD_MIN / 2;
+        // SAFETY: in bounds, no other access.
+        unsafe { mem.zero(r.clone()) };
+        // SAFETY: in bounds, no writer.
+        let all = unsafe { mem.slice(0..mem.len) };
+        assert!(all[r.clone()].iter().all(|&b| b == 0));
+        assert!(all[..r.start].iter().all(|&b| b == 0xAB) && all[r.end..].iter().all(|&b| b == 0xAB));
+    }
+
+    #[test]
+    fn an_empty_arena_maps_nothing() {
+        let (mut host, _direct) = host_backend::<4>(0).expect("nothing to map");
+        assert!(host.alloc(1).is_err());
+    }
+
+    #[test]
+    fn the_shared_arena_passes_the_backend_suite_with_its_storage_in_view() {
+        use rela_conformance::{SUITE_CAPACITY, Tested};
+        let make = || {
+            let (host, _direct) = host_backend::<{ rela_backend_host::MAX_BLOCKS }>(SUITE_CAPACITY as usize)
+                .map_err(|e| e.to_string())?;
+            Ok(Tested::inspectable(host))
+        };
+        let report = rela_conformance::run_suite("node-host", &make);
+        // Every case ran (zero_after_free included, through the view) and passed.
+        assert_eq!(
+            report.counts(),
+            (rela_conformance::CASES.len(), 0, 0),
+            "{}",
+            rela_conformance::render_table(&[report])
+        );
     }
 
     #[test]
