@@ -730,8 +730,15 @@ pub(crate) async fn conformance(args: ConformanceArgs) -> Result<(), CliError> {
             .iter()
             .map(|&choice| {
                 let make = move || {
+                    // The host backend with its arena in view, so that zero_after_free reads
+                    // what `free` left behind; the others through `GpuBackend` alone.
+                    if choice == BackendChoice::Host {
+                        let capacity = rela_conformance::SUITE_CAPACITY as usize;
+                        let host = rela_backend_host::OwnedHostBackend::with_capacity(capacity);
+                        return Ok(rela_conformance::Tested::inspectable(host));
+                    }
                     backends::open(choice, rela_conformance::SUITE_CAPACITY, vk_validation)
-                        .map(|b| b as Box<dyn rela_core::backend::GpuBackend>)
+                        .map(rela_conformance::Tested::from)
                 };
                 rela_conformance::run_suite(choice.name(), &make)
             })
