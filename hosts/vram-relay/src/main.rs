@@ -8,6 +8,7 @@ mod addr;
 mod backends;
 mod bench;
 mod commands;
+mod contention_bench;
 mod embed_bench;
 mod error;
 mod util;
@@ -198,6 +199,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Embedding throughput through a node beside the same backend in-process (sentences/s).
     BenchEmbed(embed_bench::EmbedBenchArgs),
+    /// A light session's latency while heavy sessions run MATMUL (and INFER, MODEL_LOAD with
+    /// --models) on a spawned node, next to its idle figures; heavy throughput shared vs alone.
+    BenchContention(contention_bench::ContentionArgs),
     /// Run the backend conformance suite, or the wire suite against a running node.
     Conformance(commands::ConformanceArgs),
     /// Print a shell completion script (e.g. `vram-relay completions bash > /etc/bash_completion.d/vram-relay`).
@@ -264,6 +268,7 @@ fn main() -> ExitCode {
             }
             Command::Bench(args) => bench::run(args).await.map_err(CliError::from),
             Command::BenchEmbed(args) => embed_bench::run(args).await.map_err(CliError::from),
+            Command::BenchContention(args) => contention_bench::run(args).await.map_err(CliError::from),
             Command::Conformance(args) => commands::conformance(args).await,
             Command::Completions { .. } | Command::Manpage => Ok(()),
         }

@@ -114,6 +114,8 @@ pub(crate) struct Turns {
     budget: Arc<PartBudget>,
     /// Most multiply-adds one DISPATCH may cost.
     max_cost: u64,
+    /// Set by the engine when something waits for the backend while this job holds it.
+    wanted: Arc<AtomicBool>,
 }
 
 impl Turns {
@@ -127,7 +129,8 @@ impl Turns {
             return Err(BackendError::DeviceLost);
         }
         let mut held = self.held.borrow_mut();
-        if held.as_ref().is_some_and(|(_, since)| since.elapsed() >= QUANTUM) {
+        let waited_on = self.wanted.load(Ordering::Acquire);
+        if held.as_ref().is_some_and(|(_, since)| waited_on || since.elapsed() >= QUANTUM) {
             self.send_back(held.take());
         }
         let (backend, _) = match &mut *held {
@@ -140,6 +143,17 @@ impl Turns {
             }
         };
         f(&mut **backend)
+    }
+
+    /// One whole call: the turn ends with it. Host-side work of the job between two calls
+    /// (tokenizing, converting) then never holds the backend.
+    fn call<R>(
+        &self,
+        f: impl FnOnce(&mut dyn GpuBackend) -> Result<R, BackendError>,
+    ) -> Result<R, BackendError> {
+        let r = self.with(f);
+        self.give_back();
+        r
     }
 
     /// Runs one kernel part and learns the device's speed from it.
@@ -181,35 +195,10 @@ impl Turns {
     }
 }
 
-impl Drop for Turns {
-    fn drop(&mut self) {
-        self.give_back();
-    }
-}
-
-impl GpuBackend for Turns {
-    fn info(&self) -> DeviceInfo {
-        self.info.clone()
-    }
-
-    fn usage(&self) -> Usage {
-        self.with(|b| Ok(b.usage())).unwrap_or_default()
-    }
-
-    fn alloc(&mut self, size: u64) -> Result<BufferId, BackendError> {
-        self.with(|b| b.alloc(size))
-    }
-
-    fn free(&mut self, id: BufferId) -> Result<(), BackendError> {
-        self.with(|b| b.free(id))
-    }
-
-    fn size(&self, id: BufferId) -> Result<u64, BackendError> {
-        self.with(|b| b.size(id))
-    }
-
-    fn write(&mut self, id: BufferId, offset: u64, data: &[u8]) -> Result<(), BackendError> {
-        let size = self.size(id)?;
+/// The steps of the calls that come in pieces; the caller ends the turn.
+impl Turns {
+    fn write_steps(&mut self, id: BufferId, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+        let size = self.with(|b| b.size(id))?;
         check_range(size, offset, data.len() as u64)?;
         for (at, pos, len) in Self::chunks(offset, data.len() as u64) {
             // In range: `pos + len <= data.len()`.
@@ -219,8 +208,8 @@ impl GpuBackend for Turns {
         Ok(())
     }
 
-    fn read(&mut self, id: BufferId, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
-        let size = self.size(id)?;
+    fn read_steps(&mut self, id: BufferId, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
+        let size = self.with(|b| b.size(id))?;
         check_range(size, offset, out.len() as u64)?;
         for (at, pos, len) in Self::chunks(offset, out.len() as u64) {
             let piece = &mut out[pos as usize..(pos + len) as usize];
@@ -229,7 +218,7 @@ impl GpuBackend for Turns {
         Ok(())
     }
 
-    fn copy(
+    fn copy_steps(
         &mut self,
         src: BufferId,
         src_offset: u64,
@@ -238,8 +227,8 @@ impl GpuBackend for Turns {
         len: u64,
     ) -> Result<(), BackendError> {
         // Checked whole first, so a refused copy changes nothing.
-        let from = check_range(self.size(src)?, src_offset, len)?;
-        let to = check_range(self.size(dst)?, dst_offset, len)?;
+        let from = check_range(self.with(|b| b.size(src))?, src_offset, len)?;
+        let to = check_range(self.with(|b| b.size(dst))?, dst_offset, len)?;
         check_copy_overlap(src, &from, dst, &to)?;
         for (at, pos, piece) in Self::chunks(src_offset, len) {
             self.with(|b| b.copy(src, at, dst, dst_offset + pos, piece))?;
@@ -247,15 +236,15 @@ impl GpuBackend for Turns {
         Ok(())
     }
 
-    fn fill(&mut self, id: BufferId, offset: u64, len: u64, value: u8) -> Result<(), BackendError> {
-        check_range(self.size(id)?, offset, len)?;
+    fn fill_steps(&mut self, id: BufferId, offset: u64, len: u64, value: u8) -> Result<(), BackendError> {
+        check_range(self.with(|b| b.size(id))?, offset, len)?;
         for (at, _, piece) in Self::chunks(offset, len) {
             self.with(|b| b.fill(id, at, piece, value))?;
         }
         Ok(())
     }
 
-    fn dispatch(&mut self, call: &KernelCall) -> Result<(), BackendError> {
+    fn dispatch_steps(&mut self, call: &KernelCall) -> Result<(), BackendError> {
         let work = call.work();
         if work.total() > self.max_cost {
             return Err(BackendError::LimitExceeded);
@@ -280,9 +269,74 @@ impl GpuBackend for Turns {
         }
         Ok(())
     }
+}
+
+impl Drop for Turns {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
+impl GpuBackend for Turns {
+    fn info(&self) -> DeviceInfo {
+        self.info.clone()
+    }
+
+    fn usage(&self) -> Usage {
+        self.call(|b| Ok(b.usage())).unwrap_or_default()
+    }
+
+    fn alloc(&mut self, size: u64) -> Result<BufferId, BackendError> {
+        self.call(|b| b.alloc(size))
+    }
+
+    fn free(&mut self, id: BufferId) -> Result<(), BackendError> {
+        self.call(|b| b.free(id))
+    }
+
+    fn size(&self, id: BufferId) -> Result<u64, BackendError> {
+        self.call(|b| b.size(id))
+    }
+
+    fn write(&mut self, id: BufferId, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+        let r = self.write_steps(id, offset, data);
+        self.give_back();
+        r
+    }
+
+    fn read(&mut self, id: BufferId, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
+        let r = self.read_steps(id, offset, out);
+        self.give_back();
+        r
+    }
+
+    fn copy(
+        &mut self,
+        src: BufferId,
+        src_offset: u64,
+        dst: BufferId,
+        dst_offset: u64,
+        len: u64,
+    ) -> Result<(), BackendError> {
+        let r = self.copy_steps(src, src_offset, dst, dst_offset, len);
+        self.give_back();
+        r
+    }
+
+    fn fill(&mut self, id: BufferId, offset: u64, len: u64, value: u8) -> Result<(), BackendError> {
+        let r = self.fill_steps(id, offset, len, value);
+        self.give_back();
+        r
+    }
+
+    fn dispatch(&mut self, call: &KernelCall) -> Result<(), BackendError> {
+        let r = self.dispatch_steps(call);
+        self.give_back();
+        r
+    }
 
     fn dispatch_part(&mut self, call: &KernelCall, units: Range<u32>) -> Result<(), BackendError> {
-        self.with(|b| b.dispatch_part(call, units))
+        self.call(|b| b.dispatch_part(call, units))
     }
 }
 
@@ -336,6 +390,8 @@ pub(crate) struct JobEnv {
     pub(crate) info: DeviceInfo,
     pub(crate) budget: Arc<PartBudget>,
     pub(crate) max_cost: u64,
+    /// Set while the backend is lent and something else waits for it.
+    pub(crate) wanted: Arc<AtomicBool>,
 }
 
 /// Starts `spec` on a thread of its own; `None` if no thread can be made (the spec is dropped,
@@ -352,6 +408,7 @@ pub(crate) fn start(env: &JobEnv, spec: JobSpec) -> Option<JobHandle> {
         info: env.info.clone(),
         budget: env.budget.clone(),
         max_cost: env.max_cost,
+        wanted: env.wanted.clone(),
     };
     match std::thread::Builder::new().name("rela-job".into()).spawn(move || run(turns, spec)) {
         Ok(_) => Some(JobHandle { grant, cancel, queue: std::collections::VecDeque::new() }),

@@ -161,6 +161,7 @@ impl Engine {
             info: backend.info(),
             budget: Arc::new(PartBudget::default()),
             max_cost: max_dispatch_cost,
+            wanted: Arc::default(),
         };
         Self {
             lent: None,
@@ -249,6 +250,10 @@ impl Engine {
     /// Takes a command in: turn traffic at once, everything else in order once the backend
     /// is home.
     fn absorb(&mut self, cmd: Command) {
+        if self.lent.is_some() && !matches!(cmd, Command::Back { .. }) {
+            // Someone waits: the job ends its turn at its next step.
+            self.env.wanted.store(true, std::sync::atomic::Ordering::Release);
+        }
         match cmd {
             Command::Want { conn } => {
                 if self.jobs.contains_key(&conn) {
@@ -269,6 +274,7 @@ impl Engine {
         let Some(job) = self.jobs.get(&conn) else { return };
         let away: BackendBox = Box::new(Away(self.env.info.clone()));
         let backend = std::mem::replace(&mut self.backend, away);
+        self.env.wanted.store(false, Ordering::Release);
         match job.grant.try_send(backend) {
             Ok(()) => self.lent = Some(conn),
             // The job asked once and waits; a full or closed channel means it is gone.

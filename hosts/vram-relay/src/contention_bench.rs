@@ -1,0 +1,274 @@
+//! `vram-relay bench-contention`: does one session's heavy work stall another's small requests?
+//!
+//! Spawns a node (a child process, like `bench --spawn`) and measures, in one run:
+//!
+//! 1. **idle**: a light session alone, alternating PING and a 4 KiB WRITE+READ round trip;
+//! 2. **one heavy**: one heavy session alone, its requests back to back;
+//! 3. **loaded**: `--heavy` heavy sessions back to back, with the light session beside them.
+//!
+//! Heavy work is MATMUL (`--matmul` cubed, by default 1024), and with `--models DIR` also INFER
+//! (64 long texts) and MODEL_LOAD + MODEL_UNLOAD of the first model in DIR. It reports the light
+//! session's p50 and p99 under load next to its idle figures, and the heavy sessions' combined
+//! rate next to one heavy session alone.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rela_client::{Client, ClientError, Kernel};
+use serde::Serialize;
+use tokio::net::TcpStream;
+
+use crate::backends::BackendChoice;
+
+/// Arguments of `bench-contention`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ContentionArgs {
+    /// Backend of the spawned node.
+    #[arg(long, value_enum, default_value = "host")]
+    backend: BackendChoice,
+    /// Heavy sessions running beside the light one.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    heavy: u16,
+    /// Side of the square MATMUL each heavy request runs.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(16..=4096))]
+    matmul: u32,
+    /// Serve the models in DIR and add INFER and MODEL_LOAD/UNLOAD to the heavy work.
+    #[arg(long, value_name = "DIR")]
+    models: Option<std::path::PathBuf>,
+    /// The model in DIR the heavy sessions load and run.
+    #[arg(long, default_value = "all-MiniLM-L6-v2", requires = "models")]
+    model: String,
+    /// Seconds each phase runs.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    seconds: u64,
+    /// Print the results as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Latencies of the light session.
+#[derive(Debug, Serialize)]
+struct Light {
+    ops: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+/// The whole run.
+#[derive(Debug, Serialize)]
+struct Report {
+    backend: &'static str,
+    heavy_sessions: u16,
+    heavy_work: Vec<String>,
+    idle: Light,
+    loaded: Light,
+    /// Heavy requests per second, one heavy session alone.
+    one_heavy_rate: f64,
+    /// Heavy requests per second, all heavy sessions together (with the light one beside).
+    combined_heavy_rate: f64,
+    /// `loaded.p99_ms - idle.p99_ms`.
+    p99_increase_ms: f64,
+    /// `combined_heavy_rate / one_heavy_rate`.
+    heavy_ratio: f64,
+}
+
+/// A node in a child process.
+struct Node {
+    _child: tokio::process::Child,
+    addr: SocketAddr,
+}
+
+impl Node {
+    async fn spawn(args: &ContentionArgs) -> Result<Self, String> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.args(["serve", "--backend", args.backend.name(), "--no-discovery", "--idle-timeout", "0"])
+            .args(["--listen", &addr.to_string(), "--quota", &(4u64 << 30).to_string()]);
+        if let Some(dir) = &args.models {
+            cmd.arg("--models").arg(dir);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot spawn a node: {e}"))?;
+        for _ in 0..1200 {
+            if TcpStream::connect(addr).await.is_ok() {
+                return Ok(Self { _child: child, addr });
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Err("the spawned node did not start listening".into())
+    }
+}
+
+/// Long texts for INFER (about 100 tokens each).
+fn texts() -> Vec<String> {
+    (0..64)
+        .map(|i| {
+            format!(
+                "Document {i}: the relay node lends the memory and compute of one machine to thin \
+                 clients on the local network, schedules every session fairly so that no client \
+                 can stall another, frees and zeroes whatever a session held when it ends, and \
+                 reports progress on long work such as loading model weights or embedding many \
+                 long passages of text at once for retrieval."
+            )
+        })
+        .collect()
+}
+
+/// One heavy session: its requests back to back until `stop`. Returns how many completed.
+async fn heavy(
+    addr: SocketAddr,
+    side: u32,
+    model: Option<String>,
+    stop: Arc<AtomicBool>,
+) -> Result<u64, ClientError> {
+    let mut c = Client::connect(addr, None).await?;
+    let bytes = u64::from(side) * u64::from(side) * 4;
+    let (a, b, out) = (c.alloc(bytes).await?, c.alloc(bytes).await?, c.alloc(bytes).await?);
+    c.fill(a, 0, bytes, 0x3c).await?;
+    c.fill(b, 0, bytes, 0x3c).await?;
+    let texts = texts();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let name = model;
+    let mut model = match &name {
+        Some(n) => Some(c.model_load(n).await?),
+        None => None,
+    };
+    let mut done = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        c.dispatch(Kernel::Matmul { a, b, out, m: side, k: side, n: side }).await?;
+        done += 1;
+        if let Some(m) = model {
+            c.infer(m, &texts).await?;
+            done += 1;
+            c.model_unload(m).await?;
+            model = Some(c.model_load(name.as_deref().unwrap_or_default()).await?);
+            done += 1;
+        }
+    }
+    c.close().await?;
+    Ok(done)
+}
+
+/// The light session until `stop`: PING and 4 KiB WRITE+READ, each timed.
+async fn light(addr: SocketAddr, stop: Arc<AtomicBool>) -> Result<Vec<Duration>, ClientError> {
+    let mut c = Client::connect(addr, None).await?;
+    let h = c.alloc(4096).await?;
+    let data = vec![0xa5u8; 4096];
+    let mut samples = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let t = Instant::now();
+        c.ping().await?;
+        samples.push(t.elapsed());
+        let t = Instant::now();
+        c.write(h, 0, &data).await?;
+        let back = c.read(h, 0, 4096).await?;
+        samples.push(t.elapsed());
+        if back != data {
+            return Err(ClientError::Protocol("the light session read back other bytes".into()));
+        }
+        // A user's pace, not a flood: the light session asks, then thinks briefly.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    c.close().await?;
+    Ok(samples)
+}
+
+fn summarize(mut samples: Vec<Duration>) -> Light {
+    samples.sort();
+    let at = |p: f64| {
+        let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+        samples.get(i).map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    };
+    Light { ops: samples.len(), p50_ms: at(0.5), p99_ms: at(0.99), max_ms: at(1.0) }
+}
+
+/// Runs `heavy_sessions` heavy sessions (and the light one, with `with_light`) for `secs`.
+async fn phase(
+    addr: SocketAddr,
+    args: &ContentionArgs,
+    heavy_sessions: u16,
+    with_light: bool,
+) -> Result<(Option<Light>, f64), String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..heavy_sessions {
+        let model = args.models.as_ref().map(|_| args.model.clone());
+        tasks.push(tokio::spawn(heavy(addr, args.matmul, model, stop.clone())));
+    }
+    let light_task = with_light.then(|| tokio::spawn(light(addr, stop.clone())));
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0u64;
+    for t in tasks {
+        total += t.await.map_err(|e| e.to_string())?.map_err(|e| format!("heavy session: {e}"))?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let light = match light_task {
+        Some(t) => {
+            Some(summarize(t.await.map_err(|e| e.to_string())?.map_err(|e| format!("light session: {e}"))?))
+        }
+        None => None,
+    };
+    Ok((light, total as f64 / elapsed))
+}
+
+/// Runs the benchmark and prints its report.
+pub(crate) async fn run(args: ContentionArgs) -> Result<(), String> {
+    let node = Node::spawn(&args).await?;
+    let addr = node.addr;
+    let mut work = vec![format!("MATMUL {0}x{0}x{0}", args.matmul)];
+    if args.models.is_some() {
+        work.push("INFER 64 texts".into());
+        work.push("MODEL_LOAD + MODEL_UNLOAD".into());
+    }
+    eprintln!("idle: the light session alone for {} s", args.seconds);
+    let (idle, _) = phase(addr, &args, 0, true).await?;
+    eprintln!("one heavy session alone for {} s", args.seconds);
+    let (_, one) = phase(addr, &args, 1, false).await?;
+    eprintln!("{} heavy sessions and the light one for {} s", args.heavy, args.seconds);
+    let (loaded, combined) = phase(addr, &args, args.heavy, true).await?;
+    let (idle, loaded) =
+        (idle.unwrap_or_else(|| summarize(Vec::new())), loaded.unwrap_or_else(|| summarize(Vec::new())));
+    let report = Report {
+        backend: args.backend.name(),
+        heavy_sessions: args.heavy,
+        heavy_work: work,
+        p99_increase_ms: loaded.p99_ms - idle.p99_ms,
+        heavy_ratio: if one > 0.0 { combined / one } else { 0.0 },
+        idle,
+        loaded,
+        one_heavy_rate: one,
+        combined_heavy_rate: combined,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+        return Ok(());
+    }
+    println!("backend {}, heavy work: {}", report.backend, report.heavy_work.join(", "));
+    println!("| light session (PING, 4 KiB WRITE+READ) | ops | p50 ms | p99 ms | max ms |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, l) in [("idle", &report.idle), ("beside the heavy sessions", &report.loaded)] {
+        println!("| {name} | {} | {:.3} | {:.3} | {:.3} |", l.ops, l.p50_ms, l.p99_ms, l.max_ms);
+    }
+    println!("p99 under load - idle p99: {:+.3} ms", report.p99_increase_ms);
+    println!(
+        "heavy requests/s: one session alone {:.3}, {} together {:.3} (ratio {:.2})",
+        report.one_heavy_rate, report.heavy_sessions, report.combined_heavy_rate, report.heavy_ratio
+    );
+    Ok(())
+}
