@@ -647,7 +647,34 @@ async fn auth_wrong_token(cx: Cx) -> R<()> {
     let mut wrong = token.to_vec();
     wrong.extend_from_slice(b"-but-wrong");
     c.err(Kind::AUTH, &AuthKey::new(&wrong).auth_tag(&w.nonce), ErrorCode::AUTH_FAILED).await?;
-    c.closed("after AUTH_FAILED").await
+    c.closed("after AUTH_FAILED").await?;
+    wait_out_throttle(&cx).await
+}
+
+/// After a failed AUTH a node may turn this address away for a while, telling each connection
+/// at once with ERROR(BUSY) and `retry after N ms` (PROTOCOL.md §5): waits that out (at most 20
+/// tries), so the cases after this one find the node serving again.
+async fn wait_out_throttle(cx: &Cx) -> R<()> {
+    for _ in 0..20 {
+        let mut c = Conn::open(cx).await?;
+        let seq = c.next_seq();
+        let hello = enc(&Hello { min_version: 1, max_version: 1, caps: Caps::DISPATCH });
+        c.send_bytes(&frame(Kind::HELLO, Flags::NONE, seq, &hello)).await?;
+        let r = c.recv().await?;
+        let wait = match r.error() {
+            None => return Ok(()),
+            Some(e) if e.code == ErrorCode::BUSY && r.seq == 0 => e
+                .reason
+                .rsplit_once("retry after ")
+                .and_then(|(_, t)| t.strip_suffix(" ms")?.parse::<u64>().ok()),
+            Some(_) => fail!("HELLO after a failed AUTH got {}", r.describe()),
+        };
+        let Some(ms) = wait else {
+            fail!("BUSY after a failed AUTH without a retry-after: {}", r.describe())
+        };
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    fail!("the node still turned this address away after 20 waits")
 }
 
 async fn wrong_state_before_hello(cx: Cx) -> R<()> {

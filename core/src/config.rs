@@ -10,6 +10,10 @@ pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
 /// Hard cap on a frame's payload length: 16 MiB. No configuration can raise it.
 pub const MAX_PAYLOAD: u32 = 16 * 1024 * 1024;
+/// Payload cap in force until a session is ready (handshake done): every request allowed
+/// before then (HELLO, AUTH, PING of at most 256 bytes, BYE) fits, so a peer that has not
+/// authenticated cannot make a node reserve more than this for one frame.
+pub const HANDSHAKE_MAX_PAYLOAD: u32 = 512;
 /// Size of the frame header in bytes.
 pub const HEADER_LEN: usize = 16;
 /// Largest possible frame: header plus the largest payload.
@@ -47,3 +51,4 @@ pub const DEFAULT_DISCOVERY_PORT: u16 = 8766;
 
 static_assertions::const_assert!(MAX_BUFFERS <= u16::MAX as usize);
 static_assertions::const_assert!(MAX_PAYLOAD as usize <= MAX_FRAME);
+static_assertions::const_assert!(HANDSHAKE_MAX_PAYLOAD as usize >= MAX_PING_PAYLOAD);

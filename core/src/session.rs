@@ -8,7 +8,8 @@
 //! # Call order
 //!
 //! 1. Read a frame from the transport. Validate its header *before* reading the payload
-//!    ([`crate::wire::HeaderRepr::parse`] with [`Session::max_payload`]), then its CRC. A
+//!    ([`crate::wire::HeaderRepr::parse`] with [`Session::max_payload`], asked anew for each
+//!    frame: it is small until the handshake is done), then its CRC. A
 //!    framing failure goes to [`Session::handle_frame_error`].
 //! 2. [`Session::handle_frame`] with the validated frame.
 //! 3. Drain [`Session::poll_transmit`] until it returns `Ok(None)`, writing each frame out.
@@ -50,8 +51,8 @@ use heapless::{Deque, Vec};
 use crate::auth::AuthKey;
 use crate::backend::{BackendError, BinaryOp, BufferId, DeviceInfo, GpuBackend, KernelCall, KernelId};
 use crate::config::{
-    MAX_BUFFERS, MAX_MODELS, MAX_PAYLOAD, MAX_PENDING, MAX_PING_PAYLOAD, MIN_PROTOCOL_VERSION, NONCE_LEN,
-    PROTOCOL_VERSION,
+    HANDSHAKE_MAX_PAYLOAD, MAX_BUFFERS, MAX_MODELS, MAX_PAYLOAD, MAX_PENDING, MAX_PING_PAYLOAD,
+    MIN_PROTOCOL_VERSION, NONCE_LEN, PROTOCOL_VERSION,
 };
 use crate::crc32::Crc32;
 use crate::model::{InferOutput, LoadedModel, ModelHost, NoModels, ProgressTarget};
@@ -387,9 +388,11 @@ impl Session {
         matches!(self.state, State::Closed)
     }
 
-    /// The payload cap hosts must apply when reading headers for this session.
+    /// The payload cap hosts must apply when reading the next header for this session:
+    /// [`HANDSHAKE_MAX_PAYLOAD`] until the session is ready, the configured cap after.
     pub fn max_payload(&self) -> u32 {
-        self.config.effective_max_payload()
+        let cap = self.config.effective_max_payload();
+        if self.is_ready() { cap } else { cap.min(HANDSHAKE_MAX_PAYLOAD) }
     }
 
     /// The session's configuration.

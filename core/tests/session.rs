@@ -90,6 +90,25 @@ fn auth_success() {
 }
 
 #[test]
+fn the_payload_cap_is_small_until_the_session_is_ready() {
+    use rela_core::config::{HANDSHAKE_MAX_PAYLOAD, MAX_PAYLOAD};
+    let mut b = MockBackend::new(1 << 24);
+    let key = AuthKey::new(TOKEN);
+    let mut d = Driver::new(SessionConfig { auth: Some(key.clone()), ..config() }, [5; 32]);
+    assert_eq!(d.session.max_payload(), HANDSHAKE_MAX_PAYLOAD);
+    let Response::Welcome(w) = d.one(&mut b, &hello()).response() else { panic!() };
+    // WELCOME announces the cap that applies once ready; until AUTH the small one holds.
+    assert_eq!(w.max_payload, MAX_PAYLOAD);
+    assert_eq!(d.session.max_payload(), HANDSHAKE_MAX_PAYLOAD);
+    d.one(&mut b, &Auth { mac: key.auth_tag(&w.nonce) });
+    assert!(d.session.is_ready());
+    assert_eq!(d.session.max_payload(), MAX_PAYLOAD);
+    // A node configured below the handshake cap keeps its own cap throughout.
+    let small = Driver::new(SessionConfig { max_payload: 300, ..config() }, [5; 32]);
+    assert_eq!(small.session.max_payload(), 300);
+}
+
+#[test]
 fn auth_failure_closes_and_wrong_nonce_fails() {
     let mut b = MockBackend::new(1 << 24);
     let key = AuthKey::new(TOKEN);

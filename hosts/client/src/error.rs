@@ -86,6 +86,16 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// How long the node asked the client to wait before connecting again: an ERROR(BUSY)
+    /// whose reason ends with `retry after N ms` (a node says so to an address it throttles
+    /// after failed AUTHs; docs/PROTOCOL.md §6). `None` for any other error.
+    pub fn retry_after(&self) -> Option<Duration> {
+        let Self::Server { code: ErrorCode::BUSY, reason, .. } = self else { return None };
+        let (_, tail) = reason.rsplit_once("retry after ")?;
+        let ms = tail.strip_suffix(" ms")?.parse().ok()?;
+        Some(Duration::from_millis(ms))
+    }
 }
 
 impl fmt::Display for ClientError {
@@ -143,5 +153,24 @@ impl From<io::Error> for ClientError {
 impl From<FrameError> for ClientError {
     fn from(e: FrameError) -> Self {
         Self::Frame(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(code: ErrorCode, reason: &str) -> ClientError {
+        ClientError::Server { code, reason: reason.to_owned(), request: Kind(0) }
+    }
+
+    #[test]
+    fn retry_after_reads_a_busy_reason() {
+        let busy = server(ErrorCode::BUSY, "too many failed AUTHs from this address; retry after 250 ms");
+        assert_eq!(busy.retry_after(), Some(Duration::from_millis(250)));
+        assert_eq!(server(ErrorCode::BUSY, "node at its session limit").retry_after(), None);
+        assert_eq!(server(ErrorCode::BUSY, "retry after soon ms").retry_after(), None);
+        assert_eq!(server(ErrorCode::INTERNAL, "retry after 5 ms").retry_after(), None);
+        assert_eq!(ClientError::Closed.retry_after(), None);
     }
 }

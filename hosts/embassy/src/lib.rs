@@ -157,7 +157,6 @@ where
     let mut config = config.clone();
     config.max_payload = config.max_payload.min(bufs.max_payload());
     let mut session = Session::new(config, nonce, now());
-    let max_payload = session.max_payload();
     loop {
         // Output first: the responses to the last input, then the session's verdict.
         loop {
@@ -193,7 +192,9 @@ where
         }
 
         // Input: the next frame, or the deadline, whichever comes first.
-        let read = read_frame::<S, C>(stream, bufs.rx, max_payload);
+        // The cap is small until the handshake is done, so an unauthenticated peer cannot
+        // make the session wait for a large payload.
+        let read = read_frame::<S, C>(stream, bufs.rx, session.max_payload());
         let input = match session.poll_timeout() {
             Some(deadline) => {
                 let wait = EmbassyDuration::from_micros(deadline.0.saturating_sub(now().0));

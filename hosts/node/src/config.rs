@@ -20,6 +20,15 @@ pub struct NodeConfig {
     pub discovery: Option<SocketAddr>,
     /// Most concurrent sessions; past it a connection gets one ERROR(BUSY) and is closed.
     pub max_sessions: usize,
+    /// Most concurrent sessions from one IP address (default 16); past it a connection gets
+    /// one ERROR(BUSY) and is closed, so one address cannot take every slot. Loopback peers
+    /// count against it only with [`cap_loopback`](Self::cap_loopback).
+    pub max_sessions_per_address: usize,
+    /// Whether loopback peers count against
+    /// [`max_sessions_per_address`](Self::max_sessions_per_address). Default `false`: on
+    /// loopback every local client, and every client arriving through a TLS tunnel, shares one
+    /// address, and only `max_sessions` bounds them.
+    pub cap_loopback: bool,
     /// Per-session limits, timeouts and the auth key (`session.auth`: `Some` makes AUTH
     /// mandatory and signs discovery announcements).
     pub session: SessionConfig,
@@ -40,8 +49,9 @@ pub struct NodeConfig {
     /// data and READ responses skip the pool (they go straight to and from the buffer); it
     /// then holds only payloads the session refuses and other large requests.
     pub buffer_budget: usize,
-    /// Delay before serving the next connection from an IP after its first failed AUTH; it
-    /// doubles with each further failure.
+    /// After the first failed AUTH from an IP, no connection from it is served for this long;
+    /// the wait doubles with each further failure. Connections that arrive meanwhile are told
+    /// at once (ERROR(BUSY) with `retry after N ms` in its reason) and closed.
     pub auth_backoff: Duration,
     /// Upper bound of that delay.
     pub auth_backoff_max: Duration,
@@ -63,6 +73,8 @@ impl Default for NodeConfig {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_SESSION_PORT),
             discovery: Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_DISCOVERY_PORT)),
             max_sessions: 64,
+            max_sessions_per_address: 16,
+            cap_loopback: false,
             session: SessionConfig::default(),
             node_id: rand::random(),
             allow_unauthenticated: false,
@@ -107,6 +119,9 @@ impl NodeConfig {
         if self.max_sessions == 0 {
             return Err(ConfigError::NoSessions);
         }
+        if self.max_sessions_per_address == 0 {
+            return Err(ConfigError::NoSessionsPerAddress);
+        }
         if self.pipeline_depth == 0 {
             return Err(ConfigError::NoPipeline);
         }
@@ -142,6 +157,8 @@ pub enum ConfigError {
     UnauthenticatedBind(SocketAddr),
     /// `max_sessions` is zero.
     NoSessions,
+    /// `max_sessions_per_address` is zero.
+    NoSessionsPerAddress,
     /// `pipeline_depth` is zero.
     NoPipeline,
     /// `max_payload` outside [`MIN_MAX_PAYLOAD`]`..=16 MiB`.
@@ -165,6 +182,7 @@ impl fmt::Display for ConfigError {
                 "refusing to serve {a} without a token (set a token or allow unauthenticated access)"
             ),
             Self::NoSessions => f.write_str("max_sessions must be at least 1"),
+            Self::NoSessionsPerAddress => f.write_str("max_sessions_per_address must be at least 1"),
             Self::NoPipeline => f.write_str("pipeline_depth must be at least 1"),
             Self::MaxPayload(p) => {
                 write!(f, "max_payload {p} outside {MIN_MAX_PAYLOAD}..={MAX_PAYLOAD}")
@@ -209,6 +227,8 @@ mod tests {
         assert_eq!(c.validate(), Err(ConfigError::MaxPayload(MAX_PAYLOAD + 1)));
         let c = NodeConfig { max_sessions: 0, ..NodeConfig::default() };
         assert_eq!(c.validate(), Err(ConfigError::NoSessions));
+        let c = NodeConfig { max_sessions_per_address: 0, ..NodeConfig::default() };
+        assert_eq!(c.validate(), Err(ConfigError::NoSessionsPerAddress));
         let c = NodeConfig { buffer_budget: 1 << 20, ..NodeConfig::default() };
         assert!(matches!(c.validate(), Err(ConfigError::BufferBudget { .. })));
         let mut c = NodeConfig { buffer_budget: 1 << 20, ..NodeConfig::default() };

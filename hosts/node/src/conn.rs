@@ -36,15 +36,16 @@
 //! The tasks are not instrumented with the session's span (entering a span on every poll costs
 //! more than a PING); log lines name it as their parent instead.
 
+use std::collections::HashMap;
 use std::io::{self, IoSlice};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rela_client::FastCrc32;
 use rela_core::backend::{BackendError, BackendKind, BufferId, DeviceInfo, GpuBackend, KernelCall, Usage};
-use rela_core::config::HEADER_LEN;
+use rela_core::config::{HANDSHAKE_MAX_PAYLOAD, HEADER_LEN};
 use rela_core::session::{DirectWrite, Session, SessionConfig};
 use rela_core::wire::msg::{self, ErrorMsg, Message, Request, WRITE_PREFIX_LEN};
 use rela_core::wire::{
@@ -77,6 +78,9 @@ const READ_PIECE: usize = 256 * 1024;
 /// A peer that takes no response bytes for this long is dropped, so it cannot hold pooled
 /// buffers (and with them the node's budget) indefinitely.
 const WRITE_STALL: Duration = Duration::from_secs(60);
+/// How often a large header read before the session is ready looks again whether the handshake
+/// request in flight made it ready.
+const HANDSHAKE_POLL: Duration = Duration::from_millis(5);
 /// Most replies gathered into one vectored write.
 const WRITE_BATCH: usize = 16;
 
@@ -95,6 +99,13 @@ pub(crate) struct Shared {
     /// Payload and READ-response buffers, bounded by the node's budget.
     pub(crate) pool: Arc<Pool>,
     pub(crate) max_sessions: usize,
+    /// Most connections served at once from one address (loopback ones only when
+    /// `cap_loopback`).
+    pub(crate) max_per_address: usize,
+    /// Whether loopback peers count against `max_per_address`.
+    pub(crate) cap_loopback: bool,
+    /// Connections being served, per address (only addresses with at least one).
+    pub(crate) per_address: Mutex<HashMap<IpAddr, usize>>,
     /// Connections being served (counted against `max_sessions`).
     pub(crate) live: AtomicUsize,
     /// Connections being turned away with BUSY.
@@ -110,6 +121,21 @@ struct CountGuard(Arc<Shared>, fn(&Shared) -> &AtomicUsize);
 impl Drop for CountGuard {
     fn drop(&mut self) {
         (self.1)(&self.0).fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Gives back an address's connection count when dropped.
+struct AddressGuard(Arc<Shared>, IpAddr);
+
+impl Drop for AddressGuard {
+    fn drop(&mut self) {
+        let mut counts = self.0.per_address.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = counts.get_mut(&self.1) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.1);
+            }
+        }
     }
 }
 
@@ -148,34 +174,65 @@ pub(crate) async fn accept_loop(
     tasks
 }
 
+/// Serves a new connection, or turns it away at once with ERROR(BUSY) and a reason: its
+/// address is throttled after failed AUTHs (the reason says how long to wait), it has
+/// `max_per_address` sessions already, or the node has `max_sessions`. A connection turned
+/// away holds no session slot.
 fn admit(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, tasks: &mut JoinSet<()>) {
-    if shared.live.load(Ordering::Acquire) >= shared.max_sessions {
-        if shared.rejecting.fetch_add(1, Ordering::AcqRel) < shared.max_sessions {
-            tracing::info!(%peer, "session limit reached; sending BUSY");
-            let guard = CountGuard(shared.clone(), |s| &s.rejecting);
-            tasks.spawn(reject_busy(stream, guard));
-        } else {
-            // Already turning many away: just close.
-            shared.rejecting.fetch_sub(1, Ordering::AcqRel);
-        }
-        return;
+    let ip = peer.ip();
+    let throttled =
+        shared.throttle.lock().unwrap_or_else(PoisonError::into_inner).admit(ip, std::time::Instant::now());
+    if let Err(wait) = throttled {
+        tracing::info!(%peer, ?wait, "connection refused after failed AUTH attempts from this address");
+        return reject(stream, shared, tasks, throttled_reason(wait));
     }
+    if shared.live.load(Ordering::Acquire) >= shared.max_sessions {
+        tracing::info!(%peer, "session limit reached; sending BUSY");
+        return reject(stream, shared, tasks, "node at its session limit".to_owned());
+    }
+    let address = if shared.cap_loopback || !ip.is_loopback() {
+        let mut counts = shared.per_address.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= shared.max_per_address {
+            drop(counts);
+            tracing::info!(%peer, "per-address session limit reached; sending BUSY");
+            let reason = format!("{} sessions from this address already", shared.max_per_address);
+            return reject(stream, shared, tasks, reason);
+        }
+        *n += 1;
+        Some(AddressGuard(shared.clone(), ip))
+    } else {
+        None
+    };
     shared.live.fetch_add(1, Ordering::AcqRel);
     let guard = CountGuard(shared.clone(), |s| &s.live);
-    let delay = shared
-        .throttle
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .admit(peer.ip(), std::time::Instant::now());
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("session", %peer, id = conn);
-    tasks.spawn(serve(stream, peer, conn, span, shared.clone(), delay, guard));
+    tasks.spawn(serve(stream, peer, conn, span, shared.clone(), (guard, address)));
+}
+
+/// The BUSY reason for an address throttled after failed AUTHs: `retry after N ms`, rounded up.
+pub(crate) fn throttled_reason(wait: Duration) -> String {
+    let ms = wait.as_micros().div_ceil(1000);
+    format!("too many failed AUTHs from this address; retry after {ms} ms")
+}
+
+/// Turns a connection away with ERROR(BUSY) and `reason`; past `max_sessions` connections
+/// being turned away at once, just closes it.
+fn reject(stream: TcpStream, shared: &Arc<Shared>, tasks: &mut JoinSet<()>, reason: String) {
+    if shared.rejecting.fetch_add(1, Ordering::AcqRel) < shared.max_sessions {
+        let guard = CountGuard(shared.clone(), |s| &s.rejecting);
+        tasks.spawn(reject_busy(stream, reason, guard));
+    } else {
+        // Already turning many away: just close.
+        shared.rejecting.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Sends one ERROR(BUSY) with seq 0 and closes.
-async fn reject_busy(mut stream: TcpStream, _guard: CountGuard) {
+async fn reject_busy(mut stream: TcpStream, reason: String, _guard: CountGuard) {
     let mut buf = [0u8; 256];
-    let m = ErrorMsg { code: ErrorCode::BUSY, request_kind: Kind(0), reason: "node at its session limit" };
+    let m = ErrorMsg { code: ErrorCode::BUSY, request_kind: Kind(0), reason: &reason };
     let frame = m
         .emit(&mut buf[HEADER_LEN..])
         .ok()
@@ -210,13 +267,8 @@ async fn serve(
     conn: ConnId,
     span: Span,
     shared: Arc<Shared>,
-    delay: Duration,
-    _live: CountGuard,
+    _slots: (CountGuard, Option<AddressGuard>),
 ) {
-    if !delay.is_zero() {
-        tracing::info!(parent: &span, ?delay, "delaying connection after failed AUTH attempts from this address");
-        tokio::time::sleep(delay).await;
-    }
     let _ = stream.set_nodelay(true);
     let (rd, wr) = stream.into_split();
     let wr: SharedWriter = Arc::new(AsyncMutex::new(wr));
@@ -428,6 +480,8 @@ impl Reader {
         tokio::pin!(stopped);
         // A buffer the engine lent for WRITEs, kept while they keep coming.
         let mut held: Option<Granted> = None;
+        // Whether the session has been seen ready (the payload cap is small until then).
+        let mut ready = false;
         loop {
             let ticket = match depth.clone().try_acquire_owned() {
                 Ok(t) => t,
@@ -445,7 +499,7 @@ impl Reader {
             let read = tokio::select! {
                 biased;
                 _ = &mut stopped => break,
-                r = read_frame(&mut rd, &shared, conn, ticket, &mut held) => r,
+                r = read_frame(&mut rd, &shared, &state, &mut ready, conn, ticket, &mut held) => r,
             };
             let now = shared.clock.now();
             let (cmd, last) = match read {
@@ -495,9 +549,15 @@ impl Reader {
 ///
 /// A lease on a buffer (`held`) is kept for the WRITEs into that buffer that follow; any other
 /// frame gives it back first, so the engine sees the lease end before that frame.
+///
+/// Until the session is ready, the payload cap is [`HANDSHAKE_MAX_PAYLOAD`] ([`payload_cap`])
+/// and no READ response buffer is reserved, so a peer that has not authenticated takes nothing
+/// from the node's pool.
 async fn read_frame(
     rd: &mut BufReader<OwnedReadHalf>,
     shared: &Shared,
+    state: &ConnState,
+    ready: &mut bool,
     conn: ConnId,
     ticket: OwnedSemaphorePermit,
     held: &mut Option<Granted>,
@@ -513,8 +573,10 @@ async fn read_frame(
     }
     let mut raw = [0u8; HEADER_LEN];
     or_asked_back(held, rd.read_exact(&mut raw)).await?;
+    let len_field = u32::from_le_bytes([raw[8], raw[9], raw[10], raw[11]]);
+    let cap = payload_cap(shared, state, ready, len_field).await;
     let parsed = RawHeader::view(&raw)
-        .and_then(|view| Ok((view, HeaderRepr::parse(view, shared.max_payload)?)))
+        .and_then(|view| Ok((view, HeaderRepr::parse(view, cap)?)))
         .map_err(|e| ReadError::Frame(e.into()));
     let more_writes = matches!(&parsed, Ok((_, h)) if h.kind == Kind::WRITE && h.flags == Flags::NONE
         && h.len as usize > INLINE_PAYLOAD);
@@ -536,7 +598,10 @@ async fn read_frame(
         // Room for the response: READ data plus header, or a small frame (an ERROR at most).
         // With a shared arena the data is sent from the buffer itself, and the writer tells the
         // engine when it has been sent.
-        let (out, done) = if HEADER_LEN + read_len <= INLINE_OUT {
+        // Nothing is reserved before the session is ready: it answers such a READ with a
+        // small ERROR (and should the session become ready meanwhile, the engine makes room
+        // for the data itself).
+        let (out, done) = if HEADER_LEN + read_len <= INLINE_OUT || !is_ready(state, ready) {
             (None, None)
         } else if shared.direct {
             (None, Some(shared.engine.clone()))
@@ -581,6 +646,39 @@ async fn read_frame(
     }
     crc.verify(&header).map_err(ReadError::Frame)?;
     Ok(Got::Frame(header, Payload::Pooled(buf), None, None, ticket))
+}
+
+/// Whether the session is ready; remembered in `ready` once it is (a session never goes back).
+fn is_ready(state: &ConnState, ready: &mut bool) -> bool {
+    if !*ready {
+        *ready = state.lock().is_ready();
+    }
+    *ready
+}
+
+/// The payload cap for a frame whose header says `len`: the node's `max_payload` once the
+/// session is ready, [`HANDSHAKE_MAX_PAYLOAD`] before (the core's [`Session::max_payload`]).
+///
+/// The cap that applies is the one in force once the node has handled every earlier frame of
+/// the connection, as if frames were read one after another: a large header read while the
+/// request that makes the session ready (HELLO or AUTH) is still in flight waits for it.
+async fn payload_cap(shared: &Shared, state: &ConnState, ready: &mut bool, len: u32) -> u32 {
+    let small = shared.max_payload.min(HANDSHAKE_MAX_PAYLOAD);
+    if len <= small {
+        return small;
+    }
+    loop {
+        // In this order: with nothing in flight, nothing can make the session ready later.
+        let idle = state.inflight.load(Ordering::Acquire) == 0;
+        if is_ready(state, ready) {
+            return shared.max_payload;
+        }
+        if idle {
+            return small;
+        }
+        // Only while a handshake request is in flight; the handshake deadline bounds it.
+        tokio::time::sleep(HANDSHAKE_POLL).await;
+    }
 }
 
 /// Runs `read`, a read inside a frame. If the engine asks for a held lease back meanwhile, the

@@ -1,4 +1,12 @@
 //! Per-IP slow-down after failed AUTH attempts, with bounded memory.
+//!
+//! The schedule (also in docs/SECURITY.md): after the `n`-th failed AUTH from an address, the
+//! node serves no connection from that address for `base · 2^(n-1)` (capped at `max`). A
+//! connection that arrives in that time is not queued: it is told at once (ERROR `BUSY` with
+//! the time left to wait) and closed, so it holds no session slot. Guesses made in parallel
+//! once the wait is over are bounded by the per-address session cap, and each failed one
+//! doubles the next wait. A successful AUTH, or ten minutes without a failure, forgets the
+//! address.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -13,13 +21,12 @@ const FORGET_AFTER: Duration = Duration::from_secs(600);
 struct Entry {
     failures: u32,
     last_failure: Instant,
-    /// The earliest instant the next connection from this IP is served.
+    /// The earliest instant a connection from this IP is served again.
     next_slot: Instant,
 }
 
-/// Failure counts per IP. Connections from an IP with failures are served one after another,
-/// each `base · 2^(failures-1)` (capped at `max`) after the previous one, so parallel guessing
-/// gains nothing.
+/// Failure counts per IP: which connections to serve now and which to turn away, with how
+/// long they should wait (the schedule is in the module documentation).
 #[derive(Debug)]
 pub(crate) struct AuthThrottle {
     base: Duration,
@@ -32,23 +39,18 @@ impl AuthThrottle {
         Self { base, max, entries: HashMap::new() }
     }
 
-    fn delay(&self, failures: u32) -> Duration {
-        backoff(self.base, self.max, failures)
-    }
-
-    /// How long to wait before serving a new connection from `ip`, reserving its slot.
-    pub(crate) fn admit(&mut self, ip: IpAddr, now: Instant) -> Duration {
-        let Some(e) = self.entries.get(&ip).copied() else { return Duration::ZERO };
+    /// Whether a new connection from `ip` may be served now; `Err` is how long the client
+    /// should wait before trying again.
+    pub(crate) fn admit(&mut self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        let Some(e) = self.entries.get(&ip).copied() else { return Ok(()) };
         if now.duration_since(e.last_failure) > FORGET_AFTER {
             self.entries.remove(&ip);
-            return Duration::ZERO;
+            return Ok(());
         }
-        let start = e.next_slot.max(now);
-        let delay = self.delay(e.failures);
-        if let Some(entry) = self.entries.get_mut(&ip) {
-            entry.next_slot = start + delay;
+        if e.next_slot > now {
+            return Err(e.next_slot.duration_since(now));
         }
-        start.duration_since(now)
+        Ok(())
     }
 
     /// Records a failed AUTH from `ip`.
@@ -96,21 +98,41 @@ mod tests {
     fn backoff_grows_and_resets() {
         let mut t = AuthThrottle::new(Duration::from_millis(100), Duration::from_secs(1));
         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let other = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
         let now = Instant::now();
-        assert_eq!(t.admit(ip, now), Duration::ZERO);
+        assert_eq!(t.admit(ip, now), Ok(()));
         t.failed(ip, now);
-        assert_eq!(t.admit(ip, now), Duration::from_millis(100));
-        // A second connection at the same instant queues behind the first.
-        assert_eq!(t.admit(ip, now), Duration::from_millis(200));
-        t.failed(ip, now);
-        t.failed(ip, now);
-        assert!(t.admit(ip, now) >= Duration::from_millis(400));
+        // Turned away at once, told how long to wait; other addresses are not affected.
+        assert_eq!(t.admit(ip, now), Err(Duration::from_millis(100)));
+        assert_eq!(t.admit(ip, now + Duration::from_millis(40)), Err(Duration::from_millis(60)));
+        assert_eq!(t.admit(other, now), Ok(()));
+        // Once the wait is over, connections are served again until the next failure.
+        let later = now + Duration::from_millis(100);
+        assert_eq!(t.admit(ip, later), Ok(()));
+        assert_eq!(t.admit(ip, later), Ok(()));
+        // The second failure doubles the wait, the third doubles it again.
+        t.failed(ip, later);
+        assert_eq!(t.admit(ip, later), Err(Duration::from_millis(200)));
+        t.failed(ip, later);
+        assert_eq!(t.admit(ip, later), Err(Duration::from_millis(400)));
         for _ in 0..40 {
-            t.failed(ip, now);
+            t.failed(ip, later);
         }
-        assert_eq!(t.delay(u32::MAX), Duration::from_secs(1));
+        assert_eq!(backoff(t.base, t.max, u32::MAX), Duration::from_secs(1));
+        assert_eq!(t.admit(ip, later), Err(Duration::from_secs(1)));
         t.succeeded(ip);
-        assert_eq!(t.admit(ip, now), Duration::ZERO);
+        assert_eq!(t.admit(ip, later), Ok(()));
+    }
+
+    #[test]
+    fn failures_are_forgotten_after_a_while() {
+        let mut t = AuthThrottle::new(Duration::from_secs(30), Duration::from_secs(30));
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let now = Instant::now();
+        t.failed(ip, now);
+        assert!(t.admit(ip, now).is_err());
+        assert_eq!(t.admit(ip, now + FORGET_AFTER + Duration::from_secs(1)), Ok(()));
+        assert_eq!(t.len(), 0);
     }
 
     #[test]

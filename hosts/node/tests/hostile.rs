@@ -12,7 +12,7 @@ use common::pattern;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{assert_closed, config, error_code, read_raw_frame, start, wait_idle, within};
+use common::{assert_closed, config, connect_retrying, error_code, read_raw_frame, start, wait_idle, within};
 use rela_client::{Client, ClientError, FastCrc32, Handle};
 use rela_core::auth::AuthKey;
 use rela_core::backend::{KernelId, Usage};
@@ -20,7 +20,7 @@ use rela_core::config::HEADER_LEN;
 use rela_core::session::SessionConfig;
 use rela_core::time::Duration as CoreDuration;
 use rela_core::wire::msg::{
-    Alloc, Allocated, Caps, Copy, Dispatch, Fill, Free, Hello, Message, Read, Welcome,
+    Alloc, Allocated, Caps, Copy, Dispatch, ErrorMsg, Fill, Free, Hello, Message, Read, Welcome,
 };
 use rela_core::wire::{ErrorCode, Flags, HeaderRepr, Kind, encode_frame};
 use rela_node::{NodeConfig, NodeHandle};
@@ -194,8 +194,7 @@ async fn wait_usage(node: &NodeHandle, want: Usage) {
 /// the node holds nothing.
 async fn finish(node: NodeHandle, mut witness: Witness, token: Option<&[u8]>) {
     witness.check().await;
-    let mut fresh =
-        within(Client::connect(node.local_addr(), token)).await.expect("a newcomer still gets in");
+    let mut fresh = connect_retrying(node.local_addr(), token).await.expect("a newcomer still gets in");
     within(fresh.ping()).await.expect("newcomer ping");
     within(fresh.close()).await.expect("newcomer close");
     wait_usage(&node, witness.usage()).await;
@@ -370,6 +369,7 @@ async fn wrong_token_is_refused_and_closed() {
     let w = Witness::new(addr, Some(TOKEN)).await;
     let e = within(Client::connect(addr, Some(b"hunter2"))).await.expect_err("wrong token");
     assert!(matches!(e, ClientError::AuthRejected), "{e:?}");
+    drop(connect_retrying(addr, Some(TOKEN)).await.expect("in once the wait is over"));
     let mut r = Raw::connect(addr).await;
     let welcome = r.hello().await;
     r.err(Kind::AUTH, &AuthKey::new(b"guess").auth_tag(&welcome.nonce), ErrorCode::AUTH_FAILED).await;
@@ -393,6 +393,7 @@ async fn auth_replayed_from_another_session_fails() {
     b.err(Kind::AUTH, &captured, ErrorCode::AUTH_FAILED).await;
     assert_closed(&mut b.s).await;
     assert!(a.ok(Kind::AUTH, &captured).await.is_empty(), "A's own tag works in A");
+    // A's success forgot the address's failure.
     let mut c = Raw::connect(addr).await;
     c.hello().await;
     c.err(Kind::AUTH, &captured, ErrorCode::AUTH_FAILED).await;
@@ -929,4 +930,175 @@ async fn shutdown_while_a_peer_streams_writes_and_takes_no_replies_finishes() {
     assert!(started.elapsed() < Duration::from_secs(10), "shutdown waited {:?}", started.elapsed());
     drop(rd);
     sender.abort();
+}
+
+/// The first frame on a fresh connection, sent unprompted (nothing is written to it): an
+/// ERROR(BUSY) with seq 0, then the connection is closed. Returns the ERROR's reason. A node
+/// that kept the connection waiting in silence fails the 5 s deadline.
+async fn turned_away(addr: SocketAddr) -> String {
+    let mut r = Raw::connect(addr).await;
+    let (h, p) =
+        tokio::time::timeout(Duration::from_secs(5), r.recv()).await.expect("told at once, not kept waiting");
+    assert_eq!(error_code(&h, &p), ErrorCode::BUSY);
+    assert_eq!(h.seq, 0);
+    assert_closed(&mut r.s).await;
+    ErrorMsg::parse(&p).expect("ERROR").reason.to_owned()
+}
+
+/// The `N` of `retry after N ms` in a BUSY reason.
+fn retry_after(reason: &str) -> Duration {
+    let e = ClientError::Server { code: ErrorCode::BUSY, reason: reason.to_owned(), request: Kind(0) };
+    e.retry_after().unwrap_or_else(|| panic!("no 'retry after N ms' in {reason:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_address_is_told_at_once_and_holds_no_slot() {
+    let backoff = Duration::from_millis(1500);
+    let cfg =
+        NodeConfig { max_sessions: 2, auth_backoff: backoff, auth_backoff_max: backoff, ..node_config() }
+            .with_token(TOKEN);
+    let node = start(cfg, 8 * MIB).await;
+    let addr = node.local_addr();
+    let w = Witness::new(addr, Some(TOKEN)).await;
+    // One wrong AUTH: the address is throttled for 1.5 s.
+    let mut r = Raw::connect(addr).await;
+    let welcome = r.hello().await;
+    r.err(Kind::AUTH, &AuthKey::new(b"guess").auth_tag(&welcome.nonce), ErrorCode::AUTH_FAILED).await;
+    assert_closed(&mut r.s).await;
+    // More connections than the node has slots: each is told at once, with the wait, and
+    // none of them takes a slot (the witness holds the only one in use).
+    drop(r);
+    for _ in 0..200 {
+        if node.sessions() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut longest = Duration::ZERO;
+    for _ in 0..4 {
+        let reason = turned_away(addr).await;
+        let wait = retry_after(&reason);
+        assert!(wait <= backoff, "{reason}");
+        longest = longest.max(wait);
+        assert_eq!(node.sessions(), 1, "a throttled connection holds a session slot");
+    }
+    // Once the wait has passed, the right token gets in at once.
+    tokio::time::sleep(longest + Duration::from_millis(50)).await;
+    let mut c = within(Client::connect(addr, Some(TOKEN))).await.expect("in after the wait");
+    within(c.ping()).await.expect("ping");
+    within(c.close()).await.expect("close");
+    finish(node, w, Some(TOKEN)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_slot() {
+    let cfg =
+        NodeConfig { max_sessions: 8, max_sessions_per_address: 3, cap_loopback: true, ..node_config() };
+    let node = start(cfg, 8 * MIB).await;
+    let addr = node.local_addr();
+    let w = Witness::new(addr, None).await;
+    let mut others = Vec::new();
+    for _ in 0..2 {
+        others.push(within(Client::connect(addr, None)).await.expect("within the per-address cap"));
+    }
+    for _ in 0..3 {
+        let reason = turned_away(addr).await;
+        assert!(reason.contains("from this address"), "{reason}");
+    }
+    assert_eq!(node.sessions(), 3);
+    // Another address still gets in (127.0.0.2 is loopback too on Linux).
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind("127.0.0.2:0".parse().expect("addr")).expect("bind 127.0.0.2");
+    let s = within(socket.connect(addr)).await.expect("connect from 127.0.0.2");
+    let mut elsewhere = Raw { s, seq: 0 };
+    elsewhere.hello().await;
+    assert_eq!(elsewhere.ok(Kind::PING, b"hi").await, b"hi");
+    drop(elsewhere);
+    // A slot of this address frees up when one of its sessions leaves.
+    within(others.pop().expect("one").close()).await.expect("close");
+    let mut joined = None;
+    for _ in 0..200 {
+        match within(Client::connect(addr, None)).await {
+            Ok(c) => {
+                joined = Some(c);
+                break;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), Some(ErrorCode::BUSY), "{e:?}");
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+    }
+    let joined = joined.expect("the freed slot is reused");
+    drop((joined, others));
+    for _ in 0..200 {
+        if node.sessions() <= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    finish(node, w, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_frames_before_the_handshake_reserve_nothing() {
+    // Over a backend behind the trait, every large payload and READ response would come from
+    // the node's pool; the budget holds exactly one largest frame.
+    let cfg = NodeConfig { buffer_budget: 17 * MIB, ..node_config() }.with_token(TOKEN);
+    let node =
+        within(rela_node::Node::start(cfg, common::boxed_backend(8 * MIB))).await.expect("node starts");
+    let addr = node.local_addr();
+    let mut stalled = Vec::new();
+    for round in 0..4u16 {
+        let mut r = Raw::connect(addr).await;
+        if round % 2 == 1 {
+            // After HELLO, before AUTH: still not ready.
+            r.hello().await;
+        }
+        // A READ of 16 MiB is refused (WRONG_STATE) without a response buffer reserved.
+        r.err(Kind::READ, &enc(&Read { handle: 1, offset: 0, len: 16 * MIB as u32 }), ErrorCode::WRONG_STATE)
+            .await;
+        // A 16 MiB WRITE header, then nothing: refused at once, nothing reserved for it.
+        let mut h = [0u8; HEADER_LEN];
+        h[..4].copy_from_slice(b"RELA");
+        h[4] = Kind::WRITE.0;
+        h[8..12].copy_from_slice(&(16 * MIB as u32).to_le_bytes());
+        r.send_bytes(&h).await;
+        let (hd, p) = tokio::time::timeout(Duration::from_secs(5), r.recv()).await.expect("refused at once");
+        assert_eq!(error_code(&hd, &p), ErrorCode::PAYLOAD_TOO_LARGE);
+        stalled.push(r);
+    }
+    assert_eq!(node.peak_buffer_bytes(), 0, "a peer before its handshake reserved pool memory");
+    // A client that authenticates moves 1 MiB each way at once.
+    let mut c = within(Client::connect(addr, Some(TOKEN))).await.expect("connect");
+    let data = pattern(21, MIB);
+    let b = within(c.alloc(MIB as u64)).await.expect("alloc");
+    within(c.write(b, 0, &data)).await.expect("write");
+    assert_eq!(within(c.read(b, 0, MIB as u64)).await.expect("read"), data);
+    within(c.close()).await.expect("close");
+    drop(stalled);
+    assert_eq!(wait_idle(&node).await, Usage::default());
+    within(node.shutdown()).await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_frame_pipelined_behind_hello_gets_the_full_cap() {
+    let node = start(node_config(), 8 * MIB).await;
+    let addr = node.local_addr();
+    let mut r = Raw::connect(addr).await;
+    // HELLO and a 64 KiB WRITE in one send: the WRITE is read once HELLO made the session
+    // ready, so it is judged by the full cap (the handle names nothing: NO_SUCH_BUFFER).
+    let mut bytes =
+        frame(Kind::HELLO, Flags::NONE, 1, &enc(&Hello { min_version: 1, max_version: 1, caps: Caps(0) }));
+    bytes.extend(frame(Kind::WRITE, Flags::NONE, 2, &write_payload(1, 0, &pattern(4, 64 * 1024))));
+    r.send_bytes(&bytes).await;
+    let (h, _) = r.recv().await;
+    assert_eq!(h.kind, Kind::HELLO);
+    let (h, p) = r.recv().await;
+    assert_eq!((h.seq, error_code(&h, &p)), (2, ErrorCode::NO_SUCH_BUFFER));
+    r.seq = 2;
+    assert_eq!(r.ok(Kind::PING, b"on").await, b"on");
+    drop(r);
+    assert_eq!(wait_idle(&node).await, Usage::default());
+    within(node.shutdown()).await.expect("shutdown");
 }

@@ -48,6 +48,23 @@ pub async fn within<F: Future>(f: F) -> F::Output {
     tokio::time::timeout(STEP, f).await.expect("test step timed out")
 }
 
+/// Connects like [`rela_client::Client::connect`], waiting and trying again while the node
+/// turns this address away for failed AUTHs (ERROR(BUSY) with a retry-after), at most 20 times.
+pub async fn connect_retrying(
+    addr: std::net::SocketAddr,
+    token: Option<&[u8]>,
+) -> Result<rela_client::Client, rela_client::ClientError> {
+    for _ in 0..20 {
+        match within(rela_client::Client::connect(addr, token)).await {
+            Err(e) if e.retry_after().is_some() => {
+                tokio::time::sleep(e.retry_after().unwrap_or_default()).await;
+            }
+            other => return other,
+        }
+    }
+    panic!("still throttled after 20 tries");
+}
+
 /// Polls until the backend holds nothing (bounded).
 pub async fn wait_idle(node: &NodeHandle) -> Usage {
     let mut last = Usage::default();
