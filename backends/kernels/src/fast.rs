@@ -5,7 +5,10 @@
 //!   AVX2/FMA or AVX-512 micro-kernels, split over the pool's threads).
 //! - Attention is tiled per (sequence, block of [`QUERY_TILE`] queries) with an online softmax
 //!   over blocks of [`KEY_TILE`] keys: no `seq × seq` temporaries, only one
-//!   `QUERY_TILE × KEY_TILE` score tile per task. Masked keys are skipped before any work.
+//!   `QUERY_TILE × KEY_TILE` score tile per task. Masked keys are skipped before any work. Both
+//!   products of a tile (`Q Kᵀ` and `P V`) are [`gemm`] calls.
+//! - The loops that are not `gemm` calls but compute (the softmax, GELU) are compiled for the
+//!   best instruction set the CPU offers (AVX-512, AVX2) through [`pulp`]'s runtime dispatch.
 //! - Elementwise and row-wise kernels (ADD, MUL, SCALE, GELU, layer norm, mean pool) run in
 //!   chunks over the pool, with loops the compiler vectorizes; `exp` is a branch-free
 //!   polynomial ([`exp`]) so that GELU and the softmax vectorize too.
@@ -33,9 +36,9 @@ use super::reference;
 pub use super::reference::{attention_scale, erf, gelu_one};
 
 /// Queries per attention task (one output tile of `QUERY_TILE × head_dim` per head).
-pub const QUERY_TILE: usize = 32;
+pub const QUERY_TILE: usize = 64;
 /// Keys per step of attention's online softmax (the score tile is `QUERY_TILE × KEY_TILE`).
-pub const KEY_TILE: usize = 64;
+pub const KEY_TILE: usize = 256;
 /// Elements (or multiply-adds, for attention) below which a kernel runs on the calling thread.
 pub const PAR_MIN: usize = 1 << 15;
 
@@ -171,6 +174,7 @@ pub fn scale(x: &[u8], out: &mut [u8], n: usize, alpha: f32) {
 
 /// A strided matrix view for [`gemm_into`]: `rows × cols` with element `(r, c)` at
 /// `data[r * rs + c * cs]`.
+#[derive(Clone, Copy)]
 struct View<'a> {
     data: &'a [f32],
     rs: usize,
@@ -182,7 +186,8 @@ fn fits(len: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
     rows == 0 || cols == 0 || (rows - 1) * rs + (cols - 1) * cs < len
 }
 
-/// `dst (m × n, row-major) = [dst +] lhs (m × k) · rhs (k × n)`, on the pool's threads.
+/// `dst (m × n, row-major) = [dst +] lhs (m × k) · rhs (k × n)`: on the pool's threads if
+/// `parallel` and the product is large enough, else on the calling thread.
 ///
 /// Panics if a view reaches past its slice (callers pass validated shapes).
 #[allow(unsafe_code)]
@@ -192,6 +197,7 @@ fn gemm_into(
     lhs: View<'_>,
     rhs: View<'_>,
     (m, k, n): (usize, usize, usize),
+    parallel: bool,
 ) {
     assert!(fits(dst.len(), m, n, n, 1), "gemm: dst too small");
     assert!(fits(lhs.data.len(), m, k, lhs.rs, lhs.cs), "gemm: lhs too small");
@@ -207,12 +213,12 @@ fn gemm_into(
     }
     // All of these are at most a slice length, hence fit in isize.
     let s = |v: usize| v as isize;
-    let parallelism = if m * n * k >= PAR_MIN * 8 && threads() > 1 {
+    let parallelism = if parallel && m * n * k >= PAR_MIN * 8 && threads() > 1 {
         gemm::Parallelism::Rayon(threads())
     } else {
         gemm::Parallelism::None
     };
-    install(|| {
+    let mut run = move || {
         // SAFETY: the asserts above check that every element the views address,
         // `(i, j) -> base + i * rs + j * cs` for `i < rows`, `j < cols`, lies within its slice
         // (dst: `m × n` at (n, 1); lhs: `m × k`; rhs: `k × n`). `dst` is borrowed mutably and
@@ -241,7 +247,8 @@ fn gemm_into(
                 parallelism,
             );
         }
-    });
+    };
+    if matches!(parallelism, gemm::Parallelism::None) { run() } else { install(run) }
 }
 
 /// Columns above which MATMUL and LINEAR go through [`gemm`]; narrower products run the
@@ -272,10 +279,10 @@ pub fn matmul(a: &[u8], b: &[u8], out: &mut [u8], m: usize, k: usize, n: usize) 
     output(out, m * n, |o| {
         let b = View { data: &b, rs: n, cs: 1 };
         if rows == m {
-            gemm_into(o, false, View { data: &a, rs: k, cs: 1 }, b, (m, k, n));
+            gemm_into(o, false, View { data: &a, rs: k, cs: 1 }, b, (m, k, n), true);
         } else {
             let mut two = vec![0.0f32; rows * n];
-            gemm_into(&mut two, false, View { data: &a, rs: k, cs: 1 }, b, (rows, k, n));
+            gemm_into(&mut two, false, View { data: &a, rs: k, cs: 1 }, b, (rows, k, n), true);
             o.copy_from_slice(&two[..m * n]);
         }
     });
@@ -326,6 +333,7 @@ pub fn layer_norm(x: &[u8], gamma: &[u8], beta: &[u8], out: &mut [u8], rows: usi
 const LANES: usize = 16;
 
 /// `Σ v` in [`LANES`] interleaved partial sums.
+#[inline(always)]
 fn sum(v: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];
     let mut chunks = v.chunks_exact(LANES);
@@ -333,6 +341,18 @@ fn sum(v: &[f32]) -> f32 {
         acc.iter_mut().zip(c).for_each(|(a, &x)| *a += x);
     }
     acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+}
+
+/// The largest of `v` (−∞ for none; NaN-free input), in [`LANES`] lanes so that it vectorizes.
+#[inline(always)]
+fn max_of(v: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let mut chunks = v.chunks_exact(LANES);
+    for c in &mut chunks {
+        acc.iter_mut().zip(c).for_each(|(a, &x)| *a = if x > *a { x } else { *a });
+    }
+    let lanes = acc.iter().fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    chunks.remainder().iter().fold(lanes, |m, &x| if x > m { x } else { m })
 }
 
 /// `Σ v²` in [`LANES`] interleaved partial sums.
@@ -358,7 +378,14 @@ pub fn linear(x: &[u8], w: &[u8], bias: &[u8], out: &mut [u8], m: usize, k: usiz
         for row in o.chunks_exact_mut(n) {
             row.copy_from_slice(&bias);
         }
-        gemm_into(o, true, View { data: &x, rs: k, cs: 1 }, View { data: &w, rs: 1, cs: k }, (rows, k, n));
+        gemm_into(
+            o,
+            true,
+            View { data: &x, rs: k, cs: 1 },
+            View { data: &w, rs: 1, cs: k },
+            (rows, k, n),
+            true,
+        );
     };
     output(out, m * n, |o| {
         if rows == m {
@@ -408,6 +435,21 @@ fn gelu_fast(x: f32) -> f32 {
     0.5 * x * c
 }
 
+/// `out[i] = gelu(x[i])` over one chunk, compiled for the best instruction set the CPU has.
+struct GeluChunk<'a> {
+    x: &'a [f32],
+    out: &'a mut [f32],
+}
+
+impl pulp::WithSimd for GeluChunk<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        self.out.iter_mut().zip(self.x).for_each(|(o, &v)| *o = gelu_fast(v));
+    }
+}
+
 /// `out[i] = gelu(x[i])` for `i < n` (exact erf GELU, as [`reference::gelu`]).
 pub fn gelu(x: &[u8], out: &mut [u8], n: usize) {
     let x = input(x, n);
@@ -415,7 +457,7 @@ pub fn gelu(x: &[u8], out: &mut [u8], n: usize) {
         // About 30 operations per element.
         for_row_chunks(o, 1, 8, |i, o| {
             let x = &x[i..i + o.len()];
-            o.iter_mut().zip(x).for_each(|(o, &v)| *o = gelu_fast(v));
+            pulp::Arch::new().dispatch(GeluChunk { x, out: o });
         });
     });
 }
@@ -454,7 +496,8 @@ pub fn attention(
             let tokens = b * seq..(b + 1) * seq;
             let (qb, kb, vb) =
                 (&q[tokens.start * width..], &k[tokens.start * width..], &v[tokens.start * width..]);
-            attention_tile(&shape, qb, kb, vb, &keys, t * QUERY_TILE, o);
+            let tile = Tile { shape: &shape, q: qb, k: kb, v: vb, keys: &keys, i0: t * QUERY_TILE, out: o };
+            pulp::Arch::new().dispatch(tile);
         };
         let tiles = seq.div_ceil(QUERY_TILE);
         let chunk = QUERY_TILE * width;
@@ -484,9 +527,36 @@ struct Shape {
     scale: f32,
 }
 
-/// Attention for queries `i0 ..` (as many as `out` holds rows) of one sequence whose rows
-/// start at `q`, `k`, `v`, over the unmasked `keys`, every head.
-fn attention_tile(s: &Shape, q: &[f32], k: &[f32], v: &[f32], keys: &[usize], i0: usize, out: &mut [f32]) {
+/// One attention task: queries `i0 ..` (as many as `out` holds rows) of one sequence whose
+/// rows start at `q`, `k`, `v`, over the unmasked `keys`, every head.
+struct Tile<'a> {
+    shape: &'a Shape,
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    keys: &'a [usize],
+    i0: usize,
+    out: &'a mut [f32],
+}
+
+impl pulp::WithSimd for Tile<'_> {
+    type Output = ();
+
+    /// Runs the task compiled for the best instruction set the CPU has (AVX-512 or AVX2 where
+    /// present), so that the softmax's loops, `exp` included, vectorize at full width.
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        attention_tile(self);
+    }
+}
+
+/// Runs one [`Tile`]: per head, this head's unmasked keys and values are gathered into
+/// contiguous rows; then, for each block of [`KEY_TILE`] of them, the scores
+/// `Q Kᵀ` (a [`gemm`] call), the online softmax update of each query's running max and sum
+/// (rescaling its accumulated output), and `acc += P V` (another [`gemm`] call).
+#[inline(always)]
+fn attention_tile(t: Tile<'_>) {
+    let Tile { shape: s, q, k, v, keys, i0, out } = t;
     let (hd, width) = (s.head_dim, s.heads * s.head_dim);
     let rows = out.len() / width;
     debug_assert!(i0 + rows <= s.seq);
@@ -494,51 +564,49 @@ fn attention_tile(s: &Shape, q: &[f32], k: &[f32], v: &[f32], keys: &[usize], i0
         out.fill(0.0);
         return;
     }
-    // Per head: the key tile transposed (hd × KEY_TILE), scores (rows × KEY_TILE), the running
-    // max and sum per query, and the output accumulator (rows × hd).
-    let mut kt = vec![0.0f32; hd * KEY_TILE];
-    let mut scores = vec![0.0f32; rows * KEY_TILE];
+    let nk = keys.len();
+    let mut kh = vec![0.0f32; nk * hd];
+    let mut vh = vec![0.0f32; nk * hd];
+    let mut scores = vec![0.0f32; rows * KEY_TILE.min(nk)];
     let mut max = vec![0.0f32; rows];
     let mut total = vec![0.0f32; rows];
     let mut acc = vec![0.0f32; rows * hd];
     for h in 0..s.heads {
+        for ((&j, kr), vr) in keys.iter().zip(kh.chunks_exact_mut(hd)).zip(vh.chunks_exact_mut(hd)) {
+            kr.copy_from_slice(&k[j * width + h * hd..j * width + (h + 1) * hd]);
+            vr.copy_from_slice(&v[j * width + h * hd..j * width + (h + 1) * hd]);
+        }
         max.fill(f32::NEG_INFINITY);
         total.fill(0.0);
         acc.fill(0.0);
-        for block in keys.chunks(KEY_TILE) {
-            let cols = block.len();
-            for (c, &j) in block.iter().enumerate() {
-                let kr = &k[j * width + h * hd..j * width + (h + 1) * hd];
-                for (d, &kv) in kr.iter().enumerate() {
-                    kt[d * KEY_TILE + c] = kv;
-                }
-            }
-            for r in 0..rows {
-                let qr = &q[(i0 + r) * width + h * hd..(i0 + r) * width + (h + 1) * hd];
-                let sr = &mut scores[r * KEY_TILE..r * KEY_TILE + cols];
-                sr.fill(0.0);
-                for (d, &qv) in qr.iter().enumerate() {
-                    let kd = &kt[d * KEY_TILE..d * KEY_TILE + cols];
-                    sr.iter_mut().zip(kd).for_each(|(s, &kv)| *s += qv * kv);
-                }
+        let qh = View { data: &q[i0 * width + h * hd..], rs: width, cs: 1 };
+        for c0 in (0..nk).step_by(KEY_TILE) {
+            let cols = (nk - c0).min(KEY_TILE);
+            let st = &mut scores[..rows * cols];
+            // Scores: (rows × hd) · (hd × cols), the key rows read as columns.
+            let kt = View { data: &kh[c0 * hd..], rs: 1, cs: hd };
+            gemm_into(st, false, qh, kt, (rows, hd, cols), false);
+            for (r, sr) in st.chunks_exact_mut(cols).enumerate() {
                 let scale = s.scale;
-                let mut m = max[r];
-                for x in sr.iter_mut() {
-                    *x /= scale;
-                    m = m.max(*x);
-                }
-                // The first block: exp(-inf) = 0 scales the empty accumulators.
+                sr.iter_mut().for_each(|x| *x /= scale);
+                let m = max_of(sr).max(max[r]);
+                // The first block: nothing accumulated yet, nothing to rescale.
                 let correction = if max[r] == f32::NEG_INFINITY { 0.0 } else { exp(max[r] - m) };
                 max[r] = m;
                 sr.iter_mut().for_each(|x| *x = exp(*x - m));
                 total[r] = total[r] * correction + sum(sr);
-                let ar = &mut acc[r * hd..(r + 1) * hd];
-                ar.iter_mut().for_each(|a| *a *= correction);
-                for (&p, &j) in sr.iter().zip(block) {
-                    let vr = &v[j * width + h * hd..j * width + (h + 1) * hd];
-                    ar.iter_mut().zip(vr).for_each(|(a, &x)| *a += p * x);
-                }
+                acc[r * hd..(r + 1) * hd].iter_mut().for_each(|a| *a *= correction);
             }
+            // acc += P (rows × cols) · V (cols × hd).
+            let p = View { data: st, rs: cols, cs: 1 };
+            gemm_into(
+                &mut acc,
+                true,
+                p,
+                View { data: &vh[c0 * hd..], rs: hd, cs: 1 },
+                (rows, cols, hd),
+                false,
+            );
         }
         for r in 0..rows {
             let or = &mut out[r * width + h * hd..r * width + (h + 1) * hd];
