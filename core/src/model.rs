@@ -181,6 +181,12 @@ pub trait ModelHost<B: GpuBackend + ?Sized> {
     /// Frees and zeroes every model this host holds and drops any staged upload (the session
     /// closed).
     fn release_all(&mut self, backend: &mut B);
+
+    /// Device bytes of models this host holds once for every session that loads them
+    /// (reported in DEVICE_INFO). 0 by default: nothing shared.
+    fn shared_bytes(&self) -> u64 {
+        0
+    }
 }
 
 /// The model host of a node that serves no models.

@@ -283,7 +283,7 @@ enum Body {
     Empty,
     Welcome(Welcome),
     Pong(Vec<u8, MAX_PING_PAYLOAD>),
-    DeviceInfo { info: DeviceInfo, free: u64 },
+    DeviceInfo { info: DeviceInfo, free: u64, shared: u64 },
     Stats(Stats),
     Allocated(Allocated),
     Read { id: BufferId, offset: u64, len: u32 },
@@ -738,7 +738,7 @@ impl Session {
             Body::Empty => (kind, r, 0),
             Body::Welcome(m) => (kind, r, m.emit(out)?),
             Body::Pong(data) => (kind, r, msg::Ping { data }.emit(out)?),
-            Body::DeviceInfo { info, free } => {
+            Body::DeviceInfo { info, free, shared } => {
                 let m = DeviceInfoMsg {
                     backend: info.backend,
                     total: info.total,
@@ -746,6 +746,7 @@ impl Session {
                     max_alloc: info.max_alloc,
                     name: &info.name,
                     vendor: &info.vendor,
+                    shared_models: *shared,
                 };
                 (kind, r, m.emit(out)?)
             }
@@ -884,7 +885,7 @@ impl Session {
                 let progress = self.progress_target(kind, frame.seq());
                 self.on_model(req, backend, models, progress).map(Some)
             }
-            (State::Ready, req) => self.on_ready(req, backend),
+            (State::Ready, req) => self.on_ready(req, backend, models.shared_bytes()),
             (State::AwaitHello, _) => Err(Reject::new(ErrorCode::WRONG_STATE, "HELLO required first")),
             (State::AwaitAuth, _) => Err(Reject::new(ErrorCode::WRONG_STATE, "AUTH required first")),
             (State::Closing | State::Closed, _) => {
@@ -921,10 +922,13 @@ impl Session {
         Ok(Body::Welcome(welcome))
     }
 
+    /// A request of a ready session; `shared` is the model host's shared model bytes (for
+    /// DEVICE_INFO).
     fn on_ready<B: GpuBackend + ?Sized>(
         &mut self,
         req: Request<'_>,
         backend: &mut B,
+        shared: u64,
     ) -> Result<Option<Body>, Reject> {
         let body = match req {
             Request::Hello(_) => return Err(Reject::new(ErrorCode::WRONG_STATE, "HELLO already done")),
@@ -939,7 +943,7 @@ impl Session {
             Request::DeviceInfo => {
                 let info = backend.info();
                 let free = info.total.saturating_sub(backend.usage().used);
-                Body::DeviceInfo { info, free }
+                Body::DeviceInfo { info, free, shared }
             }
             Request::Stats => {
                 let s = self.stats();

@@ -222,6 +222,9 @@ pub struct RemoteDeviceInfo {
     pub name: String,
     /// Vendor name.
     pub vendor: String,
+    /// Bytes of models the node holds once for every session that loads them (part of
+    /// `total - free`; 0 from a node that shares none or does not say).
+    pub shared_models: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -423,6 +426,7 @@ impl Client {
                 max_alloc: d.max_alloc,
                 name: d.name.to_owned(),
                 vendor: d.vendor.to_owned(),
+                shared_models: d.shared_models,
             }),
             other => {
                 let e = unexpected(&other);

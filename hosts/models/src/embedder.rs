@@ -372,6 +372,35 @@ impl Embedder {
         })
     }
 
+    /// Another embedder over the same weight buffers, with a workspace of its own: one loaded
+    /// model served to several sessions, each embedding with its own intermediates.
+    ///
+    /// A share owns no weights: its [`unload`](Self::unload) frees only its workspace. The
+    /// weights stay valid until the embedder that loaded them is unloaded, which its owner does
+    /// only once every share is gone. [`owns_weights`](Self::owns_weights) tells them apart.
+    pub fn share(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            tokenizer: self.tokenizer.clone(),
+            max_tokens: self.max_tokens,
+            word: self.word,
+            position: self.position,
+            token_type: self.token_type,
+            emb_ln_g: self.emb_ln_g,
+            emb_ln_b: self.emb_ln_b,
+            layers: self.layers.clone(),
+            weight_buffers: Vec::new(),
+            device_bytes: self.device_bytes,
+            workspace: None,
+        }
+    }
+
+    /// Whether this embedder loaded (and so frees) its weights, rather than being a
+    /// [`share`](Self::share).
+    pub fn owns_weights(&self) -> bool {
+        !self.weight_buffers.is_empty()
+    }
+
     /// Bytes of backend memory the weights take (as f32). Intermediates come on top:
     /// [`workspace_bytes`](Self::workspace_bytes).
     pub const fn device_bytes(&self) -> u64 {

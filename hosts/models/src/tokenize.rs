@@ -18,6 +18,7 @@ pub(crate) struct Tokens {
 
 /// A Hugging Face tokenizer set up to truncate (right, longest-first) to `max_tokens` tokens
 /// including special tokens, with no padding (the embedder pads batches itself).
+#[derive(Clone)]
 pub(crate) struct TextTokenizer {
     inner: Tokenizer,
     max_tokens: usize,

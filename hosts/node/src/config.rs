@@ -65,6 +65,9 @@ pub struct NodeConfig {
     /// Most multiply-adds one DISPATCH may cost ([`rela_core::backend::KernelCall::work`]);
     /// more is `ERROR(LIMIT_EXCEEDED)`. Bounds one request to seconds of device time.
     pub max_dispatch_cost: u64,
+    /// Repository models to load at start and keep until the node stops (`serve --preload`),
+    /// shared by every session that loads them.
+    pub preload: Vec<String>,
 }
 
 impl Default for NodeConfig {
@@ -85,6 +88,7 @@ impl Default for NodeConfig {
             socket_buffer: 4 * 1024 * 1024,
             models: None,
             max_dispatch_cost: crate::engine::DEFAULT_MAX_DISPATCH_COST,
+            preload: Vec::new(),
         }
     }
 }

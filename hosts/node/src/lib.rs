@@ -71,6 +71,7 @@ mod leases;
 mod messages;
 mod models;
 mod pool;
+mod shared_models;
 mod throttle;
 
 use std::fmt;
@@ -230,6 +231,19 @@ impl Node {
         }
         let mut config = config;
         config.session.models = repository.is_some();
+        let shared = Arc::new(shared_models::SharedModels::default());
+        let mut backend = backend;
+        for name in &config.preload {
+            let repo = repository
+                .as_ref()
+                .ok_or_else(|| NodeError::Models(format!("--preload {name}: no --models")))?;
+            let files = repo.files(name).map_err(|e| NodeError::Models(format!("--preload {name}: {e}")))?;
+            // At start, before any session: the engine thread does not run yet.
+            shared
+                .preload(name, &files, &mut *backend)
+                .map_err(|e| NodeError::Models(format!("--preload {name}: {e}")))?;
+            tracing::info!(model = %name, bytes = shared.bytes(), "model preloaded");
+        }
         let engine = Engine::new(
             backend,
             config.session.clone(),
@@ -239,6 +253,7 @@ impl Node {
             direct.clone(),
             engine_tx.clone(),
             config.max_dispatch_cost,
+            shared,
         );
         let engine_thread =
             std::thread::Builder::new().name("rela-engine".into()).spawn(move || engine.run(engine_rx))?;

@@ -2,13 +2,15 @@
 //! [`ModelHost`] seam with `rela-models`.
 //!
 //! - MODEL_LOAD names a model in the node's repository (`serve --models DIR`). Its weights are
-//!   charged to the **session's quota**: the device bytes they need are checked against the
-//!   quota left before anything touches the device.
+//!   held once for every session that loads it ([`crate::shared_models`]) and charged to no
+//!   session's quota (MODEL_LOADED reports 0 bytes charged).
 //! - MODEL_UPLOAD / MODEL_CHUNK / MODEL_COMMIT load a client's own safetensors file for the
 //!   architecture and tokenizer of a repository model. The file is staged in host memory (its
 //!   size is charged to the session's quota until the commit, and all sessions together stage
 //!   at most [`MAX_STAGED_BYTES`]), then parsed and checked (header, offsets, every tensor's
-//!   dtype and shape) before anything touches the device.
+//!   dtype and shape) before anything touches the device. Uploaded weights are private to the
+//!   session and charged to its quota: the device bytes they need are checked against the
+//!   quota left before anything touches the device.
 //! - Long loads send PROGRESS frames to clients that asked for them, straight to the
 //!   connection's writer while the engine works.
 //! - INFER runs the forward pass on the node's backend. The embeddings are staged in a small
@@ -28,6 +30,7 @@ use rela_core::wire::msg::Infer;
 use rela_models::{Embedder, ModelFiles, ModelRepository};
 
 use crate::messages::{ConnState, INLINE_OUT, OutBuf, Outcome, Reply, ReplyTx};
+use crate::shared_models::SharedModels;
 
 /// Most bytes of uploaded weights all sessions of a node stage at once.
 pub(crate) const MAX_STAGED_BYTES: u64 = 1 << 30;
@@ -113,7 +116,10 @@ impl ProgressSink {
 pub(crate) struct SessionModels {
     repository: Option<Arc<ModelRepository>>,
     staging: Arc<StagingBudget>,
-    loaded: Vec<(u32, Embedder)>,
+    /// The node's shared repository models.
+    shared: Arc<SharedModels>,
+    /// Loaded models by id, with the repository name of the shared ones.
+    loaded: Vec<(u32, Embedder, Option<String>)>,
     next_id: u32,
     /// Staging buffer for INFER results and its size.
     output: Option<(BufferId, u64)>,
@@ -136,13 +142,37 @@ impl SessionModels {
     pub(crate) fn new(
         repository: Option<Arc<ModelRepository>>,
         staging: Arc<StagingBudget>,
+        shared: Arc<SharedModels>,
         progress: Option<ProgressSink>,
     ) -> Self {
-        Self { repository, staging, loaded: Vec::new(), next_id: 0, output: None, upload: None, progress }
+        Self {
+            repository,
+            staging,
+            shared,
+            loaded: Vec::new(),
+            next_id: 0,
+            output: None,
+            upload: None,
+            progress,
+        }
     }
 
     fn embedder(&mut self, id: u32) -> Result<&mut Embedder, ModelError> {
-        self.loaded.iter_mut().find(|(i, _)| *i == id).map(|(_, e)| e).ok_or(ModelError::NoSuchModel)
+        self.loaded.iter_mut().find(|(i, _, _)| *i == id).map(|(_, e, _)| e).ok_or(ModelError::NoSuchModel)
+    }
+
+    /// Gives a loaded model back: a share to the node's shared models, private weights freed.
+    fn drop_model(
+        &self,
+        backend: &mut dyn GpuBackend,
+        embedder: Embedder,
+        shared: Option<String>,
+    ) -> Result<(), ModelError> {
+        match shared {
+            Some(name) => self.shared.release(&name, embedder, backend),
+            None => embedder.unload(backend),
+        }
+        .map_err(wire_error)
     }
 
     fn files(&self, name: &str) -> Result<ModelFiles, ModelError> {
@@ -165,8 +195,9 @@ impl SessionModels {
         Ok(id)
     }
 
-    /// Loads a model (from `files`, or with `weights` in place of its safetensors file) and
-    /// registers it.
+    /// Loads a model and registers it: a repository model (`weights` is `None`) as a share of
+    /// the node's copy, charged nothing; uploaded `weights` (in place of the base model's
+    /// safetensors file) privately, within `budget`.
     fn load_model(
         &mut self,
         backend: &mut dyn GpuBackend,
@@ -187,25 +218,39 @@ impl SessionModels {
             }
             _ => &mut report,
         };
-        let embedder = Embedder::load_within(backend, files, weights, budget, report)
-            .map_err(|e| if weights.is_some() { upload_error(e) } else { wire_error(e) })?;
+        let (embedder, shared) = match weights {
+            Some(bytes) => {
+                let e = Embedder::load_within(backend, files, Some(bytes), budget, report)
+                    .map_err(upload_error)?;
+                (e, None)
+            }
+            None => {
+                let shared = self.shared.clone();
+                let e = shared
+                    .acquire(what, false, || Embedder::load_within(backend, files, None, u64::MAX, report))
+                    .map_err(wire_error)?;
+                (e, Some(what.to_owned()))
+            }
+        };
         // Ids stay unique among this session's models (at most a handful), even after the
         // counter wraps: the core undoes a load by id if the id were taken.
         loop {
             self.next_id = self.next_id.wrapping_add(1).max(1);
-            if !self.loaded.iter().any(|(i, _)| *i == self.next_id) {
+            if !self.loaded.iter().any(|(i, _, _)| *i == self.next_id) {
                 break;
             }
         }
         let id = self.next_id;
-        let loaded = LoadedModel { id, dim: embedder.dim() as u32, bytes: embedder.device_bytes() };
+        let charged = if shared.is_some() { 0 } else { embedder.device_bytes() };
+        let loaded = LoadedModel { id, dim: embedder.dim() as u32, bytes: charged };
         tracing::info!(
             model = what,
-            bytes = loaded.bytes,
+            bytes = embedder.device_bytes(),
+            shared = shared.is_some(),
             ms = started.elapsed().as_millis() as u64,
             "model loaded"
         );
-        self.loaded.push((id, embedder));
+        self.loaded.push((id, embedder, shared));
         Ok(loaded)
     }
 }
@@ -287,9 +332,9 @@ impl<'b> ModelHost<dyn GpuBackend + 'b> for SessionModels {
     }
 
     fn unload(&mut self, backend: &mut (dyn GpuBackend + 'b), id: u32) -> Result<(), ModelError> {
-        let i = self.loaded.iter().position(|(m, _)| *m == id).ok_or(ModelError::NoSuchModel)?;
-        let (_, embedder) = self.loaded.swap_remove(i);
-        embedder.unload(backend).map_err(wire_error)
+        let i = self.loaded.iter().position(|(m, _, _)| *m == id).ok_or(ModelError::NoSuchModel)?;
+        let (_, embedder, shared) = self.loaded.swap_remove(i);
+        self.drop_model(backend, embedder, shared)
     }
 
     fn infer(
@@ -312,13 +357,17 @@ impl<'b> ModelHost<dyn GpuBackend + 'b> for SessionModels {
 
     fn release_all(&mut self, backend: &mut (dyn GpuBackend + 'b)) {
         self.upload = None;
-        for (_, embedder) in self.loaded.drain(..) {
-            if let Err(e) = embedder.unload(backend) {
+        for (_, embedder, shared) in std::mem::take(&mut self.loaded) {
+            if let Err(e) = self.drop_model(backend, embedder, shared) {
                 tracing::warn!(error = %e, "unloading a model failed");
             }
         }
         if let Some((id, _)) = self.output.take() {
             let _ = backend.free(id);
         }
+    }
+
+    fn shared_bytes(&self) -> u64 {
+        self.shared.bytes()
     }
 }

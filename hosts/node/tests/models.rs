@@ -1,6 +1,7 @@
 //! MODEL_LOAD / INFER / MODEL_UNLOAD through a live node (host backend): embeddings match the
-//! sentence-transformers fixture, the weights are charged to the session's quota, and once the
-//! model is unloaded (or the session ends) the node holds nothing.
+//! sentence-transformers fixture, a repository model is held once for every session that loads
+//! it (uploaded weights are private and charged to the session's quota), and once the model is
+//! unloaded (or the session ends) the node holds nothing.
 //!
 //! Needs the weights (`hosts/models/fetch-model.sh`, or `RELA_MODEL_DIR`). Without them the
 //! test prints a SKIPPED line — unless `RELA_REQUIRE_MODEL=1`, when it fails.
@@ -71,7 +72,8 @@ async fn embeddings_through_the_node_match_the_reference_and_leave_nothing() {
     let m = within(c.model_load("all-MiniLM-L6-v2")).await.expect("load");
     assert_eq!(m.dim, 384);
     let stats = within(c.stats()).await.expect("stats");
-    assert_eq!(stats.used, m.bytes, "the weights are charged to the session's quota");
+    assert_eq!(m.bytes, 0, "a repository model's weights are shared, charged to no session");
+    assert_eq!(stats.used, 0);
 
     let cases = fixture(6);
     let texts: Vec<&str> = cases.iter().map(|(t, _)| t.as_str()).collect();
@@ -182,7 +184,9 @@ async fn uploaded_weights_are_checked_loaded_and_report_progress() {
         device.push((done, total));
     };
     let m = within(c.model_load_with_progress("all-MiniLM-L6-v2", Some(&mut record))).await.expect("load");
-    assert_eq!(device.last(), Some(&(m.bytes, m.bytes)));
+    // Shared weights are charged to no session (m.bytes is 0); progress counts all of them.
+    assert_eq!(m.bytes, 0);
+    assert!(matches!(device.last(), Some(&(done, total)) if done == total && total > 20 << 20), "{device:?}");
     within(c.model_unload(m)).await.expect("unload");
 
     // Bad files are typed errors, checked before the device is touched; the session goes on.
@@ -246,4 +250,70 @@ fn blocking_client_loads_uploads_and_infers() {
         let end = within(node.shutdown()).await.expect("shutdown");
         assert_eq!(end.used, 0);
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sessions_hold_one_copy_of_a_repository_model() {
+    let Some(dir) = repository() else { return };
+    let mut cfg = config();
+    cfg.models = Some(dir);
+    let node = start(cfg, 512 << 20).await;
+    let addr = node.local_addr();
+    let mut a = within(Client::connect(addr, None)).await.expect("connect a");
+    let mut b = within(Client::connect(addr, None)).await.expect("connect b");
+    assert_eq!(within(a.device_info()).await.expect("info").shared_models, 0);
+
+    let ma = within(a.model_load("all-MiniLM-L6-v2")).await.expect("load a");
+    let one = within(node.usage()).await.expect("usage").used;
+    let shared = within(a.device_info()).await.expect("info").shared_models;
+    assert!(shared > 20 << 20, "DEVICE_INFO reports the shared weights: {shared}");
+    assert!(one >= shared, "the weights are in the backend's usage: {one} < {shared}");
+
+    let mb = within(b.model_load("all-MiniLM-L6-v2")).await.expect("load b");
+    let two = within(node.usage()).await.expect("usage").used;
+    assert_eq!(two, one, "the second session's load adds no weights");
+    assert_eq!(within(b.device_info()).await.expect("info").shared_models, shared);
+
+    let text = ["two sessions, one copy of the weights"];
+    let ea = within(a.infer(ma, &text)).await.expect("infer a");
+    let eb = within(b.infer(mb, &text)).await.expect("infer b");
+    assert_eq!(ea, eb, "the same weights give the same floats");
+
+    // The first session lets go: the second still embeds with the shared weights.
+    within(a.model_unload(ma)).await.expect("unload a");
+    assert_eq!(within(b.device_info()).await.expect("info").shared_models, shared);
+    assert_eq!(within(b.infer(mb, &text)).await.expect("infer b again"), eb);
+    // The last one lets go: the weights are freed (and zeroed).
+    within(b.model_unload(mb)).await.expect("unload b");
+    assert_eq!(within(b.device_info()).await.expect("info").shared_models, 0);
+    let left = within(node.usage()).await.expect("usage").used;
+    assert!(left <= 2 * 64 * 384 * 4, "after both unloads the node holds {left} bytes");
+    within(a.close()).await.expect("close a");
+    within(b.close()).await.expect("close b");
+    common::wait_idle(&node).await;
+    assert_eq!(within(node.shutdown()).await.expect("shutdown").used, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preloaded_model_stays_until_the_node_stops() {
+    let Some(dir) = repository() else { return };
+    let mut cfg = config();
+    cfg.models = Some(dir);
+    cfg.preload = vec!["all-MiniLM-L6-v2".to_owned()];
+    let node = start(cfg, 512 << 20).await;
+    let before = within(node.usage()).await.expect("usage").used;
+    let mut c = within(Client::connect(node.local_addr(), None)).await.expect("connect");
+    let shared = within(c.device_info()).await.expect("info").shared_models;
+    assert!(shared > 20 << 20 && before >= shared, "preloaded at start: {shared} shared, {before} used");
+    let m = within(c.model_load("all-MiniLM-L6-v2")).await.expect("load");
+    assert_eq!(
+        within(node.usage()).await.expect("usage").used,
+        before,
+        "the load reuses the preloaded weights"
+    );
+    within(c.infer(m, &["preloaded"])).await.expect("infer");
+    within(c.model_unload(m)).await.expect("unload");
+    within(c.close()).await.expect("close");
+    assert_eq!(common::wait_for_used(&node, before).await, before, "the preloaded weights stay");
+    assert_eq!(within(node.shutdown()).await.expect("shutdown").used, 0, "freed when the node stops");
 }

@@ -41,6 +41,7 @@ pub(crate) use crate::messages::{
     Reply, ReplyTx, Status, WriteOutcome,
 };
 use crate::models::{ProgressSink, SessionModels, StagingBudget};
+use crate::shared_models::SharedModels;
 use crate::throttle::AuthThrottle;
 
 /// Default of [`crate::NodeConfig::max_dispatch_cost`]: multiply-adds one DISPATCH may cost
@@ -124,6 +125,8 @@ pub(crate) struct Engine {
     models: HashMap<ConnId, SessionModels>,
     /// Host memory staging client uploads, shared by every session.
     staging: Arc<StagingBudget>,
+    /// Repository models held once for every session that loads them.
+    shared: Arc<SharedModels>,
     status: Arc<Status>,
     throttle: Arc<Mutex<AuthThrottle>>,
     /// The backend's storage, when readers may place WRITE data in it themselves.
@@ -155,6 +158,7 @@ impl Engine {
         direct: Option<DirectMemory>,
         engine: EngineTx,
         max_dispatch_cost: u64,
+        shared: Arc<SharedModels>,
     ) -> Self {
         let env = JobEnv {
             engine,
@@ -178,6 +182,7 @@ impl Engine {
             repository,
             models: HashMap::new(),
             staging: Arc::default(),
+            shared,
             status,
             throttle,
         }
@@ -245,6 +250,7 @@ impl Engine {
             c.state.lock().abort(&mut *self.backend);
         }
         self.release_models();
+        self.shared.release_all(&mut *self.backend);
     }
 
     /// Takes a command in: turn traffic at once, everything else in order once the backend
@@ -513,13 +519,19 @@ impl Engine {
             Command::Frame { conn, now, job } => {
                 let Job { header, payload, out, done, ticket } = job;
                 let mut out = out.map_or(OutBuf::Inline([0; INLINE_OUT]), OutBuf::Pooled);
-                let mut models = if is_model_request(header.kind) {
+                // DEVICE_INFO reports the shared model memory, which the model host knows.
+                let mut models = if is_model_request(header.kind) || header.kind == Kind::DEVICE_INFO {
                     Some(self.models.remove(&conn).unwrap_or_else(|| {
                         let sink = self
                             .sessions
                             .get(&conn)
                             .map(|c| ProgressSink { replies: c.replies.clone(), state: c.state.clone() });
-                        SessionModels::new(self.repository.clone(), self.staging.clone(), sink)
+                        SessionModels::new(
+                            self.repository.clone(),
+                            self.staging.clone(),
+                            self.shared.clone(),
+                            sink,
+                        )
                     }))
                 } else {
                     None
@@ -586,6 +598,9 @@ impl Engine {
                         session.close_with(ErrorCode::SHUTTING_DOWN, "node shutting down", backend);
                     });
                 }
+                // Every session is closed: their models go, then the shared (and preloaded) ones.
+                self.release_models();
+                self.shared.release_all(&mut *self.backend);
                 let _ = reply.send(self.backend.usage());
                 return true;
             }

@@ -78,6 +78,20 @@ pub async fn wait_idle(node: &NodeHandle) -> Usage {
     panic!("node did not become idle: {last:?}, {} sessions", node.sessions());
 }
 
+/// Polls until the backend's usage is `want` bytes and no session is left (bounded); returns the
+/// last usage seen.
+pub async fn wait_for_used(node: &NodeHandle, want: u64) -> u64 {
+    let mut last = 0;
+    for _ in 0..400 {
+        last = node.usage().await.expect("usage").used;
+        if last == want && node.sessions() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    last
+}
+
 /// Reads one whole frame from a raw stream; `None` on EOF.
 pub async fn read_raw_frame(stream: &mut TcpStream) -> Option<(HeaderRepr, Vec<u8>)> {
     let mut header = [0u8; HEADER_LEN];
