@@ -100,22 +100,13 @@ fn parse_max_payload(s: &str) -> Result<u32, String> {
     u32::try_from(n)
         .ok()
         .filter(|n| *n <= MAX_PAYLOAD)
-        .ok_or_else(|| {
-            format!(
-                "{} is above the protocol cap of {}",
-                human(n),
-                human(u64::from(MAX_PAYLOAD))
-            )
-        })
+        .ok_or_else(|| format!("{} is above the protocol cap of {}", human(n), human(u64::from(MAX_PAYLOAD))))
 }
 
 pub(crate) async fn serve(args: ServeArgs) -> Result<(), CliError> {
     let token = util::load_token(args.token.as_deref(), args.token_file.as_deref())?;
     if args.require_auth && token.is_none() {
-        return Err(
-            "REQUIRE_AUTH is set but no token was given (AUTH_TOKEN, --token or --token-file)"
-                .into(),
-        );
+        return Err("REQUIRE_AUTH is set but no token was given (AUTH_TOKEN, --token or --token-file)".into());
     }
     let mut config = NodeConfig {
         listen: args.listen,
@@ -169,9 +160,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), CliError> {
         }
         e => format!("cannot start the node: {e}"),
     })?;
-    let discovery = node
-        .discovery_addr()
-        .map_or_else(|| "off".to_owned(), |a| a.to_string());
+    let discovery = node.discovery_addr().map_or_else(|| "off".to_owned(), |a| a.to_string());
     tracing::info!(
         listen = %node.local_addr(),
         discovery = %discovery,
@@ -185,9 +174,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), CliError> {
     wait_for_signal().await;
     tracing::info!("shutting down: closing sessions and releasing memory");
     match node.shutdown().await {
-        Ok(usage) if usage.used == 0 && usage.buffers == 0 => {
-            tracing::info!("stopped; all memory released")
-        }
+        Ok(usage) if usage.used == 0 && usage.buffers == 0 => tracing::info!("stopped; all memory released"),
         Ok(usage) => {
             tracing::warn!(used = %human(usage.used), buffers = usage.buffers, "stopped with memory still held")
         }
@@ -212,14 +199,8 @@ fn check_ports(config: &NodeConfig) -> Result<(), CliError> {
             .map_err(|e| clash("session (TCP)", config.listen, "--listen", e))?;
     }
     if let Some(d) = config.discovery.filter(|d| d.port() != 0) {
-        std::net::UdpSocket::bind(d).map_err(|e| {
-            clash(
-                "discovery (UDP)",
-                d,
-                "--discovery ADDR or --no-discovery",
-                e,
-            )
-        })?;
+        std::net::UdpSocket::bind(d)
+            .map_err(|e| clash("discovery (UDP)", d, "--discovery ADDR or --no-discovery", e))?;
     }
     Ok(())
 }
@@ -231,23 +212,17 @@ fn check_models(dir: &Path) -> Result<(), CliError> {
     use rela_models::{CONFIG_FILE, SAFETENSORS_FILE, TOKENIZER_FILE};
     let files = [SAFETENSORS_FILE, TOKENIZER_FILE, CONFIG_FILE];
     if files.iter().any(|f| dir.join(f).is_file()) {
-        let parent = dir
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new(".."));
-        let name = dir
-            .file_name()
-            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".."));
+        let name = dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         return Err(CliError::Usage(format!(
             "--models {} is a model's own folder; give the folder that holds it: --models {} (serves {name:?})",
             dir.display(),
             parent.display()
         )));
     }
-    let repo = rela_models::ModelRepository::open(dir)
-        .map_err(|e| format!("--models {}: {e}", dir.display()))?;
-    let entries =
-        std::fs::read_dir(repo.root()).map_err(|e| format!("--models {}: {e}", dir.display()))?;
+    let repo =
+        rela_models::ModelRepository::open(dir).map_err(|e| format!("--models {}: {e}", dir.display()))?;
+    let entries = std::fs::read_dir(repo.root()).map_err(|e| format!("--models {}: {e}", dir.display()))?;
     let mut usable = Vec::new();
     for entry in entries.filter_map(Result::ok) {
         if !entry.path().is_dir() {
@@ -255,10 +230,8 @@ fn check_models(dir: &Path) -> Result<(), CliError> {
         }
         let name = entry.file_name().to_string_lossy().into_owned();
         let checked = repo.files(&name).and_then(|f| {
-            let bytes = std::fs::read(&f.config).map_err(|source| rela_models::ModelError::Io {
-                path: f.config.clone(),
-                source,
-            })?;
+            let bytes = std::fs::read(&f.config)
+                .map_err(|source| rela_models::ModelError::Io { path: f.config.clone(), source })?;
             rela_models::BertConfig::from_json(&bytes).map(|_| ())
         });
         match checked {
@@ -304,11 +277,9 @@ fn open_backend(args: &ServeArgs) -> Result<rela_node::NodeBackend, CliError> {
                 Ok(b.into())
             }
         }
-        (other, _) => Ok(
-            backends::open_on(other, args.capacity, args.vk_validation, device)
-                .map_err(|why| format!("backend {} cannot start: {why}", other.name()))?
-                .into(),
-        ),
+        (other, _) => Ok(backends::open_on(other, args.capacity, args.vk_validation, device)
+            .map_err(|why| format!("backend {} cannot start: {why}", other.name()))?
+            .into()),
     }
 }
 
@@ -370,10 +341,9 @@ pub(crate) async fn discover(args: DiscoverArgs) -> Result<(), CliError> {
     } else {
         args.to.clone()
     };
-    let report =
-        rela_client::discover_targets(&targets, args.timeout, Some(args.settle), token.as_deref())
-            .await
-            .map_err(|e| format!("discovery failed: {e}"))?;
+    let report = rela_client::discover_targets(&targets, args.timeout, Some(args.settle), token.as_deref())
+        .await
+        .map_err(|e| format!("discovery failed: {e}"))?;
     if args.json {
         let nodes: Vec<_> = report
             .nodes
@@ -390,10 +360,7 @@ pub(crate) async fn discover(args: DiscoverArgs) -> Result<(), CliError> {
                 })
             })
             .collect();
-        outln!(
-            "{}",
-            serde_json::json!({ "nodes": nodes, "rejected": report.rejected.len() })
-        );
+        outln!("{}", serde_json::json!({ "nodes": nodes, "rejected": report.rejected.len() }));
         return Ok(());
     }
     if report.nodes.is_empty() {
@@ -404,14 +371,7 @@ pub(crate) async fn discover(args: DiscoverArgs) -> Result<(), CliError> {
             asked.join(" and ")
         );
     } else {
-        outln!(
-            "{:<22} {:<8} {:<36} {:>12} {:>12}  auth",
-            "address",
-            "backend",
-            "device",
-            "free",
-            "total"
-        );
+        outln!("{:<22} {:<8} {:<36} {:>12} {:>12}  auth", "address", "backend", "device", "free", "total");
         for n in &report.nodes {
             let auth = match (n.auth_required, n.verified) {
                 (true, true) => "required (signature verified)",
@@ -442,14 +402,10 @@ async fn connect(conn: &ConnectArgs) -> Result<Client, CliError> {
     let (client, _) = Client::connect_host(&addr.to_string(), token.as_deref(), conn.options())
         .await
         .map_err(|e| match e {
-            ClientError::TokenRequired => {
-                format!("{addr} requires a token (--token-file or AUTH_TOKEN)")
-            }
+            ClientError::TokenRequired => format!("{addr} requires a token (--token-file or AUTH_TOKEN)"),
             ClientError::AuthRejected => format!("{addr} rejected the token"),
             e @ ClientError::Timeout { .. } => {
-                format!(
-                    "cannot connect to {addr}: {e} (is it a RELA node? --timeout sets the limit)"
-                )
+                format!("cannot connect to {addr}: {e} (is it a RELA node? --timeout sets the limit)")
             }
             e => format!("cannot connect to {addr}: {e}"),
         })?;
@@ -469,10 +425,7 @@ async fn bye(client: Client, addr: &NodeAddr) {
 /// An ALLOC failure, with the session's quota when the quota was the problem.
 fn alloc_failed(client: &Client, size: u64, e: &ClientError) -> String {
     let quota = if e.code() == Some(ErrorCode::QUOTA_EXCEEDED) {
-        format!(
-            " (this node's session quota is {})",
-            human(client.welcome().quota)
-        )
+        format!(" (this node's session quota is {})", human(client.welcome().quota))
     } else {
         String::new()
     };
@@ -506,10 +459,7 @@ pub(crate) async fn info(conn: ConnectArgs, json: bool) -> Result<(), CliError> 
             human(d.max_alloc)
         );
         if d.shared_models > 0 {
-            outln!(
-                "models      {} held once for every session that loads them",
-                human(d.shared_models)
-            );
+            outln!("models      {} held once for every session that loads them", human(d.shared_models));
         }
         outln!(
             "session     quota {}, {} buffers, frames up to {}",
@@ -517,21 +467,13 @@ pub(crate) async fn info(conn: ConnectArgs, json: bool) -> Result<(), CliError> 
             w.max_buffers,
             human(w.max_payload as u64)
         );
-        outln!(
-            "protocol    v{}, auth {}",
-            w.version,
-            if w.auth_required() { "required" } else { "off" }
-        );
+        outln!("protocol    v{}, auth {}", w.version, if w.auth_required() { "required" } else { "off" });
         outln!("round trip  {:.1} µs", rtt.as_secs_f64() * 1e6);
     }
     Ok(())
 }
 
-pub(crate) async fn put(
-    conn: ConnectArgs,
-    file: PathBuf,
-    then_get: Option<PathBuf>,
-) -> Result<(), CliError> {
+pub(crate) async fn put(conn: ConnectArgs, file: PathBuf, then_get: Option<PathBuf>) -> Result<(), CliError> {
     let data = std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     if data.is_empty() {
         return Err(format!("{} is empty: nothing to upload", file.display()).into());
@@ -593,9 +535,7 @@ pub(crate) async fn get(
         Err(e) => return Err(alloc_failed(&c, size, &e).into()),
     };
     if let Some(v) = fill {
-        c.fill(h, 0, size, v)
-            .await
-            .map_err(|e| format!("fill failed: {e}"))?;
+        c.fill(h, 0, size, v).await.map_err(|e| format!("fill failed: {e}"))?;
     }
     let mut data = vec![0u8; len];
     let bar = util::progress_bar(size, "get");
@@ -629,11 +569,7 @@ pub(crate) async fn embed(
     };
     let mut c = connect(&conn).await?;
     if !c.serves_models() {
-        return Err(format!(
-            "{} serves no models (start it with --models DIR)",
-            conn.addr
-        )
-        .into());
+        return Err(format!("{} serves no models (start it with --models DIR)", conn.addr).into());
     }
     let started = Instant::now();
     // One bar per stage: the file going to the node, then the weights going into device memory.
@@ -643,11 +579,7 @@ pub(crate) async fn embed(
             if let Some((_, old)) = bar.take() {
                 old.finish_and_clear();
             }
-            let what = if stage == LoadStage::Upload {
-                "upload"
-            } else {
-                "load"
-            };
+            let what = if stage == LoadStage::Upload { "upload" } else { "load" };
             bar = Some((stage, util::progress_bar(total, what)));
         }
         if let Some((_, b)) = &bar {
@@ -665,10 +597,7 @@ pub(crate) async fn embed(
         Ok(m) => m,
         Err(e) => {
             let quota = if e.code() == Some(ErrorCode::QUOTA_EXCEEDED) {
-                format!(
-                    " (this node's session quota is {})",
-                    human(c.welcome().quota)
-                )
+                format!(" (this node's session quota is {})", human(c.welcome().quota))
             } else {
                 String::new()
             };
@@ -682,23 +611,13 @@ pub(crate) async fn embed(
     let loaded = started.elapsed();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let started = Instant::now();
-    let vectors = c
-        .infer(m, &refs)
-        .await
-        .map_err(|e| format!("inference failed: {e}"))?;
+    let vectors = c.infer(m, &refs).await.map_err(|e| format!("inference failed: {e}"))?;
     let inferred = started.elapsed();
-    c.model_unload(m)
-        .await
-        .map_err(|e| format!("unload failed: {e}"))?;
+    c.model_unload(m).await.map_err(|e| format!("unload failed: {e}"))?;
     bye(c, &conn.addr).await;
     let sim: Vec<Vec<f32>> = vectors
         .iter()
-        .map(|a| {
-            vectors
-                .iter()
-                .map(|b| a.iter().zip(b).map(|(x, y)| x * y).sum())
-                .collect()
-        })
+        .map(|a| vectors.iter().map(|b| a.iter().zip(b).map(|(x, y)| x * y).sum()).collect())
         .collect();
     if json {
         let out = serde_json::json!({
@@ -767,10 +686,7 @@ pub(crate) struct BackendSet {
 impl BackendSet {
     /// Parses a comma-separated list of backend names.
     fn parse(spec: &str) -> Result<Self, String> {
-        let mut set = Self {
-            list: Vec::new(),
-            grouped: Vec::new(),
-        };
+        let mut set = Self { list: Vec::new(), grouped: Vec::new() };
         for name in spec.split(',').map(str::trim) {
             let (add, group): (&[BackendChoice], bool) = match name {
                 "all" => (
@@ -805,10 +721,8 @@ impl BackendSet {
             }
         }
         // A backend named on its own is expected here even if a group named it too.
-        let named: Vec<BackendChoice> = spec
-            .split(',')
-            .filter_map(|n| set.list.iter().copied().find(|b| b.name() == n.trim()))
-            .collect();
+        let named: Vec<BackendChoice> =
+            spec.split(',').filter_map(|n| set.list.iter().copied().find(|b| b.name() == n.trim())).collect();
         set.grouped.retain(|b| !named.contains(b));
         Ok(set)
     }
@@ -852,11 +766,7 @@ pub(crate) async fn conformance(args: ConformanceArgs) -> Result<(), CliError> {
     match rela_conformance::verdict(&reports, &may_be_absent) {
         rela_conformance::Verdict::Passed => Ok(()),
         rela_conformance::Verdict::Failed => {
-            let failed: Vec<_> = reports
-                .iter()
-                .filter(|r| !r.ok())
-                .map(|r| r.backend.clone())
-                .collect();
+            let failed: Vec<_> = reports.iter().filter(|r| !r.ok()).map(|r| r.backend.clone()).collect();
             Err(format!("conformance failed for: {}", failed.join(", ")).into())
         }
         rela_conformance::Verdict::Incomplete(why) => Err(CliError::Incomplete(why.join("\n  "))),
@@ -868,10 +778,8 @@ pub(crate) async fn conformance(args: ConformanceArgs) -> Result<(), CliError> {
 async fn conformance_node(addr: &NodeAddr, args: &ConformanceArgs) -> Result<(), CliError> {
     let token = util::load_token(args.token.as_deref(), args.token_file.as_deref())?;
     let host = addr.to_string();
-    let candidates: Vec<SocketAddr> = tokio::net::lookup_host(&host)
-        .await
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?
-        .collect();
+    let candidates: Vec<SocketAddr> =
+        tokio::net::lookup_host(&host).await.map_err(|e| format!("cannot resolve {host}: {e}"))?.collect();
     let mut last = format!("cannot resolve {host}");
     let mut resolved = None;
     for candidate in candidates {
@@ -883,9 +791,7 @@ async fn conformance_node(addr: &NodeAddr, args: &ConformanceArgs) -> Result<(),
                 break;
             }
             Err(ClientError::AuthRejected) => {
-                return Err(
-                    format!("{addr} rejected the token (AUTH_FAILED): no case was run").into(),
-                );
+                return Err(format!("{addr} rejected the token (AUTH_FAILED): no case was run").into());
             }
             Err(ClientError::TokenRequired) => {
                 eprintln!(
@@ -899,9 +805,7 @@ async fn conformance_node(addr: &NodeAddr, args: &ConformanceArgs) -> Result<(),
             Err(e) => last = format!("cannot run the wire suite against {addr}: {e}"),
         }
     }
-    let Some(resolved) = resolved else {
-        return Err(last.into());
-    };
+    let Some(resolved) = resolved else { return Err(last.into()) };
     let report = rela_conformance::wire::run(resolved, token.as_deref()).await;
     let reports = std::slice::from_ref(&report);
     util::write_out(format_args!("{}", rela_conformance::render_table(reports)))?;
@@ -913,10 +817,7 @@ async fn conformance_node(addr: &NodeAddr, args: &ConformanceArgs) -> Result<(),
     }
 }
 
-fn write_json(
-    path: Option<&PathBuf>,
-    reports: &[rela_conformance::BackendReport],
-) -> Result<(), CliError> {
+fn write_json(path: Option<&PathBuf>, reports: &[rela_conformance::BackendReport]) -> Result<(), CliError> {
     if let Some(p) = path {
         let json = serde_json::to_string_pretty(reports).map_err(|e| e.to_string())?;
         std::fs::write(p, json).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
