@@ -1,0 +1,117 @@
+//! Chat prompts rendered with the GGUF file's own Jinja template (`tokenizer.chat_template`).
+//!
+//! Rendered with [`minijinja`] the way Hugging Face `transformers` renders them
+//! (`apply_chat_template`): `trim_blocks` and `lstrip_blocks` on, `{% break %}`/`{% continue %}`,
+//! Python string and dict methods (`.strip()`, `.startswith()`, `.items()`...), `raise_exception`,
+//! and the variables `messages`, `add_generation_prompt`, `bos_token` and `eos_token`.
+
+use std::fmt;
+
+use minijinja::{Environment, ErrorKind, UndefinedBehavior, Value as JValue, context};
+use serde::{Deserialize, Serialize};
+
+use crate::gguf::Gguf;
+
+const TEMPLATE_KEY: &str = "tokenizer.chat_template";
+
+/// One chat message, as chat apps send them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// `system`, `user` or `assistant` (templates may know others).
+    pub role: String,
+    /// The message's text.
+    pub content: String,
+}
+
+impl Message {
+    /// A message with `role` and `content`.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self { role: role.into(), content: content.into() }
+    }
+}
+
+/// Why a chat prompt could not be rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatError {
+    /// The file has no `tokenizer.chat_template` (or not a string).
+    NoTemplate,
+    /// The template does not compile.
+    Syntax(String),
+    /// Rendering failed (including the template's own `raise_exception`).
+    Render(String),
+}
+
+impl fmt::Display for ChatError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoTemplate => write!(f, "the model has no chat template ({TEMPLATE_KEY})"),
+            Self::Syntax(e) => write!(f, "chat template does not compile: {e}"),
+            Self::Render(e) => write!(f, "chat template failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ChatError {}
+
+/// A compiled chat template with the tokens it may refer to.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos_token: String,
+    eos_token: String,
+}
+
+impl fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChatTemplate")
+            .field("bos_token", &self.bos_token)
+            .field("eos_token", &self.eos_token)
+            .finish_non_exhaustive()
+    }
+}
+
+fn raise_exception(msg: String) -> Result<JValue, minijinja::Error> {
+    Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+}
+
+impl ChatTemplate {
+    /// Compiles `source`; `bos_token`/`eos_token` are the strings templates see under those names.
+    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self, ChatError> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_undefined_behavior(UndefinedBehavior::Lenient);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", raise_exception);
+        env.add_template_owned("chat", source.to_owned()).map_err(|e| ChatError::Syntax(e.to_string()))?;
+        Ok(Self { env, bos_token: bos_token.to_owned(), eos_token: eos_token.to_owned() })
+    }
+
+    /// The template of a GGUF file, with its BOS and EOS tokens' strings.
+    pub fn from_gguf(g: &Gguf) -> Result<Self, ChatError> {
+        let source = g.get(TEMPLATE_KEY).and_then(|v| v.as_str()).ok_or(ChatError::NoTemplate)?;
+        let token = |key: &str| -> String {
+            let id = g.get(key).and_then(|v| v.as_u64());
+            let tokens = g.get("tokenizer.ggml.tokens").and_then(|v| v.as_array());
+            match (id, tokens) {
+                (Some(id), Some(crate::gguf::Array::String(t))) => {
+                    usize::try_from(id).ok().and_then(|i| t.get(i)).cloned().unwrap_or_default()
+                }
+                _ => String::new(),
+            }
+        };
+        Self::new(source, &token("tokenizer.ggml.bos_token_id"), &token("tokenizer.ggml.eos_token_id"))
+    }
+
+    /// Renders `messages`; with `add_generation_prompt` the text ends where the assistant's
+    /// reply begins.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, ChatError> {
+        let tmpl = self.env.get_template("chat").map_err(|e| ChatError::Render(e.to_string()))?;
+        tmpl.render(context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => &self.bos_token,
+            eos_token => &self.eos_token,
+        })
+        .map_err(|e| ChatError::Render(e.to_string()))
+    }
+}

@@ -1,0 +1,22 @@
+//! Text generation models for a RELA node: GGUF files, their quantized tensors, their tokenizer
+//! and their chat template.
+//!
+//! - [`gguf`]: the file format (header, metadata, tensor table), parsed as untrusted input.
+//! - [`quant`]: host reference dequantization and quantized dot products (F32, F16, BF16, Q8_0,
+//!   Q4_0, Q4_1, Q4_K, Q6_K), the oracle for device kernels.
+//! - [`config`]: the llama architecture's hyperparameters and tensor checks; other architectures
+//!   and tensor types are refused by name.
+//! - [`tokenizer`]: the byte-level BPE tokenizer built from the file's vocabulary and merges.
+//! - [`chat`]: chat messages rendered with the file's own Jinja template.
+
+pub mod chat;
+pub mod config;
+pub mod gguf;
+pub mod quant;
+pub mod tokenizer;
+
+pub use chat::{ChatError, ChatTemplate, Message};
+pub use config::{LlamaConfig, ModelError};
+pub use gguf::{GgmlType, Gguf, GgufError, GgufFile, OpenError};
+pub use quant::QuantError;
+pub use tokenizer::{GgufTokenizer, TokenizerError};
