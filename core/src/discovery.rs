@@ -3,8 +3,10 @@
 //! Both travel as ordinary RELA frames (same 16-byte header and CRC) in a single UDP datagram
 //! of at most [`MAX_DATAGRAM`] bytes, with `seq` 0.
 //!
-//! - A client sends DISCOVER (kind `0x40`, flags 0) with a fresh 16-byte nonce, to the
-//!   broadcast address or to one node.
+//! - A client sends DISCOVER (kind `0x40`, flags 0) with a fresh 16-byte nonce, padded with
+//!   zeros to a whole [`MAX_DATAGRAM`]-byte datagram, to the broadcast address or to one node.
+//!   The padding makes every answer smaller than its probe (as QUIC pads its Initial), so a
+//!   node cannot amplify traffic sent to a spoofed source; a node ignores unpadded probes.
 //! - A node answers with ANNOUNCE (kind `0x41`, flags RESPONSE) echoing the nonce. When the node
 //!   has a token, the ANNOUNCE ends with `HMAC-SHA256(token, "RELA-ANNOUNCE-v1" || body)` over
 //!   the payload bytes before the tag, so a client holding the token rejects spoofed or
@@ -112,21 +114,32 @@ fn frame_of<C: Crc32>(datagram: &[u8], kind: Kind, flags: Flags) -> Result<Frame
 }
 
 impl Discover {
-    /// Payload length.
-    pub const PAYLOAD_LEN: usize = DISCOVERY_NONCE_LEN;
+    /// Length of the nonce at the start of the payload.
+    pub const NONCE_LEN: usize = DISCOVERY_NONCE_LEN;
+    /// Payload length: the nonce, then zero padding up to a whole [`MAX_DATAGRAM`].
+    pub const PAYLOAD_LEN: usize = MAX_DATAGRAM - HEADER_LEN;
 
-    /// Encodes the datagram into `buf`, returning its length.
+    /// Encodes the datagram (always [`MAX_DATAGRAM`] bytes) into `buf`, returning its length.
     pub fn emit<C: Crc32>(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
         let mut w = Writer::new(buf.get_mut(HEADER_LEN..).unwrap_or(&mut []));
         w.bytes(&self.nonce)?;
+        w.bytes(&[0u8; Self::PAYLOAD_LEN - Self::NONCE_LEN])?;
         emit_frame::<C>(buf, Kind::DISCOVER, Flags::NONE, 0, Self::PAYLOAD_LEN)
     }
 
-    /// Decodes a DISCOVER datagram.
+    /// Decodes a DISCOVER datagram: the nonce and exactly the zero padding that makes it
+    /// [`MAX_DATAGRAM`] bytes (a shorter probe, or one with non-zero padding, is refused).
     pub fn parse<C: Crc32>(datagram: &[u8]) -> Result<Self, DiscoveryError> {
         let frame = frame_of::<C>(datagram, Kind::DISCOVER, Flags::NONE)?;
+        if frame.payload.len() != Self::PAYLOAD_LEN {
+            return Err(DecodeError::InvalidField("discover.padding").into());
+        }
         let mut r = Reader::new(frame.payload);
         let nonce = r.array()?;
+        let padding = r.bytes(Self::PAYLOAD_LEN - Self::NONCE_LEN)?;
+        if padding.iter().any(|&b| b != 0) {
+            return Err(DecodeError::InvalidField("discover.padding").into());
+        }
         r.finish()?;
         Ok(Self { nonce })
     }

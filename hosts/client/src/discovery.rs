@@ -118,7 +118,7 @@ pub async fn discover_targets(
     if targets.iter().any(broadcast) {
         socket.set_broadcast(true)?;
     }
-    let nonce: [u8; Discover::PAYLOAD_LEN] = rand::random();
+    let nonce: [u8; Discover::NONCE_LEN] = rand::random();
     let mut buf = [0u8; MAX_DATAGRAM];
     let n = Discover { nonce }
         .emit::<FastCrc32>(&mut buf)

@@ -69,7 +69,9 @@ use rela_core::time::Instant;
 
 mod net;
 
-pub use net::{Advert, DiscoveryBuffers, SocketBuffers, run_discovery, run_listener};
+pub use net::{
+    Advert, DISCOVERY_REPLIES_PER_SECOND, DiscoveryBuffers, SocketBuffers, run_discovery, run_listener,
+};
 
 /// The smallest frame buffer [`serve_session`] accepts: a header and 512 payload bytes, enough
 /// for every response that is not READ data (the largest, PONG, echoes up to 256 bytes).

@@ -5,7 +5,7 @@ use core::cell::RefCell;
 use embassy_net::Stack;
 use embassy_net::tcp::TcpSocket;
 use embassy_net::udp::{PacketMetadata, UdpSocket};
-use embassy_time::{Duration, Timer};
+use embassy_time::{Duration, Instant, Timer};
 use rela_core::auth::AuthKey;
 use rela_core::backend::GpuBackend;
 use rela_core::config::{MAX_DATAGRAM, NODE_ID_LEN, NONCE_LEN};
@@ -18,6 +18,8 @@ use crate::{FrameBuffers, SessionEnd, serve_session};
 /// How long a closing socket may take to deliver its last bytes (the final ERROR, say) before
 /// it is reset.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Most ANNOUNCEs [`run_discovery`] sends per second, whatever their sources.
+pub const DISCOVERY_REPLIES_PER_SECOND: u32 = 16;
 /// Pause after a failed accept, so a broken stack cannot spin the executor.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
@@ -97,8 +99,10 @@ pub struct DiscoveryBuffers<'a> {
 /// Answers DISCOVER datagrams on UDP `port` with an ANNOUNCE to the sender; never returns.
 ///
 /// The announcement carries the backend's kind, name, total and free bytes at the moment of
-/// the probe. Datagrams that are not a valid DISCOVER are ignored (no answer, so the responder
-/// cannot be used to reflect traffic at a third party with more bytes than it sent).
+/// the probe. Datagrams that are not a valid (padded, 256-byte) DISCOVER are ignored, and an
+/// answer is never larger than its probe, so the responder cannot be used to reflect traffic
+/// at a third party with more bytes than it sent. At most [`DISCOVERY_REPLIES_PER_SECOND`]
+/// answers go out per second, whatever their sources.
 pub async fn run_discovery<B, C>(
     stack: Stack<'_>,
     port: u16,
@@ -115,9 +119,18 @@ where
         Timer::after(ACCEPT_RETRY).await;
     }
     let (mut rx, mut tx) = ([0u8; MAX_DATAGRAM], [0u8; MAX_DATAGRAM]);
+    let (mut window, mut answered) = (Instant::now(), 0u32);
     loop {
         let Ok((len, meta)) = socket.recv_from(&mut rx).await else { continue };
         let Ok(probe) = Discover::parse::<C>(&rx[..len]) else { continue };
+        let now = Instant::now();
+        if now.duration_since(window) >= Duration::from_secs(1) {
+            (window, answered) = (now, 0);
+        }
+        if answered >= DISCOVERY_REPLIES_PER_SECOND {
+            continue;
+        }
+        answered += 1;
         let (info, usage) = {
             let backend = backend.borrow();
             (backend.info(), backend.usage())
@@ -132,8 +145,11 @@ where
             info.total.saturating_sub(usage.used),
             &info.name,
         );
-        // A device name is at most 64 bytes, so the datagram always fits; skip it if not.
-        if let Ok(n) = announce.emit::<C>(advert.key, &mut tx) {
+        // A device name is at most 64 bytes, so the datagram always fits and is smaller than
+        // the padded probe; skip it if not.
+        if let Ok(n) = announce.emit::<C>(advert.key, &mut tx)
+            && n <= len
+        {
             let _ = socket.send_to(&tx[..n], meta.endpoint).await;
         }
     }

@@ -1,5 +1,12 @@
 //! The UDP discovery responder.
+//!
+//! Only padded DISCOVERs are answered (a whole 256-byte datagram), and an answer is never
+//! larger than its probe, so the responder cannot amplify traffic aimed at a spoofed source.
+//! Answers are also rate-limited per source address ([`REPLIES_PER_SOURCE`] per second) and in
+//! total ([`REPLIES_TOTAL`] per second), so it cannot be made to flood one.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -12,8 +19,51 @@ use tokio::net::UdpSocket;
 
 use crate::messages::Status;
 
-/// Answers every valid DISCOVER with an ANNOUNCE (signed when `key` is set). Anything else is
-/// ignored (logged at debug). Never blocks on the engine: usage comes from `status`.
+/// Most answers per second to one source address.
+pub(crate) const REPLIES_PER_SOURCE: u32 = 4;
+/// Most answers per second in all.
+pub(crate) const REPLIES_TOTAL: u32 = 256;
+/// Most source addresses remembered in one second.
+const MAX_SOURCES: usize = 4096;
+
+/// Counts answers per source in one-second windows.
+#[derive(Debug)]
+pub(crate) struct ReplyLimiter {
+    window: std::time::Instant,
+    total: u32,
+    per_source: HashMap<IpAddr, u32>,
+}
+
+impl ReplyLimiter {
+    pub(crate) fn new(now: std::time::Instant) -> Self {
+        Self { window: now, total: 0, per_source: HashMap::new() }
+    }
+
+    /// Whether an answer to `source` may be sent at `now` (and counts it if so).
+    pub(crate) fn allow(&mut self, source: IpAddr, now: std::time::Instant) -> bool {
+        if now.duration_since(self.window) >= Duration::from_secs(1) {
+            self.window = now;
+            self.total = 0;
+            self.per_source.clear();
+        }
+        if self.total >= REPLIES_TOTAL {
+            return false;
+        }
+        if !self.per_source.contains_key(&source) && self.per_source.len() >= MAX_SOURCES {
+            return false;
+        }
+        let n = self.per_source.entry(source).or_insert(0);
+        if *n >= REPLIES_PER_SOURCE {
+            return false;
+        }
+        *n += 1;
+        self.total += 1;
+        true
+    }
+}
+
+/// Answers every valid (padded) DISCOVER with an ANNOUNCE (signed when `key` is set), within
+/// the rate limits. Anything else is ignored (logged at debug). Never blocks on the engine: usage comes from `status`.
 pub(crate) async fn respond(
     socket: UdpSocket,
     status: Arc<Status>,
@@ -23,6 +73,7 @@ pub(crate) async fn respond(
 ) {
     let mut rx = [0u8; 2048];
     let mut tx = [0u8; MAX_DATAGRAM];
+    let mut limiter = ReplyLimiter::new(std::time::Instant::now());
     loop {
         let (len, from) = match socket.recv_from(&mut rx).await {
             Ok(x) => x,
@@ -40,6 +91,10 @@ pub(crate) async fn respond(
                 continue;
             }
         };
+        if !limiter.allow(from.ip(), std::time::Instant::now()) {
+            tracing::debug!(%from, "discovery answer rate-limited");
+            continue;
+        }
         let info = &status.info;
         let free = info.total.saturating_sub(status.used.load(Ordering::Relaxed));
         let announce = Announce::new(
@@ -53,6 +108,8 @@ pub(crate) async fn respond(
             &info.name,
         );
         match announce.emit::<FastCrc32>(key.as_ref(), &mut tx) {
+            // Never larger than the probe (a padded DISCOVER is the largest datagram there is).
+            Ok(n) if n > len => tracing::debug!(%from, "ANNOUNCE larger than its DISCOVER; not sent"),
             Ok(n) => {
                 if let Err(error) = socket.send_to(&tx[..n], from).await {
                     tracing::debug!(%from, %error, "discovery answer not sent");
@@ -60,5 +117,35 @@ pub(crate) async fn respond(
             }
             Err(error) => tracing::debug!(%error, "ANNOUNCE does not encode"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::time::Instant;
+
+    use super::*;
+
+    #[test]
+    fn replies_are_limited_per_source_and_in_total() {
+        let now = Instant::now();
+        let mut l = ReplyLimiter::new(now);
+        let a = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+        for _ in 0..REPLIES_PER_SOURCE {
+            assert!(l.allow(a, now));
+        }
+        assert!(!l.allow(a, now), "one source past its share");
+        assert!(l.allow(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), now), "another source is answered");
+        // In total: many sources in one second.
+        let mut answered = REPLIES_PER_SOURCE + 1;
+        for i in 0..10_000u32 {
+            if l.allow(IpAddr::V4(Ipv4Addr::from((i + 1) << 8)), now) {
+                answered += 1;
+            }
+        }
+        assert_eq!(answered, REPLIES_TOTAL);
+        // The next second starts afresh.
+        assert!(l.allow(a, now + Duration::from_secs(1)));
     }
 }

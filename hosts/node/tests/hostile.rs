@@ -1102,3 +1102,34 @@ async fn a_large_frame_pipelined_behind_hello_gets_the_full_cap() {
     assert_eq!(wait_idle(&node).await, Usage::default());
     within(node.shutdown()).await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_never_amplifies_and_is_rate_limited() {
+    use rela_core::config::MAX_DATAGRAM;
+    use rela_core::discovery::{Announce, Discover};
+    let node = start(config(), MIB).await;
+    let target = node.discovery_addr().expect("discovery on");
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    // An unpadded 16-byte probe (32-byte datagram) gets no answer at all.
+    let short = frame(Kind::DISCOVER, Flags::NONE, 0, &[3; 16]);
+    socket.send_to(&short, target).await.expect("send");
+    // Ten padded probes at once: at most four answers (per source and second), each smaller
+    // than its probe and answering it.
+    let mut probe = [0u8; MAX_DATAGRAM];
+    let n = Discover { nonce: [9; 16] }.emit::<FastCrc32>(&mut probe).expect("DISCOVER");
+    for _ in 0..10 {
+        socket.send_to(&probe[..n], target).await.expect("send");
+    }
+    let mut answers = 0;
+    let mut buf = [0u8; 2048];
+    while let Ok(Ok((len, _))) =
+        tokio::time::timeout(Duration::from_millis(500), socket.recv_from(&mut buf)).await
+    {
+        assert!(len < n, "an answer of {len} bytes to a probe of {n}");
+        let a = Announce::parse::<FastCrc32>(&buf[..len]).expect("ANNOUNCE");
+        assert_eq!(a.nonce, [9; 16], "only the padded probe is answered");
+        answers += 1;
+    }
+    assert!((1..=4).contains(&answers), "{answers} answers to 10 probes from one source");
+    within(node.shutdown()).await.expect("shutdown");
+}
