@@ -58,6 +58,11 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "RELA_MAX_SESSIONS", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..))]
     max_sessions: u32,
+    /// Most concurrent sessions from one IP address (loopback clients, which share one address,
+    /// count only against --max-sessions).
+    #[arg(long, env = "RELA_MAX_SESSIONS_PER_ADDRESS", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_sessions_per_address: u32,
     /// Memory one session may hold (e.g. 256MiB).
     #[arg(long, env = "RELA_QUOTA", value_parser = util::parse_nonzero_size, default_value = "256MiB")]
     quota: u64,
@@ -123,6 +128,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), CliError> {
     config.session.max_payload = args.max_payload;
     config.session.handshake_timeout = rela_core::time::Duration::from_secs(args.handshake_timeout);
     config.session.idle_timeout = rela_core::time::Duration::from_secs(args.idle_timeout);
+    config.max_sessions_per_address = args.max_sessions_per_address as usize;
     if let Some(t) = &token {
         config = config.with_token(t);
     }
