@@ -866,10 +866,11 @@ impl GgufBuilder {
             out.extend_from_slice(&offset.to_le_bytes());
             offset = (offset + data.len() as u64).next_multiple_of(align);
         }
-        out.resize((out.len() as u64).next_multiple_of(align) as usize, 0);
+        // Padding between tensors' data, none after the last (a file without tensors ends with its
+        // metadata).
         for (_, _, _, data) in &self.tensors {
-            out.extend_from_slice(data);
             out.resize((out.len() as u64).next_multiple_of(align) as usize, 0);
+            out.extend_from_slice(data);
         }
         out
     }

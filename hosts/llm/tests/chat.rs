@@ -1,0 +1,45 @@
+//! Chat templates rendered by minijinja against jinja2 configured as transformers configures it
+//! (tests/fixtures/make_chat_fixtures.py): whitespace control, Python string methods, loop
+//! controls, namespaces and raise_exception.
+
+use rela_llm::{ChatError, ChatTemplate, Message};
+
+fn fixture() -> serde_json::Value {
+    serde_json::from_str(include_str!("fixtures/chat_templates.json")).expect("fixture JSON")
+}
+
+#[test]
+fn templates_render_as_transformers_does() {
+    let fx = fixture();
+    let bos = fx["bos_token"].as_str().expect("bos");
+    let eos = fx["eos_token"].as_str().expect("eos");
+    let cases = fx["cases"].as_array().expect("cases");
+    assert!(cases.len() >= 12);
+    for c in cases {
+        let name = c["template"].as_str().expect("template");
+        let tmpl = ChatTemplate::new(fx["templates"][name].as_str().expect("source"), bos, eos).expect(name);
+        let conv = c["conversation"].as_str().expect("conversation");
+        let messages: Vec<Message> =
+            serde_json::from_value(fx["conversations"][conv].clone()).expect("messages");
+        let generation_prompt = c["add_generation_prompt"].as_bool().expect("flag");
+        let got = tmpl.render(&messages, generation_prompt);
+        let what = format!("{name} on {conv} (add_generation_prompt {generation_prompt})");
+        match (&got, c.get("text"), c.get("error")) {
+            (Ok(text), Some(want), None) => assert_eq!(text, want.as_str().expect("text"), "{what}"),
+            (Err(ChatError::Render(e)), None, Some(want)) => {
+                assert!(e.contains(want.as_str().expect("error")), "{what}: error {e:?}")
+            }
+            _ => panic!("{what}: got {got:?}, want {c}"),
+        }
+    }
+}
+
+#[test]
+fn broken_templates_are_typed_errors() {
+    assert!(matches!(ChatTemplate::new("{% for m in messages %}", "", ""), Err(ChatError::Syntax(_))));
+    let t = ChatTemplate::new("{{ raise_exception('no system role') }}", "", "").expect("compiles");
+    match t.render(&[Message::new("system", "x")], false) {
+        Err(ChatError::Render(e)) => assert!(e.contains("no system role"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+}

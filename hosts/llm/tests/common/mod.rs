@@ -1,0 +1,44 @@
+//! The real GGUF file for the tests that need it.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use rela_llm::GgufFile;
+
+/// File name hosts/llm/fetch-gguf.sh gives the model.
+pub(crate) const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// `RELA_GGUF`, or `<repo>/models/SmolLM2-135M-Instruct.Q4_1.gguf`.
+pub(crate) fn path() -> PathBuf {
+    std::env::var_os("RELA_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models").join(FILE))
+}
+
+/// The parsed file, read once per test binary; `None` (with the reason on stderr) when it is
+/// absent, unless `RELA_REQUIRE_GGUF=1`, which makes its absence a failure.
+pub(crate) fn model(test: &str) -> Option<&'static GgufFile> {
+    static FILE_: OnceLock<Result<GgufFile, String>> = OnceLock::new();
+    let loaded = FILE_.get_or_init(|| {
+        let p = path();
+        if !p.exists() {
+            return Err(format!("{} is absent (run hosts/llm/fetch-gguf.sh)", p.display()));
+        }
+        GgufFile::open(&p).map_err(|e| format!("{} did not open: {e}", p.display()))
+    });
+    match loaded {
+        Ok(f) => Some(f),
+        Err(why) if why.contains("is absent") && std::env::var("RELA_REQUIRE_GGUF").as_deref() != Ok("1") => {
+            eprintln!("SKIPPED {test}: {why}; set RELA_REQUIRE_GGUF=1 to make this a failure");
+            None
+        }
+        Err(why) => panic!("{test}: {why}"),
+    }
+}
+
+/// A fixture file's JSON.
+pub(crate) fn fixture(name: &str) -> serde_json::Value {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
