@@ -255,8 +255,12 @@ impl Node {
             config.max_dispatch_cost,
             shared,
         );
-        let engine_thread =
-            std::thread::Builder::new().name("rela-engine".into()).spawn(move || engine.run(engine_rx))?;
+        // Cleared when the engine thread ends, whatever the reason.
+        let (alive_tx, alive) = tokio::sync::watch::channel(true);
+        let engine_thread = std::thread::Builder::new().name("rela-engine".into()).spawn(move || {
+            engine.run(engine_rx);
+            alive_tx.send_replace(false);
+        })?;
 
         let shared = Arc::new(Shared {
             engine: engine_tx.clone(),
@@ -282,7 +286,20 @@ impl Node {
         });
         let (stop_tx, stop_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
-        tokio::spawn(run(listener, shared.clone(), stop_rx, responder, engine_thread, done_tx));
+        // Stop accepting when asked, or when the engine stops on its own (after a panic it could
+        // not contain): a node without an engine must not take connections it cannot serve.
+        let (accept_stop_tx, accept_stop_rx) = oneshot::channel();
+        let mut engine_alive = alive.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop_rx => {}
+                _ = engine_alive.wait_for(|a| !*a) => {
+                    tracing::error!("the engine thread stopped; the node stops");
+                }
+            }
+            let _ = accept_stop_tx.send(());
+        });
+        tokio::spawn(run(listener, shared.clone(), accept_stop_rx, responder, engine_thread, done_tx));
         let discovery = discovery_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
         tracing::info!(%local_addr, discovery_addr = %discovery, auth = config.has_token(), "node started");
         Ok(NodeHandle {
@@ -291,6 +308,7 @@ impl Node {
             engine: engine_tx,
             shared,
             stop: Some(stop_tx),
+            alive,
             done: done_rx,
         })
     }
@@ -306,6 +324,7 @@ pub struct NodeHandle {
     shared: Arc<Shared>,
     stop: Option<oneshot::Sender<()>>,
     done: oneshot::Receiver<Result<Usage, NodeError>>,
+    alive: tokio::sync::watch::Receiver<bool>,
 }
 
 impl NodeHandle {
@@ -358,6 +377,14 @@ impl NodeHandle {
         let (reply, rx) = oneshot::channel();
         self.engine.send(Command::Usage { reply }).map_err(|_| NodeError::EngineStopped)?;
         rx.await.map_err(|_| NodeError::EngineStopped)
+    }
+
+    /// Resolves if the node stops on its own: its engine thread ended without being asked to
+    /// (a panic it could not contain to one session). The node then no longer accepts
+    /// connections; [`shutdown`](Self::shutdown) reports [`NodeError::EngineStopped`].
+    pub async fn stopped(&self) {
+        let mut alive = self.alive.clone();
+        let _ = alive.wait_for(|a| !*a).await;
     }
 
     /// Graceful shutdown: stops accepting, sends `ERROR(SHUTTING_DOWN)` to every live session

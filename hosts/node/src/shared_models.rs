@@ -23,7 +23,7 @@ enum Entry {
     /// A session is loading it; others wait for [`SharedModels::changed`].
     Loading,
     /// Loaded: `weights` owns the buffers; `users` shares are out.
-    Ready { weights: Embedder, users: usize, pinned: bool },
+    Ready { weights: Box<Embedder>, users: usize, pinned: bool },
 }
 
 /// The node's shared models, by repository name.
@@ -50,15 +50,6 @@ impl SharedModels {
     /// Device bytes of the shared weights held now.
     pub(crate) fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Acquire)
-    }
-
-    /// Sessions (and preloads) holding `name` now; 0 if it is not loaded.
-    #[cfg(test)]
-    pub(crate) fn users(&self, name: &str) -> usize {
-        match self.lock().get(name) {
-            Some(Entry::Ready { users, pinned, .. }) => users + usize::from(*pinned),
-            _ => 0,
-        }
     }
 
     /// A share of repository model `name`, loading it with `load` first if nobody holds it.
@@ -95,8 +86,10 @@ impl SharedModels {
             Ok(weights) => {
                 let share = weights.share();
                 self.bytes.fetch_add(weights.device_bytes(), Ordering::AcqRel);
-                entries
-                    .insert(name.to_owned(), Entry::Ready { weights, users: usize::from(!pin), pinned: pin });
+                entries.insert(
+                    name.to_owned(),
+                    Entry::Ready { weights: Box::new(weights), users: usize::from(!pin), pinned: pin },
+                );
                 Ok(share)
             }
             Err(e) => {
@@ -130,7 +123,7 @@ impl SharedModels {
             if done { entries.remove(name) } else { None }
         };
         if let Some(Entry::Ready { weights, .. }) = last {
-            self.free(weights, backend)?;
+            self.free(*weights, backend)?;
         }
         result
     }
@@ -140,7 +133,7 @@ impl SharedModels {
         let all: Vec<Entry> = self.lock().drain().map(|(_, e)| e).collect();
         for entry in all {
             if let Entry::Ready { weights, .. } = entry
-                && let Err(e) = self.free(weights, backend)
+                && let Err(e) = self.free(*weights, backend)
             {
                 tracing::warn!(error = %e, "freeing a shared model failed");
             }

@@ -177,7 +177,14 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), CliError> {
         "node ready"
     );
 
-    wait_for_signal().await;
+    tokio::select! {
+        () = wait_for_signal() => {}
+        () = node.stopped() => {
+            // The engine thread ended on its own; the log says why.
+            let _ = node.shutdown().await;
+            return Err("the node's engine stopped (see the log above); the node is down".into());
+        }
+    }
     tracing::info!("shutting down: closing sessions and releasing memory");
     match node.shutdown().await {
         Ok(usage) if usage.used == 0 && usage.buffers == 0 => tracing::info!("stopped; all memory released"),
