@@ -4,6 +4,10 @@
 //! (`apply_chat_template`): `trim_blocks` and `lstrip_blocks` on, `{% break %}`/`{% continue %}`,
 //! Python string and dict methods (`.strip()`, `.startswith()`, `.items()`...), `raise_exception`,
 //! and the variables `messages`, `add_generation_prompt`, `bos_token` and `eos_token`.
+//!
+//! A template comes from a model file, so rendering is bounded: at most [`FUEL`] template
+//! instructions and [`MAX_RENDERED_BYTES`] of output (a template that loops forever or writes
+//! without end fails with [`ChatError::Render`]).
 
 use std::fmt;
 
@@ -13,6 +17,30 @@ use serde::{Deserialize, Serialize};
 use crate::gguf::Gguf;
 
 const TEMPLATE_KEY: &str = "tokenizer.chat_template";
+
+/// Template instructions one rendering may run (a chat template spends tens per message).
+pub const FUEL: u64 = 1_000_000;
+
+/// Most bytes one rendering may produce.
+pub const MAX_RENDERED_BYTES: usize = 4 << 20;
+
+/// Collects output up to [`MAX_RENDERED_BYTES`].
+struct Capped(Vec<u8>, bool);
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_RENDERED_BYTES {
+            self.1 = true;
+            return Err(std::io::Error::other("rendered chat prompt is too long"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// One chat message, as chat apps send them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,8 +65,11 @@ pub enum ChatError {
     NoTemplate,
     /// The template does not compile.
     Syntax(String),
-    /// Rendering failed (including the template's own `raise_exception`).
+    /// Rendering failed (including the template's own `raise_exception`, and running out of
+    /// [`FUEL`]).
     Render(String),
+    /// The rendered text would pass [`MAX_RENDERED_BYTES`].
+    TooLong,
 }
 
 impl fmt::Display for ChatError {
@@ -47,6 +78,7 @@ impl fmt::Display for ChatError {
             Self::NoTemplate => write!(f, "the model has no chat template ({TEMPLATE_KEY})"),
             Self::Syntax(e) => write!(f, "chat template does not compile: {e}"),
             Self::Render(e) => write!(f, "chat template failed: {e}"),
+            Self::TooLong => write!(f, "rendered chat prompt passes {MAX_RENDERED_BYTES} bytes"),
         }
     }
 }
@@ -80,6 +112,7 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_undefined_behavior(UndefinedBehavior::Lenient);
+        env.set_fuel(Some(FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_template_owned("chat", source.to_owned()).map_err(|e| ChatError::Syntax(e.to_string()))?;
@@ -106,12 +139,18 @@ impl ChatTemplate {
     /// reply begins.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, ChatError> {
         let tmpl = self.env.get_template("chat").map_err(|e| ChatError::Render(e.to_string()))?;
-        tmpl.render(context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => &self.bos_token,
-            eos_token => &self.eos_token,
-        })
-        .map_err(|e| ChatError::Render(e.to_string()))
+        let mut out = Capped(Vec::new(), false);
+        tmpl.render_captured_to(
+            context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => &self.bos_token,
+                eos_token => &self.eos_token,
+            },
+            &mut out,
+        )
+        .map_err(|e| if out.1 { ChatError::TooLong } else { ChatError::Render(e.to_string()) })?;
+        // Every piece written is a &str of the template's output.
+        String::from_utf8(out.0).map_err(|e| ChatError::Render(e.to_string()))
     }
 }

@@ -43,3 +43,22 @@ fn broken_templates_are_typed_errors() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn runaway_templates_are_stopped() {
+    let m = [Message::new("user", "x")];
+    let forever = ChatTemplate::new(
+        "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}",
+        "",
+        "",
+    )
+    .expect("compiles");
+    assert!(matches!(forever.render(&m, false), Err(ChatError::Render(_))));
+    let long = ChatTemplate::new("{% for i in range(100) %}{{ 'x' * 100000 }}{% endfor %}", "", "")
+        .expect("compiles");
+    assert_eq!(long.render(&m, false), Err(ChatError::TooLong));
+    // Just under the cap renders.
+    let fits = ChatTemplate::new("{% for i in range(40) %}{{ 'x' * 100000 }}{% endfor %}", "", "")
+        .expect("compiles");
+    assert_eq!(fits.render(&m, false).map(|s| s.len()), Ok(4_000_000));
+}
