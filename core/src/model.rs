@@ -176,7 +176,17 @@ pub trait ModelHost<B: GpuBackend + ?Sized> {
     fn unload(&mut self, backend: &mut B, id: u32) -> Result<(), ModelError>;
 
     /// Runs model `id` on the request's texts.
-    fn infer(&mut self, backend: &mut B, id: u32, request: &Infer<'_>) -> Result<InferOutput, ModelError>;
+    ///
+    /// `budget` is the working memory (intermediates, the result's staging buffer) the host may
+    /// hold for this session once the call returns ([`working_bytes`](Self::working_bytes));
+    /// past it the call fails with [`ModelError::QuotaExceeded`] and keeps no more than before.
+    fn infer(
+        &mut self,
+        backend: &mut B,
+        id: u32,
+        request: &Infer<'_>,
+        budget: u64,
+    ) -> Result<InferOutput, ModelError>;
 
     /// Frees and zeroes every model this host holds and drops any staged upload (the session
     /// closed).
@@ -185,6 +195,12 @@ pub trait ModelHost<B: GpuBackend + ?Sized> {
     /// Device bytes of models this host holds once for every session that loads them
     /// (reported in DEVICE_INFO). 0 by default: nothing shared.
     fn shared_bytes(&self) -> u64 {
+        0
+    }
+
+    /// Device bytes of working memory this host holds for the session now (intermediates,
+    /// staging for results), which the session charges to its quota besides the weights.
+    fn working_bytes(&self) -> u64 {
         0
     }
 }
@@ -221,7 +237,7 @@ impl<B: GpuBackend + ?Sized> ModelHost<B> for NoModels {
     fn unload(&mut self, _: &mut B, _: u32) -> Result<(), ModelError> {
         Err(ModelError::NoSuchModel)
     }
-    fn infer(&mut self, _: &mut B, _: u32, _: &Infer<'_>) -> Result<InferOutput, ModelError> {
+    fn infer(&mut self, _: &mut B, _: u32, _: &Infer<'_>, _: u64) -> Result<InferOutput, ModelError> {
         Err(ModelError::NoSuchModel)
     }
     fn release_all(&mut self, _: &mut B) {}

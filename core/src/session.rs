@@ -341,6 +341,8 @@ pub struct Session {
     client_caps: Caps,
     next_handle: u32,
     used: u64,
+    /// The part of `used` that is the model host's working memory ([`ModelHost::working_bytes`]).
+    model_working: u64,
     started: Instant,
     last_activity: Instant,
     pending: Deque<Pending, MAX_PENDING>,
@@ -363,6 +365,7 @@ impl Session {
             client_caps: Caps(0),
             next_handle: seed,
             used: 0,
+            model_working: 0,
             started: now,
             last_activity: now,
             pending: Deque::new(),
@@ -809,6 +812,7 @@ impl Session {
         self.models.clear();
         self.upload = None;
         self.used = 0;
+        self.model_working = 0;
     }
 
     fn slot(&self, handle: u32) -> Result<Slot, Reject> {
@@ -1069,7 +1073,23 @@ impl Session {
         Ok(Body::ModelLoaded(ModelLoaded { model: loaded.id, dim: loaded.dim, bytes: loaded.bytes }))
     }
 
+    /// A model request, then the host's working memory charged to the session anew (it may
+    /// have grown with an INFER or shrunk with an unload), whatever the outcome.
     fn on_model<B: GpuBackend + ?Sized, M: ModelHost<B> + ?Sized>(
+        &mut self,
+        req: Request<'_>,
+        backend: &mut B,
+        models: &mut M,
+        progress: Option<ProgressTarget>,
+    ) -> Result<Body, Reject> {
+        let result = self.on_model_request(req, backend, models, progress);
+        let working = models.working_bytes();
+        self.used = (self.used - self.model_working).saturating_add(working);
+        self.model_working = working;
+        result
+    }
+
+    fn on_model_request<B: GpuBackend + ?Sized, M: ModelHost<B> + ?Sized>(
         &mut self,
         req: Request<'_>,
         backend: &mut B,
@@ -1162,7 +1182,10 @@ impl Session {
             }
             Request::Infer(inf) => {
                 let i = known(&self.models, inf.model)?;
-                let out = models.infer(backend, self.models[i].id, &inf).map_err(wire)?;
+                // The working memory the host may hold for this session: what the quota leaves
+                // besides buffers, weights and staged uploads.
+                let budget = self.config.quota.saturating_sub(self.used - self.model_working);
+                let out = models.infer(backend, self.models[i].id, &inf, budget).map_err(wire)?;
                 let payload = EMBEDDINGS_PREFIX_LEN as u64 + out.count as u64 * out.dim as u64 * 4;
                 if out.count as usize != inf.count() || payload > self.config.effective_max_payload() as u64 {
                     return Err(Reject::new(

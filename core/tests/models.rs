@@ -53,7 +53,13 @@ impl ModelHost<MockBackend> for Scripted {
         b.free(buf)?;
         Ok(())
     }
-    fn infer(&mut self, b: &mut MockBackend, id: u32, req: &Infer<'_>) -> Result<InferOutput, ModelError> {
+    fn infer(
+        &mut self,
+        b: &mut MockBackend,
+        id: u32,
+        req: &Infer<'_>,
+        _: u64,
+    ) -> Result<InferOutput, ModelError> {
         let (_, buf) = *self.loaded.iter().find(|m| m.0 == id).ok_or(ModelError::NoSuchModel)?;
         if req.count() > 8 {
             return Err(ModelError::InvalidInput("too many texts"));

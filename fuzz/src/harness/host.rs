@@ -284,6 +284,7 @@ impl<'a> ModelHost<HostBackend<'a>> for ScriptedHost {
         backend: &mut HostBackend<'a>,
         id: u32,
         request: &Infer<'_>,
+        _budget: u64,
     ) -> Result<InferOutput, ModelError> {
         self.log.push(HostCall::Infer { id, count: request.count() });
         let Spec { dim, honest, .. } =

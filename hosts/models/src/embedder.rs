@@ -395,6 +395,15 @@ impl Embedder {
         }
     }
 
+    /// Frees (and so zeroes) the intermediate buffers, keeping the weights; the next
+    /// [`embed`](Self::embed) allocates them again.
+    pub fn release_workspace(&mut self, backend: &mut dyn GpuBackend) -> Result<(), ModelError> {
+        match self.workspace.take() {
+            Some(ws) => ws.free(backend).map_err(ModelError::from),
+            None => Ok(()),
+        }
+    }
+
     /// Whether this embedder loaded (and so frees) its weights, rather than being a
     /// [`share`](Self::share).
     pub fn owns_weights(&self) -> bool {

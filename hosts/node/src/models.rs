@@ -15,8 +15,10 @@
 //!   connection's writer while the engine works.
 //! - INFER runs the forward pass on the node's backend. The embeddings are staged in a small
 //!   backend buffer the session's host owns (at most `MAX_TEXTS × dim × 4` bytes; reused), from
-//!   which the core reads the response payload. The forward pass's working memory is bounded
-//!   by `rela_models::BATCH_TOKENS` and is not charged to the quota.
+//!   which the core reads the response payload. The forward pass's working memory (bounded
+//!   by `rela_models::BATCH_TOKENS`) and the staging buffer are charged to the session's quota
+//!   ([`ModelHost::working_bytes`]): an INFER that leaves them above what the quota allows
+//!   frees them again and is refused with QUOTA_EXCEEDED.
 //! - MODEL_UNLOAD and session close free and zero every byte: weights, working memory and the
 //!   staging buffer; close also drops a staged upload.
 
@@ -159,6 +161,25 @@ impl SessionModels {
 
     fn embedder(&mut self, id: u32) -> Result<&mut Embedder, ModelError> {
         self.loaded.iter_mut().find(|(i, _, _)| *i == id).map(|(_, e, _)| e).ok_or(ModelError::NoSuchModel)
+    }
+
+    /// Device bytes of this session's working memory: every model's intermediates and the
+    /// INFER staging buffer (charged to the session's quota by the core).
+    fn working(&self) -> u64 {
+        let workspaces: u64 = self.loaded.iter().map(|(_, e, _)| e.workspace_bytes()).sum();
+        workspaces + self.output.map_or(0, |(_, size)| size)
+    }
+
+    /// Frees the working memory: intermediates and the staging buffer.
+    fn release_working(&mut self, backend: &mut dyn GpuBackend) {
+        for (_, embedder, _) in &mut self.loaded {
+            if let Err(e) = embedder.release_workspace(backend) {
+                tracing::warn!(error = %e, "freeing a model's intermediates failed");
+            }
+        }
+        if let Some((id, _)) = self.output.take() {
+            let _ = backend.free(id);
+        }
     }
 
     /// Gives a loaded model back: a share to the node's shared models, private weights freed.
@@ -334,6 +355,12 @@ impl<'b> ModelHost<dyn GpuBackend + 'b> for SessionModels {
     fn unload(&mut self, backend: &mut (dyn GpuBackend + 'b), id: u32) -> Result<(), ModelError> {
         let i = self.loaded.iter().position(|(m, _, _)| *m == id).ok_or(ModelError::NoSuchModel)?;
         let (_, embedder, shared) = self.loaded.swap_remove(i);
+        if self.loaded.is_empty()
+            && let Some((id, _)) = self.output.take()
+        {
+            // No model left to answer with it: the staging buffer goes too.
+            let _ = backend.free(id);
+        }
         self.drop_model(backend, embedder, shared)
     }
 
@@ -342,6 +369,7 @@ impl<'b> ModelHost<dyn GpuBackend + 'b> for SessionModels {
         backend: &mut (dyn GpuBackend + 'b),
         id: u32,
         request: &Infer<'_>,
+        budget: u64,
     ) -> Result<InferOutput, ModelError> {
         let texts: Vec<&str> = request.texts().collect();
         let embedder = self.embedder(id)?;
@@ -352,6 +380,12 @@ impl<'b> ModelHost<dyn GpuBackend + 'b> for SessionModels {
         let bytes: Vec<u8> = vectors.iter().flatten().flat_map(|f| f.to_le_bytes()).collect();
         let buffer = self.output_buffer(backend, bytes.len() as u64)?;
         backend.write(buffer, 0, &bytes)?;
+        if self.working() > budget {
+            // Over the quota: give back what this request grew (every model's intermediates
+            // and the staging buffer), so the session holds no more than its quota allows.
+            self.release_working(backend);
+            return Err(ModelError::QuotaExceeded);
+        }
         Ok(InferOutput { buffer, count, dim: dim16 })
     }
 
@@ -369,5 +403,9 @@ impl<'b> ModelHost<dyn GpuBackend + 'b> for SessionModels {
 
     fn shared_bytes(&self) -> u64 {
         self.shared.bytes()
+    }
+
+    fn working_bytes(&self) -> u64 {
+        self.working()
     }
 }

@@ -317,3 +317,35 @@ async fn a_preloaded_model_stays_until_the_node_stops() {
     assert_eq!(common::wait_for_used(&node, before).await, before, "the preloaded weights stay");
     assert_eq!(within(node.shutdown()).await.expect("shutdown").used, 0, "freed when the node stops");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_working_memory_is_charged_to_the_session() {
+    let Some(dir) = repository() else { return };
+    let mut cfg = config();
+    cfg.models = Some(dir);
+    cfg.session.quota = 4 << 20;
+    let node = start(cfg, 512 << 20).await;
+    let mut c = within(Client::connect(node.local_addr(), None)).await.expect("connect");
+    let m = within(c.model_load("all-MiniLM-L6-v2")).await.expect("load (shared weights cost nothing)");
+    assert_eq!(within(c.stats()).await.expect("stats").used, 0);
+
+    within(c.infer(m, &["a short text"])).await.expect("a small INFER fits");
+    let after_small = within(c.stats()).await.expect("stats").used;
+    assert!(after_small > 0 && after_small <= 4 << 20, "intermediates are charged: {after_small}");
+    eprintln!("working memory after one short text: {after_small} bytes");
+
+    // Intermediates for 16 texts of 80 tokens are beyond 4 MiB: refused, and given back.
+    let long = "a long passage about relay nodes and their sessions ".repeat(8);
+    let texts = vec![long.as_str(); 16];
+    let err = within(c.infer(m, &texts)).await.expect_err("over the quota");
+    assert_eq!(err.code(), Some(ErrorCode::QUOTA_EXCEEDED), "{err}");
+    let after_refusal = within(c.stats()).await.expect("stats").used;
+    assert!(after_refusal <= 4 << 20, "the session holds {after_refusal} bytes after the refusal");
+
+    // The session goes on.
+    within(c.infer(m, &["a short text"])).await.expect("a small INFER still fits");
+    within(c.model_unload(m)).await.expect("unload");
+    within(c.close()).await.expect("close");
+    common::wait_idle(&node).await;
+    within(node.shutdown()).await.expect("shutdown");
+}
