@@ -7,7 +7,15 @@
 //!
 //! - One **engine thread** (a plain `std::thread`) owns the `Box<dyn GpuBackend + Send>` and
 //!   every session. Backend calls (which may block on a device) never run on the async
-//!   runtime.
+//!   runtime. Light requests run on the engine thread; requests that may run long (DISPATCH,
+//!   INFER, MODEL_LOAD, MODEL_COMMIT, COPY, FILL) run as **jobs** on threads of their own that
+//!   borrow the backend a step of about a millisecond at a time, and the engine serves every
+//!   waiting light request between two steps and gives the next step to the least-served job
+//!   (`engine/jobs.rs`, `engine/sched.rs`; `docs/ARCHITECTURE.md`). No session can stall
+//!   another. A panic ends the session it happened in; one the engine cannot contain stops
+//!   the node ([`NodeHandle::stopped`]).
+//! - Repository models are held once for every session that loads them (`shared_models.rs`,
+//!   [`NodeConfig::preload`]); each session's working memory is charged to its quota.
 //! - Each connection has a reader task and a writer task. The reader checks each header against
 //!   the session's payload cap *before* reading the payload, reads a large payload straight
 //!   from the socket into a buffer from the node-wide pool, verifies the CRC
