@@ -41,8 +41,12 @@
 //!
 //! Buffers are named on the wire by per-session handles from a fixed-capacity table, never by
 //! backend ids or addresses. A handle from another session names nothing here. Handles are
-//! drawn from an odd-step sequence seeded from the session nonce, so they are not small
-//! predictable integers, and a freed handle is not reissued for 2³² allocations.
+//! drawn from an odd-step sequence that starts at a secret seed the host passes to
+//! [`Session::new`] (never sent, and independent of the nonce that WELCOME carries), so a
+//! client cannot compute another session's handles from what it sees; a freed handle is not
+//! reissued for 2³² allocations. The step is public, so a session's own handles follow one
+//! another predictably: handles are names, not capabilities, and a handle is only ever
+//! looked up in the session that allocated it.
 
 use core::fmt;
 
@@ -352,9 +356,9 @@ pub struct Session {
 
 impl Session {
     /// Starts a session at `now`. `nonce` must be fresh and unpredictable (from the host's
-    /// CSPRNG): AUTH signs it.
-    pub fn new(config: SessionConfig, nonce: [u8; NONCE_LEN], now: Instant) -> Self {
-        let seed = u32::from_le_bytes([nonce[0], nonce[1], nonce[2], nonce[3]]);
+    /// CSPRNG): AUTH signs it, and WELCOME sends it. `handle_seed` must be drawn separately
+    /// from the same CSPRNG and is never sent: the session's buffer handles start from it.
+    pub fn new(config: SessionConfig, nonce: [u8; NONCE_LEN], handle_seed: u32, now: Instant) -> Self {
         Self {
             config,
             state: State::AwaitHello,
@@ -363,7 +367,7 @@ impl Session {
             models: Vec::new(),
             upload: None,
             client_caps: Caps(0),
-            next_handle: seed,
+            next_handle: handle_seed,
             used: 0,
             model_working: 0,
             started: now,
@@ -633,6 +637,7 @@ impl Session {
                 }
             }
             Body::Embeddings(e) => {
+                // At most the session's max payload: `on_model` refused larger answers (in u64).
                 let data = e.count as usize * e.dim as usize * 4;
                 let needed = crate::config::HEADER_LEN + EMBEDDINGS_PREFIX_LEN + data;
                 let dst = payload_out
@@ -857,7 +862,6 @@ impl Session {
             .map_err(|_| Reject::new(ErrorCode::MALFORMED, "payload does not decode"))?;
         match (self.state, request) {
             (_, Request::Unknown(_)) => Err(Reject::new(ErrorCode::UNKNOWN_KIND, "unknown message kind")),
-            (_, Request::Reserved(_)) => Err(Reject::new(ErrorCode::UNSUPPORTED, "reserved message kind")),
             (_, Request::Bye) => {
                 self.release(backend);
                 self.queue(kind, frame.seq(), Body::Empty);
@@ -1031,7 +1035,6 @@ impl Session {
             }
             // Handled before the state match.
             Request::Bye
-            | Request::Reserved(_)
             | Request::Unknown(_)
             | Request::ModelLoad(_)
             | Request::ModelUnload(_)

@@ -596,3 +596,209 @@ fn read_data_can_be_sent_from_the_backend_behind_a_header_with_the_same_crc() {
     assert!(d.drain(&mut b).is_empty(), "the response was dequeued");
     assert_eq!(d.session.transmit_read_header::<SoftCrc32>(&lying, &mut header), Err(PollError::NotReadData));
 }
+
+/// A frame with the given seq, handed to the session as a host would; returns its output.
+fn with_seq(
+    d: &mut Driver,
+    b: &mut MockBackend,
+    kind: Kind,
+    flags: Flags,
+    seq: u16,
+    payload: &[u8],
+) -> common::Out {
+    let mut buf = vec![0u8; payload.len() + 16];
+    let bytes =
+        rela_core::wire::encode_frame::<rela_core::crc32::SoftCrc32>(&mut buf, kind, flags, seq, payload)
+            .unwrap()
+            .to_vec();
+    let f = rela_core::wire::Frame::parse::<rela_core::crc32::SoftCrc32>(&bytes, u32::MAX).unwrap();
+    let now = d.now;
+    d.session.handle_frame(now, f, b).unwrap();
+    let mut outs = d.drain(b);
+    assert_eq!(outs.len(), 1);
+    outs.remove(0)
+}
+
+#[test]
+fn handles_start_from_the_handle_seed_not_from_the_nonce() {
+    let mut b = MockBackend::new(1 << 24);
+    let first = |nonce: [u8; 32], seed: u32, b: &mut MockBackend| {
+        let mut d = Driver::with_handle_seed(config(), nonce, seed);
+        let _ = d.one(b, &hello());
+        let h = alloc(&mut d, b, 8);
+        d.session.abort(b);
+        h
+    };
+    // The same nonce (sent in WELCOME) with other seeds: other handles.
+    let a = first([7; 32], 1, &mut b);
+    let c = first([7; 32], 0x8000_0001, &mut b);
+    assert_ne!(a, c);
+    // Other nonces with the same seed: the same handles. Nothing of the nonce is in them.
+    assert_eq!(first([0; 32], 0x1234_5678, &mut b), first([0xff; 32], 0x1234_5678, &mut b));
+}
+
+/// Before HELLO, the earliest failing check answers: framing (fatal, see
+/// `framing_error_closes_and_releases`), then the flags, then the kind and the payload's
+/// decoding, then the state. None of these closes the session.
+#[test]
+fn precedence_of_errors_before_hello() {
+    let mut b = MockBackend::new(1 << 24);
+    let mut d = Driver::new(config(), [1; 32]);
+    let cases: &[(Kind, Flags, Vec<u8>, ErrorCode)] = &[
+        // The RESPONSE flag and COMPRESSED come first, whatever the kind and payload.
+        (Kind(0x55), Flags::RESPONSE, vec![], ErrorCode::MALFORMED),
+        (Kind::PING, Flags::COMPRESSED, vec![0; 300], ErrorCode::UNSUPPORTED),
+        // Then the kind: unknown kinds, and kinds that are not requests (UDP-only and
+        // node-to-client ones), are UNKNOWN_KIND in any state.
+        (Kind(0x55), Flags::NONE, vec![1, 2, 3], ErrorCode::UNKNOWN_KIND),
+        (Kind::DISCOVER, Flags::NONE, vec![0; 240], ErrorCode::UNKNOWN_KIND),
+        (Kind::ANNOUNCE, Flags::NONE, vec![], ErrorCode::UNKNOWN_KIND),
+        (Kind::PROGRESS, Flags::NONE, vec![0; 16], ErrorCode::UNKNOWN_KIND),
+        (Kind::ERROR, Flags::ERROR, vec![], ErrorCode::UNKNOWN_KIND),
+        // Then the payload of a known kind: MALFORMED before WRONG_STATE.
+        (Kind::PING, Flags::NONE, vec![0; 257], ErrorCode::MALFORMED),
+        (Kind::WRITE, Flags::NONE, vec![0; 3], ErrorCode::MALFORMED),
+        (Kind::MODEL_LOAD, Flags::NONE, vec![3, b'.', b'.', b'/'], ErrorCode::MALFORMED),
+        // A well-formed request in the wrong state.
+        (Kind::PING, Flags::NONE, vec![0; 256], ErrorCode::WRONG_STATE),
+        (Kind::MODEL_LOAD, Flags::NONE, vec![1, b'm'], ErrorCode::WRONG_STATE),
+    ];
+    for (kind, flags, payload, want) in cases {
+        let outs = d.raw(&mut b, *kind, *flags, payload);
+        assert_eq!(outs.len(), 1);
+        assert_eq!(code(&outs[0]), *want, "{kind} {flags:?} with {} bytes", payload.len());
+        assert_eq!(d.session.state(), State::AwaitHello);
+    }
+    let _ = d.one(&mut b, &hello());
+    assert!(d.session.is_ready());
+}
+
+#[test]
+fn a_request_with_seq_zero_is_served_and_answered_with_seq_zero() {
+    let mut b = MockBackend::new(1 << 24);
+    let mut d = ready(&mut b);
+    let o = with_seq(&mut d, &mut b, Kind::PING, Flags::NONE, 0, b"zero");
+    assert_eq!((o.kind, o.seq, o.response()), (Kind::PING, 0, Response::Pong(b"zero")));
+    // An ERROR answering it carries seq 0 and the request's kind (an unsolicited one has kind 0).
+    let o = with_seq(&mut d, &mut b, Kind::FREE, Flags::NONE, 0, &77u32.to_le_bytes());
+    let Response::Error(e) = o.response() else { panic!("no ERROR") };
+    assert_eq!((o.seq, e.code, e.request_kind), (0, ErrorCode::NO_SUCH_BUFFER, Kind::FREE));
+}
+
+#[test]
+fn stats_count_every_handled_request_and_the_payload_bytes_before_the_stats_answer() {
+    let mut b = MockBackend::new(1 << 24);
+    let mut d = Driver::new(config(), [3; 32]);
+    let mut out_bytes = 0;
+    let sent = |outs: Vec<common::Out>| outs.iter().map(|o| o.payload.len() as u64).sum::<u64>();
+    out_bytes += sent(d.send(&mut b, &hello()));
+    out_bytes += sent(d.raw(&mut b, Kind::PING, Flags::NONE, b"12345"));
+    let h = match d.one(&mut b, &Alloc { size: 100 }).response() {
+        Response::Allocated(a) => a.handle,
+        other => panic!("{other:?}"),
+    };
+    out_bytes += 12;
+    // Refused requests count too.
+    out_bytes += sent(d.raw(&mut b, Kind(0x55), Flags::NONE, b"xyz"));
+    out_bytes += sent(d.send(&mut b, &Write { handle: h, offset: 0, data: b"abcd" }));
+    let Response::Stats(s) = d.empty(&mut b, Kind::STATS).response() else { panic!("no STATS") };
+    assert_eq!((s.buffers, s.max_buffers, s.used, s.quota), (1, 4, 100, 1 << 20));
+    // HELLO, PING, ALLOC, the unknown kind, WRITE and this STATS.
+    assert_eq!(s.frames_in, 6);
+    assert_eq!(s.bytes_in, 8 + 5 + 8 + 3 + (12 + 4));
+    // Every response payload before this one; its own is not counted.
+    assert_eq!(s.bytes_out, out_bytes);
+    assert_eq!(s.bytes_out, 64 + 5 + 12 + 4 + "unknown message kind".len() as u64);
+}
+
+#[test]
+fn zero_length_operations_check_their_range_and_succeed() {
+    let mut b = MockBackend::new(1 << 24);
+    let mut d = ready(&mut b);
+    let x = alloc(&mut d, &mut b, 16);
+    let y = alloc(&mut d, &mut b, 16);
+    let ack = |o: common::Out, kind| assert_eq!(o.response(), Response::Ack(kind));
+    ack(d.one(&mut b, &Write { handle: x, offset: 16, data: b"" }), Kind::WRITE);
+    assert_eq!(d.one(&mut b, &Read { handle: x, offset: 16, len: 0 }).response(), Response::Data(b""));
+    ack(d.one(&mut b, &Copy { src: x, src_offset: 4, dst: x, dst_offset: 4, len: 0 }), Kind::COPY);
+    ack(d.one(&mut b, &Fill { handle: x, offset: 16, len: 0, value: 1 }), Kind::FILL);
+    let add =
+        Dispatch { kernel: KernelId::ADD, reserved: 0, a: x, b: y, out: y, m: 0, k: 0, n: 0, alpha: 0.0 };
+    // Aliasing is refused even with nothing to compute.
+    assert_eq!(code(&d.one(&mut b, &add)), ErrorCode::INVALID_ARGUMENT);
+    let z = alloc(&mut d, &mut b, 4);
+    ack(d.one(&mut b, &Dispatch { out: z, ..add }), Kind::DISPATCH);
+    // Past the end, even by zero bytes: OUT_OF_BOUNDS.
+    assert_eq!(code(&d.one(&mut b, &Write { handle: x, offset: 17, data: b"" })), ErrorCode::OUT_OF_BOUNDS);
+    assert_eq!(code(&d.one(&mut b, &Read { handle: x, offset: 17, len: 0 })), ErrorCode::OUT_OF_BOUNDS);
+    assert_eq!(
+        code(&d.one(&mut b, &Copy { src: x, src_offset: 17, dst: y, dst_offset: 0, len: 0 })),
+        ErrorCode::OUT_OF_BOUNDS
+    );
+    assert_eq!(
+        code(&d.one(&mut b, &Fill { handle: x, offset: 17, len: 0, value: 1 })),
+        ErrorCode::OUT_OF_BOUNDS
+    );
+    // The mock's buffers are untouched.
+    assert!(b.bufs.values().all(|v| v.iter().all(|&v| v == 0)));
+}
+
+/// DISPATCH answers the first failing check, in the order PROTOCOL.md §4 gives: the payload,
+/// `reserved`, the kernel id, unused fields, the handles, the sizes, aliasing and alpha.
+#[test]
+fn dispatch_checks_its_arguments_in_the_documented_order() {
+    let mut b = MockBackend::new(1 << 24);
+    let mut d = ready(&mut b);
+    let x = alloc(&mut d, &mut b, 40);
+    let y = alloc(&mut d, &mut b, 40);
+    let small = alloc(&mut d, &mut b, 4);
+    let ok =
+        Dispatch { kernel: KernelId::ADD, reserved: 0, a: x, b: y, out: small, m: 0, k: 0, n: 1, alpha: 0.0 };
+    let cases = [
+        // reserved beats an unknown kernel
+        (Dispatch { reserved: 1, kernel: KernelId(99), ..ok }, ErrorCode::MALFORMED),
+        // an unknown kernel beats unused fields and handles
+        (Dispatch { kernel: KernelId(99), m: 5, a: 0xdead, ..ok }, ErrorCode::UNSUPPORTED),
+        // unused fields beat handles
+        (Dispatch { m: 5, a: 0xdead, ..ok }, ErrorCode::INVALID_ARGUMENT),
+        // handles beat sizes
+        (Dispatch { out: 0xdead, n: 10, ..ok }, ErrorCode::NO_SUCH_BUFFER),
+        // sizes beat aliasing
+        (Dispatch { out: x, n: 2, a: small, ..ok }, ErrorCode::OUT_OF_BOUNDS),
+        // aliasing last
+        (Dispatch { out: x, ..ok }, ErrorCode::INVALID_ARGUMENT),
+    ];
+    for (call, want) in cases {
+        assert_eq!(code(&d.one(&mut b, &call)), want, "{call:?}");
+    }
+    assert_eq!(code(&d.raw(&mut b, Kind::DISPATCH, Flags::NONE, &[0; 31])[0]), ErrorCode::MALFORMED);
+    assert!(b.dispatched.is_empty(), "no refused call reaches the backend");
+    assert!(matches!(d.one(&mut b, &ok).response(), Response::Ack(Kind::DISPATCH)));
+}
+
+/// ALLOC checks the size, the session's quota, its buffer count, and only then asks the
+/// backend, whose `max_alloc` and free memory answer OUT_OF_MEMORY: a request above both the
+/// quota and `max_alloc` is QUOTA_EXCEEDED.
+#[test]
+fn alloc_checks_quota_before_the_backend() {
+    let mut b = MockBackend::new(1 << 10);
+    let mut d = ready(&mut b);
+    assert_eq!(code(&d.one(&mut b, &Alloc { size: 0 })), ErrorCode::INVALID_ARGUMENT);
+    assert_eq!(code(&d.one(&mut b, &Alloc { size: (1 << 20) + 1 })), ErrorCode::QUOTA_EXCEEDED);
+    // Within the quota, beyond what the backend has.
+    assert_eq!(code(&d.one(&mut b, &Alloc { size: 1 << 11 })), ErrorCode::OUT_OF_MEMORY);
+}
+
+#[test]
+fn hello_caps_gate_only_progress() {
+    let mut b = MockBackend::new(1 << 24);
+    let mut d = Driver::new(config(), [3; 32]);
+    // A client that announces no capability may still DISPATCH.
+    let _ = d.one(&mut b, &Hello { caps: Caps(0), ..hello() });
+    let x = alloc(&mut d, &mut b, 4);
+    let y = alloc(&mut d, &mut b, 4);
+    let z = alloc(&mut d, &mut b, 4);
+    let add =
+        Dispatch { kernel: KernelId::ADD, reserved: 0, a: x, b: y, out: z, m: 0, k: 0, n: 1, alpha: 0.0 };
+    assert!(matches!(d.one(&mut b, &add).response(), Response::Ack(Kind::DISPATCH)));
+}

@@ -161,11 +161,12 @@ impl Side {
     /// its host's model ids.
     fn new(setup: Setup, now: Instant, generation: u32) -> Self {
         let mut nonce = [0u8; NONCE_LEN];
-        // The first four bytes seed the handle sequence; the rest only needs to vary.
-        nonce[..4].copy_from_slice(&setup.nonce_seed);
-        for (i, b) in nonce.iter_mut().enumerate().skip(4) {
+        for (i, b) in nonce.iter_mut().enumerate() {
             *b = setup.nonce_seed[i % 4] ^ (i as u8).wrapping_mul(37);
         }
+        // The handle sequence has its own seed, as a host draws it apart from the nonce; the
+        // fuzzer still picks it, so handles near 0 and u32::MAX are reached.
+        let handle_seed = u32::from_le_bytes(setup.nonce_seed) ^ 0x5bd1_e995;
         let key = setup.auth.then(|| AuthKey::new(AUTH_TOKEN));
         let config = SessionConfig {
             max_payload: setup.max_payload.min(u64::from(MAX_SESSION_PAYLOAD)) as u32,
@@ -177,7 +178,7 @@ impl Side {
             models: setup.models,
         };
         Self {
-            session: Session::new(config, nonce, now),
+            session: Session::new(config, nonce, handle_seed, now),
             key,
             host: ScriptedHost::new(generation << 20),
             model: Vec::new(),

@@ -78,14 +78,6 @@ kinds! {
     ERROR = 0x7F,
 }
 
-impl Kind {
-    /// Whether this kind is reserved for a later protocol feature. No kind is reserved in
-    /// version 1; the model kinds (`0x30..=0x35`) are served behind the MODELS capability.
-    pub const fn is_reserved(self) -> bool {
-        false
-    }
-}
-
 impl From<u8> for Kind {
     fn from(v: u8) -> Self {
         Self(v)

@@ -553,7 +553,8 @@ impl<'a> Message<'a> for Embeddings<'a> {
         let count = r.u16()?;
         let dim = r.u16()?;
         let data = r.rest();
-        if data.len() != count as usize * dim as usize * 4 {
+        // In u64: `count × dim × 4` reaches 2³⁴, past a 32-bit usize.
+        if data.len() as u64 != u64::from(count) * u64::from(dim) * 4 {
             return Err(DecodeError::InvalidField("embeddings.data"));
         }
         Ok(Self { count, dim, data })
@@ -808,9 +809,8 @@ pub enum Request<'a> {
     ModelChunk(ModelChunk<'a>),
     /// MODEL_COMMIT (empty payload).
     ModelCommit,
-    /// A kind reserved for a later protocol feature (MODEL_LOAD, MODEL_UNLOAD, INFER).
-    Reserved(Kind),
-    /// A kind this crate does not know, or one that is not a request.
+    /// A kind this crate does not know, or one that is not a request (PROGRESS, DISCOVER,
+    /// ANNOUNCE, ERROR).
     Unknown(Kind),
 }
 
@@ -837,7 +837,6 @@ impl<'a> Request<'a> {
             Kind::MODEL_UPLOAD => Self::ModelUpload(ModelUpload::parse(payload)?),
             Kind::MODEL_CHUNK => Self::ModelChunk(ModelChunk::parse(payload)?),
             Kind::MODEL_COMMIT => Empty::parse(payload).map(|_| Self::ModelCommit)?,
-            k if k.is_reserved() => Self::Reserved(k),
             k => Self::Unknown(k),
         })
     }
@@ -864,11 +863,11 @@ impl<'a> Request<'a> {
             Self::ModelUpload(_) => Kind::MODEL_UPLOAD,
             Self::ModelChunk(_) => Kind::MODEL_CHUNK,
             Self::ModelCommit => Kind::MODEL_COMMIT,
-            Self::Reserved(k) | Self::Unknown(k) => *k,
+            Self::Unknown(k) => *k,
         }
     }
 
-    /// Encodes the payload into `buf` (unknown and reserved kinds encode as empty).
+    /// Encodes the payload into `buf` (unknown kinds encode as empty).
     pub fn emit(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
         match self {
             Self::Hello(m) => m.emit(buf),
@@ -886,12 +885,7 @@ impl<'a> Request<'a> {
             Self::Infer(m) => m.emit(buf),
             Self::ModelUpload(m) => m.emit(buf),
             Self::ModelChunk(m) => m.emit(buf),
-            Self::DeviceInfo
-            | Self::Stats
-            | Self::Bye
-            | Self::ModelCommit
-            | Self::Reserved(_)
-            | Self::Unknown(_) => Ok(0),
+            Self::DeviceInfo | Self::Stats | Self::Bye | Self::ModelCommit | Self::Unknown(_) => Ok(0),
         }
     }
 }

@@ -129,8 +129,14 @@ pub struct Driver {
 
 impl Driver {
     pub fn new(config: SessionConfig, nonce: [u8; 32]) -> Self {
+        // Sessions with other nonces get other handle seeds; a host draws the two apart.
+        let seed = u32::from_le_bytes([nonce[0], nonce[1], nonce[2], nonce[3]]) ^ 0x0bad_5eed;
+        Self::with_handle_seed(config, nonce, seed)
+    }
+
+    pub fn with_handle_seed(config: SessionConfig, nonce: [u8; 32], handle_seed: u32) -> Self {
         Self {
-            session: Session::new(config, nonce, Instant::ZERO),
+            session: Session::new(config, nonce, handle_seed, Instant::ZERO),
             now: Instant::ZERO,
             seq: 0,
             out: vec![0; 17 << 20],

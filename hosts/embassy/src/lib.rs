@@ -4,7 +4,8 @@
 //!
 //! - [`serve_session`] drives one session over any [`embedded_io_async`] stream (an embassy-net
 //!   [`TcpSocket`](embassy_net::tcp::TcpSocket), or anything else that reads and writes), with
-//!   the session's deadlines on an [`embassy_time`] timer.
+//!   the session's deadlines on an [`embassy_time`] timer, and a deadline on every write: a peer
+//!   that stops reading loses its session (and its buffers) instead of holding a listener.
 //! - [`run_listener`] accepts sessions on a TCP port of an embassy-net [`Stack`](embassy_net::Stack),
 //!   one after another, forever. Run several listeners (each with its own buffers) on the same
 //!   port for concurrent sessions: they share one backend through a [`RefCell`], borrowed only
@@ -28,10 +29,10 @@
 //! use rela_core::config::DEFAULT_SESSION_PORT;
 //! use rela_core::crc32::SoftCrc32;
 //! use rela_core::session::SessionConfig;
-//! use rela_embassy::{FrameBuffers, SocketBuffers, run_listener};
+//! use rela_embassy::{DEFAULT_WRITE_TIMEOUT, FrameBuffers, SocketBuffers, run_listener};
 //!
 //! /// On the device: a host-memory backend over the arena, 4 KiB frames.
-//! async fn node(stack: Stack<'_>, arena: &mut [u8], nonce: impl FnMut() -> [u8; 32]) -> ! {
+//! async fn node(stack: Stack<'_>, arena: &mut [u8], random: impl FnMut() -> [u8; 32]) -> ! {
 //!     let backend = RefCell::new(HostBackend::<'_, 16>::with_block_table(arena));
 //!     let (mut rx, mut tx) = ([0u8; 16 + 4096], [0u8; 16 + 4096]);
 //!     let (mut sock_rx, mut sock_tx) = ([0u8; 8192], [0u8; 8192]);
@@ -41,9 +42,10 @@
 //!         DEFAULT_SESSION_PORT,
 //!         &backend,
 //!         &config,
-//!         nonce,
+//!         random,
 //!         SocketBuffers { rx: &mut sock_rx, tx: &mut sock_tx },
 //!         FrameBuffers { rx: &mut rx, tx: &mut tx },
+//!         DEFAULT_WRITE_TIMEOUT,
 //!         |_end| {},
 //!     )
 //!     .await
@@ -58,7 +60,7 @@ use core::cell::RefCell;
 use core::fmt;
 
 use embassy_futures::select::{Either, select};
-use embassy_time::{Duration as EmbassyDuration, Timer};
+use embassy_time::{Duration as EmbassyDuration, Timer, with_timeout};
 use embedded_io_async::{Read, Write};
 use rela_core::backend::GpuBackend;
 use rela_core::config::{HEADER_LEN, MAX_PING_PAYLOAD, NONCE_LEN};
@@ -72,6 +74,27 @@ mod net;
 pub use net::{
     Advert, DISCOVERY_REPLIES_PER_SECOND, DiscoveryBuffers, SocketBuffers, run_discovery, run_listener,
 };
+
+/// How long [`run_listener`]'s callers typically give one response frame to leave (and the
+/// session's last frame to be delivered): 10 s. A peer that takes no bytes for that long is
+/// stalled, whatever its link.
+pub const DEFAULT_WRITE_TIMEOUT: EmbassyDuration = EmbassyDuration::from_secs(10);
+
+/// A session's secrets, drawn fresh for each session from a source that no client can predict
+/// (a hardware RNG).
+#[derive(Clone, Copy)]
+pub struct Secrets {
+    /// The nonce WELCOME sends and AUTH's challenge is built on.
+    pub nonce: [u8; NONCE_LEN],
+    /// Where the session's buffer handles start; never sent. Draw it apart from the nonce.
+    pub handle_seed: u32,
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secrets { .. }")
+    }
+}
 
 /// The smallest frame buffer [`serve_session`] accepts: a header and 512 payload bytes, enough
 /// for every response that is not READ data (the largest, PONG, echoes up to 256 bytes).
@@ -107,6 +130,9 @@ pub enum SessionEnd {
     /// The peer closed the stream or the transport failed; the session was aborted. Its buffers
     /// were freed (and zeroed) either way.
     Disconnected,
+    /// A response frame (or the session's last frame) did not leave within the write timeout:
+    /// the peer stopped reading. The session was aborted and its buffers freed (and zeroed).
+    Stalled,
     /// The frame buffers are smaller than [`MIN_FRAME_BUFFER`]; nothing was read or sent.
     BuffersTooSmall,
 }
@@ -117,6 +143,7 @@ impl fmt::Display for SessionEnd {
             Self::Closed(CloseReason::Bye) => f.write_str("closed by the client (BYE)"),
             Self::Closed(CloseReason::Error(code)) => write!(f, "closed with ERROR {code}"),
             Self::Closed(CloseReason::Aborted) | Self::Disconnected => f.write_str("disconnected"),
+            Self::Stalled => f.write_str("the peer stopped reading (write timeout)"),
             Self::BuffersTooSmall => write!(f, "frame buffers below {MIN_FRAME_BUFFER} bytes"),
         }
     }
@@ -130,8 +157,14 @@ fn now() -> Instant {
 /// Serves one session over `stream` until it ends, and leaves nothing of it in `backend`.
 ///
 /// `config` is the node's session configuration; its `max_payload` is lowered to what `bufs`
-/// carry ([`FrameBuffers::max_payload`]), and the WELCOME advertises that. `nonce` must be fresh
-/// and unpredictable (a hardware RNG): AUTH's challenge is built on it.
+/// carry ([`FrameBuffers::max_payload`]), and the WELCOME advertises that. `secrets` must be
+/// fresh and unpredictable (a hardware RNG): AUTH's challenge is built on the nonce.
+///
+/// Every response frame must leave within `write_timeout` ([`DEFAULT_WRITE_TIMEOUT`] is a
+/// fair choice): a peer that stops reading fills the socket's send buffer, and when a write has
+/// waited that long the session is aborted ([`SessionEnd::Stalled`]). However the session ends,
+/// its backend buffers are freed (and zeroed) and both frame buffers are zeroed before this
+/// returns, so no request or response data stays behind in them.
 ///
 /// Frames are read whole into `bufs.rx` and validated (header first, so an oversized length is
 /// refused before any payload byte is read), handled, and every response written before the
@@ -145,8 +178,9 @@ pub async fn serve_session<S, B, C>(
     stream: &mut S,
     backend: &RefCell<B>,
     config: &SessionConfig,
-    nonce: [u8; NONCE_LEN],
+    secrets: Secrets,
     bufs: FrameBuffers<'_>,
+    write_timeout: EmbassyDuration,
 ) -> SessionEnd
 where
     S: Read + Write,
@@ -156,9 +190,32 @@ where
     if bufs.rx.len() < MIN_FRAME_BUFFER || bufs.tx.len() < MIN_FRAME_BUFFER {
         return SessionEnd::BuffersTooSmall;
     }
+    let FrameBuffers { rx, tx } = bufs;
+    let bufs = FrameBuffers { rx: &mut *rx, tx: &mut *tx };
+    let end = serve::<S, B, C>(stream, backend, config, secrets, bufs, write_timeout).await;
+    // Whatever ended the session, the last request and response leave nothing behind.
+    rx.fill(0);
+    tx.fill(0);
+    end
+}
+
+/// [`serve_session`] once the buffers are known to be large enough.
+async fn serve<S, B, C>(
+    stream: &mut S,
+    backend: &RefCell<B>,
+    config: &SessionConfig,
+    secrets: Secrets,
+    bufs: FrameBuffers<'_>,
+    write_timeout: EmbassyDuration,
+) -> SessionEnd
+where
+    S: Read + Write,
+    B: GpuBackend + ?Sized,
+    C: Crc32,
+{
     let mut config = config.clone();
     config.max_payload = config.max_payload.min(bufs.max_payload());
-    let mut session = Session::new(config, nonce, now());
+    let mut session = Session::new(config, secrets.nonce, secrets.handle_seed, now());
     loop {
         // Output first: the responses to the last input, then the session's verdict.
         loop {
@@ -173,9 +230,18 @@ where
                     return SessionEnd::Disconnected;
                 }
             };
-            if stream.write_all(frame).await.is_err() {
-                session.abort(&mut *backend.borrow_mut());
-                return SessionEnd::Disconnected;
+            // A peer that does not read fills the socket's buffers; the write then waits for
+            // room that never comes. The deadline ends that wait, and the session with it.
+            match with_timeout(write_timeout, stream.write_all(frame)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    session.abort(&mut *backend.borrow_mut());
+                    return SessionEnd::Disconnected;
+                }
+                Err(_) => {
+                    session.abort(&mut *backend.borrow_mut());
+                    return SessionEnd::Stalled;
+                }
             }
         }
         // No flush between requests: on a TCP socket written bytes go out by themselves, and
@@ -188,8 +254,9 @@ where
             }
         }
         if let Some(reason) = closed.or(session.is_closed().then_some(CloseReason::Aborted)) {
-            // The session is over either way; a peer that is already gone changes nothing.
-            let _ = stream.flush().await;
+            // The session is over either way (its buffers are already freed); a peer that is
+            // gone, or one that does not read, changes nothing but the wait, which is bounded.
+            let _ = with_timeout(write_timeout, stream.flush()).await;
             return SessionEnd::Closed(reason);
         }
 

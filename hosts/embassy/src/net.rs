@@ -13,7 +13,7 @@ use rela_core::crc32::Crc32;
 use rela_core::discovery::{Announce, Discover};
 use rela_core::session::SessionConfig;
 
-use crate::{FrameBuffers, SessionEnd, serve_session};
+use crate::{FrameBuffers, Secrets, SessionEnd, serve_session};
 
 /// How long a closing socket may take to deliver its last bytes (the final ERROR, say) before
 /// it is reset.
@@ -35,10 +35,15 @@ pub struct SocketBuffers<'a> {
 /// Accepts sessions on `port`, one at a time, and serves each with [`serve_session`]; never
 /// returns.
 ///
-/// `nonce` gives each session its AUTH challenge (a hardware RNG). `on_end` hears how each
-/// session ended (for a log or a counter). After a session the socket is closed gracefully
-/// (its last frame, often an ERROR, is delivered within 2 s) and then reset; the next accept
-/// starts on a fresh socket over the same buffers. smoltcp has no accept backlog: a connection
+/// `random` gives 32 fresh, unpredictable bytes at each call (a hardware RNG); each session
+/// takes two draws, one for its AUTH challenge (the nonce WELCOME sends) and one for the seed
+/// of its buffer handles, which is never sent. Every response frame must leave within
+/// `write_timeout` ([`DEFAULT_WRITE_TIMEOUT`](crate::DEFAULT_WRITE_TIMEOUT)), so a peer that
+/// stops reading loses its session ([`SessionEnd::Stalled`]) instead of holding the listener.
+/// `on_end` hears how each session ended (for a log or a counter). After a session the socket
+/// is closed gracefully (its last frame, often an ERROR, is delivered within 2 s) and then
+/// reset; the socket buffers are zeroed, and the next accept starts on a fresh socket over
+/// them. smoltcp has no accept backlog: a connection
 /// that arrives while no listener waits on the port is reset (clients retry), so run one
 /// listener more than the sessions you expect at once.
 #[allow(clippy::too_many_arguments)] // every argument is a separate resource of the caller's
@@ -47,9 +52,10 @@ pub async fn run_listener<B, C>(
     port: u16,
     backend: &RefCell<B>,
     config: &SessionConfig,
-    mut nonce: impl FnMut() -> [u8; NONCE_LEN],
+    mut random: impl FnMut() -> [u8; NONCE_LEN],
     sockets: SocketBuffers<'_>,
     frames: FrameBuffers<'_>,
+    write_timeout: Duration,
     mut on_end: impl FnMut(SessionEnd),
 ) -> !
 where
@@ -63,11 +69,19 @@ where
             continue;
         }
         let bufs = FrameBuffers { rx: &mut *frames.rx, tx: &mut *frames.tx };
-        let end = serve_session::<_, B, C>(&mut socket, backend, config, nonce(), bufs).await;
+        let nonce = random();
+        let [a, b, c, d, ..] = random();
+        let secrets = Secrets { nonce, handle_seed: u32::from_le_bytes([a, b, c, d]) };
+        let end = serve_session::<_, B, C>(&mut socket, backend, config, secrets, bufs, write_timeout).await;
         socket.close();
         let _ = embassy_time::with_timeout(CLOSE_GRACE, socket.flush()).await;
         socket.abort();
         let _ = embassy_time::with_timeout(CLOSE_GRACE, socket.flush()).await;
+        // The socket leaves the stack; what it buffered (the session's last bytes either way)
+        // does not stay in memory.
+        drop(socket);
+        sockets.rx.fill(0);
+        sockets.tx.fill(0);
         on_end(end);
     }
 }

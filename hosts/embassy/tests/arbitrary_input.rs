@@ -16,7 +16,7 @@ use rela_core::crc32::SoftCrc32;
 use rela_core::session::SessionConfig;
 use rela_core::wire::msg::{Alloc, Caps, Hello, Message, Write as WriteMsg};
 use rela_core::wire::{Flags, Frame, encode_frame};
-use rela_embassy::{FrameBuffers, SessionEnd, serve_session};
+use rela_embassy::{DEFAULT_WRITE_TIMEOUT, FrameBuffers, Secrets, SessionEnd, serve_session};
 
 const FRAME: usize = HEADER_LEN + 1024;
 
@@ -83,8 +83,9 @@ fn run(input: Vec<u8>, pieces: Vec<usize>) -> (SessionEnd, Vec<u8>, u64, bool) {
         &mut stream,
         &backend,
         &config,
-        [3; 32],
+        Secrets { nonce: [3; 32], handle_seed: 3 },
         bufs,
+        DEFAULT_WRITE_TIMEOUT,
     ));
     let used = backend.borrow().usage().used;
     drop(backend);

@@ -28,7 +28,8 @@ use rela_core::session::{CloseReason, SessionConfig};
 use rela_core::wire::msg::{Alloc, Caps, Hello, Message, Read, Response, Welcome, Write};
 use rela_core::wire::{ErrorCode, Flags, Kind, encode_frame};
 use rela_embassy::{
-    Advert, DiscoveryBuffers, FrameBuffers, SessionEnd, SocketBuffers, run_discovery, run_listener,
+    Advert, DEFAULT_WRITE_TIMEOUT, DiscoveryBuffers, FrameBuffers, SessionEnd, SocketBuffers, run_discovery,
+    run_listener,
 };
 
 const MTU: usize = 1500;
@@ -221,6 +222,15 @@ fn with_node<const N: usize>(
     key: &'static AuthKey,
     test: impl AsyncFnOnce(Stack<'static>, &'static RefCell<Vec<SessionEnd>>),
 ) -> (Vec<SessionEnd>, u64) {
+    with_node_and_write_timeout::<N>(key, DEFAULT_WRITE_TIMEOUT, test)
+}
+
+/// [`with_node`] with the listeners' write timeout given.
+fn with_node_and_write_timeout<const N: usize>(
+    key: &'static AuthKey,
+    write_timeout: embassy_time::Duration,
+    test: impl AsyncFnOnce(Stack<'static>, &'static RefCell<Vec<SessionEnd>>),
+) -> (Vec<SessionEnd>, u64) {
     let (node, mut node_net, node_link) = stack(NODE_IP, 1);
     let (client, mut client_net, client_link) = stack(CLIENT_IP, 2);
     let (_, node_rx, node_tx) = node_link.split();
@@ -239,7 +249,17 @@ fn with_node<const N: usize>(
             [nonces.get(); 32]
         };
         let on_end = |end| ends.borrow_mut().push(end);
-        run_listener::<_, FastCrc32>(node, SESSION_PORT, backend, config, nonce, sockets, frames, on_end)
+        run_listener::<_, FastCrc32>(
+            node,
+            SESSION_PORT,
+            backend,
+            config,
+            nonce,
+            sockets,
+            frames,
+            write_timeout,
+            on_end,
+        )
     });
     let advert = Advert { node_id: [9; 16], port: SESSION_PORT, key: Some(key) };
     let bufs = DiscoveryBuffers {
@@ -317,4 +337,44 @@ fn concurrent_sessions_share_the_backend_and_a_hostile_one_hurts_no_other() {
     assert_eq!(ends.iter().filter(|e| **e == SessionEnd::Closed(CloseReason::Bye)).count(), 2, "{ends:?}");
     assert!(ends.contains(&SessionEnd::Closed(CloseReason::Error(ErrorCode::BAD_FRAME))), "{ends:?}");
     assert_eq!(used, 0);
+}
+
+#[test]
+fn a_peer_that_never_reads_loses_its_session_and_the_listener_serves_the_next() {
+    let key = &*leak(AuthKey::new(b"k"));
+    let timeout = embassy_time::Duration::from_millis(300);
+    let (ends, used) = with_node_and_write_timeout::<1>(key, timeout, async |client, ends| {
+        // A small receive window, never read: the node's socket buffer (8 KiB) and this window
+        // fill with READ answers, and the node's next write cannot finish.
+        let (mut rx, mut tx) = (vec![0u8; 1024], vec![0u8; 4096]);
+        let socket = connect(client, &mut rx, &mut tx).await;
+        let mut buf = vec![0u8; 4096];
+        let mut peer = Peer { socket, buf: &mut buf, seq: 0 };
+        peer.hello().await;
+        let (kind, flags, payload) = peer.request(&Alloc { size: 2048 }).await;
+        let Response::Allocated(a) = Response::parse(kind, flags, &payload).unwrap() else {
+            panic!("no ALLOCATED")
+        };
+        let (kind, flags, payload) =
+            peer.request(&Write { handle: a.handle, offset: 0, data: &[0xA5; 2000] }).await;
+        assert_eq!(Response::parse(kind, flags, &payload).unwrap(), Response::Ack(Kind::WRITE));
+        // 16 READs of 2 KiB (32 KiB of answers), none of them read.
+        for _ in 0..16 {
+            peer.send(Kind::READ, &{
+                let mut p = [0u8; 16];
+                Read { handle: a.handle, offset: 0, len: 2048 }.emit(&mut p).unwrap();
+                p
+            })
+            .await;
+        }
+        // The node gives up on the stalled session on its own, while this socket stays open.
+        wait_for_ends(ends, 1).await;
+        assert_eq!(ends.borrow()[0], SessionEnd::Stalled);
+        drop(peer);
+        // The same listener serves the next client in full.
+        session(client, true).await;
+        wait_for_ends(ends, 2).await;
+    });
+    assert_eq!(ends, [SessionEnd::Stalled, SessionEnd::Closed(CloseReason::Bye)]);
+    assert_eq!(used, 0, "the stalled session's buffer was freed");
 }

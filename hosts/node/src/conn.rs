@@ -273,7 +273,7 @@ async fn serve(
     let (rd, wr) = stream.into_split();
     let wr: SharedWriter = Arc::new(AsyncMutex::new(wr));
     let (reply_tx, mut replies) = mpsc::unbounded_channel();
-    let session = Session::new(shared.session.clone(), rand::random(), shared.clock.now());
+    let session = Session::new(shared.session.clone(), rand::random(), rand::random(), shared.clock.now());
     let state = Arc::new(ConnState::new(session));
     let open =
         Command::Open { conn, peer, span: span.clone(), state: state.clone(), replies: reply_tx.clone() };

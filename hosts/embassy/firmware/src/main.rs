@@ -25,7 +25,9 @@ use rela_backend_host::HostBackend;
 use rela_core::config::{DEFAULT_DISCOVERY_PORT, DEFAULT_SESSION_PORT, HEADER_LEN, NONCE_LEN};
 use rela_core::crc32::SoftCrc32;
 use rela_core::session::SessionConfig;
-use rela_embassy::{Advert, DiscoveryBuffers, FrameBuffers, SocketBuffers, run_discovery, run_listener};
+use rela_embassy::{
+    Advert, DEFAULT_WRITE_TIMEOUT, DiscoveryBuffers, FrameBuffers, SocketBuffers, run_discovery, run_listener,
+};
 use static_cell::StaticCell;
 
 const MTU: usize = 1500;
@@ -86,8 +88,9 @@ fn SysTick() {
 
 // ---- BOARD: randomness ------------------------------------------------------------------------
 
-/// A session nonce. BOARD: read the chip's true RNG here; AUTH is only as strong as this. This
-/// placeholder (a counter and the tick count) is predictable, so this image runs without AUTH.
+/// 32 random bytes: a session's nonce, and (a second draw) the seed of its buffer handles.
+/// BOARD: read the chip's true RNG here; AUTH is only as strong as this. This placeholder (a
+/// counter and the tick count) is predictable, so this image runs without AUTH.
 fn nonce() -> [u8; NONCE_LEN] {
     static COUNT: Mutex<Cell<u32>> = Mutex::new(Cell::new(0));
     let n = critical_section::with(|cs| {
@@ -138,6 +141,7 @@ async fn listener(
         nonce,
         SocketBuffers { rx: sock_rx, tx: sock_tx },
         FrameBuffers { rx: frame_rx, tx: frame_tx },
+        DEFAULT_WRITE_TIMEOUT,
         |_end| {},
     )
     .await

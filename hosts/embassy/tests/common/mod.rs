@@ -13,7 +13,7 @@ use rela_backend_host::OwnedHostBackend;
 use rela_client::FastCrc32;
 use rela_core::backend::GpuBackend;
 use rela_core::session::SessionConfig;
-use rela_embassy::{FrameBuffers, SessionEnd, serve_session};
+use rela_embassy::{DEFAULT_WRITE_TIMEOUT, FrameBuffers, Secrets, SessionEnd, serve_session};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -64,15 +64,22 @@ impl Node {
                         }
                         accepted = listener.accept() => accepted.unwrap().0,
                     };
-                    let nonce = [sessions.len() as u8 + 1; 32];
+                    let n = sessions.len() as u8 + 1;
+                    let secrets = Secrets { nonce: [n; 32], handle_seed: u32::from(n) << 24 };
                     let (backend, ends, config) = (backend.clone(), ends.clone(), config.clone());
                     sessions.push(tokio::task::spawn_local(async move {
                         let mut stream = FromTokio::new(stream);
                         let (mut rx, mut tx) = (vec![0u8; frame], vec![0u8; frame]);
                         let bufs = FrameBuffers { rx: &mut rx, tx: &mut tx };
-                        let end =
-                            serve_session::<_, _, FastCrc32>(&mut stream, &*backend, &config, nonce, bufs)
-                                .await;
+                        let end = serve_session::<_, _, FastCrc32>(
+                            &mut stream,
+                            &*backend,
+                            &config,
+                            secrets,
+                            bufs,
+                            DEFAULT_WRITE_TIMEOUT,
+                        )
+                        .await;
                         ends.borrow_mut().push(end);
                     }));
                 }
