@@ -126,6 +126,10 @@ pub enum BackendError {
     DeviceLost,
     /// The call costs more than the host allows one request (a node's per-DISPATCH limit).
     LimitExceeded,
+    /// The buffer's memory is lent out ([`crate::checked::Checked::lease`]): nothing may write
+    /// it until the lease ends. A host that holds a session's requests back while its buffers
+    /// are leased never sees this; it reports a host bug.
+    Leased,
 }
 
 impl fmt::Display for BackendError {
@@ -138,6 +142,7 @@ impl fmt::Display for BackendError {
             Self::Unsupported => "unsupported",
             Self::DeviceLost => "device lost or failed",
             Self::LimitExceeded => "over the per-request cost limit",
+            Self::Leased => "buffer memory is lent out",
         })
     }
 }
@@ -154,6 +159,7 @@ impl From<BackendError> for crate::wire::ErrorCode {
             BackendError::Unsupported => Self::UNSUPPORTED,
             BackendError::DeviceLost => Self::BACKEND,
             BackendError::LimitExceeded => Self::LIMIT_EXCEEDED,
+            BackendError::Leased => Self::INTERNAL,
         }
     }
 }

@@ -31,6 +31,7 @@ extern crate std;
 
 pub mod auth;
 pub mod backend;
+pub mod checked;
 pub mod config;
 pub mod crc32;
 pub mod discovery;

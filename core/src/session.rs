@@ -326,6 +326,7 @@ impl From<BackendError> for Reject {
             BackendError::Unsupported => "not supported by this backend",
             BackendError::DeviceLost => "backend failure",
             BackendError::LimitExceeded => "over the node's per-request cost limit",
+            BackendError::Leased => "buffer memory is lent out (node bug)",
         };
         Self { code: e.into(), reason }
     }

@@ -33,13 +33,15 @@ impl ReadData {
 #[derive(Debug)]
 pub(crate) struct ReadDone {
     pub(crate) conn: ConnId,
+    /// The buffer whose data is lent.
+    pub(crate) id: BufferId,
     pub(crate) tx: EngineTx,
 }
 
 impl Drop for ReadDone {
     fn drop(&mut self) {
         // Fails only if the engine is gone, and then nothing waits for the lease.
-        let _ = self.tx.send(Command::ReadDone { conn: self.conn });
+        let _ = self.tx.send(Command::ReadDone { conn: self.conn, id: self.id });
     }
 }
 

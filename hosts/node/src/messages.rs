@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use rela_core::backend::{DeviceInfo, Usage};
+use rela_core::backend::{BufferId, DeviceInfo, Usage};
 use rela_core::session::{DirectWrite, Session};
 use rela_core::time::Instant;
 use rela_core::wire::msg::WRITE_PREFIX_LEN;
@@ -271,7 +271,7 @@ pub(crate) enum Command {
     /// `clean`: between frames; otherwise it stopped inside one and the stream cannot go on.
     LeaseEnd { conn: ConnId, clean: bool },
     /// A READ's data lent to the writer is sent or given up (sent by [`ReadData`]'s drop).
-    ReadDone { conn: ConnId },
+    ReadDone { conn: ConnId, id: BufferId },
     /// Report backend usage.
     Usage { reply: oneshot::Sender<Usage> },
     /// Close every session with SHUTTING_DOWN, report usage, and stop.
@@ -305,7 +305,7 @@ impl Command {
             | Self::Lease { conn, .. }
             | Self::WriteDone { conn, .. }
             | Self::LeaseEnd { conn, .. }
-            | Self::ReadDone { conn }
+            | Self::ReadDone { conn, .. }
             | Self::JobDone { conn, .. } => Some(*conn),
             Self::Usage { .. } | Self::Shutdown { .. } | Self::Want { .. } | Self::Back { .. } => None,
         }

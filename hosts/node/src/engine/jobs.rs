@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 use rela_core::backend::{
     BackendError, BufferId, DeviceInfo, GpuBackend, KernelCall, Usage, check_copy_overlap, check_range,
 };
+use rela_core::checked::Checked;
 use rela_core::time::Instant as CoreInstant;
 use rela_core::wire::{Frame, HeaderRepr};
 use tokio::sync::OwnedSemaphorePermit;
@@ -47,8 +48,51 @@ use super::output::drain;
 use crate::messages::{Command, ConnId, ConnState, EngineTx, OutBuf, Payload};
 use crate::models::SessionModels;
 
-/// The backend as it moves between the engine and job threads.
-pub(crate) type BackendBox = Box<dyn GpuBackend + Send>;
+/// The raw backend a node was started with.
+pub(crate) struct Raw(pub(crate) Box<dyn GpuBackend + Send>);
+
+impl GpuBackend for Raw {
+    fn info(&self) -> DeviceInfo {
+        self.0.info()
+    }
+    fn usage(&self) -> Usage {
+        self.0.usage()
+    }
+    fn alloc(&mut self, size: u64) -> Result<BufferId, BackendError> {
+        self.0.alloc(size)
+    }
+    fn free(&mut self, id: BufferId) -> Result<(), BackendError> {
+        self.0.free(id)
+    }
+    fn size(&self, id: BufferId) -> Result<u64, BackendError> {
+        self.0.size(id)
+    }
+    fn write(&mut self, id: BufferId, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+        self.0.write(id, offset, data)
+    }
+    fn read(&mut self, id: BufferId, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
+        self.0.read(id, offset, out)
+    }
+    fn copy(&mut self, src: BufferId, so: u64, dst: BufferId, d: u64, len: u64) -> Result<(), BackendError> {
+        self.0.copy(src, so, dst, d, len)
+    }
+    fn fill(&mut self, id: BufferId, offset: u64, len: u64, value: u8) -> Result<(), BackendError> {
+        self.0.fill(id, offset, len, value)
+    }
+    fn dispatch(&mut self, call: &KernelCall) -> Result<(), BackendError> {
+        self.0.dispatch(call)
+    }
+    fn dispatch_part(&mut self, call: &KernelCall, units: Range<u32>) -> Result<(), BackendError> {
+        self.0.dispatch_part(call, units)
+    }
+    fn storage_range(&self, id: BufferId, offset: u64, len: u64) -> Option<Range<usize>> {
+        self.0.storage_range(id, offset, len)
+    }
+}
+
+/// The backend as it moves between the engine and job threads: the raw backend behind the
+/// checks and the lease rule every backend shares ([`Checked`]).
+pub(crate) type BackendBox = Box<Checked<Raw>>;
 
 /// The backend on its way back to the engine.
 pub(crate) struct Lent(pub(crate) BackendBox);

@@ -29,7 +29,7 @@ use rela_models::ModelRepository;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::Span;
 
-use self::jobs::{BackendBox, JobDone, JobEnv, JobHandle, JobSpec, PartBudget};
+use self::jobs::{BackendBox, JobDone, JobEnv, JobHandle, JobSpec, PartBudget, Raw};
 use self::output::drain_from;
 pub(crate) use self::output::{ConnInfo, drain, log_events};
 use self::sched::Scheduler;
@@ -43,6 +43,7 @@ pub(crate) use crate::messages::{
 use crate::models::{ProgressSink, SessionModels, StagingBudget};
 use crate::shared_models::SharedModels;
 use crate::throttle::AuthThrottle;
+use rela_core::checked::Checked;
 
 /// Default of [`crate::NodeConfig::max_dispatch_cost`]: multiply-adds one DISPATCH may cost
 /// (2³⁴, about 17 G: seconds of work on a CPU, far less on a GPU).
@@ -116,7 +117,9 @@ struct Conn {
 
 /// The engine's state; lives on its own thread.
 pub(crate) struct Engine {
-    backend: Box<dyn GpuBackend + Send>,
+    /// The raw backend behind [`Checked`], which also keeps the lease rule: a buffer lent to a
+    /// connection task is never written, and its free waits for the lease to end.
+    backend: BackendBox,
     config: SessionConfig,
     sessions: HashMap<ConnId, Conn>,
     /// The model repository, when the node serves models.
@@ -176,7 +179,7 @@ impl Engine {
             direct,
             leases: HashMap::new(),
             shutdown: None,
-            backend,
+            backend: Box::new(Checked::new(Raw(backend))),
             config,
             sessions: HashMap::new(),
             repository,
@@ -278,7 +281,7 @@ impl Engine {
     /// Sends the backend to the job of `conn` for one turn.
     fn lend(&mut self, conn: ConnId) {
         let Some(job) = self.jobs.get(&conn) else { return };
-        let away: BackendBox = Box::new(Away(self.env.info.clone()));
+        let away: BackendBox = Box::new(Checked::new(Raw(Box::new(Away(self.env.info.clone())))));
         let backend = std::mem::replace(&mut self.backend, away);
         self.env.wanted.store(false, Ordering::Release);
         match job.grant.try_send(backend) {
@@ -497,7 +500,10 @@ impl Engine {
             }
             Command::LeaseEnd { conn, clean } => {
                 if let Some(leased) = self.leases.get_mut(&conn) {
-                    leased.write = None;
+                    if let Some(id) = leased.write.take() {
+                        // Frees the buffer now if its session freed it meanwhile.
+                        let _ = self.backend.end_lease(id);
+                    }
                     if !clean {
                         // Stopped inside a frame: the stream cannot go on.
                         leased.cancel_requested = true;
@@ -505,10 +511,11 @@ impl Engine {
                 }
                 return self.settle(conn);
             }
-            Command::ReadDone { conn } => {
+            Command::ReadDone { conn, id } => {
                 if let Some(leased) = self.leases.get_mut(&conn) {
                     leased.reads = leased.reads.saturating_sub(1);
                 }
+                let _ = self.backend.end_lease(id);
                 return self.settle(conn);
             }
             Command::Open { conn, peer, span, state, replies } => {
@@ -610,7 +617,7 @@ impl Engine {
 
     /// Lends the range of a WRITE's data to the connection's reader, if the backend's storage
     /// is shared and the session accepts the WRITE as it stands.
-    fn grant(&self, conn: ConnId, header: &HeaderRepr, prefix: &[u8]) -> Option<(DirectWrite, Lease)> {
+    fn grant(&mut self, conn: ConnId, header: &HeaderRepr, prefix: &[u8]) -> Option<(DirectWrite, Lease)> {
         let direct = self.direct.as_ref()?;
         if self.shutdown.is_some() {
             return None;
@@ -619,12 +626,15 @@ impl Engine {
         let write = c.state.lock().begin_write(header, prefix, &*self.backend)?;
         let size = self.backend.size(write.id).ok()?;
         let range = self.backend.storage_range(write.id, 0, size)?;
+        self.backend.lease(write.id).ok()?;
         // SAFETY: `range` is where the backend keeps a live buffer of this session
         // (`storage_range` of the buffer `begin_write` found in its slots). Until the lease
-        // comes back (`LeaseEnd`), `handle` runs no input of this session (its commands wait
-        // in `deferred`; the reader sends only WRITEs into this buffer), so none of its buffers
-        // is freed or touched; no other session can name the buffer; and the backend only
-        // touches the ranges of the buffers a call names (`rela_backend_host::Arena`).
+        // comes back (`LeaseEnd`, which ends the backend's lease too), `Checked` refuses every
+        // write of the buffer and defers its free, so its range stays this buffer's and nothing
+        // else touches it; `handle` also runs no input of this session meanwhile (its commands
+        // wait in `deferred`; the reader sends only WRITEs into this buffer); no other session
+        // can name the buffer; and the backend only touches the ranges of the buffers a call
+        // names (`rela_backend_host::Arena`).
         let lease = unsafe { direct.lease(range) };
         Some((write, lease))
     }
@@ -734,28 +744,37 @@ impl Engine {
         input: impl FnOnce(&mut Session, &mut dyn GpuBackend),
     ) -> Option<Stepped> {
         let c = self.sessions.get(&conn)?;
-        let backend: &mut dyn GpuBackend = &mut *self.backend;
+        let checked: &mut Checked<Raw> = &mut self.backend;
         let mut session = c.state.lock();
-        input(&mut session, backend);
+        input(&mut session, checked);
         let mut start = 0;
         let mut data = None;
         if let (Some(direct), Some(tx), None) = (self.direct.as_ref(), done, self.shutdown.as_ref())
             && let Some(pending) = session.peek_read()
-            && let Some(range) = backend.storage_range(pending.id, pending.offset, u64::from(pending.len))
+            && let Some(range) = checked.storage_range(pending.id, pending.offset, u64::from(pending.len))
+            && checked.lease(pending.id).is_ok()
         {
             // SAFETY: `range` holds the data of a READ the session answers from a live buffer of
-            // its own (`peek_read`, `storage_range`). Until this lease comes back (`ReadDone`),
-            // `handle` runs nothing of this session but further READs (which only read): every
-            // other command waits in `deferred`, so nothing writes or frees the buffer; no other
-            // session can name it; and the backend only touches the ranges a call names.
+            // its own (`peek_read`, `storage_range`). Until this lease comes back (`ReadDone`,
+            // which ends the backend's lease too), `Checked` refuses every write of the buffer
+            // and defers its free, so the bytes stay where they are and unchanged; `handle` also
+            // runs nothing of this session but further READs (which only read) meanwhile; no
+            // other session can name it; and the backend only touches the ranges a call names.
             let lease = unsafe { direct.lease(range) };
-            if let Ok(t) = session.transmit_read_header::<FastCrc32>(lease.as_slice(), out.as_mut_slice()) {
-                start = t.len;
-                let leased = self.leases.entry(conn).or_insert_with(Leased::new);
-                leased.reads += 1;
-                data = Some(ReadData { lease, _done: ReadDone { conn, tx } });
+            match session.transmit_read_header::<FastCrc32>(lease.as_slice(), out.as_mut_slice()) {
+                Ok(t) => {
+                    start = t.len;
+                    let leased = self.leases.entry(conn).or_insert_with(Leased::new);
+                    leased.reads += 1;
+                    data = Some(ReadData { lease, _done: ReadDone { conn, id: pending.id, tx } });
+                }
+                Err(_) => {
+                    drop(lease);
+                    let _ = checked.end_lease(pending.id);
+                }
             }
         }
+        let backend: &mut dyn GpuBackend = checked;
         let len = match drain_from(&mut session, backend, out, start) {
             Ok(len) => len,
             Err(e) => {
