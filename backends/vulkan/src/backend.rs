@@ -564,18 +564,31 @@ fn vendor_name(id: u32, driver: Option<&str>) -> String {
 mod tests {
     use super::*;
 
+    /// Whether a Vulkan backend with the validation layer must start: `RELA_REQUIRE_BACKENDS`
+    /// lists `vulkan`, or `RELA_VK_VALIDATION=1` asks for the layer.
+    fn validation_required() -> bool {
+        let listed = std::env::var("RELA_REQUIRE_BACKENDS")
+            .is_ok_and(|v| v.split([',', ' ', ':']).any(|name| name.trim().eq_ignore_ascii_case("vulkan")));
+        listed || std::env::var("RELA_VK_VALIDATION").is_ok_and(|v| v == "1")
+    }
+
     /// The messenger really counts: record a copy into a buffer without `TRANSFER_DST` through
-    /// vulkano's unchecked path, so only the validation layer can catch it.
+    /// vulkano's unchecked path, so only the validation layer can catch it. Skips without a
+    /// device or the layer, unless Vulkan or validation is required: then it fails.
     #[test]
     fn validation_messages_are_counted() {
         let config = VulkanConfig { validation: true, ..VulkanConfig::new(1 << 20) };
         let backend = match VulkanBackend::new(config) {
             Ok(b) => b,
+            Err(e) if validation_required() => {
+                panic!("vulkan with the validation layer is required but unavailable: {e}")
+            }
             Err(e) => {
                 eprintln!("SKIPPED: vulkan backend with validation unavailable: {e}");
                 return;
             }
         };
+        assert!(backend.validation_enabled(), "the layer was asked for and the backend started");
         assert_eq!(backend.validation_messages(), 0);
         let bad = Buffer::new_slice::<u8>(
             backend.memory.clone(),

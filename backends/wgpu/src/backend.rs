@@ -480,17 +480,22 @@ impl GpuBackend for WgpuBackend {
         Ok(BufferId(id))
     }
 
+    /// Zeroes the buffer, then releases it. If the device is lost, or the clear does not
+    /// complete, the buffer stays live (and accounted) and the call may be retried: only a
+    /// zeroed buffer leaves the table.
     fn free(&mut self, id: BufferId) -> Result<(), BackendError> {
-        let entry = self.buffers.remove(&id.0).ok_or(BackendError::NoSuchBuffer)?;
-        self.usage.used -= entry.size;
-        self.usage.buffers -= 1;
+        let buffer = self.entry(id)?.buffer.clone();
         self.alive()?;
         let mut enc = self.encoder();
-        enc.clear_buffer(&entry.buffer, 0, None);
+        enc.clear_buffer(&buffer, 0, None);
         self.queue.submit([enc.finish()]);
-        let waited = self.wait();
-        entry.buffer.destroy();
-        waited
+        self.wait()?;
+        if let Some(entry) = self.buffers.remove(&id.0) {
+            self.usage.used -= entry.size;
+            self.usage.buffers -= 1;
+            entry.buffer.destroy();
+        }
+        Ok(())
     }
 
     fn size(&self, id: BufferId) -> Result<u64, BackendError> {
@@ -667,7 +672,10 @@ mod tests {
         assert_eq!(b.write(id, 1, &[1, 2, 3]), Err(BackendError::DeviceLost));
         assert_eq!(b.free(id), Err(BackendError::DeviceLost));
         assert!(b.fault().is_some_and(|m| m.contains("lost")));
-        assert_eq!(b.usage(), Usage::default());
+        // The free did not happen: the buffer is still there, and still accounted.
+        assert_eq!(b.size(id), Ok(100));
+        assert_eq!(b.usage(), Usage { used: 100, buffers: 1 });
+        assert_eq!(b.free(id), Err(BackendError::DeviceLost), "a retry fails the same way");
         drop(b);
     }
 }

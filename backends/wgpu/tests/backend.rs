@@ -339,9 +339,21 @@ macro_rules! api_tests {
         mod $module {
             use super::*;
 
+            /// An API that opens lists at least one adapter, and the one it opened among them;
+            /// one that does not open lists none or skips.
             #[test]
             fn adapters_listed() {
-                eprintln!("{} adapters: {:?}", $name, list_adapters($api));
+                let adapters = list_adapters($api);
+                eprintln!("{} adapters: {:?}", $name, adapters);
+                if let Some(b) = open($name, $api) {
+                    let name = b.info().name;
+                    assert!(!adapters.is_empty(), "{} opened but lists no adapter", $name);
+                    assert!(
+                        adapters.iter().any(|a| a.contains(name.as_str())),
+                        "{} opened {name:?}, which is not in {adapters:?}",
+                        $name
+                    );
+                }
             }
 
             #[test]
@@ -415,16 +427,31 @@ fn backend_is_send() {
     send::<Box<dyn GpuBackend + Send>>();
 }
 
+/// The facts a backend reports: the wgpu kind, a device name, the configured capacity as its
+/// total, a largest allocation within it; with an unbounded capacity, a largest allocation
+/// that the device bounds, enforced by `alloc`.
 #[test]
 fn device_facts() {
     for (name, api) in [("wgpu-vulkan", Api::Vulkan), ("wgpu-gl", Api::Gl)] {
-        if let Some(b) = open(name, api) {
-            eprintln!("{name}: {:?} on {:?}", b.info(), b.api());
-        }
+        let Some(b) = open(name, api) else { continue };
+        let info = b.info();
+        eprintln!("{name}: {info:?} on {:?}", b.api());
+        assert_eq!(info.backend, rela_core::backend::BackendKind::WGPU);
+        assert!(!info.name.is_empty(), "{name}: no device name");
+        assert_eq!(info.total, CAPACITY, "{name}: the total is the configured capacity");
+        assert!(info.max_alloc > 0 && info.max_alloc <= info.total, "{name}: {info:?}");
+        assert_eq!(b.usage(), rela_core::backend::Usage::default());
+        drop(b);
+
         let cfg = WgpuConfig { capacity: u64::MAX, backends: api, adapter: None };
-        if let Ok(b) = WgpuBackend::new(cfg) {
-            eprintln!("{name}: device max_alloc {}", b.info().max_alloc);
-        }
+        let mut b = WgpuBackend::new(cfg).unwrap();
+        let info = b.info();
+        eprintln!("{name}: device max_alloc {}", info.max_alloc);
+        assert_eq!(info.total, u64::MAX);
+        assert!(info.max_alloc > 0 && info.max_alloc < u64::MAX, "{name}: the device bounds max_alloc");
+        assert_eq!(b.alloc(info.max_alloc.saturating_add(1)), Err(BackendError::OutOfMemory));
+        let id = b.alloc(info.max_alloc.min(16 << 20)).unwrap();
+        b.free(id).unwrap();
     }
 }
 
