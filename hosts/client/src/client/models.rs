@@ -137,6 +137,11 @@ impl Client {
         if len > self.max_payload() as usize {
             return Err(ClientError::InvalidArgument("the texts do not fit one frame"));
         }
+        // The answer is `count × dim` floats; `dim` is the node's word, and on a 32-bit client
+        // the product can overflow usize.
+        let answer = embeddings_len(texts.len(), model.dim).ok_or(ClientError::InvalidArgument(
+            "the embeddings of this many texts do not fit in memory (count × dim × 4 overflows)",
+        ))?;
         if self.tx.len() < HEADER_LEN + len {
             self.tx.resize(HEADER_LEN + len, 0);
         }
@@ -150,8 +155,9 @@ impl Client {
         if let Err(e) = super::timed(limit, write).await {
             return self.fail(e);
         }
-        // The answer is `count × dim` floats: make room for it in the small-response buffer.
-        let answer = EMBEDDINGS_PREFIX_LEN + texts.len() * model.dim as usize * 4;
+        // Make room for the answer in the small-response buffer, up to what one frame can hold
+        // (a larger answer is refused by the node, or by the frame reader).
+        let answer = answer.min(self.max_payload() as usize);
         if self.rx.len() < answer {
             self.rx.resize(answer, 0);
         }
@@ -170,10 +176,37 @@ impl Client {
     }
 }
 
+/// Bytes of an INFER answer for `count` texts of a model with `dim` floats per embedding, or
+/// `None` when that does not fit a `usize`.
+fn embeddings_len(count: usize, dim: u32) -> Option<usize> {
+    let floats = u64::try_from(count).ok()?.checked_mul(u64::from(dim))?;
+    let bytes = floats.checked_mul(4)?.checked_add(EMBEDDINGS_PREFIX_LEN as u64)?;
+    usize::try_from(bytes).ok()
+}
+
 fn check_name(name: &str) -> Result<(), ClientError> {
     if msg::valid_model_name(name) {
         Ok(())
     } else {
         Err(ClientError::InvalidArgument("model names are 1-64 bytes of [A-Za-z0-9._-], no leading dot"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::embeddings_len;
+
+    #[test]
+    fn embeddings_len_is_checked() {
+        assert_eq!(embeddings_len(0, 384), Some(4));
+        assert_eq!(embeddings_len(64, 384), Some(4 + 64 * 384 * 4));
+        // 65535 × (2³² − 1) × 4 needs 50 bits: past a 32-bit usize, within a 64-bit one.
+        let big = embeddings_len(65_535, u32::MAX);
+        if usize::BITS < 64 {
+            assert_eq!(big, None);
+        } else {
+            assert_eq!(big, Some(4 + 65_535 * (u32::MAX as usize) * 4));
+        }
+        assert_eq!(embeddings_len(usize::MAX, u32::MAX), None);
     }
 }
