@@ -3,7 +3,8 @@
 # for the device machine (see prepare.sh): the CUDA, Vulkan and wgpu backend tests with those
 # backends required, the conformance table of every backend, and `bench --spawn` against CUDA
 # and Vulkan (relay vs raw TCP, and through the node vs the backend, i.e. the driver's own
-# copies, called directly). Everything is logged under $OUT (or gpu-out/). Exits non-zero if a
+# copies, called directly), and `bench-contention` (a light session's latency beside heavy
+# ones) on both. Everything is logged under $OUT (or gpu-out/). Exits non-zero if a
 # test or the conformance run failed; the benches run either way.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -35,5 +36,11 @@ for backend in cuda vulkan; do
   echo "== bench $backend"
   timeout 240 .gpu/vram-relay bench --spawn --backend "$backend" --size 1GiB --buffer 256MiB \
     --sessions 1,8 --pings 1000 --repeat 3 2>&1 | tee "$out/bench-$backend.txt"
+done
+for backend in cuda vulkan; do
+  echo "== bench-contention $backend"
+  # A light session beside two heavy ones (MATMUL 2048³), each phase 5 s (docs/ARCHITECTURE.md).
+  timeout 120 .gpu/vram-relay bench-contention --backend "$backend" --heavy 2 --matmul 2048 \
+    --seconds 5 2>&1 | tee "$out/contention-$backend.txt"
 done
 exit "$status"
