@@ -69,6 +69,10 @@ use crate::wire::{
     EncodeError, ErrorCode, Flags, Frame, FrameError, HeaderError, HeaderRepr, Kind, emit_frame, emit_header,
 };
 
+#[path = "session_compress.rs"]
+mod compress;
+pub use compress::Refusal;
+
 /// A node's per-session limits and settings.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -87,6 +91,11 @@ pub struct SessionConfig {
     /// Whether the node serves models (MODEL_LOAD, MODEL_UNLOAD, INFER, and uploads) through
     /// a [`ModelHost`]; advertised as the MODELS and PROGRESS capabilities.
     pub models: bool,
+    /// Whether the node serves LZ4-compressed payloads; advertised as the LZ4 capability. The
+    /// host then decompresses compressed WRITE and MODEL_CHUNK frames itself, after
+    /// [`Session::check_compressed`], and hands the session the plain frame; it may compress
+    /// the answer to a READ that asked for it.
+    pub lz4: bool,
 }
 
 impl Default for SessionConfig {
@@ -99,6 +108,7 @@ impl Default for SessionConfig {
             idle_timeout: Duration::from_secs(300),
             auth: None,
             models: false,
+            lz4: false,
         }
     }
 }
@@ -116,7 +126,12 @@ impl SessionConfig {
 
     /// The capabilities a node with this configuration advertises.
     pub const fn caps(&self) -> Caps {
-        if self.models { Caps(Caps::DISPATCH.0 | Caps::MODELS.0 | Caps::PROGRESS.0) } else { Caps::DISPATCH }
+        let caps = if self.models {
+            Caps(Caps::DISPATCH.0 | Caps::MODELS.0 | Caps::PROGRESS.0)
+        } else {
+            Caps::DISPATCH
+        };
+        if self.lz4 { Caps(caps.0 | Caps::LZ4.0) } else { caps }
     }
 }
 
@@ -856,8 +871,12 @@ impl Session {
         if flags.is_response() {
             return Err(Reject::new(ErrorCode::MALFORMED, "response flag set on a request"));
         }
-        if flags.contains(Flags::COMPRESSED) {
-            return Err(Reject::new(ErrorCode::UNSUPPORTED, "compressed payloads are not supported"));
+        // A compressed READ asks for a compressed answer, which the host makes (or not): the
+        // session serves it as a plain READ. Any other compressed frame reaching the session
+        // is one the host could not decompress.
+        if flags.contains(Flags::COMPRESSED) && !(kind == Kind::READ && self.lz4()) {
+            self.compressed_target(&frame.header, frame.payload)?;
+            return Err(Reject::new(ErrorCode::MALFORMED, "compressed data does not decode"));
         }
         let request = Request::parse(kind, frame.payload)
             .map_err(|_| Reject::new(ErrorCode::MALFORMED, "payload does not decode"))?;

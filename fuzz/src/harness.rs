@@ -176,6 +176,8 @@ impl Side {
             idle_timeout: Duration::from_millis(setup.idle_ms),
             auth: key.clone(),
             models: setup.models,
+            // Compressed frames reach the session's checks when the HELLO asks for LZ4.
+            lz4: true,
         };
         Self {
             session: Session::new(config, nonce, handle_seed, now),

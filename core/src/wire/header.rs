@@ -66,7 +66,8 @@ impl Flags {
     pub const RESPONSE: Self = Self(0x01);
     /// Bit 1: this frame is an ERROR (set exactly when the kind is ERROR).
     pub const ERROR: Self = Self(0x02);
-    /// Bit 2: the payload is LZ4-compressed. Defined, not yet served: answered with UNSUPPORTED.
+    /// Bit 2: the payload's data is LZ4-compressed ([`crate::wire::compress`]); on a READ
+    /// request, the answer is wanted compressed. Only with the LZ4 capability negotiated.
     pub const COMPRESSED: Self = Self(0x04);
     /// Bits 3..8: reserved, must be zero.
     pub const RESERVED_MASK: u8 = 0xF8;

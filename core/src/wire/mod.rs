@@ -12,6 +12,7 @@
 //! caller's buffer, nothing is copied.
 
 mod codec;
+pub mod compress;
 mod error_code;
 mod frame;
 mod header;

@@ -91,7 +91,9 @@ impl Caps {
     /// Model loading and inference (MODEL_LOAD, MODEL_UNLOAD, INFER, MODEL_UPLOAD,
     /// MODEL_CHUNK, MODEL_COMMIT).
     pub const MODELS: Self = Self(1 << 1);
-    /// LZ4-compressed payloads (flag bit 2). Reserved.
+    /// LZ4-compressed payloads (header flag COMPRESSED) on WRITE, MODEL_CHUNK and READ answers
+    /// ([`crate::wire::compress`]). In WELCOME: the node decompresses them and compresses a
+    /// READ's answer on request; in HELLO: the client wants to use them.
     pub const LZ4: Self = Self(1 << 2);
     /// PROGRESS frames before the answer to a long request. A client sets it in HELLO to ask
     /// for them; a node sets it in WELCOME when it sends them.

@@ -10,6 +10,7 @@ use rela_core::auth::AuthKey;
 use rela_core::backend::{BackendKind, KernelId};
 use rela_core::config::{HEADER_LEN, MAX_PAYLOAD, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use rela_core::wire::msg::{self, Caps, ErrorMsg, Message, Response, WRITE_PREFIX_LEN, Welcome};
+use rela_core::wire::compress::Compressed;
 use rela_core::wire::{ErrorCode, Flags, FrameCrc, HeaderRepr, Kind, RawHeader, emit_frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -73,6 +74,12 @@ pub struct ClientOptions {
     /// [`DEFAULT_REQUEST_TIMEOUT`] (60 s, room for INFER on a slow backend); [`None`] waits
     /// forever.
     pub request_timeout: Option<Duration>,
+    /// Use LZ4 when the node offers it (capability LZ4): WRITE and MODEL_CHUNK data is sent
+    /// compressed frame by frame when that pays (a compressible sample and result,
+    /// [`crate::compress::deflate`]; otherwise plain), and READs ask for compressed answers.
+    /// It pays on slow links with compressible data (zero-heavy weights, text); on loopback
+    /// or with random data it only costs CPU. Default `false`.
+    pub compress: bool,
 }
 
 impl Default for ClientOptions {
@@ -84,6 +91,7 @@ impl Default for ClientOptions {
             connect_timeout: Some(DEFAULT_CONNECT_TIMEOUT),
             handshake_timeout: Some(DEFAULT_HANDSHAKE_TIMEOUT),
             request_timeout: Some(DEFAULT_REQUEST_TIMEOUT),
+            compress: false,
         }
     }
 }
@@ -254,6 +262,8 @@ pub struct Client {
     tx: Vec<u8>,
     /// Payload buffer for non-data responses.
     rx: Vec<u8>,
+    /// Scratch for compressed payloads, both ways.
+    zbuf: Vec<u8>,
     inflight: VecDeque<InFlight>,
     broken: bool,
     /// During the handshake, whose deadline covers it as a whole, single steps are not timed.
@@ -326,6 +336,7 @@ impl Client {
             next_seq: 0,
             tx: vec![0; HEADER_LEN + SMALL_PAYLOAD],
             rx: vec![0; SMALL_PAYLOAD],
+            zbuf: Vec::new(),
             inflight: VecDeque::new(),
             broken: false,
             handshaking: true,
@@ -345,7 +356,9 @@ impl Client {
         let hello = msg::Hello {
             min_version: MIN_PROTOCOL_VERSION,
             max_version: PROTOCOL_VERSION,
-            caps: Caps(Caps::DISPATCH.0 | Caps::PROGRESS.0),
+            caps: Caps(
+                Caps::DISPATCH.0 | Caps::PROGRESS.0 | if self.options.compress { Caps::LZ4.0 } else { 0 },
+            ),
         };
         let seq = self.send_msg(&hello).await?;
         let welcome = match self.expect(seq, Kind::HELLO).await? {
@@ -392,6 +405,11 @@ impl Client {
     /// The node's address.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.wr.peer_addr()
+    }
+
+    /// Whether this session uses LZ4: the options ask for it and the node offers it.
+    pub const fn compressing(&self) -> bool {
+        self.options.compress && self.welcome.caps.contains(Caps::LZ4)
     }
 
     /// Whether an earlier fatal error closed the connection.
@@ -589,7 +607,8 @@ impl Client {
                 let n = chunk.min(total - sent);
                 // `n <= chunk <= MAX_PAYLOAD`, so it fits in u32.
                 let m = msg::Read { handle: h.raw, offset: offset + sent as u64, len: n as u32 };
-                let seq = self.send_msg(&m).await?;
+                let flags = if self.compressing() { Flags::COMPRESSED } else { Flags::NONE };
+                let seq = self.send_msg_flags(&m, flags).await?;
                 self.inflight.push_back(InFlight { seq, pos: sent, len: n });
                 sent += n;
             }
@@ -609,6 +628,15 @@ impl Client {
                     self.broken = true;
                     return Err(e.into());
                 }
+                done += f.len;
+                if let Some(p) = progress.as_deref_mut() {
+                    p(done as u64, total as u64);
+                }
+                continue;
+            }
+            let compressed = Flags::RESPONSE.union(Flags::COMPRESSED);
+            if header.kind == Kind::READ && header.flags == compressed && header.seq == f.seq {
+                self.read_compressed(header, crc, &mut out[f.pos..f.pos + f.len]).await?;
                 done += f.len;
                 if let Some(p) = progress.as_deref_mut() {
                     p(done as u64, total as u64);
@@ -686,13 +714,18 @@ impl Client {
     }
 
     async fn send_msg<'m, M: Message<'m>>(&mut self, m: &M) -> Result<u16, ClientError> {
+        self.send_msg_flags(m, M::flags()).await
+    }
+
+    /// [`send_msg`](Self::send_msg) with the header flags given.
+    async fn send_msg_flags<'m, M: Message<'m>>(&mut self, m: &M, flags: Flags) -> Result<u16, ClientError> {
         self.check_usable()?;
         let seq = self.next_seq();
         let len = match m.emit(&mut self.tx[HEADER_LEN..]) {
             Ok(len) => len,
             Err(_) => return Err(ClientError::InvalidArgument("request does not encode")),
         };
-        let n = emit_frame::<FastCrc32>(&mut self.tx, M::KIND, M::flags(), seq, len)
+        let n = emit_frame::<FastCrc32>(&mut self.tx, M::KIND, flags, seq, len)
             .map_err(|_| ClientError::InvalidArgument("request does not encode"))?;
         if let Err(e) = timed(self.step_timeout(), self.wr.write_all(&self.tx[..n])).await {
             return self.fail(e);
@@ -722,9 +755,24 @@ impl Client {
 
     /// Sends one request frame whose payload is `prefix` then `data`: header and prefix from
     /// `tx`, the data straight from the caller's slice (no copy). The caller keeps the payload
-    /// within the node's `max_payload`.
+    /// within the node's `max_payload`. With LZ4 in use, the data goes compressed instead when
+    /// that pays.
     async fn send_prefixed(&mut self, kind: Kind, prefix: &[u8], data: &[u8]) -> Result<u16, ClientError> {
         self.check_usable()?;
+        if self.compressing()
+            && prefix.len() + data.len() <= self.max_payload() as usize
+            && crate::compress::deflate(data, &mut self.zbuf)
+        {
+            let zbuf = std::mem::take(&mut self.zbuf);
+            let sent = self.send_raw(kind, Flags::COMPRESSED, prefix, &zbuf).await;
+            self.zbuf = zbuf;
+            return sent;
+        }
+        self.send_raw(kind, Flags::NONE, prefix, data).await
+    }
+
+    /// Sends one request frame of `kind` with `flags` whose payload is `prefix` then `data`.
+    async fn send_raw(&mut self, kind: Kind, flags: Flags, prefix: &[u8], data: &[u8]) -> Result<u16, ClientError> {
         let len = u32::try_from(prefix.len() + data.len())
             .ok()
             .filter(|&len| len <= self.max_payload())
@@ -732,7 +780,7 @@ impl Client {
         let seq = self.next_seq();
         let head_len = HEADER_LEN + prefix.len();
         self.tx[HEADER_LEN..head_len].copy_from_slice(prefix);
-        let mut header = HeaderRepr { kind, flags: Flags::NONE, seq, len, crc: 0 };
+        let mut header = HeaderRepr { kind, flags, seq, len, crc: 0 };
         let mut crc = FrameCrc::<FastCrc32>::new(&header.to_raw());
         crc.update(prefix);
         crc.update(data);
@@ -771,6 +819,35 @@ impl Client {
             crc.update(piece);
         }
         Ok(())
+    }
+
+    /// Reads a compressed READ answer's payload (after `header`), checks its CRC over the bytes
+    /// received, and decompresses it into `dst`, which it must fill exactly.
+    async fn read_compressed(
+        &mut self,
+        header: HeaderRepr,
+        mut crc: FrameCrc<FastCrc32>,
+        dst: &mut [u8],
+    ) -> Result<(), ClientError> {
+        let mut zbuf = std::mem::take(&mut self.zbuf);
+        zbuf.resize(header.len as usize, 0);
+        let read = self.read_payload_into(&mut zbuf, &mut crc).await;
+        let result = read.and_then(|()| {
+            crc.verify(&header)?;
+            let c = Compressed::parse(Kind::READ, true, &zbuf, self.max_payload())
+                .map_err(|e| ClientError::Protocol(format!("compressed READ answer: {e}")))?;
+            if c.plain_len() != dst.len() {
+                return Err(ClientError::Protocol(format!(
+                    "compressed READ answer of {} bytes, {} requested",
+                    c.plain_len(),
+                    dst.len()
+                )));
+            }
+            c.inflate(dst).map_err(|e| ClientError::Protocol(format!("compressed READ answer: {e}")))?;
+            Ok(())
+        });
+        self.zbuf = zbuf;
+        result.map_err(|e| self.broke(e))
     }
 
     /// Reads the answer to request `seq` of kind `request`.

@@ -29,6 +29,7 @@
 
 mod blocking;
 mod client;
+pub mod compress;
 mod crc;
 mod discovery;
 mod error;

@@ -78,7 +78,8 @@ impl Default for NodeConfig {
             max_sessions: 64,
             max_sessions_per_address: 16,
             cap_loopback: false,
-            session: SessionConfig::default(),
+            // Compressed payloads are served to clients that ask for them (`crate::compress`).
+            session: SessionConfig { lz4: true, ..SessionConfig::default() },
             node_id: rand::random(),
             allow_unauthenticated: false,
             pipeline_depth: 4,

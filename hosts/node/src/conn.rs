@@ -58,6 +58,7 @@ use tokio::sync::{Mutex as AsyncMutex, Notify, OwnedSemaphorePermit, Semaphore, 
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::Span;
 
+use crate::compress::{self, ReadWishes};
 use crate::engine::{
     Clock, Command, ConnId, ConnState, EngineTx, Granted, INLINE_OUT, INLINE_PAYLOAD, Job, OutBuf, Outcome,
     Payload, Reply, ReplyTx, WriteOutcome, drain,
@@ -281,6 +282,7 @@ async fn serve(
         return;
     }
     let (stop_tx, stop_rx) = watch::channel(false);
+    let wishes = ReadWishes::default();
     let reader = Reader {
         rd: BufReader::with_capacity(READ_BUFFER, rd),
         conn,
@@ -290,6 +292,7 @@ async fn serve(
         depth: Arc::new(Semaphore::new(shared.depth)),
         fast: reply_tx,
         wr: wr.clone(),
+        wishes: wishes.clone(),
     };
     let reader = AbortOnDrop(tokio::spawn(reader.run(stop_rx)));
 
@@ -311,6 +314,7 @@ async fn serve(
                         Err(_) => break,
                     }
                 }
+                compress::compress_replies(&mut batch, &wishes);
                 // READ data is sent from the backend's memory: stop if the engine takes it back.
                 let written = {
                     let mut socket = wr.lock().await;
@@ -470,11 +474,13 @@ struct Reader {
     fast: ReplyTx,
     /// The socket's write half, for fast-path replies.
     wr: SharedWriter,
+    /// Whether each READ on its way wants its answer compressed, for the writer.
+    wishes: ReadWishes,
 }
 
 impl Reader {
     async fn run(self, mut stop: watch::Receiver<bool>) {
-        let Self { mut rd, conn, span, shared, state, depth, fast, wr } = self;
+        let Self { mut rd, conn, span, shared, state, depth, fast, wr, wishes } = self;
         // Made once: the writer asks the reader to stop at most once, and the loop ends then.
         let stopped = stop.changed();
         tokio::pin!(stopped);
@@ -517,6 +523,10 @@ impl Reader {
                             break;
                         }
                         continue;
+                    }
+                    if header.kind == Kind::READ {
+                        let want = header.flags.contains(Flags::COMPRESSED);
+                        wishes.lock().unwrap_or_else(PoisonError::into_inner).push_back(want);
                     }
                     state.inflight.fetch_add(1, Ordering::AcqRel);
                     let job = Job { header, payload, out, done, ticket };
@@ -591,6 +601,12 @@ async fn read_frame(
         rd.read_exact(&mut buf[..len]).await?;
         crc.update(&buf[..len]);
         crc.verify(&header).map_err(ReadError::Frame)?;
+        if compress::is_compressed_data(&header)
+            && let Some((plain, payload)) =
+                compress::inflate(state, &shared.pool, shared.max_payload, header, &buf[..len]).await
+        {
+            return Ok(Got::Frame(plain, payload, None, None, ticket));
+        }
         let read_len = match msg::Read::parse(&buf[..len]) {
             Ok(r) if header.kind == Kind::READ && r.len <= shared.max_payload => r.len as usize,
             _ => 0,
@@ -612,7 +628,7 @@ async fn read_frame(
     }
     let mut start = 0;
     let mut prefix = [0u8; WRITE_PREFIX_LEN];
-    if shared.direct && header.kind == Kind::WRITE {
+    if shared.direct && header.kind == Kind::WRITE && header.flags == Flags::NONE {
         or_asked_back(held, rd.read_exact(&mut prefix)).await?;
         crc.update(&prefix);
         let data_len = (len - WRITE_PREFIX_LEN) as u64;
@@ -645,6 +661,19 @@ async fn read_frame(
         crc.update(piece);
     }
     crc.verify(&header).map_err(ReadError::Frame)?;
+    if compress::is_compressed_data(&header) {
+        // Out of the pool while the plain payload is reserved (see `compress::inflate`).
+        let wire = buf.as_slice()[..len].to_vec();
+        drop(buf);
+        if let Some((plain, payload)) =
+            compress::inflate(state, &shared.pool, shared.max_payload, header, &wire).await
+        {
+            return Ok(Got::Frame(plain, payload, None, None, ticket));
+        }
+        // Refused: the session answers the frame as it came.
+        buf = shared.pool.get(len).await;
+        buf.as_mut_slice()[..len].copy_from_slice(&wire);
+    }
     Ok(Got::Frame(header, Payload::Pooled(buf), None, None, ticket))
 }
 

@@ -71,6 +71,7 @@
 //! ```
 
 mod arena;
+mod compress;
 mod config;
 mod conn;
 mod discovery;

@@ -1,0 +1,74 @@
+//! LZ4 for compressed payloads (`rela_core::wire::compress`): compressing only when it pays,
+//! shared by the client (WRITE and MODEL_CHUNK data) and the node (READ answers).
+
+use rela_core::wire::compress::RAW_LEN_FIELD;
+
+/// Data shorter than this is always sent plain: the saving could not pay for the work.
+pub const MIN_COMPRESS: usize = 1024;
+/// Data longer than this is first tried on a sample of this size; when the sample does not
+/// shrink to [`PROBE_RATIO`], the whole is sent plain without compressing the rest.
+pub const PROBE: usize = 64 * 1024;
+/// A sample must shrink to at most this fraction (numerator over 16) to try the whole.
+pub const PROBE_RATIO: usize = 14;
+/// The whole must shrink to at most this fraction (numerator over 16) to be sent compressed.
+pub const KEEP_RATIO: usize = 14;
+
+/// Compresses `data` into `out` as the data part of a compressed payload: `raw_len` (`u32`),
+/// then one LZ4 block. Returns `false`, with `out` unspecified, when compression does not pay
+/// (short data, a poor sample, a poor result) or `data` is longer than `u32::MAX`: send it plain.
+pub fn deflate(data: &[u8], out: &mut Vec<u8>) -> bool {
+    let Ok(raw_len) = u32::try_from(data.len()) else { return false };
+    if data.len() < MIN_COMPRESS {
+        return false;
+    }
+    if data.len() > 2 * PROBE {
+        let sample = &data[..PROBE];
+        out.resize(lz4_flex::block::get_maximum_output_size(PROBE), 0);
+        match lz4_flex::block::compress_into(sample, out) {
+            Ok(n) if n * 16 <= PROBE * PROBE_RATIO => {}
+            _ => return false,
+        }
+    }
+    out.resize(RAW_LEN_FIELD + lz4_flex::block::get_maximum_output_size(data.len()), 0);
+    out[..RAW_LEN_FIELD].copy_from_slice(&raw_len.to_le_bytes());
+    match lz4_flex::block::compress_into(data, &mut out[RAW_LEN_FIELD..]) {
+        Ok(n) if (RAW_LEN_FIELD + n) * 16 <= data.len() * KEEP_RATIO => {
+            out.truncate(RAW_LEN_FIELD + n);
+            true
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rela_core::wire::Kind;
+    use rela_core::wire::compress::Compressed;
+
+    use super::*;
+
+    #[test]
+    fn compresses_only_what_pays() {
+        let mut out = Vec::new();
+        let zeros = vec![0u8; 300_000];
+        assert!(deflate(&zeros, &mut out));
+        assert!(out.len() < 10_000, "{}", out.len());
+        let c = Compressed::parse(Kind::READ, true, &out, u32::MAX).expect("layout");
+        let mut back = vec![1u8; zeros.len()];
+        assert_eq!(c.inflate(&mut back), Ok(zeros.len()));
+        assert_eq!(back, zeros);
+        // Random data: refused on the sample.
+        let mut x = 0x9e37_79b9_u32;
+        let random: Vec<u8> = (0..300_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        assert!(!deflate(&random, &mut out));
+        assert!(!deflate(&random[..5000], &mut out));
+        assert!(!deflate(&[0u8; 100], &mut out), "short data stays plain");
+    }
+}
