@@ -76,6 +76,14 @@ struct Staged {
     _claim: StagingClaim,
 }
 
+impl Drop for Staged {
+    /// The client's weights are zeroed before their memory goes back to the allocator, however
+    /// the upload ends (committed, replaced, abandoned, or the session closed).
+    fn drop(&mut self) {
+        crate::pool::scrub(&mut self.bytes);
+    }
+}
+
 /// Where PROGRESS frames go: the connection's writer queue.
 #[derive(Debug, Clone)]
 pub(crate) struct ProgressSink {

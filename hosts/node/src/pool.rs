@@ -11,6 +11,10 @@
 //! nothing. When a new class is needed and the budget is full, cached buffers are dropped
 //! first (largest first).
 //!
+//! Scrubbing: a buffer is zeroed whenever it comes back ([`PoolBuf`]'s drop), before it is
+//! cached or freed, so one connection's payloads never linger for the next to be handed (or in
+//! freed heap memory). That is a memset of the class size per returned buffer.
+//!
 //! Accounting: a semaphore holds `budget` permits, one per byte; a buffer in use holds permits
 //! for its whole class size, returned when it comes back. Cached buffers hold no permits, but a
 //! new allocation first evicts cached ones so that `in use + cached ≤ budget` always holds.
@@ -23,6 +27,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Class step: sizes are rounded up to a page.
 const STEP: usize = 4 * 1024;
+
+/// Zeroes `buf` in a way the optimizer keeps even when the memory is freed right after.
+pub(crate) fn scrub(buf: &mut [u8]) {
+    buf.fill(0);
+    // Without a later read, the fill of memory about to be freed is a dead store the optimizer
+    // may drop; `black_box` makes the bytes observable.
+    std::hint::black_box(buf);
+}
 
 /// The size class (capacity) of a buffer able to hold `len` bytes.
 pub(crate) const fn class_of(len: usize) -> usize {
@@ -185,7 +197,9 @@ impl PoolBuf {
 }
 
 impl Drop for PoolBuf {
+    /// Zeroes the buffer, then gives it back to the pool.
     fn drop(&mut self) {
+        scrub(&mut self.buf);
         self.pool.put(std::mem::take(&mut self.buf));
     }
 }
@@ -221,5 +235,26 @@ mod tests {
         assert!(pool.peak() <= pool.budget());
         pool.trim();
         assert_eq!(pool.current(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_returned_buffer_comes_back_zeroed() {
+        let pool = Pool::new(1 << 20);
+        let mut a = pool.get(10_000).await;
+        let ptr = a.as_slice().as_ptr();
+        for (i, b) in a.as_mut_slice().iter_mut().enumerate() {
+            *b = (i % 251) as u8 + 1;
+        }
+        drop(a);
+        let b = pool.get(10_000).await;
+        assert_eq!(b.as_slice().as_ptr(), ptr, "the same buffer is handed out again");
+        assert!(b.as_slice().iter().all(|&x| x == 0), "with nothing of the last payload in it");
+    }
+
+    #[test]
+    fn scrub_zeroes() {
+        let mut v = vec![0xA5u8; 4097];
+        scrub(&mut v);
+        assert!(v.iter().all(|&x| x == 0));
     }
 }
