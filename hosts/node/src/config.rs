@@ -68,6 +68,8 @@ pub struct NodeConfig {
     /// Repository models to load at start and keep until the node stops (`serve --preload`),
     /// shared by every session that loads them.
     pub preload: Vec<String>,
+    /// Most tokens one INFER may embed, over all its texts; more is `ERROR(LIMIT_EXCEEDED)`.
+    pub max_infer_tokens: u64,
 }
 
 impl Default for NodeConfig {
@@ -90,6 +92,7 @@ impl Default for NodeConfig {
             models: None,
             max_dispatch_cost: crate::engine::DEFAULT_MAX_DISPATCH_COST,
             preload: Vec::new(),
+            max_infer_tokens: crate::models::DEFAULT_MAX_INFER_TOKENS,
         }
     }
 }

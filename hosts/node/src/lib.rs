@@ -92,6 +92,7 @@ use std::time::Duration;
 
 pub use config::{ConfigError, DEFAULT_BUFFER_BUDGET, MIN_MAX_PAYLOAD, NodeConfig};
 pub use engine::DEFAULT_MAX_DISPATCH_COST;
+pub use models::DEFAULT_MAX_INFER_TOKENS;
 use rela_core::backend::{GpuBackend, Usage};
 use tokio::net::{TcpListener, TcpSocket, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
@@ -263,6 +264,7 @@ impl Node {
             engine_tx.clone(),
             config.max_dispatch_cost,
             shared,
+            config.max_infer_tokens,
         );
         // Cleared when the engine thread ends, whatever the reason.
         let (alive_tx, alive) = tokio::sync::watch::channel(true);

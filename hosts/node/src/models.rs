@@ -34,6 +34,10 @@ use rela_models::{Embedder, ModelFiles, ModelRepository};
 use crate::messages::{ConnState, INLINE_OUT, OutBuf, Outcome, Reply, ReplyTx};
 use crate::shared_models::SharedModels;
 
+/// Default of [`crate::NodeConfig::max_infer_tokens`]: what the embedding model takes at most
+/// anyway (64 texts of 256 tokens).
+pub const DEFAULT_MAX_INFER_TOKENS: u64 = 64 * 256;
+
 /// Most bytes of uploaded weights all sessions of a node stage at once.
 pub(crate) const MAX_STAGED_BYTES: u64 = 1 << 30;
 
@@ -128,6 +132,8 @@ pub(crate) struct SessionModels {
     staging: Arc<StagingBudget>,
     /// The node's shared repository models.
     shared: Arc<SharedModels>,
+    /// Most tokens one INFER may embed.
+    max_infer_tokens: u64,
     /// Loaded models by id, with the repository name of the shared ones.
     loaded: Vec<(u32, Embedder, Option<String>)>,
     next_id: u32,
@@ -153,12 +159,14 @@ impl SessionModels {
         repository: Option<Arc<ModelRepository>>,
         staging: Arc<StagingBudget>,
         shared: Arc<SharedModels>,
+        max_infer_tokens: u64,
         progress: Option<ProgressSink>,
     ) -> Self {
         Self {
             repository,
             staging,
             shared,
+            max_infer_tokens,
             loaded: Vec::new(),
             next_id: 0,
             output: None,
@@ -380,8 +388,17 @@ impl<'b> ModelHost<dyn GpuBackend + 'b> for SessionModels {
         budget: u64,
     ) -> Result<InferOutput, ModelError> {
         let texts: Vec<&str> = request.texts().collect();
+        let limit = self.max_infer_tokens;
         let embedder = self.embedder(id)?;
         let dim = embedder.dim();
+        // The request's cost, counted before any device work (tokenizing is host-side).
+        let mut tokens = 0u64;
+        for text in &texts {
+            tokens += embedder.token_ids(text).map_err(wire_error)?.len() as u64;
+        }
+        if tokens > limit {
+            return Err(ModelError::Backend(rela_core::backend::BackendError::LimitExceeded));
+        }
         let vectors = embedder.embed(backend, &texts).map_err(wire_error)?;
         let count = u16::try_from(vectors.len()).map_err(|_| ModelError::InvalidInput("too many texts"))?;
         let dim16 = u16::try_from(dim).map_err(|_| ModelError::BadModel("embedding too wide"))?;

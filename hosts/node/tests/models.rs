@@ -349,3 +349,24 @@ async fn model_working_memory_is_charged_to_the_session() {
     common::wait_idle(&node).await;
     within(node.shutdown()).await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_infer_over_the_token_limit_is_refused_and_the_session_goes_on() {
+    let Some(dir) = repository() else { return };
+    let mut cfg = config();
+    cfg.models = Some(dir);
+    cfg.max_infer_tokens = 32;
+    let node = start(cfg, 512 << 20).await;
+    let mut c = within(Client::connect(node.local_addr(), None)).await.expect("connect");
+    let m = within(c.model_load("all-MiniLM-L6-v2")).await.expect("load");
+    // "[CLS] … [SEP]": three short texts of a few tokens each fit in 32.
+    within(c.infer(m, &["one", "two words", "three small words"])).await.expect("under the limit");
+    // About 90 tokens.
+    let long =
+        "every word here is a token, and the node counts them before it touches the device. ".repeat(5);
+    let err = within(c.infer(m, &[long.as_str()])).await.expect_err("over the limit");
+    assert_eq!(err.code(), Some(ErrorCode::LIMIT_EXCEEDED), "{err}");
+    within(c.infer(m, &["still fine"])).await.expect("the session goes on");
+    within(c.close()).await.expect("close");
+    within(node.shutdown()).await.expect("shutdown");
+}

@@ -97,6 +97,11 @@ pub(crate) struct ServeArgs {
     /// node stops; every session that loads one shares that copy.
     #[arg(long, env = "RELA_PRELOAD", value_delimiter = ',', requires = "models")]
     preload: Vec<String>,
+    /// Most tokens one INFER may embed over all its texts; past it the request gets
+    /// ERROR(LIMIT_EXCEEDED). The default is what the embedding model takes at most.
+    #[arg(long, env = "RELA_MAX_INFER_TOKENS", default_value_t = rela_node::DEFAULT_MAX_INFER_TOKENS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_infer_tokens: u64,
 }
 
 /// `--max-payload`: a size of at most 16 MiB.
@@ -121,6 +126,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), CliError> {
         models: args.models.clone(),
         max_dispatch_cost: args.max_dispatch_cost,
         preload: args.preload.clone(),
+        max_infer_tokens: args.max_infer_tokens,
         ..NodeConfig::default()
     };
     config.session.quota = args.quota;

@@ -148,6 +148,8 @@ pub(crate) struct Engine {
     sched: Scheduler,
     /// What every job is started with.
     env: JobEnv,
+    /// Most tokens one INFER may embed ([`crate::NodeConfig::max_infer_tokens`]).
+    max_infer_tokens: u64,
 }
 
 impl Engine {
@@ -162,6 +164,7 @@ impl Engine {
         engine: EngineTx,
         max_dispatch_cost: u64,
         shared: Arc<SharedModels>,
+        max_infer_tokens: u64,
     ) -> Self {
         let env = JobEnv {
             engine,
@@ -186,6 +189,7 @@ impl Engine {
             models: HashMap::new(),
             staging: Arc::default(),
             shared,
+            max_infer_tokens,
             status,
             throttle,
         }
@@ -537,6 +541,7 @@ impl Engine {
                             self.repository.clone(),
                             self.staging.clone(),
                             self.shared.clone(),
+                            self.max_infer_tokens,
                             sink,
                         )
                     }))
