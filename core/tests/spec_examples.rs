@@ -8,7 +8,7 @@ use rela_core::backend::{BackendKind, KernelId};
 use rela_core::crc32::SoftCrc32;
 use rela_core::discovery::{Announce, Discover};
 use rela_core::wire::msg::*;
-use rela_core::wire::{ErrorCode, Frame, Kind, encode_frame};
+use rela_core::wire::{ErrorCode, Flags, Frame, Kind, encode_frame};
 
 fn frame<'a, M: Message<'a>>(seq: u16, msg: &M) -> Vec<u8> {
     let mut payload = vec![0u8; msg.buffer_len()];
@@ -124,7 +124,43 @@ fn examples() -> Vec<(&'static str, Vec<u8>)> {
         ("progress", frame(13, &Progress { done: 16_777_216, total: 90_866_688 })),
         ("discover", discover),
         ("announce", announce),
+        (
+            "write-compressed",
+            raw(Kind::WRITE, Flags::COMPRESSED, 14, &[&WRITE_AT_0[..], &ZEROS_64[..]].concat()),
+        ),
+        (
+            "read-compressed",
+            raw(Kind::READ, Flags::COMPRESSED, 15, &[&WRITE_AT_0[..], &64u32.to_le_bytes()[..]].concat()),
+        ),
+        ("read-compressed-answer", raw(Kind::READ, Flags::RESPONSE.union(Flags::COMPRESSED), 15, &ZEROS_64)),
     ]
+}
+
+/// Handle `0x9e3779b9`, offset 0: the plain prefix of the compressed examples.
+const WRITE_AT_0: [u8; 12] = [0xb9, 0x79, 0x37, 0x9e, 0, 0, 0, 0, 0, 0, 0, 0];
+
+/// 64 zero bytes compressed: `raw_len` 64, then an LZ4 block of one literal zero, a match of
+/// 58 bytes at distance 1 (token `0x1f`, offset `01 00`, length 15 + 39 + 4), and the five
+/// literal zeros a block ends with (token `0x50`).
+const ZEROS_64: [u8; 15] = [0x40, 0, 0, 0, 0x1f, 0x00, 0x01, 0x00, 39, 0x50, 0, 0, 0, 0, 0];
+
+fn raw(kind: Kind, flags: Flags, seq: u16, payload: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; payload.len() + 16];
+    encode_frame::<SoftCrc32>(&mut buf, kind, flags, seq, payload).unwrap().to_vec()
+}
+
+#[cfg(feature = "lz4")]
+#[test]
+fn compressed_example_inflates_to_64_zeros() {
+    use rela_core::wire::compress::Compressed;
+    let payload = [&WRITE_AT_0[..], &ZEROS_64[..]].concat();
+    let c = Compressed::parse(Kind::WRITE, false, &payload, 1 << 24).unwrap();
+    let mut out = [0xffu8; 76];
+    assert_eq!(c.inflate(&mut out), Ok(76));
+    assert_eq!(out[..12], WRITE_AT_0);
+    assert!(out[12..].iter().all(|&b| b == 0));
+    let c = Compressed::parse(Kind::READ, true, &ZEROS_64, 1 << 24).unwrap();
+    assert_eq!(c.inflate(&mut out), Ok(64));
 }
 
 fn hex(bytes: &[u8]) -> String {
