@@ -186,20 +186,21 @@ fn fits(len: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
     rows == 0 || cols == 0 || (rows - 1) * rs + (cols - 1) * cs < len
 }
 
-/// `dst (m × n, row-major) = [dst +] lhs (m × k) · rhs (k × n)`: on the pool's threads if
+/// `dst (m × n at strides dst_rs, dst_cs) = [dst +] lhs (m × k) · rhs (k × n)`: on the pool's threads if
 /// `parallel` and the product is large enough, else on the calling thread.
 ///
 /// Panics if a view reaches past its slice (callers pass validated shapes).
 #[allow(unsafe_code)]
 fn gemm_into(
     dst: &mut [f32],
+    (dst_rs, dst_cs): (usize, usize),
     read_dst: bool,
     lhs: View<'_>,
     rhs: View<'_>,
     (m, k, n): (usize, usize, usize),
     parallel: bool,
 ) {
-    assert!(fits(dst.len(), m, n, n, 1), "gemm: dst too small");
+    assert!(fits(dst.len(), m, n, dst_rs, dst_cs), "gemm: dst too small");
     assert!(fits(lhs.data.len(), m, k, lhs.rs, lhs.cs), "gemm: lhs too small");
     assert!(fits(rhs.data.len(), k, n, rhs.rs, rhs.cs), "gemm: rhs too small");
     if m == 0 || n == 0 {
@@ -207,7 +208,11 @@ fn gemm_into(
     }
     if k == 0 {
         if !read_dst {
-            dst[..m * n].fill(0.0);
+            for i in 0..m {
+                for j in 0..n {
+                    dst[i * dst_rs + j * dst_cs] = 0.0;
+                }
+            }
         }
         return;
     }
@@ -221,7 +226,7 @@ fn gemm_into(
     let mut run = move || {
         // SAFETY: the asserts above check that every element the views address,
         // `(i, j) -> base + i * rs + j * cs` for `i < rows`, `j < cols`, lies within its slice
-        // (dst: `m × n` at (n, 1); lhs: `m × k`; rhs: `k × n`). `dst` is borrowed mutably and
+        // (dst: `m × n`; lhs: `m × k`; rhs: `k × n`). `dst` is borrowed mutably and
         // the inputs shared, so the output does not alias them. `gemm` reads only the inputs
         // and writes only `dst`, and returns only when every thread it started has finished.
         unsafe {
@@ -230,8 +235,8 @@ fn gemm_into(
                 n,
                 k,
                 dst.as_mut_ptr(),
-                1,
-                s(n),
+                s(dst_cs),
+                s(dst_rs),
                 read_dst,
                 lhs.data.as_ptr(),
                 s(lhs.cs),
@@ -263,6 +268,13 @@ fn gemm_into(
 /// run as two).
 pub const GEMM_MIN_COLUMNS: usize = 256;
 
+/// Rows from which LINEAR hands `gemm` a row-major output, which it computes as the transposed
+/// product and for which it packs `w` (`n × k`) into its own layout on every call. Below this,
+/// the output is column-major (transposed afterwards) and `gemm` reads `w` in place: for a few
+/// rows, packing `w` would cost more than the product. Both take `gemm`'s main path with the
+/// same multiply-add chain per element, so a row's bytes do not depend on the choice.
+pub const LINEAR_PACKED_ROWS: usize = 128;
+
 /// Whether `gemm` runs a product with `k` inner and `n` output columns (see
 /// [`GEMM_MIN_COLUMNS`]).
 const fn use_gemm(k: usize, n: usize) -> bool {
@@ -279,10 +291,10 @@ pub fn matmul(a: &[u8], b: &[u8], out: &mut [u8], m: usize, k: usize, n: usize) 
     output(out, m * n, |o| {
         let b = View { data: &b, rs: n, cs: 1 };
         if rows == m {
-            gemm_into(o, false, View { data: &a, rs: k, cs: 1 }, b, (m, k, n), true);
+            gemm_into(o, (n, 1), false, View { data: &a, rs: k, cs: 1 }, b, (m, k, n), true);
         } else {
             let mut two = vec![0.0f32; rows * n];
-            gemm_into(&mut two, false, View { data: &a, rs: k, cs: 1 }, b, (rows, k, n), true);
+            gemm_into(&mut two, (n, 1), false, View { data: &a, rs: k, cs: 1 }, b, (rows, k, n), true);
             o.copy_from_slice(&two[..m * n]);
         }
     });
@@ -374,18 +386,27 @@ pub fn linear(x: &[u8], w: &[u8], bias: &[u8], out: &mut [u8], m: usize, k: usiz
     }
     let (x, w, bias) = (input(x, m * k), input(w, n * k), input(bias, n));
     let (x, rows) = two_rows(x, m, k);
+    let (xv, wv) = (View { data: &x, rs: k, cs: 1 }, View { data: &w, rs: 1, cs: k });
     let run = |o: &mut [f32]| {
-        for row in o.chunks_exact_mut(n) {
-            row.copy_from_slice(&bias);
+        if rows == 0 {
+            return;
         }
-        gemm_into(
-            o,
-            true,
-            View { data: &x, rs: k, cs: 1 },
-            View { data: &w, rs: 1, cs: k },
-            (rows, k, n),
-            true,
-        );
+        if rows >= LINEAR_PACKED_ROWS {
+            for row in o.chunks_exact_mut(n) {
+                row.copy_from_slice(&bias);
+            }
+            gemm_into(o, (n, 1), true, xv, wv, (rows, k, n), true);
+        } else {
+            // Column-major output, so that gemm reads w in place rather than packing it.
+            let mut t = vec![0.0f32; rows * n];
+            for (col, &b) in t.chunks_exact_mut(rows).zip(bias.iter()) {
+                col.fill(b);
+            }
+            gemm_into(&mut t, (1, rows), true, xv, wv, (rows, k, n), true);
+            for (i, row) in o.chunks_exact_mut(n).enumerate() {
+                row.iter_mut().zip(t[i..].iter().step_by(rows)).for_each(|(o, &v)| *o = v);
+            }
+        }
     };
     output(out, m * n, |o| {
         if rows == m {
@@ -585,7 +606,7 @@ fn attention_tile(t: Tile<'_>) {
             let st = &mut scores[..rows * cols];
             // Scores: (rows × hd) · (hd × cols), the key rows read as columns.
             let kt = View { data: &kh[c0 * hd..], rs: 1, cs: hd };
-            gemm_into(st, false, qh, kt, (rows, hd, cols), false);
+            gemm_into(st, (cols, 1), false, qh, kt, (rows, hd, cols), false);
             for (r, sr) in st.chunks_exact_mut(cols).enumerate() {
                 let scale = s.scale;
                 sr.iter_mut().for_each(|x| *x /= scale);
@@ -601,6 +622,7 @@ fn attention_tile(t: Tile<'_>) {
             let p = View { data: st, rs: cols, cs: 1 };
             gemm_into(
                 &mut acc,
+                (hd, 1),
                 true,
                 p,
                 View { data: &vh[c0 * hd..], rs: hd, cs: 1 },
@@ -716,9 +738,21 @@ mod tests {
     #[test]
     fn linear_and_matmul_match_reference() {
         let mut rng = Rng(7);
-        for (m, k, n) in
-            [(0, 5, 3), (3, 0, 4), (2, 3, 0), (1, 1, 1), (5, 17, 7), (33, 384, 65), (130, 96, 257)]
-        {
+        for (m, k, n) in [
+            (0, 5, 3),
+            (3, 0, 4),
+            (2, 3, 0),
+            (1, 1, 1),
+            (5, 17, 7),
+            (33, 384, 65),
+            (130, 96, 257),
+            (1, 384, 1536),
+            (0, 384, 384),
+            (4, 0, 384),
+            (3, 2, 300),
+            (150, 384, 384),
+            (20, 1536, 384),
+        ] {
             let (x, w, b) = (rng.bytes(m * k, 1.0), rng.bytes(n * k, 1.0), rng.bytes(n, 1.0));
             let got = both_alignments(&[&x, &w, &b], m * n, &|i, o| linear(i[0], i[1], i[2], o, m, k, n));
             let mut want = vec![0u8; m * n * 4];
@@ -737,9 +771,17 @@ mod tests {
     #[test]
     fn linear_and_matmul_rows_do_not_depend_on_the_rest_of_the_call() {
         let mut rng = Rng(3);
-        for (m, k, n) in
-            [(37usize, 384usize, 384usize), (9, 1536, 384), (70, 384, 1536), (5, 3, 300), (6, 20, 40)]
-        {
+        for (m, k, n) in [
+            (37usize, 384usize, 384usize),
+            (130, 384, 384),
+            (200, 1536, 384),
+            (400, 384, 1536),
+            (37, 384, 300),
+            (9, 1536, 384),
+            (70, 384, 1536),
+            (5, 3, 300),
+            (6, 20, 40),
+        ] {
             let (x, w, b) = (rng.bytes(m * k, 1.0), rng.bytes(n * k, 1.0), rng.bytes(n, 1.0));
             let bm = rng.bytes(k * n, 1.0);
             let mut whole = vec![0u8; m * n * 4];
