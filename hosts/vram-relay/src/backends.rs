@@ -58,7 +58,7 @@ fn host_bytes(capacity: u64) -> Result<usize, String> {
 
 /// Why the heap could not provide `capacity` bytes.
 fn no_room(capacity: u64, e: &std::collections::TryReserveError) -> String {
-    format!("cannot reserve {capacity} bytes of host memory: {e}")
+    format!("cannot reserve {} of host memory: {e}", crate::util::human(capacity))
 }
 
 /// Opens one concrete backend lending `capacity` bytes on its default device. `Err` says why
@@ -92,9 +92,17 @@ pub(crate) fn open_on(
                     Err(_) => rela_backend_vulkan::DeviceSelector::Name(d.to_string()),
                 };
             }
-            rela_backend_vulkan::VulkanBackend::new(cfg)
-                .map(|b| Box::new(b) as Boxed)
-                .map_err(|e| e.to_string())
+            rela_backend_vulkan::VulkanBackend::new(cfg).map(|b| Box::new(b) as Boxed).map_err(|e| {
+                // A device that was asked for and not found: say which ones there are.
+                match (device, rela_backend_vulkan::list_devices()) {
+                    (Some(_), Ok(list)) if !list.is_empty() => {
+                        let names: Vec<String> =
+                            list.iter().map(|(i, name, kind)| format!("{i}: {name} ({kind})")).collect();
+                        format!("{e}; available Vulkan devices: {}", names.join(", "))
+                    }
+                    _ => e.to_string(),
+                }
+            })
         }
         BackendChoice::Wgpu | BackendChoice::WgpuVulkan | BackendChoice::WgpuGl => {
             let api = match choice {
@@ -110,11 +118,49 @@ pub(crate) fn open_on(
             rela_backend_wgpu::WgpuBackend::new(cfg).map(|b| Box::new(b) as Boxed).map_err(|e| e.to_string())
         }
         BackendChoice::Cuda => {
-            rela_backend_cuda::CudaBackend::new(rela_backend_cuda::CudaConfig::new(capacity))
-                .map(|b| Box::new(b) as Boxed)
-                .map_err(|e| e.to_string())
+            let mut cfg = rela_backend_cuda::CudaConfig::new(capacity);
+            if let Some(d) = device {
+                cfg.ordinal = d
+                    .parse()
+                    .map_err(|_| format!("CUDA devices are chosen by ordinal (0, 1, …), not {d:?}"))?;
+            }
+            rela_backend_cuda::CudaBackend::new(cfg).map(|b| Box::new(b) as Boxed).map_err(|e| e.to_string())
         }
     }
+}
+
+/// Tries CUDA, Vulkan and wgpu on `device` (a name substring or an index; CUDA only for an
+/// index), logging why each one that is skipped was skipped. Never falls back to the host
+/// backend: a device was asked for.
+pub(crate) fn open_auto_on(
+    capacity: u64,
+    vk_validation: bool,
+    device: &str,
+) -> Result<(Boxed, BackendChoice), String> {
+    let mut reasons = Vec::new();
+    for choice in [BackendChoice::Cuda, BackendChoice::Vulkan, BackendChoice::Wgpu] {
+        match open_on(choice, capacity, vk_validation, Some(device)) {
+            Ok(b) => {
+                let info = b.info();
+                tracing::info!(backend = choice.name(), device = %info.name, "backend auto-selected");
+                return Ok((b, choice));
+            }
+            Err(why) => {
+                tracing::info!(backend = choice.name(), reason = %why, "backend not available");
+                reasons.push(format!("{}: {why}", choice.name()));
+            }
+        }
+    }
+    Err(reasons.join("; "))
+}
+
+/// Whether a device name is a software rasterizer (Mesa's llvmpipe and lavapipe, softpipe,
+/// SwiftShader, WARP): a "GPU" that runs on the CPU.
+pub(crate) fn runs_on_cpu(device_name: &str) -> bool {
+    let name = device_name.to_ascii_lowercase();
+    ["llvmpipe", "lavapipe", "softpipe", "swiftshader", "microsoft basic render"]
+        .iter()
+        .any(|s| name.contains(s))
 }
 
 /// Tries CUDA, Vulkan, wgpu, then host, logging why each one that is skipped was skipped.
