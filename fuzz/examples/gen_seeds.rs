@@ -836,6 +836,20 @@ fn main() {
         ann.emit::<SoftCrc32>(Some(&AuthKey::new(b"some other token")), &mut buf).expect("announce encodes");
     c.put("announce-signed-other-key", &buf[..n]);
 
+    // lz4: selector, cap / 16, payload (see fuzz_targets/lz4.rs).
+    let c = Corpus::new(&root, "lz4");
+    let text = b"the quick brown fox jumps over the lazy dog; ".repeat(40);
+    for (name, sel, prefix) in [("write", 0u8, &[7u8; 12][..]), ("chunk", 1, &[0u8; 8][..]), ("read", 2, &[][..])] {
+        for (what, data) in [("zeros", vec![0u8; 3000]), ("text", text.clone())] {
+            let mut seed = vec![sel];
+            seed.extend_from_slice(&u16::MAX.to_le_bytes());
+            seed.extend_from_slice(prefix);
+            seed.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            seed.extend_from_slice(&lz4_flex::block::compress(&data));
+            c.put(&format!("{name}-{what}"), &seed);
+        }
+    }
+
     let c = Corpus::new(&root, "session");
     for (name, script) in sessions().into_iter().chain(model_sessions()) {
         c.put(name, &script);
