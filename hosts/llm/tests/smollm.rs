@@ -7,7 +7,7 @@ mod common;
 
 use rela_llm::gguf::Value;
 use rela_llm::quant;
-use rela_llm::{ChatTemplate, GgmlType, LlamaConfig, Message};
+use rela_llm::{ChatTemplate, GgmlType, GgufTokenizer, LlamaConfig, Message};
 
 fn type_named(name: &str) -> GgmlType {
     (0..64)
@@ -125,5 +125,26 @@ fn chat_template_matches_jinja2() {
             "{} (add_generation_prompt {generation_prompt})",
             c["name"]
         );
+    }
+}
+
+#[test]
+fn token_ids_match_llama_cpp() {
+    let Some(f) = common::model("token_ids_match_llama_cpp") else { return };
+    let tok = GgufTokenizer::from_gguf(&f.gguf).expect("tokenizer");
+    assert_eq!(tok.pre_tokenizer(), "smollm");
+    assert_eq!((tok.bos(), tok.eos(), tok.add_bos(), tok.vocab_size()), (Some(1), Some(2), false, 49152));
+    let fx = common::fixture("smollm2_tokens.json");
+    let cases = fx["cases"].as_array().expect("cases");
+    assert!(cases.len() >= 20);
+    for c in cases {
+        let text = c["text"].as_str().expect("text");
+        let special = c["parse_special"].as_bool().expect("flag");
+        let want: Vec<u32> =
+            c["ids"].as_array().expect("ids").iter().map(|i| i.as_u64().expect("id") as u32).collect();
+        let got = tok.encode(text, special).expect("encode");
+        assert_eq!(got, want, "{text:?} (parse_special {special})");
+        // Decoding gives the text back (control tokens included when not skipped).
+        assert_eq!(tok.decode(&got, false).expect("decode"), text, "{text:?}");
     }
 }

@@ -150,3 +150,20 @@ fn unsupported_tokenizers_are_refused_by_name() {
         Err(TokenizerError::BadValue("tokenizer.ggml.token_type"))
     );
 }
+
+#[test]
+fn the_fuzz_seed_is_a_whole_model() {
+    // fuzz/corpus/gguf/seed-tiny-llama (fuzz/examples/gguf_seeds.rs): it must get past the
+    // parser, the config and the tokenizer, so the fuzzer starts from the deep paths.
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/gguf/seed-tiny-llama");
+    let bytes = std::fs::read(path).expect("seed");
+    let g = Gguf::parse(&bytes).expect("parse");
+    rela_llm::LlamaConfig::from_gguf(&g).expect("config");
+    let tok = GgufTokenizer::from_gguf(&g).expect("tokenizer");
+    let hello = tok.token_id("Hello").expect("Hello");
+    let world = tok.token_id("Ġworld").expect("Ġworld");
+    assert_eq!(tok.encode("Hello world", false), Ok(vec![hello, world]));
+    let chat = rela_llm::ChatTemplate::from_gguf(&g).expect("template");
+    let text = chat.render(&[rela_llm::Message::new("user", " Hello ")], true).expect("render");
+    assert_eq!(text, "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n");
+}
