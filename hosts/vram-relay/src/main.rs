@@ -81,12 +81,16 @@ struct ConnectArgs {
     /// handshake, and each request [default: 10, 10 and 60].
     #[arg(long, value_name = "SECONDS", value_parser = |s: &str| util::parse_seconds(s, 3600.0))]
     timeout: Option<Duration>,
+    /// Compress WRITE and upload data with LZ4 frame by frame when that pays, and ask for READ
+    /// answers compressed, where the node offers it. Pays on slow links with compressible data.
+    #[arg(long, env = "RELA_COMPRESS")]
+    compress: bool,
 }
 
 impl ConnectArgs {
     /// The client options these arguments ask for.
     fn options(&self) -> rela_client::ClientOptions {
-        let options = rela_client::ClientOptions::default();
+        let options = rela_client::ClientOptions { compress: self.compress, ..Default::default() };
         match self.timeout {
             Some(t) => options.with_timeout(t),
             None => options,
