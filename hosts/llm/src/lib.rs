@@ -8,15 +8,23 @@
 //!   and tensor types are refused by name.
 //! - [`tokenizer`]: the byte-level BPE tokenizer built from the file's vocabulary and merges.
 //! - [`chat`]: chat messages rendered with the file's own Jinja template.
+//! - [`forward`]: the llama forward pass on the host (f32 activations, quantized weights).
+//! - [`generate`]: sampling, UTF-8 streaming and the generation loop.
 
 pub mod chat;
 pub mod config;
+pub mod forward;
+pub mod generate;
 pub mod gguf;
 pub mod quant;
 pub mod tokenizer;
 
 pub use chat::{ChatError, ChatTemplate, Message};
 pub use config::{LlamaConfig, ModelError};
+pub use forward::{ForwardError, KvCache, Model};
+pub use generate::{
+    FinishReason, GenerateError, Generation, Sampler, SamplingParams, Utf8Stream, generate, generate_ids,
+};
 pub use gguf::{GgmlType, Gguf, GgufError, GgufFile, OpenError};
 pub use quant::QuantError;
 pub use tokenizer::{GgufTokenizer, TokenizerError};
