@@ -255,12 +255,4 @@ pub(crate) fn same_bytes(what: &str, got: &[u8], want: &[u8]) -> Result<(), Fail
     }
 }
 
-/// Little-endian bytes of f32 values.
-pub(crate) fn f32_bytes(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-/// f32 values of little-endian bytes (a trailing partial value is ignored).
-pub(crate) fn f32_values(bytes: &[u8]) -> Vec<f32> {
-    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-}
+pub(crate) use rela_test_support::{f32_bytes, f32_values};

@@ -30,6 +30,7 @@
 //! # }
 //! ```
 
+use rela_test_support::{f32_bytes, f32_values, pattern};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -538,27 +539,6 @@ fn dispatch_payload(
     alpha: f32,
 ) -> Vec<u8> {
     enc(&Dispatch { kernel, reserved: 0, a, b, out, m, k, n, alpha })
-}
-
-/// Deterministic bytes.
-fn pattern(seed: u32, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn f32_values(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 /// Every request kind with a well-formed payload (for the state checks).

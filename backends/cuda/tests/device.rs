@@ -4,6 +4,7 @@
 use rela_backend_cuda::{CudaBackend, CudaConfig};
 use rela_core::backend::{BackendError, BinaryOp, BufferId, GpuBackend, KernelCall};
 use rela_kernels::reference;
+use rela_test_support::f32_bytes;
 
 const CAPACITY: u64 = 64 << 20;
 
@@ -23,10 +24,6 @@ fn backend(test: &str) -> Option<CudaBackend> {
             None
         }
     }
-}
-
-fn f32s(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 fn read_all(b: &mut CudaBackend, id: BufferId) -> Vec<u8> {
@@ -109,7 +106,7 @@ fn kernels_match_reference() {
     let n = 1000u32;
     let av: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 7.0).collect();
     let bv: Vec<f32> = (0..n).map(|i| 3.25 - i as f32 * 0.125).collect();
-    let (ab, bb) = (f32s(&av), f32s(&bv));
+    let (ab, bb) = (f32_bytes(&av), f32_bytes(&bv));
     let bytes = u64::from(n) * 4;
     let (a, bid, out) =
         (b.alloc(bytes).expect("a"), b.alloc(bytes).expect("b"), b.alloc(bytes).expect("out"));
@@ -130,7 +127,7 @@ fn kernels_match_reference() {
     let (m, k, nn) = (20u32, 50u32, 17u32);
     let mv: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.25 - 1.0).collect();
     let kv: Vec<f32> = (0..k * nn).map(|i| (i % 7) as f32 * 0.5 - 1.5).collect();
-    let (mb, kb) = (f32s(&mv), f32s(&kv));
+    let (mb, kb) = (f32_bytes(&mv), f32_bytes(&kv));
     let ma = b.alloc(mb.len() as u64).expect("ma");
     let kbid = b.alloc(kb.len() as u64).expect("kb");
     let mo = b.alloc(u64::from(m * nn) * 4).expect("mo");

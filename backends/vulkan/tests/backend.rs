@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{CAPACITY, f32_bytes, floats, pattern, try_backend};
+use common::{CAPACITY, f32_bytes, pattern, small_floats, try_backend};
 use rela_backend_vulkan::{STAGING_SIZE, VulkanBackend};
 use rela_core::backend::{BackendError, BackendKind, BinaryOp, BufferId, GpuBackend, KernelCall, Usage};
 use rela_kernels::reference;
@@ -43,7 +43,7 @@ fn round_trip_sizes_and_offsets() {
         for (i, &size) in [1usize, 2, 3, 4, 5, 7, 255, 4099, big].iter().enumerate() {
             let id = b.alloc(size as u64).expect("alloc");
             assert_eq!(read_all(b, id), vec![0; size], "fresh allocation of {size} reads zero");
-            let data = pattern(size, i as u64);
+            let data = pattern(i as u32, size);
             b.write(id, 0, &data).expect("write");
             assert_eq!(read_all(b, id), data, "round trip of {size}");
             for off in [1usize, 2, 3, 5] {
@@ -51,7 +51,7 @@ fn round_trip_sizes_and_offsets() {
                     continue;
                 }
                 let len = (size - off).min(size / 2 + 1);
-                let chunk = pattern(len, 100 + off as u64);
+                let chunk = pattern(100 + off as u32, len);
                 b.write(id, off as u64, &chunk).expect("write at offset");
                 let mut got = vec![0; len];
                 b.read(id, off as u64, &mut got).expect("read at offset");
@@ -116,7 +116,7 @@ fn copy_between_and_within() {
     with_backend(|b| {
         let a = b.alloc(101).expect("alloc");
         let c = b.alloc(99).expect("alloc");
-        let data = pattern(101, 7);
+        let data = pattern(7, 101);
         b.write(a, 0, &data).expect("write");
         b.copy(a, 3, c, 1, 90).expect("copy");
         let got = read_all(b, c);
@@ -178,7 +178,7 @@ fn upload(b: &mut VulkanBackend, v: &[f32]) -> BufferId {
 fn binary_and_scale_match_reference() {
     with_backend(|b| {
         for n in [1usize, 255, 256, 257, 10_000] {
-            let (va, vb) = (floats(n, 1), floats(n, 2));
+            let (va, vb) = (small_floats(1, n), small_floats(2, n));
             let (a, bb) = (upload(b, &va), upload(b, &vb));
             let out = b.alloc(n as u64 * 4 + 3).expect("alloc out");
             for op in [BinaryOp::Add, BinaryOp::Mul] {
@@ -205,7 +205,7 @@ fn matmul_matches_reference() {
     with_backend(|b| {
         for (m, k, n) in [(1, 1, 1), (2, 3, 2), (16, 16, 16), (17, 5, 33), (40, 70, 9), (3, 0, 4), (0, 4, 4)]
         {
-            let (va, vb) = (floats((m * k).max(1), 3), floats((k * n).max(1), 4));
+            let (va, vb) = (small_floats(3, (m * k).max(1)), small_floats(4, (k * n).max(1)));
             let (a, bb) = (upload(b, &va), upload(b, &vb));
             let out = b.alloc((m * n * 4).max(4) as u64).expect("alloc out");
             b.fill(out, 0, (m * n * 4) as u64, 0x7F).expect("poison output");
@@ -277,7 +277,7 @@ fn throughput_probe() {
     with_backend(|b| {
         let size = 64usize << 20;
         let id = b.alloc(size as u64).expect("alloc");
-        let data = pattern(size, 1);
+        let data = pattern(1, size);
         let t = std::time::Instant::now();
         b.write(id, 0, &data).expect("write");
         let w = t.elapsed();
@@ -311,7 +311,7 @@ fn unified_memory_is_mapped_and_coherent_with_device_work() {
         }
         eprintln!("{}: host_mapped = {}", b.info().name, b.host_mapped());
         let n = 1000u32;
-        let (x, y) = (floats(n as usize, 1), floats(n as usize, 2));
+        let (x, y) = (small_floats(1, n as usize), small_floats(2, n as usize));
         let bytes = u64::from(n) * 4;
         let (a, c, out) = (b.alloc(bytes).unwrap(), b.alloc(bytes).unwrap(), b.alloc(bytes).unwrap());
         b.write(a, 0, &f32_bytes(&x)).unwrap();

@@ -7,6 +7,7 @@
 use rela_backend_wgpu::{Api, InitError, WgpuBackend, WgpuConfig, list_adapters};
 use rela_core::backend::{BackendError, BinaryOp, BufferId, GpuBackend, KernelCall};
 use rela_kernels::reference;
+use rela_test_support::{f32_bytes, pattern};
 
 const CAPACITY: u64 = 64 << 20;
 
@@ -24,23 +25,6 @@ fn open(name: &str, api: Api) -> Option<WgpuBackend> {
     }
 }
 
-/// Deterministic bytes.
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
-fn floats(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
 fn read_all(b: &mut WgpuBackend, id: BufferId) -> Vec<u8> {
     let mut out = vec![0u8; b.size(id).unwrap() as usize];
     b.read(id, 0, &mut out).unwrap();
@@ -51,7 +35,7 @@ fn round_trips(b: &mut WgpuBackend) {
     for size in [1u64, 3, 4, 5, 255, 4096, 4099, (4 << 20) + 13, (9 << 20) + 1] {
         let id = b.alloc(size).unwrap();
         assert!(read_all(b, id).iter().all(|&x| x == 0), "fresh buffer of {size} not zero");
-        let data = pattern(size as usize, size as u32);
+        let data = pattern(size as u32, size as usize);
         b.write(id, 0, &data).unwrap();
         assert_eq!(read_all(b, id), data, "round trip of {size}");
         b.free(id).unwrap();
@@ -67,7 +51,7 @@ fn round_trips(b: &mut WgpuBackend) {
                 continue;
             }
             seed += 1;
-            let data = pattern(len as usize, seed);
+            let data = pattern(seed, len as usize);
             b.write(id, off, &data).unwrap();
             mirror[off as usize..(off + len) as usize].copy_from_slice(&data);
             let mut back = vec![0u8; len as usize];
@@ -134,7 +118,7 @@ fn fill_edges(b: &mut WgpuBackend) {
 fn copy_edges(b: &mut WgpuBackend) {
     let size = 10_000u64;
     let (s, d) = (b.alloc(size).unwrap(), b.alloc(size + 3).unwrap());
-    let src = pattern(size as usize, 7);
+    let src = pattern(7, size as usize);
     b.write(s, 0, &src).unwrap();
     let mut mirror = vec![0u8; (size + 3) as usize];
     for (so, dof, len) in [
@@ -170,8 +154,8 @@ fn copy_edges(b: &mut WgpuBackend) {
 fn kernels(b: &mut WgpuBackend) {
     for n in [0u32, 1, 7, 256, 1000, 70_000] {
         let len = (n as usize * 4).max(4);
-        let (xa, xb) = (pattern(n as usize, 1), pattern(n as usize, 2));
-        let to_f = |v: &[u8]| floats(&v.iter().map(|&x| x as f32 / 16.0 - 7.0).collect::<Vec<_>>());
+        let (xa, xb) = (pattern(1, n as usize), pattern(2, n as usize));
+        let to_f = |v: &[u8]| f32_bytes(&v.iter().map(|&x| x as f32 / 16.0 - 7.0).collect::<Vec<_>>());
         let (fa, fb) = (to_f(&xa), to_f(&xb));
         let a = b.alloc(len as u64).unwrap();
         let bb = b.alloc(len as u64).unwrap();
@@ -199,8 +183,8 @@ fn kernels(b: &mut WgpuBackend) {
     for (m, k, n) in
         [(1u32, 1u32, 1u32), (2, 3, 2), (16, 16, 16), (17, 33, 5), (64, 1, 70), (5, 0, 3), (0, 4, 4)]
     {
-        let fa = floats(&(0..m * k).map(|i| (i % 13) as f32 * 0.5 - 2.0).collect::<Vec<_>>());
-        let fb = floats(&(0..k * n).map(|i| (i % 7) as f32 * 0.25 + 1.0).collect::<Vec<_>>());
+        let fa = f32_bytes(&(0..m * k).map(|i| (i % 13) as f32 * 0.5 - 2.0).collect::<Vec<_>>());
+        let fb = f32_bytes(&(0..k * n).map(|i| (i % 7) as f32 * 0.25 + 1.0).collect::<Vec<_>>());
         let a = b.alloc(fa.len().max(4) as u64).unwrap();
         let bb = b.alloc(fb.len().max(4) as u64).unwrap();
         let out_len = (m * n * 4) as usize;
@@ -280,7 +264,7 @@ fn random_ops(b: &mut WgpuBackend) {
             }
             2 => {
                 let (off, len) = (rnd(3100), rnd(200));
-                let data = pattern(len as usize, step);
+                let data = pattern(step, len as usize);
                 match pick(rnd(1000), &model) {
                     Some(i) if off + len <= model[i].1.len() as u64 => {
                         b.write(model[i].0, off, &data).unwrap();
@@ -472,7 +456,7 @@ fn throughput() {
         let Some(mut b) = open(name, api) else { continue };
         let size = 48 << 20;
         let id = b.alloc(size).unwrap();
-        let data = pattern(size as usize, 3);
+        let data = pattern(3, size as usize);
         let mut out = vec![0u8; size as usize];
         let t = std::time::Instant::now();
         b.write(id, 0, &data).unwrap();

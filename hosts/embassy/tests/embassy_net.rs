@@ -31,6 +31,7 @@ use rela_embassy::{
     Advert, DEFAULT_WRITE_TIMEOUT, DiscoveryBuffers, FrameBuffers, SessionEnd, SocketBuffers, run_discovery,
     run_listener,
 };
+use rela_test_support::pattern;
 
 const MTU: usize = 1500;
 const NODE_IP: Ipv4Address = Ipv4Address::new(10, 42, 0, 1);
@@ -118,10 +119,6 @@ impl Peer<'_, '_> {
     }
 }
 
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed)).collect()
-}
-
 /// A socket of `client`'s connected to the node's session port.
 async fn connect<'s>(client: Stack<'s>, rx: &'s mut [u8], tx: &'s mut [u8]) -> TcpSocket<'s> {
     let mut socket = TcpSocket::new(client, rx, tx);
@@ -144,7 +141,7 @@ async fn session(client: Stack<'_>, bye: bool) {
         panic!("no ALLOCATED")
     };
     // 10 000 bytes in frames of at most 2048 payload bytes (12 of them the WRITE prefix).
-    let data = pattern(10_000, 5);
+    let data = pattern(5, 10_000);
     for (i, piece) in data.chunks(2000).enumerate() {
         let w = Write { handle: a.handle, offset: (i * 2000) as u64, data: piece };
         let (kind, flags, payload) = peer.request(&w).await;

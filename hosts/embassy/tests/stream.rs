@@ -19,6 +19,7 @@ use rela_core::time::Duration as CoreDuration;
 use rela_core::wire::msg::{Caps, ErrorMsg, Hello, Message};
 use rela_core::wire::{ErrorCode, Flags, Kind, encode_frame};
 use rela_embassy::{MIN_FRAME_BUFFER, SessionEnd};
+use rela_test_support::pattern;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -40,10 +41,6 @@ async fn ended(node: Node) -> SessionEnd {
     end
 }
 
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
-}
-
 #[tokio::test]
 async fn std_client_round_trip_in_small_frames() {
     let node = serve_one(SessionConfig::default(), FRAME);
@@ -56,7 +53,7 @@ async fn std_client_round_trip_in_small_frames() {
 
     let a = client.alloc(100_000).await.unwrap();
     let b = client.alloc(50_000).await.unwrap();
-    let data = pattern(100_000, 3);
+    let data = pattern(3, 100_000);
     client.write(a, 0, &data).await.unwrap();
     client.write(b, 1000, &data[..20_000]).await.unwrap();
     assert_eq!(client.read(a, 0, 100_000).await.unwrap(), data);
@@ -77,7 +74,7 @@ async fn a_dropped_connection_leaves_nothing_behind() {
     let node = serve_one(SessionConfig::default(), FRAME);
     let mut client = Client::connect(node.addr, None).await.unwrap();
     let h = client.alloc(64 * 1024).await.unwrap();
-    client.write(h, 0, &pattern(64 * 1024, 9)).await.unwrap();
+    client.write(h, 0, &pattern(9, 64 * 1024)).await.unwrap();
     drop(client); // no BYE: the stream just ends
 
     assert_eq!(ended(node).await, SessionEnd::Disconnected);
@@ -138,7 +135,7 @@ async fn an_idle_session_times_out_and_frees_its_buffers() {
     let node = serve_one(config, FRAME);
     let mut client = Client::connect(node.addr, None).await.unwrap();
     let h = client.alloc(8192).await.unwrap();
-    client.write(h, 0, &pattern(8192, 1)).await.unwrap();
+    client.write(h, 0, &pattern(1, 8192)).await.unwrap();
     let end =
         tokio::time::timeout(Duration::from_secs(10), ended(node)).await.expect("the idle deadline fired");
     assert_eq!(end, SessionEnd::Closed(CloseReason::Error(ErrorCode::TIMEOUT)));

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::pattern;
+use common::{f32_bytes, pattern};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,10 +38,6 @@ async fn start_faulty(
     let log = backend.log();
     let node = within(Node::start(cfg, Box::new(backend))).await.expect("node starts");
     (node, log)
-}
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 /// Errors the clients saw, per operation class.

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::pattern;
+use common::{f32_bytes, pattern};
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -33,10 +33,6 @@ fn rss_bytes() -> u64 {
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
     let kb: u64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("VmRSS value");
     kb * 1024
-}
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 /// One client: returns the number of requests it made (each one answered and checked).

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::pattern;
+use common::{f32_bytes, pattern};
 
 use std::time::Duration;
 
@@ -12,10 +12,6 @@ use rela_core::backend::BackendKind;
 use rela_core::wire::{ErrorCode, Kind};
 
 const MIB: usize = 1024 * 1024;
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_call_round_trips() {

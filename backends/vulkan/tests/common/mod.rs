@@ -36,25 +36,6 @@ pub fn try_backend(capacity: u64) -> Option<VulkanBackend> {
     }
 }
 
-/// Little-endian bytes of f32 values.
-pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-/// Deterministic pseudo-random bytes.
-pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 24) as u8
-        })
-        .collect()
-}
-
-/// Deterministic small f32 values (exact in sums of a few products).
-pub fn floats(len: usize, seed: u64) -> Vec<f32> {
-    pattern(len, seed).iter().map(|b| f32::from(*b % 17) - 8.0).collect()
-}
+// Not every test file that includes this module uses all of them.
+#[allow(unused_imports)]
+pub use rela_test_support::{f32_bytes, pattern, small_floats};

@@ -118,15 +118,6 @@ pub async fn assert_closed(stream: &mut TcpStream) {
     }
 }
 
-/// Deterministic pseudo-random bytes (xorshift32) for round-trip checks.
-pub fn pattern(seed: u32, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
+// Not every test file that includes this module uses both.
+#[allow(unused_imports)]
+pub use rela_test_support::{f32_bytes, pattern};

@@ -1,0 +1,60 @@
+//! Test data shared by the workspace's tests (a dev-dependency, and the conformance suite's):
+//! deterministic byte patterns and the little-endian `f32` buffers the kernels read and write.
+//!
+//! One copy of each helper, so that every test means the same thing by "a pattern".
+
+/// `len` deterministic pseudo-random bytes (xorshift32) for round-trip checks: different seeds
+/// give different sequences, and no byte value is favoured, so a misplaced, shifted or
+/// zeroed range shows.
+pub fn pattern(seed: u32, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// `len` deterministic small whole `f32` values in `-8.0..=8.0`: sums of a few of their
+/// products are exact, so kernel results compare bit for bit.
+pub fn small_floats(seed: u32, len: usize) -> Vec<f32> {
+    pattern(seed, len).iter().map(|b| f32::from(b % 17) - 8.0).collect()
+}
+
+/// The little-endian bytes of `values`, as a buffer holds them.
+pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// The `f32` values in little-endian `bytes` (a trailing partial value is ignored).
+pub fn f32_values(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_differ_by_seed_and_are_repeatable() {
+        assert_eq!(pattern(1, 64), pattern(1, 64));
+        assert_ne!(pattern(1, 64), pattern(2, 64));
+        assert_eq!(pattern(7, 10), pattern(7, 100)[..10]);
+        let p = pattern(3, 4096);
+        let distinct = (0..=255u8).filter(|v| p.contains(v)).count();
+        assert!(distinct > 200, "{distinct} distinct byte values");
+    }
+
+    #[test]
+    fn f32_round_trip() {
+        let v = [1.5f32, -0.0, f32::MAX, 3.25];
+        assert_eq!(f32_bytes(&v).len(), 16);
+        assert_eq!(f32_values(&f32_bytes(&v)), v);
+        assert_eq!(f32_bytes(&[1.0]), [0, 0, 0x80, 0x3f]);
+        assert_eq!(f32_values(&[0, 0, 0x80, 0x3f, 9]), [1.0]);
+        assert!(small_floats(5, 100).iter().all(|x| x.fract() == 0.0 && x.abs() <= 8.0));
+    }
+}
