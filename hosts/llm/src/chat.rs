@@ -119,6 +119,11 @@ impl ChatTemplate {
         Ok(Self { env, bos_token: bos_token.to_owned(), eos_token: eos_token.to_owned() })
     }
 
+    /// Limits each rendering to `fuel` template instructions instead of [`FUEL`].
+    pub fn set_fuel(&mut self, fuel: u64) {
+        self.env.set_fuel(Some(fuel));
+    }
+
     /// The template of a GGUF file, with its BOS and EOS tokens' strings.
     pub fn from_gguf(g: &Gguf) -> Result<Self, ChatError> {
         let source = g.get(TEMPLATE_KEY).and_then(|v| v.as_str()).ok_or(ChatError::NoTemplate)?;

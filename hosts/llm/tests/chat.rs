@@ -54,6 +54,12 @@ fn runaway_templates_are_stopped() {
     )
     .expect("compiles");
     assert!(matches!(forever.render(&m, false), Err(ChatError::Render(_))));
+    // A loop of 1000 fits the default fuel but not 500 instructions.
+    let mut loop_1000 =
+        ChatTemplate::new("{% for i in range(1000) %}{{ i }}{% endfor %}", "", "").expect("compiles");
+    assert!(loop_1000.render(&m, false).is_ok());
+    loop_1000.set_fuel(500);
+    assert!(matches!(loop_1000.render(&m, false), Err(ChatError::Render(_))));
     let long = ChatTemplate::new("{% for i in range(100) %}{{ 'x' * 100000 }}{% endfor %}", "", "")
         .expect("compiles");
     assert_eq!(long.render(&m, false), Err(ChatError::TooLong));
