@@ -48,7 +48,7 @@ fn text(len: usize) -> Vec<u8> {
     while v.len() < len {
         let x = r();
         v.extend_from_slice(WORDS[x as usize % WORDS.len()].as_bytes());
-        v.push(if x % 13 == 0 { b'.' } else { b' ' });
+        v.push(if x.is_multiple_of(13) { b'.' } else { b' ' });
     }
     v.truncate(len);
     v
