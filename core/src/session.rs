@@ -770,7 +770,7 @@ impl Session {
                     max_alloc: info.max_alloc,
                     name: &info.name,
                     vendor: &info.vendor,
-                    shared_models: *shared,
+                    shared_models: Some(*shared),
                 };
                 (kind, r, m.emit(out)?)
             }

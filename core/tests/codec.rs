@@ -126,15 +126,17 @@ fn borrowing_messages_roundtrip_zero_copy() {
         max_alloc: 8,
         name: "llvmpipe (LLVM 19.1.7, 256 bits)",
         vendor: "Mesa",
-        shared_models: 90 << 20,
+        shared_models: Some(90 << 20),
     };
     roundtrip(&info, &mut buf);
-    // A node that does not send the trailing shared_models field: it reads as 0, and any
-    // other trailing length is malformed.
+    // A node that does not send the trailing shared_models field: it reads as `None` and
+    // re-encodes to the same bytes; any other trailing length is malformed.
     let mut full = vec![0u8; info.buffer_len()];
     let n = info.emit(&mut full).unwrap();
     let old = DeviceInfoMsg::parse(&full[..n - 8]).unwrap();
-    assert_eq!(old, DeviceInfoMsg { shared_models: 0, ..info });
+    assert_eq!(old, DeviceInfoMsg { shared_models: None, ..info });
+    let mut buf = Vec::new();
+    roundtrip(&old, &mut buf);
     assert!(DeviceInfoMsg::parse(&full[..n - 3]).is_err());
 
     let mut buf = Vec::new();

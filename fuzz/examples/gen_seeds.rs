@@ -139,7 +139,7 @@ fn responses() -> Vec<(&'static str, Kind, Flags, Vec<u8>)> {
         max_alloc: 1 << 20,
         name: "host memory",
         vendor: "vram-relay",
-        shared_models: 0,
+        shared_models: Some(0),
     };
     let stats = msg::Stats {
         buffers: 2,

@@ -681,9 +681,10 @@ pub struct DeviceInfoMsg<'a> {
     /// Vendor name (at most 32 bytes).
     pub vendor: &'a str,
     /// Device bytes of models the node holds once for every session that loads them (counted
-    /// in `total - free`, charged to no session's quota). A payload that ends after `vendor`
-    /// parses as 0.
-    pub shared_models: u64,
+    /// in `total - free`, charged to no session's quota). `None`: the payload ends after
+    /// `vendor` (a node that does not say); emitted only when `Some`, so every payload
+    /// re-encodes to itself.
+    pub shared_models: Option<u64>,
 }
 
 impl<'a> Message<'a> for DeviceInfoMsg<'a> {
@@ -703,16 +704,21 @@ impl<'a> Message<'a> for DeviceInfoMsg<'a> {
             max_alloc: r.u64()?,
             name: r.str_u8(MAX_DEVICE_NAME, "device_info.name")?,
             vendor: r.str_u8(MAX_VENDOR_NAME, "device_info.vendor")?,
-            shared_models: 0,
+            shared_models: None,
         };
-        // The trailing field is optional: absent (an older node) means 0.
-        let msg = if r.remaining() == 0 { msg } else { Self { shared_models: r.u64()?, ..msg } };
+        // The trailing field is optional: absent (an older node) is `None`.
+        let msg = if r.remaining() == 0 { msg } else { Self { shared_models: Some(r.u64()?), ..msg } };
         r.finish()?;
         Ok(msg)
     }
 
     fn buffer_len(&self) -> usize {
-        4 + 24 + 1 + self.name.len() + 1 + self.vendor.len() + 8
+        4 + 24
+            + 1
+            + self.name.len()
+            + 1
+            + self.vendor.len()
+            + if self.shared_models.is_some() { 8 } else { 0 }
     }
 
     fn emit(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
@@ -724,7 +730,9 @@ impl<'a> Message<'a> for DeviceInfoMsg<'a> {
         w.u64(self.max_alloc)?;
         w.str_u8(self.name, MAX_DEVICE_NAME)?;
         w.str_u8(self.vendor, MAX_VENDOR_NAME)?;
-        w.u64(self.shared_models)?;
+        if let Some(shared) = self.shared_models {
+            w.u64(shared)?;
+        }
         Ok(w.len())
     }
 }

@@ -444,7 +444,7 @@ impl Client {
                 max_alloc: d.max_alloc,
                 name: d.name.to_owned(),
                 vendor: d.vendor.to_owned(),
-                shared_models: d.shared_models,
+                shared_models: d.shared_models.unwrap_or(0),
             }),
             other => {
                 let e = unexpected(&other);
