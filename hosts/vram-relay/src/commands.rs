@@ -102,6 +102,10 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "RELA_MAX_INFER_TOKENS", default_value_t = rela_node::DEFAULT_MAX_INFER_TOKENS,
           value_parser = clap::value_parser!(u64).range(1..))]
     max_infer_tokens: u64,
+    /// Threads the host backend's kernels run on (GEMM, attention...; the node's connection
+    /// threads are --threads). 0: one per CPU core.
+    #[arg(long, env = "RELA_KERNEL_THREADS", default_value_t = 0)]
+    kernel_threads: usize,
 }
 
 /// `--max-payload`: a size of at most 16 MiB.
@@ -114,6 +118,7 @@ fn parse_max_payload(s: &str) -> Result<u32, String> {
 }
 
 pub(crate) async fn serve(args: ServeArgs) -> Result<(), CliError> {
+    rela_kernels::fast::set_threads(args.kernel_threads);
     let token = util::load_token(args.token.as_deref(), args.token_file.as_deref())?;
     if args.require_auth && token.is_none() {
         return Err("REQUIRE_AUTH is set but no token was given (AUTH_TOKEN, --token or --token-file)".into());
