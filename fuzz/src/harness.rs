@@ -671,7 +671,9 @@ impl Harness<'_> {
                 assert_eq!(w.version, PROTOCOL_VERSION);
                 assert_eq!(&w.nonce, side.session.nonce());
                 assert_eq!(w.auth_required(), side.key.is_some());
-                let caps = if side.session.config().models { 0b1011 } else { 0b0001 };
+                // DISPATCH always; MODELS and PROGRESS with models; LZ4 where configured.
+                let models = if side.session.config().models { 0b1011 } else { 0b0001 };
+                let caps = if side.session.config().lz4 { models | 0b0100 } else { models };
                 assert_eq!(w.caps, Caps(caps), "WELCOME advertises the wrong capabilities");
                 side.client_caps = h.caps;
                 let next = if side.key.is_some() { State::AwaitAuth } else { State::Ready };
