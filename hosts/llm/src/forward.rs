@@ -82,6 +82,14 @@ impl<'a> QMatrix<'a> {
     pub fn matvec(&self, x: &[f32], y: &mut [f32]) {
         assert_eq!(x.len(), self.cols, "matvec input length");
         assert_eq!(y.len(), self.rows, "matvec output length");
+        if self.ty == GgmlType::Q4_1 {
+            // Q4_1's `m·Σx` term needs each block's sum of `x`: computed once, not once per row.
+            let sums: Vec<f32> = x.chunks_exact(32).map(|b| b.iter().sum()).collect();
+            y.par_iter_mut().with_min_len(64).enumerate().for_each(|(r, yr)| {
+                *yr = dot_q4_1(self.row_bytes(r), x, &sums);
+            });
+            return;
+        }
         y.par_iter_mut().with_min_len(64).enumerate().for_each(|(r, yr)| {
             // The type and the byte length were checked in `from_file`.
             *yr = quant::dot(self.ty, self.row_bytes(r), x).expect("row checked at load");
@@ -95,6 +103,23 @@ impl<'a> QMatrix<'a> {
         quant::dequantize(self.ty, self.data, &mut v).expect("vector checked at load");
         v
     }
+}
+
+/// A Q4_1 row (blocks of 32: f16 d, f16 m, 16 bytes of nibbles) times `x`, given `x`'s block
+/// sums: `Σ_b d_b·(q_b·x_b) + m_b·sums_b`.
+fn dot_q4_1(row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
+    let f16_at = |b: &[u8], i: usize| half::f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32();
+    let mut total = 0f32;
+    for ((b, xs), &sx) in row.chunks_exact(20).zip(x.chunks_exact(32)).zip(sums) {
+        let mut acc = [0f32; 16];
+        let (lo, hi) = xs.split_at(16);
+        for i in 0..16 {
+            let q = b[4 + i];
+            acc[i] = f32::from(q & 0x0F) * lo[i] + f32::from(q >> 4) * hi[i];
+        }
+        total += f16_at(b, 0) * acc.iter().sum::<f32>() + f16_at(b, 2) * sx;
+    }
+    total
 }
 
 /// One transformer block's weights.
