@@ -304,7 +304,20 @@ fn wire_error(e: rela_models::ModelError) -> ModelError {
         E::Tokenizer(_) => ModelError::InvalidInput("tokenizer failed on a text"),
         other => {
             tracing::error!(error = %other, "model files unusable");
-            ModelError::BadModel("the model's files are unusable")
+            // The reason names the file at fault (the wire reason is static text; the node's
+            // log has the detail).
+            ModelError::BadModel(match other {
+                E::Config(_) => {
+                    "the model's config.json is unusable (missing or malformed field; see the node's log)"
+                }
+                E::Safetensors(_) => "the model's model.safetensors is not a valid safetensors file",
+                E::MissingTensor(_) => "the model's model.safetensors lacks a tensor the architecture needs",
+                E::Shape { .. } => "a tensor in the model's model.safetensors has the wrong shape",
+                E::Dtype { .. } => "a tensor in the model's model.safetensors is not F32, F16 or BF16",
+                E::FileTooLarge { .. } => "one of the model's files is larger than the node accepts",
+                E::Io { .. } => "the node could not read the model's files (see the node's log)",
+                _ => "the model's files are unusable (see the node's log)",
+            })
         }
     }
 }

@@ -370,3 +370,27 @@ async fn an_infer_over_the_token_limit_is_refused_and_the_session_goes_on() {
     within(c.close()).await.expect("close");
     within(node.shutdown()).await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_repository_model_names_the_file_at_fault() {
+    let Some(dir) = repository() else { return };
+    let src = dir.join("all-MiniLM-L6-v2");
+    let repo = std::env::temp_dir().join(format!("rela-bad-config-{}", std::process::id()));
+    let model = repo.join("broken");
+    std::fs::create_dir_all(&model).expect("mkdir");
+    for f in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(src.join(f), model.join(f)).expect("copy");
+    }
+    // A config.json without hidden_size.
+    std::fs::write(model.join("config.json"), br#"{"num_hidden_layers": 6}"#).expect("config");
+    let mut cfg = config();
+    cfg.models = Some(repo.clone());
+    let node = start(cfg, 512 << 20).await;
+    let mut c = within(Client::connect(node.local_addr(), None)).await.expect("connect");
+    let err = within(c.model_load("broken")).await.expect_err("unusable");
+    assert!(err.to_string().contains("config.json"), "the client is told which file: {err}");
+    within(c.ping()).await.expect("the session goes on");
+    within(c.close()).await.expect("close");
+    within(node.shutdown()).await.expect("shutdown");
+    let _ = std::fs::remove_dir_all(repo);
+}
