@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use rela_core::auth::AuthKey;
 use rela_core::backend::{BackendKind, KernelId};
 use rela_core::config::{HEADER_LEN, MAX_PAYLOAD, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
-use rela_core::wire::msg::{self, Caps, ErrorMsg, Message, Response, WRITE_PREFIX_LEN, Welcome};
 use rela_core::wire::compress::Compressed;
+use rela_core::wire::msg::{self, Caps, ErrorMsg, Message, Response, WRITE_PREFIX_LEN, Welcome};
 use rela_core::wire::{ErrorCode, Flags, FrameCrc, HeaderRepr, Kind, RawHeader, emit_frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -772,7 +772,13 @@ impl Client {
     }
 
     /// Sends one request frame of `kind` with `flags` whose payload is `prefix` then `data`.
-    async fn send_raw(&mut self, kind: Kind, flags: Flags, prefix: &[u8], data: &[u8]) -> Result<u16, ClientError> {
+    async fn send_raw(
+        &mut self,
+        kind: Kind,
+        flags: Flags,
+        prefix: &[u8],
+        data: &[u8],
+    ) -> Result<u16, ClientError> {
         let len = u32::try_from(prefix.len() + data.len())
             .ok()
             .filter(|&len| len <= self.max_payload())
