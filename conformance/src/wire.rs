@@ -480,10 +480,10 @@ fn check_error(r: &Resp, kind: Kind, code: ErrorCode, what: &str) -> R<()> {
 fn check_welcome(w: &Welcome) -> R<()> {
     check!(w.version == 1, "WELCOME chose version {}, expected 1", w.version);
     check!(w.flags & !1 == 0, "WELCOME flags 0x{:04x} have reserved bits set", w.flags);
-    // LZ4 is defined but never served in version 1; PROGRESS goes with MODELS.
+    // The capabilities version 1 defines (PROTOCOL.md §4); PROGRESS goes with MODELS.
     check!(
-        w.caps.0 & !(Caps::DISPATCH.0 | Caps::MODELS.0 | Caps::PROGRESS.0) == 0,
-        "WELCOME advertises capabilities 0x{:08x}; only DISPATCH, MODELS and PROGRESS may be served",
+        w.caps.0 & !(Caps::DISPATCH.0 | Caps::MODELS.0 | Caps::LZ4.0 | Caps::PROGRESS.0) == 0,
+        "WELCOME advertises capabilities 0x{:08x}; only DISPATCH, MODELS, LZ4 and PROGRESS are defined",
         w.caps.0
     );
     check!(
