@@ -216,6 +216,13 @@ impl Turns {
         })
     }
 
+    /// Runs one whole call made of steps (see the `*_steps` methods); the turn ends with it.
+    fn ending<R>(&mut self, call: impl FnOnce(&mut Self) -> R) -> R {
+        let r = call(self);
+        self.give_back();
+        r
+    }
+
     /// Ends the current turn, if any.
     pub(crate) fn give_back(&self) {
         let held = self.held.borrow_mut().take();
@@ -343,15 +350,11 @@ impl GpuBackend for Turns {
     }
 
     fn write(&mut self, id: BufferId, offset: u64, data: &[u8]) -> Result<(), BackendError> {
-        let r = self.write_steps(id, offset, data);
-        self.give_back();
-        r
+        self.ending(|t| t.write_steps(id, offset, data))
     }
 
     fn read(&mut self, id: BufferId, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
-        let r = self.read_steps(id, offset, out);
-        self.give_back();
-        r
+        self.ending(|t| t.read_steps(id, offset, out))
     }
 
     fn copy(
@@ -362,21 +365,15 @@ impl GpuBackend for Turns {
         dst_offset: u64,
         len: u64,
     ) -> Result<(), BackendError> {
-        let r = self.copy_steps(src, src_offset, dst, dst_offset, len);
-        self.give_back();
-        r
+        self.ending(|t| t.copy_steps(src, src_offset, dst, dst_offset, len))
     }
 
     fn fill(&mut self, id: BufferId, offset: u64, len: u64, value: u8) -> Result<(), BackendError> {
-        let r = self.fill_steps(id, offset, len, value);
-        self.give_back();
-        r
+        self.ending(|t| t.fill_steps(id, offset, len, value))
     }
 
     fn dispatch(&mut self, call: &KernelCall) -> Result<(), BackendError> {
-        let r = self.dispatch_steps(call);
-        self.give_back();
-        r
+        self.ending(|t| t.dispatch_steps(call))
     }
 
     fn dispatch_part(&mut self, call: &KernelCall, units: Range<u32>) -> Result<(), BackendError> {
