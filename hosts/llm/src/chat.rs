@@ -6,11 +6,13 @@
 //! and the variables `messages`, `add_generation_prompt`, `bos_token` and `eos_token`.
 //!
 //! A template comes from a model file, so rendering is bounded: at most [`FUEL`] template
-//! instructions and [`MAX_RENDERED_BYTES`] of output (a template that loops forever or writes
-//! without end fails with [`ChatError::Render`]).
+//! instructions, [`MAX_RENDERED_BYTES`] of output and [`MAX_INDENT`] for the widths that
+//! `indent` and `tojson` allocate up front (a template that loops forever, writes without end or
+//! asks for a huge width fails with [`ChatError::Render`] or [`ChatError::TooLong`]).
 
 use std::fmt;
 
+use minijinja::value::Rest;
 use minijinja::{Environment, ErrorKind, UndefinedBehavior, Value as JValue, context};
 use serde::{Deserialize, Serialize};
 
@@ -105,6 +107,34 @@ fn raise_exception(msg: String) -> Result<JValue, minijinja::Error> {
     Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
 }
 
+/// Widest indentation a template may ask of `indent` and `tojson`: both allocate the width
+/// before writing anything, so an unchecked width from a model file is an allocation of any size.
+pub const MAX_INDENT: i64 = 64;
+
+/// The built-in filter `builtin`, refusing a width above [`MAX_INDENT`] given as the positional
+/// argument at `pos` (after the value) or as the keyword `keyword`.
+fn width_checked(
+    builtin: JValue,
+    pos: usize,
+    keyword: &'static str,
+) -> impl Fn(&minijinja::State, Rest<JValue>) -> Result<JValue, minijinja::Error> + Send + Sync + 'static {
+    move |state, args| {
+        let positional = args.iter().filter(|a| !a.is_kwargs()).nth(pos + 1);
+        let keyed = args.iter().filter(|a| a.is_kwargs()).filter_map(|k| k.get_attr(keyword).ok());
+        for w in positional.cloned().into_iter().chain(keyed) {
+            if let Ok(n) = i64::try_from(w)
+                && n > MAX_INDENT
+            {
+                return Err(minijinja::Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("an indentation of {n} is wider than {MAX_INDENT}"),
+                ));
+            }
+        }
+        builtin.call(state, &args)
+    }
+}
+
 impl ChatTemplate {
     /// Compiles `source`; `bos_token`/`eos_token` are the strings templates see under those names.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self, ChatError> {
@@ -115,6 +145,10 @@ impl ChatTemplate {
         env.set_fuel(Some(FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
+        let indent = JValue::from_function(minijinja::filters::indent);
+        env.add_filter("indent", width_checked(indent, 0, "width"));
+        let tojson = JValue::from_function(minijinja::filters::tojson);
+        env.add_filter("tojson", width_checked(tojson, 0, "indent"));
         env.add_template_owned("chat", source.to_owned()).map_err(|e| ChatError::Syntax(e.to_string()))?;
         Ok(Self { env, bos_token: bos_token.to_owned(), eos_token: eos_token.to_owned() })
     }

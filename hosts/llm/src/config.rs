@@ -146,6 +146,14 @@ impl LlamaConfig {
             return Err(ModelError::UnsupportedArchitecture(arch.to_owned()));
         }
         let n_layers = req_u(g, "llama.block_count")?;
+        // Each layer reads nine tensors: a count the file cannot hold is refused before anything
+        // is built per layer.
+        if n_layers > g.tensors.len() / 9 {
+            return Err(ModelError::BadValue {
+                key: "llama.block_count".into(),
+                expected: "no more layers than the file has tensors for",
+            });
+        }
         let dim = req_u(g, "llama.embedding_length")?;
         let ffn_dim = req_u(g, "llama.feed_forward_length")?;
         let n_heads = req_u(g, "llama.attention.head_count")?;
@@ -168,6 +176,14 @@ impl LlamaConfig {
             return Err(ModelError::BadValue {
                 key: "llama.attention.head_count_kv".into(),
                 expected: "a divisor of llama.attention.head_count",
+            });
+        }
+        // Products of untrusted counts are formed once here, checked; every shape below uses
+        // them.
+        if n_heads.checked_mul(head_dim).and_then(|q| q.checked_mul(n_layers)).is_none() {
+            return Err(ModelError::BadValue {
+                key: "llama.attention.head_count".into(),
+                expected: "heads × head size × layers within the address space",
             });
         }
         let rope_dim = key_u(g, "llama.rope.dimension_count")?.unwrap_or(head_dim);

@@ -68,3 +68,24 @@ fn runaway_templates_are_stopped() {
         .expect("compiles");
     assert_eq!(fits.render(&m, false).map(|s| s.len()), Ok(4_000_000));
 }
+
+#[test]
+fn filters_that_allocate_a_width_are_capped() {
+    let m = [Message::new("user", "a\nb")];
+    let render = |src: &str| ChatTemplate::new(src, "", "").expect("compiles").render(&m, false);
+    // Within the cap both filters behave as the built-ins do.
+    assert_eq!(render("{{ messages[0].content | indent(2) }}").as_deref(), Ok("a\n  b"));
+    assert_eq!(render("{{ messages[0].content | indent(width=2, first=true) }}").as_deref(), Ok("  a\n  b"));
+    assert_eq!(render("{{ {'k': 1} | tojson(indent=2) }}").as_deref(), Ok("{\n  \"k\": 1\n}"));
+    assert_eq!(render("{{ {'k': 1} | tojson }}").as_deref(), Ok("{\"k\":1}"));
+    // Past it, a typed error before anything is allocated (these asked for gigabytes).
+    for src in [
+        "{{ 'x' | indent(4000000000) }}",
+        "{{ 'x' | indent(width=4000000000) }}",
+        "{{ 'x' | tojson(4000000000) }}",
+        "{{ 'x' | tojson(indent=4000000000) }}",
+        "{{ 'x' | indent(65) }}",
+    ] {
+        assert!(matches!(render(src), Err(ChatError::Render(_))), "{src}");
+    }
+}

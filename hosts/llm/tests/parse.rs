@@ -318,7 +318,25 @@ fn missing_and_misshapen_tensors_are_refused() {
     let mut g3 = g.clone();
     g3.tensors.retain(|t| t.name != "blk.1.ffn_down.weight");
     assert_eq!(LlamaConfig::from_gguf(&g3), Err(ModelError::MissingTensor("blk.1.ffn_down.weight".into())));
-    let mut g4 = g;
+    let mut g4 = g.clone();
     g4.metadata.insert("llama.attention.head_count".into(), Value::I32(-4));
     assert!(matches!(LlamaConfig::from_gguf(&g4), Err(ModelError::BadValue { .. })));
+
+    // A layer count the tensor table cannot hold is refused before any per-layer work (a
+    // billion layers once built a list of nine billion expected shapes).
+    let mut g5 = g.clone();
+    g5.metadata.insert("llama.block_count".into(), Value::U64(1 << 30));
+    match LlamaConfig::from_gguf(&g5) {
+        Err(ModelError::BadValue { key, .. }) => assert_eq!(key, "llama.block_count"),
+        other => panic!("{other:?}"),
+    }
+    let mut g6 = g.clone();
+    g6.metadata.insert("llama.block_count".into(), Value::U32(3));
+    assert!(matches!(LlamaConfig::from_gguf(&g6), Err(ModelError::BadValue { .. })));
+    // Heads × head size past the address space is a typed error, not an overflow.
+    let mut g7 = g;
+    g7.metadata.insert("llama.attention.head_count".into(), Value::U64(1 << 40));
+    g7.metadata.insert("llama.attention.head_count_kv".into(), Value::U64(1 << 40));
+    g7.metadata.insert("llama.attention.key_length".into(), Value::U64(1 << 40));
+    assert!(matches!(LlamaConfig::from_gguf(&g7), Err(ModelError::BadValue { .. })));
 }
