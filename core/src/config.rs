@@ -41,6 +41,10 @@ pub const DISCOVERY_NONCE_LEN: usize = 16;
 pub const NODE_ID_LEN: usize = 16;
 /// Largest encoded discovery datagram (header included).
 pub const MAX_DATAGRAM: usize = 256;
+/// Length of a TLS certificate fingerprint: SHA-256 of the certificate's DER encoding.
+pub const TLS_FINGERPRINT_LEN: usize = 32;
+/// The ALPN protocol name a node serving TLS offers and a client asks for (docs/PROTOCOL.md §1).
+pub const TLS_ALPN: &[u8] = b"rela/1";
 /// Most output frames one input can produce (a response, or an ERROR then the close).
 pub const MAX_PENDING: usize = 2;
 

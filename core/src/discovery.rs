@@ -11,12 +11,19 @@
 //!   has a token, the ANNOUNCE ends with `HMAC-SHA256(token, "RELA-ANNOUNCE-v1" || body)` over
 //!   the payload bytes before the tag, so a client holding the token rejects spoofed or
 //!   replayed announcements (the nonce is inside the signed body).
+//! - Between the device name and the tag, an ANNOUNCE carries extensions: `type u8, len u8,
+//!   value` each, inside the signed body. A parser skips the types it does not know, so later
+//!   versions can add fields that older clients pass over. Type
+//!   [`ANNOUNCE_EXT_TLS_FINGERPRINT`] is the SHA-256 of the node's TLS certificate, so a client
+//!   holding the token can pin the node it discovered.
 
 use core::fmt;
 
 use crate::auth::AuthKey;
 use crate::backend::BackendKind;
-use crate::config::{DISCOVERY_NONCE_LEN, HEADER_LEN, MAC_LEN, MAX_DATAGRAM, MAX_DEVICE_NAME, NODE_ID_LEN};
+use crate::config::{
+    DISCOVERY_NONCE_LEN, HEADER_LEN, MAC_LEN, MAX_DATAGRAM, MAX_DEVICE_NAME, NODE_ID_LEN, TLS_FINGERPRINT_LEN,
+};
 use crate::crc32::Crc32;
 use crate::wire::{DecodeError, EncodeError, Flags, Frame, FrameError, Kind, Reader, Writer, emit_frame};
 
@@ -24,6 +31,9 @@ use crate::wire::{DecodeError, EncodeError, Flags, Frame, FrameError, Kind, Read
 pub const ANNOUNCE_AUTH_REQUIRED: u8 = 1 << 0;
 /// ANNOUNCE flag: the announcement carries an HMAC tag.
 pub const ANNOUNCE_SIGNED: u8 = 1 << 1;
+/// ANNOUNCE extension type: the node serves TLS; the value is the SHA-256 of its certificate's
+/// DER encoding ([`TLS_FINGERPRINT_LEN`] bytes).
+pub const ANNOUNCE_EXT_TLS_FINGERPRINT: u8 = 1;
 
 /// A DISCOVER probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +61,9 @@ pub struct Announce<'a> {
     pub free: u64,
     /// Device name (at most 64 bytes).
     pub device: &'a str,
+    /// The SHA-256 of the node's TLS certificate (DER), when the node serves TLS: extension
+    /// [`ANNOUNCE_EXT_TLS_FINGERPRINT`]. Covered by the tag like the rest of the body.
+    pub tls_fingerprint: Option<[u8; TLS_FINGERPRINT_LEN]>,
     /// The HMAC tag, present when [`ANNOUNCE_SIGNED`] is set.
     pub mac: Option<[u8; MAC_LEN]>,
     /// The signed body (payload bytes before the tag), for verification.
@@ -145,6 +158,28 @@ impl Discover {
     }
 }
 
+/// Walks an ANNOUNCE's extensions (`type u8, len u8, value`), skipping unknown types, and
+/// returns the TLS fingerprint if there is one. A truncated extension, a fingerprint of another
+/// length, or a second fingerprint is refused.
+fn parse_extensions(mut ext: &[u8]) -> Result<Option<[u8; TLS_FINGERPRINT_LEN]>, DecodeError> {
+    let mut fingerprint = None;
+    while !ext.is_empty() {
+        let mut r = Reader::new(ext);
+        let kind = r.u8()?;
+        let len = r.u8()? as usize;
+        let value = r.bytes(len)?;
+        if kind == ANNOUNCE_EXT_TLS_FINGERPRINT {
+            let fp: [u8; TLS_FINGERPRINT_LEN] =
+                value.try_into().map_err(|_| DecodeError::InvalidField("announce.tls_fingerprint"))?;
+            if fingerprint.replace(fp).is_some() {
+                return Err(DecodeError::InvalidField("announce.tls_fingerprint"));
+            }
+        }
+        ext = r.rest();
+    }
+    Ok(fingerprint)
+}
+
 impl<'a> Announce<'a> {
     /// Builds an announcement to be signed (or not) by [`emit`](Self::emit).
     #[allow(clippy::too_many_arguments)]
@@ -167,9 +202,17 @@ impl<'a> Announce<'a> {
             total,
             free,
             device,
+            tls_fingerprint: None,
             mac: None,
             body: &[],
         }
+    }
+
+    /// This announcement with the node's TLS certificate fingerprint (SHA-256 of its DER).
+    #[must_use]
+    pub const fn with_tls_fingerprint(mut self, fingerprint: [u8; TLS_FINGERPRINT_LEN]) -> Self {
+        self.tls_fingerprint = Some(fingerprint);
+        self
     }
 
     /// Whether the node requires AUTH.
@@ -190,6 +233,11 @@ impl<'a> Announce<'a> {
         w.u64(self.total)?;
         w.u64(self.free)?;
         w.str_u8(self.device, MAX_DEVICE_NAME)?;
+        if let Some(fingerprint) = &self.tls_fingerprint {
+            w.u8(ANNOUNCE_EXT_TLS_FINGERPRINT)?;
+            w.u8(TLS_FINGERPRINT_LEN as u8)?;
+            w.bytes(fingerprint)?;
+        }
         let body_len = w.len();
         let mut len = body_len;
         if let Some(key) = key {
@@ -220,10 +268,14 @@ impl<'a> Announce<'a> {
         let total = r.u64()?;
         let free = r.u64()?;
         let device = r.str_u8(MAX_DEVICE_NAME, "announce.device")?;
+        // Extensions run up to the tag, which is the last MAC_LEN bytes when signed.
+        let tag_len = if flags & ANNOUNCE_SIGNED != 0 { MAC_LEN } else { 0 };
+        let ext_len = r.remaining().checked_sub(tag_len).ok_or(DecodeError::Truncated)?;
+        let tls_fingerprint = parse_extensions(r.bytes(ext_len)?)?;
         let body = &frame.payload[..frame.payload.len() - r.remaining()];
-        let mac = if flags & ANNOUNCE_SIGNED != 0 { Some(r.array()?) } else { None };
+        let mac = if tag_len != 0 { Some(r.array()?) } else { None };
         r.finish()?;
-        Ok(Self { nonce, node_id, port, backend, flags, total, free, device, mac, body })
+        Ok(Self { nonce, node_id, port, backend, flags, total, free, device, tls_fingerprint, mac, body })
     }
 
     /// Checks that this announcement answers `nonce` and, when `key` is given, that it is

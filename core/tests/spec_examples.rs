@@ -28,6 +28,11 @@ fn nonce() -> [u8; 32] {
     core::array::from_fn(|i| i as u8)
 }
 
+/// The TLS fingerprint of the ANNOUNCE example: bytes `00 01 … 1f`.
+fn tls_fingerprint() -> [u8; 32] {
+    core::array::from_fn(|i| i as u8)
+}
+
 fn examples() -> Vec<(&'static str, Vec<u8>)> {
     let key = AuthKey::new(TOKEN);
     let mut dgram = [0u8; 256];
@@ -46,6 +51,21 @@ fn examples() -> Vec<(&'static str, Vec<u8>)> {
             1 << 29,
             "host memory",
         );
+        let n = a.emit::<SoftCrc32>(Some(&key), &mut dgram).unwrap();
+        dgram[..n].to_vec()
+    };
+    let announce_tls = {
+        let a = Announce::new(
+            [0x11; 16],
+            [0x22; 16],
+            8765,
+            BackendKind::HOST,
+            true,
+            1 << 30,
+            1 << 29,
+            "host memory",
+        )
+        .with_tls_fingerprint(tls_fingerprint());
         let n = a.emit::<SoftCrc32>(Some(&key), &mut dgram).unwrap();
         dgram[..n].to_vec()
     };
@@ -124,6 +144,7 @@ fn examples() -> Vec<(&'static str, Vec<u8>)> {
         ("progress", frame(13, &Progress { done: 16_777_216, total: 90_866_688 })),
         ("discover", discover),
         ("announce", announce),
+        ("announce-tls", announce_tls),
         (
             "write-compressed",
             raw(Kind::WRITE, Flags::COMPRESSED, 14, &[&WRITE_AT_0[..], &ZEROS_64[..]].concat()),

@@ -835,6 +835,15 @@ fn main() {
     let n =
         ann.emit::<SoftCrc32>(Some(&AuthKey::new(b"some other token")), &mut buf).expect("announce encodes");
     c.put("announce-signed-other-key", &buf[..n]);
+    // With the TLS fingerprint extension, then with an unknown extension before it.
+    let tls = ann.with_tls_fingerprint(*b"sha-256 of the node certificate!");
+    let n = tls.emit::<SoftCrc32>(Some(&AuthKey::new(DISCOVERY_TOKEN)), &mut buf).expect("announce encodes");
+    c.put("announce-signed-tls", &buf[..n]);
+    let n = tls.emit::<SoftCrc32>(None, &mut buf).expect("announce encodes");
+    let mut payload = buf[HEADER_LEN..n].to_vec();
+    let device_end = 52 + 1 + tls.device.len();
+    payload.splice(device_end..device_end, [0x7e, 2, 0xca, 0xfe]);
+    c.put("announce-unsigned-unknown-ext", &frame(Kind::ANNOUNCE, Flags::RESPONSE, 0, &payload));
 
     // lz4: selector, cap / 16, payload (see fuzz_targets/lz4.rs).
     let c = Corpus::new(&root, "lz4");
