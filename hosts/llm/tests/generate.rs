@@ -1,4 +1,4 @@
-//! SmolLM2-135M-Instruct Q4_1 (hosts/llm/fetch-gguf.sh) generating on the host against Hugging
+//! SmolLM2-135M-Instruct Q4_1 (hosts/models/fetch-model.sh models SmolLM2-135M-Instruct.Q4_1) generating on the host against Hugging
 //! Face transformers in f32 on the same file (tests/fixtures/make_generation_fixture.py).
 //! Skipped loudly without the file unless RELA_REQUIRE_GGUF=1.
 //!

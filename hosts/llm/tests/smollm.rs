@@ -1,4 +1,4 @@
-//! SmolLM2-135M-Instruct Q4_1 (hosts/llm/fetch-gguf.sh) against what the `gguf` Python package
+//! SmolLM2-135M-Instruct Q4_1 (hosts/models/fetch-model.sh models SmolLM2-135M-Instruct.Q4_1) against what the `gguf` Python package
 //! reads from the same file (tests/fixtures/make_smollm_fixtures.py): metadata, the llama config,
 //! every tensor's type and shape, dequantized rows, and the chat template rendered by jinja2 as
 //! transformers renders it. Skipped loudly without the file unless RELA_REQUIRE_GGUF=1.

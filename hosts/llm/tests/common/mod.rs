@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 use rela_llm::GgufFile;
 
-/// File name hosts/llm/fetch-gguf.sh gives the model.
+/// File name hosts/models/fetch-model.sh models SmolLM2-135M-Instruct.Q4_1 gives the model.
 pub(crate) const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// `RELA_GGUF`, or `<repo>/models/SmolLM2-135M-Instruct.Q4_1.gguf`.
@@ -22,7 +22,10 @@ pub(crate) fn model(test: &str) -> Option<&'static GgufFile> {
     let loaded = FILE_.get_or_init(|| {
         let p = path();
         if !p.exists() {
-            return Err(format!("{} is absent (run hosts/llm/fetch-gguf.sh)", p.display()));
+            return Err(format!(
+                "{} is absent (run hosts/models/fetch-model.sh models SmolLM2-135M-Instruct.Q4_1)",
+                p.display()
+            ));
         }
         GgufFile::open(&p).map_err(|e| format!("{} did not open: {e}", p.display()))
     });
