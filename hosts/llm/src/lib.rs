@@ -10,13 +10,19 @@
 //! - [`chat`]: chat messages rendered with the file's own Jinja template.
 //! - [`forward`]: the llama forward pass on the host (f32 activations, quantized weights).
 //! - [`generate`]: sampling, UTF-8 streaming and the generation loop.
+//! - [`stream`]: generation one step at a time (prompt chunks, then one token per step), with
+//!   stop strings, for servers that interleave sessions and cancel between steps.
+//! - [`loaded`]: a file, its tokenizer and its chat template checked and owned together, for a
+//!   node's shared registry; prompts (text, chat messages, token ids) to token ids.
 
 pub mod chat;
 pub mod config;
 pub mod forward;
 pub mod generate;
 pub mod gguf;
+pub mod loaded;
 pub mod quant;
+pub mod stream;
 pub mod tokenizer;
 
 pub use chat::{ChatError, ChatTemplate, Message};
@@ -26,5 +32,7 @@ pub use generate::{
     FinishReason, GenerateError, Generation, Sampler, SamplingParams, Utf8Stream, generate, generate_ids,
 };
 pub use gguf::{GgmlType, Gguf, GgufError, GgufFile, OpenError};
+pub use loaded::{LoadError, LoadedLlm, PromptError};
 pub use quant::QuantError;
+pub use stream::{Finish, Step, StreamError, TokenStream};
 pub use tokenizer::{GgufTokenizer, TokenizerError};
