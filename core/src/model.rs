@@ -1,4 +1,5 @@
-//! The seam between a session and the node's model runtime (MODEL_LOAD, MODEL_UNLOAD, INFER).
+//! The seam between a session and the node's model runtime (MODEL_LOAD, MODEL_UNLOAD, INFER,
+//! GENERATE).
 //!
 //! The core is `no_std` and cannot tokenize or read files, so a std host supplies a
 //! [`ModelHost`], one per session, and passes it to
@@ -31,6 +32,7 @@ use core::fmt;
 
 use crate::backend::{BackendError, BufferId, GpuBackend};
 use crate::crc32::Crc32;
+use crate::wire::generate::{Generate, Generated};
 use crate::wire::msg::{Infer, Message, Progress};
 use crate::wire::{EncodeError, ErrorCode, Flags, Kind, emit_frame};
 
@@ -98,6 +100,11 @@ pub enum ModelError {
     BadModel(&'static str),
     /// The backend failed.
     Backend(BackendError),
+    /// The model or the host cannot serve this request (reason for humans): a GENERATE to an
+    /// embedding model, an unknown prompt kind.
+    Unsupported(&'static str),
+    /// The request costs more than the node allows one request (reason for humans).
+    LimitExceeded(&'static str),
 }
 
 impl fmt::Display for ModelError {
@@ -109,6 +116,8 @@ impl fmt::Display for ModelError {
             Self::OutOfMemory => f.write_str("no room to stage the upload"),
             Self::BadModel(r) => write!(f, "unusable model: {r}"),
             Self::Backend(e) => write!(f, "backend: {e}"),
+            Self::Unsupported(r) => write!(f, "unsupported: {r}"),
+            Self::LimitExceeded(r) => write!(f, "over the node's limit: {r}"),
         }
     }
 }
@@ -131,6 +140,8 @@ impl ModelError {
             Self::OutOfMemory => (ErrorCode::OUT_OF_MEMORY, "no room to stage the upload"),
             Self::BadModel(r) => (ErrorCode::INTERNAL, r),
             Self::Backend(e) => (e.into(), "backend failure"),
+            Self::Unsupported(r) => (ErrorCode::UNSUPPORTED, r),
+            Self::LimitExceeded(r) => (ErrorCode::LIMIT_EXCEEDED, r),
         }
     }
 }
@@ -187,6 +198,27 @@ pub trait ModelHost<B: GpuBackend + ?Sized> {
         request: &Infer<'_>,
         budget: u64,
     ) -> Result<InferOutput, ModelError>;
+
+    /// Runs a GENERATE with model `id` to its end. The host sends the TOKEN frames itself
+    /// (seq `seq`, see [`TokenMsg::emit_frame`](crate::wire::generate::TokenMsg::emit_frame)),
+    /// ahead of the answer the session queues, and stops early (finish reason CANCELLED) when
+    /// the client cancels or the session ends. The session has checked the sampling fields and
+    /// `max_tokens` ≥ 1.
+    ///
+    /// `budget` is the working memory (the KV cache) the host may hold for the generation: past
+    /// it the call fails with [`ModelError::QuotaExceeded`] before any work. The default
+    /// answers [`ModelError::Unsupported`]: a host without language models.
+    fn generate(
+        &mut self,
+        backend: &mut B,
+        id: u32,
+        request: &Generate<'_>,
+        budget: u64,
+        seq: u16,
+    ) -> Result<Generated, ModelError> {
+        let _ = (backend, id, request, budget, seq);
+        Err(ModelError::Unsupported("this node does not generate text"))
+    }
 
     /// Frees and zeroes every model this host holds and drops any staged upload (the session
     /// closed).

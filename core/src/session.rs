@@ -61,6 +61,7 @@ use crate::config::{
 use crate::crc32::Crc32;
 use crate::model::{InferOutput, LoadedModel, ModelHost, NoModels, ProgressTarget};
 use crate::time::{Duration, Instant};
+use crate::wire::generate::{Generated, PromptKind};
 use crate::wire::msg::{
     self, Allocated, Caps, DeviceInfoMsg, EMBEDDINGS_PREFIX_LEN, ErrorMsg, Message, ModelLoaded, Request,
     Stats, WELCOME_AUTH_REQUIRED, Welcome,
@@ -308,6 +309,7 @@ enum Body {
     Read { id: BufferId, offset: u64, len: u32 },
     ModelLoaded(ModelLoaded),
     Embeddings(InferOutput),
+    Generated(Generated),
     Error { code: ErrorCode, request_kind: Kind, reason: &'static str },
 }
 
@@ -777,6 +779,7 @@ impl Session {
             Body::Stats(m) => (kind, r, m.emit(out)?),
             Body::Allocated(m) => (kind, r, m.emit(out)?),
             Body::ModelLoaded(m) => (kind, r, m.emit(out)?),
+            Body::Generated(m) => (kind, r, m.emit(out)?),
             Body::Error { code, request_kind, reason } => {
                 let m = ErrorMsg { code: *code, request_kind: *request_kind, reason };
                 (Kind::ERROR, ErrorMsg::flags(), m.emit(out)?)
@@ -908,10 +911,11 @@ impl Session {
                 | Request::Infer(_)
                 | Request::ModelUpload(_)
                 | Request::ModelChunk(_)
-                | Request::ModelCommit),
+                | Request::ModelCommit
+                | Request::Generate(_)),
             ) => {
                 let progress = self.progress_target(kind, frame.seq());
-                self.on_model(req, backend, models, progress).map(Some)
+                self.on_model(req, backend, models, progress, frame.seq()).map(Some)
             }
             (State::Ready, req) => self.on_ready(req, backend, models.shared_bytes()),
             (State::AwaitHello, _) => Err(Reject::new(ErrorCode::WRONG_STATE, "HELLO required first")),
@@ -1054,8 +1058,12 @@ impl Session {
                 Body::Empty
             }
             // Handled before the state match.
+            // A generation in progress is stopped by the host before this CANCEL reaches the
+            // session (requests are handled in order): what is left is the acknowledgement.
+            Request::Cancel => Body::Empty,
             Request::Bye
             | Request::Unknown(_)
+            | Request::Generate(_)
             | Request::ModelLoad(_)
             | Request::ModelUnload(_)
             | Request::Infer(_)
@@ -1104,8 +1112,9 @@ impl Session {
         backend: &mut B,
         models: &mut M,
         progress: Option<ProgressTarget>,
+        seq: u16,
     ) -> Result<Body, Reject> {
-        let result = self.on_model_request(req, backend, models, progress);
+        let result = self.on_model_request(req, backend, models, progress, seq);
         let working = models.working_bytes();
         self.used = (self.used - self.model_working).saturating_add(working);
         self.model_working = working;
@@ -1118,6 +1127,7 @@ impl Session {
         backend: &mut B,
         models: &mut M,
         progress: Option<ProgressTarget>,
+        seq: u16,
     ) -> Result<Body, Reject> {
         if !self.config.models {
             return Err(Reject::new(ErrorCode::UNSUPPORTED, "this node serves no models"));
@@ -1217,6 +1227,25 @@ impl Session {
                     ));
                 }
                 Ok(Body::Embeddings(out))
+            }
+            Request::Generate(g) => {
+                let i = known(&self.models, g.model)?;
+                if g.max_tokens == 0 {
+                    return Err(Reject::new(ErrorCode::INVALID_ARGUMENT, "max_tokens is 0"));
+                }
+                if !g.sampling.is_valid() {
+                    return Err(Reject::new(
+                        ErrorCode::INVALID_ARGUMENT,
+                        "temperature must be finite and >= 0, top_p in (0, 1]",
+                    ));
+                }
+                if !matches!(g.prompt_kind, PromptKind::TEXT | PromptKind::MESSAGES | PromptKind::TOKENS) {
+                    return Err(Reject::new(ErrorCode::UNSUPPORTED, "unknown prompt kind"));
+                }
+                // As for INFER: the working memory (the KV cache) the host may hold.
+                let budget = self.config.quota.saturating_sub(self.used - self.model_working);
+                let done = models.generate(backend, self.models[i].id, &g, budget, seq).map_err(wire)?;
+                Ok(Body::Generated(done))
             }
             _ => Err(Reject::new(ErrorCode::INTERNAL, "unreachable model routing")),
         }

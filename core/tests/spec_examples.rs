@@ -7,6 +7,7 @@ use rela_core::auth::AuthKey;
 use rela_core::backend::{BackendKind, KernelId};
 use rela_core::crc32::SoftCrc32;
 use rela_core::discovery::{Announce, Discover};
+use rela_core::wire::generate::{FinishReason, Generate, Generated, Prompt, Sampling, TokenMsg};
 use rela_core::wire::msg::*;
 use rela_core::wire::{ErrorCode, Flags, Frame, Kind, encode_frame};
 
@@ -154,6 +155,45 @@ fn examples() -> Vec<(&'static str, Vec<u8>)> {
             raw(Kind::READ, Flags::COMPRESSED, 15, &[&WRITE_AT_0[..], &64u32.to_le_bytes()[..]].concat()),
         ),
         ("read-compressed-answer", raw(Kind::READ, Flags::RESPONSE.union(Flags::COMPRESSED), 15, &ZEROS_64)),
+        ("generate", {
+            let sampling = Sampling { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 };
+            let mut payload = vec![0u8; 64];
+            let n =
+                Generate::emit_parts(2, 16, &sampling, Prompt::Text("Hi"), &["\n"], &mut payload).unwrap();
+            raw(Kind::GENERATE, Flags::NONE, 16, &payload[..n])
+        }),
+        ("generate-chat", {
+            let sampling = Sampling { temperature: 0.7, top_k: 40, top_p: 0.9, seed: 42 };
+            let mut payload = vec![0u8; 64];
+            let messages = [("user", "Hi")];
+            let n = Generate::emit_parts(2, 16, &sampling, Prompt::Messages(&messages), &[], &mut payload)
+                .unwrap();
+            raw(Kind::GENERATE, Flags::NONE, 17, &payload[..n])
+        }),
+        ("token-prompt", {
+            let mut buf = vec![0u8; 64];
+            let n = TokenMsg::emit_frame::<SoftCrc32>(16, true, &[12_345], "", &mut buf).unwrap();
+            buf[..n].to_vec()
+        }),
+        ("token", {
+            let mut buf = vec![0u8; 64];
+            let n = TokenMsg::emit_frame::<SoftCrc32>(16, false, &[28_120], " there", &mut buf).unwrap();
+            buf[..n].to_vec()
+        }),
+        (
+            "generated",
+            frame(
+                16,
+                &Generated {
+                    finish_reason: FinishReason::STOP,
+                    prompt_tokens: 1,
+                    generated_tokens: 3,
+                    prompt_us: 5_000,
+                    generate_us: 40_000,
+                },
+            ),
+        ),
+        ("cancel", empty(Kind::CANCEL, Flags::NONE, 18)),
     ]
 }
 

@@ -15,6 +15,7 @@ use rela_core::backend::{BackendKind, KernelId};
 use rela_core::config::{HEADER_LEN, MAX_PAYLOAD};
 use rela_core::crc32::SoftCrc32;
 use rela_core::discovery::{Announce, Discover};
+use rela_core::wire::generate::{FinishReason, Generate, Generated, Prompt, Sampling, TokenMsg};
 use rela_core::wire::msg::{self, Caps, DeviceInfoMsg, ErrorMsg, Message, Request};
 use rela_core::wire::{ErrorCode, Flags, Kind, encode_frame};
 use rela_fuzz::harness::host::{MAX_STAGED, UPLOAD_MAGIC};
@@ -57,6 +58,15 @@ fn frame(kind: Kind, flags: Flags, seq: u16, payload: &[u8]) -> Vec<u8> {
 
 fn f32s(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// A GENERATE payload with sampling settings that exercise every field.
+fn generate(prompt: Prompt<'_>, stops: &[&str]) -> Vec<u8> {
+    let sampling = Sampling { temperature: 0.7, top_k: 40, top_p: 0.9, seed: 42 };
+    let mut p = vec![0u8; 512];
+    let n = Generate::emit_parts(1, 32, &sampling, prompt, stops, &mut p).expect("fits");
+    p.truncate(n);
+    p
 }
 
 /// One valid payload of every request kind, plus an unknown kind.
@@ -114,8 +124,24 @@ fn requests() -> Vec<(&'static str, Kind, Vec<u8>)> {
             emit(&msg::ModelChunk { offset: 0, data: b"\x08\0\0\0\0\0\0\0{}      " }),
         ),
         ("model_commit", Kind::MODEL_COMMIT, Vec::new()),
+        ("generate-text", Kind::GENERATE, generate(Prompt::Text("The capital of France is"), &["\n\n"])),
+        (
+            "generate-chat",
+            Kind::GENERATE,
+            generate(Prompt::Messages(&[("system", "Be brief."), ("user", "Hi ✓")]), &[]),
+        ),
+        ("generate-tokens", Kind::GENERATE, generate(Prompt::Tokens(&[1, 9690, 198]), &["a", "bc"])),
+        ("cancel", Kind::CANCEL, Vec::new()),
         ("unknown", Kind(0x55), b"??".to_vec()),
     ]
+}
+
+/// A TOKEN payload.
+fn token(prompt: bool, ids: &[u32], text: &str) -> Vec<u8> {
+    let mut p = vec![0u8; TokenMsg::encoded_len(ids.len(), text.len())];
+    let n = TokenMsg::emit_parts(prompt, ids, text, &mut p).expect("fits");
+    p.truncate(n);
+    p
 }
 
 /// One valid payload of every response, with its kind and flags.
@@ -177,6 +203,18 @@ fn responses() -> Vec<(&'static str, Kind, Flags, Vec<u8>)> {
             emit(&msg::ModelLoaded { model: 2, dim: 384, bytes: 90_261_504 }),
         ),
         ("progress", Kind::PROGRESS, r, emit(&msg::Progress { done: 16 << 20, total: 90_261_504 })),
+        ("token", Kind::TOKEN, r, token(false, &[28_120, 30], " there.")),
+        ("token-prompt", Kind::TOKEN, r, token(true, &[1, 9690, 198], "")),
+        ("generated", Kind::GENERATE, r, {
+            let g = Generated {
+                finish_reason: FinishReason::STOP,
+                prompt_tokens: 5,
+                generated_tokens: 9,
+                prompt_us: 12_000,
+                generate_us: 90_000,
+            };
+            emit(&g)
+        }),
         ("unknown", Kind(0x66), r, b"opaque".to_vec()),
     ];
     for (name, kind) in [
@@ -189,6 +227,7 @@ fn responses() -> Vec<(&'static str, Kind, Flags, Vec<u8>)> {
         ("ack-model_unload", Kind::MODEL_UNLOAD),
         ("ack-model_upload", Kind::MODEL_UPLOAD),
         ("ack-model_chunk", Kind::MODEL_CHUNK),
+        ("ack-cancel", Kind::CANCEL),
         ("ack-bye", Kind::BYE),
     ] {
         v.push((name, kind, r, Vec::new()));
@@ -848,7 +887,9 @@ fn main() {
     // lz4: selector, cap / 16, payload (see fuzz_targets/lz4.rs).
     let c = Corpus::new(&root, "lz4");
     let text = b"the quick brown fox jumps over the lazy dog; ".repeat(40);
-    for (name, sel, prefix) in [("write", 0u8, &[7u8; 12][..]), ("chunk", 1, &[0u8; 8][..]), ("read", 2, &[][..])] {
+    for (name, sel, prefix) in
+        [("write", 0u8, &[7u8; 12][..]), ("chunk", 1, &[0u8; 8][..]), ("read", 2, &[][..])]
+    {
         for (what, data) in [("zeros", vec![0u8; 3000]), ("text", text.clone())] {
             let mut seed = vec![sel];
             seed.extend_from_slice(&u16::MAX.to_le_bytes());

@@ -6,6 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use rela_core::config::{MAX_ERROR_REASON, MAX_PING_PAYLOAD};
+use rela_core::wire::generate::TokenMsg;
 use rela_core::wire::msg::{Message, Response};
 use rela_core::wire::{Flags, Kind};
 
@@ -67,6 +68,7 @@ fuzz_target!(|data: &[u8]| {
                     | Kind::MODEL_UNLOAD
                     | Kind::MODEL_UPLOAD
                     | Kind::MODEL_CHUNK
+                    | Kind::CANCEL
                     | Kind::BYE
             ));
         }
@@ -77,6 +79,16 @@ fuzz_target!(|data: &[u8]| {
         Response::Progress(p) => {
             assert_eq!(kind, Kind::PROGRESS);
             reemit(&p, payload);
+        }
+        Response::Token(t) => {
+            assert_eq!(kind, Kind::TOKEN);
+            assert!(t.flags & !TokenMsg::PROMPT == 0);
+            assert_eq!(t.ids().count(), t.count());
+            reemit(&t, payload);
+        }
+        Response::Generated(g) => {
+            assert_eq!(kind, Kind::GENERATE);
+            reemit(&g, payload);
         }
         Response::Embeddings(e) => {
             assert_eq!(kind, Kind::INFER);
@@ -92,10 +104,30 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(k, kind);
             assert_eq!(p, payload);
             let handled = [
-                Kind::HELLO, Kind::PING, Kind::DEVICE_INFO, Kind::STATS, Kind::ALLOC, Kind::READ, Kind::AUTH,
-                Kind::FREE, Kind::WRITE, Kind::COPY, Kind::FILL, Kind::DISPATCH, Kind::BYE, Kind::ERROR,
-                Kind::MODEL_LOAD, Kind::MODEL_UNLOAD, Kind::INFER, Kind::PROGRESS, Kind::MODEL_UPLOAD,
-                Kind::MODEL_CHUNK, Kind::MODEL_COMMIT,
+                Kind::HELLO,
+                Kind::PING,
+                Kind::DEVICE_INFO,
+                Kind::STATS,
+                Kind::ALLOC,
+                Kind::READ,
+                Kind::AUTH,
+                Kind::FREE,
+                Kind::WRITE,
+                Kind::COPY,
+                Kind::FILL,
+                Kind::DISPATCH,
+                Kind::BYE,
+                Kind::ERROR,
+                Kind::MODEL_LOAD,
+                Kind::MODEL_UNLOAD,
+                Kind::INFER,
+                Kind::PROGRESS,
+                Kind::MODEL_UPLOAD,
+                Kind::MODEL_CHUNK,
+                Kind::MODEL_COMMIT,
+                Kind::GENERATE,
+                Kind::TOKEN,
+                Kind::CANCEL,
             ];
             assert!(!handled.contains(&k), "{k:?} decoded as Unknown");
         }

@@ -745,6 +745,7 @@ impl Harness<'_> {
                         }
                         side.shadow(d.out, "DISPATCH").bytes.fill(None);
                     }
+                    (Request::Cancel, Response::Ack(Kind::CANCEL)) => {}
                     (request, response) => panic!("{request:?} answered with {response:?}"),
                 }
             }
@@ -903,6 +904,19 @@ impl Harness<'_> {
                 };
                 side.expect_loaded(&request, want, response);
             }
+            Request::Generate(g) => {
+                // The harness's host generates nothing (the trait's default): every GENERATE
+                // is refused, by the session's checks first, then as UNSUPPORTED.
+                untouched();
+                let code = if !side.models.iter().any(|m| m.id == g.model) {
+                    ErrorCode::NO_SUCH_MODEL
+                } else if g.max_tokens == 0 || !g.sampling.is_valid() {
+                    ErrorCode::INVALID_ARGUMENT
+                } else {
+                    ErrorCode::UNSUPPORTED
+                };
+                expect_error(&request, response, code);
+            }
             other => panic!("{other:?} is not a model request"),
         }
     }
@@ -1000,6 +1014,7 @@ fn is_model_request(r: &Request<'_>) -> bool {
             | Request::ModelUpload(_)
             | Request::ModelChunk(_)
             | Request::ModelCommit
+            | Request::Generate(_)
     )
 }
 

@@ -70,6 +70,14 @@ kinds! {
     MODEL_CHUNK = 0x34,
     /// MODEL_COMMIT: check the staged weights and load them (capability MODELS).
     MODEL_COMMIT = 0x35,
+    /// GENERATE: generate text with a loaded language model; TOKEN frames stream the tokens,
+    /// then the answer says why it ended (capability MODELS).
+    GENERATE = 0x36,
+    /// TOKEN: node → client only, streamed before the answer to GENERATE: token ids and the
+    /// text they complete.
+    TOKEN = 0x37,
+    /// CANCEL: stops the session's generation in progress, if any.
+    CANCEL = 0x38,
     /// DISCOVER: UDP discovery probe.
     DISCOVER = 0x40,
     /// ANNOUNCE: UDP discovery answer.

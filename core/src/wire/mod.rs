@@ -15,6 +15,7 @@ mod codec;
 pub mod compress;
 mod error_code;
 mod frame;
+pub mod generate;
 mod header;
 mod kind;
 pub mod msg;

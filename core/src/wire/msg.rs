@@ -7,6 +7,7 @@
 //! Requests are decoded together by [`Request::parse`] and responses by [`Response::parse`];
 //! both keep unknown kinds instead of failing.
 
+use super::generate::{Generate, Generated, TokenMsg};
 use super::{DecodeError, EncodeError, ErrorCode, Flags, Kind, Reader, Writer};
 use crate::backend::{BackendKind, KernelId};
 use crate::config::{
@@ -819,8 +820,12 @@ pub enum Request<'a> {
     ModelChunk(ModelChunk<'a>),
     /// MODEL_COMMIT (empty payload).
     ModelCommit,
-    /// A kind this crate does not know, or one that is not a request (PROGRESS, DISCOVER,
-    /// ANNOUNCE, ERROR).
+    /// GENERATE.
+    Generate(Generate<'a>),
+    /// CANCEL (empty payload).
+    Cancel,
+    /// A kind this crate does not know, or one that is not a request (PROGRESS, TOKEN,
+    /// DISCOVER, ANNOUNCE, ERROR).
     Unknown(Kind),
 }
 
@@ -847,6 +852,8 @@ impl<'a> Request<'a> {
             Kind::MODEL_UPLOAD => Self::ModelUpload(ModelUpload::parse(payload)?),
             Kind::MODEL_CHUNK => Self::ModelChunk(ModelChunk::parse(payload)?),
             Kind::MODEL_COMMIT => Empty::parse(payload).map(|_| Self::ModelCommit)?,
+            Kind::GENERATE => Self::Generate(Generate::parse(payload)?),
+            Kind::CANCEL => Empty::parse(payload).map(|_| Self::Cancel)?,
             k => Self::Unknown(k),
         })
     }
@@ -873,6 +880,8 @@ impl<'a> Request<'a> {
             Self::ModelUpload(_) => Kind::MODEL_UPLOAD,
             Self::ModelChunk(_) => Kind::MODEL_CHUNK,
             Self::ModelCommit => Kind::MODEL_COMMIT,
+            Self::Generate(_) => Kind::GENERATE,
+            Self::Cancel => Kind::CANCEL,
             Self::Unknown(k) => *k,
         }
     }
@@ -895,7 +904,13 @@ impl<'a> Request<'a> {
             Self::Infer(m) => m.emit(buf),
             Self::ModelUpload(m) => m.emit(buf),
             Self::ModelChunk(m) => m.emit(buf),
-            Self::DeviceInfo | Self::Stats | Self::Bye | Self::ModelCommit | Self::Unknown(_) => Ok(0),
+            Self::Generate(m) => m.emit(buf),
+            Self::DeviceInfo
+            | Self::Stats
+            | Self::Bye
+            | Self::ModelCommit
+            | Self::Cancel
+            | Self::Unknown(_) => Ok(0),
         }
     }
 }
@@ -922,8 +937,12 @@ pub enum Response<'a> {
     Embeddings(Embeddings<'a>),
     /// A PROGRESS report on the request with the same seq (its answer is still to come).
     Progress(Progress),
+    /// A TOKEN frame of the GENERATE with the same seq (its answer is still to come).
+    Token(TokenMsg<'a>),
+    /// GENERATE's answer, after its TOKEN frames.
+    Generated(Generated),
     /// An empty acknowledgement of the named kind (AUTH, FREE, WRITE, COPY, FILL, DISPATCH,
-    /// MODEL_UNLOAD, MODEL_UPLOAD, MODEL_CHUNK, BYE).
+    /// MODEL_UNLOAD, MODEL_UPLOAD, MODEL_CHUNK, CANCEL, BYE).
     Ack(Kind),
     /// An ERROR.
     Error(ErrorMsg<'a>),
@@ -952,6 +971,8 @@ impl<'a> Response<'a> {
             Kind::MODEL_LOAD | Kind::MODEL_COMMIT => Self::ModelLoaded(ModelLoaded::parse(payload)?),
             Kind::INFER => Self::Embeddings(Embeddings::parse(payload)?),
             Kind::PROGRESS => Self::Progress(Progress::parse(payload)?),
+            Kind::TOKEN => Self::Token(TokenMsg::parse(payload)?),
+            Kind::GENERATE => Self::Generated(Generated::parse(payload)?),
             Kind::AUTH
             | Kind::FREE
             | Kind::WRITE
@@ -961,6 +982,7 @@ impl<'a> Response<'a> {
             | Kind::MODEL_UNLOAD
             | Kind::MODEL_UPLOAD
             | Kind::MODEL_CHUNK
+            | Kind::CANCEL
             | Kind::BYE => {
                 Empty::parse(payload)?;
                 Self::Ack(kind)
