@@ -70,6 +70,12 @@ pub struct NodeConfig {
     pub preload: Vec<String>,
     /// Most tokens one INFER may embed, over all its texts; more is `ERROR(LIMIT_EXCEEDED)`.
     pub max_infer_tokens: u64,
+    /// Most tokens one GENERATE may ask for (`max_tokens`); more is `ERROR(LIMIT_EXCEEDED)`.
+    pub max_generate_tokens: u32,
+    /// Most positions (prompt and generated tokens) of one generation, below each model's own
+    /// context length; a prompt that leaves no room is `ERROR(LIMIT_EXCEEDED)`. Bounds the KV
+    /// cache, which is charged to the session's quota.
+    pub max_context: u32,
 }
 
 impl Default for NodeConfig {
@@ -93,6 +99,8 @@ impl Default for NodeConfig {
             max_dispatch_cost: crate::engine::DEFAULT_MAX_DISPATCH_COST,
             preload: Vec::new(),
             max_infer_tokens: crate::models::DEFAULT_MAX_INFER_TOKENS,
+            max_generate_tokens: crate::llm::DEFAULT_MAX_GENERATE_TOKENS,
+            max_context: crate::llm::DEFAULT_MAX_CONTEXT,
         }
     }
 }

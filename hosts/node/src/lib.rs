@@ -77,6 +77,7 @@ mod conn;
 mod discovery;
 mod engine;
 mod leases;
+mod llm;
 mod messages;
 mod models;
 mod pool;
@@ -92,6 +93,7 @@ use std::time::Duration;
 
 pub use config::{ConfigError, DEFAULT_BUFFER_BUDGET, MIN_MAX_PAYLOAD, NodeConfig};
 pub use engine::DEFAULT_MAX_DISPATCH_COST;
+pub use llm::{DEFAULT_MAX_CONTEXT, DEFAULT_MAX_GENERATE_TOKENS, GenerateLimits};
 pub use models::DEFAULT_MAX_INFER_TOKENS;
 use rela_core::backend::{GpuBackend, Usage};
 use tokio::net::{TcpListener, TcpSocket, UdpSocket};
@@ -265,6 +267,7 @@ impl Node {
             config.max_dispatch_cost,
             shared,
             config.max_infer_tokens,
+            crate::llm::GenerateLimits { max_tokens: config.max_generate_tokens, max_context: config.max_context },
         );
         // Cleared when the engine thread ends, whatever the reason.
         let (alive_tx, alive) = tokio::sync::watch::channel(true);

@@ -146,6 +146,9 @@ pub(crate) struct ConnState {
     /// The session's next deadline in core microseconds ([`NO_DEADLINE`] for none), as of its
     /// last step: the writer reads it here instead of locking a session a job may hold.
     deadline: AtomicU64,
+    /// Set by the engine when a CANCEL arrives while the session's job runs; a generation
+    /// stops at its next step. Cleared when a GENERATE job starts.
+    pub(crate) cancel_generation: AtomicBool,
 }
 
 /// [`ConnState::deadline`] when the session has no timer.
@@ -159,6 +162,7 @@ impl ConnState {
             writer_stop: AtomicBool::new(false),
             writer_wake: Notify::new(),
             deadline: AtomicU64::new(NO_DEADLINE),
+            cancel_generation: AtomicBool::new(false),
         }
     }
 

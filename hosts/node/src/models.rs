@@ -31,6 +31,7 @@ use rela_core::model::{InferOutput, LoadedModel, ModelError, ModelHost, Progress
 use rela_core::wire::msg::Infer;
 use rela_models::{Embedder, ModelFiles, ModelRepository};
 
+use crate::llm::{GenerateLimits, SharedLlms, TokenSink};
 use crate::messages::{ConnState, INLINE_OUT, OutBuf, Outcome, Reply, ReplyTx};
 use crate::shared_models::SharedModels;
 
@@ -142,6 +143,14 @@ pub(crate) struct SessionModels {
     upload: Option<Staged>,
     /// Where this session's PROGRESS frames go.
     progress: Option<ProgressSink>,
+    /// The node's shared GGUF models.
+    llms: Arc<SharedLlms>,
+    /// This session's GGUF models: id, model, name.
+    loaded_llms: Vec<(u32, Arc<rela_llm::LoadedLlm>, String)>,
+    /// The node's limits on one GENERATE.
+    limits: GenerateLimits,
+    /// Set by the engine when the session's job must end (the session is going away).
+    pub(crate) abort: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl std::fmt::Debug for SessionModels {
@@ -161,6 +170,8 @@ impl SessionModels {
         shared: Arc<SharedModels>,
         max_infer_tokens: u64,
         progress: Option<ProgressSink>,
+        llms: Arc<SharedLlms>,
+        limits: GenerateLimits,
     ) -> Self {
         Self {
             repository,
@@ -172,7 +183,34 @@ impl SessionModels {
             output: None,
             upload: None,
             progress,
+            llms,
+            loaded_llms: Vec::new(),
+            limits,
+            abort: None,
         }
+    }
+
+    /// A fresh model id, unique among this session's models (embedding and GGUF), even after
+    /// the counter wraps: the core undoes a load by id if the id were taken.
+    fn fresh_id(&mut self) -> u32 {
+        loop {
+            self.next_id = self.next_id.wrapping_add(1).max(1);
+            let id = self.next_id;
+            if !self.loaded.iter().any(|(i, _, _)| *i == id)
+                && !self.loaded_llms.iter().any(|(i, _, _)| *i == id)
+            {
+                return id;
+            }
+        }
+    }
+
+    /// Loads GGUF model `name` from `path` as a share of the node's copy (charged nothing).
+    fn load_llm(&mut self, name: &str, path: &std::path::Path) -> Result<LoadedModel, ModelError> {
+        let llm = self.llms.acquire(name, path)?;
+        let id = self.fresh_id();
+        self.loaded_llms.push((id, llm, name.to_owned()));
+        // `dim` 0: a language model returns no embeddings.
+        Ok(LoadedModel { id, dim: 0, bytes: 0 })
     }
 
     fn embedder(&mut self, id: u32) -> Result<&mut Embedder, ModelError> {
@@ -269,15 +307,7 @@ impl SessionModels {
                 (e, Some(what.to_owned()))
             }
         };
-        // Ids stay unique among this session's models (at most a handful), even after the
-        // counter wraps: the core undoes a load by id if the id were taken.
-        loop {
-            self.next_id = self.next_id.wrapping_add(1).max(1);
-            if !self.loaded.iter().any(|(i, _, _)| *i == self.next_id) {
-                break;
-            }
-        }
-        let id = self.next_id;
+        let id = self.fresh_id();
         let charged = if shared.is_some() { 0 } else { embedder.device_bytes() };
         let loaded = LoadedModel { id, dim: embedder.dim() as u32, bytes: charged };
         tracing::info!(
@@ -345,6 +375,9 @@ impl<'b> ModelHost<dyn GpuBackend + 'b> for SessionModels {
         budget: u64,
         progress: Option<ProgressTarget>,
     ) -> Result<LoadedModel, ModelError> {
+        if let Some(path) = self.repository.as_ref().and_then(|r| crate::llm::gguf_path(r.root(), name)) {
+            return self.load_llm(name, &path);
+        }
         let files = self.files(name)?;
         self.load_model(backend, name, &files, None, budget, progress)
     }
@@ -382,6 +415,12 @@ impl<'b> ModelHost<dyn GpuBackend + 'b> for SessionModels {
     }
 
     fn unload(&mut self, backend: &mut (dyn GpuBackend + 'b), id: u32) -> Result<(), ModelError> {
+        if let Some(i) = self.loaded_llms.iter().position(|(m, _, _)| *m == id) {
+            let (_, llm, name) = self.loaded_llms.swap_remove(i);
+            drop(llm);
+            self.llms.release(&name);
+            return Ok(());
+        }
         let i = self.loaded.iter().position(|(m, _, _)| *m == id).ok_or(ModelError::NoSuchModel)?;
         let (_, embedder, shared) = self.loaded.swap_remove(i);
         if self.loaded.is_empty()
@@ -400,6 +439,9 @@ impl<'b> ModelHost<dyn GpuBackend + 'b> for SessionModels {
         request: &Infer<'_>,
         budget: u64,
     ) -> Result<InferOutput, ModelError> {
+        if self.loaded_llms.iter().any(|(m, _, _)| *m == id) {
+            return Err(ModelError::Unsupported("a language model: use GENERATE"));
+        }
         let texts: Vec<&str> = request.texts().collect();
         let limit = self.max_infer_tokens;
         let embedder = self.embedder(id)?;
@@ -427,7 +469,38 @@ impl<'b> ModelHost<dyn GpuBackend + 'b> for SessionModels {
         Ok(InferOutput { buffer, count, dim: dim16 })
     }
 
+    fn generate(
+        &mut self,
+        _backend: &mut (dyn GpuBackend + 'b),
+        id: u32,
+        request: &rela_core::wire::generate::Generate<'_>,
+        budget: u64,
+        seq: u16,
+    ) -> Result<rela_core::wire::generate::Generated, ModelError> {
+        let Some((_, llm, _)) = self.loaded_llms.iter().find(|(m, _, _)| *m == id) else {
+            return Err(match self.loaded.iter().any(|(m, _, _)| *m == id) {
+                true => ModelError::Unsupported("an embedding model does not generate text"),
+                false => ModelError::NoSuchModel,
+            });
+        };
+        let sink = self.progress.as_ref().ok_or(ModelError::BadModel("no connection to stream to"))?;
+        // The session is locked by this job: the smallest payload cap any node allows bounds
+        // the prompt's TOKEN frames instead of the session's own.
+        let max_payload = crate::config::MIN_MAX_PAYLOAD as usize;
+        let tokens = TokenSink {
+            replies: &sink.replies,
+            state: &sink.state,
+            abort: self.abort.as_deref(),
+            max_payload,
+        };
+        crate::llm::generate(llm, request, self.limits, budget, seq, &tokens)
+    }
+
     fn release_all(&mut self, backend: &mut (dyn GpuBackend + 'b)) {
+        for (_, llm, name) in std::mem::take(&mut self.loaded_llms) {
+            drop(llm);
+            self.llms.release(&name);
+        }
         self.upload = None;
         for (_, embedder, shared) in std::mem::take(&mut self.loaded) {
             if let Err(e) = self.drop_model(backend, embedder, shared) {
@@ -440,7 +513,7 @@ impl<'b> ModelHost<dyn GpuBackend + 'b> for SessionModels {
     }
 
     fn shared_bytes(&self) -> u64 {
-        self.shared.bytes()
+        self.shared.bytes() + self.llms.bytes()
     }
 
     fn working_bytes(&self) -> u64 {

@@ -464,6 +464,10 @@ pub(crate) fn start(env: &JobEnv, spec: JobSpec) -> Option<JobHandle> {
 fn run(turns: Turns, spec: JobSpec) {
     let JobSpec { conn, now, header, payload, mut out, ticket, state, mut models } = spec;
     let engine = turns.engine.clone();
+    if let Some(m) = models.as_mut() {
+        // A generation checks this between its steps, besides the backend calls that fail.
+        m.abort = Some(turns.cancel.clone());
+    }
     let mut turns = turns;
     let result = catch_unwind(AssertUnwindSafe(|| {
         let mut session = state.lock();

@@ -36,6 +36,7 @@ use self::sched::Scheduler;
 use crate::arena::{DirectMemory, Lease};
 pub(crate) use crate::leases::Granted;
 use crate::leases::{Done, Leased, ReadData, ReadDone};
+use crate::llm::{GenerateLimits, SharedLlms};
 pub(crate) use crate::messages::{
     Clock, Command, ConnId, ConnState, EngineTx, INLINE_OUT, INLINE_PAYLOAD, Job, OutBuf, Outcome, Payload,
     Reply, ReplyTx, Status, WriteOutcome,
@@ -53,7 +54,13 @@ pub const DEFAULT_MAX_DISPATCH_COST: u64 = 1 << 34;
 const fn is_long(kind: Kind) -> bool {
     matches!(
         kind,
-        Kind::DISPATCH | Kind::INFER | Kind::MODEL_LOAD | Kind::MODEL_COMMIT | Kind::COPY | Kind::FILL
+        Kind::DISPATCH
+            | Kind::INFER
+            | Kind::MODEL_LOAD
+            | Kind::MODEL_COMMIT
+            | Kind::COPY
+            | Kind::FILL
+            | Kind::GENERATE
     )
 }
 
@@ -67,6 +74,7 @@ const fn is_model_request(kind: Kind) -> bool {
             | Kind::MODEL_UPLOAD
             | Kind::MODEL_CHUNK
             | Kind::MODEL_COMMIT
+            | Kind::GENERATE
     )
 }
 
@@ -150,6 +158,10 @@ pub(crate) struct Engine {
     env: JobEnv,
     /// Most tokens one INFER may embed ([`crate::NodeConfig::max_infer_tokens`]).
     max_infer_tokens: u64,
+    /// GGUF models held once for every session that loads them.
+    llms: Arc<SharedLlms>,
+    /// The limits on one GENERATE.
+    generate: GenerateLimits,
 }
 
 impl Engine {
@@ -165,6 +177,7 @@ impl Engine {
         max_dispatch_cost: u64,
         shared: Arc<SharedModels>,
         max_infer_tokens: u64,
+        generate: GenerateLimits,
     ) -> Self {
         let env = JobEnv {
             engine,
@@ -190,6 +203,8 @@ impl Engine {
             staging: Arc::default(),
             shared,
             max_infer_tokens,
+            llms: Arc::default(),
+            generate,
             status,
             throttle,
         }
@@ -372,6 +387,10 @@ impl Engine {
     ) {
         let Some(c) = self.sessions.get(&conn) else { return };
         let Job { header, payload, ticket, .. } = job;
+        if header.kind == Kind::GENERATE {
+            // A CANCEL that came before this GENERATE does not stop it.
+            c.state.cancel_generation.store(false, Ordering::Release);
+        }
         let spec = JobSpec { conn, now, header, payload, out, ticket, state: c.state.clone(), models };
         match jobs::start(&self.env, spec) {
             Some(handle) => {
@@ -471,6 +490,13 @@ impl Engine {
             if matches!(cmd, Command::Abort { .. }) {
                 job.cancel.store(true, Ordering::Release);
             }
+            // A CANCEL stops a generation at its next step; it is answered in its turn.
+            if let Command::Frame { job: frame, .. } = &cmd
+                && frame.header.kind == Kind::CANCEL
+                && let Some(c) = self.sessions.get(&conn)
+            {
+                c.state.cancel_generation.store(true, Ordering::Release);
+            }
             job.queue.push_back(cmd);
             return false;
         }
@@ -543,6 +569,8 @@ impl Engine {
                             self.shared.clone(),
                             self.max_infer_tokens,
                             sink,
+                            self.llms.clone(),
+                            self.generate,
                         )
                     }))
                 } else {

@@ -1,0 +1,270 @@
+//! Language models: `.gguf` files in the node's model directory, served under their file name
+//! without the extension, and GENERATE.
+//!
+//! - A GGUF model is loaded once (parsed and checked: llama architecture, supported tensor
+//!   types, tokenizer, chat template; see `rela_llm::LoadedLlm`) and shared by every session
+//!   that loads it ([`SharedLlms`]); the last session to let go of it drops it. Its bytes are
+//!   node memory reported with the other shared models (DEVICE_INFO `shared_models`), charged to
+//!   no session. The weights stay quantized in host memory: the forward pass runs on the host
+//!   CPU whatever the node's backend.
+//! - A generation runs on the session's job thread, one `rela_llm::TokenStream` step at a time
+//!   (a chunk of the prompt, or one token). Between steps it checks whether the client sent
+//!   CANCEL or the session is ending, and stops there with finish reason CANCELLED. Each token
+//!   goes to the connection's writer as a TOKEN frame as soon as it is produced.
+//! - Its KV cache (f32, `min(prompt + max_tokens, context)` positions) is charged to the
+//!   session's quota for the generation and freed when it ends.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use rela_client::FastCrc32;
+use rela_core::model::ModelError;
+use rela_core::wire::generate::{FinishReason, Generate, Generated, PromptKind, TokenMsg};
+use rela_llm::{Finish, LoadError, LoadedLlm, PromptError, SamplingParams, Step, TokenStream};
+
+use crate::messages::{ConnState, INLINE_OUT, OutBuf, Outcome, Reply, ReplyTx};
+
+/// Default of [`crate::NodeConfig::max_generate_tokens`].
+pub const DEFAULT_MAX_GENERATE_TOKENS: u32 = 1024;
+/// Default of [`crate::NodeConfig::max_context`].
+pub const DEFAULT_MAX_CONTEXT: u32 = 2048;
+
+/// The node's limits on one GENERATE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GenerateLimits {
+    /// Most tokens one GENERATE may ask for (`max_tokens`); more is LIMIT_EXCEEDED.
+    pub max_tokens: u32,
+    /// Most positions (prompt and generated tokens) of one generation, below the model's own
+    /// context length; a prompt that leaves no room for a token is LIMIT_EXCEEDED.
+    pub max_context: u32,
+}
+
+impl Default for GenerateLimits {
+    fn default() -> Self {
+        Self { max_tokens: DEFAULT_MAX_GENERATE_TOKENS, max_context: DEFAULT_MAX_CONTEXT }
+    }
+}
+
+/// The path of `name` as a GGUF model in `root`, if that file exists.
+pub(crate) fn gguf_path(root: &Path, name: &str) -> Option<std::path::PathBuf> {
+    let path = root.join(format!("{name}.gguf"));
+    path.is_file().then_some(path)
+}
+
+/// GGUF models held once for every session that loads them.
+#[derive(Default)]
+pub(crate) struct SharedLlms {
+    /// Loaded models by name, with the number of shares out.
+    entries: Mutex<HashMap<String, (Arc<LoadedLlm>, usize)>>,
+    bytes: AtomicU64,
+}
+
+impl std::fmt::Debug for SharedLlms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedLlms").field("bytes", &self.bytes()).finish_non_exhaustive()
+    }
+}
+
+impl SharedLlms {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, (Arc<LoadedLlm>, usize)>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Bytes of the GGUF models held now.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Acquire)
+    }
+
+    /// A share of model `name` from `path`, loading it first if nobody holds it. Two sessions
+    /// loading the same model at once may both parse it; the first to finish is kept.
+    pub(crate) fn acquire(&self, name: &str, path: &Path) -> Result<Arc<LoadedLlm>, ModelError> {
+        if let Some((llm, users)) = self.lock().get_mut(name) {
+            *users += 1;
+            return Ok(llm.clone());
+        }
+        // Parsed without the lock: other models load and other shares come and go meanwhile.
+        let started = Instant::now();
+        let loaded = LoadedLlm::open(path).map_err(load_error)?;
+        let mut entries = self.lock();
+        let (llm, users) = entries.entry(name.to_owned()).or_insert_with(|| {
+            self.bytes.fetch_add(loaded.bytes(), Ordering::AcqRel);
+            tracing::info!(
+                model = name,
+                bytes = loaded.bytes(),
+                ms = started.elapsed().as_millis() as u64,
+                "GGUF model loaded"
+            );
+            (Arc::new(loaded), 0)
+        });
+        *users += 1;
+        Ok(llm.clone())
+    }
+
+    /// Gives a share back; the last one drops the model.
+    pub(crate) fn release(&self, name: &str) {
+        let mut entries = self.lock();
+        let last = match entries.get_mut(name) {
+            Some((_, users)) => {
+                *users = users.saturating_sub(1);
+                *users == 0
+            }
+            None => false,
+        };
+        if last && let Some((llm, _)) = entries.remove(name) {
+            self.bytes.fetch_sub(llm.bytes(), Ordering::AcqRel);
+        }
+    }
+}
+
+/// A GGUF file the node cannot serve: the reason names what is unsupported (the node's log has
+/// the detail).
+fn load_error(e: LoadError) -> ModelError {
+    tracing::error!(error = %e, "GGUF model unusable");
+    ModelError::BadModel(match e {
+        LoadError::Open(_) => {
+            "the model's .gguf file is unreadable or not a valid GGUF file (see the node's log)"
+        }
+        LoadError::Model(rela_llm::ModelError::UnsupportedArchitecture(_)) => {
+            "the model's architecture is not supported (llama is)"
+        }
+        LoadError::Model(rela_llm::ModelError::UnsupportedTensorType { .. }) => {
+            "a tensor's type is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K are)"
+        }
+        LoadError::Model(_) => "the model's hyperparameters or tensors are not llama's (see the node's log)",
+        LoadError::Tokenizer(_) => "the model's tokenizer metadata is unusable (see the node's log)",
+        LoadError::Chat(_) => "the model's chat template does not compile (see the node's log)",
+        _ => "the model's .gguf file is unusable (see the node's log)",
+    })
+}
+
+fn prompt_error(e: PromptError) -> ModelError {
+    ModelError::InvalidInput(match e {
+        PromptError::Empty => "the prompt has no tokens",
+        PromptError::BadTokenId(_) => "a token id is outside the vocabulary",
+        PromptError::NoChatTemplate => "the model has no chat template",
+        PromptError::Chat(_) => "the chat template failed on the messages",
+        _ => "the prompt does not tokenize",
+    })
+}
+
+/// Where a generation's TOKEN frames go, and what stops it.
+pub(crate) struct TokenSink<'a> {
+    pub(crate) replies: &'a ReplyTx,
+    pub(crate) state: &'a ConnState,
+    /// Set by the engine when the session is ending.
+    pub(crate) abort: Option<&'a AtomicBool>,
+    /// The session's payload cap (TOKEN frames with many prompt ids are split to fit it).
+    pub(crate) max_payload: usize,
+}
+
+impl TokenSink<'_> {
+    fn stopped(&self) -> bool {
+        self.state.cancel_generation.load(Ordering::Acquire)
+            || self.abort.is_some_and(|a| a.load(Ordering::Acquire))
+    }
+
+    fn send(&self, seq: u16, prompt: bool, ids: &[u32], text: &str) {
+        let len = rela_core::config::HEADER_LEN + TokenMsg::encoded_len(ids.len(), text.len());
+        let mut out =
+            if len <= INLINE_OUT { OutBuf::Inline([0; INLINE_OUT]) } else { OutBuf::Heap(vec![0; len]) };
+        let Ok(len) = TokenMsg::emit_frame::<FastCrc32>(seq, prompt, ids, text, out.as_mut_slice()) else {
+            tracing::error!("a TOKEN frame did not encode");
+            return;
+        };
+        // Counted as in flight like every reply, so the PING fast path keeps response order.
+        self.state.inflight.fetch_add(1, Ordering::AcqRel);
+        let outcome = Outcome { timeout: None, closed: false };
+        let reply = Reply { out, len, outcome, data: None, _ticket: None };
+        if self.replies.send(reply).is_err() {
+            self.state.inflight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The prompt's ids, in as many frames as the payload cap needs.
+    fn send_prompt(&self, seq: u16, ids: &[u32]) {
+        let per_frame = (self.max_payload.saturating_sub(TokenMsg::encoded_len(0, 0)) / 4)
+            .clamp(1, usize::from(u16::MAX));
+        for chunk in ids.chunks(per_frame) {
+            self.send(seq, true, chunk, "");
+        }
+    }
+}
+
+/// Runs GENERATE `req` with `llm` to its end, streaming TOKEN frames to `sink`.
+pub(crate) fn generate(
+    llm: &LoadedLlm,
+    req: &Generate<'_>,
+    limits: GenerateLimits,
+    budget: u64,
+    seq: u16,
+    sink: &TokenSink<'_>,
+) -> Result<Generated, ModelError> {
+    let started = Instant::now();
+    let input = match req.prompt_kind {
+        PromptKind::TEXT => llm.text_ids(req.text().unwrap_or_default()),
+        PromptKind::MESSAGES => {
+            let messages: Vec<rela_llm::Message> =
+                req.messages().map(|(role, content)| rela_llm::Message::new(role, content)).collect();
+            llm.chat_ids(&messages)
+        }
+        PromptKind::TOKENS => llm.check_ids(req.token_ids().collect()),
+        _ => return Err(ModelError::Unsupported("unknown prompt kind")),
+    }
+    .map_err(prompt_error)?;
+    if req.max_tokens > limits.max_tokens {
+        return Err(ModelError::LimitExceeded("max_tokens above the node's limit (--max-generate-tokens)"));
+    }
+    let context = (limits.max_context as usize).min(llm.config().context_length);
+    if input.len() >= context {
+        return Err(ModelError::LimitExceeded("the prompt leaves no room in the context (--max-context)"));
+    }
+    let positions = (input.len() + req.max_tokens as usize).min(context);
+    if llm.kv_cache_bytes(positions) > budget {
+        return Err(ModelError::QuotaExceeded);
+    }
+    let model = llm.model().map_err(|_| ModelError::BadModel("the model's tensors changed"))?;
+    let params = SamplingParams {
+        temperature: req.sampling.temperature,
+        top_k: req.sampling.top_k as usize,
+        top_p: req.sampling.top_p,
+        seed: req.sampling.seed,
+    };
+    let stops = req.stops().map(str::to_owned).collect();
+    let prompt_tokens = input.len() as u32;
+    let mut stream =
+        TokenStream::new(&model, llm.tokenizer(), input, req.max_tokens as usize, positions, params, stops)
+            .map_err(|_| ModelError::InvalidInput("the prompt does not fit the context"))?;
+    sink.send_prompt(seq, stream.input_ids());
+    let mut first: Option<Instant> = None;
+    let finish = loop {
+        if sink.stopped() {
+            break FinishReason::CANCELLED;
+        }
+        match stream.step().map_err(|_| ModelError::InvalidInput("the model refused a token"))? {
+            Step::Prefill { .. } => {}
+            Step::Token { id, text, finish } => {
+                first.get_or_insert_with(Instant::now);
+                sink.send(seq, false, &[id], &text);
+                match finish {
+                    Some(Finish::Eos) => break FinishReason::EOS,
+                    Some(Finish::Length) => break FinishReason::LENGTH,
+                    Some(Finish::Stop) => break FinishReason::STOP,
+                    None => {}
+                }
+            }
+            Step::Done => break FinishReason::LENGTH,
+        }
+    };
+    let end = Instant::now();
+    let first = first.unwrap_or(end);
+    Ok(Generated {
+        finish_reason: finish,
+        prompt_tokens,
+        generated_tokens: stream.generated() as u32,
+        prompt_us: first.duration_since(started).as_micros() as u64,
+        generate_us: end.duration_since(first).as_micros() as u64,
+    })
+}
