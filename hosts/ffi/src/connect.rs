@@ -126,9 +126,14 @@ pub unsafe extern "C" fn rela_ping(client: RelaClient, out_micros: *mut u64) -> 
 /// went away, a deadline passed) has no goodbye to deliver and closes with `RELA_OK`.
 #[unsafe(no_mangle)]
 pub extern "C" fn rela_close(client: RelaClient) -> i32 {
-    run(|| {
-        let entry = clients::remove(client)?;
-        entry.client.close()?;
-        Ok(())
-    })
+    run(|| close(client))
+}
+
+/// Takes the client out of the table and ends its session; see [`rela_close`].
+///
+/// This is the entry point for bindings written in Rust (`rela-jni`).
+pub fn close(client: RelaClient) -> Result<(), Failure> {
+    let entry = clients::remove(client)?;
+    entry.client.close()?;
+    Ok(())
 }

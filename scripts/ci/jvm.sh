@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The JVM API (hosts/jvm, native side hosts/jni): compiled with plain javac and jar, tested on the
+# JVM against a live node with a token (embeddings too when models/all-MiniLM-L6-v2 is present);
+# the README's Java example is compiled. Assumes `cargo test --workspace` ran; builds rela-jni.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. scripts/ci/lib/node.sh
+
+cargo build -q -p rela-jni
+lib=$PWD/target/debug/librela_jni.so
+out=$(mktemp -d)
+
+javac -Xlint:all -Werror -d "$out/classes" hosts/jvm/src/main/java/org/vramrelay/*.java
+jar cf "$out/rela.jar" -C "$out/classes" .
+javac -Xlint:all -Werror -cp "$out/rela.jar" -d "$out/test" hosts/jvm/src/test/java/org/vramrelay/*.java
+
+# The README's Java example, as printed there.
+mkdir -p "$out/readme"
+awk '/<!-- java-example: compiled by scripts\/ci\/jvm.sh -->/ { on = 1; next }
+     on && /^```java/ { next }
+     on && /^```/ { exit }
+     on { print }' README.md > "$out/readme/Hello.java"
+[ -s "$out/readme/Hello.java" ] || { echo "README.md has no Java example marked for CI" >&2; exit 1; }
+javac -Xlint:all -Werror -cp "$out/rela.jar" -d "$out/readme" "$out/readme/Hello.java"
+
+model=()
+serve=()
+if [ -f models/all-MiniLM-L6-v2/model.safetensors ]; then
+  serve=(--models models)
+  model=(all-MiniLM-L6-v2)
+elif [ "${RELA_REQUIRE_MODEL:-}" = 1 ]; then
+  echo "RELA_REQUIRE_MODEL=1 but models/all-MiniLM-L6-v2 is missing" >&2
+  exit 1
+else
+  echo "*** SKIPPED embeddings from the JVM: models/all-MiniLM-L6-v2 not found (hosts/models/fetch-model.sh) ***"
+fi
+start_node "${serve[@]}"
+java -Dorg.vramrelay.library="$lib" -cp "$out/rela.jar:$out/test" org.vramrelay.RelaClientTest \
+  127.0.0.1 "$NODE_PORT" "$NODE_TOKEN_FILE" "${model[@]}"
+# loadLibrary("rela_jni") through java.library.path, as an app would.
+java -Djava.library.path="$(dirname "$lib")" -cp "$out/rela.jar:$out/readme" Hello 127.0.0.1 "$NODE_PORT" "$(cat "$NODE_TOKEN_FILE")"
+rm -rf "$out"
+echo "JVM API: tests and README example ok against a live node"
