@@ -1,10 +1,14 @@
 //! The llama architecture's forward pass on the host: the reference the device kernels are checked
 //! against.
 //!
-//! Activations are f32; weights stay as the file stores them and are read through
-//! [`quant::dot`] row by row (a quantized matrix-vector product per token), with the rows of each
-//! product split across rayon's threads. One token is processed per call to [`Model::forward`];
-//! a prompt is fed token by token ([`Model::prefill`]).
+//! Activations are f32; weights stay as the file stores them. One token (decode,
+//! [`Model::forward`]) goes through fused dequantize-and-dot matrix-vector products; a prompt
+//! ([`Model::prefill`]) goes through in batches of up to [`PREFILL_BATCH`] tokens, each weight
+//! panel dequantized once per batch and multiplied with every token of it, with causal attention
+//! over the batch (`qmatmul.rs`, `attention.rs`). Work is split across the
+//! pool of [`crate::threads`]. Buffers live in the [`KvCache`], so a decode step allocates
+//! nothing. [`quant::dot`] and [`quant::dequantize`] remain the reference the kernels are
+//! tested against.
 //!
 //! The steps per block are llama.cpp's (`llm_build_llama`):
 //! `h = x + Wo·attn(rope(Wq·n), rope(Wk·n), Wv·n)` with `n = rmsnorm(x)·attn_norm`, then
@@ -18,11 +22,15 @@
 //! Face's checkpoints use the "half" (NEOX) layout on unpermuted weights, which gives the same
 //! attention scores.
 
-use rayon::prelude::*;
-
+use crate::attention::{self, Heads};
 use crate::config::{LlamaConfig, ModelError};
 use crate::gguf::{GgmlType, GgufFile};
+use crate::qmatmul::{self, QMat};
 use crate::quant;
+
+/// Prompt tokens processed together by [`Model::prefill`] (longer prompts run in batches of
+/// this many, bounding the batch's buffers).
+pub const PREFILL_BATCH: usize = 256;
 
 /// A weight matrix as stored in the file: `rows` rows of `cols` elements of `ty`.
 #[derive(Debug, Clone, Copy)]
@@ -78,22 +86,27 @@ impl<'a> QMatrix<'a> {
         quant::dequantize(self.ty, self.row_bytes(r), out).expect("row checked at load");
     }
 
-    /// `y = W·x` with `x` of length `cols` and `y` of length `rows`, rows split across threads.
+    /// `y = W·x` with `x` of length `cols` and `y` of length `rows`, rows split across the pool's
+    /// threads.
     pub fn matvec(&self, x: &[f32], y: &mut [f32]) {
         assert_eq!(x.len(), self.cols, "matvec input length");
         assert_eq!(y.len(), self.rows, "matvec output length");
-        if self.ty == GgmlType::Q4_1 {
-            // Q4_1's `m·Σx` term needs each block's sum of `x`: computed once, not once per row.
-            let sums: Vec<f32> = x.chunks_exact(32).map(|b| b.iter().sum()).collect();
-            y.par_iter_mut().with_min_len(64).enumerate().for_each(|(r, yr)| {
-                *yr = dot_q4_1(self.row_bytes(r), x, &sums);
-            });
-            return;
+        let mut sums = Vec::new();
+        if qmatmul::needs_sums(self.ty) {
+            sums.resize(self.cols / 32, 0.0);
+            qmatmul::block_sums(x, &mut sums);
         }
-        y.par_iter_mut().with_min_len(64).enumerate().for_each(|(r, yr)| {
-            // The type and the byte length were checked in `from_file`.
-            *yr = quant::dot(self.ty, self.row_bytes(r), x).expect("row checked at load");
-        });
+        qmatmul::matvec(self.qmat(), x, &sums, y);
+    }
+
+    /// `y = x·Wᵀ` for a batch of `tokens` inputs: `x` is `tokens × cols` (one input per row),
+    /// `y` is `tokens × rows`.
+    pub fn matmul(&self, x: &[f32], tokens: usize, y: &mut [f32]) {
+        qmatmul::matmul(self.qmat(), x, tokens, y);
+    }
+
+    fn qmat(&self) -> QMat<'a> {
+        QMat { ty: self.ty, rows: self.rows, cols: self.cols, row_bytes: self.row_bytes, data: self.data }
     }
 
     /// A vector (a 1-D tensor, `rows == 1`) dequantized.
@@ -103,23 +116,6 @@ impl<'a> QMatrix<'a> {
         quant::dequantize(self.ty, self.data, &mut v).expect("vector checked at load");
         v
     }
-}
-
-/// A Q4_1 row (blocks of 32: f16 d, f16 m, 16 bytes of nibbles) times `x`, given `x`'s block
-/// sums: `Σ_b d_b·(q_b·x_b) + m_b·sums_b`.
-fn dot_q4_1(row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
-    let f16_at = |b: &[u8], i: usize| half::f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32();
-    let mut total = 0f32;
-    for ((b, xs), &sx) in row.chunks_exact(20).zip(x.chunks_exact(32)).zip(sums) {
-        let mut acc = [0f32; 16];
-        let (lo, hi) = xs.split_at(16);
-        for i in 0..16 {
-            let q = b[4 + i];
-            acc[i] = f32::from(q & 0x0F) * lo[i] + f32::from(q >> 4) * hi[i];
-        }
-        total += f16_at(b, 0) * acc.iter().sum::<f32>() + f16_at(b, 2) * sx;
-    }
-    total
 }
 
 /// One transformer block's weights.
@@ -158,6 +154,8 @@ pub struct KvCache {
     kv_dim: usize,
     capacity: usize,
     len: usize,
+    /// The forward pass's buffers, kept between steps.
+    scratch: Scratch,
 }
 
 impl KvCache {
@@ -166,7 +164,15 @@ impl KvCache {
     pub fn new(config: &LlamaConfig, capacity: usize) -> Self {
         let kv_dim = config.n_kv_heads * config.head_dim;
         let n = config.n_layers * capacity * kv_dim;
-        Self { k: vec![0.0; n], v: vec![0.0; n], n_layers: config.n_layers, kv_dim, capacity, len: 0 }
+        Self {
+            k: vec![0.0; n],
+            v: vec![0.0; n],
+            n_layers: config.n_layers,
+            kv_dim,
+            capacity,
+            len: 0,
+            scratch: Scratch::default(),
+        }
     }
 
     /// Positions held.
@@ -187,10 +193,6 @@ impl KvCache {
     /// Forgets every position.
     pub fn clear(&mut self) {
         self.len = 0;
-    }
-
-    fn at(&self, layer: usize, pos: usize) -> usize {
-        (layer * self.capacity + pos) * self.kv_dim
     }
 }
 
@@ -263,7 +265,9 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
-/// Scratch buffers of one forward step.
+/// The buffers of a forward step over `t` tokens (each `t ×` its width), kept in the
+/// [`KvCache`] between steps and grown when a step needs more.
+#[derive(Debug, Clone, Default)]
 struct Scratch {
     x: Vec<f32>,
     n: Vec<f32>,
@@ -274,6 +278,53 @@ struct Scratch {
     proj: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
+    /// Per-32 sums of a matrix-vector product's input.
+    sums: Vec<f32>,
+    /// Attention scores of the calling thread.
+    scores: Vec<f32>,
+}
+
+impl Scratch {
+    /// Sizes every buffer for `t` tokens of `c`'s model.
+    fn size_for(&mut self, c: &LlamaConfig, t: usize) {
+        let q_dim = c.n_heads * c.head_dim;
+        let kv_dim = c.n_kv_heads * c.head_dim;
+        for (v, w) in [
+            (&mut self.x, c.dim),
+            (&mut self.n, c.dim),
+            (&mut self.q, q_dim),
+            (&mut self.k, kv_dim),
+            (&mut self.v, kv_dim),
+            (&mut self.att_out, q_dim),
+            (&mut self.proj, c.dim),
+            (&mut self.gate, c.ffn_dim),
+            (&mut self.up, c.ffn_dim),
+        ] {
+            v.resize(t * w, 0.0);
+        }
+        self.sums.resize(c.dim.max(c.ffn_dim).max(q_dim) / 32, 0.0);
+    }
+}
+
+/// `y = m·x` for each of `t` inputs (rows of `x`): one fused matrix-vector product for a
+/// single input, a batched product for more.
+fn linear(m: &QMatrix<'_>, x: &[f32], t: usize, sums: &mut [f32], y: &mut [f32]) {
+    if t == 1 {
+        let sums = block_sums_for(&[m.ty], x, sums);
+        qmatmul::matvec(m.qmat(), x, sums, y);
+    } else {
+        qmatmul::matmul(m.qmat(), x, t, y);
+    }
+}
+
+/// `x`'s per-32 sums in `buf` when products of one of `types` read them (else an empty slice).
+fn block_sums_for<'s>(types: &[GgmlType], x: &[f32], buf: &'s mut [f32]) -> &'s [f32] {
+    if !types.iter().any(|&ty| qmatmul::needs_sums(ty)) {
+        return &[];
+    }
+    let buf = &mut buf[..x.len() / 32];
+    qmatmul::block_sums(x, buf);
+    buf
 }
 
 impl<'a> Model<'a> {
@@ -317,119 +368,129 @@ impl<'a> Model<'a> {
         KvCache::new(&self.config, capacity.min(self.config.context_length))
     }
 
-    fn scratch(&self) -> Scratch {
-        let c = &self.config;
-        let q_dim = c.n_heads * c.head_dim;
-        let kv_dim = c.n_kv_heads * c.head_dim;
-        Scratch {
-            x: vec![0.0; c.dim],
-            n: vec![0.0; c.dim],
-            q: vec![0.0; q_dim],
-            k: vec![0.0; kv_dim],
-            v: vec![0.0; kv_dim],
-            att_out: vec![0.0; q_dim],
-            proj: vec![0.0; c.dim],
-            gate: vec![0.0; c.ffn_dim],
-            up: vec![0.0; c.ffn_dim],
-        }
-    }
-
     /// Runs `token` at the next position of `cache` and writes the next-token logits
     /// (`vocab_size` of them) into `logits`.
     pub fn forward(&self, token: u32, cache: &mut KvCache, logits: &mut [f32]) -> Result<(), ForwardError> {
-        let mut s = self.scratch();
-        self.step(token, cache, &mut s)?;
-        self.logits(&mut s, logits);
+        self.check(&[token], cache)?;
+        self.run(&[token], cache);
+        self.logits(cache, logits);
         Ok(())
     }
 
     /// Runs every token of `tokens` in order and returns the logits after the last one
-    /// (an empty vector for no tokens).
+    /// (an empty vector for no tokens). The tokens go through in batches of up to
+    /// [`PREFILL_BATCH`]; only the last token's logits are computed. On an error nothing is run
+    /// and the cache is unchanged.
     pub fn prefill(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>, ForwardError> {
-        let mut s = self.scratch();
-        for &t in tokens {
-            self.step(t, cache, &mut s)?;
-        }
+        self.check(tokens, cache)?;
         if tokens.is_empty() {
             return Ok(Vec::new());
         }
+        for batch in tokens.chunks(PREFILL_BATCH) {
+            self.run(batch, cache);
+        }
         let mut logits = vec![0.0; self.config.vocab_size];
-        self.logits(&mut s, &mut logits);
+        self.logits(cache, &mut logits);
         Ok(logits)
     }
 
-    fn logits(&self, s: &mut Scratch, logits: &mut [f32]) {
-        rms_norm(&s.x, &self.output_norm, self.config.rms_norm_eps, &mut s.n);
-        self.output.matvec(&s.n, logits);
-    }
-
-    /// One token through every block; leaves the residual stream in `s.x`.
-    fn step(&self, token: u32, cache: &mut KvCache, s: &mut Scratch) -> Result<(), ForwardError> {
+    /// Whether `tokens` can run at the next positions of `cache`.
+    fn check(&self, tokens: &[u32], cache: &KvCache) -> Result<(), ForwardError> {
         let c = &self.config;
-        if token as usize >= c.vocab_size {
-            return Err(ForwardError::BadToken(token));
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(ForwardError::BadToken(bad));
         }
         if cache.n_layers != c.n_layers || cache.kv_dim != c.n_kv_heads * c.head_dim {
             return Err(ForwardError::CacheMismatch);
         }
-        let pos = cache.len;
-        if pos >= cache.capacity {
+        if cache.len + tokens.len() > cache.capacity {
             return Err(ForwardError::ContextFull(cache.capacity));
         }
-        let hd = c.head_dim;
-        let group = c.n_heads / c.n_kv_heads;
-        let scale = 1.0 / (hd as f32).sqrt();
+        Ok(())
+    }
+
+    /// The logits after the last token run, from the residual stream's last row.
+    fn logits(&self, cache: &mut KvCache, logits: &mut [f32]) {
+        let c = &self.config;
+        let s = &mut cache.scratch;
+        let last = s.x.len() / c.dim - 1;
+        let n = &mut s.n[..c.dim];
+        rms_norm(&s.x[last * c.dim..], &self.output_norm, c.rms_norm_eps, n);
+        linear(&self.output, n, 1, &mut s.sums, logits);
+    }
+
+    /// `tokens` (checked) through every block at the next positions of `cache`; leaves the
+    /// residual stream, one row per token, in the cache's scratch.
+    fn run(&self, tokens: &[u32], cache: &mut KvCache) {
+        let c = &self.config;
+        let t_n = tokens.len();
+        let pos0 = cache.len;
         let kv_dim = cache.kv_dim;
-        self.tok_embd.row(token as usize, &mut s.x);
-        let mut scores = vec![0f32; pos + 1];
+        let (dim, hd) = (c.dim, c.head_dim);
+        let heads = Heads { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: hd };
+        let KvCache { k: cache_k, v: cache_v, capacity, scratch: s, .. } = cache;
+        s.size_for(c, t_n);
+        for (&t, x) in tokens.iter().zip(s.x.chunks_exact_mut(dim)) {
+            self.tok_embd.row(t as usize, x);
+        }
         for (li, l) in self.layers.iter().enumerate() {
-            rms_norm(&s.x, &l.attn_norm, c.rms_norm_eps, &mut s.n);
-            l.wq.matvec(&s.n, &mut s.q);
-            l.wk.matvec(&s.n, &mut s.k);
-            l.wv.matvec(&s.n, &mut s.v);
-            for h in s.q.chunks_exact_mut(hd) {
-                rope_norm(h, pos, &self.inv_freq);
+            for (x, n) in s.x.chunks_exact(dim).zip(s.n.chunks_exact_mut(dim)) {
+                rms_norm(x, &l.attn_norm, c.rms_norm_eps, n);
             }
-            for h in s.k.chunks_exact_mut(hd) {
-                rope_norm(h, pos, &self.inv_freq);
+            if t_n == 1 {
+                let sums = block_sums_for(&[l.wq.ty, l.wk.ty, l.wv.ty], &s.n, &mut s.sums);
+                let (q, k, v) = (l.wq.qmat(), l.wk.qmat(), l.wv.qmat());
+                qmatmul::matvec3(q, &mut s.q, k, &mut s.k, v, &mut s.v, &s.n, sums);
+            } else {
+                linear(&l.wq, &s.n, t_n, &mut s.sums, &mut s.q);
+                linear(&l.wk, &s.n, t_n, &mut s.sums, &mut s.k);
+                linear(&l.wv, &s.n, t_n, &mut s.sums, &mut s.v);
             }
-            let at = cache.at(li, pos);
-            cache.k[at..at + kv_dim].copy_from_slice(&s.k);
-            cache.v[at..at + kv_dim].copy_from_slice(&s.v);
-            let base = cache.at(li, 0);
-            let ks = &cache.k[base..base + (pos + 1) * kv_dim];
-            let vs = &cache.v[base..base + (pos + 1) * kv_dim];
-            for (h, (q, out)) in s.q.chunks_exact(hd).zip(s.att_out.chunks_exact_mut(hd)).enumerate() {
-                let off = (h / group) * hd;
-                for (t, sc) in scores.iter_mut().enumerate() {
-                    let k = &ks[t * kv_dim + off..t * kv_dim + off + hd];
-                    *sc = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
-                }
-                softmax(&mut scores);
-                out.fill(0.0);
-                for (t, &p) in scores.iter().enumerate() {
-                    let v = &vs[t * kv_dim + off..t * kv_dim + off + hd];
-                    for (o, &vi) in out.iter_mut().zip(v) {
-                        *o += p * vi;
-                    }
+            for (t, (q, k)) in
+                s.q.chunks_exact_mut(c.n_heads * hd).zip(s.k.chunks_exact_mut(kv_dim)).enumerate()
+            {
+                for h in q.chunks_exact_mut(hd).chain(k.chunks_exact_mut(hd)) {
+                    rope_norm(h, pos0 + t, &self.inv_freq);
                 }
             }
-            l.wo.matvec(&s.att_out, &mut s.proj);
+            let base = li * *capacity * kv_dim;
+            let at = base + pos0 * kv_dim;
+            cache_k[at..at + t_n * kv_dim].copy_from_slice(&s.k);
+            cache_v[at..at + t_n * kv_dim].copy_from_slice(&s.v);
+            let end = at + t_n * kv_dim;
+            attention::attend(
+                heads,
+                &s.q,
+                &cache_k[base..end],
+                &cache_v[base..end],
+                pos0,
+                t_n,
+                &mut s.att_out,
+                &mut s.scores,
+            );
+            linear(&l.wo, &s.att_out, t_n, &mut s.sums, &mut s.proj);
             for (x, p) in s.x.iter_mut().zip(&s.proj) {
                 *x += p;
             }
-            rms_norm(&s.x, &l.ffn_norm, c.rms_norm_eps, &mut s.n);
-            l.w_gate.matvec(&s.n, &mut s.gate);
-            l.w_up.matvec(&s.n, &mut s.up);
+            for (x, n) in s.x.chunks_exact(dim).zip(s.n.chunks_exact_mut(dim)) {
+                rms_norm(x, &l.ffn_norm, c.rms_norm_eps, n);
+            }
+            if t_n == 1 {
+                let sums = block_sums_for(&[l.w_gate.ty, l.w_up.ty], &s.n, &mut s.sums);
+                let (g, u) = (l.w_gate.qmat(), l.w_up.qmat());
+                qmatmul::matvec2(g, &mut s.gate, u, &mut s.up, &s.n, sums);
+            } else {
+                linear(&l.w_gate, &s.n, t_n, &mut s.sums, &mut s.gate);
+                linear(&l.w_up, &s.n, t_n, &mut s.sums, &mut s.up);
+            }
             for (g, u) in s.gate.iter_mut().zip(&s.up) {
                 *g = silu(*g) * u;
             }
-            l.w_down.matvec(&s.gate, &mut s.proj);
+            linear(&l.w_down, &s.gate, t_n, &mut s.sums, &mut s.proj);
             for (x, p) in s.x.iter_mut().zip(&s.proj) {
                 *x += p;
             }
         }
-        cache.len = pos + 1;
-        Ok(())
+        cache.len = pos0 + t_n;
     }
 }

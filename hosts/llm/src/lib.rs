@@ -10,19 +10,28 @@
 //! - [`chat`]: chat messages rendered with the file's own Jinja template.
 //! - [`forward`]: the llama forward pass on the host (f32 activations, quantized weights).
 //! - [`generate`]: sampling, UTF-8 streaming and the generation loop.
+//! - [`threads`]: the thread pool the forward pass runs on, and its size.
 //! - [`stream`]: generation one step at a time (prompt chunks, then one token per step), with
 //!   stop strings, for servers that interleave sessions and cancel between steps.
 //! - [`loaded`]: a file, its tokenizer and its chat template checked and owned together, for a
 //!   node's shared registry; prompts (text, chat messages, token ids) to token ids.
 
+mod attention;
 pub mod chat;
 pub mod config;
 pub mod forward;
 pub mod generate;
 pub mod gguf;
 pub mod loaded;
+#[cfg(target_arch = "x86_64")]
+mod qdot_avx2;
+#[cfg(target_arch = "x86_64")]
+mod qdot_avx512;
+mod qmatmul;
 pub mod quant;
+mod simd;
 pub mod stream;
+pub mod threads;
 pub mod tokenizer;
 
 pub use chat::{ChatError, ChatTemplate, Message};

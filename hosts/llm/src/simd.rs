@@ -1,0 +1,103 @@
+//! Code compiled for the best instruction set the CPU offers, picked at run time.
+//!
+//! A [`Kernel`] is written once, generic over how a multiply-add is done ([`Madd`]), as plain
+//! Rust over fixed-size arrays that the compiler vectorizes. [`dispatch`] runs it compiled for
+//! AVX-512 or AVX2 + FMA (through [`pulp`]'s feature detection) when the CPU has them, with
+//! fused multiply-adds; elsewhere it runs as written, with a multiply then an add. Everything a
+//! kernel calls must be `#[inline(always)]` so that it is compiled for the chosen instructions
+//! too.
+
+/// A multiply-add: one fused instruction where the instruction set has it, else a multiply then
+/// an add (a fused multiply-add emulated in software would be far slower).
+pub(crate) trait Madd {
+    fn madd(a: f32, b: f32, c: f32) -> f32;
+}
+
+/// `a·b + c` rounded once.
+pub(crate) struct Fused;
+/// `a·b + c` rounded twice.
+pub(crate) struct Separate;
+
+impl Madd for Fused {
+    #[inline(always)]
+    fn madd(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+
+impl Madd for Separate {
+    #[inline(always)]
+    fn madd(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+}
+
+/// Work compiled once per instruction set.
+pub(crate) trait Kernel {
+    type Output;
+    fn run<M: Madd>(self) -> Self::Output;
+}
+
+/// Runs `k` compiled for AVX-512 or AVX2 + FMA when the CPU has them.
+#[inline(always)]
+pub(crate) fn dispatch<K: Kernel>(k: K) -> K::Output {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if let Some(simd) = pulp::x86::V4::try_new() {
+            return simd.vectorize(move || k.run::<Fused>());
+        }
+        if let Some(simd) = pulp::x86::V3::try_new() {
+            return simd.vectorize(move || k.run::<Fused>());
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        // NEON (with its fused multiply-add) is part of the aarch64 baseline.
+        return k.run::<Fused>();
+    }
+    #[allow(unreachable_code)]
+    k.run::<Separate>()
+}
+
+/// An f16's value from its bits, exactly (subnormals, infinities and NaN included), in a form
+/// that inlines into the vectorized loops: normal values (all that quantization scales are in
+/// practice) take a few integer operations, the rest an out-of-line path.
+#[inline(always)]
+pub(crate) fn f16_bits_to_f32(bits: u16) -> f32 {
+    let h = u32::from(bits);
+    let em = h & 0x7FFF;
+    // Exponent 1..=30: rebias (15 to 127) by adding 112 << 23 to the shifted bits.
+    if em.wrapping_sub(0x0400) < 0x7800 {
+        return f32::from_bits(((em << 13) + 0x3800_0000) | ((h & 0x8000) << 16));
+    }
+    f16_special(bits)
+}
+
+/// Zero, subnormal, infinite and NaN f16 values.
+#[cold]
+#[inline(never)]
+fn f16_special(bits: u16) -> f32 {
+    let sign = (u32::from(bits) & 0x8000) << 16;
+    let em = u32::from(bits) & 0x7FFF;
+    // Mantissa moved into place and scaled by 2^112 (the exponent bias difference): exact for
+    // zero and subnormals.
+    let finite = f32::from_bits(em << 13) * f32::from_bits(0x7780_0000);
+    let v = if em >= 0x7C00 { f32::from_bits(0x7F80_0000 | ((em & 0x3FF) << 13)) } else { finite };
+    f32::from_bits(v.to_bits() | sign)
+}
+
+#[inline(always)]
+pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16_bits_to_f32(u16::from_le_bytes([b[i], b[i + 1]]))
+}
+
+/// The sum of 16 lanes, pairwise.
+#[inline(always)]
+pub(crate) fn hsum(a: &[f32; 16]) -> f32 {
+    let mut h = [0f32; 8];
+    for i in 0..8 {
+        h[i] = a[i] + a[i + 8];
+    }
+    let q = [h[0] + h[4], h[1] + h[5], h[2] + h[6], h[3] + h[7]];
+    (q[0] + q[2]) + (q[1] + q[3])
+}

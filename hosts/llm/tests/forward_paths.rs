@@ -1,0 +1,95 @@
+//! SmolLM2-135M-Instruct Q4_1: the forward pass's two paths agree. A prompt processed as one
+//! batch (or in pieces) gives the logits and the cache that token-by-token steps give, and a
+//! refused step changes nothing. Skipped loudly without the file unless RELA_REQUIRE_GGUF=1.
+
+// Only the model is read here, not the JSON fixtures.
+#[allow(dead_code)]
+mod common;
+
+use rela_llm::generate::argmax;
+use rela_llm::{ForwardError, GgufTokenizer, KvCache, Model};
+
+/// Largest logit difference allowed between the paths, as a fraction of the logit range: both
+/// are f32 with sums in another order (measured below 1e-6).
+const TOL: f32 = 1e-5;
+
+fn close(a: &[f32], b: &[f32]) -> Result<(), String> {
+    let max = a.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let min = a.iter().copied().fold(f32::INFINITY, f32::min);
+    let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    if worst > TOL * (max - min) {
+        return Err(format!("logits differ by {worst} (range {})", max - min));
+    }
+    Ok(())
+}
+
+/// Greedy continuation of `n` tokens from `logits` and `cache`.
+fn continue_greedy(model: &Model<'_>, cache: &mut KvCache, mut logits: Vec<f32>, n: usize) -> Vec<u32> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let next = argmax(&logits) as u32;
+        out.push(next);
+        model.forward(next, cache, &mut logits).expect("step");
+    }
+    out
+}
+
+#[test]
+fn batched_prefill_equals_token_by_token_steps() {
+    let Some(f) = common::model("batched_prefill_equals_token_by_token_steps") else { return };
+    let model = Model::new(f).expect("model");
+    let tok = GgufTokenizer::from_gguf(&f.gguf).expect("tokenizer");
+    let ids = tok
+        .encode(
+            "The quick brown fox jumps over the lazy dog. In 1969, 3 astronauts flew to the Moon and",
+            false,
+        )
+        .expect("encode");
+    assert!(ids.len() > 16, "{} ids", ids.len());
+    let vocab = model.config.vocab_size;
+
+    let mut stepped = model.new_cache(ids.len() + 8);
+    let mut l_step = vec![0f32; vocab];
+    for &t in &ids {
+        model.forward(t, &mut stepped, &mut l_step).expect("step");
+    }
+    let mut batched = model.new_cache(ids.len() + 8);
+    let l_batch = model.prefill(&ids, &mut batched).expect("prefill");
+    assert_eq!(batched.len(), ids.len());
+    close(&l_step, &l_batch).expect("one batch");
+
+    // In pieces: a single token, a short batch, the rest.
+    let mut pieces = model.new_cache(ids.len() + 8);
+    let mut l_pieces = Vec::new();
+    for r in [0..1, 1..8, 8..ids.len()] {
+        l_pieces = model.prefill(&ids[r], &mut pieces).expect("prefill piece");
+    }
+    close(&l_step, &l_pieces).expect("in pieces");
+
+    // The caches carry on alike.
+    let a = continue_greedy(&model, &mut stepped, l_step, 8);
+    let b = continue_greedy(&model, &mut batched, l_batch, 8);
+    let c = continue_greedy(&model, &mut pieces, l_pieces, 8);
+    assert_eq!(a, b);
+    assert_eq!(a, c);
+}
+
+#[test]
+fn refused_steps_leave_the_cache_unchanged() {
+    let Some(f) = common::model("refused_steps_leave_the_cache_unchanged") else { return };
+    let model = Model::new(f).expect("model");
+    let vocab = model.config.vocab_size as u32;
+    let mut cache = model.new_cache(8);
+    model.prefill(&[1, 2, 3], &mut cache).expect("prefill");
+    assert_eq!(model.prefill(&[5, vocab, 6], &mut cache), Err(ForwardError::BadToken(vocab)));
+    assert_eq!(cache.len(), 3);
+    assert_eq!(model.prefill(&[5; 6], &mut cache), Err(ForwardError::ContextFull(8)));
+    assert_eq!(cache.len(), 3);
+    let mut logits = vec![0f32; vocab as usize];
+    assert_eq!(model.forward(vocab + 7, &mut cache, &mut logits), Err(ForwardError::BadToken(vocab + 7)));
+    assert_eq!(cache.len(), 3);
+    // What fits still runs.
+    model.prefill(&[5; 5], &mut cache).expect("prefill to the end");
+    assert_eq!(cache.len(), 8);
+    assert_eq!(model.forward(5, &mut cache, &mut logits), Err(ForwardError::ContextFull(8)));
+}
