@@ -1,5 +1,6 @@
 //! Test data shared by the workspace's tests (a dev-dependency, and the conformance suite's):
-//! deterministic byte patterns and the little-endian `f32` buffers the kernels read and write.
+//! deterministic byte patterns, the little-endian `f32` buffers the kernels read and write, and
+//! scratch directories.
 //!
 //! One copy of each helper, so that every test means the same thing by "a pattern".
 
@@ -32,6 +33,39 @@ pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
 /// The `f32` values in little-endian `bytes` (a trailing partial value is ignored).
 pub fn f32_values(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+/// A fresh empty directory under the system's temporary directory, removed when dropped: for
+/// tests that keep files (a node's state directory, a client's known-nodes store). `tag` names
+/// it; the process id and a counter keep parallel tests apart.
+#[derive(Debug)]
+pub struct ScratchDir(std::path::PathBuf);
+
+impl ScratchDir {
+    /// Makes the directory.
+    ///
+    /// # Panics
+    /// When the directory cannot be made (a test cannot go on without it).
+    pub fn new(tag: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("rela-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("cannot make {}: {e}", path.display()));
+        Self(path)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 #[cfg(test)]

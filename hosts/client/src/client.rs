@@ -1,4 +1,4 @@
-//! The async client: one TCP session with a node.
+//! The async client: one session with a node, over TCP or TLS.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -13,11 +13,11 @@ use rela_core::wire::compress::Compressed;
 use rela_core::wire::msg::{self, Caps, ErrorMsg, Message, Response, WRITE_PREFIX_LEN, Welcome};
 use rela_core::wire::{ErrorCode, Flags, FrameCrc, HeaderRepr, Kind, RawHeader, emit_frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::FastCrc32;
 use crate::error::{ClientError, TimeoutPhase};
+use crate::transport::{ReadHalf, WriteHalf};
 
 mod models;
 pub use models::{LoadProgress, LoadStage, RemoteModel};
@@ -80,6 +80,11 @@ pub struct ClientOptions {
     /// It pays on slow links with compressible data (zero-heavy weights, text); on loopback
     /// or with random data it only costs CPU. Default `false`.
     pub compress: bool,
+    /// Run the session over TLS, trusting the node's certificate as these options say
+    /// ([`crate::tls`]). The TLS handshake counts against
+    /// [`handshake_timeout`](Self::handshake_timeout). Default [`None`]: plain TCP.
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::tls::TlsOptions>,
 }
 
 impl Default for ClientOptions {
@@ -92,6 +97,8 @@ impl Default for ClientOptions {
             handshake_timeout: Some(DEFAULT_HANDSHAKE_TIMEOUT),
             request_timeout: Some(DEFAULT_REQUEST_TIMEOUT),
             compress: false,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -104,6 +111,14 @@ impl ClientOptions {
         self.connect_timeout = Some(timeout);
         self.handshake_timeout = Some(timeout);
         self.request_timeout = Some(timeout);
+        self
+    }
+
+    /// These options with the session over TLS.
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn with_tls(mut self, tls: crate::tls::TlsOptions) -> Self {
+        self.tls = Some(tls);
         self
     }
 }
@@ -242,7 +257,7 @@ struct InFlight {
     len: usize,
 }
 
-/// One session with a node over TCP.
+/// One session with a node, over TCP or TLS ([`ClientOptions::tls`]).
 ///
 /// Calls take `&mut self`: one call runs at a time, but bulk [`write`](Self::write) and
 /// [`read_into`](Self::read_into) split the transfer into frames of at most the node's
@@ -253,8 +268,12 @@ struct InFlight {
 /// [`ClientError::Timeout`] and closes the session.
 #[derive(Debug)]
 pub struct Client {
-    rd: BufReader<OwnedReadHalf>,
-    wr: OwnedWriteHalf,
+    rd: BufReader<ReadHalf>,
+    wr: WriteHalf,
+    peer: SocketAddr,
+    /// The node's certificate fingerprint, over TLS.
+    #[cfg(feature = "tls")]
+    tls_fingerprint: Option<crate::tls::Fingerprint>,
     welcome: Welcome,
     options: ClientOptions,
     next_seq: u16,
@@ -283,7 +302,7 @@ impl Client {
         options: ClientOptions,
     ) -> Result<Self, ClientError> {
         let stream = open_stream(addr, &options).await?;
-        Self::handshake_on(stream, token, options).await
+        Self::handshake_on(stream, addr, None, token, options).await
     }
 
     /// Connects to `host`, a `HOST:PORT` string such as `localhost:8765` or `[::1]:8765`,
@@ -302,20 +321,47 @@ impl Client {
         let mut last = ClientError::Resolve(format!("{host}: no addresses"));
         for addr in addrs {
             match open_stream(addr, &options).await {
-                Ok(stream) => return Ok((Self::handshake_on(stream, token, options).await?, addr)),
+                Ok(stream) => return Ok((Self::handshake_on(stream, addr, Some(host), token, options).await?, addr)),
                 Err(e) => last = e,
             }
         }
         Err(last)
     }
 
-    /// Says HELLO (and AUTH) on a connected stream, within the handshake deadline.
+    /// Runs the TLS handshake when the options ask for TLS, then says HELLO (and AUTH), each
+    /// within the handshake deadline. `host` is the name the caller gave, if any (a CA-signed
+    /// certificate must carry it).
     async fn handshake_on(
         stream: TcpStream,
+        addr: SocketAddr,
+        host: Option<&str>,
         token: Option<&[u8]>,
         options: ClientOptions,
     ) -> Result<Self, ClientError> {
         stream.set_nodelay(true)?;
+        #[cfg(feature = "tls")]
+        let (rd, wr, tls_fingerprint) = match &options.tls {
+            Some(tls) => {
+                let connect = crate::tls::connect(stream, addr, host, tls);
+                let (stream, fp) = match options.handshake_timeout {
+                    Some(after) => tokio::time::timeout(after, connect)
+                        .await
+                        .map_err(|_| ClientError::Timeout { phase: TimeoutPhase::Handshake, after })??,
+                    None => connect.await?,
+                };
+                let (rd, wr) = crate::transport::tls(stream);
+                (rd, wr, Some(fp))
+            }
+            None => {
+                let (rd, wr) = crate::transport::plain(stream);
+                (rd, wr, None)
+            }
+        };
+        #[cfg(not(feature = "tls"))]
+        let (rd, wr) = {
+            let _ = host;
+            crate::transport::plain(stream)
+        };
         let placeholder = Welcome {
             version: 0,
             flags: 0,
@@ -327,10 +373,12 @@ impl Client {
             idle_timeout_ms: 0,
             nonce: [0; 32],
         };
-        let (rd, wr) = stream.into_split();
         let mut client = Self {
             rd: BufReader::with_capacity(READ_BUFFER, rd),
             wr,
+            peer: addr,
+            #[cfg(feature = "tls")]
+            tls_fingerprint,
             welcome: placeholder,
             options,
             next_seq: 0,
@@ -403,8 +451,14 @@ impl Client {
     }
 
     /// The node's address.
-    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.wr.peer_addr()
+    pub const fn peer_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.peer)
+    }
+
+    /// The SHA-256 fingerprint of the node's TLS certificate, when the session runs over TLS.
+    #[cfg(feature = "tls")]
+    pub const fn tls_fingerprint(&self) -> Option<crate::tls::Fingerprint> {
+        self.tls_fingerprint
     }
 
     /// Whether this session uses LZ4: the options ask for it and the node offers it.
@@ -727,7 +781,7 @@ impl Client {
         };
         let n = emit_frame::<FastCrc32>(&mut self.tx, M::KIND, flags, seq, len)
             .map_err(|_| ClientError::InvalidArgument("request does not encode"))?;
-        if let Err(e) = timed(self.step_timeout(), self.wr.write_all(&self.tx[..n])).await {
+        if let Err(e) = timed(self.step_timeout(), write_flush(&mut self.wr, &self.tx[..n])).await {
             return self.fail(e);
         }
         Ok(seq)
@@ -738,7 +792,7 @@ impl Client {
         let seq = self.next_seq();
         let n = emit_frame::<FastCrc32>(&mut self.tx, kind, Flags::NONE, seq, 0)
             .map_err(|_| ClientError::InvalidArgument("request does not encode"))?;
-        if let Err(e) = timed(self.step_timeout(), self.wr.write_all(&self.tx[..n])).await {
+        if let Err(e) = timed(self.step_timeout(), write_flush(&mut self.wr, &self.tx[..n])).await {
             return self.fail(e);
         }
         Ok(seq)
@@ -982,8 +1036,8 @@ fn server_error(e: &ErrorMsg<'_>, request: Kind) -> ClientError {
 }
 
 /// Writes `a` then `b` with vectored writes (one syscall for a frame's header and data when the
-/// socket takes it all).
-async fn write_all_two(stream: &mut OwnedWriteHalf, mut a: &[u8], mut b: &[u8]) -> io::Result<()> {
+/// socket takes it all), then flushes.
+async fn write_all_two(stream: &mut WriteHalf, mut a: &[u8], mut b: &[u8]) -> io::Result<()> {
     while !a.is_empty() {
         let n = stream.write_vectored(&[IoSlice::new(a), IoSlice::new(b)]).await?;
         if n == 0 {
@@ -996,5 +1050,13 @@ async fn write_all_two(stream: &mut OwnedWriteHalf, mut a: &[u8], mut b: &[u8]) 
             a = &[];
         }
     }
-    stream.write_all(b).await
+    stream.write_all(b).await?;
+    stream.flush().await
+}
+
+/// Writes `bytes` and flushes (TLS keeps what it was given until flushed; TCP has nothing to
+/// flush).
+pub(crate) async fn write_flush(stream: &mut WriteHalf, bytes: &[u8]) -> io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }

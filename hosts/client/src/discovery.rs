@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rela_core::auth::AuthKey;
 use rela_core::backend::BackendKind;
-use rela_core::config::{MAX_DATAGRAM, NODE_ID_LEN};
+use rela_core::config::{MAX_DATAGRAM, NODE_ID_LEN, TLS_FINGERPRINT_LEN};
 use rela_core::discovery::{ANNOUNCE_SIGNED, Announce, Discover, DiscoveryError};
 use tokio::net::UdpSocket;
 
@@ -32,6 +32,10 @@ pub struct NodeAnnouncement {
     pub free: u64,
     /// Device name.
     pub device: String,
+    /// The SHA-256 of the node's TLS certificate, when it serves TLS. Pin it
+    /// (`rela_client::tls::TlsOptions::pinned`) only when [`verified`](Self::verified): an
+    /// unsigned announcement can come from anyone.
+    pub tls_fingerprint: Option<[u8; TLS_FINGERPRINT_LEN]>,
 }
 
 /// A datagram that was not accepted as an announcement.
@@ -171,6 +175,7 @@ pub async fn discover_targets(
                     total: a.total,
                     free: a.free,
                     device: a.device.to_owned(),
+                    tls_fingerprint: a.tls_fingerprint,
                 };
                 if !report.nodes.iter().any(|n| n.addr == node.addr && n.node_id == node.node_id) {
                     report.nodes.push(node);

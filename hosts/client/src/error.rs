@@ -52,6 +52,11 @@ pub enum ClientError {
     },
     /// A host name could not be resolved to any address (the host and the reason).
     Resolve(String),
+    /// The TLS session could not be set up: the node's certificate is not trusted (a pinned
+    /// fingerprint that does not match, a changed one under trust on first use, a CA that does
+    /// not vouch for it), or the handshake failed.
+    #[cfg(feature = "tls")]
+    Tls(crate::tls::TlsError),
 }
 
 /// What a [`ClientError::Timeout`] was waiting for.
@@ -118,6 +123,8 @@ impl fmt::Display for ClientError {
             Self::Closed => f.write_str("connection closed"),
             Self::Timeout { phase, after } => write!(f, "timed out after {}: {phase}", seconds(*after)),
             Self::Resolve(why) => write!(f, "cannot resolve {why}"),
+            #[cfg(feature = "tls")]
+            Self::Tls(e) => write!(f, "TLS: {e}"),
         }
     }
 }
@@ -139,6 +146,8 @@ impl std::error::Error for ClientError {
             Self::Io(e) => Some(e),
             Self::Frame(e) => Some(e),
             Self::Discovery(e) => Some(e),
+            #[cfg(feature = "tls")]
+            Self::Tls(e) => Some(e),
             _ => None,
         }
     }
@@ -147,6 +156,13 @@ impl std::error::Error for ClientError {
 impl From<io::Error> for ClientError {
     fn from(e: io::Error) -> Self {
         Self::Io(e)
+    }
+}
+
+#[cfg(feature = "tls")]
+impl From<crate::tls::TlsError> for ClientError {
+    fn from(e: crate::tls::TlsError) -> Self {
+        Self::Tls(e)
     }
 }
 

@@ -9,6 +9,8 @@
 //! - [`discover`] / [`discover_report`] / [`discover_targets`]: UDP discovery, with
 //!   announcement signatures checked when a token is given.
 //! - [`FastCrc32`]: the `crc32fast` implementation of the core's CRC seam, shared with the node.
+//! - [`tls`] (feature `tls`, on by default): sessions over TLS 1.3 with the node's certificate
+//!   pinned, checked against a CA bundle, or trusted on first use ([`ClientOptions::tls`]).
 //!
 //! No call waits forever: connecting, the handshake and every step of a request have deadlines
 //! ([`ClientOptions::connect_timeout`], [`ClientOptions::handshake_timeout`],
@@ -33,6 +35,9 @@ pub mod compress;
 mod crc;
 mod discovery;
 mod error;
+#[cfg(feature = "tls")]
+pub mod tls;
+mod transport;
 
 pub use blocking::BlockingClient;
 pub use client::{

@@ -36,6 +36,12 @@ pub struct NodeConfig {
     pub node_id: [u8; NODE_ID_LEN],
     /// Allow binding a non-loopback address without a token (see [`validate`](Self::validate)).
     pub allow_unauthenticated: bool,
+    /// Serve sessions over TLS with this certificate and key (`serve --tls`); its fingerprint
+    /// travels in ANNOUNCE. Default [`None`]: plain TCP.
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::tls::TlsIdentity>,
+    /// Allow serving a non-loopback address over plain TCP (see [`validate`](Self::validate)).
+    pub allow_plaintext: bool,
     /// Requests read ahead per connection while earlier ones are served (pipelining depth,
     /// at least 1). Their large buffers come from the node-wide pool ([`buffer_budget`]).
     ///
@@ -90,6 +96,9 @@ impl Default for NodeConfig {
             session: SessionConfig { lz4: true, ..SessionConfig::default() },
             node_id: rand::random(),
             allow_unauthenticated: false,
+            #[cfg(feature = "tls")]
+            tls: None,
+            allow_plaintext: false,
             pipeline_depth: 4,
             buffer_budget: DEFAULT_BUFFER_BUDGET,
             auth_backoff: Duration::from_millis(250),
@@ -118,12 +127,21 @@ impl NodeConfig {
         self.session.auth.is_some()
     }
 
+    /// Whether sessions are served over TLS.
+    pub const fn has_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
+    }
+
     /// Checks the configuration. [`crate::Node::start`] calls it; a CLI can call it first to
     /// report problems before binding anything.
     ///
     /// Refuses a non-loopback session or discovery address without a token unless
-    /// [`allow_unauthenticated`](Self::allow_unauthenticated) is set, and limits outside what
-    /// the protocol core supports.
+    /// [`allow_unauthenticated`](Self::allow_unauthenticated) is set, a non-loopback session
+    /// address without TLS unless [`allow_plaintext`](Self::allow_plaintext) is set, and
+    /// limits outside what the protocol core supports.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.has_token() && !self.allow_unauthenticated {
             for addr in std::iter::once(self.listen).chain(self.discovery) {
@@ -131,6 +149,9 @@ impl NodeConfig {
                     return Err(ConfigError::UnauthenticatedBind(addr));
                 }
             }
+        }
+        if !self.has_tls() && !self.allow_plaintext && !self.listen.ip().is_loopback() {
+            return Err(ConfigError::PlaintextBind(self.listen));
         }
         if self.max_sessions == 0 {
             return Err(ConfigError::NoSessions);
@@ -171,6 +192,8 @@ pub const MIN_MAX_PAYLOAD: u32 = MAX_PING_PAYLOAD as u32 * 4;
 pub enum ConfigError {
     /// A non-loopback address without a token and without `allow_unauthenticated`.
     UnauthenticatedBind(SocketAddr),
+    /// A non-loopback session address without TLS and without `allow_plaintext`.
+    PlaintextBind(SocketAddr),
     /// `max_sessions` is zero.
     NoSessions,
     /// `max_sessions_per_address` is zero.
@@ -196,6 +219,11 @@ impl fmt::Display for ConfigError {
             Self::UnauthenticatedBind(a) => write!(
                 f,
                 "refusing to serve {a} without a token (set a token or allow unauthenticated access)"
+            ),
+            Self::PlaintextBind(a) => write!(
+                f,
+                "refusing to serve {a} over plain TCP, readable by anyone on the network (serve TLS or \
+                 allow plaintext)"
             ),
             Self::NoSessions => f.write_str("max_sessions must be at least 1"),
             Self::NoSessionsPerAddress => f.write_str("max_sessions_per_address must be at least 1"),
@@ -225,6 +253,7 @@ mod tests {
     #[test]
     fn public_bind_needs_token_or_opt_in() {
         let mut c = NodeConfig { listen: "0.0.0.0:8765".parse().expect("addr"), ..NodeConfig::default() };
+        c.allow_plaintext = true;
         assert!(matches!(c.validate(), Err(ConfigError::UnauthenticatedBind(_))));
         c.allow_unauthenticated = true;
         assert_eq!(c.validate(), Ok(()));
@@ -234,6 +263,30 @@ mod tests {
         let c =
             NodeConfig { discovery: Some("0.0.0.0:8766".parse().expect("addr")), ..NodeConfig::default() };
         assert!(matches!(c.validate(), Err(ConfigError::UnauthenticatedBind(_))));
+    }
+
+    #[test]
+    fn public_plaintext_bind_needs_tls_or_opt_in() {
+        let mut c =
+            NodeConfig { listen: "0.0.0.0:8765".parse().expect("addr"), ..NodeConfig::default() }.with_token(b"t");
+        assert_eq!(c.validate(), Err(ConfigError::PlaintextBind(c.listen)));
+        c.allow_plaintext = true;
+        assert_eq!(c.validate(), Ok(()));
+        // Loopback needs neither; discovery on a public address carries no session data.
+        let c = NodeConfig { discovery: Some("0.0.0.0:8766".parse().expect("addr")), ..NodeConfig::default() }
+            .with_token(b"t");
+        assert_eq!(c.validate(), Ok(()));
+        #[cfg(feature = "tls")]
+        {
+            let tls = crate::tls::TlsIdentity::self_signed().expect("identity");
+            let c = NodeConfig {
+                listen: "0.0.0.0:8765".parse().expect("addr"),
+                tls: Some(tls),
+                ..NodeConfig::default()
+            }
+            .with_token(b"t");
+            assert_eq!(c.validate(), Ok(()));
+        }
     }
 
     #[test]

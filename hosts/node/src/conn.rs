@@ -35,6 +35,11 @@
 //!
 //! The tasks are not instrumented with the session's span (entering a span on every poll costs
 //! more than a PING); log lines name it as their parent instead.
+//!
+//! The tasks are generic over the stream ([`SplitStream`]): plain TCP, or TLS when the node has
+//! an identity (the handshake runs in the connection's task before anything else, bounded by
+//! [`TLS_HANDSHAKE`]). Over TLS the PING fast path decides on the reader but leaves the writing
+//! to the writer, which flushes the TLS layer after each batch.
 
 use std::collections::HashMap;
 use std::io::{self, IoSlice};
@@ -52,7 +57,6 @@ use rela_core::wire::{
     ErrorCode, Flags, Frame, FrameCrc, FrameError, HeaderRepr, Kind, RawHeader, emit_frame,
 };
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex as AsyncMutex, Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -64,6 +68,7 @@ use crate::engine::{
     Payload, Reply, ReplyTx, WriteOutcome, drain,
 };
 use crate::pool::{Pool, PoolBuf};
+use crate::stream::{SplitStream, TryWrite};
 use crate::throttle::AuthThrottle;
 
 /// How long a closing connection keeps reading (and discarding) so that its last frames are not
@@ -84,6 +89,9 @@ const WRITE_STALL: Duration = Duration::from_secs(60);
 const HANDSHAKE_POLL: Duration = Duration::from_millis(5);
 /// Most replies gathered into one vectored write.
 const WRITE_BATCH: usize = 16;
+/// Longest a TLS handshake may take before the connection is dropped.
+#[cfg(feature = "tls")]
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// What every connection task shares.
 #[derive(Debug)]
@@ -114,6 +122,9 @@ pub(crate) struct Shared {
     pub(crate) next_conn: AtomicU64,
     /// WRITEs read straight into the backend's memory.
     pub(crate) direct_writes: AtomicU64,
+    /// Serve over TLS with this configuration.
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Decrements a counter when dropped.
@@ -185,11 +196,11 @@ fn admit(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, tasks: &mut 
         shared.throttle.lock().unwrap_or_else(PoisonError::into_inner).admit(ip, std::time::Instant::now());
     if let Err(wait) = throttled {
         tracing::info!(%peer, ?wait, "connection refused after failed AUTH attempts from this address");
-        return reject(stream, shared, tasks, throttled_reason(wait));
+        return reject(stream, peer, shared, tasks, throttled_reason(wait));
     }
     if shared.live.load(Ordering::Acquire) >= shared.max_sessions {
         tracing::info!(%peer, "session limit reached; sending BUSY");
-        return reject(stream, shared, tasks, "node at its session limit".to_owned());
+        return reject(stream, peer, shared, tasks, "node at its session limit".to_owned());
     }
     let address = if shared.cap_loopback || !ip.is_loopback() {
         let mut counts = shared.per_address.lock().unwrap_or_else(PoisonError::into_inner);
@@ -198,7 +209,7 @@ fn admit(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, tasks: &mut 
             drop(counts);
             tracing::info!(%peer, "per-address session limit reached; sending BUSY");
             let reason = format!("{} sessions from this address already", shared.max_per_address);
-            return reject(stream, shared, tasks, reason);
+            return reject(stream, peer, shared, tasks, reason);
         }
         *n += 1;
         Some(AddressGuard(shared.clone(), ip))
@@ -209,7 +220,43 @@ fn admit(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, tasks: &mut 
     let guard = CountGuard(shared.clone(), |s| &s.live);
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("session", %peer, id = conn);
-    tasks.spawn(serve(stream, peer, conn, span, shared.clone(), (guard, address)));
+    let admitted = Admitted::Serve { conn, span, slots: (guard, address) };
+    tasks.spawn(start(stream, peer, shared.clone(), admitted));
+}
+
+/// What [`admit`] decided for a connection.
+enum Admitted {
+    /// Serve it.
+    Serve { conn: ConnId, span: Span, slots: (CountGuard, Option<AddressGuard>) },
+    /// Turn it away with ERROR(BUSY) and this reason.
+    Reject { reason: String, guard: CountGuard },
+}
+
+impl Admitted {
+    async fn run<S: SplitStream>(self, stream: S, peer: SocketAddr, shared: Arc<Shared>) {
+        match self {
+            Self::Serve { conn, span, slots } => serve(stream, peer, conn, span, shared, slots).await,
+            Self::Reject { reason, guard } => reject_busy(stream, reason, guard).await,
+        }
+    }
+}
+
+/// Runs the TLS handshake when the node serves TLS, then serves the connection or turns it
+/// away as [`admit`] decided. A handshake that fails or takes longer than [`TLS_HANDSHAKE`]
+/// drops the connection (logged at debug).
+async fn start(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, admitted: Admitted) {
+    let _ = stream.set_nodelay(true);
+    #[cfg(feature = "tls")]
+    if let Some(config) = shared.tls.clone() {
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => admitted.run(tls, peer, shared).await,
+            Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        }
+        return;
+    }
+    admitted.run(stream, peer, shared).await;
 }
 
 /// The BUSY reason for an address throttled after failed AUTHs: `retry after N ms`, rounded up.
@@ -220,10 +267,16 @@ pub(crate) fn throttled_reason(wait: Duration) -> String {
 
 /// Turns a connection away with ERROR(BUSY) and `reason`; past `max_sessions` connections
 /// being turned away at once, just closes it.
-fn reject(stream: TcpStream, shared: &Arc<Shared>, tasks: &mut JoinSet<()>, reason: String) {
+fn reject(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    tasks: &mut JoinSet<()>,
+    reason: String,
+) {
     if shared.rejecting.fetch_add(1, Ordering::AcqRel) < shared.max_sessions {
         let guard = CountGuard(shared.clone(), |s| &s.rejecting);
-        tasks.spawn(reject_busy(stream, reason, guard));
+        tasks.spawn(start(stream, peer, shared.clone(), Admitted::Reject { reason, guard }));
     } else {
         // Already turning many away: just close.
         shared.rejecting.fetch_sub(1, Ordering::AcqRel);
@@ -231,7 +284,7 @@ fn reject(stream: TcpStream, shared: &Arc<Shared>, tasks: &mut JoinSet<()>, reas
 }
 
 /// Sends one ERROR(BUSY) with seq 0 and closes.
-async fn reject_busy(mut stream: TcpStream, reason: String, _guard: CountGuard) {
+async fn reject_busy<S: SplitStream>(mut stream: S, reason: String, _guard: CountGuard) {
     let mut buf = [0u8; 256];
     let m = ErrorMsg { code: ErrorCode::BUSY, request_kind: Kind(0), reason: &reason };
     let frame = m
@@ -240,6 +293,7 @@ async fn reject_busy(mut stream: TcpStream, reason: String, _guard: CountGuard) 
         .and_then(|len| emit_frame::<FastCrc32>(&mut buf, Kind::ERROR, ErrorMsg::flags(), 0, len).ok());
     if let Some(n) = frame {
         let _ = stream.write_all(&buf[..n]).await;
+        let _ = stream.flush().await;
     }
     let _ = stream.shutdown().await;
     linger(&mut stream).await;
@@ -259,20 +313,19 @@ async fn linger<R: AsyncRead + Unpin>(r: &mut R) {
 }
 
 /// The connection's write half: the writer's, lent to the PING fast path when it is idle.
-type SharedWriter = Arc<AsyncMutex<OwnedWriteHalf>>;
+type SharedWriter<W> = Arc<AsyncMutex<W>>;
 
 /// Serves one connection: the writer half runs here, the reader in its own task.
-async fn serve(
-    stream: TcpStream,
+async fn serve<S: SplitStream>(
+    stream: S,
     peer: SocketAddr,
     conn: ConnId,
     span: Span,
     shared: Arc<Shared>,
     _slots: (CountGuard, Option<AddressGuard>),
 ) {
-    let _ = stream.set_nodelay(true);
-    let (rd, wr) = stream.into_split();
-    let wr: SharedWriter = Arc::new(AsyncMutex::new(wr));
+    let (rd, wr) = stream.split();
+    let wr: SharedWriter<S::Write> = Arc::new(AsyncMutex::new(wr));
     let (reply_tx, mut replies) = mpsc::unbounded_channel();
     let session = Session::new(shared.session.clone(), rand::random(), rand::random(), shared.clock.now());
     let state = Arc::new(ConnState::new(session));
@@ -318,7 +371,7 @@ async fn serve(
                 // READ data is sent from the backend's memory: stop if the engine takes it back.
                 let written = {
                     let mut socket = wr.lock().await;
-                    let write = write_replies(&mut socket, &batch);
+                    let write = write_replies(&mut *socket, &batch);
                     tokio::pin!(write);
                     loop {
                         tokio::select! {
@@ -395,9 +448,9 @@ async fn serve(
 }
 
 /// Writes the frames of `batch` in order: one write for one reply, a vectored write for more.
-/// A non-blocking attempt comes first; only what the socket does not take at once waits, for
-/// at most [`WRITE_STALL`].
-async fn write_replies(wr: &mut OwnedWriteHalf, batch: &[Reply]) -> io::Result<()> {
+/// A non-blocking attempt comes first (over TCP); only what the socket does not take at once
+/// waits, for at most [`WRITE_STALL`].
+async fn write_replies<W: TryWrite>(wr: &mut W, batch: &[Reply]) -> io::Result<()> {
     // Each reply: its frames, then READ data sent from the backend's memory, if any.
     let mut slices: [IoSlice<'_>; 2 * WRITE_BATCH] = [IoSlice::new(&[]); 2 * WRITE_BATCH];
     let mut count = 0;
@@ -432,7 +485,8 @@ async fn write_replies(wr: &mut OwnedWriteHalf, batch: &[Reply]) -> io::Result<(
             }
             IoSlice::advance_slices(&mut bufs, n);
         }
-        Ok(())
+        // TLS holds what it took until flushed; TCP has nothing to flush.
+        wr.flush().await
     };
     tokio::time::timeout(WRITE_STALL, rest).await.unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }
@@ -462,8 +516,8 @@ impl From<io::Error> for ReadError {
 }
 
 /// A connection's reader task.
-struct Reader {
-    rd: BufReader<OwnedReadHalf>,
+struct Reader<R, W> {
+    rd: BufReader<R>,
     conn: ConnId,
     span: Span,
     shared: Arc<Shared>,
@@ -473,12 +527,12 @@ struct Reader {
     /// The writer's queue, for fast-path replies the socket did not take at once.
     fast: ReplyTx,
     /// The socket's write half, for fast-path replies.
-    wr: SharedWriter,
+    wr: SharedWriter<W>,
     /// Whether each READ on its way wants its answer compressed, for the writer.
     wishes: ReadWishes,
 }
 
-impl Reader {
+impl<R: AsyncRead + Send + Unpin, W: TryWrite> Reader<R, W> {
     async fn run(self, mut stop: watch::Receiver<bool>) {
         let Self { mut rd, conn, span, shared, state, depth, fast, wr, wishes } = self;
         // Made once: the writer asks the reader to stop at most once, and the loop ends then.
@@ -563,8 +617,8 @@ impl Reader {
 /// Until the session is ready, the payload cap is [`HANDSHAKE_MAX_PAYLOAD`] ([`payload_cap`])
 /// and no READ response buffer is reserved, so a peer that has not authenticated takes nothing
 /// from the node's pool.
-async fn read_frame(
-    rd: &mut BufReader<OwnedReadHalf>,
+async fn read_frame<R: AsyncRead + Unpin>(
+    rd: &mut BufReader<R>,
     shared: &Shared,
     state: &ConnState,
     ready: &mut bool,
@@ -766,8 +820,8 @@ async fn lease(
 /// with its length lies inside the lease), checking the CRC piece by piece, and tells the
 /// engine, which acknowledges it (or closes the session on a bad CRC). If the engine asks for
 /// the lease back meanwhile, or the transport fails, the lease goes back mid-frame.
-async fn direct_write(
-    rd: &mut BufReader<OwnedReadHalf>,
+async fn direct_write<R: AsyncRead + Unpin>(
+    rd: &mut BufReader<R>,
     shared: &Shared,
     header: HeaderRepr,
     mut crc: FrameCrc<FastCrc32>,
@@ -821,9 +875,9 @@ async fn direct_write(
 /// `Some(Some(reply))`, counted in flight, for the writer. A PONG written here does not tell
 /// the writer the session's new idle deadline; the writer's timer then fires at the old one,
 /// the engine finds the session not yet expired, and its answer carries the new deadline.
-fn fast_ping(
+fn fast_ping<W: TryWrite>(
     state: &ConnState,
-    wr: &SharedWriter,
+    wr: &SharedWriter<W>,
     header: HeaderRepr,
     payload: &[u8; INLINE_PAYLOAD],
     now: rela_core::time::Instant,

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rela_client::FastCrc32;
 use rela_core::auth::AuthKey;
-use rela_core::config::{MAX_DATAGRAM, NODE_ID_LEN};
+use rela_core::config::{MAX_DATAGRAM, NODE_ID_LEN, TLS_FINGERPRINT_LEN};
 use rela_core::discovery::{Announce, Discover};
 use tokio::net::UdpSocket;
 
@@ -62,14 +62,15 @@ impl ReplyLimiter {
     }
 }
 
-/// Answers every valid (padded) DISCOVER with an ANNOUNCE (signed when `key` is set), within
-/// the rate limits. Anything else is ignored (logged at debug). Never blocks on the engine: usage comes from `status`.
+/// Answers every valid (padded) DISCOVER with an ANNOUNCE (signed when `key` is set, with the
+/// TLS certificate's fingerprint when the node serves TLS), within the rate limits. Anything else is ignored (logged at debug). Never blocks on the engine: usage comes from `status`.
 pub(crate) async fn respond(
     socket: UdpSocket,
     status: Arc<Status>,
     key: Option<AuthKey>,
     node_id: [u8; NODE_ID_LEN],
     port: u16,
+    tls_fingerprint: Option<[u8; TLS_FINGERPRINT_LEN]>,
 ) {
     let mut rx = [0u8; 2048];
     let mut tx = [0u8; MAX_DATAGRAM];
@@ -107,6 +108,10 @@ pub(crate) async fn respond(
             free,
             &info.name,
         );
+        let announce = match tls_fingerprint {
+            Some(fp) => announce.with_tls_fingerprint(fp),
+            None => announce,
+        };
         match announce.emit::<FastCrc32>(key.as_ref(), &mut tx) {
             // Never larger than the probe (a padded DISCOVER is the largest datagram there is).
             Ok(n) if n > len => tracing::debug!(%from, "ANNOUNCE larger than its DISCOVER; not sent"),

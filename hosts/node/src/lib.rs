@@ -53,6 +53,10 @@
 //! - Past [`NodeConfig::max_sessions`] a connection gets one `ERROR(BUSY)` and is closed.
 //! - Failed AUTH attempts slow down later connections from the same IP (exponential, bounded).
 //! - A UDP responder answers DISCOVER with ANNOUNCE, signed when a token is configured.
+//! - TLS (feature `tls`, [`NodeConfig::tls`]): each connection's task runs the TLS 1.3
+//!   handshake (ALPN `rela/1`) before anything else; the connection tasks are generic over the
+//!   stream (`stream.rs`). [`tls::TlsIdentity`] loads the certificate or makes a self-signed one
+//!   kept in a state directory; its fingerprint is logged at start and travels in ANNOUNCE.
 //! - [`NodeHandle::shutdown`] stops accepting, sends `ERROR(SHUTTING_DOWN)` to every session,
 //!   frees everything and returns the backend's final usage.
 //!
@@ -82,7 +86,10 @@ mod messages;
 mod models;
 mod pool;
 mod shared_models;
+mod stream;
 mod throttle;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use std::fmt;
 use std::io;
@@ -121,6 +128,9 @@ pub enum NodeError {
     EngineStopped,
     /// The model repository could not be opened.
     Models(String),
+    /// The TLS certificate and key cannot be used.
+    #[cfg(feature = "tls")]
+    Tls(tls::TlsSetupError),
 }
 
 impl fmt::Display for NodeError {
@@ -130,6 +140,8 @@ impl fmt::Display for NodeError {
             Self::Io(e) => write!(f, "I/O error: {e}"),
             Self::EngineStopped => f.write_str("the engine thread is not running"),
             Self::Models(e) => write!(f, "model repository: {e}"),
+            #[cfg(feature = "tls")]
+            Self::Tls(e) => write!(f, "TLS: {e}"),
         }
     }
 }
@@ -140,6 +152,8 @@ impl std::error::Error for NodeError {
             Self::Config(e) => Some(e),
             Self::Io(e) => Some(e),
             Self::EngineStopped | Self::Models(_) => None,
+            #[cfg(feature = "tls")]
+            Self::Tls(e) => Some(e),
         }
     }
 }
@@ -293,10 +307,19 @@ impl Node {
             rejecting: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
             direct_writes: AtomicU64::new(0),
+            #[cfg(feature = "tls")]
+            tls: config.tls.as_ref().map(tls::TlsIdentity::acceptor).transpose().map_err(NodeError::Tls)?,
         });
+        #[cfg(feature = "tls")]
+        let tls_fingerprint = config.tls.as_ref().map(tls::TlsIdentity::fingerprint);
+        #[cfg(feature = "tls")]
+        let announced = tls_fingerprint.map(|f| f.0);
+        #[cfg(not(feature = "tls"))]
+        let announced = None;
         let responder = discovery.map(|socket| {
             let key = config.session.auth.clone();
-            tokio::spawn(discovery::respond(socket, status, key, config.node_id, local_addr.port()))
+            let port = local_addr.port();
+            tokio::spawn(discovery::respond(socket, status, key, config.node_id, port, announced))
         });
         let (stop_tx, stop_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
@@ -315,10 +338,20 @@ impl Node {
         });
         tokio::spawn(run(listener, shared.clone(), accept_stop_rx, responder, engine_thread, done_tx));
         let discovery = discovery_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
-        tracing::info!(%local_addr, discovery_addr = %discovery, auth = config.has_token(), "node started");
+        let hex = |fp: [u8; rela_core::config::TLS_FINGERPRINT_LEN]| {
+            fp.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        };
+        match announced.map(hex) {
+            Some(fp) => tracing::info!(%local_addr, discovery_addr = %discovery, auth = config.has_token(),
+                tls_fingerprint = %fp, "node started (TLS)"),
+            None => tracing::info!(%local_addr, discovery_addr = %discovery, auth = config.has_token(),
+                "node started"),
+        }
         Ok(NodeHandle {
             local_addr,
             discovery_addr,
+            #[cfg(feature = "tls")]
+            tls_fingerprint,
             engine: engine_tx,
             shared,
             stop: Some(stop_tx),
@@ -334,6 +367,8 @@ impl Node {
 pub struct NodeHandle {
     local_addr: SocketAddr,
     discovery_addr: Option<SocketAddr>,
+    #[cfg(feature = "tls")]
+    tls_fingerprint: Option<tls::Fingerprint>,
     engine: EngineTx,
     shared: Arc<Shared>,
     stop: Option<oneshot::Sender<()>>,
@@ -350,6 +385,12 @@ impl NodeHandle {
     /// The bound discovery address, if discovery is enabled.
     pub const fn discovery_addr(&self) -> Option<SocketAddr> {
         self.discovery_addr
+    }
+
+    /// The fingerprint of the node's TLS certificate, when it serves TLS.
+    #[cfg(feature = "tls")]
+    pub const fn tls_fingerprint(&self) -> Option<tls::Fingerprint> {
+        self.tls_fingerprint
     }
 
     /// Connections being served now (including ones still in their handshake).

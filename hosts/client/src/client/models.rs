@@ -151,7 +151,7 @@ impl Client {
         let n = emit_frame::<FastCrc32>(&mut self.tx, Kind::INFER, Flags::NONE, seq, len)
             .map_err(|_| ClientError::InvalidArgument("request does not encode"))?;
         let limit = self.step_timeout();
-        let write = tokio::io::AsyncWriteExt::write_all(&mut self.wr, &self.tx[..n]);
+        let write = super::write_flush(&mut self.wr, &self.tx[..n]);
         if let Err(e) = super::timed(limit, write).await {
             return self.fail(e);
         }
