@@ -24,6 +24,17 @@ fn load_f32x8(x: &[f32]) -> __m256 {
     pulp::cast(a)
 }
 
+/// Bytes ahead of the block being read that the kernels ask the cache for (the hardware
+/// prefetcher alone leaves the loop waiting on memory: about 1.8× slower over a model's layers).
+pub(crate) const PREFETCH: usize = 2048;
+
+/// Asks for the cache line `PREFETCH` bytes past `b` (a hint: nothing is read, and an address
+/// past the data is harmless).
+#[inline(always)]
+pub(crate) fn prefetch(simd: V3, b: &[u8]) {
+    simd.sse._mm_prefetch::<3>(b.as_ptr().wrapping_add(PREFETCH).cast::<i8>());
+}
+
 #[inline(always)]
 fn hsum(v: __m256) -> f32 {
     let a: [f32; 8] = pulp::cast(v);
@@ -77,6 +88,7 @@ pub(crate) fn dot_q4_0(simd: V3, row: &[u8], x: &[f32]) -> f32 {
     let mut acc = simd.avx._mm256_setzero_ps();
     let eight = simd.avx._mm256_set1_ps(8.0);
     for (b, x) in row.as_chunks::<18>().0.iter().zip(x.as_chunks::<32>().0) {
+        prefetch(simd, b);
         let t = block_dot(simd, nibbles(simd, &b[2..], eight), x);
         acc = simd.fma._mm256_fmadd_ps(simd.avx._mm256_set1_ps(f16_at(b, 0)), t, acc);
     }
@@ -90,6 +102,7 @@ pub(crate) fn dot_q4_1(simd: V3, row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
     let zero = simd.avx._mm256_setzero_ps();
     let mut bias = 0f32;
     for ((b, x), &s) in row.as_chunks::<20>().0.iter().zip(x.as_chunks::<32>().0).zip(sums) {
+        prefetch(simd, b);
         let t = block_dot(simd, nibbles(simd, &b[4..], zero), x);
         acc = simd.fma._mm256_fmadd_ps(simd.avx._mm256_set1_ps(f16_at(b, 0)), t, acc);
         bias = f16_at(b, 2).mul_add(s, bias);
@@ -102,6 +115,7 @@ pub(crate) fn dot_q4_1(simd: V3, row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
 pub(crate) fn dot_q8_0(simd: V3, row: &[u8], x: &[f32]) -> f32 {
     let mut acc = simd.avx._mm256_setzero_ps();
     for (b, x) in row.as_chunks::<34>().0.iter().zip(x.as_chunks::<32>().0) {
+        prefetch(simd, b);
         let (q0, q1) = i8x16_to_f32(simd, load_u8x16(&b[2..]));
         let (q2, q3) = i8x16_to_f32(simd, load_u8x16(&b[18..]));
         let t = block_dot(simd, [q0, q1, q2, q3], x);

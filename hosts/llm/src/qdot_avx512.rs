@@ -28,6 +28,12 @@ fn f16_pair(simd: V4, b: &[u8]) -> __m128 {
     simd.avx512f._mm_maskz_cvtph_ps(0b11, v)
 }
 
+/// Asks for the cache line [`PREFETCH`](crate::qdot_avx2::PREFETCH) bytes past `b`.
+#[inline(always)]
+fn prefetch(simd: V4, b: &[u8]) {
+    crate::qdot_avx2::prefetch(*simd, b);
+}
+
 #[inline(always)]
 fn hsum(simd: V4, v: __m512) -> f32 {
     simd.avx512f._mm512_reduce_add_ps(v)
@@ -51,6 +57,7 @@ pub(crate) fn dot_q4_0(simd: V4, row: &[u8], x: &[f32]) -> f32 {
     let f = &simd.avx512f;
     let mut acc = f._mm512_setzero_ps();
     for (b, x) in row.as_chunks::<18>().0.iter().zip(x.as_chunks::<32>().0) {
+        prefetch(simd, b);
         let (lo, hi) = nibbles(simd, &b[2..], 8);
         let t = f._mm512_fmadd_ps(hi, load_f32x16(&x[16..]), f._mm512_mul_ps(lo, load_f32x16(x)));
         let d = f._mm512_broadcastss_ps(f16_pair(simd, b));
@@ -66,6 +73,7 @@ pub(crate) fn dot_q4_1(simd: V4, row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
     let mut acc = f._mm512_setzero_ps();
     let mut bias = 0f32;
     for ((b, x), &s) in row.as_chunks::<20>().0.iter().zip(x.as_chunks::<32>().0).zip(sums) {
+        prefetch(simd, b);
         let (lo, hi) = nibbles(simd, &b[4..], 0);
         let t = f._mm512_fmadd_ps(hi, load_f32x16(&x[16..]), f._mm512_mul_ps(lo, load_f32x16(x)));
         let dm = f16_pair(simd, b);
@@ -81,6 +89,7 @@ pub(crate) fn dot_q8_0(simd: V4, row: &[u8], x: &[f32]) -> f32 {
     let f = &simd.avx512f;
     let mut acc = f._mm512_setzero_ps();
     for (b, x) in row.as_chunks::<34>().0.iter().zip(x.as_chunks::<32>().0) {
+        prefetch(simd, b);
         let lo = f._mm512_cvtepi32_ps(f._mm512_cvtepi8_epi32(load_u8x16(&b[2..])));
         let hi = f._mm512_cvtepi32_ps(f._mm512_cvtepi8_epi32(load_u8x16(&b[18..])));
         let t = f._mm512_fmadd_ps(hi, load_f32x16(&x[16..]), f._mm512_mul_ps(lo, load_f32x16(x)));
