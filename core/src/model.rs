@@ -33,7 +33,8 @@ use core::fmt;
 use crate::backend::{BackendError, BufferId, GpuBackend};
 use crate::crc32::Crc32;
 use crate::wire::generate::{Generate, Generated};
-use crate::wire::msg::{Infer, Message, Progress};
+use crate::wire::model_list::ModelKind;
+use crate::wire::msg::{Infer, MAX_MODEL_NAME, Message, Progress};
 use crate::wire::{EncodeError, ErrorCode, Flags, Kind, emit_frame};
 
 /// Where PROGRESS frames for one request go: its kind and seq.
@@ -146,6 +147,23 @@ impl ModelError {
     }
 }
 
+/// One entry of the models a node serves (MODEL_LIST).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ModelEntry {
+    /// Models the node serves now.
+    pub count: u16,
+    /// What the model at the index does; [`ModelKind::NONE`] past the end of the list.
+    pub kind: ModelKind,
+    /// Its name, as MODEL_LOAD takes it; empty past the end of the list.
+    pub name: heapless::String<MAX_MODEL_NAME>,
+}
+
+impl Default for ModelKind {
+    fn default() -> Self {
+        Self::NONE
+    }
+}
+
 /// A session's model runtime. One instance per session.
 pub trait ModelHost<B: GpuBackend + ?Sized> {
     /// Loads the model `name` (already validated: `[A-Za-z0-9._-]`, 1–64 bytes, no leading
@@ -223,6 +241,13 @@ pub trait ModelHost<B: GpuBackend + ?Sized> {
     /// Frees and zeroes every model this host holds and drops any staged upload (the session
     /// closed).
     fn release_all(&mut self, backend: &mut B);
+
+    /// Entry `index` of the models this host can load, in name order, with their count
+    /// (MODEL_LIST). The default lists none.
+    fn list(&self, index: u16) -> ModelEntry {
+        let _ = index;
+        ModelEntry::default()
+    }
 
     /// Device bytes of models this host holds once for every session that loads them
     /// (reported in DEVICE_INFO). 0 by default: nothing shared.

@@ -59,9 +59,10 @@ use crate::config::{
     MIN_PROTOCOL_VERSION, NONCE_LEN, PROTOCOL_VERSION,
 };
 use crate::crc32::Crc32;
-use crate::model::{InferOutput, LoadedModel, ModelHost, NoModels, ProgressTarget};
+use crate::model::{InferOutput, LoadedModel, ModelEntry, ModelHost, NoModels, ProgressTarget};
 use crate::time::{Duration, Instant};
 use crate::wire::generate::{Generated, PromptKind};
+use crate::wire::model_list::{ModelKind, ModelListed};
 use crate::wire::msg::{
     self, Allocated, Caps, DeviceInfoMsg, EMBEDDINGS_PREFIX_LEN, ErrorMsg, Message, ModelLoaded, Request,
     Stats, WELCOME_AUTH_REQUIRED, Welcome,
@@ -308,6 +309,7 @@ enum Body {
     Allocated(Allocated),
     Read { id: BufferId, offset: u64, len: u32 },
     ModelLoaded(ModelLoaded),
+    ModelListed(ModelEntry),
     Embeddings(InferOutput),
     Generated(Generated),
     Error { code: ErrorCode, request_kind: Kind, reason: &'static str },
@@ -779,6 +781,10 @@ impl Session {
             Body::Stats(m) => (kind, r, m.emit(out)?),
             Body::Allocated(m) => (kind, r, m.emit(out)?),
             Body::ModelLoaded(m) => (kind, r, m.emit(out)?),
+            Body::ModelListed(e) => {
+                let m = ModelListed { count: e.count, kind: e.kind, name: &e.name };
+                (kind, r, m.emit(out)?)
+            }
             Body::Generated(m) => (kind, r, m.emit(out)?),
             Body::Error { code, request_kind, reason } => {
                 let m = ErrorMsg { code: *code, request_kind: *request_kind, reason };
@@ -912,7 +918,8 @@ impl Session {
                 | Request::ModelUpload(_)
                 | Request::ModelChunk(_)
                 | Request::ModelCommit
-                | Request::Generate(_)),
+                | Request::Generate(_)
+                | Request::ModelList(_)),
             ) => {
                 let progress = self.progress_target(kind, frame.seq());
                 self.on_model(req, backend, models, progress, frame.seq()).map(Some)
@@ -1064,6 +1071,7 @@ impl Session {
             Request::Bye
             | Request::Unknown(_)
             | Request::Generate(_)
+            | Request::ModelList(_)
             | Request::ModelLoad(_)
             | Request::ModelUnload(_)
             | Request::Infer(_)
@@ -1143,6 +1151,15 @@ impl Session {
                 .ok_or(Reject::new(ErrorCode::NO_SUCH_MODEL, "no such model"))
         };
         match req {
+            Request::ModelList(l) => {
+                let entry = models.list(l.index);
+                // The host keeps its side: a name exactly when a kind, and one MODEL_LOAD takes.
+                let none = entry.kind == ModelKind::NONE;
+                if none != entry.name.is_empty() || !(none || msg::valid_model_name(&entry.name)) {
+                    return Err(Reject::new(ErrorCode::INTERNAL, "model list entry is not a model name"));
+                }
+                Ok(Body::ModelListed(entry))
+            }
             Request::ModelLoad(m) => {
                 if self.models.is_full() {
                     return Err(Reject::new(ErrorCode::TOO_MANY_BUFFERS, "session model limit reached"));

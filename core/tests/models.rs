@@ -8,8 +8,9 @@ mod common;
 use common::{Driver, MockBackend};
 use rela_core::backend::{BufferId, GpuBackend};
 use rela_core::crc32::SoftCrc32;
-use rela_core::model::{InferOutput, LoadedModel, ModelError, ModelHost, ProgressTarget};
+use rela_core::model::{InferOutput, LoadedModel, ModelEntry, ModelError, ModelHost, ProgressTarget};
 use rela_core::session::SessionConfig;
+use rela_core::wire::model_list::{ModelKind, ModelList, ModelListed};
 use rela_core::wire::msg::*;
 use rela_core::wire::{ErrorCode, Flags, Kind};
 
@@ -23,6 +24,8 @@ struct Scripted {
     staged: Option<Vec<u8>>,
     /// The progress target of the last load or commit.
     progress: Option<ProgressTarget>,
+    /// Lists a name MODEL_LOAD would refuse (a host breaking its contract).
+    bad_list: bool,
 }
 
 const WEIGHTS: u64 = 1000;
@@ -102,6 +105,18 @@ impl ModelHost<MockBackend> for Scripted {
     }
     fn upload_cancel(&mut self) {
         self.staged = None;
+    }
+    fn list(&self, index: u16) -> ModelEntry {
+        let listed = [(ModelKind::EMBEDDING, "tiny"), (ModelKind::GENERATION, "tiny-lm")];
+        let mut e = ModelEntry { count: listed.len() as u16, ..ModelEntry::default() };
+        if self.bad_list {
+            e.kind = ModelKind::EMBEDDING;
+            e.name.push_str("../etc").unwrap();
+        } else if let Some((kind, name)) = listed.get(usize::from(index)) {
+            e.kind = *kind;
+            e.name.push_str(name).unwrap();
+        }
+        e
     }
     fn release_all(&mut self, b: &mut MockBackend) {
         for (_, buf) in self.loaded.drain(..) {
@@ -355,4 +370,36 @@ fn progress_only_when_the_client_asks() {
     chunk(&mut d, &mut b, &mut host, 0, b"TINY");
     commit(&mut d, &mut b, &mut host);
     assert_eq!(host.progress, Some(ProgressTarget { kind: Kind::MODEL_COMMIT, seq: d.last_seq() }));
+}
+
+#[test]
+fn model_list_by_index() {
+    let mut b = MockBackend::new(1 << 20);
+    let mut host = Scripted::default();
+    let mut d = ready(&mut b, &mut host, 4096, 9);
+    let mut list = |d: &mut Driver, host: &mut Scripted, index: u16| {
+        let o = send(d, &mut b, host, &ModelList { index });
+        match o.response() {
+            Response::ModelListed(m) => Ok((m.count, m.kind, m.name.to_owned())),
+            _ => Err(code(&o)),
+        }
+    };
+    assert_eq!(list(&mut d, &mut host, 0), Ok((2, ModelKind::EMBEDDING, "tiny".into())));
+    assert_eq!(list(&mut d, &mut host, 1), Ok((2, ModelKind::GENERATION, "tiny-lm".into())));
+    for past in [2, u16::MAX] {
+        assert_eq!(list(&mut d, &mut host, past), Ok((2, ModelKind::NONE, String::new())));
+    }
+    // A host that lists a name MODEL_LOAD would refuse gets INTERNAL, not a bad frame.
+    host.bad_list = true;
+    assert_eq!(list(&mut d, &mut host, 0), Err(ErrorCode::INTERNAL));
+    // A node without models says so.
+    let mut bare = Driver::new(SessionConfig::default(), [3; 32]);
+    let w = send(&mut bare, &mut b, &mut host, &Hello { min_version: 1, max_version: 1, caps: Caps(0) });
+    assert!(matches!(w.response(), Response::Welcome(_)));
+    let o = send(&mut bare, &mut b, &mut host, &ModelList { index: 0 });
+    assert_eq!(code(&o), ErrorCode::UNSUPPORTED);
+    // The entry's encoding: count, kind, str8 name.
+    let mut buf = [0u8; 8];
+    let n = ModelListed { count: 2, kind: ModelKind::EMBEDDING, name: "ab" }.emit(&mut buf).unwrap();
+    assert_eq!(&buf[..n], &[2, 0, 1, 2, b'a', b'b']);
 }

@@ -78,6 +78,8 @@ kinds! {
     TOKEN = 0x37,
     /// CANCEL: stops the session's generation in progress, if any.
     CANCEL = 0x38,
+    /// MODEL_LIST: one entry of the node's model list, by index (capability MODELS).
+    MODEL_LIST = 0x39,
     /// DISCOVER: UDP discovery probe.
     DISCOVER = 0x40,
     /// ANNOUNCE: UDP discovery answer.

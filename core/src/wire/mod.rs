@@ -18,6 +18,7 @@ mod frame;
 pub mod generate;
 mod header;
 mod kind;
+pub mod model_list;
 pub mod msg;
 
 pub use codec::{DecodeError, EncodeError, Reader, Writer};

@@ -8,6 +8,7 @@
 //! both keep unknown kinds instead of failing.
 
 use super::generate::{Generate, Generated, TokenMsg};
+use super::model_list::{ModelList, ModelListed};
 use super::{DecodeError, EncodeError, ErrorCode, Flags, Kind, Reader, Writer};
 use crate::backend::{BackendKind, KernelId};
 use crate::config::{
@@ -824,6 +825,8 @@ pub enum Request<'a> {
     Generate(Generate<'a>),
     /// CANCEL (empty payload).
     Cancel,
+    /// MODEL_LIST.
+    ModelList(ModelList),
     /// A kind this crate does not know, or one that is not a request (PROGRESS, TOKEN,
     /// DISCOVER, ANNOUNCE, ERROR).
     Unknown(Kind),
@@ -854,6 +857,7 @@ impl<'a> Request<'a> {
             Kind::MODEL_COMMIT => Empty::parse(payload).map(|_| Self::ModelCommit)?,
             Kind::GENERATE => Self::Generate(Generate::parse(payload)?),
             Kind::CANCEL => Empty::parse(payload).map(|_| Self::Cancel)?,
+            Kind::MODEL_LIST => Self::ModelList(ModelList::parse(payload)?),
             k => Self::Unknown(k),
         })
     }
@@ -882,6 +886,7 @@ impl<'a> Request<'a> {
             Self::ModelCommit => Kind::MODEL_COMMIT,
             Self::Generate(_) => Kind::GENERATE,
             Self::Cancel => Kind::CANCEL,
+            Self::ModelList(_) => Kind::MODEL_LIST,
             Self::Unknown(k) => *k,
         }
     }
@@ -905,6 +910,7 @@ impl<'a> Request<'a> {
             Self::ModelUpload(m) => m.emit(buf),
             Self::ModelChunk(m) => m.emit(buf),
             Self::Generate(m) => m.emit(buf),
+            Self::ModelList(m) => m.emit(buf),
             Self::DeviceInfo
             | Self::Stats
             | Self::Bye
@@ -941,6 +947,8 @@ pub enum Response<'a> {
     Token(TokenMsg<'a>),
     /// GENERATE's answer, after its TOKEN frames.
     Generated(Generated),
+    /// MODEL_LIST's answer.
+    ModelListed(ModelListed<'a>),
     /// An empty acknowledgement of the named kind (AUTH, FREE, WRITE, COPY, FILL, DISPATCH,
     /// MODEL_UNLOAD, MODEL_UPLOAD, MODEL_CHUNK, CANCEL, BYE).
     Ack(Kind),
@@ -973,6 +981,7 @@ impl<'a> Response<'a> {
             Kind::PROGRESS => Self::Progress(Progress::parse(payload)?),
             Kind::TOKEN => Self::Token(TokenMsg::parse(payload)?),
             Kind::GENERATE => Self::Generated(Generated::parse(payload)?),
+            Kind::MODEL_LIST => Self::ModelListed(ModelListed::parse(payload)?),
             Kind::AUTH
             | Kind::FREE
             | Kind::WRITE

@@ -27,8 +27,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rela_client::FastCrc32;
 use rela_core::backend::{BufferId, GpuBackend};
-use rela_core::model::{InferOutput, LoadedModel, ModelError, ModelHost, ProgressTarget};
-use rela_core::wire::msg::Infer;
+use rela_core::model::{InferOutput, LoadedModel, ModelEntry, ModelError, ModelHost, ProgressTarget};
+use rela_core::wire::model_list::ModelKind;
+use rela_core::wire::msg::{Infer, valid_model_name};
 use rela_models::{Embedder, ModelFiles, ModelRepository};
 
 use crate::llm::{GenerateLimits, SharedLlms, TokenSink};
@@ -44,6 +45,26 @@ pub(crate) const MAX_STAGED_BYTES: u64 = 1 << 30;
 
 /// A PROGRESS frame at most every this many bytes (besides the first and the last).
 const PROGRESS_STEP: u64 = 4 << 20;
+
+/// Every model `repo` serves, sorted by name: the complete embedding-model folders, and the
+/// `.gguf` files whose stem is a valid model name (MODEL_LIST). The folder is read anew each
+/// time, as MODEL_LOAD does.
+pub(crate) fn catalog(repo: &ModelRepository) -> Vec<(ModelKind, String)> {
+    let mut out: Vec<(ModelKind, String)> =
+        repo.names().into_iter().map(|n| (ModelKind::EMBEDDING, n)).collect();
+    if let Ok(entries) = std::fs::read_dir(repo.root()) {
+        for name in entries.filter_map(Result::ok).filter_map(|e| e.file_name().into_string().ok()) {
+            if let Some(stem) = name.strip_suffix(".gguf")
+                && valid_model_name(stem)
+                && crate::llm::gguf_path(repo.root(), stem).is_some()
+            {
+                out.push((ModelKind::GENERATION, stem.to_owned()));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    out
+}
 
 /// Bytes staged by every session of a node, against [`MAX_STAGED_BYTES`].
 #[derive(Debug, Default)]
@@ -510,6 +531,19 @@ impl<'b> ModelHost<dyn GpuBackend + 'b> for SessionModels {
         if let Some((id, _)) = self.output.take() {
             let _ = backend.free(id);
         }
+    }
+
+    fn list(&self, index: u16) -> ModelEntry {
+        let catalog = self.repository.as_ref().map(|r| catalog(r)).unwrap_or_default();
+        let mut entry =
+            ModelEntry { count: u16::try_from(catalog.len()).unwrap_or(u16::MAX), ..ModelEntry::default() };
+        if let Some((kind, name)) = catalog.get(usize::from(index)) {
+            // Catalog names are valid model names, at most MAX_MODEL_NAME bytes: they fit.
+            if entry.name.push_str(name).is_ok() {
+                entry.kind = *kind;
+            }
+        }
+        entry
     }
 
     fn shared_bytes(&self) -> u64 {

@@ -75,6 +75,7 @@ const fn is_model_request(kind: Kind) -> bool {
             | Kind::MODEL_CHUNK
             | Kind::MODEL_COMMIT
             | Kind::GENERATE
+            | Kind::MODEL_LIST
     )
 }
 
