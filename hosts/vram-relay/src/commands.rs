@@ -6,9 +6,11 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use clap::builder::BoolishValueParser;
+use rela_client::tls::Fingerprint;
 use rela_client::{Client, ClientError, LoadStage};
 use rela_core::config::{DEFAULT_DISCOVERY_PORT, MAX_BUFFERS, MAX_PAYLOAD};
 use rela_core::wire::ErrorCode;
+use rela_node::tls::TlsIdentity;
 use rela_node::{ConfigError, Node, NodeConfig};
 
 use crate::ConnectArgs;
@@ -22,9 +24,28 @@ use crate::util::{self, human, outln, parse_size};
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
     /// TCP address for sessions. Binding anything but loopback needs a token (or
-    /// --allow-unauthenticated).
+    /// --allow-unauthenticated) and TLS (or --allow-plaintext).
     #[arg(long, env = "RELA_LISTEN", default_value = "127.0.0.1:8765")]
     listen: SocketAddr,
+    /// Serve sessions over TLS 1.3 (ALPN rela/1). Without --tls-cert and --tls-key, a
+    /// self-signed certificate is made on the first start and kept in --state-dir, so its
+    /// fingerprint stays the same; the fingerprint is logged and sent in signed ANNOUNCEs.
+    #[arg(long, env = "RELA_TLS", value_parser = BoolishValueParser::new())]
+    tls: bool,
+    /// Certificate chain for --tls (PEM, the node's certificate first). Implies --tls.
+    #[arg(long, env = "RELA_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "RELA_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Directory of the node's state: the self-signed TLS certificate and key (tls/) [default:
+    /// $XDG_STATE_HOME/vram-relay, else ~/.local/state/vram-relay].
+    #[arg(long, env = "RELA_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Serve a non-loopback address without TLS. Anyone on the network path can read the
+    /// session (data, prompts, results) and alter it.
+    #[arg(long, env = "RELA_ALLOW_PLAINTEXT", value_parser = BoolishValueParser::new())]
+    allow_plaintext: bool,
     /// UDP address for discovery (`vram-relay discover` asks 127.0.0.1:8766 and the LAN's
     /// broadcast address by default).
     #[arg(long, env = "RELA_DISCOVERY", default_value = "127.0.0.1:8766")]
@@ -108,6 +129,27 @@ pub(crate) struct ServeArgs {
     kernel_threads: usize,
 }
 
+/// The TLS identity `serve` asks for: `--tls-cert`/`--tls-key`, or with `--tls` alone the
+/// self-signed one in the state directory (made on first use). `None` without TLS.
+fn tls_identity(args: &ServeArgs) -> Result<Option<TlsIdentity>, CliError> {
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let identity = TlsIdentity::from_pem_files(cert, key)
+            .map_err(|e| CliError::Failed(format!("--tls-cert: {e}")))?;
+        return Ok(Some(identity));
+    }
+    if !args.tls {
+        return Ok(None);
+    }
+    let dir = args.state_dir.clone().unwrap_or_else(rela_client::tls::default_state_dir);
+    let (identity, made) = TlsIdentity::load_or_generate(&dir).map_err(|e| {
+        CliError::Failed(format!("TLS certificate in the state directory: {e} (--state-dir)"))
+    })?;
+    if made {
+        tracing::info!(dir = %dir.join("tls").display(), "made a self-signed TLS certificate");
+    }
+    Ok(Some(identity))
+}
+
 /// `--max-payload`: a size of at most 16 MiB.
 fn parse_max_payload(s: &str) -> Result<u32, String> {
     let n = parse_size(s)?;
@@ -143,11 +185,21 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), CliError> {
     if let Some(t) = &token {
         config = config.with_token(t);
     }
+    config.tls = tls_identity(&args)?;
+    config.allow_plaintext = args.allow_plaintext;
     config.validate().map_err(|e| match e {
         // A policy refusal, not a malformed value.
-        ConfigError::UnauthenticatedBind(_) => CliError::Failed(format!("{e}; see --help")),
+        ConfigError::UnauthenticatedBind(_) | ConfigError::PlaintextBind(_) => {
+            CliError::Failed(format!("{e}; see --help"))
+        }
         _ => CliError::Usage(format!("{e}; see --help")),
     })?;
+    if config.tls.is_none() && !args.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %args.listen,
+            "serving a non-loopback address over PLAIN TCP: anyone on the network path can read and alter the sessions"
+        );
+    }
     if token.is_none() && !args.listen.ip().is_loopback() {
         tracing::warn!(
             listen = %args.listen,
@@ -185,6 +237,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), CliError> {
         device = %info.name,
         lends = %human(info.total),
         auth = token.is_some(),
+        tls_fingerprint = %node.tls_fingerprint().map_or_else(|| "off".to_owned(), |f| f.to_string()),
         "node ready"
     );
 
@@ -381,6 +434,7 @@ pub(crate) async fn discover(args: DiscoverArgs) -> Result<(), CliError> {
                     "free": n.free,
                     "auth_required": n.auth_required,
                     "verified": n.verified,
+                    "tls_fingerprint": n.tls_fingerprint.map(|f| Fingerprint(f).to_string()),
                 })
             })
             .collect();
@@ -411,6 +465,11 @@ pub(crate) async fn discover(args: DiscoverArgs) -> Result<(), CliError> {
                 human(n.free),
                 human(n.total)
             );
+            if let Some(fp) = n.tls_fingerprint {
+                // Worth pinning only when the token vouched for the announcement.
+                let pin = if n.verified { "--tls-fingerprint" } else { "unverified, do not pin" };
+                outln!("{:<22} TLS {} ({pin})", "", Fingerprint(fp));
+            }
         }
     }
     for r in &report.rejected {
@@ -423,7 +482,7 @@ pub(crate) async fn discover(args: DiscoverArgs) -> Result<(), CliError> {
 async fn connect(conn: &ConnectArgs) -> Result<Client, CliError> {
     let token = util::load_token(conn.token.as_deref(), conn.token_file.as_deref())?;
     let addr = &conn.addr;
-    let (client, _) = Client::connect_host(&addr.to_string(), token.as_deref(), conn.options())
+    let (client, _) = Client::connect_host(&addr.to_string(), token.as_deref(), conn.options()?)
         .await
         .map_err(|e| match e {
             ClientError::TokenRequired => format!("{addr} requires a token (--token-file or AUTH_TOKEN)"),

@@ -17,7 +17,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use rela_client::tls::{Fingerprint, KnownNodes, TlsOptions, TlsTrust};
 
 use crate::addr::NodeAddr;
 use crate::error::CliError;
@@ -85,16 +87,63 @@ struct ConnectArgs {
     /// answers compressed, where the node offers it. Pays on slow links with compressible data.
     #[arg(long, env = "RELA_COMPRESS")]
     compress: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// How a client command talks TLS to the node (docs/SECURITY.md, "TLS").
+#[derive(Debug, Clone, Args)]
+struct TlsArgs {
+    /// Talk to the node over TLS (a node started with `serve --tls`). Without --tls-fingerprint
+    /// or --tls-ca, the node's certificate is trusted on first use and must stay the same
+    /// afterwards (remembered in --known-nodes).
+    #[arg(long, env = "RELA_TLS", value_parser = BoolishValueParser::new())]
+    tls: bool,
+    /// Trust only the node certificate with this SHA-256 fingerprint: 64 hex digits, colons
+    /// allowed, as `serve --tls` logs it and `discover` prints it. Implies --tls.
+    #[arg(long, env = "RELA_TLS_FINGERPRINT", value_name = "HEX", conflicts_with = "tls_ca",
+          value_parser = |s: &str| s.parse::<Fingerprint>().map_err(|e| e.to_string()))]
+    tls_fingerprint: Option<Fingerprint>,
+    /// Trust node certificates that chain to a CA in this PEM file and name the host given.
+    /// Implies --tls.
+    #[arg(long, env = "RELA_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// The trust-on-first-use store: one `ADDRESS FINGERPRINT` line per node [default:
+    /// $XDG_STATE_HOME/vram-relay/known_nodes, else ~/.local/state/vram-relay/known_nodes].
+    #[arg(long, env = "RELA_KNOWN_NODES", value_name = "FILE")]
+    known_nodes: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The TLS options these arguments ask for; `None`: plain TCP.
+    fn options(&self) -> Result<Option<TlsOptions>, CliError> {
+        if let Some(fp) = self.tls_fingerprint {
+            return Ok(Some(TlsOptions::pinned(fp)));
+        }
+        if let Some(ca) = &self.tls_ca {
+            let trust = TlsTrust::ca_file(ca).map_err(|e| CliError::Usage(format!("--tls-ca: {e}")))?;
+            return Ok(Some(TlsOptions { trust }));
+        }
+        if !self.tls {
+            return Ok(None);
+        }
+        let store = self.known_nodes.clone().map_or_else(KnownNodes::default_location, KnownNodes::new);
+        Ok(Some(TlsOptions::first_use(store)))
+    }
 }
 
 impl ConnectArgs {
     /// The client options these arguments ask for.
-    fn options(&self) -> rela_client::ClientOptions {
-        let options = rela_client::ClientOptions { compress: self.compress, ..Default::default() };
-        match self.timeout {
+    fn options(&self) -> Result<rela_client::ClientOptions, CliError> {
+        let options = rela_client::ClientOptions {
+            compress: self.compress,
+            tls: self.tls.options()?,
+            ..Default::default()
+        };
+        Ok(match self.timeout {
             Some(t) => options.with_timeout(t),
             None => options,
-        }
+        })
     }
 }
 

@@ -626,3 +626,56 @@ fn bench_spawn_json_reports_every_row() {
         assert!((rest["relay"].as_f64().unwrap() - (client - crc)).abs() < 1e-6, "{rest}");
     }
 }
+
+#[test]
+fn tls_serve_pins_trusts_on_first_use_and_keeps_its_certificate() {
+    let dir = std::env::temp_dir().join(format!("vram-relay-cli-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (state, known) = (dir.join("state"), dir.join("known_nodes"));
+    let (state, known) = (state.to_str().unwrap(), known.to_str().unwrap());
+    let node = Served::start(&["--tls", "--state-dir", state, "--token", "t"]);
+    // First use: trusted and remembered.
+    let out = run(&["info", &node.addr, "--token", "t", "--tls", "--known-nodes", known]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line = std::fs::read_to_string(known).unwrap();
+    let fingerprint = line.split_whitespace().nth(1).unwrap().to_owned();
+    assert!(line.starts_with(&node.addr) && fingerprint.len() == 64, "{line}");
+    // The signed ANNOUNCE carries the same fingerprint.
+    let out = run(&["discover", "--to", &node.discovery, "--token", "t", "--json"]);
+    let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(found["nodes"][0]["tls_fingerprint"], fingerprint.as_str());
+    // Pinned: the right fingerprint works, another is refused by name.
+    let out = run(&["info", &node.addr, "--token", "t", "--tls-fingerprint", &fingerprint]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let wrong = "00".repeat(32);
+    let out = run(&["info", &node.addr, "--token", "t", "--tls-fingerprint", &wrong]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("is not the pinned"), "{}", stderr(&out));
+    // A plaintext client gets an error, not a hang.
+    let out = run_within(Duration::from_secs(30), &["info", &node.addr, "--token", "t", "--timeout", "5"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(node.terminate().success());
+
+    // Restarted with the same state directory: the same certificate.
+    let again = Served::start(&["--tls", "--state-dir", state, "--token", "t"]);
+    let out = run(&["info", &again.addr, "--token", "t", "--tls-fingerprint", &fingerprint]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    drop(again);
+
+    // A node whose address is remembered with another certificate: trust on first use refuses.
+    let other = dir.join("other-state");
+    let third = Served::start(&["--tls", "--state-dir", other.to_str().unwrap(), "--token", "t"]);
+    let mut store = std::fs::OpenOptions::new().append(true).open(known).unwrap();
+    std::io::Write::write_all(&mut store, format!("{} {fingerprint}\n", third.addr).as_bytes()).unwrap();
+    let out = run(&["info", &third.addr, "--token", "t", "--tls", "--known-nodes", known]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("CHANGED"), "{}", stderr(&out));
+    drop(third);
+
+    // A public address without TLS is refused, naming the way out.
+    let out = run(&["serve", "--backend", "host", "--listen", "0.0.0.0:0", "--no-discovery", "--token", "t"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("plain TCP"), "{}", stderr(&out));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
