@@ -7,7 +7,8 @@ use rela_core::wire::msg;
 use tokio::runtime::{Builder, Runtime};
 
 use crate::client::{
-    Client, ClientOptions, Handle, Kernel, LoadProgress, Progress, RemoteDeviceInfo, RemoteModel,
+    Client, ClientOptions, GenerateEvent, GenerateOutcome, GenerateRequest, Handle, Kernel, LoadProgress,
+    Progress, RemoteDeviceInfo, RemoteModel,
 };
 use crate::error::ClientError;
 
@@ -143,6 +144,46 @@ impl BlockingClient {
     /// See [`Client::serves_models`].
     pub fn serves_models(&self) -> bool {
         self.inner.serves_models()
+    }
+
+    /// GENERATE: runs a generation to its end, calling `on_event` with each event as it
+    /// arrives (see [`Client::generate`]). Returning [`ControlFlow::Break`](std::ops::ControlFlow)
+    /// from `on_event` sends CANCEL; the events until the end still arrive.
+    pub fn generate(
+        &mut self,
+        req: &GenerateRequest<'_>,
+        mut on_event: impl FnMut(&GenerateEvent) -> std::ops::ControlFlow<()>,
+    ) -> Result<GenerateOutcome, ClientError> {
+        let inner = &mut self.inner;
+        self.rt.block_on(async move {
+            let mut stream = inner.generate(req).await?;
+            let mut out = GenerateOutcome {
+                input_ids: Vec::new(),
+                generated_ids: Vec::new(),
+                text: String::new(),
+                summary: rela_core::wire::generate::Generated {
+                    finish_reason: rela_core::wire::generate::FinishReason(0),
+                    prompt_tokens: 0,
+                    generated_tokens: 0,
+                    prompt_us: 0,
+                    generate_us: 0,
+                },
+            };
+            while let Some(event) = stream.next().await? {
+                if on_event(&event).is_break() {
+                    stream.cancel().await?;
+                }
+                match event {
+                    GenerateEvent::Prompt(ids) => out.input_ids.extend(ids),
+                    GenerateEvent::Token { ids, text } => {
+                        out.generated_ids.extend(ids);
+                        out.text.push_str(&text);
+                    }
+                    GenerateEvent::Finished(g) => out.summary = g,
+                }
+            }
+            Ok(out)
+        })
     }
 
     /// See [`Client::model_load_with_progress`].

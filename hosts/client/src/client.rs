@@ -19,7 +19,9 @@ use crate::FastCrc32;
 use crate::error::{ClientError, TimeoutPhase};
 use crate::transport::{ReadHalf, WriteHalf};
 
+mod generate;
 mod models;
+pub use generate::{GenerateEvent, GenerateOutcome, GenerateRequest, TokenStream};
 pub use models::{LoadProgress, LoadStage, RemoteModel};
 
 /// Largest non-data response payload the client accepts (WELCOME, PONG, DEVICE_INFO, STATS,
