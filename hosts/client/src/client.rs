@@ -323,7 +323,9 @@ impl Client {
         let mut last = ClientError::Resolve(format!("{host}: no addresses"));
         for addr in addrs {
             match open_stream(addr, &options).await {
-                Ok(stream) => return Ok((Self::handshake_on(stream, addr, Some(host), token, options).await?, addr)),
+                Ok(stream) => {
+                    return Ok((Self::handshake_on(stream, addr, Some(host), token, options).await?, addr));
+                }
                 Err(e) => last = e,
             }
         }

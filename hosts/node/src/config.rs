@@ -267,14 +267,15 @@ mod tests {
 
     #[test]
     fn public_plaintext_bind_needs_tls_or_opt_in() {
-        let mut c =
-            NodeConfig { listen: "0.0.0.0:8765".parse().expect("addr"), ..NodeConfig::default() }.with_token(b"t");
+        let mut c = NodeConfig { listen: "0.0.0.0:8765".parse().expect("addr"), ..NodeConfig::default() }
+            .with_token(b"t");
         assert_eq!(c.validate(), Err(ConfigError::PlaintextBind(c.listen)));
         c.allow_plaintext = true;
         assert_eq!(c.validate(), Ok(()));
         // Loopback needs neither; discovery on a public address carries no session data.
-        let c = NodeConfig { discovery: Some("0.0.0.0:8766".parse().expect("addr")), ..NodeConfig::default() }
-            .with_token(b"t");
+        let c =
+            NodeConfig { discovery: Some("0.0.0.0:8766".parse().expect("addr")), ..NodeConfig::default() }
+                .with_token(b"t");
         assert_eq!(c.validate(), Ok(()));
         #[cfg(feature = "tls")]
         {

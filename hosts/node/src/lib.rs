@@ -281,7 +281,10 @@ impl Node {
             config.max_dispatch_cost,
             shared,
             config.max_infer_tokens,
-            crate::llm::GenerateLimits { max_tokens: config.max_generate_tokens, max_context: config.max_context },
+            crate::llm::GenerateLimits {
+                max_tokens: config.max_generate_tokens,
+                max_context: config.max_context,
+            },
         );
         // Cleared when the engine thread ends, whatever the reason.
         let (alive_tx, alive) = tokio::sync::watch::channel(true);
