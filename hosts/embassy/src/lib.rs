@@ -13,6 +13,11 @@
 //! - [`run_discovery`] answers DISCOVER datagrams on a UDP port with a (signed, when a key is
 //!   given) ANNOUNCE, like the std node.
 //!
+//! Sessions are **plain TCP**: this front-end has no TLS (the std node's `serve --tls` does), so
+//! its sessions, AUTH included, cross the network in the clear, and its ANNOUNCE carries no
+//! certificate fingerprint. Run it on a network you trust, or behind a tunnel
+//! (docs/SECURITY.md).
+//!
 //! This crate enables embassy-net's `tcp`, `udp`, `proto-ipv4` and `medium-ip`; enable the
 //! medium your driver needs (`medium-ethernet` for most boards) in your own `Cargo.toml`, and
 //! provide an `embassy-time` driver as for any embassy program.
