@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Text generation on the host: rela-llm's forward pass against llama.cpp (llama-cpp-python) on
+# the same CPU, the same GGUF (SmolLM2-135M-Instruct Q4_1) and the same thread count, alternating
+# runs in one run: prompt processing and decode tokens/s for one stream. Also checks llama.cpp's
+# tokenizer and its greedy generation against the transformers fixture.
+# Not part of CI (llama-cpp-python builds llama.cpp from source: many minutes on 2 cores).
+#
+# Usage: scripts/bench/generate-peers.sh [--threads N[,N...]] [--prompt N] [--decode N]
+#                                        [--rounds R] [--json PREFIX]
+#   --threads defaults to the CPU count; a list runs the comparison once per count.
+#
+# Environment: GENERATE_PEERS_VENV (default target/generate-peers-venv), PYTHON (default
+# python3), LLAMA_CPP_PYTHON (default llama-cpp-python==0.3.36), LLAMA_CMAKE_ARGS (default
+# -DGGML_NATIVE=ON: llama.cpp built for this CPU; see docs/BENCHMARKS.md for a CPU where that
+# build crashed), GENERATE_PEERS_NO_BUILD=1 (use target/release/examples/generate_bench as is).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+cd "$repo"
+
+threads="$(nproc)"
+json=""
+args=()
+while (($#)); do
+    case "$1" in
+        --threads) threads="$2"; shift 2 ;;
+        --json) json="$2"; shift 2 ;;
+        *) args+=("$1"); shift ;;
+    esac
+done
+
+venv="${GENERATE_PEERS_VENV:-$repo/target/generate-peers-venv}"
+model="$repo/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+hosts/models/fetch-model.sh "$repo/models" SmolLM2-135M-Instruct.Q4_1
+
+if ! "$venv/bin/python" -c "import llama_cpp, numpy" 2>/dev/null; then
+    echo "generate-peers: setting up $venv (building llama.cpp from source takes a while)" >&2
+    "${PYTHON:-python3}" -m venv "$venv"
+    CMAKE_ARGS="${LLAMA_CMAKE_ARGS:--DGGML_NATIVE=ON}" "$venv/bin/pip" install -q --no-cache-dir \
+        --no-binary llama-cpp-python "${LLAMA_CPP_PYTHON:-llama-cpp-python==0.3.36}" numpy
+fi
+
+if [[ -z "${GENERATE_PEERS_NO_BUILD:-}" ]]; then
+    cargo build --release -q -p rela-llm --example generate_bench
+fi
+
+echo "generate-peers: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) CPUs," \
+    "load average $(cut -d' ' -f1-3 /proc/loadavg), commit $(git rev-parse --short HEAD)"
+echo "generate-peers: llama.cpp $("$venv/bin/python" -c 'import llama_cpp; print(llama_cpp.__version__, llama_cpp.llama_print_system_info().decode().strip())')"
+for t in ${threads//,/ }; do
+    out=()
+    [[ -n "$json" ]] && out=(--json "$json-$t.json")
+    "$venv/bin/python" "$here/generate_peers.py" --model "$model" --bench target/release/examples/generate_bench \
+        --fixtures hosts/llm/tests/fixtures --threads "$t" "${out[@]}" "${args[@]}"
+done
+echo "generate-peers: load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
