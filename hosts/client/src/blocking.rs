@@ -7,8 +7,8 @@ use rela_core::wire::msg;
 use tokio::runtime::{Builder, Runtime};
 
 use crate::client::{
-    Client, ClientOptions, GenerateEvent, GenerateOutcome, GenerateRequest, Handle, Kernel, LoadProgress,
-    Progress, RemoteDeviceInfo, RemoteModel,
+    Client, ClientOptions, GenerateEvent, GenerateOutcome, GenerateRequest, Handle, Kernel, ListedModel,
+    LoadProgress, Progress, RemoteDeviceInfo, RemoteModel,
 };
 use crate::error::ClientError;
 
@@ -184,6 +184,11 @@ impl BlockingClient {
             }
             Ok(out)
         })
+    }
+
+    /// See [`Client::list_models`].
+    pub fn list_models(&mut self) -> Result<Vec<ListedModel>, ClientError> {
+        self.rt.block_on(self.inner.list_models())
     }
 
     /// See [`Client::model_load_with_progress`].

@@ -22,7 +22,7 @@ use crate::transport::{ReadHalf, WriteHalf};
 mod generate;
 mod models;
 pub use generate::{GenerateEvent, GenerateOutcome, GenerateRequest, TokenStream};
-pub use models::{LoadProgress, LoadStage, RemoteModel};
+pub use models::{ListedModel, LoadProgress, LoadStage, RemoteModel};
 
 /// Largest non-data response payload the client accepts (WELCOME, PONG, DEVICE_INFO, STATS,
 /// ERROR are all well below this).

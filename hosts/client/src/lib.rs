@@ -43,7 +43,7 @@ pub use blocking::BlockingClient;
 pub use client::{
     Client, ClientOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_READ_CHUNK,
     DEFAULT_REQUEST_TIMEOUT, DEFAULT_WRITE_CHUNK, GenerateEvent, GenerateOutcome, GenerateRequest, Handle,
-    Kernel, LoadProgress, LoadStage, Progress, RemoteDeviceInfo, RemoteModel, TokenStream,
+    Kernel, ListedModel, LoadProgress, LoadStage, Progress, RemoteDeviceInfo, RemoteModel, TokenStream,
 };
 pub use crc::FastCrc32;
 pub use discovery::{

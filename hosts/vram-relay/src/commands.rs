@@ -10,6 +10,7 @@ use rela_client::tls::Fingerprint;
 use rela_client::{Client, ClientError, LoadStage};
 use rela_core::config::{DEFAULT_DISCOVERY_PORT, MAX_BUFFERS, MAX_PAYLOAD};
 use rela_core::wire::ErrorCode;
+use rela_core::wire::model_list::ModelKind;
 use rela_node::tls::TlsIdentity;
 use rela_node::{ConfigError, Node, NodeConfig};
 
@@ -682,7 +683,7 @@ pub(crate) async fn embed(
             let quota = if e.code() == Some(ErrorCode::QUOTA_EXCEEDED) {
                 format!(" (this node's session quota is {})", human(c.welcome().quota))
             } else {
-                String::new()
+                crate::models_cmd::unknown_model_hint(&mut c, &e, ModelKind::EMBEDDING).await
             };
             return Err(match &weights {
                 Some(path) => format!("loading {} as {model} failed: {e}{quota}", path.display()),

@@ -11,6 +11,7 @@ mod commands;
 mod contention_bench;
 mod embed_bench;
 mod error;
+mod models_cmd;
 mod util;
 
 use std::path::PathBuf;
@@ -224,6 +225,14 @@ enum Command {
         #[arg(long)]
         fill: Option<u8>,
     },
+    /// List the models a node serves (name and kind: embedding or generation).
+    Models {
+        #[command(flatten)]
+        conn: ConnectArgs,
+        /// Print a JSON array of `{"name", "kind"}`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Embed texts with a model on the node (all-MiniLM-L6-v2: 384 floats per text).
     ///
     /// Prints each embedding (first values) and, for several texts, their cosine similarity
@@ -316,6 +325,7 @@ fn main() -> ExitCode {
             Command::Info { conn, json } => commands::info(conn, json).await,
             Command::Put { conn, file, then_get } => commands::put(conn, file, then_get).await,
             Command::Get { conn, out, size, fill } => commands::get(conn, out, size, fill).await,
+            Command::Models { conn, json } => models_cmd::run(conn, json).await,
             Command::Embed { conn, model, texts, json, weights } => {
                 commands::embed(conn, model, texts, json, weights).await
             }

@@ -571,6 +571,20 @@ fn embed_by_name_and_with_uploaded_weights() {
     assert!(err.contains("INVALID_INPUT") && err.contains("safetensors"), "{err}");
     let missing = embed(&["--weights", "/nonexistent/weights.safetensors"]);
     assert_eq!(missing.status.code(), Some(1));
+
+    // The node's models, listed; an unknown name is answered with the ones that exist.
+    let out = run(&["models", node.addr.as_str(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let name = model.file_name().unwrap().to_str().unwrap();
+    assert!(
+        listed.as_array().unwrap().iter().any(|m| m["name"] == name && m["kind"] == "embedding"),
+        "{listed}"
+    );
+    let out = run(&["embed", node.addr.as_str(), "--model", "nope", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("NO_SUCH_MODEL") && err.contains("this node serves:") && err.contains(name), "{err}");
     assert!(node.terminate().success());
 }
 

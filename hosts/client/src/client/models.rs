@@ -2,6 +2,7 @@
 //! MODEL_CHUNK, MODEL_COMMIT), on nodes that advertise the MODELS capability.
 
 use rela_core::config::HEADER_LEN;
+use rela_core::wire::model_list::{ModelKind, ModelList};
 use rela_core::wire::msg::{self, Caps, EMBEDDINGS_PREFIX_LEN, Infer, MODEL_CHUNK_PREFIX_LEN, Response};
 use rela_core::wire::{Flags, Kind, emit_frame};
 
@@ -35,7 +36,35 @@ pub struct RemoteModel {
     pub bytes: u64,
 }
 
+/// One model a node serves (MODEL_LIST).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ListedModel {
+    /// Its name, as [`Client::model_load`] takes it.
+    pub name: String,
+    /// What it does: [`ModelKind::EMBEDDING`] (INFER) or [`ModelKind::GENERATION`] (GENERATE);
+    /// a node of a later version may send kinds this client does not know.
+    pub kind: ModelKind,
+}
+
 impl Client {
+    /// MODEL_LIST: every model the node serves, in name order (one request per model; a node
+    /// whose folder changes meanwhile may skip or repeat one).
+    pub async fn list_models(&mut self) -> Result<Vec<ListedModel>, ClientError> {
+        let mut out = Vec::new();
+        for index in 0..=u16::MAX {
+            let seq = self.send_msg(&ModelList { index }).await?;
+            match self.expect(seq, Kind::MODEL_LIST).await? {
+                Response::ModelListed(m) if m.kind == ModelKind::NONE || index >= m.count => break,
+                Response::ModelListed(m) => out.push(ListedModel { name: m.name.to_owned(), kind: m.kind }),
+                other => {
+                    let e = unexpected(&other);
+                    return Err(self.broke(e));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Whether the node serves models (WELCOME advertised MODELS).
     pub fn serves_models(&self) -> bool {
         self.welcome().caps.contains(Caps::MODELS)
