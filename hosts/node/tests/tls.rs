@@ -2,6 +2,7 @@
 //! certificate kept across restarts; the fingerprint in the signed ANNOUNCE; AUTH and LZ4
 //! inside TLS; a client and a node that disagree about TLS fail with an error, not a hang.
 
+#![cfg(feature = "tls")]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
@@ -9,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::{config, start, within};
-use rela_client::tls::{Fingerprint, KnownNodes, TlsError, TlsOptions};
+use rela_client::tls::{Fingerprint, KnownNodes, TlsError, TlsOptions, TlsTrust};
 use rela_client::{BlockingClient, Client, ClientError, ClientOptions};
 use rela_node::NodeConfig;
 use rela_node::tls::TlsIdentity;
@@ -156,6 +157,39 @@ async fn the_signed_announce_carries_the_fingerprint_a_client_can_pin() {
     .expect("discovery");
     assert_eq!(nodes.len(), 1);
     assert_eq!(nodes[0].tls_fingerprint, None);
+    node.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn a_ca_bundle_vouches_for_the_names_the_certificate_carries() {
+    let state = ScratchDir::new("tls-ca");
+    let (identity, _) = TlsIdentity::load_or_generate(state.path()).expect("identity");
+    let node = start(tls_config(&identity), ARENA).await;
+    // The self-signed certificate is its own CA; it names `localhost`.
+    let bundle = state.path().join("tls").join(rela_node::tls::CERT_FILE);
+    let ca = || {
+        ClientOptions::default().with_tls(TlsOptions { trust: TlsTrust::ca_file(&bundle).expect("bundle") })
+    };
+    let host = format!("localhost:{}", node.local_addr().port());
+    let (client, _) = within(Client::connect_host(&host, Some(TOKEN), ca())).await.expect("vouched for");
+    assert_eq!(client.tls_fingerprint(), Some(identity.fingerprint()));
+    client.close().await.expect("bye");
+    // By IP address: the certificate does not name 127.0.0.1.
+    let err =
+        within(Client::connect_with(node.local_addr(), Some(TOKEN), ca())).await.expect_err("wrong name");
+    assert!(matches!(err, ClientError::Tls(TlsError::Handshake(_))), "{err}");
+    // A bundle of another CA.
+    let other = ScratchDir::new("tls-ca-other");
+    TlsIdentity::load_or_generate(other.path()).expect("another identity");
+    let foreign = other.path().join("tls").join(rela_node::tls::CERT_FILE);
+    let options =
+        ClientOptions::default().with_tls(TlsOptions { trust: TlsTrust::ca_file(&foreign).expect("bundle") });
+    let err = within(Client::connect_host(&host, Some(TOKEN), options)).await.expect_err("not vouched for");
+    assert!(matches!(err, ClientError::Tls(TlsError::Handshake(_))), "{err}");
+    // A bundle that holds no certificate.
+    let empty = state.path().join("empty.pem");
+    std::fs::write(&empty, "").expect("write");
+    assert!(matches!(TlsTrust::ca_file(&empty), Err(TlsError::CaBundle(_))));
     node.shutdown().await.expect("shutdown");
 }
 
