@@ -1,11 +1,12 @@
-//! AVX-512 row kernels for the hottest block types (Q4_0, Q4_1, Q8_0) with f32 activations,
+//! AVX-512 row kernels for the common block types (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) with f32
+//! activations,
 //! written with [`pulp`]'s safe intrinsics: a block of 32 quants becomes two vectors of sixteen
 //! f32, and its f16 scale (and Q4_1's min) is converted by the hardware (`vcvtph2ps`), which
 //! the AVX2 kernels ([`crate::qdot_avx2`]) must do in scalar code.
 //!
 //! Same sums as [`quant::dot`](crate::quant::dot) up to f32 rounding and their order.
 
-use core::arch::x86_64::{__m128, __m128i, __m512};
+use core::arch::x86_64::{__m128, __m128i, __m512, __m512i};
 
 use pulp::x86::V4;
 
@@ -95,6 +96,101 @@ pub(crate) fn dot_q8_0(simd: V4, row: &[u8], x: &[f32]) -> f32 {
         let t = f._mm512_fmadd_ps(hi, load_f32x16(&x[16..]), f._mm512_mul_ps(lo, load_f32x16(x)));
         let d = f._mm512_broadcastss_ps(f16_pair(simd, b));
         acc = f._mm512_fmadd_ps(d, t, acc);
+    }
+    hsum(simd, acc)
+}
+
+/// Q4_K's scale and min for sub-block `j` (0..8) from its 12 packed bytes.
+#[inline(always)]
+fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
+    let (s, m) = if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        ((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+    };
+    (f32::from(s), f32::from(m))
+}
+
+/// A Q4_K row times `x`, given `x`'s per-32 sums.
+#[inline(always)]
+pub(crate) fn dot_q4_k(simd: V4, row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
+    let f = &simd.avx512f;
+    let mut acc = f._mm512_setzero_ps();
+    let mut bias = 0f32;
+    let mask = f._mm512_set1_epi32(0x0F);
+    let blocks = row.as_chunks::<144>().0.iter().zip(x.as_chunks::<256>().0).zip(sums.as_chunks::<8>().0);
+    for ((b, x), s) in blocks {
+        prefetch(simd, b);
+        prefetch(simd, &b[64..]);
+        let dm = f16_pair(simd, b);
+        let d = simd.sse._mm_cvtss_f32(dm);
+        let dmin = simd.sse._mm_cvtss_f32(simd.sse3._mm_movehdup_ps(dm));
+        let scales = &b[4..16];
+        for j in 0..4 {
+            let q = &b[16 + 32 * j..16 + 32 * j + 32];
+            let x = &x[64 * j..64 * j + 64];
+            let z0 = f._mm512_cvtepu8_epi32(load_u8x16(q));
+            let z1 = f._mm512_cvtepu8_epi32(load_u8x16(&q[16..]));
+            let cvt = |v| f._mm512_cvtepi32_ps(v);
+            let lo0 = cvt(f._mm512_and_si512(z0, mask));
+            let lo1 = cvt(f._mm512_and_si512(z1, mask));
+            let hi0 = cvt(f._mm512_srli_epi32::<4>(z0));
+            let hi1 = cvt(f._mm512_srli_epi32::<4>(z1));
+            let t1 = f._mm512_fmadd_ps(lo1, load_f32x16(&x[16..]), f._mm512_mul_ps(lo0, load_f32x16(x)));
+            let t2 =
+                f._mm512_fmadd_ps(hi1, load_f32x16(&x[48..]), f._mm512_mul_ps(hi0, load_f32x16(&x[32..])));
+            let (s1, m1) = scale_min_k4(2 * j, scales);
+            let (s2, m2) = scale_min_k4(2 * j + 1, scales);
+            acc = f._mm512_fmadd_ps(f._mm512_set1_ps(d * s1), t1, acc);
+            acc = f._mm512_fmadd_ps(f._mm512_set1_ps(d * s2), t2, acc);
+            bias = (dmin * m2).mul_add(s[2 * j + 1], (dmin * m1).mul_add(s[2 * j], bias));
+        }
+    }
+    hsum(simd, acc) - bias
+}
+
+/// A Q6_K row times `x`.
+#[inline(always)]
+pub(crate) fn dot_q6_k(simd: V4, row: &[u8], x: &[f32]) -> f32 {
+    let f = &simd.avx512f;
+    let mut acc = f._mm512_setzero_ps();
+    let low4 = f._mm512_set1_epi32(0x0F);
+    let low2 = f._mm512_set1_epi32(3);
+    let bias = f._mm512_set1_epi32(32);
+    for (b, x) in row.as_chunks::<210>().0.iter().zip(x.as_chunks::<256>().0) {
+        prefetch(simd, b);
+        prefetch(simd, &b[64..]);
+        prefetch(simd, &b[128..]);
+        let d = simd.sse._mm_cvtss_f32(simd.avx512f._mm_maskz_cvtph_ps(
+            0b1,
+            simd.sse2._mm_cvtsi32_si128(i32::from(u16::from_le_bytes([b[208], b[209]]))),
+        ));
+        for half in 0..2 {
+            let ql = &b[64 * half..64 * half + 64];
+            let qh = &b[128 + 32 * half..128 + 32 * half + 32];
+            let sc = &b[192 + 8 * half..192 + 8 * half + 8];
+            let xh = &x[128 * half..128 * half + 128];
+            for lh in 0..2 {
+                let za = f._mm512_cvtepu8_epi32(load_u8x16(&ql[16 * lh..]));
+                let zb = f._mm512_cvtepu8_epi32(load_u8x16(&ql[32 + 16 * lh..]));
+                let zh = f._mm512_cvtepu8_epi32(load_u8x16(&qh[16 * lh..]));
+                let q = |low: __m512i, high: __m512i| {
+                    let v = f._mm512_or_si512(low, f._mm512_slli_epi32::<4>(f._mm512_and_si512(high, low2)));
+                    f._mm512_cvtepi32_ps(f._mm512_sub_epi32(v, bias))
+                };
+                let qs = [
+                    q(f._mm512_and_si512(za, low4), zh),
+                    q(f._mm512_and_si512(zb, low4), f._mm512_srli_epi32::<2>(zh)),
+                    q(f._mm512_srli_epi32::<4>(za), f._mm512_srli_epi32::<4>(zh)),
+                    q(f._mm512_srli_epi32::<4>(zb), f._mm512_srli_epi32::<6>(zh)),
+                ];
+                for (k, qk) in qs.into_iter().enumerate() {
+                    let t = f._mm512_mul_ps(qk, load_f32x16(&xh[32 * k + 16 * lh..]));
+                    let ds = f._mm512_set1_ps(d * f32::from(sc[lh + 2 * k] as i8));
+                    acc = f._mm512_fmadd_ps(ds, t, acc);
+                }
+            }
+        }
     }
     hsum(simd, acc)
 }

@@ -303,6 +303,8 @@ impl Rows<'_, '_> {
         match m.ty {
             GgmlType::Q4_0 => rows!(|r| k::dot_q4_0(simd, r, x)),
             GgmlType::Q4_1 => rows!(|r| k::dot_q4_1(simd, r, x, sums)),
+            GgmlType::Q4_K => rows!(|r| k::dot_q4_k(simd, r, x, sums)),
+            GgmlType::Q6_K => rows!(|r| k::dot_q6_k(simd, r, x)),
             _ => rows!(|r| k::dot_q8_0(simd, r, x)),
         }
     }
@@ -311,11 +313,15 @@ impl Rows<'_, '_> {
 /// Runs a [`Rows`] job with the best kernels for its type and the CPU.
 fn rows(job: Rows<'_, '_>) {
     #[cfg(target_arch = "x86_64")]
-    if matches!(job.m.ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0) {
-        if let Some(simd) = pulp::x86::V4::try_new() {
+    {
+        let ty = job.m.ty;
+        let avx512 =
+            matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q6_K);
+        if avx512 && let Some(simd) = pulp::x86::V4::try_new() {
             return simd.vectorize(move || job.run_avx512(simd));
         }
-        if let Some(simd) = pulp::x86::V3::try_new() {
+        let avx2 = matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0);
+        if avx2 && let Some(simd) = pulp::x86::V3::try_new() {
             return simd.vectorize(move || job.run_avx2(simd));
         }
     }
@@ -606,14 +612,19 @@ mod tests {
             rows_portable::<Fused>(m, &x, &sums, &mut y);
             assert_close(&m, &x, &y, "portable, fused");
             #[cfg(target_arch = "x86_64")]
-            if matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0) {
-                if let Some(simd) = pulp::x86::V3::try_new() {
+            {
+                let quant = !matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
+                let k_quant = matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K);
+                if quant
+                    && !k_quant
+                    && let Some(simd) = pulp::x86::V3::try_new()
+                {
                     y.fill(f32::NAN);
                     let job = Rows { m, x: &x, sums: &sums, first: 0, y: &mut y };
                     simd.vectorize(move || job.run_avx2(simd));
                     assert_close(&m, &x, &y, "AVX2");
                 }
-                if let Some(simd) = pulp::x86::V4::try_new() {
+                if quant && let Some(simd) = pulp::x86::V4::try_new() {
                     y.fill(f32::NAN);
                     let job = Rows { m, x: &x, sums: &sums, first: 0, y: &mut y };
                     simd.vectorize(move || job.run_avx512(simd));
