@@ -8,6 +8,7 @@ use rela_core::backend::{BackendKind, KernelId};
 use rela_core::crc32::SoftCrc32;
 use rela_core::discovery::{Announce, Discover};
 use rela_core::wire::generate::{FinishReason, Generate, Generated, Prompt, Sampling, TokenMsg};
+use rela_core::wire::model_list::{ModelKind, ModelList, ModelListed};
 use rela_core::wire::msg::*;
 use rela_core::wire::{ErrorCode, Flags, Frame, Kind, encode_frame};
 
@@ -194,6 +195,11 @@ fn examples() -> Vec<(&'static str, Vec<u8>)> {
             ),
         ),
         ("cancel", empty(Kind::CANCEL, Flags::NONE, 18)),
+        ("model-list", frame(19, &ModelList { index: 0 })),
+        (
+            "model-listed",
+            frame(19, &ModelListed { count: 2, kind: ModelKind::EMBEDDING, name: "all-MiniLM-L6-v2" }),
+        ),
     ]
 }
 
