@@ -18,6 +18,7 @@ use crate::ConnectArgs;
 use crate::addr::NodeAddr;
 use crate::backends::{self, BackendChoice};
 use crate::error::CliError;
+use crate::mdns;
 use crate::util::{self, human, outln, parse_size};
 
 /// `vram-relay serve`. Every flag can also be set by the environment variable its help names
@@ -54,6 +55,13 @@ pub(crate) struct ServeArgs {
     /// Do not answer discovery.
     #[arg(long, env = "RELA_NO_DISCOVERY", value_parser = BoolishValueParser::new())]
     no_discovery: bool,
+    /// Advertise the node over mDNS/DNS-SD as `_rela._tcp.local.` (found by `discover --mdns`
+    /// and Android's NsdManager). On by default when --listen is not a loopback address.
+    #[arg(long, env = "RELA_MDNS", value_parser = BoolishValueParser::new(), conflicts_with = "no_mdns")]
+    mdns: bool,
+    /// Do not advertise over mDNS, whatever --listen is.
+    #[arg(long, env = "RELA_NO_MDNS", value_parser = BoolishValueParser::new())]
+    no_mdns: bool,
     /// Backend: auto tries cuda, vulkan, wgpu, then host.
     #[arg(long, env = "RELA_BACKEND", value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
@@ -221,6 +229,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), CliError> {
             "this device is a software rasterizer: it runs on the CPU, not on a GPU"
         );
     }
+    let node_id = config.node_id;
     let node = Node::start(config, backend).await.map_err(|e| match e {
         rela_node::NodeError::Io(io) if io.kind() == std::io::ErrorKind::AddrInUse => {
             format!(
@@ -241,9 +250,28 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), CliError> {
         tls_fingerprint = %node.tls_fingerprint().map_or_else(|| "off".to_owned(), |f| f.to_string()),
         "node ready"
     );
+    let mut advertiser = (args.mdns || (!args.no_mdns && !args.listen.ip().is_loopback()))
+        .then(|| {
+            let advert = mdns::Advert {
+                listen: node.local_addr(),
+                discovery: node.discovery_addr(),
+                node_id,
+                backend: info.backend,
+                device: info.name.to_string(),
+                total: info.total,
+                auth: token.is_some(),
+            };
+            // mDNS is a convenience beside UDP discovery: a network without multicast only
+            // loses it.
+            mdns::Advertiser::start(advert, info.total)
+                .inspect_err(|e| tracing::warn!(error = %e, "not advertising over mDNS"))
+                .ok()
+        })
+        .flatten();
 
     tokio::select! {
         () = wait_for_signal() => {}
+        () = mdns::keep_fresh(advertiser.as_mut(), &node) => {}
         () = node.stopped() => {
             // The engine thread ended on its own; the log says why.
             let _ = node.shutdown().await;
@@ -407,10 +435,18 @@ pub(crate) struct DiscoverArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Browse mDNS/DNS-SD (`_rela._tcp.local.`) instead of sending DISCOVER. With a token,
+    /// each node must also prove it holds it with a signed ANNOUNCE from the discovery port
+    /// its record names.
+    #[arg(long, conflicts_with = "to")]
+    mdns: bool,
 }
 
 pub(crate) async fn discover(args: DiscoverArgs) -> Result<(), CliError> {
     let token = util::load_token(args.token.as_deref(), args.token_file.as_deref())?;
+    if args.mdns {
+        return mdns::discover(args.timeout, args.settle, token.as_deref(), args.json).await;
+    }
     let targets = if args.to.is_empty() {
         vec![
             SocketAddr::from((Ipv4Addr::BROADCAST, DEFAULT_DISCOVERY_PORT)),

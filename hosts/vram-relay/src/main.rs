@@ -11,6 +11,7 @@ mod commands;
 mod contention_bench;
 mod embed_bench;
 mod error;
+mod mdns;
 mod models_cmd;
 mod util;
 

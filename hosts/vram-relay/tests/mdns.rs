@@ -1,0 +1,149 @@
+//! mDNS/DNS-SD on the loopback interface: `serve --mdns` advertises `_rela._tcp.local.` with
+//! the TXT record PROTOCOL.md lists, `discover --mdns` finds it, confirms it with a signed
+//! ANNOUNCE when given the token and drops it with the wrong one, and a loopback node started
+//! without `--mdns` is not advertised.
+//!
+//! Needs multicast on `lo`, which Linux leaves off: `sudo ip link set lo multicast on`
+//! (scripts/ci/mdns.sh does that in CI). Without it the test prints a SKIPPED line, unless
+//! `RELA_REQUIRE_MDNS=1`, when it fails.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vram-relay");
+const TOKEN: &str = "an mDNS test token, long enough";
+
+/// Whether `lo` can carry multicast (IFF_MULTICAST in /sys/class/net/lo/flags).
+fn loopback_multicast() -> bool {
+    let flags = std::fs::read_to_string("/sys/class/net/lo/flags").unwrap_or_default();
+    let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).unwrap_or(0);
+    let on = flags & 0x1000 != 0;
+    if !on {
+        let why = "multicast is off on the loopback interface (run `sudo ip link set lo multicast on`)";
+        assert!(
+            std::env::var_os("RELA_REQUIRE_MDNS").is_none_or(|v| v != "1"),
+            "RELA_REQUIRE_MDNS=1 but {why}"
+        );
+        eprintln!("*** SKIPPED mDNS on loopback: {why} ***");
+    }
+    on
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `serve` child on free loopback ports with a token, killed on drop.
+struct Served {
+    child: Child,
+    port: u16,
+    discovery: u16,
+}
+
+impl Served {
+    fn start(token_file: &std::path::Path, extra: &[&str]) -> Self {
+        let (port, discovery) = (free_port(), free_port());
+        let mut child = Command::new(BIN)
+            .args(["serve", "--backend", "host", "--capacity", "8MiB", "--token-file"])
+            .arg(token_file)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--discovery",
+                &format!("127.0.0.1:{discovery}"),
+            ])
+            .args(extra)
+            .env_remove("AUTH_TOKEN")
+            .env_remove("REQUIRE_AUTH")
+            .env_remove("RELA_MDNS")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("node ready") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(30)).expect("node ready within 30 s");
+        Self { child, port, discovery }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `discover --mdns --json` with `token_file`: the nodes listed, and stderr.
+fn discover(token_file: &std::path::Path) -> (Vec<serde_json::Value>, String) {
+    let out = Command::new(BIN)
+        .args(["discover", "--mdns", "--json", "--timeout", "8", "--settle", "2", "--token-file"])
+        .arg(token_file)
+        .env_remove("AUTH_TOKEN")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "discover --mdns failed: {stderr}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    (json["nodes"].as_array().cloned().unwrap_or_default(), stderr)
+}
+
+#[test]
+fn serve_mdns_is_found_verified_and_described() {
+    if !loopback_multicast() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("rela-mdns-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (token, wrong) = (dir.join("token"), dir.join("wrong"));
+    std::fs::write(&token, TOKEN).unwrap();
+    std::fs::write(&wrong, "not the token").unwrap();
+
+    let advertised = Served::start(&token, &["--mdns"]);
+    let quiet = Served::start(&token, &[]);
+
+    let (nodes, stderr) = discover(&token);
+    let ours: Vec<_> =
+        nodes.iter().filter(|n| n["addr"] == format!("127.0.0.1:{}", advertised.port)).collect();
+    assert_eq!(ours.len(), 1, "the --mdns node is found once: {nodes:?} {stderr}");
+    let n = ours[0];
+    assert_eq!(n["verified"], true, "signed ANNOUNCE from the advertised discovery port");
+    assert_eq!(n["proto"], 1);
+    assert_eq!(n["backend"], "host");
+    assert_eq!(n["total"], 8 << 20);
+    assert_eq!(n["free"], 8 << 20);
+    assert_eq!(n["auth_required"], true);
+    assert_eq!(n["discovery_port"], advertised.discovery);
+    let id = n["node_id"].as_str().unwrap();
+    assert!(id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()), "node id {id}");
+    assert!(
+        n["name"].as_str().unwrap().ends_with("._rela._tcp.local."),
+        "instance of _rela._tcp.local.: {}",
+        n["name"]
+    );
+    // A loopback node without --mdns is not advertised.
+    assert!(
+        !nodes.iter().any(|n| n["addr"] == format!("127.0.0.1:{}", quiet.port)),
+        "a loopback node advertises only with --mdns: {nodes:?}"
+    );
+
+    // With the wrong token the node cannot prove itself and is not listed.
+    let (nodes, stderr) = discover(&wrong);
+    assert!(
+        !nodes.iter().any(|n| n["addr"] == format!("127.0.0.1:{}", advertised.port)),
+        "listed without proof: {nodes:?}"
+    );
+    assert!(stderr.contains("did not prove it holds the token"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
