@@ -6,6 +6,7 @@ use std::ops::Range;
 use rela_backend_host::{Arena, Around, HostMemory};
 use rela_conformance::{CASES, Inspect, Outcome, SUITE_CAPACITY, Tested, case, run_case, run_suite};
 use rela_core::backend::{BackendError, BinaryOp, BufferId, DeviceInfo, GpuBackend, KernelCall, Usage};
+use rela_test_support::{f32_bytes, f32_values};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Bug {
@@ -110,12 +111,11 @@ impl Mutant {
     fn f32s(&mut self, id: BufferId, n: usize) -> Result<Vec<f32>, BackendError> {
         let mut bytes = vec![0u8; n * 4];
         self.inner.read(id, 0, &mut bytes)?;
-        Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        Ok(f32_values(&bytes))
     }
 
     fn put_f32s(&mut self, id: BufferId, v: &[f32]) -> Result<(), BackendError> {
-        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        self.inner.write(id, 0, &bytes)
+        self.inner.write(id, 0, &f32_bytes(v))
     }
 }
 
