@@ -9,6 +9,9 @@
 //! measured. With `--spawn` the chosen backend is also opened in this process and driven
 //! directly, so the node's overhead over the backend itself shows up in the same run.
 //!
+//! With `--tls` (and `--spawn`), a second node serving TLS is measured against the plaintext one
+//! in the same run (`bench/tls.rs`).
+//!
 //! Noise control: every transfer measurement alternates relay and baseline `--repeat` times and
 //! keeps the best of each; PINGs alternate in blocks of 50 so a burst of load on the machine hits
 //! both sides alike. Every figure is taken in the same run, so ratios compare like with like.
@@ -27,6 +30,8 @@ use tokio::sync::Barrier;
 
 use crate::backends::{self, BackendChoice};
 use crate::util::{self, human, parse_size};
+
+mod tls;
 
 /// `vram-relay bench`.
 #[derive(Debug, Args)]
@@ -79,6 +84,10 @@ pub(crate) struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also spawn the node serving TLS and compare it with plaintext: upload, download and PING
+    /// latency, alternating between the two.
+    #[arg(long, requires = "spawn")]
+    tls: bool,
 }
 
 /// One row of the report.
@@ -330,6 +339,7 @@ impl Spawned {
         capacity: u64,
         quota: u64,
         threads: Option<u16>,
+        extra: &[&str],
     ) -> Result<Self, String> {
         // Reserve a free port, release it, and hand it to the child.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -348,6 +358,7 @@ impl Spawned {
         if let Some(n) = threads {
             cmd.args(["--threads", &n.to_string()]);
         }
+        cmd.args(extra);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -611,7 +622,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
         let capacity = args.buffer.max(per_session * max_sessions as u64) + (64 << 20);
         let quota = args.buffer.max(per_session);
         let exe = args.node_exe.as_deref();
-        Some(Spawned::node(exe, args.backend, capacity, quota, args.node_threads).await?)
+        Some(Spawned::node(exe, args.backend, capacity, quota, args.node_threads, &[]).await?)
     } else {
         None
     };
@@ -630,7 +641,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
         chunk: args.chunk.map(|c| u32::try_from(c).unwrap_or(u32::MAX)),
         ..rela_client::ClientOptions::default()
     };
-    let mut client = Client::connect_with(addr, token.as_deref(), options)
+    let mut client = Client::connect_with(addr, token.as_deref(), options.clone())
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
     let info = client.device_info().await.map_err(|e| e.to_string())?;
@@ -742,6 +753,9 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
         };
         cpu("server process (node vs raw server)", rs, bs);
         cpu("client process (rela-client vs raw client)", rc, bc);
+    }
+    if args.tls {
+        rows.extend(tls::compare(&args, &mut client, &options, &data, &mut sink_buf).await?);
     }
     client.close().await.map_err(|e| e.to_string())?;
     // The node's peak so far held at most the one transfer buffer.
