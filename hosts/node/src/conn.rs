@@ -38,7 +38,7 @@
 //!
 //! The tasks are generic over the stream ([`SplitStream`]): plain TCP, or TLS when the node has
 //! an identity (the handshake runs in the connection's task before anything else, bounded by
-//! [`TLS_HANDSHAKE`]). Over TLS the PING fast path decides on the reader but leaves the writing
+//! the session's handshake timeout; the session's own handshake deadline starts after it). Over TLS the PING fast path decides on the reader but leaves the writing
 //! to the writer, which flushes the TLS layer after each batch.
 
 use std::collections::HashMap;
@@ -89,9 +89,6 @@ const WRITE_STALL: Duration = Duration::from_secs(60);
 const HANDSHAKE_POLL: Duration = Duration::from_millis(5);
 /// Most replies gathered into one vectored write.
 const WRITE_BATCH: usize = 16;
-/// Longest a TLS handshake may take before the connection is dropped.
-#[cfg(feature = "tls")]
-const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// What every connection task shares.
 #[derive(Debug)]
@@ -242,14 +239,15 @@ impl Admitted {
 }
 
 /// Runs the TLS handshake when the node serves TLS, then serves the connection or turns it
-/// away as [`admit`] decided. A handshake that fails or takes longer than [`TLS_HANDSHAKE`]
-/// drops the connection (logged at debug).
+/// away as [`admit`] decided. A handshake that fails or takes longer than the session's
+/// handshake timeout drops the connection (logged at debug).
 async fn start(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, admitted: Admitted) {
     let _ = stream.set_nodelay(true);
     #[cfg(feature = "tls")]
     if let Some(config) = shared.tls.clone() {
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
+        let limit = Duration::from_micros(shared.session.handshake_timeout.as_micros());
+        match tokio::time::timeout(limit, acceptor.accept(stream)).await {
             Ok(Ok(tls)) => admitted.run(tls, peer, shared).await,
             Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),

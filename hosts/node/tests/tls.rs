@@ -237,6 +237,23 @@ async fn tls_and_plain_ends_fail_cleanly() {
     node.shutdown().await.expect("shutdown");
 }
 
+#[tokio::test]
+async fn a_silent_tls_client_is_cut_by_the_handshake_timeout() {
+    use tokio::io::AsyncReadExt;
+    let identity = TlsIdentity::self_signed().expect("identity");
+    let mut cfg = tls_config(&identity);
+    cfg.session.handshake_timeout = rela_core::time::Duration::from_millis(300);
+    let node = start(cfg, ARENA).await;
+    // Connects and never sends a ClientHello: the node closes once the timeout passes.
+    let mut stream = tokio::net::TcpStream::connect(node.local_addr()).await.expect("connect");
+    let mut byte = [0u8; 1];
+    let read = within(stream.read(&mut byte)).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "the node should close the connection, got {read:?}");
+    common::wait_idle(&node).await;
+    assert_eq!(node.sessions(), 0);
+    node.shutdown().await.expect("shutdown");
+}
+
 #[test]
 fn the_blocking_client_speaks_tls() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
