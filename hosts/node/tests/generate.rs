@@ -1,0 +1,359 @@
+//! GENERATE through a live node with SmolLM2-135M-Instruct Q4_1 (`hosts/models/fetch-model.sh`),
+//! served from `--models DIR` as a `.gguf` file: greedy ids against the transformers fixture,
+//! CANCEL mid-stream, another session served while one generates, the shared model released
+//! with its last session, and hostile GENERATEs answered with typed errors.
+//!
+//! Without the file each test prints a SKIPPED line, unless `RELA_REQUIRE_GGUF=1`, when it fails.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{config, read_raw_frame, start, within};
+use rela_client::{Client, ClientError, GenerateEvent, GenerateRequest};
+use rela_core::wire::generate::{FinishReason, Generate, Prompt, Sampling};
+use rela_core::wire::msg::{Caps, Hello, Message, ModelLoad, ModelLoaded};
+use rela_core::wire::{ErrorCode, Flags, Kind, encode_frame};
+use rela_node::NodeConfig;
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// The model's name on the node: its file name without `.gguf`.
+const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1";
+
+/// A fixture step whose top-1/top-2 margin is below this is a near tie; ids are compared only
+/// before the first one.
+const NEAR_TIE: f64 = 0.05;
+
+/// The directory holding the GGUF file, if present.
+fn models_dir(test: &str) -> Option<PathBuf> {
+    let file = std::env::var_os("RELA_GGUF").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models").join(format!("{MODEL}.gguf"))
+    });
+    if file.is_file() {
+        return file.parent().map(Path::to_path_buf);
+    }
+    let why = format!("{} is absent (run hosts/models/fetch-model.sh)", file.display());
+    assert!(std::env::var_os("RELA_REQUIRE_GGUF").is_none_or(|v| v != "1"), "RELA_REQUIRE_GGUF=1 but {why}");
+    eprintln!("*** SKIPPED {test}: {why} ***");
+    None
+}
+
+fn node_config(dir: PathBuf) -> NodeConfig {
+    NodeConfig { models: Some(dir), ..config() }
+}
+
+fn fixture() -> Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../llm/tests/fixtures/generation_fixture.json");
+    serde_json::from_str(&std::fs::read_to_string(&p).expect("fixture")).expect("fixture JSON")
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().expect("ids").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+}
+
+fn request(model: u32, prompt: Prompt<'_>, max_tokens: u32) -> GenerateRequest<'_> {
+    GenerateRequest { model, prompt, max_tokens, sampling: Sampling::GREEDY, stops: &[] }
+}
+
+/// The fixture's greedy ids up to its first near tie.
+fn before_near_tie(case: &Value) -> usize {
+    let margins = case["margins"].as_array().expect("margins");
+    margins.iter().position(|m| m.as_f64().expect("margin") < NEAR_TIE).unwrap_or(margins.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_generation_through_the_node_matches_transformers() {
+    let Some(dir) = models_dir("greedy_generation_through_the_node_matches_transformers") else { return };
+    let node = start(node_config(dir), 64 << 20).await;
+    let mut c = within(Client::connect(node.local_addr(), None)).await.expect("connect");
+    let m = within(c.model_load(MODEL)).await.expect("load");
+    assert_eq!((m.dim, m.bytes), (0, 0), "a shared language model: no embeddings, nothing charged");
+    let fx = fixture();
+    for case in fx["cases"].as_array().expect("cases") {
+        let name = case["name"].as_str().expect("name");
+        let input = ids(&case["input_ids"]);
+        let want = ids(&case["generated_ids"]);
+        // The prompt as the fixture gives it: text for raw prompts, messages for chats, so the
+        // node's tokenizer and chat template are checked too.
+        let messages: Vec<(String, String)> = case["messages"]
+            .as_array()
+            .map(|ms| {
+                ms.iter()
+                    .map(|m| {
+                        (
+                            m["role"].as_str().expect("role").into(),
+                            m["content"].as_str().expect("content").into(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let refs: Vec<(&str, &str)> = messages.iter().map(|(r, c)| (r.as_str(), c.as_str())).collect();
+        let prompt = match case["kind"].as_str() {
+            Some("chat") => Prompt::Messages(&refs),
+            _ => Prompt::Text(case["text"].as_str().expect("text")),
+        };
+        let mut streamed = String::new();
+        let out =
+            within(c.generate_text(&request(m.id, prompt, want.len() as u32), |t| streamed.push_str(t)))
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(out.input_ids, input, "{name}: input ids");
+        let n = before_near_tie(case);
+        assert_eq!(out.generated_ids[..n.min(out.generated_ids.len())], want[..n], "{name}: greedy ids");
+        assert_eq!(streamed, out.text);
+        assert_eq!(out.summary.prompt_tokens as usize, input.len());
+        assert_eq!(out.summary.generated_tokens as usize, out.generated_ids.len());
+        if n == want.len() {
+            // No near tie: the whole sequence, its text and why it ended.
+            assert_eq!(out.generated_ids, want, "{name}");
+            assert_eq!(out.text, case["generated_text"].as_str().expect("text"), "{name}");
+            assert_eq!(out.finish_reason(), case["finish_reason"].as_str().expect("reason"), "{name}");
+        }
+        // Token ids as the prompt give the same ids.
+        if name == "raw_capital" {
+            let again = within(c.generate_text(&request(m.id, Prompt::Tokens(&input), 8), |_| {}))
+                .await
+                .expect("ids");
+            assert_eq!(again.generated_ids, want[..8]);
+        }
+    }
+    within(c.close()).await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_generation_and_the_session_goes_on() {
+    let Some(dir) = models_dir("cancel_stops_a_generation_and_the_session_goes_on") else { return };
+    let node = start(node_config(dir), 64 << 20).await;
+    let mut c = within(Client::connect(node.local_addr(), None)).await.expect("connect");
+    let m = within(c.model_load(MODEL)).await.expect("load");
+    let fx = fixture();
+    // A short prompt whose greedy continuation runs past 48 tokens without EOS.
+    let case =
+        fx["cases"].as_array().expect("cases").iter().find(|c| c["name"] == "raw_story").expect("case");
+    let input = ids(&case["input_ids"]);
+    let mut stream = within(c.generate(&request(m.id, Prompt::Tokens(&input), 500))).await.expect("generate");
+    let mut tokens = 0;
+    let summary = loop {
+        match within(stream.next()).await.expect("event").expect("not ended") {
+            GenerateEvent::Prompt(_) => {}
+            GenerateEvent::Token { .. } => {
+                tokens += 1;
+                if tokens == 2 {
+                    within(stream.cancel()).await.expect("cancel");
+                }
+            }
+            GenerateEvent::Finished(g) => break g,
+        }
+    };
+    assert_eq!(summary.finish_reason, FinishReason::CANCELLED);
+    assert!(summary.generated_tokens < 48, "stopped early: {}", summary.generated_tokens);
+    assert_eq!(summary.generated_tokens as usize, tokens);
+    // The CANCEL's acknowledgement, then nothing.
+    assert_eq!(within(stream.next()).await.expect("ack"), None);
+    drop(stream);
+    // The session goes on: a ping, and a whole generation.
+    within(c.ping()).await.expect("ping");
+    let out =
+        within(c.generate_text(&request(m.id, Prompt::Tokens(&input), 3), |_| {})).await.expect("again");
+    let n = before_near_tie(case).min(3);
+    assert_eq!(out.generated_ids[..n], ids(&case["generated_ids"])[..n]);
+    // A CANCEL with nothing running is just acknowledged.
+    let mut stream = within(c.generate(&request(m.id, Prompt::Tokens(&input), 1))).await.expect("generate");
+    while let Some(e) = within(stream.next()).await.expect("event") {
+        if let GenerateEvent::Finished(g) = e {
+            assert_eq!(g.finish_reason, FinishReason::LENGTH);
+            within(stream.cancel()).await.expect("cancel after the end does nothing");
+        }
+    }
+    drop(stream);
+    within(c.close()).await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_session_is_served_while_one_generates() {
+    let Some(dir) = models_dir("another_session_is_served_while_one_generates") else { return };
+    let node = start(node_config(dir), 64 << 20).await;
+    let mut a = within(Client::connect(node.local_addr(), None)).await.expect("connect a");
+    let mut b = within(Client::connect(node.local_addr(), None)).await.expect("connect b");
+    let m = within(a.model_load(MODEL)).await.expect("load");
+    let mut stream =
+        within(a.generate(&request(m.id, Prompt::Text("Write a long story about a river."), 64)))
+            .await
+            .expect("generate");
+    // Wait for the first token: the generation is under way.
+    loop {
+        if let GenerateEvent::Token { .. } = within(stream.next()).await.expect("event").expect("event") {
+            break;
+        }
+    }
+    // Session b's small requests are answered while a's generation runs.
+    for i in 0..5u8 {
+        within(b.ping()).await.expect("ping");
+        let h = within(b.alloc(64)).await.expect("alloc");
+        within(b.write(h, 0, &[i; 64])).await.expect("write");
+        assert_eq!(within(b.read(h, 0, 64)).await.expect("read"), vec![i; 64]);
+        within(b.free(h)).await.expect("free");
+    }
+    let out = within(stream.collect(|_| {})).await.expect("the generation ends normally");
+    assert!(matches!(out.summary.finish_reason, FinishReason::LENGTH | FinishReason::EOS));
+    within(a.close()).await.expect("close a");
+    within(b.close()).await.expect("close b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_model_goes_with_its_last_session() {
+    let Some(dir) = models_dir("the_shared_model_goes_with_its_last_session") else { return };
+    let node = start(node_config(dir), 64 << 20).await;
+    let mut watcher = within(Client::connect(node.local_addr(), None)).await.expect("connect");
+    let mut a = within(Client::connect(node.local_addr(), None)).await.expect("connect a");
+    let mut b = within(Client::connect(node.local_addr(), None)).await.expect("connect b");
+    let ma = within(a.model_load(MODEL)).await.expect("load a");
+    let mb = within(b.model_load(MODEL)).await.expect("load b");
+    let held = within(watcher.device_info()).await.expect("info").shared_models;
+    let file =
+        std::fs::metadata(models_dir("").expect("dir").join(format!("{MODEL}.gguf"))).expect("file").len();
+    assert_eq!(held, file, "one copy of the file, reported as shared model memory");
+    // A session that closes in the middle of a generation: the node stops it.
+    let mut stream =
+        within(a.generate(&request(ma.id, Prompt::Text("Once upon a time"), 200))).await.expect("gen");
+    while !matches!(within(stream.next()).await.expect("event"), Some(GenerateEvent::Token { .. })) {}
+    drop(stream);
+    drop(a);
+    // b still generates with the shared copy.
+    let out = within(b.generate_text(&request(mb.id, Prompt::Text("Hello"), 2), |_| {})).await.expect("b");
+    assert_eq!(out.generated_ids.len(), 2);
+    assert_eq!(within(watcher.device_info()).await.expect("info").shared_models, held);
+    within(b.close()).await.expect("close b");
+    // The last session gone, the model is dropped.
+    let mut released = false;
+    for _ in 0..200 {
+        if within(watcher.device_info()).await.expect("info").shared_models == 0 {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(released, "the GGUF model is dropped with its last session");
+}
+
+fn server_code(e: &ClientError) -> ErrorCode {
+    e.code().unwrap_or_else(|| panic!("expected a node ERROR, got {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_generates_get_typed_errors() {
+    let Some(dir) = models_dir("hostile_generates_get_typed_errors") else { return };
+    let mut cfg = node_config(dir.clone());
+    cfg.max_generate_tokens = 64;
+    cfg.max_context = 32;
+    // Room for the embedding model too (all-MiniLM-L6-v2, 87 MiB), when present.
+    let node = start(cfg, 256 << 20).await;
+    let mut c = within(Client::connect(node.local_addr(), None)).await.expect("connect");
+    let m = within(c.model_load(MODEL)).await.expect("load");
+    let g = Sampling::GREEDY;
+    let cases: Vec<(GenerateRequest<'_>, ErrorCode)> = vec![
+        (request(m.id + 1, Prompt::Text("hi"), 4), ErrorCode::NO_SUCH_MODEL),
+        (request(m.id, Prompt::Text(""), 4), ErrorCode::INVALID_INPUT),
+        (request(m.id, Prompt::Messages(&[]), 4), ErrorCode::INVALID_INPUT),
+        (request(m.id, Prompt::Tokens(&[]), 4), ErrorCode::INVALID_INPUT),
+        (request(m.id, Prompt::Tokens(&[1, 4_000_000]), 4), ErrorCode::INVALID_INPUT),
+        (request(m.id, Prompt::Text("hi"), 0), ErrorCode::INVALID_ARGUMENT),
+        (request(m.id, Prompt::Text("hi"), 65), ErrorCode::LIMIT_EXCEEDED),
+        (request(m.id, Prompt::Tokens(&[1; 32]), 4), ErrorCode::LIMIT_EXCEEDED),
+        (
+            GenerateRequest {
+                sampling: Sampling { temperature: f32::NAN, ..g },
+                ..request(m.id, Prompt::Text("hi"), 4)
+            },
+            ErrorCode::INVALID_ARGUMENT,
+        ),
+        (
+            GenerateRequest {
+                sampling: Sampling { top_p: 0.0, ..g },
+                ..request(m.id, Prompt::Text("hi"), 4)
+            },
+            ErrorCode::INVALID_ARGUMENT,
+        ),
+    ];
+    for (req, code) in &cases {
+        let err = within(c.generate_text(req, |_| {})).await.expect_err("refused");
+        assert_eq!(server_code(&err), *code, "{req:?}: {err}");
+    }
+    // Stop strings the client will not encode.
+    let long = "x".repeat(65);
+    let bad_stops: [&[&str]; 3] = [&[""], &[long.as_str()], &["a", "b", "c", "d", "e"]];
+    for stops in bad_stops {
+        let req = GenerateRequest { stops, ..request(m.id, Prompt::Text("hi"), 4) };
+        assert!(matches!(within(c.generate(&req)).await.map(|_| ()), Err(ClientError::InvalidArgument(_))));
+    }
+    // An embedding model does not generate, when the directory has one.
+    if dir.join("all-MiniLM-L6-v2").join("model.safetensors").is_file() {
+        let e = within(c.model_load("all-MiniLM-L6-v2")).await.expect("embedding model");
+        let err = within(c.generate_text(&request(e.id, Prompt::Text("hi"), 4), |_| {}))
+            .await
+            .expect_err("refused");
+        assert_eq!(server_code(&err), ErrorCode::UNSUPPORTED);
+    }
+    // The session is still usable after every refusal.
+    let out = within(c.generate_text(&request(m.id, Prompt::Text("Hi"), 2), |_| {})).await.expect("generate");
+    assert_eq!(out.generated_ids.len(), 2);
+    within(c.close()).await.expect("close");
+
+    // Bytes no client would send, on a raw connection: invalid UTF-8, a 65-byte stop string.
+    let mut s = within(TcpStream::connect(node.local_addr())).await.expect("raw connect");
+    let mut seq = 0u16;
+    let mut send = async |s: &mut TcpStream, kind: Kind, payload: &[u8]| {
+        seq += 1;
+        let mut buf = vec![0u8; 16 + payload.len()];
+        let f =
+            encode_frame::<rela_client::FastCrc32>(&mut buf, kind, Flags::NONE, seq, payload).expect("frame");
+        within(s.write_all(f)).await.expect("send");
+        read_raw_frame(s).await.expect("answer")
+    };
+    let hello = Hello { min_version: 1, max_version: 1, caps: Caps::MODELS };
+    let mut p = vec![0u8; hello.buffer_len()];
+    hello.emit(&mut p).expect("hello");
+    let (h, _) = send(&mut s, Kind::HELLO, &p).await;
+    assert_eq!(h.kind, Kind::HELLO);
+    let load = ModelLoad { name: MODEL };
+    let mut p = vec![0u8; load.buffer_len()];
+    load.emit(&mut p).expect("load");
+    let (_, payload) = send(&mut s, Kind::MODEL_LOAD, &p).await;
+    let id = ModelLoaded::parse(&payload).expect("loaded").model;
+    let mut p = vec![0u8; 256];
+    let n = Generate::emit_parts(id, 4, &g, Prompt::Text("hé"), &[], &mut p).expect("encode");
+    p[n - 1] = 0xff;
+    let (h, payload) = send(&mut s, Kind::GENERATE, &p[..n]).await;
+    assert_eq!(common::error_code(&h, &payload), ErrorCode::MALFORMED);
+    let n = Generate::emit_parts(id, 4, &g, Prompt::Text("hi"), &[], &mut p).expect("encode");
+    p[29] = 1;
+    let mut with_stop = p[..n].to_vec();
+    with_stop.push(65);
+    with_stop.extend(std::iter::repeat_n(b'x', 65));
+    let (h, payload) = send(&mut s, Kind::GENERATE, &with_stop).await;
+    assert_eq!(common::error_code(&h, &payload), ErrorCode::MALFORMED);
+    // A TOKEN sent to the node is not a request.
+    let (h, payload) = send(&mut s, Kind::TOKEN, &[0, 0, 0, 0, 0, 0]).await;
+    assert_eq!(common::error_code(&h, &payload), ErrorCode::UNKNOWN_KIND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kv_cache_is_charged_to_the_quota() {
+    let Some(dir) = models_dir("the_kv_cache_is_charged_to_the_quota") else { return };
+    let mut cfg = node_config(dir);
+    // About 3 positions of SmolLM2-135M's f32 KV cache (46,080 bytes each).
+    cfg.session.quota = 150_000;
+    let node = start(cfg, 64 << 20).await;
+    let mut c = within(Client::connect(node.local_addr(), None)).await.expect("connect");
+    let m = within(c.model_load(MODEL)).await.expect("load");
+    let err = within(c.generate_text(&request(m.id, Prompt::Text("Hello"), 8), |_| {}))
+        .await
+        .expect_err("over quota");
+    assert_eq!(server_code(&err), ErrorCode::QUOTA_EXCEEDED);
+    // Within it: one prompt token and two generated fit.
+    let out = within(c.generate_text(&request(m.id, Prompt::Tokens(&[1]), 2), |_| {})).await.expect("fits");
+    assert_eq!(out.generated_ids.len(), 2);
+}
