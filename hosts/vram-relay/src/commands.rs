@@ -132,6 +132,15 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "RELA_MAX_INFER_TOKENS", default_value_t = rela_node::DEFAULT_MAX_INFER_TOKENS,
           value_parser = clap::value_parser!(u64).range(1..))]
     max_infer_tokens: u64,
+    /// Most tokens one GENERATE may ask for; past it the request gets ERROR(LIMIT_EXCEEDED).
+    #[arg(long, env = "RELA_MAX_GENERATE_TOKENS", default_value_t = rela_node::DEFAULT_MAX_GENERATE_TOKENS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_generate_tokens: u32,
+    /// Most positions (prompt and generated tokens) of one generation, below each model's own
+    /// context length; it bounds the KV cache, which is charged to the session's quota.
+    #[arg(long, env = "RELA_MAX_CONTEXT", default_value_t = rela_node::DEFAULT_MAX_CONTEXT,
+          value_parser = clap::value_parser!(u32).range(2..))]
+    max_context: u32,
     /// Threads the host backend's kernels run on (GEMM, attention...; the node's connection
     /// threads are --threads). 0: one per CPU core.
     #[arg(long, env = "RELA_KERNEL_THREADS", default_value_t = 0)]
@@ -183,6 +192,8 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), CliError> {
         max_dispatch_cost: args.max_dispatch_cost,
         preload: args.preload.clone(),
         max_infer_tokens: args.max_infer_tokens,
+        max_generate_tokens: args.max_generate_tokens,
+        max_context: args.max_context,
         ..NodeConfig::default()
     };
     config.session.quota = args.quota;
@@ -331,7 +342,16 @@ fn check_models(dir: &Path) -> Result<(), CliError> {
     let entries = std::fs::read_dir(repo.root()).map_err(|e| format!("--models {}: {e}", dir.display()))?;
     let mut usable = Vec::new();
     for entry in entries.filter_map(Result::ok) {
-        if !entry.path().is_dir() {
+        let path = entry.path();
+        // A GGUF language model is served under its file name without `.gguf` (checked whole
+        // when a session first loads it).
+        if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
+            if let Some(stem) = path.file_stem() {
+                usable.push(stem.to_string_lossy().into_owned());
+            }
+            continue;
+        }
+        if !path.is_dir() {
             continue;
         }
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -516,7 +536,7 @@ pub(crate) async fn discover(args: DiscoverArgs) -> Result<(), CliError> {
 }
 
 /// Connects as `conn` asks, with messages that say what to do.
-async fn connect(conn: &ConnectArgs) -> Result<Client, CliError> {
+pub(crate) async fn connect(conn: &ConnectArgs) -> Result<Client, CliError> {
     let token = util::load_token(conn.token.as_deref(), conn.token_file.as_deref())?;
     let addr = &conn.addr;
     let (client, _) = Client::connect_host(&addr.to_string(), token.as_deref(), conn.options()?)

@@ -11,6 +11,7 @@ mod commands;
 mod contention_bench;
 mod embed_bench;
 mod error;
+mod generate;
 mod mdns;
 mod models_cmd;
 mod util;
@@ -255,6 +256,12 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         weights: Option<PathBuf>,
     },
+    /// Generate text with a language model on the node (a `.gguf` file in its --models DIR),
+    /// printed as it arrives; `--json` prints the ids, the text and why it ended.
+    #[command(
+        override_usage = "vram-relay generate <ADDR> --model NAME [--chat] [--system TEXT] [--messages FILE] [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--json] [PROMPT]"
+    )]
+    Generate(generate::GenerateArgs),
     /// Benchmark a node (or one it spawns with --spawn) against a raw TCP baseline in the same run.
     #[command(
         override_usage = "vram-relay bench <ADDR> [OPTIONS]\n       vram-relay bench --spawn [--backend B] [OPTIONS]"
@@ -330,6 +337,7 @@ fn main() -> ExitCode {
             Command::Embed { conn, model, texts, json, weights } => {
                 commands::embed(conn, model, texts, json, weights).await
             }
+            Command::Generate(args) => generate::run(args).await,
             Command::Bench(args) => bench::run(args).await.map_err(CliError::from),
             Command::BenchEmbed(args) => embed_bench::run(args).await.map_err(CliError::from),
             Command::BenchContention(args) => contention_bench::run(args).await.map_err(CliError::from),
