@@ -693,3 +693,90 @@ fn tls_serve_pins_trusts_on_first_use_and_keeps_its_certificate() {
     assert!(stderr(&out).contains("plain TCP"), "{}", stderr(&out));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The directory holding SmolLM2-135M-Instruct Q4_1 as a `.gguf` file, if present; without it
+/// the caller skips loudly, unless `RELA_REQUIRE_GGUF=1`.
+fn gguf_dir(test: &str) -> Option<std::path::PathBuf> {
+    let file = std::env::var_os("RELA_GGUF").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    });
+    if file.is_file() {
+        return file.parent().map(std::path::Path::to_path_buf);
+    }
+    let why = format!("{} is absent (run hosts/models/fetch-model.sh)", file.display());
+    assert!(std::env::var_os("RELA_REQUIRE_GGUF").is_none_or(|v| v != "1"), "RELA_REQUIRE_GGUF=1 but {why}");
+    eprintln!("*** SKIPPED {test}: {why} ***");
+    None
+}
+
+fn generation_fixture() -> serde_json::Value {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../llm/tests/fixtures/generation_fixture.json");
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+#[test]
+fn generate_prints_the_fixtures_tokens_as_text_and_json() {
+    let Some(dir) = gguf_dir("generate_prints_the_fixtures_tokens_as_text_and_json") else { return };
+    let node = Served::start(&["--models", dir.to_str().unwrap()]);
+    let fx = generation_fixture();
+    let case =
+        |name: &str| fx["cases"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap().clone();
+    let model = "SmolLM2-135M-Instruct.Q4_1";
+
+    // A raw prompt, --json: the fixture's input ids and its first 8 greedy ids (no near tie
+    // among them), finish reason length.
+    let raw = case("raw_capital");
+    let text = raw["text"].as_str().unwrap();
+    let out = run_within(
+        Duration::from_secs(120),
+        &["generate", &node.addr, "--model", model, "--max-tokens", "8", "--json", text],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["input_ids"], raw["input_ids"]);
+    assert_eq!(v["generated_ids"].as_array().unwrap()[..], raw["generated_ids"].as_array().unwrap()[..8]);
+    assert_eq!(v["finish_reason"], "length");
+    let full = raw["generated_text"].as_str().unwrap();
+    assert!(full.starts_with(v["text"].as_str().unwrap()), "{v}");
+
+    // The same prompt as text: what is printed is the generated text.
+    let out = run_within(
+        Duration::from_secs(120),
+        &["generate", &node.addr, "--model", model, "--max-tokens", "8", text],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end_matches('\n'), v["text"].as_str().unwrap());
+
+    // A conversation from --messages: rendered with the model's template, the fixture's ids.
+    let chat = case("chat_capital");
+    let file = std::env::temp_dir().join(format!("rela-cli-messages-{}.json", std::process::id()));
+    std::fs::write(&file, chat["messages"].to_string()).unwrap();
+    let want = chat["generated_ids"].as_array().unwrap();
+    let max = want.len().to_string();
+    let out = run_within(
+        Duration::from_secs(120),
+        &[
+            "generate",
+            &node.addr,
+            "--model",
+            model,
+            "--messages",
+            file.to_str().unwrap(),
+            "--max-tokens",
+            &max,
+            "--json",
+        ],
+    );
+    let _ = std::fs::remove_file(&file);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["input_ids"], chat["input_ids"]);
+    assert_eq!(v["generated_ids"], chat["generated_ids"]);
+    assert_eq!(v["finish_reason"], chat["finish_reason"]);
+
+    // Errors exit 1 with the node's reason.
+    let out = run(&["generate", &node.addr, "--model", "no-such-model", "hi"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no such model"), "{}", stderr(&out));
+}
