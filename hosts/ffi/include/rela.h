@@ -35,6 +35,18 @@
 // Bytes of [`RelaNode::node_id`].
 #define RELA_NODE_ID_LEN 16
 
+// Generation ended at the model's end-of-sequence token.
+#define RELA_FINISH_EOS 1
+
+// Generation produced `max_tokens` tokens, or filled the model's context.
+#define RELA_FINISH_LENGTH 2
+
+// The text reached a stop string.
+#define RELA_FINISH_STOP 3
+
+// The callback asked to stop (the node was sent CANCEL).
+#define RELA_FINISH_CANCELLED 4
+
 // Bytes of [`RelaDeviceInfo::name`]: the protocol's longest device name and a NUL.
 #define RELA_DEVICE_NAME_LEN 65
 
@@ -147,6 +159,49 @@ typedef struct RelaNode {
   // Device name (NUL-terminated UTF-8).
   char device[RELA_NODE_TEXT_LEN];
 } RelaNode;
+
+// Settings for [`rela_generate`]; a null pointer means greedy decoding of at most 64 tokens
+// of a plain-text prompt.
+typedef struct RelaGenerateOptions {
+  // Most tokens to generate (at least 1).
+  uint32_t max_tokens;
+  // Softmax temperature; 0 is greedy.
+  float temperature;
+  // Keep the `top_k` most likely tokens (0: all).
+  uint32_t top_k;
+  // Nucleus sampling threshold in (0, 1] (1: off).
+  float top_p;
+  // Seed of the node's random generator for this request.
+  uint64_t seed;
+  // Send the prompt as one user message, rendered with the model's chat template (for
+  // instruction-tuned models), instead of as plain text.
+  bool chat;
+} RelaGenerateOptions;
+
+// Called for each piece of generated text, in order: `text_len` bytes of UTF-8 at `text`
+// (whole characters, not NUL-terminated, possibly empty while a character is incomplete) and
+// the `ids_len` token ids that complete it. Both pointers are valid only during the call.
+// Return 0 to go on; anything else cancels the generation (the call still returns normally,
+// with [`RELA_FINISH_CANCELLED`]). The callback must not call back into this client.
+typedef int32_t (*RelaTokenCallback)(void *user,
+                                     const char *text,
+                                     size_t text_len,
+                                     const uint32_t *ids,
+                                     size_t ids_len);
+
+// How a generation ended, as the node reports it.
+typedef struct RelaGenerateResult {
+  // One of `RELA_FINISH_*` (others may appear).
+  uint8_t finish_reason;
+  // Tokens in the prompt.
+  uint32_t prompt_tokens;
+  // Tokens generated (an end-of-sequence token included).
+  uint32_t generated_tokens;
+  // Microseconds of prompt processing.
+  uint64_t prompt_us;
+  // Microseconds from the first generated token to the last.
+  uint64_t generate_us;
+} RelaGenerateResult;
 
 // The node's device, as DEVICE_INFO reports it.
 typedef struct RelaDeviceInfo {
@@ -323,6 +378,22 @@ const struct RelaNode *rela_node_list_get(const struct RelaNodeList *list, size_
 // `list` must be null or a list from [`rela_discover`] not yet freed; it is invalid
 // afterwards.
 void rela_node_list_free(struct RelaNodeList *list);
+
+// Generates text from `prompt` with `model` (a language model from [`crate::rela_model_load`],
+// a `.gguf` file on the node), calling `on_token` with each piece as it arrives, and writes
+// the summary to `*out_result` (which may be null). `options` may be null (greedy, 64 tokens).
+//
+// # Safety
+// `prompt` must be a NUL-terminated string; `options`, when not null, must point to a
+// `RelaGenerateOptions`; `on_token`, when not null, must be safe to call with `user`;
+// `out_result`, when not null, must point to a writable `RelaGenerateResult`.
+int32_t rela_generate(RelaClient client,
+                      uint32_t model,
+                      const char *prompt,
+                      const struct RelaGenerateOptions *options,
+                      RelaTokenCallback on_token,
+                      void *user,
+                      struct RelaGenerateResult *out_result);
 
 // Asks the node for its device (DEVICE_INFO) and writes it to `*out`.
 //

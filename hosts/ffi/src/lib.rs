@@ -23,14 +23,15 @@
 //!   library allocates for the caller, a [`RelaNodeList`] from [`rela_discover`], is freed
 //!   with [`rela_node_list_free`]; a client with [`rela_close`].
 //!
-//! Text generation (with a per-token callback) is not part of this ABI yet: the node does not
-//! generate text yet (README, "Text generation").
+//! Text generation streams through a callback: [`rela_generate`] calls it with each piece of
+//! text and its token ids, and a non-zero return cancels.
 
 mod boundary;
 mod buffers;
 mod clients;
 mod connect;
 mod discover;
+mod generate;
 mod info;
 mod models;
 pub mod status;
@@ -46,6 +47,10 @@ pub use connect::{RelaConnectOptions, close, connect, rela_close, rela_connect, 
 pub use discover::{
     RELA_NODE_ID_LEN, RELA_NODE_TEXT_LEN, RelaNode, RelaNodeList, rela_discover, rela_node_list_free,
     rela_node_list_get, rela_node_list_len,
+};
+pub use generate::{
+    RELA_FINISH_CANCELLED, RELA_FINISH_EOS, RELA_FINISH_LENGTH, RELA_FINISH_STOP, RelaGenerateOptions,
+    RelaGenerateResult, RelaTokenCallback, rela_generate,
 };
 pub use info::{
     RELA_DEVICE_NAME_LEN, RELA_VENDOR_NAME_LEN, RelaDeviceInfo, RelaStats, rela_device_info, rela_stats,

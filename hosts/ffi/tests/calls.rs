@@ -208,3 +208,143 @@ fn model_load_embed_and_unload() {
     assert_eq!(rela_close(client), RELA_OK);
     node.wait_idle();
 }
+
+/// The directory holding the SmolLM2 GGUF file, if present.
+fn gguf_dir() -> Option<PathBuf> {
+    let file = std::env::var_os("RELA_GGUF").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    });
+    if file.is_file() {
+        return file.parent().map(Path::to_path_buf);
+    }
+    let why = format!("{} is absent (run hosts/models/fetch-model.sh)", file.display());
+    assert!(std::env::var_os("RELA_REQUIRE_GGUF").is_none_or(|v| v != "1"), "RELA_REQUIRE_GGUF=1 but {why}");
+    eprintln!("*** SKIPPED generation through the C ABI: {why} ***");
+    None
+}
+
+/// What the token callback saw.
+#[derive(Default)]
+struct Seen {
+    text: String,
+    ids: Vec<u32>,
+    calls: usize,
+    /// Return non-zero (cancel) from this call on.
+    cancel_after: Option<usize>,
+}
+
+unsafe extern "C" fn on_token(
+    user: *mut std::ffi::c_void,
+    text: *const std::ffi::c_char,
+    text_len: usize,
+    ids: *const u32,
+    ids_len: usize,
+) -> i32 {
+    // SAFETY: `user` is the `Seen` the test passed; the library passes valid text and ids.
+    let (seen, text, ids) = unsafe {
+        (
+            &mut *user.cast::<Seen>(),
+            std::slice::from_raw_parts(text.cast::<u8>(), text_len),
+            std::slice::from_raw_parts(ids, ids_len),
+        )
+    };
+    seen.text.push_str(std::str::from_utf8(text).expect("whole UTF-8 characters"));
+    seen.ids.extend_from_slice(ids);
+    seen.calls += 1;
+    i32::from(seen.cancel_after.is_some_and(|n| seen.calls >= n))
+}
+
+#[test]
+fn generate_streams_tokens_and_cancels() {
+    let Some(dir) = gguf_dir() else { return };
+    let node = TestNode::start_sized(256 << 20, None, |c| rela_node::NodeConfig { models: Some(dir), ..c });
+    let client = connected(node.port, None);
+    let mut model = RelaModel::default();
+    // SAFETY: the pointers are valid for each call; `seen` outlives the calls that use it.
+    unsafe {
+        assert_eq!(
+            rela_model_load(client, c"SmolLM2-135M-Instruct.Q4_1".as_ptr(), &mut model),
+            RELA_OK,
+            "{}",
+            last_message()
+        );
+        let options = RelaGenerateOptions { max_tokens: 12, ..Default::default() };
+        let mut seen = Seen::default();
+        let mut result = RelaGenerateResult::default();
+        let s = rela_generate(
+            client,
+            model.id,
+            c"The capital of France is".as_ptr(),
+            &options,
+            Some(on_token),
+            (&raw mut seen).cast(),
+            &mut result,
+        );
+        assert_eq!(s, RELA_OK, "{}", last_message());
+        assert!(
+            result.finish_reason == RELA_FINISH_LENGTH || result.finish_reason == RELA_FINISH_EOS,
+            "finish reason {}",
+            result.finish_reason
+        );
+        assert!(result.prompt_tokens > 0);
+        assert_eq!(result.generated_tokens as usize, seen.ids.len(), "every id reached the callback");
+        assert!(result.generated_tokens <= 12);
+        assert!(seen.text.contains("Paris"), "greedy text: {:?}", seen.text);
+
+        // A non-zero return cancels: the node stops, the call returns normally.
+        let long = RelaGenerateOptions { max_tokens: 200, chat: true, ..Default::default() };
+        let mut seen = Seen { cancel_after: Some(2), ..Default::default() };
+        let s = rela_generate(
+            client,
+            model.id,
+            c"Write a long story about a lighthouse.".as_ptr(),
+            &long,
+            Some(on_token),
+            (&raw mut seen).cast(),
+            &mut result,
+        );
+        assert_eq!(s, RELA_OK, "{}", last_message());
+        assert_eq!(result.finish_reason, RELA_FINISH_CANCELLED);
+        assert!(result.generated_tokens < 200, "stopped early: {}", result.generated_tokens);
+
+        // The session goes on; bad arguments are refused with a status.
+        assert_eq!(rela_ping(client, std::ptr::null_mut()), RELA_OK);
+        let bad = RelaGenerateOptions { top_p: 0.0, ..Default::default() };
+        let s = rela_generate(client, model.id, c"x".as_ptr(), &bad, None, std::ptr::null_mut(), &mut result);
+        assert_eq!(s, RELA_ERR_INVALID_ARGUMENT);
+        let s = rela_generate(
+            client,
+            model.id,
+            std::ptr::null(),
+            std::ptr::null(),
+            None,
+            std::ptr::null_mut(),
+            &mut result,
+        );
+        assert_eq!(s, RELA_ERR_INVALID_ARGUMENT);
+        // No callback and no result pointer: allowed.
+        let s = rela_generate(
+            client,
+            model.id,
+            c"Hello".as_ptr(),
+            std::ptr::null(),
+            None,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        );
+        assert_eq!(s, RELA_OK, "{}", last_message());
+        // A model id the node does not know is the node's NO_SUCH_MODEL (20).
+        let s = rela_generate(
+            client,
+            77,
+            c"Hello".as_ptr(),
+            std::ptr::null(),
+            None,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        );
+        assert_eq!(s, 20, "{}", last_message());
+    }
+    assert_eq!(rela_close(client), RELA_OK);
+    node.wait_idle();
+}
