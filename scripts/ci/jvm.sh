@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The JVM API (hosts/jvm, native side hosts/jni): compiled with plain javac and jar, tested on the
-# JVM against a live node with a token (embeddings too when models/all-MiniLM-L6-v2 is present);
-# the README's Java example is compiled. Assumes `cargo test --workspace` ran; builds rela-jni.
+# JVM against a live node with a token (embeddings and generation too when their models are in
+# models/); the README's Java example is compiled. Assumes `cargo test --workspace` ran; builds rela-jni.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/ci/lib/node.sh
@@ -23,20 +23,32 @@ awk '/<!-- java-example: compiled by scripts\/ci\/jvm.sh -->/ { on = 1; next }
 [ -s "$out/readme/Hello.java" ] || { echo "README.md has no Java example marked for CI" >&2; exit 1; }
 javac -Xlint:all -Werror -cp "$out/rela.jar" -d "$out/readme" "$out/readme/Hello.java"
 
-model=()
+# Embeddings and generation run when their models are in models/ (hosts/models/fetch-model.sh).
+embedding=""
+llm=()
 serve=()
 if [ -f models/all-MiniLM-L6-v2/model.safetensors ]; then
-  serve=(--models models)
-  model=(all-MiniLM-L6-v2)
+  embedding=all-MiniLM-L6-v2
 elif [ "${RELA_REQUIRE_MODEL:-}" = 1 ]; then
   echo "RELA_REQUIRE_MODEL=1 but models/all-MiniLM-L6-v2 is missing" >&2
   exit 1
 else
   echo "*** SKIPPED embeddings from the JVM: models/all-MiniLM-L6-v2 not found (hosts/models/fetch-model.sh) ***"
 fi
+if [ -f models/SmolLM2-135M-Instruct.Q4_1.gguf ]; then
+  llm=(SmolLM2-135M-Instruct.Q4_1)
+elif [ "${RELA_REQUIRE_GGUF:-}" = 1 ]; then
+  echo "RELA_REQUIRE_GGUF=1 but models/SmolLM2-135M-Instruct.Q4_1.gguf is missing" >&2
+  exit 1
+else
+  echo "*** SKIPPED generation from the JVM: models/SmolLM2-135M-Instruct.Q4_1.gguf not found ***"
+fi
+if [ -n "$embedding" ] || [ ${#llm[@]} -gt 0 ]; then
+  serve=(--models models)
+fi
 start_node "${serve[@]}"
 java -Dorg.vramrelay.library="$lib" -cp "$out/rela.jar:$out/test" org.vramrelay.RelaClientTest \
-  127.0.0.1 "$NODE_PORT" "$NODE_TOKEN_FILE" "${model[@]}"
+  127.0.0.1 "$NODE_PORT" "$NODE_TOKEN_FILE" "$embedding" "${llm[@]}"
 # loadLibrary("rela_jni") through java.library.path, as an app would.
 java -Djava.library.path="$(dirname "$lib")" -cp "$out/rela.jar:$out/readme" Hello 127.0.0.1 "$NODE_PORT" "$(cat "$NODE_TOKEN_FILE")"
 rm -rf "$out"

@@ -3,10 +3,13 @@
 //! Handles cross as `long`: the client is a `rela-ffi` client handle, buffers and models the
 //! node's 32-bit ids (a value outside `0..2^32` is an invalid argument).
 
+use std::ops::ControlFlow;
+
 use jni::JNIEnv;
-use jni::objects::{JByteArray, JByteBuffer, JClass, JObject, JObjectArray, JString};
-use jni::sys::{jbyteArray, jint, jlong, jobjectArray};
-use rela_client::Handle;
+use jni::objects::{JByteArray, JByteBuffer, JClass, JObject, JObjectArray, JString, JValue};
+use jni::sys::{jboolean, jbyteArray, jint, jlong, jobjectArray, jstring};
+use rela_client::{GenerateEvent, GenerateRequest, Handle};
+use rela_core::wire::generate::{Prompt, Sampling};
 use rela_ffi::{Failure, RelaConnectOptions, with_client};
 
 use crate::throw::{jni_failure, run};
@@ -297,4 +300,61 @@ pub extern "system" fn Java_org_vramrelay_RelaClient_nativeClose<'l>(
     h: jlong,
 ) {
     run(&mut env, (), |_| rela_ffi::close(client(h)));
+}
+
+/// `RelaClient.nativeGenerate(long client, long model, String prompt, int maxTokens,
+/// boolean chat, Consumer<String> onText)`: the generated text. `onText` (may be null) gets
+/// each piece as it arrives; an exception it throws cancels the generation and propagates.
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_org_vramrelay_RelaClient_nativeGenerate<'l>(
+    mut env: JNIEnv<'l>,
+    _class: JClass<'l>,
+    h: jlong,
+    model: jlong,
+    prompt: JString<'l>,
+    max_tokens: jint,
+    chat: jboolean,
+    on_text: JObject<'l>,
+) -> jstring {
+    run(&mut env, std::ptr::null_mut(), |env| {
+        let model = id(model, "model")?;
+        let prompt = text(env, &prompt, "prompt")?;
+        let max_tokens = u32::try_from(max_tokens)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| Failure::invalid(format!("maxTokens {max_tokens} is not positive")))?;
+        let messages = [("user", prompt.as_str())];
+        let req = GenerateRequest {
+            model,
+            prompt: if chat != 0 { Prompt::Messages(&messages) } else { Prompt::Text(&prompt) },
+            max_tokens,
+            sampling: Sampling::GREEDY,
+            stops: &[],
+        };
+        let mut callback_failed = false;
+        let outcome = with_client(client(h), |c| {
+            Ok(c.generate(&req, |event| {
+                let GenerateEvent::Token { text, .. } = event else { return ControlFlow::Continue(()) };
+                if on_text.is_null() || callback_failed {
+                    return ControlFlow::Continue(());
+                }
+                let delivered = env.new_string(text).and_then(|s| {
+                    let r =
+                        env.call_method(&on_text, "accept", "(Ljava/lang/Object;)V", &[JValue::Object(&s)]);
+                    let _ = env.delete_local_ref(s);
+                    r
+                });
+                if delivered.is_err() {
+                    // The callback threw (the exception stays pending): stop the generation.
+                    callback_failed = true;
+                    return ControlFlow::Break(());
+                }
+                ControlFlow::Continue(())
+            })?)
+        })?;
+        if callback_failed {
+            return Err(Failure::new(rela_ffi::RELA_ERR_INTERNAL, "the onText callback threw"));
+        }
+        Ok(env.new_string(&outcome.text).map_err(|e| jni_failure("result string", &e))?.into_raw())
+    })
 }

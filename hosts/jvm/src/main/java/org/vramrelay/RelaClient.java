@@ -1,6 +1,7 @@
 package org.vramrelay;
 
 import java.nio.ByteBuffer;
+import java.util.function.Consumer;
 
 /**
  * A session with a vram-relay node: remote buffers, built-in kernels and models, over the
@@ -182,6 +183,22 @@ public final class RelaClient implements AutoCloseable {
     }
 
     /**
+     * Generates text with a language model from {@link #loadModel(String)} (a {@code .gguf} file
+     * on the node), greedily, passing each piece to {@code onText} as it arrives.
+     *
+     * @param model the model's id
+     * @param prompt the prompt
+     * @param maxTokens most tokens to generate (at least 1)
+     * @param chat send the prompt as one user message through the model's chat template
+     * @param onTextOrNull called with each piece of text; an exception it throws cancels the
+     *     generation and is rethrown
+     * @return the whole generated text
+     */
+    public String generate(long model, String prompt, int maxTokens, boolean chat, Consumer<String> onTextOrNull) {
+        return nativeGenerate(handle, model, prompt, maxTokens, chat, onTextOrNull);
+    }
+
+    /**
      * Ends the session; the node frees and zeroes every buffer and model it held. Later calls
      * throw {@link RelaException} with {@link RelaException#UNKNOWN_HANDLE}; closing again does
      * nothing.
@@ -218,6 +235,9 @@ public final class RelaClient implements AutoCloseable {
     private static native void nativeUnloadModel(long client, long model);
 
     private static native float[][] nativeEmbed(long client, long model, String[] texts);
+
+    private static native String nativeGenerate(
+            long client, long model, String prompt, int maxTokens, boolean chat, Consumer<String> onText);
 
     private static native void nativeClose(long client);
 }

@@ -7,7 +7,8 @@ import java.nio.file.Paths;
 import java.util.Arrays;
 
 /**
- * The JVM API against a live node: java org.vramrelay.RelaClientTest HOST PORT TOKEN_FILE [MODEL].
+ * The JVM API against a live node: java org.vramrelay.RelaClientTest HOST PORT TOKEN_FILE
+ * [EMBEDDING_MODEL] [LANGUAGE_MODEL] (an empty EMBEDDING_MODEL skips the embeddings).
  * Exits 0 when every check passed; prints each failure and exits 1 otherwise.
  */
 public final class RelaClientTest {
@@ -68,7 +69,8 @@ public final class RelaClientTest {
         byte[] token = new String(Files.readAllBytes(Paths.get(args[2])), StandardCharsets.UTF_8)
                 .trim()
                 .getBytes(StandardCharsets.UTF_8);
-        String model = args.length > 3 ? args[3] : null;
+        String model = args.length > 3 && !args[3].isEmpty() ? args[3] : null;
+        String llm = args.length > 4 ? args[4] : null;
 
         // Errors at connect time.
         String m = expect(RelaException.AUTH_FAILED, "wrong token", () -> {
@@ -141,6 +143,26 @@ public final class RelaClientTest {
                 expect(RelaException.UNKNOWN_HANDLE, "embed after unload", () -> c.embed(id, "x"));
             } else {
                 System.out.println("skip embed: no model name given");
+            }
+            if (llm != null) {
+                long id = c.loadModel(llm);
+                StringBuilder streamed = new StringBuilder();
+                String text = c.generate(id, "The capital of France is", 12, false, streamed::append);
+                check(text.equals(streamed.toString()) && text.contains("Paris"), "generate: " + text);
+                // An exception from the callback cancels and comes back to the caller.
+                try {
+                    c.generate(id, "Write a long story.", 200, true, piece -> {
+                        throw new IllegalStateException("enough");
+                    });
+                    check(false, "callback exception: none thrown");
+                } catch (IllegalStateException e) {
+                    check(e.getMessage().equals("enough"), "callback exception propagates");
+                }
+                check(c.ping() >= 0, "the session goes on after a cancelled generation");
+                expect(RelaException.INVALID_ARGUMENT, "maxTokens 0", () -> c.generate(id, "x", 0, false, null));
+                c.unloadModel(id);
+            } else {
+                System.out.println("skip generate: no language model given");
             }
         }
         m = expect(RelaException.UNKNOWN_HANDLE, "call after close", kept::ping);
