@@ -11,8 +11,9 @@
 #
 # Environment: GENERATE_PEERS_VENV (default target/generate-peers-venv), PYTHON (default
 # python3), LLAMA_CPP_PYTHON (default llama-cpp-python==0.3.36), LLAMA_CMAKE_ARGS (default
-# -DGGML_NATIVE=ON: llama.cpp built for this CPU; see docs/BENCHMARKS.md for a CPU where that
-# build crashed), GENERATE_PEERS_NO_BUILD=1 (use target/release/examples/generate_bench as is).
+# -DGGML_NATIVE=ON: llama.cpp built for this CPU; on a CPU with AMX, every AVX-512 extension but
+# AMX instead, since the native build crashed on its first evaluation on such a VM, see
+# docs/BENCHMARKS.md), GENERATE_PEERS_NO_BUILD=1 (use target/release/examples/generate_bench).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -38,7 +39,12 @@ hosts/models/fetch-model.sh "$repo/models" SmolLM2-135M-Instruct.Q4_1
 if ! "$venv/bin/python" -c "import llama_cpp, numpy" 2>/dev/null; then
     echo "generate-peers: setting up $venv (building llama.cpp from source takes a while)" >&2
     "${PYTHON:-python3}" -m venv "$venv"
-    CMAKE_ARGS="${LLAMA_CMAKE_ARGS:--DGGML_NATIVE=ON}" "$venv/bin/pip" install -q --no-cache-dir \
+    cmake_args="-DGGML_NATIVE=ON"
+    if grep -qw amx_tile /proc/cpuinfo; then
+        cmake_args="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+        cmake_args+=" -DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON"
+    fi
+    CMAKE_ARGS="${LLAMA_CMAKE_ARGS:-$cmake_args}" "$venv/bin/pip" install -q --no-cache-dir \
         --no-binary llama-cpp-python "${LLAMA_CPP_PYTHON:-llama-cpp-python==0.3.36}" numpy
 fi
 
@@ -48,6 +54,7 @@ fi
 
 echo "generate-peers: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) CPUs," \
     "load average $(cut -d' ' -f1-3 /proc/loadavg), commit $(git rev-parse --short HEAD)"
+echo "generate-peers: OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset} (passive keeps llama.cpp's idle threads from spinning on a shared machine)"
 echo "generate-peers: llama.cpp $("$venv/bin/python" -c 'import llama_cpp; print(llama_cpp.__version__, llama_cpp.llama_print_system_info().decode().strip())')"
 for t in ${threads//,/ }; do
     out=()
