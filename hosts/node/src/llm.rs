@@ -119,25 +119,40 @@ impl SharedLlms {
     }
 }
 
-/// A GGUF file the node cannot serve: the reason names what is unsupported (the node's log has
-/// the detail).
+/// A GGUF file the node cannot serve: an architecture or tensor type it does not support is
+/// `UNSUPPORTED`, anything else about the file `INTERNAL` (as for a repository model's damaged
+/// files); the reason names what is wrong (the node's log has the detail).
 fn load_error(e: LoadError) -> ModelError {
     tracing::error!(error = %e, "GGUF model unusable");
-    ModelError::BadModel(match e {
-        LoadError::Open(_) => {
-            "the model's .gguf file is unreadable or not a valid GGUF file (see the node's log)"
-        }
+    match e {
         LoadError::Model(rela_llm::ModelError::UnsupportedArchitecture(_)) => {
-            "the model's architecture is not supported (llama is)"
+            ModelError::Unsupported("the model's architecture is not supported (llama is)")
         }
-        LoadError::Model(rela_llm::ModelError::UnsupportedTensorType { .. }) => {
-            "a tensor's type is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K are)"
+        LoadError::Model(rela_llm::ModelError::UnsupportedTensorType { .. }) => ModelError::Unsupported(
+            "a tensor's type is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K are)",
+        ),
+        LoadError::Tokenizer(rela_llm::TokenizerError::UnsupportedModel(_)) => {
+            ModelError::Unsupported("the model's tokenizer is not supported (byte-level BPE, `gpt2`, is)")
         }
-        LoadError::Model(_) => "the model's hyperparameters or tensors are not llama's (see the node's log)",
-        LoadError::Tokenizer(_) => "the model's tokenizer metadata is unusable (see the node's log)",
-        LoadError::Chat(_) => "the model's chat template does not compile (see the node's log)",
-        _ => "the model's .gguf file is unusable (see the node's log)",
-    })
+        LoadError::Tokenizer(rela_llm::TokenizerError::UnsupportedPreTokenizer(_)) => {
+            ModelError::Unsupported(
+                "the model's pre-tokenizer is not supported (smollm, gpt2 and llama-bpe are)",
+            )
+        }
+        LoadError::Open(_) => ModelError::BadModel(
+            "the model's .gguf file is unreadable or not a valid GGUF file (see the node's log)",
+        ),
+        LoadError::Model(_) => ModelError::BadModel(
+            "the model's hyperparameters or tensors are not llama's (see the node's log)",
+        ),
+        LoadError::Tokenizer(_) => {
+            ModelError::BadModel("the model's tokenizer metadata is unusable (see the node's log)")
+        }
+        LoadError::Chat(_) => {
+            ModelError::BadModel("the model's chat template does not compile (see the node's log)")
+        }
+        _ => ModelError::BadModel("the model's .gguf file is unusable (see the node's log)"),
+    }
 }
 
 fn prompt_error(e: PromptError) -> ModelError {

@@ -357,3 +357,29 @@ async fn the_kv_cache_is_charged_to_the_quota() {
     let out = within(c.generate_text(&request(m.id, Prompt::Tokens(&[1]), 2), |_| {})).await.expect("fits");
     assert_eq!(out.generated_ids.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_and_damaged_gguf_files_are_refused_with_their_reason() {
+    let dir = std::env::temp_dir().join(format!("rela-gguf-refused-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    // Another architecture, in an otherwise valid GGUF file.
+    let qwen = rela_llm::gguf::GgufBuilder::new()
+        .kv("general.architecture", rela_llm::gguf::Value::String("qwen2".into()))
+        .build();
+    std::fs::write(dir.join("other-arch.gguf"), qwen).expect("write");
+    // Not a GGUF file at all.
+    std::fs::write(dir.join("garbage.gguf"), b"GGUF but not really").expect("write");
+    let node = start(node_config(dir.clone()), 16 << 20).await;
+    let mut c = within(Client::connect(node.local_addr(), None)).await.expect("connect");
+    let err = within(c.model_load("other-arch")).await.expect_err("refused");
+    assert_eq!(server_code(&err), ErrorCode::UNSUPPORTED, "{err}");
+    assert!(err.to_string().contains("architecture"), "{err}");
+    let err = within(c.model_load("garbage")).await.expect_err("refused");
+    assert_eq!(server_code(&err), ErrorCode::INTERNAL, "{err}");
+    assert!(err.to_string().contains("not a valid GGUF file"), "{err}");
+    // The session goes on, and nothing is held.
+    within(c.ping()).await.expect("ping");
+    assert_eq!(within(c.device_info()).await.expect("info").shared_models, 0);
+    within(c.close()).await.expect("close");
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
