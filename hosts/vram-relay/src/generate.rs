@@ -1,5 +1,6 @@
 //! `vram-relay generate`: text generation with a GGUF model on a node, printed as it arrives.
 
+use rela_core::wire::model_list::ModelKind;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -93,7 +94,13 @@ pub(crate) async fn run(args: GenerateArgs) -> Result<(), CliError> {
     if !c.serves_models() {
         return Err(format!("{} serves no models (start it with --models DIR)", args.conn.addr).into());
     }
-    let model = c.model_load(&args.model).await.map_err(cli)?;
+    let model = match c.model_load(&args.model).await {
+        Ok(m) => m,
+        Err(e) => {
+            let hint = crate::models_cmd::unknown_model_hint(&mut c, &e, ModelKind::GENERATION).await;
+            return Err(format!("{e}{hint}").into());
+        }
+    };
     let refs: Vec<(&str, &str)> = chat.iter().flatten().map(|(r, m)| (r.as_str(), m.as_str())).collect();
     let prompt = match &chat {
         Some(_) => Prompt::Messages(&refs),

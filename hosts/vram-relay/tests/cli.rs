@@ -779,4 +779,6 @@ fn generate_prints_the_fixtures_tokens_as_text_and_json() {
     let out = run(&["generate", &node.addr, "--model", "no-such-model", "hi"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("no such model"), "{}", stderr(&out));
+    // ...and the language models that do exist.
+    assert!(stderr(&out).contains(&format!("this node serves: {model}")), "{}", stderr(&out));
 }
