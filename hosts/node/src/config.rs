@@ -62,7 +62,8 @@ pub struct NodeConfig {
     /// Upper bound of that delay.
     pub auth_backoff_max: Duration,
     /// Directory of models to serve (`serve --models DIR`): each subdirectory holding
-    /// `model.safetensors`, `tokenizer.json` and `config.json` is a model named after it.
+    /// `model.safetensors`, `tokenizer.json` and `config.json` is an embedding model named after
+    /// it, and each `NAME.gguf` file a language model named `NAME` (GENERATE).
     /// `None` serves no models (MODEL_* requests are answered UNSUPPORTED).
     pub models: Option<std::path::PathBuf>,
     /// Requested socket buffer size; applied only where the kernel grants that much (see

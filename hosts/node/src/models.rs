@@ -21,6 +21,8 @@
 //!   frees them again and is refused with QUOTA_EXCEEDED.
 //! - MODEL_UNLOAD and session close free and zero every byte: weights, working memory and the
 //!   staging buffer; close also drops a staged upload.
+//! - A `NAME.gguf` file in the repository is a language model: MODEL_LOAD gives a share of the
+//!   node's copy and GENERATE runs it ([`crate::llm`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -113,8 +113,9 @@ pub(crate) struct ServeArgs {
     /// Enable the Khronos validation layer on the Vulkan backend.
     #[arg(long, env = "RELA_VK_VALIDATION", value_parser = BoolishValueParser::new())]
     vk_validation: bool,
-    /// Serve the models in this directory: the folder that holds one folder per model, each
-    /// with model.safetensors, tokenizer.json and config.json (`--models models` after
+    /// Serve the models in this directory: the folder that holds one folder per embedding model,
+    /// each with model.safetensors, tokenizer.json and config.json, and language models as
+    /// `.gguf` files, each served under its file name without `.gguf` (`--models models` after
     /// hosts/models/fetch-model.sh).
     #[arg(long, env = "RELA_MODELS")]
     models: Option<PathBuf>,

@@ -1,6 +1,7 @@
 //! Long requests as jobs: a request that may run long (DISPATCH, INFER, MODEL_LOAD,
-//! MODEL_COMMIT, COPY, FILL) runs on a thread of its own, which borrows the backend from the
-//! engine one **turn** at a time.
+//! MODEL_COMMIT, COPY, FILL, GENERATE) runs on a thread of its own, which borrows the backend
+//! from the engine one **turn** at a time (a generation's forward pass runs on the host CPU and
+//! takes no turn; see [`crate::llm`]).
 //!
 //! # How a request becomes steps
 //!
