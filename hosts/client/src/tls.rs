@@ -28,6 +28,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
+use tokio::io::BufReader;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -298,15 +299,24 @@ impl ServerCertVerifier for PinVerifier {
 }
 
 /// The crypto provider both ends use: rustls' `ring` (no cmake or assembler toolchain needed to
-/// build, unlike aws-lc-rs).
+/// build, unlike aws-lc-rs), with AES-128-GCM first among its TLS 1.3 suites (then AES-256-GCM
+/// and ChaCha20-Poly1305): as strong as this use needs, and the fastest with AES instructions.
+/// A client's order decides the suite.
 #[allow(
     deprecated,
     reason = "rustls marks the ring provider deprecated for its lack of post-quantum key exchange; \
               docs/SECURITY.md states that limit"
 )]
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    let first = rustls::CipherSuite::TLS13_AES_128_GCM_SHA256;
+    provider.cipher_suites.sort_by_key(|s| s.suite() != first);
+    Arc::new(provider)
 }
+
+/// Bytes read from the socket at once under TLS. rustls asks for at most 4 KiB per read; a
+/// buffer below it turns that into one system call per 64 KiB (`docs/BENCHMARKS.md`).
+pub const TLS_READ_BUFFER: usize = 64 * 1024;
 
 /// Runs the TLS handshake on `stream` to the node at `addr` (reached as `host` when the caller
 /// named it), and checks the certificate as `options` say. Returns the stream and the
@@ -316,7 +326,7 @@ pub(crate) async fn connect(
     addr: SocketAddr,
     host: Option<&str>,
     options: &TlsOptions,
-) -> Result<(TlsStream<TcpStream>, Fingerprint), TlsError> {
+) -> Result<(TlsStream<BufReader<TcpStream>>, Fingerprint), TlsError> {
     let provider = provider();
     let node = addr.to_string();
     let builder = ClientConfig::builder_with_provider(provider.clone())
@@ -343,6 +353,7 @@ pub(crate) async fn connect(
         })
         .and_then(|h| ServerName::try_from(h.to_owned()).ok())
         .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+    let stream = BufReader::with_capacity(TLS_READ_BUFFER, stream);
     let tls = match TlsConnector::from(Arc::new(config)).connect(name, stream).await {
         Ok(tls) => tls,
         Err(e) => {

@@ -12,13 +12,17 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
+/// TLS over TCP, with a read buffer under TLS ([`crate::tls::TLS_READ_BUFFER`]).
+#[cfg(feature = "tls")]
+pub(crate) type TlsStream = tokio_rustls::client::TlsStream<tokio::io::BufReader<TcpStream>>;
+
 /// The read half.
 pub(crate) enum ReadHalf {
     /// Plain TCP.
     Tcp(OwnedReadHalf),
     /// TLS over TCP.
     #[cfg(feature = "tls")]
-    Tls(tokio::io::ReadHalf<tokio_rustls::client::TlsStream<TcpStream>>),
+    Tls(tokio::io::ReadHalf<TlsStream>),
 }
 
 /// The write half.
@@ -27,7 +31,7 @@ pub(crate) enum WriteHalf {
     Tcp(OwnedWriteHalf),
     /// TLS over TCP.
     #[cfg(feature = "tls")]
-    Tls(tokio::io::WriteHalf<tokio_rustls::client::TlsStream<TcpStream>>),
+    Tls(tokio::io::WriteHalf<TlsStream>),
 }
 
 /// Splits a plain TCP stream.
@@ -38,7 +42,7 @@ pub(crate) fn plain(stream: TcpStream) -> (ReadHalf, WriteHalf) {
 
 /// Splits a TLS stream.
 #[cfg(feature = "tls")]
-pub(crate) fn tls(stream: tokio_rustls::client::TlsStream<TcpStream>) -> (ReadHalf, WriteHalf) {
+pub(crate) fn tls(stream: TlsStream) -> (ReadHalf, WriteHalf) {
     let (rd, wr) = tokio::io::split(stream);
     (ReadHalf::Tls(rd), WriteHalf::Tls(wr))
 }

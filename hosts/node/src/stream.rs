@@ -56,7 +56,8 @@ impl TryWrite for OwnedWriteHalf {
 mod tls {
     use super::*;
 
-    type Tls = tokio_rustls::server::TlsStream<TcpStream>;
+    /// TLS over TCP, with a read buffer under TLS (rustls reads at most 4 KiB at a time).
+    pub(crate) type Tls = tokio_rustls::server::TlsStream<tokio::io::BufReader<TcpStream>>;
 
     impl SplitStream for Tls {
         type Read = tokio::io::ReadHalf<Self>;

@@ -755,7 +755,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
         cpu("client process (rela-client vs raw client)", rc, bc);
     }
     if args.tls {
-        rows.extend(tls::compare(&args, &mut client, &options, &data, &mut sink_buf).await?);
+        rows.extend(tls::compare(&args, node_pid, &mut client, &options, &data, &mut sink_buf).await?);
     }
     client.close().await.map_err(|e| e.to_string())?;
     // The node's peak so far held at most the one transfer buffer.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use rela_client::tls::{KnownNodes, TlsOptions};
 use rela_client::{Client, ClientOptions};
 
-use super::{BenchArgs, Row, Spawned, mib_s, percentile, relay_download, relay_upload};
+use super::{BenchArgs, CpuUse, Row, Spawned, mib_s, percentile, relay_download, relay_upload};
 use crate::util::human;
 
 /// Removes a directory when dropped.
@@ -23,9 +23,11 @@ impl Drop for TempDir {
     }
 }
 
-/// Rows comparing a TLS node with the plaintext node `plain` is connected to.
+/// Rows comparing a TLS node with the plaintext node `plain` is connected to (process
+/// `plain_pid`, when known: then the CPU time TLS adds is reported too).
 pub(super) async fn compare(
     args: &BenchArgs,
+    plain_pid: Option<u32>,
     plain: &mut Client,
     options: &ClientOptions,
     data: &[u8],
@@ -46,11 +48,14 @@ pub(super) async fn compare(
 
     let (mut up_p, mut up_t, mut dn_p, mut dn_t) =
         (Duration::MAX, Duration::MAX, Duration::MAX, Duration::MAX);
+    let tls_pid = node.child.id();
+    let (mut up_pc, mut up_tc) = (CpuUse::new(plain_pid), CpuUse::new(tls_pid));
+    let (mut dn_pc, mut dn_tc) = (CpuUse::new(plain_pid), CpuUse::new(tls_pid));
     for _ in 0..args.repeat {
-        up_p = up_p.min(relay_upload(plain, data, args.size).await?);
-        up_t = up_t.min(relay_upload(&mut tls, data, args.size).await?);
-        dn_p = dn_p.min(relay_download(plain, sink, args.size).await?);
-        dn_t = dn_t.min(relay_download(&mut tls, sink, args.size).await?);
+        up_p = up_p.min(up_pc.measure(relay_upload(plain, data, args.size)).await?);
+        up_t = up_t.min(up_tc.measure(relay_upload(&mut tls, data, args.size)).await?);
+        dn_p = dn_p.min(dn_pc.measure(relay_download(plain, sink, args.size)).await?);
+        dn_t = dn_t.min(dn_tc.measure(relay_download(&mut tls, sink, args.size)).await?);
     }
     let mut rows = Vec::new();
     let mut tput = |what: &str, tls: Duration, plain: Duration| {
@@ -64,6 +69,24 @@ pub(super) async fn compare(
     };
     tput("upload WRITE", up_t, up_p);
     tput("download READ", dn_t, dn_p);
+    for (what, tls, plain) in [("upload", up_tc, up_pc), ("download", dn_tc, dn_pc)] {
+        let (Some((tc, ts, _)), Some((pc, ps, _))) = (tls.per_gib(args.size), plain.per_gib(args.size))
+        else {
+            continue;
+        };
+        let mut cpu = |side: &str, tls: f64, plain: f64| {
+            let metric = format!("TLS: {what} CPU time, {side} (vs the same in plaintext)");
+            rows.push(Row {
+                metric,
+                relay: tls,
+                baseline: Some(plain),
+                unit: "ms/GiB",
+                ratio: Some(tls / plain),
+            });
+        };
+        cpu("node process", ts, ps);
+        cpu("client process", tc, pc);
+    }
 
     let (mut rtt_p, mut rtt_t) = (Vec::with_capacity(args.pings), Vec::with_capacity(args.pings));
     while rtt_t.len() < args.pings {
