@@ -272,6 +272,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), CliError> {
                 device: info.name.to_string(),
                 total: info.total,
                 auth: token.is_some(),
+                tls_fingerprint: node.tls_fingerprint().map(|f| f.to_string()),
             };
             // mDNS is a convenience beside UDP discovery: a network without multicast only
             // loses it.

@@ -41,6 +41,8 @@ pub(crate) struct Advert {
     pub(crate) total: u64,
     /// Whether AUTH is required.
     pub(crate) auth: bool,
+    /// The TLS certificate's fingerprint (64 hex digits), when the node serves TLS.
+    pub(crate) tls_fingerprint: Option<String>,
 }
 
 /// A running advertisement; dropping it unregisters (a goodbye packet) and stops the daemon.
@@ -117,6 +119,9 @@ fn service_info(a: &Advert, free: u64) -> Result<ServiceInfo, String> {
     if let Some(d) = a.discovery {
         txt.push(("udp", d.port().to_string()));
     }
+    if let Some(fp) = &a.tls_fingerprint {
+        txt.push(("tls", fp.clone()));
+    }
     let ip = a.listen.ip();
     let info = if ip.is_unspecified() {
         // Every interface's addresses, as they come and go.
@@ -151,6 +156,8 @@ pub(crate) struct Found {
     pub(crate) node_id: String,
     /// TXT `udp`: the discovery port, for a signed ANNOUNCE.
     pub(crate) udp: Option<u16>,
+    /// TXT `tls`: the TLS certificate's fingerprint (unsigned; the signed ANNOUNCE's must agree).
+    pub(crate) tls: Option<String>,
 }
 
 impl Found {
@@ -171,6 +178,7 @@ impl Found {
             auth_required: txt("auth").as_deref() == Some("1"),
             node_id: txt("id").unwrap_or_default(),
             udp: txt("udp").and_then(|v| v.parse().ok()),
+            tls: txt("tls"),
         })
     }
 }
@@ -219,7 +227,14 @@ pub(crate) async fn discover(
                 let report = rela_client::discover_targets(&[target], Duration::from_secs(2), None, Some(t))
                     .await
                     .map_err(|e| format!("signed ANNOUNCE from {target}: {e}"))?;
-                report.nodes.iter().any(|a| a.verified && a.addr == n.addr && hex(&a.node_id) == n.node_id)
+                // The signed ANNOUNCE must also carry the TLS fingerprint the record names (or
+                // neither names one), so an unsigned record cannot swap a certificate in.
+                report.nodes.iter().any(|a| {
+                    a.verified
+                        && a.addr == n.addr
+                        && hex(&a.node_id) == n.node_id
+                        && a.tls_fingerprint.map(|f| hex(&f)) == n.tls
+                })
             }
             _ => false,
         };
@@ -244,6 +259,7 @@ pub(crate) async fn discover(
                     "auth_required": n.auth_required,
                     "node_id": n.node_id,
                     "discovery_port": n.udp,
+                    "tls_fingerprint": n.tls,
                     "verified": verified,
                 })
             })
@@ -271,6 +287,11 @@ pub(crate) async fn discover(
             size(n.free),
             size(n.total)
         );
+        if let Some(fp) = &n.tls {
+            // Worth pinning only when the signed ANNOUNCE carried the same.
+            let pin = if *verified { "--tls-fingerprint" } else { "unverified, do not pin" };
+            outln!("{:<22} TLS {fp} ({pin})", "");
+        }
     }
     Ok(())
 }

@@ -147,3 +147,31 @@ fn serve_mdns_is_found_verified_and_described() {
     assert!(stderr.contains("did not prove it holds the token"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_tls_node_advertises_the_fingerprint_its_signed_announce_carries() {
+    if !loopback_multicast() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("rela-mdns-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let state = dir.join("state");
+    let node = Served::start(&token, &["--mdns", "--tls", "--state-dir", state.to_str().unwrap()]);
+    // The fingerprint as UDP discovery reports it from the signed ANNOUNCE.
+    let out = Command::new(BIN)
+        .args(["discover", "--json", "--to", &format!("127.0.0.1:{}", node.discovery), "--token-file"])
+        .arg(&token)
+        .output()
+        .unwrap();
+    let udp: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let signed = udp["nodes"][0]["tls_fingerprint"].as_str().expect("a fingerprint").to_owned();
+    let (nodes, stderr) = discover(&token);
+    let ours: Vec<_> = nodes.iter().filter(|n| n["addr"] == format!("127.0.0.1:{}", node.port)).collect();
+    assert_eq!(ours.len(), 1, "the TLS node is found once: {nodes:?} {stderr}");
+    assert_eq!(ours[0]["tls_fingerprint"], signed.as_str());
+    assert_eq!(ours[0]["verified"], true, "the record's fingerprint agrees with the signed ANNOUNCE");
+    let _ = std::fs::remove_dir_all(&dir);
+}
