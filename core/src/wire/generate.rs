@@ -245,7 +245,9 @@ fn check_prompt(kind: PromptKind, prompt: &[u8]) -> Result<(), DecodeError> {
             }
             r.finish()
         }
-        PromptKind::TOKENS if !prompt.len().is_multiple_of(4) => Err(DecodeError::InvalidField("generate.prompt")),
+        PromptKind::TOKENS if !prompt.len().is_multiple_of(4) => {
+            Err(DecodeError::InvalidField("generate.prompt"))
+        }
         _ => Ok(()),
     }
 }

@@ -584,7 +584,10 @@ fn embed_by_name_and_with_uploaded_weights() {
     let out = run(&["embed", node.addr.as_str(), "--model", "nope", "x"]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("NO_SUCH_MODEL") && err.contains("this node serves:") && err.contains(name), "{err}");
+    assert!(
+        err.contains("NO_SUCH_MODEL") && err.contains("this node serves:") && err.contains(name),
+        "{err}"
+    );
     assert!(node.terminate().success());
 }
 
