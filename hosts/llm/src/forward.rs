@@ -306,6 +306,17 @@ impl Scratch {
     }
 }
 
+/// One sequence's part of a forward step: its cache's keys and values, where its rows go.
+struct Segment<'c> {
+    k: &'c mut [f32],
+    v: &'c mut [f32],
+    capacity: usize,
+    /// The position of its first row.
+    pos: usize,
+    /// Consecutive rows (tokens) of the step that are this sequence's.
+    rows: usize,
+}
+
 /// `y = m·x` for each of `t` inputs (rows of `x`): one fused matrix-vector product for a
 /// single input, a batched product for more.
 fn linear(m: &QMatrix<'_>, x: &[f32], t: usize, sums: &mut [f32], y: &mut [f32]) {
@@ -411,24 +422,79 @@ impl<'a> Model<'a> {
 
     /// The logits after the last token run, from the residual stream's last row.
     fn logits(&self, cache: &mut KvCache, logits: &mut [f32]) {
-        let c = &self.config;
-        let s = &mut cache.scratch;
-        let last = s.x.len() / c.dim - 1;
-        let n = &mut s.n[..c.dim];
-        rms_norm(&s.x[last * c.dim..], &self.output_norm, c.rms_norm_eps, n);
-        linear(&self.output, n, 1, &mut s.sums, logits);
+        self.logits_rows(&mut cache.scratch, 1, logits);
     }
 
     /// `tokens` (checked) through every block at the next positions of `cache`; leaves the
     /// residual stream, one row per token, in the cache's scratch.
     fn run(&self, tokens: &[u32], cache: &mut KvCache) {
+        let KvCache { k, v, capacity, len, scratch, .. } = cache;
+        let mut seg = [Segment { k, v, capacity: *capacity, pos: *len, rows: tokens.len() }];
+        self.run_segments(tokens, &mut seg, scratch);
+        *len += tokens.len();
+    }
+
+    /// Runs one token for each of several sequences in one pass, so each weight is read once
+    /// for all of them: `tokens[i]` at the next position of `caches[i]`, its next-token logits
+    /// into `logits[i·vocab_size..(i+1)·vocab_size]`. The sequences may be at different
+    /// positions. On an error nothing is run and every cache is unchanged.
+    ///
+    /// # Panics
+    /// If `caches` or `logits` do not match `tokens` in number.
+    pub fn forward_batch(
+        &self,
+        tokens: &[u32],
+        caches: &mut [&mut KvCache],
+        logits: &mut [f32],
+    ) -> Result<(), ForwardError> {
+        let vocab = self.config.vocab_size;
+        assert_eq!(caches.len(), tokens.len(), "forward_batch: one cache per token");
+        assert_eq!(logits.len(), tokens.len() * vocab, "forward_batch: vocab_size logits per token");
+        for (t, cache) in tokens.iter().zip(caches.iter()) {
+            self.check(std::slice::from_ref(t), cache)?;
+        }
+        let Some(first) = caches.first_mut() else { return Ok(()) };
+        // The first cache lends its buffers to the batch.
+        let mut scratch = std::mem::take(&mut first.scratch);
+        let mut segs: Vec<Segment<'_>> = caches
+            .iter_mut()
+            .map(|c| {
+                let KvCache { k, v, capacity, len, .. } = &mut **c;
+                Segment { k, v, capacity: *capacity, pos: *len, rows: 1 }
+            })
+            .collect();
+        self.run_segments(tokens, &mut segs, &mut scratch);
+        drop(segs);
+        self.logits_rows(&mut scratch, tokens.len(), logits);
+        for c in caches.iter_mut() {
+            c.len += 1;
+        }
+        caches[0].scratch = scratch;
+        Ok(())
+    }
+
+    /// Logits for the last `n` rows of the residual stream in `s`, `vocab_size` per row.
+    fn logits_rows(&self, s: &mut Scratch, n: usize, logits: &mut [f32]) {
+        let c = &self.config;
+        let rows = s.x.len() / c.dim;
+        let x = &s.x[(rows - n) * c.dim..];
+        let normed = &mut s.n[..n * c.dim];
+        for (x, o) in x.chunks_exact(c.dim).zip(normed.chunks_exact_mut(c.dim)) {
+            rms_norm(x, &self.output_norm, c.rms_norm_eps, o);
+        }
+        linear(&self.output, normed, n, &mut s.sums, logits);
+    }
+
+    /// `tokens` (checked) through every block: the rows of each segment in turn at the next
+    /// positions of its sequence's cache (whose length the caller advances); leaves the
+    /// residual stream, one row per token, in `s`.
+    fn run_segments(&self, tokens: &[u32], segs: &mut [Segment<'_>], s: &mut Scratch) {
         let c = &self.config;
         let t_n = tokens.len();
-        let pos0 = cache.len;
-        let kv_dim = cache.kv_dim;
+        let kv_dim = c.n_kv_heads * c.head_dim;
+        let q_dim = c.n_heads * c.head_dim;
         let (dim, hd) = (c.dim, c.head_dim);
         let heads = Heads { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: hd };
-        let KvCache { k: cache_k, v: cache_v, capacity, scratch: s, .. } = cache;
         s.size_for(c, t_n);
         for (&t, x) in tokens.iter().zip(s.x.chunks_exact_mut(dim)) {
             self.tok_embd.row(t as usize, x);
@@ -446,28 +512,33 @@ impl<'a> Model<'a> {
                 linear(&l.wk, &s.n, t_n, &mut s.sums, &mut s.k);
                 linear(&l.wv, &s.n, t_n, &mut s.sums, &mut s.v);
             }
-            for (t, (q, k)) in
-                s.q.chunks_exact_mut(c.n_heads * hd).zip(s.k.chunks_exact_mut(kv_dim)).enumerate()
-            {
-                for h in q.chunks_exact_mut(hd).chain(k.chunks_exact_mut(hd)) {
-                    rope_norm(h, pos0 + t, &self.inv_freq);
+            let mut row = 0;
+            for seg in segs.iter_mut() {
+                let rows = row..row + seg.rows;
+                let q = &mut s.q[rows.start * q_dim..rows.end * q_dim];
+                let k = &mut s.k[rows.start * kv_dim..rows.end * kv_dim];
+                for (t, (q, k)) in q.chunks_exact_mut(q_dim).zip(k.chunks_exact_mut(kv_dim)).enumerate() {
+                    for h in q.chunks_exact_mut(hd).chain(k.chunks_exact_mut(hd)) {
+                        rope_norm(h, seg.pos + t, &self.inv_freq);
+                    }
                 }
+                let base = li * seg.capacity * kv_dim;
+                let at = base + seg.pos * kv_dim;
+                let end = at + seg.rows * kv_dim;
+                seg.k[at..end].copy_from_slice(k);
+                seg.v[at..end].copy_from_slice(&s.v[rows.start * kv_dim..rows.end * kv_dim]);
+                attention::attend(
+                    heads,
+                    q,
+                    &seg.k[base..end],
+                    &seg.v[base..end],
+                    seg.pos,
+                    seg.rows,
+                    &mut s.att_out[rows.start * q_dim..rows.end * q_dim],
+                    &mut s.scores,
+                );
+                row = rows.end;
             }
-            let base = li * *capacity * kv_dim;
-            let at = base + pos0 * kv_dim;
-            cache_k[at..at + t_n * kv_dim].copy_from_slice(&s.k);
-            cache_v[at..at + t_n * kv_dim].copy_from_slice(&s.v);
-            let end = at + t_n * kv_dim;
-            attention::attend(
-                heads,
-                &s.q,
-                &cache_k[base..end],
-                &cache_v[base..end],
-                pos0,
-                t_n,
-                &mut s.att_out,
-                &mut s.scores,
-            );
             linear(&l.wo, &s.att_out, t_n, &mut s.sums, &mut s.proj);
             for (x, p) in s.x.iter_mut().zip(&s.proj) {
                 *x += p;
@@ -491,6 +562,5 @@ impl<'a> Model<'a> {
                 *x += p;
             }
         }
-        cache.len = pos0 + t_n;
     }
 }

@@ -10,15 +10,18 @@ use core::arch::x86_64::{__m128, __m128i, __m512, __m512i};
 
 use pulp::x86::V4;
 
+use crate::gguf::GgmlType;
+
 #[inline(always)]
 fn load_u8x16(b: &[u8]) -> __m128i {
-    let a: [u8; 16] = core::array::from_fn(|i| b[i]);
+    // A slice of exactly 16 converts without a check left in the code: one load.
+    let a: [u8; 16] = b[..16].try_into().expect("16 bytes");
     pulp::cast(a)
 }
 
 #[inline(always)]
 fn load_f32x16(x: &[f32]) -> __m512 {
-    let a: [f32; 16] = core::array::from_fn(|i| x[i]);
+    let a: [f32; 16] = x[..16].try_into().expect("16 floats");
     pulp::cast(a)
 }
 
@@ -193,4 +196,48 @@ pub(crate) fn dot_q6_k(simd: V4, row: &[u8], x: &[f32]) -> f32 {
         }
     }
     hsum(simd, acc)
+}
+
+/// Row `row` (Q4_0, Q4_1 or Q8_0) times each of `N` inputs: each block is unpacked once and
+/// multiplied with every input, so a batch of sequences costs little more than one.
+/// `sums[j]` are input `j`'s per-32 sums (read for Q4_1 only).
+#[inline(always)]
+pub(crate) fn dot_multi<const N: usize>(
+    simd: V4,
+    ty: GgmlType,
+    row: &[u8],
+    xs: &[&[f32]; N],
+    sums: &[&[f32]; N],
+) -> [f32; N] {
+    let f = &simd.avx512f;
+    let mut acc = [f._mm512_setzero_ps(); N];
+    let mut bias = [0f32; N];
+    let (bb, off, sub) = match ty {
+        GgmlType::Q4_0 => (18, 2, 8),
+        GgmlType::Q4_1 => (20, 4, 0),
+        _ => (34, 2, 0),
+    };
+    for (bi, b) in row.chunks_exact(bb).enumerate() {
+        prefetch(simd, b);
+        let (lo, hi) = if ty == GgmlType::Q8_0 {
+            (
+                f._mm512_cvtepi32_ps(f._mm512_cvtepi8_epi32(load_u8x16(&b[2..]))),
+                f._mm512_cvtepi32_ps(f._mm512_cvtepi8_epi32(load_u8x16(&b[18..]))),
+            )
+        } else {
+            nibbles(simd, &b[off..], sub)
+        };
+        let dm = f16_pair(simd, b);
+        let d = f._mm512_broadcastss_ps(dm);
+        let m = simd.sse._mm_cvtss_f32(simd.sse3._mm_movehdup_ps(dm));
+        for j in 0..N {
+            let x = &xs[j][bi * 32..bi * 32 + 32];
+            let t = f._mm512_fmadd_ps(hi, load_f32x16(&x[16..]), f._mm512_mul_ps(lo, load_f32x16(x)));
+            acc[j] = f._mm512_fmadd_ps(d, t, acc[j]);
+            if ty == GgmlType::Q4_1 {
+                bias[j] = m.mul_add(sums[j][bi], bias[j]);
+            }
+        }
+    }
+    core::array::from_fn(|j| hsum(simd, acc[j]) + bias[j])
 }

@@ -480,6 +480,9 @@ fn tile<M: Madd, const TT: usize>(wt: &[[f32; PANEL]], x: &[f32], k: usize, t0: 
 pub(crate) fn matmul(m: QMat<'_>, x: &[f32], tokens: usize, y: &mut [f32]) {
     assert_eq!(x.len(), tokens * m.cols, "matmul input length");
     assert_eq!(y.len(), tokens * m.rows, "matmul output length");
+    if tokens <= SMALL_BATCH {
+        return matmul_small(m, x, tokens, y);
+    }
     let panels = m.rows.div_ceil(PANEL);
     let k = m.cols;
     let run = |p: usize, bufs: &mut (Vec<f32>, Vec<f32>)| {
@@ -500,6 +503,108 @@ pub(crate) fn matmul(m: QMat<'_>, x: &[f32], tokens: usize, y: &mut [f32]) {
         let n = PANEL.min(m.rows - first);
         for (t, o) in out.chunks_exact(PANEL).enumerate() {
             y[t * m.rows + first..t * m.rows + first + n].copy_from_slice(&o[..n]);
+        }
+    }
+}
+
+/// Batches up to this many tokens go through [`matmul_small`]: below it, dequantizing panels
+/// costs more than the products save.
+pub(crate) const SMALL_BATCH: usize = 16;
+
+/// [`matmul`] for a few tokens: each task takes a run of rows and runs the fused row kernels of
+/// [`matvec`] on them once per token, so the run's bytes are fetched from memory once and read
+/// from cache for the other tokens.
+fn matmul_small(m: QMat<'_>, x: &[f32], tokens: usize, y: &mut [f32]) {
+    let k = m.cols;
+    let mut sums = Vec::new();
+    if needs_sums(m.ty) {
+        sums.resize(tokens * k / 32, 0.0);
+        for (x, s) in x.chunks_exact(k).zip(sums.chunks_exact_mut(k / 32)) {
+            block_sums(x, s);
+        }
+    }
+    let per_sum = if sums.is_empty() { 0 } else { k / 32 };
+    let run = |first: usize, n: usize| {
+        let mut out = vec![0f32; tokens * n];
+        #[cfg(target_arch = "x86_64")]
+        if matches!(m.ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+            && let Some(simd) = pulp::x86::V4::try_new()
+        {
+            let xs: Vec<&[f32]> = x.chunks_exact(k).collect();
+            let ss: Vec<&[f32]> =
+                if per_sum == 0 { vec![&[][..]; tokens] } else { sums.chunks_exact(per_sum).collect() };
+            simd.vectorize(MultiRows { simd, m, first, n, xs: &xs, ss: &ss, out: &mut out });
+            return out;
+        }
+        for (t, o) in out.chunks_exact_mut(n).enumerate() {
+            let sums = if sums.is_empty() { &[][..] } else { &sums[t * per_sum..(t + 1) * per_sum] };
+            rows(Rows { m, x: &x[t * k..(t + 1) * k], sums, first, y: o });
+        }
+        out
+    };
+    let per = rows_per_task(m.rows, m.cols * tokens);
+    let chunks: Vec<(usize, usize)> = (0..m.rows).step_by(per).map(|f| (f, per.min(m.rows - f))).collect();
+    let outs: Vec<Vec<f32>> = if tokens * m.rows * k < PAR_MIN || threads::threads() == 1 {
+        chunks.iter().map(|&(f, n)| run(f, n)).collect()
+    } else {
+        threads::install(|| chunks.par_iter().map(|&(f, n)| run(f, n)).collect())
+    };
+    for (&(first, n), out) in chunks.iter().zip(&outs) {
+        for (t, o) in out.chunks_exact(n).enumerate() {
+            y[t * m.rows + first..t * m.rows + first + n].copy_from_slice(o);
+        }
+    }
+}
+
+/// `out[t·n + i] = row(first + i) · xs[t]` with [`crate::qdot_avx512::dot_multi`], eight
+/// inputs at a time (`ss[t]`: input `t`'s per-32 sums, for Q4_1).
+#[cfg(target_arch = "x86_64")]
+struct MultiRows<'a, 'o> {
+    simd: pulp::x86::V4,
+    m: QMat<'a>,
+    first: usize,
+    n: usize,
+    xs: &'o [&'a [f32]],
+    ss: &'o [&'a [f32]],
+    out: &'o mut [f32],
+}
+
+// A closure calling an `#[inline(always)]` method was not inlined into the AVX-512 function
+// `vectorize` makes (the intrinsics ended up as calls); this trait method is.
+#[cfg(target_arch = "x86_64")]
+impl pulp::NullaryFnOnce for MultiRows<'_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn call(self) {
+        use crate::qdot_avx512::dot_multi;
+        let Self { simd, m, first, n, xs, ss, out } = self;
+        for i in 0..n {
+            let row = m.row(first + i);
+            let mut t0 = 0;
+            while t0 < xs.len() {
+                let g = (xs.len() - t0).min(8);
+                macro_rules! group {
+                    ($n:literal) => {{
+                        let x: &[&[f32]; $n] = xs[t0..t0 + $n].try_into().expect("group of inputs");
+                        let s: &[&[f32]; $n] = ss[t0..t0 + $n].try_into().expect("group of sums");
+                        for (j, v) in dot_multi::<$n>(simd, m.ty, row, x, s).into_iter().enumerate() {
+                            out[(t0 + j) * n + i] = v;
+                        }
+                    }};
+                }
+                match g {
+                    1 => group!(1),
+                    2 => group!(2),
+                    3 => group!(3),
+                    4 => group!(4),
+                    5 => group!(5),
+                    6 => group!(6),
+                    7 => group!(7),
+                    _ => group!(8),
+                }
+                t0 += g;
+            }
         }
     }
 }
@@ -676,7 +781,7 @@ mod tests {
             let (rows, cols) = (37, 256);
             let data = matrix(ty, rows, cols, &mut rng);
             let m = qmat(ty, rows, cols, &data);
-            for tokens in [1, 2, 5, 6, 7, 13, 40] {
+            for tokens in [1, 2, 5, 6, 7, 13, 16, 17, 23, 40] {
                 let x = input(tokens * cols, &mut rng);
                 let mut y = vec![f32::NAN; tokens * rows];
                 matmul(m, &x, tokens, &mut y);

@@ -93,3 +93,47 @@ fn refused_steps_leave_the_cache_unchanged() {
     assert_eq!(cache.len(), 8);
     assert_eq!(model.forward(5, &mut cache, &mut logits), Err(ForwardError::ContextFull(8)));
 }
+
+#[test]
+fn a_batch_of_sequences_steps_as_each_would_alone() {
+    let Some(f) = common::model("a_batch_of_sequences_steps_as_each_would_alone") else { return };
+    let model = Model::new(f).expect("model");
+    let tok = GgufTokenizer::from_gguf(&f.gguf).expect("tokenizer");
+    let vocab = model.config.vocab_size;
+    let prompts = [
+        "Once upon a time",
+        "def fibonacci(n):\n    ",
+        "The capital of France is Paris. The capital of Italy",
+    ];
+    let ids: Vec<Vec<u32>> = prompts.iter().map(|p| tok.encode(p, false).expect("encode")).collect();
+    let mut alone: Vec<KvCache> = ids.iter().map(|i| model.new_cache(i.len() + 8)).collect();
+    let mut batched: Vec<KvCache> = ids.iter().map(|i| model.new_cache(i.len() + 8)).collect();
+    let mut l_alone: Vec<Vec<f32>> = Vec::new();
+    for ((i, a), b) in ids.iter().zip(&mut alone).zip(&mut batched) {
+        l_alone.push(model.prefill(i, a).expect("prefill"));
+        model.prefill(i, b).expect("prefill");
+    }
+    let mut l_batch: Vec<f32> = l_alone.concat();
+    for step in 0..6 {
+        let next: Vec<u32> = l_batch.chunks_exact(vocab).map(|l| argmax(l) as u32).collect();
+        for ((n, c), l) in next.iter().zip(&mut alone).zip(&mut l_alone) {
+            model.forward(*n, c, l).expect("step");
+        }
+        let mut refs: Vec<&mut KvCache> = batched.iter_mut().collect();
+        model.forward_batch(&next, &mut refs, &mut l_batch).expect("batch step");
+        for (i, (a, b)) in l_alone.iter().zip(l_batch.chunks_exact(vocab)).enumerate() {
+            close(a, b).unwrap_or_else(|e| panic!("step {step}, sequence {i}: {e}"));
+            assert_eq!(argmax(a), argmax(b), "step {step}, sequence {i}");
+        }
+    }
+    for (a, b) in alone.iter().zip(&batched) {
+        assert_eq!(a.len(), b.len());
+    }
+
+    // A refused batch runs nothing.
+    let lens: Vec<usize> = batched.iter().map(KvCache::len).collect();
+    let mut refs: Vec<&mut KvCache> = batched.iter_mut().collect();
+    let bad = [5, vocab as u32, 6];
+    assert_eq!(model.forward_batch(&bad, &mut refs, &mut l_batch), Err(ForwardError::BadToken(vocab as u32)));
+    assert_eq!(batched.iter().map(KvCache::len).collect::<Vec<_>>(), lens);
+}
