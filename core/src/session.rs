@@ -994,6 +994,7 @@ impl Session {
                     frames_in: s.frames_in,
                     bytes_in: s.bytes_in,
                     bytes_out: s.bytes_out,
+                    shared_models: Some(shared),
                 })
             }
             Request::Alloc(a) => {

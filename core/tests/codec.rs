@@ -91,7 +91,8 @@ fn every_fixed_message_roundtrips() {
         n: 6,
         alpha: 0.0,
     });
-    roundtrip_fixed(Stats {
+    // STATS: 48 bytes, and an optional trailing shared_models (an older node's 48 bytes parse).
+    let stats = Stats {
         buffers: 1,
         max_buffers: 2,
         used: 3,
@@ -99,7 +100,18 @@ fn every_fixed_message_roundtrips() {
         frames_in: 5,
         bytes_in: 6,
         bytes_out: 7,
-    });
+        shared_models: Some(8),
+    };
+    let mut buf = Vec::new();
+    roundtrip(&stats, &mut buf);
+    assert_eq!(buf.len(), 56);
+    assert_eq!(Stats::parse(&buf[..48]), Ok(Stats { shared_models: None, ..stats }));
+    roundtrip(&Stats { shared_models: None, ..stats }, &mut Vec::new());
+    for cut in (0..48).chain(49..56) {
+        assert_eq!(Stats::parse(&buf[..cut]), Err(DecodeError::Truncated), "prefix {cut} must fail");
+    }
+    buf.push(0);
+    assert_eq!(Stats::parse(&buf), Err(DecodeError::TrailingBytes));
 }
 
 #[test]

@@ -175,6 +175,7 @@ fn responses() -> Vec<(&'static str, Kind, Flags, Vec<u8>)> {
         frames_in: 9,
         bytes_in: 300,
         bytes_out: 4000,
+        shared_models: Some(0),
     };
     let error =
         ErrorMsg { code: ErrorCode::NO_SUCH_BUFFER, request_kind: Kind::READ, reason: "no such buffer" };

@@ -278,23 +278,73 @@ fixed_message! {
     }
 }
 
-fixed_message! {
-    /// The answer to STATS: the session's usage and counters.
-    Stats, STATS, response = true {
-        /// Buffers held.
-        buffers: u32,
-        /// Most buffers allowed.
-        max_buffers: u32,
-        /// Bytes held.
-        used: u64,
-        /// Quota in bytes.
-        quota: u64,
-        /// Request frames handled.
-        frames_in: u64,
-        /// Payload bytes received.
-        bytes_in: u64,
-        /// Payload bytes sent.
-        bytes_out: u64,
+/// The answer to STATS: the session's usage and counters, then (optionally) the node's shared
+/// model memory. 48 bytes, or 56 with `shared_models`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Buffers held.
+    pub buffers: u32,
+    /// Most buffers allowed.
+    pub max_buffers: u32,
+    /// Bytes held.
+    pub used: u64,
+    /// Quota in bytes.
+    pub quota: u64,
+    /// Request frames handled.
+    pub frames_in: u64,
+    /// Payload bytes received.
+    pub bytes_in: u64,
+    /// Payload bytes sent.
+    pub bytes_out: u64,
+    /// Bytes of models the node holds once for every session that loads them, as in
+    /// [`DeviceInfoMsg::shared_models`] (charged to no session, so not in `used`). `None`: the
+    /// payload ends after `bytes_out` (a node that does not say); emitted only when `Some`.
+    pub shared_models: Option<u64>,
+}
+
+impl Stats {
+    /// Length of the payload without `shared_models`.
+    pub const LEN: usize = 48;
+}
+
+impl<'a> Message<'a> for Stats {
+    const KIND: Kind = Kind::STATS;
+    const RESPONSE: bool = true;
+
+    fn parse(payload: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(payload);
+        let msg = Self {
+            buffers: r.u32()?,
+            max_buffers: r.u32()?,
+            used: r.u64()?,
+            quota: r.u64()?,
+            frames_in: r.u64()?,
+            bytes_in: r.u64()?,
+            bytes_out: r.u64()?,
+            shared_models: None,
+        };
+        let msg = if r.remaining() == 0 { msg } else { Self { shared_models: Some(r.u64()?), ..msg } };
+        r.finish()?;
+        Ok(msg)
+    }
+
+    fn buffer_len(&self) -> usize {
+        Self::LEN + if self.shared_models.is_some() { 8 } else { 0 }
+    }
+
+    fn emit(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
+        let mut w = Writer::new(buf);
+        w.u32(self.buffers)?;
+        w.u32(self.max_buffers)?;
+        w.u64(self.used)?;
+        w.u64(self.quota)?;
+        w.u64(self.frames_in)?;
+        w.u64(self.bytes_in)?;
+        w.u64(self.bytes_out)?;
+        if let Some(shared) = self.shared_models {
+            w.u64(shared)?;
+        }
+        Ok(w.len())
     }
 }
 

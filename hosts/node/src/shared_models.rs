@@ -5,7 +5,7 @@
 //!   buffers, with intermediates of their own. A load that arrives while another session is
 //!   loading the same model waits for that load (without holding the backend) and shares it.
 //! - Shared weights are charged to no session's quota: they are node memory, reported in
-//!   DEVICE_INFO (`shared_models`). Each session's intermediates are its own.
+//!   DEVICE_INFO and STATS (`shared_models`). Each session's intermediates are its own.
 //! - The last release (MODEL_UNLOAD or the end of the session) frees and zeroes the weights,
 //!   unless the model was preloaded (`serve --preload NAME`), which keeps it until the node
 //!   stops.

@@ -273,6 +273,12 @@ async fn two_sessions_hold_one_copy_of_a_repository_model() {
     let two = within(node.usage()).await.expect("usage").used;
     assert_eq!(two, one, "the second session's load adds no weights");
     assert_eq!(within(b.device_info()).await.expect("info").shared_models, shared);
+    // STATS says the same, and charges none of it to either session.
+    for c in [&mut a, &mut b] {
+        let s = within(c.stats()).await.expect("stats");
+        assert_eq!(s.shared_models, Some(shared));
+        assert!(s.used < shared, "the shared weights are not charged to the session: {}", s.used);
+    }
 
     let text = ["two sessions, one copy of the weights"];
     let ea = within(a.infer(ma, &text)).await.expect("infer a");
@@ -286,6 +292,7 @@ async fn two_sessions_hold_one_copy_of_a_repository_model() {
     // The last one lets go: the weights are freed (and zeroed).
     within(b.model_unload(mb)).await.expect("unload b");
     assert_eq!(within(b.device_info()).await.expect("info").shared_models, 0);
+    assert_eq!(within(b.stats()).await.expect("stats").shared_models, Some(0));
     let left = within(node.usage()).await.expect("usage").used;
     assert!(left <= 2 * 64 * 384 * 4, "after both unloads the node holds {left} bytes");
     within(a.close()).await.expect("close a");

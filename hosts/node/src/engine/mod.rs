@@ -557,8 +557,9 @@ impl Engine {
             Command::Frame { conn, now, job } => {
                 let Job { header, payload, out, done, ticket } = job;
                 let mut out = out.map_or(OutBuf::Inline([0; INLINE_OUT]), OutBuf::Pooled);
-                // DEVICE_INFO reports the shared model memory, which the model host knows.
-                let mut models = if is_model_request(header.kind) || header.kind == Kind::DEVICE_INFO {
+                // DEVICE_INFO and STATS report the shared model memory, which the model host knows.
+                let reports_shared = matches!(header.kind, Kind::DEVICE_INFO | Kind::STATS);
+                let mut models = if is_model_request(header.kind) || reports_shared {
                     Some(self.models.remove(&conn).unwrap_or_else(|| {
                         let sink = self
                             .sessions
