@@ -939,8 +939,8 @@ async fn bad_flags_close(cx: Cx) -> R<()> {
 
 async fn unknown_kind(cx: Cx) -> R<()> {
     let (mut c, _) = Conn::ready(&cx).await?;
-    // 0x07 is PROGRESS, which only a node sends.
-    for k in [0x00u8, 0x07, 0x0F, 0x16, 0x21, 0x36, 0x50, 0x7E, 0x80, 0xC3, 0xFF] {
+    // 0x07 is PROGRESS and 0x37 TOKEN, which only a node sends.
+    for k in [0x00u8, 0x07, 0x0F, 0x16, 0x21, 0x37, 0x3F, 0x50, 0x7E, 0x80, 0xC3, 0xFF] {
         c.err(Kind(k), &[], ErrorCode::UNKNOWN_KIND).await?;
         c.err(Kind(k), &pattern(u32::from(k), 40), ErrorCode::UNKNOWN_KIND).await?;
     }
@@ -961,6 +961,7 @@ async fn unsupported(cx: Cx) -> R<()> {
             Kind::MODEL_UPLOAD,
             Kind::MODEL_CHUNK,
             Kind::MODEL_COMMIT,
+            Kind::GENERATE,
         ] {
             for payload in [&b""[..], b"some model bytes"] {
                 let what = format!("{k:?} on a node without MODELS ({} payload bytes)", payload.len());
