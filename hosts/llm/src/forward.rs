@@ -4,11 +4,13 @@
 //! Activations are f32; weights stay as the file stores them. One token (decode,
 //! [`Model::forward`]) goes through fused dequantize-and-dot matrix-vector products; a prompt
 //! ([`Model::prefill`]) goes through in batches of up to [`PREFILL_BATCH`] tokens, each weight
-//! panel dequantized once per batch and multiplied with every token of it, with causal attention
-//! over the batch (`qmatmul.rs`, `attention.rs`). Work is split across the
-//! pool of [`crate::threads`]. Buffers live in the [`KvCache`], so a decode step allocates
-//! nothing. [`quant::dot`] and [`quant::dequantize`] remain the reference the kernels are
-//! tested against.
+//! panel dequantized once per batch and multiplied with every token of it (a batch of up to 16
+//! tokens instead fetches each row once and runs the fused kernels on every token), with causal
+//! attention over the batch (`qmatmul.rs`, `attention.rs`). [`Model::forward_batch`] runs the
+//! next token of several sequences through one pass, reading each weight once for all of them.
+//! Work is split across the pool of [`crate::threads`]. Buffers live in the [`KvCache`], so a
+//! decode step allocates nothing. [`quant::dot`] and [`quant::dequantize`] remain the reference
+//! the kernels are tested against.
 //!
 //! The steps per block are llama.cpp's (`llm_build_llama`):
 //! `h = x + Wo·attn(rope(Wq·n), rope(Wk·n), Wv·n)` with `n = rmsnorm(x)·attn_norm`, then
