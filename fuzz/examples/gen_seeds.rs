@@ -295,6 +295,11 @@ fn infer(who: u8, seq: u16, m: ModelRef, texts: &[u8]) -> Op<'_> {
     req(who, seq, Req::Infer { m, texts: Texts::new(texts) })
 }
 
+/// A raw frame of `kind` from session `who`.
+fn raw(who: u8, kind: Kind, seq: u16, payload: &[u8]) -> Op<'_> {
+    Op::Raw { who, kind: kind.0, flags: 0, seq, payload }
+}
+
 fn script(arena: u64, setups: [Setup; 2], ops: &[Op<'_>]) -> Vec<u8> {
     let mut w = ScriptWriter::new(arena, setups);
     for op in ops {
@@ -591,6 +596,47 @@ fn model_sessions() -> Vec<(&'static str, Vec<u8>)> {
                 },
                 Op::Raw { who: 1, kind: Kind::MODEL_LOAD.0, flags: 0, seq: 6, payload: b"\x04tiny" },
                 Op::Raw { who: 1, kind: Kind::MODEL_CHUNK.0, flags: 0, seq: 7, payload: b"\0\0\0" },
+            ],
+        ),
+    ));
+
+    // GENERATE and CANCEL: to a loaded model (the harness's host generates nothing, so
+    // UNSUPPORTED), to an unknown one, with max_tokens 0, NaN temperature, an unknown prompt
+    // kind and invalid UTF-8; CANCEL with nothing running; before the handshake.
+    let sampling = Sampling { temperature: 0.7, top_k: 40, top_p: 0.9, seed: 42 };
+    let gen_payload = |model: u32, max: u32, s: &Sampling| {
+        let mut p = vec![0u8; 128];
+        let n = Generate::emit_parts(model, max, s, Prompt::Text("hi"), &["\n"], &mut p).expect("fits");
+        p.truncate(n);
+        p
+    };
+    let good = gen_payload(1, 8, &sampling);
+    let unknown = gen_payload(77, 8, &sampling);
+    let zero = gen_payload(1, 0, &sampling);
+    let nan = gen_payload(1, 8, &Sampling { temperature: f32::NAN, ..sampling });
+    let mut odd_kind = good.clone();
+    odd_kind[28] = 9;
+    let mut bad_utf8 = good.clone();
+    bad_utf8[34] = 0xFF;
+    out.push((
+        "models-generate-cancel",
+        script(
+            64 * 1024,
+            [with_models([5, 0, 0, 5]), with_models([6, 0, 0, 6])],
+            &[
+                raw(1, Kind::GENERATE, 1, &good),
+                raw(1, Kind::CANCEL, 2, b""),
+                req(0, 1, HELLO_MODELS),
+                load(0, 2, TINY),
+                raw(0, Kind::GENERATE, 3, &good),
+                raw(0, Kind::GENERATE, 4, &unknown),
+                raw(0, Kind::GENERATE, 5, &zero),
+                raw(0, Kind::GENERATE, 6, &nan),
+                raw(0, Kind::GENERATE, 7, &odd_kind),
+                raw(0, Kind::GENERATE, 8, &bad_utf8),
+                raw(0, Kind::CANCEL, 9, b""),
+                raw(0, Kind::CANCEL, 10, b"x"),
+                raw(0, Kind::TOKEN, 11, b"\0\0\0\0\0\0"),
             ],
         ),
     ));
