@@ -7,7 +7,8 @@
 use libfuzzer_sys::fuzz_target;
 use rela_core::config::{MAX_ERROR_REASON, MAX_PING_PAYLOAD};
 use rela_core::wire::generate::TokenMsg;
-use rela_core::wire::msg::{Message, Response};
+use rela_core::wire::model_list::ModelKind;
+use rela_core::wire::msg::{Message, Response, valid_model_name};
 use rela_core::wire::{Flags, Kind};
 
 fn reemit<'a, M: Message<'a>>(m: &M, payload: &[u8]) {
@@ -90,6 +91,13 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(kind, Kind::GENERATE);
             reemit(&g, payload);
         }
+        Response::ModelListed(m) => {
+            assert_eq!(kind, Kind::MODEL_LIST);
+            // A name exactly when a kind, and one MODEL_LOAD would take.
+            assert_eq!(m.kind == ModelKind::NONE, m.name.is_empty());
+            assert!(m.name.is_empty() || valid_model_name(m.name));
+            reemit(&m, payload);
+        }
         Response::Embeddings(e) => {
             assert_eq!(kind, Kind::INFER);
             assert_eq!(e.data.len(), e.count as usize * e.dim as usize * 4);
@@ -128,6 +136,7 @@ fuzz_target!(|data: &[u8]| {
                 Kind::GENERATE,
                 Kind::TOKEN,
                 Kind::CANCEL,
+                Kind::MODEL_LIST,
             ];
             assert!(!handled.contains(&k), "{k:?} decoded as Unknown");
         }

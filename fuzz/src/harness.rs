@@ -49,6 +49,7 @@ use rela_core::fuzzing::{frame_crc, handle_table};
 use rela_core::model::{ModelHost, ProgressTarget};
 use rela_core::session::{ApiMisuse, Event, Session, SessionConfig, State, Transmit};
 use rela_core::time::{Duration, Instant};
+use rela_core::wire::model_list::ModelKind;
 use rela_core::wire::msg::{self, Caps, Message, Request, Response};
 use rela_core::wire::{
     ErrorCode, Flags, Frame, FrameError, HeaderError, HeaderRepr, Kind, RawHeader, encode_frame,
@@ -917,6 +918,16 @@ impl Harness<'_> {
                 };
                 expect_error(&request, response, code);
             }
+            Request::ModelList(_) => {
+                // The harness's host lists nothing (the trait's default): no entry, count 0.
+                untouched();
+                match response {
+                    Response::ModelListed(m) => {
+                        assert_eq!((m.count, m.kind, m.name), (0, ModelKind::NONE, ""), "MODEL_LIST");
+                    }
+                    other => panic!("{request:?} answered with {other:?}"),
+                }
+            }
             other => panic!("{other:?} is not a model request"),
         }
     }
@@ -1015,6 +1026,7 @@ fn is_model_request(r: &Request<'_>) -> bool {
             | Request::ModelChunk(_)
             | Request::ModelCommit
             | Request::Generate(_)
+            | Request::ModelList(_)
     )
 }
 
