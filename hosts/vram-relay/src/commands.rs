@@ -142,8 +142,8 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "RELA_MAX_CONTEXT", default_value_t = rela_node::DEFAULT_MAX_CONTEXT,
           value_parser = clap::value_parser!(u32).range(2..))]
     max_context: u32,
-    /// Threads the host backend's kernels run on (GEMM, attention...; the node's connection
-    /// threads are --threads). 0: one per CPU core.
+    /// Threads the host backend's kernels and language models' forward pass each run on (GEMM,
+    /// attention...; the node's connection threads are --threads). 0: one per CPU core.
     #[arg(long, env = "RELA_KERNEL_THREADS", default_value_t = 0)]
     kernel_threads: usize,
 }
@@ -180,6 +180,8 @@ fn parse_max_payload(s: &str) -> Result<u32, String> {
 
 pub(crate) async fn serve(args: ServeArgs) -> Result<(), CliError> {
     rela_kernels::fast::set_threads(args.kernel_threads);
+    // Language models' forward pass has its own pool, sized the same.
+    rela_llm::threads::set_threads(args.kernel_threads);
     let token = util::load_token(args.token.as_deref(), args.token_file.as_deref())?;
     if args.require_auth && token.is_none() {
         return Err("REQUIRE_AUTH is set but no token was given (AUTH_TOKEN, --token or --token-file)".into());
