@@ -29,6 +29,7 @@ use crate::config::{LlamaConfig, ModelError};
 use crate::gguf::{GgmlType, GgufFile};
 use crate::qmatmul::{self, QMat};
 use crate::quant;
+use zeroize::Zeroize;
 
 /// Prompt tokens processed together by [`Model::prefill`] (longer prompts run in batches of
 /// this many, bounding the batch's buffers).
@@ -305,6 +306,35 @@ impl Scratch {
             v.resize(t * w, 0.0);
         }
         self.sums.resize(c.dim.max(c.ffn_dim).max(q_dim) / 32, 0.0);
+    }
+
+    /// Zeroes every buffer, its whole capacity included.
+    fn scrub(&mut self) {
+        for v in [
+            &mut self.x,
+            &mut self.n,
+            &mut self.q,
+            &mut self.k,
+            &mut self.v,
+            &mut self.att_out,
+            &mut self.proj,
+            &mut self.gate,
+            &mut self.up,
+            &mut self.sums,
+            &mut self.scores,
+        ] {
+            v.zeroize();
+        }
+    }
+}
+
+/// A cache holds what the prompt and the generated tokens became inside the model: zeroed (its
+/// whole allocation) before the memory goes back to the allocator.
+impl Drop for KvCache {
+    fn drop(&mut self) {
+        self.k.zeroize();
+        self.v.zeroize();
+        self.scratch.scrub();
     }
 }
 
