@@ -178,6 +178,20 @@ impl KvCache {
         }
     }
 
+    /// A cache of no positions for no model, allocating nothing: what stands in for a cache
+    /// while it is lent elsewhere (`std::mem::replace`). Every forward step refuses it.
+    pub fn empty() -> Self {
+        Self {
+            k: Vec::new(),
+            v: Vec::new(),
+            n_layers: 0,
+            kv_dim: 0,
+            capacity: 0,
+            len: 0,
+            scratch: Scratch::default(),
+        }
+    }
+
     /// Positions held.
     pub fn len(&self) -> usize {
         self.len

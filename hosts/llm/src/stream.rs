@@ -157,6 +157,18 @@ impl<'m> TokenStream<'m> {
 
     /// Runs the next step: a chunk of the prompt, or one token.
     pub fn step(&mut self) -> Result<Step, ForwardError> {
+        let model = self.model;
+        self.step_with(|id, cache, logits| model.forward(id, cache, logits))
+    }
+
+    /// [`step`](Self::step), with the one-token forward pass of a generated token run by
+    /// `forward(token, cache, logits)` instead of this stream's model directly: a server that
+    /// batches the steps of several streams ([`Model::forward_batch`]) passes its own. It must
+    /// do what [`Model::forward`] does for this stream's model.
+    pub fn step_with(
+        &mut self,
+        forward: impl FnOnce(u32, &mut KvCache, &mut [f32]) -> Result<(), ForwardError>,
+    ) -> Result<Step, ForwardError> {
         if self.finished {
             return Ok(Step::Done);
         }
@@ -185,7 +197,7 @@ impl<'m> TokenStream<'m> {
         }
         let keep = stop_prefix_len(&self.held, &self.stops);
         let text = self.held.drain(..self.held.len() - keep).collect();
-        self.model.forward(id, &mut self.cache, &mut self.logits)?;
+        forward(id, &mut self.cache, &mut self.logits)?;
         Ok(Step::Token { id, text, finish: None })
     }
 

@@ -82,6 +82,7 @@ mod discovery;
 mod engine;
 mod leases;
 mod llm;
+mod llm_batch;
 mod messages;
 mod models;
 mod pool;

@@ -8,7 +8,9 @@
 //!   no session. The weights stay quantized in host memory: the forward pass runs on the host
 //!   CPU whatever the node's backend.
 //! - A generation runs on the session's job thread, one `rela_llm::TokenStream` step at a time
-//!   (a chunk of the prompt, or one token). Between steps it checks whether the client sent
+//!   (a chunk of the prompt, or one token); the one-token steps of every session's generation go
+//!   through the model's batcher ([`crate::llm_batch`]), one forward pass for all waiting
+//!   streams. Between steps it checks whether the client sent
 //!   CANCEL or the session is ending, and stops there with finish reason CANCELLED. Each token
 //!   goes to the connection's writer as a TOKEN frame as soon as it is produced.
 //! - Its KV cache (f32, `min(prompt + max_tokens, context)` positions) is charged to the
@@ -23,7 +25,9 @@ use std::time::Instant;
 use rela_client::FastCrc32;
 use rela_core::model::ModelError;
 use rela_core::wire::generate::{FinishReason, Generate, Generated, PromptKind, TokenMsg};
-use rela_llm::{Finish, LoadError, LoadedLlm, PromptError, SamplingParams, Step, TokenStream};
+use rela_llm::{Finish, ForwardError, LoadError, LoadedLlm, PromptError, SamplingParams, Step, TokenStream};
+
+use crate::llm_batch::Batcher;
 
 use crate::messages::{ConnState, INLINE_OUT, OutBuf, Outcome, Reply, ReplyTx};
 
@@ -54,11 +58,20 @@ pub(crate) fn gguf_path(root: &Path, name: &str) -> Option<std::path::PathBuf> {
     path.is_file().then_some(path)
 }
 
+/// A GGUF model as the node serves it: the checked file, and the batcher every session's decode
+/// steps on it go through.
+#[derive(Debug)]
+pub(crate) struct ServedLlm {
+    /// The file, its tokenizer and chat template.
+    pub(crate) llm: Arc<LoadedLlm>,
+    batcher: Batcher,
+}
+
 /// GGUF models held once for every session that loads them.
 #[derive(Default)]
 pub(crate) struct SharedLlms {
     /// Loaded models by name, with the number of shares out.
-    entries: Mutex<HashMap<String, (Arc<LoadedLlm>, usize)>>,
+    entries: Mutex<HashMap<String, (Arc<ServedLlm>, usize)>>,
     bytes: AtomicU64,
 }
 
@@ -69,7 +82,7 @@ impl std::fmt::Debug for SharedLlms {
 }
 
 impl SharedLlms {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, (Arc<LoadedLlm>, usize)>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, (Arc<ServedLlm>, usize)>> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -80,14 +93,18 @@ impl SharedLlms {
 
     /// A share of model `name` from `path`, loading it first if nobody holds it. Two sessions
     /// loading the same model at once may both parse it; the first to finish is kept.
-    pub(crate) fn acquire(&self, name: &str, path: &Path) -> Result<Arc<LoadedLlm>, ModelError> {
+    pub(crate) fn acquire(&self, name: &str, path: &Path) -> Result<Arc<ServedLlm>, ModelError> {
         if let Some((llm, users)) = self.lock().get_mut(name) {
             *users += 1;
             return Ok(llm.clone());
         }
         // Parsed without the lock: other models load and other shares come and go meanwhile.
         let started = Instant::now();
-        let loaded = LoadedLlm::open(path).map_err(load_error)?;
+        let loaded = Arc::new(LoadedLlm::open(path).map_err(load_error)?);
+        let batcher = Batcher::start(loaded.clone()).map_err(|e| {
+            tracing::error!(error = %e, "no thread for a model's batcher");
+            ModelError::OutOfMemory
+        })?;
         let mut entries = self.lock();
         let (llm, users) = entries.entry(name.to_owned()).or_insert_with(|| {
             self.bytes.fetch_add(loaded.bytes(), Ordering::AcqRel);
@@ -97,7 +114,7 @@ impl SharedLlms {
                 ms = started.elapsed().as_millis() as u64,
                 "GGUF model loaded"
             );
-            (Arc::new(loaded), 0)
+            (Arc::new(ServedLlm { llm: loaded, batcher }), 0)
         });
         *users += 1;
         Ok(llm.clone())
@@ -113,8 +130,8 @@ impl SharedLlms {
             }
             None => false,
         };
-        if last && let Some((llm, _)) = entries.remove(name) {
-            self.bytes.fetch_sub(llm.bytes(), Ordering::AcqRel);
+        if last && let Some((served, _)) = entries.remove(name) {
+            self.bytes.fetch_sub(served.llm.bytes(), Ordering::AcqRel);
         }
     }
 }
@@ -210,7 +227,7 @@ impl TokenSink<'_> {
 
 /// Runs GENERATE `req` with `llm` to its end, streaming TOKEN frames to `sink`.
 pub(crate) fn generate(
-    llm: &LoadedLlm,
+    served: &ServedLlm,
     req: &Generate<'_>,
     limits: GenerateLimits,
     budget: u64,
@@ -218,6 +235,7 @@ pub(crate) fn generate(
     sink: &TokenSink<'_>,
 ) -> Result<Generated, ModelError> {
     let started = Instant::now();
+    let llm = &*served.llm;
     let input = match req.prompt_kind {
         PromptKind::TEXT => llm.text_ids(req.text().unwrap_or_default()),
         PromptKind::MESSAGES => {
@@ -258,7 +276,11 @@ pub(crate) fn generate(
         if sink.stopped() {
             break FinishReason::CANCELLED;
         }
-        match stream.step().map_err(|_| ModelError::InvalidInput("the model refused a token"))? {
+        // Decode steps go through the model's batcher, with every other stream's.
+        let step = stream.step_with(|id, cache, logits| {
+            served.batcher.step(id, cache, logits).unwrap_or(Err(ForwardError::CacheMismatch))
+        });
+        match step.map_err(|_| ModelError::InvalidInput("the model refused a token"))? {
             Step::Prefill { .. } => {}
             Step::Token { id, text, finish } => {
                 first.get_or_insert_with(Instant::now);

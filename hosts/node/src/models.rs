@@ -169,7 +169,7 @@ pub(crate) struct SessionModels {
     /// The node's shared GGUF models.
     llms: Arc<SharedLlms>,
     /// This session's GGUF models: id, model, name.
-    loaded_llms: Vec<(u32, Arc<rela_llm::LoadedLlm>, String)>,
+    loaded_llms: Vec<(u32, Arc<crate::llm::ServedLlm>, String)>,
     /// The node's limits on one GENERATE.
     limits: GenerateLimits,
     /// Set by the engine when the session's job must end (the session is going away).

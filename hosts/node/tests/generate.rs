@@ -123,6 +123,43 @@ async fn greedy_generation_through_the_node_matches_transformers() {
     within(c.close()).await.expect("close");
 }
 
+/// Several sessions generating at once share decode steps (the model's batcher runs the next
+/// token of every waiting stream in one pass): each still gets exactly its own greedy ids, as
+/// it does alone, with streams of different lengths joining and leaving between steps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_generations_are_batched_and_each_matches_transformers() {
+    let Some(dir) = models_dir("concurrent_generations_are_batched_and_each_matches_transformers") else {
+        return;
+    };
+    let node = start(node_config(dir), 64 << 20).await;
+    let fx = fixture();
+    let cases: Vec<Value> = ["raw_capital", "raw_code", "raw_unicode", "chat_capital", "chat_multi_turn"]
+        .iter()
+        .map(|n| fx["cases"].as_array().expect("cases").iter().find(|c| c["name"] == *n).expect(n).clone())
+        .collect();
+    let mut tasks = Vec::new();
+    for case in cases {
+        let addr = node.local_addr();
+        tasks.push(tokio::spawn(async move {
+            let name = case["name"].as_str().expect("name").to_owned();
+            let mut c = within(Client::connect(addr, None)).await.expect("connect");
+            let m = within(c.model_load(MODEL)).await.expect("load");
+            let input = ids(&case["input_ids"]);
+            let n = before_near_tie(&case);
+            let want = ids(&case["generated_ids"])[..n].to_vec();
+            // Token ids as the prompt, so every stream is the fixture's own.
+            let out = within(c.generate_text(&request(m.id, Prompt::Tokens(&input), n as u32), |_| {}))
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(out.generated_ids[..n.min(out.generated_ids.len())], want[..], "{name}: greedy ids");
+            within(c.close()).await.expect("close");
+        }));
+    }
+    for t in tasks {
+        t.await.expect("a generation task");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_a_generation_and_the_session_goes_on() {
     let Some(dir) = models_dir("cancel_stops_a_generation_and_the_session_goes_on") else { return };

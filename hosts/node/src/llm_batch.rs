@@ -1,0 +1,118 @@
+//! Continuous batching of language-model decode steps.
+//!
+//! Every GGUF model the node holds has one [`Batcher`]: a thread that runs the next token of
+//! every generation that is waiting for one, across sessions, in one forward pass
+//! ([`rela_llm::Model::forward_batch`]), so each weight is read once per step for all of them.
+//! A generation's job thread lends its KV cache to the batcher for the step (the cache moves
+//! there and back by value; nothing is shared) and waits for its logits, then samples and
+//! streams its token as before. Streams join and leave between steps: the batcher takes
+//! whatever is waiting when it starts a pass, at most [`MAX_BATCH`] at a time, and never waits
+//! for more. Prompts are not batched: they run on the generation's own job thread.
+//!
+//! A pass that fails for one stream (its cache full, say) would fail for all, so the batcher
+//! then runs each stream alone and answers each with its own result.
+
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+
+use rela_llm::{ForwardError, KvCache, LoadedLlm};
+
+/// Most streams one pass runs.
+pub(crate) const MAX_BATCH: usize = 16;
+
+/// One stream's decode step, lent to the batcher.
+struct StepJob {
+    token: u32,
+    cache: KvCache,
+    reply: SyncSender<StepDone>,
+}
+
+/// The step's outcome, with the cache given back.
+struct StepDone {
+    cache: KvCache,
+    logits: Vec<f32>,
+    result: Result<(), ForwardError>,
+}
+
+/// Why a step could not be batched: the batcher's thread is gone (it panicked), or the cache
+/// it held with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BatcherGone;
+
+/// The batching thread of one model; it ends when the `Batcher` is dropped and the steps in
+/// flight are answered.
+#[derive(Debug)]
+pub(crate) struct Batcher {
+    jobs: Sender<StepJob>,
+}
+
+impl Batcher {
+    /// Starts the batching thread for `llm`.
+    pub(crate) fn start(llm: Arc<LoadedLlm>) -> std::io::Result<Self> {
+        let (jobs, rx) = mpsc::channel();
+        std::thread::Builder::new().name("rela-llm-batch".into()).spawn(move || run(&llm, &rx))?;
+        Ok(Self { jobs })
+    }
+
+    /// Runs `token` at the next position of `cache`, its next-token logits into `logits`,
+    /// batched with the other streams waiting for a step. On [`BatcherGone`] the cache is
+    /// lost (left empty) and the generation cannot go on.
+    pub(crate) fn step(
+        &self,
+        token: u32,
+        cache: &mut KvCache,
+        logits: &mut [f32],
+    ) -> Result<Result<(), ForwardError>, BatcherGone> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let lent = std::mem::replace(cache, KvCache::empty());
+        self.jobs.send(StepJob { token, cache: lent, reply }).map_err(|_| BatcherGone)?;
+        let done = answer.recv().map_err(|_| BatcherGone)?;
+        *cache = done.cache;
+        if done.result.is_ok() {
+            // The batcher sizes each answer to the model's vocabulary, as `logits` is.
+            let n = logits.len().min(done.logits.len());
+            logits[..n].copy_from_slice(&done.logits[..n]);
+        }
+        Ok(done.result)
+    }
+}
+
+/// The batching loop: block for one step, take every other step already waiting, run them.
+fn run(llm: &LoadedLlm, rx: &Receiver<StepJob>) {
+    let Ok(model) = llm.model() else {
+        tracing::error!("a GGUF model's tensors no longer parse; its generations stop");
+        return;
+    };
+    let vocab = model.config.vocab_size;
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let tokens: Vec<u32> = jobs.iter().map(|j| j.token).collect();
+        let mut logits = vec![0f32; jobs.len() * vocab];
+        let batched = {
+            let mut caches: Vec<&mut KvCache> = jobs.iter_mut().map(|j| &mut j.cache).collect();
+            model.forward_batch(&tokens, &mut caches, &mut logits)
+        };
+        let results: Vec<Result<(), ForwardError>> = match batched {
+            Ok(()) => vec![Ok(()); jobs.len()],
+            // Nothing ran: each stream alone, with its own outcome.
+            Err(_) => jobs
+                .iter_mut()
+                .zip(logits.chunks_mut(vocab))
+                .map(|(j, out)| model.forward(j.token, &mut j.cache, out))
+                .collect(),
+        };
+        if jobs.len() > 1 {
+            tracing::trace!(streams = jobs.len(), "batched decode step");
+        }
+        for ((job, out), result) in jobs.into_iter().zip(logits.chunks(vocab)).zip(results) {
+            // A generation that stopped waiting (its session ended) drops the answer.
+            let _ = job.reply.send(StepDone { cache: job.cache, logits: out.to_vec(), result });
+        }
+    }
+}
