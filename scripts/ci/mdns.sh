@@ -24,4 +24,5 @@ if ! multicast_on_lo; then
   fi
   echo "turned on multicast on lo (ip link set lo multicast on)"
 fi
-RELA_REQUIRE_MDNS=1 cargo test -q -p vram-relay --test mdns
+# --workspace: the feature set `cargo test --workspace` built with, so nothing is rebuilt.
+RELA_REQUIRE_MDNS=1 cargo test -q --workspace --test mdns
