@@ -1,0 +1,124 @@
+//! Text generation through a node with 1, 4, 8... concurrent sessions: the combined decode rate
+//! (tokens/s over all sessions), the time to first token and the per-token latency (p50, p99 of
+//! the gaps between TOKEN frames), in one run.
+//!
+//! `cargo run --release -p rela-node --example generate_sessions -- MODELS_DIR [TOKENS] [SESSIONS...]`
+//! serves `MODELS_DIR` (which holds `SmolLM2-135M-Instruct.Q4_1.gguf`) on loopback, and for
+//! each session count (default 1 4 8) starts that many sessions at once, each generating TOKENS
+//! greedy tokens (default 64) from its own short prompt. `RELA_KERNEL_THREADS` sizes the
+//! forward pass's threads.
+
+use std::time::{Duration, Instant};
+
+use rela_client::{Client, GenerateEvent, GenerateRequest};
+use rela_core::wire::generate::{Prompt, Sampling};
+use rela_node::{Node, NodeBackend, NodeConfig};
+
+const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1";
+
+const PROMPTS: [&str; 8] = [
+    "The capital of France is",
+    "Once upon a time, in a small village,",
+    "def fibonacci(n):",
+    "The three laws of motion are",
+    "My favourite recipe for bread starts with",
+    "In 1969, the first people to walk on the Moon",
+    "A good way to learn a new language is",
+    "The weather today is",
+];
+
+/// One session's measurements.
+struct Run {
+    tokens: usize,
+    first: Duration,
+    gaps: Vec<Duration>,
+}
+
+async fn session(addr: std::net::SocketAddr, prompt: &'static str, tokens: u32) -> Result<Run, String> {
+    let mut c = Client::connect(addr, None).await.map_err(|e| e.to_string())?;
+    let m = c.model_load(MODEL).await.map_err(|e| e.to_string())?;
+    let req = GenerateRequest {
+        model: m.id,
+        prompt: Prompt::Text(prompt),
+        max_tokens: tokens,
+        sampling: Sampling::GREEDY,
+        stops: &[],
+    };
+    let started = Instant::now();
+    let mut stream = c.generate(&req).await.map_err(|e| e.to_string())?;
+    let (mut first, mut last, mut gaps, mut count) = (None, started, Vec::new(), 0);
+    while let Some(event) = stream.next().await.map_err(|e| e.to_string())? {
+        if let GenerateEvent::Token { ids, .. } = event {
+            let now = Instant::now();
+            match first {
+                None => first = Some(now - started),
+                Some(_) => gaps.push(now - last),
+            }
+            last = now;
+            count += ids.len();
+        }
+    }
+    drop(stream);
+    c.close().await.map_err(|e| e.to_string())?;
+    Ok(Run { tokens: count, first: first.unwrap_or_default(), gaps })
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let dir = args.get(1).ok_or("usage: generate_sessions MODELS_DIR [TOKENS] [SESSIONS...]")?;
+    let tokens: u32 = args.get(2).map_or(Ok(64), |s| s.parse())?;
+    let counts: Vec<usize> = if args.len() > 3 {
+        args[3..].iter().map(|s| s.parse()).collect::<Result<_, _>>()?
+    } else {
+        vec![1, 4, 8]
+    };
+    let config = NodeConfig {
+        listen: "127.0.0.1:0".parse()?,
+        discovery: None,
+        models: Some(dir.into()),
+        max_sessions: 64,
+        ..NodeConfig::default()
+    };
+    let node = Node::start(config, NodeBackend::host::<{ rela_backend_host::MAX_BLOCKS }>(64 << 20)?).await?;
+    let addr = node.local_addr();
+    // Load the model once before timing (the first load parses the file).
+    session(addr, PROMPTS[0], 1).await?;
+    println!(
+        "| sessions | decode tok/s, all sessions | per session | first token p50 | token gap p50 | token gap p99 |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for &n in &counts {
+        let started = Instant::now();
+        let tasks: Vec<_> =
+            (0..n).map(|i| tokio::spawn(session(addr, PROMPTS[i % PROMPTS.len()], tokens))).collect();
+        let mut runs = Vec::new();
+        for t in tasks {
+            runs.push(t.await??);
+        }
+        let wall = started.elapsed().as_secs_f64();
+        let total: usize = runs.iter().map(|r| r.tokens).sum();
+        let mut firsts: Vec<Duration> = runs.iter().map(|r| r.first).collect();
+        firsts.sort();
+        let mut gaps: Vec<Duration> = runs.iter().flat_map(|r| r.gaps.iter().copied()).collect();
+        gaps.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "| {n} | {:.1} | {:.1} | {:.0} ms | {:.1} ms | {:.1} ms |",
+            total as f64 / wall,
+            total as f64 / wall / n as f64,
+            ms(percentile(&firsts, 0.5)),
+            ms(percentile(&gaps, 0.5)),
+            ms(percentile(&gaps, 0.99)),
+        );
+    }
+    node.shutdown().await?;
+    Ok(())
+}
