@@ -9,12 +9,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_vram-relay");
+use std::process::Command;
+
+use common::{BIN, Served};
+
 const TOKEN: &str = "an mDNS test token, long enough";
 
 /// Whether `lo` can carry multicast (IFF_MULTICAST in /sys/class/net/lo/flags).
@@ -33,56 +33,11 @@ fn loopback_multicast() -> bool {
     on
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A `serve` child on free loopback ports with a token, killed on drop.
-struct Served {
-    child: Child,
-    port: u16,
-    discovery: u16,
-}
-
-impl Served {
-    fn start(token_file: &std::path::Path, extra: &[&str]) -> Self {
-        let (port, discovery) = (free_port(), free_port());
-        let mut child = Command::new(BIN)
-            .args(["serve", "--backend", "host", "--capacity", "8MiB", "--token-file"])
-            .arg(token_file)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--discovery",
-                &format!("127.0.0.1:{discovery}"),
-            ])
-            .args(extra)
-            .env_remove("AUTH_TOKEN")
-            .env_remove("REQUIRE_AUTH")
-            .env_remove("RELA_MDNS")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("node ready") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(30)).expect("node ready within 30 s");
-        Self { child, port, discovery }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A node with the token in `token_file` and `extra` arguments.
+fn served(token_file: &std::path::Path, extra: &[&str]) -> Served {
+    let mut args = vec!["--token-file", token_file.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    Served::start_with("8MiB", &args)
 }
 
 /// `discover --mdns --json` with `token_file`: the nodes listed, and stderr.
@@ -110,12 +65,11 @@ fn serve_mdns_is_found_verified_and_described() {
     std::fs::write(&token, TOKEN).unwrap();
     std::fs::write(&wrong, "not the token").unwrap();
 
-    let advertised = Served::start(&token, &["--mdns"]);
-    let quiet = Served::start(&token, &[]);
+    let advertised = served(&token, &["--mdns"]);
+    let quiet = served(&token, &[]);
 
     let (nodes, stderr) = discover(&token);
-    let ours: Vec<_> =
-        nodes.iter().filter(|n| n["addr"] == format!("127.0.0.1:{}", advertised.port)).collect();
+    let ours: Vec<_> = nodes.iter().filter(|n| n["addr"] == advertised.addr.as_str()).collect();
     assert_eq!(ours.len(), 1, "the --mdns node is found once: {nodes:?} {stderr}");
     let n = ours[0];
     assert_eq!(n["verified"], true, "signed ANNOUNCE from the advertised discovery port");
@@ -124,7 +78,7 @@ fn serve_mdns_is_found_verified_and_described() {
     assert_eq!(n["total"], 8 << 20);
     assert_eq!(n["free"], 8 << 20);
     assert_eq!(n["auth_required"], true);
-    assert_eq!(n["discovery_port"], advertised.discovery);
+    assert_eq!(n["discovery_port"], advertised.discovery_port());
     let id = n["node_id"].as_str().unwrap();
     assert!(id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()), "node id {id}");
     assert!(
@@ -134,16 +88,13 @@ fn serve_mdns_is_found_verified_and_described() {
     );
     // A loopback node without --mdns is not advertised.
     assert!(
-        !nodes.iter().any(|n| n["addr"] == format!("127.0.0.1:{}", quiet.port)),
+        !nodes.iter().any(|n| n["addr"] == quiet.addr.as_str()),
         "a loopback node advertises only with --mdns: {nodes:?}"
     );
 
     // With the wrong token the node cannot prove itself and is not listed.
     let (nodes, stderr) = discover(&wrong);
-    assert!(
-        !nodes.iter().any(|n| n["addr"] == format!("127.0.0.1:{}", advertised.port)),
-        "listed without proof: {nodes:?}"
-    );
+    assert!(!nodes.iter().any(|n| n["addr"] == advertised.addr.as_str()), "listed without proof: {nodes:?}");
     assert!(stderr.contains("did not prove it holds the token"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -159,17 +110,17 @@ fn a_tls_node_advertises_the_fingerprint_its_signed_announce_carries() {
     let token = dir.join("token");
     std::fs::write(&token, TOKEN).unwrap();
     let state = dir.join("state");
-    let node = Served::start(&token, &["--mdns", "--tls", "--state-dir", state.to_str().unwrap()]);
+    let node = served(&token, &["--mdns", "--tls", "--state-dir", state.to_str().unwrap()]);
     // The fingerprint as UDP discovery reports it from the signed ANNOUNCE.
     let out = Command::new(BIN)
-        .args(["discover", "--json", "--to", &format!("127.0.0.1:{}", node.discovery), "--token-file"])
+        .args(["discover", "--json", "--to", &node.discovery, "--token-file"])
         .arg(&token)
         .output()
         .unwrap();
     let udp: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let signed = udp["nodes"][0]["tls_fingerprint"].as_str().expect("a fingerprint").to_owned();
     let (nodes, stderr) = discover(&token);
-    let ours: Vec<_> = nodes.iter().filter(|n| n["addr"] == format!("127.0.0.1:{}", node.port)).collect();
+    let ours: Vec<_> = nodes.iter().filter(|n| n["addr"] == node.addr.as_str()).collect();
     assert_eq!(ours.len(), 1, "the TLS node is found once: {nodes:?} {stderr}");
     assert_eq!(ours[0]["tls_fingerprint"], signed.as_str());
     assert_eq!(ours[0]["verified"], true, "the record's fingerprint agrees with the signed ANNOUNCE");
