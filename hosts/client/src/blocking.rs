@@ -157,30 +157,12 @@ impl BlockingClient {
         let inner = &mut self.inner;
         self.rt.block_on(async move {
             let mut stream = inner.generate(req).await?;
-            let mut out = GenerateOutcome {
-                input_ids: Vec::new(),
-                generated_ids: Vec::new(),
-                text: String::new(),
-                summary: rela_core::wire::generate::Generated {
-                    finish_reason: rela_core::wire::generate::FinishReason(0),
-                    prompt_tokens: 0,
-                    generated_tokens: 0,
-                    prompt_us: 0,
-                    generate_us: 0,
-                },
-            };
+            let mut out = GenerateOutcome::default();
             while let Some(event) = stream.next().await? {
                 if on_event(&event).is_break() {
                     stream.cancel().await?;
                 }
-                match event {
-                    GenerateEvent::Prompt(ids) => out.input_ids.extend(ids),
-                    GenerateEvent::Token { ids, text } => {
-                        out.generated_ids.extend(ids);
-                        out.text.push_str(&text);
-                    }
-                    GenerateEvent::Finished(g) => out.summary = g,
-                }
+                out.record(&event);
             }
             Ok(out)
         })

@@ -120,33 +120,17 @@ pub(crate) async fn run(args: GenerateArgs) -> Result<(), CliError> {
         stops: &stops,
     };
     let mut stream = c.generate(&req).await.map_err(cli)?;
-    let mut out = GenerateOutcome {
-        input_ids: Vec::new(),
-        generated_ids: Vec::new(),
-        text: String::new(),
-        summary: rela_core::wire::generate::Generated {
-            finish_reason: rela_core::wire::generate::FinishReason(0),
-            prompt_tokens: 0,
-            generated_tokens: 0,
-            prompt_us: 0,
-            generate_us: 0,
-        },
-    };
+    let mut out = GenerateOutcome::default();
     let mut stdout = std::io::stdout();
     while let Some(event) = stream.next().await.map_err(cli)? {
-        match event {
-            GenerateEvent::Prompt(ids) => out.input_ids.extend(ids),
-            GenerateEvent::Token { ids, text } => {
-                out.generated_ids.extend(ids);
-                if !args.json {
-                    // Printed as it arrives; a closed stdout is not worth failing the node's work.
-                    let _ = stdout.write_all(text.as_bytes());
-                    let _ = stdout.flush();
-                }
-                out.text.push_str(&text);
-            }
-            GenerateEvent::Finished(g) => out.summary = g,
+        if let GenerateEvent::Token { text, .. } = &event
+            && !args.json
+        {
+            // Printed as it arrives; a closed stdout is not worth failing the node's work.
+            let _ = stdout.write_all(text.as_bytes());
+            let _ = stdout.flush();
         }
+        out.record(&event);
     }
     drop(stream);
     if args.json {

@@ -53,7 +53,37 @@ pub struct GenerateOutcome {
     pub summary: Generated,
 }
 
+impl Default for GenerateOutcome {
+    /// Nothing yet: no ids, no text, finish reason 0 (unknown) until [`GenerateEvent::Finished`].
+    fn default() -> Self {
+        Self {
+            input_ids: Vec::new(),
+            generated_ids: Vec::new(),
+            text: String::new(),
+            summary: Generated {
+                finish_reason: FinishReason(0),
+                prompt_tokens: 0,
+                generated_tokens: 0,
+                prompt_us: 0,
+                generate_us: 0,
+            },
+        }
+    }
+}
+
 impl GenerateOutcome {
+    /// Adds what `event` carries: prompt ids, generated ids and their text, or the summary.
+    pub fn record(&mut self, event: &GenerateEvent) {
+        match event {
+            GenerateEvent::Prompt(ids) => self.input_ids.extend(ids),
+            GenerateEvent::Token { ids, text } => {
+                self.generated_ids.extend(ids);
+                self.text.push_str(text);
+            }
+            GenerateEvent::Finished(g) => self.summary = *g,
+        }
+    }
+
     /// `eos`, `length`, `stop`, `cancelled`, or `unknown`.
     pub fn finish_reason(&self) -> &'static str {
         self.summary.finish_reason.name().unwrap_or("unknown")
@@ -198,30 +228,14 @@ impl TokenStream<'_> {
 
     /// Reads the stream to its end, calling `on_text` with each piece of text.
     pub async fn collect(mut self, mut on_text: impl FnMut(&str)) -> Result<GenerateOutcome, ClientError> {
-        let mut out = GenerateOutcome {
-            input_ids: Vec::new(),
-            generated_ids: Vec::new(),
-            text: String::new(),
-            summary: Generated {
-                finish_reason: FinishReason(0),
-                prompt_tokens: 0,
-                generated_tokens: 0,
-                prompt_us: 0,
-                generate_us: 0,
-            },
-        };
+        let mut out = GenerateOutcome::default();
         while let Some(event) = self.next().await? {
-            match event {
-                GenerateEvent::Prompt(ids) => out.input_ids.extend(ids),
-                GenerateEvent::Token { ids, text } => {
-                    out.generated_ids.extend(ids);
-                    if !text.is_empty() {
-                        on_text(&text);
-                        out.text.push_str(&text);
-                    }
-                }
-                GenerateEvent::Finished(g) => out.summary = g,
+            if let GenerateEvent::Token { text, .. } = &event
+                && !text.is_empty()
+            {
+                on_text(text);
             }
+            out.record(&event);
         }
         Ok(out)
     }
