@@ -42,6 +42,7 @@ use rela_core::auth::AuthKey;
 use rela_core::backend::KernelId;
 use rela_core::config::{HEADER_LEN, MAX_BUFFERS, MAX_PAYLOAD, MAX_PING_PAYLOAD, NONCE_LEN};
 use rela_core::crc32::SoftCrc32;
+use rela_core::wire::model_list::{ModelKind, ModelList, ModelListed};
 use rela_core::wire::msg::{
     Alloc, Allocated, Caps, Copy, DeviceInfoMsg, Dispatch, ErrorMsg, Fill, Free, Hello, Message, ModelChunk,
     ModelUpload, Read, Stats, Welcome,
@@ -141,6 +142,7 @@ cases!(
     unknown_kind,
     unsupported,
     model_upload_rules,
+    model_list,
     no_such_buffer,
     out_of_bounds,
     invalid_argument,
@@ -962,6 +964,7 @@ async fn unsupported(cx: Cx) -> R<()> {
             Kind::MODEL_CHUNK,
             Kind::MODEL_COMMIT,
             Kind::GENERATE,
+            Kind::MODEL_LIST,
         ] {
             for payload in [&b""[..], b"some model bytes"] {
                 let what = format!("{k:?} on a node without MODELS ({} payload bytes)", payload.len());
@@ -1008,6 +1011,41 @@ async fn model_upload_rules(cx: Cx) -> R<()> {
     c.err(Kind::MODEL_COMMIT, b"x", ErrorCode::MALFORMED).await?;
     let s = c.stats().await?;
     check!(s.used == 0 && s.buffers == 0, "refused uploads left {} bytes in {} buffers", s.used, s.buffers);
+    c.ok(Kind::PING, b"still usable").await?;
+    Ok(())
+}
+
+/// MODEL_LIST: every entry by index, each a name MODEL_LOAD takes, sorted, none twice, the same
+/// count throughout; past the end an empty entry; a payload that is not an index is MALFORMED.
+async fn model_list(cx: Cx) -> R<()> {
+    let (mut c, w) = Conn::ready(&cx).await?;
+    if !w.caps.contains(Caps::MODELS) {
+        return Err(Stop::Skip("the node does not advertise MODELS".into()));
+    }
+    let mut names: Vec<String> = Vec::new();
+    let mut count = None;
+    for index in 0..=u16::MAX {
+        let p = c.ok(Kind::MODEL_LIST, &enc(&ModelList { index })).await?;
+        let m = match ModelListed::parse(&p) {
+            Ok(m) => m,
+            Err(e) => fail!("MODEL_LIST {index} answer does not decode ({} bytes): {e}", p.len()),
+        };
+        check!(*count.get_or_insert(m.count) == m.count, "the count changed from {count:?} to {}", m.count);
+        if index >= m.count {
+            check!(m.kind == ModelKind::NONE && m.name.is_empty(), "entry {index} past the end: {m:?}");
+            break;
+        }
+        check!(m.kind != ModelKind::NONE, "entry {index} of {} has no kind", m.count);
+        check!(
+            names.last().is_none_or(|last| last.as_str() < m.name),
+            "entry {index} {:?} is out of order",
+            m.name
+        );
+        names.push(m.name.to_owned());
+    }
+    for bad in [&b""[..], b"\x01", b"\x01\x00\x00"] {
+        c.err(Kind::MODEL_LIST, bad, ErrorCode::MALFORMED).await?;
+    }
     c.ok(Kind::PING, b"still usable").await?;
     Ok(())
 }

@@ -41,9 +41,14 @@ fn outcome<'a>(report: &'a BackendReport, name: &str) -> &'a Outcome {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wire_suite_passes_without_token() {
-    // An empty model repository: the node advertises MODELS, so the upload rules run too.
+    // A model repository: the node advertises MODELS, so the upload rules and the model list run
+    // too. It lists an embedding-model folder and a `.gguf` file (listing does not load them).
     let models = std::env::temp_dir().join(format!("rela-wire-models-{}", std::process::id()));
-    std::fs::create_dir_all(&models).expect("temp dir");
+    std::fs::create_dir_all(models.join("a-model")).expect("temp dir");
+    for f in ["model.safetensors", "tokenizer.json", "config.json"] {
+        std::fs::write(models.join("a-model").join(f), b"{}").expect("model file");
+    }
+    std::fs::write(models.join("b-model.gguf"), b"GGUF").expect("gguf file");
     let mut cfg = limited();
     cfg.models = Some(models.clone());
     let node = start(cfg, 64 * MIB).await;
@@ -61,6 +66,7 @@ async fn wire_suite_passes_without_token() {
     assert_eq!(outcome(&report, "max_buffers_enforced"), &Outcome::Passed);
     assert_eq!(outcome(&report, "max_payload_accepted"), &Outcome::Passed);
     assert_eq!(outcome(&report, "model_upload_rules"), &Outcome::Passed);
+    assert_eq!(outcome(&report, "model_list"), &Outcome::Passed);
     wait_idle(&node).await;
     within(node.shutdown()).await.expect("shutdown");
     let _ = std::fs::remove_dir_all(models);
@@ -77,11 +83,10 @@ async fn wire_suite_passes_with_token() {
         assert_eq!(outcome(&report, name), &Outcome::Passed, "{name}");
     }
     // This node serves no models; every other case runs with the token given.
-    assert_eq!(
-        outcome(&report, "model_upload_rules"),
-        &Outcome::Skipped("the node does not advertise MODELS".into())
-    );
-    assert_eq!(report.counts().2, 1, "nothing else may skip with the token given");
+    for name in ["model_upload_rules", "model_list"] {
+        assert_eq!(outcome(&report, name), &Outcome::Skipped("the node does not advertise MODELS".into()));
+    }
+    assert_eq!(report.counts().2, 2, "nothing else may skip with the token given");
     wait_idle(&node).await;
     within(node.shutdown()).await.expect("shutdown");
 }
