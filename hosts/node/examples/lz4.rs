@@ -59,21 +59,31 @@ fn random(len: usize) -> Vec<u8> {
     (0..len).map(|_| r() as u8).collect()
 }
 
-/// Copies `from` to `to` at most `rate` bytes per second (a burst of one 64 KiB read at most:
-/// idle time earns no credit).
+/// Bytes a shaped link may send ahead of its rate: one read. Idle time earns no more credit than
+/// this, and a sleep that overshoots (the timer's millisecond) is made up from it, so the link
+/// runs at its rate on average instead of below it.
+const BURST: usize = 256 * 1024;
+
+/// Copies `from` to `to` at most `rate` bytes per second on average (a token bucket of
+/// [`BURST`] bytes).
 async fn shaped(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     rate: f64,
 ) {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut next = Instant::now();
+    let mut buf = vec![0u8; BURST];
+    let credit = Duration::from_secs_f64(BURST as f64 / rate);
+    // When the bytes sent so far are due, by the rate.
+    let mut due = Instant::now();
     while let Ok(n @ 1..) = from.read(&mut buf).await {
         if to.write_all(&buf[..n]).await.is_err() {
             break;
         }
-        next = next.max(Instant::now()) + Duration::from_secs_f64(n as f64 / rate);
-        tokio::time::sleep_until(next.into()).await;
+        let now = Instant::now();
+        due = due.max(now.checked_sub(credit).unwrap_or(now)) + Duration::from_secs_f64(n as f64 / rate);
+        if due > now {
+            tokio::time::sleep_until(due.into()).await;
+        }
     }
     let _ = to.shutdown().await;
 }
