@@ -4,28 +4,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{config, start, wait_idle, within};
+use common::{start, wait_idle, wire_suite_config, within};
 use rela_conformance::{BackendReport, Outcome, render_table, wire};
-use rela_core::session::SessionConfig;
-use rela_node::NodeConfig;
 
 const MIB: usize = 1024 * 1024;
 const TOKEN: &[u8] = b"wire conformance token";
-
-/// Small limits so every limit case runs for real: 4 MiB quota, 32 buffers, 1 MiB payloads,
-/// over a 64 MiB arena.
-fn limited() -> NodeConfig {
-    let mut cfg = config();
-    cfg.discovery = None;
-    cfg.auth_backoff = Duration::from_millis(10);
-    cfg.session = SessionConfig {
-        max_payload: MIB as u32,
-        max_buffers: 32,
-        quota: 4 * MIB as u64,
-        ..SessionConfig::default()
-    };
-    cfg
-}
 
 fn assert_clean(report: &BackendReport) {
     let table = render_table(std::slice::from_ref(report));
@@ -49,7 +32,7 @@ async fn wire_suite_passes_without_token() {
         std::fs::write(models.join("a-model").join(f), b"{}").expect("model file");
     }
     std::fs::write(models.join("b-model.gguf"), b"GGUF").expect("gguf file");
-    let mut cfg = limited();
+    let mut cfg = wire_suite_config();
     cfg.models = Some(models.clone());
     let node = start(cfg, 64 * MIB).await;
     let report = tokio::time::timeout(Duration::from_secs(240), wire::run(node.local_addr(), None))
@@ -74,7 +57,7 @@ async fn wire_suite_passes_without_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wire_suite_passes_with_token() {
-    let node = start(limited().with_token(TOKEN), 64 * MIB).await;
+    let node = start(wire_suite_config().with_token(TOKEN), 64 * MIB).await;
     let report = tokio::time::timeout(Duration::from_secs(240), wire::run(node.local_addr(), Some(TOKEN)))
         .await
         .expect("wire suite finished in time");
@@ -93,7 +76,7 @@ async fn wire_suite_passes_with_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wire_suite_without_the_nodes_token_skips_and_fails_nothing() {
-    let node = start(limited().with_token(TOKEN), 64 * MIB).await;
+    let node = start(wire_suite_config().with_token(TOKEN), 64 * MIB).await;
     let report = tokio::time::timeout(Duration::from_secs(240), wire::run(node.local_addr(), None))
         .await
         .expect("wire suite finished in time");

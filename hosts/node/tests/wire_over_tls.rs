@@ -13,10 +13,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{config, start, wait_idle, within};
+use common::{start, wait_idle, wire_suite_config, within};
 use rela_conformance::{render_table, wire};
 use rela_core::config::TLS_ALPN;
-use rela_core::session::SessionConfig;
 use rela_node::tls::TlsIdentity;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::{TcpListener, TcpStream};
@@ -57,15 +56,7 @@ async fn tls_proxy(node: SocketAddr, cert: &[u8]) -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wire_suite_passes_over_tls() {
     let identity = TlsIdentity::self_signed().expect("identity");
-    let mut cfg = config();
-    cfg.discovery = None;
-    cfg.auth_backoff = Duration::from_millis(10);
-    cfg.session = SessionConfig {
-        max_payload: MIB as u32,
-        max_buffers: 32,
-        quota: 4 * MIB as u64,
-        ..SessionConfig::default()
-    };
+    let mut cfg = wire_suite_config();
     cfg.tls = Some(identity.clone());
     let node = start(cfg.with_token(TOKEN), 64 * MIB).await;
     let proxy = tls_proxy(node.local_addr(), identity.certificate_der()).await;

@@ -26,6 +26,21 @@ pub fn config() -> NodeConfig {
     }
 }
 
+/// [`config`] with small limits, so the wire suite's limit cases run for real: 4 MiB quota, 32
+/// buffers, 1 MiB payloads; no discovery; a 10 ms AUTH back-off.
+pub fn wire_suite_config() -> NodeConfig {
+    let mut cfg = config();
+    cfg.discovery = None;
+    cfg.auth_backoff = Duration::from_millis(10);
+    cfg.session = rela_core::session::SessionConfig {
+        max_payload: 1 << 20,
+        max_buffers: 32,
+        quota: 4 << 20,
+        ..rela_core::session::SessionConfig::default()
+    };
+    cfg
+}
+
 /// A host-memory backend with `bytes` of arena, shared with the node's readers (WRITE data
 /// straight into place), as `vram-relay serve --backend host` runs it.
 pub fn backend(bytes: usize) -> NodeBackend {
