@@ -137,9 +137,20 @@ pub(crate) fn open_auto_on(
     vk_validation: bool,
     device: &str,
 ) -> Result<(Boxed, BackendChoice), String> {
+    first_that_opens(&[BackendChoice::Cuda, BackendChoice::Vulkan, BackendChoice::Wgpu], |choice| {
+        open_on(choice, capacity, vk_validation, Some(device))
+    })
+}
+
+/// The first of `choices` that `open` opens, logging why each one before it was skipped; all
+/// the reasons if none opens.
+fn first_that_opens(
+    choices: &[BackendChoice],
+    open: impl Fn(BackendChoice) -> Result<Boxed, String>,
+) -> Result<(Boxed, BackendChoice), String> {
     let mut reasons = Vec::new();
-    for choice in [BackendChoice::Cuda, BackendChoice::Vulkan, BackendChoice::Wgpu] {
-        match open_on(choice, capacity, vk_validation, Some(device)) {
+    for &choice in choices {
+        match open(choice) {
             Ok(b) => {
                 let info = b.info();
                 tracing::info!(backend = choice.name(), device = %info.name, "backend auto-selected");
@@ -165,19 +176,8 @@ pub(crate) fn runs_on_cpu(device_name: &str) -> bool {
 
 /// Tries CUDA, Vulkan, wgpu, then host, logging why each one that is skipped was skipped.
 pub(crate) fn open_auto(capacity: u64, vk_validation: bool) -> Result<(Boxed, BackendChoice), String> {
-    let mut reasons = Vec::new();
-    for choice in [BackendChoice::Cuda, BackendChoice::Vulkan, BackendChoice::Wgpu, BackendChoice::Host] {
-        match open(choice, capacity, vk_validation) {
-            Ok(b) => {
-                let info = b.info();
-                tracing::info!(backend = choice.name(), device = %info.name, "backend auto-selected");
-                return Ok((b, choice));
-            }
-            Err(why) => {
-                tracing::info!(backend = choice.name(), reason = %why, "backend not available");
-                reasons.push(format!("{}: {why}", choice.name()));
-            }
-        }
-    }
-    Err(reasons.join("; "))
+    first_that_opens(
+        &[BackendChoice::Cuda, BackendChoice::Vulkan, BackendChoice::Wgpu, BackendChoice::Host],
+        |choice| open(choice, capacity, vk_validation),
+    )
 }
