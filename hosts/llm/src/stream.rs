@@ -164,10 +164,11 @@ impl<'m> TokenStream<'m> {
     /// [`step`](Self::step), with the one-token forward pass of a generated token run by
     /// `forward(token, cache, logits)` instead of this stream's model directly: a server that
     /// batches the steps of several streams ([`Model::forward_batch`]) passes its own. It must
-    /// do what [`Model::forward`] does for this stream's model.
+    /// do what [`Model::forward`] does for this stream's model, leaving `vocab_size` logits in
+    /// the vector (which it may move elsewhere and back, as the cache).
     pub fn step_with(
         &mut self,
-        forward: impl FnOnce(u32, &mut KvCache, &mut [f32]) -> Result<(), ForwardError>,
+        forward: impl FnOnce(u32, &mut KvCache, &mut Vec<f32>) -> Result<(), ForwardError>,
     ) -> Result<Step, ForwardError> {
         if self.finished {
             return Ok(Step::Done);

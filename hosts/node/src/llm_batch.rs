@@ -24,10 +24,12 @@ pub(crate) const MAX_BATCH: usize = 16;
 struct StepJob {
     token: u32,
     cache: KvCache,
+    /// The stream's logits buffer, filled by the step.
+    logits: Vec<f32>,
     reply: SyncSender<StepDone>,
 }
 
-/// The step's outcome, with the cache given back.
+/// The step's outcome, with the cache and the logits buffer given back.
 struct StepDone {
     cache: KvCache,
     logits: Vec<f32>,
@@ -61,18 +63,19 @@ impl Batcher {
         &self,
         token: u32,
         cache: &mut KvCache,
-        logits: &mut [f32],
+        logits: &mut Vec<f32>,
     ) -> Result<Result<(), ForwardError>, BatcherGone> {
         let (reply, answer) = mpsc::sync_channel(1);
-        let lent = std::mem::replace(cache, KvCache::empty());
-        self.jobs.send(StepJob { token, cache: lent, reply }).map_err(|_| BatcherGone)?;
+        let job = StepJob {
+            token,
+            cache: std::mem::replace(cache, KvCache::empty()),
+            logits: std::mem::take(logits),
+            reply,
+        };
+        self.jobs.send(job).map_err(|_| BatcherGone)?;
         let done = answer.recv().map_err(|_| BatcherGone)?;
         *cache = done.cache;
-        if done.result.is_ok() {
-            // The batcher sizes each answer to the model's vocabulary, as `logits` is.
-            let n = logits.len().min(done.logits.len());
-            logits[..n].copy_from_slice(&done.logits[..n]);
-        }
+        *logits = done.logits;
         Ok(done.result)
     }
 }
@@ -84,6 +87,8 @@ fn run(llm: &LoadedLlm, rx: &Receiver<StepJob>) {
         return;
     };
     let vocab = model.config.vocab_size;
+    // The pass's logits, one row per stream; kept between passes.
+    let mut logits = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -93,7 +98,7 @@ fn run(llm: &LoadedLlm, rx: &Receiver<StepJob>) {
             }
         }
         let tokens: Vec<u32> = jobs.iter().map(|j| j.token).collect();
-        let mut logits = vec![0f32; jobs.len() * vocab];
+        logits.resize(jobs.len() * vocab, 0.0);
         let batched = {
             let mut caches: Vec<&mut KvCache> = jobs.iter_mut().map(|j| &mut j.cache).collect();
             model.forward_batch(&tokens, &mut caches, &mut logits)
@@ -110,9 +115,13 @@ fn run(llm: &LoadedLlm, rx: &Receiver<StepJob>) {
         if jobs.len() > 1 {
             tracing::trace!(streams = jobs.len(), "batched decode step");
         }
-        for ((job, out), result) in jobs.into_iter().zip(logits.chunks(vocab)).zip(results) {
+        for ((mut job, row), result) in jobs.into_iter().zip(logits.chunks(vocab)).zip(results) {
+            if result.is_ok() {
+                job.logits.clear();
+                job.logits.extend_from_slice(row);
+            }
             // A generation that stopped waiting (its session ended) drops the answer.
-            let _ = job.reply.send(StepDone { cache: job.cache, logits: out.to_vec(), result });
+            let _ = job.reply.send(StepDone { cache: job.cache, logits: job.logits, result });
         }
     }
 }
