@@ -51,5 +51,29 @@ java -Dorg.vramrelay.library="$lib" -cp "$out/rela.jar:$out/test" org.vramrelay.
   127.0.0.1 "$NODE_PORT" "$NODE_TOKEN_FILE" "$embedding" "${llm[@]}"
 # loadLibrary("rela_jni") through java.library.path, as an app would.
 java -Djava.library.path="$(dirname "$lib")" -cp "$out/rela.jar:$out/readme" Hello 127.0.0.1 "$NODE_PORT" "$(cat "$NODE_TOKEN_FILE")"
+
+# The README's Kotlin example, with kotlinc where installed (.ci/run installs Debian's `kotlin`
+# and sets RELA_REQUIRE_KOTLIN=1).
+if command -v kotlinc >/dev/null 2>&1; then
+  awk '/<!-- kotlin-example: compiled by scripts\/ci\/jvm.sh -->/ { on = 1; next }
+       on && /^```kotlin/ { next }
+       on && /^```/ { exit }
+       on { print }' README.md > "$out/readme/Hello.kt"
+  [ -s "$out/readme/Hello.kt" ] || { echo "README.md has no Kotlin example marked for CI" >&2; exit 1; }
+  klib="$(dirname "$(readlink -f "$(command -v kotlinc)")")/../lib"
+  kotlinc -cp "$out/rela.jar:$klib/kotlin-stdlib-jdk7.jar" "$out/readme/Hello.kt" -d "$out/hello-kt.jar" 2>&1 \
+    | grep -v 'deprecated in JDK' || true
+  [ -s "$out/hello-kt.jar" ] || { echo "the README's Kotlin example did not compile" >&2; exit 1; }
+  got=$(java -Djava.library.path="$(dirname "$lib")" \
+    -cp "$out/hello-kt.jar:$out/rela.jar:$klib/kotlin-stdlib.jar:$klib/kotlin-stdlib-jdk7.jar" \
+    HelloKt 127.0.0.1 "$NODE_PORT" "$(cat "$NODE_TOKEN_FILE")")
+  [ "$got" = hello ] || { echo "the README's Kotlin example printed '$got'" >&2; exit 1; }
+  echo "Kotlin: README example ok"
+elif [ "${RELA_REQUIRE_KOTLIN:-}" = 1 ]; then
+  echo "RELA_REQUIRE_KOTLIN=1 but kotlinc is not installed" >&2
+  exit 1
+else
+  echo "*** SKIPPED the README's Kotlin example: kotlinc not installed (apt-get install kotlin) ***"
+fi
 rm -rf "$out"
-echo "JVM API: tests and README example ok against a live node"
+echo "JVM API: tests and README examples ok against a live node"
