@@ -19,6 +19,7 @@ use crate::FastCrc32;
 use crate::error::{ClientError, TimeoutPhase};
 use crate::transport::{ReadHalf, WriteHalf};
 
+mod deflate;
 mod generate;
 mod models;
 pub use generate::{GenerateEvent, GenerateOutcome, GenerateRequest, TokenStream};
@@ -79,6 +80,8 @@ pub struct ClientOptions {
     /// Use LZ4 when the node offers it (capability LZ4): WRITE and MODEL_CHUNK data is sent
     /// compressed frame by frame when that pays (a compressible sample and result,
     /// [`crate::compress::deflate`]; otherwise plain), and READs ask for compressed answers.
+    /// Up to two frames are compressed on blocking threads ([`tokio::task::spawn_blocking`])
+    /// while the one before them is sent, so compressing and sending overlap.
     /// It pays on slow links with compressible data (zero-heavy weights, text); on loopback
     /// or with random data it only costs CPU. Default `false`.
     pub compress: bool,
@@ -283,8 +286,10 @@ pub struct Client {
     tx: Vec<u8>,
     /// Payload buffer for non-data responses.
     rx: Vec<u8>,
-    /// Scratch for compressed payloads, both ways.
+    /// Scratch for compressed READ answers.
     zbuf: Vec<u8>,
+    /// Compresses WRITE and MODEL_CHUNK frames ahead of sending them, while LZ4 is in use.
+    deflater: deflate::Deflater,
     inflight: VecDeque<InFlight>,
     broken: bool,
     /// During the handshake, whose deadline covers it as a whole, single steps are not timed.
@@ -389,6 +394,7 @@ impl Client {
             tx: vec![0; HEADER_LEN + SMALL_PAYLOAD],
             rx: vec![0; SMALL_PAYLOAD],
             zbuf: Vec::new(),
+            deflater: deflate::Deflater::default(),
             inflight: VecDeque::new(),
             broken: false,
             handshaking: true,
@@ -591,13 +597,29 @@ impl Client {
         let total = data.len();
         let window = self.options.window.max(1);
         self.inflight.clear();
+        // With LZ4, the frames after the one being sent are compressed meanwhile.
+        let mut deflater = self.compressing().then(|| std::mem::take(&mut self.deflater));
+        if let Some(d) = deflater.as_mut() {
+            d.begin(chunk);
+        }
         let (mut sent, mut done, mut started) = (0usize, 0usize, false);
         let mut first_err = None;
         loop {
             while first_err.is_none() && self.inflight.len() < window && (sent < total || !started) {
                 started = true;
                 let n = chunk.min(total - sent);
-                let seq = self.send_write(h.raw, offset + sent as u64, &data[sent..sent + n]).await?;
+                let at = offset + sent as u64;
+                let seq = match deflater.as_mut() {
+                    Some(d) if total > 0 => {
+                        // `sent < total`, so a frame is left; it starts at `sent` and holds `n`
+                        // bytes, as the pipeline cuts the data the same way.
+                        let Some(frame) = d.next(data).await else { break };
+                        let seq = self.send_write_frame(h.raw, at, data, &frame).await;
+                        d.recycle(frame);
+                        seq?
+                    }
+                    _ => self.send_write(h.raw, at, &data[sent..sent + n]).await?,
+                };
                 self.inflight.push_back(InFlight { seq, pos: sent, len: n });
                 sent += n;
             }
@@ -622,6 +644,9 @@ impl Client {
                     first_err.get_or_insert(e);
                 }
             }
+        }
+        if let Some(d) = deflater {
+            self.deflater = d;
         }
         first_err.map_or(Ok(()), Err)
     }
@@ -811,21 +836,45 @@ impl Client {
         self.send_prefixed(Kind::WRITE, &prefix, data).await
     }
 
-    /// Sends one request frame whose payload is `prefix` then `data`: header and prefix from
-    /// `tx`, the data straight from the caller's slice (no copy). The caller keeps the payload
-    /// within the node's `max_payload`. With LZ4 in use, the data goes compressed instead when
-    /// that pays.
+    /// Sends one WRITE frame the [`deflate::Deflater`] made of `data` (the whole transfer):
+    /// compressed, or plain straight from `data`.
+    async fn send_write_frame(
+        &mut self,
+        handle: u32,
+        offset: u64,
+        data: &[u8],
+        frame: &deflate::Frame,
+    ) -> Result<u16, ClientError> {
+        let mut prefix = [0u8; WRITE_PREFIX_LEN];
+        msg::Write::emit_prefix(handle, offset, &mut prefix)
+            .map_err(|_| ClientError::InvalidArgument("request does not encode"))?;
+        self.send_deflated(Kind::WRITE, &prefix, data, frame).await
+    }
+
+    /// Sends one request frame of `kind` whose payload is `prefix` then the data of `frame`:
+    /// compressed when the pipeline compressed it, else plain from `data[frame.pos..]`.
+    async fn send_deflated(
+        &mut self,
+        kind: Kind,
+        prefix: &[u8],
+        data: &[u8],
+        frame: &deflate::Frame,
+    ) -> Result<u16, ClientError> {
+        self.check_usable()?;
+        match frame.compressed() {
+            // The compressed data is smaller than the plain data it stands for, so it fits
+            // wherever the plain frame does.
+            Some(z) => self.send_raw(kind, Flags::COMPRESSED, prefix, z).await,
+            None => self.send_raw(kind, Flags::NONE, prefix, &data[frame.pos..frame.pos + frame.len]).await,
+        }
+    }
+
+    /// Sends one request frame whose payload is `prefix` then `data`, plain: header and prefix
+    /// from `tx`, the data straight from the caller's slice (no copy). The caller keeps the
+    /// payload within the node's `max_payload`. (With LZ4 in use, bulk data goes through the
+    /// [`deflate::Deflater`] and [`send_deflated`](Self::send_deflated) instead.)
     async fn send_prefixed(&mut self, kind: Kind, prefix: &[u8], data: &[u8]) -> Result<u16, ClientError> {
         self.check_usable()?;
-        if self.compressing()
-            && prefix.len() + data.len() <= self.max_payload() as usize
-            && crate::compress::deflate(data, &mut self.zbuf)
-        {
-            let zbuf = std::mem::take(&mut self.zbuf);
-            let sent = self.send_raw(kind, Flags::COMPRESSED, prefix, &zbuf).await;
-            self.zbuf = zbuf;
-            return sent;
-        }
         self.send_raw(kind, Flags::NONE, prefix, data).await
     }
 

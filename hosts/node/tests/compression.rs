@@ -8,17 +8,19 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::{backend, boxed_backend, config, error_code, pattern, read_raw_frame, wait_idle, within};
-use rela_client::{Client, ClientOptions, FastCrc32};
+use rela_client::{Client, ClientError, ClientOptions, FastCrc32};
 use rela_core::config::HEADER_LEN;
 use rela_core::session::SessionConfig;
 use rela_core::wire::compress::Compressed;
 use rela_core::wire::msg::{Alloc, Allocated, Caps, Hello, Message, Read};
 use rela_core::wire::{ErrorCode, Flags, HeaderRepr, Kind, encode_frame};
 use rela_node::{Node, NodeBackend, NodeConfig, NodeHandle};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 const MIB: usize = 1024 * 1024;
 
@@ -319,6 +321,146 @@ async fn compressed_model_chunks() {
     // All 100,000 bytes are in: the commit parses them (zeros are no safetensors file).
     r.refused(Kind::MODEL_COMMIT, Flags::NONE, &[], ErrorCode::INVALID_INPUT, "zeros as weights").await;
     drop(r);
+    wait_idle(&node).await;
+    node.shutdown().await.expect("shutdown");
+}
+
+/// Frames of `chunk` bytes that alternate compressible and random data, then a short random
+/// tail: with LZ4 on, the client sends every other frame compressed and the others plain.
+/// Returns the data and how many of its bytes are random.
+fn mixed_frames(chunk: usize, frames: usize) -> (Vec<u8>, usize) {
+    let mut data = Vec::with_capacity(chunk * frames + 999);
+    let mut random = 0;
+    for i in 0..frames {
+        if i % 2 == 0 {
+            data.extend(compressible(chunk));
+        } else {
+            data.extend(pattern(i as u32, chunk));
+            random += chunk;
+        }
+    }
+    data.extend(pattern(99, 999));
+    (data, random + 999)
+}
+
+/// A proxy to `node` that counts the bytes clients send through it (the frames as they are
+/// on the wire, compressed or not; STATS counts data once decompressed).
+async fn counting_proxy(node: SocketAddr) -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy port");
+    let addr = listener.local_addr().expect("proxy addr");
+    let sent = Arc::new(AtomicU64::new(0));
+    let count = sent.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(upstream) = TcpStream::connect(node).await else { return };
+            let (mut cr, mut cw) = client.into_split();
+            let (mut ur, mut uw) = upstream.into_split();
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 256 * 1024];
+                while let Ok(n @ 1..) = cr.read(&mut buf).await {
+                    count.fetch_add(n as u64, Ordering::Relaxed);
+                    if uw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = uw.shutdown().await;
+            });
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut ur, &mut cw).await;
+                let _ = cw.shutdown().await;
+            });
+        }
+    });
+    (addr, sent)
+}
+
+/// A pipelined WRITE (frames compressed on other threads while earlier ones are on the wire)
+/// and a chunked model upload, of frames that alternate compressible and random data, land
+/// byte for byte: the compressible frames went compressed (the node received far fewer bytes
+/// than the data on the wire) and the random ones plain (it received at least those).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_mixed_uploads_land_exactly() {
+    let repo = repository();
+    let node = start_with(backend(32 * MIB), repo.as_deref()).await;
+    let (proxy, wire) = counting_proxy(node.local_addr()).await;
+    let sent = || wire.load(Ordering::Relaxed);
+    // A WRITE frame's data: max_payload less the handle and offset.
+    let chunk = MIB - 12;
+    let (data, random) = mixed_frames(chunk, 9);
+    for window in [1, 8] {
+        let options = ClientOptions { compress: true, window, ..ClientOptions::default() };
+        let mut c = within(Client::connect_with(proxy, None, options)).await.expect("connect");
+        assert!(c.compressing());
+        let h = c.alloc(data.len() as u64 + 5).await.expect("alloc");
+        let before = sent();
+        within(c.write(h, 5, &data)).await.expect("write");
+        // Every frame was acknowledged, so all of them went through the proxy.
+        let received = sent() - before;
+        assert!(received >= random as u64, "window {window}: {received} bytes received, {random} random");
+        assert!(
+            received < (random + (data.len() - random) / 4) as u64,
+            "window {window}: {received} bytes received for {} bytes, {random} of them random",
+            data.len()
+        );
+        let back = within(c.read(h, 5, data.len() as u64)).await.expect("read");
+        assert!(back == data, "window {window}: the data came back changed");
+        c.free(h).await.expect("free");
+        if window == 1 && repo.is_some() {
+            // The same data as weights: every chunk is accepted in order (a gap or a short
+            // chunk would be refused), and the commit then finds no safetensors file in it.
+            let before = sent();
+            match within(c.model_upload("all-MiniLM-L6-v2", &data, None)).await {
+                Err(ClientError::Server { code, request, .. }) => {
+                    assert_eq!((code, request), (ErrorCode::INVALID_INPUT, Kind::MODEL_COMMIT));
+                }
+                other => panic!("mixed bytes as weights: {other:?}"),
+            }
+            let received = sent() - before;
+            assert!(
+                received >= random as u64 && received < (random + (data.len() - random) / 4) as u64,
+                "upload: {received} bytes received for {} bytes, {random} of them random",
+                data.len()
+            );
+        }
+        c.close().await.expect("bye");
+    }
+    wait_idle(&node).await;
+    node.shutdown().await.expect("shutdown");
+}
+
+/// A node that refuses frames in the middle of a pipelined compressed WRITE: the typed error
+/// comes back (no hang: every step is bounded), the frames before it landed, and the session
+/// goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusal_mid_pipeline_is_a_typed_error() {
+    let node = start_with(backend(32 * MIB), None).await;
+    let options = ClientOptions { compress: true, ..ClientOptions::default() };
+    let mut c = within(Client::connect_with(node.local_addr(), None, options)).await.expect("connect");
+    let chunk = MIB - 12;
+    let (data, _) = mixed_frames(chunk, 7);
+    // Room for two and a half frames: the third frame on is out of bounds.
+    let size = (2 * chunk + chunk / 2) as u64;
+    let h = c.alloc(size).await.expect("alloc");
+    match within(c.write(h, 0, &data)).await {
+        Err(ClientError::Server { code, request, .. }) => {
+            assert_eq!((code, request), (ErrorCode::OUT_OF_BOUNDS, Kind::WRITE));
+        }
+        other => panic!("a WRITE past the buffer: {other:?}"),
+    }
+    assert!(!c.is_closed());
+    let back = within(c.read(h, 0, 2 * chunk as u64)).await.expect("read");
+    assert!(back == data[..2 * chunk], "the frames before the refusal did not land");
+    // A refusal of every frame (the buffer is gone), then a full pipelined WRITE elsewhere.
+    c.free(h).await.expect("free");
+    match within(c.write(h, 0, &data)).await {
+        Err(ClientError::Server { code, .. }) => assert_eq!(code, ErrorCode::NO_SUCH_BUFFER),
+        other => panic!("a WRITE to a freed buffer: {other:?}"),
+    }
+    let h = c.alloc(data.len() as u64).await.expect("alloc");
+    within(c.write(h, 0, &data)).await.expect("write after the refusals");
+    assert!(within(c.read(h, 0, data.len() as u64)).await.expect("read") == data);
+    c.close().await.expect("bye");
     wait_idle(&node).await;
     node.shutdown().await.expect("shutdown");
 }

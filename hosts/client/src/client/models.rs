@@ -111,13 +111,35 @@ impl Client {
         if let Some(p) = progress.as_deref_mut() {
             p(LoadStage::Upload, 0, total);
         }
-        for piece in weights.chunks(chunk) {
-            let seq = self.send_prefixed(Kind::MODEL_CHUNK, &offset.to_le_bytes(), piece).await?;
+        // With LZ4, the chunks after the one on the wire are compressed meanwhile.
+        let mut deflater = self.compressing().then(|| std::mem::take(&mut self.deflater));
+        if let Some(d) = deflater.as_mut() {
+            d.begin(chunk);
+        }
+        let mut pieces = weights.chunks(chunk);
+        loop {
+            let prefix = offset.to_le_bytes();
+            let (seq, len) = match deflater.as_mut() {
+                Some(d) => {
+                    let Some(frame) = d.next(weights).await else { break };
+                    let seq = self.send_deflated(Kind::MODEL_CHUNK, &prefix, weights, &frame).await;
+                    let len = frame.len;
+                    d.recycle(frame);
+                    (seq?, len)
+                }
+                None => {
+                    let Some(piece) = pieces.next() else { break };
+                    (self.send_prefixed(Kind::MODEL_CHUNK, &prefix, piece).await?, piece.len())
+                }
+            };
             self.expect_ack(seq, Kind::MODEL_CHUNK).await?;
-            offset += piece.len() as u64;
+            offset += len as u64;
             if let Some(p) = progress.as_deref_mut() {
                 p(LoadStage::Upload, offset, total);
             }
+        }
+        if let Some(d) = deflater {
+            self.deflater = d;
         }
         let seq = self.send_empty(Kind::MODEL_COMMIT).await?;
         self.expect_model(seq, Kind::MODEL_COMMIT, progress).await
