@@ -32,6 +32,10 @@ const SMALL_PAYLOAD: usize = 512;
 const READ_PIECE: usize = 256 * 1024;
 /// Default WRITE frame payload ([`ClientOptions::chunk`]).
 pub const DEFAULT_WRITE_CHUNK: u32 = 4 * 1024 * 1024;
+/// Default WRITE frame payload while LZ4 is in use ([`ClientOptions::compress`]): smaller
+/// frames start the link sooner (the first frame is compressed before anything is sent) and
+/// leave less to decompress after the last byte arrived.
+pub const DEFAULT_COMPRESSED_WRITE_CHUNK: u32 = 1024 * 1024;
 /// Default READ frame payload ([`ClientOptions::chunk`]).
 pub const DEFAULT_READ_CHUNK: u32 = 1024 * 1024;
 /// Read buffer in front of the socket, so small responses take one syscall for many.
@@ -53,7 +57,8 @@ pub struct ClientOptions {
     /// Frames in flight during bulk reads and writes (at least 1). Default 8.
     pub window: usize,
     /// Largest payload per bulk frame, WRITE and READ alike; clamped to the node's
-    /// `max_payload`. Default ([`None`]): [`DEFAULT_WRITE_CHUNK`] (4 MiB) for WRITE and
+    /// `max_payload`. Default ([`None`]): [`DEFAULT_WRITE_CHUNK`] (4 MiB) for WRITE
+    /// ([`DEFAULT_COMPRESSED_WRITE_CHUNK`], 1 MiB, while LZ4 is in use) and
     /// [`DEFAULT_READ_CHUNK`] (1 MiB) for READ, which measured best on loopback against a node
     /// that moves the data straight between the socket and the buffer: larger WRITE frames
     /// halve the per-frame costs (acknowledgements, wakeups on both ends), while READ does
@@ -310,6 +315,18 @@ impl Client {
     ) -> Result<Self, ClientError> {
         let stream = open_stream(addr, &options).await?;
         Self::handshake_on(stream, addr, None, token, options).await
+    }
+
+    /// [`connect_with`](Self::connect_with) to `addr`, an address of `host` (a `HOST:PORT`
+    /// string such as `node.lan:8765`), which a CA-signed certificate must name over TLS.
+    pub async fn connect_named(
+        addr: SocketAddr,
+        host: &str,
+        token: Option<&[u8]>,
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
+        let stream = open_stream(addr, &options).await?;
+        Self::handshake_on(stream, addr, Some(host), token, options).await
     }
 
     /// Connects to `host`, a `HOST:PORT` string such as `localhost:8765` or `[::1]:8765`,
@@ -593,7 +610,8 @@ impl Client {
         offset
             .checked_add(data.len() as u64)
             .ok_or(ClientError::InvalidArgument("offset + length overflows"))?;
-        let chunk = self.chunk(DEFAULT_WRITE_CHUNK).saturating_sub(WRITE_PREFIX_LEN).max(1);
+        let default = if self.compressing() { DEFAULT_COMPRESSED_WRITE_CHUNK } else { DEFAULT_WRITE_CHUNK };
+        let chunk = self.chunk(default).saturating_sub(WRITE_PREFIX_LEN).max(1);
         let total = data.len();
         let window = self.options.window.max(1);
         self.inflight.clear();

@@ -41,9 +41,10 @@ mod transport;
 
 pub use blocking::BlockingClient;
 pub use client::{
-    Client, ClientOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_READ_CHUNK,
-    DEFAULT_REQUEST_TIMEOUT, DEFAULT_WRITE_CHUNK, GenerateEvent, GenerateOutcome, GenerateRequest, Handle,
-    Kernel, ListedModel, LoadProgress, LoadStage, Progress, RemoteDeviceInfo, RemoteModel, TokenStream,
+    Client, ClientOptions, DEFAULT_COMPRESSED_WRITE_CHUNK, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_READ_CHUNK, DEFAULT_REQUEST_TIMEOUT, DEFAULT_WRITE_CHUNK,
+    GenerateEvent, GenerateOutcome, GenerateRequest, Handle, Kernel, ListedModel, LoadProgress, LoadStage,
+    Progress, RemoteDeviceInfo, RemoteModel, TokenStream,
 };
 pub use crc::FastCrc32;
 pub use discovery::{

@@ -1,10 +1,15 @@
 //! LZ4 on and off through a node (host-memory backend), side by side in one run: WRITE then
 //! READ of zero-heavy f16 weights, English-like text and random bytes, over loopback and over a
-//! link limited to a rate each way (an in-process shaping proxy in front of the node).
+//! link limited to a rate each way (an in-process shaping proxy in front of the node), or to a
+//! node that runs elsewhere, behind a real link (`scripts/bench/lz4-veth.sh` serves one behind
+//! a `tc`-shaped veth pair in a network namespace).
 //!
 //! ```text
-//! cargo run --release -p rela-node --example lz4 -- [MiB, default 64] [Mbit/s, default 1000]
+//! cargo run --release -p rela-node --example lz4 -- [MiB, default 64] [Mbit/s, default 1000] [NODE]
 //! ```
+//!
+//! With NODE (`HOST:PORT` of a running node without a token), the second link is that node
+//! instead of the proxy, and Mbit/s only labels it.
 
 use std::time::{Duration, Instant};
 
@@ -137,10 +142,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.session.quota = 2 * len as u64;
     let backend = NodeBackend::host::<{ rela_backend_host::MAX_BLOCKS }>(2 * len)?;
     let node = Node::start(config, backend).await?;
-    let links = [
-        ("loopback".to_owned(), node.local_addr()),
-        (format!("{mbit} Mbit/s"), proxy(node.local_addr(), mbit).await?),
-    ];
+    let far = match std::env::args().nth(3) {
+        Some(remote) => (format!("{mbit} Mbit/s link to {remote}"), remote.parse()?),
+        None => (format!("{mbit} Mbit/s"), proxy(node.local_addr(), mbit).await?),
+    };
+    let links = [("loopback".to_owned(), node.local_addr()), far];
     println!("{mib} MiB per transfer, MB/s (plain -> LZ4)\n");
     println!("| link | data | LZ4 ratio | WRITE plain | WRITE LZ4 | x | READ plain | READ LZ4 | x |");
     println!("|---|---|---|---|---|---|---|---|---|");

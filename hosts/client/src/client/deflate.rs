@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 
 use tokio::task::JoinHandle;
 
-use crate::compress::{MIN_COMPRESS, deflate};
+use crate::compress::{deflate_whole, worth_trying};
 
 /// Frames compressed ahead of the one being sent, at most.
 pub(crate) const DEPTH: usize = 2;
@@ -27,7 +27,7 @@ struct Buffers {
 /// One frame of the caller's data, in order.
 #[derive(Debug)]
 enum Job {
-    /// Too short to pay for compressing: sent plain.
+    /// Not worth compressing (short, or a sample that does not shrink): sent plain.
     Plain { pos: usize, len: usize },
     /// Being compressed; the task answers whether compressing paid.
     Running { pos: usize, len: usize, task: JoinHandle<(Buffers, bool)> },
@@ -64,6 +64,8 @@ pub(crate) struct Deflater {
     jobs: VecDeque<Job>,
     /// Buffers back from finished frames, for the next ones (at most `DEPTH + 1`).
     spare: Vec<Buffers>,
+    /// Output of the sample each frame is first tried on, here.
+    sample: Vec<u8>,
 }
 
 impl Deflater {
@@ -106,14 +108,16 @@ impl Deflater {
         }
     }
 
-    /// Hands frames of `data` to compression threads until [`DEPTH`] are queued ahead.
+    /// Queues frames of `data` until [`DEPTH`] are queued ahead. Each is first tried here on a
+    /// sample ([`worth_trying`]): one that is short or does not compress (random data) is
+    /// queued to go plain without a copy or a thread; the others go to a compression thread.
     fn fill(&mut self, data: &[u8]) {
         while self.jobs.len() < DEPTH && self.queued < data.len() {
             let pos = self.queued;
             let len = self.chunk.min(data.len() - pos);
             self.queued += len;
             let piece = &data[pos..pos + len];
-            if piece.len() < MIN_COMPRESS {
+            if !worth_trying(piece, &mut self.sample) {
                 self.jobs.push_back(Job::Plain { pos, len });
                 continue;
             }
@@ -121,7 +125,7 @@ impl Deflater {
             buffers.input.clear();
             buffers.input.extend_from_slice(piece);
             let task = tokio::task::spawn_blocking(move || {
-                let paid = deflate(&buffers.input, &mut buffers.out);
+                let paid = deflate_whole(&buffers.input, &mut buffers.out);
                 (buffers, paid)
             });
             self.jobs.push_back(Job::Running { pos, len, task });
