@@ -5,7 +5,8 @@
 //! [`Model::forward`]) goes through fused dequantize-and-dot matrix-vector products; a prompt
 //! ([`Model::prefill`]) goes through in batches of up to [`PREFILL_BATCH`] tokens, each weight
 //! panel dequantized once per batch and multiplied with every token of it (a batch of up to 16
-//! tokens instead fetches each row once and runs the fused kernels on every token), with causal
+//! tokens instead dequantizes each row once and multiplies it with every token, `qbatch.rs`, or
+//! runs the fused kernels on every token where that path does not apply), with causal
 //! attention over the batch (`qmatmul.rs`, `attention.rs`). [`Model::forward_batch`] runs the
 //! next token of several sequences through one pass, reading each weight once for all of them.
 //! Work is split across the pool of [`crate::threads`]. Buffers live in the [`KvCache`], so a

@@ -23,6 +23,7 @@ pub mod forward;
 pub mod generate;
 pub mod gguf;
 pub mod loaded;
+mod qbatch;
 #[cfg(target_arch = "x86_64")]
 mod qdot_avx2;
 #[cfg(target_arch = "x86_64")]

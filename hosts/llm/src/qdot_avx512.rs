@@ -4,7 +4,9 @@
 //! f32, and its f16 scale (and Q4_1's min) is converted by the hardware (`vcvtph2ps`), which
 //! the AVX2 kernels ([`crate::qdot_avx2`]) must do in scalar code.
 //!
-//! Same sums as [`quant::dot`](crate::quant::dot) up to f32 rounding and their order.
+//! Same sums as [`quant::dot`](crate::quant::dot) up to f32 rounding and their order. Also
+//! [`dequantize`]: whole Q4_0, Q4_1 and Q8_0 rows into f32, for the batched products of
+//! [`crate::qbatch`].
 
 use core::arch::x86_64::{__m128, __m128i, __m512, __m512i};
 
@@ -198,46 +200,92 @@ pub(crate) fn dot_q6_k(simd: V4, row: &[u8], x: &[f32]) -> f32 {
     hsum(simd, acc)
 }
 
-/// Row `row` (Q4_0, Q4_1 or Q8_0) times each of `N` inputs: each block is unpacked once and
-/// multiplied with every input, so a batch of sequences costs little more than one.
-/// `sums[j]` are input `j`'s per-32 sums (read for Q4_1 only).
+/// Sixteen f32 into `y[..16]`.
 #[inline(always)]
-pub(crate) fn dot_multi<const N: usize>(
-    simd: V4,
-    ty: GgmlType,
-    row: &[u8],
-    xs: &[&[f32]; N],
-    sums: &[&[f32]; N],
-) -> [f32; N] {
+fn store_f32x16(v: __m512, y: &mut [f32]) {
+    let a: [f32; 16] = pulp::cast(v);
+    y[..16].copy_from_slice(&a);
+}
+
+/// A Q4_0, Q4_1 or Q8_0 row dequantized into `out` (its element count long): the values of
+/// [`quant::dequantize`](crate::quant::dequantize), bit for bit, but Q4_1's `d·q + m`, which is
+/// rounded once here. Returns `false`, writing nothing, for another type.
+#[inline(always)]
+pub(crate) fn dequantize(simd: V4, ty: GgmlType, row: &[u8], out: &mut [f32]) -> bool {
     let f = &simd.avx512f;
-    let mut acc = [f._mm512_setzero_ps(); N];
-    let mut bias = [0f32; N];
-    let (bb, off, sub) = match ty {
-        GgmlType::Q4_0 => (18, 2, 8),
-        GgmlType::Q4_1 => (20, 4, 0),
-        _ => (34, 2, 0),
-    };
-    for (bi, b) in row.chunks_exact(bb).enumerate() {
-        prefetch(simd, b);
-        let (lo, hi) = if ty == GgmlType::Q8_0 {
-            (
-                f._mm512_cvtepi32_ps(f._mm512_cvtepi8_epi32(load_u8x16(&b[2..]))),
-                f._mm512_cvtepi32_ps(f._mm512_cvtepi8_epi32(load_u8x16(&b[18..]))),
-            )
-        } else {
-            nibbles(simd, &b[off..], sub)
-        };
-        let dm = f16_pair(simd, b);
-        let d = f._mm512_broadcastss_ps(dm);
-        let m = simd.sse._mm_cvtss_f32(simd.sse3._mm_movehdup_ps(dm));
-        for j in 0..N {
-            let x = &xs[j][bi * 32..bi * 32 + 32];
-            let t = f._mm512_fmadd_ps(hi, load_f32x16(&x[16..]), f._mm512_mul_ps(lo, load_f32x16(x)));
-            acc[j] = f._mm512_fmadd_ps(d, t, acc[j]);
-            if ty == GgmlType::Q4_1 {
-                bias[j] = m.mul_add(sums[j][bi], bias[j]);
+    let blocks = out.as_chunks_mut::<32>().0;
+    match ty {
+        GgmlType::Q4_0 => {
+            for (b, y) in row.as_chunks::<18>().0.iter().zip(blocks) {
+                prefetch(simd, b);
+                let (lo, hi) = nibbles(simd, &b[2..], 8);
+                let d = f._mm512_broadcastss_ps(f16_pair(simd, b));
+                store_f32x16(f._mm512_mul_ps(d, lo), &mut y[..16]);
+                store_f32x16(f._mm512_mul_ps(d, hi), &mut y[16..]);
             }
         }
+        GgmlType::Q4_1 => {
+            for (b, y) in row.as_chunks::<20>().0.iter().zip(blocks) {
+                prefetch(simd, b);
+                let (lo, hi) = nibbles(simd, &b[4..], 0);
+                let dm = f16_pair(simd, b);
+                let d = f._mm512_broadcastss_ps(dm);
+                let m = f._mm512_broadcastss_ps(simd.sse3._mm_movehdup_ps(dm));
+                store_f32x16(f._mm512_fmadd_ps(d, lo, m), &mut y[..16]);
+                store_f32x16(f._mm512_fmadd_ps(d, hi, m), &mut y[16..]);
+            }
+        }
+        GgmlType::Q8_0 => {
+            for (b, y) in row.as_chunks::<34>().0.iter().zip(blocks) {
+                prefetch(simd, b);
+                let d = f._mm512_broadcastss_ps(f16_pair(simd, b));
+                let lo = f._mm512_cvtepi32_ps(f._mm512_cvtepi8_epi32(load_u8x16(&b[2..])));
+                let hi = f._mm512_cvtepi32_ps(f._mm512_cvtepi8_epi32(load_u8x16(&b[18..])));
+                store_f32x16(f._mm512_mul_ps(lo, d), &mut y[..16]);
+                store_f32x16(f._mm512_mul_ps(hi, d), &mut y[16..]);
+            }
+        }
+        _ => return false,
     }
-    core::array::from_fn(|j| hsum(simd, acc[j]) + bias[j])
+    true
+}
+
+/// `(w0 · x, w1 · x)` for each of `G` inputs, `p` holding the inputs interleaved: for each run
+/// of 16 columns, the `G` inputs' 16 values in turn. `2·G` vectors of sums, each lane a chain
+/// of multiply-adds over the columns `16c + lane`, then added up. `w0` and `w1` are whole runs
+/// of 16.
+#[inline(always)]
+pub(crate) fn dot2_f32<const G: usize>(
+    simd: V4,
+    w0: &[f32],
+    w1: &[f32],
+    p: &[[f32; 16]],
+) -> ([f32; G], [f32; G]) {
+    let f = &simd.avx512f;
+    let mut a = [f._mm512_setzero_ps(); G];
+    let mut b = [f._mm512_setzero_ps(); G];
+    let rows = w0.as_chunks::<16>().0.iter().zip(w1.as_chunks::<16>().0);
+    for ((u, v), x) in rows.zip(p.chunks_exact(G)) {
+        let (u, v): (__m512, __m512) = (pulp::cast(*u), pulp::cast(*v));
+        for j in 0..G {
+            let xj: __m512 = pulp::cast(x[j]);
+            a[j] = f._mm512_fmadd_ps(u, xj, a[j]);
+            b[j] = f._mm512_fmadd_ps(v, xj, b[j]);
+        }
+    }
+    (core::array::from_fn(|j| hsum(simd, a[j])), core::array::from_fn(|j| hsum(simd, b[j])))
+}
+
+/// [`dot2_f32`] for one row: the same sums, in the same order, as its first row's.
+#[inline(always)]
+pub(crate) fn dot1_f32<const G: usize>(simd: V4, w: &[f32], p: &[[f32; 16]]) -> [f32; G] {
+    let f = &simd.avx512f;
+    let mut a = [f._mm512_setzero_ps(); G];
+    for (u, x) in w.as_chunks::<16>().0.iter().zip(p.chunks_exact(G)) {
+        let u: __m512 = pulp::cast(*u);
+        for j in 0..G {
+            a[j] = f._mm512_fmadd_ps(u, pulp::cast(x[j]), a[j]);
+        }
+    }
+    core::array::from_fn(|j| hsum(simd, a[j]))
 }

@@ -8,7 +8,10 @@
 //!   group instead of once per matrix.
 //! - [`matmul`] (a batch of tokens, prompt processing): the weights are dequantized once per
 //!   panel of [`PANEL`] rows into an f32 panel laid out for a register-blocked kernel that
-//!   multiplies it with every token of the batch, [`TOKEN_TILE`] tokens at a time.
+//!   multiplies it with every token of the batch, [`TOKEN_TILE`] tokens at a time. Batches of
+//!   up to [`SMALL_BATCH`] tokens (several sequences' decode steps) instead go through
+//!   [`qbatch::matmul`] (each row dequantized once, then multiplied with every token) where it
+//!   applies, else through the fused row kernels once per token.
 //!
 //! Rows (or panels) are split across [`threads`](crate::threads)' pool. The loops are plain Rust
 //! over fixed-size arrays, written so that the compiler vectorizes them, and compiled for the
@@ -25,6 +28,7 @@
 use rayon::prelude::*;
 
 use crate::gguf::GgmlType;
+use crate::qbatch;
 use crate::quant;
 use crate::simd::{Kernel, Madd, dispatch, f16_at, hsum};
 use crate::threads;
@@ -54,8 +58,9 @@ pub(crate) struct QMat<'a> {
 }
 
 impl<'a> QMat<'a> {
+    /// The bytes of row `r`.
     #[inline(always)]
-    fn row(&self, r: usize) -> &'a [u8] {
+    pub(crate) fn row(&self, r: usize) -> &'a [u8] {
         &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
     }
 }
@@ -481,7 +486,10 @@ pub(crate) fn matmul(m: QMat<'_>, x: &[f32], tokens: usize, y: &mut [f32]) {
     assert_eq!(x.len(), tokens * m.cols, "matmul input length");
     assert_eq!(y.len(), tokens * m.rows, "matmul output length");
     if tokens <= SMALL_BATCH {
-        return matmul_small(m, x, tokens, y);
+        if !qbatch::matmul(m, x, tokens, y) {
+            matmul_small(m, x, tokens, y);
+        }
+        return;
     }
     let panels = m.rows.div_ceil(PANEL);
     let k = m.cols;
@@ -507,13 +515,13 @@ pub(crate) fn matmul(m: QMat<'_>, x: &[f32], tokens: usize, y: &mut [f32]) {
     }
 }
 
-/// Batches up to this many tokens go through [`matmul_small`]: below it, dequantizing panels
-/// costs more than the products save.
+/// Batches up to this many tokens go through [`qbatch::matmul`] or [`matmul_small`]: below
+/// it, dequantizing panels costs more than the products save.
 pub(crate) const SMALL_BATCH: usize = 16;
 
-/// [`matmul`] for a few tokens: each task takes a run of rows and runs the fused row kernels of
-/// [`matvec`] on them once per token, so the run's bytes are fetched from memory once and read
-/// from cache for the other tokens.
+/// [`matmul`] for a few tokens where [`qbatch::matmul`] does not apply: each task takes a run
+/// of rows and runs the fused row kernels of [`matvec`] on them once per token, so the run's
+/// bytes are fetched from memory once and read from cache for the other tokens.
 fn matmul_small(m: QMat<'_>, x: &[f32], tokens: usize, y: &mut [f32]) {
     let k = m.cols;
     let mut sums = Vec::new();
@@ -524,27 +532,28 @@ fn matmul_small(m: QMat<'_>, x: &[f32], tokens: usize, y: &mut [f32]) {
         }
     }
     let per_sum = if sums.is_empty() { 0 } else { k / 32 };
-    let run = |first: usize, n: usize| {
+    by_row_runs(m, tokens, y, |first, n| {
         let mut out = vec![0f32; tokens * n];
-        #[cfg(target_arch = "x86_64")]
-        if matches!(m.ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
-            && let Some(simd) = pulp::x86::V4::try_new()
-        {
-            let xs: Vec<&[f32]> = x.chunks_exact(k).collect();
-            let ss: Vec<&[f32]> =
-                if per_sum == 0 { vec![&[][..]; tokens] } else { sums.chunks_exact(per_sum).collect() };
-            simd.vectorize(MultiRows { simd, m, first, n, xs: &xs, ss: &ss, out: &mut out });
-            return out;
-        }
         for (t, o) in out.chunks_exact_mut(n).enumerate() {
             let sums = if sums.is_empty() { &[][..] } else { &sums[t * per_sum..(t + 1) * per_sum] };
             rows(Rows { m, x: &x[t * k..(t + 1) * k], sums, first, y: o });
         }
         out
-    };
+    });
+}
+
+/// A product of `m` with `tokens` inputs (`y`: `tokens × rows`) split into runs of rows across
+/// the pool's threads: `run(first, n)` returns rows `first..first + n` of every input's product,
+/// `tokens × n` values, which land in `y`.
+pub(crate) fn by_row_runs(
+    m: QMat<'_>,
+    tokens: usize,
+    y: &mut [f32],
+    run: impl Fn(usize, usize) -> Vec<f32> + Sync,
+) {
     let per = rows_per_task(m.rows, m.cols * tokens);
     let chunks: Vec<(usize, usize)> = (0..m.rows).step_by(per).map(|f| (f, per.min(m.rows - f))).collect();
-    let outs: Vec<Vec<f32>> = if tokens * m.rows * k < PAR_MIN || threads::threads() == 1 {
+    let outs: Vec<Vec<f32>> = if tokens * m.rows * m.cols < PAR_MIN || threads::threads() == 1 {
         chunks.iter().map(|&(f, n)| run(f, n)).collect()
     } else {
         threads::install(|| chunks.par_iter().map(|&(f, n)| run(f, n)).collect())
@@ -556,61 +565,8 @@ fn matmul_small(m: QMat<'_>, x: &[f32], tokens: usize, y: &mut [f32]) {
     }
 }
 
-/// `out[t·n + i] = row(first + i) · xs[t]` with [`crate::qdot_avx512::dot_multi`], eight
-/// inputs at a time (`ss[t]`: input `t`'s per-32 sums, for Q4_1).
-#[cfg(target_arch = "x86_64")]
-struct MultiRows<'a, 'o> {
-    simd: pulp::x86::V4,
-    m: QMat<'a>,
-    first: usize,
-    n: usize,
-    xs: &'o [&'a [f32]],
-    ss: &'o [&'a [f32]],
-    out: &'o mut [f32],
-}
-
-// A closure calling an `#[inline(always)]` method was not inlined into the AVX-512 function
-// `vectorize` makes (the intrinsics ended up as calls); this trait method is.
-#[cfg(target_arch = "x86_64")]
-impl pulp::NullaryFnOnce for MultiRows<'_, '_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn call(self) {
-        use crate::qdot_avx512::dot_multi;
-        let Self { simd, m, first, n, xs, ss, out } = self;
-        for i in 0..n {
-            let row = m.row(first + i);
-            let mut t0 = 0;
-            while t0 < xs.len() {
-                let g = (xs.len() - t0).min(8);
-                macro_rules! group {
-                    ($n:literal) => {{
-                        let x: &[&[f32]; $n] = xs[t0..t0 + $n].try_into().expect("group of inputs");
-                        let s: &[&[f32]; $n] = ss[t0..t0 + $n].try_into().expect("group of sums");
-                        for (j, v) in dot_multi::<$n>(simd, m.ty, row, x, s).into_iter().enumerate() {
-                            out[(t0 + j) * n + i] = v;
-                        }
-                    }};
-                }
-                match g {
-                    1 => group!(1),
-                    2 => group!(2),
-                    3 => group!(3),
-                    4 => group!(4),
-                    5 => group!(5),
-                    6 => group!(6),
-                    7 => group!(7),
-                    _ => group!(8),
-                }
-                t0 += g;
-            }
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use half::{bf16, f16};
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
@@ -618,7 +574,7 @@ mod tests {
     use super::*;
     use crate::simd::{Fused, Separate, f16_bits_to_f32};
 
-    const TYPES: [GgmlType; 8] = [
+    pub(crate) const TYPES: [GgmlType; 8] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::BF16,
@@ -630,7 +586,7 @@ mod tests {
     ];
 
     /// `rows × cols` random elements of `ty`: random quants, f16 scales in ±0.05.
-    fn matrix(ty: GgmlType, rows: usize, cols: usize, rng: &mut StdRng) -> Vec<u8> {
+    pub(crate) fn matrix(ty: GgmlType, rows: usize, cols: usize, rng: &mut StdRng) -> Vec<u8> {
         let (be, bb) = ty.block();
         let n_blocks = rows * cols / be;
         let scale = |rng: &mut StdRng| f16::from_f32(rng.random_range(-0.05f32..0.05)).to_le_bytes();
@@ -658,7 +614,7 @@ mod tests {
         out
     }
 
-    fn qmat(ty: GgmlType, rows: usize, cols: usize, data: &[u8]) -> QMat<'_> {
+    pub(crate) fn qmat(ty: GgmlType, rows: usize, cols: usize, data: &[u8]) -> QMat<'_> {
         let row_bytes = cols / ty.block().0 * ty.block().1;
         QMat { ty, rows, cols, row_bytes, data }
     }
@@ -675,7 +631,7 @@ mod tests {
 
     /// Asserts `got` is the reference dot product of each row with `x` up to f32 rounding: a
     /// difference within 1e-5 of `Σ|w·x|` (the sums run in another order).
-    fn assert_close(m: &QMat<'_>, x: &[f32], got: &[f32], what: &str) {
+    pub(crate) fn assert_close(m: &QMat<'_>, x: &[f32], got: &[f32], what: &str) {
         let mut w = vec![0f32; m.cols];
         for (r, &g) in got.iter().enumerate() {
             let want = quant::dot(m.ty, m.row(r), x).expect("reference dot");
