@@ -19,6 +19,10 @@
 //! - that the limits WELCOME advertises are the limits the node enforces;
 //! - pipelining: requests written back to back are answered in order.
 //!
+//! [`run`] speaks plain TCP; [`run_with`] takes a [`Dialer`] that opens each connection some
+//! other way, for example over TLS (`vram-relay conformance --node ADDR --tls`): the suite then
+//! checks the same bytes inside the TLS session.
+//!
 //! Cases that need what the node cannot give are [`Outcome::Skipped`] with the reason: AUTH
 //! cases when the node requires a token and none was given, limit cases when the node has too
 //! little free memory to reach the limit.
@@ -48,7 +52,7 @@ use rela_core::wire::msg::{
     ModelUpload, Read, Stats, Welcome,
 };
 use rela_core::wire::{ErrorCode, Flags, FrameCrc, HeaderRepr, Kind, RawHeader, encode_frame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::{BackendReport, CaseResult, Outcome};
@@ -64,7 +68,37 @@ pub const CASE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The report is named `node <addr>`; its device is the node's DEVICE_INFO name and vendor
 /// (absent when the node cannot be reached or requires a token that was not given).
 pub async fn run(addr: SocketAddr, token: Option<&[u8]>) -> BackendReport {
-    let cx = Cx { addr, token: token.map(Arc::from) };
+    run_with(addr, token, tcp_dialer()).await
+}
+
+/// A byte stream to the node, as a [`Dialer`] opens it.
+pub trait NodeStream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> NodeStream for T {}
+
+/// What [`Dialer`] returns: a connection to the node, or why there is none.
+pub type Dialing = Pin<Box<dyn Future<Output = io::Result<Box<dyn NodeStream>>> + Send>>;
+
+/// Opens one connection to the node at an address; every case's connections come from it.
+/// The suite bounds each call by [`STEP`].
+pub type Dialer = Arc<dyn Fn(SocketAddr) -> Dialing + Send + Sync>;
+
+/// The [`Dialer`] of [`run`]: plain TCP, no-delay.
+pub fn tcp_dialer() -> Dialer {
+    Arc::new(|addr| {
+        Box::pin(async move {
+            let stream = TcpStream::connect(addr).await?;
+            // Best effort: the cases pass with Nagle too, only slower.
+            let _ = stream.set_nodelay(true);
+            Ok(Box::new(stream) as Box<dyn NodeStream>)
+        })
+    })
+}
+
+/// [`run`] with each connection opened by `dial` (for example over TLS) instead of plain TCP.
+/// The report is named after `addr` as in [`run`].
+pub async fn run_with(addr: SocketAddr, token: Option<&[u8]>, dial: Dialer) -> BackendReport {
+    let cx = Cx { addr, token: token.map(Arc::from), dial };
     let device = tokio::time::timeout(STEP * 2, probe_device(cx.clone())).await.ok().flatten();
     let mut results = Vec::with_capacity(CASES.len());
     for case in CASES {
@@ -81,11 +115,12 @@ pub fn case_names() -> impl Iterator<Item = &'static str> {
 // ---------------------------------------------------------------------------------------------
 // Case plumbing
 
-/// What a case knows: where the node is and its token.
+/// What a case knows: where the node is, its token, and how to connect.
 #[derive(Clone)]
 struct Cx {
     addr: SocketAddr,
     token: Option<Arc<[u8]>>,
+    dial: Dialer,
 }
 
 /// Why a case stopped early.
@@ -244,18 +279,17 @@ fn io_fail(what: &str, e: &io::Error) -> Stop {
 
 /// One raw connection to the node.
 struct Conn {
-    stream: TcpStream,
+    stream: Box<dyn NodeStream>,
     seq: u16,
 }
 
 impl Conn {
     async fn open(cx: &Cx) -> R<Self> {
-        let stream = match tokio::time::timeout(STEP, TcpStream::connect(cx.addr)).await {
+        let stream = match tokio::time::timeout(STEP, (cx.dial)(cx.addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(io_fail("connect", &e)),
             Err(_) => fail!("connect timed out"),
         };
-        let _ = stream.set_nodelay(true);
         Ok(Self { stream, seq: 0 })
     }
 
@@ -301,7 +335,12 @@ impl Conn {
     }
 
     async fn send_bytes(&mut self, bytes: &[u8]) -> R<()> {
-        match tokio::time::timeout(STEP, self.stream.write_all(bytes)).await {
+        // Flushed: a TLS stream may keep written bytes until then (plain TCP keeps none).
+        let send = async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(STEP, send).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(io_fail("send", &e)),
             Err(_) => fail!("send timed out"),
@@ -461,10 +500,15 @@ impl Conn {
     }
 }
 
+/// A connection the node ended abruptly; over TLS, one closed without a close_notify alert
+/// reads as an unexpected end (plain TCP reads that as a clean end, 0 bytes).
 fn is_reset(e: &io::Error) -> bool {
     matches!(
         e.kind(),
-        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
     )
 }
 

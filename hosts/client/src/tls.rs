@@ -326,7 +326,7 @@ pub(crate) async fn connect(
     addr: SocketAddr,
     host: Option<&str>,
     options: &TlsOptions,
-) -> Result<(TlsStream<BufReader<TcpStream>>, Fingerprint), TlsError> {
+) -> Result<(NodeStream, Fingerprint), TlsError> {
     let provider = provider();
     let node = addr.to_string();
     let builder = ClientConfig::builder_with_provider(provider.clone())
@@ -387,6 +387,25 @@ pub(crate) async fn connect(
             "first TLS connection to this node: its certificate is now trusted");
     }
     Ok((tls, presented))
+}
+
+/// A TLS stream to a node with no RELA session on it yet: what [`open`] returns.
+pub type NodeStream = TlsStream<BufReader<TcpStream>>;
+
+/// Connects to the node at `addr` over TCP (no-delay) and runs the TLS handshake, trusting its
+/// certificate as `options` say, exactly as a [`crate::Client`] over TLS does, but starts no
+/// session: for tools that speak the protocol themselves, frame by frame (the wire
+/// conformance suite). `host` is the name the caller gave, if any (a CA-signed certificate
+/// must carry it). Returns the stream and the node's certificate fingerprint. No deadline:
+/// the caller bounds the wait.
+pub async fn open(
+    addr: SocketAddr,
+    host: Option<&str>,
+    options: &TlsOptions,
+) -> Result<(NodeStream, Fingerprint), crate::ClientError> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(connect(stream, addr, host, options).await?)
 }
 
 /// The handshake error, with a hint when the node is likely not serving TLS.

@@ -40,7 +40,7 @@ pub(crate) struct BenchArgs {
     #[arg(required_unless_present_any = ["spawn", "serve_raw"])]
     addr: Option<SocketAddr>,
     /// Spawn a local node (loopback) and measure its memory too.
-    #[arg(long, conflicts_with = "addr")]
+    #[arg(long, conflicts_with_all = ["addr", "tls_fingerprint", "tls_ca", "known_nodes"])]
     spawn: bool,
     /// Backend of the spawned node; also driven directly in this process for comparison.
     #[arg(long, value_enum, default_value = "host", requires = "spawn")]
@@ -84,10 +84,12 @@ pub(crate) struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
-    /// Also spawn the node serving TLS and compare it with plaintext: upload, download and PING
-    /// latency, alternating between the two.
-    #[arg(long, requires = "spawn")]
-    tls: bool,
+    /// TLS to the node at ADDR, as for the other client commands (--tls, --tls-fingerprint,
+    /// --tls-ca, --known-nodes). With --spawn, --tls instead also spawns the node serving TLS
+    /// and compares it with plaintext: upload, download and PING latency, alternating between
+    /// the two.
+    #[command(flatten)]
+    tls: crate::TlsArgs,
 }
 
 /// One row of the report.
@@ -562,6 +564,7 @@ async fn raw_concurrent(addr: SocketAddr, chunk: &[u8], n: usize, each: u64) -> 
 async fn relay_concurrent(
     addr: SocketAddr,
     token: Option<Vec<u8>>,
+    options: &rela_client::ClientOptions,
     chunk: &[u8],
     n: usize,
     each: u64,
@@ -571,10 +574,12 @@ async fn relay_concurrent(
     for _ in 0..n {
         let chunk = chunk.to_vec();
         let token = token.clone();
+        let options = options.clone();
         let ready = ready.clone();
         tasks.push(tokio::spawn(async move {
             let setup = async {
-                let mut c = Client::connect(addr, token.as_deref()).await.map_err(|e| e.to_string())?;
+                let mut c =
+                    Client::connect_with(addr, token.as_deref(), options).await.map_err(|e| e.to_string())?;
                 let h = c.alloc(chunk.len() as u64).await.map_err(|e| e.to_string())?;
                 Ok::<_, String>((c, h))
             }
@@ -639,6 +644,8 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
     let mut sink_buf = vec![0u8; buffer];
     let options = rela_client::ClientOptions {
         chunk: args.chunk.map(|c| u32::try_from(c).unwrap_or(u32::MAX)),
+        // A node at ADDR over TLS when asked; a spawned one serves plaintext (--tls compares).
+        tls: if args.spawn { None } else { args.tls.options().map_err(|e| e.to_string())? },
         ..rela_client::ClientOptions::default()
     };
     let mut client = Client::connect_with(addr, token.as_deref(), options.clone())
@@ -754,14 +761,17 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
         cpu("server process (node vs raw server)", rs, bs);
         cpu("client process (rela-client vs raw client)", rc, bc);
     }
-    if args.tls {
+    if args.spawn && args.tls.tls {
         rows.extend(tls::compare(&args, node_pid, &mut client, &options, &data, &mut sink_buf).await?);
     }
     client.close().await.map_err(|e| e.to_string())?;
     // The node's peak so far held at most the one transfer buffer.
     let one_session_hwm = spawned.as_ref().and_then(Spawned::memory).map(|(_, hwm)| hwm);
 
-    // Concurrency: aggregate upload throughput of N sessions, against N raw connections.
+    // Concurrency: aggregate upload throughput of N sessions, against N raw connections. Each
+    // session has the client's default options, and TLS as the main one.
+    let session =
+        rela_client::ClientOptions { tls: options.tls.clone(), ..rela_client::ClientOptions::default() };
     let mut peak_stored = args.buffer;
     for &n in &args.sessions {
         let n = n.max(1);
@@ -770,7 +780,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
         let (mut relay, mut raw) = (Duration::MAX, Duration::MAX);
         for _ in 0..args.repeat.min(2) {
             raw = raw.min(raw_concurrent(base, chunk, n, each).await?);
-            relay = relay.min(relay_concurrent(addr, token.clone(), chunk, n, each).await?);
+            relay = relay.min(relay_concurrent(addr, token.clone(), &session, chunk, n, each).await?);
         }
         peak_stored = peak_stored.max(per_session * n as u64);
         let bytes = each * n as u64;

@@ -2,11 +2,12 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use clap::builder::BoolishValueParser;
-use rela_client::tls::Fingerprint;
+use rela_client::tls::{Fingerprint, TlsOptions};
 use rela_client::{Client, ClientError, LoadStage};
 use rela_core::config::{DEFAULT_DISCOVERY_PORT, MAX_BUFFERS, MAX_PAYLOAD};
 use rela_core::wire::ErrorCode;
@@ -817,6 +818,10 @@ pub(crate) struct ConformanceArgs {
     /// Enable the Khronos validation layer on the Vulkan backend.
     #[arg(long)]
     vk_validation: bool,
+    /// TLS to the node of --node, as for the other client commands: every connection of the
+    /// wire suite then runs inside a TLS session.
+    #[command(flatten)]
+    tls: crate::TlsArgs,
 }
 
 /// The backends a conformance run certifies, and which of them came from a group name (`all`,
@@ -873,8 +878,12 @@ impl BackendSet {
 }
 
 pub(crate) async fn conformance(args: ConformanceArgs) -> Result<(), CliError> {
+    let tls = args.tls.options()?;
     if let Some(addr) = &args.node {
-        return conformance_node(addr, &args).await;
+        return conformance_node(addr, &args, tls).await;
+    }
+    if tls.is_some() {
+        return Err(CliError::Usage("the TLS options apply to --node".into()));
     }
     let set = match &args.backend {
         Some(set) => set.clone(),
@@ -918,8 +927,14 @@ pub(crate) async fn conformance(args: ConformanceArgs) -> Result<(), CliError> {
 }
 
 /// `conformance --node`: checks the token first (a wrong one stops the run at once, instead of
-/// failing every case and tripping the node's AUTH throttle), then runs the wire suite.
-async fn conformance_node(addr: &NodeAddr, args: &ConformanceArgs) -> Result<(), CliError> {
+/// failing every case and tripping the node's AUTH throttle), and the node's certificate over
+/// TLS (trusted on first use there, when that is the choice), then runs the wire suite, over
+/// TLS when `tls` says so.
+async fn conformance_node(
+    addr: &NodeAddr,
+    args: &ConformanceArgs,
+    tls: Option<TlsOptions>,
+) -> Result<(), CliError> {
     let token = util::load_token(args.token.as_deref(), args.token_file.as_deref())?;
     let host = addr.to_string();
     let candidates: Vec<SocketAddr> =
@@ -927,8 +942,8 @@ async fn conformance_node(addr: &NodeAddr, args: &ConformanceArgs) -> Result<(),
     let mut last = format!("cannot resolve {host}");
     let mut resolved = None;
     for candidate in candidates {
-        let options = rela_client::ClientOptions::default();
-        match Client::connect_with(candidate, token.as_deref(), options).await {
+        let options = rela_client::ClientOptions { tls: tls.clone(), ..Default::default() };
+        match Client::connect_named(candidate, &host, token.as_deref(), options).await {
             Ok(client) => {
                 bye(client, addr).await;
                 resolved = Some(candidate);
@@ -937,6 +952,8 @@ async fn conformance_node(addr: &NodeAddr, args: &ConformanceArgs) -> Result<(),
             Err(ClientError::AuthRejected) => {
                 return Err(format!("{addr} rejected the token (AUTH_FAILED): no case was run").into());
             }
+            // An untrusted certificate: every case would fail the same way.
+            Err(e @ ClientError::Tls(_)) => return Err(format!("{addr}: {e}").into()),
             Err(ClientError::TokenRequired) => {
                 eprintln!(
                     "note: {addr} requires a token and none was given (--token-file or AUTH_TOKEN): \
@@ -950,7 +967,11 @@ async fn conformance_node(addr: &NodeAddr, args: &ConformanceArgs) -> Result<(),
         }
     }
     let Some(resolved) = resolved else { return Err(last.into()) };
-    let report = rela_conformance::wire::run(resolved, token.as_deref()).await;
+    let dial = match tls {
+        Some(tls) => tls_dialer(host, tls),
+        None => rela_conformance::wire::tcp_dialer(),
+    };
+    let report = rela_conformance::wire::run_with(resolved, token.as_deref(), dial).await;
     let reports = std::slice::from_ref(&report);
     util::write_out(format_args!("{}", rela_conformance::render_table(reports)))?;
     write_json(args.json.as_ref(), reports)?;
@@ -959,6 +980,19 @@ async fn conformance_node(addr: &NodeAddr, args: &ConformanceArgs) -> Result<(),
         rela_conformance::Verdict::Failed => Err("wire conformance failed".into()),
         rela_conformance::Verdict::Incomplete(why) => Err(CliError::Incomplete(why.join("\n  "))),
     }
+}
+
+/// The wire suite's connections over TLS to `host`, trusting its certificate as `tls` says.
+fn tls_dialer(host: String, tls: TlsOptions) -> rela_conformance::wire::Dialer {
+    let host: Arc<str> = host.into();
+    Arc::new(move |addr| {
+        let (host, tls) = (host.clone(), tls.clone());
+        Box::pin(async move {
+            let (stream, _) =
+                rela_client::tls::open(addr, Some(&host), &tls).await.map_err(std::io::Error::other)?;
+            Ok(Box::new(stream) as Box<dyn rela_conformance::wire::NodeStream>)
+        })
+    })
 }
 
 fn write_json(path: Option<&PathBuf>, reports: &[rela_conformance::BackendReport]) -> Result<(), CliError> {

@@ -593,6 +593,76 @@ fn tls_serve_pins_trusts_on_first_use_and_keeps_its_certificate() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `conformance --node` over TLS: the wire suite runs inside TLS sessions to a `serve --tls`
+/// node (small limits, so its limit cases run), trusting it on first use; a wrong pinned
+/// fingerprint and a plaintext run each stop at once with one clear error. `bench ADDR` reaches
+/// the same node with its certificate pinned.
+#[test]
+fn conformance_and_bench_run_over_tls() {
+    let dir = std::env::temp_dir().join(format!("vram-relay-cli-conf-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (state, known, json) = (dir.join("state"), dir.join("known_nodes"), dir.join("report.json"));
+    let (state, known, json) = (state.to_str().unwrap(), known.to_str().unwrap(), json.to_str().unwrap());
+    let limits = ["--quota", "4MiB", "--max-buffers", "32", "--max-payload", "1MiB"];
+    let node = Served::start(&[&["--tls", "--state-dir", state, "--token", "t"][..], &limits[..]].concat());
+    let suite = ["conformance", "--node", &node.addr, "--token", "t"];
+
+    let wrong = "00".repeat(32);
+    let out = run_within(Duration::from_secs(60), &[&suite[..], &["--tls-fingerprint", &wrong]].concat());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(stderr(&out).contains("is not the pinned"), "{}", stderr(&out));
+    let out = run_within(Duration::from_secs(60), &suite);
+    assert_eq!(out.status.code(), Some(1), "a plaintext run against a TLS node: {}", stderr(&out));
+    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+
+    let out = run_within(
+        Duration::from_secs(300),
+        &[&suite[..], &["--tls", "--known-nodes", known, "--json", json]].concat(),
+    );
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{table}{}", stderr(&out));
+    // Trusted on first use, and remembered.
+    assert!(std::fs::read_to_string(known).unwrap().starts_with(&node.addr));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap();
+    let results = report[0]["results"].as_array().unwrap();
+    let passed = results.iter().filter(|r| r["outcome"] == "Passed").count();
+    let skipped: Vec<_> = results.iter().filter(|r| r["outcome"].get("Skipped").is_some()).collect();
+    assert_eq!(passed + skipped.len(), results.len(), "{table}");
+    // Only what a node without models cannot do is skipped.
+    assert!(skipped.len() <= 2, "{table}");
+    assert!(
+        skipped.iter().all(|r| r["outcome"]["Skipped"] == "the node does not advertise MODELS"),
+        "{table}"
+    );
+
+    // `bench ADDR` takes the same options: here the fingerprint remembered above, pinned, for
+    // the main session and the concurrent ones.
+    let line = std::fs::read_to_string(known).unwrap();
+    let fingerprint = line.split_whitespace().nth(1).unwrap().to_owned();
+    let bench = ["bench", &node.addr, "--token", "t", "--size", "4MiB", "--buffer", "2MiB"];
+    let quick = ["--sessions", "2", "--pings", "10", "--repeat", "1", "--json"];
+    let out = run_within(
+        Duration::from_secs(120),
+        &[&bench[..], &quick[..], &["--tls-fingerprint", &fingerprint]].concat(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    for metric in ["upload 4.00 MiB WRITE", "download 4.00 MiB READ", "2 concurrent session(s)"] {
+        let row = rows.iter().find(|r| r["metric"].as_str().unwrap().starts_with(metric));
+        assert!(row.is_some_and(|r| r["relay"].as_f64().unwrap() > 0.0), "{metric} in {rows:#?}");
+    }
+    let out = run_within(
+        Duration::from_secs(120),
+        &[&bench[..], &quick[..], &["--tls-fingerprint", &wrong]].concat(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("is not the pinned"), "{}", stderr(&out));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// The directory holding SmolLM2-135M-Instruct Q4_1 as a `.gguf` file, if present; without it
 /// the caller skips loudly, unless `RELA_REQUIRE_GGUF=1`.
 fn gguf_dir(test: &str) -> Option<std::path::PathBuf> {
