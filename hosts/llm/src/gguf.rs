@@ -326,6 +326,15 @@ impl Array {
             _ => return None,
         })
     }
+
+    /// The items as f32 when they are floats (f64 narrowed).
+    pub fn to_f32s(&self) -> Option<Vec<f32>> {
+        match self {
+            Self::F32(v) => Some(v.clone()),
+            Self::F64(v) => Some(v.iter().map(|&x| x as f32).collect()),
+            _ => None,
+        }
+    }
 }
 
 impl Value {

@@ -1,17 +1,23 @@
-//! The byte-level BPE tokenizer a GGUF file carries (`tokenizer.ggml.*`), built as a
-//! [`tokenizers`] tokenizer.
+//! The tokenizer a GGUF file carries (`tokenizer.ggml.*`), built as a [`tokenizers`] tokenizer.
 //!
-//! Supported: `tokenizer.ggml.model = "gpt2"` (byte-level BPE) with the pre-tokenizers
-//! ([`PRE_TOKENIZERS`]) `smollm` (each digit alone, then GPT-2's split), `gpt2` (GPT-2's split)
-//! and `llama-bpe` (Llama 3's split: digit runs of at most three, case-insensitive contractions;
-//! whole-word vocabulary hits before merges). Other models (`llama` SentencePiece, `bert`, `t5`...)
-//! and other pre-tokenizers are refused with [`TokenizerError`] naming them, since a wrong split
-//! gives wrong ids silently.
+//! Supported:
+//! - `tokenizer.ggml.model = "gpt2"` (byte-level BPE) with the pre-tokenizers
+//!   ([`PRE_TOKENIZERS`]) `smollm` (each digit alone, then GPT-2's split), `gpt2` (GPT-2's split)
+//!   and `llama-bpe` (Llama 3's split: digit runs of at most three, case-insensitive
+//!   contractions; whole-word vocabulary hits before merges);
+//! - `tokenizer.ggml.model = "llama"`, SentencePiece pieces with scores and byte fallback
+//!   (Llama 2, TinyLlama, Phi-3; see [`spm`]), with `tokenizer.ggml.add_space_prefix`.
+//!
+//! Other models (`bert`, `t5`, `rwkv`...) and other pre-tokenizers are refused with
+//! [`TokenizerError`] naming them, since a wrong split gives wrong ids silently.
 //!
 //! Control tokens (`token_type` 3) are special: [`GgufTokenizer::encode`] matches them in the text
 //! only with `parse_special` (as llama.cpp's `parse_special`), user-defined tokens (type 4) always.
-//! BOS is prepended when `tokenizer.ggml.add_bos_token` says so (default: true for `llama-bpe`,
-//! false otherwise, as llama.cpp), EOS appended with `tokenizer.ggml.add_eos_token`.
+//! BOS is prepended when `tokenizer.ggml.add_bos_token` says so (default: true for `llama-bpe`
+//! and SentencePiece, false otherwise, as llama.cpp), EOS appended with
+//! `tokenizer.ggml.add_eos_token`.
+
+mod spm;
 
 use std::fmt;
 
@@ -34,6 +40,7 @@ const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L
 const TYPE_UNKNOWN: i64 = 2;
 const TYPE_CONTROL: i64 = 3;
 const TYPE_USER_DEFINED: i64 = 4;
+const TYPE_BYTE: i64 = 6;
 
 /// Why a tokenizer could not be built from a GGUF file, or could not encode or decode.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +49,7 @@ pub enum TokenizerError {
     MissingKey(&'static str),
     /// A key holds the wrong type, or arrays of different lengths, or an id outside the vocabulary.
     BadValue(&'static str),
-    /// `tokenizer.ggml.model` is not byte-level BPE (`gpt2`).
+    /// `tokenizer.ggml.model` is neither byte-level BPE (`gpt2`) nor SentencePiece (`llama`).
     UnsupportedModel(String),
     /// `tokenizer.ggml.pre` names a pre-tokenizer not in [`PRE_TOKENIZERS`].
     UnsupportedPreTokenizer(String),
@@ -58,7 +65,10 @@ impl fmt::Display for TokenizerError {
             Self::MissingKey(k) => write!(f, "metadata key {k:?} is missing"),
             Self::BadValue(k) => write!(f, "metadata {k:?} has an unusable value"),
             Self::UnsupportedModel(m) => {
-                write!(f, "tokenizer model {m:?} is not supported (byte-level BPE, \"gpt2\", is)")
+                write!(
+                    f,
+                    "tokenizer model {m:?} is not supported (byte-level BPE, \"gpt2\", and SentencePiece, \"llama\", are)"
+                )
             }
             Self::UnsupportedPreTokenizer(p) => {
                 write!(f, "pre-tokenizer {p:?} is not supported (supported: {})", PRE_TOKENIZERS.join(", "))
@@ -75,9 +85,23 @@ fn tk_err(e: impl fmt::Display) -> TokenizerError {
     TokenizerError::Tokenizers(e.to_string())
 }
 
+/// How a vocabulary's pieces map to bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pieces {
+    /// GPT-2's byte-level alphabet (`Ġ` for a space): `tokenizer.ggml.model = "gpt2"`.
+    ByteLevel,
+    /// SentencePiece: UTF-8 text with `▁` for a space, and `<0xXX>` byte pieces:
+    /// `tokenizer.ggml.model = "llama"`.
+    SentencePiece,
+}
+
 /// A GGUF file's tokenizer.
 #[derive(Clone)]
 pub struct GgufTokenizer {
+    /// How pieces map to bytes.
+    pieces: Pieces,
+    /// Per token, whether it is a byte piece (`token_type` 6).
+    byte_pieces: Vec<bool>,
     /// Matches control tokens in the text.
     special: Tokenizer,
     /// Treats control tokens' text as ordinary text.
@@ -94,6 +118,7 @@ pub struct GgufTokenizer {
 impl fmt::Debug for GgufTokenizer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GgufTokenizer")
+            .field("pieces", &self.pieces)
             .field("pre", &self.pre)
             .field("vocab_size", &self.vocab_size)
             .field("bos", &self.bos)
@@ -129,6 +154,50 @@ fn flag(g: &Gguf, key: &'static str) -> Result<Option<bool>, TokenizerError> {
     }
 }
 
+/// The byte-level BPE model of `tokenizer.ggml.model = "gpt2"` with the pre-tokenizer `pre`.
+fn byte_level(g: &Gguf, pre: &str, tokens: &[String]) -> Result<Tokenizer, TokenizerError> {
+    let (pre_tokenizer, ignore_merges): (PreTokenizerWrapper, bool) = match pre {
+        "smollm" => (
+            Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, false, true).into()]).into(),
+            false,
+        ),
+        "gpt2" => (ByteLevel::new(false, false, true).into(), false),
+        "llama-bpe" => (
+            Sequence::new(vec![
+                Split::new(SplitPattern::Regex(LLAMA3_SPLIT.into()), SplitDelimiterBehavior::Isolated, false)
+                    .map_err(tk_err)?
+                    .into(),
+                ByteLevel::new(false, false, false).into(),
+            ])
+            .into(),
+            true,
+        ),
+        other => return Err(TokenizerError::UnsupportedPreTokenizer(other.to_owned())),
+    };
+    let merges = strings(g, "tokenizer.ggml.merges")?
+        .iter()
+        .map(|m| {
+            // Byte-level tokens never hold a plain space; the first space after the first
+            // character separates the pair.
+            let cut = m.char_indices().skip(1).find(|&(_, c)| c == ' ').map(|(i, _)| i);
+            match cut {
+                Some(i) if i + 1 < m.len() => Ok((m[..i].to_owned(), m[i + 1..].to_owned())),
+                _ => Err(TokenizerError::BadMerge(m.clone())),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .ignore_merges(ignore_merges)
+        .build()
+        .map_err(tk_err)?;
+    let mut tok = Tokenizer::new(bpe);
+    tok.with_pre_tokenizer(Some(pre_tokenizer));
+    tok.with_decoder(Some(ByteLevel::default()));
+    Ok(tok)
+}
+
 impl GgufTokenizer {
     /// Builds the tokenizer from a GGUF file's `tokenizer.ggml.*` metadata.
     pub fn from_gguf(g: &Gguf) -> Result<Self, TokenizerError> {
@@ -136,40 +205,16 @@ impl GgufTokenizer {
             None => return Err(TokenizerError::MissingKey("tokenizer.ggml.model")),
             Some(v) => v.as_str().ok_or(TokenizerError::BadValue("tokenizer.ggml.model"))?,
         };
-        if model != "gpt2" {
-            return Err(TokenizerError::UnsupportedModel(model.to_owned()));
-        }
+        let pieces = match model {
+            "gpt2" => Pieces::ByteLevel,
+            "llama" => Pieces::SentencePiece,
+            other => return Err(TokenizerError::UnsupportedModel(other.to_owned())),
+        };
         let pre = match g.get("tokenizer.ggml.pre") {
             // llama.cpp reads a missing pre-tokenizer as "default", a split of its own.
             None => "default",
             Some(v) => v.as_str().ok_or(TokenizerError::BadValue("tokenizer.ggml.pre"))?,
         };
-        let (pre_tokenizer, ignore_merges, default_bos): (PreTokenizerWrapper, bool, bool) = match pre {
-            "smollm" => (
-                Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, false, true).into()])
-                    .into(),
-                false,
-                false,
-            ),
-            "gpt2" => (ByteLevel::new(false, false, true).into(), false, false),
-            "llama-bpe" => (
-                Sequence::new(vec![
-                    Split::new(
-                        SplitPattern::Regex(LLAMA3_SPLIT.into()),
-                        SplitDelimiterBehavior::Isolated,
-                        false,
-                    )
-                    .map_err(tk_err)?
-                    .into(),
-                    ByteLevel::new(false, false, false).into(),
-                ])
-                .into(),
-                true,
-                true,
-            ),
-            other => return Err(TokenizerError::UnsupportedPreTokenizer(other.to_owned())),
-        };
-
         let tokens = strings(g, "tokenizer.ggml.tokens")?;
         let n = tokens.len();
         if n == 0 || n > u32::MAX as usize {
@@ -183,28 +228,23 @@ impl GgufTokenizer {
                 .ok_or(TokenizerError::BadValue("tokenizer.ggml.token_type"))?,
             Some(_) => return Err(TokenizerError::BadValue("tokenizer.ggml.token_type")),
         };
-        let merges = strings(g, "tokenizer.ggml.merges")?
-            .iter()
-            .map(|m| {
-                // Byte-level tokens never hold a plain space; the first space after the first
-                // character separates the pair.
-                let cut = m.char_indices().skip(1).find(|&(_, c)| c == ' ').map(|(i, _)| i);
-                match cut {
-                    Some(i) if i + 1 < m.len() => Ok((m[..i].to_owned(), m[i + 1..].to_owned())),
-                    _ => Err(TokenizerError::BadMerge(m.clone())),
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-
-        let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .ignore_merges(ignore_merges)
-            .build()
-            .map_err(tk_err)?;
-        let mut tok = Tokenizer::new(bpe);
-        tok.with_pre_tokenizer(Some(pre_tokenizer));
-        tok.with_decoder(Some(ByteLevel::default()));
+        let (mut tok, default_bos) = match pieces {
+            Pieces::ByteLevel => (byte_level(g, pre, tokens)?, pre == "llama-bpe"),
+            Pieces::SentencePiece => {
+                let scores = match g.get("tokenizer.ggml.scores") {
+                    None => return Err(TokenizerError::MissingKey("tokenizer.ggml.scores")),
+                    Some(Value::Array(a)) => a
+                        .to_f32s()
+                        .filter(|s| s.len() == n)
+                        .ok_or(TokenizerError::BadValue("tokenizer.ggml.scores"))?,
+                    Some(_) => return Err(TokenizerError::BadValue("tokenizer.ggml.scores")),
+                };
+                let unk =
+                    tokens.iter().zip(&types).find(|&(_, &t)| t == TYPE_UNKNOWN).map(|(s, _)| s.as_str());
+                let space_prefix = flag(g, "tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
+                (spm::tokenizer(tokens, &scores, unk, space_prefix)?, true)
+            }
+        };
         let added = |want: &[i64], special: bool| {
             tokens
                 .iter()
@@ -223,7 +263,19 @@ impl GgufTokenizer {
         let eos = token_id(g, "tokenizer.ggml.eos_token_id", n)?;
         let add_bos = flag(g, "tokenizer.ggml.add_bos_token")?.unwrap_or(default_bos) && bos.is_some();
         let add_eos = flag(g, "tokenizer.ggml.add_eos_token")?.unwrap_or(false) && eos.is_some();
-        Ok(Self { special, plain, pre: pre.to_owned(), bos, eos, add_bos, add_eos, vocab_size: n })
+        let byte_pieces = types.iter().map(|&t| t == TYPE_BYTE).collect();
+        Ok(Self {
+            pieces,
+            byte_pieces,
+            special,
+            plain,
+            pre: pre.to_owned(),
+            bos,
+            eos,
+            add_bos,
+            add_eos,
+            vocab_size: n,
+        })
     }
 
     /// Token ids of `text`: BOS first and EOS last when the file asks for them; control tokens
@@ -259,6 +311,19 @@ impl GgufTokenizer {
     /// The id of a vocabulary string.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.special.token_to_id(token)
+    }
+
+    /// How the vocabulary's pieces map to bytes.
+    pub fn pieces(&self) -> Pieces {
+        self.pieces
+    }
+
+    /// The byte a SentencePiece byte piece (`<0x0A>`, `token_type` 6) stands for.
+    pub fn byte_piece(&self, id: u32) -> Option<u8> {
+        if !*self.byte_pieces.get(id as usize)? {
+            return None;
+        }
+        spm::byte_piece(&self.special.id_to_token(id)?)
     }
 
     /// The pre-tokenizer's name (`tokenizer.ggml.pre`).

@@ -118,10 +118,23 @@ fn bos_and_eos_as_the_file_asks() {
 
 #[test]
 fn unsupported_tokenizers_are_refused_by_name() {
+    for model in ["bert", "t5", "rwkv"] {
+        assert_eq!(
+            GgufTokenizer::from_gguf(&file(model, Some("default"), &[])).map(|_| ()),
+            Err(TokenizerError::UnsupportedModel(model.into()))
+        );
+    }
+    // SentencePiece needs the pieces' scores, as the right type and one per token.
     assert_eq!(
-        GgufTokenizer::from_gguf(&file("llama", Some("default"), &[])).map(|_| ()),
-        Err(TokenizerError::UnsupportedModel("llama".into()))
+        GgufTokenizer::from_gguf(&file("llama", None, &[])).map(|_| ()),
+        Err(TokenizerError::MissingKey("tokenizer.ggml.scores"))
     );
+    for scores in [Value::Array(Array::F32(vec![0.0; 3])), Value::Array(Array::I32(vec![0; TOKENS.len()]))] {
+        assert_eq!(
+            GgufTokenizer::from_gguf(&file("llama", None, &[("tokenizer.ggml.scores", scores)])).map(|_| ()),
+            Err(TokenizerError::BadValue("tokenizer.ggml.scores"))
+        );
+    }
     for pre in ["qwen2", "deepseek-llm"] {
         assert_eq!(
             GgufTokenizer::from_gguf(&file("gpt2", Some(pre), &[])).map(|_| ()),

@@ -148,9 +148,9 @@ fn load_error(e: LoadError) -> ModelError {
         LoadError::Model(rela_llm::ModelError::UnsupportedTensorType { .. }) => ModelError::Unsupported(
             "a tensor's type is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K are)",
         ),
-        LoadError::Tokenizer(rela_llm::TokenizerError::UnsupportedModel(_)) => {
-            ModelError::Unsupported("the model's tokenizer is not supported (byte-level BPE, `gpt2`, is)")
-        }
+        LoadError::Tokenizer(rela_llm::TokenizerError::UnsupportedModel(_)) => ModelError::Unsupported(
+            "the model's tokenizer is not supported (byte-level BPE, `gpt2`, and SentencePiece, `llama`, are)",
+        ),
         LoadError::Tokenizer(rela_llm::TokenizerError::UnsupportedPreTokenizer(_)) => {
             ModelError::Unsupported(
                 "the model's pre-tokenizer is not supported (smollm, gpt2 and llama-bpe are)",
