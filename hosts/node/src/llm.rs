@@ -272,12 +272,15 @@ pub(crate) fn generate(
             .map_err(|_| ModelError::InvalidInput("the prompt does not fit the context"))?;
     sink.send_prompt(seq, stream.input_ids());
     let mut first: Option<Instant> = None;
+    // Taken at the first decode step (after the prompt), released when the generation ends.
+    let mut seat = None;
     let finish = loop {
         if sink.stopped() {
             break FinishReason::CANCELLED;
         }
         // Decode steps go through the model's batcher, with every other stream's.
         let step = stream.step_with(|id, cache, logits| {
+            seat.get_or_insert_with(|| served.batcher.seat());
             served.batcher.step(id, cache, logits).unwrap_or(Err(ForwardError::CacheMismatch))
         });
         match step.map_err(|_| ModelError::InvalidInput("the model refused a token"))? {
