@@ -7,9 +7,10 @@
 //! 3. **loaded**: `--heavy` heavy sessions back to back, with the light session beside them.
 //!
 //! Heavy work is MATMUL (`--matmul` cubed, by default 1024), and with `--models DIR` also INFER
-//! (64 long texts) and MODEL_LOAD + MODEL_UNLOAD of the first model in DIR. It reports the light
-//! session's p50 and p99 under load next to its idle figures, and the heavy sessions' combined
-//! rate next to one heavy session alone.
+//! (64 long texts) and MODEL_LOAD + MODEL_UNLOAD of the first model in DIR; with `--generate
+//! NAME` it is instead a greedy GENERATE of `--tokens` tokens with the GGUF model NAME in DIR.
+//! It reports the light session's p50 and p99 under load next to its idle figures, and the heavy
+//! sessions' combined rate next to one heavy session alone.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -17,7 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rela_client::{Client, ClientError, Kernel};
+use rela_client::{Client, ClientError, GenerateEvent, GenerateRequest, Kernel};
+use rela_core::wire::generate::{Prompt, Sampling};
 use serde::Serialize;
 use tokio::net::TcpStream;
 
@@ -41,6 +43,13 @@ pub(crate) struct ContentionArgs {
     /// The model in DIR the heavy sessions load and run.
     #[arg(long, default_value = "all-MiniLM-L6-v2", requires = "models")]
     model: String,
+    /// Heavy work is text generation instead: each request a greedy GENERATE with this GGUF
+    /// model in DIR (MATMUL, INFER and MODEL_LOAD are then left out).
+    #[arg(long, value_name = "NAME", requires = "models")]
+    generate: Option<String>,
+    /// Tokens each GENERATE asks for.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    tokens: u32,
     /// Seconds each phase runs.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
     seconds: u64,
@@ -128,14 +137,58 @@ fn texts() -> Vec<String> {
         .collect()
 }
 
+/// What each heavy session runs.
+#[derive(Debug, Clone)]
+enum Work {
+    /// MATMUL of this side, then (with a model) INFER and MODEL_UNLOAD + MODEL_LOAD.
+    Compute { side: u32, model: Option<String> },
+    /// Greedy GENERATE of `tokens` tokens with this model.
+    Generate { model: String, tokens: u32 },
+}
+
+impl Work {
+    fn of(args: &ContentionArgs) -> Self {
+        match &args.generate {
+            Some(model) => Self::Generate { model: model.clone(), tokens: args.tokens },
+            None => {
+                Self::Compute { side: args.matmul, model: args.models.as_ref().map(|_| args.model.clone()) }
+            }
+        }
+    }
+
+    fn describe(&self) -> Vec<String> {
+        match self {
+            Self::Compute { side, model } => {
+                let mut work = vec![format!("MATMUL {side}x{side}x{side}")];
+                if model.is_some() {
+                    work.push("INFER 64 texts".into());
+                    work.push("MODEL_LOAD + MODEL_UNLOAD".into());
+                }
+                work
+            }
+            Self::Generate { model, tokens } => vec![format!("GENERATE {tokens} tokens of {model}, greedy")],
+        }
+    }
+}
+
 /// One heavy session: its requests back to back until `stop`. Returns how many completed.
-async fn heavy(
-    addr: SocketAddr,
+async fn heavy(addr: SocketAddr, work: Work, stop: Arc<AtomicBool>) -> Result<u64, ClientError> {
+    let mut c = Client::connect(addr, None).await?;
+    let done = match work {
+        Work::Compute { side, model } => compute(&mut c, side, model, &stop).await?,
+        Work::Generate { model, tokens } => generate(&mut c, &model, tokens, &stop).await?,
+    };
+    c.close().await?;
+    Ok(done)
+}
+
+/// MATMULs (and INFER, MODEL_UNLOAD + MODEL_LOAD) until `stop`.
+async fn compute(
+    c: &mut Client,
     side: u32,
     model: Option<String>,
-    stop: Arc<AtomicBool>,
+    stop: &AtomicBool,
 ) -> Result<u64, ClientError> {
-    let mut c = Client::connect(addr, None).await?;
     let bytes = u64::from(side) * u64::from(side) * 4;
     let (a, b, out) = (c.alloc(bytes).await?, c.alloc(bytes).await?, c.alloc(bytes).await?);
     c.fill(a, 0, bytes, 0x3c).await?;
@@ -159,7 +212,33 @@ async fn heavy(
             done += 1;
         }
     }
-    c.close().await?;
+    Ok(done)
+}
+
+/// Greedy generations of `tokens` tokens until `stop`; each must produce at least one token.
+async fn generate(c: &mut Client, model: &str, tokens: u32, stop: &AtomicBool) -> Result<u64, ClientError> {
+    let model = c.model_load(model).await?;
+    let req = GenerateRequest {
+        model: model.id,
+        prompt: Prompt::Text("Write a short story about a relay node that lends its memory to phones."),
+        max_tokens: tokens,
+        sampling: Sampling::GREEDY,
+        stops: &[],
+    };
+    let mut done = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let mut stream = c.generate(&req).await?;
+        let mut produced = 0usize;
+        while let Some(event) = stream.next().await? {
+            if let GenerateEvent::Token { ids, .. } = event {
+                produced += ids.len();
+            }
+        }
+        if produced == 0 {
+            return Err(ClientError::Protocol("a generation produced no tokens".into()));
+        }
+        done += 1;
+    }
     Ok(done)
 }
 
@@ -206,8 +285,7 @@ async fn phase(
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for _ in 0..heavy_sessions {
-        let model = args.models.as_ref().map(|_| args.model.clone());
-        tasks.push(tokio::spawn(heavy(addr, args.matmul, model, stop.clone())));
+        tasks.push(tokio::spawn(heavy(addr, Work::of(args), stop.clone())));
     }
     let light_task = with_light.then(|| tokio::spawn(light(addr, stop.clone())));
     let start = Instant::now();
@@ -231,11 +309,7 @@ async fn phase(
 pub(crate) async fn run(args: ContentionArgs) -> Result<(), String> {
     let node = Node::spawn(&args).await?;
     let addr = node.addr;
-    let mut work = vec![format!("MATMUL {0}x{0}x{0}", args.matmul)];
-    if args.models.is_some() {
-        work.push("INFER 64 texts".into());
-        work.push("MODEL_LOAD + MODEL_UNLOAD".into());
-    }
+    let work = Work::of(&args).describe();
     eprintln!("idle: the light session alone for {} s", args.seconds);
     let (idle, _) = phase(addr, &args, 0, true).await?;
     eprintln!("one heavy session alone for {} s", args.seconds);
