@@ -629,9 +629,16 @@ impl Client {
                 let at = offset + sent as u64;
                 let seq = match deflater.as_mut() {
                     Some(d) if total > 0 => {
-                        // `sent < total`, so a frame is left; it starts at `sent` and holds `n`
-                        // bytes, as the pipeline cuts the data the same way.
-                        let Some(frame) = d.next(data).await else { break };
+                        // `sent < total`, so a frame is left, and it starts at `sent` and holds
+                        // `n` bytes: the pipeline cuts `data` into the same `chunk`s from 0.
+                        // Checked all the same, so that a slip could never skip data silently.
+                        let frame = match d.next(data).await {
+                            Some(f) if f.pos == sent && f.len == n => f,
+                            _ => {
+                                let e = ClientError::InvalidArgument("compression out of step with the data");
+                                return Err(self.broke(e));
+                            }
+                        };
                         let seq = self.send_write_frame(h.raw, at, data, &frame).await;
                         d.recycle(frame);
                         seq?
