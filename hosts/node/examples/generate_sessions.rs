@@ -2,14 +2,17 @@
 //! (tokens/s over all sessions), the time to first token and the per-token latency (p50, p99 of
 //! the gaps between TOKEN frames), in one run.
 //!
-//! `cargo run --release -p rela-node --example generate_sessions -- MODELS_DIR [TOKENS] [SESSIONS...]`
-//! serves `MODELS_DIR` (which holds `SmolLM2-135M-Instruct.Q4_1.gguf`) on loopback, and for
-//! each session count (default 1 4 8) starts that many sessions at once, each generating TOKENS
-//! greedy tokens (default 64) from its own short prompt (fewer where it reaches EOS first). The
-//! rate counts every session's tokens over the wall time from the sessions' start (connection,
-//! MODEL_LOAD, prompt) to the last one's end. One more session holds the model throughout, so
-//! the timed loads take shares of a loaded model. `RELA_KERNEL_THREADS` sizes the forward
-//! pass's threads. Each row's token counts and slowest first token go to stderr.
+//! `cargo run --release -p rela-node --example generate_sessions -- [--json] MODELS_DIR [TOKENS]
+//! [SESSIONS...]` serves `MODELS_DIR` (which holds `SmolLM2-135M-Instruct.Q4_1.gguf`) on
+//! loopback; with `--addr HOST:PORT` in place of `MODELS_DIR` it uses a running node instead
+//! (`vram-relay serve --models DIR`). For each session count (default 1 4 8) it starts that many
+//! sessions at once, each generating TOKENS greedy tokens (default 64) from its own short prompt
+//! (fewer where it reaches EOS first). The rate counts every session's tokens over the wall time
+//! from the sessions' start (connection, MODEL_LOAD, prompt) to the last one's end. One more
+//! session holds the model throughout, so the timed loads take shares of a loaded model.
+//! `RELA_KERNEL_THREADS` sizes the forward pass's threads. Each row's token counts and slowest
+//! first token go to stderr; `--json` prints one JSON object per session count instead of the
+//! table (`scripts/bench/generate_peers.py` reads it).
 
 use std::time::{Duration, Instant};
 
@@ -75,32 +78,51 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    let dir = args.get(1).ok_or("usage: generate_sessions MODELS_DIR [TOKENS] [SESSIONS...]")?;
-    let tokens: u32 = args.get(2).map_or(Ok(64), |s| s.parse())?;
-    let counts: Vec<usize> = if args.len() > 3 {
-        args[3..].iter().map(|s| s.parse()).collect::<Result<_, _>>()?
+    const USAGE: &str =
+        "usage: generate_sessions [--json] (MODELS_DIR | --addr HOST:PORT) [TOKENS] [SESSIONS...]";
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let json = args.first().is_some_and(|a| a == "--json");
+    if json {
+        args.remove(0);
+    }
+    let external = args.first().is_some_and(|a| a == "--addr");
+    if external {
+        args.remove(0);
+    }
+    let target = args.first().ok_or(USAGE)?.clone();
+    let tokens: u32 = args.get(1).map_or(Ok(64), |s| s.parse())?;
+    let counts: Vec<usize> = if args.len() > 2 {
+        args[2..].iter().map(|s| s.parse()).collect::<Result<_, _>>()?
     } else {
         vec![1, 4, 8]
     };
-    let config = NodeConfig {
-        listen: "127.0.0.1:0".parse()?,
-        discovery: None,
-        models: Some(dir.into()),
-        max_sessions: 64,
-        ..NodeConfig::default()
+    let node = if external {
+        None
+    } else {
+        let config = NodeConfig {
+            listen: "127.0.0.1:0".parse()?,
+            discovery: None,
+            models: Some(target.clone().into()),
+            max_sessions: 64,
+            ..NodeConfig::default()
+        };
+        Some(Node::start(config, NodeBackend::host::<{ rela_backend_host::MAX_BLOCKS }>(64 << 20)?).await?)
     };
-    let node = Node::start(config, NodeBackend::host::<{ rela_backend_host::MAX_BLOCKS }>(64 << 20)?).await?;
-    let addr = node.local_addr();
+    let addr = match &node {
+        Some(node) => node.local_addr(),
+        None => target.parse()?,
+    };
     // One session holds the model for the whole run, as a node with clients keeps it: the first
     // load parses the file, the timed sessions' loads take shares of it.
     let mut holder = Client::connect(addr, None).await?;
     holder.model_load(MODEL).await?;
     session(addr, PROMPTS[0], 1).await?;
-    println!(
-        "| sessions | decode tok/s, all sessions | per session | first token p50 | token gap p50 | token gap p99 |"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|");
+    if !json {
+        println!(
+            "| sessions | decode tok/s, all sessions | per session | first token p50 | token gap p50 | token gap p99 |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|");
+    }
     for &n in &counts {
         let started = Instant::now();
         let tasks: Vec<_> =
@@ -121,6 +143,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             firsts.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
             runs.iter().map(|r| r.tokens).collect::<Vec<_>>()
         );
+        if json {
+            println!(
+                "{{\"sessions\": {n}, \"tokens\": {total}, \"wall_s\": {wall:.4}, \"first_ms\": [{}], \
+                 \"gap_ms_p50\": {:.3}, \"gap_ms_p99\": {:.3}}}",
+                firsts.iter().map(|d| format!("{:.3}", ms(*d))).collect::<Vec<_>>().join(", "),
+                ms(percentile(&gaps, 0.5)),
+                ms(percentile(&gaps, 0.99)),
+            );
+            continue;
+        }
         println!(
             "| {n} | {:.1} | {:.1} | {:.0} ms | {:.1} ms | {:.1} ms |",
             total as f64 / wall,
@@ -131,6 +163,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     holder.close().await?;
-    node.shutdown().await?;
+    if let Some(node) = node {
+        node.shutdown().await?;
+    }
     Ok(())
 }
