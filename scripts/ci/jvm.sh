@@ -75,5 +75,14 @@ elif [ "${RELA_REQUIRE_KOTLIN:-}" = 1 ]; then
 else
   echo "*** SKIPPED the README's Kotlin example: kotlinc not installed (apt-get install kotlin) ***"
 fi
+# Over TLS: a node serving TLS with a certificate of its own; the test pins the fingerprint the
+# node logs, and tries trust on first use and the refusals.
+stop_node
+start_node --tls --state-dir "$NODE_WORK/state"
+fingerprint=$(grep -o 'tls_fingerprint=[0-9a-f]\{64\}' "$NODE_WORK/node.log" | head -n 1 | cut -d= -f2)
+[ -n "$fingerprint" ] || { echo "the TLS node logged no fingerprint:" >&2; cat "$NODE_WORK/node.log" >&2; exit 1; }
+java -Dorg.vramrelay.library="$lib" -cp "$out/rela.jar:$out/test" org.vramrelay.RelaTlsTest \
+  127.0.0.1 "$NODE_PORT" "$NODE_TOKEN_FILE" "$fingerprint" "$out/known_nodes"
+
 rm -rf "$out"
-echo "JVM API: tests and README examples ok against a live node"
+echo "JVM API: tests and README examples ok against a live node, and over TLS"

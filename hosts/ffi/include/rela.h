@@ -29,6 +29,23 @@
 // Row-major `out (m×n) = a (m×k) · b (k×n)`.
 #define RELA_KERNEL_MATMUL 4
 
+// [`RelaConnectOptions::tls`]: plaintext TCP (the default).
+#define RELA_TLS_OFF 0
+
+// [`RelaConnectOptions::tls`]: TLS, trusting only the certificate whose SHA-256 fingerprint is
+// [`RelaConnectOptions::tls_fingerprint`] (what `vram-relay serve --tls` logs and discovery
+// announces).
+#define RELA_TLS_PINNED 1
+
+// [`RelaConnectOptions::tls`]: TLS, trusting certificates that chain to a CA of the PEM file
+// [`RelaConnectOptions::tls_ca_file`] and name the host connected to.
+#define RELA_TLS_CA 2
+
+// [`RelaConnectOptions::tls`]: TLS, trusting the certificate a node presents the first time
+// and only that one afterwards, remembered per address in the file
+// [`RelaConnectOptions::tls_known_nodes`].
+#define RELA_TLS_FIRST_USE 3
+
 // Bytes of [`RelaNode::addr`] and [`RelaNode::device`].
 #define RELA_NODE_TEXT_LEN 72
 
@@ -95,6 +112,12 @@
 // Any other failure inside the library.
 #define RELA_ERR_INTERNAL -12
 
+// TLS failed: the node's certificate is not trusted (not the pinned fingerprint, changed since
+// first use, or vouched for by no CA of the file), the CA file or the known-nodes file could
+// not be used, the handshake failed (a node not serving TLS), or the library was built
+// without TLS.
+#define RELA_ERR_TLS -13
+
 // The answers of one discovery round; free it with [`rela_node_list_free`].
 typedef struct RelaNodeList RelaNodeList;
 
@@ -125,16 +148,33 @@ typedef struct RelaKernel {
   float alpha;
 } RelaKernel;
 
-// Deadlines for [`rela_connect`], in milliseconds; 0 keeps the library default (10 s to
-// connect, 10 s for the handshake, 60 s for each step of a request). A zeroed struct, or a
-// null pointer, means all defaults.
+// Deadlines and transport for [`rela_connect`]. A deadline of 0 keeps the library default
+// (10 s to connect, 10 s for the handshake, 60 s for each step of a request). A zeroed
+// struct, or a null pointer, means all defaults: plaintext, default deadlines.
+//
+// TLS (`tls` other than [`RELA_TLS_OFF`]) needs a library built with the `tls` feature (the
+// default; the Android builds of CI leave it out, since its crypto needs the NDK's C
+// compiler); without it, [`rela_connect`] answers `RELA_ERR_TLS`.
 typedef struct RelaConnectOptions {
   // Longest wait for the TCP connection to be accepted.
   uint32_t connect_timeout_ms;
-  // Longest the handshake (HELLO, WELCOME, AUTH) may take.
+  // Longest the handshake (TLS, then HELLO, WELCOME, AUTH) may take.
   uint32_t handshake_timeout_ms;
   // Longest wait for the node on any one step of a request.
   uint32_t request_timeout_ms;
+  // How the session is carried: [`RELA_TLS_OFF`], [`RELA_TLS_PINNED`], [`RELA_TLS_CA`] or
+  // [`RELA_TLS_FIRST_USE`].
+  uint32_t tls;
+  // With [`RELA_TLS_PINNED`]: the fingerprint, 64 hex digits (colons between bytes allowed),
+  // NUL-terminated. Otherwise ignored (may be null).
+  const char *tls_fingerprint;
+  // With [`RELA_TLS_CA`]: the path of a PEM file of CA certificates, NUL-terminated.
+  // Otherwise ignored (may be null).
+  const char *tls_ca_file;
+  // With [`RELA_TLS_FIRST_USE`]: the path of the known-nodes file (one line per node), or
+  // null for the default (`$XDG_STATE_HOME/vram-relay/known_nodes`, else under `$HOME`).
+  // Otherwise ignored.
+  const char *tls_known_nodes;
 } RelaConnectOptions;
 
 // A node that answered DISCOVER.
@@ -316,12 +356,15 @@ int32_t rela_dispatch(RelaClient client, const struct RelaKernel *kernel);
 //
 // Statuses: `AUTH_FAILED` (6) for a wrong token, `RELA_ERR_TOKEN_REQUIRED` when the node
 // wants one, `BUSY` (17) while the node turns this address away after failed AUTHs,
-// `RELA_ERR_TIMEOUT`, `RELA_ERR_IO` (refused), `RELA_ERR_RESOLVE`.
+// `RELA_ERR_TIMEOUT`, `RELA_ERR_IO` (refused), `RELA_ERR_RESOLVE`; with TLS, `RELA_ERR_TLS`
+// for a certificate that is not trusted (another fingerprint than the pinned one, one that
+// changed since first use, one no CA of the file vouches for) or a failed TLS handshake, and
+// `RELA_ERR_INVALID_ARGUMENT` for a fingerprint that is not 64 hex digits.
 //
 // # Safety
 // `host` must be a NUL-terminated string; `token`, when not null, must point to `token_len`
-// bytes; `options`, when not null, to a `RelaConnectOptions`; `out_client` to a writable
-// `RelaClient`.
+// bytes; `options`, when not null, to a `RelaConnectOptions` whose string fields that its
+// `tls` mode reads are null or NUL-terminated; `out_client` to a writable `RelaClient`.
 int32_t rela_connect(const char *host,
                      uint16_t port,
                      const uint8_t *token,

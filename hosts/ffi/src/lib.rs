@@ -43,7 +43,10 @@ pub use buffers::{
     rela_alloc, rela_copy, rela_dispatch, rela_fill, rela_free, rela_read, rela_write,
 };
 pub use clients::{RelaClient, open_clients, with_client};
-pub use connect::{RelaConnectOptions, close, connect, rela_close, rela_connect, rela_ping};
+pub use connect::{
+    ConnectSettings, RELA_TLS_CA, RELA_TLS_FIRST_USE, RELA_TLS_OFF, RELA_TLS_PINNED, RelaConnectOptions,
+    TlsChoice, close, connect, rela_close, rela_connect, rela_ping,
+};
 pub use discover::{
     RELA_NODE_ID_LEN, RELA_NODE_TEXT_LEN, RelaNode, RelaNodeList, rela_discover, rela_node_list_free,
     rela_node_list_get, rela_node_list_len,

@@ -34,9 +34,14 @@ pub const RELA_ERR_BUFFER_TOO_SMALL: i32 = -10;
 pub const RELA_ERR_PANIC: i32 = -11;
 /// Any other failure inside the library.
 pub const RELA_ERR_INTERNAL: i32 = -12;
+/// TLS failed: the node's certificate is not trusted (not the pinned fingerprint, changed since
+/// first use, or vouched for by no CA of the file), the CA file or the known-nodes file could
+/// not be used, the handshake failed (a node not serving TLS), or the library was built
+/// without TLS.
+pub const RELA_ERR_TLS: i32 = -13;
 
 /// The local status codes and their names, in order.
-const LOCAL: [(i32, &str); 13] = [
+const LOCAL: [(i32, &str); 14] = [
     (RELA_OK, "RELA_OK\0"),
     (RELA_ERR_INVALID_ARGUMENT, "RELA_ERR_INVALID_ARGUMENT\0"),
     (RELA_ERR_UNKNOWN_HANDLE, "RELA_ERR_UNKNOWN_HANDLE\0"),
@@ -50,6 +55,7 @@ const LOCAL: [(i32, &str); 13] = [
     (RELA_ERR_BUFFER_TOO_SMALL, "RELA_ERR_BUFFER_TOO_SMALL\0"),
     (RELA_ERR_PANIC, "RELA_ERR_PANIC\0"),
     (RELA_ERR_INTERNAL, "RELA_ERR_INTERNAL\0"),
+    (RELA_ERR_TLS, "RELA_ERR_TLS\0"),
 ];
 
 /// The status a client error maps to: the node's code for ERROR answers (and `AUTH_FAILED`
@@ -67,6 +73,8 @@ pub fn status_of(e: &ClientError) -> i32 {
         ClientError::Resolve(_) => RELA_ERR_RESOLVE,
         ClientError::Discovery(_) => RELA_ERR_DISCOVERY,
         ClientError::InvalidArgument(_) => RELA_ERR_INVALID_ARGUMENT,
+        #[cfg(feature = "tls")]
+        ClientError::Tls(_) => RELA_ERR_TLS,
         _ => RELA_ERR_INTERNAL,
     }
 }

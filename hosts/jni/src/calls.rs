@@ -10,7 +10,10 @@ use jni::objects::{JByteArray, JByteBuffer, JClass, JObject, JObjectArray, JStri
 use jni::sys::{jboolean, jbyteArray, jint, jlong, jobjectArray, jstring};
 use rela_client::{GenerateEvent, GenerateRequest, Handle};
 use rela_core::wire::generate::{Prompt, Sampling};
-use rela_ffi::{Failure, RelaConnectOptions, with_client};
+use rela_ffi::{
+    ConnectSettings, Failure, RELA_TLS_CA, RELA_TLS_FIRST_USE, RELA_TLS_OFF, RELA_TLS_PINNED, TlsChoice,
+    with_client,
+};
 
 use crate::throw::{jni_failure, run};
 
@@ -75,7 +78,9 @@ unsafe fn direct<'a>(
 }
 
 /// `RelaClient.nativeConnect(String host, int port, byte[] token, int connectMs,
-/// int handshakeMs, int requestMs)`: the new client's handle.
+/// int handshakeMs, int requestMs, int tlsMode, String tlsArg)`: the new client's handle.
+/// `tlsMode` is a `RELA_TLS_*` mode; `tlsArg` the fingerprint (pinned), the CA file (CA) or the
+/// known-nodes file (first use; null for the default), else ignored.
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_org_vramrelay_RelaClient_nativeConnect<'l>(
     mut env: JNIEnv<'l>,
@@ -86,6 +91,8 @@ pub extern "system" fn Java_org_vramrelay_RelaClient_nativeConnect<'l>(
     connect_ms: jint,
     handshake_ms: jint,
     request_ms: jint,
+    tls_mode: jint,
+    tls_arg: JString<'l>,
 ) -> jlong {
     run(&mut env, 0, |env| {
         let host = text(env, &host, "host")?;
@@ -97,12 +104,25 @@ pub extern "system" fn Java_org_vramrelay_RelaClient_nativeConnect<'l>(
             Some(env.convert_byte_array(&token).map_err(|e| jni_failure("token", &e))?)
         };
         let ms = |v: jint| u32::try_from(v).unwrap_or(0);
-        let options = RelaConnectOptions {
+        let arg = if tls_arg.is_null() { None } else { Some(text(env, &tls_arg, "tlsArg")?) };
+        let needs = |what: &str| {
+            arg.clone()
+                .ok_or_else(|| Failure::invalid(format!("this TLS mode needs {what} (tlsArg is null)")))
+        };
+        let tls = match u32::try_from(tls_mode).unwrap_or(u32::MAX) {
+            RELA_TLS_OFF => TlsChoice::Off,
+            RELA_TLS_PINNED => TlsChoice::Pinned(needs("the fingerprint")?),
+            RELA_TLS_CA => TlsChoice::Ca(needs("the CA file")?),
+            RELA_TLS_FIRST_USE => TlsChoice::FirstUse(arg.clone()),
+            _ => return Err(Failure::invalid(format!("TLS mode {tls_mode} is not one of RelaClient.Tls's"))),
+        };
+        let settings = ConnectSettings {
             connect_timeout_ms: ms(connect_ms),
             handshake_timeout_ms: ms(handshake_ms),
             request_timeout_ms: ms(request_ms),
+            tls,
         };
-        let h = rela_ffi::connect(&host, port, token.as_deref(), options)?;
+        let h = rela_ffi::connect(&host, port, token.as_deref(), &settings)?;
         // Client handles count up from 1; they fit a `long`.
         Ok(jlong::try_from(h).unwrap_or(jlong::MAX))
     })

@@ -25,6 +25,7 @@ free_port() {
 
 start_node() {
   [ -x target/debug/vram-relay ] || cargo build -q -p vram-relay
+  mkdir -p "$NODE_WORK"
   NODE_PORT=$(free_port)
   NODE_DISCOVERY_PORT=$(free_port)
   NODE_TOKEN_FILE=$NODE_WORK/token

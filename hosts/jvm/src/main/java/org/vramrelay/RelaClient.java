@@ -57,10 +57,84 @@ public final class RelaClient implements AutoCloseable {
      * @return the connected client
      */
     public static RelaClient connect(String host, int port, byte[] tokenOrNull, int timeoutMillis) {
+        return connect(host, port, tokenOrNull, Tls.off(), timeoutMillis);
+    }
+
+    /**
+     * {@link #connect(String, int, byte[], int)} over TLS when {@code tls} says so: the TLS
+     * handshake first, the node's certificate trusted as {@code tls} says, then the session
+     * (HELLO and AUTH inside TLS). An untrusted certificate or a failed handshake throws a
+     * {@link RelaException} with code {@link RelaException#TLS}.
+     *
+     * @param host a host name or an IP address
+     * @param port the node's TCP port
+     * @param tokenOrNull the node's shared token, or null
+     * @param tls plaintext, or how to trust the node's certificate
+     * @param timeoutMillis the deadline for connecting, the handshake and each request step
+     *     (0: the defaults)
+     * @return the connected client
+     */
+    public static RelaClient connect(String host, int port, byte[] tokenOrNull, Tls tls, int timeoutMillis) {
         if (timeoutMillis < 0) {
             throw new RelaException(RelaException.INVALID_ARGUMENT, "timeoutMillis is negative");
         }
-        return new RelaClient(nativeConnect(host, port, tokenOrNull, timeoutMillis, timeoutMillis, timeoutMillis));
+        if (tls == null) {
+            throw new RelaException(RelaException.INVALID_ARGUMENT, "tls is null (Tls.off() for plaintext)");
+        }
+        return new RelaClient(nativeConnect(
+                host, port, tokenOrNull, timeoutMillis, timeoutMillis, timeoutMillis, tls.mode, tls.argument));
+    }
+
+    /**
+     * How a session is carried: plaintext, or TLS with one way of trusting the node's
+     * certificate. On a shared network (a phone on public Wi-Fi) use TLS: the token keeps
+     * strangers out, TLS keeps them from reading the tensors, prompts and outputs.
+     */
+    public static final class Tls {
+        final int mode;
+        final String argument;
+
+        private Tls(int mode, String argument) {
+            this.mode = mode;
+            this.argument = argument;
+        }
+
+        /** @return plaintext TCP */
+        public static Tls off() {
+            return new Tls(0, null);
+        }
+
+        /**
+         * Trusts only the certificate with this SHA-256 fingerprint: what {@code vram-relay
+         * serve --tls} logs and discovery announces.
+         *
+         * @param fingerprint 64 hex digits, colons between bytes allowed
+         * @return the option
+         */
+        public static Tls pinned(String fingerprint) {
+            return new Tls(1, fingerprint);
+        }
+
+        /**
+         * Trusts certificates that chain to a CA of this PEM file and name the host.
+         *
+         * @param caPemFile the path of the CA bundle
+         * @return the option
+         */
+        public static Tls ca(String caPemFile) {
+            return new Tls(2, caPemFile);
+        }
+
+        /**
+         * Trusts the certificate a node presents the first time, and only that one after,
+         * remembered per address in a file.
+         *
+         * @param knownNodesFileOrNull the file, or null for the default location
+         * @return the option
+         */
+        public static Tls firstUse(String knownNodesFileOrNull) {
+            return new Tls(3, knownNodesFileOrNull);
+        }
     }
 
     /** @return the round-trip time of a PING, in microseconds */
@@ -212,7 +286,14 @@ public final class RelaClient implements AutoCloseable {
     }
 
     private static native long nativeConnect(
-            String host, int port, byte[] token, int connectMillis, int handshakeMillis, int requestMillis);
+            String host,
+            int port,
+            byte[] token,
+            int connectMillis,
+            int handshakeMillis,
+            int requestMillis,
+            int tlsMode,
+            String tlsArgument);
 
     private static native long nativePing(long client);
 

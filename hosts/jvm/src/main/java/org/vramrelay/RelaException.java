@@ -28,6 +28,12 @@ public class RelaException extends RuntimeException {
     public static final int PANIC = -11;
     /** Any other failure inside the native library. */
     public static final int INTERNAL = -12;
+
+    /**
+     * TLS failed: the node's certificate is not trusted (not the pinned fingerprint, changed
+     * since first use, or vouched for by no CA of the file), or the handshake failed.
+     */
+    public static final int TLS = -13;
     /** The node's code for a rejected token. */
     public static final int AUTH_FAILED = 6;
     /** The node's code for a handle that names no buffer of the session. */

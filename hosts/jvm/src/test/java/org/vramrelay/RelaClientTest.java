@@ -1,5 +1,8 @@
 package org.vramrelay;
 
+import static org.vramrelay.Checks.check;
+import static org.vramrelay.Checks.expect;
+
 import java.nio.ByteBuffer;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
@@ -12,30 +15,10 @@ import java.util.Arrays;
  * Exits 0 when every check passed; prints each failure and exits 1 otherwise.
  */
 public final class RelaClientTest {
-    private static int failures;
     private static String host;
     private static int port;
 
     private RelaClientTest() {}
-
-    private static void check(boolean ok, String what) {
-        System.out.println((ok ? "ok   " : "FAIL ") + what);
-        if (!ok) {
-            failures++;
-        }
-    }
-
-    /** Runs {@code call}, expecting a RelaException with {@code code}; returns its message. */
-    private static String expect(int code, String what, Runnable call) {
-        try {
-            call.run();
-            check(false, what + ": no exception");
-            return "";
-        } catch (RelaException e) {
-            check(e.code() == code, what + ": code " + e.code() + " (want " + code + "): " + e.getMessage());
-            return e.getMessage();
-        }
-    }
 
     /** Connects, waiting while the node turns this address away after a failed AUTH (BUSY, 17). */
     private static RelaClient connect(byte[] token) throws InterruptedException {
@@ -169,11 +152,7 @@ public final class RelaClientTest {
         check(m.contains("no open client"), "closed-client message: " + m);
         kept.close(); // a second close does nothing
 
-        if (failures > 0) {
-            System.out.println(failures + " checks failed");
-            System.exit(1);
-        }
-        System.out.println("all checks passed");
+        Checks.finish();
     }
 
     private static float dot(float[] a, float[] b) {
