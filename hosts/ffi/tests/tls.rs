@@ -2,6 +2,7 @@
 //! CA file, and every refusal with its status (`RELA_ERR_TLS` for an untrusted node,
 //! `RELA_ERR_INVALID_ARGUMENT` for options that do not make sense).
 #![cfg(feature = "tls")]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 
