@@ -1,16 +1,17 @@
 //! A quantized matrix times a few inputs at once (several sequences' decode steps, a short
-//! prompt chunk): each weight row is dequantized once into f32 and then multiplied with every
-//! input, two rows against up to [`GROUP`] inputs per pass of a register-blocked kernel.
+//! prompt chunk): each block of a weight row is dequantized once, in registers, and multiplied
+//! with every input, two rows against up to [`GROUP`] inputs per pass of a register-blocked
+//! kernel.
 //!
 //! With one input, the fused dequantize-and-dot kernels of [`crate::qmatmul`] do less work (a
 //! block is unpacked straight into the product). With several, they unpack every block once per
 //! input and multiply each input by the block's scale separately; here the unpacking, the scale
-//! and Q4_1's offset are paid once per row for the whole batch, and each input costs two
+//! and Q4_1's offset are paid once per block for the whole batch, and each input costs two
 //! multiply-adds per 32 weights.
 //!
-//! This path needs AVX-512 and a Q4_0, Q4_1 or Q8_0 matrix (the row dequantization of
+//! This path needs AVX-512 and a Q4_0, Q4_1 or Q8_0 matrix (the kernels of
 //! [`crate::qdot_avx512`]); [`matmul`] says when it does not apply, and the caller then runs
-//! the fused kernels once per input.
+//! the fused row kernels once per input.
 //!
 //! Results: the dot product of the dequantized row ([`quant::dequantize`]'s values, Q4_1's
 //! `d·q + m` rounded once) with each input, summed over 16 lanes in a fixed order. An input's
@@ -44,9 +45,8 @@ pub(crate) fn matmul(m: QMat<'_>, x: &[f32], tokens: usize, y: &mut [f32]) -> bo
         let packed = pack(x, m.cols, GROUP);
         by_row_runs(m, tokens, y, |first, n| {
             let mut out = vec![0f32; tokens * n];
-            let mut w = vec![0f32; 2 * m.cols];
-            let (w0, w1) = w.split_at_mut(m.cols);
-            simd.vectorize(Rows { simd, m, first, n, tokens, packed: &packed, w0, w1, out: &mut out });
+            let mut w = vec![0f32; if n % 2 == 1 { m.cols } else { 0 }];
+            simd.vectorize(Rows { simd, m, first, n, tokens, packed: &packed, w: &mut w, out: &mut out });
             out
         });
         return true;
@@ -70,9 +70,9 @@ fn pack(x: &[f32], cols: usize, group: usize) -> Vec<f32> {
     out
 }
 
-/// `out[t·n + i] = row(first + i) · x[t]` for `i < n` and `t < tokens`: rows dequantized into
-/// `w0`/`w1` (each `cols` long) two at a time, then multiplied with each group of inputs of
-/// `packed` ([`pack`]'s layout).
+/// `out[t·n + i] = row(first + i) · x[t]` for `i < n` and `t < tokens`: rows two at a time,
+/// dequantized block by block in registers and multiplied with each group of inputs of
+/// `packed` ([`pack`]'s layout); an odd last row dequantized into `w` (`cols` long) first.
 #[cfg(target_arch = "x86_64")]
 struct Rows<'a, 'o> {
     simd: pulp::x86::V4,
@@ -81,8 +81,7 @@ struct Rows<'a, 'o> {
     n: usize,
     tokens: usize,
     packed: &'o [f32],
-    w0: &'o mut [f32],
-    w1: &'o mut [f32],
+    w: &'o mut [f32],
     out: &'o mut [f32],
 }
 
@@ -94,16 +93,15 @@ impl pulp::NullaryFnOnce for Rows<'_, '_> {
 
     #[inline(always)]
     fn call(self) {
-        use crate::qdot_avx512::{dequantize, dot1_f32, dot2_f32};
-        let Self { simd, m, first, n, tokens, packed, w0, w1, out } = self;
+        use crate::qdot_avx512::{dequantize, dot1_f32, dot2_q};
+        let Self { simd, m, first, n, tokens, packed, w, out } = self;
         let cols = m.cols;
         let mut i = 0;
         while i < n {
             let pair = i + 1 < n;
-            // `matmul` admits only types `dequantize` has.
-            dequantize(simd, m.ty, m.row(first + i), w0);
-            if pair {
-                dequantize(simd, m.ty, m.row(first + i + 1), w1);
+            if !pair {
+                // `matmul` admits only types `dequantize` has.
+                dequantize(simd, m.ty, m.row(first + i), w);
             }
             let mut t0 = 0;
             while t0 < tokens {
@@ -112,13 +110,13 @@ impl pulp::NullaryFnOnce for Rows<'_, '_> {
                 macro_rules! group {
                     ($g:literal) => {{
                         if pair {
-                            let (a, b) = dot2_f32::<$g>(simd, w0, w1, p);
+                            let (a, b) = dot2_q::<$g>(simd, m.ty, m.row(first + i), m.row(first + i + 1), p);
                             for j in 0..$g {
                                 out[(t0 + j) * n + i] = a[j];
                                 out[(t0 + j) * n + i + 1] = b[j];
                             }
                         } else {
-                            let a = dot1_f32::<$g>(simd, w0, p);
+                            let a = dot1_f32::<$g>(simd, w, p);
                             for j in 0..$g {
                                 out[(t0 + j) * n + i] = a[j];
                             }
@@ -213,6 +211,17 @@ mod tests {
                 let mut last_alone = vec![f32::NAN; rows];
                 assert!(matmul(m, &x[last..last + cols], 1, &mut last_alone));
                 assert_eq!(y[(tokens - 1) * rows..], last_alone[..], "{ty:?}, last of {tokens} inputs");
+            }
+            // A row alone (one row: the single-row kernel) gets the bits it gets in a pair.
+            let mut y = vec![f32::NAN; 3 * rows];
+            assert!(matmul(m, &x[..3 * cols], 3, &mut y));
+            let row_bytes = data.len() / rows;
+            for r in 0..rows {
+                let one = qmat(ty, 1, cols, &data[r * row_bytes..(r + 1) * row_bytes]);
+                let mut y1 = vec![f32::NAN; 3];
+                assert!(matmul(one, &x[..3 * cols], 3, &mut y1));
+                let want: Vec<f32> = (0..3).map(|t| y[t * rows + r]).collect();
+                assert_eq!(y1, want, "{ty:?}, row {r} alone");
             }
         }
     }

@@ -250,33 +250,9 @@ pub(crate) fn dequantize(simd: V4, ty: GgmlType, row: &[u8], out: &mut [f32]) ->
     true
 }
 
-/// `(w0 · x, w1 · x)` for each of `G` inputs, `p` holding the inputs interleaved: for each run
-/// of 16 columns, the `G` inputs' 16 values in turn. `2·G` vectors of sums, each lane a chain
-/// of multiply-adds over the columns `16c + lane`, then added up. `w0` and `w1` are whole runs
-/// of 16.
-#[inline(always)]
-pub(crate) fn dot2_f32<const G: usize>(
-    simd: V4,
-    w0: &[f32],
-    w1: &[f32],
-    p: &[[f32; 16]],
-) -> ([f32; G], [f32; G]) {
-    let f = &simd.avx512f;
-    let mut a = [f._mm512_setzero_ps(); G];
-    let mut b = [f._mm512_setzero_ps(); G];
-    let rows = w0.as_chunks::<16>().0.iter().zip(w1.as_chunks::<16>().0);
-    for ((u, v), x) in rows.zip(p.chunks_exact(G)) {
-        let (u, v): (__m512, __m512) = (pulp::cast(*u), pulp::cast(*v));
-        for j in 0..G {
-            let xj: __m512 = pulp::cast(x[j]);
-            a[j] = f._mm512_fmadd_ps(u, xj, a[j]);
-            b[j] = f._mm512_fmadd_ps(v, xj, b[j]);
-        }
-    }
-    (core::array::from_fn(|j| hsum(simd, a[j])), core::array::from_fn(|j| hsum(simd, b[j])))
-}
-
-/// [`dot2_f32`] for one row: the same sums, in the same order, as its first row's.
+/// A dequantized row (whole runs of 16) times each of `G` inputs, `p` holding the inputs
+/// interleaved: for each run of 16 columns, the `G` inputs' 16 values in turn. `G` vectors of
+/// sums, each lane a chain of multiply-adds over the columns `16c + lane`, then added up.
 #[inline(always)]
 pub(crate) fn dot1_f32<const G: usize>(simd: V4, w: &[f32], p: &[[f32; 16]]) -> [f32; G] {
     let f = &simd.avx512f;
@@ -288,4 +264,65 @@ pub(crate) fn dot1_f32<const G: usize>(simd: V4, w: &[f32], p: &[[f32; 16]]) -> 
         }
     }
     core::array::from_fn(|j| hsum(simd, a[j]))
+}
+
+/// The 32 values of one Q4_0, Q4_1 or Q8_0 block (`ty`'s bytes `b`), as [`dequantize`] writes
+/// them.
+#[inline(always)]
+fn block_f32(simd: V4, ty: GgmlType, b: &[u8]) -> (__m512, __m512) {
+    let f = &simd.avx512f;
+    match ty {
+        GgmlType::Q4_0 => {
+            let (lo, hi) = nibbles(simd, &b[2..], 8);
+            let d = f._mm512_broadcastss_ps(f16_pair(simd, b));
+            (f._mm512_mul_ps(d, lo), f._mm512_mul_ps(d, hi))
+        }
+        GgmlType::Q4_1 => {
+            let (lo, hi) = nibbles(simd, &b[4..], 0);
+            let dm = f16_pair(simd, b);
+            let d = f._mm512_broadcastss_ps(dm);
+            let m = f._mm512_broadcastss_ps(simd.sse3._mm_movehdup_ps(dm));
+            (f._mm512_fmadd_ps(d, lo, m), f._mm512_fmadd_ps(d, hi, m))
+        }
+        _ => {
+            let d = f._mm512_broadcastss_ps(f16_pair(simd, b));
+            let lo = f._mm512_cvtepi32_ps(f._mm512_cvtepi8_epi32(load_u8x16(&b[2..])));
+            let hi = f._mm512_cvtepi32_ps(f._mm512_cvtepi8_epi32(load_u8x16(&b[18..])));
+            (f._mm512_mul_ps(lo, d), f._mm512_mul_ps(hi, d))
+        }
+    }
+}
+
+/// Two Q4_0, Q4_1 or Q8_0 rows times each of `G` inputs (`p` as for [`dot1_f32`]), each block
+/// dequantized in registers on the way: for each row, the same values and sums as
+/// [`dequantize`] then [`dot1_f32`], bit for bit.
+#[inline(always)]
+pub(crate) fn dot2_q<const G: usize>(
+    simd: V4,
+    ty: GgmlType,
+    r0: &[u8],
+    r1: &[u8],
+    p: &[[f32; 16]],
+) -> ([f32; G], [f32; G]) {
+    let f = &simd.avx512f;
+    let bb = ty.block().1;
+    let mut a = [f._mm512_setzero_ps(); G];
+    let mut b = [f._mm512_setzero_ps(); G];
+    for ((b0, b1), x) in r0.chunks_exact(bb).zip(r1.chunks_exact(bb)).zip(p.chunks_exact(2 * G)) {
+        prefetch(simd, b0);
+        prefetch(simd, b1);
+        let (u0, u1) = block_f32(simd, ty, b0);
+        let (v0, v1) = block_f32(simd, ty, b1);
+        for j in 0..G {
+            let xj: __m512 = pulp::cast(x[j]);
+            a[j] = f._mm512_fmadd_ps(u0, xj, a[j]);
+            b[j] = f._mm512_fmadd_ps(v0, xj, b[j]);
+        }
+        for j in 0..G {
+            let xj: __m512 = pulp::cast(x[G + j]);
+            a[j] = f._mm512_fmadd_ps(u1, xj, a[j]);
+            b[j] = f._mm512_fmadd_ps(v1, xj, b[j]);
+        }
+    }
+    (core::array::from_fn(|j| hsum(simd, a[j])), core::array::from_fn(|j| hsum(simd, b[j])))
 }
