@@ -63,11 +63,17 @@ pub(super) fn tokenizer(
     Ok(tok)
 }
 
+/// Longest piece (bytes) whose splits become merges. Real vocabularies' pieces are a few dozen
+/// bytes at most (SentencePiece's default limit is 16 characters); the cap keeps a hostile file
+/// with huge pieces from costing time quadratic in their length.
+const MAX_MERGED_PIECE: usize = 256;
+
 /// Every split of a piece into two pieces, the best-scored piece's splits first (ties: the
 /// lower id first, then the split's ids), as `tokenizers` converts a SentencePiece model.
+/// Pieces longer than [`MAX_MERGED_PIECE`] bytes are left out.
 fn merges(tokens: &[String], scores: &[f32], vocab: &Vocab) -> Vec<(String, String)> {
     let mut found: Vec<(f32, u32, u32, u32)> = Vec::new();
-    for (id, piece) in tokens.iter().enumerate() {
+    for (id, piece) in tokens.iter().enumerate().filter(|(_, p)| p.len() <= MAX_MERGED_PIECE) {
         for (cut, _) in piece.char_indices().skip(1) {
             let (a, b) = piece.split_at(cut);
             if let (Some(&ia), Some(&ib)) = (vocab.get(a), vocab.get(b)) {
@@ -112,5 +118,17 @@ mod tests {
         let m = merges(&tokens, &scores, &vocab);
         let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
         assert_eq!(m, vec![pair("b", "c"), pair("a", "b"), pair("a", "bc"), pair("ab", "c")]);
+    }
+
+    #[test]
+    fn pieces_past_the_limit_give_no_merges() {
+        let a = |n: usize| "a".repeat(n);
+        // 257, 256 and 255 bytes: the 256-byte piece splits into "a" and the 255-byte one, both
+        // ways round; the 257-byte piece, which would split into "a" and the 256-byte one, is
+        // past the limit.
+        let tokens = vec![a(1), a(MAX_MERGED_PIECE + 1), a(MAX_MERGED_PIECE), a(MAX_MERGED_PIECE - 1)];
+        let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let m = merges(&tokens, &[0.0; 4], &vocab);
+        assert_eq!(m, vec![(a(1), a(MAX_MERGED_PIECE - 1)), (a(MAX_MERGED_PIECE - 1), a(1))]);
     }
 }
