@@ -44,10 +44,10 @@ pub(crate) fn dispatch<K: Kernel>(k: K) -> K::Output {
     #[cfg(target_arch = "x86_64")]
     {
         if let Some(simd) = pulp::x86::V4::try_new() {
-            return simd.vectorize(Run::<K, Fused>(k, core::marker::PhantomData));
+            return simd.vectorize(move || k.run::<Fused>());
         }
         if let Some(simd) = pulp::x86::V3::try_new() {
-            return simd.vectorize(Run::<K, Fused>(k, core::marker::PhantomData));
+            return simd.vectorize(move || k.run::<Fused>());
         }
     }
     #[cfg(target_arch = "aarch64")]
@@ -57,22 +57,6 @@ pub(crate) fn dispatch<K: Kernel>(k: K) -> K::Output {
     }
     #[allow(unreachable_code)]
     k.run::<Separate>()
-}
-
-/// A kernel as the function [`pulp`] compiles for an instruction set. A closure calling
-/// `run` was not always inlined into that function (a large kernel then ran compiled for the
-/// baseline, its multiply-adds calls to `fmaf`); this trait method is.
-#[cfg(target_arch = "x86_64")]
-struct Run<K, M>(K, core::marker::PhantomData<M>);
-
-#[cfg(target_arch = "x86_64")]
-impl<K: Kernel, M: Madd> pulp::NullaryFnOnce for Run<K, M> {
-    type Output = K::Output;
-
-    #[inline(always)]
-    fn call(self) -> K::Output {
-        self.0.run::<M>()
-    }
 }
 
 /// An f16's value from its bits, exactly (subnormals, infinities and NaN included), in a form
