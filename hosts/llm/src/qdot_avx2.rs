@@ -1,8 +1,9 @@
-//! AVX2 + FMA row kernels for the hottest block types (Q4_0, Q4_1, Q8_0) with f32 activations,
-//! written with [`pulp`]'s safe intrinsics: per block of 32, the quants are widened to two or
-//! four vectors of eight f32, multiplied with the input and accumulated with the block's scale
-//! in fused multiply-adds. The compiler does not vectorize the portable kernels of
-//! [`crate::qmatmul`] well for these types (the nibble unpacking comes out two lanes wide).
+//! AVX2 + FMA row kernels for the block types of the models users download (Q4_0, Q4_1, Q8_0,
+//! Q4_K, Q6_K) with f32 activations, written with [`pulp`]'s safe intrinsics: per run of 32 (or
+//! 16) quants, they are unpacked as bytes, widened to vectors of eight f32, multiplied with the
+//! input and accumulated with their scale in fused multiply-adds. The compiler does not
+//! vectorize the portable kernels of [`crate::qmatmul`] well for these types (the nibble
+//! unpacking comes out two lanes wide).
 //!
 //! Same sums as [`quant::dot`](crate::quant::dot) up to f32 rounding and their order.
 
@@ -10,6 +11,7 @@ use core::arch::x86_64::{__m128i, __m256};
 
 use pulp::x86::V3;
 
+use crate::quant::scale_min_k4;
 use crate::simd::f16_at;
 
 #[inline(always)]
@@ -121,6 +123,94 @@ pub(crate) fn dot_q8_0(simd: V3, row: &[u8], x: &[f32]) -> f32 {
         let (q2, q3) = i8x16_to_f32(simd, load_u8x16(&b[18..]));
         let t = block_dot(simd, [q0, q1, q2, q3], x);
         acc = simd.fma._mm256_fmadd_ps(simd.avx._mm256_set1_ps(f16_at(b, 0)), t, acc);
+    }
+    hsum(acc)
+}
+
+/// A Q4_K row times `x`, given `x`'s per-32 sums. A block of 256: `d`, `dmin`, twelve bytes of
+/// packed 6-bit scales and mins, then 128 bytes whose low nibbles are the first 32 quants of a
+/// run of 64 and whose high nibbles the next 32; a quant's value is `d·scale·q − dmin·min`.
+#[inline(always)]
+pub(crate) fn dot_q4_k(simd: V3, row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
+    let mut acc = simd.avx._mm256_setzero_ps();
+    let zero = simd.avx._mm256_setzero_ps();
+    let mut bias = 0f32;
+    let blocks = row.as_chunks::<144>().0.iter().zip(x.as_chunks::<256>().0).zip(sums.as_chunks::<8>().0);
+    for ((b, x), s) in blocks {
+        prefetch(simd, b);
+        prefetch(simd, &b[64..]);
+        let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+        let scales = &b[4..16];
+        let xs = x.as_chunks::<32>().0;
+        for j in 0..4 {
+            let q = &b[16 + 32 * j..16 + 32 * j + 32];
+            // Bytes 0..16 and 16..32: their low nibbles are quants 0..32, their high 32..64.
+            let [l0, l1, h0, h1] = nibbles(simd, q, zero);
+            let [l2, l3, h2, h3] = nibbles(simd, &q[16..], zero);
+            let t1 = block_dot(simd, [l0, l1, l2, l3], &xs[2 * j]);
+            let t2 = block_dot(simd, [h0, h1, h2, h3], &xs[2 * j + 1]);
+            let (s1, m1) = scale_min_k4(2 * j, scales);
+            let (s2, m2) = scale_min_k4(2 * j + 1, scales);
+            acc = simd.fma._mm256_fmadd_ps(simd.avx._mm256_set1_ps(d * f32::from(s1)), t1, acc);
+            acc = simd.fma._mm256_fmadd_ps(simd.avx._mm256_set1_ps(d * f32::from(s2)), t2, acc);
+            bias =
+                (dmin * f32::from(m2)).mul_add(s[2 * j + 1], (dmin * f32::from(m1)).mul_add(s[2 * j], bias));
+        }
+    }
+    hsum(acc) - bias
+}
+
+/// A Q6_K row times `x`. A block of 256: 128 bytes of low nibbles, 64 bytes of high 2-bit
+/// pairs, sixteen signed 8-bit scales (one per 16 quants) and `d`; a quant is the six bits minus
+/// 32, times `d·scale`.
+#[inline(always)]
+pub(crate) fn dot_q6_k(simd: V3, row: &[u8], x: &[f32]) -> f32 {
+    let sse = &simd.sse2;
+    let mut acc = simd.avx._mm256_setzero_ps();
+    let low4 = sse._mm_set1_epi8(0x0F);
+    let low2 = sse._mm_set1_epi8(3);
+    let bias = simd.avx._mm256_set1_ps(32.0);
+    for (b, x) in row.as_chunks::<210>().0.iter().zip(x.as_chunks::<256>().0) {
+        prefetch(simd, b);
+        prefetch(simd, &b[64..]);
+        prefetch(simd, &b[128..]);
+        let d = f16_at(b, 208);
+        for half in 0..2 {
+            let ql = &b[64 * half..64 * half + 64];
+            let qh = &b[128 + 32 * half..128 + 32 * half + 32];
+            let sc = &b[192 + 8 * half..192 + 8 * half + 8];
+            let xh = &x[128 * half..128 * half + 128];
+            for lh in 0..2 {
+                let za = load_u8x16(&ql[16 * lh..]);
+                let zb = load_u8x16(&ql[32 + 16 * lh..]);
+                let zh = load_u8x16(&qh[16 * lh..]);
+                // Per byte: a low or high nibble, with two high bits above it (shifts are per 16
+                // bits; the masks keep each byte's own bits, and a byte's two bits shifted left
+                // by four stay inside it).
+                let six = |nib: __m128i, hi: __m128i| sse._mm_or_si128(nib, sse._mm_slli_epi16::<4>(hi));
+                let qs = [
+                    six(sse._mm_and_si128(za, low4), sse._mm_and_si128(zh, low2)),
+                    six(sse._mm_and_si128(zb, low4), sse._mm_and_si128(sse._mm_srli_epi16::<2>(zh), low2)),
+                    six(
+                        sse._mm_and_si128(sse._mm_srli_epi16::<4>(za), low4),
+                        sse._mm_and_si128(sse._mm_srli_epi16::<4>(zh), low2),
+                    ),
+                    six(
+                        sse._mm_and_si128(sse._mm_srli_epi16::<4>(zb), low4),
+                        sse._mm_and_si128(sse._mm_srli_epi16::<6>(zh), low2),
+                    ),
+                ];
+                for (k, qk) in qs.into_iter().enumerate() {
+                    let (v0, v1) = u8x16_to_f32(simd, qk);
+                    let xk = &xh[32 * k + 16 * lh..];
+                    let t = simd.avx._mm256_mul_ps(simd.avx._mm256_sub_ps(v0, bias), load_f32x8(xk));
+                    let t =
+                        simd.fma._mm256_fmadd_ps(simd.avx._mm256_sub_ps(v1, bias), load_f32x8(&xk[8..]), t);
+                    let ds = simd.avx._mm256_set1_ps(d * f32::from(sc[lh + 2 * k] as i8));
+                    acc = simd.fma._mm256_fmadd_ps(ds, t, acc);
+                }
+            }
+        }
     }
     hsum(acc)
 }

@@ -288,6 +288,8 @@ impl Rows<'_, '_> {
         match m.ty {
             GgmlType::Q4_0 => rows!(|r| k::dot_q4_0(simd, r, x)),
             GgmlType::Q4_1 => rows!(|r| k::dot_q4_1(simd, r, x, sums)),
+            GgmlType::Q4_K => rows!(|r| k::dot_q4_k(simd, r, x, sums)),
+            GgmlType::Q6_K => rows!(|r| k::dot_q6_k(simd, r, x)),
             _ => rows!(|r| k::dot_q8_0(simd, r, x)),
         }
     }
@@ -320,13 +322,13 @@ fn rows(job: Rows<'_, '_>) {
     #[cfg(target_arch = "x86_64")]
     {
         let ty = job.m.ty;
-        let avx512 =
+        // Both instruction sets have kernels for the same block types.
+        let vectorized =
             matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q6_K);
-        if avx512 && let Some(simd) = pulp::x86::V4::try_new() {
+        if vectorized && let Some(simd) = pulp::x86::V4::try_new() {
             return simd.vectorize(move || job.run_avx512(simd));
         }
-        let avx2 = matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0);
-        if avx2 && let Some(simd) = pulp::x86::V3::try_new() {
+        if vectorized && let Some(simd) = pulp::x86::V3::try_new() {
             return simd.vectorize(move || job.run_avx2(simd));
         }
     }
@@ -675,11 +677,7 @@ pub(crate) mod tests {
             #[cfg(target_arch = "x86_64")]
             {
                 let quant = !matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
-                let k_quant = matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K);
-                if quant
-                    && !k_quant
-                    && let Some(simd) = pulp::x86::V3::try_new()
-                {
+                if quant && let Some(simd) = pulp::x86::V3::try_new() {
                     y.fill(f32::NAN);
                     let job = Rows { m, x: &x, sums: &sums, first: 0, y: &mut y };
                     simd.vectorize(move || job.run_avx2(simd));
@@ -746,6 +744,48 @@ pub(crate) mod tests {
                     assert_close(&m, &x[t * cols..(t + 1) * cols], &y[t * rows..(t + 1) * rows], &what);
                 }
             }
+        }
+    }
+
+    /// Not a check: times each block type's row kernels on one 1536 × 576 matrix (a decode
+    /// step's largest product in SmolLM2-135M) for `docs/BENCHMARKS.md`:
+    /// `cargo test --release -p rela-llm --lib kernel_timings -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a timing run, not a check"]
+    #[cfg(target_arch = "x86_64")]
+    fn kernel_timings() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let (Some(v3), v4) = (pulp::x86::V3::try_new(), pulp::x86::V4::try_new()) else {
+            eprintln!("SKIPPED kernel_timings: no AVX2 + FMA");
+            return;
+        };
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+            let (rows, cols) = (1536, 576);
+            let data = matrix(ty, rows, cols, &mut rng);
+            let m = qmat(ty, rows, cols, &data);
+            let x = input(cols, &mut rng);
+            let sums = sums_of(&x);
+            let mut y = vec![0f32; rows];
+            // Microseconds per product: the best of five stretches of 100, after 20.
+            let mut time = |f: &dyn Fn(&mut [f32])| {
+                (0..20).for_each(|_| f(&mut y));
+                (0..5)
+                    .map(|_| {
+                        let t = std::time::Instant::now();
+                        (0..100).for_each(|_| f(&mut y));
+                        t.elapsed().as_secs_f64() * 1e4
+                    })
+                    .fold(f64::MAX, f64::min)
+            };
+            let (x, sums) = (&x[..], &sums[..]);
+            let portable = time(&|y| v3.vectorize(|| Rows { m, x, sums, first: 0, y }.run::<Fused>()));
+            let avx2 = time(&|y| v3.vectorize(|| Rows { m, x, sums, first: 0, y }.run_avx2(v3)));
+            let avx512 =
+                v4.map(|v4| time(&|y| v4.vectorize(|| Rows { m, x, sums, first: 0, y }.run_avx512(v4))));
+            println!(
+                "{ty:?}: portable (built for AVX2 + FMA) {portable:.1} us, AVX2 {avx2:.1} us, AVX-512 {}",
+                avx512.map_or("-".to_owned(), |t| format!("{t:.1} us"))
+            );
         }
     }
 }

@@ -74,7 +74,7 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 
 /// Q4_K's scale and min for sub-block `j` (0..8) from its 12 packed bytes.
 #[inline]
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
