@@ -11,7 +11,7 @@ use core::arch::x86_64::{__m128i, __m256};
 
 use pulp::x86::V3;
 
-use crate::quant::scale_min_k4;
+use crate::quant::scale_min_k4_f32;
 use crate::simd::f16_at;
 
 #[inline(always)]
@@ -149,12 +149,11 @@ pub(crate) fn dot_q4_k(simd: V3, row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
             let [l2, l3, h2, h3] = nibbles(simd, &q[16..], zero);
             let t1 = block_dot(simd, [l0, l1, l2, l3], &xs[2 * j]);
             let t2 = block_dot(simd, [h0, h1, h2, h3], &xs[2 * j + 1]);
-            let (s1, m1) = scale_min_k4(2 * j, scales);
-            let (s2, m2) = scale_min_k4(2 * j + 1, scales);
-            acc = simd.fma._mm256_fmadd_ps(simd.avx._mm256_set1_ps(d * f32::from(s1)), t1, acc);
-            acc = simd.fma._mm256_fmadd_ps(simd.avx._mm256_set1_ps(d * f32::from(s2)), t2, acc);
-            bias =
-                (dmin * f32::from(m2)).mul_add(s[2 * j + 1], (dmin * f32::from(m1)).mul_add(s[2 * j], bias));
+            let (s1, m1) = scale_min_k4_f32(2 * j, scales);
+            let (s2, m2) = scale_min_k4_f32(2 * j + 1, scales);
+            acc = simd.fma._mm256_fmadd_ps(simd.avx._mm256_set1_ps(d * s1), t1, acc);
+            acc = simd.fma._mm256_fmadd_ps(simd.avx._mm256_set1_ps(d * s2), t2, acc);
+            bias = (dmin * m2).mul_add(s[2 * j + 1], (dmin * m1).mul_add(s[2 * j], bias));
         }
     }
     hsum(acc) - bias

@@ -13,6 +13,7 @@ use core::arch::x86_64::{__m128, __m128i, __m512, __m512i};
 use pulp::x86::V4;
 
 use crate::gguf::GgmlType;
+use crate::quant::scale_min_k4_f32;
 
 #[inline(always)]
 fn load_u8x16(b: &[u8]) -> __m128i {
@@ -105,17 +106,6 @@ pub(crate) fn dot_q8_0(simd: V4, row: &[u8], x: &[f32]) -> f32 {
     hsum(simd, acc)
 }
 
-/// Q4_K's scale and min for sub-block `j` (0..8) from its 12 packed bytes.
-#[inline(always)]
-fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
-    let (s, m) = if j < 4 {
-        (q[j] & 63, q[j + 4] & 63)
-    } else {
-        ((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
-    };
-    (f32::from(s), f32::from(m))
-}
-
 /// A Q4_K row times `x`, given `x`'s per-32 sums.
 #[inline(always)]
 pub(crate) fn dot_q4_k(simd: V4, row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
@@ -144,8 +134,8 @@ pub(crate) fn dot_q4_k(simd: V4, row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
             let t1 = f._mm512_fmadd_ps(lo1, load_f32x16(&x[16..]), f._mm512_mul_ps(lo0, load_f32x16(x)));
             let t2 =
                 f._mm512_fmadd_ps(hi1, load_f32x16(&x[48..]), f._mm512_mul_ps(hi0, load_f32x16(&x[32..])));
-            let (s1, m1) = scale_min_k4(2 * j, scales);
-            let (s2, m2) = scale_min_k4(2 * j + 1, scales);
+            let (s1, m1) = scale_min_k4_f32(2 * j, scales);
+            let (s2, m2) = scale_min_k4_f32(2 * j + 1, scales);
             acc = f._mm512_fmadd_ps(f._mm512_set1_ps(d * s1), t1, acc);
             acc = f._mm512_fmadd_ps(f._mm512_set1_ps(d * s2), t2, acc);
             bias = (dmin * m2).mul_add(s[2 * j + 1], (dmin * m1).mul_add(s[2 * j], bias));

@@ -30,6 +30,7 @@ use rayon::prelude::*;
 use crate::gguf::GgmlType;
 use crate::qbatch;
 use crate::quant;
+use crate::quant::scale_min_k4_f32;
 use crate::simd::{Kernel, Madd, dispatch, f16_at, hsum};
 use crate::threads;
 
@@ -138,17 +139,6 @@ fn dot_q8_0<M: Madd>(row: &[u8], x: &[f32]) -> f32 {
     hsum(&acc)
 }
 
-/// Q4_K's scale and min for sub-block `j` (0..8) from its 12 packed bytes.
-#[inline(always)]
-fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
-    let (s, m) = if j < 4 {
-        (q[j] & 63, q[j + 4] & 63)
-    } else {
-        ((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
-    };
-    (f32::from(s), f32::from(m))
-}
-
 #[inline(always)]
 fn dot_q4_k<M: Madd>(row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
@@ -162,8 +152,8 @@ fn dot_q4_k<M: Madd>(row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
             let q = &b[16 + 32 * j..16 + 32 * j + 32];
             let x1 = &x[64 * j..64 * j + 32];
             let x2 = &x[64 * j + 32..64 * j + 64];
-            let (s1, m1) = scale_min_k4(2 * j, scales);
-            let (s2, m2) = scale_min_k4(2 * j + 1, scales);
+            let (s1, m1) = scale_min_k4_f32(2 * j, scales);
+            let (s2, m2) = scale_min_k4_f32(2 * j + 1, scales);
             let (mut t1, mut t2) = ([0f32; 16], [0f32; 16]);
             for i in 0..16 {
                 t1[i] = M::madd(f32::from(q[16 + i] & 0x0F), x1[16 + i], f32::from(q[i] & 0x0F) * x1[i]);

@@ -73,13 +73,20 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 }
 
 /// Q4_K's scale and min for sub-block `j` (0..8) from its 12 packed bytes.
-#[inline]
+#[inline(always)]
 pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
         ((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
     }
+}
+
+/// [`scale_min_k4`] as f32, for the product kernels.
+#[inline(always)]
+pub(crate) fn scale_min_k4_f32(j: usize, q: &[u8]) -> (f32, f32) {
+    let (s, m) = scale_min_k4(j, q);
+    (f32::from(s), f32::from(m))
 }
 
 /// Dequantizes `src` (whole blocks of `ty`) into `dst`, whose length is the element count.
