@@ -5,8 +5,8 @@ to first token, runs alternating between the two servers (the order flips every 
 
 rela's side is `generate_sessions --json --addr ADDR` (the Rust client, one session per stream,
 each with its own short prompt; it prints one JSON object per session count). llama.cpp's side is
-the same prompts as streaming `/v1/completions` requests (temperature 0), one thread per stream;
-each server-sent chunk is one token.
+the same prompts as streaming `/v1/completions` requests (temperature 0, no repeat penalty), one
+thread per stream; each server-sent chunk is one token.
 
 llama-cpp-python's server has no parallel slots (no `--n_parallel`; its requests take one lock
 and run one after another, and by default a new request interrupts the one streaming, which
@@ -77,7 +77,9 @@ def http_ok(port, path):
 def llama_stream(port, prompt, tokens, start, out):
     """One streaming completion: out gets (tokens, first token time, end time), times from start."""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    body = json.dumps({"prompt": prompt, "max_tokens": tokens, "temperature": 0.0, "stream": True})
+    # Plain greedy decoding, as rela's side: the server's default repeat_penalty is 1.1.
+    body = json.dumps({"prompt": prompt, "max_tokens": tokens, "temperature": 0.0, "repeat_penalty": 1.0,
+                       "stream": True})
     c.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
     r = c.getresponse()
     if r.status != 200:
