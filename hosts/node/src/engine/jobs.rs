@@ -19,7 +19,9 @@
 //!   is a sequence of such calls, a model load a sequence of tensor uploads: all of it
 //!   interleaves with other sessions at every step.
 //! - Host-side work (parsing files, tokenizing, converting weights) runs on the job thread
-//!   without a turn, in parallel with everything else.
+//!   without a turn, in parallel with everything else: the calls it follows (WRITE, READ,
+//!   ALLOC, FREE) end the turn, while kernels, copies, fills and queries keep it for the next
+//!   call (see [`Turns`]' [`GpuBackend`] impl).
 //! - Between any two turns, the engine runs every light request that is waiting, and the
 //!   [`Scheduler`](super::sched::Scheduler) picks the next turn by service received.
 //! - While a session has a job, its later commands wait in the job's queue (responses stay in
@@ -115,7 +117,7 @@ pub(crate) const QUANTUM: Duration = Duration::from_millis(2);
 pub(crate) const CHUNK: u64 = 8 << 20;
 
 /// Device time one kernel part aims at.
-const PART_TARGET: Duration = Duration::from_micros(1_000);
+const PART_TARGET: Duration = Duration::from_micros(2_000);
 /// Bounds of [`PartBudget`] (multiply-adds).
 const PART_MIN: u64 = 1 << 12;
 const PART_MAX: u64 = 1 << 34;
@@ -329,13 +331,21 @@ impl Drop for Turns {
     }
 }
 
+/// Device-side calls (kernels, copies and fills between buffers) and queries keep the turn: a
+/// forward pass is a run of them with no host-side work of note in between, and giving the
+/// backend back after each would cost every call two thread hand-offs (tens of µs each on a VM
+/// whose idle vCPU must be woken; a packed INFER of 32 texts makes hundreds of small COPYs). The
+/// turn still ends after [`QUANTUM`], as soon as something else waits for the backend (at the
+/// job's next step), and at the job's next call that moves data to or from the host (WRITE,
+/// READ), allocates or frees, since host-side work (tokenizing, converting weights) may follow
+/// those and must not hold the backend; and when the job ends.
 impl GpuBackend for Turns {
     fn info(&self) -> DeviceInfo {
         self.info.clone()
     }
 
     fn usage(&self) -> Usage {
-        self.call(|b| Ok(b.usage())).unwrap_or_default()
+        self.with(|b| Ok(b.usage())).unwrap_or_default()
     }
 
     fn alloc(&mut self, size: u64) -> Result<BufferId, BackendError> {
@@ -347,7 +357,7 @@ impl GpuBackend for Turns {
     }
 
     fn size(&self, id: BufferId) -> Result<u64, BackendError> {
-        self.call(|b| b.size(id))
+        self.with(|b| b.size(id))
     }
 
     fn write(&mut self, id: BufferId, offset: u64, data: &[u8]) -> Result<(), BackendError> {
@@ -366,19 +376,19 @@ impl GpuBackend for Turns {
         dst_offset: u64,
         len: u64,
     ) -> Result<(), BackendError> {
-        self.ending(|t| t.copy_steps(src, src_offset, dst, dst_offset, len))
+        self.copy_steps(src, src_offset, dst, dst_offset, len)
     }
 
     fn fill(&mut self, id: BufferId, offset: u64, len: u64, value: u8) -> Result<(), BackendError> {
-        self.ending(|t| t.fill_steps(id, offset, len, value))
+        self.fill_steps(id, offset, len, value)
     }
 
     fn dispatch(&mut self, call: &KernelCall) -> Result<(), BackendError> {
-        self.ending(|t| t.dispatch_steps(call))
+        self.dispatch_steps(call)
     }
 
     fn dispatch_part(&mut self, call: &KernelCall, units: Range<u32>) -> Result<(), BackendError> {
-        self.call(|b| b.dispatch_part(call, units))
+        self.with(|b| b.dispatch_part(call, units))
     }
 }
 
