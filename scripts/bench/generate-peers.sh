@@ -10,10 +10,12 @@
 #
 # Usage: scripts/bench/generate-peers.sh [--threads N[,N...]] [--prompt N] [--decode N]
 #                                        [--rounds R] [--json PREFIX] [--sessions N[,N...]]
-#                                        [--tokens N] [--no-single] [--no-servers]
+#                                        [--tokens N] [--no-single] [--no-servers] [--llama-server]
 #   --threads defaults to the CPU count; a list runs the comparisons once per count.
 #   --sessions (default 1,4,8) and --tokens (greedy tokens per stream, default 48) are the
 #   servers'; --rounds applies to both parts. --no-single / --no-servers skip a part.
+#   --llama-server: the servers' peer is llama.cpp's C++ llama-server with a slot per stream and
+#   continuous batching (built by build-llama-server.sh), instead of llama-cpp-python's server.
 #
 # Environment: GENERATE_PEERS_VENV (default target/generate-peers-venv), PYTHON (default
 # python3), LLAMA_CPP_PYTHON (default llama-cpp-python[server]==0.3.36: the server's dependencies
@@ -34,6 +36,7 @@ tokens=48
 rounds=()
 single=1
 servers=1
+llama_server=()
 args=()
 while (($#)); do
     case "$1" in
@@ -44,6 +47,7 @@ while (($#)); do
         --rounds) rounds=(--rounds "$2"); args+=("$1" "$2"); shift 2 ;;
         --no-single) single=""; shift ;;
         --no-servers) servers=""; shift ;;
+        --llama-server) llama_server=(--llama-server "$("$here/build-llama-server.sh" | tail -n 1)"); shift ;;
         *) args+=("$1"); shift ;;
     esac
 done
@@ -93,7 +97,7 @@ for t in ${threads//,/ }; do
         [[ -n "$json" ]] && out=(--json "$json-servers-$t.json")
         "$venv/bin/python" "$here/generate_servers.py" --model "$model" --models-dir "$repo/models" \
             --relay target/release/vram-relay --sessions-bin target/release/examples/generate_sessions \
-            --threads "$t" --sessions "$sessions" --tokens "$tokens" "${rounds[@]}" "${out[@]}"
+            --threads "$t" --sessions "$sessions" --tokens "$tokens" "${rounds[@]}" "${out[@]}" "${llama_server[@]}"
         echo "generate-peers: load average: $(cut -d' ' -f1-3 /proc/loadavg)"
     fi
 done

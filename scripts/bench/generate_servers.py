@@ -10,8 +10,12 @@ thread per stream; each server-sent chunk is one token.
 
 llama-cpp-python's server has no parallel slots (no `--n_parallel`; its requests take one lock
 and run one after another, and by default a new request interrupts the one streaming, which
-`--interrupt_requests False` turns off), so its concurrent streams are served in turn. Run by
-scripts/bench/generate-peers.sh, which sets up the virtual environment and builds the binaries.
+`--interrupt_requests False` turns off), so its concurrent streams are served in turn. With
+`--llama-server BIN`, llama.cpp's own C++ server is the peer instead: `llama-server --parallel N
+--cont-batching`, N the largest stream count, so every stream has a slot and the slots' next
+tokens run in one batch (built from the llama.cpp sources in llama-cpp-python's source archive by
+generate-peers.sh --llama-server, or by hand). Run by scripts/bench/generate-peers.sh, which sets
+up the virtual environment and builds the binaries.
 """
 
 import argparse
@@ -136,15 +140,23 @@ def main():
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json")
+    ap.add_argument("--llama-server", help="llama.cpp's C++ llama-server binary, instead of llama-cpp-python's server")
     a = ap.parse_args()
     counts = [int(s) for s in a.sessions.split(",")]
 
     lport, rport = free_port(), free_port()
-    llama = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", a.model, "--n_threads", str(a.threads),
-         "--n_threads_batch", str(a.threads), "--n_ctx", "2048", "--interrupt_requests", "False",
-         "--host", "127.0.0.1", "--port", str(lport), "--verbose", "False"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if a.llama_server:
+        slots = max(counts)
+        # Each slot gets n_ctx / slots of context: 256 per slot covers a prompt and 48 tokens.
+        cmd = [a.llama_server, "--model", a.model, "--threads", str(a.threads), "--threads-batch",
+               str(a.threads), "--ctx-size", str(256 * slots), "--parallel", str(slots), "--cont-batching",
+               "--host", "127.0.0.1", "--port", str(lport), "--no-webui"]
+    else:
+        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", a.model, "--n_threads", str(a.threads),
+               "--n_threads_batch", str(a.threads), "--n_ctx", "2048", "--interrupt_requests", "False",
+               "--host", "127.0.0.1", "--port", str(lport), "--verbose", "False"]
+    llama = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peer = f"llama-server --parallel {max(counts)}" if a.llama_server else "llama-cpp-python's server"
     env = dict(os.environ, RUST_LOG="warn")
     rela = subprocess.Popen(
         [a.relay, "serve", "--backend", "host", "--models", a.models_dir, "--kernel-threads", str(a.threads),
@@ -176,7 +188,8 @@ def main():
     def med(name, n, f):
         return statistics.median(f(run) for run in runs[name][n])
 
-    print(f"\n{a.threads} thread(s), {a.tokens} greedy tokens per stream, {a.rounds} rounds alternating "
+    print(f"\nllama.cpp peer: {peer}")
+    print(f"{a.threads} thread(s), {a.tokens} greedy tokens per stream, {a.rounds} rounds alternating "
           "(medians over rounds; tok/s: every stream's tokens over the wall time from the first request "
           "to the last stream's end; first token: p50 and slowest stream)")
     print("| streams | rela tok/s | llama.cpp server tok/s | ratio | rela first token p50 / max "
