@@ -175,9 +175,7 @@ pub(crate) fn dot_q6_k(simd: V3, row: &[u8], x: &[f32]) -> f32 {
         prefetch(simd, &b[128..]);
         let d = f16_at(b, 208);
         for half in 0..2 {
-            let ql = &b[64 * half..64 * half + 64];
-            let qh = &b[128 + 32 * half..128 + 32 * half + 32];
-            let sc = &b[192 + 8 * half..192 + 8 * half + 8];
+            let (ql, qh, sc) = crate::quant::q6_k_half(b, half);
             let xh = &x[128 * half..128 * half + 128];
             for lh in 0..2 {
                 let za = load_u8x16(&ql[16 * lh..]);

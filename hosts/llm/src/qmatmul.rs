@@ -175,9 +175,7 @@ fn dot_q6_k<M: Madd>(row: &[u8], x: &[f32]) -> f32 {
     for (b, x) in row.as_chunks::<210>().0.iter().zip(x.as_chunks::<256>().0) {
         let d = f16_at(b, 208);
         for half in 0..2 {
-            let ql = &b[64 * half..64 * half + 64];
-            let qh = &b[128 + 32 * half..128 + 32 * half + 32];
-            let sc = &b[192 + 8 * half..192 + 8 * half + 8];
+            let (ql, qh, sc) = quant::q6_k_half(b, half);
             let xh = &x[128 * half..128 * half + 128];
             for k in 0..4 {
                 for lh in 0..2 {

@@ -89,6 +89,17 @@ pub(crate) fn scale_min_k4_f32(j: usize, q: &[u8]) -> (f32, f32) {
     (f32::from(s), f32::from(m))
 }
 
+/// Half `half` (0 or 1, 128 quants each) of a Q6_K block: its 64 bytes of low nibbles, 32 bytes
+/// of high bit pairs and 8 signed scales (one per 16 quants); the block's `d` is at byte 208.
+#[inline(always)]
+pub(crate) fn q6_k_half(b: &[u8], half: usize) -> (&[u8], &[u8], &[u8]) {
+    (
+        &b[64 * half..64 * half + 64],
+        &b[128 + 32 * half..128 + 32 * half + 32],
+        &b[192 + 8 * half..192 + 8 * half + 8],
+    )
+}
+
 /// Dequantizes `src` (whole blocks of `ty`) into `dst`, whose length is the element count.
 pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), QuantError> {
     check(ty, src.len(), dst.len())?;
@@ -162,9 +173,7 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Quant
             for (b, y) in blocks {
                 let d = f16_at(b, 208);
                 for half in 0..2 {
-                    let ql = &b[64 * half..64 * half + 64];
-                    let qh = &b[128 + 32 * half..128 + 32 * half + 32];
-                    let sc = &b[192 + 8 * half..192 + 8 * half + 8];
+                    let (ql, qh, sc) = q6_k_half(b, half);
                     let y = &mut y[128 * half..128 * half + 128];
                     for l in 0..32 {
                         for k in 0..4 {
@@ -267,9 +276,7 @@ pub fn dot(ty: GgmlType, row: &[u8], x: &[f32]) -> Result<f32, QuantError> {
             for (b, xs) in blocks {
                 let d = f16_at(b, 208);
                 for half in 0..2 {
-                    let ql = &b[64 * half..64 * half + 64];
-                    let qh = &b[128 + 32 * half..128 + 32 * half + 32];
-                    let sc = &b[192 + 8 * half..192 + 8 * half + 8];
+                    let (ql, qh, sc) = q6_k_half(b, half);
                     let xs = &xs[128 * half..128 * half + 128];
                     let mut q = [0f32; 128];
                     for l in 0..32 {
