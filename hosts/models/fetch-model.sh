@@ -125,41 +125,13 @@ fetch_llama_vocab() {
     fi
     command -v python3 >/dev/null || die "python3 not found"
     echo "fetch-model.sh: downloading the $sdist==$version source archive from PyPI" >&2
-    # pip would build an sdist to read its metadata; the simple index (PEP 503) that pip reads
-    # names the file, with its sha256.
-    python3 - "$sdist" "$version" "$tmp/$name" "${files[@]}" <<'PY' || die "could not fetch $sdist==$version's vocabulary files"
-import hashlib, html.parser, os, sys, tarfile, urllib.parse, urllib.request
-project, version, out, *wanted = sys.argv[1:]
-index = f"https://pypi.org/simple/{project}/"
-filename = f"{project.replace('-', '_')}-{version}.tar.gz"
-
-class Links(html.parser.HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.hrefs = []
-    def handle_starttag(self, tag, attrs):
-        if tag == "a":
-            self.hrefs += [v for k, v in attrs if k == "href" and v]
-
-with urllib.request.urlopen(index, timeout=60) as r:
-    links = Links()
-    links.feed(r.read().decode())
-hits = [h for h in links.hrefs if urllib.parse.urlsplit(h).path.endswith("/" + filename)]
-if not hits:
-    sys.exit(f"{filename} is not in {index}")
-url, _, fragment = urllib.parse.urljoin(index, hits[0]).partition("#")
-want_sha = dict(p.split("=", 1) for p in fragment.split("&") if "=" in p).get("sha256")
-if not want_sha:
-    sys.exit(f"the index gives no sha256 for {filename}")
+    mkdir -p "$tmp/$name"
+    python3 "$here/pypi_sdist.py" "$sdist" "$version" "$tmp/$name/sdist.tar.gz" \
+        || die "could not download $sdist==$version's source archive"
+    python3 - "$tmp/$name" "${files[@]}" <<'PY' || die "could not extract $sdist==$version's vocabulary files"
+import os, sys, tarfile
+out, *wanted = sys.argv[1:]
 archive = os.path.join(out, "sdist.tar.gz")
-os.makedirs(out, exist_ok=True)
-digest = hashlib.sha256()
-with urllib.request.urlopen(url, timeout=300) as r, open(archive, "wb") as f:
-    while chunk := r.read(1 << 20):
-        digest.update(chunk)
-        f.write(chunk)
-if digest.hexdigest() != want_sha:
-    sys.exit("the source archive's sha256 does not match PyPI's")
 found = set()
 with tarfile.open(archive) as t:
     for m in t:

@@ -15,20 +15,7 @@ bin="$work/src/build/bin/llama-server"
 mkdir -p "$work"
 [[ -x "$work/venv/bin/cmake" ]] || { python3 -m venv "$work/venv" && "$work/venv/bin/pip" install -q cmake ninja; }
 if [[ ! -f "$work/src/CMakeLists.txt" ]]; then
-    # The archive's file and sha256 from PyPI's simple index (pip would try to build the sdist).
-    python3 - "$version" "$work/sdist.tar.gz" <<'PY'
-import hashlib, re, sys, urllib.parse, urllib.request
-version, out = sys.argv[1:]
-index = "https://pypi.org/simple/llama-cpp-python/"
-page = urllib.request.urlopen(index, timeout=60).read().decode()
-name = f"llama_cpp_python-{version}.tar.gz"
-href = next(h for h in re.findall(r'href="([^"]+)"', page) if urllib.parse.urlsplit(h).path.endswith("/" + name))
-url, _, frag = urllib.parse.urljoin(index, href.replace("&amp;", "&")).partition("#")
-data = urllib.request.urlopen(url, timeout=600).read()
-if hashlib.sha256(data).hexdigest() != dict(p.split("=", 1) for p in frag.split("&"))["sha256"]:
-    sys.exit("sha256 mismatch")
-open(out, "wb").write(data)
-PY
+    python3 "$repo/hosts/models/pypi_sdist.py" llama-cpp-python "$version" "$work/sdist.tar.gz"
     mkdir -p "$work/src"
     tar xzf "$work/sdist.tar.gz" -C "$work/src" --strip-components=3 "llama_cpp_python-$version/vendor/llama.cpp"
     rm -f "$work/sdist.tar.gz"
