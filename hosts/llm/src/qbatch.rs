@@ -9,7 +9,7 @@
 //! and Q4_1's offset are paid once per block for the whole batch, and each input costs two
 //! multiply-adds per 32 weights.
 //!
-//! This path needs AVX-512 and a Q4_0, Q4_1 or Q8_0 matrix (the kernels of
+//! This path needs AVX-512 and a Q4_0, Q4_1, Q8_0, Q4_K or Q6_K matrix (the kernels of
 //! [`crate::qdot_avx512`]); [`matmul`] says when it does not apply, and the caller then runs
 //! the fused row kernels once per input.
 //!
@@ -18,8 +18,6 @@
 //! results do not depend on which or how many other inputs share its batch, and they equal
 //! [`quant::dot`](crate::quant::dot) up to f32 rounding.
 
-#[cfg(target_arch = "x86_64")]
-use crate::gguf::GgmlType;
 use crate::qmatmul::QMat;
 #[cfg(target_arch = "x86_64")]
 use crate::qmatmul::by_row_runs;
@@ -40,7 +38,7 @@ pub(crate) fn matmul(m: QMat<'_>, x: &[f32], tokens: usize, y: &mut [f32]) -> bo
     assert_eq!(y.len(), tokens * m.rows, "matmul output length");
     #[cfg(target_arch = "x86_64")]
     if let Some(simd) = pulp::x86::V4::try_new()
-        && matches!(m.ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+        && crate::qdot_avx512::batches(m.ty)
     {
         let packed = pack(x, m.cols, GROUP);
         by_row_runs(m, tokens, y, |first, n| {
@@ -146,7 +144,6 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
-    #[cfg(not(target_arch = "x86_64"))]
     use crate::gguf::GgmlType;
     use crate::qmatmul::tests::{TYPES, assert_close, matrix, qmat};
 
@@ -154,7 +151,10 @@ mod tests {
     fn applies(ty: GgmlType) -> bool {
         #[cfg(target_arch = "x86_64")]
         if pulp::x86::V4::try_new().is_some() {
-            return matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0);
+            return matches!(
+                ty,
+                GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q6_K
+            );
         }
         false
     }
@@ -191,7 +191,7 @@ mod tests {
     #[test]
     fn an_input_gets_the_same_bits_whatever_else_is_in_its_batch() {
         let mut rng = StdRng::seed_from_u64(12);
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
             if !applies(ty) {
                 continue;
             }

@@ -5,8 +5,8 @@
 //! the AVX2 kernels ([`crate::qdot_avx2`]) must do in scalar code.
 //!
 //! Same sums as [`quant::dot`](crate::quant::dot) up to f32 rounding and their order. Also
-//! [`dequantize`]: whole Q4_0, Q4_1 and Q8_0 rows into f32, for the batched products of
-//! [`crate::qbatch`].
+//! [`dequantize`] and [`dot2_q`]: Q4_0, Q4_1, Q8_0, Q4_K and Q6_K rows dequantized 32 values
+//! at a time, for the batched products of [`crate::qbatch`].
 
 use core::arch::x86_64::{__m128, __m128i, __m512, __m512i};
 
@@ -195,45 +195,27 @@ fn store_f32x16(v: __m512, y: &mut [f32]) {
     y[..16].copy_from_slice(&a);
 }
 
-/// A Q4_0, Q4_1 or Q8_0 row dequantized into `out` (its element count long): the values of
-/// [`quant::dequantize`](crate::quant::dequantize), bit for bit, but Q4_1's `d·q + m`, which is
-/// rounded once here. Returns `false`, writing nothing, for another type.
+/// Whether [`dequantize`] and [`dot2_q`] take rows of `ty`.
+pub(crate) const fn batches(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q6_K)
+}
+
+/// A row of a type [`batches`] takes, dequantized into `out` (its element count long): the
+/// values of [`quant::dequantize`](crate::quant::dequantize), bit for bit, but Q4_1's
+/// `d·q + m`, which is rounded once here. Returns `false`, writing nothing, for another type.
 #[inline(always)]
 pub(crate) fn dequantize(simd: V4, ty: GgmlType, row: &[u8], out: &mut [f32]) -> bool {
-    let f = &simd.avx512f;
-    let blocks = out.as_chunks_mut::<32>().0;
-    match ty {
-        GgmlType::Q4_0 => {
-            for (b, y) in row.as_chunks::<18>().0.iter().zip(blocks) {
-                prefetch(simd, b);
-                let (lo, hi) = nibbles(simd, &b[2..], 8);
-                let d = f._mm512_broadcastss_ps(f16_pair(simd, b));
-                store_f32x16(f._mm512_mul_ps(d, lo), &mut y[..16]);
-                store_f32x16(f._mm512_mul_ps(d, hi), &mut y[16..]);
-            }
+    if !batches(ty) {
+        return false;
+    }
+    let (elems, bytes) = ty.block();
+    for (b, y) in row.chunks_exact(bytes).zip(out.chunks_exact_mut(elems)) {
+        prefetch(simd, b);
+        for (c, y) in y.as_chunks_mut::<32>().0.iter_mut().enumerate() {
+            let (lo, hi) = chunk_f32(simd, ty, b, c);
+            store_f32x16(lo, &mut y[..16]);
+            store_f32x16(hi, &mut y[16..]);
         }
-        GgmlType::Q4_1 => {
-            for (b, y) in row.as_chunks::<20>().0.iter().zip(blocks) {
-                prefetch(simd, b);
-                let (lo, hi) = nibbles(simd, &b[4..], 0);
-                let dm = f16_pair(simd, b);
-                let d = f._mm512_broadcastss_ps(dm);
-                let m = f._mm512_broadcastss_ps(simd.sse3._mm_movehdup_ps(dm));
-                store_f32x16(f._mm512_fmadd_ps(d, lo, m), &mut y[..16]);
-                store_f32x16(f._mm512_fmadd_ps(d, hi, m), &mut y[16..]);
-            }
-        }
-        GgmlType::Q8_0 => {
-            for (b, y) in row.as_chunks::<34>().0.iter().zip(blocks) {
-                prefetch(simd, b);
-                let d = f._mm512_broadcastss_ps(f16_pair(simd, b));
-                let lo = f._mm512_cvtepi32_ps(f._mm512_cvtepi8_epi32(load_u8x16(&b[2..])));
-                let hi = f._mm512_cvtepi32_ps(f._mm512_cvtepi8_epi32(load_u8x16(&b[18..])));
-                store_f32x16(f._mm512_mul_ps(lo, d), &mut y[..16]);
-                store_f32x16(f._mm512_mul_ps(hi, d), &mut y[16..]);
-            }
-        }
-        _ => return false,
     }
     true
 }
@@ -254,11 +236,13 @@ pub(crate) fn dot1_f32<const G: usize>(simd: V4, w: &[f32], p: &[[f32; 16]]) -> 
     core::array::from_fn(|j| hsum(simd, a[j]))
 }
 
-/// The 32 values of one Q4_0, Q4_1 or Q8_0 block (`ty`'s bytes `b`), as [`dequantize`] writes
-/// them.
+/// The 32 values of chunk `c` (elements `32c..32c + 32`) of one block `b` of a type
+/// [`batches`] takes, as [`dequantize`] writes them: Q4_0, Q4_1 and Q8_0 blocks are one chunk,
+/// Q4_K and Q6_K blocks eight.
 #[inline(always)]
-fn block_f32(simd: V4, ty: GgmlType, b: &[u8]) -> (__m512, __m512) {
+fn chunk_f32(simd: V4, ty: GgmlType, b: &[u8], c: usize) -> (__m512, __m512) {
     let f = &simd.avx512f;
+    let cvt = |v: __m512i| f._mm512_cvtepi32_ps(v);
     match ty {
         GgmlType::Q4_0 => {
             let (lo, hi) = nibbles(simd, &b[2..], 8);
@@ -272,6 +256,40 @@ fn block_f32(simd: V4, ty: GgmlType, b: &[u8]) -> (__m512, __m512) {
             let m = f._mm512_broadcastss_ps(simd.sse3._mm_movehdup_ps(dm));
             (f._mm512_fmadd_ps(d, lo, m), f._mm512_fmadd_ps(d, hi, m))
         }
+        GgmlType::Q4_K => {
+            // Sub-block `c`: the low (c even) or high nibbles of `qs[32·(c/2)..][..32]`,
+            // `(d·sc)·q − dmin·min` as the reference rounds it.
+            let dm = f16_pair(simd, b);
+            let d = simd.sse._mm_cvtss_f32(dm);
+            let dmin = simd.sse._mm_cvtss_f32(simd.sse3._mm_movehdup_ps(dm));
+            let (s, m) = scale_min_k4_f32(c, &b[4..16]);
+            let q = &b[16 + 32 * (c / 2)..];
+            let z0 = f._mm512_cvtepu8_epi32(load_u8x16(q));
+            let z1 = f._mm512_cvtepu8_epi32(load_u8x16(&q[16..]));
+            let (v0, v1) = if c.is_multiple_of(2) {
+                let mask = f._mm512_set1_epi32(0x0F);
+                (f._mm512_and_si512(z0, mask), f._mm512_and_si512(z1, mask))
+            } else {
+                (f._mm512_srli_epi32::<4>(z0), f._mm512_srli_epi32::<4>(z1))
+            };
+            let (ds, dmm) = (f._mm512_set1_ps(d * s), f._mm512_set1_ps(dmin * m));
+            (
+                f._mm512_sub_ps(f._mm512_mul_ps(ds, cvt(v0)), dmm),
+                f._mm512_sub_ps(f._mm512_mul_ps(ds, cvt(v1)), dmm),
+            )
+        }
+        GgmlType::Q6_K => {
+            // Half `c/4`, run `k = c mod 4`: element `l + 32k` of the half is the low (k < 2)
+            // or high nibble of `ql[l + 32·(k mod 2)]` and bits `2k..2k+2` of `qh[l]`, scaled
+            // by `d·sc[l/16 + 2k]`.
+            let d = simd.sse._mm_cvtss_f32(simd.avx512f._mm_maskz_cvtph_ps(
+                0b1,
+                simd.sse2._mm_cvtsi32_si128(i32::from(u16::from_le_bytes([b[208], b[209]]))),
+            ));
+            let (ql, qh, sc) = crate::quant::q6_k_half(b, c / 4);
+            let k = c % 4;
+            (q6_k_16(simd, ql, qh, sc, d, k, 0), q6_k_16(simd, ql, qh, sc, d, k, 1))
+        }
         _ => {
             let d = f._mm512_broadcastss_ps(f16_pair(simd, b));
             let lo = f._mm512_cvtepi32_ps(f._mm512_cvtepi8_epi32(load_u8x16(&b[2..])));
@@ -281,9 +299,23 @@ fn block_f32(simd: V4, ty: GgmlType, b: &[u8]) -> (__m512, __m512) {
     }
 }
 
-/// Two Q4_0, Q4_1 or Q8_0 rows times each of `G` inputs (`p` as for [`dot1_f32`]), each block
-/// dequantized in registers on the way: for each row, the same values and sums as
-/// [`dequantize`] then [`dot1_f32`], bit for bit.
+/// Elements `32k + 16·lh ..` (sixteen) of a Q6_K half (`ql`, `qh`, `sc` of
+/// [`q6_k_half`](crate::quant::q6_k_half)), `(d·sc)·(q − 32)`.
+#[inline(always)]
+fn q6_k_16(simd: V4, ql: &[u8], qh: &[u8], sc: &[u8], d: f32, k: usize, lh: usize) -> __m512 {
+    let f = &simd.avx512f;
+    let shift = |v: __m512i, by: usize| f._mm512_srlv_epi32(v, f._mm512_set1_epi32(by as i32));
+    let low = shift(f._mm512_cvtepu8_epi32(load_u8x16(&ql[32 * (k % 2) + 16 * lh..])), 4 * (k / 2));
+    let low = f._mm512_and_si512(low, f._mm512_set1_epi32(0x0F));
+    let high = shift(f._mm512_cvtepu8_epi32(load_u8x16(&qh[16 * lh..])), 2 * k);
+    let high = f._mm512_slli_epi32::<4>(f._mm512_and_si512(high, f._mm512_set1_epi32(3)));
+    let q = f._mm512_sub_epi32(f._mm512_or_si512(low, high), f._mm512_set1_epi32(32));
+    f._mm512_mul_ps(f._mm512_set1_ps(d * f32::from(sc[lh + 2 * k] as i8)), f._mm512_cvtepi32_ps(q))
+}
+
+/// Two rows of a type [`batches`] takes times each of `G` inputs (`p` as for [`dot1_f32`]),
+/// each block dequantized in registers, 32 values at a time, on the way: for each row, the same
+/// values and sums as [`dequantize`] then [`dot1_f32`], bit for bit.
 #[inline(always)]
 pub(crate) fn dot2_q<const G: usize>(
     simd: V4,
@@ -293,23 +325,26 @@ pub(crate) fn dot2_q<const G: usize>(
     p: &[[f32; 16]],
 ) -> ([f32; G], [f32; G]) {
     let f = &simd.avx512f;
-    let bb = ty.block().1;
+    let (be, bb) = ty.block();
+    let chunks = be / 32;
     let mut a = [f._mm512_setzero_ps(); G];
     let mut b = [f._mm512_setzero_ps(); G];
-    for ((b0, b1), x) in r0.chunks_exact(bb).zip(r1.chunks_exact(bb)).zip(p.chunks_exact(2 * G)) {
+    for ((b0, b1), xb) in r0.chunks_exact(bb).zip(r1.chunks_exact(bb)).zip(p.chunks_exact(2 * G * chunks)) {
         prefetch(simd, b0);
         prefetch(simd, b1);
-        let (u0, u1) = block_f32(simd, ty, b0);
-        let (v0, v1) = block_f32(simd, ty, b1);
-        for j in 0..G {
-            let xj: __m512 = pulp::cast(x[j]);
-            a[j] = f._mm512_fmadd_ps(u0, xj, a[j]);
-            b[j] = f._mm512_fmadd_ps(v0, xj, b[j]);
-        }
-        for j in 0..G {
-            let xj: __m512 = pulp::cast(x[G + j]);
-            a[j] = f._mm512_fmadd_ps(u1, xj, a[j]);
-            b[j] = f._mm512_fmadd_ps(v1, xj, b[j]);
+        for (c, x) in xb.chunks_exact(2 * G).enumerate() {
+            let (u0, u1) = chunk_f32(simd, ty, b0, c);
+            let (v0, v1) = chunk_f32(simd, ty, b1, c);
+            for j in 0..G {
+                let xj: __m512 = pulp::cast(x[j]);
+                a[j] = f._mm512_fmadd_ps(u0, xj, a[j]);
+                b[j] = f._mm512_fmadd_ps(v0, xj, b[j]);
+            }
+            for j in 0..G {
+                let xj: __m512 = pulp::cast(x[G + j]);
+                a[j] = f._mm512_fmadd_ps(u1, xj, a[j]);
+                b[j] = f._mm512_fmadd_ps(v1, xj, b[j]);
+            }
         }
     }
     (core::array::from_fn(|j| hsum(simd, a[j])), core::array::from_fn(|j| hsum(simd, b[j])))

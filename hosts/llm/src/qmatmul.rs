@@ -774,6 +774,25 @@ pub(crate) mod tests {
                 "{ty:?}: portable (built for AVX2 + FMA) {portable:.1} us, AVX2 {avx2:.1} us, AVX-512 {}",
                 avx512.map_or("-".to_owned(), |t| format!("{t:.1} us"))
             );
+            // Eight inputs at once (eight streams' decode steps): the fused row kernels once per
+            // input against the batched kernel, which dequantizes each block once for all.
+            let x8 = input(8 * cols, &mut rng);
+            let mut y8 = vec![0f32; 8 * rows];
+            let mut time8 = |f: &dyn Fn(&mut [f32])| {
+                (0..5).for_each(|_| f(&mut y8));
+                (0..5)
+                    .map(|_| {
+                        let t = std::time::Instant::now();
+                        (0..20).for_each(|_| f(&mut y8));
+                        t.elapsed().as_secs_f64() * 5e4
+                    })
+                    .fold(f64::MAX, f64::min)
+            };
+            let per_input = time8(&|y| matmul_small(m, &x8, 8, y));
+            let batched = time8(&|y| {
+                qbatch::matmul(m, &x8, 8, y);
+            });
+            println!("{ty:?}, 8 inputs: fused kernels per input {per_input:.1} us, batched {batched:.1} us");
         }
     }
 }
