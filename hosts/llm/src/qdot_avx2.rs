@@ -11,6 +11,7 @@ use core::arch::x86_64::{__m128i, __m256};
 
 use pulp::x86::V3;
 
+use crate::gguf::GgmlType;
 use crate::quant::scale_min_k4_f32;
 use crate::simd::f16_at;
 
@@ -210,4 +211,173 @@ pub(crate) fn dot_q6_k(simd: V3, row: &[u8], x: &[f32]) -> f32 {
         }
     }
     hsum(acc)
+}
+
+/// Whether [`dequantize`] takes rows of `ty`.
+pub(crate) const fn dequantizes(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q6_K)
+}
+
+/// Eight f32 into `y[..8]`.
+#[inline(always)]
+fn store_f32x8(v: __m256, y: &mut [f32]) {
+    let a: [f32; 8] = pulp::cast(v);
+    y[..8].copy_from_slice(&a);
+}
+
+/// Thirty-two f32 into `y`.
+#[inline(always)]
+fn store4(v: [__m256; 4], y: &mut [f32; 32]) {
+    store_f32x8(v[0], &mut y[..8]);
+    store_f32x8(v[1], &mut y[8..16]);
+    store_f32x8(v[2], &mut y[16..24]);
+    store_f32x8(v[3], &mut y[24..]);
+}
+
+/// `d·q − m` for each of the four vectors `q`, rounded as the reference rounds it.
+#[inline(always)]
+fn scaled(simd: V3, q: [__m256; 4], d: f32, m: f32) -> [__m256; 4] {
+    let avx = &simd.avx;
+    let (d, m) = (avx._mm256_set1_ps(d), avx._mm256_set1_ps(m));
+    [
+        avx._mm256_sub_ps(avx._mm256_mul_ps(d, q[0]), m),
+        avx._mm256_sub_ps(avx._mm256_mul_ps(d, q[1]), m),
+        avx._mm256_sub_ps(avx._mm256_mul_ps(d, q[2]), m),
+        avx._mm256_sub_ps(avx._mm256_mul_ps(d, q[3]), m),
+    ]
+}
+
+/// A row of a type [`dequantizes`] takes, dequantized into `out` (its element count long), for
+/// the batched products of [`crate::qbatch`]: the values of
+/// [`quant::dequantize`](crate::quant::dequantize) up to the rounding of Q4_0's and Q8_0's
+/// `d·q` (the same) and Q4_1's `d·q + m` (rounded once here). Returns `false`, writing
+/// nothing, for another type.
+#[inline(always)]
+pub(crate) fn dequantize(simd: V3, ty: GgmlType, row: &[u8], out: &mut [f32]) -> bool {
+    let avx = &simd.avx;
+    let fma = &simd.fma;
+    match ty {
+        GgmlType::Q4_0 => {
+            let eight = avx._mm256_set1_ps(8.0);
+            for (b, y) in row.as_chunks::<18>().0.iter().zip(out.as_chunks_mut::<32>().0) {
+                prefetch(simd, b);
+                store4(scaled(simd, nibbles(simd, &b[2..], eight), f16_at(b, 0), 0.0), y);
+            }
+        }
+        GgmlType::Q4_1 => {
+            let zero = avx._mm256_setzero_ps();
+            for (b, y) in row.as_chunks::<20>().0.iter().zip(out.as_chunks_mut::<32>().0) {
+                prefetch(simd, b);
+                let (d, m) = (avx._mm256_set1_ps(f16_at(b, 0)), avx._mm256_set1_ps(f16_at(b, 2)));
+                let [q0, q1, q2, q3] = nibbles(simd, &b[4..], zero);
+                let v = [
+                    fma._mm256_fmadd_ps(d, q0, m),
+                    fma._mm256_fmadd_ps(d, q1, m),
+                    fma._mm256_fmadd_ps(d, q2, m),
+                    fma._mm256_fmadd_ps(d, q3, m),
+                ];
+                store4(v, y);
+            }
+        }
+        GgmlType::Q8_0 => {
+            for (b, y) in row.as_chunks::<34>().0.iter().zip(out.as_chunks_mut::<32>().0) {
+                prefetch(simd, b);
+                let (q0, q1) = i8x16_to_f32(simd, load_u8x16(&b[2..]));
+                let (q2, q3) = i8x16_to_f32(simd, load_u8x16(&b[18..]));
+                store4(scaled(simd, [q0, q1, q2, q3], f16_at(b, 0), 0.0), y);
+            }
+        }
+        GgmlType::Q4_K => {
+            let zero = avx._mm256_setzero_ps();
+            for (b, y) in row.as_chunks::<144>().0.iter().zip(out.as_chunks_mut::<256>().0) {
+                prefetch(simd, b);
+                prefetch(simd, &b[64..]);
+                let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+                let ys = y.as_chunks_mut::<32>().0;
+                for j in 0..4 {
+                    let q = &b[16 + 32 * j..16 + 32 * j + 32];
+                    let [l0, l1, h0, h1] = nibbles(simd, q, zero);
+                    let [l2, l3, h2, h3] = nibbles(simd, &q[16..], zero);
+                    let (s1, m1) = scale_min_k4_f32(2 * j, &b[4..16]);
+                    let (s2, m2) = scale_min_k4_f32(2 * j + 1, &b[4..16]);
+                    store4(scaled(simd, [l0, l1, l2, l3], d * s1, dmin * m1), &mut ys[2 * j]);
+                    store4(scaled(simd, [h0, h1, h2, h3], d * s2, dmin * m2), &mut ys[2 * j + 1]);
+                }
+            }
+        }
+        GgmlType::Q6_K => {
+            let sse = &simd.sse2;
+            let low4 = sse._mm_set1_epi8(0x0F);
+            let low2 = sse._mm_set1_epi8(3);
+            let bias = avx._mm256_set1_ps(32.0);
+            for (b, y) in row.as_chunks::<210>().0.iter().zip(out.as_chunks_mut::<256>().0) {
+                prefetch(simd, b);
+                prefetch(simd, &b[64..]);
+                prefetch(simd, &b[128..]);
+                let d = f16_at(b, 208);
+                for half in 0..2 {
+                    let (ql, qh, sc) = crate::quant::q6_k_half(b, half);
+                    let yh = &mut y[128 * half..128 * half + 128];
+                    for lh in 0..2 {
+                        let za = load_u8x16(&ql[16 * lh..]);
+                        let zb = load_u8x16(&ql[32 + 16 * lh..]);
+                        let zh = load_u8x16(&qh[16 * lh..]);
+                        // As in `dot_q6_k`.
+                        let six =
+                            |nib: __m128i, hi: __m128i| sse._mm_or_si128(nib, sse._mm_slli_epi16::<4>(hi));
+                        let qs = [
+                            six(sse._mm_and_si128(za, low4), sse._mm_and_si128(zh, low2)),
+                            six(
+                                sse._mm_and_si128(zb, low4),
+                                sse._mm_and_si128(sse._mm_srli_epi16::<2>(zh), low2),
+                            ),
+                            six(
+                                sse._mm_and_si128(sse._mm_srli_epi16::<4>(za), low4),
+                                sse._mm_and_si128(sse._mm_srli_epi16::<4>(zh), low2),
+                            ),
+                            six(
+                                sse._mm_and_si128(sse._mm_srli_epi16::<4>(zb), low4),
+                                sse._mm_and_si128(sse._mm_srli_epi16::<6>(zh), low2),
+                            ),
+                        ];
+                        for (k, qk) in qs.into_iter().enumerate() {
+                            let (v0, v1) = u8x16_to_f32(simd, qk);
+                            let ds = avx._mm256_set1_ps(d * f32::from(sc[lh + 2 * k] as i8));
+                            let yk = &mut yh[32 * k + 16 * lh..];
+                            store_f32x8(avx._mm256_mul_ps(ds, avx._mm256_sub_ps(v0, bias)), yk);
+                            store_f32x8(avx._mm256_mul_ps(ds, avx._mm256_sub_ps(v1, bias)), &mut yk[8..]);
+                        }
+                    }
+                }
+            }
+        }
+        _ => return false,
+    }
+    true
+}
+
+/// Two dequantized rows (whole runs of 8) times each of `G` inputs, `p` holding the inputs
+/// interleaved: for each run of 8 columns, the `G` inputs' 8 values in turn. One vector of sums
+/// per row and input, each lane a chain of multiply-adds over the columns `8c + lane`, then
+/// added up: an input's sums do not depend on `G` or on the other inputs.
+#[inline(always)]
+pub(crate) fn dot2_f32<const G: usize>(
+    simd: V3,
+    w0: &[f32],
+    w1: &[f32],
+    p: &[[f32; 8]],
+) -> ([f32; G], [f32; G]) {
+    let fma = &simd.fma;
+    let mut a = [simd.avx._mm256_setzero_ps(); G];
+    let mut b = [simd.avx._mm256_setzero_ps(); G];
+    let runs = w0.as_chunks::<8>().0.iter().zip(w1.as_chunks::<8>().0).zip(p.chunks_exact(G));
+    for ((u, v), x) in runs {
+        let (u, v): (__m256, __m256) = (pulp::cast(*u), pulp::cast(*v));
+        for j in 0..G {
+            let xj: __m256 = pulp::cast(x[j]);
+            a[j] = fma._mm256_fmadd_ps(u, xj, a[j]);
+            b[j] = fma._mm256_fmadd_ps(v, xj, b[j]);
+        }
+    }
+    (core::array::from_fn(|j| hsum(a[j])), core::array::from_fn(|j| hsum(b[j])))
 }

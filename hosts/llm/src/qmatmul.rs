@@ -792,7 +792,19 @@ pub(crate) mod tests {
             let batched = time8(&|y| {
                 qbatch::matmul(m, &x8, 8, y);
             });
-            println!("{ty:?}, 8 inputs: fused kernels per input {per_input:.1} us, batched {batched:.1} us");
+            // The same on an AVX2-only CPU: AVX2's fused kernels once per input, and the AVX2
+            // batched kernel.
+            let per_input_avx2 = time8(&|y| {
+                for (x, y) in x8.chunks_exact(cols).zip(y.chunks_exact_mut(rows)) {
+                    let sums = sums_of(x);
+                    v3.vectorize(|| Rows { m, x, sums: &sums, first: 0, y }.run_avx2(v3));
+                }
+            });
+            let batched_avx2 = time8(&|y| qbatch::matmul_avx2(v3, m, &x8, 8, y));
+            println!(
+                "{ty:?}, 8 inputs: fused kernels per input {per_input:.1} us, batched {batched:.1} us; \
+                 AVX2 only: {per_input_avx2:.1} us, batched {batched_avx2:.1} us"
+            );
         }
     }
 }
