@@ -19,6 +19,7 @@
 //! fixed order. An input's results do not depend on which or how many other inputs share its
 //! batch, and they equal [`quant::dot`](crate::quant::dot) up to f32 rounding.
 
+use crate::qmatmul::QMat;
 #[cfg(target_arch = "x86_64")]
 use crate::qmatmul::by_row_runs;
 
