@@ -52,22 +52,38 @@ pub(crate) const ALL: &[Case] = &[
     Case { name: "kernel_mean_pool", run: Run::Backend(kernel_mean_pool) },
     Case { name: "kernel_l2_normalize", run: Run::Backend(kernel_l2_normalize) },
     Case { name: "kernel_model_invalid_rejected", run: Run::Backend(kernel_model_invalid_rejected) },
+    Case { name: "kernel_rms_norm", run: Run::Backend(crate::gen_cases::kernel_rms_norm) },
+    Case { name: "kernel_rope", run: Run::Backend(crate::gen_cases::kernel_rope) },
+    Case { name: "kernel_swiglu", run: Run::Backend(crate::gen_cases::kernel_swiglu) },
+    Case { name: "kernel_q_linear", run: Run::Backend(crate::gen_cases::kernel_q_linear) },
+    Case { name: "kernel_q_gather", run: Run::Backend(crate::gen_cases::kernel_q_gather) },
+    Case { name: "kernel_causal_attention", run: Run::Backend(crate::gen_cases::kernel_causal_attention) },
+    Case { name: "kernel_softmax", run: Run::Backend(crate::gen_cases::kernel_softmax) },
+    Case { name: "kernel_argmax", run: Run::Backend(crate::gen_cases::kernel_argmax) },
+    Case {
+        name: "kernel_generation_invalid_rejected",
+        run: Run::Backend(crate::gen_cases::kernel_generation_invalid_rejected),
+    },
     Case {
         name: "partial_dispatch_matches_whole",
         run: Run::Backend(crate::partial::partial_dispatch_matches_whole),
     },
 ];
 
-fn alloc(b: &mut dyn GpuBackend, size: u64) -> Result<BufferId, Failure> {
+pub(crate) fn alloc(b: &mut dyn GpuBackend, size: u64) -> Result<BufferId, Failure> {
     b.alloc(size).ctx(|| format!("alloc({size})"))
 }
 
-fn write(b: &mut dyn GpuBackend, id: BufferId, offset: u64, data: &[u8]) -> Outcome {
+pub(crate) fn write(b: &mut dyn GpuBackend, id: BufferId, offset: u64, data: &[u8]) -> Outcome {
     b.write(id, offset, data).ctx(|| format!("write({id:?}, {offset}, {} bytes)", data.len()))
 }
 
 /// Allocates a buffer holding seeded random bytes and returns them as its shadow.
-fn patterned(b: &mut dyn GpuBackend, size: usize, seed: u64) -> Result<(BufferId, Vec<u8>), Failure> {
+pub(crate) fn patterned(
+    b: &mut dyn GpuBackend,
+    size: usize,
+    seed: u64,
+) -> Result<(BufferId, Vec<u8>), Failure> {
     let id = alloc(b, size as u64)?;
     let data = Rng::new(seed).bytes(size);
     write(b, id, 0, &data)?;
@@ -754,7 +770,7 @@ fn random_copy(
 /// and a large non-multiple.
 const ELEMENT_COUNTS: [u32; 6] = [0, 1, 255, 256, 257, 100_000];
 /// Bytes past each output's end that a kernel must leave alone.
-const TAIL: usize = 64;
+pub(crate) const TAIL: usize = 64;
 
 /// Input buffers of a kernel and the values written to them.
 type Inputs = Vec<(BufferId, Vec<f32>)>;
@@ -962,29 +978,34 @@ fn kernel_invalid_rejected(b: &mut dyn GpuBackend) -> Outcome {
 // relative or 1e-5 absolute (sums compare against the sum of their terms' magnitudes).
 
 /// Uniform-ish f32 in `lo..hi`.
-fn uniform(rng: &mut Rng, lo: f32, hi: f32) -> f32 {
+pub(crate) fn uniform(rng: &mut Rng, lo: f32, hi: f32) -> f32 {
     let unit = (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
     lo + (hi - lo) * unit
 }
 
-fn uniforms(rng: &mut Rng, len: usize, lo: f32, hi: f32) -> Vec<f32> {
+pub(crate) fn uniforms(rng: &mut Rng, len: usize, lo: f32, hi: f32) -> Vec<f32> {
     (0..len).map(|_| uniform(rng, lo, hi)).collect()
 }
 
 /// A buffer holding `values` (at least 4 bytes).
-fn upload(b: &mut dyn GpuBackend, values: &[f32]) -> Result<BufferId, Failure> {
+pub(crate) fn upload(b: &mut dyn GpuBackend, values: &[f32]) -> Result<BufferId, Failure> {
     let id = alloc(b, (values.len() as u64 * 4).max(4))?;
     write(b, id, 0, &f32_bytes(values))?;
     Ok(id)
 }
 
 /// An output buffer of `len` f32 plus [`TAIL`] bytes, filled with random bytes.
-fn output(b: &mut dyn GpuBackend, len: usize, seed: u64) -> Result<(BufferId, Vec<u8>), Failure> {
+pub(crate) fn output(b: &mut dyn GpuBackend, len: usize, seed: u64) -> Result<(BufferId, Vec<u8>), Failure> {
     patterned(b, len * 4 + TAIL, seed)
 }
 
 /// Reads an output made by [`output`]: checks the tail is untouched and returns the values.
-fn outputs(b: &mut dyn GpuBackend, what: &str, out: BufferId, init: &[u8]) -> Result<Vec<f32>, Failure> {
+pub(crate) fn outputs(
+    b: &mut dyn GpuBackend,
+    what: &str,
+    out: BufferId,
+    init: &[u8],
+) -> Result<Vec<f32>, Failure> {
     let got = read_all(b, out)?;
     let len = init.len() - TAIL;
     same_bytes(&format!("{what}: bytes past the output"), &got[len..], &init[len..])?;
@@ -1011,7 +1032,7 @@ fn close_rel(what: &str, got: &[f32], want: &[f64]) -> Outcome {
     close_all(what, got, want, &scale)
 }
 
-fn free_all(b: &mut dyn GpuBackend, ids: &[BufferId]) -> Outcome {
+pub(crate) fn free_all(b: &mut dyn GpuBackend, ids: &[BufferId]) -> Outcome {
     for &id in ids {
         b.free(id).ctx(|| format!("free({id:?})"))?;
     }

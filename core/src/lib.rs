@@ -36,6 +36,7 @@ pub mod config;
 pub mod crc32;
 pub mod discovery;
 pub mod io;
+pub mod kernel;
 pub mod model;
 pub mod session;
 pub mod time;

@@ -484,7 +484,19 @@ impl CudaBackend {
                 // rela_l2norm(x, out, rows, dim)
                 builder.arg(buf(x)?).arg(&mut *out).arg(&p.m).arg(&p.n);
             }
-            KernelCall::Binary { .. } | KernelCall::Scale { .. } | KernelCall::Matmul { .. } => {
+            // The first three have launchers of their own; the generation kernels have no CUDA
+            // kernel yet (`Launch::of` refused them above).
+            KernelCall::Binary { .. }
+            | KernelCall::Scale { .. }
+            | KernelCall::Matmul { .. }
+            | KernelCall::RmsNorm { .. }
+            | KernelCall::Rope { .. }
+            | KernelCall::SwiGlu { .. }
+            | KernelCall::QLinear { .. }
+            | KernelCall::QGather { .. }
+            | KernelCall::CausalAttention { .. }
+            | KernelCall::Softmax { .. }
+            | KernelCall::Argmax { .. } => {
                 return Err(BackendError::Unsupported);
             }
         }

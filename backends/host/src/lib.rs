@@ -42,6 +42,7 @@ use rela_core::backend::{
 use rela_kernels::fast as kernels;
 #[cfg(not(feature = "std"))]
 use rela_kernels::reference as kernels;
+use rela_kernels::reference;
 
 /// Device name reported in [`DeviceInfo`].
 pub const DEVICE_NAME: &str = "host memory";
@@ -343,6 +344,104 @@ impl<S: Arena, const N: usize> HostMemory<S, N> {
                 let (x, out) = (self.units(x, s, c, d * 4), self.units(out, s, c, d * 4));
                 let (inputs, out) = self.storage.split(out);
                 kernels::l2_normalize(inputs.get(x), out, cu, dim as usize);
+            }
+            // The generation kernels run the reference with or without `std`: the fast host path
+            // of text generation is rela-llm's own.
+            KernelCall::RmsNorm { x, w, out, dim, eps, .. } => {
+                let d = u64::from(dim);
+                let (x, w, out) =
+                    (self.units(x, s, c, d * 4), self.units(w, 0, d, 4), self.units(out, s, c, d * 4));
+                let (inputs, out) = self.storage.split(out);
+                reference::rms_norm(inputs.get(x), inputs.get(w), out, cu, dim as usize, eps);
+            }
+            KernelCall::Rope { x, pos, out, heads, head_dim, rope_dim, base, .. } => {
+                let row = u64::from(heads) * u64::from(head_dim) * 4;
+                let (x, pos, out) =
+                    (self.units(x, s, c, row), self.units(pos, s, c, 4), self.units(out, s, c, row));
+                let (inputs, out) = self.storage.split(out);
+                reference::rope(
+                    inputs.get(x),
+                    inputs.get(pos),
+                    out,
+                    cu,
+                    heads as usize,
+                    head_dim as usize,
+                    rope_dim as usize,
+                    base,
+                );
+            }
+            KernelCall::SwiGlu { gate, up, out, .. } => {
+                let (g, u, out) =
+                    (self.units(gate, s, c, 4), self.units(up, s, c, 4), self.units(out, s, c, 4));
+                let (inputs, out) = self.storage.split(out);
+                reference::swiglu(inputs.get(g), inputs.get(u), out, cu);
+            }
+            KernelCall::QLinear { x, w, out, m, k, n, wtype } => {
+                // Units are output columns: the part reads every row of `x`, its rows of `w`
+                // and writes its columns of every output row (the whole output is the span).
+                let row_bytes = wtype.row_bytes(k).unwrap_or(0);
+                let x = self.units(x, 0, u64::from(m), u64::from(k) * 4);
+                let w = self.units(w, 0, u64::from(n), row_bytes);
+                let out = self.units(out, 0, u64::from(m), u64::from(n) * 4);
+                let (inputs, out) = self.storage.split(out);
+                let cols = units.start as usize..units.end as usize;
+                reference::q_linear(
+                    inputs.get(x),
+                    inputs.get(w),
+                    out,
+                    m as usize,
+                    k as usize,
+                    n as usize,
+                    cols,
+                    wtype,
+                );
+            }
+            KernelCall::QGather { table, ids, out, vocab, dim, wtype, .. } => {
+                let row_bytes = wtype.row_bytes(dim).unwrap_or(0);
+                let table = self.units(table, 0, u64::from(vocab), row_bytes);
+                let ids = self.units(ids, s, c, 4);
+                let out = self.units(out, s, c, u64::from(dim) * 4);
+                let (inputs, out) = self.storage.split(out);
+                reference::q_gather(
+                    inputs.get(table),
+                    inputs.get(ids),
+                    out,
+                    vocab as usize,
+                    dim as usize,
+                    cu,
+                    wtype,
+                );
+            }
+            KernelCall::CausalAttention { q, k, v, out, tokens, pos0, heads, kv_heads, head_dim } => {
+                // Unit `t·heads + h` writes head `h` of row `t`: units are contiguous in `out`.
+                let (hd, keys) = (u64::from(head_dim), u64::from(pos0) + u64::from(tokens));
+                let q = self.units(q, 0, u64::from(tokens), u64::from(heads) * hd * 4);
+                let kv_row = u64::from(kv_heads) * hd * 4;
+                let (k, v) = (self.units(k, 0, keys, kv_row), self.units(v, 0, keys, kv_row));
+                let out = self.units(out, 0, u64::from(tokens), u64::from(heads) * hd * 4);
+                let (inputs, out) = self.storage.split(out);
+                reference::causal_attention(
+                    inputs.get(q),
+                    inputs.get(k),
+                    inputs.get(v),
+                    out,
+                    units.start as usize..units.end as usize,
+                    pos0 as usize,
+                    heads as usize,
+                    kv_heads as usize,
+                    head_dim as usize,
+                );
+            }
+            KernelCall::Softmax { x, out, dim, .. } => {
+                let d = u64::from(dim);
+                let (x, out) = (self.units(x, s, c, d * 4), self.units(out, s, c, d * 4));
+                let (inputs, out) = self.storage.split(out);
+                reference::softmax(inputs.get(x), out, cu, dim as usize);
+            }
+            KernelCall::Argmax { x, out, dim, .. } => {
+                let (x, out) = (self.units(x, s, c, u64::from(dim) * 4), self.units(out, s, c, 4));
+                let (inputs, out) = self.storage.split(out);
+                reference::argmax(inputs.get(x), out, cu, dim as usize);
             }
         }
     }

@@ -4,7 +4,13 @@
 //!   turns them into SPIR-V with naga.
 //! - [`CUDA_SOURCE`]: the same kernels in CUDA C, compiled at run time by NVRTC.
 //! - [`reference`](mod@reference): plain-Rust implementations over little-endian byte buffers. The host
-//!   backend runs them, and the conformance suite checks every other backend against them.
+//!   backend runs them, and the conformance suite checks every other backend against them. The
+//!   text generation kernels (RMS_NORM, ROPE, SWIGLU, Q_LINEAR, Q_GATHER, CAUSAL_ATTENTION,
+//!   SOFTMAX, ARGMAX) exist only here so far: the GPU backends answer `Unsupported` for them
+//!   ([`Kernel::of`] is `None`).
+//! - [`quant`]: the GGUF weight block formats (`WeightType`: F32, F16, Q4_0, Q4_1, Q8_0, Q4_K,
+//!   Q6_K), dequantized block by block without allocation, bit for bit as llama.cpp and the
+//!   `gguf` Python package do.
 //! - [`Launch`]: what a GPU backend binds and how many workgroups it dispatches for a call,
 //!   shared by the Vulkan and wgpu backends (and the CUDA grid shapes).
 //! - `fast` (feature `std`): the reference kernels' functions with the same signatures,
@@ -47,6 +53,8 @@ extern crate std;
 
 #[cfg(feature = "std")]
 pub mod fast;
+mod generation;
+pub mod quant;
 
 use rela_core::backend::{BackendError, BinaryOp, BufferId, KernelCall};
 
@@ -175,6 +183,15 @@ impl Params {
             }
             KernelCall::MeanPool { batch, seq, dim, .. } => Self { n: dim, m: seq, batch, ..z },
             KernelCall::L2Normalize { rows, dim, .. } => Self { n: dim, m: rows, ..z },
+            // No WGSL kernel yet (`Kernel::of` is `None`).
+            KernelCall::RmsNorm { .. }
+            | KernelCall::Rope { .. }
+            | KernelCall::SwiGlu { .. }
+            | KernelCall::QLinear { .. }
+            | KernelCall::QGather { .. }
+            | KernelCall::CausalAttention { .. }
+            | KernelCall::Softmax { .. }
+            | KernelCall::Argmax { .. } => z,
         }
     }
 }
@@ -327,9 +344,10 @@ impl Kernel {
     }
 
     /// The kernel a call runs: [`LinearVec4`](Self::LinearVec4) for a linear call whose `k` is
-    /// a positive multiple of 4, [`Linear`](Self::Linear) for any other.
-    pub const fn of(call: &KernelCall) -> Self {
-        match call {
+    /// a positive multiple of 4, [`Linear`](Self::Linear) for any other; `None` for a call no
+    /// WGSL or CUDA kernel runs yet (the generation kernels, RMS_NORM … ARGMAX).
+    pub const fn of(call: &KernelCall) -> Option<Self> {
+        Some(match call {
             KernelCall::Binary { .. } => Self::Binary,
             KernelCall::Scale { .. } => Self::Scale,
             KernelCall::Matmul { .. } => Self::Matmul,
@@ -341,7 +359,15 @@ impl Kernel {
             KernelCall::Attention { .. } => Self::Attention,
             KernelCall::MeanPool { .. } => Self::MeanPool,
             KernelCall::L2Normalize { .. } => Self::L2Normalize,
-        }
+            KernelCall::RmsNorm { .. }
+            | KernelCall::Rope { .. }
+            | KernelCall::SwiGlu { .. }
+            | KernelCall::QLinear { .. }
+            | KernelCall::QGather { .. }
+            | KernelCall::CausalAttention { .. }
+            | KernelCall::Softmax { .. }
+            | KernelCall::Argmax { .. } => return None,
+        })
     }
 }
 
@@ -366,9 +392,9 @@ pub struct Launch {
 impl Launch {
     /// Plans a call that [`KernelCall::validate`] accepted.
     ///
-    /// `Ok(None)`: the output is empty, nothing to run. `Err(Unsupported)`: a binding holds more
-    /// than `u32::MAX` f32s (kernels index with `u32`) or the grid cannot be folded into
-    /// 65,535 × 65,535 workgroups.
+    /// `Ok(None)`: the output is empty, nothing to run. `Err(Unsupported)`: no GPU kernel runs
+    /// the call yet ([`Kernel::of`] is `None`), a binding holds more than `u32::MAX` f32s
+    /// (kernels index with `u32`) or the grid cannot be folded into 65,535 × 65,535 workgroups.
     pub fn of(call: &KernelCall) -> Result<Option<Self>, BackendError> {
         // Saturating, so a call that skipped validation cannot panic here (it fails below).
         let f = |count: u64| count.saturating_mul(4);
@@ -378,7 +404,7 @@ impl Launch {
             Ok(grid_1d(count))
         };
         let folded = |groups: u64| grid_groups(groups).ok_or(BackendError::Unsupported);
-        let kernel = Kernel::of(call);
+        let kernel = Kernel::of(call).ok_or(BackendError::Unsupported)?;
         let (buffers, out_elems, groups): (&[(BufferId, u64)], u64, (u32, u32)) = match *call {
             KernelCall::Binary { a, b, out, n, .. } => {
                 let bytes = f(n.into());
@@ -438,6 +464,14 @@ impl Launch {
                 let bytes = f(mul(rows, dim));
                 (&[(x, bytes), (out, bytes)], mul(rows, dim), folded(rows.into())?)
             }
+            KernelCall::RmsNorm { .. }
+            | KernelCall::Rope { .. }
+            | KernelCall::SwiGlu { .. }
+            | KernelCall::QLinear { .. }
+            | KernelCall::QGather { .. }
+            | KernelCall::CausalAttention { .. }
+            | KernelCall::Softmax { .. }
+            | KernelCall::Argmax { .. } => return Err(BackendError::Unsupported),
         };
         if out_elems == 0 {
             return Ok(None);
@@ -468,6 +502,10 @@ impl Launch {
 /// they agree to a few ulp rather than bit for bit.
 pub mod reference {
     use rela_core::backend::MAX_ATTENTION_SEQ;
+
+    pub use crate::generation::{
+        argmax, argmax_of, causal_attention, q_gather, q_linear, rms_norm, rope, rope_angle, softmax, swiglu,
+    };
 
     use super::BinaryOp;
 
@@ -838,7 +876,7 @@ mod tests {
         assert_eq!(launch.groups, (2 * 12, 1));
         for (k, want) in [(1, Kernel::Linear), (6, Kernel::Linear), (8, Kernel::LinearVec4)] {
             let call = KernelCall::Linear { x: B(1), w: B(2), bias: B(3), out: B(4), m: 1, k, n: 1 };
-            assert_eq!(Kernel::of(&call), want, "k = {k}");
+            assert_eq!(Kernel::of(&call), Some(want), "k = {k}");
         }
         let empty = KernelCall::Attention {
             q: B(1),

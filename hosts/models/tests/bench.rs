@@ -50,6 +50,14 @@ fn kind(call: &KernelCall) -> &'static str {
         KernelCall::Attention { .. } => "Attention",
         KernelCall::MeanPool { .. } => "MeanPool",
         KernelCall::L2Normalize { .. } => "L2Normalize",
+        KernelCall::RmsNorm { .. } => "RmsNorm",
+        KernelCall::Rope { .. } => "Rope",
+        KernelCall::SwiGlu { .. } => "SwiGlu",
+        KernelCall::QLinear { .. } => "QLinear",
+        KernelCall::QGather { .. } => "QGather",
+        KernelCall::CausalAttention { .. } => "CausalAttention",
+        KernelCall::Softmax { .. } => "Softmax",
+        KernelCall::Argmax { .. } => "Argmax",
     }
 }
 
