@@ -368,14 +368,14 @@ impl Client {
         #[cfg(feature = "tls")]
         let (rd, wr, tls_fingerprint) = match &options.tls {
             Some(tls) => {
-                let connect = crate::tls::connect(stream, addr, host, tls);
-                let (stream, fp) = match options.handshake_timeout {
+                let connect = crate::tls::connect_session(stream, addr, host, tls);
+                let (rd, wr, fp) = match options.handshake_timeout {
                     Some(after) => tokio::time::timeout(after, connect)
                         .await
                         .map_err(|_| ClientError::Timeout { phase: TimeoutPhase::Handshake, after })??,
                     None => connect.await?,
                 };
-                let (rd, wr) = crate::transport::tls(stream);
+                let (rd, wr) = crate::transport::tls(rd, wr);
                 (rd, wr, Some(fp))
             }
             None => {

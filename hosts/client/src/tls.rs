@@ -27,11 +27,17 @@ use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signat
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConnection, Connection, ConnectionTrafficSecrets};
 use sha2::{Digest, Sha256};
-use tokio::io::BufReader;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+use zeroize::Zeroizing;
+
+pub mod records;
+
+pub use records::RecordError;
 
 /// A TLS certificate fingerprint: the SHA-256 of the certificate's DER encoding.
 ///
@@ -318,75 +324,349 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// buffer below it turns that into one system call per 64 KiB (`docs/BENCHMARKS.md`).
 pub const TLS_READ_BUFFER: usize = 64 * 1024;
 
+/// What a handshake needs besides the stream: the client configuration, the verifier that
+/// sees the certificate (pinned or first-use trust), the node's address as the known-nodes
+/// store names it, and the name the certificate must carry.
+struct Setup {
+    config: Arc<ClientConfig>,
+    pin: Option<Arc<PinVerifier>>,
+    node: String,
+    name: ServerName<'static>,
+}
+
+impl Setup {
+    /// The configuration for the node at `addr` (reached as `host` when the caller named it),
+    /// trusting it as `options` say. With `secrets`, the traffic secrets go there and rustls
+    /// lets them be extracted (the session's own record layer, [`connect_session`]).
+    fn new(
+        addr: SocketAddr,
+        host: Option<&str>,
+        options: &TlsOptions,
+        secrets: Option<Arc<SecretLog>>,
+    ) -> Result<Self, TlsError> {
+        let provider = provider();
+        let node = addr.to_string();
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| TlsError::Handshake(e.to_string()))?;
+        let (mut config, pin) = match &options.trust {
+            TlsTrust::Ca(roots) => {
+                (builder.with_root_certificates(roots.clone()).with_no_client_auth(), None)
+            }
+            TlsTrust::Pinned(fp) => {
+                let v = Arc::new(PinVerifier { expected: Some(*fp), seen: Mutex::new(None), provider });
+                (
+                    builder.dangerous().with_custom_certificate_verifier(v.clone()).with_no_client_auth(),
+                    Some(v),
+                )
+            }
+            TlsTrust::FirstUse(store) => {
+                let v = Arc::new(PinVerifier {
+                    expected: store.lookup(&node)?,
+                    seen: Mutex::new(None),
+                    provider,
+                });
+                (
+                    builder.dangerous().with_custom_certificate_verifier(v.clone()).with_no_client_auth(),
+                    Some(v),
+                )
+            }
+        };
+        config.alpn_protocols = vec![TLS_ALPN.to_vec()];
+        if let Some(secrets) = secrets {
+            config.key_log = secrets;
+            config.enable_secret_extraction = true;
+        }
+        // The name the certificate must carry (checked with a CA bundle only): the host the
+        // caller named, else the address.
+        let name = host
+            .map(|h| {
+                h.rsplit_once(':')
+                    .map_or(h, |(name, _port)| name)
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+            })
+            .and_then(|h| ServerName::try_from(h.to_owned()).ok())
+            .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+        Ok(Self { config: Arc::new(config), pin, node, name })
+    }
+
+    /// The error for a failed handshake: a certificate other than the pinned or remembered
+    /// one, else `reason`.
+    fn failed(self, options: &TlsOptions, reason: String) -> TlsError {
+        let seen = self.pin.as_ref().and_then(|v| *v.seen.lock().unwrap_or_else(PoisonError::into_inner));
+        let expected = self.pin.as_ref().and_then(|v| v.expected);
+        match (seen, expected, &options.trust) {
+            (Some(presented), Some(known), TlsTrust::FirstUse(store)) if presented != known => {
+                TlsError::FingerprintChanged {
+                    node: self.node,
+                    known,
+                    presented,
+                    store: store.path().to_owned(),
+                }
+            }
+            (Some(presented), Some(expected), _) if presented != expected => {
+                TlsError::FingerprintMismatch { expected, presented }
+            }
+            _ => TlsError::Handshake(reason),
+        }
+    }
+
+    /// After the handshake: checks ALPN, remembers a first-use certificate, returns its
+    /// fingerprint.
+    fn accepted(&self, conn: &rustls::CommonState, options: &TlsOptions) -> Result<Fingerprint, TlsError> {
+        if conn.alpn_protocol() != Some(TLS_ALPN) {
+            return Err(TlsError::Alpn);
+        }
+        let presented = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| Fingerprint::of_der(c.as_ref()))
+            .ok_or_else(|| TlsError::Handshake("the node sent no certificate".to_owned()))?;
+        if let TlsTrust::FirstUse(store) = &options.trust
+            && self.pin.as_ref().is_some_and(|v| v.expected.is_none())
+        {
+            store.remember(&self.node, presented)?;
+            tracing::warn!(node = %self.node, fingerprint = %presented, store = %store.path().display(),
+                "first TLS connection to this node: its certificate is now trusted");
+        }
+        Ok(presented)
+    }
+}
+
 /// Runs the TLS handshake on `stream` to the node at `addr` (reached as `host` when the caller
-/// named it), and checks the certificate as `options` say. Returns the stream and the
-/// certificate's fingerprint.
-pub(crate) async fn connect(
+/// named it) with tokio-rustls, and checks the certificate as `options` say. Returns the
+/// stream and the certificate's fingerprint.
+async fn connect(
     stream: TcpStream,
     addr: SocketAddr,
     host: Option<&str>,
     options: &TlsOptions,
 ) -> Result<(NodeStream, Fingerprint), TlsError> {
-    let provider = provider();
-    let node = addr.to_string();
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| TlsError::Handshake(e.to_string()))?;
-    let (mut config, pin) = match &options.trust {
-        TlsTrust::Ca(roots) => (builder.with_root_certificates(roots.clone()).with_no_client_auth(), None),
-        TlsTrust::Pinned(fp) => {
-            let v = Arc::new(PinVerifier { expected: Some(*fp), seen: Mutex::new(None), provider });
-            (builder.dangerous().with_custom_certificate_verifier(v.clone()).with_no_client_auth(), Some(v))
-        }
-        TlsTrust::FirstUse(store) => {
-            let v =
-                Arc::new(PinVerifier { expected: store.lookup(&node)?, seen: Mutex::new(None), provider });
-            (builder.dangerous().with_custom_certificate_verifier(v.clone()).with_no_client_auth(), Some(v))
-        }
-    };
-    config.alpn_protocols = vec![TLS_ALPN.to_vec()];
-    // The name the certificate must carry (checked with a CA bundle only): the host the caller
-    // named, else the address.
-    let name = host
-        .map(|h| {
-            h.rsplit_once(':').map_or(h, |(name, _port)| name).trim_start_matches('[').trim_end_matches(']')
-        })
-        .and_then(|h| ServerName::try_from(h.to_owned()).ok())
-        .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+    let setup = Setup::new(addr, host, options, None)?;
     let stream = BufReader::with_capacity(TLS_READ_BUFFER, stream);
-    let tls = match TlsConnector::from(Arc::new(config)).connect(name, stream).await {
+    let tls = match TlsConnector::from(setup.config.clone()).connect(setup.name.clone(), stream).await {
         Ok(tls) => tls,
-        Err(e) => {
-            let seen = pin.as_ref().and_then(|v| *v.seen.lock().unwrap_or_else(PoisonError::into_inner));
-            let expected = pin.as_ref().and_then(|v| v.expected);
-            return Err(match (seen, expected, &options.trust) {
-                (Some(presented), Some(known), TlsTrust::FirstUse(store)) if presented != known => {
-                    TlsError::FingerprintChanged { node, known, presented, store: store.path().to_owned() }
-                }
-                (Some(presented), Some(expected), _) if presented != expected => {
-                    TlsError::FingerprintMismatch { expected, presented }
-                }
-                _ => TlsError::Handshake(handshake_reason(&e)),
-            });
-        }
+        Err(e) => return Err(setup.failed(options, handshake_reason(&e))),
     };
-    let (_, conn) = tls.get_ref();
-    if conn.alpn_protocol() != Some(TLS_ALPN) {
-        return Err(TlsError::Alpn);
-    }
-    let presented = conn
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|c| Fingerprint::of_der(c.as_ref()))
-        .ok_or_else(|| TlsError::Handshake("the node sent no certificate".to_owned()))?;
-    if let TlsTrust::FirstUse(store) = &options.trust
-        && pin.as_ref().is_some_and(|v| v.expected.is_none())
-    {
-        store.remember(&node, presented)?;
-        tracing::warn!(%node, fingerprint = %presented, store = %store.path().display(),
-            "first TLS connection to this node: its certificate is now trusted");
-    }
+    let presented = setup.accepted(tls.get_ref().1, options)?;
     Ok((tls, presented))
+}
+
+/// The traffic secrets of a handshake, as rustls reports them (`CLIENT_TRAFFIC_SECRET_0`,
+/// `SERVER_TRAFFIC_SECRET_0`): the session's record layer derives its keys, and the keys of
+/// every KeyUpdate, from them.
+#[derive(Default)]
+pub(crate) struct SecretLog {
+    /// Client's, server's.
+    secrets: Mutex<[Option<records::Secret>; 2]>,
+}
+
+impl fmt::Debug for SecretLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the secrets.
+        f.write_str("SecretLog")
+    }
+}
+
+const CLIENT_TRAFFIC_SECRET: &str = "CLIENT_TRAFFIC_SECRET_0";
+const SERVER_TRAFFIC_SECRET: &str = "SERVER_TRAFFIC_SECRET_0";
+
+impl rustls::KeyLog for SecretLog {
+    fn log(&self, label: &str, _client_random: &[u8], secret: &[u8]) {
+        let slot = match label {
+            CLIENT_TRAFFIC_SECRET => 0,
+            SERVER_TRAFFIC_SECRET => 1,
+            _ => return,
+        };
+        self.secrets.lock().unwrap_or_else(PoisonError::into_inner)[slot] =
+            Some(Zeroizing::new(secret.to_vec()));
+    }
+
+    fn will_log(&self, label: &str) -> bool {
+        matches!(label, CLIENT_TRAFFIC_SECRET | SERVER_TRAFFIC_SECRET)
+    }
+}
+
+impl SecretLog {
+    /// Takes the client's and the server's traffic secrets.
+    fn take(&self) -> Option<(records::Secret, records::Secret)> {
+        let mut secrets = self.secrets.lock().unwrap_or_else(PoisonError::into_inner);
+        let [client, server] = &mut *secrets;
+        Some((client.take()?, server.take()?))
+    }
+}
+
+/// How a handshake driven by [`drive`] failed.
+enum DriveError {
+    Io(io::Error),
+    Tls(rustls::Error),
+}
+
+impl From<io::Error> for DriveError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+impl From<rustls::Error> for DriveError {
+    fn from(e: rustls::Error) -> Self {
+        Self::Tls(e)
+    }
+}
+
+/// Drives `conn` through the handshake on `stream`. rustls gets the bytes read one record at
+/// a time, never past the end of the record it is in, so when the handshake ends it holds no
+/// byte of a later record: those stay in `received`, from a record's start, for the record
+/// layer. A failed handshake sends rustls' alert for it, best effort.
+async fn drive(
+    stream: &mut TcpStream,
+    conn: &mut Connection,
+    received: &mut Vec<u8>,
+) -> Result<(), DriveError> {
+    let result = drive_inner(stream, conn, received).await;
+    if let Err(DriveError::Tls(_)) = result {
+        let mut alert = Vec::new();
+        if conn.write_tls(&mut alert).is_ok() {
+            let _ = stream.write_all(&alert).await;
+        }
+    }
+    result
+}
+
+async fn drive_inner(
+    stream: &mut TcpStream,
+    conn: &mut Connection,
+    received: &mut Vec<u8>,
+) -> Result<(), DriveError> {
+    let mut out = Vec::new();
+    // Bytes of the current record not yet given to rustls.
+    let mut record_left = 0usize;
+    loop {
+        while conn.wants_write() {
+            out.clear();
+            conn.write_tls(&mut out)?;
+            stream.write_all(&out).await?;
+        }
+        if !conn.is_handshaking() {
+            return Ok(());
+        }
+        if record_left == 0
+            && let [_, _, _, hi, lo, ..] = received[..]
+        {
+            record_left = records::HEADER + usize::from(u16::from_be_bytes([hi, lo]));
+        }
+        let n = record_left.min(received.len());
+        if n > 0 {
+            let mut bytes = &received[..n];
+            while !bytes.is_empty() {
+                conn.read_tls(&mut bytes)?;
+                conn.process_new_packets()?;
+            }
+            received.drain(..n);
+            record_left -= n;
+            continue;
+        }
+        let at = received.len();
+        received.resize(at + records::HEADER + records::MAX_CIPHERTEXT, 0);
+        let got = stream.read(&mut received[at..]).await;
+        received.truncate(at + *got.as_ref().unwrap_or(&0));
+        if got? == 0 {
+            return Err(DriveError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "tls handshake eof")));
+        }
+    }
+}
+
+/// After the handshake: the session's own record layer ([`records`]) over `stream`, with the
+/// traffic secrets `secrets` caught, checked against the keys rustls ended the handshake with.
+/// `received`: the bytes read past the handshake.
+fn into_records(
+    stream: TcpStream,
+    mut conn: Connection,
+    secrets: &SecretLog,
+    received: &[u8],
+) -> Result<(records::Reader, records::Writer), String> {
+    let server = matches!(conn, Connection::Server(_));
+    // Application data rustls already opened (none from a rustls peer, which sends nothing
+    // before the client's Finished), handed out first.
+    let mut early = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match io::Read::read(&mut conn.reader(), &mut chunk) {
+            Ok(0) => break,
+            Ok(n) => early.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let suite =
+        conn.negotiated_cipher_suite().and_then(records::Suite::of).ok_or("unsupported cipher suite")?;
+    let extracted = conn.dangerous_extract_secrets().map_err(|e| e.to_string())?;
+    let (client, server_secret) = secrets.take().ok_or("no traffic secrets")?;
+    let (tx, rx) = if server { (server_secret, client) } else { (client, server_secret) };
+    let tx = records::Keys::new(suite, tx, extracted.tx.0).map_err(|e| e.to_string())?;
+    let rx = records::Keys::new(suite, rx, extracted.rx.0).map_err(|e| e.to_string())?;
+    // The keys derived here must be the ones rustls ended the handshake with.
+    let same = |keys: &records::Keys, secrets: &ConnectionTrafficSecrets| match secrets {
+        ConnectionTrafficSecrets::Aes128Gcm { key, iv }
+        | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
+        | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => keys.matches(key.as_ref(), iv.as_ref()),
+        _ => false,
+    };
+    if !same(&tx, &extracted.tx.1) || !same(&rx, &extracted.rx.1) {
+        return Err("traffic keys differ from the handshake's".to_owned());
+    }
+    records::split(stream, rx, tx, received, early, !server).map_err(|e| e.to_string())
+}
+
+/// Runs the TLS handshake for a session on `stream` to the node at `addr` (reached as `host`
+/// when the caller named it), checks the certificate as `options` say, and sets up the
+/// session's own record layer ([`records`]) with the handshake's traffic secrets. Returns the
+/// read and write halves and the certificate's fingerprint.
+pub(crate) async fn connect_session(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    host: Option<&str>,
+    options: &TlsOptions,
+) -> Result<(records::Reader, records::Writer, Fingerprint), TlsError> {
+    let secrets = Arc::new(SecretLog::default());
+    let setup = Setup::new(addr, host, options, Some(secrets.clone()))?;
+    let conn = ClientConnection::new(setup.config.clone(), setup.name.clone())
+        .map_err(|e| TlsError::Handshake(e.to_string()))?;
+    let mut conn = Connection::from(conn);
+    let mut received = Vec::new();
+    match drive(&mut stream, &mut conn, &mut received).await {
+        Ok(()) => {}
+        Err(DriveError::Io(e)) => return Err(setup.failed(options, e.to_string())),
+        Err(DriveError::Tls(e)) => return Err(setup.failed(options, rustls_reason(&e))),
+    }
+    let presented = setup.accepted(&conn, options)?;
+    let (rd, wr) = into_records(stream, conn, &secrets, &received)
+        .map_err(|why| TlsError::Handshake(format!("TLS record layer: {why}")))?;
+    Ok((rd, wr, presented))
+}
+
+/// The node's side: runs the TLS handshake on `stream` with `config` (TLS 1.3, the node's
+/// certificate), then sets up the same record layer as a client session's ([`records`]).
+/// Returns its read and write halves. No deadline: the caller bounds the wait.
+pub async fn accept_session(
+    mut stream: TcpStream,
+    config: &rustls::ServerConfig,
+) -> io::Result<(records::Reader, records::Writer)> {
+    let secrets = Arc::new(SecretLog::default());
+    let mut config = config.clone();
+    config.key_log = secrets.clone();
+    config.enable_secret_extraction = true;
+    let conn = rustls::ServerConnection::new(Arc::new(config)).map_err(io::Error::other)?;
+    let mut conn = Connection::from(conn);
+    let mut received = Vec::new();
+    match drive(&mut stream, &mut conn, &mut received).await {
+        Ok(()) => {}
+        Err(DriveError::Io(e)) => return Err(e),
+        Err(DriveError::Tls(e)) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+    }
+    into_records(stream, conn, &secrets, &received)
+        .map_err(|why| io::Error::other(format!("TLS record layer: {why}")))
 }
 
 /// A TLS stream to a node with no RELA session on it yet: what [`open`] returns.
@@ -410,11 +690,19 @@ pub async fn open(
 
 /// The handshake error, with a hint when the node is likely not serving TLS.
 fn handshake_reason(e: &io::Error) -> String {
-    let plain = e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .is_some_and(|r| matches!(r, rustls::Error::InvalidMessage(_)));
-    if plain { format!("{e} (is the node serving TLS?)") } else { e.to_string() }
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(r) => rustls_reason(r),
+        None => e.to_string(),
+    }
+}
+
+/// rustls' handshake error, with a hint when the node is likely not serving TLS.
+fn rustls_reason(e: &rustls::Error) -> String {
+    if matches!(e, rustls::Error::InvalidMessage(_)) {
+        format!("{e} (is the node serving TLS?)")
+    } else {
+        e.to_string()
+    }
 }
 
 #[cfg(test)]

@@ -12,26 +12,22 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-/// TLS over TCP, with a read buffer under TLS ([`crate::tls::TLS_READ_BUFFER`]).
-#[cfg(feature = "tls")]
-pub(crate) type TlsStream = tokio_rustls::client::TlsStream<tokio::io::BufReader<TcpStream>>;
-
 /// The read half.
 pub(crate) enum ReadHalf {
     /// Plain TCP.
     Tcp(OwnedReadHalf),
-    /// TLS over TCP.
+    /// TLS over TCP: the session's record layer.
     #[cfg(feature = "tls")]
-    Tls(tokio::io::ReadHalf<TlsStream>),
+    Tls(Box<crate::tls::records::Reader>),
 }
 
 /// The write half.
 pub(crate) enum WriteHalf {
     /// Plain TCP.
     Tcp(OwnedWriteHalf),
-    /// TLS over TCP.
+    /// TLS over TCP: the session's record layer.
     #[cfg(feature = "tls")]
-    Tls(tokio::io::WriteHalf<TlsStream>),
+    Tls(Box<crate::tls::records::Writer>),
 }
 
 /// Splits a plain TCP stream.
@@ -40,11 +36,10 @@ pub(crate) fn plain(stream: TcpStream) -> (ReadHalf, WriteHalf) {
     (ReadHalf::Tcp(rd), WriteHalf::Tcp(wr))
 }
 
-/// Splits a TLS stream.
+/// The halves of a TLS session ([`crate::tls::connect_session`]).
 #[cfg(feature = "tls")]
-pub(crate) fn tls(stream: TlsStream) -> (ReadHalf, WriteHalf) {
-    let (rd, wr) = tokio::io::split(stream);
-    (ReadHalf::Tls(rd), WriteHalf::Tls(wr))
+pub(crate) fn tls(rd: crate::tls::records::Reader, wr: crate::tls::records::Writer) -> (ReadHalf, WriteHalf) {
+    (ReadHalf::Tls(Box::new(rd)), WriteHalf::Tls(Box::new(wr)))
 }
 
 impl std::fmt::Debug for ReadHalf {

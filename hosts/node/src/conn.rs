@@ -245,12 +245,9 @@ async fn start(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, admitte
     let _ = stream.set_nodelay(true);
     #[cfg(feature = "tls")]
     if let Some(config) = shared.tls.clone() {
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let limit = Duration::from_micros(shared.session.handshake_timeout.as_micros());
-        // rustls reads at most 4 KiB at a time: a buffer below it saves most system calls.
-        let stream = BufReader::with_capacity(rela_client::tls::TLS_READ_BUFFER, stream);
-        match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => admitted.run(tls, peer, shared).await,
+        match tokio::time::timeout(limit, rela_client::tls::accept_session(stream, &config)).await {
+            Ok(Ok((rd, wr))) => admitted.run(crate::stream::Tls::new(rd, wr), peer, shared).await,
             Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
         }

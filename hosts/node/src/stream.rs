@@ -53,22 +53,78 @@ impl TryWrite for OwnedWriteHalf {
 }
 
 #[cfg(feature = "tls")]
+pub(crate) use tls::Tls;
+
+#[cfg(feature = "tls")]
 mod tls {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use rela_client::tls::records::{Reader, Writer};
+    use tokio::io::ReadBuf;
+
     use super::*;
 
-    /// TLS over TCP, with a read buffer under TLS (rustls reads at most 4 KiB at a time).
-    pub(crate) type Tls = tokio_rustls::server::TlsStream<tokio::io::BufReader<TcpStream>>;
+    /// TLS over TCP after the handshake ([`rela_client::tls::accept_session`]): the record
+    /// layer's two halves.
+    pub(crate) struct Tls {
+        rd: Reader,
+        wr: Writer,
+    }
 
-    impl SplitStream for Tls {
-        type Read = tokio::io::ReadHalf<Self>;
-        type Write = tokio::io::WriteHalf<Self>;
-
-        fn split(self) -> (Self::Read, Self::Write) {
-            tokio::io::split(self)
+    impl Tls {
+        /// The session's halves, as `accept_session` returns them.
+        pub(crate) const fn new(rd: Reader, wr: Writer) -> Self {
+            Self { rd, wr }
         }
     }
 
-    impl TryWrite for tokio::io::WriteHalf<Tls> {
+    impl AsyncRead for Tls {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().rd).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Tls {
+        fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.get_mut().wr).poll_write(cx, buf)
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.get_mut().wr).poll_write_vectored(cx, bufs)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.wr.is_write_vectored()
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().wr).poll_flush(cx)
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().wr).poll_shutdown(cx)
+        }
+    }
+
+    impl SplitStream for Tls {
+        type Read = Reader;
+        type Write = Writer;
+
+        fn split(self) -> (Reader, Writer) {
+            (self.rd, self.wr)
+        }
+    }
+
+    impl TryWrite for Writer {
         fn try_write(&self, _buf: &[u8]) -> io::Result<usize> {
             Err(io::ErrorKind::WouldBlock.into())
         }

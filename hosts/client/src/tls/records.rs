@@ -1,0 +1,605 @@
+//! The TLS 1.3 record layer of a session after the handshake (RFC 8446 §5), both directions,
+//! on both ends: a client's ([`super::connect_session`]) and the node's
+//! ([`super::accept_session`]).
+//!
+//! rustls runs the handshake and checks the certificate; the session then seals and opens its
+//! records here, with the traffic secrets of that handshake and the same AEAD code (`ring`).
+//! The wire is the same TLS 1.3 a rustls session sends. The reason is the copies: rustls'
+//! buffered reader copies every received byte three times (from the socket buffer into its
+//! record buffer, into a `Vec` per record, into the caller's slice). Here the socket is read
+//! in large pieces into one buffer, each record is opened where it lies, and its plaintext is
+//! copied once, into the caller's memory (`docs/BENCHMARKS.md`, TLS section).
+//!
+//! What a TLS 1.3 peer may send after the handshake is handled: application data, alerts
+//! (`close_notify` ends the stream, any other alert fails it), NewSessionTicket to a client
+//! (dropped: every session makes a fresh configuration, so a ticket could never be used) and
+//! KeyUpdate (the receiving keys move on; a requested update is answered before the next
+//! record sent; more than 32 in a row without data fail the stream, as in rustls). Sending
+//! moves to new keys by KeyUpdate before the suite's confidentiality limit. A record that does
+//! not open, is too long, or carries an unexpected type fails the stream with a
+//! [`RecordError`]; no alert is sent back, the connection closes.
+
+use std::fmt;
+use std::io;
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+
+use ring::aead::{self, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::hkdf;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use zeroize::Zeroizing;
+
+/// A traffic secret, wiped when dropped.
+pub(crate) type Secret = Zeroizing<Vec<u8>>;
+
+/// Record header: content type, legacy version, length.
+pub(crate) const HEADER: usize = 5;
+/// The longest plaintext of one record.
+const MAX_PLAINTEXT: usize = 1 << 14;
+/// The longest protected record body (RFC 8446 §5.2: 2^14 + 256).
+pub(crate) const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 256;
+/// AEAD tag length of every TLS 1.3 suite.
+const TAG: usize = 16;
+/// The longest post-handshake handshake message accepted (as rustls).
+const MAX_HANDSHAKE_MESSAGE: usize = 0xffff;
+/// KeyUpdates accepted in a row without application data between them (as rustls and
+/// BoringSSL): more is a peer wasting our time.
+const MAX_KEY_UPDATES_IN_A_ROW: u8 = 32;
+/// Bytes read from the socket at once, at most (plus room for one whole record).
+const READ_BUFFER: usize = 64 * 1024;
+/// Sealed bytes held before they are written to the socket (rustls' default buffer limit).
+const WRITE_BUFFER: usize = 64 * 1024;
+
+const CONTENT_ALERT: u8 = 21;
+const CONTENT_HANDSHAKE: u8 = 22;
+const CONTENT_APPLICATION_DATA: u8 = 23;
+const HANDSHAKE_NEW_SESSION_TICKET: u8 = 4;
+const HANDSHAKE_KEY_UPDATE: u8 = 24;
+const ALERT_CLOSE_NOTIFY: u8 = 0;
+
+/// Why the TLS record stream failed after the handshake (inside the [`io::Error`] a read or
+/// write returns: [`io::ErrorKind::InvalidData`], or [`io::ErrorKind::ConnectionAborted`] for
+/// an alert).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// A record longer than TLS 1.3 allows (the length it declared).
+    Oversized(usize),
+    /// A record that does not open under the current key: altered, reordered or forged.
+    Decrypt,
+    /// A record of a content type TLS 1.3 does not allow here (the type).
+    UnexpectedType(u8),
+    /// The node sent this fatal alert (its description code).
+    Alert(u8),
+    /// A post-handshake handshake message that is malformed or not allowed after the
+    /// handshake (its type).
+    Handshake(u8),
+    /// The connection ended without the node's `close_notify`: the data may be truncated.
+    Truncated,
+    /// The sequence numbers of a key ran out.
+    SequenceExhausted,
+    /// The keys could not be derived or set up (an unsupported cipher suite, or a secret
+    /// the handshake did not give).
+    Keys,
+}
+
+impl fmt::Display for RecordError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Oversized(len) => write!(f, "TLS record of {len} bytes, above the 2^14 + 256 limit"),
+            Self::Decrypt => f.write_str("TLS record failed to decrypt (altered or forged)"),
+            Self::UnexpectedType(t) => write!(f, "unexpected TLS content type {t} after the handshake"),
+            Self::Alert(d) => write!(f, "the node sent TLS alert {d}"),
+            Self::Handshake(t) => {
+                write!(f, "unexpected or malformed TLS handshake message {t} after the handshake")
+            }
+            Self::Truncated => f.write_str("the node closed the connection without TLS close_notify"),
+            Self::SequenceExhausted => f.write_str("TLS record sequence numbers exhausted"),
+            Self::Keys => f.write_str("TLS traffic keys could not be set up"),
+        }
+    }
+}
+
+impl std::error::Error for RecordError {}
+
+impl From<RecordError> for io::Error {
+    fn from(e: RecordError) -> Self {
+        let kind = match e {
+            RecordError::Alert(_) => io::ErrorKind::ConnectionAborted,
+            RecordError::Truncated => io::ErrorKind::UnexpectedEof,
+            _ => io::ErrorKind::InvalidData,
+        };
+        Self::new(kind, e)
+    }
+}
+
+/// The AEAD and hash of a TLS 1.3 cipher suite, and how many records one key may protect.
+#[derive(Clone, Copy)]
+pub(crate) struct Suite {
+    aead: &'static aead::Algorithm,
+    hkdf: hkdf::Algorithm,
+    /// Records sealed under one key before it is replaced (the suite's confidentiality
+    /// limit, as rustls states it).
+    limit: u64,
+}
+
+impl fmt::Debug for Suite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Suite").field("aead", self.aead).field("limit", &self.limit).finish()
+    }
+}
+
+impl Suite {
+    /// The suite rustls negotiated, if it is one of the three TLS 1.3 suites of the `ring`
+    /// provider.
+    pub(crate) fn of(suite: rustls::SupportedCipherSuite) -> Option<Self> {
+        use rustls::CipherSuite as C;
+        let tls13 = suite.tls13()?;
+        let (aead, hkdf) = match tls13.common.suite {
+            C::TLS13_AES_128_GCM_SHA256 => (&aead::AES_128_GCM, hkdf::HKDF_SHA256),
+            C::TLS13_AES_256_GCM_SHA384 => (&aead::AES_256_GCM, hkdf::HKDF_SHA384),
+            C::TLS13_CHACHA20_POLY1305_SHA256 => (&aead::CHACHA20_POLY1305, hkdf::HKDF_SHA256),
+            _ => return None,
+        };
+        Some(Self { aead, hkdf, limit: tls13.common.confidentiality_limit })
+    }
+}
+
+/// An output length for `ring`'s HKDF.
+struct Len(usize);
+
+impl hkdf::KeyType for Len {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+/// HKDF-Expand-Label (RFC 8446 §7.1) with an empty context, into `out`.
+fn expand_label(
+    alg: hkdf::Algorithm,
+    secret: &[u8],
+    label: &[u8],
+    out: &mut [u8],
+) -> Result<(), RecordError> {
+    const PREFIX: &[u8] = b"tls13 ";
+    let length = u16::try_from(out.len()).map_err(|_| RecordError::Keys)?.to_be_bytes();
+    let label_len = [u8::try_from(PREFIX.len() + label.len()).map_err(|_| RecordError::Keys)?];
+    let info: [&[u8]; 5] = [&length, &label_len, PREFIX, label, &[0]];
+    let prk = hkdf::Prk::new_less_safe(alg, secret);
+    let okm = prk.expand(&info, Len(out.len())).map_err(|_| RecordError::Keys)?;
+    okm.fill(out).map_err(|_| RecordError::Keys)
+}
+
+/// One direction's traffic secret, the key and IV derived from it, and the next record's
+/// sequence number.
+pub(crate) struct Keys {
+    suite: Suite,
+    secret: Secret,
+    key: LessSafeKey,
+    iv: [u8; NONCE_LEN],
+    seq: u64,
+}
+
+impl fmt::Debug for Keys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the secret or the key.
+        f.debug_struct("Keys").field("suite", &self.suite).field("seq", &self.seq).finish()
+    }
+}
+
+impl Keys {
+    /// The keys of traffic secret `secret`, from record `seq` on.
+    pub(crate) fn new(suite: Suite, secret: Secret, seq: u64) -> Result<Self, RecordError> {
+        let mut key = Zeroizing::new(vec![0u8; suite.aead.key_len()]);
+        expand_label(suite.hkdf, &secret, b"key", &mut key)?;
+        let mut iv = [0u8; NONCE_LEN];
+        expand_label(suite.hkdf, &secret, b"iv", &mut iv)?;
+        let key = LessSafeKey::new(UnboundKey::new(suite.aead, &key).map_err(|_| RecordError::Keys)?);
+        Ok(Self { suite, secret, key, iv, seq })
+    }
+
+    /// Whether the key and IV are `key` and `iv` (what rustls says they are: a check that the
+    /// secret is the right one).
+    pub(crate) fn matches(&self, key: &[u8], iv: &[u8]) -> bool {
+        let mut mine = Zeroizing::new(vec![0u8; self.suite.aead.key_len()]);
+        expand_label(self.suite.hkdf, &self.secret, b"key", &mut mine).is_ok()
+            && *mine == key
+            && self.iv == iv
+    }
+
+    /// Moves to the next traffic secret (KeyUpdate, RFC 8446 §7.2), from record 0.
+    fn update(&mut self) -> Result<(), RecordError> {
+        let mut next = Zeroizing::new(vec![0u8; hkdf::KeyType::len(&self.suite.hkdf)]);
+        expand_label(self.suite.hkdf, &self.secret, b"traffic upd", &mut next)?;
+        *self = Self::new(self.suite, next, 0)?;
+        Ok(())
+    }
+
+    /// The nonce of the next record (the IV xor its sequence number), and counts it.
+    fn next_nonce(&mut self) -> Result<Nonce, RecordError> {
+        let mut nonce = self.iv;
+        for (n, s) in nonce[NONCE_LEN - 8..].iter_mut().zip(self.seq.to_be_bytes()) {
+            *n ^= s;
+        }
+        self.seq = self.seq.checked_add(1).ok_or(RecordError::SequenceExhausted)?;
+        Ok(Nonce::assume_unique_for_key(nonce))
+    }
+}
+
+/// The receiving half of a TLS session after the handshake: reads records from the socket,
+/// opens them, hands out their plaintext.
+pub struct Reader {
+    io: OwnedReadHalf,
+    keys: Keys,
+    /// Bytes read: `buf[head..tail]` are not yet opened; `buf[plain]` (before `head`) is the
+    /// plaintext of the last opened record not yet handed out.
+    buf: Box<[u8]>,
+    head: usize,
+    tail: usize,
+    plain: Range<usize>,
+    /// Plaintext rustls had already opened during the handshake, handed out first.
+    early: Vec<u8>,
+    /// Post-handshake handshake bytes not yet a whole message.
+    handshake: Vec<u8>,
+    /// Set when the node asked for a KeyUpdate back; the writer sends it.
+    update_owed: Arc<AtomicBool>,
+    /// KeyUpdates received since the last application data.
+    key_updates: u8,
+    /// NewSessionTicket may come (a client's reader).
+    tickets: bool,
+    /// The node sent `close_notify`: end of stream.
+    closed: bool,
+    /// A record failed: every later read fails the same way.
+    failed: Option<RecordError>,
+}
+
+impl fmt::Debug for Reader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reader")
+            .field("keys", &self.keys)
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The sending half of a TLS session after the handshake: seals what is written into records,
+/// writes them to the socket.
+pub struct Writer {
+    io: OwnedWriteHalf,
+    keys: Keys,
+    /// Sealed records: `out[sent..]` is not yet written.
+    out: Vec<u8>,
+    sent: usize,
+    update_owed: Arc<AtomicBool>,
+    /// `close_notify` is sealed.
+    closing: bool,
+}
+
+impl fmt::Debug for Writer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Writer")
+            .field("keys", &self.keys)
+            .field("closing", &self.closing)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The two halves over a TCP stream after the handshake: `rx` and `tx` are the keys of each
+/// direction, `received` the bytes read past the handshake (whole records from the start),
+/// `early` plaintext rustls already opened; `tickets`: whether NewSessionTicket may come (to a
+/// client).
+pub(crate) fn split(
+    stream: tokio::net::TcpStream,
+    rx: Keys,
+    tx: Keys,
+    received: &[u8],
+    early: Vec<u8>,
+    tickets: bool,
+) -> io::Result<(Reader, Writer)> {
+    let mut buf = vec![0u8; READ_BUFFER + HEADER + MAX_CIPHERTEXT].into_boxed_slice();
+    let Some(dst) = buf.get_mut(..received.len()) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "more than a read buffer past the TLS handshake",
+        ));
+    };
+    dst.copy_from_slice(received);
+    let (rd, wr) = stream.into_split();
+    let update_owed = Arc::new(AtomicBool::new(false));
+    let reader = Reader {
+        io: rd,
+        keys: rx,
+        buf,
+        head: 0,
+        tail: received.len(),
+        plain: 0..0,
+        early,
+        handshake: Vec::new(),
+        update_owed: update_owed.clone(),
+        key_updates: 0,
+        tickets,
+        closed: false,
+        failed: None,
+    };
+    let writer = Writer {
+        io: wr,
+        keys: tx,
+        out: Vec::with_capacity(WRITE_BUFFER + HEADER + MAX_CIPHERTEXT),
+        sent: 0,
+        update_owed,
+        closing: false,
+    };
+    Ok((reader, writer))
+}
+
+impl Reader {
+    /// Opens the next record if it is whole in the buffer. `Ok(false)`: not whole yet.
+    fn open_next(&mut self) -> Result<bool, RecordError> {
+        if self.tail - self.head < HEADER {
+            return Ok(false);
+        }
+        let header = &self.buf[self.head..self.head + HEADER];
+        let (kind, len) = (header[0], usize::from(u16::from_be_bytes([header[3], header[4]])));
+        // After the handshake every record is protected: its outer type is application_data.
+        if kind != CONTENT_APPLICATION_DATA {
+            return Err(RecordError::UnexpectedType(kind));
+        }
+        if len > MAX_CIPHERTEXT {
+            return Err(RecordError::Oversized(len));
+        }
+        if len <= TAG {
+            return Err(RecordError::Decrypt);
+        }
+        if self.tail - self.head < HEADER + len {
+            return Ok(false);
+        }
+        let at = self.head;
+        self.head += HEADER + len;
+        let nonce = self.keys.next_nonce()?;
+        let (header, body) = self.buf[at..at + HEADER + len].split_at_mut(HEADER);
+        let inner = self
+            .keys
+            .key
+            .open_in_place(nonce, Aad::from(&*header), body)
+            .map_err(|_| RecordError::Decrypt)?;
+        // The content type is the last byte that is not padding.
+        let Some(end) = inner.iter().rposition(|&b| b != 0) else {
+            return Err(RecordError::UnexpectedType(0));
+        };
+        if end > MAX_PLAINTEXT {
+            return Err(RecordError::Oversized(end));
+        }
+        let content = at + HEADER..at + HEADER + end;
+        match inner[end] {
+            CONTENT_APPLICATION_DATA if self.handshake.is_empty() => {
+                self.plain = content;
+                self.key_updates = 0;
+            }
+            CONTENT_HANDSHAKE if end > 0 => {
+                self.handshake.extend_from_slice(&self.buf[content]);
+                self.handshake_messages()?;
+            }
+            CONTENT_ALERT if end == 2 => {
+                let description = self.buf[content.start + 1];
+                if description != ALERT_CLOSE_NOTIFY {
+                    return Err(RecordError::Alert(description));
+                }
+                self.closed = true;
+            }
+            other => return Err(RecordError::UnexpectedType(other)),
+        }
+        Ok(true)
+    }
+
+    /// Handles the whole post-handshake handshake messages received.
+    fn handshake_messages(&mut self) -> Result<(), RecordError> {
+        while let [kind, a, b, c, ..] = self.handshake[..] {
+            let len = usize::try_from(u32::from_be_bytes([0, a, b, c]))
+                .map_err(|_| RecordError::Handshake(kind))?;
+            if len > MAX_HANDSHAKE_MESSAGE {
+                return Err(RecordError::Handshake(kind));
+            }
+            if self.handshake.len() < 4 + len {
+                return Ok(());
+            }
+            match (kind, &self.handshake[4..]) {
+                (HANDSHAKE_NEW_SESSION_TICKET, _) if self.tickets => {}
+                // A KeyUpdate ends its record (RFC 8446 §5.1: no message spans a key change).
+                (HANDSHAKE_KEY_UPDATE, [request @ (0 | 1)])
+                    if self.key_updates < MAX_KEY_UPDATES_IN_A_ROW =>
+                {
+                    self.key_updates += 1;
+                    if *request == 1 {
+                        self.update_owed.store(true, Ordering::Release);
+                    }
+                    self.keys.update()?;
+                }
+                _ => return Err(RecordError::Handshake(kind)),
+            }
+            self.handshake.drain(..4 + len);
+        }
+        Ok(())
+    }
+
+    /// Moves the bytes not yet opened to the front of the buffer, once every plaintext is out.
+    fn compact(&mut self) {
+        if self.head > 0 && self.plain.is_empty() {
+            self.buf.copy_within(self.head..self.tail, 0);
+            self.tail -= self.head;
+            self.head = 0;
+            self.plain = 0..0;
+        }
+    }
+}
+
+impl AsyncRead for Reader {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(e) = this.failed {
+            return Poll::Ready(Err(e.into()));
+        }
+        if !this.early.is_empty() {
+            let n = this.early.len().min(out.remaining());
+            out.put_slice(&this.early[..n]);
+            this.early.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
+        let before = out.filled().len();
+        loop {
+            if !this.plain.is_empty() {
+                let n = this.plain.len().min(out.remaining());
+                out.put_slice(&this.buf[this.plain.start..this.plain.start + n]);
+                this.plain.start += n;
+            }
+            if out.remaining() == 0 || this.closed {
+                return Poll::Ready(Ok(()));
+            }
+            match this.open_next() {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => {
+                    this.failed = Some(e);
+                    return Poll::Ready(Err(e.into()));
+                }
+            }
+            if out.filled().len() > before {
+                return Poll::Ready(Ok(()));
+            }
+            this.compact();
+            let mut space = ReadBuf::new(&mut this.buf[this.tail..]);
+            ready!(Pin::new(&mut this.io).poll_read(cx, &mut space))?;
+            let n = space.filled().len();
+            if n == 0 {
+                this.failed = Some(RecordError::Truncated);
+                return Poll::Ready(Err(RecordError::Truncated.into()));
+            }
+            this.tail += n;
+        }
+    }
+}
+
+impl Writer {
+    /// Seals one record of inner type `kind` holding the bytes `fill` appends.
+    fn seal(&mut self, kind: u8, fill: impl FnOnce(&mut Vec<u8>)) -> Result<(), RecordError> {
+        let at = self.out.len();
+        self.out.extend_from_slice(&[CONTENT_APPLICATION_DATA, 3, 3, 0, 0]);
+        fill(&mut self.out);
+        self.out.push(kind);
+        let body = self.out.len() - at - HEADER;
+        // At most MAX_PLAINTEXT + 1 + TAG: fits in u16.
+        let len = u16::try_from(body + TAG).map_err(|_| RecordError::Oversized(body + TAG))?;
+        self.out[at + 3..at + HEADER].copy_from_slice(&len.to_be_bytes());
+        let nonce = self.keys.next_nonce()?;
+        let (header, body) = self.out[at..].split_at_mut(HEADER);
+        let tag = self
+            .keys
+            .key
+            .seal_in_place_separate_tag(nonce, Aad::from(&*header), body)
+            .map_err(|_| RecordError::Keys)?;
+        self.out.extend_from_slice(tag.as_ref());
+        Ok(())
+    }
+
+    /// Before a record of data: the KeyUpdate the node asked for, or one of our own when the
+    /// key is about to reach the suite's confidentiality limit (one record spare for the
+    /// KeyUpdate itself).
+    fn update_if_due(&mut self) -> Result<(), RecordError> {
+        let due = self.keys.seq.saturating_add(2) >= self.keys.suite.limit;
+        if self.update_owed.swap(false, Ordering::AcqRel) || due {
+            self.seal(CONTENT_HANDSHAKE, |o| o.extend_from_slice(&[HANDSHAKE_KEY_UPDATE, 0, 0, 1, 0]))?;
+            self.keys.update()?;
+        }
+        Ok(())
+    }
+
+    /// Writes sealed records to the socket until none is left (or it would block).
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.out.len() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[self.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        self.out.clear();
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Seals `bufs` (as many records as the write buffer takes) and starts sending them.
+    fn poll_seal(&mut self, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if total == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        if self.out.len() - self.sent >= WRITE_BUFFER {
+            ready!(self.poll_send(cx))?;
+        }
+        let (mut slice, mut offset, mut taken) = (0, 0, 0);
+        while taken < total && self.out.len() - self.sent < WRITE_BUFFER {
+            self.update_if_due()?;
+            let want = MAX_PLAINTEXT.min(total - taken);
+            self.seal(CONTENT_APPLICATION_DATA, |o| {
+                let mut left = want;
+                while left > 0 {
+                    let part = &bufs[slice][offset..];
+                    let n = part.len().min(left);
+                    o.extend_from_slice(&part[..n]);
+                    left -= n;
+                    offset += n;
+                    if offset == bufs[slice].len() {
+                        slice += 1;
+                        offset = 0;
+                    }
+                }
+            })?;
+            taken += want;
+        }
+        // Start on the socket now; what it does not take goes with the next write or flush.
+        if let Poll::Ready(Err(e)) = self.poll_send(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(taken))
+    }
+}
+
+impl AsyncWrite for Writer {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_seal(cx, &[io::IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_seal(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.closing {
+            this.closing = true;
+            this.seal(CONTENT_ALERT, |o| o.extend_from_slice(&[1, ALERT_CLOSE_NOTIFY]))?;
+        }
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests;
