@@ -234,7 +234,6 @@ impl Keys {
 /// opens them, hands out their plaintext.
 pub struct Reader {
     io: OwnedReadHalf,
-    keys: Keys,
     /// Bytes read: `buf[head..tail]` are not yet opened; `buf[plain]` (before `head`) is the
     /// plaintext of the last opened record not yet handed out.
     buf: Box<[u8]>,
@@ -243,25 +242,31 @@ pub struct Reader {
     plain: Range<usize>,
     /// Plaintext rustls had already opened during the handshake, handed out first.
     early: Vec<u8>,
+    /// A record failed: every later read fails the same way.
+    failed: Option<RecordError>,
+    rx: Receiving,
+}
+
+/// The receiving keys and what the records other than application data change.
+struct Receiving {
+    keys: Keys,
     /// Post-handshake handshake bytes not yet a whole message.
     handshake: Vec<u8>,
-    /// Set when the node asked for a KeyUpdate back; the writer sends it.
+    /// Set when the peer asked for a KeyUpdate back; the writer sends it.
     update_owed: Arc<AtomicBool>,
     /// KeyUpdates received since the last application data.
     key_updates: u8,
     /// NewSessionTicket may come (a client's reader).
     tickets: bool,
-    /// The node sent `close_notify`: end of stream.
+    /// The peer sent `close_notify`: end of stream.
     closed: bool,
-    /// A record failed: every later read fails the same way.
-    failed: Option<RecordError>,
 }
 
 impl fmt::Debug for Reader {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Reader")
-            .field("keys", &self.keys)
-            .field("closed", &self.closed)
+            .field("keys", &self.rx.keys)
+            .field("closed", &self.rx.closed)
             .finish_non_exhaustive()
     }
 }
@@ -312,18 +317,20 @@ pub(crate) fn split(
     let update_owed = Arc::new(AtomicBool::new(false));
     let reader = Reader {
         io: rd,
-        keys: rx,
         buf,
         head: 0,
         tail: received.len(),
         plain: 0..0,
         early,
-        handshake: Vec::new(),
-        update_owed: update_owed.clone(),
-        key_updates: 0,
-        tickets,
-        closed: false,
         failed: None,
+        rx: Receiving {
+            keys: rx,
+            handshake: Vec::new(),
+            update_owed: update_owed.clone(),
+            key_updates: 0,
+            tickets,
+            closed: false,
+        },
     };
     let writer = Writer {
         io: wr,
@@ -336,36 +343,30 @@ pub(crate) fn split(
     Ok((reader, writer))
 }
 
-impl Reader {
-    /// Opens the next record if it is whole in the buffer. `Ok(false)`: not whole yet.
-    fn open_next(&mut self) -> Result<bool, RecordError> {
-        if self.tail - self.head < HEADER {
-            return Ok(false);
-        }
-        let header = &self.buf[self.head..self.head + HEADER];
-        let (kind, len) = (header[0], usize::from(u16::from_be_bytes([header[3], header[4]])));
-        // After the handshake every record is protected: its outer type is application_data.
-        if kind != CONTENT_APPLICATION_DATA {
-            return Err(RecordError::UnexpectedType(kind));
-        }
-        if len > MAX_CIPHERTEXT {
-            return Err(RecordError::Oversized(len));
-        }
-        if len <= TAG {
-            return Err(RecordError::Decrypt);
-        }
-        if self.tail - self.head < HEADER + len {
-            return Ok(false);
-        }
-        let at = self.head;
-        self.head += HEADER + len;
-        let nonce = self.keys.next_nonce()?;
-        let (header, body) = self.buf[at..at + HEADER + len].split_at_mut(HEADER);
-        let inner = self
-            .keys
-            .key
-            .open_in_place(nonce, Aad::from(&*header), body)
-            .map_err(|_| RecordError::Decrypt)?;
+/// Reads straight into the caller's memory when it asks for at least this much: records are
+/// read there and opened where they lie, their plaintext moved down over the headers and tags.
+const DIRECT_READ: usize = 2 * (HEADER + MAX_CIPHERTEXT);
+
+/// The body length a record header declares, checked.
+fn body_len(header: &[u8]) -> Result<usize, RecordError> {
+    let (kind, len) = (header[0], usize::from(u16::from_be_bytes([header[3], header[4]])));
+    // After the handshake every record is protected: its outer type is application_data.
+    if kind != CONTENT_APPLICATION_DATA {
+        return Err(RecordError::UnexpectedType(kind));
+    }
+    if len > MAX_CIPHERTEXT {
+        return Err(RecordError::Oversized(len));
+    }
+    if len <= TAG {
+        return Err(RecordError::Decrypt);
+    }
+    Ok(len)
+}
+
+impl Receiving {
+    /// Handles an opened record's inner plaintext (content, type, padding). Returns the length
+    /// of the application data at its start (0 for other records).
+    fn opened(&mut self, inner: &[u8]) -> Result<usize, RecordError> {
         // The content type is the last byte that is not padding.
         let Some(end) = inner.iter().rposition(|&b| b != 0) else {
             return Err(RecordError::UnexpectedType(0));
@@ -373,26 +374,26 @@ impl Reader {
         if end > MAX_PLAINTEXT {
             return Err(RecordError::Oversized(end));
         }
-        let content = at + HEADER..at + HEADER + end;
         match inner[end] {
             CONTENT_APPLICATION_DATA if self.handshake.is_empty() => {
-                self.plain = content;
                 self.key_updates = 0;
+                Ok(end)
             }
             CONTENT_HANDSHAKE if end > 0 => {
-                self.handshake.extend_from_slice(&self.buf[content]);
+                self.handshake.extend_from_slice(&inner[..end]);
                 self.handshake_messages()?;
+                Ok(0)
             }
             CONTENT_ALERT if end == 2 => {
-                let description = self.buf[content.start + 1];
+                let description = inner[1];
                 if description != ALERT_CLOSE_NOTIFY {
                     return Err(RecordError::Alert(description));
                 }
                 self.closed = true;
+                Ok(0)
             }
-            other => return Err(RecordError::UnexpectedType(other)),
+            other => Err(RecordError::UnexpectedType(other)),
         }
-        Ok(true)
     }
 
     /// Handles the whole post-handshake handshake messages received.
@@ -425,6 +426,50 @@ impl Reader {
         Ok(())
     }
 
+    /// Opens the whole records of `buf[*raw..end]` in place, moving their application data down
+    /// to `buf[*data..]`; advances both. Stops at a partial record or `close_notify`.
+    fn open_in_place(
+        &mut self,
+        buf: &mut [u8],
+        data: &mut usize,
+        raw: &mut usize,
+        end: usize,
+    ) -> Result<(), RecordError> {
+        while !self.closed && end - *raw >= HEADER {
+            let mut header = [0u8; HEADER];
+            header.copy_from_slice(&buf[*raw..*raw + HEADER]);
+            let len = body_len(&header)?;
+            if end - *raw < HEADER + len {
+                break;
+            }
+            let nonce = self.keys.next_nonce()?;
+            let body = *raw + HEADER - *data..;
+            let inner = self
+                .keys
+                .key
+                .open_within(nonce, Aad::from(header), &mut buf[*data..*raw + HEADER + len], body)
+                .map_err(|_| RecordError::Decrypt)?;
+            let inner_len = inner.len();
+            *raw += HEADER + len;
+            *data += self.opened(&buf[*data..*data + inner_len])?;
+        }
+        Ok(())
+    }
+}
+
+impl Reader {
+    /// Opens the next record if it is whole in the buffer. `Ok(false)`: not whole yet.
+    fn open_next(&mut self) -> Result<bool, RecordError> {
+        let (mut data, mut raw) = (self.head, self.head);
+        self.rx.open_in_place(&mut self.buf, &mut data, &mut raw, self.tail)?;
+        if raw == self.head {
+            return Ok(false);
+        }
+        self.plain = self.head..data;
+        self.head = raw;
+        Ok(true)
+    }
+
     /// Moves the bytes not yet opened to the front of the buffer, once every plaintext is out.
     fn compact(&mut self) {
         if self.head > 0 && self.plain.is_empty() {
@@ -433,6 +478,61 @@ impl Reader {
             self.head = 0;
             self.plain = 0..0;
         }
+    }
+
+    /// Reads records into `out` and opens them there (nothing is buffered but a partial
+    /// record). Returns once something was read, or at the end.
+    fn poll_direct(&mut self, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let dst = out.initialize_unfilled();
+        // The partial record buffered goes first.
+        let carried = self.tail - self.head;
+        dst[..carried].copy_from_slice(&self.buf[self.head..self.tail]);
+        (self.head, self.tail, self.plain) = (0, 0, 0..0);
+        let (mut data, mut raw, mut end) = (0, 0, carried);
+        let mut outcome = Poll::Ready(Ok(()));
+        loop {
+            if let Err(e) = self.rx.open_in_place(dst, &mut data, &mut raw, end) {
+                self.failed = Some(e);
+                outcome = Poll::Ready(Err(e.into()));
+                break;
+            }
+            // Room for one more whole record, or stop here.
+            if self.rx.closed || dst.len() - end < HEADER + MAX_CIPHERTEXT {
+                break;
+            }
+            let mut space = ReadBuf::new(&mut dst[end..]);
+            match Pin::new(&mut self.io).poll_read(cx, &mut space) {
+                Poll::Pending => {
+                    if data == 0 {
+                        outcome = Poll::Pending;
+                    }
+                    break;
+                }
+                Poll::Ready(Err(e)) => {
+                    outcome = Poll::Ready(Err(e));
+                    break;
+                }
+                Poll::Ready(Ok(())) if space.filled().is_empty() => {
+                    if data == 0 {
+                        self.failed = Some(RecordError::Truncated);
+                        outcome = Poll::Ready(Err(RecordError::Truncated.into()));
+                    }
+                    break;
+                }
+                Poll::Ready(Ok(())) => end += space.filled().len(),
+            }
+        }
+        // What is not opened yet (a partial record) goes back to the buffer.
+        let left = (end - raw).min(self.buf.len());
+        self.buf[..left].copy_from_slice(&dst[raw..raw + left]);
+        self.tail = left;
+        out.advance(data);
+        if data == 0 && !self.rx.closed && matches!(outcome, Poll::Ready(Ok(()))) {
+            // Only records other than data until the room ran out: go on from the buffer.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        outcome
     }
 }
 
@@ -455,7 +555,7 @@ impl AsyncRead for Reader {
                 out.put_slice(&this.buf[this.plain.start..this.plain.start + n]);
                 this.plain.start += n;
             }
-            if out.remaining() == 0 || this.closed {
+            if out.remaining() == 0 || this.rx.closed {
                 return Poll::Ready(Ok(()));
             }
             match this.open_next() {
@@ -468,6 +568,10 @@ impl AsyncRead for Reader {
             }
             if out.filled().len() > before {
                 return Poll::Ready(Ok(()));
+            }
+            // Nothing buffered but a partial record.
+            if out.remaining() >= DIRECT_READ {
+                return this.poll_direct(cx, out);
             }
             this.compact();
             let mut space = ReadBuf::new(&mut this.buf[this.tail..]);

@@ -175,7 +175,7 @@ async fn data_crosses_key_updates_both_ways() {
     rd.read_exact(&mut echo).await.expect("echo");
     assert!(echo == data, "the echo differs");
     // The server asked for a KeyUpdate back; the next write answers it.
-    assert!(rd.update_owed.load(Ordering::Acquire));
+    assert!(rd.rx.update_owed.load(Ordering::Acquire));
     let tail = pattern(1000, 11);
     wr.write_all(&tail).await.expect("write");
     wr.flush().await.expect("flush");
