@@ -13,7 +13,7 @@ secs="${1:-30}"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
 
-targets=(header frame request response discovery session lz4 gguf)
+targets=(header frame request response discovery session lz4 gguf kernels)
 scratch="$(mktemp -d "${TMPDIR:-/tmp}/rela-fuzz.XXXXXX")"
 trap 'rm -rf "$scratch"' EXIT
 

@@ -5,11 +5,14 @@
 //! - [`harness`]: drives two [`rela_core::session::Session`]s over one host-memory backend,
 //!   each with a scripted model host ([`harness::host`]), through a script and asserts the
 //!   session invariants after every step.
+//! - [`kernels`]: arbitrary kernel calls, whole and in parts, against the host backend behind
+//!   `Checked` (the `kernels` target).
 //!
 //! Everything panics on a broken invariant: that is how libFuzzer learns about it. Nothing
 //! here catches panics.
 
 pub mod harness;
+pub mod kernels;
 pub mod script;
 
 /// The token of sessions a script configures with AUTH.
