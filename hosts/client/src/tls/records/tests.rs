@@ -268,3 +268,30 @@ fn keys_derive_as_rfc_8448_says() {
     ));
     assert!(!keys.matches(&[0; 16], &hex("cf 78 2b 88 dd 83 54 9a ad f1 e9 84")));
 }
+
+#[tokio::test]
+async fn writes_under_backpressure_arrive_whole_and_the_buffer_stays_bounded() {
+    const LEN: usize = 8 << 20;
+    let data = pattern(LEN, 3);
+    let expected = data.clone();
+    let (_rd, mut wr, server) = session(|mut server| async move {
+        // Let the client fill the socket buffers before reading anything.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(server.recv(LEN).await == expected, "the data differs");
+    })
+    .await;
+    let writer = tokio::spawn(async move {
+        for piece in data.chunks(1 << 20) {
+            wr.write_all(piece).await.expect("write");
+        }
+        wr.flush().await.expect("flush");
+        wr
+    });
+    let wr = writer.await.expect("writer");
+    assert!(
+        wr.out.capacity() <= 2 * (WRITE_BUFFER + HEADER + MAX_CIPHERTEXT),
+        "the write buffer grew to {} bytes",
+        wr.out.capacity()
+    );
+    server.await.expect("server");
+}
