@@ -6,8 +6,7 @@
 //! - [`reference`](mod@reference): plain-Rust implementations over little-endian byte buffers. The host
 //!   backend runs them, and the conformance suite checks every other backend against them. The
 //!   text generation kernels (RMS_NORM, ROPE, SWIGLU, Q_LINEAR, Q_GATHER, CAUSAL_ATTENTION,
-//!   SOFTMAX, ARGMAX) exist only here so far: the GPU backends answer `Unsupported` for them
-//!   ([`Kernel::of`] is `None`).
+//!   SOFTMAX, ARGMAX) have WGSL kernels; CUDA answers `Unsupported` for them so far.
 //! - [`quant`]: the GGUF weight block formats (`WeightType`: F32, F16, Q4_0, Q4_1, Q8_0, Q4_K,
 //!   Q6_K), dequantized block by block without allocation, bit for bit as llama.cpp and the
 //!   `gguf` Python package do.
@@ -36,6 +35,18 @@
 //! | attention | `q`, `k`, `v`, `mask`, `out` | 8 (one query of one head) | folded, `batch·heads·seq` groups |
 //! | meanpool | `x`, `mask`, `out` | 256 | [`grid_1d`]`(batch·dim)` |
 //! | l2norm | `x`, `out` | 256 (one row) | folded, `rows` groups |
+//! | rms_norm | `x`, `w`, `out` | 64 (one row) | folded, `rows` groups |
+//! | rope | `x`, `pos` (u32), `out` | 256 | [`grid_1d`]`(rows·heads·head_dim)` |
+//! | swiglu | `gate`, `up`, `out` | 256 | [`grid_1d`]`(n)` |
+//! | q_linear | `x`, `w` (bytes as u32), `out` | 64 (a 4×4 output tile) | folded, `⌈m/4⌉·⌈n/4⌉` groups |
+//! | q_gather | `table` (bytes as u32), `ids` (u32), `out` | 256 | [`grid_1d`]`(rows·⌈dim/32⌉)` |
+//! | causal_attention | `q`, `k`, `v`, `out` | 64 (one head of one token) | folded, `tokens·heads` groups |
+//! | softmax | `x`, `out` | 64 (one row) | folded, `rows` groups |
+//! | argmax | `x`, `out` (u32) | 64 (one row) | folded, `rows` groups |
+//!
+//! The quantized kernels read their weights as raw GGUF block bytes (`quant.wgsl`); a binding
+//! whose byte count is not a multiple of 4 is bound rounded up, within the buffer's padding.
+//! CAUSAL_ATTENTION takes heads of at most [`MAX_GPU_HEAD_DIM`] (256) columns on the GPU.
 //!
 //! A linear call runs `linear_vec4` when `k` is a positive multiple of 4 (it binds `x` and `w` as
 //! arrays of `vec4<f32>`, which needs their byte sizes to be multiples of 16) and `linear`
@@ -86,6 +97,27 @@ pub mod wgsl {
     pub const MEANPOOL: &str = include_str!("../wgsl/meanpool.wgsl");
     /// Row-wise L2 normalization, one workgroup per row.
     pub const L2NORM: &str = include_str!("../wgsl/l2norm.wgsl");
+    /// RMSNorm, one 64-invocation workgroup per row.
+    pub const RMS_NORM: &str = include_str!("../wgsl/rms_norm.wgsl");
+    /// RoPE (llama.cpp's normal mode), one invocation per output element.
+    pub const ROPE: &str = include_str!("../wgsl/rope.wgsl");
+    /// SiLU-gated product.
+    pub const SWIGLU: &str = include_str!("../wgsl/swiglu.wgsl");
+    /// Linear layer over GGUF blocks, a 4×4 output tile per 64-invocation workgroup
+    /// (`q_linear.wgsl` followed by the shared `quant.wgsl`).
+    pub const Q_LINEAR: &str =
+        concat!(include_str!("../wgsl/q_linear.wgsl"), include_str!("../wgsl/quant.wgsl"));
+    /// Embedding rows from GGUF blocks, one invocation per 32 weights (`q_gather.wgsl`
+    /// followed by `quant.wgsl`).
+    pub const Q_GATHER: &str =
+        concat!(include_str!("../wgsl/q_gather.wgsl"), include_str!("../wgsl/quant.wgsl"));
+    /// Causal grouped-query attention over a KV cache, one 64-invocation workgroup per
+    /// (token, head), keys in tiles of 256 (online softmax).
+    pub const CAUSAL_ATTENTION: &str = include_str!("../wgsl/causal_attention.wgsl");
+    /// Row-wise softmax, one 64-invocation workgroup per row.
+    pub const SOFTMAX: &str = include_str!("../wgsl/softmax.wgsl");
+    /// Row-wise argmax, one 64-invocation workgroup per row.
+    pub const ARGMAX: &str = include_str!("../wgsl/argmax.wgsl");
 }
 
 /// CUDA C source of every kernel, for NVRTC. [`Kernel::cuda_name`] names each entry point.
@@ -136,7 +168,19 @@ pub const MAX_GROUPS_PER_DIM: u32 = 65_535;
 /// | 8..12 | `k` | | | inner | vocab | | heads | | | |
 /// | 12..16 | `alpha` (f32) | | factor | | | eps | `√head_dim` | | | |
 /// | 16..20 | `batch` | | | | | | batch | batch | | |
-/// | 20..32 | reserved, zero | | | | | | | | | |
+/// | 20..24 | `aux` | | | | | | | | | |
+/// | 24..32 | reserved, zero | | | | | | | | | |
+///
+/// The generation kernels:
+///
+/// | bytes | field | rms_norm | rope | swiglu | q_linear | q_gather | causal_attention | softmax, argmax |
+/// |---|---|---|---|---|---|---|---|---|
+/// | 0..4 | `n` | dim | head_dim | elements | columns | dim | head_dim | dim |
+/// | 4..8 | `m` | rows | rows | | rows | rows | tokens | rows |
+/// | 8..12 | `k` | | heads | | inner | vocab | heads | |
+/// | 12..16 | `alpha` (f32) | eps | `log2(base)` | | | | `√head_dim` | |
+/// | 16..20 | `batch` | | rope_dim | | ggml type id | ggml type id | kv_heads | |
+/// | 20..24 | `aux` | | | | | | pos0 | |
 ///
 /// Unused fields are zero.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -149,15 +193,17 @@ pub struct Params {
     pub k: u32,
     /// Scale factor, epsilon or attention divisor.
     pub alpha: f32,
-    /// Sequences (attention, mean pool).
+    /// Sequences (attention, mean pool), `rope_dim`, the weight format's ggml id or `kv_heads`.
     pub batch: u32,
+    /// `pos0` (causal attention).
+    pub aux: u32,
 }
 
 impl Params {
     /// Bytes of the uniform block.
     pub const SIZE: usize = 32;
 
-    /// The uniform block's bytes (bytes 20..32 are zero).
+    /// The uniform block's bytes (bytes 24..32 are zero).
     pub fn to_bytes(&self) -> [u8; Self::SIZE] {
         let mut out = [0u8; Self::SIZE];
         out[0..4].copy_from_slice(&self.n.to_le_bytes());
@@ -165,6 +211,7 @@ impl Params {
         out[8..12].copy_from_slice(&self.k.to_le_bytes());
         out[12..16].copy_from_slice(&self.alpha.to_le_bytes());
         out[16..20].copy_from_slice(&self.batch.to_le_bytes());
+        out[20..24].copy_from_slice(&self.aux.to_le_bytes());
         out
     }
 
@@ -178,20 +225,36 @@ impl Params {
             KernelCall::Gather { vocab, dim, rows, .. } => Self { n: dim, m: rows, k: vocab, ..z },
             KernelCall::LayerNorm { rows, dim, eps, .. } => Self { n: dim, m: rows, alpha: eps, ..z },
             KernelCall::Gelu { n, .. } => Self { n, ..z },
-            KernelCall::Attention { batch, seq, heads, head_dim, .. } => {
-                Self { n: head_dim, m: seq, k: heads, alpha: reference::attention_scale(head_dim), batch }
-            }
+            KernelCall::Attention { batch, seq, heads, head_dim, .. } => Self {
+                n: head_dim,
+                m: seq,
+                k: heads,
+                alpha: reference::attention_scale(head_dim),
+                batch,
+                ..z
+            },
             KernelCall::MeanPool { batch, seq, dim, .. } => Self { n: dim, m: seq, batch, ..z },
             KernelCall::L2Normalize { rows, dim, .. } => Self { n: dim, m: rows, ..z },
-            // No WGSL kernel yet (`Kernel::of` is `None`).
-            KernelCall::RmsNorm { .. }
-            | KernelCall::Rope { .. }
-            | KernelCall::SwiGlu { .. }
-            | KernelCall::QLinear { .. }
-            | KernelCall::QGather { .. }
-            | KernelCall::CausalAttention { .. }
-            | KernelCall::Softmax { .. }
-            | KernelCall::Argmax { .. } => z,
+            KernelCall::RmsNorm { rows, dim, eps, .. } => Self { n: dim, m: rows, alpha: eps, ..z },
+            KernelCall::Rope { rows, heads, head_dim, rope_dim, base, .. } => {
+                Self { n: head_dim, m: rows, k: heads, alpha: libm::log2f(base), batch: rope_dim, ..z }
+            }
+            KernelCall::SwiGlu { n, .. } => Self { n, ..z },
+            KernelCall::QLinear { m, k, n, wtype, .. } => Self { n, m, k, batch: wtype.ggml_id(), ..z },
+            KernelCall::QGather { vocab, dim, rows, wtype, .. } => {
+                Self { n: dim, m: rows, k: vocab, batch: wtype.ggml_id(), ..z }
+            }
+            KernelCall::CausalAttention { tokens, pos0, heads, kv_heads, head_dim, .. } => Self {
+                n: head_dim,
+                m: tokens,
+                k: heads,
+                alpha: reference::attention_scale(head_dim),
+                batch: kv_heads,
+                aux: pos0,
+            },
+            KernelCall::Softmax { rows, dim, .. } | KernelCall::Argmax { rows, dim, .. } => {
+                Self { n: dim, m: rows, ..z }
+            }
         }
     }
 }
@@ -265,11 +328,27 @@ pub enum Kernel {
     L2Normalize,
     /// Linear layer whose inner dimension is a positive multiple of 4.
     LinearVec4,
+    /// RMSNorm.
+    RmsNorm,
+    /// RoPE.
+    Rope,
+    /// SiLU-gated product.
+    SwiGlu,
+    /// Linear layer over quantized weights.
+    QLinear,
+    /// Embedding rows from a quantized table.
+    QGather,
+    /// Causal grouped-query attention.
+    CausalAttention,
+    /// Softmax.
+    Softmax,
+    /// Argmax.
+    Argmax,
 }
 
 impl Kernel {
     /// Every kernel, in declaration order (`kernel as usize` indexes this array).
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 19] = [
         Self::Binary,
         Self::Scale,
         Self::Matmul,
@@ -281,6 +360,14 @@ impl Kernel {
         Self::MeanPool,
         Self::L2Normalize,
         Self::LinearVec4,
+        Self::RmsNorm,
+        Self::Rope,
+        Self::SwiGlu,
+        Self::QLinear,
+        Self::QGather,
+        Self::CausalAttention,
+        Self::Softmax,
+        Self::Argmax,
     ];
 
     /// A short lower-case name, for labels and errors.
@@ -297,6 +384,14 @@ impl Kernel {
             Self::MeanPool => "meanpool",
             Self::L2Normalize => "l2norm",
             Self::LinearVec4 => "linear_vec4",
+            Self::RmsNorm => "rms_norm",
+            Self::Rope => "rope",
+            Self::SwiGlu => "swiglu",
+            Self::QLinear => "q_linear",
+            Self::QGather => "q_gather",
+            Self::CausalAttention => "causal_attention",
+            Self::Softmax => "softmax",
+            Self::Argmax => "argmax",
         }
     }
 
@@ -314,6 +409,14 @@ impl Kernel {
             Self::MeanPool => wgsl::MEANPOOL,
             Self::L2Normalize => wgsl::L2NORM,
             Self::LinearVec4 => wgsl::LINEAR_VEC4,
+            Self::RmsNorm => wgsl::RMS_NORM,
+            Self::Rope => wgsl::ROPE,
+            Self::SwiGlu => wgsl::SWIGLU,
+            Self::QLinear => wgsl::Q_LINEAR,
+            Self::QGather => wgsl::Q_GATHER,
+            Self::CausalAttention => wgsl::CAUSAL_ATTENTION,
+            Self::Softmax => wgsl::SOFTMAX,
+            Self::Argmax => wgsl::ARGMAX,
         }
     }
 
@@ -330,22 +433,38 @@ impl Kernel {
             Self::Attention => "rela_attention",
             Self::MeanPool => "rela_meanpool",
             Self::L2Normalize => "rela_l2norm",
+            Self::RmsNorm => "rela_rms_norm",
+            Self::Rope => "rela_rope",
+            Self::SwiGlu => "rela_swiglu",
+            Self::QLinear => "rela_q_linear",
+            Self::QGather => "rela_q_gather",
+            Self::CausalAttention => "rela_causal_attention",
+            Self::Softmax => "rela_softmax",
+            Self::Argmax => "rela_argmax",
         }
     }
 
     /// Storage buffers the kernel binds (before the uniform block).
     pub const fn storage_buffers(self) -> u32 {
         match self {
-            Self::Scale | Self::Gelu | Self::L2Normalize => 2,
-            Self::Binary | Self::Matmul | Self::Gather | Self::MeanPool => 3,
-            Self::LayerNorm | Self::Linear | Self::LinearVec4 => 4,
+            Self::Scale | Self::Gelu | Self::L2Normalize | Self::Softmax | Self::Argmax => 2,
+            Self::Binary
+            | Self::Matmul
+            | Self::Gather
+            | Self::MeanPool
+            | Self::RmsNorm
+            | Self::Rope
+            | Self::SwiGlu
+            | Self::QLinear
+            | Self::QGather => 3,
+            Self::LayerNorm | Self::Linear | Self::LinearVec4 | Self::CausalAttention => 4,
             Self::Attention => 5,
         }
     }
 
     /// The kernel a call runs: [`LinearVec4`](Self::LinearVec4) for a linear call whose `k` is
-    /// a positive multiple of 4, [`Linear`](Self::Linear) for any other; `None` for a call no
-    /// WGSL or CUDA kernel runs yet (the generation kernels, RMS_NORM … ARGMAX).
+    /// a positive multiple of 4, [`Linear`](Self::Linear) for any other. Every call has one
+    /// (`Option` leaves room for a call no GPU kernel runs).
     pub const fn of(call: &KernelCall) -> Option<Self> {
         Some(match call {
             KernelCall::Binary { .. } => Self::Binary,
@@ -359,20 +478,35 @@ impl Kernel {
             KernelCall::Attention { .. } => Self::Attention,
             KernelCall::MeanPool { .. } => Self::MeanPool,
             KernelCall::L2Normalize { .. } => Self::L2Normalize,
-            KernelCall::RmsNorm { .. }
-            | KernelCall::Rope { .. }
-            | KernelCall::SwiGlu { .. }
-            | KernelCall::QLinear { .. }
-            | KernelCall::QGather { .. }
-            | KernelCall::CausalAttention { .. }
-            | KernelCall::Softmax { .. }
-            | KernelCall::Argmax { .. } => return None,
+            KernelCall::RmsNorm { .. } => Self::RmsNorm,
+            KernelCall::Rope { .. } => Self::Rope,
+            KernelCall::SwiGlu { .. } => Self::SwiGlu,
+            KernelCall::QLinear { .. } => Self::QLinear,
+            KernelCall::QGather { .. } => Self::QGather,
+            KernelCall::CausalAttention { .. } => Self::CausalAttention,
+            KernelCall::Softmax { .. } => Self::Softmax,
+            KernelCall::Argmax { .. } => Self::Argmax,
         })
     }
 }
 
 /// Most storage buffers any kernel binds.
 pub const MAX_STORAGE_BUFFERS: usize = 5;
+
+/// Output rows per workgroup of the WGSL Q_LINEAR kernel.
+pub const Q_LINEAR_ROWS: u32 = 4;
+/// Output columns per workgroup of the WGSL Q_LINEAR kernel.
+pub const Q_LINEAR_COLS: u32 = 4;
+/// Weights one invocation dequantizes at a time in the WGSL Q_LINEAR and Q_GATHER kernels.
+pub const Q_CHUNK: u32 = 32;
+/// Widest head the GPU CAUSAL_ATTENTION kernels take (four columns per invocation of 64);
+/// wider heads are `Unsupported` there.
+pub const MAX_GPU_HEAD_DIM: u32 = 256;
+
+/// `Unsupported` unless a byte-addressed binding (quantized weights) fits `u32` byte offsets.
+fn q_bytes_fit(bytes: u64) -> Result<(), BackendError> {
+    if bytes > u64::from(u32::MAX) { Err(BackendError::Unsupported) } else { Ok(()) }
+}
 
 /// One GPU launch of a validated call: the kernel, its storage bindings and its grid.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -464,14 +598,57 @@ impl Launch {
                 let bytes = f(mul(rows, dim));
                 (&[(x, bytes), (out, bytes)], mul(rows, dim), folded(rows.into())?)
             }
-            KernelCall::RmsNorm { .. }
-            | KernelCall::Rope { .. }
-            | KernelCall::SwiGlu { .. }
-            | KernelCall::QLinear { .. }
-            | KernelCall::QGather { .. }
-            | KernelCall::CausalAttention { .. }
-            | KernelCall::Softmax { .. }
-            | KernelCall::Argmax { .. } => return Err(BackendError::Unsupported),
+            KernelCall::RmsNorm { x, w, out, rows, dim, .. } => {
+                let bytes = f(mul(rows, dim));
+                (&[(x, bytes), (w, f(dim.into())), (out, bytes)], mul(rows, dim), folded(rows.into())?)
+            }
+            KernelCall::Rope { x, pos, out, rows, heads, head_dim, .. } => {
+                let elems = mul(rows, heads).saturating_mul(head_dim.into());
+                let bytes = f(elems);
+                (&[(x, bytes), (pos, f(rows.into())), (out, bytes)], elems, one_d(elems)?)
+            }
+            KernelCall::SwiGlu { gate, up, out, n } => {
+                let bytes = f(n.into());
+                (&[(gate, bytes), (up, bytes), (out, bytes)], n.into(), grid_1d(n))
+            }
+            KernelCall::QLinear { x, w, out, m, k, n, wtype } => {
+                // The weights are addressed by byte in u32 arithmetic.
+                let w_bytes = wtype.row_bytes(k).unwrap_or(u64::MAX).saturating_mul(n.into());
+                q_bytes_fit(w_bytes)?;
+                (
+                    &[(x, f(mul(m, k))), (w, w_bytes), (out, f(mul(m, n)))],
+                    mul(m, n),
+                    folded(mul(m.div_ceil(Q_LINEAR_ROWS), n.div_ceil(Q_LINEAR_COLS)))?,
+                )
+            }
+            KernelCall::QGather { table, ids, out, vocab, dim, rows, wtype } => {
+                let table_bytes = wtype.row_bytes(dim).unwrap_or(u64::MAX).saturating_mul(vocab.into());
+                q_bytes_fit(table_bytes)?;
+                (
+                    &[(table, table_bytes), (ids, f(rows.into())), (out, f(mul(rows, dim)))],
+                    mul(rows, dim),
+                    one_d(mul(rows, dim.div_ceil(Q_CHUNK)))?,
+                )
+            }
+            KernelCall::CausalAttention { q, k, v, out, tokens, pos0, heads, kv_heads, head_dim } => {
+                if head_dim > MAX_GPU_HEAD_DIM {
+                    return Err(BackendError::Unsupported);
+                }
+                let elems = mul(tokens, heads).saturating_mul(head_dim.into());
+                let kv = (u64::from(pos0) + u64::from(tokens)).saturating_mul(mul(kv_heads, head_dim));
+                (
+                    &[(q, f(elems)), (k, f(kv)), (v, f(kv)), (out, f(elems))],
+                    elems,
+                    folded(mul(tokens, heads))?,
+                )
+            }
+            KernelCall::Softmax { x, out, rows, dim } => {
+                let bytes = f(mul(rows, dim));
+                (&[(x, bytes), (out, bytes)], mul(rows, dim), folded(rows.into())?)
+            }
+            KernelCall::Argmax { x, out, rows, dim } => {
+                (&[(x, f(mul(rows, dim))), (out, f(rows.into()))], rows.into(), folded(rows.into())?)
+            }
         };
         if out_elems == 0 {
             return Ok(None);

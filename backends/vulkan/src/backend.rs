@@ -283,6 +283,9 @@ impl VulkanBackend {
             // Every buffer is padded to a non-zero multiple of 4 bytes.
             return Ok(buf.sub.clone().slice(0..4));
         }
+        // Rounded up to whole words, within the buffer's padding: kernels that read raw bytes
+        // (quantized weights) see every byte of the last word.
+        let bytes = bytes.next_multiple_of(4);
         if bytes > self.max_storage_range {
             return Err(BackendError::Unsupported);
         }
