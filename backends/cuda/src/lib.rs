@@ -52,7 +52,9 @@ use rela_core::backend::{
     BackendError, BackendKind, BufferId, DeviceInfo, GpuBackend, KernelCall, Usage, check_copy_overlap,
     check_range,
 };
-use rela_kernels::{ATTENTION_WORKGROUP, Kernel, Launch, TILE, WORKGROUP_1D, grid_linear_tiles, op_code};
+use rela_kernels::{
+    ATTENTION_WORKGROUP, Kernel, Launch, Q_LINEAR_WORKGROUP, TILE, WORKGROUP_1D, grid_linear_tiles, op_code,
+};
 
 /// Names of the kernels in `rela_kernels::CUDA_SOURCE`.
 const BINARY_KERNEL: &str = "rela_binary";
@@ -264,18 +266,7 @@ impl CudaBackend {
             model: Kernel::ALL
                 .iter()
                 .map(|&k| match k {
-                    // Launched on their own (the first three) or not written for CUDA yet.
-                    Kernel::Binary
-                    | Kernel::Scale
-                    | Kernel::Matmul
-                    | Kernel::RmsNorm
-                    | Kernel::Rope
-                    | Kernel::SwiGlu
-                    | Kernel::QLinear
-                    | Kernel::QGather
-                    | Kernel::CausalAttention
-                    | Kernel::Softmax
-                    | Kernel::Argmax => Ok(None),
+                    Kernel::Binary | Kernel::Scale | Kernel::Matmul => Ok(None),
                     _ => load(k.cuda_name()).map(Some),
                 })
                 .collect::<Result<_, _>>()?,
@@ -419,8 +410,8 @@ impl CudaBackend {
 }
 
 impl CudaBackend {
-    /// Launches a model kernel (GATHER … L2_NORMALIZE) with the grid [`Launch`] plans (LINEAR:
-    /// one block per 64×64 output tile, [`grid_linear_tiles`]).
+    /// Launches a model or generation kernel (GATHER … ARGMAX) with the grid [`Launch`] plans
+    /// (LINEAR: one block per 64×64 output tile, [`grid_linear_tiles`]).
     fn launch_model(&self, call: &KernelCall, out: &mut CudaSlice<u8>) -> Result<(), BackendError> {
         let Some(launch) = Launch::of(call)? else {
             return Ok(());
@@ -431,7 +422,11 @@ impl CudaBackend {
             .get(launch.kernel as usize)
             .and_then(Option::as_ref)
             .ok_or(BackendError::Unsupported)?;
-        let block = if launch.kernel == Kernel::Attention { ATTENTION_WORKGROUP } else { WORKGROUP_1D };
+        let block = match launch.kernel {
+            Kernel::Attention | Kernel::CausalAttention => ATTENTION_WORKGROUP,
+            Kernel::QLinear => Q_LINEAR_WORKGROUP,
+            _ => WORKGROUP_1D,
+        };
         let groups = match *call {
             KernelCall::Linear { m, n, .. } => grid_linear_tiles(m, n).ok_or(BackendError::Unsupported)?,
             _ => launch.groups,
@@ -495,19 +490,61 @@ impl CudaBackend {
                 // rela_l2norm(x, out, rows, dim)
                 builder.arg(buf(x)?).arg(&mut *out).arg(&p.m).arg(&p.n);
             }
-            // The first three have launchers of their own; the generation kernels have no CUDA
-            // kernel yet (no CUDA function is loaded for them, so they were refused above).
-            KernelCall::Binary { .. }
-            | KernelCall::Scale { .. }
-            | KernelCall::Matmul { .. }
-            | KernelCall::RmsNorm { .. }
-            | KernelCall::Rope { .. }
-            | KernelCall::SwiGlu { .. }
-            | KernelCall::QLinear { .. }
-            | KernelCall::QGather { .. }
-            | KernelCall::CausalAttention { .. }
-            | KernelCall::Softmax { .. }
-            | KernelCall::Argmax { .. } => {
+            KernelCall::RmsNorm { x, w, .. } => {
+                // rela_rms_norm(x, w, out, rows, dim, eps)
+                builder.arg(buf(x)?).arg(buf(w)?).arg(&mut *out).arg(&p.m).arg(&p.n).arg(&scale);
+            }
+            KernelCall::Rope { x, pos, .. } => {
+                // rela_rope(x, pos, out, rows, heads, head_dim, rope_dim, log2_base)
+                builder
+                    .arg(buf(x)?)
+                    .arg(buf(pos)?)
+                    .arg(&mut *out)
+                    .arg(&p.m)
+                    .arg(&p.k)
+                    .arg(&p.n)
+                    .arg(&p.batch)
+                    .arg(&scale);
+            }
+            KernelCall::SwiGlu { gate, up, .. } => {
+                // rela_swiglu(gate, up, out, n)
+                builder.arg(buf(gate)?).arg(buf(up)?).arg(&mut *out).arg(&p.n);
+            }
+            KernelCall::QLinear { x, w, .. } => {
+                // rela_q_linear(x, w, out, m, k, n, type)
+                builder.arg(buf(x)?).arg(buf(w)?).arg(&mut *out).arg(&p.m).arg(&p.k).arg(&p.n).arg(&p.batch);
+            }
+            KernelCall::QGather { table, ids, .. } => {
+                // rela_q_gather(table, ids, out, vocab, dim, rows, type)
+                builder
+                    .arg(buf(table)?)
+                    .arg(buf(ids)?)
+                    .arg(&mut *out)
+                    .arg(&p.k)
+                    .arg(&p.n)
+                    .arg(&p.m)
+                    .arg(&p.batch);
+            }
+            KernelCall::CausalAttention { q, k, v, .. } => {
+                // rela_causal_attention(q, k, v, out, tokens, pos0, heads, kv_heads, head_dim, scale)
+                builder
+                    .arg(buf(q)?)
+                    .arg(buf(k)?)
+                    .arg(buf(v)?)
+                    .arg(&mut *out)
+                    .arg(&p.m)
+                    .arg(&p.aux)
+                    .arg(&p.k)
+                    .arg(&p.batch)
+                    .arg(&p.n)
+                    .arg(&scale);
+            }
+            KernelCall::Softmax { x, .. } | KernelCall::Argmax { x, .. } => {
+                // rela_softmax(x, out, rows, dim), rela_argmax(x, out, rows, dim)
+                builder.arg(buf(x)?).arg(&mut *out).arg(&p.m).arg(&p.n);
+            }
+            // Launched on their own.
+            KernelCall::Binary { .. } | KernelCall::Scale { .. } | KernelCall::Matmul { .. } => {
                 return Err(BackendError::Unsupported);
             }
         }
@@ -515,10 +552,14 @@ impl CudaBackend {
         // order: device pointers (a `CudaSlice` passes its `CUdeviceptr`) for the inputs and the
         // output, then `u32`s and `f32`s (`Params` fields, named in the comments). `validate`
         // checked that every buffer holds what the shape needs and that the output aliases no
-        // input; `Launch::of` checked that every element count fits `u32`. The kernels index
-        // only below those counts (ids are range-checked against `vocab` on the device), and
-        // skip folded block indices past their work. Grid: at most 65,535 × 65,535 blocks of
-        // 256 (64 for attention) threads, at most 8 KiB of static shared memory.
+        // input; `Launch::of` checked that every element count fits `u32` (and the quantized
+        // weights' byte count, which Q_LINEAR and Q_GATHER address by byte) and that a
+        // CAUSAL_ATTENTION head has at most 256 columns. The kernels index only below those
+        // counts (ids are range-checked against `vocab` on the device, a query reads keys
+        // `0 ..= pos0 + t` of a cache validated to hold `pos0 + tokens` rows), and skip folded
+        // block indices past their work. Grid: at most 65,535 × 65,535 blocks of 256 (64 for
+        // attention, causal attention and Q_LINEAR) threads, at most 8 KiB of static shared
+        // memory.
         unsafe { builder.launch(cfg) }.map_err(map_err)?;
         Ok(())
     }

@@ -6,7 +6,7 @@
 //! - [`reference`](mod@reference): plain-Rust implementations over little-endian byte buffers. The host
 //!   backend runs them, and the conformance suite checks every other backend against them. The
 //!   text generation kernels (RMS_NORM, ROPE, SWIGLU, Q_LINEAR, Q_GATHER, CAUSAL_ATTENTION,
-//!   SOFTMAX, ARGMAX) have WGSL kernels; CUDA answers `Unsupported` for them so far.
+//!   SOFTMAX, ARGMAX) have WGSL and CUDA kernels (the CUDA ones not yet run on a device).
 //! - [`quant`]: the GGUF weight block formats (`WeightType`: F32, F16, Q4_0, Q4_1, Q8_0, Q4_K,
 //!   Q6_K), dequantized block by block without allocation, bit for bit as llama.cpp and the
 //!   `gguf` Python package do.
@@ -135,6 +135,14 @@ pub mod wgsl {
 /// - `rela_attention(q, k, v, mask, out, batch, seq, heads, head_dim, scale)`: 64-thread blocks,
 ///   one per (batch, head, query), [`grid_groups`]`(batch·heads·seq)`; `scale` is
 ///   [`reference::attention_scale`]`(head_dim)`.
+/// - The generation kernels, on the grids [`Launch::groups`] plans: `rela_rms_norm(x, w, out,
+///   rows, dim, eps)`, `rela_softmax(x, out, rows, dim)` and `rela_argmax(x, out, rows, dim)`
+///   with a 256-thread block per row; `rela_rope(x, pos, out, rows, heads, head_dim, rope_dim,
+///   log2_base)`, `rela_swiglu(gate, up, out, n)` and `rela_q_gather(table, ids, out, vocab,
+///   dim, rows, type)` with 256-thread blocks over their elements (Q_GATHER: 32-weight
+///   chunks); `rela_q_linear(x, w, out, m, k, n, type)` with a 64-thread block per 4×4 output
+///   tile; `rela_causal_attention(q, k, v, out, tokens, pos0, heads, kv_heads, head_dim,
+///   scale)` with a 64-thread block per (token, head). `type` is the ggml type id.
 pub const CUDA_SOURCE: &str = include_str!("../cuda/kernels.cu");
 
 /// Elementwise workgroup size.
@@ -493,9 +501,11 @@ impl Kernel {
 /// Most storage buffers any kernel binds.
 pub const MAX_STORAGE_BUFFERS: usize = 5;
 
-/// Output rows per workgroup of the WGSL Q_LINEAR kernel.
+/// Invocations per workgroup (threads per block) of the WGSL and CUDA Q_LINEAR kernels.
+pub const Q_LINEAR_WORKGROUP: u32 = 64;
+/// Output rows per workgroup of the WGSL and CUDA Q_LINEAR kernels.
 pub const Q_LINEAR_ROWS: u32 = 4;
-/// Output columns per workgroup of the WGSL Q_LINEAR kernel.
+/// Output columns per workgroup of the WGSL and CUDA Q_LINEAR kernels.
 pub const Q_LINEAR_COLS: u32 = 4;
 /// Weights one invocation dequantizes at a time in the WGSL Q_LINEAR and Q_GATHER kernels.
 pub const Q_CHUNK: u32 = 32;
