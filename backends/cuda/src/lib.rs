@@ -27,7 +27,11 @@
 //!   total memory); a real device allocation failure is reported as
 //!   [`BackendError::OutOfMemory`] too.
 //! - Every operation runs on the context's default stream and synchronizes it before returning,
-//!   so an error is reported by the call that caused it. Driver errors map to
+//!   so an error is reported by the call that caused it. WRITE and READ move whole megabytes
+//!   through two pinned host chunks, one filling or draining while the device copies the other
+//!   (`staging`); shorter pieces go straight from or to the caller's memory.
+//! - MATMUL and LINEAR run as cuBLAS SGEMMs when `libcublas` loads (`blas`; checked first,
+//!   like the driver), else on the kernels below. Driver errors map to
 //!   [`BackendError::OutOfMemory`] (`CUDA_ERROR_OUT_OF_MEMORY`) or
 //!   [`BackendError::DeviceLost`] (everything else).
 //! - Kernels are `rela_kernels::CUDA_SOURCE`, compiled once by NVRTC at construction with FMA
@@ -55,6 +59,12 @@ use rela_core::backend::{
 use rela_kernels::{
     ATTENTION_WORKGROUP, Kernel, Launch, Q_LINEAR_WORKGROUP, TILE, WORKGROUP_1D, grid_linear_tiles, op_code,
 };
+
+mod blas;
+mod staging;
+
+use blas::Blas;
+use staging::Staging;
 
 /// Names of the kernels in `rela_kernels::CUDA_SOURCE`.
 const BINARY_KERNEL: &str = "rela_binary";
@@ -162,6 +172,8 @@ struct Kernels {
 pub struct CudaBackend {
     // Field order is drop order: buffers go before the kernels, stream and context they use.
     buffers: HashMap<u64, CudaSlice<u8>>,
+    blas: Blas,
+    staging: Staging,
     kernels: Kernels,
     stream: Arc<CudaStream>,
     ctx: Arc<CudaContext>,
@@ -277,7 +289,9 @@ impl CudaBackend {
         let total = config.capacity.min(u64::try_from(device_total).unwrap_or(u64::MAX));
         let info = DeviceInfo::new(BackendKind::CUDA, &name, "NVIDIA", total, total);
 
-        Ok(Self { buffers: HashMap::new(), kernels, stream, ctx, info, next_id: 1, used: 0 })
+        let blas = Blas::new(&stream);
+        let staging = Staging::new(&ctx);
+        Ok(Self { buffers: HashMap::new(), blas, staging, kernels, stream, ctx, info, next_id: 1, used: 0 })
     }
 
     fn buffer(&self, id: BufferId) -> Result<&CudaSlice<u8>, BackendError> {
@@ -621,8 +635,7 @@ impl GpuBackend for CudaBackend {
         if range.is_empty() {
             return Ok(());
         }
-        let mut view = slice.try_slice_mut(range).ok_or(BackendError::OutOfBounds)?;
-        self.stream.memcpy_htod(data, &mut view).map_err(map_err)?;
+        self.staging.upload(&self.stream, data, slice, range.start)?;
         self.sync()
     }
 
@@ -632,8 +645,8 @@ impl GpuBackend for CudaBackend {
         if range.is_empty() {
             return Ok(());
         }
-        let view = slice.try_slice(range).ok_or(BackendError::OutOfBounds)?;
-        self.stream.memcpy_dtoh(&view, out).map_err(map_err)?;
+        let slice = self.buffers.get(&id.0).ok_or(BackendError::NoSuchBuffer)?;
+        self.staging.download(&self.stream, slice, range.start, out)?;
         self.sync()
     }
 
@@ -691,6 +704,9 @@ impl GpuBackend for CudaBackend {
 
     fn dispatch(&mut self, call: &KernelCall) -> Result<(), BackendError> {
         call.validate(|id| self.buffers.get(&id.0).map(|s| s.len() as u64))?;
+        if self.gemm(call)? {
+            return self.sync();
+        }
         self.with_output(call.output(), |this, out| match call {
             KernelCall::Binary { .. } => this.launch_binary(call, out),
             KernelCall::Scale { .. } => this.launch_scale(call, out),
@@ -698,6 +714,43 @@ impl GpuBackend for CudaBackend {
             _ => this.launch_model(call, out),
         })?;
         self.sync()
+    }
+}
+
+impl CudaBackend {
+    /// Runs a validated MATMUL or LINEAR through cuBLAS if it can ([`Blas::run`]); `false`
+    /// leaves the call to the kernels.
+    fn gemm(&mut self, call: &KernelCall) -> Result<bool, BackendError> {
+        let inputs: &[BufferId] = match call {
+            KernelCall::Matmul { a, b, .. } => &[*a, *b],
+            KernelCall::Linear { x, w, bias, .. } => &[*x, *w, *bias],
+            _ => return Ok(false),
+        };
+        if !self.blas.available() {
+            return Ok(false);
+        }
+        let mut out = self.buffers.remove(&call.output().0).ok_or(BackendError::NoSuchBuffer)?;
+        let result = {
+            // `validate` checked that the output aliases no input.
+            let found: Option<Vec<&CudaSlice<u8>>> =
+                inputs.iter().map(|id| self.buffers.get(&id.0)).collect();
+            match found {
+                Some(slices) => self.blas.run(&self.stream, call, &slices, &mut out),
+                None => Err(BackendError::NoSuchBuffer),
+            }
+        };
+        self.buffers.insert(call.output().0, out);
+        result
+    }
+
+    /// Whether MATMUL and LINEAR run through cuBLAS.
+    pub fn uses_cublas(&self) -> bool {
+        self.blas.available()
+    }
+
+    /// Whether WRITE and READ are staged through pinned host memory.
+    pub fn uses_pinned_staging(&self) -> bool {
+        self.staging.pinned()
     }
 }
 
