@@ -686,7 +686,9 @@ extern "C" __global__ void rela_argmax(const float* x, unsigned int* out, unsign
     unsigned int bi = 0xFFFFFFFFu;
     for (unsigned int c = threadIdx.x; c < dim; c += 256) {
         float v = xr[c];
-        if (!isnan(v) && rela_beats(v, c, bv, bi)) {
+        // NaN (exponent all ones, mantissa non-zero) is never chosen.
+        bool nan = (__float_as_uint(v) & 0x7FFFFFFFu) > 0x7F800000u;
+        if (!nan && rela_beats(v, c, bv, bi)) {
             bv = v;
             bi = c;
         }
