@@ -51,8 +51,10 @@ const MAX_HANDSHAKE_MESSAGE: usize = 0xffff;
 const MAX_KEY_UPDATES_IN_A_ROW: u8 = 32;
 /// Bytes read from the socket at once, at most (plus room for one whole record).
 const READ_BUFFER: usize = 64 * 1024;
-/// Sealed bytes held before they are written to the socket (rustls' default buffer limit).
-const WRITE_BUFFER: usize = 64 * 1024;
+/// Sealed bytes held before they are written to the socket: 16 records a system call, still
+/// in cache when written (64 KiB, rustls' default, cost the sender about 35 ms more CPU per
+/// GiB in system calls; docs/BENCHMARKS.md).
+const WRITE_BUFFER: usize = 256 * 1024;
 
 const CONTENT_ALERT: u8 = 21;
 const CONTENT_HANDSHAKE: u8 = 22;
