@@ -278,7 +278,9 @@ impl CudaBackend {
             model: Kernel::ALL
                 .iter()
                 .map(|&k| match k {
-                    Kernel::Binary | Kernel::Scale | Kernel::Matmul => Ok(None),
+                    // Launched on their own (the first three); `LinearTiled` is a WGSL shape, CUDA runs
+                    // its own tiled `rela_linear`.
+                    Kernel::Binary | Kernel::Scale | Kernel::Matmul | Kernel::LinearTiled => Ok(None),
                     _ => load(k.cuda_name()).map(Some),
                 })
                 .collect::<Result<_, _>>()?,

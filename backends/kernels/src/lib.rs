@@ -31,6 +31,7 @@
 //! | gather | `table`, `ids` (u32), `out` | 256 | [`grid_1d`]`(rows·dim)` |
 //! | layernorm | `x`, `gamma`, `beta`, `out` | 8 (one row) | folded, `rows` groups |
 //! | linear, linear_vec4 | `x`, `w`, `bias`, `out` | 8 (an 8×128 block) | folded, `⌈m/8⌉·⌈n/128⌉` groups |
+//! | linear_tiled ([`Tiles::Gpu`]) | `x`, `w`, `bias`, `out` | 16×16 (a 64×64 tile) | folded, `⌈m/64⌉·⌈n/64⌉` groups |
 //! | gelu | `x`, `out` | 256 | [`grid_1d`]`(n)` |
 //! | attention | `q`, `k`, `v`, `mask`, `out` | 8 (one query of one head) | folded, `batch·heads·seq` groups |
 //! | meanpool | `x`, `mask`, `out` | 256 | [`grid_1d`]`(batch·dim)` |
@@ -50,7 +51,10 @@
 //!
 //! A linear call runs `linear_vec4` when `k` is a positive multiple of 4 (it binds `x` and `w` as
 //! arrays of `vec4<f32>`, which needs their byte sizes to be multiples of 16) and `linear`
-//! otherwise; see [`Kernel::of`].
+//! otherwise; see [`Kernel::of`]. Those shapes suit CPU implementations of Vulkan (lavapipe):
+//! narrow workgroups and no workgroup memory. A backend on a discrete or integrated GPU plans
+//! with [`Tiles::Gpu`] ([`Launch::of_tiled`]) and runs LINEAR as `linear_tiled` instead: wide
+//! workgroups that stage their slices of `x` and `w` through workgroup memory.
 //!
 //! A storage binding that a call needs zero bytes of (for example `x` and `w` of a linear
 //! layer with `k = 0`) is still bound, to at least 4 bytes of its buffer, and never read.
@@ -89,6 +93,9 @@ pub mod wgsl {
     /// followed by the shared `linear.wgsl`).
     pub const LINEAR_VEC4: &str =
         concat!(include_str!("../wgsl/linear_vec4.wgsl"), include_str!("../wgsl/linear.wgsl"));
+    /// `x · wᵀ + bias` for GPUs: a 64×64 output tile per 16×16-invocation workgroup, `k` in
+    /// steps of 16 staged through workgroup memory.
+    pub const LINEAR_TILED: &str = include_str!("../wgsl/linear_tiled.wgsl");
     /// Exact (erf) GELU.
     pub const GELU: &str = include_str!("../wgsl/gelu.wgsl");
     /// Masked scaled dot-product attention, one 8-invocation workgroup per (batch, head, query).
@@ -352,11 +359,26 @@ pub enum Kernel {
     Softmax,
     /// Argmax.
     Argmax,
+    /// Linear layer in workgroup-memory tiles, for GPUs ([`Tiles::Gpu`]).
+    LinearTiled,
 }
+
+/// The tile shapes a device's kernels are planned for ([`Launch::of_tiled`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tiles {
+    /// CPU implementations (lavapipe, SwiftShader): narrow workgroups, no workgroup memory.
+    #[default]
+    Cpu,
+    /// Discrete and integrated GPUs: LINEAR as [`Kernel::LinearTiled`].
+    Gpu,
+}
+
+/// Rows and columns of the output tile [`Kernel::LinearTiled`] computes per workgroup.
+pub const LINEAR_TILED_TILE: u32 = 64;
 
 impl Kernel {
     /// Every kernel, in declaration order (`kernel as usize` indexes this array).
-    pub const ALL: [Self; 19] = [
+    pub const ALL: [Self; 20] = [
         Self::Binary,
         Self::Scale,
         Self::Matmul,
@@ -376,6 +398,7 @@ impl Kernel {
         Self::CausalAttention,
         Self::Softmax,
         Self::Argmax,
+        Self::LinearTiled,
     ];
 
     /// A short lower-case name, for labels and errors.
@@ -400,6 +423,7 @@ impl Kernel {
             Self::CausalAttention => "causal_attention",
             Self::Softmax => "softmax",
             Self::Argmax => "argmax",
+            Self::LinearTiled => "linear_tiled",
         }
     }
 
@@ -425,10 +449,12 @@ impl Kernel {
             Self::CausalAttention => wgsl::CAUSAL_ATTENTION,
             Self::Softmax => wgsl::SOFTMAX,
             Self::Argmax => wgsl::ARGMAX,
+            Self::LinearTiled => wgsl::LINEAR_TILED,
         }
     }
 
-    /// The entry point's name in [`CUDA_SOURCE`] (both linear kernels are `rela_linear`).
+    /// The entry point's name in [`CUDA_SOURCE`] (every linear kernel is `rela_linear`, CUDA's
+    /// own 64×64-tile kernel).
     pub const fn cuda_name(self) -> &'static str {
         match self {
             Self::Binary => "rela_binary",
@@ -436,7 +462,7 @@ impl Kernel {
             Self::Matmul => "rela_matmul",
             Self::Gather => "rela_gather",
             Self::LayerNorm => "rela_layernorm",
-            Self::Linear | Self::LinearVec4 => "rela_linear",
+            Self::Linear | Self::LinearVec4 | Self::LinearTiled => "rela_linear",
             Self::Gelu => "rela_gelu",
             Self::Attention => "rela_attention",
             Self::MeanPool => "rela_meanpool",
@@ -465,7 +491,9 @@ impl Kernel {
             | Self::SwiGlu
             | Self::QLinear
             | Self::QGather => 3,
-            Self::LayerNorm | Self::Linear | Self::LinearVec4 | Self::CausalAttention => 4,
+            Self::LayerNorm | Self::Linear | Self::LinearVec4 | Self::LinearTiled | Self::CausalAttention => {
+                4
+            }
             Self::Attention => 5,
         }
     }
@@ -534,6 +562,19 @@ pub struct Launch {
 }
 
 impl Launch {
+    /// [`Launch::of`] for a device with tile shapes `tiles`: with [`Tiles::Gpu`], a LINEAR call
+    /// runs [`Kernel::LinearTiled`] on a folded grid of `⌈m/64⌉·⌈n/64⌉` workgroups (same
+    /// bindings and parameters); everything else is planned as for [`Tiles::Cpu`].
+    pub fn of_tiled(call: &KernelCall, tiles: Tiles) -> Result<Option<Self>, BackendError> {
+        let Some(mut launch) = Self::of(call)? else { return Ok(None) };
+        if let (Tiles::Gpu, KernelCall::Linear { m, n, .. }) = (tiles, call) {
+            let tiles = u64::from(m.div_ceil(LINEAR_TILED_TILE)) * u64::from(n.div_ceil(LINEAR_TILED_TILE));
+            launch.kernel = Kernel::LinearTiled;
+            launch.groups = grid_groups(tiles).ok_or(BackendError::Unsupported)?;
+        }
+        Ok(Some(launch))
+    }
+
     /// Plans a call that [`KernelCall::validate`] accepted.
     ///
     /// `Ok(None)`: the output is empty, nothing to run. `Err(Unsupported)`: no GPU kernel runs

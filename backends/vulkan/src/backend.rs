@@ -6,7 +6,8 @@ use rela_core::backend::{
     BackendError, BackendKind, BufferId, DeviceInfo, GpuBackend, KernelCall, Usage, check_copy_overlap,
     check_range,
 };
-use rela_kernels::{Launch, Params};
+use rela_kernels::{Kernel, Launch, Params, Tiles};
+use vulkano::device::physical::PhysicalDeviceType;
 use vulkano::{
     buffer::{Buffer, BufferCreateInfo, BufferUsage, Subbuffer},
     command_buffer::{
@@ -78,6 +79,8 @@ pub struct VulkanBackend {
     mapped: bool,
     /// How buffers are allocated: device-local, plus host-visible when `mapped`.
     buffer_memory: MemoryTypeFilter,
+    /// The tile shapes kernels are planned for ([`Launch::of_tiled`]).
+    tiles: Tiles,
     _instance: Arc<Instance>,
     /// Declared last so the messenger outlives the device and sees its destruction.
     validation: Option<Validation>,
@@ -140,7 +143,20 @@ impl VulkanBackend {
         let params = host_buffer(BufferUsage::UNIFORM_BUFFER, PARAMS_SIZE)?;
 
         let props = physical.properties();
-        let pipelines = Pipelines::new(&device, props.max_per_stage_descriptor_storage_buffers)?;
+        let pipelines = Pipelines::new(
+            &device,
+            props.max_per_stage_descriptor_storage_buffers,
+            props.max_compute_work_group_invocations,
+        )?;
+        // CPU implementations keep the narrow shapes; GPUs get workgroup-memory tiles where the
+        // device can run them.
+        let gpu = matches!(
+            props.device_type,
+            PhysicalDeviceType::DiscreteGpu
+                | PhysicalDeviceType::IntegratedGpu
+                | PhysicalDeviceType::VirtualGpu
+        );
+        let tiles = if gpu && pipelines.get(Kernel::LinearTiled).is_some() { Tiles::Gpu } else { Tiles::Cpu };
         let heap = physical
             .memory_properties()
             .memory_heaps
@@ -194,6 +210,7 @@ impl VulkanBackend {
             max_groups: props.max_compute_work_group_count,
             mapped,
             buffer_memory,
+            tiles,
             queue,
             memory,
             commands,
@@ -213,6 +230,23 @@ impl VulkanBackend {
     /// Warnings and errors the validation layer has reported so far (0 without validation).
     pub fn validation_messages(&self) -> u64 {
         self.validation.as_ref().map_or(0, |v| v.count.load(Ordering::Relaxed))
+    }
+
+    /// The tile shapes kernels are planned for: [`Tiles::Gpu`] on a discrete, integrated or
+    /// virtual GPU that runs them, [`Tiles::Cpu`] on a CPU implementation (lavapipe).
+    pub fn tiles(&self) -> Tiles {
+        self.tiles
+    }
+
+    /// Plans kernels for `tiles` from now on, for example [`Tiles::Gpu`] on lavapipe to check
+    /// the GPU shapes on a machine without a GPU. Returns `false`, changing nothing, for
+    /// [`Tiles::Gpu`] on a device that cannot run them (too few invocations per workgroup).
+    pub fn set_tiles(&mut self, tiles: Tiles) -> bool {
+        if tiles == Tiles::Gpu && self.pipelines.get(Kernel::LinearTiled).is_none() {
+            return false;
+        }
+        self.tiles = tiles;
+        true
     }
 
     /// Whether buffers are written and read through their mapping rather than staging
@@ -504,7 +538,7 @@ impl GpuBackend for VulkanBackend {
 
     fn dispatch(&mut self, call: &KernelCall) -> Result<(), BackendError> {
         call.validate(|id| self.buffers.get(&id.0).map(|b| b.size))?;
-        let Some(launch) = Launch::of(call)? else {
+        let Some(launch) = Launch::of_tiled(call, self.tiles)? else {
             return Ok(());
         };
         let pipeline = self.pipelines.get(launch.kernel).ok_or(BackendError::Unsupported)?;

@@ -29,12 +29,20 @@ pub(crate) struct Pipelines {
 
 impl Pipelines {
     /// Translates every kernel and builds its pipeline. `max_storage_buffers` is the device's
-    /// `maxPerStageDescriptorStorageBuffers`.
-    pub(crate) fn new(device: &Arc<Device>, max_storage_buffers: u32) -> Result<Self, InitError> {
+    /// `maxPerStageDescriptorStorageBuffers`, `max_invocations` its
+    /// `maxComputeWorkGroupInvocations` (the Vulkan minimum, 128, is below what
+    /// [`Kernel::LinearTiled`]'s 16×16 workgroups need; such a device keeps the CPU shapes).
+    pub(crate) fn new(
+        device: &Arc<Device>,
+        max_storage_buffers: u32,
+        max_invocations: u32,
+    ) -> Result<Self, InitError> {
         let pipelines = Kernel::ALL
             .iter()
             .map(|&k| {
-                if k.storage_buffers() > max_storage_buffers {
+                if k.storage_buffers() > max_storage_buffers
+                    || (k == Kernel::LinearTiled && max_invocations < 256)
+                {
                     return Ok(None);
                 }
                 pipeline(device, k.name(), k.wgsl()).map(Some)

@@ -40,6 +40,8 @@ mod kernels;
 pub use backend::{STAGING_SIZE, VulkanBackend};
 pub use error::InitError;
 pub use instance::{DeviceSelector, DeviceType, list_devices};
+/// The tile shapes kernels are planned for ([`VulkanBackend::tiles`], [`VulkanBackend::set_tiles`]).
+pub use rela_kernels::Tiles;
 
 /// How to create a [`VulkanBackend`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -88,3 +88,20 @@ mod staging {
             .map_err(|e| e.to_string())
     });
 }
+
+/// The LINEAR cases with the GPU tile shapes forced ([`Tiles::Gpu`]: `linear_tiled`, 16×16
+/// workgroups through workgroup memory), so the shapes a discrete GPU gets run here too.
+#[test]
+fn linear_with_gpu_tiles() {
+    use rela_backend_vulkan::Tiles;
+    for name in ["kernel_linear", "kernel_model_invalid_rejected"] {
+        rela_conformance::__run_case_test("vulkan", name, || {
+            let mut b = VulkanBackend::new(common::config(rela_conformance::SUITE_CAPACITY))
+                .map_err(|e| e.to_string())?;
+            if !b.set_tiles(Tiles::Gpu) {
+                return Err("the device cannot run the GPU tile shapes (workgroups of 256)".into());
+            }
+            Ok(Box::new(Checked(b)) as Box<dyn GpuBackend>)
+        });
+    }
+}

@@ -9,7 +9,7 @@ use rela_core::backend::{
     BackendError, BackendKind, BufferId, DeviceInfo, GpuBackend, KernelCall, Usage, check_copy_overlap,
     check_range,
 };
-use rela_kernels::{Launch, Params};
+use rela_kernels::{Kernel, Launch, Params, Tiles};
 
 use crate::init::{self, Fault, Pipelines};
 use crate::{InitError, WgpuConfig};
@@ -82,6 +82,8 @@ pub struct WgpuBackend {
     next_id: u64,
     usage: Usage,
     pipelines: Pipelines,
+    /// The tile shapes kernels are planned for ([`Launch::of_tiled`]).
+    tiles: Tiles,
     /// The 32-byte [`Params`] uniform.
     params: wgpu::Buffer,
     staging_size: u64,
@@ -136,7 +138,15 @@ impl WgpuBackend {
             config.capacity,
             config.capacity.min(max_buffer),
         );
+        // CPU adapters keep the narrow shapes; GPUs get workgroup-memory tiles where they run.
+        let gpu = matches!(
+            opened.info.device_type,
+            wgpu::DeviceType::DiscreteGpu | wgpu::DeviceType::IntegratedGpu | wgpu::DeviceType::VirtualGpu
+        );
+        let tiles =
+            if gpu && opened.pipelines.get(Kernel::LinearTiled).is_some() { Tiles::Gpu } else { Tiles::Cpu };
         Ok(Self {
+            tiles,
             queue: opened.queue,
             info,
             api: opened.info.backend,
@@ -158,6 +168,23 @@ impl WgpuBackend {
             fault: opened.fault,
             device,
         })
+    }
+
+    /// The tile shapes kernels are planned for: [`Tiles::Gpu`] on a discrete, integrated or
+    /// virtual GPU that runs them, [`Tiles::Cpu`] on a CPU adapter (lavapipe, llvmpipe).
+    pub fn tiles(&self) -> Tiles {
+        self.tiles
+    }
+
+    /// Plans kernels for `tiles` from now on, for example [`Tiles::Gpu`] on lavapipe to check
+    /// the GPU shapes on a machine without a GPU. Returns `false`, changing nothing, for
+    /// [`Tiles::Gpu`] on an adapter that cannot run them.
+    pub fn set_tiles(&mut self, tiles: Tiles) -> bool {
+        if tiles == Tiles::Gpu && self.pipelines.get(Kernel::LinearTiled).is_none() {
+            return false;
+        }
+        self.tiles = tiles;
+        true
     }
 
     /// The wgpu API this backend runs on (Vulkan, Gl, …).
@@ -589,7 +616,7 @@ impl GpuBackend for WgpuBackend {
     fn dispatch(&mut self, call: &KernelCall) -> Result<(), BackendError> {
         call.validate(|id| self.buffers.get(&id.0).map(|e| e.size))?;
         self.alive()?;
-        let Some(launch) = Launch::of(call)? else {
+        let Some(launch) = Launch::of_tiled(call, self.tiles)? else {
             return Ok(());
         };
         let groups = launch.groups;

@@ -243,10 +243,18 @@ fn compile(device: &wgpu::Device) -> Result<Pipelines, InitError> {
         let layout = pipeline.get_bind_group_layout(0);
         (pipeline, layout)
     };
-    let max_storage = device.limits().max_storage_buffers_per_shader_stage;
+    let limits = device.limits();
+    let max_storage = limits.max_storage_buffers_per_shader_stage;
+    // `LinearTiled`'s 16×16 workgroups need 256 invocations and 8.5 KiB of workgroup memory,
+    // above the minimum some adapters offer (which then keep the CPU shapes).
+    let tiled_fits = limits.max_compute_invocations_per_workgroup >= 256
+        && limits.max_compute_workgroup_storage_size >= 8704;
     let kernels = Kernel::ALL
         .iter()
-        .map(|&k| (k.storage_buffers() <= max_storage).then(|| make(k.name(), k.wgsl())))
+        .map(|&k| {
+            let fits = k.storage_buffers() <= max_storage && (k != Kernel::LinearTiled || tiled_fits);
+            fits.then(|| make(k.name(), k.wgsl()))
+        })
         .collect();
     if let Some(e) = pollster::block_on(scope.pop()) {
         return Err(InitError::Shader(e.to_string()));

@@ -46,6 +46,8 @@ use core::fmt;
 
 pub use backend::WgpuBackend;
 pub use init::list_adapters;
+/// The tile shapes kernels are planned for ([`WgpuBackend::tiles`], [`WgpuBackend::set_tiles`]).
+pub use rela_kernels::Tiles;
 
 /// Which graphics API wgpu should use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

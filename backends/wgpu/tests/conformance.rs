@@ -22,3 +22,23 @@ mod gl {
 
     rela_conformance::testgen!("wgpu-gl", || make(Api::Gl));
 }
+
+/// The LINEAR cases with the GPU tile shapes forced ([`Tiles::Gpu`]: `linear_tiled`, 16×16
+/// workgroups through workgroup memory), so the shapes a discrete GPU gets run on the CPU
+/// adapters here too.
+#[test]
+fn linear_with_gpu_tiles() {
+    use rela_backend_wgpu::Tiles;
+    for (label, api) in [("wgpu-vulkan", Api::Vulkan), ("wgpu-gl", Api::Gl)] {
+        for name in ["kernel_linear", "kernel_model_invalid_rejected"] {
+            rela_conformance::__run_case_test(label, name, || {
+                let config = WgpuConfig { capacity: SUITE_CAPACITY, backends: api, adapter: None };
+                let mut b = WgpuBackend::new(config).map_err(|e| e.to_string())?;
+                if !b.set_tiles(Tiles::Gpu) {
+                    return Err("the adapter cannot run the GPU tile shapes (workgroups of 256)".into());
+                }
+                Ok(Box::new(b) as Box<dyn GpuBackend>)
+            });
+        }
+    }
+}
