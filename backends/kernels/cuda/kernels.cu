@@ -510,11 +510,11 @@ extern "C" __global__ void rela_q_linear(const float* x, const unsigned char* wq
     }
     float w[32];
     for (unsigned int ch = tid; ch < chunks; ch += 64) {
-        for (unsigned int c = 0; c < 4; ++c) {
-            unsigned int j = min(j0 + c, n - 1);
-            rela_q_chunk(ty, wq + j * row_bytes, ch, k, w);
-            for (unsigned int r = 0; r < 4; ++r) {
-                const float* xr = x + (unsigned long long)min(i0 + r, m - 1) * k + 32ull * ch;
+        // Rows and columns past the end of the output are skipped; their sums stay zero.
+        for (unsigned int c = 0; c < min(4u, n - j0); ++c) {
+            rela_q_chunk(ty, wq + (j0 + c) * row_bytes, ch, k, w);
+            for (unsigned int r = 0; r < min(4u, m - i0); ++r) {
+                const float* xr = x + (unsigned long long)(i0 + r) * k + 32ull * ch;
                 float s = 0.0f;
                 for (unsigned int t = 0; t < 32; ++t) {
                     if (32 * ch + t < k) {
