@@ -3,8 +3,8 @@
 # for the device machine (see prepare.sh): the CUDA, Vulkan and wgpu backend tests with those
 # backends required, the conformance table of every backend, and `bench --spawn` against CUDA
 # and Vulkan (relay vs raw TCP, and through the node vs the backend, i.e. the driver's own
-# copies, called directly), and `bench-contention` (a light session's latency beside heavy
-# ones) on both. Everything is logged under $OUT (or gpu-out/). Exits non-zero if a
+# copies, called directly), `bench-contention` (a light session's latency beside heavy
+# ones) on both, and `bench-embed` on every backend where models/ holds the embedding model. Everything is logged under $OUT (or gpu-out/). Exits non-zero if a
 # test or the conformance run failed; the benches run either way.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -43,4 +43,15 @@ for backend in cuda vulkan; do
   timeout 120 .gpu/vram-relay bench-contention --backend "$backend" --heavy 2 --matmul 2048 \
     --seconds 5 2>&1 | tee "$out/contention-$backend.txt"
 done
+# Embeddings on every GPU backend against the host backend, through the node and in-process
+# (docs/BENCHMARKS.md, issue #13). The model is not in .gpu (it is ~90 MB, and the device
+# machine reaches no network): this runs where hosts/models/fetch-model.sh has filled models/.
+if [ -d models/all-MiniLM-L6-v2 ]; then
+  echo "== bench-embed"
+  timeout 300 .gpu/vram-relay bench-embed --models models --backend host,cuda,vulkan,wgpu-vulkan \
+    --batches 1,8,32 --seconds 3 2>&1 | tee "$out/bench-embed.txt"
+else
+  echo "SKIPPED bench-embed: no models/all-MiniLM-L6-v2 here (run hosts/models/fetch-model.sh models)" |
+    tee "$out/bench-embed.txt"
+fi
 exit "$status"
