@@ -9,6 +9,8 @@
 //! - [`tokenizer`]: the byte-level BPE tokenizer built from the file's vocabulary and merges.
 //! - [`chat`]: chat messages rendered with the file's own Jinja template.
 //! - [`forward`]: the llama forward pass on the host (f32 activations, quantized weights).
+//! - [`device`]: the same forward pass on a `GpuBackend` (weights in device memory, the
+//!   backend's generation kernels), and [`device_stream`]: a generation step by step on it.
 //! - [`generate`]: sampling, UTF-8 streaming and the generation loop.
 //! - [`threads`]: the thread pool the forward pass runs on, and its size.
 //! - [`stream`]: generation one step at a time (prompt chunks, then one token per step), with
@@ -19,6 +21,8 @@
 mod attention;
 pub mod chat;
 pub mod config;
+pub mod device;
+pub mod device_stream;
 pub mod forward;
 pub mod generate;
 pub mod gguf;
@@ -37,6 +41,8 @@ pub mod tokenizer;
 
 pub use chat::{ChatError, ChatTemplate, Message};
 pub use config::{LlamaConfig, ModelError};
+pub use device::{DeviceError, DeviceKv, DeviceLlm};
+pub use device_stream::DeviceStream;
 pub use forward::{ForwardError, KvCache, Model};
 pub use generate::{
     FinishReason, GenerateError, Generation, Sampler, SamplingParams, Utf8Stream, generate, generate_ids,

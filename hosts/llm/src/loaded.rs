@@ -114,6 +114,11 @@ impl LoadedLlm {
         Model::new(&self.file)
     }
 
+    /// The parsed file (its tensors, for a [`crate::device::DeviceLlm`]).
+    pub(crate) fn file(&self) -> &GgufFile {
+        &self.file
+    }
+
     /// The hyperparameters.
     pub fn config(&self) -> &LlamaConfig {
         &self.config

@@ -80,11 +80,19 @@ impl std::error::Error for StreamError {}
 #[derive(Debug)]
 pub struct TokenStream<'m> {
     model: &'m Model<'m>,
-    tok: &'m GgufTokenizer,
     input: Vec<u32>,
     prefilled: usize,
     cache: KvCache,
     logits: Vec<f32>,
+    emitter: Emitter<'m>,
+}
+
+/// The token side of a generation, whatever runs the model: sampling, UTF-8, stop strings,
+/// `max_tokens` and the finish ([`TokenStream`] on the host, [`crate::DeviceStream`] on a
+/// backend).
+#[derive(Debug)]
+pub(crate) struct Emitter<'t> {
+    tok: &'t GgufTokenizer,
     sampler: Sampler,
     utf8: Utf8Stream,
     /// Text produced but not released (it may begin a stop string).
@@ -93,6 +101,78 @@ pub struct TokenStream<'m> {
     max_tokens: usize,
     generated: usize,
     finished: bool,
+}
+
+/// What the next token of an [`Emitter`] asks of the model.
+pub(crate) enum Next {
+    /// The generation ended with this step: nothing more to run.
+    Last(Step),
+    /// The step's token must run at the next position before the step is returned.
+    Run(u32, Step),
+}
+
+impl<'t> Emitter<'t> {
+    /// At most `max_tokens` tokens, ending early at EOS or at any of `stops` (empty strings are
+    /// ignored).
+    pub(crate) fn new(
+        tok: &'t GgufTokenizer,
+        max_tokens: usize,
+        params: SamplingParams,
+        stops: Vec<String>,
+    ) -> Self {
+        Self {
+            tok,
+            sampler: Sampler::new(params),
+            utf8: Utf8Stream::new(),
+            held: String::new(),
+            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
+            max_tokens,
+            generated: 0,
+            finished: false,
+        }
+    }
+
+    /// Tokens generated so far.
+    pub(crate) fn generated(&self) -> usize {
+        self.generated
+    }
+
+    /// Whether the generation has ended.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// The next token, sampled from `logits`; `full` when the cache can take no more positions.
+    pub(crate) fn next(&mut self, logits: &[f32], full: bool) -> Next {
+        let id = self.sampler.sample(logits);
+        self.generated += 1;
+        if Some(id) == self.tok.eos() {
+            return Next::Last(self.end(id, String::new(), Finish::Eos));
+        }
+        let piece = self.utf8.push(&token_bytes(self.tok, id));
+        self.held.push_str(&piece);
+        if let Some(at) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
+            let mut text = std::mem::take(&mut self.held);
+            text.truncate(at);
+            self.finished = true;
+            return Next::Last(Step::Token { id, text, finish: Some(Finish::Stop) });
+        }
+        if self.generated == self.max_tokens || full {
+            let rest = self.utf8.finish();
+            return Next::Last(self.end(id, rest, Finish::Length));
+        }
+        let keep = stop_prefix_len(&self.held, &self.stops);
+        let text = self.held.drain(..self.held.len() - keep).collect();
+        Next::Run(id, Step::Token { id, text, finish: None })
+    }
+
+    /// The last step: releases everything held plus `rest`.
+    fn end(&mut self, id: u32, rest: String, finish: Finish) -> Step {
+        let mut text = std::mem::take(&mut self.held);
+        text.push_str(&rest);
+        self.finished = true;
+        Step::Token { id, text, finish: Some(finish) }
+    }
 }
 
 impl<'m> TokenStream<'m> {
@@ -120,18 +200,11 @@ impl<'m> TokenStream<'m> {
         }
         Ok(Self {
             model,
-            tok,
             input,
             prefilled: 0,
             cache,
             logits: Vec::new(),
-            sampler: Sampler::new(params),
-            utf8: Utf8Stream::new(),
-            held: String::new(),
-            stops: stops.into_iter().filter(|s| !s.is_empty()).collect(),
-            max_tokens,
-            generated: 0,
-            finished: false,
+            emitter: Emitter::new(tok, max_tokens, params, stops),
         })
     }
 
@@ -142,7 +215,7 @@ impl<'m> TokenStream<'m> {
 
     /// Tokens generated so far.
     pub fn generated(&self) -> usize {
-        self.generated
+        self.emitter.generated()
     }
 
     /// Whether the prompt has been run.
@@ -152,7 +225,7 @@ impl<'m> TokenStream<'m> {
 
     /// Whether the generation has ended.
     pub fn is_finished(&self) -> bool {
-        self.finished
+        self.emitter.is_finished()
     }
 
     /// Runs the next step: a chunk of the prompt, or one token.
@@ -170,7 +243,7 @@ impl<'m> TokenStream<'m> {
         &mut self,
         forward: impl FnOnce(u32, &mut KvCache, &mut Vec<f32>) -> Result<(), ForwardError>,
     ) -> Result<Step, ForwardError> {
-        if self.finished {
+        if self.emitter.is_finished() {
             return Ok(Step::Done);
         }
         if self.prefilled < self.input.len() {
@@ -179,35 +252,13 @@ impl<'m> TokenStream<'m> {
             self.prefilled = end;
             return Ok(Step::Prefill { done: end, total: self.input.len() });
         }
-        let id = self.sampler.sample(&self.logits);
-        self.generated += 1;
-        if Some(id) == self.tok.eos() {
-            return Ok(self.end(id, String::new(), Finish::Eos));
+        match self.emitter.next(&self.logits, self.cache.len() == self.cache.capacity()) {
+            Next::Last(step) => Ok(step),
+            Next::Run(id, step) => {
+                forward(id, &mut self.cache, &mut self.logits)?;
+                Ok(step)
+            }
         }
-        let piece = self.utf8.push(&token_bytes(self.tok, id));
-        self.held.push_str(&piece);
-        if let Some(at) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
-            let mut text = std::mem::take(&mut self.held);
-            text.truncate(at);
-            self.finished = true;
-            return Ok(Step::Token { id, text, finish: Some(Finish::Stop) });
-        }
-        if self.generated == self.max_tokens || self.cache.len() == self.cache.capacity() {
-            let rest = self.utf8.finish();
-            return Ok(self.end(id, rest, Finish::Length));
-        }
-        let keep = stop_prefix_len(&self.held, &self.stops);
-        let text = self.held.drain(..self.held.len() - keep).collect();
-        forward(id, &mut self.cache, &mut self.logits)?;
-        Ok(Step::Token { id, text, finish: None })
-    }
-
-    /// The last step: releases everything held plus `rest`.
-    fn end(&mut self, id: u32, rest: String, finish: Finish) -> Step {
-        let mut text = std::mem::take(&mut self.held);
-        text.push_str(&rest);
-        self.finished = true;
-        Step::Token { id, text, finish: Some(finish) }
     }
 }
 
