@@ -295,3 +295,92 @@ async fn writes_under_backpressure_arrive_whole_and_the_buffer_stays_bounded() {
     );
     server.await.expect("server");
 }
+
+/// Two record layers on the two ends of a loopback TCP connection, with made-up secrets: a
+/// writer whose records the other end's reader opens. `tickets`: whether the reader is a
+/// client's (NewSessionTicket allowed).
+async fn raw_pair(tickets: bool) -> (Writer, Reader) {
+    let suite = Suite::of(rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256).expect("suite");
+    let keys = |b: u8| Keys::new(suite, Zeroizing::new(vec![b; 32]), 0).expect("keys");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let a = TcpStream::connect(listener.local_addr().expect("address")).await.expect("connect");
+    let (b, _) = listener.accept().await.expect("accept");
+    let (_, wr) = split(a, keys(2), keys(1), &[], Vec::new(), true).expect("a");
+    let (rd, _) = split(b, keys(1), keys(2), &[], Vec::new(), tickets).expect("b");
+    (wr, rd)
+}
+
+/// Seals one record of inner type `kind` holding `body` and sends it.
+async fn send_record(wr: &mut Writer, kind: u8, body: &[u8]) {
+    wr.seal(kind, |o| o.extend_from_slice(body)).expect("sealed");
+    wr.flush().await.expect("sent");
+}
+
+async fn read_error(rd: &mut Reader) -> Option<RecordError> {
+    let e = rd.read(&mut [0u8; 64]).await.expect_err("refused");
+    record_error(&e)
+}
+
+#[tokio::test]
+async fn a_peer_may_not_send_what_tls_1_3_forbids_after_the_handshake() {
+    // A ticket to the node (only servers send them).
+    let (mut wr, mut rd) = raw_pair(false).await;
+    send_record(&mut wr, CONTENT_HANDSHAKE, &[HANDSHAKE_NEW_SESSION_TICKET, 0, 0, 1, 0]).await;
+    assert_eq!(read_error(&mut rd).await, Some(RecordError::Handshake(HANDSHAKE_NEW_SESSION_TICKET)));
+    // Any other handshake message (a ClientHello).
+    let (mut wr, mut rd) = raw_pair(true).await;
+    send_record(&mut wr, CONTENT_HANDSHAKE, &[1, 0, 0, 2, 3, 3]).await;
+    assert_eq!(read_error(&mut rd).await, Some(RecordError::Handshake(1)));
+    // A handshake message announcing more than 64 KiB.
+    let (mut wr, mut rd) = raw_pair(true).await;
+    send_record(&mut wr, CONTENT_HANDSHAKE, &[HANDSHAKE_NEW_SESSION_TICKET, 1, 0, 0]).await;
+    assert_eq!(read_error(&mut rd).await, Some(RecordError::Handshake(HANDSHAKE_NEW_SESSION_TICKET)));
+    // A KeyUpdate with a request value that does not exist, or with data after it.
+    let (mut wr, mut rd) = raw_pair(true).await;
+    send_record(&mut wr, CONTENT_HANDSHAKE, &[HANDSHAKE_KEY_UPDATE, 0, 0, 1, 2]).await;
+    assert_eq!(read_error(&mut rd).await, Some(RecordError::Handshake(HANDSHAKE_KEY_UPDATE)));
+    let (mut wr, mut rd) = raw_pair(true).await;
+    send_record(&mut wr, CONTENT_HANDSHAKE, &[HANDSHAKE_KEY_UPDATE, 0, 0, 2, 0, 0]).await;
+    assert_eq!(read_error(&mut rd).await, Some(RecordError::Handshake(HANDSHAKE_KEY_UPDATE)));
+    // Application data in the middle of a handshake message.
+    let (mut wr, mut rd) = raw_pair(true).await;
+    send_record(&mut wr, CONTENT_HANDSHAKE, &[HANDSHAKE_NEW_SESSION_TICKET, 0, 0, 9]).await;
+    send_record(&mut wr, CONTENT_APPLICATION_DATA, b"data").await;
+    assert_eq!(read_error(&mut rd).await, Some(RecordError::UnexpectedType(CONTENT_APPLICATION_DATA)));
+    // A record of padding only, an unknown content type, an alert other than close_notify.
+    let (mut wr, mut rd) = raw_pair(true).await;
+    wr.seal(0, |o| o.extend_from_slice(&[0; 8])).expect("sealed");
+    wr.flush().await.expect("sent");
+    assert_eq!(read_error(&mut rd).await, Some(RecordError::UnexpectedType(0)));
+    let (mut wr, mut rd) = raw_pair(true).await;
+    send_record(&mut wr, 99, b"?").await;
+    assert_eq!(read_error(&mut rd).await, Some(RecordError::UnexpectedType(99)));
+    let (mut wr, mut rd) = raw_pair(true).await;
+    send_record(&mut wr, CONTENT_ALERT, &[2, 40]).await;
+    let e = rd.read(&mut [0u8; 8]).await.expect_err("a fatal alert");
+    assert_eq!(e.kind(), io::ErrorKind::ConnectionAborted);
+    assert_eq!(record_error(&e), Some(RecordError::Alert(40)));
+}
+
+#[tokio::test]
+async fn key_updates_are_followed_but_not_without_end() {
+    let (mut wr, mut rd) = raw_pair(true).await;
+    // KeyUpdates between data: the reader moves on with the writer, as often as it comes.
+    for round in 0..40u8 {
+        wr.seal(CONTENT_HANDSHAKE, |o| o.extend_from_slice(&[HANDSHAKE_KEY_UPDATE, 0, 0, 1, 0]))
+            .expect("sealed");
+        wr.keys.update().expect("new keys");
+        send_record(&mut wr, CONTENT_APPLICATION_DATA, &[round]).await;
+        let mut got = [0u8; 1];
+        rd.read_exact(&mut got).await.expect("data under the new keys");
+        assert_eq!(got, [round]);
+    }
+    // 33 in a row without data are refused.
+    for _ in 0..=MAX_KEY_UPDATES_IN_A_ROW {
+        wr.seal(CONTENT_HANDSHAKE, |o| o.extend_from_slice(&[HANDSHAKE_KEY_UPDATE, 0, 0, 1, 0]))
+            .expect("sealed");
+        wr.keys.update().expect("new keys");
+    }
+    wr.flush().await.expect("sent");
+    assert_eq!(read_error(&mut rd).await, Some(RecordError::Handshake(HANDSHAKE_KEY_UPDATE)));
+}
