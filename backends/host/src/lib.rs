@@ -290,22 +290,23 @@ impl<S: Arena, const N: usize> HostMemory<S, N> {
                     eps,
                 );
             }
-            KernelCall::Linear { x, w, bias, out, k, n, .. } => {
+            KernelCall::Linear { x, w, bias, out, m, k, n, .. } => {
                 let (k, n) = (u64::from(k), u64::from(n));
                 let x = self.units(x, s, c, k * 4);
                 let w = self.units(w, 0, n, k * 4);
                 let bias = self.units(bias, 0, n, 4);
                 let out = self.units(out, s, c, n * 4);
                 let (inputs, out) = self.storage.split(out);
-                kernels::linear(
-                    inputs.get(x),
-                    inputs.get(w),
-                    inputs.get(bias),
-                    out,
-                    cu,
-                    k as usize,
-                    n as usize,
-                );
+                let (x, w, bias) = (inputs.get(x), inputs.get(w), inputs.get(bias));
+                // The fast kernels pick LINEAR's kernel from the whole call's rows, so that
+                // every part of a call runs the same one and the parts give the whole's bytes.
+                #[cfg(feature = "std")]
+                kernels::linear_part(x, w, bias, out, cu, k as usize, n as usize, m as usize);
+                #[cfg(not(feature = "std"))]
+                {
+                    let _ = m;
+                    kernels::linear(x, w, bias, out, cu, k as usize, n as usize);
+                }
             }
             KernelCall::Gelu { x, out, .. } => {
                 let (x, out) = (self.units(x, s, c, 4), self.units(out, s, c, 4));

@@ -2,7 +2,10 @@
 //! [`reference`](crate::reference), on all the threads of a [`rayon`] pool and in SIMD.
 //!
 //! - MATMUL and LINEAR run through the [`gemm`] crate (packed, cache-blocked, runtime-selected
-//!   AVX2/FMA or AVX-512 micro-kernels, split over the pool's threads).
+//!   AVX2/FMA or AVX-512 micro-kernels, split over the pool's threads), except LINEAR calls of
+//!   at most [`LINEAR_DOT_MAX_ROWS`] rows: those run as register-tiled dot products with `w`'s
+//!   contiguous rows ([`linear_dot`]), which stream `w` in place at memory speed, where `gemm`
+//!   would either pack `w` on every call or read it strided.
 //! - Attention is tiled per (sequence, block of [`QUERY_TILE`] queries) with an online softmax
 //!   over blocks of [`KEY_TILE`] keys: no `seq × seq` temporaries, only one
 //!   `QUERY_TILE × KEY_TILE` score tile per task. Masked keys are skipped before any work. Both
@@ -34,6 +37,8 @@ use rayon::prelude::*;
 use super::BinaryOp;
 use super::reference;
 pub use super::reference::{attention_scale, erf, gelu_one};
+
+pub mod linear_dot;
 
 /// Queries per attention task (one output tile of `QUERY_TILE × head_dim` per head).
 pub const QUERY_TILE: usize = 64;
@@ -256,8 +261,8 @@ fn gemm_into(
     if matches!(parallelism, gemm::Parallelism::None) { run() } else { install(run) }
 }
 
-/// Columns above which MATMUL and LINEAR go through [`gemm`]; narrower products run the
-/// reference kernel.
+/// Columns above which MATMUL and [`linear_gemm`] go through [`gemm`]; narrower products run
+/// the reference kernel.
 ///
 /// Every output row must come out the same whatever rows the call holds besides it, so that a
 /// call cut into row ranges (the host backend's partial dispatch) gives the whole call's bytes.
@@ -268,11 +273,12 @@ fn gemm_into(
 /// run as two).
 pub const GEMM_MIN_COLUMNS: usize = 256;
 
-/// Rows from which LINEAR hands `gemm` a row-major output, which it computes as the transposed
-/// product and for which it packs `w` (`n × k`) into its own layout on every call. Below this,
-/// the output is column-major (transposed afterwards) and `gemm` reads `w` in place: for a few
-/// rows, packing `w` would cost more than the product. Both take `gemm`'s main path with the
-/// same multiply-add chain per element, so a row's bytes do not depend on the choice.
+/// Rows from which [`linear_gemm`] hands `gemm` a row-major output, which it computes as the
+/// transposed product and for which it packs `w` (`n × k`) into its own layout on every call.
+/// Below this, the output is column-major (transposed afterwards) and `gemm` reads `w` in
+/// place: for a few rows, packing `w` would cost more than the product. Both take `gemm`'s main
+/// path with the same multiply-add chain per element, so a row's bytes do not depend on the
+/// choice.
 pub const LINEAR_PACKED_ROWS: usize = 128;
 
 /// Whether `gemm` runs a product with `k` inner and `n` output columns (see
@@ -377,10 +383,45 @@ fn sum_squares(v: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + chunks.remainder().iter().map(|&x| x * x).sum::<f32>()
 }
 
-/// `out[i, j] = Σ_t x[i, t] · w[j, t] + bias[j]`: `x` is `m × k`, `w` is `n × k` (the
-/// transpose is a stride, not a copy). Through [`gemm`] for more than [`GEMM_MIN_COLUMNS`]
-/// columns, else [`reference::linear`].
+/// Rows of a whole LINEAR call up to which it runs as dot products with `w`'s rows
+/// ([`linear_dot`], which streams `w` once at up to twice `gemm`'s speed there); longer calls
+/// run [`linear_gemm`], faster once the product is bound by the multiply-adds. Both compute a
+/// row the same way whatever the other rows, but not the same way as each other, so the choice
+/// is made from the whole call's rows ([`linear_part`]), never from a part's.
+pub const LINEAR_DOT_MAX_ROWS: usize = 16;
+
+/// `out[i, j] = Σ_t x[i, t] · w[j, t] + bias[j]`: `x` is `m × k`, `w` is `n × k` (the whole
+/// call: [`linear_part`] with `call_rows = m`).
 pub fn linear(x: &[u8], w: &[u8], bias: &[u8], out: &mut [u8], m: usize, k: usize, n: usize) {
+    linear_part(x, w, bias, out, m, k, n, m);
+}
+
+/// [`linear`] over `m` rows of a call of `call_rows` rows (a part of it, as the host backend's
+/// partial dispatch runs them): as [`linear_dot`] for calls of at most [`LINEAR_DOT_MAX_ROWS`]
+/// rows, else as [`linear_gemm`]. Every part of a call takes the same kernel, so the parts give
+/// the whole call's bytes.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_part(
+    x: &[u8],
+    w: &[u8],
+    bias: &[u8],
+    out: &mut [u8],
+    m: usize,
+    k: usize,
+    n: usize,
+    call_rows: usize,
+) {
+    if call_rows > LINEAR_DOT_MAX_ROWS {
+        return linear_gemm(x, w, bias, out, m, k, n);
+    }
+    let (x, w, bias) = (input(x, m * k), input(w, n * k), input(bias, n));
+    output(out, m * n, |o| linear_dot::linear(&x, &w, &bias, o, m, k, n, true));
+}
+
+/// LINEAR through [`gemm`] for more than [`GEMM_MIN_COLUMNS`] columns, else
+/// [`reference::linear`] (the transpose of `w` is a stride, not a copy): what [`linear_part`]
+/// runs for calls of more than [`LINEAR_DOT_MAX_ROWS`] rows. Same arguments as [`linear`].
+pub fn linear_gemm(x: &[u8], w: &[u8], bias: &[u8], out: &mut [u8], m: usize, k: usize, n: usize) {
     if !use_gemm(k, n) {
         return reference::linear(x, w, bias, out, m, k, n);
     }
@@ -781,6 +822,8 @@ mod tests {
             (70, 384, 1536),
             (5, 3, 300),
             (6, 20, 40),
+            (16, 384, 1536),
+            (12, 70, 300),
         ] {
             let (x, w, b) = (rng.bytes(m * k, 1.0), rng.bytes(n * k, 1.0), rng.bytes(n, 1.0));
             let bm = rng.bytes(k * n, 1.0);
@@ -792,7 +835,7 @@ mod tests {
                 let rows = range.end - range.start;
                 let xs = &x[range.start * k * 4..range.end * k * 4];
                 let mut part = vec![0u8; rows * n * 4];
-                linear(xs, &w, &b, &mut part, rows, k, n);
+                linear_part(xs, &w, &b, &mut part, rows, k, n, m);
                 assert!(
                     part == whole[range.start * n * 4..range.end * n * 4],
                     "linear {m}x{k}x{n} rows {range:?}"
