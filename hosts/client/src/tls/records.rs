@@ -642,22 +642,13 @@ impl Writer {
         if total == 0 {
             return Poll::Ready(Ok(0));
         }
-        // What waits goes first; a full buffer waits for the socket.
-        if self.sent < self.out.len()
-            && let Poll::Ready(Err(e)) = self.poll_send(cx)
-        {
-            return Poll::Ready(Err(e));
-        }
-        if self.out.len() - self.sent >= WRITE_BUFFER {
-            return Poll::Pending;
-        }
-        // The rest of a partly written buffer moves to the front, so the buffer never grows.
-        if self.sent > 0 {
-            self.out.drain(..self.sent);
-            self.sent = 0;
+        // The batch before goes to the socket whole before the next is sealed: the buffer
+        // never grows or moves what it holds.
+        if self.sent < self.out.len() {
+            ready!(self.poll_send(cx))?;
         }
         let (mut slice, mut offset, mut taken) = (0, 0, 0);
-        while taken < total && self.out.len() - self.sent < WRITE_BUFFER {
+        while taken < total && self.out.len() < WRITE_BUFFER {
             self.update_if_due()?;
             let want = MAX_PLAINTEXT.min(total - taken);
             self.seal(CONTENT_APPLICATION_DATA, |o| {
