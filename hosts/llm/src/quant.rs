@@ -20,10 +20,14 @@
 //! or high (k odd) nibble of `ql[l + 32·(k mod 2)]` and bits `2k..2k+2` of `qh[l]`, and scale
 //! `l/16 + 2k`. The arithmetic is done in f32 in the order the table shows, which is what ggml's
 //! reference and the `gguf` Python package compute, so results match them bit for bit.
+//! [`dequantize`] expands the block formats with `rela_kernels::quant` (the no_std dequantizers
+//! the device kernels are checked against); the dot products here and the SIMD kernels keep
+//! their own fused loops.
 
 use core::fmt;
 
 use half::{bf16, f16};
+use rela_core::backend::WeightType;
 
 use crate::gguf::GgmlType;
 
@@ -121,71 +125,13 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Quant
                 y[0] = bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
             }
         }
-        GgmlType::Q8_0 => {
-            for (b, y) in blocks {
-                let d = f16_at(b, 0);
-                for (yi, &q) in y.iter_mut().zip(&b[2..34]) {
-                    *yi = f32::from(q as i8) * d;
-                }
-            }
-        }
-        GgmlType::Q4_0 => {
-            for (b, y) in blocks {
-                let d = f16_at(b, 0);
-                let (lo, hi) = y.split_at_mut(16);
-                for (i, &q) in b[2..18].iter().enumerate() {
-                    lo[i] = d * f32::from((q & 0x0F) as i8 - 8);
-                    hi[i] = d * f32::from((q >> 4) as i8 - 8);
-                }
-            }
-        }
-        GgmlType::Q4_1 => {
-            for (b, y) in blocks {
-                let d = f16_at(b, 0);
-                let m = f16_at(b, 2);
-                let (lo, hi) = y.split_at_mut(16);
-                for (i, &q) in b[4..20].iter().enumerate() {
-                    lo[i] = d * f32::from(q & 0x0F) + m;
-                    hi[i] = d * f32::from(q >> 4) + m;
-                }
-            }
-        }
-        GgmlType::Q4_K => {
-            for (b, y) in blocks {
-                let d = f16_at(b, 0);
-                let dmin = f16_at(b, 2);
-                let scales = &b[4..16];
-                let qs = &b[16..144];
-                for (j, (q, y)) in qs.chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
-                    let (s1, m1) = scale_min_k4(2 * j, scales);
-                    let (s2, m2) = scale_min_k4(2 * j + 1, scales);
-                    let (d1, dm1) = (d * f32::from(s1), dmin * f32::from(m1));
-                    let (d2, dm2) = (d * f32::from(s2), dmin * f32::from(m2));
-                    let (lo, hi) = y.split_at_mut(32);
-                    for l in 0..32 {
-                        lo[l] = d1 * f32::from(q[l] & 0x0F) - dm1;
-                        hi[l] = d2 * f32::from(q[l] >> 4) - dm2;
-                    }
-                }
-            }
-        }
-        GgmlType::Q6_K => {
-            for (b, y) in blocks {
-                let d = f16_at(b, 208);
-                for half in 0..2 {
-                    let (ql, qh, sc) = q6_k_half(b, half);
-                    let y = &mut y[128 * half..128 * half + 128];
-                    for l in 0..32 {
-                        for k in 0..4 {
-                            let low = ql[l + 32 * (k % 2)] >> (4 * (k / 2)) & 0x0F;
-                            let high = (qh[l] >> (2 * k)) & 3;
-                            let q = (low | (high << 4)) as i8 - 32;
-                            let s = f32::from(sc[l / 16 + 2 * k] as i8);
-                            y[l + 32 * k] = (d * s) * f32::from(q);
-                        }
-                    }
-                }
-            }
+        // The block formats: rela-kernels' no_std dequantizers, which every backend's
+        // quantized kernels are checked against (one copy of the layouts).
+        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K | GgmlType::Q6_K => {
+            let Some(wtype) = WeightType::from_ggml_id(ty.id()) else {
+                return Err(QuantError::Unsupported(ty));
+            };
+            rela_kernels::quant::dequantize_row(wtype, src, dst);
         }
         _ => return Err(QuantError::Unsupported(ty)),
     }
