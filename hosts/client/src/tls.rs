@@ -560,7 +560,14 @@ async fn drive_inner(
         if n > 0 {
             let mut bytes = &received[..n];
             while !bytes.is_empty() {
-                conn.read_tls(&mut bytes)?;
+                // rustls takes nothing more once it accepted a close_notify (only ever after the
+                // handshake, which ends this loop first; kept so that no later rustls can spin it).
+                if conn.read_tls(&mut bytes)? == 0 {
+                    return Err(DriveError::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the peer closed the connection in the TLS handshake",
+                    )));
+                }
                 conn.process_new_packets()?;
             }
             received.drain(..n);

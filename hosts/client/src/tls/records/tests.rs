@@ -73,13 +73,8 @@ impl Server {
     }
 }
 
-/// A listening rustls server and a session's halves connected to it; `serve` runs on the
-/// server's side once its handshake is done.
-async fn session<F, Fut>(serve: F) -> (Reader, Writer, tokio::task::JoinHandle<()>)
-where
-    F: FnOnce(Server) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send,
-{
+/// A node's TLS configuration with a fresh self-signed certificate, and its fingerprint.
+fn server_config() -> (rustls::ServerConfig, Fingerprint) {
     let key = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
     let cert = CertificateDer::from(key.cert.der().to_vec());
     let fingerprint = Fingerprint::of_der(cert.as_ref());
@@ -91,6 +86,17 @@ where
         .with_single_cert(vec![cert], private)
         .expect("server config");
     config.alpn_protocols = vec![rela_core::config::TLS_ALPN.to_vec()];
+    (config, fingerprint)
+}
+
+/// A listening rustls server and a session's halves connected to it; `serve` runs on the
+/// server's side once its handshake is done.
+async fn session<F, Fut>(serve: F) -> (Reader, Writer, tokio::task::JoinHandle<()>)
+where
+    F: FnOnce(Server) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let (config, fingerprint) = server_config();
     let config = Arc::new(config);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr: SocketAddr = listener.local_addr().expect("address");
