@@ -1,5 +1,5 @@
 //! The TLS 1.3 record layer of a session after the handshake (RFC 8446 §5), both directions,
-//! on both ends: a client's ([`super::connect_session`]) and the node's
+//! on both ends: a client session's (`Client` over TLS) and the node's
 //! ([`super::accept_session`]).
 //!
 //! rustls runs the handshake and checks the certificate; the session then seals and opens its
@@ -75,12 +75,12 @@ pub enum RecordError {
     Decrypt,
     /// A record of a content type TLS 1.3 does not allow here (the type).
     UnexpectedType(u8),
-    /// The node sent this fatal alert (its description code).
+    /// The peer sent this fatal alert (its description code).
     Alert(u8),
     /// A post-handshake handshake message that is malformed or not allowed after the
     /// handshake (its type).
     Handshake(u8),
-    /// The connection ended without the node's `close_notify`: the data may be truncated.
+    /// The connection ended without the peer's `close_notify`: the data may be truncated.
     Truncated,
     /// The sequence numbers of a key ran out.
     SequenceExhausted,
@@ -95,11 +95,11 @@ impl fmt::Display for RecordError {
             Self::Oversized(len) => write!(f, "TLS record of {len} bytes, above the 2^14 + 256 limit"),
             Self::Decrypt => f.write_str("TLS record failed to decrypt (altered or forged)"),
             Self::UnexpectedType(t) => write!(f, "unexpected TLS content type {t} after the handshake"),
-            Self::Alert(d) => write!(f, "the node sent TLS alert {d}"),
+            Self::Alert(d) => write!(f, "the peer sent TLS alert {d}"),
             Self::Handshake(t) => {
                 write!(f, "unexpected or malformed TLS handshake message {t} after the handshake")
             }
-            Self::Truncated => f.write_str("the node closed the connection without TLS close_notify"),
+            Self::Truncated => f.write_str("the peer closed the connection without TLS close_notify"),
             Self::SequenceExhausted => f.write_str("TLS record sequence numbers exhausted"),
             Self::Keys => f.write_str("TLS traffic keys could not be set up"),
         }
@@ -610,7 +610,7 @@ impl Writer {
         Ok(())
     }
 
-    /// Before a record of data: the KeyUpdate the node asked for, or one of our own when the
+    /// Before a record of data: the KeyUpdate the peer asked for, or one of our own when the
     /// key is about to reach the suite's confidentiality limit (one record spare for the
     /// KeyUpdate itself).
     fn update_if_due(&mut self) -> Result<(), RecordError> {
