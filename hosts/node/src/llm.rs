@@ -5,16 +5,28 @@
 //!   types, tokenizer, chat template; see `rela_llm::LoadedLlm`) and shared by every session
 //!   that loads it ([`SharedLlms`]); the last session to let go of it drops it. Its bytes are
 //!   node memory reported with the other shared models (DEVICE_INFO `shared_models`), charged to
-//!   no session. The weights stay quantized in host memory: the forward pass runs on the host
-//!   CPU whatever the node's backend.
-//! - A generation runs on the session's job thread, one `rela_llm::TokenStream` step at a time
-//!   (a chunk of the prompt, or one token); the one-token steps of every session's generation go
-//!   through the model's batcher ([`crate::llm_batch`]), one forward pass for all waiting
-//!   streams. Between steps it checks whether the client sent
-//!   CANCEL or the session is ending, and stops there with finish reason CANCELLED. Each token
-//!   goes to the connection's writer as a TOKEN frame as soon as it is produced.
-//! - Its KV cache (f32, `min(prompt + max_tokens, context)` positions) is charged to the
-//!   session's quota for the generation and freed when it ends.
+//!   no session.
+//! - Where the forward pass runs depends on the node's backend:
+//!   - **The host backend**: the weights stay quantized in host memory and the forward pass runs
+//!     on the host CPU with its fast kernels (`rela_llm::Model`). A generation runs one
+//!     `rela_llm::TokenStream` step at a time (a chunk of the prompt, or one token); the
+//!     one-token steps of every session's generation go through the model's batcher
+//!     ([`crate::llm_batch`]), one forward pass for all waiting streams.
+//!   - **Any other backend** (Vulkan, wgpu, CUDA): the first MODEL_LOAD also uploads the
+//!     weights into the backend (`rela_llm::DeviceLlm`, quantized blocks as in the file), shared
+//!     by every session like the parsed file; the last release frees and zeroes them. A
+//!     generation runs one `rela_llm::DeviceStream` step at a time with the backend's generation
+//!     kernels, through the job's `Turns` like an embedding model's INFER, so the engine's
+//!     fairness holds: every kernel, copy and read is a step of bounded device time between
+//!     other sessions' turns. Only the logits come back to the host, for the sampler. Each
+//!     stream runs its own steps: batching the decode steps of several sessions on the device
+//!     (as the host backend's batcher does) is not done yet.
+//! - A generation runs on the session's job thread. Between steps it checks whether the client
+//!   sent CANCEL or the session is ending, and stops there with finish reason CANCELLED. Each
+//!   token goes to the connection's writer as a TOKEN frame as soon as it is produced.
+//! - Its KV cache (f32, `min(prompt + max_tokens, context)` positions; on a device backend with
+//!   the buffers of a prompt chunk) is charged to the session's quota for the generation and
+//!   freed (on a device backend: freed and zeroed) when it ends, however it ends.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -23,9 +35,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use rela_client::FastCrc32;
+use rela_core::backend::{BackendKind, GpuBackend};
 use rela_core::model::ModelError;
 use rela_core::wire::generate::{FinishReason, Generate, Generated, PromptKind, TokenMsg};
-use rela_llm::{Finish, ForwardError, LoadError, LoadedLlm, PromptError, SamplingParams, Step, TokenStream};
+use rela_llm::{
+    DeviceError, DeviceKv, DeviceLlm, DeviceStream, Finish, ForwardError, LoadError, LoadedLlm, PromptError,
+    SamplingParams, Step, TokenStream,
+};
 
 use crate::llm_batch::Batcher;
 
@@ -58,13 +74,29 @@ pub(crate) fn gguf_path(root: &Path, name: &str) -> Option<std::path::PathBuf> {
     path.is_file().then_some(path)
 }
 
-/// A GGUF model as the node serves it: the checked file, and the batcher every session's decode
-/// steps on it go through.
+/// A GGUF model as the node serves it: the checked file, and either the batcher every session's
+/// decode steps on it go through (host backend) or its weights in the backend's memory.
 #[derive(Debug)]
 pub(crate) struct ServedLlm {
     /// The file, its tokenizer and chat template.
     pub(crate) llm: Arc<LoadedLlm>,
-    batcher: Batcher,
+    /// On the host backend: the batcher.
+    batcher: Option<Batcher>,
+    /// On any other backend: the weights in its memory (taken out and freed by the last
+    /// release).
+    device: Mutex<Option<DeviceLlm>>,
+}
+
+impl ServedLlm {
+    /// Device bytes of the weights held in the backend (0 on the host backend).
+    fn device_bytes(&self) -> u64 {
+        self.device.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map_or(0, DeviceLlm::device_bytes)
+    }
+
+    /// A share of the device weights, if the model runs on the device.
+    fn device_share(&self) -> Option<DeviceLlm> {
+        self.device.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(DeviceLlm::share)
+    }
 }
 
 /// GGUF models held once for every session that loads them.
@@ -86,52 +118,113 @@ impl SharedLlms {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Bytes of the GGUF models held now.
+    /// Bytes of the GGUF models held now: the files in host memory and, on a device backend,
+    /// their weights in the backend.
     pub(crate) fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Acquire)
     }
 
-    /// A share of model `name` from `path`, loading it first if nobody holds it. Two sessions
-    /// loading the same model at once may both parse it; the first to finish is kept.
-    pub(crate) fn acquire(&self, name: &str, path: &Path) -> Result<Arc<ServedLlm>, ModelError> {
+    /// A share of model `name` from `path`, loading it first if nobody holds it; on a backend
+    /// other than the host backend, loading also uploads the weights into `backend`. Two
+    /// sessions loading the same model at once may both load it; the first to finish is kept
+    /// and the other's device weights are freed.
+    pub(crate) fn acquire(
+        &self,
+        name: &str,
+        path: &Path,
+        backend: &mut dyn GpuBackend,
+    ) -> Result<Arc<ServedLlm>, ModelError> {
         if let Some((llm, users)) = self.lock().get_mut(name) {
             *users += 1;
             return Ok(llm.clone());
         }
-        // Parsed without the lock: other models load and other shares come and go meanwhile.
+        // Loaded without the lock: other models load and other shares come and go meanwhile.
         let started = Instant::now();
         let loaded = Arc::new(LoadedLlm::open(path).map_err(load_error)?);
-        let batcher = Batcher::start(loaded.clone()).map_err(|e| {
-            tracing::error!(error = %e, "no thread for a model's batcher");
-            ModelError::OutOfMemory
-        })?;
+        let (batcher, device) = if backend.info().backend == BackendKind::HOST {
+            let batcher = Batcher::start(loaded.clone()).map_err(|e| {
+                tracing::error!(error = %e, "no thread for a model's batcher");
+                ModelError::OutOfMemory
+            })?;
+            (Some(batcher), None)
+        } else {
+            (None, Some(DeviceLlm::load(backend, &loaded).map_err(device_load_error)?))
+        };
+        let served = ServedLlm { llm: loaded, batcher, device: Mutex::new(device) };
         let mut entries = self.lock();
-        let (llm, users) = entries.entry(name.to_owned()).or_insert_with(|| {
-            self.bytes.fetch_add(loaded.bytes(), Ordering::AcqRel);
-            tracing::info!(
-                model = name,
-                bytes = loaded.bytes(),
-                ms = started.elapsed().as_millis() as u64,
-                "GGUF model loaded"
-            );
-            (Arc::new(ServedLlm { llm: loaded, batcher }), 0)
-        });
-        *users += 1;
-        Ok(llm.clone())
+        if let Some((llm, users)) = entries.get_mut(name) {
+            // Another session's load finished first: share it, free this one's device copy.
+            *users += 1;
+            let llm = llm.clone();
+            drop(entries);
+            let spare = served.device.into_inner().unwrap_or_else(PoisonError::into_inner);
+            if let Some(Err(e)) = spare.map(|d| d.unload(backend)) {
+                tracing::warn!(error = %e, "freeing a duplicate model's device weights failed");
+            }
+            return Ok(llm);
+        }
+        let bytes = served.llm.bytes() + served.device_bytes();
+        self.bytes.fetch_add(bytes, Ordering::AcqRel);
+        tracing::info!(
+            model = name,
+            bytes,
+            device = served.batcher.is_none(),
+            ms = started.elapsed().as_millis() as u64,
+            "GGUF model loaded"
+        );
+        let served = Arc::new(served);
+        entries.insert(name.to_owned(), (served.clone(), 1));
+        Ok(served)
     }
 
-    /// Gives a share back; the last one drops the model.
-    pub(crate) fn release(&self, name: &str) {
-        let mut entries = self.lock();
-        let last = match entries.get_mut(name) {
-            Some((_, users)) => {
-                *users = users.saturating_sub(1);
-                *users == 0
-            }
-            None => false,
+    /// Gives a share back; the last one drops the model, freeing (and so zeroing) its weights
+    /// in `backend` if it had any there.
+    pub(crate) fn release(&self, name: &str, backend: &mut dyn GpuBackend) {
+        let removed = {
+            let mut entries = self.lock();
+            let last = match entries.get_mut(name) {
+                Some((_, users)) => {
+                    *users = users.saturating_sub(1);
+                    *users == 0
+                }
+                None => false,
+            };
+            if last { entries.remove(name) } else { None }
         };
-        if last && let Some((served, _)) = entries.remove(name) {
-            self.bytes.fetch_sub(served.llm.bytes(), Ordering::AcqRel);
+        if let Some((served, _)) = removed {
+            self.bytes.fetch_sub(served.llm.bytes() + served.device_bytes(), Ordering::AcqRel);
+            let device = served.device.lock().unwrap_or_else(PoisonError::into_inner).take();
+            if let Some(Err(e)) = device.map(|d| d.unload(backend)) {
+                tracing::warn!(error = %e, "freeing a model's device weights failed");
+            }
+        }
+    }
+}
+
+/// A model whose weights cannot go into the backend: a matrix type without a device kernel is
+/// `UNSUPPORTED`; a backend failure (out of memory) is the backend's error.
+fn device_load_error(e: DeviceError) -> ModelError {
+    tracing::error!(error = %e, "GGUF model not loadable on the backend");
+    match e {
+        DeviceError::UnsupportedTensorType { .. } => ModelError::Unsupported(
+            "a tensor's type has no kernel on this backend (F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K do)",
+        ),
+        DeviceError::Backend(b) => ModelError::Backend(b),
+        _ => {
+            ModelError::BadModel("the model's tensors do not fit the backend's kernels (see the node's log)")
+        }
+    }
+}
+
+/// A device step's failure: the backend's error (`Unsupported` for a kernel it has not got), or
+/// a token the model refused.
+fn device_step_error(e: DeviceError) -> ModelError {
+    match e {
+        DeviceError::Backend(b) => ModelError::Backend(b),
+        DeviceError::Forward(_) => ModelError::InvalidInput("the model refused a token"),
+        other => {
+            tracing::error!(error = %other, "a device generation step failed");
+            ModelError::BadModel("the model's tensors do not fit the backend's kernels (see the node's log)")
         }
     }
 }
@@ -225,7 +318,8 @@ impl TokenSink<'_> {
     }
 }
 
-/// Runs GENERATE `req` with `llm` to its end, streaming TOKEN frames to `sink`.
+/// Runs GENERATE `req` with `served` to its end, streaming TOKEN frames to `sink`: on the host
+/// CPU through the batcher on the host backend, on `backend` (the job's turns) otherwise.
 pub(crate) fn generate(
     served: &ServedLlm,
     req: &Generate<'_>,
@@ -233,6 +327,7 @@ pub(crate) fn generate(
     budget: u64,
     seq: u16,
     sink: &TokenSink<'_>,
+    backend: &mut dyn GpuBackend,
 ) -> Result<Generated, ModelError> {
     let started = Instant::now();
     let llm = &*served.llm;
@@ -255,47 +350,55 @@ pub(crate) fn generate(
         return Err(ModelError::LimitExceeded("the prompt leaves no room in the context (--max-context)"));
     }
     let positions = (input.len() + req.max_tokens as usize).min(context);
-    if llm.kv_cache_bytes(positions) > budget {
-        return Err(ModelError::QuotaExceeded);
-    }
-    let model = llm.model().map_err(|_| ModelError::BadModel("the model's tensors changed"))?;
     let params = SamplingParams {
         temperature: req.sampling.temperature,
         top_k: req.sampling.top_k as usize,
         top_p: req.sampling.top_p,
         seed: req.sampling.seed,
     };
-    let stops = req.stops().map(str::to_owned).collect();
+    let stops: Vec<String> = req.stops().map(str::to_owned).collect();
     let prompt_tokens = input.len() as u32;
-    let mut stream =
-        TokenStream::new(&model, llm.tokenizer(), input, req.max_tokens as usize, positions, params, stops)
-            .map_err(|_| ModelError::InvalidInput("the prompt does not fit the context"))?;
-    sink.send_prompt(seq, stream.input_ids());
+    let max_tokens = req.max_tokens as usize;
     let mut first: Option<Instant> = None;
-    // Taken at the first decode step (after the prompt), released when the generation ends.
-    let mut seat = None;
-    let finish = loop {
-        if sink.stopped() {
-            break FinishReason::CANCELLED;
-        }
-        // Decode steps go through the model's batcher, with every other stream's.
-        let step = stream.step_with(|id, cache, logits| {
-            seat.get_or_insert_with(|| served.batcher.seat());
-            served.batcher.step(id, cache, logits).unwrap_or(Err(ForwardError::CacheMismatch))
-        });
-        match step.map_err(|_| ModelError::InvalidInput("the model refused a token"))? {
-            Step::Prefill { .. } => {}
-            Step::Token { id, text, finish } => {
-                first.get_or_insert_with(Instant::now);
-                sink.send(seq, false, &[id], &text);
-                match finish {
-                    Some(Finish::Eos) => break FinishReason::EOS,
-                    Some(Finish::Length) => break FinishReason::LENGTH,
-                    Some(Finish::Stop) => break FinishReason::STOP,
-                    None => {}
-                }
+    let (finish, generated) = match served.device_share() {
+        Some(device) => {
+            let rows = input.len().min(rela_llm::stream::PREFILL_CHUNK);
+            if DeviceKv::bytes_for(llm.config(), positions, rows) > budget {
+                return Err(ModelError::QuotaExceeded);
             }
-            Step::Done => break FinishReason::LENGTH,
+            let mut stream =
+                DeviceStream::new(&device, llm.tokenizer(), input, max_tokens, positions, params, stops)
+                    .map_err(|_| ModelError::InvalidInput("the prompt does not fit the context"))?;
+            sink.send_prompt(seq, stream.input_ids());
+            let finish = drive(sink, seq, &mut first, || stream.step(backend).map_err(device_step_error));
+            let generated = stream.generated() as u32;
+            // Freed (and so zeroed) however the generation ended.
+            let freed = stream.free(backend).map_err(device_step_error);
+            (finish?, freed.map(|()| generated)?)
+        }
+        None => {
+            if llm.kv_cache_bytes(positions) > budget {
+                return Err(ModelError::QuotaExceeded);
+            }
+            let batcher = served.batcher.as_ref().ok_or(ModelError::BadModel("the model has no batcher"))?;
+            let model = llm.model().map_err(|_| ModelError::BadModel("the model's tensors changed"))?;
+            let mut stream =
+                TokenStream::new(&model, llm.tokenizer(), input, max_tokens, positions, params, stops)
+                    .map_err(|_| ModelError::InvalidInput("the prompt does not fit the context"))?;
+            sink.send_prompt(seq, stream.input_ids());
+            // Taken at the first decode step (after the prompt), released when the generation
+            // ends.
+            let mut seat = None;
+            let finish = drive(sink, seq, &mut first, || {
+                // Decode steps go through the model's batcher, with every other stream's.
+                stream
+                    .step_with(|id, cache, logits| {
+                        seat.get_or_insert_with(|| batcher.seat());
+                        batcher.step(id, cache, logits).unwrap_or(Err(ForwardError::CacheMismatch))
+                    })
+                    .map_err(|_| ModelError::InvalidInput("the model refused a token"))
+            })?;
+            (finish, stream.generated() as u32)
         }
     };
     let end = Instant::now();
@@ -303,8 +406,37 @@ pub(crate) fn generate(
     Ok(Generated {
         finish_reason: finish,
         prompt_tokens,
-        generated_tokens: stream.generated() as u32,
+        generated_tokens: generated,
         prompt_us: first.duration_since(started).as_micros() as u64,
         generate_us: end.duration_since(first).as_micros() as u64,
     })
+}
+
+/// Runs `step` until the generation ends or is stopped, sending each token to `sink`; `first`
+/// is when the first token came.
+fn drive(
+    sink: &TokenSink<'_>,
+    seq: u16,
+    first: &mut Option<Instant>,
+    mut step: impl FnMut() -> Result<Step, ModelError>,
+) -> Result<FinishReason, ModelError> {
+    loop {
+        if sink.stopped() {
+            return Ok(FinishReason::CANCELLED);
+        }
+        match step()? {
+            Step::Prefill { .. } => {}
+            Step::Token { id, text, finish } => {
+                first.get_or_insert_with(Instant::now);
+                sink.send(seq, false, &[id], &text);
+                match finish {
+                    Some(Finish::Eos) => return Ok(FinishReason::EOS),
+                    Some(Finish::Length) => return Ok(FinishReason::LENGTH),
+                    Some(Finish::Stop) => return Ok(FinishReason::STOP),
+                    None => {}
+                }
+            }
+            Step::Done => return Ok(FinishReason::LENGTH),
+        }
+    }
 }

@@ -227,9 +227,15 @@ impl SessionModels {
         }
     }
 
-    /// Loads GGUF model `name` from `path` as a share of the node's copy (charged nothing).
-    fn load_llm(&mut self, name: &str, path: &std::path::Path) -> Result<LoadedModel, ModelError> {
-        let llm = self.llms.acquire(name, path)?;
+    /// Loads GGUF model `name` from `path` as a share of the node's copy (charged nothing; on a
+    /// device backend the first load also uploads the weights, see [`crate::llm`]).
+    fn load_llm(
+        &mut self,
+        name: &str,
+        path: &std::path::Path,
+        backend: &mut dyn GpuBackend,
+    ) -> Result<LoadedModel, ModelError> {
+        let llm = self.llms.acquire(name, path, backend)?;
         let id = self.fresh_id();
         self.loaded_llms.push((id, llm, name.to_owned()));
         // `dim` 0: a language model returns no embeddings.
@@ -399,7 +405,7 @@ impl<'b> ModelHost<dyn GpuBackend + 'b> for SessionModels {
         progress: Option<ProgressTarget>,
     ) -> Result<LoadedModel, ModelError> {
         if let Some(path) = self.repository.as_ref().and_then(|r| crate::llm::gguf_path(r.root(), name)) {
-            return self.load_llm(name, &path);
+            return self.load_llm(name, &path, backend);
         }
         let files = self.files(name)?;
         self.load_model(backend, name, &files, None, budget, progress)
@@ -441,7 +447,7 @@ impl<'b> ModelHost<dyn GpuBackend + 'b> for SessionModels {
         if let Some(i) = self.loaded_llms.iter().position(|(m, _, _)| *m == id) {
             let (_, llm, name) = self.loaded_llms.swap_remove(i);
             drop(llm);
-            self.llms.release(&name);
+            self.llms.release(&name, backend);
             return Ok(());
         }
         let i = self.loaded.iter().position(|(m, _, _)| *m == id).ok_or(ModelError::NoSuchModel)?;
@@ -494,7 +500,7 @@ impl<'b> ModelHost<dyn GpuBackend + 'b> for SessionModels {
 
     fn generate(
         &mut self,
-        _backend: &mut (dyn GpuBackend + 'b),
+        backend: &mut (dyn GpuBackend + 'b),
         id: u32,
         request: &rela_core::wire::generate::Generate<'_>,
         budget: u64,
@@ -516,13 +522,13 @@ impl<'b> ModelHost<dyn GpuBackend + 'b> for SessionModels {
             abort: self.abort.as_deref(),
             max_payload,
         };
-        crate::llm::generate(llm, request, self.limits, budget, seq, &tokens)
+        crate::llm::generate(llm, request, self.limits, budget, seq, &tokens, backend)
     }
 
     fn release_all(&mut self, backend: &mut (dyn GpuBackend + 'b)) {
         for (_, llm, name) in std::mem::take(&mut self.loaded_llms) {
             drop(llm);
-            self.llms.release(&name);
+            self.llms.release(&name, backend);
         }
         self.upload = None;
         for (_, embedder, shared) in std::mem::take(&mut self.loaded) {

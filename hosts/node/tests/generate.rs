@@ -1,7 +1,8 @@
 //! GENERATE through a live node with SmolLM2-135M-Instruct Q4_1 (`hosts/models/fetch-model.sh`),
 //! served from `--models DIR` as a `.gguf` file: greedy ids against the transformers fixture,
 //! CANCEL mid-stream, another session served while one generates, the shared model released
-//! with its last session, and hostile GENERATEs answered with typed errors.
+//! with its last session, and hostile GENERATEs answered with typed errors. On Vulkan and wgpu
+//! (lavapipe in CI), where the forward pass runs on the backend, a subset of the greedy check.
 //!
 //! Without the file each test prints a SKIPPED line, unless `RELA_REQUIRE_GGUF=1`, when it fails.
 
@@ -9,7 +10,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{config, read_raw_frame, start, within};
+use common::{config, read_raw_frame, start, wait_idle, within};
 use rela_client::{Client, ClientError, GenerateEvent, GenerateRequest};
 use rela_core::wire::generate::{FinishReason, Generate, Prompt, Sampling};
 use rela_core::wire::msg::{Caps, Hello, Message, ModelLoad, ModelLoaded};
@@ -419,4 +420,100 @@ async fn unsupported_and_damaged_gguf_files_are_refused_with_their_reason() {
     assert_eq!(within(c.device_info()).await.expect("info").shared_models, 0);
     within(c.close()).await.expect("close");
     std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// How long a step of the device tests may take: lavapipe (the CI's Vulkan, a CPU emulation)
+/// takes seconds per generated token.
+const DEVICE_STEP: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Backend `name` ("vulkan" or "wgpu-vulkan") with room for the model, or `None` with a
+/// SKIPPED line when it cannot start (a failure when `RELA_REQUIRE_BACKENDS` names it) or lacks
+/// one of the generation kernels the model needs (named).
+fn device_backend(name: &str, test: &str) -> Option<Box<dyn rela_core::backend::GpuBackend + Send>> {
+    const CAPACITY: u64 = 256 << 20;
+    let made: Result<Box<dyn rela_core::backend::GpuBackend + Send>, String> = match name {
+        "vulkan" => rela_backend_vulkan::VulkanBackend::new(rela_backend_vulkan::VulkanConfig::new(CAPACITY))
+            .map(|b| Box::new(b) as _)
+            .map_err(|e| e.to_string()),
+        _ => rela_backend_wgpu::WgpuBackend::new(rela_backend_wgpu::WgpuConfig {
+            capacity: CAPACITY,
+            backends: rela_backend_wgpu::Api::Vulkan,
+            adapter: None,
+        })
+        .map(|b| Box::new(b) as _)
+        .map_err(|e| e.to_string()),
+    };
+    let mut backend = match made {
+        Ok(b) => b,
+        Err(why) if rela_conformance::required(name) => {
+            panic!("{test}: {name} is required but unavailable: {why}")
+        }
+        Err(why) => {
+            eprintln!("*** SKIPPED {test} on {name}: {why} ***");
+            return None;
+        }
+    };
+    let types = [rela_core::backend::WeightType::Q4_1, rela_core::backend::WeightType::Q8_0];
+    let missing = rela_test_support::kernels::missing_generation_kernels(&mut *backend, &types);
+    if !missing.is_empty() {
+        eprintln!(
+            "*** SKIPPED {test} on {name}: the backend lacks generation kernels {missing:?} (Unsupported) ***"
+        );
+        return None;
+    }
+    Some(backend)
+}
+
+/// The greedy fixture through a live node whose backend is `name`: the weights go into the
+/// backend at MODEL_LOAD and the forward pass runs there (`rela_llm::DeviceLlm`). A subset, as
+/// lavapipe is slow: one prompt for 3 tokens (the in-process tests in rela-llm's `device.rs`
+/// compare the logits). The weights and the KV cache are freed with the session.
+async fn greedy_on_device(name: &str) {
+    let test = format!("greedy_generation_on_{name}_through_the_node_matches_transformers");
+    let Some(dir) = models_dir(&test) else { return };
+    let Some(backend) = device_backend(name, &test) else { return };
+    let node = within(rela_node::Node::start(node_config(dir), rela_node::NodeBackend::from(backend)))
+        .await
+        .expect("node starts");
+    let mut c = within(Client::connect(node.local_addr(), None)).await.expect("connect");
+    let m =
+        tokio::time::timeout(DEVICE_STEP, c.model_load(MODEL)).await.expect("load in time").expect("load");
+    let held = within(c.device_info()).await.expect("info").shared_models;
+    let file =
+        std::fs::metadata(models_dir("").expect("dir").join(format!("{MODEL}.gguf"))).expect("file").len();
+    assert!(held > file, "the file and its weights in the backend: {held} bytes for a {file}-byte file");
+    let used = node.usage().await.expect("usage").used;
+    assert!(used >= file / 2, "the weights are in the backend: {used} bytes used");
+    let fx = fixture();
+    let case =
+        fx["cases"].as_array().expect("cases").iter().find(|c| c["name"] == "raw_capital").expect("case");
+    let input = ids(&case["input_ids"]);
+    let want = ids(&case["generated_ids"]);
+    let n = before_near_tie(case).min(3);
+    let prompt = Prompt::Text(case["text"].as_str().expect("text"));
+    let mut streamed = String::new();
+    let out = tokio::time::timeout(
+        DEVICE_STEP,
+        c.generate_text(&request(m.id, prompt, n as u32), |t| streamed.push_str(t)),
+    )
+    .await
+    .expect("generation in time")
+    .expect("generate");
+    assert_eq!(out.input_ids, input, "input ids");
+    assert_eq!(out.generated_ids, want[..n], "greedy ids");
+    assert_eq!(streamed, out.text);
+    within(c.close()).await.expect("close");
+    // The last session gone: the weights and the cache are freed.
+    let usage = wait_idle(&node).await;
+    assert_eq!(usage.buffers, 0, "{name}: every buffer freed with the last session");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_generation_on_vulkan_through_the_node_matches_transformers() {
+    greedy_on_device("vulkan").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_generation_on_wgpu_through_the_node_matches_transformers() {
+    greedy_on_device("wgpu-vulkan").await;
 }

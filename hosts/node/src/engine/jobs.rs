@@ -1,7 +1,8 @@
 //! Long requests as jobs: a request that may run long (DISPATCH, INFER, MODEL_LOAD,
 //! MODEL_COMMIT, COPY, FILL, GENERATE) runs on a thread of its own, which borrows the backend
-//! from the engine one **turn** at a time (a generation's forward pass runs on the host CPU and
-//! takes no turn; see [`crate::llm`]).
+//! from the engine one **turn** at a time (a generation's forward pass on the host backend runs
+//! on the host CPU and takes no turn; on any other backend its kernels take turns like
+//! INFER's; see [`crate::llm`]).
 //!
 //! # How a request becomes steps
 //!
