@@ -388,7 +388,7 @@ fn sum_squares(v: &[f32]) -> f32 {
 /// run [`linear_gemm`], faster once the product is bound by the multiply-adds. Both compute a
 /// row the same way whatever the other rows, but not the same way as each other, so the choice
 /// is made from the whole call's rows ([`linear_part`]), never from a part's.
-pub const LINEAR_DOT_MAX_ROWS: usize = 16;
+pub const LINEAR_DOT_MAX_ROWS: usize = 12;
 
 /// `out[i, j] = Σ_t x[i, t] · w[j, t] + bias[j]`: `x` is `m × k`, `w` is `n × k` (the whole
 /// call: [`linear_part`] with `call_rows = m`).

@@ -23,13 +23,15 @@
 //!
 //! # Against `gemm`
 //!
-//! At a few rows of `x` this is 2–2.7 times as fast as [`gemm`](::gemm) on the MiniLM shapes
-//! (`examples/linear_cold.rs`). With more rows the product is bound by the multiply-adds, and
-//! a dot product's tile needs two loads per multiply-add register where `gemm`'s packed
-//! micro-kernel broadcasts one side, and ends in a horizontal sum per element: at 32 rows and
-//! more it runs at 0.7–0.9 of `gemm`'s speed. It cannot hand large calls to `gemm` instead:
-//! `gemm` adds each element's terms in one chain, not in [`LANES`] lanes, so a call's rows
-//! would come out differently whole and cut into parts.
+//! At a few rows of `x` this is 1.5–2.7 times as fast as [`gemm`](::gemm) on the MiniLM
+//! shapes (`examples/linear_cold.rs`: 1 to 12 rows). With more rows the product is bound by
+//! the multiply-adds, and a dot product's tile needs two loads per multiply-add register where
+//! `gemm`'s packed micro-kernel broadcasts one side, and ends in a horizontal sum per element:
+//! from about 20 rows it is slower than `gemm` (0.5–0.9 of its speed at 32 rows and more). So
+//! [`fast::linear_part`](super::linear_part) runs it for calls of at most
+//! [`LINEAR_DOT_MAX_ROWS`](super::LINEAR_DOT_MAX_ROWS) rows only, choosing from the whole
+//! call's rows: `gemm` adds each element's terms in one chain, not in [`LANES`] lanes, so a
+//! choice made per part would give a call's rows different bytes whole and cut into parts.
 
 use std::vec;
 use std::vec::Vec;
