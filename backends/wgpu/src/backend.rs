@@ -1,5 +1,6 @@
 //! [`WgpuBackend`]: buffers, transfers and kernels.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::sync::Arc;
@@ -14,8 +15,16 @@ use rela_kernels::{Kernel, Launch, Params, Tiles};
 use crate::init::{self, Fault, Pipelines};
 use crate::{InitError, WgpuConfig};
 
-/// Bytes of each staging buffer (read, write, bounce), clamped to the device's limit.
+/// Bytes of each staging buffer (read, bounce) and of each queued write chunk, clamped to the
+/// device's limit.
 const STAGING_SIZE: u64 = 4 << 20;
+
+/// Submissions queued without a wait before the next call waits for all of them, so the
+/// command buffers, bind groups and staging memory wgpu holds for them stay bounded.
+const MAX_IN_FLIGHT: u32 = 64;
+
+/// Bytes queued through `Queue::write_buffer` without a wait before the next call waits.
+const MAX_QUEUED_BYTES: u64 = 64 << 20;
 
 /// Bytes of the [`Params`] uniform.
 const PARAMS_SIZE: u64 = Params::SIZE as u64;
@@ -66,8 +75,9 @@ enum Source<'a> {
 
 /// A [`GpuBackend`] on one wgpu device.
 ///
-/// See the crate docs for how the contract maps onto wgpu. Every method blocks until the
-/// device has finished the work it submitted.
+/// See the crate docs for how the contract maps onto wgpu. Copies, fills, kernels, frees and
+/// aligned writes are queued and return without waiting for the device; reads wait for
+/// everything queued before them.
 #[derive(Debug)]
 pub struct WgpuBackend {
     device: wgpu::Device,
@@ -89,11 +99,13 @@ pub struct WgpuBackend {
     staging_size: u64,
     /// `MAP_READ | COPY_DST`: device-to-host.
     read_staging: wgpu::Buffer,
-    /// `MAP_WRITE | COPY_SRC`: host-to-device. Kept mapped while idle (`write_mapped`).
-    write_staging: wgpu::Buffer,
-    write_mapped: bool,
-    /// `COPY_SRC | COPY_DST`: same-buffer copies (wgpu refuses a buffer as its own source).
+    /// `COPY_SRC | COPY_DST`: same-buffer copies (wgpu refuses a buffer as its own source),
+    /// and the pattern that non-zero fills copy from.
     bounce: wgpu::Buffer,
+    /// Submissions since the last wait.
+    in_flight: Cell<u32>,
+    /// Bytes queued through `Queue::write_buffer` since the last wait.
+    queued_bytes: Cell<u64>,
     /// Host bounce for copies whose offsets differ modulo 4. Allocated on first use.
     scratch: Vec<u8>,
     map_state: Arc<AtomicU8>,
@@ -126,7 +138,6 @@ impl WgpuBackend {
         use wgpu::BufferUsages as U;
         let params = make("rela-params", PARAMS_SIZE, U::UNIFORM | U::COPY_DST, false);
         let read_staging = make("rela-read-staging", staging_size, U::MAP_READ | U::COPY_DST, false);
-        let write_staging = make("rela-write-staging", staging_size, U::MAP_WRITE | U::COPY_SRC, true);
         let bounce = make("rela-bounce", staging_size, U::COPY_SRC | U::COPY_DST, false);
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(InitError::Device(format!("staging buffers: {e}")));
@@ -160,9 +171,9 @@ impl WgpuBackend {
             params,
             staging_size,
             read_staging,
-            write_staging,
-            write_mapped: true,
             bounce,
+            in_flight: Cell::new(0),
+            queued_bytes: Cell::new(0),
             scratch: Vec::new(),
             map_state: Arc::new(AtomicU8::new(MAP_PENDING)),
             fault: opened.fault,
@@ -208,10 +219,56 @@ impl WgpuBackend {
 
     /// Blocks until all submitted work is done, then reports any error recorded meanwhile.
     fn wait(&self) -> Result<(), BackendError> {
+        // Writes queued since the last submission go to the device with this (empty) one.
+        if self.queued_bytes.get() > 0 {
+            self.queue.submit([]);
+        }
         let polled = self.device.poll(wgpu::PollType::wait_indefinitely());
+        self.in_flight.set(0);
+        self.queued_bytes.set(0);
         if polled.is_err() || self.fault.take() {
             return Err(BackendError::DeviceLost);
         }
+        Ok(())
+    }
+
+    /// Submits `enc` without waiting for it. wgpu validates while recording and submitting,
+    /// so an error in this call's work is reported here; a failure while the device runs it
+    /// (device loss) is reported by the next call that waits. Waits once
+    /// [`MAX_IN_FLIGHT`] submissions or [`MAX_QUEUED_BYTES`] of writes are outstanding.
+    fn submit(&self, enc: wgpu::CommandEncoder) -> Result<(), BackendError> {
+        self.queue.submit([enc.finish()]);
+        if self.fault.take() {
+            return Err(BackendError::DeviceLost);
+        }
+        self.in_flight.set(self.in_flight.get() + 1);
+        if self.in_flight.get() >= MAX_IN_FLIGHT || self.queued_bytes.get() >= MAX_QUEUED_BYTES {
+            return self.wait();
+        }
+        Ok(())
+    }
+
+    /// Queues `len` bytes for `buffer` at `offset` (both multiples of 4, `len` non-zero and at
+    /// most the staging size), written by `fill` into wgpu's staging memory. The write is
+    /// ordered after every earlier submission and before the next one.
+    fn queue_write(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        len: u64,
+        fill: impl FnOnce(wgpu::WriteOnly<'_, [u8]>),
+    ) -> Result<(), BackendError> {
+        let size = NonZeroU64::new(len).ok_or(BackendError::InvalidArgument)?;
+        let Some(mut view) = self.queue.write_buffer_with(buffer, offset, size) else {
+            self.fault.take();
+            return Err(BackendError::DeviceLost);
+        };
+        fill(view.slice(..));
+        drop(view);
+        if self.fault.take() {
+            return Err(BackendError::DeviceLost);
+        }
+        self.queued_bytes.set(self.queued_bytes.get() + len);
         Ok(())
     }
 
@@ -243,7 +300,7 @@ impl WgpuBackend {
             let n = (stop - pos).min(self.staging_size);
             let mut enc = self.encoder();
             enc.copy_buffer_to_buffer(buffer, pos, &self.read_staging, 0, n);
-            self.queue.submit([enc.finish()]);
+            self.submit(enc)?;
             self.map(&self.read_staging, wgpu::MapMode::Read, n)?;
             let copied = self.read_staging.get_mapped_range(0..n).map(|view| {
                 let (lo, hi) = (pos.max(offset), (pos + n).min(end));
@@ -272,7 +329,7 @@ impl WgpuBackend {
                 enc.copy_buffer_to_buffer(buffer, at, &self.read_staging, slot as u64 * ALIGN, ALIGN);
             }
         }
-        self.queue.submit([enc.finish()]);
+        self.submit(enc)?;
         self.map(&self.read_staging, wgpu::MapMode::Read, 2 * ALIGN)?;
         let words = self.read_staging.get_mapped_range(0..2 * ALIGN).map(|view| {
             let mut w = [[0u8; 4]; 2];
@@ -282,14 +339,6 @@ impl WgpuBackend {
         });
         self.read_staging.unmap();
         words.map_err(|_| BackendError::DeviceLost)
-    }
-
-    fn ensure_write_mapped(&mut self) -> Result<(), BackendError> {
-        if !self.write_mapped {
-            self.map(&self.write_staging, wgpu::MapMode::Write, self.staging_size)?;
-            self.write_mapped = true;
-        }
-        Ok(())
     }
 
     /// Writes `len` bytes from `src` at `offset` of `buffer`; any alignment. Partial words at
@@ -314,8 +363,7 @@ impl WgpuBackend {
         let mut pos = start;
         while pos < stop {
             let n = (stop - pos).min(self.staging_size);
-            self.ensure_write_mapped()?;
-            let filled = self.write_staging.get_mapped_range_mut(0..n).map(|mut view| {
+            self.queue_write(buffer, pos, n, |mut view| {
                 if let (true, Some(h)) = (pos == start, head) {
                     view.slice(0..4).copy_from_slice(&h);
                 }
@@ -328,24 +376,17 @@ impl WgpuBackend {
                     Source::Bytes(data) => dst.copy_from_slice(&data[us(lo - offset)..us(hi - offset)]),
                     Source::Fill(v) => dst.fill(v),
                 }
-            });
-            self.write_staging.unmap();
-            self.write_mapped = false;
-            filled.map_err(|_| BackendError::DeviceLost)?;
-            let mut enc = self.encoder();
-            enc.copy_buffer_to_buffer(&self.write_staging, 0, buffer, pos, n);
-            self.queue.submit([enc.finish()]);
-            // Re-map for the next write; this wait also covers the copy.
-            self.ensure_write_mapped()?;
+            })?;
             pos += n;
         }
         Ok(())
     }
 
-    /// Fills the aligned range `start..stop` of `buffer` with `value`: one staging fill,
-    /// then one copy per chunk in a single submission.
+    /// Fills the aligned range `start..stop` of `buffer` with `value`: a clear for zero,
+    /// otherwise one pattern write into the bounce buffer and one copy per chunk, in a single
+    /// submission.
     fn fill_aligned(
-        &mut self,
+        &self,
         buffer: &wgpu::Buffer,
         start: u64,
         stop: u64,
@@ -355,21 +396,16 @@ impl WgpuBackend {
         if value == 0 {
             enc.clear_buffer(buffer, start, Some(stop - start));
         } else {
-            self.ensure_write_mapped()?;
             let n = (stop - start).min(self.staging_size);
-            let filled = self.write_staging.get_mapped_range_mut(0..n).map(|mut v| v.slice(..).fill(value));
-            self.write_staging.unmap();
-            self.write_mapped = false;
-            filled.map_err(|_| BackendError::DeviceLost)?;
+            self.queue_write(&self.bounce, 0, n, |mut view| view.fill(value))?;
             let mut pos = start;
             while pos < stop {
                 let m = (stop - pos).min(n);
-                enc.copy_buffer_to_buffer(&self.write_staging, 0, buffer, pos, m);
+                enc.copy_buffer_to_buffer(&self.bounce, 0, buffer, pos, m);
                 pos += m;
             }
         }
-        self.queue.submit([enc.finish()]);
-        if self.write_mapped { self.wait() } else { self.ensure_write_mapped() }
+        self.submit(enc)
     }
 
     /// Device-side copy of an aligned range, through the bounce buffer when `src` is `dst`.
@@ -393,8 +429,7 @@ impl WgpuBackend {
         } else {
             enc.copy_buffer_to_buffer(src, so, dst, dof, len);
         }
-        self.queue.submit([enc.finish()]);
-        self.wait()
+        self.submit(enc)
     }
 
     /// Host-side copy, for ranges whose offsets differ modulo 4.
@@ -420,19 +455,6 @@ impl WgpuBackend {
         }
         self.scratch = scratch;
         result
-    }
-
-    /// Puts `bytes` at the start of the write staging buffer and unmaps it, ready to be
-    /// copied by the next submission (which must then call [`Self::ensure_write_mapped`]).
-    fn stage(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
-        self.ensure_write_mapped()?;
-        let staged = self
-            .write_staging
-            .get_mapped_range_mut(0..bytes.len() as u64)
-            .map(|mut view| view.slice(..).copy_from_slice(bytes));
-        self.write_staging.unmap();
-        self.write_mapped = false;
-        staged.map_err(|_| BackendError::DeviceLost)
     }
 
     /// A storage binding of the first `need` bytes of buffer `id` (at least 4 bytes; no
@@ -507,16 +529,17 @@ impl GpuBackend for WgpuBackend {
         Ok(BufferId(id))
     }
 
-    /// Zeroes the buffer, then releases it. If the device is lost, or the clear does not
-    /// complete, the buffer stays live (and accounted) and the call may be retried: only a
-    /// zeroed buffer leaves the table.
+    /// Queues a clear of the buffer, then releases it, without waiting. The clear is ordered
+    /// after all earlier work on the buffer, and wgpu defers destroying a buffer until the
+    /// submissions that use it (the clear included) have finished, so its memory goes back to
+    /// the driver zeroed. If the device is lost, or the clear is not accepted, the buffer stays
+    /// live (and accounted) and the call may be retried.
     fn free(&mut self, id: BufferId) -> Result<(), BackendError> {
         let buffer = self.entry(id)?.buffer.clone();
         self.alive()?;
         let mut enc = self.encoder();
         enc.clear_buffer(&buffer, 0, None);
-        self.queue.submit([enc.finish()]);
-        self.wait()?;
+        self.submit(enc)?;
         if let Some(entry) = self.buffers.remove(&id.0) {
             self.usage.used -= entry.size;
             self.usage.buffers -= 1;
@@ -630,8 +653,10 @@ impl GpuBackend for WgpuBackend {
         if self.pipelines.get(launch.kernel).is_none() {
             return Err(BackendError::Unsupported);
         }
-        // Params go through the write staging buffer (no per-call allocation in wgpu).
-        self.stage(&launch.params.to_bytes())?;
+        // The params write is ordered after every earlier submission (which may still read the
+        // previous params) and before this one.
+        let params = launch.params.to_bytes();
+        self.queue_write(&self.params, 0, PARAMS_SIZE, |mut view| view.copy_from_slice(&params))?;
         let (pipeline, layout) = self.pipelines.get(launch.kernel).ok_or(BackendError::Unsupported)?;
         let count = storage.len();
         let mut entries = Vec::with_capacity(count + 1);
@@ -646,7 +671,6 @@ impl GpuBackend for WgpuBackend {
             entries: &entries,
         });
         let mut enc = self.encoder();
-        enc.copy_buffer_to_buffer(&self.write_staging, 0, &self.params, 0, PARAMS_SIZE);
         {
             let mut pass =
                 enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
@@ -654,9 +678,7 @@ impl GpuBackend for WgpuBackend {
             pass.set_bind_group(0, &group, &[]);
             pass.dispatch_workgroups(groups.0, groups.1, 1);
         }
-        self.queue.submit([enc.finish()]);
-        // Re-maps the staging buffer; the wait covers the kernel.
-        self.ensure_write_mapped()
+        self.submit(enc)
     }
 }
 

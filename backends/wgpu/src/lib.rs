@@ -22,11 +22,19 @@
 //!   capacity and the device's `max_buffer_size`) is
 //!   [`OutOfMemory`](rela_core::backend::BackendError::OutOfMemory), as is a driver allocation
 //!   failure.
-//! - **Transfers** go through two reusable staging buffers (one `MAP_READ`, one `MAP_WRITE`),
-//!   chunked, so the hot path allocates nothing per call. Unaligned edges are handled by
-//!   read-modify-write of the 4-byte words they touch.
-//! - **Zero on free**: `free` clears the buffer on the device and waits before dropping it.
-//!   wgpu also zero-initialises every new buffer.
+//! - **Submission is asynchronous.** Kernels, copies, fills, frees and writes are queued on
+//!   wgpu's one queue and return without waiting for the device; the queue runs them in order,
+//!   and wgpu inserts the barriers between them. Writes (and kernel parameters) go through
+//!   `Queue::write_buffer`, which is ordered after every earlier submission and before the
+//!   next one, so a kernel queued before a WRITE reads the old bytes. Only a READ waits: it
+//!   copies into a reusable `MAP_READ` staging buffer, chunked, and maps it, which waits for
+//!   everything queued before it. An unaligned WRITE reads the partial 4-byte words at its
+//!   edges first (a wait) and merges them. Work in flight is bounded: after 64 submissions or
+//!   64 MiB of queued writes without a wait, the next call waits.
+//! - **Zero on free**: `free` queues a clear of the buffer and then destroys it; wgpu defers
+//!   the destruction until the submissions that use the buffer, the clear included, have
+//!   finished, so the memory goes back to the driver zeroed. wgpu also zero-initialises every
+//!   new buffer.
 //! - **Kernels** are the [`rela_kernels::wgsl`] sources, compiled once at start-up and run on
 //!   the grids and bindings [`rela_kernels::Launch`] plans. A kernel whose operands exceed the
 //!   device's `max_storage_buffer_binding_size`, whose grid exceeds
@@ -36,8 +44,12 @@
 //! - **Failures**: wgpu's default error handler panics. This backend installs its own handlers
 //!   that record uncaptured errors and device loss; the operation that observes one returns
 //!   [`DeviceLost`](rela_core::backend::BackendError::DeviceLost), and after a device loss
-//!   every operation does. Loss is noticed by the first operation that waits on the device
-//!   (every one but `alloc`, `size`, `info` and `usage`). [`WgpuBackend::fault`] gives the recorded message for logging.
+//!   every operation does. wgpu validates work when it is recorded and submitted, so a
+//!   validation error is reported by the call whose work caused it, even though that call
+//!   does not wait. A device loss while queued work runs is reported by the next call that
+//!   waits (a READ, an unaligned WRITE, or any call past the in-flight bound), and from then on
+//!   by every call but `size`, `info` and `usage`. [`WgpuBackend::fault`] gives the recorded
+//!   message for logging.
 
 mod backend;
 mod init;
