@@ -10,7 +10,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{config, read_raw_frame, start, wait_idle, within};
+use common::{config, read_raw_frame, start, within};
 use rela_client::{Client, ClientError, GenerateEvent, GenerateRequest};
 use rela_core::wire::generate::{FinishReason, Generate, Prompt, Sampling};
 use rela_core::wire::msg::{Caps, Hello, Message, ModelLoad, ModelLoaded};
@@ -472,9 +472,13 @@ async fn greedy_on_device(name: &str) {
     let test = format!("greedy_generation_on_{name}_through_the_node_matches_transformers");
     let Some(dir) = models_dir(&test) else { return };
     let Some(backend) = device_backend(name, &test) else { return };
-    let node = within(rela_node::Node::start(node_config(dir), rela_node::NodeBackend::from(backend)))
-        .await
-        .expect("node starts");
+    let node = tokio::time::timeout(
+        DEVICE_STEP,
+        rela_node::Node::start(node_config(dir), rela_node::NodeBackend::from(backend)),
+    )
+    .await
+    .expect("node starts in time")
+    .expect("node starts");
     let mut c = within(Client::connect(node.local_addr(), None)).await.expect("connect");
     let m =
         tokio::time::timeout(DEVICE_STEP, c.model_load(MODEL)).await.expect("load in time").expect("load");
@@ -502,10 +506,19 @@ async fn greedy_on_device(name: &str) {
     assert_eq!(out.input_ids, input, "input ids");
     assert_eq!(out.generated_ids, want[..n], "greedy ids");
     assert_eq!(streamed, out.text);
-    within(c.close()).await.expect("close");
-    // The last session gone: the weights and the cache are freed.
-    let usage = wait_idle(&node).await;
-    assert_eq!(usage.buffers, 0, "{name}: every buffer freed with the last session");
+    tokio::time::timeout(DEVICE_STEP, c.close()).await.expect("close in time").expect("close");
+    // The last session gone: the weights and the cache are freed (hundreds of FREEs, each a
+    // device call: polled for up to DEVICE_STEP, not common::wait_idle's 10 s).
+    let idle = tokio::time::timeout(DEVICE_STEP, async {
+        loop {
+            let usage = node.usage().await.expect("usage");
+            if usage.buffers == 0 && usage.used == 0 && node.sessions() == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    });
+    assert!(idle.await.is_ok(), "{name}: every buffer freed with the last session");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
