@@ -5,7 +5,7 @@
 //! time, reads each block from memory once and, while it sits in L1, takes its dot products
 //! with every row of `x` (in blocks of [`ROW_BLOCK`] rows, which stay in L2), a register tile
 //! of `MR` rows of `x` by `NR` rows of `w` at a time. Nothing is repacked: with a few rows of
-//! `x`, the product runs as fast as `w` streams from memory, where [`gemm`](::gemm), which
+//! `x`, the product runs as fast as `w` streams from memory, where [`gemm`], which
 //! reads `w` in place six rows at a time with a stride of `k`, streams it at half that speed.
 //!
 //! # Every element the same way
@@ -23,7 +23,7 @@
 //!
 //! # Against `gemm`
 //!
-//! At a few rows of `x` this is 1.5–2.7 times as fast as [`gemm`](::gemm) on the MiniLM
+//! At a few rows of `x` this is 1.5–2.7 times as fast as [`gemm`] on the MiniLM
 //! shapes (`examples/linear_cold.rs`: 1 to 12 rows). With more rows the product is bound by
 //! the multiply-adds, and a dot product's tile needs two loads per multiply-add register where
 //! `gemm`'s packed micro-kernel broadcasts one side, and ends in a horizontal sum per element:
