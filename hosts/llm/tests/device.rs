@@ -1,5 +1,6 @@
 //! The llama forward pass on a `GpuBackend` (`rela_llm::DeviceLlm`) against the host forward
-//! pass (`Model`) and the transformers fixture, on the host backend, Vulkan and wgpu (Vulkan).
+//! pass (`Model`) and the transformers fixture, on the host backend, Vulkan, wgpu (Vulkan) and
+//! CUDA (where a GPU is present; skipped elsewhere).
 //!
 //! - A tiny llama with random weights (F32, F16, Q4_0, Q4_1, Q8_0 matrices; no file needed):
 //!   device logits within [`TINY_TOL`] of `Model`'s, for a prompt run at once, in parts and
@@ -64,7 +65,7 @@ fn host_backend(bytes: usize) -> rela_backend_host::OwnedHostBackend<1024> {
     rela_backend_host::OwnedHostBackend::with_block_table(vec![0u8; bytes].into_boxed_slice())
 }
 
-/// Backend `name` ("host", "vulkan", "wgpu-vulkan"), or `None` with a SKIPPED line when it
+/// Backend `name` ("host", "vulkan", "wgpu-vulkan", "cuda"), or `None` with a SKIPPED line when it
 /// cannot start here (a panic when `RELA_REQUIRE_BACKENDS` names it).
 fn backend(name: &str, test: &str) -> Option<Box<dyn GpuBackend>> {
     let made: Result<Box<dyn GpuBackend>, String> = match name {
@@ -79,6 +80,9 @@ fn backend(name: &str, test: &str) -> Option<Box<dyn GpuBackend>> {
         })
         .map(|b| Box::new(b) as Box<dyn GpuBackend>)
         .map_err(|e| e.to_string()),
+        "cuda" => rela_backend_cuda::CudaBackend::new(rela_backend_cuda::CudaConfig::new(CAPACITY))
+            .map(|b| Box::new(b) as Box<dyn GpuBackend>)
+            .map_err(|e| e.to_string()),
         other => Err(format!("unknown backend {other}")),
     };
     match made {
@@ -292,6 +296,11 @@ fn tiny_llama_matches_the_host_forward_pass_on_vulkan() {
 #[test]
 fn tiny_llama_matches_the_host_forward_pass_on_wgpu_vulkan() {
     tiny_matches_model("wgpu-vulkan");
+}
+
+#[test]
+fn tiny_llama_matches_the_host_forward_pass_on_cuda() {
+    tiny_matches_model("cuda");
 }
 
 #[test]
@@ -516,4 +525,10 @@ fn greedy_generation_matches_transformers_on_vulkan() {
 #[test]
 fn greedy_generation_matches_transformers_on_wgpu_vulkan() {
     fixture_on("wgpu-vulkan", &DEVICE_CASES, DEVICE_TOKENS);
+}
+
+/// On a GPU machine (`scripts/gpu/run.sh`): the host backend's prompts and tokens.
+#[test]
+fn greedy_generation_matches_transformers_on_cuda() {
+    fixture_on("cuda", &HOST_CASES, HOST_TOKENS);
 }
