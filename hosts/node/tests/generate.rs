@@ -479,7 +479,9 @@ async fn greedy_on_device(name: &str) {
     .await
     .expect("node starts in time")
     .expect("node starts");
-    let mut c = within(Client::connect(node.local_addr(), None)).await.expect("connect");
+    // Each answer waits as long as a step may take (the client's default is 60 s).
+    let options = rela_client::ClientOptions { request_timeout: Some(DEVICE_STEP), ..Default::default() };
+    let mut c = within(Client::connect_with(node.local_addr(), None, options)).await.expect("connect");
     let m =
         tokio::time::timeout(DEVICE_STEP, c.model_load(MODEL)).await.expect("load in time").expect("load");
     let held = within(c.device_info()).await.expect("info").shared_models;
