@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds here, on a machine without a GPU, what scripts/gpu/run.sh runs on a GPU machine, into
-# .gpu/ (git-ignored): the CLI and the test binaries of the CUDA, Vulkan and wgpu backends,
-# release builds, stripped (about 50 MiB in all). The device machine then needs no Rust
-# toolchain: carry `.gpu` and run `bash scripts/gpu/run.sh`.
+# .gpu/ (git-ignored): the CLI, the test binaries of the CUDA, Vulkan and wgpu backends and
+# rela-llm's device forward-pass test, release builds, stripped (it prints their size: keep it
+# under what the device machine can be sent). The device machine then needs no Rust toolchain:
+# carry `.gpu` and run `bash scripts/gpu/run.sh`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 rm -rf .gpu
@@ -23,6 +24,19 @@ for line in sys.stdin:
     cp "$exe" "$dst"
     strip "$dst"
   done
+done
+# The llama forward pass on the device backends (hosts/llm/tests/device.rs): its tiny random
+# model needs no file; the SmolLM2 cases run where models/ holds the GGUF (too large to carry).
+cargo test --release -p rela-llm --test device --no-run --message-format=json 2>/dev/null |
+  python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["executable"])
+' | while read -r exe; do
+  cp "$exe" .gpu/tests/llm-device
+  strip .gpu/tests/llm-device
 done
 du -sh .gpu
 ls .gpu/tests
