@@ -1,5 +1,5 @@
 //! Fast host kernels (feature `std`): the same functions, with the same signatures, as
-//! [`reference`](crate::reference), on all the threads of a [`rayon`] pool and in SIMD.
+//! [`reference`](mod@crate::reference), on all the threads of a [`rayon`] pool and in SIMD.
 //!
 //! - MATMUL and LINEAR run through the [`gemm`] crate (packed, cache-blocked, runtime-selected
 //!   AVX2/FMA or AVX-512 micro-kernels, split over the pool's threads), except LINEAR calls of
@@ -16,7 +16,7 @@
 //!   chunks over the pool, with loops the compiler vectorizes; `exp` is a branch-free
 //!   polynomial ([`exp`]) so that GELU and the softmax vectorize too.
 //!
-//! Inputs are little-endian f32 byte slices, as in [`reference`](crate::reference). Slices that
+//! Inputs are little-endian f32 byte slices, as in [`reference`](mod@crate::reference). Slices that
 //! are 4-byte aligned (the host backend's buffers always are) are viewed in place as `[f32]`;
 //! others are copied into an aligned temporary first, and an unaligned output is computed into
 //! a temporary and copied out.
