@@ -9,10 +9,13 @@ use rela_core::backend::{
 use rela_kernels::{Kernel, Launch, Params, Tiles};
 use vulkano::device::physical::PhysicalDeviceType;
 use vulkano::{
-    buffer::{Buffer, BufferCreateInfo, BufferUsage, Subbuffer},
+    buffer::{
+        Buffer, BufferCreateInfo, BufferUsage, Subbuffer,
+        allocator::{SubbufferAllocator, SubbufferAllocatorCreateInfo},
+    },
     command_buffer::{
-        AutoCommandBufferBuilder, CommandBufferExecError, CommandBufferUsage, CopyBufferInfo,
-        PrimaryAutoCommandBuffer, PrimaryCommandBufferAbstract,
+        AutoCommandBufferBuilder, CommandBufferExecError, CommandBufferExecFuture, CommandBufferUsage,
+        CopyBufferInfo, PrimaryAutoCommandBuffer, PrimaryCommandBufferAbstract,
         allocator::{StandardCommandBufferAllocator, StandardCommandBufferAllocatorCreateInfo},
     },
     descriptor_set::{
@@ -26,7 +29,10 @@ use vulkano::{
         allocator::{AllocationCreateInfo, MemoryTypeFilter, StandardMemoryAllocator},
     },
     pipeline::{ComputePipeline, Pipeline, PipelineBindPoint},
-    sync::{GpuFuture, HostAccessError},
+    sync::{
+        GpuFuture, HostAccessError,
+        future::{FenceSignalFuture, NowFuture},
+    },
 };
 
 use crate::{
@@ -39,10 +45,32 @@ use crate::{
 /// Bytes of the host-visible staging buffer; writes and reads larger than this are chunked.
 pub const STAGING_SIZE: u64 = 8 << 20;
 
-/// Bytes of the kernel uniform block ([`Params`]).
-const PARAMS_SIZE: u64 = Params::SIZE as u64;
+/// Commands recorded into one command buffer before it is submitted without waiting.
+const BATCH: usize = 64;
+
+/// Bytes of each arena of the per-command upload allocator (kernel params, fill edges).
+const UPLOAD_ARENA: u64 = 64 << 10;
 
 type Builder = AutoCommandBufferBuilder<PrimaryAutoCommandBuffer>;
+
+/// A submitted batch and the fence it signals.
+type InFlight = FenceSignalFuture<CommandBufferExecFuture<NowFuture>>;
+
+/// One queued device command, recorded into a command buffer when its batch is submitted
+/// (vulkano's command builders cannot move between threads; these can).
+enum Command {
+    /// Fill whole words with a value.
+    Fill { words: Subbuffer<[u32]>, value: u32 },
+    /// Copy between non-overlapping ranges of equal length.
+    Copy { src: Subbuffer<[u8]>, dst: Subbuffer<[u8]> },
+    /// Run a kernel: storage bindings 0.., then the params block, on a grid of workgroups.
+    Dispatch {
+        pipeline: Arc<ComputePipeline>,
+        storage: Vec<Subbuffer<[u8]>>,
+        params: Subbuffer<[u8]>,
+        groups: [u32; 3],
+    },
+}
 
 /// One live buffer.
 struct Buf {
@@ -55,8 +83,12 @@ struct Buf {
 
 /// A [`GpuBackend`] on one Vulkan device (see the [crate docs](crate)).
 ///
-/// Every operation records one command buffer, submits it to the single queue and waits on a
-/// fence before returning, so operations are strictly ordered and complete on return.
+/// Allocations, frees, fills, copies and kernels are recorded into an open command buffer and
+/// return without waiting for the device. The open command buffer is submitted once it holds
+/// [`BATCH`] commands (after waiting for the batch submitted before it, so one batch runs
+/// while the next is recorded), and whenever the host needs the device's memory: READ and
+/// WRITE submit the open batch and wait for all work before touching memory. Operations stay
+/// strictly ordered: within a batch vulkano inserts the barriers, and batches never overlap.
 pub struct VulkanBackend {
     queue: Arc<Queue>,
     memory: Arc<StandardMemoryAllocator>,
@@ -64,8 +96,13 @@ pub struct VulkanBackend {
     descriptors: Arc<StandardDescriptorSetAllocator>,
     /// Host-visible transfer buffer of [`STAGING_SIZE`] bytes, reused by every transfer.
     staging: Subbuffer<[u8]>,
-    /// Host-visible uniform buffer holding the current kernel's [`Params`].
-    params: Subbuffer<[u8]>,
+    /// Host-visible memory for data a recorded command reads: each kernel's [`Params`] and
+    /// each fill's edge bytes get their own block, kept alive by the command buffer.
+    uploads: SubbufferAllocator,
+    /// Commands queued since the last submission, in order.
+    queued: Vec<Command>,
+    /// The last submitted batch, not yet waited for.
+    in_flight: Option<InFlight>,
     pipelines: Pipelines,
     buffers: BTreeMap<u64, Buf>,
     next_id: u64,
@@ -140,7 +177,15 @@ impl VulkanBackend {
             .map_err(|e| InitError::Device(format!("host buffer: {}", describe(&e))))
         };
         let staging = host_buffer(BufferUsage::TRANSFER_SRC | BufferUsage::TRANSFER_DST, STAGING_SIZE)?;
-        let params = host_buffer(BufferUsage::UNIFORM_BUFFER, PARAMS_SIZE)?;
+        let uploads = SubbufferAllocator::new(
+            memory.clone(),
+            SubbufferAllocatorCreateInfo {
+                arena_size: UPLOAD_ARENA,
+                buffer_usage: BufferUsage::UNIFORM_BUFFER | BufferUsage::TRANSFER_SRC,
+                memory_type_filter: MemoryTypeFilter::PREFER_HOST | MemoryTypeFilter::HOST_SEQUENTIAL_WRITE,
+                ..Default::default()
+            },
+        );
 
         let props = physical.properties();
         let pipelines = Pipelines::new(
@@ -216,7 +261,9 @@ impl VulkanBackend {
             commands,
             descriptors,
             staging,
-            params,
+            uploads,
+            queued: Vec::new(),
+            in_flight: None,
             pipelines,
             buffers: BTreeMap::new(),
             next_id: 1,
@@ -264,33 +311,103 @@ impl VulkanBackend {
         self.buffers.get(&id.0).ok_or(BackendError::NoSuchBuffer)
     }
 
-    /// Records one command buffer, submits it and waits on its fence.
-    fn submit(
-        &self,
-        record_fn: impl FnOnce(&mut Builder) -> Result<(), BackendError>,
-    ) -> Result<(), BackendError> {
+    /// Queues `command`, and submits the queue without waiting once it holds [`BATCH`]
+    /// commands. A failure of earlier, already queued work may be reported here.
+    fn queue(&mut self, command: Command) -> Result<(), BackendError> {
+        self.queued.push(command);
+        if self.queued.len() >= BATCH { self.flush() } else { Ok(()) }
+    }
+
+    /// Records `commands` into `b`, in order; vulkano puts the barriers between them.
+    fn record_all(&self, b: &mut Builder, commands: Vec<Command>) -> Result<(), BackendError> {
+        for command in commands {
+            match command {
+                Command::Fill { words, value } => {
+                    b.fill_buffer(words, value).map_err(record)?;
+                }
+                Command::Copy { src, dst } => {
+                    b.copy_buffer(CopyBufferInfo::buffers(src, dst)).map_err(record)?;
+                }
+                Command::Dispatch { pipeline, storage, params, groups } => {
+                    let layout =
+                        pipeline.layout().set_layouts().first().ok_or(BackendError::DeviceLost)?.clone();
+                    let mut writes: Vec<WriteDescriptorSet> = Vec::with_capacity(storage.len() + 1);
+                    let mut binding = 0u32;
+                    for sub in storage {
+                        writes.push(WriteDescriptorSet::buffer(binding, sub));
+                        binding += 1;
+                    }
+                    writes.push(WriteDescriptorSet::buffer(binding, params));
+                    let set = DescriptorSet::new(self.descriptors.clone(), layout, writes, [])
+                        .map_err(validated)?;
+                    b.bind_pipeline_compute(pipeline.clone())
+                        .map_err(record)?
+                        .bind_descriptor_sets(PipelineBindPoint::Compute, pipeline.layout().clone(), 0, set)
+                        .map_err(record)?;
+                    // SAFETY: the shader is naga output with ReadZeroSkipWrite bounds checks on
+                    // every buffer access, so it cannot access memory outside the ranges bound
+                    // above; every descriptor the shader uses is bound; the group counts were
+                    // checked against the device limits when the command was queued.
+                    unsafe { b.dispatch(groups) }.map_err(record)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the batch in flight, if any.
+    fn wait_in_flight(&mut self) -> Result<(), BackendError> {
+        match self.in_flight.take() {
+            // Dropping the future after the wait releases vulkano's locks on its resources and
+            // the command buffer with them (and so the memory of buffers freed meanwhile).
+            Some(future) => future.wait(None).map_err(validated),
+            None => Ok(()),
+        }
+    }
+
+    /// Submits the queued commands, if any, as one command buffer without waiting for it;
+    /// first waits for the batch submitted before it, so at most one batch is in flight and
+    /// batches never overlap.
+    fn flush(&mut self) -> Result<(), BackendError> {
+        if self.queued.is_empty() {
+            return Ok(());
+        }
+        let commands = core::mem::take(&mut self.queued);
         let mut builder = AutoCommandBufferBuilder::primary(
             self.commands.clone(),
             self.queue.queue_family_index(),
             CommandBufferUsage::OneTimeSubmit,
         )
         .map_err(validated)?;
-        record_fn(&mut builder)?;
+        self.record_all(&mut builder, commands)?;
         let cb = builder.build().map_err(validated)?;
+        self.wait_in_flight()?;
         let future =
             cb.execute(self.queue.clone()).map_err(exec)?.then_signal_fence_and_flush().map_err(validated)?;
-        future.wait(None).map_err(validated)
+        self.in_flight = Some(future);
+        Ok(())
     }
 
-    /// Fills `sub` (4-byte aligned offset and size, non-empty) with zeros.
-    fn zero(&self, sub: Subbuffer<[u8]>) -> Result<(), BackendError> {
-        self.submit(|b| {
-            b.fill_buffer(sub.reinterpret::<[u32]>(), 0).map_err(record)?;
-            Ok(())
-        })
+    /// Submits everything recorded and waits until the device has finished it all: before
+    /// the host touches memory the device may use. Reports any failure of queued work.
+    fn finish(&mut self) -> Result<(), BackendError> {
+        self.flush()?;
+        self.wait_in_flight()
     }
 
-    /// Puts `data` (at most [`STAGING_SIZE`] bytes) at the start of the staging buffer.
+    /// Queues `command` and waits for it (and everything before it) to finish.
+    fn submit_now(&mut self, command: Command) -> Result<(), BackendError> {
+        self.queued.push(command);
+        self.finish()
+    }
+
+    /// Queues a fill of `sub` (4-byte aligned offset and size, non-empty) with zeros.
+    fn zero(&mut self, sub: Subbuffer<[u8]>) -> Result<(), BackendError> {
+        self.queue(Command::Fill { words: sub.reinterpret::<[u32]>(), value: 0 })
+    }
+
+    /// Puts `data` (at most [`STAGING_SIZE`] bytes) at the start of the staging buffer. Only
+    /// after [`Self::finish`]: no queued command reads the staging buffer then.
     fn stage(&self, data: &[u8]) -> Result<(), BackendError> {
         let mut guard = self.staging.write().map_err(host)?;
         let dst = guard.get_mut(..data.len()).ok_or(BackendError::InvalidArgument)?;
@@ -298,13 +415,14 @@ impl VulkanBackend {
         Ok(())
     }
 
-    /// Writes the uniform block for a kernel launch.
-    fn set_params(&self, params: &Params) -> Result<(), BackendError> {
-        let bytes = params.to_bytes();
-        let mut guard = self.params.write().map_err(host)?;
-        let dst = guard.get_mut(..bytes.len()).ok_or(BackendError::InvalidArgument)?;
-        dst.copy_from_slice(&bytes);
-        Ok(())
+    /// A fresh host-visible block holding `data`, for one recorded command to read.
+    fn upload(&self, data: &[u8]) -> Result<Subbuffer<[u8]>, BackendError> {
+        let block = self.uploads.allocate_slice::<u8>(data.len() as u64).map_err(|e| {
+            eprintln!("rela-backend-vulkan: upload block: {e}");
+            BackendError::OutOfMemory
+        })?;
+        block.write().map_err(host)?.copy_from_slice(data);
+        Ok(block)
     }
 
     /// The first `bytes` bytes of a live buffer, for binding to a kernel; the first 4 (padded)
@@ -329,7 +447,7 @@ impl VulkanBackend {
     /// Binds `inputs` then `out` as storage buffers 0.., the params at the next binding, and
     /// dispatches `groups` workgroups.
     fn run_kernel(
-        &self,
+        &mut self,
         pipeline: &Arc<ComputePipeline>,
         params: &Params,
         storage: &[Subbuffer<[u8]>],
@@ -339,26 +457,12 @@ impl VulkanBackend {
         if x > self.max_groups[0] || y > self.max_groups[1] {
             return Err(BackendError::Unsupported);
         }
-        self.set_params(params)?;
-        let layout = pipeline.layout().set_layouts().first().ok_or(BackendError::DeviceLost)?.clone();
-        let mut writes: Vec<WriteDescriptorSet> = Vec::with_capacity(storage.len() + 1);
-        let mut binding = 0u32;
-        for sub in storage {
-            writes.push(WriteDescriptorSet::buffer(binding, sub.clone()));
-            binding += 1;
-        }
-        writes.push(WriteDescriptorSet::buffer(binding, self.params.clone()));
-        let set = DescriptorSet::new(self.descriptors.clone(), layout, writes, []).map_err(validated)?;
-        self.submit(|b| {
-            b.bind_pipeline_compute(pipeline.clone())
-                .map_err(record)?
-                .bind_descriptor_sets(PipelineBindPoint::Compute, pipeline.layout().clone(), 0, set)
-                .map_err(record)?;
-            // SAFETY: the shader is naga output with ReadZeroSkipWrite bounds checks on every
-            // buffer access, so it cannot access memory outside the ranges bound above; every
-            // descriptor the shader uses is bound; the group counts are within device limits.
-            unsafe { b.dispatch([x, y, 1]) }.map_err(record)?;
-            Ok(())
+        let params = self.upload(&params.to_bytes())?;
+        self.queue(Command::Dispatch {
+            pipeline: pipeline.clone(),
+            storage: storage.to_vec(),
+            params,
+            groups: [x, y, 1],
         })
     }
 }
@@ -409,7 +513,9 @@ impl GpuBackend for VulkanBackend {
 
     fn free(&mut self, id: BufferId) -> Result<(), BackendError> {
         let sub = self.buf(id)?.sub.clone();
-        // Zero before release; if that fails the buffer stays live (and accounted).
+        // Zero before release; if that cannot be recorded the buffer stays live (and
+        // accounted). The command buffer holds the buffer until the zeroing has run, so its
+        // memory goes back to the allocator zeroed, after every earlier command that uses it.
         self.zero(sub)?;
         if let Some(buf) = self.buffers.remove(&id.0) {
             self.used = self.used.saturating_sub(buf.size);
@@ -422,14 +528,16 @@ impl GpuBackend for VulkanBackend {
     }
 
     fn write(&mut self, id: BufferId, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+        let range = check_range(self.buf(id)?.size, offset, data.len() as u64)?;
+        if range.is_empty() {
+            return Ok(());
+        }
+        // Queued commands may still read or write this buffer, or the staging buffer.
+        self.finish()?;
         let buf = self.buf(id)?;
-        let range = check_range(buf.size, offset, data.len() as u64)?;
         if self.mapped {
-            if range.is_empty() {
-                return Ok(());
-            }
-            // No device work is in flight (every operation waited on its fence), so the host
-            // may write; vulkano flushes non-coherent memory when the guard drops.
+            // No device work is in flight, so the host may write; vulkano flushes non-coherent
+            // memory when the guard drops.
             let dst = buf.sub.clone().slice(range);
             let mut guard = dst.write().map_err(host)?;
             guard.copy_from_slice(data);
@@ -442,22 +550,21 @@ impl GpuBackend for VulkanBackend {
             self.stage(chunk)?;
             let src = self.staging.clone().slice(0..len);
             let dst = dst.clone().slice(at..at + len);
-            self.submit(|b| {
-                b.copy_buffer(CopyBufferInfo::buffers(src, dst)).map_err(record)?;
-                Ok(())
-            })?;
+            self.submit_now(Command::Copy { src, dst })?;
             at += len;
         }
         Ok(())
     }
 
     fn read(&mut self, id: BufferId, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
+        let range = check_range(self.buf(id)?.size, offset, out.len() as u64)?;
+        if range.is_empty() {
+            return Ok(());
+        }
+        // Wait for every queued command: the last ones may write this buffer.
+        self.finish()?;
         let buf = self.buf(id)?;
-        let range = check_range(buf.size, offset, out.len() as u64)?;
         if self.mapped {
-            if range.is_empty() {
-                return Ok(());
-            }
             let src = buf.sub.clone().slice(range);
             let guard = src.read().map_err(host)?;
             out.copy_from_slice(&guard);
@@ -469,10 +576,7 @@ impl GpuBackend for VulkanBackend {
             let len = chunk.len() as u64;
             let from = src.clone().slice(at..at + len);
             let to = self.staging.clone().slice(0..len);
-            self.submit(|b| {
-                b.copy_buffer(CopyBufferInfo::buffers(from, to)).map_err(record)?;
-                Ok(())
-            })?;
+            self.submit_now(Command::Copy { src: from, dst: to })?;
             let guard = self.staging.read().map_err(host)?;
             chunk.copy_from_slice(guard.get(..chunk.len()).ok_or(BackendError::InvalidArgument)?);
             at += len;
@@ -498,10 +602,7 @@ impl GpuBackend for VulkanBackend {
         }
         let from = from.sub.clone().slice(src_range);
         let to = to.sub.clone().slice(dst_range);
-        self.submit(|b| {
-            b.copy_buffer(CopyBufferInfo::buffers(from, to)).map_err(record)?;
-            Ok(())
-        })
+        self.queue(Command::Copy { src: from, dst: to })
     }
 
     fn fill(&mut self, id: BufferId, offset: u64, len: u64, value: u8) -> Result<(), BackendError> {
@@ -518,22 +619,18 @@ impl GpuBackend for VulkanBackend {
         let mid_end = range.end & !3;
         let head = range.start..mid_start.min(range.end);
         let tail = mid_end.max(head.end)..range.end;
-        if !head.is_empty() || !tail.is_empty() {
-            self.stage(&[value; 4])?;
+        let edges = if !head.is_empty() || !tail.is_empty() { Some(self.upload(&[value; 4])?) } else { None };
+        if mid_start < mid_end {
+            let words = sub.clone().slice(mid_start..mid_end).reinterpret::<[u32]>();
+            self.queue(Command::Fill { words, value: u32::from_ne_bytes([value; 4]) })?;
         }
-        self.submit(|b| {
-            if mid_start < mid_end {
-                let words = sub.clone().slice(mid_start..mid_end).reinterpret::<[u32]>();
-                b.fill_buffer(words, u32::from_ne_bytes([value; 4])).map_err(record)?;
+        for edge in [head, tail] {
+            if let (false, Some(src)) = (edge.is_empty(), &edges) {
+                let src = src.clone().slice(0..edge.end - edge.start);
+                self.queue(Command::Copy { src, dst: sub.clone().slice(edge) })?;
             }
-            for edge in [head, tail] {
-                if !edge.is_empty() {
-                    let src = self.staging.clone().slice(0..edge.end - edge.start);
-                    b.copy_buffer(CopyBufferInfo::buffers(src, sub.clone().slice(edge))).map_err(record)?;
-                }
-            }
-            Ok(())
-        })
+        }
+        Ok(())
     }
 
     fn dispatch(&mut self, call: &KernelCall) -> Result<(), BackendError> {
@@ -541,13 +638,13 @@ impl GpuBackend for VulkanBackend {
         let Some(launch) = Launch::of_tiled(call, self.tiles)? else {
             return Ok(());
         };
-        let pipeline = self.pipelines.get(launch.kernel).ok_or(BackendError::Unsupported)?;
+        let pipeline = self.pipelines.get(launch.kernel).ok_or(BackendError::Unsupported)?.clone();
         let storage = launch
             .bindings()
             .iter()
             .map(|&(id, bytes)| self.binding(id, bytes))
             .collect::<Result<Vec<_>, _>>()?;
-        self.run_kernel(pipeline, &launch.params, &storage, launch.groups)
+        self.run_kernel(&pipeline, &launch.params, &storage, launch.groups)
     }
 }
 
@@ -556,16 +653,9 @@ impl Drop for VulkanBackend {
     /// device cannot be zeroed, and its memory is the driver's to scrub).
     fn drop(&mut self) {
         let subs: Vec<_> = self.buffers.values().map(|b| b.sub.clone()).collect();
-        if subs.is_empty() {
-            return;
-        }
-        let result = self.submit(|b| {
-            for sub in subs {
-                b.fill_buffer(sub.reinterpret::<[u32]>(), 0).map_err(record)?;
-            }
-            Ok(())
-        });
-        if let Err(e) = result {
+        // Queued work (the zeroing of freed buffers included) runs first.
+        self.queued.extend(subs.into_iter().map(|sub| Command::Fill { words: sub.reinterpret(), value: 0 }));
+        if let Err(e) = self.finish() {
             eprintln!("rela-backend-vulkan: zeroing live buffers on drop failed: {e}");
         }
     }
@@ -638,14 +728,18 @@ mod tests {
         )
         .expect("alloc");
         let src = backend.staging.clone().slice(0..16);
-        backend
-            .submit(|b| {
-                // SAFETY (test only): deliberately invalid usage; the layer reports it and
-                // lavapipe performs the copy harmlessly on memory we own.
-                unsafe { b.copy_buffer_unchecked(CopyBufferInfo::buffers(src, bad)) };
-                Ok(())
-            })
-            .expect("submit");
+        let mut b = AutoCommandBufferBuilder::primary(
+            backend.commands.clone(),
+            backend.queue.queue_family_index(),
+            CommandBufferUsage::OneTimeSubmit,
+        )
+        .expect("builder");
+        // SAFETY (test only): deliberately invalid usage; the layer reports it and lavapipe
+        // performs the copy harmlessly on memory we own.
+        unsafe { b.copy_buffer_unchecked(CopyBufferInfo::buffers(src, bad)) };
+        let cb = b.build().expect("build");
+        let future = cb.execute(backend.queue.clone()).expect("execute");
+        future.then_signal_fence_and_flush().expect("flush").wait(None).expect("wait");
         assert!(backend.validation_messages() > 0, "the layer's report was counted");
     }
 }

@@ -14,8 +14,22 @@
 //!   is created, and their compute pipelines are built once and cached. Every call runs on the
 //!   grid and bindings [`rela_kernels::Launch`] plans; a kernel needing more storage buffers per
 //!   stage than the device binds (attention needs 5) is `Unsupported`.
-//! - One queue, one reusable command-buffer allocator; every operation waits on a fence before
-//!   it returns, so the backend is simple and strictly ordered.
+//! - **Submission is asynchronous.** Allocation and free (their zeroing), fills, copies and
+//!   kernels are queued and return without waiting for the device. Queued commands are recorded
+//!   into one command buffer and submitted, without a wait, once 64 are queued; before a batch
+//!   is submitted the one before it is waited for, so one batch runs while the next is queued
+//!   and batches never overlap on the device. READ and WRITE submit what is queued and wait on
+//!   its fence before the host touches a mapped buffer or the staging buffer. Each kernel's
+//!   parameters and each fill's edge bytes get their own small host-visible block (vulkano's
+//!   `SubbufferAllocator`), held by the command buffer until it has run, so queued work never
+//!   reads data the host has since overwritten. A freed buffer's memory is likewise held until
+//!   its zeroing has run. Work in flight is bounded: at most one submitted batch and 63 queued
+//!   commands.
+//! - **Errors of queued work.** Each call checks its ranges, bindings and grid size before it
+//!   queues anything and reports those errors itself. vulkano checks the commands again when a
+//!   batch is recorded; a failure while recording, submitting or running a batch is reported as
+//!   `DeviceLost` by the call that submits or waits for it (the call that fills a batch, or the
+//!   next READ or WRITE).
 //!
 //! With [`VulkanConfig::validation`] the Khronos validation layer is enabled and every warning
 //! or error it reports is logged to stderr and counted ([`VulkanBackend::validation_messages`]).
@@ -27,8 +41,8 @@
 //!
 //! Commands are recorded with vulkano's `AutoCommandBufferBuilder`, which places barriers
 //! between commands of one command buffer but not between submissions, nor a `HOST_READ`
-//! barrier before the host reads the staging buffer (or a mapped buffer). Operations rely on the fence wait that
-//! ends each of them for ordering and visibility, which holds on the drivers in use (Mesa,
+//! barrier before the host reads the staging buffer (or a mapped buffer). Batches rely on the
+//! fence wait before the next submission or host access for ordering and visibility, which holds on the drivers in use (Mesa,
 //! NVIDIA, AMD) but is weaker than the specification asks; moving to explicit barriers needs
 //! vulkano's unsafe raw command-buffer path.
 
