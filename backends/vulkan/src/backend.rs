@@ -493,16 +493,29 @@ impl GpuBackend for VulkanBackend {
         let next = id.checked_add(1).ok_or(BackendError::OutOfMemory)?;
         // `size <= max_alloc`, which is a multiple of 4 below u64::MAX, so this cannot overflow.
         let padded = size.checked_next_multiple_of(4).ok_or(BackendError::OutOfMemory)?;
-        let sub = Buffer::new_slice::<u8>(
-            self.memory.clone(),
-            BufferCreateInfo {
-                usage: BufferUsage::STORAGE_BUFFER | BufferUsage::TRANSFER_SRC | BufferUsage::TRANSFER_DST,
-                ..Default::default()
-            },
-            AllocationCreateInfo { memory_type_filter: self.buffer_memory, ..Default::default() },
-            padded,
-        )
-        .map_err(alloc)?;
+        let create = |memory: Arc<StandardMemoryAllocator>, filter| {
+            Buffer::new_slice::<u8>(
+                memory,
+                BufferCreateInfo {
+                    usage: BufferUsage::STORAGE_BUFFER
+                        | BufferUsage::TRANSFER_SRC
+                        | BufferUsage::TRANSFER_DST,
+                    ..Default::default()
+                },
+                AllocationCreateInfo { memory_type_filter: filter, ..Default::default() },
+                padded,
+            )
+            .map_err(alloc)
+        };
+        let sub = match create(self.memory.clone(), self.buffer_memory) {
+            // Buffers freed by queued work hold their memory until their zeroing has run:
+            // let it run, then try once more.
+            Err(BackendError::OutOfMemory) if !self.queued.is_empty() || self.in_flight.is_some() => {
+                self.finish()?;
+                create(self.memory.clone(), self.buffer_memory)?
+            }
+            other => other?,
+        };
         // Fresh device memory may hold anything: zero it before anyone can read it.
         self.zero(sub.clone())?;
         self.buffers.insert(id, Buf { sub, size });

@@ -23,7 +23,8 @@
 //!   parameters and each fill's edge bytes get their own small host-visible block (vulkano's
 //!   `SubbufferAllocator`), held by the command buffer until it has run, so queued work never
 //!   reads data the host has since overwritten. A freed buffer's memory is likewise held until
-//!   its zeroing has run. Work in flight is bounded: at most one submitted batch and 63 queued
+//!   its zeroing has run; an allocation the driver refuses meanwhile waits for queued work and
+//!   is tried once more. Work in flight is bounded: at most one submitted batch and 63 queued
 //!   commands.
 //! - **Errors of queued work.** Each call checks its ranges, bindings and grid size before it
 //!   queues anything and reports those errors itself. vulkano checks the commands again when a
