@@ -346,27 +346,7 @@ fn with_both_access_paths(f: impl Fn(&mut VulkanBackend)) {
 /// last, across several submitted batches.
 #[test]
 fn dependent_chain_then_one_read() {
-    with_both_access_paths(|b| {
-        let n = 1000u32;
-        let c = f32_bytes(&(0..n).map(|i| (i % 9) as f32 * 0.25 - 1.0).collect::<Vec<_>>());
-        let mut x = f32_bytes(&(0..n).map(|i| (i % 5) as f32 - 2.0).collect::<Vec<_>>());
-        let len = x.len() as u64;
-        let (xa, xb, xc) = (b.alloc(len).unwrap(), b.alloc(len).unwrap(), b.alloc(len).unwrap());
-        b.write(xa, 0, &x).unwrap();
-        b.write(xc, 0, &c).unwrap();
-        let mut tmp = vec![0u8; x.len()];
-        for step in 0..100 {
-            b.dispatch(&KernelCall::Binary { op: BinaryOp::Add, a: xa, b: xc, out: xb, n }).unwrap();
-            reference::binary(BinaryOp::Add, &x, &c, &mut tmp, n as usize);
-            let alpha = if step % 2 == 0 { 0.5 } else { 1.5 };
-            b.dispatch(&KernelCall::Scale { x: xb, out: xa, n, alpha }).unwrap();
-            reference::scale(&tmp, &mut x, n as usize, alpha);
-        }
-        assert_eq!(read_all(b, xa), x, "200 queued dependent kernels, then one read");
-        for id in [xa, xb, xc] {
-            b.free(id).unwrap();
-        }
-    });
+    with_both_access_paths(|b| rela_test_support::queued::dependent_kernel_chain(b));
 }
 
 /// A WRITE right after a kernel that reads the same buffer must not reach the kernel: it sees
@@ -374,37 +354,7 @@ fn dependent_chain_then_one_read() {
 /// queued behind another with different edge bytes.
 #[test]
 fn write_after_dispatch_is_not_seen_by_it() {
-    with_both_access_paths(|b| {
-        let n = 4096u32;
-        let old = f32_bytes(&(0..n).map(|i| i as f32).collect::<Vec<_>>());
-        let new = f32_bytes(&(0..n).map(|i| -(i as f32) - 1.0).collect::<Vec<_>>());
-        let len = old.len() as u64;
-        let (x, out) = (b.alloc(len).unwrap(), b.alloc(len).unwrap());
-        b.write(x, 0, &old).unwrap();
-        b.dispatch(&KernelCall::Scale { x, out, n, alpha: 3.0 }).unwrap();
-        b.write(x, 0, &new).unwrap();
-        let mut want = vec![0u8; old.len()];
-        reference::scale(&old, &mut want, n as usize, 3.0);
-        assert_eq!(read_all(b, out), want, "the kernel read the bytes from before the write");
-        assert_eq!(read_all(b, x), new);
-        b.dispatch(&KernelCall::Scale { x, out, n, alpha: 2.0 }).unwrap();
-        b.fill(x, 0, len, 0).unwrap();
-        b.copy(out, 0, x, 0, len).unwrap();
-        reference::scale(&new, &mut want, n as usize, 2.0);
-        assert_eq!(read_all(b, x), want, "the copy saw the kernel's output");
-        // Two queued fills with unaligned edges: each keeps its own edge bytes.
-        b.fill(x, 1, 6, 0x11).unwrap();
-        b.fill(x, 9, 6, 0x22).unwrap();
-        let mut head = [0u8; 16];
-        b.read(x, 0, &mut head).unwrap();
-        let mut expect = want[..16].to_vec();
-        expect[1..7].fill(0x11);
-        expect[9..15].fill(0x22);
-        assert_eq!(head, expect.as_slice());
-        for id in [x, out] {
-            b.free(id).unwrap();
-        }
-    });
+    with_both_access_paths(|b| rela_test_support::queued::write_behind_kernel(b));
 }
 
 /// `cargo test -p rela-backend-vulkan --release -- --ignored --nocapture dispatch_chain`:

@@ -318,56 +318,6 @@ fn random_ops(b: &mut WgpuBackend) {
     }
 }
 
-/// 200 dependent kernels (ADD into one buffer, SCALE of it back into the other, …), queued
-/// without a wait, then one READ: each kernel must see the one before it, and the READ the last.
-fn dependent_chain(b: &mut WgpuBackend) {
-    let n = 1000u32;
-    let c = f32_bytes(&(0..n).map(|i| (i % 9) as f32 * 0.25 - 1.0).collect::<Vec<_>>());
-    let mut x = f32_bytes(&(0..n).map(|i| (i % 5) as f32 - 2.0).collect::<Vec<_>>());
-    let len = x.len() as u64;
-    let (xa, xb, xc) = (b.alloc(len).unwrap(), b.alloc(len).unwrap(), b.alloc(len).unwrap());
-    b.write(xa, 0, &x).unwrap();
-    b.write(xc, 0, &c).unwrap();
-    let mut tmp = vec![0u8; x.len()];
-    for step in 0..100 {
-        b.dispatch(&KernelCall::Binary { op: BinaryOp::Add, a: xa, b: xc, out: xb, n }).unwrap();
-        reference::binary(BinaryOp::Add, &x, &c, &mut tmp, n as usize);
-        let alpha = if step % 2 == 0 { 0.5 } else { 1.5 };
-        b.dispatch(&KernelCall::Scale { x: xb, out: xa, n, alpha }).unwrap();
-        reference::scale(&tmp, &mut x, n as usize, alpha);
-    }
-    assert_eq!(read_all(b, xa), x, "200 queued dependent kernels, then one read");
-    for id in [xa, xb, xc] {
-        b.free(id).unwrap();
-    }
-}
-
-/// A WRITE right after a kernel that reads the same buffer must not reach the kernel: it sees
-/// the old bytes, and a READ after both sees the new ones.
-fn write_after_dispatch(b: &mut WgpuBackend) {
-    let n = 4096u32;
-    let old = f32_bytes(&(0..n).map(|i| i as f32).collect::<Vec<_>>());
-    let new = f32_bytes(&(0..n).map(|i| -(i as f32) - 1.0).collect::<Vec<_>>());
-    let len = old.len() as u64;
-    let (x, out) = (b.alloc(len).unwrap(), b.alloc(len).unwrap());
-    b.write(x, 0, &old).unwrap();
-    b.dispatch(&KernelCall::Scale { x, out, n, alpha: 3.0 }).unwrap();
-    b.write(x, 0, &new).unwrap();
-    let mut want = vec![0u8; old.len()];
-    reference::scale(&old, &mut want, n as usize, 3.0);
-    assert_eq!(read_all(b, out), want, "the kernel read the bytes from before the write");
-    assert_eq!(read_all(b, x), new);
-    // The same with a fill and a copy queued behind the kernel.
-    b.dispatch(&KernelCall::Scale { x, out, n, alpha: 2.0 }).unwrap();
-    b.fill(x, 0, len, 0).unwrap();
-    b.copy(out, 0, x, 0, len).unwrap();
-    reference::scale(&new, &mut want, n as usize, 2.0);
-    assert_eq!(read_all(b, x), want, "the copy saw the kernel's output");
-    for id in [x, out] {
-        b.free(id).unwrap();
-    }
-}
-
 macro_rules! api_tests {
     ($module:ident, $name:literal, $api:expr) => {
         mod $module {
@@ -435,14 +385,14 @@ macro_rules! api_tests {
             #[test]
             fn dependent_chain() {
                 if let Some(mut b) = open($name, $api) {
-                    super::dependent_chain(&mut b);
+                    rela_test_support::queued::dependent_kernel_chain(&mut b);
                 }
             }
 
             #[test]
             fn write_after_dispatch() {
                 if let Some(mut b) = open($name, $api) {
-                    super::write_after_dispatch(&mut b);
+                    rela_test_support::queued::write_behind_kernel(&mut b);
                 }
             }
 

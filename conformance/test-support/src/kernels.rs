@@ -2,7 +2,7 @@
 //! that runs on them can skip naming exactly what is missing while a backend's kernels are
 //! being written (rather than a list kept by hand).
 
-use rela_core::backend::{BackendError, BinaryOp, GpuBackend, KernelCall, WeightType};
+use rela_core::backend::{BackendError, BinaryOp, BufferId, GpuBackend, KernelCall, WeightType};
 
 /// The generation kernels (ADD, RMS_NORM, ROPE, SWIGLU, CAUSAL_ATTENTION, ARGMAX, and
 /// Q_LINEAR / Q_GATHER over each format of `types`) that `backend` answers
@@ -58,4 +58,56 @@ pub fn missing_generation_kernels(backend: &mut dyn GpuBackend, types: &[WeightT
         backend.free(id).expect("free a probe buffer");
     }
     missing
+}
+
+/// A backend that forwards every call to `inner` but answers [`BackendError::Unsupported`] for
+/// the kernel calls `refuse` picks, as a backend whose kernel has not landed does.
+pub struct Refusing<B> {
+    /// The backend every other call goes to.
+    pub inner: B,
+    /// The calls to refuse.
+    pub refuse: fn(&KernelCall) -> bool,
+}
+
+impl<B: GpuBackend> GpuBackend for Refusing<B> {
+    fn info(&self) -> rela_core::backend::DeviceInfo {
+        self.inner.info()
+    }
+    fn usage(&self) -> rela_core::backend::Usage {
+        self.inner.usage()
+    }
+    fn alloc(&mut self, size: u64) -> Result<BufferId, BackendError> {
+        self.inner.alloc(size)
+    }
+    fn free(&mut self, id: BufferId) -> Result<(), BackendError> {
+        self.inner.free(id)
+    }
+    fn size(&self, id: BufferId) -> Result<u64, BackendError> {
+        self.inner.size(id)
+    }
+    fn write(&mut self, id: BufferId, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+        self.inner.write(id, offset, data)
+    }
+    fn read(&mut self, id: BufferId, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
+        self.inner.read(id, offset, out)
+    }
+    fn copy(&mut self, s: BufferId, so: u64, d: BufferId, dof: u64, len: u64) -> Result<(), BackendError> {
+        self.inner.copy(s, so, d, dof, len)
+    }
+    fn fill(&mut self, id: BufferId, offset: u64, len: u64, value: u8) -> Result<(), BackendError> {
+        self.inner.fill(id, offset, len, value)
+    }
+    fn dispatch(&mut self, call: &KernelCall) -> Result<(), BackendError> {
+        if (self.refuse)(call) { Err(BackendError::Unsupported) } else { self.inner.dispatch(call) }
+    }
+    fn dispatch_part(&mut self, call: &KernelCall, units: core::ops::Range<u32>) -> Result<(), BackendError> {
+        if (self.refuse)(call) {
+            Err(BackendError::Unsupported)
+        } else {
+            self.inner.dispatch_part(call, units)
+        }
+    }
+    fn storage_range(&self, id: BufferId, offset: u64, len: u64) -> Option<core::ops::Range<usize>> {
+        self.inner.storage_range(id, offset, len)
+    }
 }

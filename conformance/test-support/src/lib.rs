@@ -1,10 +1,12 @@
 //! Test data shared by the workspace's tests (a dev-dependency, and the conformance suite's):
 //! deterministic byte patterns, the little-endian `f32` buffers the kernels read and write,
-//! scratch directories, and which generation kernels a backend lacks ([`kernels`]).
+//! scratch directories, which generation kernels a backend lacks ([`kernels`]), and the
+//! ordering checks for backends that queue device work ([`queued`]).
 //!
 //! One copy of each helper, so that every test means the same thing by "a pattern".
 
 pub mod kernels;
+pub mod queued;
 
 /// `len` deterministic pseudo-random bytes (xorshift32) for round-trip checks: different seeds
 /// give different sequences, and no byte value is favoured, so a misplaced, shifted or

@@ -23,13 +23,13 @@
 
 mod common;
 
-use rela_core::backend::{BackendError, BufferId, DeviceInfo, GpuBackend, KernelCall, Usage, WeightType};
+use rela_core::backend::{BackendError, GpuBackend, KernelCall, WeightType};
 use rela_llm::generate::argmax;
 use rela_llm::gguf::{GgufBuilder, Value};
 use rela_llm::{
     DeviceError, DeviceLlm, DeviceStream, GgmlType, GgufFile, GgufTokenizer, Model, SamplingParams, Step,
 };
-use rela_test_support::kernels::missing_generation_kernels;
+use rela_test_support::kernels::{Refusing, missing_generation_kernels};
 use serde_json::Value as Json;
 
 /// A fixture step whose top-1/top-2 margin is below this is a near tie (as in `generate.rs`).
@@ -340,50 +340,11 @@ fn a_backend_too_small_is_left_with_nothing_allocated() {
     assert_eq!(b.usage().buffers, 0);
 }
 
-/// The host backend without one kernel (ROPE answers `Unsupported`, as a backend whose kernel
-/// has not landed does).
-struct WithoutRope(rela_backend_host::OwnedHostBackend<1024>);
-
-impl GpuBackend for WithoutRope {
-    fn info(&self) -> DeviceInfo {
-        self.0.info()
-    }
-    fn usage(&self) -> Usage {
-        self.0.usage()
-    }
-    fn alloc(&mut self, size: u64) -> Result<BufferId, BackendError> {
-        self.0.alloc(size)
-    }
-    fn free(&mut self, id: BufferId) -> Result<(), BackendError> {
-        self.0.free(id)
-    }
-    fn size(&self, id: BufferId) -> Result<u64, BackendError> {
-        self.0.size(id)
-    }
-    fn write(&mut self, id: BufferId, offset: u64, data: &[u8]) -> Result<(), BackendError> {
-        self.0.write(id, offset, data)
-    }
-    fn read(&mut self, id: BufferId, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
-        self.0.read(id, offset, out)
-    }
-    fn copy(&mut self, s: BufferId, so: u64, d: BufferId, dof: u64, len: u64) -> Result<(), BackendError> {
-        self.0.copy(s, so, d, dof, len)
-    }
-    fn fill(&mut self, id: BufferId, offset: u64, len: u64, value: u8) -> Result<(), BackendError> {
-        self.0.fill(id, offset, len, value)
-    }
-    fn dispatch(&mut self, call: &KernelCall) -> Result<(), BackendError> {
-        match call {
-            KernelCall::Rope { .. } => Err(BackendError::Unsupported),
-            _ => self.0.dispatch(call),
-        }
-    }
-}
-
 #[test]
 fn a_missing_kernel_is_a_typed_error_and_is_named() {
     let file = tiny_llama(true, GgmlType::F16);
-    let mut b = WithoutRope(host_backend(8 << 20));
+    // The host backend without one kernel, as a backend whose ROPE has not landed.
+    let mut b = Refusing { inner: host_backend(8 << 20), refuse: |c| matches!(c, KernelCall::Rope { .. }) };
     let dev = DeviceLlm::from_file(&mut b, &file).expect("upload");
     let mut kv = dev.new_kv(&mut b, 16).expect("kv");
     let err = dev.prefill(&mut b, &[1, 2, 3], &mut kv, &mut Vec::new()).expect_err("no ROPE");
