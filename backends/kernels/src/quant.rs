@@ -53,6 +53,8 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 }
 
 /// Q4_K's 6-bit scale and min of sub-block `j` (`0..8`) from the block's 12 packed bytes.
+/// Inlined everywhere: rela-llm's SIMD kernels call it inside their vectorized loops.
+#[inline(always)]
 pub fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)

@@ -76,15 +76,9 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
 }
 
-/// Q4_K's scale and min for sub-block `j` (0..8) from its 12 packed bytes.
-#[inline(always)]
-pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
-    if j < 4 {
-        (q[j] & 63, q[j + 4] & 63)
-    } else {
-        ((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
-    }
-}
+/// Q4_K's scale and min for sub-block `j` (0..8) from its 12 packed bytes: the no_std
+/// reference's, one copy for both.
+pub(crate) use rela_kernels::quant::scale_min_k4;
 
 /// [`scale_min_k4`] as f32, for the product kernels.
 #[inline(always)]
