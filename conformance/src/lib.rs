@@ -29,7 +29,10 @@
 //!
 //!   A factory error (no such device on this machine) prints `SKIPPED foo/<case>: <reason>` to
 //!   stderr and passes, unless `RELA_REQUIRE_BACKENDS` names the backend (see [`required`]),
-//!   in which case it fails. CI sets it for the backends its runners have.
+//!   in which case it fails. CI sets it for the backends its runners have. With
+//!   `RELA_CONFORMANCE_RECORDS=DIR` each of these tests also records its result in `DIR`, and
+//!   [`records`] builds the same [`BackendReport`]s from them, so a report needs no second run
+//!   of the suite.
 //! - [`run_suite`] runs every case and returns a [`BackendReport`]: skips and failures are
 //!   data, panics are caught and count as failures. [`render_table`] turns reports into a plain
 //!   text table (and the reports serialize with serde), for a vendor to attach to a bug report.
@@ -46,12 +49,13 @@ use std::panic::{self, AssertUnwindSafe};
 use std::time::Instant;
 
 pub use rela_core::backend::GpuBackend;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 mod cases;
 pub mod faults;
 mod gen_cases;
 mod partial;
+pub mod records;
 pub mod skips;
 mod support;
 pub mod wire;
@@ -142,7 +146,7 @@ pub fn case(name: &str) -> Option<&'static Case> {
 }
 
 /// How a case ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     /// Every check held.
     Passed,
@@ -154,7 +158,7 @@ pub enum Outcome {
 }
 
 /// One case's result.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaseResult {
     /// The case name.
     pub name: String,
@@ -165,7 +169,7 @@ pub struct CaseResult {
 }
 
 /// Every case's result for one backend.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendReport {
     /// The backend's name as given to [`run_suite`].
     pub backend: String,
@@ -236,8 +240,9 @@ pub fn skip_is_not_applicable(reason: &str) -> bool {
 ///
 /// `may_be_absent(backend)` says whether a backend may be missing from this machine altogether
 /// (say, CUDA under `--backend all` on a machine without it): a report whose every case skipped
-/// is then not held against the run, unless [`required`] names it. A backend that was built for
-/// some cases and skipped others is always incomplete.
+/// is then not held against the run, unless [`required`] names it or a case has no record at
+/// all ([`records::NO_RECORD`]). A backend that was built for some cases and skipped others is
+/// always incomplete.
 pub fn verdict(reports: &[BackendReport], may_be_absent: &dyn Fn(&str) -> bool) -> Verdict {
     if reports.iter().any(|r| !r.ok()) {
         return Verdict::Failed;
@@ -245,7 +250,11 @@ pub fn verdict(reports: &[BackendReport], may_be_absent: &dyn Fn(&str) -> bool) 
     let mut reasons = Vec::new();
     for r in reports {
         let (passed, _, skipped) = r.counts();
-        if skipped == r.results.len() && may_be_absent(&r.backend) && !required(&r.backend) {
+        let unrecorded = r
+            .results
+            .iter()
+            .any(|c| matches!(&c.outcome, Outcome::Skipped(why) if why == records::NO_RECORD));
+        if skipped == r.results.len() && may_be_absent(&r.backend) && !required(&r.backend) && !unrecorded {
             continue;
         }
         let mut hidden: Vec<(&str, usize)> = Vec::new();
@@ -399,9 +408,20 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 ///
 /// Builds the backend; if that fails, skips loudly (stderr) unless [`required`], then panics.
 /// Runs the case and panics with its failure message; a case the backend offers no view for
-/// skips loudly with the reason.
+/// skips loudly with the reason. A panic in the factory, the case or the backend's drop is the
+/// test's panic. With [`records::RECORDS_ENV`] set, records the outcome first (see
+/// [`records`]); a record that cannot be written fails the test.
 #[doc(hidden)]
 pub fn __run_case_test<F, T>(backend: &str, name: &str, make: F)
+where
+    F: Fn() -> Result<T, String>,
+    T: Into<Tested>,
+{
+    run_case_test(records::dir_from_env().as_deref(), backend, name, make);
+}
+
+/// [`__run_case_test`], recording in `records` if given.
+fn run_case_test<F, T>(records: Option<&std::path::Path>, backend: &str, name: &str, make: F)
 where
     F: Fn() -> Result<T, String>,
     T: Into<Tested>,
@@ -409,20 +429,58 @@ where
     let Some(case) = case(name) else {
         panic!("testgen! lists `{name}`, which is not in rela_conformance::CASES");
     };
-    let mut instance = match make() {
-        Ok(b) => b.into(),
-        Err(reason) if required(backend) => {
-            panic!("backend `{backend}` is required by {REQUIRE_ENV} but unavailable: {reason}")
+    let start = Instant::now();
+    let mut device = None;
+    // `Err(reason)`: the backend could not be built.
+    let ran = panic::catch_unwind(AssertUnwindSafe(|| {
+        let mut instance: Tested = make()?.into();
+        let info = instance.backend().info();
+        device = Some(format!("{} ({})", info.name, info.vendor));
+        let result = case.on(&mut instance);
+        // Dropped here, inside the unwind guard: a backend may check itself on drop.
+        drop(instance);
+        Ok(result)
+    }));
+    // The outcome, and what the test panics with (a message, or the caught panic itself).
+    let (outcome, message, panicked) = match ran {
+        Ok(Err(reason)) if required(backend) => {
+            let why = format!("backend `{backend}` is required by {REQUIRE_ENV} but unavailable: {reason}");
+            (Outcome::Failed(why.clone()), Some(why), None)
         }
-        Err(reason) => {
-            eprintln!("SKIPPED {backend}/{name}: {reason}");
-            return;
+        Ok(Err(reason)) => (Outcome::Skipped(reason), None, None),
+        Ok(Ok(Ok(None))) => (Outcome::Passed, None, None),
+        Ok(Ok(Ok(Some(why)))) => (Outcome::Skipped(why), None, None),
+        Ok(Ok(Err(failure))) => {
+            let message = format!("{backend}/{name} failed: {failure}");
+            (Outcome::Failed(failure.0), Some(message), None)
+        }
+        Err(payload) => {
+            (Outcome::Failed(format!("panicked: {}", panic_message(&*payload))), None, Some(payload))
         }
     };
-    match case.on(&mut instance) {
-        Ok(None) => {}
-        Ok(Some(why)) => eprintln!("SKIPPED {backend}/{name}: {why}"),
-        Err(failure) => panic!("{backend}/{name} failed: {failure}"),
+    if let Some(dir) = records {
+        let millis = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let test = std::thread::current().name().unwrap_or("main").to_owned();
+        let record = records::CaseRecord {
+            backend: backend.to_owned(),
+            device,
+            test,
+            case: name.to_owned(),
+            outcome: outcome.clone(),
+            millis,
+        };
+        if let Err(e) = records::write(dir, &record) {
+            panic!("{backend}/{name}: cannot record the outcome ({outcome:?}): {e}");
+        }
+    }
+    if let Some(payload) = panicked {
+        panic::resume_unwind(payload);
+    }
+    if let Some(message) = message {
+        panic!("{message}");
+    }
+    if let Outcome::Skipped(why) = outcome {
+        eprintln!("SKIPPED {backend}/{name}: {why}");
     }
 }
 
@@ -609,6 +667,73 @@ mod tests {
         let optional =
             report("node", &[Outcome::Passed, Outcome::Skipped("the node does not advertise MODELS".into())]);
         assert_eq!(verdict(&[optional], &never), Verdict::Passed);
+    }
+
+    /// Runs `name` as a generated test would, recording in a fresh directory; returns the
+    /// records and whether the test panicked.
+    fn recorded<T: Into<Tested>>(
+        label: &str,
+        name: &str,
+        make: impl Fn() -> Result<T, String>,
+    ) -> (Vec<records::CaseRecord>, bool) {
+        let dir = std::env::temp_dir().join(format!("rela-run-records-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let panicked =
+            panic::catch_unwind(AssertUnwindSafe(|| run_case_test(Some(&dir), label, name, make))).is_err();
+        let back = records::read_dir(&dir).expect("records");
+        std::fs::remove_dir_all(&dir).expect("removed");
+        (back, panicked)
+    }
+
+    #[test]
+    fn generated_tests_record_passes_skips_and_failures() {
+        let host = || {
+            let b = rela_backend_host::OwnedHostBackend::with_capacity(SUITE_CAPACITY as usize);
+            Ok(Tested::inspectable(b))
+        };
+        let (passed, panicked) = recorded("rec-pass", "accounting", host);
+        assert!(!panicked);
+        assert_eq!(passed.len(), 1);
+        let r = &passed[0];
+        assert_eq!(
+            (r.backend.as_str(), r.case.as_str(), &r.outcome),
+            ("rec-pass", "accounting", &Outcome::Passed)
+        );
+        assert!(r.device.as_deref().is_some_and(|d| d.contains("host")), "{r:?}");
+
+        // A backend that cannot be built: skipped with the factory's reason, no device.
+        let (skipped, panicked) =
+            recorded("rec-skip", "accounting", || Err::<Tested, _>("no device here".into()));
+        assert!(!panicked);
+        assert_eq!(skipped[0].outcome, Outcome::Skipped("no device here".into()));
+        assert_eq!(skipped[0].device, None);
+
+        // A case the backend offers no view for: skipped with the reason.
+        let opaque = || {
+            let b = rela_backend_host::OwnedHostBackend::with_capacity(SUITE_CAPACITY as usize);
+            Ok(Box::new(b) as Box<dyn GpuBackend>)
+        };
+        let (no_view, panicked) = recorded("rec-view", "zero_after_free", opaque);
+        assert!(!panicked);
+        assert!(
+            matches!(&no_view[0].outcome, Outcome::Skipped(why) if skip_is_not_applicable(why)),
+            "{no_view:?}"
+        );
+
+        // A backend whose every allocation fails: the case fails, the test panics, the record
+        // says failed.
+        let (failed, panicked) = recorded("rec-fail", "accounting", || {
+            let b = rela_backend_host::OwnedHostBackend::with_capacity(0);
+            Ok(Box::new(b) as Box<dyn GpuBackend>)
+        });
+        assert!(panicked);
+        assert!(matches!(&failed[0].outcome, Outcome::Failed(_)), "{failed:?}");
+
+        // A factory that panics: a failed record, and the test panics.
+        let (exploded, panicked) =
+            recorded("rec-panic", "accounting", || -> Result<Tested, String> { panic!("factory exploded") });
+        assert!(panicked);
+        assert_eq!(exploded[0].outcome, Outcome::Failed("panicked: factory exploded".into()));
     }
 
     #[test]

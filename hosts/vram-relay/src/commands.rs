@@ -818,6 +818,12 @@ pub(crate) struct ConformanceArgs {
     /// Enable the Khronos validation layer on the Vulkan backend.
     #[arg(long)]
     vk_validation: bool,
+    /// Build the report from the records the conformance tests wrote to DIR (run with
+    /// RELA_CONFORMANCE_RECORDS=DIR, an absolute path) instead of running the suite again.
+    /// Every backend of --backend (default all) must have a record of every case: a missing
+    /// case, or a backend without records, leaves the run incomplete.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["node", "vk_validation"])]
+    records: Option<PathBuf>,
     /// TLS to the node of --node, as for the other client commands: every connection of the
     /// wire suite then runs inside a TLS session.
     #[command(flatten)]
@@ -890,6 +896,9 @@ pub(crate) async fn conformance(args: ConformanceArgs) -> Result<(), CliError> {
         // "all" always parses.
         None => BackendSet::parse("all").map_err(CliError::Usage)?,
     };
+    if let Some(dir) = &args.records {
+        return conformance_records(dir, &set, args.json.as_ref());
+    }
     let choices = set.list.clone();
     let vk_validation = args.vk_validation;
     let reports = tokio::task::spawn_blocking(move || {
@@ -913,10 +922,29 @@ pub(crate) async fn conformance(args: ConformanceArgs) -> Result<(), CliError> {
     })
     .await
     .map_err(|e| format!("the suite crashed: {e}"))?;
-    util::write_out(format_args!("{}", rela_conformance::render_table(&reports)))?;
-    write_json(args.json.as_ref(), &reports)?;
+    backend_verdict(&reports, &set, args.json.as_ref())
+}
+
+/// `conformance --records DIR`: the reports of `set`'s backends (and any other backend with
+/// records) from the records the conformance tests wrote, judged as a run of the suite is.
+fn conformance_records(dir: &Path, set: &BackendSet, json: Option<&PathBuf>) -> Result<(), CliError> {
+    let records = rela_conformance::records::read_dir(dir).map_err(|e| e.to_string())?;
+    let expected: Vec<&str> = set.list.iter().map(|b| b.name()).collect();
+    let reports = rela_conformance::records::reports(&records, &expected);
+    backend_verdict(&reports, set, json)
+}
+
+/// Prints the table of backend reports, writes them as JSON if asked, and judges them: a
+/// backend that `set` named through a group (`all`, `wgpu`) may be absent from this machine.
+fn backend_verdict(
+    reports: &[rela_conformance::BackendReport],
+    set: &BackendSet,
+    json: Option<&PathBuf>,
+) -> Result<(), CliError> {
+    util::write_out(format_args!("{}", rela_conformance::render_table(reports)))?;
+    write_json(json, reports)?;
     let may_be_absent = |name: &str| set.grouped.iter().any(|b| b.name() == name);
-    match rela_conformance::verdict(&reports, &may_be_absent) {
+    match rela_conformance::verdict(reports, &may_be_absent) {
         rela_conformance::Verdict::Passed => Ok(()),
         rela_conformance::Verdict::Failed => {
             let failed: Vec<_> = reports.iter().filter(|r| !r.ok()).map(|r| r.backend.clone()).collect();

@@ -393,6 +393,62 @@ fn conformance_command_reports_the_host_backend() {
     assert!(table.contains("host") && table.contains("passed"), "{table}");
 }
 
+/// `conformance --records`: the report from the records the conformance tests write, judged
+/// strictly (a missing case is incomplete, a failed one fails), without running the suite.
+#[test]
+fn conformance_report_from_records() {
+    use rela_conformance::records::{self, CaseRecord, NO_RECORD};
+    use rela_conformance::{CASES, Outcome};
+
+    let dir = std::env::temp_dir().join(format!("vram-relay-cli-records-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let record = |backend: &str, case: &str, outcome: Outcome| CaseRecord {
+        backend: backend.into(),
+        device: Some("host memory (vram-relay)".into()),
+        test: case.into(),
+        case: case.into(),
+        outcome,
+        millis: 1,
+    };
+    let mut paths = Vec::new();
+    for case in CASES {
+        paths.push(records::write(&dir, &record("host", case.name, Outcome::Passed)).unwrap());
+    }
+    let report = |extra: &[&str]| {
+        let mut args = vec!["conformance", "--records", dir.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let out = report(&["--backend", "host"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    let row = table.lines().find(|l| l.starts_with("host ")).expect("a host row");
+    assert!(row.contains("host memory (vram-relay)"), "{table}");
+    assert_eq!(row.split_whitespace().rev().nth(2), Some(CASES.len().to_string().as_str()), "{table}");
+
+    // Under `all`, the backends without records are incomplete, not passed.
+    let out = report(&[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SKIPPED vulkan (all cases): no record"));
+
+    // One case without its record: incomplete.
+    std::fs::remove_file(&paths[2]).unwrap();
+    let out = report(&["--backend", "host"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains(NO_RECORD), "{}", stderr(&out));
+
+    // A failed record: failed, with its message in the table.
+    records::write(&dir, &record("host", CASES[2].name, Outcome::Failed("byte 3 differs".into()))).unwrap();
+    let out = report(&["--backend", "host"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("byte 3 differs"));
+
+    // A directory that is not there: an error, not an empty pass.
+    let out = run(&["conformance", "--records", dir.join("none").to_str().unwrap(), "--backend", "host"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// The model directory (`RELA_MODEL_DIR`, or `models/all-MiniLM-L6-v2`) if its files are there;
 /// otherwise a SKIPPED line, or a failure under `RELA_REQUIRE_MODEL=1`.
 fn model_dir() -> Option<std::path::PathBuf> {
