@@ -25,11 +25,15 @@
 
 use std::fmt;
 
-use rela_core::backend::{BackendError, BinaryOp, BufferId, GpuBackend, KernelCall, WeightType};
+use rela_core::backend::{BackendError, BufferId, GpuBackend, KernelCall, WeightType};
 
 use crate::config::{LlamaConfig, ModelError};
+pub use crate::device_error::DeviceError;
+use crate::device_error::u32_of;
+pub use crate::device_kv::{DeviceBatch, DeviceKv, KvView};
+use crate::device_pass::{DLayer, DMat, Scratch, Seg, Weights, free_all, pass};
 use crate::forward::{ForwardError, QMatrix};
-use crate::gguf::{GgmlType, GgufFile};
+use crate::gguf::GgufFile;
 use crate::loaded::LoadedLlm;
 use crate::quant;
 
@@ -39,87 +43,6 @@ pub const UPLOAD_CHUNK: usize = 16 << 20;
 /// Tokens one device pass runs at most: a longer run goes through in passes of this many,
 /// which bounds the scratch buffers (SmolLM2-135M: about 2 MiB).
 pub const DEVICE_BATCH: usize = 64;
-
-/// Why a device model or one of its steps failed.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum DeviceError {
-    /// A weight matrix is stored in a type no device kernel reads (no [`WeightType`]).
-    UnsupportedTensorType {
-        /// The tensor.
-        name: String,
-        /// Its type.
-        ty: GgmlType,
-    },
-    /// The file's tensors are not the llama model its config describes.
-    Model(ModelError),
-    /// A step was refused before any device work (a token outside the vocabulary, a full
-    /// cache, a cache of another model).
-    Forward(ForwardError),
-    /// The backend failed a call; `Unsupported` when it has not got one of the kernels.
-    Backend(BackendError),
-    /// A dimension does not fit a kernel's 32-bit parameters.
-    TooLarge,
-}
-
-impl fmt::Display for DeviceError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::UnsupportedTensorType { name, ty } => write!(
-                f,
-                "tensor {name:?} has type {ty:?}, which no device kernel reads (F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K do)"
-            ),
-            Self::Model(e) => write!(f, "{e}"),
-            Self::Forward(e) => write!(f, "{e}"),
-            Self::Backend(BackendError::Unsupported) => {
-                f.write_str("the backend does not run one of the generation kernels (Unsupported)")
-            }
-            Self::Backend(e) => write!(f, "backend: {e}"),
-            Self::TooLarge => f.write_str("a dimension does not fit the kernels' 32-bit parameters"),
-        }
-    }
-}
-
-impl std::error::Error for DeviceError {}
-
-impl From<BackendError> for DeviceError {
-    fn from(e: BackendError) -> Self {
-        Self::Backend(e)
-    }
-}
-
-impl From<ForwardError> for DeviceError {
-    fn from(e: ForwardError) -> Self {
-        Self::Forward(e)
-    }
-}
-
-fn u32_of(x: usize) -> Result<u32, DeviceError> {
-    u32::try_from(x).map_err(|_| DeviceError::TooLarge)
-}
-
-/// A weight matrix in device memory: `rows` rows of `cols` weights in `wtype`'s blocks.
-#[derive(Debug, Clone, Copy)]
-struct DMat {
-    buf: BufferId,
-    wtype: WeightType,
-    rows: u32,
-    cols: u32,
-}
-
-/// One transformer block's buffers.
-#[derive(Debug, Clone, Copy)]
-struct DLayer {
-    attn_norm: BufferId,
-    wq: DMat,
-    wk: DMat,
-    wv: DMat,
-    wo: DMat,
-    ffn_norm: BufferId,
-    w_gate: DMat,
-    w_up: DMat,
-    w_down: DMat,
-}
 
 /// What one uploaded tensor is made of.
 enum Source<'a> {
@@ -164,10 +87,7 @@ fn vector(file: &GgufFile, name: &str, n: usize) -> Result<Vec<f32>, DeviceError
 /// A llama model whose weights live in a [`GpuBackend`]. See the [module docs](self).
 pub struct DeviceLlm {
     config: LlamaConfig,
-    tok_embd: DMat,
-    output: DMat,
-    output_norm: BufferId,
-    layers: Vec<DLayer>,
+    weights: Weights,
     /// Every weight buffer, when this model owns them (empty in a [`share`](Self::share)).
     weight_buffers: Vec<BufferId>,
     device_bytes: u64,
@@ -176,7 +96,7 @@ pub struct DeviceLlm {
 impl fmt::Debug for DeviceLlm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DeviceLlm")
-            .field("layers", &self.layers.len())
+            .field("layers", &self.weights.layers.len())
             .field("device_bytes", &self.device_bytes)
             .field("owns_weights", &self.owns_weights())
             .finish_non_exhaustive()
@@ -265,7 +185,8 @@ impl DeviceLlm {
             });
             at += 9;
         }
-        Ok(Self { config, tok_embd, output, output_norm, layers, weight_buffers: ids, device_bytes })
+        let weights = Weights { tok_embd, output, output_norm, layers };
+        Ok(Self { config, weights, weight_buffers: ids, device_bytes })
     }
 
     /// Another model over the same weight buffers: one upload served to several generations.
@@ -275,10 +196,7 @@ impl DeviceLlm {
     pub fn share(&self) -> Self {
         Self {
             config: self.config.clone(),
-            tok_embd: self.tok_embd,
-            output: self.output,
-            output_norm: self.output_norm,
-            layers: self.layers.clone(),
+            weights: self.weights.clone(),
             weight_buffers: Vec::new(),
             device_bytes: self.device_bytes,
         }
@@ -427,123 +345,84 @@ impl DeviceLlm {
     ) -> Result<(), DeviceError> {
         let rows = tokens.len().min(DEVICE_BATCH);
         kv.ensure_scratch(backend, &self.config, rows)?;
-        for pass in tokens.chunks(DEVICE_BATCH) {
-            self.run(backend, pass, kv)?;
-            kv.len += pass.len();
+        let DeviceKv { k, v, len, scratch, .. } = kv;
+        let Some(s) = scratch.as_mut() else { return Err(BackendError::InvalidArgument.into()) };
+        for run in tokens.chunks(DEVICE_BATCH) {
+            let seg = Seg { k, v, pos0: u32_of(*len)?, tokens: u32_of(run.len())? };
+            pass(backend, &self.config, &self.weights, s, run, &[seg])?;
+            *len += run.len();
         }
         Ok(())
     }
 
-    /// One pass of `tokens` (at most the scratch's rows) at positions `kv.len ..`.
-    fn run(
+    /// Buffers for decode steps of up to `seqs` generations at once
+    /// ([`forward_batch`](Self::forward_batch)); on an error nothing stays allocated.
+    pub fn new_batch(&self, backend: &mut dyn GpuBackend, seqs: usize) -> Result<DeviceBatch, DeviceError> {
+        let c = &self.config;
+        u32_of(seqs)?;
+        let scratch = Scratch::alloc(backend, c, seqs, seqs)?;
+        Ok(DeviceBatch { scratch, dim: c.dim, vocab: c.vocab_size })
+    }
+
+    /// One decode step of several generations in one pass: token `steps[i].0` at the next
+    /// position of the cache `steps[i].1` views, each weight read once for all of them. The
+    /// logits after each token go to `logits`, one row of `vocab_size` per step, in order.
+    ///
+    /// The caches are not changed as values: the step writes each one's keys and values at its
+    /// next position, and each owner takes that position in with
+    /// [`DeviceKv::accept`] once the step has succeeded. Refused before any device work
+    /// ([`DeviceError::Forward`]) for a bad token, a full cache or a cache of another model;
+    /// [`DeviceError::BatchTooLarge`] for more steps than `batch` holds and
+    /// [`DeviceError::DuplicateCache`] for one cache given twice. After a backend error, no
+    /// cache has taken a position in (the step may have written past each one's length). No
+    /// steps: `logits` is left empty.
+    pub fn forward_batch(
         &self,
         backend: &mut dyn GpuBackend,
-        tokens: &[u32],
-        kv: &mut DeviceKv,
+        batch: &mut DeviceBatch,
+        steps: &[(u32, &KvView)],
+        logits: &mut Vec<f32>,
     ) -> Result<(), DeviceError> {
         let c = &self.config;
-        let t = u32_of(tokens.len())?;
-        let pos0 = u32_of(kv.len)?;
-        let (dim, ffn) = (c.dim as u32, c.ffn_dim as u32);
-        let (heads, kv_heads, hd) = (c.n_heads as u32, c.n_kv_heads as u32, c.head_dim as u32);
-        let kv_dim = kv_heads * hd;
-        let eps = c.rms_norm_eps;
-        let Some(s) = kv.scratch.as_mut() else { return Err(BackendError::InvalidArgument.into()) };
-        let ids: Vec<u8> = tokens.iter().flat_map(|id| id.to_le_bytes()).collect();
-        backend.write(s.ids, 0, &ids)?;
-        let pos: Vec<u8> = (pos0..pos0 + t).flat_map(u32::to_le_bytes).collect();
-        backend.write(s.pos, 0, &pos)?;
-        let e = self.tok_embd;
-        backend.dispatch(&KernelCall::QGather {
-            table: e.buf,
-            ids: s.ids,
-            out: s.x,
-            vocab: e.rows,
-            dim: e.cols,
-            rows: t,
-            wtype: e.wtype,
-        })?;
-        let kv_row = u64::from(kv_dim) * 4;
-        for (li, l) in self.layers.iter().enumerate() {
-            backend.dispatch(&KernelCall::RmsNorm { x: s.x, w: l.attn_norm, out: s.n, rows: t, dim, eps })?;
-            linear(backend, &l.wq, s.n, s.q, t)?;
-            linear(backend, &l.wk, s.n, s.k, t)?;
-            linear(backend, &l.wv, s.n, s.v, t)?;
-            let rope = |x, out, heads| KernelCall::Rope {
-                x,
-                pos: s.pos,
-                out,
-                rows: t,
-                heads,
-                head_dim: hd,
-                rope_dim: c.rope_dim as u32,
-                base: c.rope_freq_base,
-            };
-            backend.dispatch(&rope(s.q, s.qr, heads))?;
-            backend.dispatch(&rope(s.k, s.kr, kv_heads))?;
-            let at = u64::from(pos0) * kv_row;
-            let len = u64::from(t) * kv_row;
-            backend.copy(s.kr, 0, kv.k[li], at, len)?;
-            backend.copy(s.v, 0, kv.v[li], at, len)?;
-            backend.dispatch(&KernelCall::CausalAttention {
-                q: s.qr,
-                k: kv.k[li],
-                v: kv.v[li],
-                out: s.att,
-                tokens: t,
-                pos0,
-                heads,
-                kv_heads,
-                head_dim: hd,
-            })?;
-            linear(backend, &l.wo, s.att, s.proj, t)?;
-            backend.dispatch(&KernelCall::Binary {
-                op: BinaryOp::Add,
-                a: s.x,
-                b: s.proj,
-                out: s.x2,
-                n: t * dim,
-            })?;
-            std::mem::swap(&mut s.x, &mut s.x2);
-            backend.dispatch(&KernelCall::RmsNorm { x: s.x, w: l.ffn_norm, out: s.n, rows: t, dim, eps })?;
-            linear(backend, &l.w_gate, s.n, s.gate, t)?;
-            linear(backend, &l.w_up, s.n, s.up, t)?;
-            backend.dispatch(&KernelCall::SwiGlu { gate: s.gate, up: s.up, out: s.act, n: t * ffn })?;
-            linear(backend, &l.w_down, s.act, s.proj, t)?;
-            backend.dispatch(&KernelCall::Binary {
-                op: BinaryOp::Add,
-                a: s.x,
-                b: s.proj,
-                out: s.x2,
-                n: t * dim,
-            })?;
-            std::mem::swap(&mut s.x, &mut s.x2);
+        logits.clear();
+        if steps.is_empty() {
+            return Ok(());
         }
-        // The last row only: copied to the front of `last`, normed, projected.
-        let row = u64::from(dim) * 4;
-        backend.copy(s.x, u64::from(t - 1) * row, s.last, 0, row)?;
-        backend.dispatch(&KernelCall::RmsNorm {
-            x: s.last,
-            w: self.output_norm,
-            out: s.last_n,
-            rows: 1,
-            dim,
-            eps,
-        })?;
-        linear(backend, &self.output, s.last_n, s.logits, 1)?;
+        if steps.len() > batch.seqs() {
+            return Err(DeviceError::BatchTooLarge { steps: steps.len(), max: batch.seqs() });
+        }
+        if batch.dim != c.dim || batch.vocab != c.vocab_size {
+            return Err(ForwardError::CacheMismatch.into());
+        }
+        for (i, &(token, view)) in steps.iter().enumerate() {
+            if token as usize >= c.vocab_size {
+                return Err(ForwardError::BadToken(token).into());
+            }
+            if view.n_layers != c.n_layers
+                || view.kv_dim != c.n_kv_heads * c.head_dim
+                || view.k.len() != c.n_layers
+                || view.v.len() != c.n_layers
+            {
+                return Err(ForwardError::CacheMismatch.into());
+            }
+            if view.len >= view.capacity {
+                return Err(ForwardError::ContextFull(view.capacity).into());
+            }
+            if steps[..i].iter().any(|(_, other)| other.k == view.k || other.v == view.v) {
+                return Err(DeviceError::DuplicateCache);
+            }
+        }
+        let tokens: Vec<u32> = steps.iter().map(|&(t, _)| t).collect();
+        let segs = steps
+            .iter()
+            .map(|&(_, view)| Ok(Seg { k: &view.k, v: &view.v, pos0: u32_of(view.len)?, tokens: 1 }))
+            .collect::<Result<Vec<_>, DeviceError>>()?;
+        pass(backend, c, &self.weights, &mut batch.scratch, &tokens, &segs)?;
+        let mut bytes = vec![0u8; steps.len() * c.vocab_size * 4];
+        backend.read(batch.scratch.logits, 0, &mut bytes)?;
+        logits.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
         Ok(())
     }
-}
-
-/// `out = x · mᵀ` for `rows` inputs (Q_LINEAR).
-fn linear(
-    backend: &mut dyn GpuBackend,
-    m: &DMat,
-    x: BufferId,
-    out: BufferId,
-    rows: u32,
-) -> Result<(), BackendError> {
-    backend.dispatch(&KernelCall::QLinear { x, w: m.buf, out, m: rows, k: m.cols, n: m.rows, wtype: m.wtype })
 }
 
 /// Uploads `sources` in order, one buffer each, pushing each id to `ids` as it is allocated
@@ -571,215 +450,4 @@ fn upload(
         }
     }
     Ok(())
-}
-
-/// Frees every buffer of `ids`, all of them even if one fails; returns the first failure.
-fn free_all(
-    backend: &mut dyn GpuBackend,
-    ids: impl IntoIterator<Item = BufferId>,
-) -> Result<(), DeviceError> {
-    let mut first = Ok(());
-    for id in ids {
-        if let Err(e) = backend.free(id)
-            && first.is_ok()
-        {
-            first = Err(e.into());
-        }
-    }
-    first
-}
-
-/// The buffers of a pass over up to `rows` tokens (each `rows ×` its width).
-#[derive(Debug)]
-struct Scratch {
-    rows: usize,
-    ids: BufferId,
-    pos: BufferId,
-    x: BufferId,
-    x2: BufferId,
-    n: BufferId,
-    q: BufferId,
-    k: BufferId,
-    v: BufferId,
-    qr: BufferId,
-    kr: BufferId,
-    att: BufferId,
-    proj: BufferId,
-    gate: BufferId,
-    up: BufferId,
-    act: BufferId,
-    last: BufferId,
-    last_n: BufferId,
-    logits: BufferId,
-    argmax: BufferId,
-    bytes: u64,
-}
-
-impl Scratch {
-    fn buffers(&self) -> [BufferId; 19] {
-        [
-            self.ids,
-            self.pos,
-            self.x,
-            self.x2,
-            self.n,
-            self.q,
-            self.k,
-            self.v,
-            self.qr,
-            self.kr,
-            self.att,
-            self.proj,
-            self.gate,
-            self.up,
-            self.act,
-            self.last,
-            self.last_n,
-            self.logits,
-            self.argmax,
-        ]
-    }
-
-    /// Allocates every buffer for `rows` tokens of `c`'s model, freeing the ones already made
-    /// if one fails.
-    fn alloc(backend: &mut dyn GpuBackend, c: &LlamaConfig, rows: usize) -> Result<Self, DeviceError> {
-        let r = rows as u64;
-        let (dim, ffn) = (c.dim as u64, c.ffn_dim as u64);
-        let q_dim = (c.n_heads * c.head_dim) as u64;
-        let kv_dim = (c.n_kv_heads * c.head_dim) as u64;
-        let words = [
-            r,
-            r,
-            r * dim,
-            r * dim,
-            r * dim,
-            r * q_dim,
-            r * kv_dim,
-            r * kv_dim,
-            r * q_dim,
-            r * kv_dim,
-            r * q_dim,
-            r * dim,
-            r * ffn,
-            r * ffn,
-            r * ffn,
-            dim,
-            dim,
-            c.vocab_size as u64,
-            1,
-        ];
-        let mut ids = Vec::with_capacity(words.len());
-        for w in words {
-            match backend.alloc(w.max(1) * 4) {
-                Ok(id) => ids.push(id),
-                Err(e) => {
-                    // The allocation's error is the one to report.
-                    let _ = free_all(backend, ids);
-                    return Err(e.into());
-                }
-            }
-        }
-        let i = |n: usize| ids[n];
-        Ok(Self {
-            rows,
-            ids: i(0),
-            pos: i(1),
-            x: i(2),
-            x2: i(3),
-            n: i(4),
-            q: i(5),
-            k: i(6),
-            v: i(7),
-            qr: i(8),
-            kr: i(9),
-            att: i(10),
-            proj: i(11),
-            gate: i(12),
-            up: i(13),
-            act: i(14),
-            last: i(15),
-            last_n: i(16),
-            logits: i(17),
-            argmax: i(18),
-            bytes: words.iter().map(|w| w.max(&1) * 4).sum(),
-        })
-    }
-
-    fn free(self, backend: &mut dyn GpuBackend) -> Result<(), DeviceError> {
-        free_all(backend, self.buffers())
-    }
-}
-
-/// One generation's keys and values of past positions in device memory (f32, a buffer per
-/// block for each), and the buffers of its passes. Made by [`DeviceLlm::new_kv`]; give it back
-/// with [`free`](Self::free).
-#[derive(Debug)]
-pub struct DeviceKv {
-    k: Vec<BufferId>,
-    v: Vec<BufferId>,
-    n_layers: usize,
-    kv_dim: usize,
-    capacity: usize,
-    len: usize,
-    cache_bytes: u64,
-    scratch: Option<Scratch>,
-}
-
-impl DeviceKv {
-    /// Positions held.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether no position is held.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Positions it can hold.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    /// Device bytes held now: the caches and the scratch buffers of the largest pass so far.
-    pub fn bytes(&self) -> u64 {
-        self.cache_bytes + self.scratch.as_ref().map_or(0, |s| s.bytes)
-    }
-
-    /// Device bytes the caches for `capacity` positions and the scratch of a pass over `rows`
-    /// tokens of `c`'s model take: what a generation holds at most.
-    pub fn bytes_for(c: &LlamaConfig, capacity: usize, rows: usize) -> u64 {
-        let (r, cap) = (rows.clamp(1, DEVICE_BATCH) as u64, capacity.min(c.context_length) as u64);
-        let (dim, ffn, vocab) = (c.dim as u64, c.ffn_dim as u64, c.vocab_size as u64);
-        let (q_dim, kv_dim) = ((c.n_heads * c.head_dim) as u64, (c.n_kv_heads * c.head_dim) as u64);
-        let caches = 2 * c.n_layers as u64 * (cap * kv_dim * 4).max(4);
-        let scratch =
-            4 * (2 * r + 4 * r * dim + 3 * r * q_dim + 3 * r * kv_dim + 3 * r * ffn + 2 * dim + vocab + 1);
-        caches.saturating_add(scratch)
-    }
-
-    /// Makes sure the scratch holds passes of `rows` tokens.
-    fn ensure_scratch(
-        &mut self,
-        backend: &mut dyn GpuBackend,
-        c: &LlamaConfig,
-        rows: usize,
-    ) -> Result<(), DeviceError> {
-        if self.scratch.as_ref().is_some_and(|s| s.rows >= rows) {
-            return Ok(());
-        }
-        if let Some(old) = self.scratch.take() {
-            old.free(backend)?;
-        }
-        self.scratch = Some(Scratch::alloc(backend, c, rows)?);
-        Ok(())
-    }
-
-    /// Frees (and so zeroes) every buffer: the caches and the scratch. Frees all of them even
-    /// if one fails, and returns the first failure.
-    pub fn free(self, backend: &mut dyn GpuBackend) -> Result<(), DeviceError> {
-        let scratch = self.scratch.map(|s| s.free(backend)).unwrap_or(Ok(()));
-        let caches = free_all(backend, self.k.into_iter().chain(self.v));
-        scratch.and(caches)
-    }
 }

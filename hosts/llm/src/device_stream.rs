@@ -89,6 +89,18 @@ impl<'m> DeviceStream<'m> {
     /// Runs the next step on `backend` (the one the model was loaded into): a chunk of the
     /// prompt, or one token. The first step allocates the cache.
     pub fn step(&mut self, backend: &mut dyn GpuBackend) -> Result<Step, DeviceError> {
+        let model = self.model;
+        self.step_with(backend, |backend, id, kv, logits| model.forward(backend, id, kv, logits))
+    }
+
+    /// [`step`](Self::step), with the one-token steps run by `forward` (given the backend, the
+    /// token, the cache and the logits buffer to fill): a server batches them across
+    /// generations there ([`DeviceLlm::forward_batch`]). Prompt chunks run here, on `backend`.
+    pub fn step_with(
+        &mut self,
+        backend: &mut dyn GpuBackend,
+        forward: impl FnOnce(&mut dyn GpuBackend, u32, &mut DeviceKv, &mut Vec<f32>) -> Result<(), DeviceError>,
+    ) -> Result<Step, DeviceError> {
         if self.emitter.is_finished() {
             return Ok(Step::Done);
         }
@@ -105,7 +117,7 @@ impl<'m> DeviceStream<'m> {
         match self.emitter.next(&self.logits, kv.len() == kv.capacity()) {
             Next::Last(step) => Ok(step),
             Next::Run(id, step) => {
-                self.model.forward(backend, id, kv, &mut self.logits)?;
+                forward(backend, id, kv, &mut self.logits)?;
                 Ok(step)
             }
         }

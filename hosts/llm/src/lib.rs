@@ -22,6 +22,9 @@ mod attention;
 pub mod chat;
 pub mod config;
 pub mod device;
+mod device_error;
+mod device_kv;
+mod device_pass;
 pub mod device_stream;
 pub mod forward;
 pub mod generate;
@@ -41,7 +44,7 @@ pub mod tokenizer;
 
 pub use chat::{ChatError, ChatTemplate, Message};
 pub use config::{LlamaConfig, ModelError};
-pub use device::{DeviceError, DeviceKv, DeviceLlm};
+pub use device::{DeviceBatch, DeviceError, DeviceKv, DeviceLlm, KvView};
 pub use device_stream::DeviceStream;
 pub use forward::{ForwardError, KvCache, Model};
 pub use generate::{

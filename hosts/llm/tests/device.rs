@@ -303,6 +303,116 @@ fn tiny_llama_matches_the_host_forward_pass_on_cuda() {
     tiny_matches_model("cuda");
 }
 
+/// Decode steps of several generations in one pass (`DeviceLlm::forward_batch`): each row of
+/// logits is what `Model` gives that generation alone, for generations at different positions,
+/// with one joining late and one leaving early; the batch's typed refusals; every buffer freed.
+fn batched_steps_match_model(name: &str) {
+    let test = "batched_decode_steps_match_each_generation_alone";
+    let Some(mut b) = backend(name, test) else { return };
+    let backend = &mut *b;
+    let file = tiny_llama(false, GgmlType::Q8_0);
+    let model = Model::new(&file).expect("model");
+    let dev = DeviceLlm::from_file(backend, &file).expect("upload");
+    let prompts: [&[u32]; 3] = [&[1, 7, 39], &[22, 5], &[13, 2, 30, 4, 9, 17, 0]];
+    let mut caches = Vec::new();
+    let mut kvs = Vec::new();
+    for p in prompts {
+        let mut cache = model.new_cache(16);
+        model.prefill(p, &mut cache).expect("host prefill");
+        caches.push(cache);
+        let mut kv = dev.new_kv(backend, 16).expect("kv");
+        match dev.prefill(backend, p, &mut kv, &mut Vec::new()) {
+            Err(e) if skipped_for_missing_kernels(&e, backend, name, test, &TINY_TYPES) => {
+                kv.free(backend).expect("free kv");
+                kvs.into_iter().for_each(|kv: rela_llm::DeviceKv| kv.free(backend).expect("free kv"));
+                dev.unload(backend).expect("unload");
+                return;
+            }
+            r => r.expect("device prefill"),
+        }
+        kvs.push(kv);
+    }
+    let mut batch = dev.new_batch(backend, 4).expect("batch buffers");
+    assert_eq!(batch.seqs(), 4);
+    let vocab = 40;
+    let mut got = Vec::new();
+    let mut want = vec![0f32; vocab];
+    // Rounds: all three; the first two (the third waits); the last two (the first has left).
+    for (round, members) in [vec![0, 1, 2], vec![0, 1], vec![1, 2], vec![2]].into_iter().enumerate() {
+        let views: Vec<_> = members.iter().map(|&i| kvs[i].view()).collect();
+        let tokens: Vec<u32> = members.iter().map(|&i| (3 + 5 * i + round) as u32 % 40).collect();
+        let steps: Vec<(u32, &rela_llm::KvView)> = tokens.iter().copied().zip(&views).collect();
+        dev.forward_batch(backend, &mut batch, &steps, &mut got).expect("batched step");
+        assert_eq!(got.len(), members.len() * vocab);
+        for (row, (&i, &t)) in members.iter().zip(&tokens).enumerate() {
+            model.forward(t, &mut caches[i], &mut want).expect("host step");
+            let diff = max_abs_diff(&got[row * vocab..(row + 1) * vocab], &want);
+            assert!(diff < TINY_TOL, "{name}, round {round}, generation {i}: logits differ by {diff}");
+            kvs[i].accept(&views[row]).expect("the step's position taken in");
+            // A view is good for one step: taking it in twice is refused.
+            assert_eq!(kvs[i].accept(&views[row]), Err(rela_llm::ForwardError::CacheMismatch));
+        }
+    }
+    assert_eq!(kvs.iter().map(|kv| kv.len()).collect::<Vec<_>>(), [5, 5, 10]);
+    // A step on its own after batched ones continues the same generation.
+    dev.forward(backend, 11, &mut kvs[2], &mut got).expect("single step");
+    model.forward(11, &mut caches[2], &mut want).expect("host step");
+    assert!(max_abs_diff(&got, &want) < TINY_TOL, "{name}: a single step after batched ones");
+
+    // Refusals, before any device work.
+    let views: Vec<_> = kvs.iter().map(|kv| kv.view()).collect();
+    let one = [(1, &views[0])];
+    let too_many: Vec<(u32, &rela_llm::KvView)> = (0..5).map(|i| (1, &views[i % 3])).collect();
+    assert_eq!(
+        dev.forward_batch(backend, &mut batch, &too_many, &mut got),
+        Err(DeviceError::BatchTooLarge { steps: 5, max: 4 })
+    );
+    assert_eq!(
+        dev.forward_batch(backend, &mut batch, &[(1, &views[0]), (2, &views[0])], &mut got),
+        Err(DeviceError::DuplicateCache)
+    );
+    assert_eq!(
+        dev.forward_batch(backend, &mut batch, &[(1, &views[1]), (40, &views[0])], &mut got),
+        Err(DeviceError::Forward(rela_llm::ForwardError::BadToken(40)))
+    );
+    let mut small = dev.new_kv(backend, 2).expect("kv");
+    dev.prefill(backend, &[1, 2], &mut small, &mut got).expect("fills it");
+    assert_eq!(
+        dev.forward_batch(backend, &mut batch, &[(1, &views[1]), (3, &small.view())], &mut got),
+        Err(DeviceError::Forward(rela_llm::ForwardError::ContextFull(2)))
+    );
+    dev.forward_batch(backend, &mut batch, &[], &mut got).expect("no steps");
+    assert!(got.is_empty());
+    // A view of another cache, or of another length, is refused by the cache.
+    assert_eq!(small.accept(&one[0].1.clone()), Err(rela_llm::ForwardError::CacheMismatch));
+
+    small.free(backend).expect("free");
+    batch.free(backend).expect("free batch");
+    kvs.into_iter().for_each(|kv| kv.free(backend).expect("free kv"));
+    dev.unload(backend).expect("unload");
+    assert_eq!(backend.usage().buffers, 0, "{name}: every buffer freed");
+}
+
+#[test]
+fn batched_decode_steps_match_each_generation_alone_on_host() {
+    batched_steps_match_model("host");
+}
+
+#[test]
+fn batched_decode_steps_match_each_generation_alone_on_vulkan() {
+    batched_steps_match_model("vulkan");
+}
+
+#[test]
+fn batched_decode_steps_match_each_generation_alone_on_wgpu_vulkan() {
+    batched_steps_match_model("wgpu-vulkan");
+}
+
+#[test]
+fn batched_decode_steps_match_each_generation_alone_on_cuda() {
+    batched_steps_match_model("cuda");
+}
+
 #[test]
 fn a_matrix_type_without_a_kernel_is_refused_by_name_before_any_device_work() {
     let mut b = backend("host", "matrix_type_refused").expect("host backend");

@@ -83,6 +83,7 @@ mod engine;
 mod leases;
 mod llm;
 mod llm_batch;
+mod llm_device_batch;
 mod messages;
 mod models;
 mod pool;

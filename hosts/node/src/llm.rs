@@ -18,9 +18,10 @@
 //!     generation runs one `rela_llm::DeviceStream` step at a time with the backend's generation
 //!     kernels, through the job's `Turns` like an embedding model's INFER, so the engine's
 //!     fairness holds: every kernel, copy and read is a step of bounded device time between
-//!     other sessions' turns. Only the logits come back to the host, for the sampler. Each
-//!     stream runs its own steps: batching the decode steps of several sessions on the device
-//!     (as the host backend's batcher does) is not done yet.
+//!     other sessions' turns. Only the logits come back to the host, for the sampler. A
+//!     stream's prompt runs in its own passes; its decode steps go through the model's
+//!     [`DeviceBatcher`] ([`crate::llm_device_batch`]), where one of the waiting generations
+//!     runs the next token of all of them in one pass on its own turns.
 //! - A generation runs on the session's job thread. Between steps it checks whether the client
 //!   sent CANCEL or the session is ending, and stops there with finish reason CANCELLED. Each
 //!   token goes to the connection's writer as a TOKEN frame as soon as it is produced.
@@ -44,6 +45,7 @@ use rela_llm::{
 };
 
 use crate::llm_batch::Batcher;
+use crate::llm_device_batch::DeviceBatcher;
 
 use crate::messages::{ConnState, INLINE_OUT, OutBuf, Outcome, Reply, ReplyTx};
 
@@ -85,12 +87,34 @@ pub(crate) struct ServedLlm {
     /// On any other backend: the weights in its memory (taken out and freed by the last
     /// release).
     device: Mutex<Option<DeviceLlm>>,
+    /// On any other backend: the batch every session's decode steps go through, and its
+    /// buffers (freed by the last release).
+    device_batch: Option<DeviceBatcher>,
 }
 
 impl ServedLlm {
-    /// Device bytes of the weights held in the backend (0 on the host backend).
+    /// Device bytes of the weights and the batch's buffers held in the backend (0 on the host
+    /// backend).
     fn device_bytes(&self) -> u64 {
-        self.device.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map_or(0, DeviceLlm::device_bytes)
+        let weights = self
+            .device
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map_or(0, DeviceLlm::device_bytes);
+        weights + self.device_batch.as_ref().map_or(0, DeviceBatcher::bytes)
+    }
+
+    /// Frees (and so zeroes) the weights and the batch's buffers in `backend`, if the model
+    /// has any there.
+    fn free_device(&self, backend: &mut dyn GpuBackend) {
+        if let Some(Err(e)) = self.device_batch.as_ref().map(|b| b.free(backend)) {
+            tracing::warn!(error = %e, "freeing a model's batch buffers failed");
+        }
+        let device = self.device.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(Err(e)) = device.map(|d| d.unload(backend)) {
+            tracing::warn!(error = %e, "freeing a model's device weights failed");
+        }
     }
 
     /// A share of the device weights, if the model runs on the device.
@@ -141,26 +165,32 @@ impl SharedLlms {
         // Loaded without the lock: other models load and other shares come and go meanwhile.
         let started = Instant::now();
         let loaded = Arc::new(LoadedLlm::open(path).map_err(load_error)?);
-        let (batcher, device) = if backend.info().backend == BackendKind::HOST {
+        let (batcher, device, device_batch) = if backend.info().backend == BackendKind::HOST {
             let batcher = Batcher::start(loaded.clone()).map_err(|e| {
                 tracing::error!(error = %e, "no thread for a model's batcher");
                 ModelError::OutOfMemory
             })?;
-            (Some(batcher), None)
+            (Some(batcher), None, None)
         } else {
-            (None, Some(DeviceLlm::load(backend, &loaded).map_err(device_load_error)?))
+            let device = DeviceLlm::load(backend, &loaded).map_err(device_load_error)?;
+            match DeviceBatcher::new(backend, &device) {
+                Ok(batch) => (None, Some(device), Some(batch)),
+                Err(e) => {
+                    if let Err(e) = device.unload(backend) {
+                        tracing::warn!(error = %e, "freeing a model's device weights failed");
+                    }
+                    return Err(device_load_error(e));
+                }
+            }
         };
-        let served = ServedLlm { llm: loaded, batcher, device: Mutex::new(device) };
+        let served = ServedLlm { llm: loaded, batcher, device: Mutex::new(device), device_batch };
         let mut entries = self.lock();
         if let Some((llm, users)) = entries.get_mut(name) {
             // Another session's load finished first: share it, free this one's device copy.
             *users += 1;
             let llm = llm.clone();
             drop(entries);
-            let spare = served.device.into_inner().unwrap_or_else(PoisonError::into_inner);
-            if let Some(Err(e)) = spare.map(|d| d.unload(backend)) {
-                tracing::warn!(error = %e, "freeing a duplicate model's device weights failed");
-            }
+            served.free_device(backend);
             return Ok(llm);
         }
         let bytes = served.llm.bytes() + served.device_bytes();
@@ -193,10 +223,7 @@ impl SharedLlms {
         };
         if let Some((served, _)) = removed {
             self.bytes.fetch_sub(served.llm.bytes() + served.device_bytes(), Ordering::AcqRel);
-            let device = served.device.lock().unwrap_or_else(PoisonError::into_inner).take();
-            if let Some(Err(e)) = device.map(|d| d.unload(backend)) {
-                tracing::warn!(error = %e, "freeing a model's device weights failed");
-            }
+            served.free_device(backend);
         }
     }
 }
@@ -370,7 +397,19 @@ pub(crate) fn generate(
                 DeviceStream::new(&device, llm.tokenizer(), input, max_tokens, positions, params, stops)
                     .map_err(|_| ModelError::InvalidInput("the prompt does not fit the context"))?;
             sink.send_prompt(seq, stream.input_ids());
-            let finish = drive(sink, seq, &mut first, || stream.step(backend).map_err(device_step_error));
+            let batch = served.device_batch.as_ref().ok_or(ModelError::BadModel("the model has no batch"))?;
+            // Taken at the first decode step (after the prompt), released when the generation
+            // ends.
+            let mut seat = None;
+            let finish = drive(sink, seq, &mut first, || {
+                // Decode steps go through the model's batch, with every other stream's.
+                stream
+                    .step_with(backend, |backend, id, kv, logits| {
+                        seat.get_or_insert_with(|| batch.seat());
+                        batch.step(&device, backend, id, kv, logits)
+                    })
+                    .map_err(device_step_error)
+            });
             let generated = stream.generated() as u32;
             // Freed (and so zeroed) however the generation ended.
             let freed = stream.free(backend).map_err(device_step_error);

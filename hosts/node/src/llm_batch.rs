@@ -65,6 +65,14 @@ pub(crate) struct Batcher {
 #[derive(Debug)]
 pub(crate) struct Seat(Arc<AtomicUsize>);
 
+impl Seat {
+    /// Takes a seat among the `seated` streams.
+    pub(crate) fn new(seated: Arc<AtomicUsize>) -> Self {
+        seated.fetch_add(1, Ordering::AcqRel);
+        Self(seated)
+    }
+}
+
 impl Drop for Seat {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
@@ -83,8 +91,7 @@ impl Batcher {
 
     /// A seat for a stream that is about to decode: hold it until the generation ends.
     pub(crate) fn seat(&self) -> Seat {
-        self.seated.fetch_add(1, Ordering::AcqRel);
-        Seat(self.seated.clone())
+        Seat::new(self.seated.clone())
     }
 
     /// Runs `token` at the next position of `cache`, its next-token logits into `logits`,

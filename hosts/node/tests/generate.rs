@@ -1,8 +1,11 @@
 //! GENERATE through a live node with SmolLM2-135M-Instruct Q4_1 (`hosts/models/fetch-model.sh`),
 //! served from `--models DIR` as a `.gguf` file: greedy ids against the transformers fixture,
 //! CANCEL mid-stream, another session served while one generates, the shared model released
-//! with its last session, and hostile GENERATEs answered with typed errors. On Vulkan and wgpu
-//! (lavapipe in CI), where the forward pass runs on the backend, a subset of the greedy check.
+//! with its last session, and hostile GENERATEs answered with typed errors. On Vulkan (lavapipe
+//! in CI), where the forward pass runs on the backend, a subset of the greedy check (wgpu runs
+//! the same device forward pass in rela-llm's `device.rs` tests);
+//! and the device path's batching of several sessions' decode steps, on the host backend's
+//! reference kernels presented as a device.
 //!
 //! Without the file each test prints a SKIPPED line, unless `RELA_REQUIRE_GGUF=1`, when it fails.
 
@@ -426,23 +429,15 @@ async fn unsupported_and_damaged_gguf_files_are_refused_with_their_reason() {
 /// takes seconds per generated token.
 const DEVICE_STEP: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Backend `name` ("vulkan" or "wgpu-vulkan") with room for the model, or `None` with a
-/// SKIPPED line when it cannot start (a failure when `RELA_REQUIRE_BACKENDS` names it) or lacks
-/// one of the generation kernels the model needs (named).
+/// The Vulkan backend with room for the model, or `None` with a SKIPPED line when it cannot
+/// start (a failure when `RELA_REQUIRE_BACKENDS` names it) or lacks one of the generation
+/// kernels the model needs (named).
 fn device_backend(name: &str, test: &str) -> Option<Box<dyn rela_core::backend::GpuBackend + Send>> {
     const CAPACITY: u64 = 256 << 20;
-    let made: Result<Box<dyn rela_core::backend::GpuBackend + Send>, String> = match name {
-        "vulkan" => rela_backend_vulkan::VulkanBackend::new(rela_backend_vulkan::VulkanConfig::new(CAPACITY))
+    let made: Result<Box<dyn rela_core::backend::GpuBackend + Send>, String> =
+        rela_backend_vulkan::VulkanBackend::new(rela_backend_vulkan::VulkanConfig::new(CAPACITY))
             .map(|b| Box::new(b) as _)
-            .map_err(|e| e.to_string()),
-        _ => rela_backend_wgpu::WgpuBackend::new(rela_backend_wgpu::WgpuConfig {
-            capacity: CAPACITY,
-            backends: rela_backend_wgpu::Api::Vulkan,
-            adapter: None,
-        })
-        .map(|b| Box::new(b) as _)
-        .map_err(|e| e.to_string()),
-    };
+            .map_err(|e| e.to_string());
     let mut backend = match made {
         Ok(b) => b,
         Err(why) if rela_conformance::required(name) => {
@@ -528,7 +523,161 @@ async fn greedy_generation_on_vulkan_through_the_node_matches_transformers() {
     greedy_on_device("vulkan").await;
 }
 
+/// The host backend presented as a backend of another kind (an unknown one, so the node takes
+/// its device path: the weights uploaded into it, the forward pass run with its generation
+/// kernels), counting the output projections that served two or more generations at once.
+struct AsDevice {
+    inner: rela_backend_host::OwnedHostBackend<1024>,
+    vocab: u32,
+    batched: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl AsDevice {
+    fn count(&self, call: &rela_core::backend::KernelCall) {
+        if let rela_core::backend::KernelCall::QLinear { m, n, .. } = *call
+            && n == self.vocab
+            && m >= 2
+        {
+            self.batched.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+impl rela_core::backend::GpuBackend for AsDevice {
+    fn info(&self) -> rela_core::backend::DeviceInfo {
+        let mut info = self.inner.info();
+        info.backend = rela_core::backend::BackendKind(0xEE);
+        info
+    }
+    fn usage(&self) -> rela_core::backend::Usage {
+        self.inner.usage()
+    }
+    fn alloc(&mut self, size: u64) -> Result<rela_core::backend::BufferId, rela_core::backend::BackendError> {
+        self.inner.alloc(size)
+    }
+    fn free(&mut self, id: rela_core::backend::BufferId) -> Result<(), rela_core::backend::BackendError> {
+        self.inner.free(id)
+    }
+    fn size(&self, id: rela_core::backend::BufferId) -> Result<u64, rela_core::backend::BackendError> {
+        self.inner.size(id)
+    }
+    fn write(
+        &mut self,
+        id: rela_core::backend::BufferId,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), rela_core::backend::BackendError> {
+        self.inner.write(id, offset, data)
+    }
+    fn read(
+        &mut self,
+        id: rela_core::backend::BufferId,
+        offset: u64,
+        out: &mut [u8],
+    ) -> Result<(), rela_core::backend::BackendError> {
+        self.inner.read(id, offset, out)
+    }
+    fn copy(
+        &mut self,
+        src: rela_core::backend::BufferId,
+        src_offset: u64,
+        dst: rela_core::backend::BufferId,
+        dst_offset: u64,
+        len: u64,
+    ) -> Result<(), rela_core::backend::BackendError> {
+        self.inner.copy(src, src_offset, dst, dst_offset, len)
+    }
+    fn fill(
+        &mut self,
+        id: rela_core::backend::BufferId,
+        offset: u64,
+        len: u64,
+        value: u8,
+    ) -> Result<(), rela_core::backend::BackendError> {
+        self.inner.fill(id, offset, len, value)
+    }
+    fn dispatch(
+        &mut self,
+        call: &rela_core::backend::KernelCall,
+    ) -> Result<(), rela_core::backend::BackendError> {
+        self.count(call);
+        self.inner.dispatch(call)
+    }
+    fn dispatch_part(
+        &mut self,
+        call: &rela_core::backend::KernelCall,
+        units: std::ops::Range<u32>,
+    ) -> Result<(), rela_core::backend::BackendError> {
+        if units.start == 0 {
+            self.count(call);
+        }
+        self.inner.dispatch_part(call, units)
+    }
+}
+
+/// Several sessions generating at once on a device backend: their decode steps share passes
+/// (the output projection runs for two or more generations at once), each session still gets
+/// exactly its fixture ids, and the weights, the batch's buffers and every cache are freed
+/// (and so zeroed) with the last session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn greedy_generation_on_wgpu_through_the_node_matches_transformers() {
-    greedy_on_device("wgpu-vulkan").await;
+async fn concurrent_generations_on_a_device_share_decode_passes() {
+    let test = "concurrent_generations_on_a_device_share_decode_passes";
+    let Some(dir) = models_dir(test) else { return };
+    let batched = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let backend = AsDevice {
+        inner: rela_backend_host::OwnedHostBackend::with_block_table(vec![0u8; 256 << 20].into_boxed_slice()),
+        vocab: 49152,
+        batched: batched.clone(),
+    };
+    let backend: Box<dyn rela_core::backend::GpuBackend + Send> = Box::new(backend);
+    let node = rela_node::Node::start(node_config(dir), rela_node::NodeBackend::from(backend))
+        .await
+        .expect("node starts");
+    let fx = fixture();
+    let options = rela_client::ClientOptions { request_timeout: Some(DEVICE_STEP), ..Default::default() };
+    // One session loads the model first (uploading its weights once) and holds it.
+    let mut holder =
+        within(Client::connect_with(node.local_addr(), None, options.clone())).await.expect("connect");
+    tokio::time::timeout(DEVICE_STEP, holder.model_load(MODEL)).await.expect("in time").expect("load");
+    let mut tasks = Vec::new();
+    for name in ["raw_capital", "raw_code", "raw_unicode"] {
+        let case =
+            fx["cases"].as_array().expect("cases").iter().find(|c| c["name"] == name).expect(name).clone();
+        let addr = node.local_addr();
+        let options = options.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = within(Client::connect_with(addr, None, options)).await.expect("connect");
+            let m =
+                tokio::time::timeout(DEVICE_STEP, c.model_load(MODEL)).await.expect("in time").expect("load");
+            let input = ids(&case["input_ids"]);
+            let n = before_near_tie(&case).min(12);
+            let want = ids(&case["generated_ids"])[..n].to_vec();
+            let out = tokio::time::timeout(
+                DEVICE_STEP,
+                c.generate_text(&request(m.id, Prompt::Tokens(&input), n as u32), |_| {}),
+            )
+            .await
+            .expect("generation in time")
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(out.generated_ids, want, "{name}: greedy ids");
+            tokio::time::timeout(DEVICE_STEP, c.close()).await.expect("close in time").expect("close");
+        }));
+    }
+    for t in tasks {
+        t.await.expect("a generation task");
+    }
+    tokio::time::timeout(DEVICE_STEP, holder.close()).await.expect("close in time").expect("close");
+    let passes = batched.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("{test}: {passes} output projections served two or more generations");
+    assert!(passes > 0, "no decode pass served two generations at once");
+    let idle = tokio::time::timeout(DEVICE_STEP, async {
+        loop {
+            let usage = node.usage().await.expect("usage");
+            if usage.buffers == 0 && usage.used == 0 && node.sessions() == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    });
+    assert!(idle.await.is_ok(), "every buffer freed with the last session");
 }
