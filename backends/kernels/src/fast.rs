@@ -1,12 +1,14 @@
 //! Fast host kernels (feature `std`): the same functions, with the same signatures, as
-//! [`reference`](mod@crate::reference), on all the threads of a [`rayon`] pool and in SIMD.
+//! [`reference`](mod@crate::reference), on the threads of the kernels' [`pool`] and in SIMD.
 //!
 //! - MATMUL and LINEAR run through the [`gemm`] crate (packed, cache-blocked, runtime-selected
-//!   AVX2/FMA or AVX-512 micro-kernels, split over the pool's threads), except LINEAR calls of
+//!   AVX2/FMA or AVX-512 micro-kernels), one `gemm` call per share of the product on each of the
+//!   pool's threads (rows of `w`, or row chunks for long calls), except LINEAR calls of
 //!   at most [`LINEAR_DOT_MAX_ROWS`] rows: those run as register-tiled dot products with `w`'s
 //!   contiguous rows ([`linear_dot`]), which stream `w` in place at memory speed, where `gemm`
 //!   would either pack `w` on every call or read it strided.
-//! - Attention is tiled per (sequence, block of [`QUERY_TILE`] queries) with an online softmax
+//! - Attention is tiled per (sequence, block of [`QUERY_TILE`] queries, and for a short text
+//!   group of heads, so that even one tile keeps every thread busy) with an online softmax
 //!   over blocks of [`KEY_TILE`] keys: no `seq × seq` temporaries, only one
 //!   `QUERY_TILE × KEY_TILE` score tile per task. Masked keys are skipped before any work. Both
 //!   products of a tile (`Q Kᵀ` and `P V`) are [`gemm`] calls.
@@ -28,17 +30,15 @@
 //! to the pool.
 
 use std::borrow::Cow;
-use std::sync::OnceLock;
 use std::vec;
 use std::vec::Vec;
-
-use rayon::prelude::*;
 
 use super::BinaryOp;
 use super::reference;
 pub use super::reference::{attention_scale, erf, gelu_one};
 
 pub mod linear_dot;
+pub mod pool;
 
 /// Queries per attention task (one output tile of `QUERY_TILE × head_dim` per head).
 pub const QUERY_TILE: usize = 64;
@@ -47,55 +47,7 @@ pub const KEY_TILE: usize = 256;
 /// Elements (or multiply-adds, for attention) below which a kernel runs on the calling thread.
 pub const PAR_MIN: usize = 1 << 15;
 
-static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
-
-/// Sizes the kernels' thread pool: `threads` workers (0 means one per available CPU core).
-///
-/// Takes effect only before the first kernel runs (or the first call of this function or of
-/// [`threads`]); returns whether it did. Without it, the pool has [`THREADS_ENV`] threads if
-/// that is set, else one per available core.
-pub fn set_threads(threads: usize) -> bool {
-    let mut applied = false;
-    POOL.get_or_init(|| {
-        applied = true;
-        build_pool(threads)
-    });
-    applied
-}
-
-/// Worker threads the kernels use (the pool's size; 1 if no pool could be made).
-pub fn threads() -> usize {
-    pool().map_or(1, rayon::ThreadPool::current_num_threads)
-}
-
-fn build_pool(threads: usize) -> Option<rayon::ThreadPool> {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| std::format!("rela-kernels-{i}"))
-        .build()
-        .ok()
-}
-
-/// Environment variable that sizes the pool when [`set_threads`] was not called first: a
-/// positive thread count (anything else means one per available core).
-pub const THREADS_ENV: &str = "RELA_KERNEL_THREADS";
-
-fn pool() -> Option<&'static rayon::ThreadPool> {
-    POOL.get_or_init(|| {
-        let threads = std::env::var(THREADS_ENV).ok().and_then(|v| v.trim().parse::<usize>().ok());
-        build_pool(threads.unwrap_or(0))
-    })
-    .as_ref()
-}
-
-/// Runs `f` inside the kernels' pool, so that the parallel iterators in it use its threads (on
-/// rayon's global pool if no pool could be made).
-fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    match pool() {
-        Some(p) => p.install(f),
-        None => f(),
-    }
-}
+pub use pool::{THREADS_ENV, set_threads, threads};
 
 /// `len` f32s from little-endian `bytes`: borrowed in place when aligned (on a little-endian
 /// host), else copied.
@@ -149,7 +101,8 @@ fn for_row_chunks(
         return;
     }
     let per = rows_per_chunk(rows, row_work);
-    install(|| out.par_chunks_mut(per * row_len).enumerate().for_each(|(c, o)| f(c * per, o)));
+    let mut chunks: Vec<&mut [f32]> = out.chunks_mut(per * row_len).collect();
+    pool::for_each_mut(&mut chunks, |c, o| f(c * per, o));
 }
 
 /// `out[i] = a[i] op b[i]` for `i < n`.
@@ -191,8 +144,8 @@ fn fits(len: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
     rows == 0 || cols == 0 || (rows - 1) * rs + (cols - 1) * cs < len
 }
 
-/// `dst (m × n at strides dst_rs, dst_cs) = [dst +] lhs (m × k) · rhs (k × n)`: on the pool's threads if
-/// `parallel` and the product is large enough, else on the calling thread.
+/// `dst (m × n at strides dst_rs, dst_cs) = [dst +] lhs (m × k) · rhs (k × n)`, on the calling
+/// thread (callers split larger products over the pool themselves, see [`linear_gemm`]).
 ///
 /// Panics if a view reaches past its slice (callers pass validated shapes).
 #[allow(unsafe_code)]
@@ -203,7 +156,6 @@ fn gemm_into(
     lhs: View<'_>,
     rhs: View<'_>,
     (m, k, n): (usize, usize, usize),
-    parallel: bool,
 ) {
     assert!(fits(dst.len(), m, n, dst_rs, dst_cs), "gemm: dst too small");
     assert!(fits(lhs.data.len(), m, k, lhs.rs, lhs.cs), "gemm: lhs too small");
@@ -223,42 +175,34 @@ fn gemm_into(
     }
     // All of these are at most a slice length, hence fit in isize.
     let s = |v: usize| v as isize;
-    let parallelism = if parallel && m * n * k >= PAR_MIN * 8 && threads() > 1 {
-        gemm::Parallelism::Rayon(threads())
-    } else {
-        gemm::Parallelism::None
-    };
-    let mut run = move || {
-        // SAFETY: the asserts above check that every element the views address,
-        // `(i, j) -> base + i * rs + j * cs` for `i < rows`, `j < cols`, lies within its slice
-        // (dst: `m × n`; lhs: `m × k`; rhs: `k × n`). `dst` is borrowed mutably and
-        // the inputs shared, so the output does not alias them. `gemm` reads only the inputs
-        // and writes only `dst`, and returns only when every thread it started has finished.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                dst.as_mut_ptr(),
-                s(dst_cs),
-                s(dst_rs),
-                read_dst,
-                lhs.data.as_ptr(),
-                s(lhs.cs),
-                s(lhs.rs),
-                rhs.data.as_ptr(),
-                s(rhs.cs),
-                s(rhs.rs),
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            );
-        }
-    };
-    if matches!(parallelism, gemm::Parallelism::None) { run() } else { install(run) }
+    // SAFETY: the asserts above check that every element the views address,
+    // `(i, j) -> base + i * rs + j * cs` for `i < rows`, `j < cols`, lies within its slice
+    // (dst: `m × n`; lhs: `m × k`; rhs: `k × n`). `dst` is borrowed mutably and
+    // the inputs shared, so the output does not alias them. `gemm` reads only the inputs
+    // and writes only `dst`, on this thread.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            s(dst_cs),
+            s(dst_rs),
+            read_dst,
+            lhs.data.as_ptr(),
+            s(lhs.cs),
+            s(lhs.rs),
+            rhs.data.as_ptr(),
+            s(rhs.cs),
+            s(rhs.rs),
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
 }
 
 /// Columns above which MATMUL and [`linear_gemm`] go through [`gemm`]; narrower products run
@@ -294,16 +238,51 @@ pub fn matmul(a: &[u8], b: &[u8], out: &mut [u8], m: usize, k: usize, n: usize) 
     }
     let (a, b) = (input(a, m * k), input(b, k * n));
     let (a, rows) = two_rows(a, m, k);
+    let b = View { data: &b, rs: n, cs: 1 };
+    // Row chunks of at least two rows, one `gemm` call each: a row's bytes do not depend on
+    // the other rows of its call (see GEMM_MIN_COLUMNS).
+    let run = |o: &mut [f32]| {
+        by_rows(o, rows, k * n, n, |r, o| {
+            let a = View { data: &a[r.start * k..r.end * k], rs: k, cs: 1 };
+            gemm_into(o, (n, 1), false, a, b, (r.len(), k, n));
+        });
+    };
     output(out, m * n, |o| {
-        let b = View { data: &b, rs: n, cs: 1 };
         if rows == m {
-            gemm_into(o, (n, 1), false, View { data: &a, rs: k, cs: 1 }, b, (m, k, n), true);
+            run(o);
         } else {
             let mut two = vec![0.0f32; rows * n];
-            gemm_into(&mut two, (n, 1), false, View { data: &a, rs: k, cs: 1 }, b, (rows, k, n), true);
+            run(&mut two);
             o.copy_from_slice(&two[..m * n]);
         }
     });
+}
+
+/// Calls `f(rows, chunk)` over row ranges of `out` (`rows` rows of `n`, `row_work`
+/// multiply-adds each) that cover it: one range on the calling thread for a small product,
+/// else about one per thread in the pool, each of at least two rows.
+fn by_rows(
+    out: &mut [f32],
+    rows: usize,
+    row_work: usize,
+    n: usize,
+    f: impl Fn(core::ops::Range<usize>, &mut [f32]) + Sync,
+) {
+    let t = threads();
+    let chunks = if t < 2 || rows * row_work < PAR_MIN * 8 { 1 } else { t.min(rows / 2).max(1) };
+    if chunks == 1 {
+        return f(0..rows, out);
+    }
+    // Boundaries `i · rows / chunks`: chunks of ⌊rows / chunks⌋ ≥ 2 rows or one more.
+    let mut parts: Vec<(core::ops::Range<usize>, &mut [f32])> = Vec::with_capacity(chunks);
+    let mut rest = out;
+    for i in 0..chunks {
+        let r = i * rows / chunks..(i + 1) * rows / chunks;
+        let (head, tail) = core::mem::take(&mut rest).split_at_mut(r.len() * n);
+        parts.push((r, head));
+        rest = tail;
+    }
+    pool::for_each_mut(&mut parts, |_, (r, o)| f(r.clone(), o));
 }
 
 /// `x` (`m × k`) as at least two rows: a single row is repeated, so that `gemm` never takes its
@@ -421,41 +400,93 @@ pub fn linear_part(
 /// LINEAR through [`gemm`] for more than [`GEMM_MIN_COLUMNS`] columns, else
 /// [`reference::linear`] (the transpose of `w` is a stride, not a copy): what [`linear_part`]
 /// runs for calls of more than [`LINEAR_DOT_MAX_ROWS`] rows. Same arguments as [`linear`].
+///
+/// On the pool's threads when the product is large enough: from [`LINEAR_PACKED_ROWS`] rows
+/// in row chunks (about one per thread, each packing `w` for itself), below that in shares of
+/// `w`'s rows (one or two per thread, each at least 128 wide), so that each thread streams
+/// only its share of `w`. Neither changes an element's bytes: `gemm`'s multiply-add chain per
+/// element depends only on `k` (`linear_bytes_do_not_depend_on_the_split`).
 pub fn linear_gemm(x: &[u8], w: &[u8], bias: &[u8], out: &mut [u8], m: usize, k: usize, n: usize) {
     if !use_gemm(k, n) {
         return reference::linear(x, w, bias, out, m, k, n);
     }
     let (x, w, bias) = (input(x, m * k), input(w, n * k), input(bias, n));
     let (x, rows) = two_rows(x, m, k);
-    let (xv, wv) = (View { data: &x, rs: k, cs: 1 }, View { data: &w, rs: 1, cs: k });
-    let run = |o: &mut [f32]| {
-        if rows == 0 {
-            return;
-        }
-        if rows >= LINEAR_PACKED_ROWS {
-            for row in o.chunks_exact_mut(n) {
-                row.copy_from_slice(&bias);
-            }
-            gemm_into(o, (n, 1), true, xv, wv, (rows, k, n), true);
-        } else {
-            // Column-major output, so that gemm reads w in place rather than packing it.
-            let mut t = vec![0.0f32; rows * n];
-            for (col, &b) in t.chunks_exact_mut(rows).zip(bias.iter()) {
-                col.fill(b);
-            }
-            gemm_into(&mut t, (1, rows), true, xv, wv, (rows, k, n), true);
-            for (i, row) in o.chunks_exact_mut(n).enumerate() {
-                row.iter_mut().zip(t[i..].iter().step_by(rows)).for_each(|(o, &v)| *o = v);
-            }
-        }
-    };
+    let shares = if threads() < 2 || rows * k * n < PAR_MIN * 8 { 1 } else { column_shares(n, threads()) };
     output(out, m * n, |o| {
         if rows == m {
-            run(o);
+            linear_rows(&x, &w, &bias, o, (rows, k, n), shares);
         } else {
             let mut two = vec![0.0f32; rows * n];
-            run(&mut two);
+            linear_rows(&x, &w, &bias, &mut two, (rows, k, n), shares);
             o.copy_from_slice(&two[..m * n]);
+        }
+    });
+}
+
+/// How many shares of `w`'s rows a LINEAR of `n` output columns is cut into for `threads`
+/// threads: one per thread, or two when a share would still be at least 128 columns wide (so
+/// that a thread that falls behind holds up less of the call); never shares narrower than 128
+/// columns, so that `gemm` keeps its main path for each (it takes another for at most 64).
+fn column_shares(n: usize, threads: usize) -> usize {
+    let per_thread = if n / (2 * threads) >= 128 { 2 } else { 1 };
+    (threads * per_thread).min(n / 128).max(1)
+}
+
+/// [`linear_gemm`] over `rows ≥ 2` rows of `x`, with `shares` shares of `w`'s rows below
+/// [`LINEAR_PACKED_ROWS`] rows (1: on the calling thread), else in row chunks when `shares > 1`.
+fn linear_rows(
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    o: &mut [f32],
+    (rows, k, n): (usize, usize, usize),
+    shares: usize,
+) {
+    if rows >= LINEAR_PACKED_ROWS {
+        let packed = |r: core::ops::Range<usize>, o: &mut [f32]| {
+            for row in o.chunks_exact_mut(n) {
+                row.copy_from_slice(bias);
+            }
+            let x = View { data: &x[r.start * k..r.end * k], rs: k, cs: 1 };
+            gemm_into(o, (n, 1), true, x, View { data: w, rs: 1, cs: k }, (r.len(), k, n));
+        };
+        if shares == 1 {
+            return packed(0..rows, o);
+        }
+        return by_rows(o, rows, k * n, n, packed);
+    }
+    // Column-major output `t` (`n` columns of `rows`), so that gemm reads w in place rather than
+    // packing it; a share of `w`'s rows is a run of `t`'s columns. Shares start at multiples
+    // of 16 columns.
+    let mut t = vec![0.0f32; rows * n];
+    let bounds: Vec<usize> =
+        (0..=shares).map(|i| if i == shares { n } else { i * n / shares / 16 * 16 }).collect();
+    let mut parts: Vec<(usize, &mut [f32])> = Vec::with_capacity(shares);
+    let mut rest = t.as_mut_slice();
+    for s in bounds.windows(2) {
+        let (head, tail) = core::mem::take(&mut rest).split_at_mut((s[1] - s[0]) * rows);
+        parts.push((s[0], head));
+        rest = tail;
+    }
+    let xv = View { data: x, rs: k, cs: 1 };
+    let share = |p: &mut (usize, &mut [f32])| {
+        let (j0, t) = (p.0, &mut *p.1);
+        let cols = t.len() / rows;
+        for (col, &b) in t.chunks_exact_mut(rows).zip(&bias[j0..j0 + cols]) {
+            col.fill(b);
+        }
+        let wv = View { data: &w[j0 * k..(j0 + cols) * k], rs: 1, cs: k };
+        gemm_into(t, (1, rows), true, xv, wv, (rows, k, cols));
+    };
+    if parts.len() == 1 {
+        share(&mut parts[0]);
+    } else {
+        pool::for_each_mut(&mut parts, |_, p| share(p));
+    }
+    for_row_chunks(o, n, n, |r0, o| {
+        for (i, row) in o.chunks_exact_mut(n).enumerate() {
+            row.iter_mut().zip(t[r0 + i..].iter().step_by(rows)).for_each(|(o, &v)| *o = v);
         }
     });
 }
@@ -553,31 +584,63 @@ pub fn attention(
             return;
         }
         let (q, k, v, mask) = (&*q, &*k, &*v, &*mask);
-        let task = |(b, t): (usize, usize), o: &mut [f32]| {
+        // Queries `t · QUERY_TILE ..` of sequence `b`, heads `hs`, into `o` (rows of
+        // `hs.len() · head_dim`).
+        let task = |b: usize, t: usize, hs: core::ops::Range<usize>, o: &mut [f32]| {
             let keys: Vec<usize> = (0..seq).filter(|&j| mask[b * seq + j] != 0.0).collect();
             let tokens = b * seq..(b + 1) * seq;
             let (qb, kb, vb) =
                 (&q[tokens.start * width..], &k[tokens.start * width..], &v[tokens.start * width..]);
-            let tile = Tile { shape: &shape, q: qb, k: kb, v: vb, keys: &keys, i0: t * QUERY_TILE, out: o };
+            let tile = Tile {
+                shape: &shape,
+                q: qb,
+                k: kb,
+                v: vb,
+                keys: &keys,
+                i0: t * QUERY_TILE,
+                heads: hs,
+                out: o,
+            };
             pulp::Arch::new().dispatch(tile);
         };
         let tiles = seq.div_ceil(QUERY_TILE);
         let chunk = QUERY_TILE * width;
+        let mut parts: Vec<(usize, usize, &mut [f32])> = o
+            .chunks_mut(seq * width)
+            .enumerate()
+            .flat_map(|(b, ob)| ob.chunks_mut(chunk).enumerate().map(move |(t, ot)| (b, t, ot)))
+            .collect();
+        debug_assert_eq!(parts.len(), batch * tiles);
         // Multiply-adds: two per (query, key, column).
-        if batch * seq * seq * width < PAR_MIN {
-            for (b, ob) in o.chunks_mut(seq * width).enumerate() {
-                for (t, ot) in ob.chunks_mut(chunk).enumerate() {
-                    task((b, t), ot);
+        let threads = threads();
+        if threads < 2 || batch * seq * seq * width < PAR_MIN {
+            for (b, t, ot) in parts {
+                task(b, t, 0..heads, ot);
+            }
+        } else if parts.len() >= 2 * threads || heads < 2 {
+            pool::for_each_mut(&mut parts, |_, (b, t, ot)| task(*b, *t, 0..heads, ot));
+        } else {
+            // Few tiles (a short text): each tile's heads in groups, one task per group, each
+            // into its own rows, copied into place afterwards.
+            let per = heads.div_ceil((2 * threads).div_ceil(parts.len()).min(heads));
+            let groups = heads.div_ceil(per);
+            let group = |g: usize| g * per..((g + 1) * per).min(heads);
+            let outs = pool::map(parts.len() * groups, |i| {
+                let (b, t, ot) = &parts[i / groups];
+                let hs = group(i % groups);
+                let mut o = vec![0.0f32; ot.len() / width * hs.len() * head_dim];
+                task(*b, *t, hs, &mut o);
+                o
+            });
+            for (i, o) in outs.iter().enumerate() {
+                let hs = group(i % groups);
+                let gw = hs.len() * head_dim;
+                let ot = &mut *parts[i / groups].2;
+                for (row, src) in ot.chunks_exact_mut(width).zip(o.chunks_exact(gw)) {
+                    row[hs.start * head_dim..hs.end * head_dim].copy_from_slice(src);
                 }
             }
-        } else {
-            install(|| {
-                o.par_chunks_mut(seq * width).enumerate().for_each(|(b, ob)| {
-                    ob.par_chunks_mut(chunk).enumerate().for_each(|(t, ot)| task((b, t), ot));
-                });
-            });
         }
-        debug_assert!(tiles * chunk >= seq * width);
     });
 }
 
@@ -590,7 +653,8 @@ struct Shape {
 }
 
 /// One attention task: queries `i0 ..` (as many as `out` holds rows) of one sequence whose
-/// rows start at `q`, `k`, `v`, over the unmasked `keys`, every head.
+/// rows start at `q`, `k`, `v`, over the unmasked `keys`, for heads `heads`; `out`'s rows hold
+/// those heads' outputs side by side (`heads.len() · head_dim` each).
 struct Tile<'a> {
     shape: &'a Shape,
     q: &'a [f32],
@@ -598,6 +662,7 @@ struct Tile<'a> {
     v: &'a [f32],
     keys: &'a [usize],
     i0: usize,
+    heads: core::ops::Range<usize>,
     out: &'a mut [f32],
 }
 
@@ -618,9 +683,14 @@ impl pulp::WithSimd for Tile<'_> {
 /// (rescaling its accumulated output), and `acc += P V` (another [`gemm`] call).
 #[inline(always)]
 fn attention_tile(t: Tile<'_>) {
-    let Tile { shape: s, q, k, v, keys, i0, out } = t;
+    let Tile { shape: s, q, k, v, keys, i0, heads, out } = t;
     let (hd, width) = (s.head_dim, s.heads * s.head_dim);
-    let rows = out.len() / width;
+    // `out`'s row length: this task's heads.
+    let ow = heads.len() * hd;
+    if ow == 0 {
+        return;
+    }
+    let rows = out.len() / ow;
     debug_assert!(i0 + rows <= s.seq);
     if keys.is_empty() {
         out.fill(0.0);
@@ -633,7 +703,7 @@ fn attention_tile(t: Tile<'_>) {
     let mut max = vec![0.0f32; rows];
     let mut total = vec![0.0f32; rows];
     let mut acc = vec![0.0f32; rows * hd];
-    for h in 0..s.heads {
+    for (oh, h) in heads.enumerate() {
         for ((&j, kr), vr) in keys.iter().zip(kh.chunks_exact_mut(hd)).zip(vh.chunks_exact_mut(hd)) {
             kr.copy_from_slice(&k[j * width + h * hd..j * width + (h + 1) * hd]);
             vr.copy_from_slice(&v[j * width + h * hd..j * width + (h + 1) * hd]);
@@ -647,7 +717,7 @@ fn attention_tile(t: Tile<'_>) {
             let st = &mut scores[..rows * cols];
             // Scores: (rows × hd) · (hd × cols), the key rows read as columns.
             let kt = View { data: &kh[c0 * hd..], rs: 1, cs: hd };
-            gemm_into(st, (cols, 1), false, qh, kt, (rows, hd, cols), false);
+            gemm_into(st, (cols, 1), false, qh, kt, (rows, hd, cols));
             for (r, sr) in st.chunks_exact_mut(cols).enumerate() {
                 let scale = s.scale;
                 sr.iter_mut().for_each(|x| *x /= scale);
@@ -668,11 +738,10 @@ fn attention_tile(t: Tile<'_>) {
                 p,
                 View { data: &vh[c0 * hd..], rs: hd, cs: 1 },
                 (rows, cols, hd),
-                false,
             );
         }
         for r in 0..rows {
-            let or = &mut out[r * width + h * hd..r * width + (h + 1) * hd];
+            let or = &mut out[r * ow + oh * hd..r * ow + (oh + 1) * hd];
             let inv = if total[r] > 0.0 { 1.0 / total[r] } else { 0.0 };
             or.iter_mut().zip(&acc[r * hd..(r + 1) * hd]).for_each(|(o, &a)| *o = a * inv);
         }
@@ -844,6 +913,35 @@ mod tests {
                 assert!(
                     part == whole_mm[range.start * n * 4..range.end * n * 4],
                     "matmul {m}x{k}x{n} rows {range:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn linear_bytes_do_not_depend_on_the_split() {
+        // The pool's shares of `w`'s rows (below LINEAR_PACKED_ROWS rows) and row chunks
+        // (from it) against one `gemm` call on this thread: the same bytes, so neither the
+        // thread count nor the size of a part changes a result.
+        let mut rng = Rng(31);
+        for (rows, k, n) in [
+            (13usize, 384usize, 384usize),
+            (40, 1536, 384),
+            (100, 384, 1536),
+            (2, 70, 300),
+            (130, 384, 1536),
+            (300, 96, 520),
+        ] {
+            let (x, w, b) = (rng.bytes(rows * k, 1.0), rng.bytes(n * k, 1.0), rng.bytes(n, 1.0));
+            let (x, w, b) = (floats(&x), floats(&w), floats(&b));
+            let mut one = vec![0.0f32; rows * n];
+            linear_rows(&x, &w, &b, &mut one, (rows, k, n), 1);
+            for shares in 2..=n / 128 {
+                let mut split = vec![0.0f32; rows * n];
+                linear_rows(&x, &w, &b, &mut split, (rows, k, n), shares);
+                assert!(
+                    split.iter().zip(&one).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "linear {rows}x{k}x{n} in {shares} shares"
                 );
             }
         }

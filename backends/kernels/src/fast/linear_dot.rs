@@ -39,9 +39,8 @@ use std::vec::Vec;
 use core::marker::PhantomData;
 
 use pulp::Simd;
-use rayon::prelude::*;
 
-use super::{PAR_MIN, install, threads};
+use super::{PAR_MIN, pool, threads};
 
 /// Partial sums per dot product: one AVX-512 register, two AVX2 registers.
 pub const LANES: usize = 16;
@@ -87,26 +86,23 @@ pub fn linear(
     if m >= t * ROW_TASK {
         // Many rows: split them, each task streams all of `w` past its rows.
         let per = m.div_ceil(t * 2).max(ROW_TASK);
-        install(|| {
-            out.par_chunks_mut(per * n).zip(x.par_chunks(per * k)).for_each(|(out, x)| {
-                dispatch(Block { x, m: out.len() / n, w, bias, out, ld: n, k });
-            });
+        let mut parts: Vec<&mut [f32]> = out.chunks_mut(per * n).collect();
+        pool::for_each_mut(&mut parts, |i, out| {
+            let x = &x[i * per * k..];
+            dispatch(Block { x, m: out.len() / n, w, bias, out, ld: n, k });
         });
         return;
     }
     // A few rows: split `w`'s rows, one share per thread, each computed into its own `m × cols`
     // output and copied into place.
     let cols = n.div_ceil(t).next_multiple_of(MAX_NR).min(n);
-    let parts: Vec<Vec<f32>> = install(|| {
-        w.par_chunks(cols * k)
-            .zip(bias.par_chunks(cols))
-            .map(|(w, bias)| {
-                let c = bias.len();
-                let mut part = vec![0.0f32; m * c];
-                dispatch(Block { x, m, w, bias, out: &mut part, ld: c, k });
-                part
-            })
-            .collect()
+    let parts: Vec<Vec<f32>> = pool::map(n.div_ceil(cols), |p| {
+        let bias = &bias[p * cols..((p + 1) * cols).min(n)];
+        let c = bias.len();
+        let w = &w[p * cols * k..(p * cols + c) * k];
+        let mut part = vec![0.0f32; m * c];
+        dispatch(Block { x, m, w, bias, out: &mut part, ld: c, k });
+        part
     });
     for (p, part) in parts.iter().enumerate() {
         let c = part.len() / m;
