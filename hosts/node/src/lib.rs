@@ -84,6 +84,7 @@ mod leases;
 mod llm;
 mod llm_batch;
 mod llm_device_batch;
+mod llm_shared;
 mod messages;
 mod models;
 mod pool;

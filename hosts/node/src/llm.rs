@@ -29,23 +29,19 @@
 //!   the buffers of a prompt chunk) is charged to the session's quota for the generation and
 //!   freed (on a device backend: freed and zeroed) when it ends, however it ends.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use rela_client::FastCrc32;
-use rela_core::backend::{BackendKind, GpuBackend};
+use rela_core::backend::GpuBackend;
 use rela_core::model::ModelError;
 use rela_core::wire::generate::{FinishReason, Generate, Generated, PromptKind, TokenMsg};
 use rela_llm::{
-    DeviceError, DeviceKv, DeviceLlm, DeviceStream, Finish, ForwardError, LoadError, LoadedLlm, PromptError,
-    SamplingParams, Step, TokenStream,
+    DeviceError, DeviceKv, DeviceStream, Finish, ForwardError, PromptError, SamplingParams, Step, TokenStream,
 };
 
-use crate::llm_batch::Batcher;
-use crate::llm_device_batch::DeviceBatcher;
+pub(crate) use crate::llm_shared::{ServedLlm, SharedLlms};
 
 use crate::messages::{ConnState, INLINE_OUT, OutBuf, Outcome, Reply, ReplyTx};
 
@@ -76,173 +72,6 @@ pub(crate) fn gguf_path(root: &Path, name: &str) -> Option<std::path::PathBuf> {
     path.is_file().then_some(path)
 }
 
-/// A GGUF model as the node serves it: the checked file, and either the batcher every session's
-/// decode steps on it go through (host backend) or its weights in the backend's memory.
-#[derive(Debug)]
-pub(crate) struct ServedLlm {
-    /// The file, its tokenizer and chat template.
-    pub(crate) llm: Arc<LoadedLlm>,
-    /// On the host backend: the batcher.
-    batcher: Option<Batcher>,
-    /// On any other backend: the weights in its memory (taken out and freed by the last
-    /// release).
-    device: Mutex<Option<DeviceLlm>>,
-    /// On any other backend: the batch every session's decode steps go through, and its
-    /// buffers (freed by the last release).
-    device_batch: Option<DeviceBatcher>,
-}
-
-impl ServedLlm {
-    /// Device bytes of the weights and the batch's buffers held in the backend (0 on the host
-    /// backend).
-    fn device_bytes(&self) -> u64 {
-        let weights = self
-            .device
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .map_or(0, DeviceLlm::device_bytes);
-        weights + self.device_batch.as_ref().map_or(0, DeviceBatcher::bytes)
-    }
-
-    /// Frees (and so zeroes) the weights and the batch's buffers in `backend`, if the model
-    /// has any there.
-    fn free_device(&self, backend: &mut dyn GpuBackend) {
-        if let Some(Err(e)) = self.device_batch.as_ref().map(|b| b.free(backend)) {
-            tracing::warn!(error = %e, "freeing a model's batch buffers failed");
-        }
-        let device = self.device.lock().unwrap_or_else(PoisonError::into_inner).take();
-        if let Some(Err(e)) = device.map(|d| d.unload(backend)) {
-            tracing::warn!(error = %e, "freeing a model's device weights failed");
-        }
-    }
-
-    /// A share of the device weights, if the model runs on the device.
-    fn device_share(&self) -> Option<DeviceLlm> {
-        self.device.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(DeviceLlm::share)
-    }
-}
-
-/// GGUF models held once for every session that loads them.
-#[derive(Default)]
-pub(crate) struct SharedLlms {
-    /// Loaded models by name, with the number of shares out.
-    entries: Mutex<HashMap<String, (Arc<ServedLlm>, usize)>>,
-    bytes: AtomicU64,
-}
-
-impl std::fmt::Debug for SharedLlms {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedLlms").field("bytes", &self.bytes()).finish_non_exhaustive()
-    }
-}
-
-impl SharedLlms {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, (Arc<ServedLlm>, usize)>> {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Bytes of the GGUF models held now: the files in host memory and, on a device backend,
-    /// their weights in the backend.
-    pub(crate) fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Acquire)
-    }
-
-    /// A share of model `name` from `path`, loading it first if nobody holds it; on a backend
-    /// other than the host backend, loading also uploads the weights into `backend`. Two
-    /// sessions loading the same model at once may both load it; the first to finish is kept
-    /// and the other's device weights are freed.
-    pub(crate) fn acquire(
-        &self,
-        name: &str,
-        path: &Path,
-        backend: &mut dyn GpuBackend,
-    ) -> Result<Arc<ServedLlm>, ModelError> {
-        if let Some((llm, users)) = self.lock().get_mut(name) {
-            *users += 1;
-            return Ok(llm.clone());
-        }
-        // Loaded without the lock: other models load and other shares come and go meanwhile.
-        let started = Instant::now();
-        let loaded = Arc::new(LoadedLlm::open(path).map_err(load_error)?);
-        let (batcher, device, device_batch) = if backend.info().backend == BackendKind::HOST {
-            let batcher = Batcher::start(loaded.clone()).map_err(|e| {
-                tracing::error!(error = %e, "no thread for a model's batcher");
-                ModelError::OutOfMemory
-            })?;
-            (Some(batcher), None, None)
-        } else {
-            let device = DeviceLlm::load(backend, &loaded).map_err(device_load_error)?;
-            match DeviceBatcher::new(backend, &device) {
-                Ok(batch) => (None, Some(device), Some(batch)),
-                Err(e) => {
-                    if let Err(e) = device.unload(backend) {
-                        tracing::warn!(error = %e, "freeing a model's device weights failed");
-                    }
-                    return Err(device_load_error(e));
-                }
-            }
-        };
-        let served = ServedLlm { llm: loaded, batcher, device: Mutex::new(device), device_batch };
-        let mut entries = self.lock();
-        if let Some((llm, users)) = entries.get_mut(name) {
-            // Another session's load finished first: share it, free this one's device copy.
-            *users += 1;
-            let llm = llm.clone();
-            drop(entries);
-            served.free_device(backend);
-            return Ok(llm);
-        }
-        let bytes = served.llm.bytes() + served.device_bytes();
-        self.bytes.fetch_add(bytes, Ordering::AcqRel);
-        tracing::info!(
-            model = name,
-            bytes,
-            device = served.batcher.is_none(),
-            ms = started.elapsed().as_millis() as u64,
-            "GGUF model loaded"
-        );
-        let served = Arc::new(served);
-        entries.insert(name.to_owned(), (served.clone(), 1));
-        Ok(served)
-    }
-
-    /// Gives a share back; the last one drops the model, freeing (and so zeroing) its weights
-    /// in `backend` if it had any there.
-    pub(crate) fn release(&self, name: &str, backend: &mut dyn GpuBackend) {
-        let removed = {
-            let mut entries = self.lock();
-            let last = match entries.get_mut(name) {
-                Some((_, users)) => {
-                    *users = users.saturating_sub(1);
-                    *users == 0
-                }
-                None => false,
-            };
-            if last { entries.remove(name) } else { None }
-        };
-        if let Some((served, _)) = removed {
-            self.bytes.fetch_sub(served.llm.bytes() + served.device_bytes(), Ordering::AcqRel);
-            served.free_device(backend);
-        }
-    }
-}
-
-/// A model whose weights cannot go into the backend: a matrix type without a device kernel is
-/// `UNSUPPORTED`; a backend failure (out of memory) is the backend's error.
-fn device_load_error(e: DeviceError) -> ModelError {
-    tracing::error!(error = %e, "GGUF model not loadable on the backend");
-    match e {
-        DeviceError::UnsupportedTensorType { .. } => ModelError::Unsupported(
-            "a tensor's type has no kernel on this backend (F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K do)",
-        ),
-        DeviceError::Backend(b) => ModelError::Backend(b),
-        _ => {
-            ModelError::BadModel("the model's tensors do not fit the backend's kernels (see the node's log)")
-        }
-    }
-}
-
 /// A device step's failure: the backend's error (`Unsupported` for a kernel it has not got), or
 /// a token the model refused.
 fn device_step_error(e: DeviceError) -> ModelError {
@@ -253,42 +82,6 @@ fn device_step_error(e: DeviceError) -> ModelError {
             tracing::error!(error = %other, "a device generation step failed");
             ModelError::BadModel("the model's tensors do not fit the backend's kernels (see the node's log)")
         }
-    }
-}
-
-/// A GGUF file the node cannot serve: an architecture or tensor type it does not support is
-/// `UNSUPPORTED`, anything else about the file `INTERNAL` (as for a repository model's damaged
-/// files); the reason names what is wrong (the node's log has the detail).
-fn load_error(e: LoadError) -> ModelError {
-    tracing::error!(error = %e, "GGUF model unusable");
-    match e {
-        LoadError::Model(rela_llm::ModelError::UnsupportedArchitecture(_)) => {
-            ModelError::Unsupported("the model's architecture is not supported (llama is)")
-        }
-        LoadError::Model(rela_llm::ModelError::UnsupportedTensorType { .. }) => ModelError::Unsupported(
-            "a tensor's type is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K are)",
-        ),
-        LoadError::Tokenizer(rela_llm::TokenizerError::UnsupportedModel(_)) => ModelError::Unsupported(
-            "the model's tokenizer is not supported (byte-level BPE, `gpt2`, and SentencePiece, `llama`, are)",
-        ),
-        LoadError::Tokenizer(rela_llm::TokenizerError::UnsupportedPreTokenizer(_)) => {
-            ModelError::Unsupported(
-                "the model's pre-tokenizer is not supported (smollm, gpt2 and llama-bpe are)",
-            )
-        }
-        LoadError::Open(_) => ModelError::BadModel(
-            "the model's .gguf file is unreadable or not a valid GGUF file (see the node's log)",
-        ),
-        LoadError::Model(_) => ModelError::BadModel(
-            "the model's hyperparameters or tensors are not llama's (see the node's log)",
-        ),
-        LoadError::Tokenizer(_) => {
-            ModelError::BadModel("the model's tokenizer metadata is unusable (see the node's log)")
-        }
-        LoadError::Chat(_) => {
-            ModelError::BadModel("the model's chat template does not compile (see the node's log)")
-        }
-        _ => ModelError::BadModel("the model's .gguf file is unusable (see the node's log)"),
     }
 }
 
