@@ -1,9 +1,8 @@
 //! GENERATE through a live node with SmolLM2-135M-Instruct Q4_1 (`hosts/models/fetch-model.sh`),
 //! served from `--models DIR` as a `.gguf` file: greedy ids against the transformers fixture,
 //! CANCEL mid-stream, another session served while one generates, the shared model released
-//! with its last session, and hostile GENERATEs answered with typed errors. On Vulkan (lavapipe
-//! in CI), where the forward pass runs on the backend, a subset of the greedy check (wgpu runs
-//! the same device forward pass in rela-llm's `device.rs` tests);
+//! with its last session, and hostile GENERATEs answered with typed errors. On Vulkan and wgpu
+//! (lavapipe in CI), where the forward pass runs on the backend, a subset of the greedy check;
 //! and the device path's batching of several sessions' decode steps, on the host backend's
 //! reference kernels presented as a device.
 //!
@@ -429,15 +428,23 @@ async fn unsupported_and_damaged_gguf_files_are_refused_with_their_reason() {
 /// takes seconds per generated token.
 const DEVICE_STEP: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// The Vulkan backend with room for the model, or `None` with a SKIPPED line when it cannot
-/// start (a failure when `RELA_REQUIRE_BACKENDS` names it) or lacks one of the generation
-/// kernels the model needs (named).
+/// Backend `name` ("vulkan" or "wgpu-vulkan") with room for the model, or `None` with a
+/// SKIPPED line when it cannot start (a failure when `RELA_REQUIRE_BACKENDS` names it) or lacks
+/// one of the generation kernels the model needs (named).
 fn device_backend(name: &str, test: &str) -> Option<Box<dyn rela_core::backend::GpuBackend + Send>> {
     const CAPACITY: u64 = 256 << 20;
-    let made: Result<Box<dyn rela_core::backend::GpuBackend + Send>, String> =
-        rela_backend_vulkan::VulkanBackend::new(rela_backend_vulkan::VulkanConfig::new(CAPACITY))
+    let made: Result<Box<dyn rela_core::backend::GpuBackend + Send>, String> = match name {
+        "vulkan" => rela_backend_vulkan::VulkanBackend::new(rela_backend_vulkan::VulkanConfig::new(CAPACITY))
             .map(|b| Box::new(b) as _)
-            .map_err(|e| e.to_string());
+            .map_err(|e| e.to_string()),
+        _ => rela_backend_wgpu::WgpuBackend::new(rela_backend_wgpu::WgpuConfig {
+            capacity: CAPACITY,
+            backends: rela_backend_wgpu::Api::Vulkan,
+            adapter: None,
+        })
+        .map(|b| Box::new(b) as _)
+        .map_err(|e| e.to_string()),
+    };
     let mut backend = match made {
         Ok(b) => b,
         Err(why) if rela_conformance::required(name) => {
@@ -521,6 +528,11 @@ async fn greedy_on_device(name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn greedy_generation_on_vulkan_through_the_node_matches_transformers() {
     greedy_on_device("vulkan").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_generation_on_wgpu_through_the_node_matches_transformers() {
+    greedy_on_device("wgpu-vulkan").await;
 }
 
 /// The host backend presented as a backend of another kind (an unknown one, so the node takes
