@@ -348,13 +348,16 @@ pub(crate) fn pool() -> &'static Pool {
     })
 }
 
-/// Runs `f(i)` for `i < tasks` on the kernels' threads (see [`Pool::run`]).
-pub(crate) fn for_each(tasks: usize, f: impl Fn(usize) + Sync) {
+/// Runs `f(0)`, …, `f(tasks − 1)`, each once and in no set order, on the kernels' threads (the
+/// calling thread takes its share); returns when all have run. A call made from inside a task,
+/// or while another thread's call is running, runs its tasks on the calling thread. A panic in a
+/// task is raised again here once every task has finished.
+pub fn for_each(tasks: usize, f: impl Fn(usize) + Sync) {
     pool().run(tasks, &f);
 }
 
-/// Runs `f(i, &mut items[i])` for every item on the kernels' threads.
-pub(crate) fn for_each_mut<T: Send>(items: &mut [T], f: impl Fn(usize, &mut T) + Sync) {
+/// Runs `f(i, &mut items[i])` for every item on the kernels' threads, as [`for_each`] does.
+pub fn for_each_mut<T: Send>(items: &mut [T], f: impl Fn(usize, &mut T) + Sync) {
     // One uncontended lock per task: each task takes only its own item.
     let cells: Vec<Mutex<&mut T>> = items.iter_mut().map(Mutex::new).collect();
     for_each(cells.len(), |i| {
@@ -363,8 +366,9 @@ pub(crate) fn for_each_mut<T: Send>(items: &mut [T], f: impl Fn(usize, &mut T) +
     });
 }
 
-/// `f(i)` for `i < tasks` on the kernels' threads, collected in order.
-pub(crate) fn map<T: Send>(tasks: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+/// `f(i)` for `i < tasks` on the kernels' threads, as [`for_each`] runs them, collected in
+/// order of `i`.
+pub fn map<T: Send>(tasks: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     let mut out: Vec<Option<T>> = (0..tasks).map(|_| None).collect();
     for_each_mut(&mut out, |i, slot| *slot = Some(f(i)));
     out.into_iter().flatten().collect()
