@@ -13,7 +13,13 @@
 //!   (descheduled, or still waking) takes fewer of them instead of holding the call up, and a
 //!   worker that never arrived is not waited for;
 //! - a worker spins for [`SPIN`] after its last task before it sleeps, so the next call of a
-//!   pass finds it awake; onnxruntime's and OpenMP's pools do the same.
+//!   pass finds it awake; onnxruntime's and OpenMP's pools do the same. A spinning worker that
+//!   loses its core (a gap of more than [`PREEMPTED`] between two looks at the clock) sleeps at
+//!   once, leaving the core to whatever wanted it;
+//! - on an oversubscribed machine, where a call waited for a worker that lost its core with a
+//!   task in hand (longer than the calling thread's own share took), calls run on the calling
+//!   thread alone for a while ([`BACKOFF`], doubled while it keeps happening): parallel calls
+//!   would wait a time slice each.
 //!
 //! The pool has [`threads`]` − 1` workers. A call made while another thread's call is running,
 //! or from inside a task, runs its tasks on the calling thread.
@@ -30,12 +36,21 @@ use std::vec::Vec;
 pub const SPIN: Duration = Duration::from_micros(250);
 
 /// A gap between two looks at the clock in a spin-wait that says the thread lost its core to
-/// another (a spin-wait looks every few microseconds).
-const PREEMPTED: Duration = Duration::from_micros(200);
+/// another (a spin-wait looks every few microseconds): a spinning worker then goes to sleep,
+/// leaving the core to whatever wanted it. Also the least wait for a worker that counts as
+/// being held up by one that lost its core.
+pub const PREEMPTED: Duration = Duration::from_micros(200);
 
-/// How long the pool runs calls on the calling thread alone, with no spinning, after a thread
-/// of it was seen to lose its core while it spun.
-pub const BACKOFF: Duration = Duration::from_secs(1);
+/// How long the pool runs calls on the calling thread alone, with no spinning, after a call
+/// waited for a worker that had lost its core: at first; each such wait within
+/// [`BACKOFF_MEMORY`] of the end of the last back-off doubles it, up to [`BACKOFF_MAX`].
+pub const BACKOFF: Duration = Duration::from_millis(50);
+
+/// The longest back-off.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// How long after a back-off the next one still counts as a repeat (and is doubled).
+pub const BACKOFF_MEMORY: Duration = Duration::from_secs(2);
 
 /// Environment variable that sizes the pool when [`set_threads`] was not called first: a
 /// positive thread count (anything else means one per available core).
@@ -89,6 +104,8 @@ struct Shared {
     origin: Instant,
     /// Nanoseconds after `origin` until which the machine counts as oversubscribed.
     calm_from: AtomicU64,
+    /// The length of the last back-off, in nanoseconds.
+    backoff: AtomicU64,
 }
 
 impl Shared {
@@ -96,17 +113,29 @@ impl Shared {
         u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Whether a thread of the pool lost its core while spinning less than [`BACKOFF`] ago.
-    /// Spinning threads then take CPU time from the ones doing the work (the calling thread,
-    /// or another process), and a task claimed by a descheduled worker holds its call up for a
-    /// whole time slice: the pool runs calls on the calling thread alone until it is over.
+    /// Whether a call waited for a descheduled worker less than [`BACKOFF`] ago. A task claimed
+    /// by a worker that lost its core holds its call up for a whole time slice of whatever
+    /// took the core; on a machine that busy the pool runs calls on the calling thread alone
+    /// (and its workers do not spin) until the back-off is over.
     fn contended(&self) -> bool {
         self.now() < self.calm_from.load(Ordering::Relaxed)
     }
 
+    /// Starts a back-off ([`Self::contended`]): [`BACKOFF`], or twice the last one if that ended
+    /// less than [`BACKOFF_MEMORY`] ago (at most [`BACKOFF_MAX`]). A quiet machine where
+    /// something ran for a moment loses little; a busy one soon runs on one thread.
     fn preempted(&self) {
-        let until = self.now().saturating_add(u64::try_from(BACKOFF.as_nanos()).unwrap_or(u64::MAX));
-        self.calm_from.fetch_max(until, Ordering::Relaxed);
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let now = self.now();
+        let last_end = self.calm_from.load(Ordering::Relaxed);
+        let repeat = last_end != 0 && now < last_end.saturating_add(ns(BACKOFF_MEMORY));
+        let backoff = if repeat {
+            self.backoff.load(Ordering::Relaxed).saturating_mul(2).clamp(ns(BACKOFF), ns(BACKOFF_MAX))
+        } else {
+            ns(BACKOFF)
+        };
+        self.backoff.store(backoff, Ordering::Relaxed);
+        self.calm_from.fetch_max(now.saturating_add(backoff), Ordering::Relaxed);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -139,6 +168,7 @@ impl Pool {
             epoch: AtomicU64::new(0),
             origin: Instant::now(),
             calm_from: AtomicU64::new(0),
+            backoff: AtomicU64::new(0),
         });
         let mut started = 1;
         for i in 1..threads {
@@ -226,11 +256,11 @@ impl Drop for Published<'_> {
         let mut flagged = false;
         while self.call.inside.load(Ordering::Acquire) != 0 {
             // The workers inside are running their last claimed tasks. Waiting longer than the
-            // calling thread's own share took means one of them lost its core (or this thread
-            // did, which a gap between looks shows): the machine is oversubscribed.
+            // calling thread's own share took means one of them lost its core: the machine is
+            // oversubscribed.
             std::hint::spin_loop();
             if let Some(look) = watch.tick() {
-                if !flagged && (look.preempted || look.since_start > own) {
+                if !flagged && look.since_start > own {
                     self.shared.preempted();
                     flagged = true;
                 }
@@ -288,14 +318,12 @@ fn worker(shared: &Shared) {
             let mut watch = Watch::new();
             while shared.epoch.load(Ordering::Acquire) == seen {
                 std::hint::spin_loop();
-                if let Some(look) = watch.tick() {
-                    if look.preempted {
-                        shared.preempted();
-                        break;
-                    }
-                    if look.since_start >= SPIN {
-                        break;
-                    }
+                // Lost the core while spinning: another thread wants it (one of the process's
+                // own, or another process); sleep and leave it.
+                if let Some(look) = watch.tick()
+                    && (look.preempted || look.since_start >= SPIN)
+                {
+                    break;
                 }
             }
         }
@@ -437,6 +465,30 @@ mod tests {
             total.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(total.load(Ordering::Relaxed), 64);
+    }
+
+    #[test]
+    fn back_offs_run_calls_on_the_caller_and_double_while_they_repeat() {
+        let pool = Pool::new(2);
+        assert!(!pool.shared.contended());
+        pool.shared.preempted();
+        assert!(pool.shared.contended());
+        let first = pool.shared.backoff.load(Ordering::Relaxed);
+        assert_eq!(u128::from(first), BACKOFF.as_nanos());
+        // While backing off, a call runs every task on the calling thread (checked when the
+        // back-off outlasted the call, as it does unless this thread was held up for longer).
+        let me = thread::current().id();
+        let others = AtomicUsize::new(0);
+        pool.run(64, &|_| {
+            if thread::current().id() != me {
+                others.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        if pool.shared.contended() {
+            assert_eq!(others.load(Ordering::Relaxed), 0);
+        }
+        pool.shared.preempted();
+        assert_eq!(pool.shared.backoff.load(Ordering::Relaxed), 2 * first);
     }
 
     #[test]
