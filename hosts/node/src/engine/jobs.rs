@@ -119,12 +119,15 @@ pub(crate) const CHUNK: u64 = 8 << 20;
 
 /// Device time one kernel part aims at.
 const PART_TARGET: Duration = Duration::from_micros(2_000);
+/// A part teaches [`PartBudget`] only if it costs at least this fraction of the budget.
+const LEARN_FROM: u64 = 8;
 /// Bounds of [`PartBudget`] (multiply-adds).
 const PART_MIN: u64 = 1 << 12;
 const PART_MAX: u64 = 1 << 34;
 
-/// Multiply-adds one kernel part may cost, learnt from the device's speed: after each part the
-/// budget moves halfway to what would have taken [`PART_TARGET`].
+/// Multiply-adds one kernel part may cost, learnt from the device's speed: after each part that
+/// costs at least `1 /` [`LEARN_FROM`] of the budget, the budget moves halfway to what would
+/// have taken [`PART_TARGET`].
 #[derive(Debug)]
 pub(crate) struct PartBudget(AtomicU64);
 
@@ -141,6 +144,16 @@ impl PartBudget {
     }
 
     fn learn(&self, cost: u64, took: Duration) {
+        // A part far below the budget is timed mostly by what every call costs whatever its
+        // size (validation, a kernel's set-up, waking the kernels' threads), not by the
+        // device's speed; and the units of the elementwise kernels understate their work
+        // (GELU: one unit, some thirty operations). Learning from those parts shrank the
+        // budget until a short text's LINEAR calls were cut into parts of a few rows, each
+        // streaming all of `w` again. They teach nothing; the parts of calls that are cut
+        // (which cost about the budget) and whole calls of a similar size do.
+        if cost < self.get() / LEARN_FROM {
+            return;
+        }
         let nanos = took.as_nanos().max(1);
         let ideal = (u128::from(cost) * PART_TARGET.as_nanos() / nanos).min(u128::from(PART_MAX)) as u64;
         let old = self.get();
@@ -524,5 +537,30 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "non-string panic payload".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{LEARN_FROM, PART_TARGET, PartBudget};
+
+    #[test]
+    fn small_parts_do_not_shrink_the_part_budget() {
+        let budget = PartBudget::default();
+        let start = budget.get();
+        // Calls far below the budget that take long for their cost (fixed overheads).
+        for _ in 0..100 {
+            budget.learn(start / LEARN_FROM - 1, Duration::from_micros(50));
+        }
+        assert_eq!(budget.get(), start);
+        // A part of about the budget that ran at 100 times the guessed speed raises it, and
+        // one that ran slowly brings it down again.
+        budget.learn(start, PART_TARGET / 100);
+        let raised = budget.get();
+        assert!(raised > 10 * start, "{raised} after a fast part");
+        budget.learn(raised, PART_TARGET * 4);
+        assert!(budget.get() < raised, "a slow part lowers the budget");
     }
 }
