@@ -777,6 +777,13 @@ impl Embedder {
         backend.dispatch(&norm(ws.t2, self.emb_ln_g, self.emb_ln_b, ws.h))?;
 
         let (heads, head_dim) = (u32_of(c.num_attention_heads)?, u32_of(c.head_dim())?);
+        // With one group (always at batch 1) its mask is written once for the whole pass: a
+        // WRITE ends the job's turn on the node, and getting the backend back costs two thread
+        // hand-offs, more than a short text's layer takes to compute on some machines.
+        let one_group = groups.len() == 1;
+        if let (true, Some(mask)) = (one_group, masks.first()) {
+            backend.write(ws.mask, 0, mask)?;
+        }
         for l in &self.layers {
             backend.dispatch(&linear(ws.h, l.q_w, l.q_b, ws.q, h, h))?;
             backend.dispatch(&linear(ws.h, l.k_w, l.k_b, ws.k, h, h))?;
@@ -788,7 +795,9 @@ impl Embedder {
                     to_group(backend, ws.k, ws.t2, i, slot, seq)?;
                     to_group(backend, ws.v, ws.h1, i, slot, seq)?;
                 }
-                backend.write(ws.mask, 0, mask)?;
+                if !one_group {
+                    backend.write(ws.mask, 0, mask)?;
+                }
                 backend.dispatch(&KernelCall::Attention {
                     q: ws.t1,
                     k: ws.t2,
@@ -820,7 +829,9 @@ impl Embedder {
             for (slot, i) in g.clone().enumerate() {
                 to_group(backend, ws.h, ws.t1, i, slot, seq)?;
             }
-            backend.write(ws.mask, 0, mask)?;
+            if !one_group {
+                backend.write(ws.mask, 0, mask)?;
+            }
             let (gb, su) = (u32_of(g.len())?, u32_of(seq)?);
             backend.dispatch(&KernelCall::MeanPool {
                 x: ws.t1,
