@@ -5,9 +5,7 @@
 //! head `h` reads the keys and values of KV head `h / (n_heads / n_kv_heads)`. Scores are
 //! scaled by `1/sqrt(head_dim)` and go through [`softmax`] (max subtracted, `exp` from the
 //! standard library), so the arithmetic is the reference's but for the order of the sums. Tokens
-//! and heads are split across [`threads`]' pool when there is enough work.
-
-use rayon::prelude::*;
+//! and heads are split across the pool of [`threads`] when there is enough work.
 
 use crate::forward::softmax;
 use crate::simd::{Kernel, Madd, dispatch, hsum};
@@ -63,17 +61,24 @@ pub(crate) fn attend(
         return;
     }
     // One task per (token, head): causal rows differ in length, so many small tasks balance.
-    threads::install(|| {
-        out.par_chunks_mut(shape.head_dim).enumerate().for_each_init(
-            || vec![0f32; n_pos],
-            |scores, (i, out)| {
-                let (t, h) = (i / shape.n_heads, i % shape.n_heads);
-                let q = &q[t * q_dim..(t + 1) * q_dim];
-                let job = Head { shape, q, keys, values, n_pos: pos0 + t + 1, h, scores, out };
-                dispatch(job);
-            },
-        );
+    let mut heads: Vec<&mut [f32]> = out.chunks_exact_mut(shape.head_dim).collect();
+    threads::for_each_mut(&mut heads, |i, out| {
+        let (t, h) = (i / shape.n_heads, i % shape.n_heads);
+        let q = &q[t * q_dim..(t + 1) * q_dim];
+        SCORES.with_borrow_mut(|scores| {
+            if scores.len() < n_pos {
+                scores.resize(n_pos, 0.0);
+            }
+            let job = Head { shape, q, keys, values, n_pos: pos0 + t + 1, h, scores, out };
+            dispatch(job);
+        });
     });
+}
+
+std::thread_local! {
+    /// Each pool thread's scratch for one head's scores, kept between calls. A task holds it
+    /// only while [`Head`] runs, which calls nothing on the pool.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// One query head over the first `n_pos` positions; `out` is the head's `head_dim` outputs

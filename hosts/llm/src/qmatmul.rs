@@ -25,8 +25,6 @@
 // The kernels index fixed-size lanes on purpose: that is the shape the compiler vectorizes.
 #![allow(clippy::needless_range_loop)]
 
-use rayon::prelude::*;
-
 use crate::gguf::GgmlType;
 use crate::qbatch;
 use crate::quant;
@@ -330,13 +328,19 @@ fn rows_per_task(rows: usize, cols: usize) -> usize {
     rows.div_ceil(threads::threads() * 4).max(min).max(1)
 }
 
-/// The row tasks of one product, as a parallel iterator of `(matrix, first row, output)`.
-fn tasks<'a, 'y>(
-    m: QMat<'a>,
-    y: &'y mut [f32],
-) -> impl IndexedParallelIterator<Item = (QMat<'a>, usize, &'y mut [f32])> {
+/// One task of a product: a matrix, its first row in the task, and the task's output rows.
+type Task<'a, 'y> = (QMat<'a>, usize, &'y mut [f32]);
+
+/// The row tasks of one product.
+fn tasks<'a, 'y>(m: QMat<'a>, y: &'y mut [f32]) -> impl Iterator<Item = Task<'a, 'y>> {
     let per = rows_per_task(m.rows, m.cols);
-    y.par_chunks_mut(per).enumerate().map(move |(c, y)| (m, c * per, y))
+    y.chunks_mut(per).enumerate().map(move |(c, y)| (m, c * per, y))
+}
+
+/// Runs row tasks (of products of the same input `x`) on the pool's threads.
+fn run_tasks<'a, 'y>(tasks: impl Iterator<Item = Task<'a, 'y>>, x: &[f32], sums: &[f32]) {
+    let mut tasks: Vec<Task<'a, 'y>> = tasks.collect();
+    threads::for_each_mut(&mut tasks, |_, (m, first, y)| rows(Rows { m: *m, x, sums, first: *first, y }));
 }
 
 fn check(m: &QMat<'_>, x: &[f32], sums: &[f32], y: &[f32]) {
@@ -354,7 +358,7 @@ pub(crate) fn matvec(m: QMat<'_>, x: &[f32], sums: &[f32], y: &mut [f32]) {
         rows(Rows { m, x, sums, first: 0, y });
         return;
     }
-    threads::install(|| tasks(m, y).for_each(|(m, first, y)| rows(Rows { m, x, sums, first, y })));
+    run_tasks(tasks(m, y), x, sums);
 }
 
 /// `ya = a · x` and `yb = b · x` as one parallel job.
@@ -366,9 +370,7 @@ pub(crate) fn matvec2(a: QMat<'_>, ya: &mut [f32], b: QMat<'_>, yb: &mut [f32], 
         rows(Rows { m: b, x, sums, first: 0, y: yb });
         return;
     }
-    threads::install(|| {
-        tasks(a, ya).chain(tasks(b, yb)).for_each(|(m, first, y)| rows(Rows { m, x, sums, first, y }))
-    });
+    run_tasks(tasks(a, ya).chain(tasks(b, yb)), x, sums);
 }
 
 /// `ya = a · x`, `yb = b · x` and `yc = c · x` as one parallel job.
@@ -392,12 +394,7 @@ pub(crate) fn matvec3(
         rows(Rows { m: c, x, sums, first: 0, y: yc });
         return;
     }
-    threads::install(|| {
-        tasks(a, ya)
-            .chain(tasks(b, yb))
-            .chain(tasks(c, yc))
-            .for_each(|(m, first, y)| rows(Rows { m, x, sums, first, y }))
-    });
+    run_tasks(tasks(a, ya).chain(tasks(b, yb)).chain(tasks(c, yc)), x, sums);
 }
 
 /// One panel of [`matmul`]: rows `first..first + PANEL` (fewer at the end) of `m` dequantized
@@ -494,7 +491,13 @@ pub(crate) fn matmul(m: QMat<'_>, x: &[f32], tokens: usize, y: &mut [f32]) {
         let mut bufs = init();
         (0..panels).map(|p| run(p, &mut bufs)).collect()
     } else {
-        threads::install(|| (0..panels).into_par_iter().map_init(init, |b, p| run(p, b)).collect())
+        // About four tasks per thread, each a run of panels with its own buffers.
+        let per = panels.div_ceil(threads::threads() * 4);
+        let runs = threads::map(panels.div_ceil(per), |r| {
+            let mut bufs = init();
+            (r * per..panels.min((r + 1) * per)).map(|p| run(p, &mut bufs)).collect::<Vec<_>>()
+        });
+        runs.into_iter().flatten().collect()
     };
     for (p, out) in outs.iter().enumerate() {
         let first = p * PANEL;
@@ -546,7 +549,7 @@ pub(crate) fn by_row_runs(
     let outs: Vec<Vec<f32>> = if tokens * m.rows * m.cols < PAR_MIN || threads::threads() == 1 {
         chunks.iter().map(|&(f, n)| run(f, n)).collect()
     } else {
-        threads::install(|| chunks.par_iter().map(|&(f, n)| run(f, n)).collect())
+        threads::map(chunks.len(), |i| run(chunks[i].0, chunks[i].1))
     };
     for (&(first, n), out) in chunks.iter().zip(&outs) {
         for (t, o) in out.chunks_exact(n).enumerate() {

@@ -180,9 +180,8 @@ fn parse_max_payload(s: &str) -> Result<u32, String> {
 }
 
 pub(crate) async fn serve(args: ServeArgs) -> Result<(), CliError> {
+    // One pool for the host kernels and language models' forward pass (`rela_llm::threads`).
     rela_kernels::fast::set_threads(args.kernel_threads);
-    // Language models' forward pass has its own pool, sized the same.
-    rela_llm::threads::set_threads(args.kernel_threads);
     let token = util::load_token(args.token.as_deref(), args.token_file.as_deref())?;
     if args.require_auth && token.is_none() {
         return Err("REQUIRE_AUTH is set but no token was given (AUTH_TOKEN, --token or --token-file)".into());

@@ -47,7 +47,7 @@ pub const PREEMPTED: Duration = Duration::from_micros(200);
 pub const BACKOFF: Duration = Duration::from_millis(50);
 
 /// The longest back-off.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
+pub const BACKOFF_MAX: Duration = Duration::from_millis(200);
 
 /// How long after a back-off the next one still counts as a repeat (and is doubled).
 pub const BACKOFF_MEMORY: Duration = Duration::from_secs(2);
