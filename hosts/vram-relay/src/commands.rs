@@ -143,8 +143,9 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "RELA_MAX_CONTEXT", default_value_t = rela_node::DEFAULT_MAX_CONTEXT,
           value_parser = clap::value_parser!(u32).range(2..))]
     max_context: u32,
-    /// Threads the host backend's kernels and language models' forward pass each run on (GEMM,
-    /// attention...; the node's connection threads are --threads). 0: one per CPU core.
+    /// Threads of the one pool that the host backend's kernels and language models' forward pass
+    /// run on (GEMM, attention...; the node's connection threads are --threads). 0: one per CPU
+    /// core.
     #[arg(long, env = "RELA_KERNEL_THREADS", default_value_t = 0)]
     kernel_threads: usize,
 }
