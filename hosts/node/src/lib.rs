@@ -44,10 +44,11 @@
 //!   session on the connection's reader task (under the session's lock) instead of the engine
 //!   thread, and the reader writes the PONG to the socket itself, saving the engine's two
 //!   thread hops and the hop to the writer task.
-//! - Threads: the connection tasks run on whatever tokio runtime calls [`Node::start`]. On a
-//!   machine with few cores a single-threaded runtime is the better fit (one thread for every
-//!   socket plus the engine thread, no wakeups between runtime workers); `vram-relay serve
-//!   --threads` chooses, with one fewer than the cores as its default.
+//! - Threads: the connection tasks run on whatever tokio runtime calls [`Node::start`]. A
+//!   single-threaded runtime has the fewest wakeups between threads (one thread for every
+//!   socket plus the engine thread), and on 2 cores it keeps one upload and PINGs as fast as
+//!   two threads do, but many concurrent uploads need both cores; `vram-relay serve --threads`
+//!   chooses, with one fewer than the cores as its default (2 on a machine of 2 cores).
 //! - Session timers: every reply carries the session's next deadline; the writer arms a timer
 //!   and asks the engine to fire it.
 //! - Past [`NodeConfig::max_sessions`] a connection gets one `ERROR(BUSY)` and is closed.

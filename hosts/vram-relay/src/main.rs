@@ -157,7 +157,8 @@ struct ServeCli {
     args: commands::ServeArgs,
     /// Threads running the node's connections: socket reads and writes, frame checks and CRCs
     /// (the backend has its own thread besides). 1 runs every connection on one thread, with the
-    /// fewest wakeups between threads. Default: one fewer than the CPU cores, at least 1.
+    /// fewest wakeups between threads. Default: one fewer than the CPU cores, but 2 on a
+    /// machine of 2 cores (many concurrent uploads need both) and 1 on a machine of one.
     #[arg(long, env = "RELA_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
 }
@@ -166,10 +167,19 @@ impl ServeCli {
     /// The connection threads asked for, or the default for this machine.
     fn threads(&self) -> usize {
         self.threads.map_or_else(
-            || std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),
+            || default_threads(std::thread::available_parallelism().map_or(1, |n| n.get())),
             usize::from,
         )
     }
+}
+
+/// The connection threads `serve` runs on a machine of `cores` cores when `--threads` is not
+/// given: one fewer than the cores, but at least 2 where there are 2. On 2 cores one thread
+/// for every connection kept single uploads and PINGs as fast, but 8 concurrent uploads reached
+/// 0.70-0.87 of one upload's rate where two threads reach 0.99-1.05 (docs/BENCHMARKS.md,
+/// "Concurrent sessions").
+fn default_threads(cores: usize) -> usize {
+    cores.saturating_sub(1).max(2).min(cores.max(1))
 }
 
 /// The runtime for `command`: for `serve`, its connection threads (one: a single-threaded
@@ -376,5 +386,11 @@ mod tests {
         let names: Vec<_> =
             [Auto, Cuda, Vulkan, Wgpu, WgpuVulkan, WgpuGl, Host].iter().map(|b| b.name()).collect();
         assert_eq!(names, ["auto", "cuda", "vulkan", "wgpu", "wgpu-vulkan", "wgpu-gl", "host"]);
+    }
+
+    #[test]
+    fn default_connection_threads() {
+        let by_cores: Vec<usize> = [0, 1, 2, 3, 4, 16].into_iter().map(super::default_threads).collect();
+        assert_eq!(by_cores, [1, 1, 2, 2, 3, 15]);
     }
 }
