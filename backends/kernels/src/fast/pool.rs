@@ -17,9 +17,12 @@
 //!   loses its core (a gap of more than [`PREEMPTED`] between two looks at the clock) sleeps at
 //!   once, leaving the core to whatever wanted it;
 //! - on an oversubscribed machine, where a call waited for a worker that lost its core with a
-//!   task in hand (longer than the calling thread's own share took), calls run on the calling
-//!   thread alone for a while ([`BACKOFF`], doubled while it keeps happening): parallel calls
-//!   would wait a time slice each.
+//!   task in hand (more than [`HELD_UP`] longer than the calling thread's own share took),
+//!   calls run on the calling thread alone for a while ([`BACKOFF`], doubled while it keeps
+//!   happening): parallel calls would wait a time slice each. A worker displaced for a moment
+//!   by a short-lived thread (the node's connection and engine threads, clients on the same
+//!   machine) does not start one: with a back-off for every such moment, a node serving
+//!   several sessions ran its kernels on one thread most of the time.
 //!
 //! The pool has [`threads`]` − 1` workers. A call made while another thread's call is running,
 //! or from inside a task, runs its tasks on the calling thread.
@@ -40,6 +43,12 @@ pub const SPIN: Duration = Duration::from_micros(250);
 /// leaving the core to whatever wanted it. Also the least wait for a worker that counts as
 /// being held up by one that lost its core.
 pub const PREEMPTED: Duration = Duration::from_micros(200);
+
+/// How much longer than its own share of a call the calling thread must wait for a worker
+/// before the machine counts as oversubscribed (a back-off starts). A worker that a short-lived
+/// thread (a connection's I/O, a client on the same machine) displaced for a moment holds its
+/// call up by less; one displaced for a time slice of a CPU-bound process, by more.
+pub const HELD_UP: Duration = Duration::from_millis(1);
 
 /// How long the pool runs calls on the calling thread alone, with no spinning, after a call
 /// waited for a worker that had lost its core: at first; each such wait within
@@ -260,7 +269,7 @@ impl Drop for Published<'_> {
             // oversubscribed.
             std::hint::spin_loop();
             if let Some(look) = watch.tick() {
-                if !flagged && look.since_start > own {
+                if !flagged && look.since_start > own + HELD_UP {
                     self.shared.preempted();
                     flagged = true;
                 }
