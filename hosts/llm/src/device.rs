@@ -250,12 +250,7 @@ impl DeviceLlm {
         }
         let v = ids.split_off(c.n_layers);
         Ok(DeviceKv {
-            k: ids,
-            v,
-            n_layers: c.n_layers,
-            kv_dim,
-            capacity,
-            len: 0,
+            cache: KvView { k: ids, v, n_layers: c.n_layers, kv_dim, capacity, len: 0 },
             cache_bytes: bytes * 2 * c.n_layers as u64,
             scratch: None,
         })
@@ -267,11 +262,12 @@ impl DeviceLlm {
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
             return Err(ForwardError::BadToken(bad));
         }
-        if kv.n_layers != c.n_layers || kv.kv_dim != c.n_kv_heads * c.head_dim {
+        let cache = &kv.cache;
+        if cache.n_layers != c.n_layers || cache.kv_dim != c.n_kv_heads * c.head_dim {
             return Err(ForwardError::CacheMismatch);
         }
-        if kv.len + tokens.len() > kv.capacity {
-            return Err(ForwardError::ContextFull(kv.capacity));
+        if cache.len + tokens.len() > cache.capacity {
+            return Err(ForwardError::ContextFull(cache.capacity));
         }
         Ok(())
     }
@@ -345,7 +341,7 @@ impl DeviceLlm {
     ) -> Result<(), DeviceError> {
         let rows = tokens.len().min(DEVICE_BATCH);
         kv.ensure_scratch(backend, &self.config, rows)?;
-        let DeviceKv { k, v, len, scratch, .. } = kv;
+        let DeviceKv { cache: KvView { k, v, len, .. }, scratch, .. } = kv;
         let Some(s) = scratch.as_mut() else { return Err(BackendError::InvalidArgument.into()) };
         for run in tokens.chunks(DEVICE_BATCH) {
             let seg = Seg { k, v, pos0: u32_of(*len)?, tokens: u32_of(run.len())? };

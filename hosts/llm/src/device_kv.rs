@@ -14,12 +14,8 @@ use crate::forward::ForwardError;
 /// [`DeviceLlm::new_kv`](crate::DeviceLlm::new_kv); give it back with [`free`](Self::free).
 #[derive(Debug)]
 pub struct DeviceKv {
-    pub(crate) k: Vec<BufferId>,
-    pub(crate) v: Vec<BufferId>,
-    pub(crate) n_layers: usize,
-    pub(crate) kv_dim: usize,
-    pub(crate) capacity: usize,
-    pub(crate) len: usize,
+    /// Its buffers, shape and length: what [`view`](Self::view) hands out.
+    pub(crate) cache: KvView,
     pub(crate) cache_bytes: u64,
     pub(crate) scratch: Option<Scratch>,
 }
@@ -27,17 +23,17 @@ pub struct DeviceKv {
 impl DeviceKv {
     /// Positions held.
     pub fn len(&self) -> usize {
-        self.len
+        self.cache.len
     }
 
     /// Whether no position is held.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.cache.is_empty()
     }
 
     /// Positions it can hold.
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.cache.capacity
     }
 
     /// Device bytes held now: the caches and the scratch buffers of the largest pass so far.
@@ -58,24 +54,17 @@ impl DeviceKv {
     /// needs of this cache: its buffers and how many positions it holds now. The cache must run
     /// no other step until the batched one is [`accept`](Self::accept)ed (or has failed).
     pub fn view(&self) -> KvView {
-        KvView {
-            k: self.k.clone(),
-            v: self.v.clone(),
-            n_layers: self.n_layers,
-            kv_dim: self.kv_dim,
-            capacity: self.capacity,
-            len: self.len,
-        }
+        self.cache.clone()
     }
 
     /// Takes in the position a batched step wrote through `view`, a view of this cache at its
     /// current length. Refused (`CacheMismatch`, nothing changed) for a view of another cache or
     /// of another length.
     pub fn accept(&mut self, view: &KvView) -> Result<(), ForwardError> {
-        if view.k != self.k || view.v != self.v || view.len != self.len || self.len >= self.capacity {
+        if *view != self.cache || self.cache.len >= self.cache.capacity {
             return Err(ForwardError::CacheMismatch);
         }
-        self.len += 1;
+        self.cache.len += 1;
         Ok(())
     }
 
@@ -100,7 +89,7 @@ impl DeviceKv {
     /// if one fails, and returns the first failure.
     pub fn free(self, backend: &mut dyn GpuBackend) -> Result<(), DeviceError> {
         let scratch = self.scratch.map(|s| s.free(backend)).unwrap_or(Ok(()));
-        let caches = free_all(backend, self.k.into_iter().chain(self.v));
+        let caches = free_all(backend, self.cache.k.into_iter().chain(self.cache.v));
         scratch.and(caches)
     }
 }

@@ -215,6 +215,13 @@ impl Scratch {
     }
 }
 
+/// `x += proj` over `n` values: the sum goes to `x2`, which then becomes `x`.
+fn add_residual(backend: &mut dyn GpuBackend, s: &mut Scratch, n: u32) -> Result<(), BackendError> {
+    backend.dispatch(&KernelCall::Binary { op: BinaryOp::Add, a: s.x, b: s.proj, out: s.x2, n })?;
+    std::mem::swap(&mut s.x, &mut s.x2);
+    Ok(())
+}
+
 /// Runs `tokens` (the segments' rows, in order) through the model, leaving the logits after
 /// each segment's last token in the first `segs.len()` rows of `s.logits`. The caller has
 /// checked the tokens, the positions and the caches; this checks only that the pass fits `s`.
@@ -296,27 +303,13 @@ pub(crate) fn pass(
             r0 += u64::from(g.tokens);
         }
         linear(backend, &l.wo, s.att, s.proj, t)?;
-        backend.dispatch(&KernelCall::Binary {
-            op: BinaryOp::Add,
-            a: s.x,
-            b: s.proj,
-            out: s.x2,
-            n: t * dim,
-        })?;
-        std::mem::swap(&mut s.x, &mut s.x2);
+        add_residual(backend, s, t * dim)?;
         backend.dispatch(&KernelCall::RmsNorm { x: s.x, w: l.ffn_norm, out: s.n, rows: t, dim, eps })?;
         linear(backend, &l.w_gate, s.n, s.gate, t)?;
         linear(backend, &l.w_up, s.n, s.up, t)?;
         backend.dispatch(&KernelCall::SwiGlu { gate: s.gate, up: s.up, out: s.act, n: t * ffn })?;
         linear(backend, &l.w_down, s.act, s.proj, t)?;
-        backend.dispatch(&KernelCall::Binary {
-            op: BinaryOp::Add,
-            a: s.x,
-            b: s.proj,
-            out: s.x2,
-            n: t * dim,
-        })?;
-        std::mem::swap(&mut s.x, &mut s.x2);
+        add_residual(backend, s, t * dim)?;
     }
     // Each segment's last row only: copied to the segment's row of `last`, normed, projected.
     let row = u64::from(dim) * 4;

@@ -513,16 +513,7 @@ async fn greedy_on_device(name: &str) {
     tokio::time::timeout(DEVICE_STEP, c.close()).await.expect("close in time").expect("close");
     // The last session gone: the weights and the cache are freed (hundreds of FREEs, each a
     // device call: polled for up to DEVICE_STEP, not common::wait_idle's 10 s).
-    let idle = tokio::time::timeout(DEVICE_STEP, async {
-        loop {
-            let usage = node.usage().await.expect("usage");
-            if usage.buffers == 0 && usage.used == 0 && node.sessions() == 0 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    });
-    assert!(idle.await.is_ok(), "{name}: every buffer freed with the last session");
+    common::wait_idle_within(&node, DEVICE_STEP).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -686,14 +677,6 @@ async fn concurrent_generations_on_a_device_share_decode_passes() {
     let passes = batched.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!("{test}: {passes} output projections served two or more generations (the first refused)");
     assert!(passes > 1, "no decode pass served two generations at once after the refused one");
-    let idle = tokio::time::timeout(DEVICE_STEP, async {
-        loop {
-            let usage = node.usage().await.expect("usage");
-            if usage.buffers == 0 && usage.used == 0 && node.sessions() == 0 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    });
-    assert!(idle.await.is_ok(), "every buffer freed with the last session");
+    // Every buffer freed with the last session.
+    common::wait_idle_within(&node, DEVICE_STEP).await;
 }

@@ -82,15 +82,23 @@ pub async fn connect_retrying(
 
 /// Polls until the backend holds nothing (bounded).
 pub async fn wait_idle(node: &NodeHandle) -> Usage {
-    let mut last = Usage::default();
-    for _ in 0..400 {
-        last = node.usage().await.expect("usage");
+    wait_idle_within(node, Duration::from_secs(10)).await
+}
+
+/// [`wait_idle`] for up to `limit` (a device backend frees a model's weights with hundreds of
+/// device calls).
+pub async fn wait_idle_within(node: &NodeHandle, limit: Duration) -> Usage {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let last = node.usage().await.expect("usage");
         if last.used == 0 && last.buffers == 0 && node.sessions() == 0 {
             return last;
         }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("node did not become idle: {last:?}, {} sessions", node.sessions());
+        }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("node did not become idle: {last:?}, {} sessions", node.sessions());
 }
 
 /// Polls until the backend's usage is `want` bytes and no session is left (bounded); returns the
