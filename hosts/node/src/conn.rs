@@ -502,8 +502,10 @@ enum ReadError {
 enum Got {
     /// A frame for the engine, with the pipeline slot it holds.
     Frame(HeaderRepr, Payload, Option<PoolBuf>, Option<EngineTx>, OwnedSemaphorePermit),
-    /// A WRITE whose data went straight into its buffer; the engine has it.
-    Written,
+    /// A WRITE whose data went straight into the held lease's buffer, CRC checked; not yet
+    /// acknowledged. The reader acknowledges it itself when it can ([`fast_write_ack`]),
+    /// otherwise the engine does.
+    Written(DirectWrite, OwnedSemaphorePermit),
 }
 
 impl From<io::Error> for ReadError {
@@ -560,7 +562,26 @@ impl<R: AsyncRead + Send + Unpin, W: TryWrite> Reader<R, W> {
             };
             let now = shared.clock.now();
             let (cmd, last) = match read {
-                Ok(Got::Written) => continue,
+                Ok(Got::Written(write, ticket)) => {
+                    match fast_write_ack(&state, &wr, &write, now) {
+                        // Acknowledged on the socket.
+                        Some(None) => {}
+                        Some(Some((out, len, outcome))) => {
+                            if fast
+                                .send(Reply { out, len, outcome, data: None, _ticket: Some(ticket) })
+                                .is_err()
+                            {
+                                break;
+                            }
+                        }
+                        None => match held.as_ref() {
+                            Some(g) => g.done.written(write, WriteOutcome::Written(now), Some(ticket)),
+                            // `direct_write` returns `Written` only with the lease held.
+                            None => break,
+                        },
+                    }
+                    continue;
+                }
                 Err(ReadError::Told) => break,
                 Ok(Got::Frame(header, payload, out, done, ticket)) => {
                     if let Payload::Inline(p) = &payload
@@ -850,8 +871,7 @@ async fn direct_write<R: AsyncRead + Unpin>(
     match crc.verify(&header) {
         Ok(()) => {
             shared.direct_writes.fetch_add(1, Ordering::Relaxed);
-            g.done.written(write, WriteOutcome::Written(now), Some(ticket));
-            Ok(Got::Written)
+            Ok(Got::Written(write, ticket))
         }
         Err(error) => {
             g.done.written(write, WriteOutcome::BadCrc(now, error), Some(ticket));
@@ -861,24 +881,19 @@ async fn direct_write<R: AsyncRead + Unpin>(
     }
 }
 
-/// The PING fast path: serves a well-formed PING on the reader task when nothing of this
-/// connection is in flight (so the PONG cannot overtake an earlier response). The session
-/// decides, under its lock, exactly as on the engine. `None` sends the frame the normal way.
-///
-/// With the writer idle (nothing in flight, so it has nothing to write), the PONG is written
-/// to the socket right here, still under the session's lock so nothing else of this connection
-/// can be decided and written in between; `Some(None)` then. Whatever the socket does not take
-/// at once (or the whole frame, when the session closes or the writer is busy) comes back as
-/// `Some(Some(reply))`, counted in flight, for the writer. A PONG written here does not tell
-/// the writer the session's new idle deadline; the writer's timer then fires at the old one,
-/// the engine finds the session not yet expired, and its answer carries the new deadline.
+/// A reply the reader writes itself ([`answer_here`]): `None` when the socket took it all,
+/// else what is left of it for the writer, counted in flight.
+type HereReply = Option<(OutBuf, usize, Outcome)>;
+
+/// The PING fast path: serves a well-formed PING on the reader task ([`answer_here`]). `None`
+/// sends the frame the normal way.
 fn fast_ping<W: TryWrite>(
     state: &ConnState,
     wr: &SharedWriter<W>,
     header: HeaderRepr,
     payload: &[u8; INLINE_PAYLOAD],
     now: rela_core::time::Instant,
-) -> Option<Option<(OutBuf, usize, Outcome)>> {
+) -> Option<HereReply> {
     let payload = payload.get(..header.len as usize)?;
     // Only a request the core answers without the backend: a PING that decodes, no flags.
     if header.kind != Kind::PING
@@ -887,6 +902,42 @@ fn fast_ping<W: TryWrite>(
     {
         return None;
     }
+    answer_here(state, wr, |session| {
+        session.handle_frame(now, Frame::from_verified(header, payload), &mut NoBackend).is_ok()
+    })
+}
+
+/// The direct WRITE's fast path: acknowledges a WRITE whose data is already in the leased
+/// buffer on the reader task ([`answer_here`]), as the engine would (`finish_write` checks the
+/// WRITE against the session again). `None` leaves it to the engine, which then also handles
+/// a WRITE the session no longer takes. Without it, a small WRITE waits for the engine twice
+/// (the lease, then the acknowledgement), each time up to a step of a running job.
+fn fast_write_ack<W: TryWrite>(
+    state: &ConnState,
+    wr: &SharedWriter<W>,
+    write: &DirectWrite,
+    now: rela_core::time::Instant,
+) -> Option<HereReply> {
+    answer_here(state, wr, |session| session.finish_write(now, write).is_ok())
+}
+
+/// Runs `input` on the session on the reader task and answers it from here, when nothing of
+/// this connection is in flight (so the answer cannot overtake an earlier response). `input`
+/// decides, under the session's lock, exactly as on the engine, with no backend; `false` (or
+/// something in flight) gives `None`: the request goes the normal way.
+///
+/// With the writer idle (nothing in flight, so it has nothing to write), the answer is written
+/// to the socket right here, still under the session's lock so nothing else of this connection
+/// can be decided and written in between; `Some(None)` then. Whatever the socket does not take
+/// at once (or the whole frame, when the session closes or the writer is busy) comes back as
+/// `Some(Some(reply))`, counted in flight, for the writer. An answer written here does not
+/// tell the writer the session's new idle deadline; the writer's timer then fires at the old
+/// one, the engine finds the session not yet expired, and its answer carries the new deadline.
+fn answer_here<W: TryWrite>(
+    state: &ConnState,
+    wr: &SharedWriter<W>,
+    input: impl FnOnce(&mut Session) -> bool,
+) -> Option<HereReply> {
     // Something in flight: the engine may be holding the session for a long request (a model
     // load, an INFER), and waiting for its lock here would stall this runtime thread.
     if state.inflight.load(Ordering::Acquire) != 0 {
@@ -894,14 +945,13 @@ fn fast_ping<W: TryWrite>(
     }
     let mut session = state.lock();
     // Checked again under the lock: the engine counts its replies while holding it.
-    if !session.is_ready() || state.inflight.load(Ordering::Acquire) != 0 {
+    if !session.is_ready() || state.inflight.load(Ordering::Acquire) != 0 || !input(&mut session) {
         return None;
     }
-    let mut no_backend = NoBackend;
-    session.handle_frame(now, Frame::from_verified(header, payload), &mut no_backend).ok()?;
     let mut out = OutBuf::Inline([0; INLINE_OUT]);
-    // A PONG (at most 272 bytes) always fits; `drain` would grow the buffer otherwise.
-    let mut len = drain(&mut session, &mut no_backend, &mut out).unwrap_or(0);
+    // A PONG (at most 272 bytes) or a WRITE's acknowledgement (a header) always fits; `drain`
+    // would grow the buffer otherwise.
+    let mut len = drain(&mut session, &mut NoBackend, &mut out).unwrap_or(0);
     let outcome = Outcome { timeout: session.poll_timeout(), closed: session.is_closed() };
     if let OutBuf::Inline(bytes) = &mut out
         && len > 0
@@ -923,9 +973,9 @@ fn fast_ping<W: TryWrite>(
     Some(Some((out, len, outcome)))
 }
 
-/// The backend the PING fast path hands the session: the core never calls a backend for a
-/// PING, and every call here fails, so a future change in that would show as errors rather than
-/// touch the real backend.
+/// The backend the reader's fast paths hand the session: the core never calls a backend for a
+/// PING or a WRITE's acknowledgement, and every call here fails, so a future change in that
+/// would show as errors rather than touch the real backend.
 struct NoBackend;
 
 impl GpuBackend for NoBackend {
@@ -1006,6 +1056,37 @@ mod tests {
             client.ping().await.expect("pings keep the session alive");
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let error = client.ping().await.expect_err("a quiet session is closed");
+        assert_eq!(error.code(), Some(ErrorCode::TIMEOUT), "{error}");
+        let usage = node.shutdown().await.expect("shutdown");
+        assert_eq!(usage.used, 0);
+    }
+
+    /// WRITEs the reader acknowledges itself (data straight into a leased buffer, nothing in
+    /// flight) keep the session alive the same way, and what they wrote reads back.
+    #[tokio::test]
+    async fn writes_acknowledged_by_the_reader_extend_the_idle_deadline() {
+        let mut config = NodeConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            discovery: None,
+            ..NodeConfig::default()
+        };
+        config.session.idle_timeout = rela_core::time::Duration::from_millis(600);
+        // Over the host arena, WRITE data goes straight into the buffer.
+        let backend = crate::NodeBackend::host::<{ rela_backend_host::MAX_BLOCKS }>(1 << 20).expect("arena");
+        let node = Node::start(config, backend).await.expect("node starts");
+        let mut client = Client::connect(node.local_addr(), None).await.expect("connect");
+        let h = client.alloc(64 << 10).await.expect("alloc");
+        // 12 × 150 ms of WRITEs only: three idle timeouts' worth of time, never 600 ms quiet.
+        for round in 0..12u8 {
+            let data = vec![round; 4096];
+            client.write(h, u64::from(round) * 4096, &data).await.expect("writes keep the session alive");
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        assert!(node.direct_writes() >= 12, "{} direct WRITEs", node.direct_writes());
+        let back = client.read(h, 0, 12 * 4096).await.expect("read");
+        assert!(back.chunks(4096).enumerate().all(|(i, c)| c.iter().all(|&b| usize::from(b) == i)));
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let error = client.ping().await.expect_err("a quiet session is closed");
         assert_eq!(error.code(), Some(ErrorCode::TIMEOUT), "{error}");

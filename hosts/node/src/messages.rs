@@ -282,8 +282,9 @@ pub(crate) enum Command {
     Shutdown { reply: oneshot::Sender<Usage> },
     /// A job wants a turn on the backend.
     Want { conn: ConnId },
-    /// A job gives the backend back after a turn of `used`.
-    Back { conn: ConnId, backend: Lent, used: Duration },
+    /// A job gives the backend back after a turn of `used`; with `again`, it wants another
+    /// turn at once (it stepped aside for waiting requests, or its quantum ran out).
+    Back { conn: ConnId, backend: Lent, used: Duration, again: bool },
     /// A job ended.
     JobDone { conn: ConnId, done: Box<JobDone> },
 }

@@ -23,8 +23,11 @@
 //!   without a turn, in parallel with everything else: the calls it follows (WRITE, READ,
 //!   ALLOC, FREE) end the turn, while kernels, copies, fills and queries keep it for the next
 //!   call (see [`Turns`]' [`GpuBackend`] impl).
-//! - Between any two turns, the engine runs every light request that is waiting, and the
-//!   [`Scheduler`](super::sched::Scheduler) picks the next turn by service received.
+//! - A request that is not a job's (a light request, a lease, a session's end) makes the job
+//!   step aside at its next step ([`JobEnv::wanted`]): the engine runs every light request
+//!   that is waiting, then lends the backend back to the same job, whose turn goes on until it
+//!   has lasted [`QUANTUM`]. Between turns the [`Scheduler`](super::sched::Scheduler) picks
+//!   the next job by service received; another job waiting does not cut a turn short.
 //! - While a session has a job, its later commands wait in the job's queue (responses stay in
 //!   request order); the job's answer goes out when it ends ([`Command::JobDone`]).
 //! - Cancelling (the session aborts, the node shuts down) makes every later backend call of
@@ -110,8 +113,12 @@ impl std::fmt::Debug for Lent {
 /// The engine's side of a job's grant channel: sends the backend for one turn.
 pub(crate) type Grant = std_mpsc::SyncSender<BackendBox>;
 
-/// Longest a job keeps the backend before giving others a turn.
-pub(crate) const QUANTUM: Duration = Duration::from_millis(2);
+/// How long a job's turn lasts before another job may have the backend. Light requests do not
+/// wait for it: a job steps aside for them at its next step ([`JobEnv::wanted`]) and then goes
+/// on with its turn. Each change of job costs thread wake-ups and cold caches, so turns are
+/// several steps long (two heavy MATMUL sessions on 2 cores: 0.79 of one alone with 2 ms turns
+/// that every waiting request ended, 0.91-1.01 with these; `docs/BENCHMARKS.md`).
+pub(crate) const QUANTUM: Duration = Duration::from_millis(8);
 
 /// Bytes per step of a WRITE, READ, COPY or FILL that a job runs (a few ms of memory traffic
 /// at worst).
@@ -181,6 +188,9 @@ pub(crate) struct Turns {
 
 impl Turns {
     /// The job's current turn, starting one (blocking until the engine grants it) if needed.
+    ///
+    /// A turn held for [`QUANTUM`], or while a request that is not a job waits
+    /// ([`JobEnv::wanted`]), goes back before this step, asking for the next one at once.
     fn with<R>(
         &self,
         f: impl FnOnce(&mut dyn GpuBackend) -> Result<R, BackendError>,
@@ -191,14 +201,20 @@ impl Turns {
         }
         let mut held = self.held.borrow_mut();
         let waited_on = self.wanted.load(Ordering::Acquire);
+        let mut asked = false;
         if held.as_ref().is_some_and(|(_, since)| waited_on || since.elapsed() >= QUANTUM) {
-            self.send_back(held.take());
+            self.send_back(held.take(), true);
+            asked = true;
         }
         let (backend, _) = match &mut *held {
             Some(h) => h,
             slot @ None => {
                 // The engine is gone only when the node is stopping.
-                self.engine.send(Command::Want { conn: self.conn }).map_err(|_| BackendError::DeviceLost)?;
+                if !asked {
+                    self.engine
+                        .send(Command::Want { conn: self.conn })
+                        .map_err(|_| BackendError::DeviceLost)?;
+                }
                 let backend = self.grants.recv().map_err(|_| BackendError::DeviceLost)?;
                 slot.insert((backend, Instant::now()))
             }
@@ -243,14 +259,15 @@ impl Turns {
     /// Ends the current turn, if any.
     pub(crate) fn give_back(&self) {
         let held = self.held.borrow_mut().take();
-        self.send_back(held);
+        self.send_back(held, false);
     }
 
-    fn send_back(&self, held: Option<(BackendBox, Instant)>) {
+    /// Sends the backend back, asking for the next turn with it when `again`.
+    fn send_back(&self, held: Option<(BackendBox, Instant)>, again: bool) {
         if let Some((backend, since)) = held {
             let used = since.elapsed();
             // Fails only if the engine is gone; the backend is then dropped here.
-            let _ = self.engine.send(Command::Back { conn: self.conn, backend: Lent(backend), used });
+            let _ = self.engine.send(Command::Back { conn: self.conn, backend: Lent(backend), used, again });
         }
     }
 
@@ -456,7 +473,9 @@ pub(crate) struct JobEnv {
     pub(crate) info: DeviceInfo,
     pub(crate) budget: Arc<PartBudget>,
     pub(crate) max_cost: u64,
-    /// Set while the backend is lent and something else waits for it.
+    /// Set while the backend is lent and a request that is not a job's turn waits for it (a
+    /// light request, a lease, a session's end): the job steps aside at its next step. Other
+    /// jobs waiting do not set it; they get the backend when the turn's [`QUANTUM`] is over.
     pub(crate) wanted: Arc<AtomicBool>,
 }
 

@@ -7,7 +7,7 @@
 //!
 //! Light requests run here, on the engine thread. Requests that may run long become jobs on
 //! threads of their own that borrow the backend a bounded turn at a time ([`jobs`]); the engine
-//! runs the light requests waiting between any two turns and picks the next turn fairly
+//! runs the light requests waiting between any two steps of a job and picks the next turn fairly
 //! ([`sched`]). Leases of a buffer's memory to connection tasks are in [`crate::leases`].
 
 pub(crate) mod jobs;
@@ -279,8 +279,9 @@ impl Engine {
     /// Takes a command in: turn traffic at once, everything else in order once the backend
     /// is home.
     fn absorb(&mut self, cmd: Command) {
-        if self.lent.is_some() && !matches!(cmd, Command::Back { .. }) {
-            // Someone waits: the job ends its turn at its next step.
+        if self.lent.is_some() && !matches!(cmd, Command::Back { .. } | Command::Want { .. }) {
+            // A request waits: the job steps aside at its next step. (Another job waiting
+            // gets its turn when this turn's quantum is over.)
             self.env.wanted.store(true, std::sync::atomic::Ordering::Release);
         }
         match cmd {
@@ -289,10 +290,13 @@ impl Engine {
                     self.sched.want(conn);
                 }
             }
-            Command::Back { conn, backend, used } => {
+            Command::Back { conn, backend, used, again } => {
                 self.backend = backend.0;
                 self.lent = None;
                 self.sched.charge(conn, u64::try_from(used.as_nanos()).unwrap_or(u64::MAX));
+                if again && self.jobs.contains_key(&conn) {
+                    self.sched.want(conn);
+                }
             }
             cmd => self.pending.push_back(cmd),
         }

@@ -7,8 +7,11 @@
 //! idle. Over any stretch where `n` sessions wait, each gets about `1/n` of the device, and a
 //! session that asks waits at most one turn of each other waiting session.
 //!
-//! Light requests (PING, transfers, STATS...) are not scheduled here: the engine runs them
-//! between any two turns, so they wait at most one turn ([`QUANTUM`](super::jobs::QUANTUM)).
+//! A turn lasts a quantum ([`QUANTUM`](super::jobs::QUANTUM)) of service while its session
+//! keeps asking. Light requests (PING, transfers, STATS...) are not scheduled here: the engine
+//! runs them between any two steps of a job (the job steps aside for them and asks again), so
+//! they wait at most one step; the turn then goes on where it stopped, so light traffic does
+//! not turn every step into a change of job.
 //!
 //! The scheduler is pure (no clock, no threads): service is whatever the caller charges, so
 //! tests drive it on a virtual clock.
@@ -18,7 +21,7 @@ use std::collections::{HashMap, VecDeque};
 use crate::messages::ConnId;
 
 /// Fair queuing over the sessions that want a turn.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Scheduler {
     /// Service received (nanoseconds of device time) by each session that has asked.
     served: HashMap<ConnId, u64>,
@@ -26,6 +29,16 @@ pub(crate) struct Scheduler {
     waiting: VecDeque<ConnId>,
     /// The service of the last session picked: where a returning session starts.
     floor: u64,
+    /// The session whose turn runs, and the service it has had in this turn.
+    turn: Option<(ConnId, u64)>,
+    /// How long a turn lasts (ns) while its session keeps asking.
+    quantum: u64,
+}
+
+impl Default for Scheduler {
+    fn default() -> Self {
+        Self::new(u64::try_from(super::jobs::QUANTUM.as_nanos()).unwrap_or(u64::MAX))
+    }
 }
 
 impl Scheduler {
@@ -40,9 +53,23 @@ impl Scheduler {
         self.waiting.push_back(conn);
     }
 
-    /// The waiting session to run next (least served; the earliest asker among equals), now no
-    /// longer waiting.
+    /// A scheduler whose turns last `quantum` ns.
+    pub(crate) fn new(quantum: u64) -> Self {
+        Self { served: HashMap::new(), waiting: VecDeque::new(), floor: 0, turn: None, quantum }
+    }
+
+    /// The waiting session to run next, now no longer waiting: the session whose turn runs, if
+    /// it asks again before the turn has lasted the quantum (it stepped aside for light
+    /// requests); otherwise the least served (the earliest asker among equals), whose turn
+    /// starts.
     pub(crate) fn next(&mut self) -> Option<ConnId> {
+        if let Some((conn, had)) = self.turn
+            && had < self.quantum
+            && let Some(at) = self.waiting.iter().position(|&c| c == conn)
+        {
+            self.waiting.remove(at);
+            return Some(conn);
+        }
         let (at, _) = self
             .waiting
             .iter()
@@ -50,6 +77,7 @@ impl Scheduler {
             .min_by_key(|&(i, conn)| (self.served.get(conn).copied().unwrap_or(0), i))?;
         let conn = self.waiting.remove(at)?;
         self.floor = self.floor.max(self.served.get(&conn).copied().unwrap_or(0));
+        self.turn = Some((conn, 0));
         Some(conn)
     }
 
@@ -58,12 +86,20 @@ impl Scheduler {
         if let Some(s) = self.served.get_mut(&conn) {
             *s = s.saturating_add(nanos.max(1));
         }
+        if let Some((holder, had)) = &mut self.turn
+            && *holder == conn
+        {
+            *had = had.saturating_add(nanos.max(1));
+        }
     }
 
     /// Forgets `conn` (its job ended).
     pub(crate) fn forget(&mut self, conn: ConnId) {
         self.served.remove(&conn);
         self.waiting.retain(|&c| c != conn);
+        if self.turn.is_some_and(|(holder, _)| holder == conn) {
+            self.turn = None;
+        }
     }
 
     /// Sessions waiting for a turn.
@@ -86,10 +122,14 @@ mod tests {
         served: u64,
     }
 
-    /// Runs the sessions that join at their `start` (virtual ns) until all are done. Returns the
-    /// longest wait any session had between asking and being served.
-    fn run(sims: &mut [Sim], starts: &[u64]) -> HashMap<ConnId, u64> {
-        let mut s = Scheduler::default();
+    /// Runs the sessions that join at their `start` (virtual ns) until all are done, with turns
+    /// of `quantum` ns: each step a session takes is a turn that steps aside (as for a light
+    /// request) and asks again. Returns the longest wait any session had between asking and
+    /// being served, and how often the backend went from one session to another.
+    fn run_with(sims: &mut [Sim], starts: &[u64], quantum: u64) -> (HashMap<ConnId, u64>, usize) {
+        let mut s = Scheduler::new(quantum);
+        let mut last = None;
+        let mut changes = 0;
         let mut now = 0u64;
         let mut asked_at: HashMap<ConnId, u64> = HashMap::new();
         let mut worst: HashMap<ConnId, u64> = HashMap::new();
@@ -112,6 +152,10 @@ mod tests {
                     None => break,
                 }
             };
+            if last.is_some_and(|l| l != conn) {
+                changes += 1;
+            }
+            last = Some(conn);
             let wait = now - asked_at[&conn];
             let w = worst.entry(conn).or_default();
             *w = (*w).max(wait);
@@ -129,7 +173,12 @@ mod tests {
                 asked_at.insert(conn, now);
             }
         }
-        worst
+        (worst, changes)
+    }
+
+    /// [`run_with`] with one step per turn.
+    fn run(sims: &mut [Sim], starts: &[u64]) -> HashMap<ConnId, u64> {
+        run_with(sims, starts, 1).0
     }
 
     fn sim(conn: ConnId, step: u64, work: u64) -> Sim {
@@ -178,6 +227,48 @@ mod tests {
         let mut sims = [sim(1, 1_000_000, 300_000_000), sim(2, 1_000_000, 100_000_000)];
         let worst = run(&mut sims, &[0, 100_000_000]);
         assert!(worst[&1] <= 1_000_000, "session 1 waited {} ns", worst[&1]);
+    }
+
+    #[test]
+    fn a_turn_outlasts_the_steps_it_steps_aside_between() {
+        // Two heavy sessions whose 1 ms steps are each cut by a light request: with 8 ms turns
+        // the backend changes hands once per 8 steps, not after every step.
+        let mut sims = [sim(1, 1_000_000, 400_000_000), sim(2, 1_000_000, 400_000_000)];
+        let (worst, changes) = run_with(&mut sims, &[0, 0], 8_000_000);
+        assert!(changes <= 800 / 8 + 1, "{changes} changes of session in 800 steps");
+        // Still fair: nobody waits longer than one turn of the other, and both end together.
+        for conn in 1..=2 {
+            assert!(worst[&conn] <= 8_000_000, "session {conn} waited {} ns", worst[&conn]);
+        }
+        let (a, b) = (sims[0].done_at.expect("a"), sims[1].done_at.expect("b"));
+        assert!(a.abs_diff(b) <= 8_000_000, "finish times {a} and {b}");
+        // One step per turn: a change after every step.
+        let mut sims = [sim(1, 1_000_000, 400_000_000), sim(2, 1_000_000, 400_000_000)];
+        let (_, changes) = run_with(&mut sims, &[0, 0], 1);
+        assert!(changes >= 799, "{changes} changes with one-step turns");
+    }
+
+    #[test]
+    fn a_turn_ends_when_its_session_stops_asking() {
+        let mut s = Scheduler::new(8_000_000);
+        s.want(1);
+        s.want(2);
+        assert_eq!(s.next(), Some(1));
+        s.charge(1, 1_000_000);
+        // Session 1 did not ask again (its call ended): session 2's turn starts.
+        assert_eq!(s.next(), Some(2));
+        s.charge(2, 1_000_000);
+        s.want(1);
+        s.want(2);
+        // Session 2's turn goes on although session 1 is less served and asked first.
+        assert_eq!(s.next(), Some(2));
+        s.charge(2, 7_000_000);
+        s.want(2);
+        // Session 2's turn has lasted the quantum: the least served goes next.
+        assert_eq!(s.next(), Some(1));
+        s.forget(1);
+        assert_eq!(s.next(), Some(2));
+        assert_eq!(s.next(), None);
     }
 
     #[test]
