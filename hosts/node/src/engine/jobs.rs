@@ -1,5 +1,5 @@
 //! Long requests as jobs: a request that may run long (DISPATCH, INFER, MODEL_LOAD,
-//! MODEL_COMMIT, COPY, FILL, GENERATE) runs on a thread of its own, which borrows the backend
+//! MODEL_UNLOAD, MODEL_COMMIT, COPY, FILL, GENERATE) runs on a thread of its own, which borrows the backend
 //! from the engine one **turn** at a time (a generation's forward pass on the host backend runs
 //! on the host CPU and takes no turn; on any other backend its kernels take turns like
 //! INFER's; see [`crate::llm`]).
@@ -39,7 +39,7 @@ use std::cell::RefCell;
 use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
@@ -120,9 +120,10 @@ pub(crate) type Grant = std_mpsc::SyncSender<BackendBox>;
 /// that every waiting request ended, 0.91-1.01 with these; `docs/BENCHMARKS.md`).
 pub(crate) const QUANTUM: Duration = Duration::from_millis(8);
 
-/// Bytes per step of a WRITE, READ, COPY or FILL that a job runs (a few ms of memory traffic
-/// at worst).
-pub(crate) const CHUNK: u64 = 8 << 20;
+/// Bytes per step of a WRITE, READ, COPY or FILL that a job runs: about a millisecond of
+/// memory traffic, more where the pages are new to the process (a model's weights written
+/// into memory whose pages were given back to the OS: 8 MiB steps took 3.6-5.7 ms there).
+pub(crate) const CHUNK: u64 = 2 << 20;
 
 /// Device time one kernel part aims at.
 const PART_TARGET: Duration = Duration::from_micros(2_000);
@@ -132,40 +133,51 @@ const LEARN_FROM: u64 = 8;
 const PART_MIN: u64 = 1 << 12;
 const PART_MAX: u64 = 1 << 34;
 
-/// Multiply-adds one kernel part may cost, learnt from the device's speed: after each part that
-/// costs at least `1 /` [`LEARN_FROM`] of the budget, the budget moves halfway to what would
-/// have taken [`PART_TARGET`].
-#[derive(Debug)]
-pub(crate) struct PartBudget(AtomicU64);
-
-impl Default for PartBudget {
-    fn default() -> Self {
-        // A first guess for a slow CPU (1 GMAC/s); corrected after the first part.
-        Self(AtomicU64::new(1 << 20))
-    }
-}
+/// Multiply-adds one kernel part may cost, learnt from the device's speed for each kind of
+/// kernel: after each part that costs at least `1 /` [`LEARN_FROM`] of its kernel's budget,
+/// the budget moves halfway to what would have taken [`PART_TARGET`].
+///
+/// Kinds are learnt apart because a unit of cost runs at very different speeds from one
+/// kernel to another (a MATMUL's multiply-add in a packed GEMM, an ATTENTION's in short dot
+/// products, a GELU's element): with one budget for all, the slower kernels' parts overran the
+/// target whenever a MATMUL had set it (up to 16.7 ms for a 2 ms target beside MATMULs).
+#[derive(Debug, Default)]
+pub(crate) struct PartBudget(
+    std::sync::Mutex<std::collections::HashMap<std::mem::Discriminant<KernelCall>, u64>>,
+);
 
 impl PartBudget {
-    pub(crate) fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+    /// A first guess for a kernel not yet seen, for a slow CPU (1 GMAC/s); corrected after its
+    /// first part.
+    const FIRST_GUESS: u64 = 1 << 20;
+
+    fn budgets(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::mem::Discriminant<KernelCall>, u64>> {
+        // A panic while holding it leaves a map of plain numbers, still valid.
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn learn(&self, cost: u64, took: Duration) {
+    /// The budget of `call`'s kind of kernel.
+    pub(crate) fn get(&self, call: &KernelCall) -> u64 {
+        self.budgets().get(&std::mem::discriminant(call)).copied().unwrap_or(Self::FIRST_GUESS)
+    }
+
+    fn learn(&self, call: &KernelCall, cost: u64, took: Duration) {
+        let mut budgets = self.budgets();
+        let budget = budgets.entry(std::mem::discriminant(call)).or_insert(Self::FIRST_GUESS);
         // A part far below the budget is timed mostly by what every call costs whatever its
         // size (validation, a kernel's set-up, waking the kernels' threads), not by the
-        // device's speed; and the units of the elementwise kernels understate their work
-        // (GELU: one unit, some thirty operations). Learning from those parts shrank the
-        // budget until a short text's LINEAR calls were cut into parts of a few rows, each
-        // streaming all of `w` again. They teach nothing; the parts of calls that are cut
-        // (which cost about the budget) and whole calls of a similar size do.
-        if cost < self.get() / LEARN_FROM {
+        // device's speed. Learning from those parts shrank the budget until a short text's
+        // LINEAR calls were cut into parts of a few rows, each streaming all of `w` again.
+        // They teach nothing; the parts of calls that are cut (which cost about the budget)
+        // and whole calls of a similar size do.
+        if cost < *budget / LEARN_FROM {
             return;
         }
         let nanos = took.as_nanos().max(1);
         let ideal = (u128::from(cost) * PART_TARGET.as_nanos() / nanos).min(u128::from(PART_MAX)) as u64;
-        let old = self.get();
-        let new = (old / 2 + ideal / 2).clamp(PART_MIN, PART_MAX);
-        self.0.store(new, Ordering::Relaxed);
+        *budget = (*budget / 2 + ideal / 2).clamp(PART_MIN, PART_MAX);
     }
 }
 
@@ -233,9 +245,10 @@ impl Turns {
         r
     }
 
-    /// Runs one kernel part and learns the device's speed from it.
+    /// Runs one part of `call` and learns the device's speed for its kind of kernel from it.
     fn part(
         &self,
+        call: &KernelCall,
         cost: u64,
         f: impl FnOnce(&mut dyn GpuBackend) -> Result<(), BackendError>,
     ) -> Result<(), BackendError> {
@@ -243,7 +256,7 @@ impl Turns {
             let start = Instant::now();
             let r = f(b);
             if r.is_ok() {
-                self.budget.learn(cost, start.elapsed());
+                self.budget.learn(call, cost, start.elapsed());
             }
             r
         })
@@ -334,19 +347,19 @@ impl Turns {
         if work.total() > self.max_cost {
             return Err(BackendError::LimitExceeded);
         }
-        let per_part = (self.budget.get() / work.unit_cost).clamp(1, u64::from(work.units.max(1)));
+        let per_part = (self.budget.get(call) / work.unit_cost).clamp(1, u64::from(work.units.max(1)));
         let per_part = u32::try_from(per_part).unwrap_or(u32::MAX);
         if per_part >= work.units {
-            return self.part(work.total(), |b| b.dispatch(call));
+            return self.part(call, work.total(), |b| b.dispatch(call));
         }
         let mut start = 0;
         while start < work.units {
             let units: Range<u32> = start..start + per_part.min(work.units - start);
             let cost = u64::from(units.end - units.start) * work.unit_cost;
-            match self.part(cost, |b| b.dispatch_part(call, units.clone())) {
+            match self.part(call, cost, |b| b.dispatch_part(call, units.clone())) {
                 // A backend that does not cut kernels runs them whole.
                 Err(BackendError::Unsupported) if start == 0 => {
-                    return self.part(work.total(), |b| b.dispatch(call));
+                    return self.part(call, work.total(), |b| b.dispatch(call));
                 }
                 r => r?,
             }
@@ -563,23 +576,48 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 mod tests {
     use std::time::Duration;
 
+    use rela_core::backend::{BufferId, KernelCall};
+
     use super::{LEARN_FROM, PART_TARGET, PartBudget};
 
     #[test]
     fn small_parts_do_not_shrink_the_part_budget() {
         let budget = PartBudget::default();
-        let start = budget.get();
+        let call = matmul();
+        let start = budget.get(&call);
         // Calls far below the budget that take long for their cost (fixed overheads).
         for _ in 0..100 {
-            budget.learn(start / LEARN_FROM - 1, Duration::from_micros(50));
+            budget.learn(&call, start / LEARN_FROM - 1, Duration::from_micros(50));
         }
-        assert_eq!(budget.get(), start);
+        assert_eq!(budget.get(&call), start);
         // A part of about the budget that ran at 100 times the guessed speed raises it, and
         // one that ran slowly brings it down again.
-        budget.learn(start, PART_TARGET / 100);
-        let raised = budget.get();
+        budget.learn(&call, start, PART_TARGET / 100);
+        let raised = budget.get(&call);
         assert!(raised > 10 * start, "{raised} after a fast part");
-        budget.learn(raised, PART_TARGET * 4);
-        assert!(budget.get() < raised, "a slow part lowers the budget");
+        budget.learn(&call, raised, PART_TARGET * 4);
+        assert!(budget.get(&call) < raised, "a slow part lowers the budget");
+    }
+
+    #[test]
+    fn each_kind_of_kernel_learns_its_own_budget() {
+        let budget = PartBudget::default();
+        let (fast, slow) = (matmul(), gelu());
+        let start = budget.get(&fast);
+        // MATMUL parts run 100 times faster than the first guess; GELU's at the guess.
+        for _ in 0..20 {
+            budget.learn(&fast, budget.get(&fast), PART_TARGET / 100);
+            budget.learn(&slow, budget.get(&slow), PART_TARGET);
+        }
+        assert!(budget.get(&fast) > 50 * start, "MATMUL budget {}", budget.get(&fast));
+        assert_eq!(budget.get(&slow), start, "GELU keeps its own budget");
+    }
+
+    fn matmul() -> KernelCall {
+        KernelCall::Matmul { a: BufferId(1), b: BufferId(2), out: BufferId(3), m: 64, k: 64, n: 64 }
+    }
+
+    fn gelu() -> KernelCall {
+        KernelCall::Gelu { x: BufferId(1), out: BufferId(2), n: 64 }
     }
 }

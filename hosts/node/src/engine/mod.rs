@@ -57,6 +57,7 @@ const fn is_long(kind: Kind) -> bool {
         Kind::DISPATCH
             | Kind::INFER
             | Kind::MODEL_LOAD
+            | Kind::MODEL_UNLOAD
             | Kind::MODEL_COMMIT
             | Kind::COPY
             | Kind::FILL
