@@ -116,8 +116,9 @@ pub(crate) type Grant = std_mpsc::SyncSender<BackendBox>;
 /// How long a job's turn lasts before another job may have the backend. Light requests do not
 /// wait for it: a job steps aside for them at its next step ([`JobEnv::wanted`]) and then goes
 /// on with its turn. Each change of job costs thread wake-ups and cold caches, so turns are
-/// several steps long (two heavy MATMUL sessions on 2 cores: 0.79 of one alone with 2 ms turns
-/// that every waiting request ended, 0.91-1.01 with these; `docs/BENCHMARKS.md`).
+/// several steps long (two heavy MATMUL sessions beside a light one on 2 cores: 0.76-0.80 of
+/// one alone with 2 ms turns that every waiting request ended, a median of 0.90 with these;
+/// `docs/BENCHMARKS.md`).
 pub(crate) const QUANTUM: Duration = Duration::from_millis(8);
 
 /// Bytes per step of a WRITE, READ, COPY or FILL that a job runs: about a millisecond of

@@ -280,7 +280,7 @@ impl Engine {
     /// Takes a command in: turn traffic at once, everything else in order once the backend
     /// is home.
     fn absorb(&mut self, cmd: Command) {
-        if self.lent.is_some() && !matches!(cmd, Command::Back { .. } | Command::Want { .. }) {
+        if self.lent.is_some() && self.waits_on(&cmd) {
             // A request waits: the job steps aside at its next step. (Another job waiting
             // gets its turn when this turn's quantum is over.)
             self.env.wanted.store(true, std::sync::atomic::Ordering::Release);
@@ -300,6 +300,21 @@ impl Engine {
                 }
             }
             cmd => self.pending.push_back(cmd),
+        }
+    }
+
+    /// Whether someone waits on `cmd`, so that a job holding the backend should step aside for
+    /// it. Turn traffic does not (another job waits for the turn's end), and neither does a
+    /// returned lease (`ReadDone`, `LeaseEnd`) unless its connection has requests held back
+    /// behind it or a shutdown waits for it: it is bookkeeping that can wait for the backend's return, and a light
+    /// session returns two leases per WRITE and READ.
+    fn waits_on(&self, cmd: &Command) -> bool {
+        match cmd {
+            Command::Back { .. } | Command::Want { .. } => false,
+            Command::ReadDone { conn, .. } | Command::LeaseEnd { conn, .. } => {
+                self.shutdown.is_some() || self.leases.get(conn).is_some_and(|l| !l.deferred.is_empty())
+            }
+            _ => true,
         }
     }
 
