@@ -53,6 +53,11 @@ pub(crate) struct ContentionArgs {
     /// Seconds each phase runs.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
     seconds: u64,
+    /// Runs the heavy phases (one session alone, then all with the light one) this many times
+    /// each, alternating, and reports totals over all of them: on a machine whose speed drifts
+    /// (a shared VM), the ratio then compares phases run side by side rather than one of each.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
@@ -73,6 +78,8 @@ struct Report {
     backend: &'static str,
     heavy_sessions: u16,
     heavy_work: Vec<String>,
+    /// Rounds of the heavy phases (`--rounds`); the rates are over all of them.
+    rounds: u32,
     idle: Light,
     loaded: Light,
     /// Heavy requests per second, one heavy session alone.
@@ -275,13 +282,22 @@ fn summarize(mut samples: Vec<Duration>) -> Light {
     Light { ops: samples.len(), p50_ms: at(0.5), p99_ms: at(0.99), max_ms: at(1.0) }
 }
 
-/// Runs `heavy_sessions` heavy sessions (and the light one, with `with_light`) for `secs`.
+/// What one phase measured: the light session's samples (when it ran) and the heavy
+/// sessions' completed requests over the phase's seconds.
+struct Measured {
+    light: Option<Vec<Duration>>,
+    requests: u64,
+    seconds: f64,
+}
+
+/// Runs `heavy_sessions` heavy sessions (and the light one, with `with_light`) for
+/// `args.seconds`.
 async fn phase(
     addr: SocketAddr,
     args: &ContentionArgs,
     heavy_sessions: u16,
     with_light: bool,
-) -> Result<(Option<Light>, f64), String> {
+) -> Result<Measured, String> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for _ in 0..heavy_sessions {
@@ -291,18 +307,16 @@ async fn phase(
     let start = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     stop.store(true, Ordering::Relaxed);
-    let mut total = 0u64;
+    let mut requests = 0u64;
     for t in tasks {
-        total += t.await.map_err(|e| e.to_string())?.map_err(|e| format!("heavy session: {e}"))?;
+        requests += t.await.map_err(|e| e.to_string())?.map_err(|e| format!("heavy session: {e}"))?;
     }
-    let elapsed = start.elapsed().as_secs_f64();
+    let seconds = start.elapsed().as_secs_f64();
     let light = match light_task {
-        Some(t) => {
-            Some(summarize(t.await.map_err(|e| e.to_string())?.map_err(|e| format!("light session: {e}"))?))
-        }
+        Some(t) => Some(t.await.map_err(|e| e.to_string())?.map_err(|e| format!("light session: {e}"))?),
         None => None,
     };
-    Ok((light, total as f64 / elapsed))
+    Ok(Measured { light, requests, seconds })
 }
 
 /// Runs the benchmark and prints its report.
@@ -311,17 +325,29 @@ pub(crate) async fn run(args: ContentionArgs) -> Result<(), String> {
     let addr = node.addr;
     let work = Work::of(&args).describe();
     eprintln!("idle: the light session alone for {} s", args.seconds);
-    let (idle, _) = phase(addr, &args, 0, true).await?;
-    eprintln!("one heavy session alone for {} s", args.seconds);
-    let (_, one) = phase(addr, &args, 1, false).await?;
-    eprintln!("{} heavy sessions and the light one for {} s", args.heavy, args.seconds);
-    let (loaded, combined) = phase(addr, &args, args.heavy, true).await?;
-    let (idle, loaded) =
-        (idle.unwrap_or_else(|| summarize(Vec::new())), loaded.unwrap_or_else(|| summarize(Vec::new())));
+    let idle = summarize(phase(addr, &args, 0, true).await?.light.unwrap_or_default());
+    let (mut alone, mut together) = ((0u64, 0f64), (0u64, 0f64));
+    let mut loaded = Vec::new();
+    for round in 1..=args.rounds {
+        eprintln!("round {round}/{}: one heavy session alone for {} s", args.rounds, args.seconds);
+        let m = phase(addr, &args, 1, false).await?;
+        alone = (alone.0 + m.requests, alone.1 + m.seconds);
+        eprintln!(
+            "round {round}/{}: {} heavy sessions and the light one for {} s",
+            args.rounds, args.heavy, args.seconds
+        );
+        let m = phase(addr, &args, args.heavy, true).await?;
+        together = (together.0 + m.requests, together.1 + m.seconds);
+        loaded.extend(m.light.unwrap_or_default());
+    }
+    let loaded = summarize(loaded);
+    let rate = |(requests, seconds): (u64, f64)| if seconds > 0.0 { requests as f64 / seconds } else { 0.0 };
+    let (one, combined) = (rate(alone), rate(together));
     let report = Report {
         backend: args.backend.name(),
         heavy_sessions: args.heavy,
         heavy_work: work,
+        rounds: args.rounds,
         p99_increase_ms: loaded.p99_ms - idle.p99_ms,
         heavy_ratio: if one > 0.0 { combined / one } else { 0.0 },
         idle,
