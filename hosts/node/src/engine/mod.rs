@@ -192,7 +192,7 @@ impl Engine {
             lent: None,
             pending: VecDeque::new(),
             jobs: HashMap::new(),
-            sched: Scheduler::default(),
+            sched: Scheduler::new(u64::try_from(jobs::QUANTUM.as_nanos()).unwrap_or(u64::MAX)),
             env,
             direct,
             leases: HashMap::new(),

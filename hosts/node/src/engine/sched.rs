@@ -35,12 +35,6 @@ pub(crate) struct Scheduler {
     quantum: u64,
 }
 
-impl Default for Scheduler {
-    fn default() -> Self {
-        Self::new(u64::try_from(super::jobs::QUANTUM.as_nanos()).unwrap_or(u64::MAX))
-    }
-}
-
 impl Scheduler {
     /// `conn` wants a turn. Asking twice before being picked counts once.
     pub(crate) fn want(&mut self, conn: ConnId) {
@@ -273,7 +267,7 @@ mod tests {
 
     #[test]
     fn want_is_idempotent_and_forget_removes() {
-        let mut s = Scheduler::default();
+        let mut s = Scheduler::new(1);
         s.want(5);
         s.want(5);
         assert_eq!(s.waiting(), 1);
