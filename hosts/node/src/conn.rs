@@ -563,35 +563,24 @@ impl<R: AsyncRead + Send + Unpin, W: TryWrite> Reader<R, W> {
             let now = shared.clock.now();
             let (cmd, last) = match read {
                 Ok(Got::Written(write, ticket)) => {
+                    // `direct_write` returns `Written` only with the lease held.
+                    let Some(g) = held.as_ref() else { break };
                     match fast_write_ack(&state, &wr, &write, now) {
-                        // Acknowledged on the socket.
-                        Some(None) => {}
-                        Some(Some((out, len, outcome))) => {
-                            if fast
-                                .send(Reply { out, len, outcome, data: None, _ticket: Some(ticket) })
-                                .is_err()
-                            {
+                        Some(here) => {
+                            if !hand_on(&fast, here, ticket) {
                                 break;
                             }
                         }
-                        None => match held.as_ref() {
-                            Some(g) => g.done.written(write, WriteOutcome::Written(now), Some(ticket)),
-                            // `direct_write` returns `Written` only with the lease held.
-                            None => break,
-                        },
+                        None => g.done.written(write, WriteOutcome::Written(now), Some(ticket)),
                     }
                     continue;
                 }
                 Err(ReadError::Told) => break,
                 Ok(Got::Frame(header, payload, out, done, ticket)) => {
                     if let Payload::Inline(p) = &payload
-                        && let Some(fast_reply) = fast_ping(&state, &wr, header, p, now)
+                        && let Some(here) = fast_ping(&state, &wr, header, p, now)
                     {
-                        if let Some((out, len, outcome)) = fast_reply
-                            && fast
-                                .send(Reply { out, len, outcome, data: None, _ticket: Some(ticket) })
-                                .is_err()
-                        {
+                        if !hand_on(&fast, here, ticket) {
                             break;
                         }
                         continue;
@@ -885,6 +874,17 @@ async fn direct_write<R: AsyncRead + Unpin>(
 /// else what is left of it for the writer, counted in flight.
 type HereReply = Option<(OutBuf, usize, Outcome)>;
 
+/// Hands what the socket did not take of a reply the reader wrote itself to the writer, holding
+/// the request's pipeline slot. `false` if the writer is gone.
+fn hand_on(fast: &ReplyTx, here: HereReply, ticket: OwnedSemaphorePermit) -> bool {
+    match here {
+        Some((out, len, outcome)) => {
+            fast.send(Reply { out, len, outcome, data: None, _ticket: Some(ticket) }).is_ok()
+        }
+        None => true,
+    }
+}
+
 /// The PING fast path: serves a well-formed PING on the reader task ([`answer_here`]). `None`
 /// sends the frame the normal way.
 fn fast_ping<W: TryWrite>(
@@ -1040,22 +1040,22 @@ mod tests {
     /// PONGs the reader writes itself keep the session alive: the writer's timer, armed at an
     /// older deadline, fires, the engine finds the session active and the timer moves on. A
     /// session that then goes quiet still times out.
-    #[tokio::test]
-    async fn fast_path_pings_extend_the_idle_deadline() {
+    /// A node on `backend` whose sessions time out after 600 ms without input, and a client.
+    async fn node_with_idle_timeout(backend: impl Into<crate::NodeBackend>) -> (crate::NodeHandle, Client) {
         let mut config = NodeConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
             discovery: None,
             ..NodeConfig::default()
         };
         config.session.idle_timeout = rela_core::time::Duration::from_millis(600);
-        let backend = Box::new(OwnedHostBackend::with_capacity(1 << 20));
         let node = Node::start(config, backend).await.expect("node starts");
-        let mut client = Client::connect(node.local_addr(), None).await.expect("connect");
-        // 12 × 150 ms: three idle timeouts' worth of time, never 600 ms quiet.
-        for _ in 0..12 {
-            client.ping().await.expect("pings keep the session alive");
-            tokio::time::sleep(Duration::from_millis(150)).await;
-        }
+        let client = Client::connect(node.local_addr(), None).await.expect("connect");
+        (node, client)
+    }
+
+    /// After 1.5 s of quiet (over two idle timeouts) the session is closed, and the node ends
+    /// with nothing allocated.
+    async fn quiet_session_times_out(node: crate::NodeHandle, client: &mut Client) {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let error = client.ping().await.expect_err("a quiet session is closed");
         assert_eq!(error.code(), Some(ErrorCode::TIMEOUT), "{error}");
@@ -1063,20 +1063,26 @@ mod tests {
         assert_eq!(usage.used, 0);
     }
 
+    #[tokio::test]
+    async fn fast_path_pings_extend_the_idle_deadline() {
+        let backend: Box<dyn rela_core::backend::GpuBackend + Send> =
+            Box::new(OwnedHostBackend::with_capacity(1 << 20));
+        let (node, mut client) = node_with_idle_timeout(backend).await;
+        // 12 × 150 ms: three idle timeouts' worth of time, never 600 ms quiet.
+        for _ in 0..12 {
+            client.ping().await.expect("pings keep the session alive");
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        quiet_session_times_out(node, &mut client).await;
+    }
+
     /// WRITEs the reader acknowledges itself (data straight into a leased buffer, nothing in
     /// flight) keep the session alive the same way, and what they wrote reads back.
     #[tokio::test]
     async fn writes_acknowledged_by_the_reader_extend_the_idle_deadline() {
-        let mut config = NodeConfig {
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            discovery: None,
-            ..NodeConfig::default()
-        };
-        config.session.idle_timeout = rela_core::time::Duration::from_millis(600);
         // Over the host arena, WRITE data goes straight into the buffer.
         let backend = crate::NodeBackend::host::<{ rela_backend_host::MAX_BLOCKS }>(1 << 20).expect("arena");
-        let node = Node::start(config, backend).await.expect("node starts");
-        let mut client = Client::connect(node.local_addr(), None).await.expect("connect");
+        let (node, mut client) = node_with_idle_timeout(backend).await;
         let h = client.alloc(64 << 10).await.expect("alloc");
         // 12 × 150 ms of WRITEs only: three idle timeouts' worth of time, never 600 ms quiet.
         for round in 0..12u8 {
@@ -1087,11 +1093,7 @@ mod tests {
         assert!(node.direct_writes() >= 12, "{} direct WRITEs", node.direct_writes());
         let back = client.read(h, 0, 12 * 4096).await.expect("read");
         assert!(back.chunks(4096).enumerate().all(|(i, c)| c.iter().all(|&b| usize::from(b) == i)));
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let error = client.ping().await.expect_err("a quiet session is closed");
-        assert_eq!(error.code(), Some(ErrorCode::TIMEOUT), "{error}");
-        let usage = node.shutdown().await.expect("shutdown");
-        assert_eq!(usage.used, 0);
+        quiet_session_times_out(node, &mut client).await;
     }
 
     /// A PING written by the reader and the responses the writer sends stay in request order

@@ -290,6 +290,25 @@ struct Measured {
     seconds: f64,
 }
 
+/// Heavy requests and seconds summed over phases.
+#[derive(Default)]
+struct Tally {
+    requests: u64,
+    seconds: f64,
+}
+
+impl Tally {
+    fn add(&mut self, m: &Measured) {
+        self.requests += m.requests;
+        self.seconds += m.seconds;
+    }
+
+    /// Requests per second over every phase added.
+    fn rate(&self) -> f64 {
+        if self.seconds > 0.0 { self.requests as f64 / self.seconds } else { 0.0 }
+    }
+}
+
 /// Runs `heavy_sessions` heavy sessions (and the light one, with `with_light`) for
 /// `args.seconds`.
 async fn phase(
@@ -326,23 +345,21 @@ pub(crate) async fn run(args: ContentionArgs) -> Result<(), String> {
     let work = Work::of(&args).describe();
     eprintln!("idle: the light session alone for {} s", args.seconds);
     let idle = summarize(phase(addr, &args, 0, true).await?.light.unwrap_or_default());
-    let (mut alone, mut together) = ((0u64, 0f64), (0u64, 0f64));
+    let (mut alone, mut together) = (Tally::default(), Tally::default());
     let mut loaded = Vec::new();
     for round in 1..=args.rounds {
         eprintln!("round {round}/{}: one heavy session alone for {} s", args.rounds, args.seconds);
-        let m = phase(addr, &args, 1, false).await?;
-        alone = (alone.0 + m.requests, alone.1 + m.seconds);
+        alone.add(&phase(addr, &args, 1, false).await?);
         eprintln!(
             "round {round}/{}: {} heavy sessions and the light one for {} s",
             args.rounds, args.heavy, args.seconds
         );
         let m = phase(addr, &args, args.heavy, true).await?;
-        together = (together.0 + m.requests, together.1 + m.seconds);
+        together.add(&m);
         loaded.extend(m.light.unwrap_or_default());
     }
     let loaded = summarize(loaded);
-    let rate = |(requests, seconds): (u64, f64)| if seconds > 0.0 { requests as f64 / seconds } else { 0.0 };
-    let (one, combined) = (rate(alone), rate(together));
+    let (one, combined) = (alone.rate(), together.rate());
     let report = Report {
         backend: args.backend.name(),
         heavy_sessions: args.heavy,

@@ -36,11 +36,13 @@
 //!   unwinds ([`Turns`]' `Drop`), and the engine ends that session alone.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::mem::{Discriminant, discriminant};
 use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use rela_core::backend::{
@@ -143,30 +145,26 @@ const PART_MAX: u64 = 1 << 34;
 /// products, a GELU's element): with one budget for all, the slower kernels' parts overran the
 /// target whenever a MATMUL had set it (up to 16.7 ms for a 2 ms target beside MATMULs).
 #[derive(Debug, Default)]
-pub(crate) struct PartBudget(
-    std::sync::Mutex<std::collections::HashMap<std::mem::Discriminant<KernelCall>, u64>>,
-);
+pub(crate) struct PartBudget(Mutex<HashMap<Discriminant<KernelCall>, u64>>);
 
 impl PartBudget {
     /// A first guess for a kernel not yet seen, for a slow CPU (1 GMAC/s); corrected after its
     /// first part.
     const FIRST_GUESS: u64 = 1 << 20;
 
-    fn budgets(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::mem::Discriminant<KernelCall>, u64>> {
+    fn budgets(&self) -> MutexGuard<'_, HashMap<Discriminant<KernelCall>, u64>> {
         // A panic while holding it leaves a map of plain numbers, still valid.
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The budget of `call`'s kind of kernel.
     pub(crate) fn get(&self, call: &KernelCall) -> u64 {
-        self.budgets().get(&std::mem::discriminant(call)).copied().unwrap_or(Self::FIRST_GUESS)
+        self.budgets().get(&discriminant(call)).copied().unwrap_or(Self::FIRST_GUESS)
     }
 
     fn learn(&self, call: &KernelCall, cost: u64, took: Duration) {
         let mut budgets = self.budgets();
-        let budget = budgets.entry(std::mem::discriminant(call)).or_insert(Self::FIRST_GUESS);
+        let budget = budgets.entry(discriminant(call)).or_insert(Self::FIRST_GUESS);
         // A part far below the budget is timed mostly by what every call costs whatever its
         // size (validation, a kernel's set-up, waking the kernels' threads), not by the
         // device's speed. Learning from those parts shrank the budget until a short text's
@@ -380,10 +378,10 @@ impl Drop for Turns {
 /// forward pass is a run of them with no host-side work of note in between, and giving the
 /// backend back after each would cost every call two thread hand-offs (tens of µs each on a VM
 /// whose idle vCPU must be woken; a packed INFER of 32 texts makes hundreds of small COPYs). The
-/// turn still ends after [`QUANTUM`], as soon as something else waits for the backend (at the
-/// job's next step), and at the job's next call that moves data to or from the host (WRITE,
-/// READ), allocates or frees, since host-side work (tokenizing, converting weights) may follow
-/// those and must not hold the backend; and when the job ends.
+/// job steps aside at its next step while a request that is not a job's waits, and asks again;
+/// the turn ends after [`QUANTUM`], at the job's next call that moves data to or from the host
+/// (WRITE, READ), allocates or frees, since host-side work (tokenizing, converting weights) may
+/// follow those and must not hold the backend; and when the job ends.
 impl GpuBackend for Turns {
     fn info(&self) -> DeviceInfo {
         self.info.clone()

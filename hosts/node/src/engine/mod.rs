@@ -192,7 +192,7 @@ impl Engine {
             lent: None,
             pending: VecDeque::new(),
             jobs: HashMap::new(),
-            sched: Scheduler::new(u64::try_from(jobs::QUANTUM.as_nanos()).unwrap_or(u64::MAX)),
+            sched: Scheduler::new(jobs::QUANTUM),
             env,
             direct,
             leases: HashMap::new(),
@@ -306,8 +306,8 @@ impl Engine {
     /// Whether someone waits on `cmd`, so that a job holding the backend should step aside for
     /// it. Turn traffic does not (another job waits for the turn's end), and neither does a
     /// returned lease (`ReadDone`, `LeaseEnd`) unless its connection has requests held back
-    /// behind it or a shutdown waits for it: it is bookkeeping that can wait for the backend's return, and a light
-    /// session returns two leases per WRITE and READ.
+    /// behind it or a shutdown waits for it: it is bookkeeping that can wait for the backend's
+    /// return, and a light session returns two leases per WRITE and READ.
     fn waits_on(&self, cmd: &Command) -> bool {
         match cmd {
             Command::Back { .. } | Command::Want { .. } => false,

@@ -17,6 +17,7 @@
 //! tests drive it on a virtual clock.
 
 use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
 
 use crate::messages::ConnId;
 
@@ -47,8 +48,9 @@ impl Scheduler {
         self.waiting.push_back(conn);
     }
 
-    /// A scheduler whose turns last `quantum` ns.
-    pub(crate) fn new(quantum: u64) -> Self {
+    /// A scheduler whose turns last `quantum` of service.
+    pub(crate) fn new(quantum: Duration) -> Self {
+        let quantum = u64::try_from(quantum.as_nanos()).unwrap_or(u64::MAX);
         Self { served: HashMap::new(), waiting: VecDeque::new(), floor: 0, turn: None, quantum }
     }
 
@@ -121,7 +123,7 @@ mod tests {
     /// request) and asks again. Returns the longest wait any session had between asking and
     /// being served, and how often the backend went from one session to another.
     fn run_with(sims: &mut [Sim], starts: &[u64], quantum: u64) -> (HashMap<ConnId, u64>, usize) {
-        let mut s = Scheduler::new(quantum);
+        let mut s = Scheduler::new(Duration::from_nanos(quantum));
         let mut last = None;
         let mut changes = 0;
         let mut now = 0u64;
@@ -244,7 +246,7 @@ mod tests {
 
     #[test]
     fn a_turn_ends_when_its_session_stops_asking() {
-        let mut s = Scheduler::new(8_000_000);
+        let mut s = Scheduler::new(Duration::from_millis(8));
         s.want(1);
         s.want(2);
         assert_eq!(s.next(), Some(1));
@@ -267,7 +269,7 @@ mod tests {
 
     #[test]
     fn want_is_idempotent_and_forget_removes() {
-        let mut s = Scheduler::new(1);
+        let mut s = Scheduler::new(Duration::from_nanos(1));
         s.want(5);
         s.want(5);
         assert_eq!(s.waiting(), 1);
