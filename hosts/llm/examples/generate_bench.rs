@@ -1,19 +1,20 @@
 //! Host forward-pass speed: prompt processing and greedy decode tokens/s on a GGUF model.
 //!
 //! `cargo run -p rela-llm --release --example generate_bench -- [MODEL.gguf] [PROMPT_TOKENS]
-//! [DECODE_TOKENS] [THREADS] [RUNS] [STREAMS]`
+//! [DECODE_TOKENS] [THREADS] [RUNS] [STREAMS] [ACTIVATIONS]`
 //!
 //! `THREADS` sizes the forward pass's pool (`rela_llm::threads`; 0 or absent: `RELA_KERNEL_THREADS`,
 //! else one per core). Each of `RUNS` runs (default 1) processes a fixed prompt into a fresh
 //! cache for each of `STREAMS` sequences (default 1; each its own prompt), then decodes them
 //! greedily, all sequences one token per step through `Model::forward_batch` (one sequence:
 //! `Model::forward`), and prints one line with the totals over the sequences:
-//! `threads T streams S prompt N tokens S s P tok/s decode M tokens S s D tok/s`.
+//! `threads T streams S prompt N tokens S s P tok/s decode M tokens S s D tok/s`, and
+//! `activations q8` after it when `ACTIVATIONS` is `q8` (`rela_llm::Activations`; default `f32`).
 
 use std::time::Instant;
 
 use rela_llm::generate::argmax;
-use rela_llm::{GgufFile, Model};
+use rela_llm::{Activations, GgufFile, Model};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -26,11 +27,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let threads = num(0)?;
     let runs = num(1)?;
     let streams = num(1)?.max(1);
+    let activations: Activations = args.next().as_deref().unwrap_or("f32").parse()?;
     if threads > 0 {
         rela_llm::threads::set_threads(threads);
     }
     let file = GgufFile::open(&path)?;
-    let model = Model::new(&file)?;
+    let model = Model::new(&file)?.with_activations(activations);
     let vocab = model.config.vocab_size;
     // Fixed, arbitrary prompts of ordinary token ids (at least one token each).
     let prompts: Vec<Vec<u32>> = (0..streams as u32)
@@ -65,10 +67,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let tg = t.elapsed().as_secs_f64();
         let decoded = n_decode * streams;
         println!(
-            "threads {} streams {streams} prompt {n_prompt} tokens {pp:.3} s {:.1} tok/s decode {decoded} tokens {tg:.3} s {:.1} tok/s",
+            "threads {} streams {streams} prompt {n_prompt} tokens {pp:.3} s {:.1} tok/s decode {decoded} tokens {tg:.3} s {:.1} tok/s{}",
             rela_llm::threads::threads(),
             n_prompt as f64 / pp,
-            decoded as f64 / tg
+            decoded as f64 / tg,
+            if activations == Activations::F32 {
+                String::new()
+            } else {
+                format!(" activations {}", activations.name())
+            }
         );
     }
     Ok(())

@@ -136,6 +136,55 @@ struct Layer<'a> {
     w_down: QMatrix<'a>,
 }
 
+/// How the forward pass multiplies activations with quantized weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activations {
+    /// f32 activations throughout: each product equals the dequantized weights' product up to
+    /// f32 rounding. The path checked against the transformers fixture (greedy ids, logits).
+    #[default]
+    F32,
+    /// Decode steps and prompt chunks of up to 16 tokens with the activations rounded to 8 bits
+    /// per block of 32 before their products with Q4_0 and Q4_1 weights, as llama.cpp does:
+    /// faster, and less exact (each product may move by up to half a rounding step of the
+    /// input per weight, so greedy paths can leave f32's at near ties). Other weight types,
+    /// longer prompt batches and CPUs without AVX-512 run as with [`Activations::F32`].
+    Q8,
+}
+
+impl Activations {
+    /// The name `--activations` takes: `f32` or `q8`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Q8 => "q8",
+        }
+    }
+
+    /// Whether this CPU runs these activations as they say: [`Activations::Q8`] needs AVX-512
+    /// (without it the products run as with [`Activations::F32`]).
+    pub fn runs_here(self) -> bool {
+        match self {
+            Self::F32 => true,
+            #[cfg(target_arch = "x86_64")]
+            Self::Q8 => pulp::x86::V4::try_new().is_some(),
+            #[cfg(not(target_arch = "x86_64"))]
+            Self::Q8 => false,
+        }
+    }
+}
+
+impl core::str::FromStr for Activations {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "q8" => Ok(Self::Q8),
+            _ => Err(format!("unknown activations {s:?} (f32 or q8)")),
+        }
+    }
+}
+
 /// A llama-architecture model over a GGUF file's tensors (borrowed, not copied).
 #[derive(Debug, Clone)]
 pub struct Model<'a> {
@@ -147,6 +196,8 @@ pub struct Model<'a> {
     layers: Vec<Layer<'a>>,
     /// `base^(−2i/rope_dim)` for `i` in `0..rope_dim/2`.
     inv_freq: Vec<f32>,
+    /// How its products treat the activations.
+    activations: Activations,
 }
 
 /// The keys and values of past positions, per layer, in f32.
@@ -364,9 +415,13 @@ struct Segment<'c> {
     rows: usize,
 }
 
-/// `y = m·x` for each of `t` inputs (rows of `x`): one fused matrix-vector product for a
-/// single input, a batched product for more.
-fn linear(m: &QMatrix<'_>, x: &[f32], t: usize, sums: &mut [f32], y: &mut [f32]) {
+/// `y = m·x` for each of `t` inputs (rows of `x`): with [`Activations::Q8`] the 8-bit-input
+/// product where it applies; else one fused matrix-vector product for a single input, a
+/// batched product for more.
+fn linear(m: &QMatrix<'_>, x: &[f32], t: usize, act: Activations, sums: &mut [f32], y: &mut [f32]) {
+    if act == Activations::Q8 && qmatmul::matmul_q8(m.qmat(), x, t, y) {
+        return;
+    }
     if t == 1 {
         let sums = block_sums_for(&[m.ty], x, sums);
         qmatmul::matvec(m.qmat(), x, sums, y);
@@ -418,7 +473,18 @@ impl<'a> Model<'a> {
         };
         let output_norm = vec_of("output_norm.weight", c.dim)?;
         let inv_freq = rope_inv_freq(c.rope_dim, c.rope_freq_base);
-        Ok(Self { config, tok_embd, output, output_norm, layers, inv_freq })
+        Ok(Self { config, tok_embd, output, output_norm, layers, inv_freq, activations: Activations::F32 })
+    }
+
+    /// The model with its products run as `activations` says (new models run
+    /// [`Activations::F32`]).
+    pub fn with_activations(self, activations: Activations) -> Self {
+        Self { activations, ..self }
+    }
+
+    /// How its products treat the activations.
+    pub fn activations(&self) -> Activations {
+        self.activations
     }
 
     /// An empty KV cache for `capacity` positions (at most the trained context length).
@@ -529,7 +595,7 @@ impl<'a> Model<'a> {
         for (x, o) in x.chunks_exact(c.dim).zip(normed.chunks_exact_mut(c.dim)) {
             rms_norm(x, &self.output_norm, c.rms_norm_eps, o);
         }
-        linear(&self.output, normed, n, &mut s.sums, logits);
+        linear(&self.output, normed, n, self.activations, &mut s.sums, logits);
     }
 
     /// `tokens` (checked) through every block: the rows of each segment in turn at the next
@@ -550,14 +616,14 @@ impl<'a> Model<'a> {
             for (x, n) in s.x.chunks_exact(dim).zip(s.n.chunks_exact_mut(dim)) {
                 rms_norm(x, &l.attn_norm, c.rms_norm_eps, n);
             }
-            if t_n == 1 {
+            if t_n == 1 && self.activations == Activations::F32 {
                 let sums = block_sums_for(&[l.wq.ty, l.wk.ty, l.wv.ty], &s.n, &mut s.sums);
                 let (q, k, v) = (l.wq.qmat(), l.wk.qmat(), l.wv.qmat());
                 qmatmul::matvec3(q, &mut s.q, k, &mut s.k, v, &mut s.v, &s.n, sums);
             } else {
-                linear(&l.wq, &s.n, t_n, &mut s.sums, &mut s.q);
-                linear(&l.wk, &s.n, t_n, &mut s.sums, &mut s.k);
-                linear(&l.wv, &s.n, t_n, &mut s.sums, &mut s.v);
+                linear(&l.wq, &s.n, t_n, self.activations, &mut s.sums, &mut s.q);
+                linear(&l.wk, &s.n, t_n, self.activations, &mut s.sums, &mut s.k);
+                linear(&l.wv, &s.n, t_n, self.activations, &mut s.sums, &mut s.v);
             }
             let mut row = 0;
             for seg in segs.iter_mut() {
@@ -586,25 +652,25 @@ impl<'a> Model<'a> {
                 );
                 row = rows.end;
             }
-            linear(&l.wo, &s.att_out, t_n, &mut s.sums, &mut s.proj);
+            linear(&l.wo, &s.att_out, t_n, self.activations, &mut s.sums, &mut s.proj);
             for (x, p) in s.x.iter_mut().zip(&s.proj) {
                 *x += p;
             }
             for (x, n) in s.x.chunks_exact(dim).zip(s.n.chunks_exact_mut(dim)) {
                 rms_norm(x, &l.ffn_norm, c.rms_norm_eps, n);
             }
-            if t_n == 1 {
+            if t_n == 1 && self.activations == Activations::F32 {
                 let sums = block_sums_for(&[l.w_gate.ty, l.w_up.ty], &s.n, &mut s.sums);
                 let (g, u) = (l.w_gate.qmat(), l.w_up.qmat());
                 qmatmul::matvec2(g, &mut s.gate, u, &mut s.up, &s.n, sums);
             } else {
-                linear(&l.w_gate, &s.n, t_n, &mut s.sums, &mut s.gate);
-                linear(&l.w_up, &s.n, t_n, &mut s.sums, &mut s.up);
+                linear(&l.w_gate, &s.n, t_n, self.activations, &mut s.sums, &mut s.gate);
+                linear(&l.w_up, &s.n, t_n, self.activations, &mut s.sums, &mut s.up);
             }
             for (g, u) in s.gate.iter_mut().zip(&s.up) {
                 *g = silu(*g) * u;
             }
-            linear(&l.w_down, &s.gate, t_n, &mut s.sums, &mut s.proj);
+            linear(&l.w_down, &s.gate, t_n, self.activations, &mut s.sums, &mut s.proj);
             for (x, p) in s.x.iter_mut().zip(&s.proj) {
                 *x += p;
             }

@@ -32,6 +32,8 @@ pub mod gguf;
 pub mod loaded;
 mod qbatch;
 #[cfg(target_arch = "x86_64")]
+mod qbatch_q8;
+#[cfg(target_arch = "x86_64")]
 mod qdot_avx2;
 #[cfg(target_arch = "x86_64")]
 mod qdot_avx512;
@@ -46,7 +48,7 @@ pub use chat::{ChatError, ChatTemplate, Message};
 pub use config::{LlamaConfig, ModelError};
 pub use device::{DeviceBatch, DeviceError, DeviceKv, DeviceLlm, KvView};
 pub use device_stream::DeviceStream;
-pub use forward::{ForwardError, KvCache, Model};
+pub use forward::{Activations, ForwardError, KvCache, Model};
 pub use generate::{
     FinishReason, GenerateError, Generation, Sampler, SamplingParams, Utf8Stream, generate, generate_ids,
 };

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use crate::chat::{ChatError, ChatTemplate, Message};
 use crate::config::{LlamaConfig, ModelError};
-use crate::forward::Model;
+use crate::forward::{Activations, Model};
 use crate::gguf::{GgufFile, OpenError};
 use crate::tokenizer::{GgufTokenizer, TokenizerError};
 
@@ -79,6 +79,7 @@ pub struct LoadedLlm {
     config: LlamaConfig,
     tokenizer: GgufTokenizer,
     chat: Option<ChatTemplate>,
+    activations: Activations,
 }
 
 impl fmt::Debug for LoadedLlm {
@@ -105,13 +106,19 @@ impl LoadedLlm {
             Some(_) => Some(ChatTemplate::from_gguf(&file.gguf).map_err(LoadError::Chat)?),
             None => None,
         };
-        Ok(Self { file, config, tokenizer, chat })
+        Ok(Self { file, config, tokenizer, chat, activations: Activations::F32 })
+    }
+
+    /// The model with its forward passes run as `activations` says ([`Model::with_activations`];
+    /// a new `LoadedLlm` runs [`Activations::F32`]).
+    pub fn with_activations(self, activations: Activations) -> Self {
+        Self { activations, ..self }
     }
 
     /// The forward pass over this file's tensors (cheap: the weights are borrowed; only the
     /// norm vectors are dequantized).
     pub fn model(&self) -> Result<Model<'_>, ModelError> {
-        Model::new(&self.file)
+        Ok(Model::new(&self.file)?.with_activations(self.activations))
     }
 
     /// The parsed file (its tensors, for a [`crate::device::DeviceLlm`]).

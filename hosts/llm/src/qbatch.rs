@@ -64,7 +64,7 @@ pub(crate) fn matmul(m: QMat<'_>, x: &[f32], tokens: usize, y: &mut [f32]) -> bo
 #[cfg(target_arch = "x86_64")]
 fn matmul_avx512(simd: pulp::x86::V4, m: QMat<'_>, x: &[f32], tokens: usize, y: &mut [f32]) {
     let packed = pack::<16>(x, m.cols, GROUP);
-    by_row_runs(m, tokens, y, |first, n| {
+    by_row_runs(m, tokens, 1, y, |first, n| {
         let mut out = vec![0f32; tokens * n];
         let mut w = vec![0f32; if n % 2 == 1 { m.cols } else { 0 }];
         simd.vectorize(Rows { simd, m, first, n, tokens, packed: &packed, w: &mut w, out: &mut out });
@@ -77,7 +77,7 @@ fn matmul_avx512(simd: pulp::x86::V4, m: QMat<'_>, x: &[f32], tokens: usize, y: 
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn matmul_avx2(simd: pulp::x86::V3, m: QMat<'_>, x: &[f32], tokens: usize, y: &mut [f32]) {
     let packed = pack::<8>(x, m.cols, GROUP_AVX2);
-    by_row_runs(m, tokens, y, |first, n| {
+    by_row_runs(m, tokens, 1, y, |first, n| {
         let mut out = vec![0f32; tokens * n];
         let mut w = vec![0f32; 2 * m.cols];
         simd.vectorize(RowsAvx2 { simd, m, first, n, tokens, packed: &packed, w: &mut w, out: &mut out });

@@ -508,6 +508,18 @@ pub(crate) fn matmul(m: QMat<'_>, x: &[f32], tokens: usize, y: &mut [f32]) {
     }
 }
 
+/// [`matmul`] with the inputs rounded to 8 bits ([`crate::qbatch_q8`]) for up to
+/// [`SMALL_BATCH`] inputs, if that path applies to `m` on this CPU (else `false`, and nothing is
+/// written).
+pub(crate) fn matmul_q8(m: QMat<'_>, x: &[f32], tokens: usize, y: &mut [f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if tokens <= SMALL_BATCH {
+        return crate::qbatch_q8::matmul(m, x, tokens, y);
+    }
+    let _ = (m, x, tokens, y);
+    false
+}
+
 /// Batches up to this many tokens go through [`qbatch::matmul`] or [`matmul_small`]: below
 /// it, dequantizing panels costs more than the products save.
 pub(crate) const SMALL_BATCH: usize = 16;
@@ -525,7 +537,7 @@ fn matmul_small(m: QMat<'_>, x: &[f32], tokens: usize, y: &mut [f32]) {
         }
     }
     let per_sum = if sums.is_empty() { 0 } else { k / 32 };
-    by_row_runs(m, tokens, y, |first, n| {
+    by_row_runs(m, tokens, 1, y, |first, n| {
         let mut out = vec![0f32; tokens * n];
         for (t, o) in out.chunks_exact_mut(n).enumerate() {
             let sums = if sums.is_empty() { &[][..] } else { &sums[t * per_sum..(t + 1) * per_sum] };
@@ -536,15 +548,16 @@ fn matmul_small(m: QMat<'_>, x: &[f32], tokens: usize, y: &mut [f32]) {
 }
 
 /// A product of `m` with `tokens` inputs (`y`: `tokens × rows`) split into runs of rows across
-/// the pool's threads: `run(first, n)` returns rows `first..first + n` of every input's product,
-/// `tokens × n` values, which land in `y`.
+/// the pool's threads, each run but the last a multiple of `align` rows: `run(first, n)` returns
+/// rows `first..first + n` of every input's product, `tokens × n` values, which land in `y`.
 pub(crate) fn by_row_runs(
     m: QMat<'_>,
     tokens: usize,
+    align: usize,
     y: &mut [f32],
     run: impl Fn(usize, usize) -> Vec<f32> + Sync,
 ) {
-    let per = rows_per_task(m.rows, m.cols * tokens);
+    let per = rows_per_task(m.rows, m.cols * tokens).next_multiple_of(align);
     let chunks: Vec<(usize, usize)> = (0..m.rows).step_by(per).map(|f| (f, per.min(m.rows - f))).collect();
     let outs: Vec<Vec<f32>> = if tokens * m.rows * m.cols < PAR_MIN || threads::threads() == 1 {
         chunks.iter().map(|&(f, n)| run(f, n)).collect()
@@ -804,9 +817,20 @@ pub(crate) mod tests {
                 }
             });
             let batched_avx2 = time8(&|y| qbatch::matmul_avx2(v3, m, &x8, 8, y));
+            // With the inputs rounded to 8 bits (`Activations::Q8`), where that path applies.
+            let q8 = v4.filter(|_| crate::qbatch_q8::takes(ty)).map(|_| {
+                let one = time(&|y| {
+                    crate::qbatch_q8::matmul(m, x, 1, y);
+                });
+                let eight = time8(&|y| {
+                    crate::qbatch_q8::matmul(m, &x8, 8, y);
+                });
+                format!("; 8-bit inputs: 1 input {one:.1} us, 8 inputs {eight:.1} us")
+            });
             println!(
                 "{ty:?}, 8 inputs: fused kernels per input {per_input:.1} us, batched {batched:.1} us; \
-                 AVX2 only: {per_input_avx2:.1} us, batched {batched_avx2:.1} us"
+                 AVX2 only: {per_input_avx2:.1} us, batched {batched_avx2:.1} us{}",
+                q8.unwrap_or_default()
             );
         }
     }

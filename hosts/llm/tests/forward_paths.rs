@@ -7,7 +7,7 @@
 mod common;
 
 use rela_llm::generate::argmax;
-use rela_llm::{ForwardError, GgufTokenizer, KvCache, Model};
+use rela_llm::{Activations, ForwardError, GgufTokenizer, KvCache, Model};
 
 /// Largest logit difference allowed between the paths, as a fraction of the logit range: both
 /// are f32 with sums in another order (measured below 1e-6).
@@ -97,8 +97,25 @@ fn refused_steps_leave_the_cache_unchanged() {
 #[test]
 fn a_batch_of_sequences_steps_as_each_would_alone() {
     let Some(f) = common::model("a_batch_of_sequences_steps_as_each_would_alone") else { return };
-    let model = Model::new(f).expect("model");
     let tok = GgufTokenizer::from_gguf(&f.gguf).expect("tokenizer");
+    batch_steps_as_alone(&Model::new(f).expect("model"), &tok);
+}
+
+#[test]
+fn with_eight_bit_activations_a_batch_of_sequences_steps_as_each_would_alone() {
+    let name = "with_eight_bit_activations_a_batch_of_sequences_steps_as_each_would_alone";
+    let Some(f) = common::model(name) else { return };
+    if !Activations::Q8.runs_here() {
+        eprintln!("*** SKIPPED {name}: no AVX-512 on this CPU, so 8-bit activations run as f32 ***");
+        return;
+    }
+    let tok = GgufTokenizer::from_gguf(&f.gguf).expect("tokenizer");
+    batch_steps_as_alone(&Model::new(f).expect("model").with_activations(Activations::Q8), &tok);
+}
+
+/// Three sequences stepped one at a time and together through `forward_batch` get the same
+/// logits (up to f32 rounding) and the same greedy tokens; a refused batch runs nothing.
+fn batch_steps_as_alone(model: &Model<'_>, tok: &GgufTokenizer) {
     let vocab = model.config.vocab_size;
     let prompts = [
         "Once upon a time",

@@ -13,7 +13,7 @@ mod common;
 use std::sync::OnceLock;
 
 use rela_llm::generate::{FinishReason, token_bytes};
-use rela_llm::{ChatTemplate, GgufTokenizer, Message, Model, SamplingParams, generate_ids};
+use rela_llm::{Activations, ChatTemplate, GgufTokenizer, Message, Model, SamplingParams, generate_ids};
 use serde_json::Value;
 
 /// A fixture step whose top-1/top-2 margin is below this is a near tie: f32 rounding may pick
@@ -38,40 +38,41 @@ fn floats(v: &Value) -> Vec<f64> {
     v.as_array().expect("floats").iter().map(|x| x.as_f64().expect("float")).collect()
 }
 
-#[test]
-fn greedy_generation_matches_transformers() {
-    let Some(f) = common::model("greedy_generation_matches_transformers") else { return };
-    let model = Model::new(f).expect("model");
-    let tok = GgufTokenizer::from_gguf(&f.gguf).expect("tokenizer");
+/// What one fixture prompt gave.
+struct CaseResult {
+    name: String,
+    /// Generated ids equal to the fixture's from the first step on.
+    agree: usize,
+    /// Steps before the fixture's first near tie (those the criterion compares).
+    checked: usize,
+    /// Largest first-step logit difference over the fixture's logit range.
+    worst: f64,
+}
+
+/// Runs every fixture prompt greedily on `model`; checks what holds on any path (the prompt ids,
+/// the streamed text, and with every checked id equal, the finish reason and the text).
+fn run_fixture(model: &Model<'_>, tok: &GgufTokenizer) -> Vec<CaseResult> {
     let fx = fixture();
     assert_eq!(tok.eos(), Some(fx["eos_token_id"].as_u64().expect("eos") as u32));
     let cases = fx["cases"].as_array().expect("cases");
     assert!(cases.len() >= 10);
-    let mut failures = Vec::new();
+    let mut results = Vec::new();
     for case in cases {
         let name = case["name"].as_str().expect("name");
         let input = ids(&case["input_ids"]);
         let want = ids(&case["generated_ids"]);
         let margins = floats(&case["margins"]);
         let mut streamed = String::new();
-        let g = generate_ids(&model, &tok, &input, want.len(), SamplingParams::GREEDY, |_, t| {
-            streamed.push_str(t)
-        })
-        .expect("generate");
+        let g =
+            generate_ids(model, tok, &input, want.len(), SamplingParams::GREEDY, |_, t| streamed.push_str(t))
+                .expect("generate");
         assert_eq!(g.input_ids, input);
         assert_eq!(g.text, streamed, "{name}: streamed text");
 
         // Ids up to the first near tie.
         let checked = margins.iter().position(|&m| m < NEAR_TIE).unwrap_or(want.len());
         let agree = g.generated_ids.iter().zip(&want).take_while(|(a, b)| a == b).count();
-        if agree < checked {
-            failures.push(format!(
-                "{name}: ids differ at step {agree} (checked up to {checked}): got {:?}, want {:?}",
-                &g.generated_ids[..g.generated_ids.len().min(checked)],
-                &want[..checked]
-            ));
-        }
-        if checked == want.len() {
+        if agree >= checked && checked == want.len() {
             assert_eq!(g.generated_ids.len(), want.len(), "{name}");
             let reason = if g.finish_reason == FinishReason::Eos { "eos" } else { "length" };
             assert_eq!(reason, case["finish_reason"].as_str().expect("reason"), "{name}");
@@ -105,11 +106,67 @@ fn greedy_generation_matches_transformers() {
             want.len(),
             worst / range
         );
-        if worst / range > LOGIT_TOL {
-            failures.push(format!("{name}: first-step logits differ by {worst} (range {range})"));
+        results.push(CaseResult { name: name.to_owned(), agree, checked, worst: worst / range });
+    }
+    results
+}
+
+#[test]
+fn greedy_generation_matches_transformers() {
+    let Some(f) = common::model("greedy_generation_matches_transformers") else { return };
+    let model = Model::new(f).expect("model");
+    let tok = GgufTokenizer::from_gguf(&f.gguf).expect("tokenizer");
+    let mut failures = Vec::new();
+    for r in run_fixture(&model, &tok) {
+        if r.agree < r.checked {
+            failures
+                .push(format!("{}: ids differ at step {} (checked up to {})", r.name, r.agree, r.checked));
+        }
+        if r.worst > LOGIT_TOL {
+            failures.push(format!("{}: first-step logits differ by {:.2e} of the range", r.name, r.worst));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Fixture prompts on which llama.cpp (0.3.36, its AVX-512 build, which also rounds activations
+/// to 8 bits for Q4_1 and Q8_0 products) meets the id criterion, out of 11
+/// (`scripts/bench/generate-peers.sh`; its AVX2 build: 5).
+const LLAMA_CPP_PROMPTS_MATCHED: usize = 7;
+
+/// Largest first-step logit difference allowed with 8-bit activations, as a fraction of the
+/// fixture's logit range. Measured: 1.84e-2 (0.68 in absolute terms) on the prompts of up to 16
+/// tokens, whose products all take 8-bit inputs; about 3e-6, as in f32, on the longer ones,
+/// whose prompt batches run in f32. The bound is about twice the largest.
+const Q8_LOGIT_TOL: f64 = 4e-2;
+
+#[test]
+fn eight_bit_activations_match_the_fixture_as_often_as_llama_cpp() {
+    let Some(f) = common::model("eight_bit_activations_match_the_fixture_as_often_as_llama_cpp") else {
+        return;
+    };
+    if !Activations::Q8.runs_here() {
+        eprintln!("*** SKIPPED: no AVX-512 on this CPU, so 8-bit activations run as f32 ***");
+        return;
+    }
+    let model = Model::new(f).expect("model").with_activations(Activations::Q8);
+    let tok = GgufTokenizer::from_gguf(&f.gguf).expect("tokenizer");
+    let results = run_fixture(&model, &tok);
+    let matched: Vec<&str> =
+        results.iter().filter(|r| r.agree >= r.checked).map(|r| r.name.as_str()).collect();
+    let worst = results.iter().map(|r| r.worst).fold(0f64, f64::max);
+    eprintln!(
+        "8-bit activations: {} of {} prompts meet the id criterion ({matched:?}); first-step logits within \
+         {worst:.2e} of the range",
+        matched.len(),
+        results.len()
+    );
+    assert!(
+        matched.len() >= LLAMA_CPP_PROMPTS_MATCHED,
+        "8-bit activations meet the criterion on {} prompts, llama.cpp on {LLAMA_CPP_PROMPTS_MATCHED}",
+        matched.len()
+    );
+    assert!(worst <= Q8_LOGIT_TOL, "first-step logits differ by {worst:.2e} of the range");
 }
 
 #[test]

@@ -10,7 +10,8 @@
 //! (fewer where it reaches EOS first). The rate counts every session's tokens over the wall time
 //! from the sessions' start (connection, MODEL_LOAD, prompt) to the last one's end. One more
 //! session holds the model throughout, so the timed loads take shares of a loaded model.
-//! `RELA_KERNEL_THREADS` sizes the forward pass's threads. Each row's token counts and slowest
+//! `RELA_KERNEL_THREADS` sizes the forward pass's threads, and `RELA_ACTIVATIONS=q8` runs it
+//! with 8-bit activations (`NodeConfig::activations`; with `--addr`, the node's own setting). Each row's token counts and slowest
 //! first token go to stderr; `--json` prints one JSON object per session count instead of the
 //! table (`scripts/bench/generate_peers.py` reads it).
 
@@ -104,6 +105,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             discovery: None,
             models: Some(target.clone().into()),
             max_sessions: 64,
+            activations: std::env::var("RELA_ACTIVATIONS").as_deref().unwrap_or("f32").parse()?,
             ..NodeConfig::default()
         };
         Some(Node::start(config, NodeBackend::host::<{ rela_backend_host::MAX_BLOCKS }>(64 << 20)?).await?)

@@ -83,6 +83,11 @@ pub struct NodeConfig {
     /// context length; a prompt that leaves no room is `ERROR(LIMIT_EXCEEDED)`. Bounds the KV
     /// cache, which is charged to the session's quota.
     pub max_context: u32,
+    /// How language models' forward passes on the host backend treat activations (`serve
+    /// --activations`): [`rela_llm::Activations::F32`] (the default, the path checked against
+    /// the reference) or [`rela_llm::Activations::Q8`] (8-bit inputs to the Q4 products, faster
+    /// and less exact). Device backends run their own kernels, in f32.
+    pub activations: rela_llm::Activations,
 }
 
 impl Default for NodeConfig {
@@ -111,6 +116,7 @@ impl Default for NodeConfig {
             max_infer_tokens: crate::models::DEFAULT_MAX_INFER_TOKENS,
             max_generate_tokens: crate::llm::DEFAULT_MAX_GENERATE_TOKENS,
             max_context: crate::llm::DEFAULT_MAX_CONTEXT,
+            activations: rela_llm::Activations::F32,
         }
     }
 }

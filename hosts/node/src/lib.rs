@@ -289,6 +289,7 @@ impl Node {
                 max_tokens: config.max_generate_tokens,
                 max_context: config.max_context,
             },
+            config.activations,
         );
         // Cleared when the engine thread ends, whatever the reason.
         let (alive_tx, alive) = tokio::sync::watch::channel(true);

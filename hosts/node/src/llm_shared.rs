@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use rela_core::backend::{BackendKind, GpuBackend};
 use rela_core::model::ModelError;
-use rela_llm::{DeviceError, DeviceLlm, LoadError, LoadedLlm};
+use rela_llm::{Activations, DeviceError, DeviceLlm, LoadError, LoadedLlm};
 
 use crate::llm_batch::Batcher;
 use crate::llm_device_batch::DeviceBatcher;
@@ -87,6 +87,8 @@ pub(crate) struct SharedLlms {
     /// Signalled when a load ends (loaded or failed).
     loaded: Condvar,
     bytes: AtomicU64,
+    /// How the host forward passes of the models it loads treat activations.
+    activations: Activations,
 }
 
 impl std::fmt::Debug for SharedLlms {
@@ -123,6 +125,11 @@ impl Drop for LoadingGuard<'_> {
 }
 
 impl SharedLlms {
+    /// No models yet; those it loads run their host forward passes as `activations` says.
+    pub(crate) fn new(activations: Activations) -> Self {
+        Self { activations, ..Self::default() }
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -162,7 +169,7 @@ impl SharedLlms {
         let guard = LoadingGuard { shared: self, name, done: false };
         // Loaded without the lock: other models load and other shares come and go meanwhile.
         let started = Instant::now();
-        let served = load(path, backend)?;
+        let served = load(path, backend, self.activations)?;
         let bytes = served.llm.bytes() + served.device_bytes();
         self.bytes.fetch_add(bytes, Ordering::AcqRel);
         tracing::info!(
@@ -199,10 +206,14 @@ impl SharedLlms {
 }
 
 /// Parses and checks the file at `path` and readies it for `backend`: a batcher thread on the
-/// host backend, the weights and the batch's buffers in any other. On an error nothing stays
+/// host backend (its forward passes as `activations` says), the weights and the batch's buffers in any other. On an error nothing stays
 /// allocated in `backend`.
-fn load(path: &Path, backend: &mut dyn GpuBackend) -> Result<ServedLlm, ModelError> {
-    let loaded = Arc::new(LoadedLlm::open(path).map_err(load_error)?);
+fn load(
+    path: &Path,
+    backend: &mut dyn GpuBackend,
+    activations: Activations,
+) -> Result<ServedLlm, ModelError> {
+    let loaded = Arc::new(LoadedLlm::open(path).map_err(load_error)?.with_activations(activations));
     if backend.info().backend == BackendKind::HOST {
         let batcher = Batcher::start(loaded.clone()).map_err(|e| {
             tracing::error!(error = %e, "no thread for a model's batcher");

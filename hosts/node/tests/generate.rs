@@ -163,6 +163,49 @@ async fn concurrent_generations_are_batched_and_each_matches_transformers() {
     }
 }
 
+/// `NodeConfig::activations` (`serve --activations q8`) reaches the model's forward pass: the
+/// node's greedy ids are those of the same model in process with 8-bit activations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_eight_bit_activations_generates_as_the_model_does_in_process() {
+    let Some(dir) = models_dir("a_node_with_eight_bit_activations_generates_as_the_model_does_in_process")
+    else {
+        return;
+    };
+    if !rela_llm::Activations::Q8.runs_here() {
+        eprintln!("*** SKIPPED: no AVX-512 on this CPU, so 8-bit activations run as f32 ***");
+        return;
+    }
+    let file = rela_llm::GgufFile::open(dir.join(format!("{MODEL}.gguf"))).expect("open");
+    let model = rela_llm::Model::new(&file).expect("model").with_activations(rela_llm::Activations::Q8);
+    let tok = rela_llm::GgufTokenizer::from_gguf(&file.gguf).expect("tokenizer");
+    let config = NodeConfig { activations: rela_llm::Activations::Q8, ..node_config(dir.clone()) };
+    let node = start(config, 64 << 20).await;
+    let mut c = within(Client::connect(node.local_addr(), None)).await.expect("connect");
+    let m = within(c.model_load(MODEL)).await.expect("load");
+    let f32_model = rela_llm::Model::new(&file).expect("model");
+    let greedy = |model: &rela_llm::Model<'_>, input: &[u32]| {
+        rela_llm::generate_ids(model, &tok, input, 16, rela_llm::SamplingParams::GREEDY, |_, _| {})
+            .expect("in process")
+            .generated_ids
+    };
+    let fx = fixture();
+    let mut differ = 0;
+    // Prompts on which 8-bit activations leave f32's greedy path within 16 tokens (and one on
+    // which they do not).
+    for name in ["raw_story", "raw_numbers", "chat_system", "raw_capital"] {
+        let case = fx["cases"].as_array().expect("cases").iter().find(|c| c["name"] == name).expect(name);
+        let input = ids(&case["input_ids"]);
+        let want = greedy(&model, &input);
+        differ += usize::from(want != greedy(&f32_model, &input));
+        let out = within(c.generate_text(&request(m.id, Prompt::Tokens(&input), 16), |_| {}))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(out.generated_ids, want, "{name}: greedy ids");
+    }
+    assert!(differ > 0, "no prompt tells 8-bit activations from f32 here: the check above proves nothing");
+    within(c.close()).await.expect("close");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_a_generation_and_the_session_goes_on() {
     let Some(dir) = models_dir("cancel_stops_a_generation_and_the_session_goes_on") else { return };

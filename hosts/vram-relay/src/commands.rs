@@ -148,6 +148,11 @@ pub(crate) struct ServeArgs {
     /// core.
     #[arg(long, env = "RELA_KERNEL_THREADS", default_value_t = 0)]
     kernel_threads: usize,
+    /// How language models' forward passes on the host backend treat activations: f32 (exact:
+    /// the path checked against the reference) or q8 (rounded to 8 bits before the Q4_0 and
+    /// Q4_1 products, as llama.cpp does: faster, less exact). See docs/BENCHMARKS.md.
+    #[arg(long, env = "RELA_ACTIVATIONS", default_value = "f32")]
+    activations: rela_llm::Activations,
 }
 
 /// The TLS identity `serve` asks for: `--tls-cert`/`--tls-key`, or with `--tls` alone the
@@ -183,6 +188,12 @@ fn parse_max_payload(s: &str) -> Result<u32, String> {
 pub(crate) async fn serve(args: ServeArgs) -> Result<(), CliError> {
     // One pool for the host kernels and language models' forward pass (`rela_llm::threads`).
     rela_kernels::fast::set_threads(args.kernel_threads);
+    if !args.activations.runs_here() {
+        tracing::warn!(
+            activations = args.activations.name(),
+            "this CPU has no AVX-512: language models run with f32 activations"
+        );
+    }
     let token = util::load_token(args.token.as_deref(), args.token_file.as_deref())?;
     if args.require_auth && token.is_none() {
         return Err("REQUIRE_AUTH is set but no token was given (AUTH_TOKEN, --token or --token-file)".into());
@@ -198,6 +209,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), CliError> {
         max_infer_tokens: args.max_infer_tokens,
         max_generate_tokens: args.max_generate_tokens,
         max_context: args.max_context,
+        activations: args.activations,
         ..NodeConfig::default()
     };
     config.session.quota = args.quota;

@@ -180,6 +180,7 @@ impl Engine {
         shared: Arc<SharedModels>,
         max_infer_tokens: u64,
         generate: GenerateLimits,
+        activations: rela_llm::Activations,
     ) -> Self {
         let env = JobEnv {
             engine,
@@ -205,7 +206,7 @@ impl Engine {
             staging: Arc::default(),
             shared,
             max_infer_tokens,
-            llms: Arc::default(),
+            llms: Arc::new(SharedLlms::new(activations)),
             generate,
             status,
             throttle,
