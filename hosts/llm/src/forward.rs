@@ -200,7 +200,10 @@ pub struct Model<'a> {
     activations: Activations,
 }
 
-/// The keys and values of past positions, per layer, in f32.
+/// The keys and values of past positions, per layer, in f32. Values are stored a position at a
+/// time (`[layer][position][kv_dim]`); keys transposed (`[layer][kv_dim][stride]`, `stride`
+/// the capacity rounded up to [`attention::KEY_CHUNK`]), so that attention scores sixteen
+/// positions at once with no horizontal sums.
 #[derive(Debug, Clone)]
 pub struct KvCache {
     k: Vec<f32>,
@@ -215,12 +218,12 @@ pub struct KvCache {
 
 impl KvCache {
     /// An empty cache for `capacity` positions of `config`'s model
-    /// (`2 · n_layers · capacity · n_kv_heads · head_dim` floats).
+    /// ([`kv_cache_floats`] floats).
     pub fn new(config: &LlamaConfig, capacity: usize) -> Self {
         let kv_dim = config.n_kv_heads * config.head_dim;
         let n = config.n_layers * capacity * kv_dim;
         Self {
-            k: vec![0.0; n],
+            k: vec![0.0; config.n_layers * kv_dim * attention::key_stride(capacity)],
             v: vec![0.0; n],
             n_layers: config.n_layers,
             kv_dim,
@@ -265,6 +268,14 @@ impl KvCache {
     }
 }
 
+/// Floats of a [`KvCache`] for `capacity` positions of `config`'s model: `n_layers ·
+/// n_kv_heads · head_dim` per position for the values, and as many per position of the keys'
+/// stride (the capacity rounded up to [`attention::KEY_CHUNK`]).
+pub fn kv_cache_floats(config: &LlamaConfig, capacity: usize) -> usize {
+    let per_position = config.n_layers * config.n_kv_heads * config.head_dim;
+    per_position * (capacity + attention::key_stride(capacity))
+}
+
 /// Why a forward step was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ForwardError {
@@ -301,9 +312,14 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 /// `(2i, 2i+1)` for `i < inv_freq.len()` turn by `pos·inv_freq[i]`; dimensions past
 /// `2·inv_freq.len()` are left as they are.
 pub fn rope_norm(head: &mut [f32], pos: usize, inv_freq: &[f32]) {
-    for (pair, &f) in head.chunks_exact_mut(2).zip(inv_freq) {
-        let theta = pos as f32 * f;
-        let (sin, cos) = theta.sin_cos();
+    let angles: Vec<(f32, f32)> = inv_freq.iter().map(|&f| (pos as f32 * f).sin_cos()).collect();
+    rope_with(head, &angles);
+}
+
+/// [`rope_norm`] with the `(sin, cos)` of each pair's angle given: every head of a position
+/// turns by the same angles, so a step computes them once per position.
+fn rope_with(head: &mut [f32], angles: &[(f32, f32)]) {
+    for (pair, &(sin, cos)) in head.chunks_exact_mut(2).zip(angles) {
         let (a, b) = (pair[0], pair[1]);
         pair[0] = a * cos - b * sin;
         pair[1] = a * sin + b * cos;
@@ -351,6 +367,8 @@ struct Scratch {
     sums: Vec<f32>,
     /// Attention scores of the calling thread.
     scores: Vec<f32>,
+    /// RoPE's `(sin, cos)` per pair for each row's position.
+    angles: Vec<(f32, f32)>,
 }
 
 impl Scratch {
@@ -406,6 +424,7 @@ impl Drop for KvCache {
 
 /// One sequence's part of a forward step: its cache's keys and values, where its rows go.
 struct Segment<'c> {
+    /// Keys, transposed ([`KvCache`]).
     k: &'c mut [f32],
     v: &'c mut [f32],
     capacity: usize,
@@ -612,15 +631,26 @@ impl<'a> Model<'a> {
         for (&t, x) in tokens.iter().zip(s.x.chunks_exact_mut(dim)) {
             self.tok_embd.row(t as usize, x);
         }
+        // Every row's rotation angles, for all layers and heads.
+        let pairs = self.inv_freq.len();
+        s.angles.clear();
+        for seg in segs.iter() {
+            for p in seg.pos..seg.pos + seg.rows {
+                s.angles.extend(self.inv_freq.iter().map(|&f| (p as f32 * f).sin_cos()));
+            }
+        }
         for (li, l) in self.layers.iter().enumerate() {
             for (x, n) in s.x.chunks_exact(dim).zip(s.n.chunks_exact_mut(dim)) {
                 rms_norm(x, &l.attn_norm, c.rms_norm_eps, n);
             }
-            if t_n == 1 && self.activations == Activations::F32 {
+            // q, k and v (then gate and up) as one parallel job.
+            let (q, k, v) = (l.wq.qmat(), l.wk.qmat(), l.wv.qmat());
+            let q8 = self.activations == Activations::Q8
+                && qmatmul::matmul_q8_many(&[q, k, v], &s.n, t_n, &mut [&mut s.q, &mut s.k, &mut s.v]);
+            if !q8 && t_n == 1 {
                 let sums = block_sums_for(&[l.wq.ty, l.wk.ty, l.wv.ty], &s.n, &mut s.sums);
-                let (q, k, v) = (l.wq.qmat(), l.wk.qmat(), l.wv.qmat());
                 qmatmul::matvec3(q, &mut s.q, k, &mut s.k, v, &mut s.v, &s.n, sums);
-            } else {
+            } else if !q8 {
                 linear(&l.wq, &s.n, t_n, self.activations, &mut s.sums, &mut s.q);
                 linear(&l.wk, &s.n, t_n, self.activations, &mut s.sums, &mut s.k);
                 linear(&l.wv, &s.n, t_n, self.activations, &mut s.sums, &mut s.v);
@@ -630,20 +660,28 @@ impl<'a> Model<'a> {
                 let rows = row..row + seg.rows;
                 let q = &mut s.q[rows.start * q_dim..rows.end * q_dim];
                 let k = &mut s.k[rows.start * kv_dim..rows.end * kv_dim];
-                for (t, (q, k)) in q.chunks_exact_mut(q_dim).zip(k.chunks_exact_mut(kv_dim)).enumerate() {
+                let angles = s.angles[rows.start * pairs..rows.end * pairs].chunks_exact(pairs.max(1));
+                for ((q, k), angles) in q.chunks_exact_mut(q_dim).zip(k.chunks_exact_mut(kv_dim)).zip(angles)
+                {
                     for h in q.chunks_exact_mut(hd).chain(k.chunks_exact_mut(hd)) {
-                        rope_norm(h, seg.pos + t, &self.inv_freq);
+                        rope_with(h, angles);
+                    }
+                }
+                let stride = attention::key_stride(seg.capacity);
+                let keys = &mut seg.k[li * kv_dim * stride..(li + 1) * kv_dim * stride];
+                for (t, k) in k.chunks_exact(kv_dim).enumerate() {
+                    for (row, &k) in keys.chunks_exact_mut(stride).zip(k) {
+                        row[seg.pos + t] = k;
                     }
                 }
                 let base = li * seg.capacity * kv_dim;
                 let at = base + seg.pos * kv_dim;
                 let end = at + seg.rows * kv_dim;
-                seg.k[at..end].copy_from_slice(k);
                 seg.v[at..end].copy_from_slice(&s.v[rows.start * kv_dim..rows.end * kv_dim]);
                 attention::attend(
                     heads,
                     q,
-                    &seg.k[base..end],
+                    keys,
                     &seg.v[base..end],
                     seg.pos,
                     seg.rows,
@@ -659,11 +697,13 @@ impl<'a> Model<'a> {
             for (x, n) in s.x.chunks_exact(dim).zip(s.n.chunks_exact_mut(dim)) {
                 rms_norm(x, &l.ffn_norm, c.rms_norm_eps, n);
             }
-            if t_n == 1 && self.activations == Activations::F32 {
+            let (g, u) = (l.w_gate.qmat(), l.w_up.qmat());
+            let q8 = self.activations == Activations::Q8
+                && qmatmul::matmul_q8_many(&[g, u], &s.n, t_n, &mut [&mut s.gate, &mut s.up]);
+            if !q8 && t_n == 1 {
                 let sums = block_sums_for(&[l.w_gate.ty, l.w_up.ty], &s.n, &mut s.sums);
-                let (g, u) = (l.w_gate.qmat(), l.w_up.qmat());
                 qmatmul::matvec2(g, &mut s.gate, u, &mut s.up, &s.n, sums);
-            } else {
+            } else if !q8 {
                 linear(&l.w_gate, &s.n, t_n, self.activations, &mut s.sums, &mut s.gate);
                 linear(&l.w_up, &s.n, t_n, self.activations, &mut s.sums, &mut s.up);
             }

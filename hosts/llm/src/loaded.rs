@@ -146,10 +146,9 @@ impl LoadedLlm {
         self.file.bytes().len() as u64
     }
 
-    /// Bytes of an f32 KV cache for `positions` positions.
+    /// Bytes of an f32 KV cache for `positions` positions ([`crate::forward::kv_cache_floats`]).
     pub fn kv_cache_bytes(&self, positions: usize) -> u64 {
-        let c = &self.config;
-        2 * 4 * (c.n_layers as u64) * (positions as u64) * (c.n_kv_heads as u64) * (c.head_dim as u64)
+        4 * crate::forward::kv_cache_floats(&self.config, positions) as u64
     }
 
     /// Token ids of a raw text prompt (BOS as the file asks; control tokens in the text stay

@@ -25,7 +25,7 @@ use core::arch::x86_64::{__m128i, __m512, __m512i};
 use pulp::x86::V4;
 
 use crate::gguf::GgmlType;
-use crate::qmatmul::{QMat, by_row_runs};
+use crate::qmatmul::{QMat, by_row_runs_many};
 
 /// Inputs per pass of the kernel (8 of AVX-512's 32 vector registers hold their sums, 8 more
 /// the weight quants of a block).
@@ -57,17 +57,32 @@ pub(crate) fn takes(ty: GgmlType) -> bool {
 ///
 /// # Panics
 /// If `x` or `y` is not of that size.
+#[cfg(test)]
 pub(crate) fn matmul(m: QMat<'_>, x: &[f32], tokens: usize, y: &mut [f32]) -> bool {
-    assert_eq!(x.len(), tokens * m.cols, "matmul input length");
-    assert_eq!(y.len(), tokens * m.rows, "matmul output length");
+    matmul_many(&[m], x, tokens, &mut [y])
+}
+
+/// [`matmul`] for several matrices of the same input width (`ys[i]` for `ms[i]`), the inputs
+/// rounded once and the row runs of all of them one parallel job; `false` (nothing written) if
+/// the path does not apply to every one of them.
+///
+/// # Panics
+/// If `ms` and `ys` differ in number, or `x` or a `ys[i]` is not of its size.
+pub(crate) fn matmul_many(ms: &[QMat<'_>], x: &[f32], tokens: usize, ys: &mut [&mut [f32]]) -> bool {
+    assert_eq!(ms.len(), ys.len(), "one output per matrix");
+    let Some(cols) = ms.first().map(|m| m.cols) else { return true };
+    assert_eq!(x.len(), tokens * cols, "matmul input length");
+    for (m, y) in ms.iter().zip(ys.iter()) {
+        assert_eq!(y.len(), tokens * m.rows, "matmul output length");
+    }
     let Some(simd) = V4::try_new() else { return false };
-    if !takes(m.ty) || m.rows == 0 {
+    if ms.iter().any(|m| !takes(m.ty) || m.rows == 0 || m.cols != cols) {
         return false;
     }
-    let q = Q8Inputs::new(simd, x, m.cols);
-    by_row_runs(m, tokens, LANES, y, |first, n| {
+    let q = Q8Inputs::new(simd, x, cols);
+    by_row_runs_many(ms, tokens, LANES, ys, |i, first, n| {
         let mut out = vec![0f32; tokens * n];
-        simd.vectorize(Rows { simd, m, first, n, q: &q, out: &mut out });
+        simd.vectorize(Rows { simd, m: ms[i], first, n, q: &q, out: &mut out });
         out
     });
     true

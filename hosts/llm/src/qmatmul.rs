@@ -512,11 +512,18 @@ pub(crate) fn matmul(m: QMat<'_>, x: &[f32], tokens: usize, y: &mut [f32]) {
 /// [`SMALL_BATCH`] inputs, if that path applies to `m` on this CPU (else `false`, and nothing is
 /// written).
 pub(crate) fn matmul_q8(m: QMat<'_>, x: &[f32], tokens: usize, y: &mut [f32]) -> bool {
+    matmul_q8_many(&[m], x, tokens, &mut [y])
+}
+
+/// [`matmul_q8`] for several matrices with the same inputs (`ys[i]` for `ms[i]`) as one
+/// parallel job, the inputs rounded once, if that path applies to all of them (else `false`,
+/// and nothing is written).
+pub(crate) fn matmul_q8_many(ms: &[QMat<'_>], x: &[f32], tokens: usize, ys: &mut [&mut [f32]]) -> bool {
     #[cfg(target_arch = "x86_64")]
     if tokens <= SMALL_BATCH {
-        return crate::qbatch_q8::matmul(m, x, tokens, y);
+        return crate::qbatch_q8::matmul_many(ms, x, tokens, ys);
     }
-    let _ = (m, x, tokens, y);
+    let _ = (ms, x, tokens, ys);
     false
 }
 
@@ -557,16 +564,34 @@ pub(crate) fn by_row_runs(
     y: &mut [f32],
     run: impl Fn(usize, usize) -> Vec<f32> + Sync,
 ) {
-    let per = rows_per_task(m.rows, m.cols * tokens).next_multiple_of(align);
-    let chunks: Vec<(usize, usize)> = (0..m.rows).step_by(per).map(|f| (f, per.min(m.rows - f))).collect();
-    let outs: Vec<Vec<f32>> = if tokens * m.rows * m.cols < PAR_MIN || threads::threads() == 1 {
-        chunks.iter().map(|&(f, n)| run(f, n)).collect()
+    by_row_runs_many(&[m], tokens, align, &mut [y], |_, first, n| run(first, n));
+}
+
+/// [`by_row_runs`] for the products of several matrices with the same inputs, as one parallel
+/// job: `run(i, first, n)` returns rows `first..first + n` of matrix `ms[i]`'s product with
+/// every input, which land in `ys[i]` (`tokens × ms[i].rows`).
+pub(crate) fn by_row_runs_many(
+    ms: &[QMat<'_>],
+    tokens: usize,
+    align: usize,
+    ys: &mut [&mut [f32]],
+    run: impl Fn(usize, usize, usize) -> Vec<f32> + Sync,
+) {
+    let mut chunks: Vec<(usize, usize, usize)> = Vec::new();
+    for (i, m) in ms.iter().enumerate() {
+        let per = rows_per_task(m.rows, m.cols * tokens).next_multiple_of(align);
+        chunks.extend((0..m.rows).step_by(per).map(|f| (i, f, per.min(m.rows - f))));
+    }
+    let work: usize = tokens * ms.iter().map(|m| m.rows * m.cols).sum::<usize>();
+    let outs: Vec<Vec<f32>> = if work < PAR_MIN || threads::threads() == 1 {
+        chunks.iter().map(|&(i, f, n)| run(i, f, n)).collect()
     } else {
-        threads::map(chunks.len(), |i| run(chunks[i].0, chunks[i].1))
+        threads::map(chunks.len(), |c| run(chunks[c].0, chunks[c].1, chunks[c].2))
     };
-    for (&(first, n), out) in chunks.iter().zip(&outs) {
+    for (&(i, first, n), out) in chunks.iter().zip(&outs) {
+        let rows = ms[i].rows;
         for (t, o) in out.chunks_exact(n).enumerate() {
-            y[t * m.rows + first..t * m.rows + first + n].copy_from_slice(o);
+            ys[i][t * rows + first..t * rows + first + n].copy_from_slice(o);
         }
     }
 }

@@ -427,8 +427,10 @@ async fn hostile_generates_get_typed_errors() {
 async fn the_kv_cache_is_charged_to_the_quota() {
     let Some(dir) = models_dir("the_kv_cache_is_charged_to_the_quota") else { return };
     let mut cfg = node_config(dir);
-    // About 3 positions of SmolLM2-135M's f32 KV cache (46,080 bytes each).
-    cfg.session.quota = 150_000;
+    // SmolLM2-135M's f32 KV cache takes 23,040 bytes per position for the values, and as many
+    // for the keys per position of their stride (the positions rounded up to 16): 3 positions
+    // take 19 · 23,040 = 437,760 bytes, 10 take 26 · 23,040 = 599,040.
+    cfg.session.quota = 500_000;
     let node = start(cfg, 64 << 20).await;
     let mut c = within(Client::connect(node.local_addr(), None)).await.expect("connect");
     let m = within(c.model_load(MODEL)).await.expect("load");
