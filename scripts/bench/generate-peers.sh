@@ -17,7 +17,8 @@
 #   --llama-server: the servers' peer is llama.cpp's C++ llama-server with a slot per stream and
 #   continuous batching (built by build-llama-server.sh), instead of llama-cpp-python's server.
 #
-# Environment: GENERATE_PEERS_VENV (default target/generate-peers-venv), PYTHON (default
+# Environment: RELA_ACTIVATIONS=q8 runs rela's side (generate_bench, and `vram-relay serve`, whose
+# --activations reads it) with 8-bit activations; GENERATE_PEERS_VENV (default target/generate-peers-venv), PYTHON (default
 # python3), LLAMA_CPP_PYTHON (default llama-cpp-python[server]==0.3.36: the server's dependencies
 # too), LLAMA_CMAKE_ARGS (default
 # -DGGML_NATIVE=ON: llama.cpp built for this CPU; on a CPU with AMX, every AVX-512 extension but
@@ -83,6 +84,7 @@ fi
 
 echo "generate-peers: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) CPUs," \
     "load average $(cut -d' ' -f1-3 /proc/loadavg), commit $(git rev-parse --short HEAD)"
+echo "generate-peers: rela's activations ${RELA_ACTIVATIONS:-f32}"
 echo "generate-peers: OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset} (passive keeps llama.cpp's idle threads from spinning on a shared machine)"
 echo "generate-peers: llama.cpp $("$venv/bin/python" -c 'import llama_cpp; print(llama_cpp.__version__, llama_cpp.llama_print_system_info().decode().strip())')"
 for t in ${threads//,/ }; do

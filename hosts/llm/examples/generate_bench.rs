@@ -9,7 +9,8 @@
 //! greedily, all sequences one token per step through `Model::forward_batch` (one sequence:
 //! `Model::forward`), and prints one line with the totals over the sequences:
 //! `threads T streams S prompt N tokens S s P tok/s decode M tokens S s D tok/s`, and
-//! `activations q8` after it when `ACTIVATIONS` is `q8` (`rela_llm::Activations`; default `f32`).
+//! `activations q8` after it when `ACTIVATIONS` is `q8` (`rela_llm::Activations`; absent: the
+//! `RELA_ACTIVATIONS` variable, which `serve --activations` reads too, else `f32`).
 
 use std::time::Instant;
 
@@ -27,7 +28,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let threads = num(0)?;
     let runs = num(1)?;
     let streams = num(1)?.max(1);
-    let activations: Activations = args.next().as_deref().unwrap_or("f32").parse()?;
+    let activations: Activations = match args.next() {
+        Some(a) => a.parse()?,
+        None => std::env::var("RELA_ACTIVATIONS").as_deref().unwrap_or("f32").parse()?,
+    };
     if threads > 0 {
         rela_llm::threads::set_threads(threads);
     }

@@ -30,6 +30,7 @@ use crate::config::{LlamaConfig, ModelError};
 use crate::gguf::{GgmlType, GgufFile};
 use crate::qmatmul::{self, QMat};
 use crate::quant;
+use crate::simd::{Kernel, Madd, dispatch};
 use zeroize::Zeroize;
 
 /// Prompt tokens processed together by [`Model::prefill`] (longer prompts run in batches of
@@ -301,7 +302,16 @@ impl std::error::Error for ForwardError {}
 
 /// `out = x / sqrt(mean(x²) + eps) ⊙ w` (RMSNorm), the mean square accumulated in f64.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let ms = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / x.len() as f64;
+    // Eight lanes, so the loop vectorizes.
+    let (chunks, rest) = x.as_chunks::<8>();
+    let mut lanes = [0f64; 8];
+    for c in chunks {
+        for i in 0..8 {
+            lanes[i] += f64::from(c[i]) * f64::from(c[i]);
+        }
+    }
+    let sum = lanes.iter().sum::<f64>() + rest.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
+    let ms = sum / x.len() as f64;
     let scale = (1.0 / (ms + f64::from(eps)).sqrt()) as f32;
     for ((o, &xi), &wi) in out.iter_mut().zip(x).zip(w) {
         *o = xi * scale * wi;
@@ -348,6 +358,23 @@ pub fn softmax(x: &mut [f32]) {
 #[inline]
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
+}
+
+/// `gate = silu(gate) ⊙ up`, with `exp` in a form that vectorizes (`rela_kernels::fast::exp`,
+/// within 4e-7 of the standard library's), compiled for the CPU's best instruction set.
+fn swiglu(gate: &mut [f32], up: &[f32]) {
+    struct Swiglu<'a>(&'a mut [f32], &'a [f32]);
+    impl Kernel for Swiglu<'_> {
+        type Output = ();
+
+        #[inline(always)]
+        fn run<M: Madd>(self) {
+            for (g, u) in self.0.iter_mut().zip(self.1) {
+                *g = *g / (1.0 + rela_kernels::fast::exp(-*g)) * u;
+            }
+        }
+    }
+    dispatch(Swiglu(gate, up));
 }
 
 /// The buffers of a forward step over `t` tokens (each `t ×` its width), kept in the
@@ -707,9 +734,7 @@ impl<'a> Model<'a> {
                 linear(&l.w_gate, &s.n, t_n, self.activations, &mut s.sums, &mut s.gate);
                 linear(&l.w_up, &s.n, t_n, self.activations, &mut s.sums, &mut s.up);
             }
-            for (g, u) in s.gate.iter_mut().zip(&s.up) {
-                *g = silu(*g) * u;
-            }
+            swiglu(&mut s.gate, &s.up);
             linear(&l.w_down, &s.gate, t_n, self.activations, &mut s.sums, &mut s.proj);
             for (x, p) in s.x.iter_mut().zip(&s.proj) {
                 *x += p;
