@@ -145,7 +145,7 @@ pub enum Activations {
     #[default]
     F32,
     /// Decode steps and prompt chunks of up to 16 tokens with the activations rounded to 8 bits
-    /// per block of 32 before their products with Q4_0 and Q4_1 weights, as llama.cpp does:
+    /// per block of 32 before their products with Q4_0, Q4_1 and Q4_K weights, as llama.cpp does:
     /// faster, and less exact (each product may move by up to half a rounding step of the
     /// input per weight, so greedy paths can leave f32's at near ties). Other weight types,
     /// longer prompt batches and CPUs without AVX-512 run as with [`Activations::F32`].

@@ -1,5 +1,5 @@
-//! Q4_0 and Q4_1 matrices times a few inputs with the inputs rounded to 8 bits, as llama.cpp
-//! does for its Q4 products: the faster, less exact path of [`Activations::Q8`].
+//! Q4_0, Q4_1 and Q4_K matrices times a few inputs with the inputs rounded to 8 bits, as
+//! llama.cpp does for its Q4 products: the faster, less exact path of [`Activations::Q8`].
 //!
 //! Each input is rounded per block of 32 values to signed 8-bit integers and a scale `d =
 //! max|x| / 127` ([`Q8Inputs`]). Sixteen weight rows are then multiplied at once, one row per
@@ -9,7 +9,9 @@
 //! multiply-add does 16). Eight such products sum a row's block in 16-bit lanes (at most
 //! `8 · 2 · 15 · 127 = 30480`, so they cannot saturate), `vpmaddwd` widens them, and the block's
 //! scales are applied in f32: `d_w · d_x · Σ q_w q_x`, plus `m · d_x · Σ q_x` for Q4_1's offset
-//! (or `−8 · d_w · d_x · Σ q_x` for Q4_0's). A lane ends with its row's whole dot product, so no
+//! (or `−8 · d_w · d_x · Σ q_x` for Q4_0's; for a Q4_K sub-block, `d_w` is `d · sc` and the
+//! offset `−dmin · m`, its 6-bit scale and min unpacked for sixteen rows at once). A lane ends
+//! with its row's whole dot product, so no
 //! horizontal sum is needed; the transposition, the unpacking and the weight scales are paid
 //! once per sixteen rows and block for up to [`GROUP`] inputs.
 //!
@@ -48,7 +50,7 @@ const ROW_OF_LANE: [usize; LANES] = {
 
 /// Whether [`matmul`] takes matrices of `ty` (on a CPU with AVX-512).
 pub(crate) fn takes(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1)
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K)
 }
 
 /// `y = x · mᵀ` with `x` rounded to 8 bits, if this path applies to `m` on this CPU (else
@@ -150,19 +152,26 @@ impl pulp::NullaryFnOnce for Rows<'_, '_> {
     #[inline(always)]
     fn call(self) {
         match self.m.ty {
-            GgmlType::Q4_0 => self.run::<18, 2, false>(),
+            GgmlType::Q4_0 => self.run::<18, Q4_0>(),
+            GgmlType::Q4_1 => self.run::<20, Q4_1>(),
             // `matmul` admits only the types `takes` names.
-            _ => self.run::<20, 4, true>(),
+            _ => self.run::<144, Q4_K>(),
         }
     }
 }
 
+/// The block layouts [`Rows::run`] reads: Q4_0 and Q4_1 (32 quants a block, element `j` in the
+/// low nibble of byte `j` of 16 and element `j + 16` in its high nibble, after one f16 scale,
+/// or for Q4_1 a scale and an offset), and Q4_K (256 quants a block in eight sub-blocks of 32,
+/// see [`crate::quant`]).
+const Q4_0: u8 = 0;
+const Q4_1: u8 = 1;
+const Q4_K: u8 = 2;
+
 impl Rows<'_, '_> {
-    /// For blocks of `BB` bytes: an f16 scale first (and with `MIN`, Q4_1, an f16 offset after
-    /// it), then 16 bytes of quants from byte `QS`, element `j` in the low nibble of byte `j` and
-    /// element `j + 16` in its high nibble.
+    /// For blocks of `BB` bytes laid out as `KIND` says.
     #[inline(always)]
-    fn run<const BB: usize, const QS: usize, const MIN: bool>(mut self) {
+    fn run<const BB: usize, const KIND: u8>(mut self) {
         let tokens = self.q.d.len() / self.q.blocks;
         let mut g0 = 0;
         while g0 < self.n {
@@ -174,7 +183,7 @@ impl Rows<'_, '_> {
                 let g = (tokens - t0).min(GROUP);
                 macro_rules! group {
                     ($g:literal) => {
-                        self.group::<BB, QS, MIN, $g>(&rows, g0, t0)
+                        self.group::<BB, KIND, $g>(&rows, g0, t0)
                     };
                 }
                 match g {
@@ -195,60 +204,46 @@ impl Rows<'_, '_> {
 
     /// Rows `g0..g0 + 16` (of `rows`) times inputs `t0..t0 + G`.
     #[inline(always)]
-    fn group<const BB: usize, const QS: usize, const MIN: bool, const G: usize>(
+    fn group<const BB: usize, const KIND: u8, const G: usize>(
         &mut self,
         rows: &[&[[u8; BB]]; LANES],
         g0: usize,
         t0: usize,
     ) {
         let simd = self.simd;
-        let (f, bw) = (&simd.avx512f, &simd.avx512bw);
-        let low = f._mm512_set1_epi8(0x0F);
-        let ones = f._mm512_set1_epi16(1);
-        let minus8 = f._mm512_set1_ps(-8.0);
-        let q = self.q;
+        let f = &simd.avx512f;
         let mut acc = [f._mm512_setzero_ps(); G];
-        // The next sixteen rows, block by block as these are read: every third block of a row is
-        // within a cache line (`BB` is at most 20 bytes) of the one before.
+        // The next sixteen rows, block by block as these are read.
         let ahead = LANES * self.m.row_bytes;
-        for b in 0..q.blocks {
-            if b % 3 == 0 {
+        for (b, _) in rows[0].iter().enumerate() {
+            // Q4_0 and Q4_1: every third block of a row is within a cache line of the one before;
+            // a Q4_K block spans three.
+            if KIND == Q4_K || b % 3 == 0 {
                 for row in rows {
-                    simd.sse._mm_prefetch::<3>(row[b].as_ptr().wrapping_add(ahead).cast::<i8>());
+                    for line in (0..BB).step_by(64) {
+                        let at = row[b].as_ptr().wrapping_add(ahead + line);
+                        simd.sse._mm_prefetch::<3>(at.cast::<i8>());
+                    }
                 }
+            }
+            if KIND == Q4_K {
+                self.super_block::<BB, G>(rows, b, t0, &mut acc);
+                continue;
             }
             // Bytes 0..16 of each row's block (its scales first), and its 16 bytes of quants.
             let head = transpose(simd, core::array::from_fn(|k| load_u8x16(&rows[k][b][..16])))[0];
-            let [r0, r1, r2, r3] =
-                transpose(simd, core::array::from_fn(|k| load_u8x16(&rows[k][b][QS..QS + 16])));
-            let w = [
-                f._mm512_and_si512(r0, low),
-                f._mm512_and_si512(r1, low),
-                f._mm512_and_si512(r2, low),
-                f._mm512_and_si512(r3, low),
-                f._mm512_and_si512(bw._mm512_srli_epi16::<4>(r0), low),
-                f._mm512_and_si512(bw._mm512_srli_epi16::<4>(r1), low),
-                f._mm512_and_si512(bw._mm512_srli_epi16::<4>(r2), low),
-                f._mm512_and_si512(bw._mm512_srli_epi16::<4>(r3), low),
-            ];
+            let qs = if KIND == Q4_0 { 2 } else { 4 };
+            let r = transpose(simd, core::array::from_fn(|k| load_u8x16(&rows[k][b][qs..qs + 16])));
+            let w = nibbles(simd, r, r, false);
+            let w_hi = nibbles(simd, r, r, true);
+            let w = [w[0], w[1], w[2], w[3], w_hi[0], w_hi[1], w_hi[2], w_hi[3]];
             let dw = f._mm512_cvtph_ps(f._mm512_cvtepi32_epi16(head));
-            let offset = if MIN {
+            let offset = if KIND == Q4_1 {
                 f._mm512_cvtph_ps(f._mm512_cvtepi32_epi16(f._mm512_srli_epi32::<16>(head)))
             } else {
-                f._mm512_mul_ps(dw, minus8)
+                f._mm512_mul_ps(dw, f._mm512_set1_ps(-8.0))
             };
-            for (j, acc) in acc.iter_mut().enumerate() {
-                let i = (t0 + j) * q.blocks + b;
-                let x: [i32; 8] = q.q[i * 8..][..8].try_into().expect("8 words a block");
-                let mut s = bw._mm512_maddubs_epi16(w[0], f._mm512_set1_epi32(x[0]));
-                for c in 1..8 {
-                    s = bw._mm512_add_epi16(s, bw._mm512_maddubs_epi16(w[c], f._mm512_set1_epi32(x[c])));
-                }
-                let sum = f._mm512_cvtepi32_ps(bw._mm512_madd_epi16(s, ones));
-                let scale = f._mm512_mul_ps(dw, f._mm512_set1_ps(q.d[i]));
-                *acc = f._mm512_fmadd_ps(sum, scale, *acc);
-                *acc = f._mm512_fmadd_ps(offset, f._mm512_set1_ps(q.ds[i]), *acc);
-            }
+            self.block(&w, dw, offset, b, t0, &mut acc);
         }
         let n = self.n;
         for (j, acc) in acc.iter().enumerate() {
@@ -262,6 +257,123 @@ impl Rows<'_, '_> {
             }
         }
     }
+
+    /// Q4_K block `sb` of the sixteen rows (eight sub-blocks of 32: `d · sc` and `dmin · m` each)
+    /// times inputs `t0..t0 + G`, into `acc`.
+    #[inline(always)]
+    fn super_block<const BB: usize, const G: usize>(
+        &self,
+        rows: &[&[[u8; BB]]; LANES],
+        sb: usize,
+        t0: usize,
+        acc: &mut [__m512; G],
+    ) {
+        let simd = self.simd;
+        let f = &simd.avx512f;
+        // Words of every row: `d | dmin`, then the 12 bytes of packed 6-bit scales and mins.
+        let [dm, a, b, c] = transpose(simd, core::array::from_fn(|k| load_u8x16(&rows[k][sb][..16])));
+        let d = f._mm512_cvtph_ps(f._mm512_cvtepi32_epi16(dm));
+        let neg_dmin = f._mm512_sub_ps(
+            f._mm512_setzero_ps(),
+            f._mm512_cvtph_ps(f._mm512_cvtepi32_epi16(f._mm512_srli_epi32::<16>(dm))),
+        );
+        let bits6 = f._mm512_set1_epi32(63);
+        let bits4 = f._mm512_set1_epi32(15);
+        let bits2 = f._mm512_set1_epi32(3);
+        for pair in 0..4 {
+            // 32 bytes of quants: sub-block 2·pair in the low nibbles, 2·pair + 1 in the high.
+            let at = 16 + 32 * pair;
+            let lo = transpose(simd, core::array::from_fn(|k| load_u8x16(&rows[k][sb][at..at + 16])));
+            let hi = transpose(simd, core::array::from_fn(|k| load_u8x16(&rows[k][sb][at + 16..at + 32])));
+            for high in [false, true] {
+                let s = 2 * pair + usize::from(high);
+                // `scale_min_k4`, a lane per row: below 4, the low 6 bits of byte `s` of the
+                // scales and of the mins; from 4, a nibble of byte `s + 4` and the top 2 bits of
+                // byte `s − 4` (scales) or `s` (mins).
+                let (sc, m) = if s < 4 {
+                    let shift = f._mm512_set1_epi32(8 * s as i32);
+                    (
+                        f._mm512_and_si512(f._mm512_srlv_epi32(a, shift), bits6),
+                        f._mm512_and_si512(f._mm512_srlv_epi32(b, shift), bits6),
+                    )
+                } else {
+                    let t = 8 * (s as i32 - 4);
+                    let top = |v: __m512i| {
+                        f._mm512_slli_epi32::<4>(
+                            f._mm512_and_si512(f._mm512_srlv_epi32(v, f._mm512_set1_epi32(t + 6)), bits2),
+                        )
+                    };
+                    (
+                        f._mm512_or_si512(
+                            f._mm512_and_si512(f._mm512_srlv_epi32(c, f._mm512_set1_epi32(t)), bits4),
+                            top(a),
+                        ),
+                        f._mm512_or_si512(
+                            f._mm512_and_si512(f._mm512_srlv_epi32(c, f._mm512_set1_epi32(t + 4)), bits4),
+                            top(b),
+                        ),
+                    )
+                };
+                let dw = f._mm512_mul_ps(d, f._mm512_cvtepi32_ps(sc));
+                let offset = f._mm512_mul_ps(neg_dmin, f._mm512_cvtepi32_ps(m));
+                let w = nibbles(simd, lo, hi, high);
+                self.block(&w, dw, offset, sb * 8 + s, t0, acc);
+            }
+        }
+    }
+
+    /// One block of 32 (`w`: its quants, four of every row per vector; `dw` its scale and
+    /// `offset` what one unit of an input's sum adds, a lane per row) times inputs
+    /// `t0..t0 + G`, into `acc`.
+    #[inline(always)]
+    fn block<const G: usize>(
+        &self,
+        w: &[__m512i; 8],
+        dw: __m512,
+        offset: __m512,
+        b: usize,
+        t0: usize,
+        acc: &mut [__m512; G],
+    ) {
+        let simd = self.simd;
+        let (f, bw) = (&simd.avx512f, &simd.avx512bw);
+        let ones = f._mm512_set1_epi16(1);
+        let q = self.q;
+        for (j, acc) in acc.iter_mut().enumerate() {
+            let i = (t0 + j) * q.blocks + b;
+            let x: [i32; 8] = q.q[i * 8..][..8].try_into().expect("8 words a block");
+            let mut s = bw._mm512_maddubs_epi16(w[0], f._mm512_set1_epi32(x[0]));
+            for c in 1..8 {
+                s = bw._mm512_add_epi16(s, bw._mm512_maddubs_epi16(w[c], f._mm512_set1_epi32(x[c])));
+            }
+            let sum = f._mm512_cvtepi32_ps(bw._mm512_madd_epi16(s, ones));
+            let scale = f._mm512_mul_ps(dw, f._mm512_set1_ps(q.d[i]));
+            *acc = f._mm512_fmadd_ps(sum, scale, *acc);
+            *acc = f._mm512_fmadd_ps(offset, f._mm512_set1_ps(q.ds[i]), *acc);
+        }
+    }
+}
+
+/// The low (or, with `high`, the high) nibbles of the bytes of `first` and then of `second`
+/// (four vectors each, from [`transpose`]) as eight vectors of bytes 0..16.
+#[inline(always)]
+fn nibbles(simd: V4, first: [__m512i; 4], second: [__m512i; 4], high: bool) -> [__m512i; 8] {
+    let (f, bw) = (&simd.avx512f, &simd.avx512bw);
+    let low = f._mm512_set1_epi8(0x0F);
+    let pick = |v: __m512i| {
+        let v = if high { bw._mm512_srli_epi16::<4>(v) } else { v };
+        f._mm512_and_si512(v, low)
+    };
+    [
+        pick(first[0]),
+        pick(first[1]),
+        pick(first[2]),
+        pick(first[3]),
+        pick(second[0]),
+        pick(second[1]),
+        pick(second[2]),
+        pick(second[3]),
+    ]
 }
 
 #[inline(always)]
@@ -313,11 +425,10 @@ mod tests {
     /// The product this path computes, in f64 from the rounded inputs: per block,
     /// `d_w · d_x · Σ q_w q_x` plus the offset term.
     fn reference(m: &QMat<'_>, q: &Q8Inputs, t: usize, r: usize) -> (f64, f64) {
-        let (be, bb) = m.ty.block();
-        let mut w = vec![0f32; be];
+        let mut row = vec![0f32; m.cols];
+        quant::dequantize(m.ty, m.row(r), &mut row).expect("dequantize");
         let (mut sum, mut mag) = (0f64, 0f64);
-        for (b, block) in m.row(r).chunks_exact(bb).enumerate() {
-            quant::dequantize(m.ty, block, &mut w).expect("dequantize");
+        for (b, w) in row.chunks_exact(32).enumerate() {
             let i = t * q.blocks + b;
             let xq: Vec<i8> =
                 q.q[i * 8..(i + 1) * 8].iter().flat_map(|w| w.to_le_bytes()).map(|b| b as i8).collect();
@@ -366,7 +477,7 @@ mod tests {
             return;
         };
         let mut rng = StdRng::seed_from_u64(21);
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4_K] {
             // 37 rows: two groups of sixteen and a partial one; 512 columns: 16 blocks.
             let (rows, cols) = (37, 512);
             let data = matrix(ty, rows, cols, &mut rng);
@@ -397,7 +508,7 @@ mod tests {
             eprintln!("SKIPPED: no AVX-512 on this CPU");
             return;
         }
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4_K] {
             let (rows, cols) = (48, 256);
             let data = matrix(ty, rows, cols, &mut rng);
             let m = qmat(ty, rows, cols, &data);
@@ -436,7 +547,7 @@ mod tests {
             return;
         }
         let mut rng = StdRng::seed_from_u64(23);
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4_K] {
             let (rows, cols) = (21, 256);
             let data = matrix(ty, rows, cols, &mut rng);
             let m = qmat(ty, rows, cols, &data);
@@ -465,7 +576,7 @@ mod tests {
     #[test]
     fn other_types_are_left_to_the_caller() {
         let mut rng = StdRng::seed_from_u64(24);
-        for ty in [GgmlType::F32, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+        for ty in [GgmlType::F32, GgmlType::Q8_0, GgmlType::Q6_K] {
             let data = matrix(ty, 4, 256, &mut rng);
             let m = qmat(ty, 4, 256, &data);
             let mut y = vec![f32::NAN; 8];

@@ -149,8 +149,8 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "RELA_KERNEL_THREADS", default_value_t = 0)]
     kernel_threads: usize,
     /// How language models' forward passes on the host backend treat activations: f32 (exact:
-    /// the path checked against the reference) or q8 (rounded to 8 bits before the Q4_0 and
-    /// Q4_1 products, as llama.cpp does: faster, less exact). See docs/BENCHMARKS.md.
+    /// the path checked against the reference) or q8 (rounded to 8 bits before the Q4_0,
+    /// Q4_1 and Q4_K products, as llama.cpp does: faster, less exact). See docs/BENCHMARKS.md.
     #[arg(long, env = "RELA_ACTIVATIONS", default_value = "f32")]
     activations: rela_llm::Activations,
 }
