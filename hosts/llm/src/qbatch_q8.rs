@@ -234,9 +234,9 @@ impl Rows<'_, '_> {
             let head = transpose(simd, core::array::from_fn(|k| load_u8x16(&rows[k][b][..16])))[0];
             let qs = if KIND == Q4_0 { 2 } else { 4 };
             let r = transpose(simd, core::array::from_fn(|k| load_u8x16(&rows[k][b][qs..qs + 16])));
-            let w = nibbles(simd, r, r, false);
-            let w_hi = nibbles(simd, r, r, true);
-            let w = [w[0], w[1], w[2], w[3], w_hi[0], w_hi[1], w_hi[2], w_hi[3]];
+            // Elements 0..16 in the low nibbles, 16..32 in the high.
+            let (lo, hi) = (nibbles(simd, r, false), nibbles(simd, r, true));
+            let w = [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]];
             let dw = f._mm512_cvtph_ps(f._mm512_cvtepi32_epi16(head));
             let offset = if KIND == Q4_1 {
                 f._mm512_cvtph_ps(f._mm512_cvtepi32_epi16(f._mm512_srli_epi32::<16>(head)))
@@ -316,7 +316,9 @@ impl Rows<'_, '_> {
                 };
                 let dw = f._mm512_mul_ps(d, f._mm512_cvtepi32_ps(sc));
                 let offset = f._mm512_mul_ps(neg_dmin, f._mm512_cvtepi32_ps(m));
-                let w = nibbles(simd, lo, hi, high);
+                // Elements 0..16 from the first 16 bytes, 16..32 from the next.
+                let (a, b) = (nibbles(simd, lo, high), nibbles(simd, hi, high));
+                let w = [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]];
                 self.block(&w, dw, offset, sb * 8 + s, t0, acc);
             }
         }
@@ -354,26 +356,16 @@ impl Rows<'_, '_> {
     }
 }
 
-/// The low (or, with `high`, the high) nibbles of the bytes of `first` and then of `second`
-/// (four vectors each, from [`transpose`]) as eight vectors of bytes 0..16.
+/// The low (or, with `high`, the high) nibbles of the bytes of `v` (from [`transpose`]) as
+/// bytes 0..16.
 #[inline(always)]
-fn nibbles(simd: V4, first: [__m512i; 4], second: [__m512i; 4], high: bool) -> [__m512i; 8] {
+fn nibbles(simd: V4, v: [__m512i; 4], high: bool) -> [__m512i; 4] {
     let (f, bw) = (&simd.avx512f, &simd.avx512bw);
     let low = f._mm512_set1_epi8(0x0F);
-    let pick = |v: __m512i| {
+    v.map(|v| {
         let v = if high { bw._mm512_srli_epi16::<4>(v) } else { v };
         f._mm512_and_si512(v, low)
-    };
-    [
-        pick(first[0]),
-        pick(first[1]),
-        pick(first[2]),
-        pick(first[3]),
-        pick(second[0]),
-        pick(second[1]),
-        pick(second[2]),
-        pick(second[3]),
-    ]
+    })
 }
 
 #[inline(always)]
