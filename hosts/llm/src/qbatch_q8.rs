@@ -362,10 +362,24 @@ impl Rows<'_, '_> {
 fn nibbles(simd: V4, v: [__m512i; 4], high: bool) -> [__m512i; 4] {
     let (f, bw) = (&simd.avx512f, &simd.avx512bw);
     let low = f._mm512_set1_epi8(0x0F);
-    v.map(|v| {
-        let v = if high { bw._mm512_srli_epi16::<4>(v) } else { v };
-        f._mm512_and_si512(v, low)
-    })
+    // Written out: a closure passed to `array::map` is not always inlined into the AVX-512
+    // function `vectorize` makes, and its intrinsics then become calls.
+    let [a, b, c, d] = if high {
+        [
+            bw._mm512_srli_epi16::<4>(v[0]),
+            bw._mm512_srli_epi16::<4>(v[1]),
+            bw._mm512_srli_epi16::<4>(v[2]),
+            bw._mm512_srli_epi16::<4>(v[3]),
+        ]
+    } else {
+        v
+    };
+    [
+        f._mm512_and_si512(a, low),
+        f._mm512_and_si512(b, low),
+        f._mm512_and_si512(c, low),
+        f._mm512_and_si512(d, low),
+    ]
 }
 
 #[inline(always)]
