@@ -322,18 +322,30 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 /// `(2i, 2i+1)` for `i < inv_freq.len()` turn by `pos·inv_freq[i]`; dimensions past
 /// `2·inv_freq.len()` are left as they are.
 pub fn rope_norm(head: &mut [f32], pos: usize, inv_freq: &[f32]) {
-    let angles: Vec<(f32, f32)> = inv_freq.iter().map(|&f| (pos as f32 * f).sin_cos()).collect();
-    rope_with(head, &angles);
+    for (pair, (sin, cos)) in head.chunks_exact_mut(2).zip(rope_angles(pos, inv_freq)) {
+        turn(pair, sin, cos);
+    }
 }
 
-/// [`rope_norm`] with the `(sin, cos)` of each pair's angle given: every head of a position
-/// turns by the same angles, so a step computes them once per position.
+/// `(sin, cos)` of each pair's angle at position `pos`.
+fn rope_angles(pos: usize, inv_freq: &[f32]) -> impl Iterator<Item = (f32, f32)> + '_ {
+    inv_freq.iter().map(move |&f| (pos as f32 * f).sin_cos())
+}
+
+/// [`rope_norm`] with the angles of [`rope_angles`] given: every head of a position turns by
+/// the same angles, so a step computes them once per position.
 fn rope_with(head: &mut [f32], angles: &[(f32, f32)]) {
     for (pair, &(sin, cos)) in head.chunks_exact_mut(2).zip(angles) {
-        let (a, b) = (pair[0], pair[1]);
-        pair[0] = a * cos - b * sin;
-        pair[1] = a * sin + b * cos;
+        turn(pair, sin, cos);
     }
+}
+
+/// Turns the pair `(a, b)` by the angle of `sin` and `cos`.
+#[inline]
+fn turn(pair: &mut [f32], sin: f32, cos: f32) {
+    let (a, b) = (pair[0], pair[1]);
+    pair[0] = a * cos - b * sin;
+    pair[1] = a * sin + b * cos;
 }
 
 /// RoPE's inverse frequencies `base^(−2i/rope_dim)` for `i` in `0..rope_dim/2`.
@@ -663,7 +675,7 @@ impl<'a> Model<'a> {
         s.angles.clear();
         for seg in segs.iter() {
             for p in seg.pos..seg.pos + seg.rows {
-                s.angles.extend(self.inv_freq.iter().map(|&f| (p as f32 * f).sin_cos()));
+                s.angles.extend(rope_angles(p, &self.inv_freq));
             }
         }
         for (li, l) in self.layers.iter().enumerate() {

@@ -22,6 +22,8 @@
 use crate::qmatmul::QMat;
 #[cfg(target_arch = "x86_64")]
 use crate::qmatmul::by_row_runs;
+#[cfg(target_arch = "x86_64")]
+use crate::simd::with_group_size;
 
 /// Inputs per pass of the kernel (2 rows × 8 inputs: 16 of AVX-512's 32 vector registers hold
 /// sums).
@@ -138,32 +140,20 @@ impl pulp::NullaryFnOnce for Rows<'_, '_> {
             while t0 < tokens {
                 let g = (tokens - t0).min(GROUP);
                 let p = packed[t0 * cols..(t0 + g) * cols].as_chunks::<16>().0;
-                macro_rules! group {
-                    ($g:literal) => {{
-                        if pair {
-                            let (a, b) = dot2_q::<$g>(simd, m.ty, m.row(first + i), m.row(first + i + 1), p);
-                            for j in 0..$g {
-                                out[(t0 + j) * n + i] = a[j];
-                                out[(t0 + j) * n + i + 1] = b[j];
-                            }
-                        } else {
-                            let a = dot1_f32::<$g>(simd, w, p);
-                            for j in 0..$g {
-                                out[(t0 + j) * n + i] = a[j];
-                            }
+                with_group_size!(g, G => {
+                    if pair {
+                        let (a, b) = dot2_q::<G>(simd, m.ty, m.row(first + i), m.row(first + i + 1), p);
+                        for j in 0..G {
+                            out[(t0 + j) * n + i] = a[j];
+                            out[(t0 + j) * n + i + 1] = b[j];
                         }
-                    }};
-                }
-                match g {
-                    1 => group!(1),
-                    2 => group!(2),
-                    3 => group!(3),
-                    4 => group!(4),
-                    5 => group!(5),
-                    6 => group!(6),
-                    7 => group!(7),
-                    _ => group!(8),
-                }
+                    } else {
+                        let a = dot1_f32::<G>(simd, w, p);
+                        for j in 0..G {
+                            out[(t0 + j) * n + i] = a[j];
+                        }
+                    }
+                });
                 t0 += g;
             }
             i += if pair { 2 } else { 1 };
@@ -211,23 +201,15 @@ impl pulp::NullaryFnOnce for RowsAvx2<'_, '_> {
             while t0 < tokens {
                 let g = (tokens - t0).min(GROUP_AVX2);
                 let p = packed[t0 * cols..(t0 + g) * cols].as_chunks::<8>().0;
-                macro_rules! group {
-                    ($g:literal) => {{
-                        let (a, b) = dot2_f32::<$g>(simd, w0, w1, p);
-                        for j in 0..$g {
-                            out[(t0 + j) * n + i] = a[j];
-                            if pair {
-                                out[(t0 + j) * n + i + 1] = b[j];
-                            }
+                with_group_size!(4; g, G => {
+                    let (a, b) = dot2_f32::<G>(simd, w0, w1, p);
+                    for j in 0..G {
+                        out[(t0 + j) * n + i] = a[j];
+                        if pair {
+                            out[(t0 + j) * n + i + 1] = b[j];
                         }
-                    }};
-                }
-                match g {
-                    1 => group!(1),
-                    2 => group!(2),
-                    3 => group!(3),
-                    _ => group!(4),
-                }
+                    }
+                });
                 t0 += g;
             }
             i += if pair { 2 } else { 1 };

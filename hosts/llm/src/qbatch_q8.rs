@@ -28,6 +28,7 @@ use pulp::x86::V4;
 
 use crate::gguf::GgmlType;
 use crate::qmatmul::{QMat, by_row_runs_many};
+use crate::simd::with_group_size;
 
 /// Inputs per pass of the kernel (8 of AVX-512's 32 vector registers hold their sums, 8 more
 /// the weight quants of a block).
@@ -181,21 +182,7 @@ impl Rows<'_, '_> {
             let mut t0 = 0;
             while t0 < tokens {
                 let g = (tokens - t0).min(GROUP);
-                macro_rules! group {
-                    ($g:literal) => {
-                        self.group::<BB, KIND, $g>(&rows, g0, t0)
-                    };
-                }
-                match g {
-                    1 => group!(1),
-                    2 => group!(2),
-                    3 => group!(3),
-                    4 => group!(4),
-                    5 => group!(5),
-                    6 => group!(6),
-                    7 => group!(7),
-                    _ => group!(8),
-                }
+                with_group_size!(g, G => self.group::<BB, KIND, G>(&rows, g0, t0));
                 t0 += g;
             }
             g0 += LANES;
@@ -424,6 +411,15 @@ mod tests {
     use crate::qmatmul::tests::{matrix, qmat};
     use crate::quant;
 
+    /// AVX-512, which this path needs; without it the test is reported skipped.
+    fn avx512() -> Option<V4> {
+        let simd = V4::try_new();
+        if simd.is_none() {
+            eprintln!("*** SKIPPED: no AVX-512 on this CPU, which 8-bit products need ***");
+        }
+        simd
+    }
+
     fn input(n: usize, rng: &mut StdRng) -> Vec<f32> {
         (0..n).map(|_| rng.random_range(-1f32..1.0)).collect()
     }
@@ -449,10 +445,7 @@ mod tests {
 
     #[test]
     fn inputs_round_to_the_nearest_step_of_their_block() {
-        let Some(simd) = V4::try_new() else {
-            eprintln!("SKIPPED: no AVX-512 on this CPU");
-            return;
-        };
+        let Some(simd) = avx512() else { return };
         let mut rng = StdRng::seed_from_u64(20);
         let mut x = input(3 * 64, &mut rng);
         // A block of zeros, and one whose largest value is negative.
@@ -478,10 +471,7 @@ mod tests {
 
     #[test]
     fn every_row_and_input_gets_its_rounded_product() {
-        let Some(simd) = V4::try_new() else {
-            eprintln!("SKIPPED: no AVX-512 on this CPU");
-            return;
-        };
+        let Some(simd) = avx512() else { return };
         let mut rng = StdRng::seed_from_u64(21);
         for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4_K] {
             // 37 rows: two groups of sixteen and a partial one; 512 columns: 16 blocks.
@@ -510,8 +500,7 @@ mod tests {
     #[test]
     fn rounding_the_inputs_costs_at_most_half_a_step_per_value() {
         let mut rng = StdRng::seed_from_u64(22);
-        if V4::try_new().is_none() {
-            eprintln!("SKIPPED: no AVX-512 on this CPU");
+        if avx512().is_none() {
             return;
         }
         for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4_K] {
@@ -548,8 +537,7 @@ mod tests {
 
     #[test]
     fn an_input_gets_the_same_bits_whatever_else_is_in_its_batch() {
-        if V4::try_new().is_none() {
-            eprintln!("SKIPPED: no AVX-512 on this CPU");
+        if avx512().is_none() {
             return;
         }
         let mut rng = StdRng::seed_from_u64(23);

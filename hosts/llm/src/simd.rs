@@ -32,6 +32,71 @@ impl Madd for Separate {
     }
 }
 
+/// `$body` with `$G` a `const usize` equal to the run-time group size `$g`: 1 to 8 (more runs
+/// as 8), or with `4;` first, 1 to 4 (more runs as 4). The batched kernels take the number of
+/// inputs of a pass as a const generic, so that their sums stay in registers.
+#[cfg(target_arch = "x86_64")]
+macro_rules! with_group_size {
+    (4; $g:expr, $G:ident => $body:expr) => {
+        match $g {
+            1 => {
+                const $G: usize = 1;
+                $body
+            }
+            2 => {
+                const $G: usize = 2;
+                $body
+            }
+            3 => {
+                const $G: usize = 3;
+                $body
+            }
+            _ => {
+                const $G: usize = 4;
+                $body
+            }
+        }
+    };
+    ($g:expr, $G:ident => $body:expr) => {
+        match $g {
+            1 => {
+                const $G: usize = 1;
+                $body
+            }
+            2 => {
+                const $G: usize = 2;
+                $body
+            }
+            3 => {
+                const $G: usize = 3;
+                $body
+            }
+            4 => {
+                const $G: usize = 4;
+                $body
+            }
+            5 => {
+                const $G: usize = 5;
+                $body
+            }
+            6 => {
+                const $G: usize = 6;
+                $body
+            }
+            7 => {
+                const $G: usize = 7;
+                $body
+            }
+            _ => {
+                const $G: usize = 8;
+                $body
+            }
+        }
+    };
+}
+#[cfg(target_arch = "x86_64")]
+pub(crate) use with_group_size;
+
 /// Work compiled once per instruction set.
 pub(crate) trait Kernel {
     type Output;

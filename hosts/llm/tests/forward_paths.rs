@@ -105,8 +105,7 @@ fn a_batch_of_sequences_steps_as_each_would_alone() {
 fn with_eight_bit_activations_a_batch_of_sequences_steps_as_each_would_alone() {
     let name = "with_eight_bit_activations_a_batch_of_sequences_steps_as_each_would_alone";
     let Some(f) = common::model(name) else { return };
-    if !Activations::Q8.runs_here() {
-        eprintln!("*** SKIPPED {name}: no AVX-512 on this CPU, so 8-bit activations run as f32 ***");
+    if !common::q8_runs_here(name) {
         return;
     }
     let tok = GgufTokenizer::from_gguf(&f.gguf).expect("tokenizer");

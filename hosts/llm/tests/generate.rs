@@ -145,8 +145,7 @@ fn eight_bit_activations_match_the_fixture_as_often_as_llama_cpp() {
     let Some(f) = common::model("eight_bit_activations_match_the_fixture_as_often_as_llama_cpp") else {
         return;
     };
-    if !Activations::Q8.runs_here() {
-        eprintln!("*** SKIPPED: no AVX-512 on this CPU, so 8-bit activations run as f32 ***");
+    if !common::q8_runs_here("eight_bit_activations_match_the_fixture_as_often_as_llama_cpp") {
         return;
     }
     let model = Model::new(f).expect("model").with_activations(Activations::Q8);

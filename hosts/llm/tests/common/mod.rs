@@ -45,3 +45,14 @@ pub(crate) fn fixture(name: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
+
+/// Whether 8-bit activations run as such on this CPU (they need AVX-512; elsewhere they run as
+/// f32, which would make a test of them prove nothing): if not, `test` is reported skipped.
+#[allow(dead_code, reason = "not every test binary checks 8-bit activations")]
+pub(crate) fn q8_runs_here(test: &str) -> bool {
+    let runs = rela_llm::Activations::Q8.runs_here();
+    if !runs {
+        eprintln!("*** SKIPPED {test}: no AVX-512 on this CPU, so 8-bit activations run as f32 ***");
+    }
+    runs
+}
