@@ -39,6 +39,7 @@ pub use super::reference::{attention_scale, erf, gelu_one};
 
 pub mod linear_dot;
 pub mod pool;
+pub mod priority;
 
 /// Queries per attention task (one output tile of `QUERY_TILE × head_dim` per head).
 pub const QUERY_TILE: usize = 64;

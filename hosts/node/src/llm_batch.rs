@@ -121,6 +121,10 @@ impl Batcher {
 /// The batching loop: block for one step, gather the other seated streams' steps (for at most
 /// [`GATHER`]) and any others already waiting, run them.
 fn run(llm: &LoadedLlm, rx: &Receiver<StepJob>, seated: &AtomicUsize) {
+    // A compute thread, in the class the node chose for them (`NodeConfig::compute_priority`).
+    if !rela_kernels::fast::priority::apply_to_this_thread() {
+        tracing::warn!("the generation batcher stays in the normal scheduling class (the system refused)");
+    }
     let Ok(model) = llm.model() else {
         tracing::error!("a GGUF model's tensors no longer parse; its generations stop");
         return;

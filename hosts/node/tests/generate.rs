@@ -12,7 +12,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{config, read_raw_frame, start, within};
+use common::{MODEL, config, models_dir, read_raw_frame, start, within};
 use rela_client::{Client, ClientError, GenerateEvent, GenerateRequest};
 use rela_core::wire::generate::{FinishReason, Generate, Prompt, Sampling};
 use rela_core::wire::msg::{Caps, Hello, Message, ModelLoad, ModelLoaded};
@@ -22,26 +22,9 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-/// The model's name on the node: its file name without `.gguf`.
-const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1";
-
 /// A fixture step whose top-1/top-2 margin is below this is a near tie; ids are compared only
 /// before the first one.
 const NEAR_TIE: f64 = 0.05;
-
-/// The directory holding the GGUF file, if present.
-fn models_dir(test: &str) -> Option<PathBuf> {
-    let file = std::env::var_os("RELA_GGUF").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models").join(format!("{MODEL}.gguf"))
-    });
-    if file.is_file() {
-        return file.parent().map(Path::to_path_buf);
-    }
-    let why = format!("{} is absent (run hosts/models/fetch-model.sh)", file.display());
-    assert!(std::env::var_os("RELA_REQUIRE_GGUF").is_none_or(|v| v != "1"), "RELA_REQUIRE_GGUF=1 but {why}");
-    eprintln!("*** SKIPPED {test}: {why} ***");
-    None
-}
 
 fn node_config(dir: PathBuf) -> NodeConfig {
     NodeConfig { models: Some(dir), ..config() }

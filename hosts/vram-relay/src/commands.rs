@@ -12,6 +12,7 @@ use rela_client::{Client, ClientError, LoadStage};
 use rela_core::config::{DEFAULT_DISCOVERY_PORT, MAX_BUFFERS, MAX_PAYLOAD};
 use rela_core::wire::ErrorCode;
 use rela_core::wire::model_list::ModelKind;
+use rela_kernels::fast::priority::{ComputePriority, set_compute_priority};
 use rela_node::tls::TlsIdentity;
 use rela_node::{ConfigError, Node, NodeConfig};
 
@@ -153,6 +154,40 @@ pub(crate) struct ServeArgs {
     /// Q4_1 and Q4_K products, as llama.cpp does: faster, less exact). See docs/BENCHMARKS.md.
     #[arg(long, env = "RELA_ACTIVATIONS", default_value = "f32")]
     activations: rela_llm::Activations,
+    /// Scheduling class of the node's compute threads (kernel pool, jobs, generation batchers):
+    /// idle (Linux SCHED_IDLE: they run on the cycles the threads that answer requests leave,
+    /// so a light request does not queue behind compute for a core; any other busy program on
+    /// the machine also comes first) or normal (compete with every thread as equals).
+    #[arg(long, env = "RELA_COMPUTE_PRIORITY", value_enum, default_value_t = ComputeClass::Idle)]
+    compute_priority: ComputeClass,
+}
+
+/// `serve --compute-priority`: [`rela_kernels::fast::priority::ComputePriority`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ComputeClass {
+    /// Below every normal thread (Linux `SCHED_IDLE`).
+    Idle,
+    /// As the node's other threads.
+    Normal,
+}
+
+impl ComputeClass {
+    /// The name `--compute-priority` takes.
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Normal => "normal",
+        }
+    }
+}
+
+impl From<ComputeClass> for ComputePriority {
+    fn from(c: ComputeClass) -> Self {
+        match c {
+            ComputeClass::Idle => Self::Idle,
+            ComputeClass::Normal => Self::Normal,
+        }
+    }
 }
 
 /// The TLS identity `serve` asks for: `--tls-cert`/`--tls-key`, or with `--tls` alone the
@@ -188,6 +223,8 @@ fn parse_max_payload(s: &str) -> Result<u32, String> {
 pub(crate) async fn serve(args: ServeArgs) -> Result<(), CliError> {
     // One pool for the host kernels and language models' forward pass (`rela_llm::threads`).
     rela_kernels::fast::set_threads(args.kernel_threads);
+    // Before any compute thread starts: each applies the class when it starts.
+    set_compute_priority(args.compute_priority.into());
     if !args.activations.runs_here() {
         tracing::warn!(
             activations = args.activations.name(),
@@ -275,6 +312,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<(), CliError> {
         lends = %human(info.total),
         auth = token.is_some(),
         tls_fingerprint = %node.tls_fingerprint().map_or_else(|| "off".to_owned(), |f| f.to_string()),
+        compute_priority = args.compute_priority.name(),
         "node ready"
     );
     let mut advertiser = (args.mdns || (!args.no_mdns && !args.listen.ip().is_loopback()))

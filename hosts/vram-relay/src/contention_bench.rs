@@ -24,6 +24,7 @@ use serde::Serialize;
 use tokio::net::TcpStream;
 
 use crate::backends::BackendChoice;
+use crate::commands::ComputeClass;
 
 /// Arguments of `bench-contention`.
 #[derive(Debug, clap::Args)]
@@ -58,6 +59,9 @@ pub(crate) struct ContentionArgs {
     /// (a shared VM), the ratio then compares phases run side by side rather than one of each.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     rounds: u32,
+    /// Scheduling class of the spawned node's compute threads (`serve --compute-priority`).
+    #[arg(long, value_enum, default_value_t = ComputeClass::Idle)]
+    compute_priority: ComputeClass,
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
@@ -76,6 +80,8 @@ struct Light {
 #[derive(Debug, Serialize)]
 struct Report {
     backend: &'static str,
+    /// The node's `--compute-priority`.
+    compute_priority: &'static str,
     heavy_sessions: u16,
     heavy_work: Vec<String>,
     /// Rounds of the heavy phases (`--rounds`); the rates are over all of them.
@@ -108,6 +114,7 @@ impl Node {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut cmd = tokio::process::Command::new(exe);
         cmd.args(["serve", "--backend", args.backend.name(), "--no-discovery", "--idle-timeout", "0"])
+            .args(["--compute-priority", args.compute_priority.name()])
             .args(["--listen", &addr.to_string(), "--quota", &(4u64 << 30).to_string()]);
         if let Some(dir) = &args.models {
             cmd.arg("--models").arg(dir);
@@ -362,6 +369,7 @@ pub(crate) async fn run(args: ContentionArgs) -> Result<(), String> {
     let (one, combined) = (alone.rate(), together.rate());
     let report = Report {
         backend: args.backend.name(),
+        compute_priority: args.compute_priority.name(),
         heavy_sessions: args.heavy,
         heavy_work: work,
         rounds: args.rounds,
@@ -376,7 +384,12 @@ pub(crate) async fn run(args: ContentionArgs) -> Result<(), String> {
         println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
         return Ok(());
     }
-    println!("backend {}, heavy work: {}", report.backend, report.heavy_work.join(", "));
+    println!(
+        "backend {} (compute threads: {}), heavy work: {}",
+        report.backend,
+        report.compute_priority,
+        report.heavy_work.join(", ")
+    );
     println!("| light session (PING, 4 KiB WRITE+READ) | ops | p50 ms | p99 ms | max ms |");
     println!("|---|---:|---:|---:|---:|");
     for (name, l) in [("idle", &report.idle), ("beside the heavy sessions", &report.loaded)] {

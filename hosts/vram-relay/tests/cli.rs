@@ -144,6 +144,7 @@ fn validation_failures_exit_2_with_the_reason() {
         (&["get", "127.0.0.1:1", "/nonexistent/out", "--size", "0"], "at least 1 byte"),
         (&["serve", "--max-buffers", "1000"], "1000 is not in 1..=256"),
         (&["serve", "--max-payload", "32MiB"], "above the protocol cap of 16.00 MiB"),
+        (&["serve", "--compute-priority", "high"], "[possible values: idle, normal]"),
         (&["discover", "--timeout", "0"], "more than 0 and at most 60 seconds"),
         (&["info", "host:port"], "invalid port"),
     ];

@@ -321,6 +321,9 @@ impl Watch {
 /// asleep), enters it, runs tasks until none is left, leaves it, and waits again.
 fn worker(shared: &Shared) {
     IN_TASK.with(|t| t.set(true));
+    // A compute thread: in the class the process chose for them (`priority`). Where the
+    // system cannot move it, it runs on in its class.
+    super::priority::apply_to_this_thread();
     let mut seen = 0u64;
     loop {
         if !shared.contended() {

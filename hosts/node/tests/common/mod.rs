@@ -2,6 +2,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rela_backend_host::OwnedHostBackend;
@@ -13,6 +14,25 @@ use rela_core::wire::{ErrorCode, Frame, HeaderRepr, Kind};
 use rela_node::{Node, NodeBackend, NodeConfig, NodeHandle};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+
+/// The language model the generation tests serve (`hosts/models/fetch-model.sh`), by its name on
+/// the node: its file name without `.gguf`.
+pub const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1";
+
+/// The directory holding [`MODEL`]'s GGUF file (or `RELA_GGUF`), if present. Without it, prints
+/// a SKIPPED line for `test`, unless `RELA_REQUIRE_GGUF=1`, when it fails.
+pub fn models_dir(test: &str) -> Option<PathBuf> {
+    let file = std::env::var_os("RELA_GGUF").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models").join(format!("{MODEL}.gguf"))
+    });
+    if file.is_file() {
+        return file.parent().map(Path::to_path_buf);
+    }
+    let why = format!("{} is absent (run hosts/models/fetch-model.sh)", file.display());
+    assert!(std::env::var_os("RELA_REQUIRE_GGUF").is_none_or(|v| v != "1"), "RELA_REQUIRE_GGUF=1 but {why}");
+    eprintln!("*** SKIPPED {test}: {why} ***");
+    None
+}
 
 /// Upper bound for any single test step.
 pub const STEP: Duration = Duration::from_secs(30);

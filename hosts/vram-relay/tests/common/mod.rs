@@ -85,6 +85,10 @@ impl Served {
             .env_remove("AUTH_TOKEN")
             .env_remove("REQUIRE_AUTH")
             .env_remove("RELA_MDNS")
+            // Tests run beside each other: a node whose compute is in the idle class (the
+            // default) would wait on other tests' busy threads. The idle class itself is
+            // checked in hosts/node/tests/compute_priority.rs.
+            .env("RELA_COMPUTE_PRIORITY", "normal")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
