@@ -54,17 +54,9 @@ pub(crate) fn attend(
     out: &mut [f32],
     scores: &mut Vec<f32>,
 ) {
+    check(shape, q, keys, values, pos0, tokens, out);
     let q_dim = shape.n_heads * shape.head_dim;
-    let kv_dim = shape.n_kv_heads * shape.head_dim;
     let n_pos = pos0 + tokens;
-    assert_eq!(q.len(), tokens * q_dim, "attention queries");
-    assert_eq!(out.len(), tokens * q_dim, "attention output");
-    let stride = keys.len() / kv_dim.max(1);
-    assert!(
-        stride.is_multiple_of(KEY_CHUNK) && keys.len() == kv_dim * stride && stride >= n_pos,
-        "attention keys"
-    );
-    assert!(values.len() >= n_pos * kv_dim, "attention values");
     let padded = n_pos.next_multiple_of(KEY_CHUNK);
     let work = tokens * (pos0 + tokens.div_ceil(2)) * q_dim * 2;
     if work < PAR_MIN || threads::threads() == 1 {
@@ -93,6 +85,48 @@ pub(crate) fn attend(
             dispatch(job);
         });
     });
+}
+
+/// [`attend`] on the calling thread alone, with the thread's own scratch for the scores: what a
+/// task of a parallel job runs (one sequence of a batched decode step).
+pub(crate) fn attend_on_this_thread(
+    shape: Heads,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    pos0: usize,
+    tokens: usize,
+    out: &mut [f32],
+) {
+    check(shape, q, keys, values, pos0, tokens, out);
+    let q_dim = shape.n_heads * shape.head_dim;
+    SCORES.with_borrow_mut(|scores| {
+        let padded = (pos0 + tokens).next_multiple_of(KEY_CHUNK);
+        if scores.len() < padded {
+            scores.resize(padded, 0.0);
+        }
+        for (t, (q, out)) in q.chunks_exact(q_dim).zip(out.chunks_exact_mut(q_dim)).enumerate() {
+            for h in 0..shape.n_heads {
+                let scores = scores.as_mut_slice();
+                dispatch(Head { shape, q, keys, values, n_pos: pos0 + t + 1, h, scores, out });
+            }
+        }
+    });
+}
+
+/// The shapes [`attend`] needs (a caller's bug otherwise).
+fn check(shape: Heads, q: &[f32], keys: &[f32], values: &[f32], pos0: usize, tokens: usize, out: &[f32]) {
+    let q_dim = shape.n_heads * shape.head_dim;
+    let kv_dim = shape.n_kv_heads * shape.head_dim;
+    let n_pos = pos0 + tokens;
+    assert_eq!(q.len(), tokens * q_dim, "attention queries");
+    assert_eq!(out.len(), tokens * q_dim, "attention output");
+    let stride = keys.len() / kv_dim.max(1);
+    assert!(
+        stride.is_multiple_of(KEY_CHUNK) && keys.len() == kv_dim * stride && stride >= n_pos,
+        "attention keys"
+    );
+    assert!(values.len() >= n_pos * kv_dim, "attention values");
 }
 
 std::thread_local! {

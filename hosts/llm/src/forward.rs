@@ -31,6 +31,7 @@ use crate::gguf::{GgmlType, GgufFile};
 use crate::qmatmul::{self, QMat};
 use crate::quant;
 use crate::simd::{Kernel, Madd, dispatch};
+use crate::threads;
 use zeroize::Zeroize;
 
 /// Prompt tokens processed together by [`Model::prefill`] (longer prompts run in batches of
@@ -473,6 +474,51 @@ struct Segment<'c> {
     rows: usize,
 }
 
+/// One sequence's rows of a layer's attention: its segment, and its rows of the step's queries,
+/// keys, values, rotation angles and attention output.
+struct SegStep<'s, 'c> {
+    seg: &'s mut Segment<'c>,
+    q: &'s mut [f32],
+    k: &'s mut [f32],
+    v: &'s [f32],
+    angles: &'s [(f32, f32)],
+    out: &'s mut [f32],
+}
+
+impl SegStep<'_, '_> {
+    /// Turns the rows' queries and keys (RoPE), writes the keys and values into layer `li` of
+    /// the sequence's cache, and computes the rows' attention: on the calling thread alone
+    /// with `scores` `None` (a task of a parallel job), else with [`attention::attend`], which
+    /// spreads heads over the pool when there is enough work.
+    fn run(&mut self, li: usize, heads: Heads, pairs: usize, scores: Option<&mut Vec<f32>>) {
+        let hd = heads.head_dim;
+        let (q_dim, kv_dim) = (heads.n_heads * hd, heads.n_kv_heads * hd);
+        let Self { seg, q, k, v, angles, out } = self;
+        let rows = q.chunks_exact_mut(q_dim).zip(k.chunks_exact_mut(kv_dim));
+        for ((q, k), angles) in rows.zip(angles.chunks_exact(pairs.max(1))) {
+            for h in q.chunks_exact_mut(hd).chain(k.chunks_exact_mut(hd)) {
+                rope_with(h, angles);
+            }
+        }
+        let (pos0, n) = (seg.pos, seg.rows);
+        let stride = attention::key_stride(seg.capacity);
+        let layer_keys = li * kv_dim * stride..(li + 1) * kv_dim * stride;
+        for (t, k) in k.chunks_exact(kv_dim).enumerate() {
+            for (row, &k) in seg.k[layer_keys.clone()].chunks_exact_mut(stride).zip(k) {
+                row[pos0 + t] = k;
+            }
+        }
+        let base = li * seg.capacity * kv_dim;
+        let end = base + (pos0 + n) * kv_dim;
+        seg.v[end - n * kv_dim..end].copy_from_slice(v);
+        let (keys, values) = (&seg.k[layer_keys], &seg.v[base..end]);
+        match scores {
+            Some(scores) => attention::attend(heads, q, keys, values, pos0, n, out, scores),
+            None => attention::attend_on_this_thread(heads, q, keys, values, pos0, n, out),
+        }
+    }
+}
+
 /// `y = m·x` for each of `t` inputs (rows of `x`): with [`Activations::Q8`] the 8-bit-input
 /// product where it applies; else one fused matrix-vector product for a single input, a
 /// batched product for more.
@@ -694,41 +740,30 @@ impl<'a> Model<'a> {
                 linear(&l.wk, &s.n, t_n, self.activations, &mut s.sums, &mut s.k);
                 linear(&l.wv, &s.n, t_n, self.activations, &mut s.sums, &mut s.v);
             }
-            let mut row = 0;
+            // RoPE, this layer's keys and values into each sequence's cache, and attention.
+            let mut steps = Vec::with_capacity(segs.len());
+            let (mut q, mut k, mut v) = (&mut s.q[..], &mut s.k[..], &s.v[..]);
+            let (mut out, mut angles) = (&mut s.att_out[..], &s.angles[..]);
             for seg in segs.iter_mut() {
-                let rows = row..row + seg.rows;
-                let q = &mut s.q[rows.start * q_dim..rows.end * q_dim];
-                let k = &mut s.k[rows.start * kv_dim..rows.end * kv_dim];
-                let angles = s.angles[rows.start * pairs..rows.end * pairs].chunks_exact(pairs.max(1));
-                for ((q, k), angles) in q.chunks_exact_mut(q_dim).zip(k.chunks_exact_mut(kv_dim)).zip(angles)
-                {
-                    for h in q.chunks_exact_mut(hd).chain(k.chunks_exact_mut(hd)) {
-                        rope_with(h, angles);
-                    }
-                }
-                let stride = attention::key_stride(seg.capacity);
-                let keys = &mut seg.k[li * kv_dim * stride..(li + 1) * kv_dim * stride];
-                for (t, k) in k.chunks_exact(kv_dim).enumerate() {
-                    for (row, &k) in keys.chunks_exact_mut(stride).zip(k) {
-                        row[seg.pos + t] = k;
-                    }
-                }
-                let base = li * seg.capacity * kv_dim;
-                let at = base + seg.pos * kv_dim;
-                let end = at + seg.rows * kv_dim;
-                seg.v[at..end].copy_from_slice(&s.v[rows.start * kv_dim..rows.end * kv_dim]);
-                attention::attend(
-                    heads,
-                    q,
-                    keys,
-                    &seg.v[base..end],
-                    seg.pos,
-                    seg.rows,
-                    &mut s.att_out[rows.start * q_dim..rows.end * q_dim],
-                    &mut s.scores,
-                );
-                row = rows.end;
+                let n = seg.rows;
+                let (sq, rq) = std::mem::take(&mut q).split_at_mut(n * q_dim);
+                let (sk, rk) = std::mem::take(&mut k).split_at_mut(n * kv_dim);
+                let (sv, rv) = v.split_at(n * kv_dim);
+                let (so, ro) = std::mem::take(&mut out).split_at_mut(n * q_dim);
+                let (sa, ra) = angles.split_at(n * pairs);
+                (q, k, v, out, angles) = (rq, rk, rv, ro, ra);
+                steps.push(SegStep { seg, q: sq, k: sk, v: sv, angles: sa, out: so });
             }
+            if steps.len() > 1 && threads::threads() > 1 {
+                // One task per sequence: its rows' RoPE, cache writes and every head, so the
+                // sequence's keys stay in the core's cache from their write to their reads.
+                threads::for_each_mut(&mut steps, |_, step| step.run(li, heads, pairs, None));
+            } else {
+                for step in &mut steps {
+                    step.run(li, heads, pairs, Some(&mut s.scores));
+                }
+            }
+            drop(steps);
             linear(&l.wo, &s.att_out, t_n, self.activations, &mut s.sums, &mut s.proj);
             for (x, p) in s.x.iter_mut().zip(&s.proj) {
                 *x += p;
