@@ -18,8 +18,9 @@
 //!   once, leaving the core to whatever wanted it;
 //! - on an oversubscribed machine, where a call waited for a worker that lost its core with a
 //!   task in hand (more than [`HELD_UP`] longer than the calling thread's own share took),
-//!   calls run on the calling thread alone for a while ([`BACKOFF`], doubled while it keeps
-//!   happening): parallel calls would wait a time slice each. A worker displaced for a moment
+//!   twice within [`HELD_UP_AGAIN`], calls run on the calling thread alone for a while
+//!   ([`BACKOFF`], doubled while it keeps happening): parallel calls would wait a time slice
+//!   each. A worker displaced for a moment
 //!   by a short-lived thread (the node's connection and engine threads, clients on the same
 //!   machine) does not start one: with a back-off for every such moment, a node serving
 //!   several sessions ran its kernels on one thread most of the time.
@@ -60,6 +61,13 @@ pub const BACKOFF_MAX: Duration = Duration::from_millis(200);
 
 /// How long after a back-off the next one still counts as a repeat (and is doubled).
 pub const BACKOFF_MEMORY: Duration = Duration::from_secs(2);
+
+/// A call held up by a worker starts a back-off only if another was held up less than this
+/// before: once is a moment (the VM's vCPU taken away, a thread of a higher class run first),
+/// and a back-off costs tens of milliseconds of half speed (about 5 % of a batched decode's
+/// throughput on this project's 2-vCPU VM, one or two moments a second); on an oversubscribed
+/// machine, nearly every call is held up, so the second comes at once.
+pub const HELD_UP_AGAIN: Duration = Duration::from_millis(100);
 
 /// Environment variable that sizes the pool when [`set_threads`] was not called first: a
 /// positive thread count (anything else means one per available core).
@@ -115,6 +123,8 @@ struct Shared {
     calm_from: AtomicU64,
     /// The length of the last back-off, in nanoseconds.
     backoff: AtomicU64,
+    /// Nanoseconds after `origin` of the last call held up by a worker (0: none yet).
+    held_up_at: AtomicU64,
 }
 
 impl Shared {
@@ -130,12 +140,18 @@ impl Shared {
         self.now() < self.calm_from.load(Ordering::Relaxed)
     }
 
-    /// Starts a back-off ([`Self::contended`]): [`BACKOFF`], or twice the last one if that ended
-    /// less than [`BACKOFF_MEMORY`] ago (at most [`BACKOFF_MAX`]). A quiet machine where
-    /// something ran for a moment loses little; a busy one soon runs on one thread.
+    /// A call was held up by a worker: the second time within [`HELD_UP_AGAIN`], starts a
+    /// back-off ([`Self::contended`]): [`BACKOFF`], or twice the last one if that ended less
+    /// than [`BACKOFF_MEMORY`] ago (at most [`BACKOFF_MAX`]). A quiet machine where something
+    /// ran for a moment loses nothing; a busy one soon runs on one thread.
     fn preempted(&self) {
         let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        let now = self.now();
+        let now = self.now().max(1);
+        let before = self.held_up_at.swap(now, Ordering::Relaxed);
+        if before == 0 || now.saturating_sub(before) > ns(HELD_UP_AGAIN) {
+            // The first in a while: a moment, not yet a busy machine.
+            return;
+        }
         let last_end = self.calm_from.load(Ordering::Relaxed);
         let repeat = last_end != 0 && now < last_end.saturating_add(ns(BACKOFF_MEMORY));
         let backoff = if repeat {
@@ -178,6 +194,7 @@ impl Pool {
             origin: Instant::now(),
             calm_from: AtomicU64::new(0),
             backoff: AtomicU64::new(0),
+            held_up_at: AtomicU64::new(0),
         });
         let mut started = 1;
         for i in 1..threads {
@@ -482,6 +499,9 @@ mod tests {
     #[test]
     fn back_offs_run_calls_on_the_caller_and_double_while_they_repeat() {
         let pool = Pool::new(2);
+        assert!(!pool.shared.contended());
+        // Once is a moment; a second hold-up soon after starts the back-off.
+        pool.shared.preempted();
         assert!(!pool.shared.contended());
         pool.shared.preempted();
         assert!(pool.shared.contended());
