@@ -30,8 +30,10 @@ start_node() {
   NODE_DISCOVERY_PORT=$(free_port)
   NODE_TOKEN_FILE=$NODE_WORK/token
   head -c 24 /dev/urandom | base64 > "$NODE_TOKEN_FILE"
+  # --compute-priority normal: the tests' own processes (a JVM compiling, say) run beside the
+  # node, and compute in the idle class (the default) would wait for them.
   env -u AUTH_TOKEN -u REQUIRE_AUTH target/debug/vram-relay serve --backend host --capacity 256MiB \
-    --listen "127.0.0.1:$NODE_PORT" --discovery "127.0.0.1:$NODE_DISCOVERY_PORT" \
+    --compute-priority normal --listen "127.0.0.1:$NODE_PORT" --discovery "127.0.0.1:$NODE_DISCOVERY_PORT" \
     --token-file "$NODE_TOKEN_FILE" "$@" 2> "$NODE_WORK/node.log" &
   NODE_PID=$!
   for _ in $(seq 1 300); do
