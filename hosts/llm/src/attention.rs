@@ -60,17 +60,7 @@ pub(crate) fn attend(
     let padded = n_pos.next_multiple_of(KEY_CHUNK);
     let work = tokens * (pos0 + tokens.div_ceil(2)) * q_dim * 2;
     if work < PAR_MIN || threads::threads() == 1 {
-        if scores.len() < padded {
-            scores.resize(padded, 0.0);
-        }
-        for (t, (q, out)) in q.chunks_exact(q_dim).zip(out.chunks_exact_mut(q_dim)).enumerate() {
-            for h in 0..shape.n_heads {
-                let scores = scores.as_mut_slice();
-                let job = Head { shape, q, keys, values, n_pos: pos0 + t + 1, h, scores, out };
-                dispatch(job);
-            }
-        }
-        return;
+        return serial(shape, q, keys, values, pos0, out, scores);
     }
     // One task per (token, head): causal rows differ in length, so many small tasks balance.
     let mut heads: Vec<&mut [f32]> = out.chunks_exact_mut(shape.head_dim).collect();
@@ -99,19 +89,30 @@ pub(crate) fn attend_on_this_thread(
     out: &mut [f32],
 ) {
     check(shape, q, keys, values, pos0, tokens, out);
+    SCORES.with_borrow_mut(|scores| serial(shape, q, keys, values, pos0, out, scores));
+}
+
+/// Every head of every token of a checked [`attend`] call, in order, on the calling thread.
+fn serial(
+    shape: Heads,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    pos0: usize,
+    out: &mut [f32],
+    scores: &mut Vec<f32>,
+) {
     let q_dim = shape.n_heads * shape.head_dim;
-    SCORES.with_borrow_mut(|scores| {
-        let padded = (pos0 + tokens).next_multiple_of(KEY_CHUNK);
-        if scores.len() < padded {
-            scores.resize(padded, 0.0);
+    let padded = (pos0 + q.len() / q_dim).next_multiple_of(KEY_CHUNK);
+    if scores.len() < padded {
+        scores.resize(padded, 0.0);
+    }
+    for (t, (q, out)) in q.chunks_exact(q_dim).zip(out.chunks_exact_mut(q_dim)).enumerate() {
+        for h in 0..shape.n_heads {
+            let scores = scores.as_mut_slice();
+            dispatch(Head { shape, q, keys, values, n_pos: pos0 + t + 1, h, scores, out });
         }
-        for (t, (q, out)) in q.chunks_exact(q_dim).zip(out.chunks_exact_mut(q_dim)).enumerate() {
-            for h in 0..shape.n_heads {
-                let scores = scores.as_mut_slice();
-                dispatch(Head { shape, q, keys, values, n_pos: pos0 + t + 1, h, scores, out });
-            }
-        }
-    });
+    }
 }
 
 /// The shapes [`attend`] needs (a caller's bug otherwise).
@@ -131,7 +132,7 @@ fn check(shape: Heads, q: &[f32], keys: &[f32], values: &[f32], pos0: usize, tok
 
 std::thread_local! {
     /// Each pool thread's scratch for one head's scores, kept between calls. A task holds it
-    /// only while [`Head`] runs, which calls nothing on the pool.
+    /// only while its heads run ([`Head`]), which call nothing on the pool.
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
