@@ -68,11 +68,8 @@ pub(crate) fn attend(
         let (t, h) = (i / shape.n_heads, i % shape.n_heads);
         let q = &q[t * q_dim..(t + 1) * q_dim];
         SCORES.with_borrow_mut(|scores| {
-            if scores.len() < padded {
-                scores.resize(padded, 0.0);
-            }
-            let job = Head { shape, q, keys, values, n_pos: pos0 + t + 1, h, scores, out };
-            dispatch(job);
+            let scores = grown(scores, padded);
+            dispatch(Head { shape, q, keys, values, n_pos: pos0 + t + 1, h, scores, out });
         });
     });
 }
@@ -103,16 +100,21 @@ fn serial(
     scores: &mut Vec<f32>,
 ) {
     let q_dim = shape.n_heads * shape.head_dim;
-    let padded = (pos0 + q.len() / q_dim).next_multiple_of(KEY_CHUNK);
-    if scores.len() < padded {
-        scores.resize(padded, 0.0);
-    }
+    let scores = grown(scores, (pos0 + q.len() / q_dim).next_multiple_of(KEY_CHUNK));
     for (t, (q, out)) in q.chunks_exact(q_dim).zip(out.chunks_exact_mut(q_dim)).enumerate() {
         for h in 0..shape.n_heads {
-            let scores = scores.as_mut_slice();
+            let scores = &mut *scores;
             dispatch(Head { shape, q, keys, values, n_pos: pos0 + t + 1, h, scores, out });
         }
     }
+}
+
+/// `scores`, grown to at least `len` values (a thread's scratch keeps its largest size).
+fn grown(scores: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if scores.len() < len {
+        scores.resize(len, 0.0);
+    }
+    scores
 }
 
 /// The shapes [`attend`] needs (a caller's bug otherwise).

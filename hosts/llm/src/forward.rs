@@ -763,7 +763,6 @@ impl<'a> Model<'a> {
                     step.run(li, heads, pairs, Some(&mut s.scores));
                 }
             }
-            drop(steps);
             linear(&l.wo, &s.att_out, t_n, self.activations, &mut s.sums, &mut s.proj);
             for (x, p) in s.x.iter_mut().zip(&s.proj) {
                 *x += p;

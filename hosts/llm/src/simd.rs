@@ -38,57 +38,19 @@ impl Madd for Separate {
 #[cfg(target_arch = "x86_64")]
 macro_rules! with_group_size {
     (4; $g:expr, $G:ident => $body:expr) => {
-        match $g {
-            1 => {
-                const $G: usize = 1;
-                $body
-            }
-            2 => {
-                const $G: usize = 2;
-                $body
-            }
-            3 => {
-                const $G: usize = 3;
-                $body
-            }
-            _ => {
-                const $G: usize = 4;
-                $body
-            }
-        }
+        with_group_size!(@sizes $g, $G => $body; 1 2 3; 4)
     };
     ($g:expr, $G:ident => $body:expr) => {
+        with_group_size!(@sizes $g, $G => $body; 1 2 3 4 5 6 7; 8)
+    };
+    (@sizes $g:expr, $G:ident => $body:expr; $($n:literal)*; $max:literal) => {
         match $g {
-            1 => {
-                const $G: usize = 1;
+            $($n => {
+                const $G: usize = $n;
                 $body
-            }
-            2 => {
-                const $G: usize = 2;
-                $body
-            }
-            3 => {
-                const $G: usize = 3;
-                $body
-            }
-            4 => {
-                const $G: usize = 4;
-                $body
-            }
-            5 => {
-                const $G: usize = 5;
-                $body
-            }
-            6 => {
-                const $G: usize = 6;
-                $body
-            }
-            7 => {
-                const $G: usize = 7;
-                $body
-            }
+            })*
             _ => {
-                const $G: usize = 8;
+                const $G: usize = $max;
                 $body
             }
         }

@@ -85,7 +85,8 @@ impl Batcher {
         let (jobs, rx) = mpsc::channel();
         let seated = Arc::new(AtomicUsize::new(0));
         let count = seated.clone();
-        std::thread::Builder::new().name("rela-llm-batch".into()).spawn(move || run(&llm, &rx, &count))?;
+        // A compute thread: in the class the process chose (`serve --compute-priority`).
+        rela_kernels::fast::priority::spawn("rela-llm-batch".into(), move || run(&llm, &rx, &count))?;
         Ok(Self { jobs, seated })
     }
 
@@ -121,10 +122,6 @@ impl Batcher {
 /// The batching loop: block for one step, gather the other seated streams' steps (for at most
 /// [`GATHER`]) and any others already waiting, run them.
 fn run(llm: &LoadedLlm, rx: &Receiver<StepJob>, seated: &AtomicUsize) {
-    // A compute thread, in the class the node chose for them (`NodeConfig::compute_priority`).
-    if !rela_kernels::fast::priority::apply_to_this_thread() {
-        tracing::warn!("the generation batcher stays in the normal scheduling class (the system refused)");
-    }
     let Ok(model) = llm.model() else {
         tracing::error!("a GGUF model's tensors no longer parse; its generations stop");
         return;

@@ -12,7 +12,7 @@ use rela_client::{Client, ClientError, LoadStage};
 use rela_core::config::{DEFAULT_DISCOVERY_PORT, MAX_BUFFERS, MAX_PAYLOAD};
 use rela_core::wire::ErrorCode;
 use rela_core::wire::model_list::ModelKind;
-use rela_kernels::fast::priority::{ComputePriority, set_compute_priority};
+use rela_kernels::fast::priority::{self, ComputePriority, set_compute_priority};
 use rela_node::tls::TlsIdentity;
 use rela_node::{ConfigError, Node, NodeConfig};
 
@@ -223,8 +223,15 @@ fn parse_max_payload(s: &str) -> Result<u32, String> {
 pub(crate) async fn serve(args: ServeArgs) -> Result<(), CliError> {
     // One pool for the host kernels and language models' forward pass (`rela_llm::threads`).
     rela_kernels::fast::set_threads(args.kernel_threads);
-    // Before any compute thread starts: each applies the class when it starts.
+    // Before any compute thread starts: each applies the class when it starts. A thread made
+    // the same way tells whether the system allows it.
     set_compute_priority(args.compute_priority.into());
+    if args.compute_priority == ComputeClass::Idle
+        && !priority::spawn("rela-probe".into(), || priority::this_thread_is_idle() == Some(true))
+            .is_ok_and(|t| t.join().unwrap_or(false))
+    {
+        tracing::warn!("this system refused the idle scheduling class: compute threads run as normal ones");
+    }
     if !args.activations.runs_here() {
         tracing::warn!(
             activations = args.activations.name(),

@@ -199,8 +199,8 @@ impl Pool {
         let mut started = 1;
         for i in 1..threads {
             let s = Arc::clone(&shared);
-            let spawned =
-                thread::Builder::new().name(std::format!("rela-kernels-{i}")).spawn(move || worker(&s));
+            // A compute thread, in the class the process chose for them (`priority`).
+            let spawned = super::priority::spawn(std::format!("rela-kernels-{i}"), move || worker(&s));
             if spawned.is_err() {
                 break;
             }
@@ -338,9 +338,6 @@ impl Watch {
 /// asleep), enters it, runs tasks until none is left, leaves it, and waits again.
 fn worker(shared: &Shared) {
     IN_TASK.with(|t| t.set(true));
-    // A compute thread: in the class the process chose for them (`priority`). Where the
-    // system cannot move it, it runs on in its class.
-    super::priority::apply_to_this_thread();
     let mut seen = 0u64;
     loop {
         if !shared.contended() {

@@ -13,7 +13,7 @@
 //! sessions stayed at about 20 ms with it (docs/BENCHMARKS.md).
 //!
 //! The setting is the process's: [`set_compute_priority`] chooses it, and each compute thread
-//! applies it to itself when it starts ([`apply_to_this_thread`]). The default is
+//! applies it to itself when it starts ([`spawn`], [`apply_to_this_thread`]). The default is
 //! [`ComputePriority::Normal`], which changes nothing: a program that calls the kernels from
 //! its own threads at normal priority would otherwise wait on pool workers that any busy
 //! thread of the machine can hold off. The node, whose compute all runs on its own compute
@@ -63,6 +63,21 @@ fn apply(priority: ComputePriority) -> bool {
         ComputePriority::Normal => true,
         ComputePriority::Idle => imp::idle_this_thread(),
     }
+}
+
+/// Starts a compute thread named `name` that runs `f`: the way the process's compute threads
+/// (the kernel pool's workers, the node's jobs and generation batchers) start, so that each is
+/// in the class [`compute_priority`] chooses before it does any work (where the system cannot
+/// move it, it runs on in its class).
+pub fn spawn<F, T>(name: std::string::String, f: F) -> std::io::Result<std::thread::JoinHandle<T>>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    std::thread::Builder::new().name(name).spawn(move || {
+        apply_to_this_thread();
+        f()
+    })
 }
 
 /// Whether the calling thread runs in the idle class; `None` where the system has none.

@@ -507,7 +507,10 @@ pub(crate) fn start(env: &JobEnv, spec: JobSpec) -> Option<JobHandle> {
         max_cost: env.max_cost,
         wanted: env.wanted.clone(),
     };
-    match std::thread::Builder::new().name("rela-job".into()).spawn(move || run(turns, spec)) {
+    // A compute thread (prompts, tokenizing, converting weights), in the class the process chose
+    // (`serve --compute-priority`): with `Idle`, a light request's threads do not queue behind
+    // it for a core.
+    match rela_kernels::fast::priority::spawn("rela-job".into(), move || run(turns, spec)) {
         Ok(_) => Some(JobHandle { grant, cancel, queue: std::collections::VecDeque::new() }),
         Err(e) => {
             tracing::error!(error = %e, "cannot start a job thread");
@@ -518,10 +521,6 @@ pub(crate) fn start(env: &JobEnv, spec: JobSpec) -> Option<JobHandle> {
 
 /// The job thread: runs the frame through the session, drains the answer, hands back.
 fn run(turns: Turns, spec: JobSpec) {
-    // A compute thread (prompts, tokenizing, converting weights), in the class the node chose
-    // for them (`NodeConfig::compute_priority`): with `Idle`, a light request's threads do not
-    // queue behind it for a core. Where the system cannot move it, it runs on in its class.
-    rela_kernels::fast::priority::apply_to_this_thread();
     let JobSpec { conn, now, header, payload, mut out, ticket, state, mut models } = spec;
     let engine = turns.engine.clone();
     if let Some(m) = models.as_mut() {
