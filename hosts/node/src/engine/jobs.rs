@@ -118,10 +118,11 @@ pub(crate) type Grant = std_mpsc::SyncSender<BackendBox>;
 /// How long a job's turn lasts before another job may have the backend. Light requests do not
 /// wait for it: a job steps aside for them at its next step ([`JobEnv::wanted`]) and then goes
 /// on with its turn. Each change of job costs thread wake-ups and cold caches, so turns are
-/// several steps long (two heavy MATMUL sessions beside a light one on 2 cores: 0.76-0.80 of
-/// one alone with 2 ms turns that every waiting request ended, a median of 0.90 with these;
-/// `docs/BENCHMARKS.md`).
-pub(crate) const QUANTUM: Duration = Duration::from_millis(8);
+/// many steps long: two heavy MATMUL sessions beside a light one on 2 cores ran at 0.76-0.80
+/// of one alone with 2 ms turns that every waiting request ended, 0.86-0.89 with 8 ms turns
+/// and 0.91-0.94 with these, the light session's p99 the same (`docs/BENCHMARKS.md`). Another
+/// heavy session waits up to this long for its turn; light requests never do.
+pub(crate) const QUANTUM: Duration = Duration::from_millis(32);
 
 /// Bytes per step of a WRITE, READ, COPY or FILL that a job runs: about a millisecond of
 /// memory traffic, more where the pages are new to the process (a model's weights written
