@@ -3,12 +3,15 @@
 //! ([`super::accept_session`]).
 //!
 //! rustls runs the handshake and checks the certificate; the session then seals and opens its
-//! records here, with the traffic secrets of that handshake and the same AEAD code (`ring`).
-//! The wire is the same TLS 1.3 a rustls session sends. The reason is the copies: rustls'
-//! buffered reader copies every received byte three times (from the socket buffer into its
-//! record buffer, into a `Vec` per record, into the caller's slice). Here the socket is read
-//! in large pieces into one buffer, each record is opened where it lies, and its plaintext is
-//! copied once, into the caller's memory (`docs/BENCHMARKS.md`, TLS section).
+//! records here, with the traffic secrets of that handshake and AWS-LC's AEAD code
+//! (`aws-lc-rs`, whose AES-GCM has a VAES-AVX-512 path and seals from one buffer into
+//! another). The wire is the same TLS 1.3 a rustls session sends. The reason is the copies:
+//! rustls' buffered reader copies every received byte three times (from the socket buffer into
+//! its record buffer, into a `Vec` per record, into the caller's slice), and its writer once.
+//! Here the socket is read in large pieces into one buffer, each record is opened where it
+//! lies, and its plaintext is copied once, into the caller's memory; a record whose plaintext
+//! lies in one piece of what the caller writes is sealed from there straight into the send
+//! buffer (`docs/BENCHMARKS.md`, TLS section).
 //!
 //! What a TLS 1.3 peer may send after the handshake is handled: application data, alerts
 //! (`close_notify` ends the stream, any other alert fails it), NewSessionTicket to a client
@@ -27,8 +30,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
-use ring::aead::{self, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
-use ring::hkdf;
+use aws_lc_rs::aead::{self, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::hkdf;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use zeroize::Zeroizing;
@@ -137,7 +140,7 @@ impl fmt::Debug for Suite {
 
 impl Suite {
     /// The suite rustls negotiated, if it is one of the three TLS 1.3 suites of the `ring`
-    /// provider.
+    /// provider (the same three AEADs here, from AWS-LC).
     pub(crate) fn of(suite: rustls::SupportedCipherSuite) -> Option<Self> {
         use rustls::CipherSuite as C;
         let tls13 = suite.tls13()?;
@@ -151,7 +154,7 @@ impl Suite {
     }
 }
 
-/// An output length for `ring`'s HKDF.
+/// An output length for HKDF.
 struct Len(usize);
 
 impl hkdf::KeyType for Len {
@@ -278,8 +281,10 @@ impl fmt::Debug for Reader {
 pub struct Writer {
     io: OwnedWriteHalf,
     keys: Keys,
-    /// Sealed records: `out[sent..]` is not yet written.
-    out: Vec<u8>,
+    /// Sealed records: `out[sent..filled]` is not yet written. Allocated once, zeroed; records
+    /// are sealed into it where they will be sent.
+    out: Box<[u8]>,
+    filled: usize,
     sent: usize,
     update_owed: Arc<AtomicBool>,
     /// `close_notify` is sealed.
@@ -337,7 +342,8 @@ pub(crate) fn split(
     let writer = Writer {
         io: wr,
         keys: tx,
-        out: Vec::with_capacity(WRITE_BUFFER + HEADER + MAX_CIPHERTEXT),
+        out: vec![0u8; WRITE_BUFFER + HEADER + MAX_CIPHERTEXT].into_boxed_slice(),
+        filled: 0,
         sent: 0,
         update_owed,
         closing: false,
@@ -589,25 +595,82 @@ impl AsyncRead for Reader {
 }
 
 impl Writer {
-    /// Seals one record of inner type `kind` holding the bytes `fill` appends.
-    fn seal(&mut self, kind: u8, fill: impl FnOnce(&mut Vec<u8>)) -> Result<(), RecordError> {
-        let at = self.out.len();
-        self.out.extend_from_slice(&[CONTENT_APPLICATION_DATA, 3, 3, 0, 0]);
-        fill(&mut self.out);
-        self.out.push(kind);
-        let body = self.out.len() - at - HEADER;
-        // At most MAX_PLAINTEXT + 1 + TAG: fits in u16.
-        let len = u16::try_from(body + TAG).map_err(|_| RecordError::Oversized(body + TAG))?;
-        self.out[at + 3..at + HEADER].copy_from_slice(&len.to_be_bytes());
+    /// Seals one record of inner type `kind` holding `plaintext` (at most [`MAX_PLAINTEXT`]
+    /// bytes, in one piece), from where it lies into the send buffer.
+    fn seal(&mut self, kind: u8, plaintext: &[u8]) -> Result<(), RecordError> {
+        let (header, body, tag) = self.record(plaintext.len())?;
         let nonce = self.keys.next_nonce()?;
-        let (header, body) = self.out[at..].split_at_mut(HEADER);
-        let tag = self
-            .keys
+        let (head, rest) = self.out[header..tag].split_at_mut(HEADER);
+        let (ciphertext, extra_and_tag) = rest.split_at_mut(body);
+        self.keys
             .key
-            .seal_in_place_separate_tag(nonce, Aad::from(&*header), body)
+            .seal_out_of_place_scatter(
+                nonce,
+                Aad::from(&*head),
+                plaintext,
+                ciphertext,
+                &[kind],
+                extra_and_tag,
+            )
             .map_err(|_| RecordError::Keys)?;
-        self.out.extend_from_slice(tag.as_ref());
+        self.filled = tag;
         Ok(())
+    }
+
+    /// Seals one record of application data holding the next `len` bytes of `bufs` from
+    /// `slice`, `offset` on (advanced past them), which span several pieces: copied into the
+    /// send buffer first, then sealed there.
+    fn seal_gathered(
+        &mut self,
+        bufs: &[io::IoSlice<'_>],
+        slice: &mut usize,
+        offset: &mut usize,
+        len: usize,
+    ) -> Result<(), RecordError> {
+        let (header, body, tag) = self.record(len)?;
+        let mut at = header + HEADER;
+        let mut left = len;
+        while left > 0 {
+            let part = &bufs[*slice][*offset..];
+            let n = part.len().min(left);
+            self.out[at..at + n].copy_from_slice(&part[..n]);
+            (at, left, *offset) = (at + n, left - n, *offset + n);
+            if *offset == bufs[*slice].len() {
+                (*slice, *offset) = (*slice + 1, 0);
+            }
+        }
+        let nonce = self.keys.next_nonce()?;
+        let (head, rest) = self.out[header..tag].split_at_mut(HEADER);
+        let (in_out, extra_and_tag) = rest.split_at_mut(body);
+        self.keys
+            .key
+            .seal_in_place_scatter(
+                nonce,
+                Aad::from(&*head),
+                in_out,
+                &[CONTENT_APPLICATION_DATA],
+                extra_and_tag,
+            )
+            .map_err(|_| RecordError::Keys)?;
+        self.filled = tag;
+        Ok(())
+    }
+
+    /// Writes the header of a record of `len` bytes of plaintext at the end of the send buffer:
+    /// where it starts, the plaintext's length, and where the record ends.
+    fn record(&mut self, len: usize) -> Result<(usize, usize, usize), RecordError> {
+        let header = self.filled;
+        // The plaintext, its inner content type and the tag: at most MAX_PLAINTEXT + 1 + TAG,
+        // which fits in u16 and, after at most WRITE_BUFFER of records, in the buffer.
+        let protected = len + 1 + TAG;
+        let wire = u16::try_from(protected).map_err(|_| RecordError::Oversized(protected))?;
+        let end = header + HEADER + protected;
+        if len > MAX_PLAINTEXT || end > self.out.len() {
+            return Err(RecordError::Oversized(protected));
+        }
+        let [hi, lo] = wire.to_be_bytes();
+        self.out[header..header + HEADER].copy_from_slice(&[CONTENT_APPLICATION_DATA, 3, 3, hi, lo]);
+        Ok((header, len, end))
     }
 
     /// Before a record of data: the KeyUpdate the peer asked for, or one of our own when the
@@ -616,7 +679,7 @@ impl Writer {
     fn update_if_due(&mut self) -> Result<(), RecordError> {
         let due = self.keys.seq.saturating_add(2) >= self.keys.suite.limit;
         if self.update_owed.swap(false, Ordering::AcqRel) || due {
-            self.seal(CONTENT_HANDSHAKE, |o| o.extend_from_slice(&[HANDSHAKE_KEY_UPDATE, 0, 0, 1, 0]))?;
+            self.seal(CONTENT_HANDSHAKE, &[HANDSHAKE_KEY_UPDATE, 0, 0, 1, 0])?;
             self.keys.update()?;
         }
         Ok(())
@@ -624,14 +687,14 @@ impl Writer {
 
     /// Writes sealed records to the socket until none is left (or it would block).
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.sent < self.out.len() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[self.sent..]))?;
+        while self.sent < self.filled {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[self.sent..self.filled]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.sent += n;
         }
-        self.out.clear();
+        self.filled = 0;
         self.sent = 0;
         Poll::Ready(Ok(()))
     }
@@ -644,27 +707,24 @@ impl Writer {
         }
         // The batch before goes to the socket whole before the next is sealed: the buffer
         // never grows or moves what it holds.
-        if self.sent < self.out.len() {
+        if self.sent < self.filled {
             ready!(self.poll_send(cx))?;
         }
         let (mut slice, mut offset, mut taken) = (0, 0, 0);
-        while taken < total && self.out.len() < WRITE_BUFFER {
+        while taken < total && self.filled < WRITE_BUFFER {
             self.update_if_due()?;
             let want = MAX_PLAINTEXT.min(total - taken);
-            self.seal(CONTENT_APPLICATION_DATA, |o| {
-                let mut left = want;
-                while left > 0 {
-                    let part = &bufs[slice][offset..];
-                    let n = part.len().min(left);
-                    o.extend_from_slice(&part[..n]);
-                    left -= n;
-                    offset += n;
-                    if offset == bufs[slice].len() {
-                        slice += 1;
-                        offset = 0;
-                    }
+            // Skip empty pieces, so that a record within one piece is sealed from there.
+            while bufs[slice].len() == offset {
+                (slice, offset) = (slice + 1, 0);
+            }
+            match bufs[slice].get(offset..offset + want) {
+                Some(plaintext) => {
+                    self.seal(CONTENT_APPLICATION_DATA, plaintext)?;
+                    offset += want;
                 }
-            })?;
+                None => self.seal_gathered(bufs, &mut slice, &mut offset, want)?,
+            }
             taken += want;
         }
         // Start on the socket now; what it does not take goes with the next write or flush.
@@ -702,7 +762,7 @@ impl AsyncWrite for Writer {
         let this = self.get_mut();
         if !this.closing {
             this.closing = true;
-            this.seal(CONTENT_ALERT, |o| o.extend_from_slice(&[1, ALERT_CLOSE_NOTIFY]))?;
+            this.seal(CONTENT_ALERT, &[1, ALERT_CLOSE_NOTIFY])?;
         }
         ready!(this.poll_send(cx))?;
         Pin::new(&mut this.io).poll_shutdown(cx)

@@ -160,9 +160,12 @@ async fn data_crosses_key_updates_both_ways() {
     let data = pattern(LEN, 7);
     let (a, rest) = data.split_at(100);
     let (b, c) = rest.split_at(70_000);
+    // Records that lie in one piece are sealed from there, the others gathered first; an
+    // empty piece is skipped.
+    let empty = &rest[..0];
     let mut sent = 0;
     while sent < LEN {
-        let bufs: Vec<io::IoSlice<'_>> = [a, b, c]
+        let bufs: Vec<io::IoSlice<'_>> = [a, empty, b, c]
             .iter()
             .scan(0usize, |at, s| {
                 let start = *at;
@@ -276,7 +279,7 @@ fn keys_derive_as_rfc_8448_says() {
 }
 
 #[tokio::test]
-async fn writes_under_backpressure_arrive_whole_and_the_buffer_stays_bounded() {
+async fn writes_under_backpressure_arrive_whole() {
     const LEN: usize = 8 << 20;
     let data = pattern(LEN, 3);
     let expected = data.clone();
@@ -293,12 +296,8 @@ async fn writes_under_backpressure_arrive_whole_and_the_buffer_stays_bounded() {
         wr.flush().await.expect("flush");
         wr
     });
-    let wr = writer.await.expect("writer");
-    assert!(
-        wr.out.capacity() <= 2 * (WRITE_BUFFER + HEADER + MAX_CIPHERTEXT),
-        "the write buffer grew to {} bytes",
-        wr.out.capacity()
-    );
+    // (The send buffer is allocated once and cannot grow: bounded by its type.)
+    writer.await.expect("writer");
     server.await.expect("server");
 }
 
@@ -318,7 +317,7 @@ async fn raw_pair(tickets: bool) -> (Writer, Reader) {
 
 /// Seals one record of inner type `kind` holding `body` and sends it.
 async fn send_record(wr: &mut Writer, kind: u8, body: &[u8]) {
-    wr.seal(kind, |o| o.extend_from_slice(body)).expect("sealed");
+    wr.seal(kind, body).expect("sealed");
     wr.flush().await.expect("sent");
 }
 
@@ -355,7 +354,7 @@ async fn a_peer_may_not_send_what_tls_1_3_forbids_after_the_handshake() {
     assert_eq!(read_error(&mut rd).await, Some(RecordError::UnexpectedType(CONTENT_APPLICATION_DATA)));
     // A record of padding only, an unknown content type, an alert other than close_notify.
     let (mut wr, mut rd) = raw_pair(true).await;
-    wr.seal(0, |o| o.extend_from_slice(&[0; 8])).expect("sealed");
+    wr.seal(0, &[0; 8]).expect("sealed");
     wr.flush().await.expect("sent");
     assert_eq!(read_error(&mut rd).await, Some(RecordError::UnexpectedType(0)));
     let (mut wr, mut rd) = raw_pair(true).await;
@@ -373,8 +372,7 @@ async fn key_updates_are_followed_but_not_without_end() {
     let (mut wr, mut rd) = raw_pair(true).await;
     // KeyUpdates between data: the reader moves on with the writer, as often as it comes.
     for round in 0..40u8 {
-        wr.seal(CONTENT_HANDSHAKE, |o| o.extend_from_slice(&[HANDSHAKE_KEY_UPDATE, 0, 0, 1, 0]))
-            .expect("sealed");
+        wr.seal(CONTENT_HANDSHAKE, &[HANDSHAKE_KEY_UPDATE, 0, 0, 1, 0]).expect("sealed");
         wr.keys.update().expect("new keys");
         send_record(&mut wr, CONTENT_APPLICATION_DATA, &[round]).await;
         let mut got = [0u8; 1];
@@ -383,8 +381,7 @@ async fn key_updates_are_followed_but_not_without_end() {
     }
     // 33 in a row without data are refused.
     for _ in 0..=MAX_KEY_UPDATES_IN_A_ROW {
-        wr.seal(CONTENT_HANDSHAKE, |o| o.extend_from_slice(&[HANDSHAKE_KEY_UPDATE, 0, 0, 1, 0]))
-            .expect("sealed");
+        wr.seal(CONTENT_HANDSHAKE, &[HANDSHAKE_KEY_UPDATE, 0, 0, 1, 0]).expect("sealed");
         wr.keys.update().expect("new keys");
     }
     wr.flush().await.expect("sent");
