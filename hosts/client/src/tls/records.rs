@@ -598,23 +598,8 @@ impl Writer {
     /// Seals one record of inner type `kind` holding `plaintext` (at most [`MAX_PLAINTEXT`]
     /// bytes, in one piece), from where it lies into the send buffer.
     fn seal(&mut self, kind: u8, plaintext: &[u8]) -> Result<(), RecordError> {
-        let (header, body, tag) = self.record(plaintext.len())?;
-        let nonce = self.keys.next_nonce()?;
-        let (head, rest) = self.out[header..tag].split_at_mut(HEADER);
-        let (ciphertext, extra_and_tag) = rest.split_at_mut(body);
-        self.keys
-            .key
-            .seal_out_of_place_scatter(
-                nonce,
-                Aad::from(&*head),
-                plaintext,
-                ciphertext,
-                &[kind],
-                extra_and_tag,
-            )
-            .map_err(|_| RecordError::Keys)?;
-        self.filled = tag;
-        Ok(())
+        let end = self.record(plaintext.len())?;
+        self.protect(kind, plaintext.len(), Some(plaintext), end)
     }
 
     /// Seals one record of application data holding the next `len` bytes of `bufs` from
@@ -627,8 +612,8 @@ impl Writer {
         offset: &mut usize,
         len: usize,
     ) -> Result<(), RecordError> {
-        let (header, body, tag) = self.record(len)?;
-        let mut at = header + HEADER;
+        let end = self.record(len)?;
+        let mut at = self.filled + HEADER;
         let mut left = len;
         while left > 0 {
             let part = &bufs[*slice][*offset..];
@@ -639,26 +624,32 @@ impl Writer {
                 (*slice, *offset) = (*slice + 1, 0);
             }
         }
+        self.protect(CONTENT_APPLICATION_DATA, len, None, end)
+    }
+
+    /// Seals the record whose header [`record`](Self::record) wrote at `filled`, ending at
+    /// `end`: `len` bytes of plaintext taken from `from`, or already in place when `None`,
+    /// then the inner content type `kind` and the tag.
+    fn protect(&mut self, kind: u8, len: usize, from: Option<&[u8]>, end: usize) -> Result<(), RecordError> {
         let nonce = self.keys.next_nonce()?;
-        let (head, rest) = self.out[header..tag].split_at_mut(HEADER);
-        let (in_out, extra_and_tag) = rest.split_at_mut(body);
-        self.keys
-            .key
-            .seal_in_place_scatter(
-                nonce,
-                Aad::from(&*head),
-                in_out,
-                &[CONTENT_APPLICATION_DATA],
-                extra_and_tag,
-            )
-            .map_err(|_| RecordError::Keys)?;
-        self.filled = tag;
+        let (head, rest) = self.out[self.filled..end].split_at_mut(HEADER);
+        let (body, extra_and_tag) = rest.split_at_mut(len);
+        let aad = Aad::from(&*head);
+        let key = &self.keys.key;
+        match from {
+            Some(plaintext) => {
+                key.seal_out_of_place_scatter(nonce, aad, plaintext, body, &[kind], extra_and_tag)
+            }
+            None => key.seal_in_place_scatter(nonce, aad, body, &[kind], extra_and_tag),
+        }
+        .map_err(|_| RecordError::Keys)?;
+        self.filled = end;
         Ok(())
     }
 
-    /// Writes the header of a record of `len` bytes of plaintext at the end of the send buffer:
-    /// where it starts, the plaintext's length, and where the record ends.
-    fn record(&mut self, len: usize) -> Result<(usize, usize, usize), RecordError> {
+    /// Writes the header of a record of `len` bytes of plaintext at the end of the send buffer
+    /// (at `filled`); returns where the record will end.
+    fn record(&mut self, len: usize) -> Result<usize, RecordError> {
         let header = self.filled;
         // The plaintext, its inner content type and the tag: at most MAX_PLAINTEXT + 1 + TAG,
         // which fits in u16 and, after at most WRITE_BUFFER of records, in the buffer.
@@ -670,7 +661,7 @@ impl Writer {
         }
         let [hi, lo] = wire.to_be_bytes();
         self.out[header..header + HEADER].copy_from_slice(&[CONTENT_APPLICATION_DATA, 3, 3, hi, lo]);
-        Ok((header, len, end))
+        Ok(end)
     }
 
     /// Before a record of data: the KeyUpdate the peer asked for, or one of our own when the
