@@ -124,7 +124,9 @@ pub struct VulkanBackend {
 }
 
 impl VulkanBackend {
-    /// Opens the configured device, builds the staging buffers and the kernel pipelines.
+    /// Opens the configured device and builds the staging buffers. Kernel pipelines are built
+    /// at each kernel's first dispatch ([`build_pipelines`](Self::build_pipelines) builds them
+    /// all at once).
     ///
     /// Fails with [`InitError::Unavailable`] when there is no Vulkan loader, driver or matching
     /// device; never panics.
@@ -192,7 +194,7 @@ impl VulkanBackend {
             &device,
             props.max_per_stage_descriptor_storage_buffers,
             props.max_compute_work_group_invocations,
-        )?;
+        );
         // CPU implementations keep the narrow shapes; GPUs get workgroup-memory tiles where the
         // device can run them.
         let gpu = matches!(
@@ -201,7 +203,7 @@ impl VulkanBackend {
                 | PhysicalDeviceType::IntegratedGpu
                 | PhysicalDeviceType::VirtualGpu
         );
-        let tiles = if gpu && pipelines.get(Kernel::LinearTiled).is_some() { Tiles::Gpu } else { Tiles::Cpu };
+        let tiles = if gpu && pipelines.supports(Kernel::LinearTiled) { Tiles::Gpu } else { Tiles::Cpu };
         let heap = physical
             .memory_properties()
             .memory_heaps
@@ -285,11 +287,19 @@ impl VulkanBackend {
         self.tiles
     }
 
+    /// Builds the compute pipeline of every kernel the device supports that no dispatch has
+    /// built yet: every kernel then starts without compiling at its first call, and a driver
+    /// that cannot compile one is found now. Fails with [`InitError::Kernel`] naming the first
+    /// kernel that did not build (its calls are `Unsupported`; the others are built).
+    pub fn build_pipelines(&mut self) -> Result<(), InitError> {
+        self.pipelines.build_all()
+    }
+
     /// Plans kernels for `tiles` from now on, for example [`Tiles::Gpu`] on lavapipe to check
     /// the GPU shapes on a machine without a GPU. Returns `false`, changing nothing, for
     /// [`Tiles::Gpu`] on a device that cannot run them (too few invocations per workgroup).
     pub fn set_tiles(&mut self, tiles: Tiles) -> bool {
-        if tiles == Tiles::Gpu && self.pipelines.get(Kernel::LinearTiled).is_none() {
+        if tiles == Tiles::Gpu && !self.pipelines.supports(Kernel::LinearTiled) {
             return false;
         }
         self.tiles = tiles;
@@ -651,7 +661,7 @@ impl GpuBackend for VulkanBackend {
         let Some(launch) = Launch::of_tiled(call, self.tiles)? else {
             return Ok(());
         };
-        let pipeline = self.pipelines.get(launch.kernel).ok_or(BackendError::Unsupported)?.clone();
+        let pipeline = self.pipelines.get(launch.kernel)?;
         let storage = launch
             .bindings()
             .iter()

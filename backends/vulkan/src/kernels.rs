@@ -1,4 +1,4 @@
-//! WGSL → SPIR-V with naga, and the cached compute pipelines.
+//! WGSL → SPIR-V with naga, and the compute pipelines, built at each kernel's first call.
 
 use std::sync::Arc;
 
@@ -16,44 +16,91 @@ use vulkano::{
     shader::{ShaderModule, ShaderModuleCreateInfo},
 };
 
+use rela_core::backend::BackendError;
 use rela_kernels::Kernel;
 
 use crate::{InitError, error::describe};
 
-/// The compute pipelines of every built-in kernel, built once per backend.
+/// A kernel's pipeline on one device.
+enum Slot {
+    /// The device cannot run the kernel (too few storage buffers per stage, or workgroup
+    /// invocations): its calls are `Unsupported`.
+    Unsupported,
+    /// Not dispatched yet: built at the first dispatch.
+    Unbuilt,
+    /// Built, and kept for the backend's life.
+    Built(Arc<ComputePipeline>),
+    /// Building it failed (the reason): its calls are `Unsupported`, and it is not tried again.
+    Failed(String),
+}
+
+/// The compute pipelines of the built-in kernels, each built at its first dispatch and kept.
+///
+/// Building every pipeline when the backend opens cost about 4 s of CPU on lavapipe (its
+/// compiler, for some 30 kernels), paid by every backend a process opens whether or not it runs
+/// a kernel; now each kernel's first call pays for its own. [`Pipelines::build_all`] builds the
+/// rest at once, for a host that wants every kernel checked (or warm) before serving.
 pub(crate) struct Pipelines {
-    /// Indexed by `Kernel as usize`; `None` where the device binds too few storage buffers per
-    /// stage for the kernel (its calls are `Unsupported`).
-    pipelines: Vec<Option<Arc<ComputePipeline>>>,
+    device: Arc<Device>,
+    /// Indexed by `Kernel as usize`.
+    slots: Vec<Slot>,
 }
 
 impl Pipelines {
-    /// Translates every kernel and builds its pipeline. `max_storage_buffers` is the device's
+    /// The kernels `device` can run, none built yet. `max_storage_buffers` is the device's
     /// `maxPerStageDescriptorStorageBuffers`, `max_invocations` its
     /// `maxComputeWorkGroupInvocations` (the Vulkan minimum, 128, is below what
     /// [`Kernel::LinearTiled`]'s 16×16 workgroups need; such a device keeps the CPU shapes).
-    pub(crate) fn new(
-        device: &Arc<Device>,
-        max_storage_buffers: u32,
-        max_invocations: u32,
-    ) -> Result<Self, InitError> {
-        let pipelines = Kernel::ALL
+    pub(crate) fn new(device: &Arc<Device>, max_storage_buffers: u32, max_invocations: u32) -> Self {
+        let slots = Kernel::ALL
             .iter()
             .map(|&k| {
                 if k.storage_buffers() > max_storage_buffers
                     || (k == Kernel::LinearTiled && max_invocations < 256)
                 {
-                    return Ok(None);
+                    Slot::Unsupported
+                } else {
+                    Slot::Unbuilt
                 }
-                pipeline(device, k.name(), k.wgsl()).map(Some)
             })
-            .collect::<Result<_, _>>()?;
-        Ok(Self { pipelines })
+            .collect();
+        Self { device: device.clone(), slots }
     }
 
-    /// The pipeline of `kernel`, if the device can run it.
-    pub(crate) fn get(&self, kernel: Kernel) -> Option<&Arc<ComputePipeline>> {
-        self.pipelines.get(kernel as usize).and_then(Option::as_ref)
+    /// Whether the device can run `kernel` (as far as is known: a pipeline that failed to
+    /// build counts as not).
+    pub(crate) fn supports(&self, kernel: Kernel) -> bool {
+        matches!(self.slots.get(kernel as usize), Some(Slot::Unbuilt | Slot::Built(_)))
+    }
+
+    /// The pipeline of `kernel`, built now if this is its first call; `Unsupported` if the
+    /// device cannot run it or its pipeline failed to build.
+    pub(crate) fn get(&mut self, kernel: Kernel) -> Result<Arc<ComputePipeline>, BackendError> {
+        let slot = self.slots.get_mut(kernel as usize).ok_or(BackendError::Unsupported)?;
+        if matches!(slot, Slot::Unbuilt) {
+            *slot = match pipeline(&self.device, kernel.name(), kernel.wgsl()) {
+                Ok(p) => Slot::Built(p),
+                Err(e) => Slot::Failed(e.to_string()),
+            };
+        }
+        match slot {
+            Slot::Built(p) => Ok(p.clone()),
+            Slot::Unsupported | Slot::Unbuilt | Slot::Failed(_) => Err(BackendError::Unsupported),
+        }
+    }
+
+    /// Builds every pipeline the device supports that is not built yet; the first failure (all
+    /// are tried, and a failed one stays `Unsupported`).
+    pub(crate) fn build_all(&mut self) -> Result<(), InitError> {
+        let mut first = None;
+        for kernel in Kernel::ALL {
+            if self.get(kernel).is_err()
+                && let Some(Slot::Failed(why)) = self.slots.get(kernel as usize)
+            {
+                first.get_or_insert_with(|| InitError::Kernel(why.clone()));
+            }
+        }
+        first.map_or(Ok(()), Err)
     }
 }
 

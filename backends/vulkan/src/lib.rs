@@ -10,8 +10,10 @@
 //!   memory (every device-local memory type is also host-visible) buffers are allocated
 //!   host-visible instead and written and read through their mapping ([`HostAccess`]); fills,
 //!   copies and kernels still run on the device.
-//! - The kernels in [`rela_kernels::wgsl`] are translated to SPIR-V with naga when the backend
-//!   is created, and their compute pipelines are built once and cached. Every call runs on the
+//! - The kernels in [`rela_kernels::wgsl`] are translated to SPIR-V with naga and their compute
+//!   pipelines built at each kernel's first dispatch, then kept (building all of them when the
+//!   backend opened cost about 4 s of CPU on lavapipe; [`VulkanBackend::build_pipelines`]
+//!   builds the rest at once). Every call runs on the
 //!   grid and bindings [`rela_kernels::Launch`] plans; a kernel needing more storage buffers per
 //!   stage than the device binds (attention needs 5) is `Unsupported`.
 //! - **Submission is asynchronous.** Allocation and free (their zeroing), fills, copies and

@@ -37,6 +37,17 @@ fn info_and_capacity() {
 }
 
 #[test]
+fn every_kernel_pipeline_builds() {
+    // Pipelines are built at each kernel's first call; this builds all of them, so a kernel the
+    // driver cannot compile is found here, not only by the conformance case that runs it.
+    with_backend(|b| {
+        b.build_pipelines().expect("every supported kernel's pipeline builds");
+        // Built once: a second time has nothing left to do and still succeeds.
+        b.build_pipelines().expect("again");
+    });
+}
+
+#[test]
 fn round_trip_sizes_and_offsets() {
     with_backend(|b| {
         let big = STAGING_SIZE as usize * 2 + 7;
