@@ -85,7 +85,7 @@ impl Pipelines {
         }
         match slot {
             Slot::Built(p) => Ok(p.clone()),
-            Slot::Unsupported | Slot::Unbuilt | Slot::Failed(_) => Err(BackendError::Unsupported),
+            _ => Err(BackendError::Unsupported),
         }
     }
 

@@ -599,7 +599,7 @@ impl Writer {
     /// bytes, in one piece), from where it lies into the send buffer.
     fn seal(&mut self, kind: u8, plaintext: &[u8]) -> Result<(), RecordError> {
         let end = self.record(plaintext.len())?;
-        self.protect(kind, plaintext.len(), Some(plaintext), end)
+        self.protect(kind, Some(plaintext), end)
     }
 
     /// Seals one record of application data holding the next `len` bytes of `bufs` from
@@ -624,16 +624,17 @@ impl Writer {
                 (*slice, *offset) = (*slice + 1, 0);
             }
         }
-        self.protect(CONTENT_APPLICATION_DATA, len, None, end)
+        self.protect(CONTENT_APPLICATION_DATA, None, end)
     }
 
     /// Seals the record whose header [`record`](Self::record) wrote at `filled`, ending at
-    /// `end`: `len` bytes of plaintext taken from `from`, or already in place when `None`,
-    /// then the inner content type `kind` and the tag.
-    fn protect(&mut self, kind: u8, len: usize, from: Option<&[u8]>, end: usize) -> Result<(), RecordError> {
+    /// `end`: its plaintext taken from `from`, or already in place when `None`, then the inner
+    /// content type `kind` and the tag.
+    fn protect(&mut self, kind: u8, from: Option<&[u8]>, end: usize) -> Result<(), RecordError> {
         let nonce = self.keys.next_nonce()?;
         let (head, rest) = self.out[self.filled..end].split_at_mut(HEADER);
-        let (body, extra_and_tag) = rest.split_at_mut(len);
+        // The record holds the plaintext, its content type and the tag.
+        let (body, extra_and_tag) = rest.split_at_mut(rest.len() - 1 - TAG);
         let aad = Aad::from(&*head);
         let key = &self.keys.key;
         match from {
