@@ -34,6 +34,7 @@ pub(crate) const ALL: &[Case] = &[
     Case { name: "copy_within_buffer", run: Run::Backend(copy_within_buffer) },
     Case { name: "copy_overlap_rejected", run: Run::Backend(copy_overlap_rejected) },
     Case { name: "fill_ranges", run: Run::Backend(fill_ranges) },
+    Case { name: "commit_changes_nothing", run: Run::Backend(commit_changes_nothing) },
     Case { name: "realloc_after_free_reads_zero", run: Run::Backend(realloc_after_free_reads_zero) },
     Case { name: "zero_after_free", run: Run::Inspect(zero_after_free) },
     Case { name: "storage_ranges_are_consistent", run: Run::Backend(storage_ranges_are_consistent) },
@@ -348,6 +349,36 @@ fn fill_ranges(b: &mut dyn GpuBackend) -> Outcome {
         same_bytes(&format!("after fill({offset}, {len}, {value:#x})"), &read_all(b, id)?, &shadow)?;
     }
     same_bytes("other buffer after fills", &read_all(b, other)?, &other_data)
+}
+
+/// `commit` (what a session does to every buffer it allocates) backs any range of a live buffer,
+/// whole, in pieces at odd offsets or empty, and changes no byte of it or of its neighbours;
+/// ranges past the end and unknown or freed buffers get the same errors as a write.
+fn commit_changes_nothing(b: &mut dyn GpuBackend) -> Outcome {
+    let sizes = [1usize, 4_096, 70_001, 3 << 20];
+    let mut live = Vec::new();
+    for (i, &size) in sizes.iter().enumerate() {
+        live.push(patterned(b, size, 60 + i as u64)?.0);
+    }
+    let fresh = alloc(b, 5 << 20)?;
+    live.push(fresh);
+    let snap = Snapshot::take(b, &live)?;
+    for (&id, &size) in live.iter().zip(sizes.iter().chain([5 << 20].iter())) {
+        let size = size as u64;
+        for (offset, len) in [(0, size), (size / 3, size / 2), (1, size.saturating_sub(1)), (size, 0)] {
+            b.commit(id, offset, len)
+                .ctx(|| format!("commit({id:?}, {offset}, {len}) of a {size}-byte buffer"))?;
+        }
+        expect_err(&format!("commit past the end of {id:?}"), b.commit(id, size, 1), OOB)?;
+        expect_err(&format!("commit of {id:?} at 2^64 - 1"), b.commit(id, u64::MAX, 2), OOB)?;
+    }
+    snap.unchanged(b, &live, "commits")?;
+    let (gone, _) = patterned(b, 4_096, 70)?;
+    b.free(gone).ctx(|| "free".into())?;
+    if !live.contains(&gone) {
+        expect_err("commit of a freed buffer", b.commit(gone, 0, 1), NO_SUCH)?;
+    }
+    Ok(())
 }
 
 /// `storage_range` (what a node uses to move data straight to and from a backend's memory):

@@ -60,12 +60,22 @@ pub enum OpClass {
     Fill,
     /// [`GpuBackend::dispatch`].
     Dispatch,
+    /// [`GpuBackend::commit`].
+    Commit,
 }
 
 impl OpClass {
     /// Every class.
-    pub const ALL: [Self; 7] =
-        [Self::Alloc, Self::Free, Self::Write, Self::Read, Self::Copy, Self::Fill, Self::Dispatch];
+    pub const ALL: [Self; 8] = [
+        Self::Alloc,
+        Self::Free,
+        Self::Write,
+        Self::Read,
+        Self::Copy,
+        Self::Fill,
+        Self::Dispatch,
+        Self::Commit,
+    ];
 
     const fn index(self) -> usize {
         self as usize
@@ -84,7 +94,7 @@ struct Counters {
 #[derive(Debug)]
 pub struct FaultLog {
     armed: AtomicBool,
-    classes: [Counters; 7],
+    classes: [Counters; 8],
 }
 
 impl Default for FaultLog {
@@ -142,14 +152,14 @@ struct ClassPlan {
 #[derive(Debug)]
 pub struct FaultyBackend<B: GpuBackend> {
     inner: B,
-    plan: [ClassPlan; 7],
+    plan: [ClassPlan; 8],
     log: Arc<FaultLog>,
 }
 
 impl<B: GpuBackend> FaultyBackend<B> {
     /// Wraps `inner` with no faults planned.
     pub fn new(inner: B) -> Self {
-        Self { inner, plan: [ClassPlan::default(); 7], log: Arc::new(FaultLog::default()) }
+        Self { inner, plan: [ClassPlan::default(); 8], log: Arc::new(FaultLog::default()) }
     }
 
     /// Fails every `n`th call of `class` with `error` (`n = 0` turns failures off for it).
@@ -281,6 +291,11 @@ impl<B: GpuBackend> GpuBackend for FaultyBackend<B> {
     fn dispatch_part(&mut self, call: &KernelCall, units: core::ops::Range<u32>) -> Result<(), BackendError> {
         self.inject(OpClass::Dispatch)?;
         self.inner.dispatch_part(call, units)
+    }
+
+    fn commit(&mut self, id: BufferId, offset: u64, len: u64) -> Result<(), BackendError> {
+        self.inject(OpClass::Commit)?;
+        self.inner.commit(id, offset, len)
     }
 }
 

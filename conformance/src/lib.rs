@@ -515,6 +515,7 @@ macro_rules! testgen {
             copy_within_buffer,
             copy_overlap_rejected,
             fill_ranges,
+            commit_changes_nothing,
             realloc_after_free_reads_zero,
             zero_after_free,
             storage_ranges_are_consistent,

@@ -240,6 +240,18 @@ pub trait GpuBackend {
         }
     }
 
+    /// Backs bytes `offset..offset + len` of buffer `id` with memory now, before anything is
+    /// written there, without changing them (they stay as they read). A session commits every
+    /// buffer it allocates, so that memory the device cannot back shows up as ALLOC's
+    /// [`BackendError::OutOfMemory`] and not later, and a first WRITE pays no page faults.
+    ///
+    /// For backends whose allocations are backed when made (every GPU API), the default does
+    /// nothing. A backend over memory the OS backs on first touch (the host backend in a node)
+    /// faults the pages in. Hosts commit a large buffer in pieces, a turn at a time.
+    fn commit(&mut self, id: BufferId, offset: u64, len: u64) -> Result<(), BackendError> {
+        check_range(self.size(id)?, offset, len).map(|_| ())
+    }
+
     /// Where bytes `offset..offset + len` of buffer `id` lie in the backend's storage, as a
     /// byte range of that storage, for a backend whose storage is host memory that its owner
     /// can reach directly (the host backend). A host that built the backend over memory it
@@ -306,6 +318,9 @@ impl<B: GpuBackend + ?Sized> GpuBackend for &mut B {
     }
     fn dispatch_part(&mut self, call: &KernelCall, units: core::ops::Range<u32>) -> Result<(), BackendError> {
         (**self).dispatch_part(call, units)
+    }
+    fn commit(&mut self, id: BufferId, offset: u64, len: u64) -> Result<(), BackendError> {
+        (**self).commit(id, offset, len)
     }
     fn storage_range(&self, id: BufferId, offset: u64, len: u64) -> Option<core::ops::Range<usize>> {
         (**self).storage_range(id, offset, len)

@@ -210,6 +210,12 @@ impl<B: GpuBackend> GpuBackend for Checked<B> {
         self.inner.dispatch_part(call, units)
     }
 
+    fn commit(&mut self, id: BufferId, offset: u64, len: u64) -> Result<(), BackendError> {
+        // Committing changes no byte, so a leased range may be committed.
+        check_range(self.size(id)?, offset, len)?;
+        self.inner.commit(id, offset, len)
+    }
+
     fn storage_range(&self, id: BufferId, offset: u64, len: u64) -> Option<Range<usize>> {
         if self.retired(id) { None } else { self.inner.storage_range(id, offset, len) }
     }

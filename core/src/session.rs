@@ -1008,6 +1008,12 @@ impl Session {
                     return Err(Reject::new(ErrorCode::TOO_MANY_BUFFERS, "session buffer limit reached"));
                 }
                 let id = backend.alloc(a.size)?;
+                // Backed now, or not at all: the client learns here that the device has no
+                // memory for it, not at a later WRITE.
+                if let Err(e) = backend.commit(id, 0, a.size) {
+                    let _ = backend.free(id);
+                    return Err(e.into());
+                }
                 let handle = self.fresh_handle();
                 // Capacity was checked above (effective_max_buffers <= MAX_BUFFERS).
                 if self.slots.push(Slot { handle, id, size: a.size }).is_err() {

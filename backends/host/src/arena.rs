@@ -47,6 +47,17 @@ pub trait Arena {
         self.bytes_mut(r).fill(0);
     }
 
+    /// Backs the bytes of `r`, a live buffer's range, with memory now, without changing them.
+    /// Storage that is memory already (a slice, a boxed array: the default) has nothing to do;
+    /// a mapping the OS backs on first touch (a node's arena) faults its pages in, and answers
+    /// [`BackendError::OutOfMemory`] if the OS has none.
+    ///
+    /// [`BackendError::OutOfMemory`]: rela_core::backend::BackendError::OutOfMemory
+    fn commit(&mut self, r: Range<usize>) -> Result<(), rela_core::backend::BackendError> {
+        let _ = r;
+        Ok(())
+    }
+
     /// The output range `out` of a kernel, to change, and access to its input ranges, which lie
     /// wholly outside `out`.
     fn split(&mut self, out: Range<usize>) -> (Self::Inputs<'_>, &mut [u8]);

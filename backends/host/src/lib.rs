@@ -217,6 +217,11 @@ impl<S: Arena, const N: usize> GpuBackend for HostMemory<S, N> {
         self.span(id, offset, len).ok()
     }
 
+    fn commit(&mut self, id: BufferId, offset: u64, len: u64) -> Result<(), BackendError> {
+        let r = self.span(id, offset, len)?;
+        self.storage.commit(r)
+    }
+
     fn dispatch(&mut self, call: &KernelCall) -> Result<(), BackendError> {
         self.dispatch_part(call, 0..call.work().units)
     }

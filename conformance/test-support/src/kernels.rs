@@ -107,6 +107,9 @@ impl<B: GpuBackend> GpuBackend for Refusing<B> {
             self.inner.dispatch_part(call, units)
         }
     }
+    fn commit(&mut self, id: BufferId, offset: u64, len: u64) -> Result<(), BackendError> {
+        self.inner.commit(id, offset, len)
+    }
     fn storage_range(&self, id: BufferId, offset: u64, len: u64) -> Option<core::ops::Range<usize>> {
         self.inner.storage_range(id, offset, len)
     }

@@ -51,6 +51,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 use rela_backend_host::{Arena, HostMemory, KernelInputs};
+use rela_core::backend::BackendError;
 
 /// Freed ranges whose page-aligned interior spans at least this many bytes go back to the OS
 /// (where it zeroes them by unmapping, [`os::discard`]); smaller ones are zeroed with a fill,
@@ -146,6 +147,23 @@ impl Memory {
     }
 }
 
+impl Memory {
+    /// Backs the whole pages inside `r` with memory now (as a first write would, without
+    /// writing), leaving every byte as it is. A partial page at either end is left to its first
+    /// write. `Err` only when the OS has no memory for them.
+    fn commit(&self, r: &Range<usize>) -> io::Result<()> {
+        let Some(page) = self.page else { return Ok(()) };
+        let start = r.start.next_multiple_of(page).min(r.end);
+        let end = (r.end - r.end % page).max(start);
+        if start == end {
+            return Ok(());
+        }
+        // SAFETY: `start..end` is whole pages inside this mapping (as in `zero`); populating
+        // changes no byte, so it is sound whatever else reads or writes them meanwhile.
+        unsafe { os::populate(self.ptr.as_ptr().add(start), end - start) }
+    }
+}
+
 impl Drop for Memory {
     fn drop(&mut self) {
         if self.len > 0 {
@@ -206,6 +224,30 @@ mod os {
         usize::try_from(page).ok().filter(|&p| p > 0 && cfg!(any(target_os = "linux", target_os = "android")))
     }
 
+    /// Backs the pages at `ptr..ptr + len` with memory, writable, without changing a byte
+    /// (`MADV_POPULATE_WRITE`, Linux 5.14). `Err` only when the OS has no memory for them; a
+    /// kernel without it (or another system) leaves them to their first write.
+    ///
+    /// # Safety
+    /// `ptr` is page-aligned, `len` a multiple of the page size, and the range inside a mapping
+    /// made by [`map`].
+    pub(super) unsafe fn populate(ptr: *mut u8, len: usize) -> io::Result<()> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            // SAFETY: whole pages of our private anonymous mapping (caller); populating faults
+            // them in as a write would, and changes no contents.
+            if unsafe { libc::madvise(ptr.cast(), len, libc::MADV_POPULATE_WRITE) } != 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::ENOMEM) {
+                    return Err(e);
+                }
+            }
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        let _ = (ptr, len);
+        Ok(())
+    }
+
     /// Gives the pages at `ptr..ptr + len` back to the OS; they read as zero afterwards.
     /// `false` if they were left as they are (the caller zeroes them itself).
     ///
@@ -264,6 +306,14 @@ mod os {
     ///
     /// # Safety
     /// None needed: it does nothing.
+    pub(super) unsafe fn populate(_: *mut u8, _: usize) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Never called: [`page_size`] is `None`.
+    ///
+    /// # Safety
+    /// None needed: it does nothing.
     pub(super) unsafe fn discard(_: *mut u8, _: usize) -> bool {
         false
     }
@@ -300,6 +350,14 @@ impl Arena for SharedArena {
         // frees nothing of a session while its leases are out: module docs), and `&mut self`
         // keeps the backend from holding a slice of it meanwhile.
         unsafe { self.mem.zero(r) };
+    }
+
+    fn commit(&mut self, r: Range<usize>) -> Result<(), BackendError> {
+        self.mem.check(&r);
+        self.mem.commit(&r).map_err(|e| {
+            tracing::warn!(bytes = r.len(), error = %e, "the OS has no memory to back a buffer");
+            BackendError::OutOfMemory
+        })
     }
 
     fn bytes(&self, r: Range<usize>) -> &[u8] {

@@ -72,6 +72,44 @@ async fn a_light_session_is_served_while_a_long_dispatch_runs() {
     within(node.shutdown()).await.expect("shutdown");
 }
 
+/// An ALLOC commits its buffer's memory before it is answered (a host backend faults the pages
+/// in: a gigabyte takes a tenth of a second or more); a large one does so in steps, so a light
+/// session is served meanwhile, and the buffer reads as zero.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_light_session_is_served_while_a_large_alloc_commits() {
+    const BIG: u64 = 1 << 30;
+    let mut cfg = config();
+    cfg.session.quota = BIG;
+    let node = start(cfg, BIG as usize + 64 * MIB).await;
+    let addr = node.local_addr();
+    let mut heavy = within(Client::connect(addr, None)).await.expect("heavy connect");
+    let mut light = within(Client::connect(addr, None)).await.expect("light connect");
+    let h = within(light.alloc(4096)).await.expect("light alloc");
+
+    let running = tokio::spawn(async move {
+        let big = heavy.alloc(BIG).await.expect("the large ALLOC");
+        (heavy, big)
+    });
+    within(light.ping()).await.expect("ping");
+    for i in 0..20u8 {
+        within(light.ping()).await.expect("ping");
+        let data = vec![i; 4096];
+        within(light.write(h, 0, &data)).await.expect("write");
+        assert_eq!(within(light.read(h, 0, 4096)).await.expect("read"), data);
+    }
+    assert!(
+        !running.is_finished(),
+        "the light session's 60 requests waited for the other session's large ALLOC"
+    );
+    let (mut heavy, big) = within(running).await.expect("heavy task");
+    assert_eq!(within(heavy.read(big, BIG - 4096, 4096)).await.expect("read"), vec![0; 4096]);
+    within(heavy.close()).await.expect("close heavy");
+    within(light.close()).await.expect("close light");
+    wait_idle(&node).await;
+    within(node.shutdown()).await.expect("shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_long_dispatches_share_the_backend_and_both_are_right() {
     let node = start(config(), 128 * MIB).await;

@@ -184,6 +184,34 @@ async fn failed_allocations_are_out_of_memory_and_charge_nothing() {
     within(node.shutdown()).await.expect("shutdown");
 }
 
+/// A buffer the device cannot back (its commit fails) is an ALLOC answered OUT_OF_MEMORY, with
+/// the buffer freed again and nothing charged: small ones committed on the engine thread and
+/// large ones committed in steps by a job alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buffer_the_device_cannot_back_is_out_of_memory_and_is_freed() {
+    let backend = FaultyBackend::new(OwnedHostBackend::with_capacity(16 * MIB)).fail_every(
+        OpClass::Commit,
+        1,
+        BackendError::OutOfMemory,
+    );
+    let (node, log) = start_faulty(node_config(), backend).await;
+    let mut c = within(Client::connect(node.local_addr(), None)).await.expect("connect");
+    for size in [1u64, 4096, MIB as u64, 6 * MIB as u64] {
+        let e = within(c.alloc(size)).await.expect_err("every commit fails");
+        assert_eq!(e.code(), Some(ErrorCode::OUT_OF_MEMORY), "{size}: {e:?}");
+        assert_eq!(node.usage().await.expect("usage"), Usage::default(), "{size}: the buffer was freed");
+    }
+    let s = within(c.stats()).await.expect("stats");
+    assert_eq!((s.buffers, s.used), (0, 0), "failed allocations are not charged to the quota");
+    assert_eq!(log.failed(OpClass::Commit), 4);
+    log.set_armed(false);
+    let h = within(c.alloc(6 * MIB as u64)).await.expect("disarmed");
+    within(c.write(h, 0, &[1; 4096])).await.expect("write");
+    within(c.close()).await.expect("close");
+    assert_eq!(wait_idle(&node).await, Usage::default());
+    within(node.shutdown()).await.expect("shutdown");
+}
+
 /// A FREE the device refuses once: the session must not forget the buffer, or nobody can ever
 /// release it. The handle stays valid after a failed FREE, and closing the session retries the
 /// free, so nothing stays allocated for the node's lifetime.

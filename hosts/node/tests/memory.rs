@@ -134,6 +134,43 @@ async fn a_small_budget_still_serves_full_size_frames() {
     node.shutdown().await.expect("shutdown");
 }
 
+/// An ALLOC is answered once its memory is backed (`GpuBackend::commit`, on Linux): the pages
+/// are resident before anything is written, so the OS's refusal shows as OUT_OF_MEMORY there and
+/// a first WRITE pays no page faults; a FREE gives them back.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alloc_is_answered_with_its_memory_resident() {
+    let _alone = ALONE.lock().await;
+    const HELD: usize = 256 * MIB;
+    const SLACK: usize = 32 * MIB;
+    let mut cfg = config();
+    cfg.session.quota = HELD as u64;
+    let node = start(cfg, HELD + 64 * MIB).await;
+    let mut c = within(Client::connect(node.local_addr(), None)).await.expect("connect");
+    let before = rss_bytes();
+    let h = within(c.alloc(HELD as u64)).await.expect("alloc");
+    let held = rss_bytes();
+    eprintln!("RSS {:.1} MiB before an ALLOC of {} MiB, {:.1} MiB after", mib(before), mib(HELD), mib(held));
+    assert!(
+        held + SLACK >= before + HELD,
+        "an ALLOC of {:.1} MiB left RSS at {:.1} MiB from {:.1} MiB: its memory is not committed",
+        mib(HELD),
+        mib(held),
+        mib(before)
+    );
+    assert_eq!(
+        within(c.read(h, 0, 4096)).await.expect("read"),
+        vec![0; 4096],
+        "committed memory reads as zero"
+    );
+    within(c.free(h)).await.expect("free");
+    let after = rss_bytes();
+    assert!(after <= before + SLACK, "FREE kept the memory: {:.1} MiB after", mib(after));
+    within(c.close()).await.expect("close");
+    wait_idle(&node).await;
+    within(node.shutdown()).await.expect("shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_a_finished_session_held_goes_back_to_the_os() {
     let _alone = ALONE.lock().await;

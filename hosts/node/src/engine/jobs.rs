@@ -1,5 +1,6 @@
 //! Long requests as jobs: a request that may run long (DISPATCH, INFER, MODEL_LOAD,
-//! MODEL_UNLOAD, MODEL_COMMIT, COPY, FILL, GENERATE) runs on a thread of its own, which borrows the backend
+//! MODEL_UNLOAD, MODEL_COMMIT, COPY, FILL, GENERATE, and an ALLOC of more than [`CHUNK`] bytes,
+//! whose memory is committed) runs on a thread of its own, which borrows the backend
 //! from the engine one **turn** at a time (a generation's forward pass on the host backend runs
 //! on the host CPU and takes no turn; on any other backend its kernels take turns like
 //! INFER's; see [`crate::llm`]).
@@ -16,7 +17,7 @@
 //!   the backend single-threaded.
 //! - [`Turns`] cuts every call into steps of bounded device time: a kernel into parts of output
 //!   units ([`GpuBackend::dispatch_part`]) sized from the device's measured speed
-//!   ([`PartBudget`]), and a transfer, copy or fill into [`CHUNK`]-byte pieces. A forward pass
+//!   ([`PartBudget`]), and a transfer, copy, fill or commit into [`CHUNK`]-byte pieces. A forward pass
 //!   is a sequence of such calls, a model load a sequence of tensor uploads: all of it
 //!   interleaves with other sessions at every step.
 //! - Host-side work (parsing files, tokenizing, converting weights) runs on the job thread
@@ -93,6 +94,9 @@ impl GpuBackend for Raw {
     }
     fn dispatch_part(&mut self, call: &KernelCall, units: Range<u32>) -> Result<(), BackendError> {
         self.0.dispatch_part(call, units)
+    }
+    fn commit(&mut self, id: BufferId, offset: u64, len: u64) -> Result<(), BackendError> {
+        self.0.commit(id, offset, len)
     }
     fn storage_range(&self, id: BufferId, offset: u64, len: u64) -> Option<Range<usize>> {
         self.0.storage_range(id, offset, len)
@@ -342,6 +346,14 @@ impl Turns {
         Ok(())
     }
 
+    fn commit_steps(&mut self, id: BufferId, offset: u64, len: u64) -> Result<(), BackendError> {
+        check_range(self.with(|b| b.size(id))?, offset, len)?;
+        for (at, _, piece) in Self::chunks(offset, len) {
+            self.with(|b| b.commit(id, at, piece))?;
+        }
+        Ok(())
+    }
+
     fn dispatch_steps(&mut self, call: &KernelCall) -> Result<(), BackendError> {
         let work = call.work();
         if work.total() > self.max_cost {
@@ -433,6 +445,10 @@ impl GpuBackend for Turns {
 
     fn dispatch_part(&mut self, call: &KernelCall, units: Range<u32>) -> Result<(), BackendError> {
         self.with(|b| b.dispatch_part(call, units))
+    }
+
+    fn commit(&mut self, id: BufferId, offset: u64, len: u64) -> Result<(), BackendError> {
+        self.ending(|t| t.commit_steps(id, offset, len))
     }
 }
 

@@ -24,6 +24,7 @@ use rela_client::FastCrc32;
 use rela_core::backend::{BackendError, BufferId, DeviceInfo, GpuBackend, KernelCall, Usage};
 use rela_core::model::ModelHost;
 use rela_core::session::{DirectWrite, Session, SessionConfig};
+use rela_core::wire::msg::{Alloc, Message};
 use rela_core::wire::{ErrorCode, Frame, HeaderRepr, Kind};
 use rela_models::ModelRepository;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -50,8 +51,17 @@ use rela_core::checked::Checked;
 /// (2³⁴, about 17 G: seconds of work on a CPU, far less on a GPU).
 pub const DEFAULT_MAX_DISPATCH_COST: u64 = 1 << 34;
 
-/// Whether a request may run long enough to need a job (see [`jobs`]).
-const fn is_long(kind: Kind) -> bool {
+/// Whether a request may run long enough to need a job (see [`jobs`]): a request of a long
+/// kind, or an ALLOC of more than one step's bytes ([`jobs::CHUNK`]), since a session commits
+/// the memory of every buffer it allocates ([`GpuBackend::commit`]: a host backend faults the
+/// pages in, several milliseconds for tens of MiB).
+fn is_long(header: &HeaderRepr, payload: &[u8]) -> bool {
+    is_long_kind(header.kind)
+        || (header.kind == Kind::ALLOC && Alloc::parse(payload).is_ok_and(|a| a.size > jobs::CHUNK))
+}
+
+/// Whether every request of `kind` may run long enough to need a job.
+const fn is_long_kind(kind: Kind) -> bool {
     matches!(
         kind,
         Kind::DISPATCH
@@ -114,6 +124,9 @@ impl GpuBackend for Away {
         Err(BackendError::DeviceLost)
     }
     fn dispatch(&mut self, _: &KernelCall) -> Result<(), BackendError> {
+        Err(BackendError::DeviceLost)
+    }
+    fn commit(&mut self, _: BufferId, _: u64, _: u64) -> Result<(), BackendError> {
         Err(BackendError::DeviceLost)
     }
 }
@@ -599,7 +612,8 @@ impl Engine {
                 } else {
                     None
                 };
-                if is_long(header.kind) && self.sessions.contains_key(&conn) {
+                let body = payload.as_slice().get(..header.len as usize).unwrap_or_default();
+                if is_long(&header, body) && self.sessions.contains_key(&conn) {
                     let job = Job { header, payload, out: None, done, ticket };
                     self.start_job(conn, now, job, out, models);
                     return false;
