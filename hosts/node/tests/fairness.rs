@@ -8,7 +8,7 @@
 mod common;
 
 use common::{STEP, config, start, wait_idle, within};
-use rela_client::{Client, ClientError, Kernel};
+use rela_client::{Client, ClientError, Handle, Kernel};
 use rela_core::wire::ErrorCode;
 
 const MIB: usize = 1024 * 1024;
@@ -27,6 +27,18 @@ async fn heavy_session(addr: std::net::SocketAddr) -> (Client, Kernel) {
     within(c.fill(a, 0, bytes, 0x3c)).await.expect("fill a");
     within(c.fill(b, 0, bytes, 0x3c)).await.expect("fill b");
     (c, Kernel::Matmul { a, b, out, m: SIDE, k: SIDE, n: SIDE })
+}
+
+/// A light session's work: a PING, then 20 rounds of PING, 4 KiB WRITE and READ back (60
+/// requests after the first).
+async fn light_requests(light: &mut Client, h: Handle) {
+    within(light.ping()).await.expect("ping");
+    for i in 0..20u8 {
+        within(light.ping()).await.expect("ping");
+        let data = vec![i; 4096];
+        within(light.write(h, 0, &data)).await.expect("write");
+        assert_eq!(within(light.read(h, 0, 4096)).await.expect("read"), data);
+    }
 }
 
 /// Every output element is Σ a·b over SIDE equal terms.
@@ -53,13 +65,7 @@ async fn a_light_session_is_served_while_a_long_dispatch_runs() {
         heavy
     });
     // Let the DISPATCH reach the node, then do a light session's work while it runs.
-    within(light.ping()).await.expect("ping");
-    for i in 0..20u8 {
-        within(light.ping()).await.expect("ping");
-        let data = vec![i; 4096];
-        within(light.write(h, 0, &data)).await.expect("write");
-        assert_eq!(within(light.read(h, 0, 4096)).await.expect("read"), data);
-    }
+    light_requests(&mut light, h).await;
     assert!(
         !running.is_finished(),
         "the light session's 60 requests waited for the other session's long DISPATCH"
@@ -91,13 +97,7 @@ async fn a_light_session_is_served_while_a_large_alloc_commits() {
         let big = heavy.alloc(BIG).await.expect("the large ALLOC");
         (heavy, big)
     });
-    within(light.ping()).await.expect("ping");
-    for i in 0..20u8 {
-        within(light.ping()).await.expect("ping");
-        let data = vec![i; 4096];
-        within(light.write(h, 0, &data)).await.expect("write");
-        assert_eq!(within(light.read(h, 0, 4096)).await.expect("read"), data);
-    }
+    light_requests(&mut light, h).await;
     assert!(
         !running.is_finished(),
         "the light session's 60 requests waited for the other session's large ALLOC"
