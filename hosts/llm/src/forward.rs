@@ -25,7 +25,7 @@
 //! Face's checkpoints use the "half" (NEOX) layout on unpermuted weights, which gives the same
 //! attention scores.
 
-use crate::attention::{self, Heads};
+use crate::attention::{self, Heads, KvElem};
 use crate::config::{LlamaConfig, ModelError};
 use crate::gguf::{GgmlType, GgufFile};
 use crate::qmatmul::{self, QMat};
@@ -149,7 +149,9 @@ pub enum Activations {
     /// per block of 32 before their products with Q4_0, Q4_1 and Q4_K weights, as llama.cpp does:
     /// faster, and less exact (each product may move by up to half a rounding step of the
     /// input per weight, so greedy paths can leave f32's at near ties). Other weight types,
-    /// longer prompt batches and CPUs without AVX-512 run as with [`Activations::F32`].
+    /// longer prompt batches and CPUs without AVX-512 run as with [`Activations::F32`]. Its
+    /// caches ([`Model::new_cache`]) keep keys and values as f16, as llama.cpp's do: half the
+    /// memory, and half the bytes attention reads per step.
     Q8,
 }
 
@@ -202,14 +204,14 @@ pub struct Model<'a> {
     activations: Activations,
 }
 
-/// The keys and values of past positions, per layer, in f32. Values are stored a position at a
-/// time (`[layer][position][kv_dim]`); keys transposed (`[layer][kv_dim][stride]`, `stride`
-/// the capacity rounded up to [`attention::KEY_CHUNK`]), so that attention scores sixteen
-/// positions at once with no horizontal sums.
+/// The keys and values of past positions, per layer, in f32 or f16 ([`KvCache::new`],
+/// [`KvCache::new_f16`]). Values are stored a position at a time (`[layer][position][kv_dim]`);
+/// keys transposed (`[layer][kv_dim][stride]`, `stride` the capacity rounded up to
+/// [`attention::KEY_CHUNK`]), so that attention scores sixteen positions at once with no
+/// horizontal sums.
 #[derive(Debug, Clone)]
 pub struct KvCache {
-    k: Vec<f32>,
-    v: Vec<f32>,
+    kv: KvData,
     n_layers: usize,
     kv_dim: usize,
     capacity: usize,
@@ -218,15 +220,64 @@ pub struct KvCache {
     scratch: Scratch,
 }
 
+/// A cache's keys and values, as stored.
+#[derive(Debug, Clone)]
+enum KvData {
+    F32 {
+        k: Vec<f32>,
+        v: Vec<f32>,
+    },
+    /// f16 bits.
+    F16 {
+        k: Vec<u16>,
+        v: Vec<u16>,
+    },
+}
+
+impl KvData {
+    /// Zeroed storage for `keys` and `values` elements.
+    fn zeroed(f16: bool, keys: usize, values: usize) -> Self {
+        if f16 {
+            Self::F16 { k: vec![0; keys], v: vec![0; values] }
+        } else {
+            Self::F32 { k: vec![0.0; keys], v: vec![0.0; values] }
+        }
+    }
+
+    /// Mutable views of the keys and values.
+    fn slices(&mut self) -> KvSlices<'_> {
+        match self {
+            Self::F32 { k, v } => KvSlices::F32(k, v),
+            Self::F16 { k, v } => KvSlices::F16(k, v),
+        }
+    }
+}
+
+/// A cache's keys and values, lent to a forward step.
+enum KvSlices<'c> {
+    F32(&'c mut [f32], &'c mut [f32]),
+    F16(&'c mut [u16], &'c mut [u16]),
+}
+
 impl KvCache {
-    /// An empty cache for `capacity` positions of `config`'s model
-    /// ([`kv_cache_floats`] floats).
+    /// An empty f32 cache for `capacity` positions of `config`'s model ([`kv_cache_floats`]
+    /// floats).
     pub fn new(config: &LlamaConfig, capacity: usize) -> Self {
+        Self::with_elements(config, capacity, false)
+    }
+
+    /// An empty f16 cache for `capacity` positions of `config`'s model ([`kv_cache_floats`]
+    /// values of two bytes): each key and value rounded to f16 as it is stored.
+    pub fn new_f16(config: &LlamaConfig, capacity: usize) -> Self {
+        Self::with_elements(config, capacity, true)
+    }
+
+    fn with_elements(config: &LlamaConfig, capacity: usize, f16: bool) -> Self {
         let kv_dim = config.n_kv_heads * config.head_dim;
-        let n = config.n_layers * capacity * kv_dim;
+        let values = config.n_layers * capacity * kv_dim;
+        let keys = config.n_layers * kv_dim * attention::key_stride(capacity);
         Self {
-            k: vec![0.0; config.n_layers * kv_dim * attention::key_stride(capacity)],
-            v: vec![0.0; n],
+            kv: KvData::zeroed(f16, keys, values),
             n_layers: config.n_layers,
             kv_dim,
             capacity,
@@ -239,8 +290,7 @@ impl KvCache {
     /// while it is lent elsewhere (`std::mem::replace`). Every forward step refuses it.
     pub fn empty() -> Self {
         Self {
-            k: Vec::new(),
-            v: Vec::new(),
+            kv: KvData::F32 { k: Vec::new(), v: Vec::new() },
             n_layers: 0,
             kv_dim: 0,
             capacity: 0,
@@ -268,6 +318,11 @@ impl KvCache {
     pub fn clear(&mut self) {
         self.len = 0;
     }
+
+    /// Whether keys and values are stored as f16.
+    pub fn is_f16(&self) -> bool {
+        matches!(self.kv, KvData::F16 { .. })
+    }
 }
 
 /// Floats of a [`KvCache`] for `capacity` positions of `config`'s model: `n_layers ·
@@ -276,6 +331,14 @@ impl KvCache {
 pub fn kv_cache_floats(config: &LlamaConfig, capacity: usize) -> usize {
     let per_position = config.n_layers * config.n_kv_heads * config.head_dim;
     per_position * (capacity + attention::key_stride(capacity))
+}
+
+/// Bytes of the KV cache [`Model::new_cache`] makes for `capacity` positions of `config`'s model
+/// with `activations`: [`kv_cache_floats`] values of 4 bytes (f32), or of 2 with
+/// [`Activations::Q8`] (f16).
+pub fn kv_cache_bytes(config: &LlamaConfig, capacity: usize, activations: Activations) -> u64 {
+    let width = if activations == Activations::Q8 { 2 } else { 4 };
+    width * kv_cache_floats(config, capacity) as u64
 }
 
 /// Why a forward step was refused.
@@ -456,17 +519,24 @@ impl Scratch {
 /// whole allocation) before the memory goes back to the allocator.
 impl Drop for KvCache {
     fn drop(&mut self) {
-        self.k.zeroize();
-        self.v.zeroize();
+        match &mut self.kv {
+            KvData::F32 { k, v } => {
+                k.zeroize();
+                v.zeroize();
+            }
+            KvData::F16 { k, v } => {
+                k.zeroize();
+                v.zeroize();
+            }
+        }
         self.scratch.scrub();
     }
 }
 
 /// One sequence's part of a forward step: its cache's keys and values, where its rows go.
 struct Segment<'c> {
-    /// Keys, transposed ([`KvCache`]).
-    k: &'c mut [f32],
-    v: &'c mut [f32],
+    /// Keys (transposed, [`KvCache`]) and values.
+    kv: KvSlices<'c>,
     capacity: usize,
     /// The position of its first row.
     pos: usize,
@@ -500,18 +570,51 @@ impl SegStep<'_, '_> {
                 rope_with(h, angles);
             }
         }
-        let (pos0, n) = (seg.pos, seg.rows);
-        let stride = attention::key_stride(seg.capacity);
+        let at = CachePlace { li, pos0: seg.pos, rows: seg.rows, capacity: seg.capacity };
+        match &mut seg.kv {
+            KvSlices::F32(keys, values) => at.store_and_attend(heads, keys, values, q, k, v, out, scores),
+            KvSlices::F16(keys, values) => at.store_and_attend(heads, keys, values, q, k, v, out, scores),
+        }
+    }
+}
+
+/// Where a step's rows go in a sequence's cache: layer `li`, `rows` positions from `pos0`.
+struct CachePlace {
+    li: usize,
+    pos0: usize,
+    rows: usize,
+    capacity: usize,
+}
+
+impl CachePlace {
+    /// Stores the rows' keys `k` and values `v` (one row of `kv_dim` each) in the cache's
+    /// `keys` and `values`, then computes the rows' attention for queries `q` into `out`:
+    /// spread over the pool by [`attention::attend`] with `scores`, else on this thread.
+    #[allow(clippy::too_many_arguments)]
+    fn store_and_attend<E: KvElem>(
+        &self,
+        heads: Heads,
+        keys: &mut [E],
+        values: &mut [E],
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        out: &mut [f32],
+        scores: Option<&mut Vec<f32>>,
+    ) {
+        let Self { li, pos0, rows: n, capacity } = *self;
+        let kv_dim = heads.n_kv_heads * heads.head_dim;
+        let stride = attention::key_stride(capacity);
         let layer_keys = li * kv_dim * stride..(li + 1) * kv_dim * stride;
         for (t, k) in k.chunks_exact(kv_dim).enumerate() {
-            for (row, &k) in seg.k[layer_keys.clone()].chunks_exact_mut(stride).zip(k) {
-                row[pos0 + t] = k;
+            for (row, &k) in keys[layer_keys.clone()].chunks_exact_mut(stride).zip(k) {
+                row[pos0 + t] = E::store(k);
             }
         }
-        let base = li * seg.capacity * kv_dim;
+        let base = li * capacity * kv_dim;
         let end = base + (pos0 + n) * kv_dim;
-        seg.v[end - n * kv_dim..end].copy_from_slice(v);
-        let (keys, values) = (&seg.k[layer_keys], &seg.v[base..end]);
+        E::store_slice(&mut values[end - n * kv_dim..end], v);
+        let (keys, values) = (&keys[layer_keys], &values[base..end]);
         match scores {
             Some(scores) => attention::attend(heads, q, keys, values, pos0, n, out, scores),
             None => attention::attend_on_this_thread(heads, q, keys, values, pos0, n, out),
@@ -592,8 +695,11 @@ impl<'a> Model<'a> {
     }
 
     /// An empty KV cache for `capacity` positions (at most the trained context length).
+    /// Its keys and values are f16 with [`Activations::Q8`], f32 otherwise
+    /// ([`kv_cache_bytes`]).
     pub fn new_cache(&self, capacity: usize) -> KvCache {
-        KvCache::new(&self.config, capacity.min(self.config.context_length))
+        let capacity = capacity.min(self.config.context_length);
+        KvCache::with_elements(&self.config, capacity, self.activations == Activations::Q8)
     }
 
     /// Runs `token` at the next position of `cache` and writes the next-token logits
@@ -645,8 +751,8 @@ impl<'a> Model<'a> {
     /// `tokens` (checked) through every block at the next positions of `cache`; leaves the
     /// residual stream, one row per token, in the cache's scratch.
     fn run(&self, tokens: &[u32], cache: &mut KvCache) {
-        let KvCache { k, v, capacity, len, scratch, .. } = cache;
-        let mut seg = [Segment { k, v, capacity: *capacity, pos: *len, rows: tokens.len() }];
+        let KvCache { kv, capacity, len, scratch, .. } = cache;
+        let mut seg = [Segment { kv: kv.slices(), capacity: *capacity, pos: *len, rows: tokens.len() }];
         self.run_segments(tokens, &mut seg, scratch);
         *len += tokens.len();
     }
@@ -676,8 +782,8 @@ impl<'a> Model<'a> {
         let mut segs: Vec<Segment<'_>> = caches
             .iter_mut()
             .map(|c| {
-                let KvCache { k, v, capacity, len, .. } = &mut **c;
-                Segment { k, v, capacity: *capacity, pos: *len, rows: 1 }
+                let KvCache { kv, capacity, len, .. } = &mut **c;
+                Segment { kv: kv.slices(), capacity: *capacity, pos: *len, rows: 1 }
             })
             .collect();
         self.run_segments(tokens, &mut segs, &mut scratch);

@@ -146,9 +146,10 @@ impl LoadedLlm {
         self.file.bytes().len() as u64
     }
 
-    /// Bytes of an f32 KV cache for `positions` positions ([`crate::forward::kv_cache_floats`]).
+    /// Bytes of the KV cache its model makes for `positions` positions
+    /// ([`crate::forward::kv_cache_bytes`]: f16 with 8-bit activations, else f32).
     pub fn kv_cache_bytes(&self, positions: usize) -> u64 {
-        4 * crate::forward::kv_cache_floats(&self.config, positions) as u64
+        crate::forward::kv_cache_bytes(&self.config, positions, self.activations)
     }
 
     /// Token ids of a raw text prompt (BOS as the file asks; control tokens in the text stay
