@@ -110,6 +110,30 @@ async fn a_light_session_is_served_while_a_large_alloc_commits() {
     within(node.shutdown()).await.expect("shutdown");
 }
 
+/// A client that goes away while its large ALLOC commits leaves nothing allocated: the job is
+/// cancelled between two steps and the half-committed buffer is freed.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_alloc_cancelled_by_its_session_ending_leaves_nothing() {
+    const BIG: u64 = 1 << 30;
+    let mut cfg = config();
+    cfg.session.quota = BIG;
+    let node = start(cfg, BIG as usize + 64 * MIB).await;
+    let addr = node.local_addr();
+    for wait_ms in [0, 5, 20] {
+        let mut c = within(Client::connect(addr, None)).await.expect("connect");
+        let alloc = tokio::spawn(async move {
+            let _ = c.alloc(BIG).await;
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
+        // Dropping the task drops the client: the connection closes mid-ALLOC.
+        alloc.abort();
+        let _ = alloc.await;
+        wait_idle(&node).await;
+    }
+    within(node.shutdown()).await.expect("shutdown");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_long_dispatches_share_the_backend_and_both_are_right() {
     let node = start(config(), 128 * MIB).await;

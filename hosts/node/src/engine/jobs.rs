@@ -32,7 +32,9 @@
 //! - While a session has a job, its later commands wait in the job's queue (responses stay in
 //!   request order); the job's answer goes out when it ends ([`Command::JobDone`]).
 //! - Cancelling (the session aborts, the node shuts down) makes every later backend call of
-//!   the job fail at once with [`BackendError::DeviceLost`], so the job ends in a step.
+//!   the job fail at once with [`BackendError::DeviceLost`], so the job ends in a step. FREE
+//!   still runs, so a job frees what it allocated on the way out (an ALLOC whose commit was
+//!   cut short).
 //! - A panic on a job thread is caught: the backend goes back to the engine as the stack
 //!   unwinds ([`Turns`]' `Drop`), and the engine ends that session alone.
 
@@ -215,6 +217,16 @@ impl Turns {
             self.give_back();
             return Err(BackendError::DeviceLost);
         }
+        self.turn(f)
+    }
+
+    /// [`with`](Self::with) whether or not the job was cancelled: for the calls that clean up
+    /// after a failed step (a FREE of what the job allocated), which nothing else could make
+    /// once the job has ended.
+    fn turn<R>(
+        &self,
+        f: impl FnOnce(&mut dyn GpuBackend) -> Result<R, BackendError>,
+    ) -> Result<R, BackendError> {
         let mut held = self.held.borrow_mut();
         let waited_on = self.wanted.load(Ordering::Acquire);
         let mut asked = false;
@@ -409,7 +421,11 @@ impl GpuBackend for Turns {
     }
 
     fn free(&mut self, id: BufferId) -> Result<(), BackendError> {
-        self.call(|b| b.free(id))
+        // Also once cancelled: a job whose step failed frees what it allocated (an ALLOC whose
+        // commit was cut short), and nothing would free it after the job.
+        let r = self.turn(|b| b.free(id));
+        self.give_back();
+        r
     }
 
     fn size(&self, id: BufferId) -> Result<u64, BackendError> {
