@@ -118,6 +118,27 @@ impl Memory {
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(r.start), r.len()) }
     }
 
+    /// The whole pages inside `r` (possibly none), where pages may be given back or populated:
+    /// offsets that are multiples of the page size are page boundaries because the mapping
+    /// starts on one (`os::map`).
+    fn whole_pages(&self, r: &Range<usize>) -> Option<Range<usize>> {
+        let page = self.page?;
+        let start = r.start.next_multiple_of(page).min(r.end);
+        Some(start..(r.end - r.end % page).max(start))
+    }
+
+    /// Backs the whole pages inside `r` with memory now (as a first write would, without
+    /// writing), leaving every byte as it is. A partial page at either end is left to its first
+    /// write. `Err` only when the OS has no memory for them.
+    fn commit(&self, r: &Range<usize>) -> io::Result<()> {
+        match self.whole_pages(r) {
+            // SAFETY: whole pages inside this mapping (`r` is inside it: the caller checked);
+            // populating changes no byte, so it is sound whatever else reads or writes them.
+            Some(p) if !p.is_empty() => unsafe { os::populate(self.ptr.as_ptr().add(p.start), p.len()) },
+            _ => Ok(()),
+        }
+    }
+
     /// Sets the bytes of `r` to zero. The whole pages inside a large `r` go back to the OS
     /// (they read as zero and hold no memory until written again); the unaligned head and tail,
     /// and all of a small `r`, are filled with zeros.
@@ -125,11 +146,7 @@ impl Memory {
     /// # Safety
     /// `r` is inside the allocation and nothing else touches those bytes meanwhile.
     unsafe fn zero(&self, r: Range<usize>) {
-        if let Some(page) = self.page {
-            // The whole pages of `r`: offsets that are multiples of the page size are page
-            // boundaries because the mapping starts on one (`os::map`).
-            let start = r.start.next_multiple_of(page).min(r.end);
-            let end = (r.end - r.end % page).max(start);
+        if let Some(Range { start, end }) = self.whole_pages(&r) {
             // SAFETY: `start..end` is whole pages inside `r`, so inside this mapping and
             // untouched by anything else (caller).
             if end - start >= DISCARD_MIN && unsafe { os::discard(self.ptr.as_ptr().add(start), end - start) }
@@ -144,23 +161,6 @@ impl Memory {
         }
         // SAFETY: as the caller guarantees.
         unsafe { self.slice_mut(r) }.fill(0);
-    }
-}
-
-impl Memory {
-    /// Backs the whole pages inside `r` with memory now (as a first write would, without
-    /// writing), leaving every byte as it is. A partial page at either end is left to its first
-    /// write. `Err` only when the OS has no memory for them.
-    fn commit(&self, r: &Range<usize>) -> io::Result<()> {
-        let Some(page) = self.page else { return Ok(()) };
-        let start = r.start.next_multiple_of(page).min(r.end);
-        let end = (r.end - r.end % page).max(start);
-        if start == end {
-            return Ok(());
-        }
-        // SAFETY: `start..end` is whole pages inside this mapping (as in `zero`); populating
-        // changes no byte, so it is sound whatever else reads or writes them meanwhile.
-        unsafe { os::populate(self.ptr.as_ptr().add(start), end - start) }
     }
 }
 
