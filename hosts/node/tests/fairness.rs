@@ -78,16 +78,25 @@ async fn a_light_session_is_served_while_a_long_dispatch_runs() {
     within(node.shutdown()).await.expect("shutdown");
 }
 
+/// An ALLOC of [`BIG`] bytes: committing it takes a tenth of a second or more.
+#[cfg(target_os = "linux")]
+const BIG: u64 = 1 << 30;
+
+/// A node on the host backend with room for one session to allocate [`BIG`] bytes.
+#[cfg(target_os = "linux")]
+async fn big_alloc_node() -> rela_node::NodeHandle {
+    let mut cfg = config();
+    cfg.session.quota = BIG;
+    start(cfg, BIG as usize + 64 * MIB).await
+}
+
 /// An ALLOC commits its buffer's memory before it is answered (a host backend faults the pages
 /// in: a gigabyte takes a tenth of a second or more); a large one does so in steps, so a light
 /// session is served meanwhile, and the buffer reads as zero.
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_light_session_is_served_while_a_large_alloc_commits() {
-    const BIG: u64 = 1 << 30;
-    let mut cfg = config();
-    cfg.session.quota = BIG;
-    let node = start(cfg, BIG as usize + 64 * MIB).await;
+    let node = big_alloc_node().await;
     let addr = node.local_addr();
     let mut heavy = within(Client::connect(addr, None)).await.expect("heavy connect");
     let mut light = within(Client::connect(addr, None)).await.expect("light connect");
@@ -115,10 +124,7 @@ async fn a_light_session_is_served_while_a_large_alloc_commits() {
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_alloc_cancelled_by_its_session_ending_leaves_nothing() {
-    const BIG: u64 = 1 << 30;
-    let mut cfg = config();
-    cfg.session.quota = BIG;
-    let node = start(cfg, BIG as usize + 64 * MIB).await;
+    let node = big_alloc_node().await;
     let addr = node.local_addr();
     for wait_ms in [0, 5, 20] {
         let mut c = within(Client::connect(addr, None)).await.expect("connect");
