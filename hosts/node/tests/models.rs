@@ -401,3 +401,47 @@ async fn an_unusable_repository_model_names_the_file_at_fault() {
     within(node.shutdown()).await.expect("shutdown");
     let _ = std::fs::remove_dir_all(repo);
 }
+
+/// A session that vanishes while its MODEL_LOAD or its INFER runs (the job is cancelled between
+/// two steps) leaves nothing behind: the half-loaded weights and the working memory are freed,
+/// and the next session loads the model again as if nothing happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_gone_mid_load_or_mid_infer_leaves_nothing() {
+    let Some(dir) = repository() else { return };
+    let mut cfg = config();
+    cfg.models = Some(dir);
+    let node = start(cfg, 512 << 20).await;
+    let addr = node.local_addr();
+    let texts: Vec<String> =
+        (0..64).map(|i| format!("a long passage of text number {i}, ").repeat(12)).collect();
+    for wait_ms in [0u64, 3, 10, 30, 80] {
+        // Gone during the load.
+        let mut c = within(Client::connect(addr, None)).await.expect("connect");
+        let load = tokio::spawn(async move {
+            let _ = c.model_load("all-MiniLM-L6-v2").await;
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
+        load.abort();
+        let _ = load.await;
+        common::wait_idle(&node).await;
+        // Gone during an INFER of 64 long texts.
+        let mut c = within(Client::connect(addr, None)).await.expect("connect");
+        let m = within(c.model_load("all-MiniLM-L6-v2")).await.expect("load");
+        let texts = texts.clone();
+        let infer = tokio::spawn(async move {
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let _ = c.infer(m, &refs).await;
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
+        infer.abort();
+        let _ = infer.await;
+        common::wait_idle(&node).await;
+    }
+    // The model still loads and embeds afterwards.
+    let mut c = within(Client::connect(addr, None)).await.expect("connect");
+    let m = within(c.model_load("all-MiniLM-L6-v2")).await.expect("load after");
+    assert_eq!(within(c.infer(m, &["still here"])).await.expect("infer after").len(), 1);
+    within(c.close()).await.expect("close");
+    common::wait_idle(&node).await;
+    assert_eq!(within(node.shutdown()).await.expect("shutdown").used, 0);
+}
