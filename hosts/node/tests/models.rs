@@ -445,3 +445,35 @@ async fn a_session_gone_mid_load_or_mid_infer_leaves_nothing() {
     common::wait_idle(&node).await;
     assert_eq!(within(node.shutdown()).await.expect("shutdown").used, 0);
 }
+
+/// Two sessions load the same repository model; the first, whose load the second waits for,
+/// vanishes mid-load. The second still gets a working model, and nothing is left once it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_loader_gets_the_model_when_the_first_loader_vanishes() {
+    let Some(dir) = repository() else { return };
+    let mut cfg = config();
+    cfg.models = Some(dir);
+    let node = start(cfg, 512 << 20).await;
+    let addr = node.local_addr();
+    for wait_ms in [2u64, 10, 40] {
+        let mut first = within(Client::connect(addr, None)).await.expect("connect first");
+        let mut second = within(Client::connect(addr, None)).await.expect("connect second");
+        let load = tokio::spawn(async move {
+            let _ = first.model_load("all-MiniLM-L6-v2").await;
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        let waiting = tokio::spawn(async move {
+            let m = second.model_load("all-MiniLM-L6-v2").await.expect("the second load");
+            let e = second.infer(m, &["still served"]).await.expect("infer");
+            (second, e)
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
+        load.abort();
+        let _ = load.await;
+        let (second, e) = within(waiting).await.expect("second task");
+        assert_eq!(e.len(), 1);
+        within(second.close()).await.expect("close");
+        common::wait_idle(&node).await;
+    }
+    assert_eq!(within(node.shutdown()).await.expect("shutdown").used, 0);
+}
