@@ -537,6 +537,22 @@ fn backend_direct(
     Ok((up, down))
 }
 
+/// ALLOCs timed per size in the report.
+const ALLOC_TIMES: usize = 20;
+
+/// The median time, in microseconds, of `n` ALLOCs of `size` bytes (each buffer freed before the
+/// next ALLOC).
+async fn alloc_time(c: &mut Client, size: u64, n: usize) -> Result<f64, String> {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let h = c.alloc(size).await.map_err(|e| e.to_string())?;
+        times.push(t.elapsed());
+        c.free(h).await.map_err(|e| e.to_string())?;
+    }
+    Ok(percentile(&mut times, 0.5))
+}
+
 /// Aggregate raw TCP upload of `n` concurrent connections, `each` bytes apiece from `chunk`
 /// into a server buffer of `chunk.len()` bytes each. The clock starts once every connection is
 /// set up and stops when the last upload is acknowledged.
@@ -760,6 +776,18 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), String> {
         };
         cpu("server process (node vs raw server)", rs, bs);
         cpu("client process (rela-client vs raw client)", rc, bc);
+    }
+    // ALLOC answers once the buffer's memory is committed: what that costs a session, for a
+    // small buffer and for one of the concurrent sessions' size.
+    for size in [4096, per_session] {
+        let us = alloc_time(&mut client, size, ALLOC_TIMES).await?;
+        rows.push(Row {
+            metric: format!("ALLOC of {} with its memory committed, median of {ALLOC_TIMES}", human(size)),
+            relay: us,
+            baseline: None,
+            unit: "µs",
+            ratio: None,
+        });
     }
     if args.spawn && args.tls.tls {
         rows.extend(tls::compare(&args, node_pid, &mut client, &options, &data, &mut sink_buf).await?);
