@@ -89,7 +89,7 @@ def llama_stream(port, prompt, tokens, start, out):
     if r.status != 200:
         out.append(RuntimeError(f"llama.cpp server answered {r.status}: {r.read()[:200]!r}"))
         return
-    count, first = 0, None
+    count, first, last = 0, None, None
     for line in r:
         line = line.strip()
         if not line.startswith(b"data:"):
@@ -100,10 +100,13 @@ def llama_stream(port, prompt, tokens, start, out):
         chunk = json.loads(data)
         if chunk["choices"][0].get("finish_reason") is None or chunk["choices"][0].get("text"):
             count += 1
+            last = time.perf_counter() - start
             if first is None:
-                first = time.perf_counter() - start
+                first = last
     c.close()
-    out.append((count, first if first is not None else time.perf_counter() - start, time.perf_counter() - start))
+    end = time.perf_counter() - start
+    first = first if first is not None else end
+    out.append((count, first, end, last if last is not None else end))
 
 
 def run_llama(port, n, tokens):
@@ -120,7 +123,11 @@ def run_llama(port, n, tokens):
         if isinstance(r, Exception):
             raise r
     total = sum(r[0] for r in results)
-    return {"sessions": n, "tokens": total, "wall_s": wall, "first_ms": sorted(r[1] * 1e3 for r in results)}
+    # Each stream's own decode rate (tokens after the first, from the first to the last), summed,
+    # as generate_sessions computes rela's.
+    decode = sum((r[0] - 1) / (r[3] - r[1]) for r in results if r[0] > 1 and r[3] > r[1])
+    return {"sessions": n, "tokens": total, "wall_s": wall, "first_ms": sorted(r[1] * 1e3 for r in results),
+            "decode_tok_s": decode}
 
 
 def run_rela(binary, addr, n, tokens):
@@ -210,6 +217,27 @@ def main():
     for n in counts[1:]:
         print(f"{n} streams / {one}: rela {summary[n]['rela_tok_s'] / summary[one]['rela_tok_s']:.2f}x, "
               f"llama.cpp server {summary[n]['llama_tok_s'] / summary[one]['llama_tok_s']:.2f}x")
+
+    # Decode only: each stream's tokens after its first over the time from its first token to
+    # its last, summed over the streams (its prompt and its wait for a first token left out;
+    # other streams' prompts that ran meanwhile left in).
+    def decode(run):
+        return run["decode_tok_s"]
+
+    print("\ncombined decode tok/s (per stream: tokens after the first over first-to-last token time; "
+          "summed over streams; medians over rounds)")
+    print("| streams | rela decode tok/s | llama.cpp server decode tok/s | ratio |")
+    print("|---:|---:|---:|---:|")
+    for n in counts:
+        rd, ld = med("rela", n, decode), med("llama.cpp", n, decode)
+        rrange = [decode(x) for x in runs["rela"][n]]
+        lrange = [decode(x) for x in runs["llama.cpp"][n]]
+        print(f"| {n} | {rd:.1f} ({min(rrange):.1f}-{max(rrange):.1f}) | {ld:.1f} ({min(lrange):.1f}-{max(lrange):.1f}) "
+              f"| {rd / ld:.2f}x |")
+        summary[n]["rela_decode_tok_s"], summary[n]["llama_decode_tok_s"] = rd, ld
+    for n in counts[1:]:
+        print(f"{n} streams / {one}, decode: rela {summary[n]['rela_decode_tok_s'] / summary[one]['rela_decode_tok_s']:.2f}x, "
+              f"llama.cpp server {summary[n]['llama_decode_tok_s'] / summary[one]['llama_decode_tok_s']:.2f}x")
     if a.json:
         json.dump({"threads": a.threads, "tokens": a.tokens, "runs": runs, "summary": summary},
                   open(a.json, "w"), indent=1)

@@ -14,6 +14,11 @@
 //! with 8-bit activations (`NodeConfig::activations`; with `--addr`, the node's own setting). Each row's token counts and slowest
 //! first token go to stderr; `--json` prints one JSON object per session count instead of the
 //! table (`scripts/bench/generate_peers.py` reads it).
+//!
+//! Besides that end-to-end rate, each row has the sessions' combined decode rate: the sum over
+//! sessions of the tokens after the first over the time from the first token to the last (each
+//! session's own decode rate, its prompt and its wait for a first token left out, the other
+//! sessions' prompts that ran meanwhile left in).
 
 use std::time::{Duration, Instant};
 
@@ -39,6 +44,16 @@ struct Run {
     tokens: usize,
     first: Duration,
     gaps: Vec<Duration>,
+    /// Tokens after those of the first TOKEN frame, and the time from that frame to the last.
+    decoded: usize,
+    decoding: Duration,
+}
+
+impl Run {
+    /// Tokens per second from the first token to the last (0 with fewer than two frames).
+    fn decode_rate(&self) -> f64 {
+        if self.decoding.is_zero() { 0.0 } else { self.decoded as f64 / self.decoding.as_secs_f64() }
+    }
 }
 
 async fn session(addr: std::net::SocketAddr, prompt: &'static str, tokens: u32) -> Result<Run, String> {
@@ -53,12 +68,15 @@ async fn session(addr: std::net::SocketAddr, prompt: &'static str, tokens: u32) 
     };
     let started = Instant::now();
     let mut stream = c.generate(&req).await.map_err(|e| e.to_string())?;
-    let (mut first, mut last, mut gaps, mut count) = (None, started, Vec::new(), 0);
+    let (mut first, mut last, mut gaps, mut count, mut first_ids) = (None, started, Vec::new(), 0, 0);
     while let Some(event) = stream.next().await.map_err(|e| e.to_string())? {
         if let GenerateEvent::Token { ids, .. } = event {
             let now = Instant::now();
             match first {
-                None => first = Some(now - started),
+                None => {
+                    first = Some(now - started);
+                    first_ids = ids.len();
+                }
                 Some(_) => gaps.push(now - last),
             }
             last = now;
@@ -67,7 +85,9 @@ async fn session(addr: std::net::SocketAddr, prompt: &'static str, tokens: u32) 
     }
     drop(stream);
     c.close().await.map_err(|e| e.to_string())?;
-    Ok(Run { tokens: count, first: first.unwrap_or_default(), gaps })
+    let first = first.unwrap_or_default();
+    let decoding = (last - started).saturating_sub(first);
+    Ok(Run { tokens: count, first, gaps, decoded: count - first_ids, decoding })
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -121,9 +141,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     session(addr, PROMPTS[0], 1).await?;
     if !json {
         println!(
-            "| sessions | decode tok/s, all sessions | per session | first token p50 | token gap p50 | token gap p99 |"
+            "| sessions | tok/s, all sessions, end to end | per session | decode tok/s, all sessions | first token p50 | token gap p50 | token gap p99 |"
         );
-        println!("|---:|---:|---:|---:|---:|---:|");
+        println!("|---:|---:|---:|---:|---:|---:|---:|");
     }
     for &n in &counts {
         let started = Instant::now();
@@ -140,6 +160,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut gaps: Vec<Duration> = runs.iter().flat_map(|r| r.gaps.iter().copied()).collect();
         gaps.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let decode: f64 = runs.iter().map(Run::decode_rate).sum();
         eprintln!(
             "{n} sessions: {total} tokens in {wall:.2} s, first token at most {:.0} ms, tokens per session {:?}",
             firsts.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
@@ -148,7 +169,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         if json {
             println!(
                 "{{\"sessions\": {n}, \"tokens\": {total}, \"wall_s\": {wall:.4}, \"first_ms\": [{}], \
-                 \"gap_ms_p50\": {:.3}, \"gap_ms_p99\": {:.3}}}",
+                 \"decode_tok_s\": {decode:.3}, \"gap_ms_p50\": {:.3}, \"gap_ms_p99\": {:.3}}}",
                 firsts.iter().map(|d| format!("{:.3}", ms(*d))).collect::<Vec<_>>().join(", "),
                 ms(percentile(&gaps, 0.5)),
                 ms(percentile(&gaps, 0.99)),
@@ -156,7 +177,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             continue;
         }
         println!(
-            "| {n} | {:.1} | {:.1} | {:.0} ms | {:.1} ms | {:.1} ms |",
+            "| {n} | {:.1} | {:.1} | {decode:.1} | {:.0} ms | {:.1} ms | {:.1} ms |",
             total as f64 / wall,
             total as f64 / wall / n as f64,
             ms(percentile(&firsts, 0.5)),
