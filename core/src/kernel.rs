@@ -371,7 +371,7 @@ const fn f32_bytes(count: u64) -> Option<u64> {
 /// How a [`KernelCall`] divides into independent parts ([`KernelCall::work`]): `units`
 /// output units (elements, rows or sequences, by kernel), each costing about `unit_cost`
 /// multiply-adds. A host cuts a long call into parts of bounded cost with
-/// [`GpuBackend::dispatch_part`].
+/// [`GpuBackend::dispatch_part`](crate::backend::GpuBackend::dispatch_part).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Work {
     /// Independent output units.

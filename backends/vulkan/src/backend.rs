@@ -85,7 +85,7 @@ struct Buf {
 ///
 /// Allocations, frees, fills, copies and kernels are recorded into an open command buffer and
 /// return without waiting for the device. The open command buffer is submitted once it holds
-/// [`BATCH`] commands (after waiting for the batch submitted before it, so one batch runs
+/// 64 commands (`BATCH`) (after waiting for the batch submitted before it, so one batch runs
 /// while the next is recorded), and whenever the host needs the device's memory: READ and
 /// WRITE submit the open batch and wait for all work before touching memory. Operations stay
 /// strictly ordered: within a batch vulkano inserts the barriers, and batches never overlap.

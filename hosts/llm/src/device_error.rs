@@ -12,7 +12,7 @@ use crate::gguf::GgmlType;
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum DeviceError {
-    /// A weight matrix is stored in a type no device kernel reads (no [`WeightType`]).
+    /// A weight matrix is stored in a type no device kernel reads (no [`WeightType`](rela_core::backend::WeightType)).
     UnsupportedTensorType {
         /// The tensor.
         name: String,

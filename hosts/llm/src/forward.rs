@@ -206,9 +206,9 @@ pub struct Model<'a> {
 
 /// The keys and values of past positions, per layer, in f32 or f16 ([`KvCache::new`],
 /// [`KvCache::new_f16`]). Values are stored a position at a time (`[layer][position][kv_dim]`);
-/// keys transposed (`[layer][kv_dim][stride]`, `stride` the capacity rounded up to
-/// [`attention::KEY_CHUNK`]), so that attention scores sixteen positions at once with no
-/// horizontal sums.
+/// keys transposed (`[layer][kv_dim][stride]`, `stride` the capacity rounded up to 16, the
+/// attention kernel's chunk of positions), so that attention scores sixteen positions at once
+/// with no horizontal sums.
 #[derive(Debug, Clone)]
 pub struct KvCache {
     kv: KvData,
@@ -327,7 +327,7 @@ impl KvCache {
 
 /// Floats of a [`KvCache`] for `capacity` positions of `config`'s model: `n_layers ·
 /// n_kv_heads · head_dim` per position for the values, and as many per position of the keys'
-/// stride (the capacity rounded up to [`attention::KEY_CHUNK`]).
+/// stride (the capacity rounded up to 16, the attention kernel's chunk of positions).
 pub fn kv_cache_floats(config: &LlamaConfig, capacity: usize) -> usize {
     let per_position = config.n_layers * config.n_kv_heads * config.head_dim;
     per_position * (capacity + attention::key_stride(capacity))

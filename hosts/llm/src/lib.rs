@@ -11,7 +11,7 @@
 //! - [`forward`]: the llama forward pass on the host (f32 activations, quantized weights).
 //! - [`device`]: the same forward pass on a `GpuBackend` (weights in device memory, the
 //!   backend's generation kernels), and [`device_stream`]: a generation step by step on it.
-//! - [`generate`]: sampling, UTF-8 streaming and the generation loop.
+//! - [`generate`](mod@generate): sampling, UTF-8 streaming and the generation loop.
 //! - [`threads`]: the thread pool the forward pass runs on, and its size.
 //! - [`stream`]: generation one step at a time (prompt chunks, then one token per step), with
 //!   stop strings, for servers that interleave sessions and cancel between steps.

@@ -6,7 +6,7 @@
 //!   and `llama-bpe` (Llama 3's split: digit runs of at most three, case-insensitive
 //!   contractions; whole-word vocabulary hits before merges);
 //! - `tokenizer.ggml.model = "llama"`, SentencePiece pieces with scores and byte fallback
-//!   (Llama 2, TinyLlama, Phi-3; see [`spm`]), with `tokenizer.ggml.add_space_prefix`.
+//!   (Llama 2, TinyLlama, Phi-3; see its `spm` module), with `tokenizer.ggml.add_space_prefix`.
 //!
 //! Other models (`bert`, `t5`, `rwkv`...) and other pre-tokenizers are refused with
 //! [`TokenizerError`] naming them, since a wrong split gives wrong ids silently.
