@@ -18,7 +18,7 @@
 
 use rela_kernels::fast::exp;
 
-use crate::simd::{Fused, Kernel, Madd, dispatch};
+use crate::simd::{Fused, Kernel, Madd, dispatch, f16_widen};
 use crate::threads;
 
 /// How a KV cache stores a key or value: `f32`, or `u16` holding an f16's bits.
@@ -70,7 +70,7 @@ impl KvElem for u16 {
 
     #[inline(always)]
     fn widen1(self) -> f32 {
-        soft_f16(self)
+        f16_widen(self)
     }
 
     fn run_head(head: Head<'_, Self>) {
@@ -98,9 +98,8 @@ impl Widen<f32> for Same {
     }
 }
 
-/// f16 bits widened with integer operations and one multiply per value (no branch, so the loop
-/// vectorizes): the bits moved into an f32's place and scaled by 2^112 (exact for normal and
-/// subnormal values alike), infinities and NaN given an all-ones exponent.
+/// f16 bits widened with integer operations and one multiply per value, with no branch, so the
+/// loop vectorizes ([`f16_widen`]).
 #[derive(Clone, Copy)]
 struct SoftF16;
 
@@ -109,21 +108,10 @@ impl Widen<u16> for SoftF16 {
     fn w16(self, x: &[u16; 16]) -> [f32; 16] {
         let mut out = [0f32; 16];
         for (o, &h) in out.iter_mut().zip(x) {
-            *o = soft_f16(h);
+            *o = f16_widen(h);
         }
         out
     }
-}
-
-/// An f16's value from its bits (see [`SoftF16`]).
-#[inline(always)]
-fn soft_f16(h: u16) -> f32 {
-    let h = u32::from(h);
-    let em = h & 0x7FFF;
-    // 2^112: the difference of the two formats' exponent biases.
-    let scaled = (f32::from_bits(em << 13) * f32::from_bits(0x7780_0000)).to_bits();
-    let bits = if em >= 0x7C00 { (em << 13) | 0x7F80_0000 } else { scaled };
-    f32::from_bits(bits | ((h & 0x8000) << 16))
 }
 
 /// f16 bits widened by AVX-512's conversion instruction.

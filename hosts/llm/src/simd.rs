@@ -100,14 +100,21 @@ pub(crate) fn f16_bits_to_f32(bits: u16) -> f32 {
     f16_special(bits)
 }
 
-/// Zero, subnormal, infinite and NaN f16 values.
+/// Zero, subnormal, infinite and NaN f16 values, out of line.
 #[cold]
 #[inline(never)]
 fn f16_special(bits: u16) -> f32 {
+    f16_widen(bits)
+}
+
+/// Any f16's value from its bits, exactly, with no branch (so a loop of it vectorizes): the
+/// exponent and mantissa moved into an f32's place and scaled by 2^112 (the exponent bias
+/// difference; exact for normal and subnormal values alike), infinities and NaN given an
+/// all-ones exponent.
+#[inline(always)]
+pub(crate) fn f16_widen(bits: u16) -> f32 {
     let sign = (u32::from(bits) & 0x8000) << 16;
     let em = u32::from(bits) & 0x7FFF;
-    // Mantissa moved into place and scaled by 2^112 (the exponent bias difference): exact for
-    // zero and subnormals.
     let finite = f32::from_bits(em << 13) * f32::from_bits(0x7780_0000);
     let v = if em >= 0x7C00 { f32::from_bits(0x7F80_0000 | ((em & 0x3FF) << 13)) } else { finite };
     f32::from_bits(v.to_bits() | sign)

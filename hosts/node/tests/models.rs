@@ -32,6 +32,13 @@ fn repository() -> Option<PathBuf> {
     None
 }
 
+/// The test node's configuration, serving the models in `dir`.
+fn model_config(dir: PathBuf) -> rela_node::NodeConfig {
+    let mut cfg = config();
+    cfg.models = Some(dir);
+    cfg
+}
+
 /// The first `n` fixture sentences and their reference embeddings.
 fn fixture(n: usize) -> Vec<(String, Vec<f32>)> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/reference.json");
@@ -61,8 +68,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embeddings_through_the_node_match_the_reference_and_leave_nothing() {
     let Some(dir) = repository() else { return };
-    let mut cfg = config();
-    cfg.models = Some(dir);
+    let mut cfg = model_config(dir);
     cfg.session.quota = 256 << 20;
     let node = start(cfg, 512 << 20).await;
     let addr = node.local_addr();
@@ -140,8 +146,7 @@ async fn uploaded_weights_are_checked_loaded_and_report_progress() {
 
     let Some(dir) = repository() else { return };
     let weights = std::fs::read(dir.join("all-MiniLM-L6-v2/model.safetensors")).expect("weights");
-    let mut cfg = config();
-    cfg.models = Some(dir);
+    let mut cfg = model_config(dir);
     cfg.session.quota = 256 << 20;
     let node = start(cfg, 512 << 20).await;
     let mut c = within(Client::connect(node.local_addr(), None)).await.expect("connect");
@@ -221,8 +226,7 @@ fn blocking_client_loads_uploads_and_infers() {
     let Some(dir) = repository() else { return };
     let weights = std::fs::read(dir.join("all-MiniLM-L6-v2/model.safetensors")).expect("weights");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let mut cfg = config();
-    cfg.models = Some(dir);
+    let mut cfg = model_config(dir);
     cfg.session.quota = 256 << 20;
     let node = rt.block_on(start(cfg, 512 << 20));
     let addr = node.local_addr();
@@ -255,9 +259,7 @@ fn blocking_client_loads_uploads_and_infers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sessions_hold_one_copy_of_a_repository_model() {
     let Some(dir) = repository() else { return };
-    let mut cfg = config();
-    cfg.models = Some(dir);
-    let node = start(cfg, 512 << 20).await;
+    let node = start(model_config(dir), 512 << 20).await;
     let addr = node.local_addr();
     let mut a = within(Client::connect(addr, None)).await.expect("connect a");
     let mut b = within(Client::connect(addr, None)).await.expect("connect b");
@@ -304,8 +306,7 @@ async fn two_sessions_hold_one_copy_of_a_repository_model() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_preloaded_model_stays_until_the_node_stops() {
     let Some(dir) = repository() else { return };
-    let mut cfg = config();
-    cfg.models = Some(dir);
+    let mut cfg = model_config(dir);
     cfg.preload = vec!["all-MiniLM-L6-v2".to_owned()];
     let node = start(cfg, 512 << 20).await;
     let before = within(node.usage()).await.expect("usage").used;
@@ -328,8 +329,7 @@ async fn a_preloaded_model_stays_until_the_node_stops() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_working_memory_is_charged_to_the_session() {
     let Some(dir) = repository() else { return };
-    let mut cfg = config();
-    cfg.models = Some(dir);
+    let mut cfg = model_config(dir);
     cfg.session.quota = 4 << 20;
     let node = start(cfg, 512 << 20).await;
     let mut c = within(Client::connect(node.local_addr(), None)).await.expect("connect");
@@ -360,8 +360,7 @@ async fn model_working_memory_is_charged_to_the_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_infer_over_the_token_limit_is_refused_and_the_session_goes_on() {
     let Some(dir) = repository() else { return };
-    let mut cfg = config();
-    cfg.models = Some(dir);
+    let mut cfg = model_config(dir);
     cfg.max_infer_tokens = 32;
     let node = start(cfg, 512 << 20).await;
     let mut c = within(Client::connect(node.local_addr(), None)).await.expect("connect");
@@ -408,9 +407,7 @@ async fn an_unusable_repository_model_names_the_file_at_fault() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_gone_mid_load_or_mid_infer_leaves_nothing() {
     let Some(dir) = repository() else { return };
-    let mut cfg = config();
-    cfg.models = Some(dir);
-    let node = start(cfg, 512 << 20).await;
+    let node = start(model_config(dir), 512 << 20).await;
     let addr = node.local_addr();
     let texts: Vec<String> =
         (0..64).map(|i| format!("a long passage of text number {i}, ").repeat(12)).collect();
@@ -451,9 +448,7 @@ async fn a_session_gone_mid_load_or_mid_infer_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_loader_gets_the_model_when_the_first_loader_vanishes() {
     let Some(dir) = repository() else { return };
-    let mut cfg = config();
-    cfg.models = Some(dir);
-    let node = start(cfg, 512 << 20).await;
+    let node = start(model_config(dir), 512 << 20).await;
     let addr = node.local_addr();
     for wait_ms in [2u64, 10, 40] {
         let mut first = within(Client::connect(addr, None)).await.expect("connect first");

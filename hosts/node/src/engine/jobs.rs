@@ -350,20 +350,28 @@ impl Turns {
         Ok(())
     }
 
-    fn fill_steps(&mut self, id: BufferId, offset: u64, len: u64, value: u8) -> Result<(), BackendError> {
+    /// `step(backend, at, piece)` for each [`CHUNK`]-byte piece of bytes `offset..offset + len`
+    /// of buffer `id` (a range checked whole first), a step each.
+    fn in_place_steps(
+        &mut self,
+        id: BufferId,
+        offset: u64,
+        len: u64,
+        step: impl Fn(&mut dyn GpuBackend, u64, u64) -> Result<(), BackendError>,
+    ) -> Result<(), BackendError> {
         check_range(self.with(|b| b.size(id))?, offset, len)?;
         for (at, _, piece) in Self::chunks(offset, len) {
-            self.with(|b| b.fill(id, at, piece, value))?;
+            self.with(|b| step(b, at, piece))?;
         }
         Ok(())
     }
 
+    fn fill_steps(&mut self, id: BufferId, offset: u64, len: u64, value: u8) -> Result<(), BackendError> {
+        self.in_place_steps(id, offset, len, |b, at, piece| b.fill(id, at, piece, value))
+    }
+
     fn commit_steps(&mut self, id: BufferId, offset: u64, len: u64) -> Result<(), BackendError> {
-        check_range(self.with(|b| b.size(id))?, offset, len)?;
-        for (at, _, piece) in Self::chunks(offset, len) {
-            self.with(|b| b.commit(id, at, piece))?;
-        }
-        Ok(())
+        self.in_place_steps(id, offset, len, |b, at, piece| b.commit(id, at, piece))
     }
 
     fn dispatch_steps(&mut self, call: &KernelCall) -> Result<(), BackendError> {
