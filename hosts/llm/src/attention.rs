@@ -3,9 +3,13 @@
 //!
 //! Query `t` of the run sits at position `pos0 + t` and attends to positions `0..=pos0 + t`;
 //! head `h` reads the keys and values of KV head `h / (n_heads / n_kv_heads)`. The keys are
-//! stored transposed (element `d` of every position in a row of `stride`), so scores come
-//! [`KEY_CHUNK`] positions at a time as sums of `q[d] · keys[d][p..p + 16]`, with no horizontal
-//! sums. Scores are scaled by `1/sqrt(head_dim)` and go through a softmax (max subtracted,
+//! stored transposed in tiles ([`key_at`]): for each KV head and chunk of [`KEY_CHUNK`]
+//! positions, element `d` of the chunk's sixteen keys side by side, `d` after `d`. Scores then
+//! come sixteen positions at a time as sums of `q[d] · keys[d][p..p + 16]`, with no horizontal
+//! sums, and a head's keys are read in one sequential run (a row per element, as before the
+//! tiles, made as many short runs as a head has elements, which the caches' prefetchers did not
+//! follow). The query heads that share a KV head are computed together, so each key and value
+//! is read and widened once for all of them. Scores are scaled by `1/sqrt(head_dim)` and go through a softmax (max subtracted,
 //! [`exp`] in a form that vectorizes, within 4e-7 of the standard library's), so the
 //! arithmetic is the reference's but for the order of the sums and `exp`'s last bits. Tokens and
 //! heads are split across the pool of [`threads`] when there is enough work.
@@ -32,9 +36,9 @@ pub(crate) trait KvElem: Copy + Default + Send + Sync + 'static {
     /// A stored value as f32, exactly.
     fn widen1(self) -> f32;
 
-    /// One head of attention over keys and values stored as `Self`, compiled for the best
+    /// One group of query heads over keys and values stored as `Self`, compiled for the best
     /// instruction set the CPU has.
-    fn run_head(head: Head<'_, Self>);
+    fn run_group(group: Group<'_, Self>);
 }
 
 impl KvElem for f32 {
@@ -52,8 +56,8 @@ impl KvElem for f32 {
         self
     }
 
-    fn run_head(head: Head<'_, Self>) {
-        dispatch(Widened { head, widen: Same });
+    fn run_group(group: Group<'_, Self>) {
+        dispatch(Widened { group, widen: Same });
     }
 }
 
@@ -73,18 +77,25 @@ impl KvElem for u16 {
         f16_widen(self)
     }
 
-    fn run_head(head: Head<'_, Self>) {
+    fn run_group(group: Group<'_, Self>) {
         #[cfg(target_arch = "x86_64")]
         if let Some(simd) = pulp::x86::V4::try_new() {
-            return simd.vectorize(Widened { head, widen: CvtPh(simd) });
+            return simd.vectorize(Widened { group, widen: CvtPh(simd) });
         }
-        dispatch(Widened { head, widen: SoftF16 });
+        dispatch(Widened { group, widen: SoftF16 });
     }
 }
 
 /// Sixteen stored values as f32, exactly.
 trait Widen<E>: Copy {
     fn w16(self, x: &[E; 16]) -> [f32; 16];
+
+    /// Asks for the cache line at `at` (which need not be in bounds: nothing is read) to be
+    /// brought closer, where the instruction set has a way to.
+    #[inline(always)]
+    fn prefetch(self, at: *const E) {
+        let _ = at;
+    }
 }
 
 /// f32 as stored.
@@ -125,15 +136,30 @@ impl Widen<u16> for CvtPh {
     fn w16(self, x: &[u16; 16]) -> [f32; 16] {
         pulp::cast(self.0.avx512f._mm512_cvtph_ps(pulp::cast(*x)))
     }
+
+    #[inline(always)]
+    fn prefetch(self, at: *const u16) {
+        self.0.sse._mm_prefetch::<3>(at.cast::<i8>());
+    }
 }
 
 /// Positions scored at once: the keys' rows are padded to a multiple of it ([`key_stride`]).
 pub(crate) const KEY_CHUNK: usize = 16;
 
-/// The length of the transposed keys' rows for `capacity` positions: `capacity` rounded up to
-/// [`KEY_CHUNK`], so a chunk of positions that starts below `capacity` ends within the row.
+/// Key positions a layer's keys hold room for, per element, for `capacity` positions:
+/// `capacity` rounded up to [`KEY_CHUNK`], so a chunk of positions that starts below `capacity`
+/// lies whole within the keys.
 pub(crate) fn key_stride(capacity: usize) -> usize {
     capacity.next_multiple_of(KEY_CHUNK)
+}
+
+/// Where element `e` (of `n_kv_heads · head_dim`) of the key at position `p` lies in a layer's
+/// keys of [`key_stride`] `stride`: KV head `e / head_dim`'s `head_dim · stride` values hold,
+/// chunk after chunk of [`KEY_CHUNK`] positions, the chunk's tile of `head_dim` runs of sixteen
+/// (element `d` of each of its positions).
+pub(crate) fn key_at(head_dim: usize, stride: usize, e: usize, p: usize) -> usize {
+    let (kv, d) = (e / head_dim, e % head_dim);
+    kv * head_dim * stride + p / KEY_CHUNK * head_dim * KEY_CHUNK + d * KEY_CHUNK + p % KEY_CHUNK
 }
 
 /// Multiply-adds below which attention runs on the calling thread.
@@ -152,8 +178,8 @@ pub(crate) struct Heads {
 
 /// `out` (`tokens × n_heads·head_dim`) = attention of the queries `q` (same shape, RoPE
 /// applied) at positions `pos0..pos0 + tokens` over `keys` and `values` (positions from 0, at
-/// least `pos0 + tokens` of them): `keys` transposed, `n_kv_heads·head_dim` rows of a
-/// [`key_stride`] each; `values` a position at a time, `n_kv_heads·head_dim` each. `scores` is
+/// least `pos0 + tokens` of them): `keys` in tiles ([`key_at`]), `n_kv_heads·head_dim` times a
+/// [`key_stride`] in all; `values` a position at a time, `n_kv_heads·head_dim` each. `scores` is
 /// scratch for the calling thread (grown as needed).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend<E: KvElem>(
@@ -169,19 +195,19 @@ pub(crate) fn attend<E: KvElem>(
     check(shape, q, keys, values, pos0, tokens, out);
     let q_dim = shape.n_heads * shape.head_dim;
     let n_pos = pos0 + tokens;
-    let padded = n_pos.next_multiple_of(KEY_CHUNK);
     let work = tokens * (pos0 + tokens.div_ceil(2)) * q_dim * 2;
     if work < PAR_MIN || threads::threads() == 1 {
         return serial(shape, q, keys, values, pos0, out, scores);
     }
-    // One task per (token, head): causal rows differ in length, so many small tasks balance.
-    let mut heads: Vec<&mut [f32]> = out.chunks_exact_mut(shape.head_dim).collect();
-    threads::for_each_mut(&mut heads, |i, out| {
-        let (t, h) = (i / shape.n_heads, i % shape.n_heads);
+    // One task per (token, KV head): causal rows differ in length, so many small tasks balance.
+    let group_dim = q_dim / shape.n_kv_heads;
+    let mut groups: Vec<&mut [f32]> = out.chunks_exact_mut(group_dim).collect();
+    threads::for_each_mut(&mut groups, |i, out| {
+        let (t, kv) = (i / shape.n_kv_heads, i % shape.n_kv_heads);
         let q = &q[t * q_dim..(t + 1) * q_dim];
         SCORES.with_borrow_mut(|scores| {
-            let scores = grown(scores, padded);
-            E::run_head(Head { shape, q, keys, values, n_pos: pos0 + t + 1, h, scores, out });
+            let scores = grown(scores, Group::<E>::scratch_len(shape, n_pos));
+            E::run_group(Group { shape, q, keys, values, n_pos: pos0 + t + 1, kv, scores, out });
         });
     });
 }
@@ -201,7 +227,8 @@ pub(crate) fn attend_on_this_thread<E: KvElem>(
     SCORES.with_borrow_mut(|scores| serial(shape, q, keys, values, pos0, out, scores));
 }
 
-/// Every head of every token of a checked [`attend`] call, in order, on the calling thread.
+/// Every head of every token of a checked [`attend`] call, a group of heads at a time, on the
+/// calling thread.
 fn serial<E: KvElem>(
     shape: Heads,
     q: &[f32],
@@ -212,11 +239,12 @@ fn serial<E: KvElem>(
     scores: &mut Vec<f32>,
 ) {
     let q_dim = shape.n_heads * shape.head_dim;
-    let scores = grown(scores, (pos0 + q.len() / q_dim).next_multiple_of(KEY_CHUNK));
+    let group_dim = q_dim / shape.n_kv_heads;
+    let scores = grown(scores, Group::<E>::scratch_len(shape, pos0 + q.len() / q_dim));
     for (t, (q, out)) in q.chunks_exact(q_dim).zip(out.chunks_exact_mut(q_dim)).enumerate() {
-        for h in 0..shape.n_heads {
+        for (kv, out) in out.chunks_exact_mut(group_dim).enumerate() {
             let scores = &mut *scores;
-            E::run_head(Head { shape, q, keys, values, n_pos: pos0 + t + 1, h, scores, out });
+            E::run_group(Group { shape, q, keys, values, n_pos: pos0 + t + 1, kv, scores, out });
         }
     }
 }
@@ -245,27 +273,43 @@ fn check<E>(shape: Heads, q: &[f32], keys: &[E], values: &[E], pos0: usize, toke
 }
 
 std::thread_local! {
-    /// Each pool thread's scratch for one head's scores, kept between calls. A task holds it
-    /// only while its heads run ([`Head`]), which call nothing on the pool.
+    /// Each pool thread's scratch for one group's scores, kept between calls. A task holds it
+    /// only while its heads run ([`Group`]), which call nothing on the pool.
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// One query head over the first `n_pos` positions; `out` is the head's `head_dim` outputs
-/// (or, on the serial path, the token's whole row, of which the head's part is written).
-pub(crate) struct Head<'a, E> {
+/// The query heads that share one KV head, for one token, over the first `n_pos` positions.
+/// Each key and value is read and widened once for all of them.
+pub(crate) struct Group<'a, E> {
     shape: Heads,
+    /// The token's queries, every head (RoPE applied).
     q: &'a [f32],
     keys: &'a [E],
     values: &'a [E],
     n_pos: usize,
-    h: usize,
+    /// The KV head.
+    kv: usize,
+    /// Scratch for the scores: at least [`Group::scratch_len`] values.
     scores: &'a mut [f32],
+    /// The group's heads' outputs, `head_dim` each, in order (heads `kv · group..`).
     out: &'a mut [f32],
 }
 
-/// A [`Head`] with the way its stored keys and values become f32.
+impl<E> Group<'_, E> {
+    /// Scratch the scores of a group need: `n_pos` rounded up to [`KEY_CHUNK`] per query head
+    /// of a group.
+    fn scratch_len(shape: Heads, n_pos: usize) -> usize {
+        shape.n_heads / shape.n_kv_heads * n_pos.next_multiple_of(KEY_CHUNK)
+    }
+}
+
+/// Query heads whose scores and sums are kept in registers at once; a larger group runs in
+/// parts of this many.
+const MAX_PART: usize = 4;
+
+/// A [`Group`] with the way its stored keys and values become f32.
 struct Widened<'a, E, W> {
-    head: Head<'a, E>,
+    group: Group<'a, E>,
     widen: W,
 }
 
@@ -286,73 +330,164 @@ impl<E: KvElem, W: Widen<E>> Kernel for Widened<'_, E, W> {
 
     #[inline(always)]
     fn run<M: Madd>(self) {
-        let Self { head: Head { shape, q, keys, values, n_pos, h, scores, out }, widen } = self;
+        let Self { group: Group { shape, q, keys, values, n_pos, kv, scores, out }, widen } = self;
         let hd = shape.head_dim;
         let kv_dim = shape.n_kv_heads * hd;
+        let group = shape.n_heads / shape.n_kv_heads;
         let stride = keys.len() / kv_dim;
-        let off = (h / (shape.n_heads / shape.n_kv_heads)) * hd;
-        let q = &q[h * hd..(h + 1) * hd];
-        let out = if out.len() == hd { out } else { &mut out[h * hd..(h + 1) * hd] };
-        let scale = 1.0 / (hd as f32).sqrt();
-        // This KV head's key rows, one per element of a head.
-        let keys = &keys[off * stride..(off + hd) * stride];
-        // Whole chunks of positions; those past `n_pos` are scored and then ignored.
-        let scores = &mut scores[..n_pos.next_multiple_of(KEY_CHUNK)];
-        let (fours, rest) = scores.as_chunks_mut::<{ 4 * KEY_CHUNK }>();
-        for (c, s) in fours.iter_mut().enumerate() {
-            // Four chunks at once: four independent chains of multiply-adds.
-            let p = c * 4 * KEY_CHUNK;
-            let mut acc = [[0f32; KEY_CHUNK]; 4];
-            for (row, &qd) in keys.chunks_exact(stride).zip(q) {
-                let k: &[E; 4 * KEY_CHUNK] = row[p..p + 4 * KEY_CHUNK].try_into().expect("a run of chunks");
-                for (a, k) in acc.iter_mut().zip(k.as_chunks::<KEY_CHUNK>().0) {
-                    let k = widen.w16(k);
+        let padded = n_pos.next_multiple_of(KEY_CHUNK);
+        let part = Part {
+            widen,
+            // This KV head's tiles of keys, a chunk of positions each.
+            keys: &keys[kv * hd * stride..(kv + 1) * hd * stride],
+            values: &values[..n_pos * kv_dim],
+            kv_dim,
+            off: kv * hd,
+            hd,
+            n_pos,
+            padded,
+            scale: 1.0 / (hd as f32).sqrt(),
+        };
+        let mut h = 0;
+        while h < group {
+            let g = (group - h).min(MAX_PART);
+            let q = &q[(kv * group + h) * hd..][..g * hd];
+            let out = &mut out[h * hd..][..g * hd];
+            let scores = &mut scores[..g * padded];
+            // Chunks of positions scored at once: about eight chains of multiply-adds.
+            match g {
+                1 => part.run::<M, 1, 8>(q, scores, out),
+                2 => part.run::<M, 2, 4>(q, scores, out),
+                3 => part.run::<M, 3, 3>(q, scores, out),
+                _ => part.run::<M, MAX_PART, 2>(q, scores, out),
+            }
+            h += g;
+        }
+    }
+}
+
+/// What the heads of a part of a [`Group`] share: their KV head's keys and values.
+#[derive(Clone, Copy)]
+struct Part<'a, E, W> {
+    widen: W,
+    /// Tiles of `hd · KEY_CHUNK` keys ([`key_at`]), one per chunk of positions.
+    keys: &'a [E],
+    /// `n_pos` positions of `kv_dim`; the KV head's at `off..off + hd`.
+    values: &'a [E],
+    kv_dim: usize,
+    off: usize,
+    hd: usize,
+    n_pos: usize,
+    /// `n_pos` rounded up to [`KEY_CHUNK`]: each head's stretch of the scores.
+    padded: usize,
+    scale: f32,
+}
+
+impl<E: KvElem, W: Widen<E>> Part<'_, E, W> {
+    /// `G` query heads (`q`: `G · hd`) into `out` (`G · hd`), scoring `C` chunks of positions
+    /// at a time; `scores` holds `G` stretches of `padded`.
+    #[inline(always)]
+    fn run<M: Madd, const G: usize, const C: usize>(self, q: &[f32], scores: &mut [f32], out: &mut [f32]) {
+        let chunks = self.padded / KEY_CHUNK;
+        let whole = chunks / C * C;
+        for c in (0..whole).step_by(C) {
+            self.score::<M, G, C>(q, c, scores);
+        }
+        for c in whole..chunks {
+            self.score::<M, G, 1>(q, c, scores);
+        }
+        for s in scores.chunks_exact_mut(self.padded) {
+            softmax(&mut s[..self.n_pos]);
+        }
+        // Sums of values: four vectors of outputs per head at once, then one, then the rest.
+        let vectors = self.hd / 16;
+        let mut v = 0;
+        while v + 4 <= vectors {
+            self.sum_values::<M, G, 4>(scores, v, out);
+            v += 4;
+        }
+        while v < vectors {
+            self.sum_values::<M, G, 1>(scores, v, out);
+            v += 1;
+        }
+        for g in 0..G {
+            let s = &scores[g * self.padded..][..self.n_pos];
+            for i in vectors * 16..self.hd {
+                let mut o = 0.0;
+                for (v, &p) in self.values.chunks_exact(self.kv_dim).zip(s) {
+                    o = M::madd(p, v[self.off + i].widen1(), o);
+                }
+                out[g * self.hd + i] = o;
+            }
+        }
+    }
+
+    /// Scores of chunks `c0..c0 + C` of positions for the `G` heads: each run of sixteen keys'
+    /// element `d` is widened once and multiplied by every head's element `d` of the query.
+    #[inline(always)]
+    fn score<M: Madd, const G: usize, const C: usize>(&self, q: &[f32], c0: usize, scores: &mut [f32]) {
+        let p = c0 * KEY_CHUNK;
+        let tile = self.hd * KEY_CHUNK;
+        let run = &self.keys[c0 * tile..(c0 + C) * tile];
+        let tiles: [&[[E; KEY_CHUNK]]; C] = core::array::from_fn(|c| run[c * tile..][..tile].as_chunks().0);
+        // The next run's tiles, a run of sixteen keys per tile and element ahead: a head's keys
+        // are read once per step, long after the last, so they come from memory.
+        let next = self.keys.as_ptr().wrapping_add((c0 + C) * tile);
+        let mut acc = [[[0f32; KEY_CHUNK]; C]; G];
+        for d in 0..self.hd {
+            for (c, tile) in tiles.iter().enumerate() {
+                self.widen.prefetch(next.wrapping_add(c * self.hd * KEY_CHUNK + d * KEY_CHUNK));
+                let k = self.widen.w16(&tile[d]);
+                for g in 0..G {
+                    let qd = q[g * self.hd + d];
                     for i in 0..KEY_CHUNK {
-                        a[i] = M::madd(qd, k[i], a[i]);
+                        acc[g][c][i] = M::madd(qd, k[i], acc[g][c][i]);
                     }
                 }
             }
-            for (s, a) in s.as_chunks_mut::<KEY_CHUNK>().0.iter_mut().zip(&acc) {
+        }
+        for (g, acc) in acc.iter().enumerate() {
+            let s = &mut scores[g * self.padded + p..][..C * KEY_CHUNK];
+            for (s, a) in s.as_chunks_mut::<KEY_CHUNK>().0.iter_mut().zip(acc) {
                 for i in 0..KEY_CHUNK {
-                    s[i] = a[i] * scale;
+                    s[i] = a[i] * self.scale;
                 }
             }
         }
-        let p0 = fours.len() * 4 * KEY_CHUNK;
-        for (c, s) in rest.as_chunks_mut::<KEY_CHUNK>().0.iter_mut().enumerate() {
-            let p = p0 + c * KEY_CHUNK;
-            let mut acc = [0f32; KEY_CHUNK];
-            for (row, &qd) in keys.chunks_exact(stride).zip(q) {
-                let k = widen.w16(row[p..p + KEY_CHUNK].try_into().expect("a chunk"));
-                for i in 0..KEY_CHUNK {
-                    acc[i] = M::madd(qd, k[i], acc[i]);
+    }
+
+    /// Outputs `16 · v0..16 · (v0 + V)` of the `G` heads: the sums over positions of score
+    /// times value, each value widened once for every head, `G · V` chains of multiply-adds.
+    #[inline(always)]
+    fn sum_values<M: Madd, const G: usize, const V: usize>(
+        &self,
+        scores: &[f32],
+        v0: usize,
+        out: &mut [f32],
+    ) {
+        let at = self.off + v0 * 16;
+        let mut acc = [[[0f32; 16]; V]; G];
+        for (p, row) in self.values.chunks_exact(self.kv_dim).enumerate() {
+            let run = &row[at..at + V * 16];
+            // The same values eight positions ahead.
+            let ahead = run.as_ptr().wrapping_add(8 * self.kv_dim);
+            for c in (0..V * 16).step_by(32) {
+                self.widen.prefetch(ahead.wrapping_add(c));
+            }
+            for (c, v) in run.as_chunks::<16>().0.iter().enumerate() {
+                let v = self.widen.w16(v);
+                for g in 0..G {
+                    let s = scores[g * self.padded + p];
+                    for i in 0..16 {
+                        acc[g][c][i] = M::madd(s, v[i], acc[g][c][i]);
+                    }
                 }
             }
-            for i in 0..KEY_CHUNK {
-                s[i] = acc[i] * scale;
-            }
         }
-        let scores = &mut scores[..n_pos];
-        softmax(scores);
-        // Sixteen outputs at a time, their sums held in registers over every position.
-        let values = &values[..n_pos * kv_dim];
-        let (chunks, rest) = out.as_chunks_mut::<16>();
-        for (c, o) in chunks.iter_mut().enumerate() {
-            let at = off + c * 16;
-            let mut acc = [0f32; 16];
-            for (v, &p) in values.chunks_exact(kv_dim).zip(scores.iter()) {
-                let v = widen.w16(v[at..at + 16].try_into().expect("16 values"));
-                for i in 0..16 {
-                    acc[i] = M::madd(p, v[i], acc[i]);
-                }
-            }
-            *o = acc;
-        }
-        let at = off + chunks.len() * 16;
-        for (i, o) in rest.iter_mut().enumerate() {
-            *o = 0.0;
-            for (v, &p) in values.chunks_exact(kv_dim).zip(scores.iter()) {
-                *o = M::madd(p, E::widen1(v[at + i]), *o);
+        for (g, acc) in acc.iter().enumerate() {
+            let o = &mut out[g * self.hd + v0 * 16..][..V * 16];
+            for (o, a) in o.as_chunks_mut::<16>().0.iter_mut().zip(acc) {
+                *o = *a;
             }
         }
     }
@@ -438,12 +573,14 @@ mod tests {
     /// (each key and value as stored, widened back).
     fn matches_the_reference<E: KvElem>() {
         let mut rng = StdRng::seed_from_u64(30);
-        // Grouped heads (3 per KV head) as in SmolLM2, one KV head per query head, and a head
-        // size that is not a multiple of 16.
+        // Grouped heads (3 per KV head) as in SmolLM2, one KV head per query head, a head
+        // size that is not a multiple of 16, and groups of 5 (run as parts of 4 and 1) with
+        // 128-element heads (two runs of four vectors of outputs).
         for shape in [
             Heads { n_heads: 6, n_kv_heads: 2, head_dim: 64 },
             Heads { n_heads: 2, n_kv_heads: 2, head_dim: 32 },
             Heads { n_heads: 2, n_kv_heads: 1, head_dim: 40 },
+            Heads { n_heads: 10, n_kv_heads: 2, head_dim: 128 },
         ] {
             let (q_dim, kv_dim) = (shape.n_heads * shape.head_dim, shape.n_kv_heads * shape.head_dim);
             // Decode steps at positions across chunk boundaries, and a prompt's run of tokens.
@@ -457,11 +594,11 @@ mod tests {
                 let (keys, values) = (stored(&mut rng), stored(&mut rng));
                 let q: Vec<f32> = (0..tokens * q_dim).map(|_| rng.random_range(-2.0..2.0)).collect();
                 let stride = key_stride(capacity);
-                // Transposed, with garbage past the positions held (it must be ignored).
+                // In tiles, with garbage past the positions held (it must be ignored).
                 let mut kt = vec![E::store(65504.0); kv_dim * stride];
                 for j in 0..n_pos {
-                    for d in 0..kv_dim {
-                        kt[d * stride + j] = keys[j * kv_dim + d];
+                    for e in 0..kv_dim {
+                        kt[key_at(shape.head_dim, stride, e, j)] = keys[j * kv_dim + e];
                     }
                 }
                 let mut out = vec![f32::NAN; tokens * q_dim];
@@ -479,7 +616,7 @@ mod tests {
     }
 
     #[test]
-    fn attention_over_transposed_keys_matches_the_reference() {
+    fn attention_over_keys_in_tiles_matches_the_reference() {
         matches_the_reference::<f32>();
     }
 

@@ -206,9 +206,10 @@ pub struct Model<'a> {
 
 /// The keys and values of past positions, per layer, in f32 or f16 ([`KvCache::new`],
 /// [`KvCache::new_f16`]). Values are stored a position at a time (`[layer][position][kv_dim]`);
-/// keys transposed (`[layer][kv_dim][stride]`, `stride` the capacity rounded up to 16, the
-/// attention kernel's chunk of positions), so that attention scores sixteen positions at once
-/// with no horizontal sums.
+/// keys transposed in tiles (per layer `kv_dim · stride` values, `stride` the capacity rounded up
+/// to 16, the attention kernel's chunk of positions, laid out as `attention::key_at` says), so
+/// that attention scores sixteen positions at once with no horizontal sums and reads a head's
+/// keys in one sequential run.
 #[derive(Debug, Clone)]
 pub struct KvCache {
     kv: KvData,
@@ -535,7 +536,7 @@ impl Drop for KvCache {
 
 /// One sequence's part of a forward step: its cache's keys and values, where its rows go.
 struct Segment<'c> {
-    /// Keys (transposed, [`KvCache`]) and values.
+    /// Keys (transposed in tiles, [`KvCache`]) and values.
     kv: KvSlices<'c>,
     capacity: usize,
     /// The position of its first row.
@@ -606,9 +607,15 @@ impl CachePlace {
         let kv_dim = heads.n_kv_heads * heads.head_dim;
         let stride = attention::key_stride(capacity);
         let layer_keys = li * kv_dim * stride..(li + 1) * kv_dim * stride;
+        let layer = &mut keys[layer_keys.clone()];
         for (t, k) in k.chunks_exact(kv_dim).enumerate() {
-            for (row, &k) in keys[layer_keys.clone()].chunks_exact_mut(stride).zip(k) {
-                row[pos0 + t] = E::store(k);
+            let hd = heads.head_dim;
+            // Element `d` of a KV head's key lands in the position's lane of run `d` of its tile.
+            for (kv, k) in k.chunks_exact(hd).enumerate() {
+                let at = attention::key_at(hd, stride, kv * hd, pos0 + t);
+                for (d, &k) in k.iter().enumerate() {
+                    layer[at + d * attention::KEY_CHUNK] = E::store(k);
+                }
             }
         }
         let base = li * capacity * kv_dim;
