@@ -328,6 +328,24 @@ fn rows_per_task(rows: usize, cols: usize) -> usize {
     rows.div_ceil(threads::threads() * 4).max(min).max(1)
 }
 
+/// Runs of rows of a product of `rows` rows of `cols` multiply-adds each, in decreasing sizes
+/// (multiples of `align` but for the last): each half of what is left shared among the
+/// threads, down to an eighth of [`rows_per_task`]'s size. The first runs are long (a thread
+/// streams its rows with its prefetches running ahead), the last short (threads finish
+/// together).
+fn guided_runs(rows: usize, cols: usize, align: usize, mut out: impl FnMut(usize, usize)) {
+    let (t, align) = (threads::threads(), align.max(1));
+    // At least one row (one `align`), so that every run makes progress.
+    let least = (rows_per_task(rows, cols) / 2).next_multiple_of(align).max(align);
+    let mut first = 0;
+    while first < rows {
+        let left = rows - first;
+        let n = (left / (2 * t)).next_multiple_of(align).max(least).min(left);
+        out(first, n);
+        first += n;
+    }
+}
+
 /// One task of a product: a matrix, its first row in the task, and the task's output rows.
 type Task<'a, 'y> = (QMat<'a>, usize, &'y mut [f32]);
 
@@ -579,9 +597,11 @@ pub(crate) fn by_row_runs_many(
 ) {
     let mut chunks: Vec<(usize, usize, usize)> = Vec::new();
     for (i, m) in ms.iter().enumerate() {
-        let per = rows_per_task(m.rows, m.cols * tokens).next_multiple_of(align);
-        chunks.extend((0..m.rows).step_by(per).map(|f| (i, f, per.min(m.rows - f))));
+        guided_runs(m.rows, m.cols * tokens, align, |first, n| chunks.push((i, first, n)));
     }
+    // The largest runs first: the last ones claimed are small, so no thread waits long for
+    // another's at the end.
+    chunks.sort_by_key(|&(i, _, n)| std::cmp::Reverse(n * ms[i].cols));
     let work: usize = tokens * ms.iter().map(|m| m.rows * m.cols).sum::<usize>();
     let outs: Vec<Vec<f32>> = if work < PAR_MIN || threads::threads() == 1 {
         chunks.iter().map(|&(i, f, n)| run(i, f, n)).collect()
@@ -604,6 +624,28 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::simd::{Fused, Separate, f16_bits_to_f32};
+
+    /// Runs cover every row once, in order, aligned but for the last, the longest first.
+    #[test]
+    fn guided_runs_cover_every_row_once() {
+        for (rows, cols, align) in
+            [(0, 64, 16), (1, 64, 16), (3, 8, 1), (17, 576, 16), (576, 4608, 16), (49152, 4608, 1)]
+        {
+            let mut runs = Vec::new();
+            guided_runs(rows, cols, align, |first, n| runs.push((first, n)));
+            let mut next = 0;
+            for (k, &(first, n)) in runs.iter().enumerate() {
+                assert_eq!(first, next, "{rows} rows: runs in order, no gap");
+                assert!(n > 0, "{rows} rows: an empty run");
+                assert!(k + 1 == runs.len() || n.is_multiple_of(align), "{rows} rows: run {k} of {n}");
+                next += n;
+            }
+            assert_eq!(next, rows);
+            if rows >= 576 {
+                assert!(runs[0].1 > runs[runs.len() - 1].1, "{rows} rows: {runs:?}");
+            }
+        }
+    }
 
     pub(crate) const TYPES: [GgmlType; 8] = [
         GgmlType::F32,
