@@ -65,16 +65,33 @@ pub(crate) trait Kernel {
     fn run<M: Madd>(self) -> Self::Output;
 }
 
+/// A [`Kernel`] with fused multiply-adds, as the function `vectorize` compiles for an
+/// instruction set. A closure would do the same but for inlining: its body is not always
+/// inlined into the function `vectorize` makes, and then compiles without the instruction
+/// set's features (each `mul_add` a call to `fmaf`); this trait method always is.
+#[cfg(target_arch = "x86_64")]
+struct WithFma<K>(K);
+
+#[cfg(target_arch = "x86_64")]
+impl<K: Kernel> pulp::NullaryFnOnce for WithFma<K> {
+    type Output = K::Output;
+
+    #[inline(always)]
+    fn call(self) -> K::Output {
+        self.0.run::<Fused>()
+    }
+}
+
 /// Runs `k` compiled for AVX-512 or AVX2 + FMA when the CPU has them.
 #[inline(always)]
 pub(crate) fn dispatch<K: Kernel>(k: K) -> K::Output {
     #[cfg(target_arch = "x86_64")]
     {
         if let Some(simd) = pulp::x86::V4::try_new() {
-            return simd.vectorize(move || k.run::<Fused>());
+            return simd.vectorize(WithFma(k));
         }
         if let Some(simd) = pulp::x86::V3::try_new() {
-            return simd.vectorize(move || k.run::<Fused>());
+            return simd.vectorize(WithFma(k));
         }
     }
     #[cfg(target_arch = "aarch64")]
