@@ -66,11 +66,10 @@ pub(crate) fn matmul(m: QMat<'_>, x: &[f32], tokens: usize, y: &mut [f32]) -> bo
 #[cfg(target_arch = "x86_64")]
 fn matmul_avx512(simd: pulp::x86::V4, m: QMat<'_>, x: &[f32], tokens: usize, y: &mut [f32]) {
     let packed = pack::<16>(x, m.cols, GROUP);
-    by_row_runs(m, tokens, 1, y, |first, n| {
-        let mut out = vec![0f32; tokens * n];
+    by_row_runs(m, tokens, 1, y, |first, out| {
+        let n = out.first().map_or(0, |o| o.len());
         let mut w = vec![0f32; if n % 2 == 1 { m.cols } else { 0 }];
-        simd.vectorize(Rows { simd, m, first, n, tokens, packed: &packed, w: &mut w, out: &mut out });
-        out
+        simd.vectorize(Rows { simd, m, first, n, tokens, packed: &packed, w: &mut w, out });
     });
 }
 
@@ -79,11 +78,10 @@ fn matmul_avx512(simd: pulp::x86::V4, m: QMat<'_>, x: &[f32], tokens: usize, y: 
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn matmul_avx2(simd: pulp::x86::V3, m: QMat<'_>, x: &[f32], tokens: usize, y: &mut [f32]) {
     let packed = pack::<8>(x, m.cols, GROUP_AVX2);
-    by_row_runs(m, tokens, 1, y, |first, n| {
-        let mut out = vec![0f32; tokens * n];
+    by_row_runs(m, tokens, 1, y, |first, out| {
+        let n = out.first().map_or(0, |o| o.len());
         let mut w = vec![0f32; 2 * m.cols];
-        simd.vectorize(RowsAvx2 { simd, m, first, n, tokens, packed: &packed, w: &mut w, out: &mut out });
-        out
+        simd.vectorize(RowsAvx2 { simd, m, first, n, tokens, packed: &packed, w: &mut w, out });
     });
 }
 
@@ -103,11 +101,11 @@ fn pack<const R: usize>(x: &[f32], cols: usize, group: usize) -> Vec<f32> {
     out
 }
 
-/// `out[t·n + i] = row(first + i) · x[t]` for `i < n` and `t < tokens`: rows two at a time,
+/// `out[t][i] = row(first + i) · x[t]` for `i < n` and `t < tokens`: rows two at a time,
 /// dequantized block by block in registers and multiplied with each group of inputs of
 /// `packed` ([`pack`]'s layout); an odd last row dequantized into `w` (`cols` long) first.
 #[cfg(target_arch = "x86_64")]
-struct Rows<'a, 'o> {
+struct Rows<'a, 'o, 'y> {
     simd: pulp::x86::V4,
     m: QMat<'a>,
     first: usize,
@@ -115,13 +113,13 @@ struct Rows<'a, 'o> {
     tokens: usize,
     packed: &'o [f32],
     w: &'o mut [f32],
-    out: &'o mut [f32],
+    out: &'o mut [&'y mut [f32]],
 }
 
 // A closure calling `#[inline(always)]` code is not always inlined into the AVX-512 function
 // `vectorize` makes (the intrinsics then become calls); this trait method is.
 #[cfg(target_arch = "x86_64")]
-impl pulp::NullaryFnOnce for Rows<'_, '_> {
+impl pulp::NullaryFnOnce for Rows<'_, '_, '_> {
     type Output = ();
 
     #[inline(always)]
@@ -144,13 +142,13 @@ impl pulp::NullaryFnOnce for Rows<'_, '_> {
                     if pair {
                         let (a, b) = dot2_q::<G>(simd, m.ty, m.row(first + i), m.row(first + i + 1), p);
                         for j in 0..G {
-                            out[(t0 + j) * n + i] = a[j];
-                            out[(t0 + j) * n + i + 1] = b[j];
+                            out[t0 + j][i] = a[j];
+                            out[t0 + j][i + 1] = b[j];
                         }
                     } else {
                         let a = dot1_f32::<G>(simd, w, p);
                         for j in 0..G {
-                            out[(t0 + j) * n + i] = a[j];
+                            out[t0 + j][i] = a[j];
                         }
                     }
                 });
@@ -165,7 +163,7 @@ impl pulp::NullaryFnOnce for Rows<'_, '_> {
 /// rows two at a time multiplied with each group of [`GROUP_AVX2`] inputs of `packed`
 /// ([`pack`]'s layout, runs of 8); an odd last row is paired with itself.
 #[cfg(target_arch = "x86_64")]
-struct RowsAvx2<'a, 'o> {
+struct RowsAvx2<'a, 'o, 'y> {
     simd: pulp::x86::V3,
     m: QMat<'a>,
     first: usize,
@@ -173,11 +171,11 @@ struct RowsAvx2<'a, 'o> {
     tokens: usize,
     packed: &'o [f32],
     w: &'o mut [f32],
-    out: &'o mut [f32],
+    out: &'o mut [&'y mut [f32]],
 }
 
 #[cfg(target_arch = "x86_64")]
-impl pulp::NullaryFnOnce for RowsAvx2<'_, '_> {
+impl pulp::NullaryFnOnce for RowsAvx2<'_, '_, '_> {
     type Output = ();
 
     #[inline(always)]
@@ -204,9 +202,9 @@ impl pulp::NullaryFnOnce for RowsAvx2<'_, '_> {
                 with_group_size!(4; g, G => {
                     let (a, b) = dot2_f32::<G>(simd, w0, w1, p);
                     for j in 0..G {
-                        out[(t0 + j) * n + i] = a[j];
+                        out[t0 + j][i] = a[j];
                         if pair {
-                            out[(t0 + j) * n + i + 1] = b[j];
+                            out[t0 + j][i + 1] = b[j];
                         }
                     }
                 });

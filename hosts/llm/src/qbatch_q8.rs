@@ -83,10 +83,9 @@ pub(crate) fn matmul_many(ms: &[QMat<'_>], x: &[f32], tokens: usize, ys: &mut [&
         return false;
     }
     let q = Q8Inputs::new(simd, x, cols);
-    by_row_runs_many(ms, tokens, LANES, ys, |i, first, n| {
-        let mut out = vec![0f32; tokens * n];
-        simd.vectorize(Rows { simd, m: ms[i], first, n, q: &q, out: &mut out });
-        out
+    by_row_runs_many(ms, tokens, LANES, ys, |i, first, out| {
+        let n = out.first().map_or(0, |o| o.len());
+        simd.vectorize(Rows { simd, m: ms[i], first, n, q: &q, out });
     });
     true
 }
@@ -136,18 +135,18 @@ impl Q8Inputs {
     }
 }
 
-/// `out[t·n + i] = row(first + i) · x[t]` for `i < n` and every input `t` of `q`: rows sixteen
+/// `out[t][i] = row(first + i) · x[t]` for `i < n` and every input `t` of `q`: rows sixteen
 /// at a time (the last group's missing rows repeat row `first + n − 1`, and are not written).
-struct Rows<'a, 'o> {
+struct Rows<'a, 'o, 'y> {
     simd: V4,
     m: QMat<'a>,
     first: usize,
     n: usize,
     q: &'o Q8Inputs,
-    out: &'o mut [f32],
+    out: &'o mut [&'y mut [f32]],
 }
 
-impl pulp::NullaryFnOnce for Rows<'_, '_> {
+impl pulp::NullaryFnOnce for Rows<'_, '_, '_> {
     type Output = ();
 
     #[inline(always)]
@@ -169,7 +168,7 @@ const Q4_0: u8 = 0;
 const Q4_1: u8 = 1;
 const Q4_K: u8 = 2;
 
-impl Rows<'_, '_> {
+impl Rows<'_, '_, '_> {
     /// For blocks of `BB` bytes laid out as `KIND` says.
     #[inline(always)]
     fn run<const BB: usize, const KIND: u8>(mut self) {
@@ -235,7 +234,7 @@ impl Rows<'_, '_> {
         let n = self.n;
         for (j, acc) in acc.iter().enumerate() {
             let a: [f32; LANES] = pulp::cast(*acc);
-            let out = &mut self.out[(t0 + j) * n..][..n];
+            let out = &mut *self.out[t0 + j];
             for (l, &v) in a.iter().enumerate() {
                 let r = g0 + ROW_OF_LANE[l];
                 if r < n {

@@ -562,57 +562,66 @@ fn matmul_small(m: QMat<'_>, x: &[f32], tokens: usize, y: &mut [f32]) {
         }
     }
     let per_sum = if sums.is_empty() { 0 } else { k / 32 };
-    by_row_runs(m, tokens, 1, y, |first, n| {
-        let mut out = vec![0f32; tokens * n];
-        for (t, o) in out.chunks_exact_mut(n).enumerate() {
+    by_row_runs(m, tokens, 1, y, |first, out| {
+        for (t, o) in out.iter_mut().enumerate() {
             let sums = if sums.is_empty() { &[][..] } else { &sums[t * per_sum..(t + 1) * per_sum] };
             rows(Rows { m, x: &x[t * k..(t + 1) * k], sums, first, y: o });
         }
-        out
     });
 }
 
 /// A product of `m` with `tokens` inputs (`y`: `tokens × rows`) split into runs of rows across
-/// the pool's threads, each run but the last a multiple of `align` rows: `run(first, n)` returns
-/// rows `first..first + n` of every input's product, `tokens × n` values, which land in `y`.
+/// the pool's threads, each run but the last a multiple of `align` rows: `run(first, out)`
+/// writes rows `first..first + n` of input `t`'s product into `out[t]` (`n` values, `y`'s own
+/// memory), for every input.
 pub(crate) fn by_row_runs(
     m: QMat<'_>,
     tokens: usize,
     align: usize,
     y: &mut [f32],
-    run: impl Fn(usize, usize) -> Vec<f32> + Sync,
+    run: impl Fn(usize, &mut [&mut [f32]]) + Sync,
 ) {
-    by_row_runs_many(&[m], tokens, align, &mut [y], |_, first, n| run(first, n));
+    by_row_runs_many(&[m], tokens, align, &mut [y], |_, first, out| run(first, out));
 }
 
+/// One run of rows of a [`by_row_runs_many`] job: the matrix, its first row, the rows, and
+/// where each input's products of them go.
+type Run<'y> = (usize, usize, usize, Vec<&'y mut [f32]>);
+
 /// [`by_row_runs`] for the products of several matrices with the same inputs, as one parallel
-/// job: `run(i, first, n)` returns rows `first..first + n` of matrix `ms[i]`'s product with
-/// every input, which land in `ys[i]` (`tokens × ms[i].rows`).
+/// job: `run(i, first, out)` writes rows `first..first + n` of matrix `ms[i]`'s product with
+/// input `t` into `out[t]` (`n` values of `ys[i]`, which is `tokens × ms[i].rows`).
 pub(crate) fn by_row_runs_many(
     ms: &[QMat<'_>],
     tokens: usize,
     align: usize,
     ys: &mut [&mut [f32]],
-    run: impl Fn(usize, usize, usize) -> Vec<f32> + Sync,
+    run: impl Fn(usize, usize, &mut [&mut [f32]]) + Sync,
 ) {
-    let mut chunks: Vec<(usize, usize, usize)> = Vec::new();
-    for (i, m) in ms.iter().enumerate() {
-        guided_runs(m.rows, m.cols * tokens, align, |first, n| chunks.push((i, first, n)));
+    let mut runs: Vec<Run<'_>> = Vec::new();
+    for (i, (m, y)) in ms.iter().zip(ys.iter_mut()).enumerate() {
+        let mut bounds = Vec::new();
+        guided_runs(m.rows, m.cols * tokens, align, |first, n| bounds.push((first, n)));
+        let mut outs: Vec<Vec<&mut [f32]>> = bounds.iter().map(|_| Vec::with_capacity(tokens)).collect();
+        // Each input's row of products, cut at the runs' bounds.
+        for row in y.chunks_exact_mut(m.rows.max(1)) {
+            let mut rest = row;
+            for (out, &(_, n)) in outs.iter_mut().zip(&bounds) {
+                let (this, after) = std::mem::take(&mut rest).split_at_mut(n);
+                out.push(this);
+                rest = after;
+            }
+        }
+        runs.extend(bounds.into_iter().zip(outs).map(|((first, n), out)| (i, first, n, out)));
     }
     // The largest runs first: the last ones claimed are small, so no thread waits long for
     // another's at the end.
-    chunks.sort_by_key(|&(i, _, n)| std::cmp::Reverse(n * ms[i].cols));
+    runs.sort_by_key(|&(i, _, n, _)| std::cmp::Reverse(n * ms[i].cols));
     let work: usize = tokens * ms.iter().map(|m| m.rows * m.cols).sum::<usize>();
-    let outs: Vec<Vec<f32>> = if work < PAR_MIN || threads::threads() == 1 {
-        chunks.iter().map(|&(i, f, n)| run(i, f, n)).collect()
+    if work < PAR_MIN || threads::threads() == 1 {
+        runs.iter_mut().for_each(|(i, first, _, out)| run(*i, *first, out));
     } else {
-        threads::map(chunks.len(), |c| run(chunks[c].0, chunks[c].1, chunks[c].2))
-    };
-    for (&(i, first, n), out) in chunks.iter().zip(&outs) {
-        let rows = ms[i].rows;
-        for (t, o) in out.chunks_exact(n).enumerate() {
-            ys[i][t * rows + first..t * rows + first + n].copy_from_slice(o);
-        }
+        threads::for_each_mut(&mut runs, |_, (i, first, _, out)| run(*i, *first, out));
     }
 }
 
