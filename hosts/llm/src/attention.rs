@@ -165,7 +165,8 @@ impl Widen<u16> for CvtPh {
     }
 }
 
-/// Positions scored at once: the keys' rows are padded to a multiple of it ([`key_stride`]).
+/// Positions scored at once, and the chunks of the keys' tiles: the keys hold room for a multiple
+/// of it ([`key_stride`]).
 pub(crate) const KEY_CHUNK: usize = 16;
 
 /// Key positions a layer's keys hold room for, per element, for `capacity` positions:
