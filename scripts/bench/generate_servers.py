@@ -195,6 +195,18 @@ def main():
     def med(name, n, f):
         return statistics.median(f(run) for run in runs[name][n])
 
+    def spread(name, n, f):
+        """The median of f over the rounds, and its range, as a table cell."""
+        values = [f(run) for run in runs[name][n]]
+        return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
+
+    def scaling(label, rela_key, llama_key):
+        """Each stream count's rate over the first count's, for both servers."""
+        one = counts[0]
+        for n in counts[1:]:
+            print(f"{n} streams / {one}{label}: rela {summary[n][rela_key] / summary[one][rela_key]:.2f}x, "
+                  f"llama.cpp server {summary[n][llama_key] / summary[one][llama_key]:.2f}x")
+
     print(f"\nllama.cpp peer: {peer}")
     print(f"{a.threads} thread(s), {a.tokens} greedy tokens per stream, {a.rounds} rounds alternating "
           "(medians over rounds; tok/s: every stream's tokens over the wall time from the first request "
@@ -208,15 +220,10 @@ def main():
         rf = (med("rela", n, lambda x: statistics.median(x["first_ms"])), med("rela", n, lambda x: max(x["first_ms"])))
         lf = (med("llama.cpp", n, lambda x: statistics.median(x["first_ms"])),
               med("llama.cpp", n, lambda x: max(x["first_ms"])))
-        rrange = [rate(x) for x in runs["rela"][n]]
-        lrange = [rate(x) for x in runs["llama.cpp"][n]]
-        print(f"| {n} | {rr:.1f} ({min(rrange):.1f}-{max(rrange):.1f}) | {lr:.1f} ({min(lrange):.1f}-{max(lrange):.1f}) "
+        print(f"| {n} | {spread('rela', n, rate)} | {spread('llama.cpp', n, rate)} "
               f"| {rr / lr:.2f}x | {rf[0]:.0f} / {rf[1]:.0f} ms | {lf[0]:.0f} / {lf[1]:.0f} ms | {lf[0] / rf[0]:.2f}x |")
         summary[n] = {"rela_tok_s": rr, "llama_tok_s": lr, "rela_first_ms": rf, "llama_first_ms": lf}
-    one = counts[0]
-    for n in counts[1:]:
-        print(f"{n} streams / {one}: rela {summary[n]['rela_tok_s'] / summary[one]['rela_tok_s']:.2f}x, "
-              f"llama.cpp server {summary[n]['llama_tok_s'] / summary[one]['llama_tok_s']:.2f}x")
+    scaling("", "rela_tok_s", "llama_tok_s")
 
     # Decode only: each stream's tokens after its first over the time from its first token to
     # its last, summed over the streams (its prompt and its wait for a first token left out;
@@ -230,14 +237,9 @@ def main():
     print("|---:|---:|---:|---:|")
     for n in counts:
         rd, ld = med("rela", n, decode), med("llama.cpp", n, decode)
-        rrange = [decode(x) for x in runs["rela"][n]]
-        lrange = [decode(x) for x in runs["llama.cpp"][n]]
-        print(f"| {n} | {rd:.1f} ({min(rrange):.1f}-{max(rrange):.1f}) | {ld:.1f} ({min(lrange):.1f}-{max(lrange):.1f}) "
-              f"| {rd / ld:.2f}x |")
+        print(f"| {n} | {spread('rela', n, decode)} | {spread('llama.cpp', n, decode)} | {rd / ld:.2f}x |")
         summary[n]["rela_decode_tok_s"], summary[n]["llama_decode_tok_s"] = rd, ld
-    for n in counts[1:]:
-        print(f"{n} streams / {one}, decode: rela {summary[n]['rela_decode_tok_s'] / summary[one]['rela_decode_tok_s']:.2f}x, "
-              f"llama.cpp server {summary[n]['llama_decode_tok_s'] / summary[one]['llama_decode_tok_s']:.2f}x")
+    scaling(", decode", "rela_decode_tok_s", "llama_decode_tok_s")
     if a.json:
         json.dump({"threads": a.threads, "tokens": a.tokens, "runs": runs, "summary": summary},
                   open(a.json, "w"), indent=1)

@@ -401,6 +401,14 @@ async fn an_unusable_repository_model_names_the_file_at_fault() {
     let _ = std::fs::remove_dir_all(repo);
 }
 
+/// Lets `task` (a session's requests) run for `wait_ms`, then drops it mid-request, as a
+/// client that vanishes does, and waits until it is gone.
+async fn vanish_after(task: tokio::task::JoinHandle<()>, wait_ms: u64) {
+    tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
+    task.abort();
+    let _ = task.await;
+}
+
 /// A session that vanishes while its MODEL_LOAD or its INFER runs (the job is cancelled between
 /// two steps) leaves nothing behind: the half-loaded weights and the working memory are freed,
 /// and the next session loads the model again as if nothing happened.
@@ -417,9 +425,7 @@ async fn a_session_gone_mid_load_or_mid_infer_leaves_nothing() {
         let load = tokio::spawn(async move {
             let _ = c.model_load("all-MiniLM-L6-v2").await;
         });
-        tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
-        load.abort();
-        let _ = load.await;
+        vanish_after(load, wait_ms).await;
         common::wait_idle(&node).await;
         // Gone during an INFER of 64 long texts.
         let mut c = within(Client::connect(addr, None)).await.expect("connect");
@@ -429,9 +435,7 @@ async fn a_session_gone_mid_load_or_mid_infer_leaves_nothing() {
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             let _ = c.infer(m, &refs).await;
         });
-        tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
-        infer.abort();
-        let _ = infer.await;
+        vanish_after(infer, wait_ms).await;
         common::wait_idle(&node).await;
     }
     // The model still loads and embeds afterwards.
@@ -462,9 +466,7 @@ async fn a_waiting_loader_gets_the_model_when_the_first_loader_vanishes() {
             let e = second.infer(m, &["still served"]).await.expect("infer");
             (second, e)
         });
-        tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
-        load.abort();
-        let _ = load.await;
+        vanish_after(load, wait_ms).await;
         let (second, e) = within(waiting).await.expect("second task");
         assert_eq!(e.len(), 1);
         within(second.close()).await.expect("close");
