@@ -607,9 +607,8 @@ impl CachePlace {
         let kv_dim = heads.n_kv_heads * heads.head_dim;
         let stride = attention::key_stride(capacity);
         let layer_keys = li * kv_dim * stride..(li + 1) * kv_dim * stride;
-        let layer = &mut keys[layer_keys.clone()];
+        let (layer, hd) = (&mut keys[layer_keys.clone()], heads.head_dim);
         for (t, k) in k.chunks_exact(kv_dim).enumerate() {
-            let hd = heads.head_dim;
             // Element `d` of a KV head's key lands in the position's lane of run `d` of its tile.
             for (kv, k) in k.chunks_exact(hd).enumerate() {
                 let at = attention::key_at(hd, stride, kv * hd, pos0 + t);

@@ -330,7 +330,7 @@ fn rows_per_task(rows: usize, cols: usize) -> usize {
 
 /// Runs of rows of a product of `rows` rows of `cols` multiply-adds each, in decreasing sizes
 /// (multiples of `align` but for the last): each half of what is left shared among the
-/// threads, down to an eighth of [`rows_per_task`]'s size. The first runs are long (a thread
+/// threads, down to half of [`rows_per_task`]'s size. The first runs are long (a thread
 /// streams its rows with its prefetches running ahead), the last short (threads finish
 /// together).
 fn guided_runs(rows: usize, cols: usize, align: usize, mut out: impl FnMut(usize, usize)) {
