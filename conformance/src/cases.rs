@@ -69,6 +69,7 @@ pub(crate) const ALL: &[Case] = &[
         name: "partial_dispatch_matches_whole",
         run: Run::Backend(crate::partial::partial_dispatch_matches_whole),
     },
+    Case { name: "queues_keep_call_order", run: Run::Backend(crate::queues::queues_keep_call_order) },
 ];
 
 pub(crate) fn alloc(b: &mut dyn GpuBackend, size: u64) -> Result<BufferId, Failure> {

@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use rela_core::backend::{BackendError, BufferId, DeviceInfo, GpuBackend, KernelCall, Usage};
+use rela_core::backend::{BackendError, BufferId, DeviceInfo, GpuBackend, KernelCall, QueueId, Usage};
 
 /// The operations a [`FaultyBackend`] can fault, each counted on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -296,6 +296,14 @@ impl<B: GpuBackend> GpuBackend for FaultyBackend<B> {
     fn commit(&mut self, id: BufferId, offset: u64, len: u64) -> Result<(), BackendError> {
         self.inject(OpClass::Commit)?;
         self.inner.commit(id, offset, len)
+    }
+
+    fn select_queue(&mut self, queue: QueueId) {
+        self.inner.select_queue(queue)
+    }
+
+    fn end_queue(&mut self, queue: QueueId) {
+        self.inner.end_queue(queue)
     }
 }
 

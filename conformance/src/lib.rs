@@ -55,6 +55,7 @@ mod cases;
 pub mod faults;
 mod gen_cases;
 mod partial;
+mod queues;
 pub mod records;
 pub mod skips;
 mod support;
@@ -544,6 +545,7 @@ macro_rules! testgen {
             kernel_argmax,
             kernel_generation_invalid_rejected,
             partial_dispatch_matches_whole,
+            queues_keep_call_order,
         );
     };
     (@cases $backend:literal, $make:expr; $($case:ident),* $(,)?) => {

@@ -5,7 +5,9 @@ use std::ops::Range;
 
 use rela_backend_host::{Arena, Around, HostMemory};
 use rela_conformance::{CASES, Inspect, Outcome, SUITE_CAPACITY, Tested, case, run_case, run_suite};
-use rela_core::backend::{BackendError, BinaryOp, BufferId, DeviceInfo, GpuBackend, KernelCall, Usage};
+use rela_core::backend::{
+    BackendError, BinaryOp, BufferId, DeviceInfo, GpuBackend, KernelCall, QueueId, Usage, check_range,
+};
 use rela_test_support::{f32_bytes, f32_values};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +51,18 @@ enum Bug {
     RareBadRead,
     /// Panics on any fill with the value 0x5A.
     Panics,
+    /// Keeps a queue per [`GpuBackend::select_queue`] and runs queued kernels, fills and copies
+    /// at the next transfer, queue by queue in the order of their ids rather than in the order
+    /// of the calls: queues that lose the order across each other.
+    QueuesRunInQueueOrder,
+}
+
+/// Work the [`Bug::QueuesRunInQueueOrder`] mutant holds back.
+#[derive(Debug, Clone, Copy)]
+enum Held {
+    Dispatch(KernelCall),
+    Fill(BufferId, u64, u64, u8),
+    Copy(BufferId, u64, BufferId, u64, u64),
 }
 
 /// The host backend's storage, with the planted bugs of `free` ([`Arena::release`]).
@@ -99,13 +113,54 @@ impl Arena for MutantArena {
 struct Mutant {
     inner: HostMemory<MutantArena>,
     bug: Bug,
+    /// The selected queue, and the work held back per queue ([`Bug::QueuesRunInQueueOrder`]).
+    queue: u64,
+    held: std::collections::BTreeMap<u64, Vec<Held>>,
 }
 
 impl Mutant {
     fn boxed(bug: Bug) -> Result<Tested, String> {
         let bytes = vec![0u8; SUITE_CAPACITY as usize].into_boxed_slice();
         let inner = HostMemory::new(MutantArena { bytes, bug });
-        Ok(Tested::inspectable(Self { inner, bug }))
+        Ok(Tested::inspectable(Self { inner, bug, queue: 0, held: Default::default() }))
+    }
+
+    /// With [`Bug::QueuesRunInQueueOrder`], holds `work` back on the selected queue once it
+    /// has been checked (so errors still come back at once); `false` runs it now.
+    fn hold(&mut self, work: Held) -> Result<bool, BackendError> {
+        if self.bug != Bug::QueuesRunInQueueOrder {
+            return Ok(false);
+        }
+        let size = |id| self.inner.size(id);
+        match work {
+            Held::Dispatch(call) => call.validate(|id| size(id).ok())?,
+            Held::Fill(id, offset, len, _) => {
+                check_range(size(id)?, offset, len)?;
+            }
+            Held::Copy(src, so, dst, d, len) => {
+                check_range(size(src)?, so, len)?;
+                check_range(size(dst)?, d, len)?;
+                if src == dst && so < d + len && d < so + len {
+                    return Err(BackendError::InvalidArgument);
+                }
+            }
+        }
+        self.held.entry(self.queue).or_default().push(work);
+        Ok(true)
+    }
+
+    /// Runs the held work, queue by queue in the order of their ids.
+    fn flush(&mut self) -> Result<(), BackendError> {
+        for (_, works) in std::mem::take(&mut self.held) {
+            for work in works {
+                match work {
+                    Held::Dispatch(call) => self.inner.dispatch(&call)?,
+                    Held::Fill(id, offset, len, value) => self.inner.fill(id, offset, len, value)?,
+                    Held::Copy(src, so, dst, d, len) => self.inner.copy(src, so, dst, d, len)?,
+                }
+            }
+        }
+        Ok(())
     }
 
     fn f32s(&mut self, id: BufferId, n: usize) -> Result<Vec<f32>, BackendError> {
@@ -133,6 +188,7 @@ impl GpuBackend for Mutant {
     }
 
     fn alloc(&mut self, size: u64) -> Result<BufferId, BackendError> {
+        self.flush()?;
         let id = self.inner.alloc(size).map_err(|e| match (self.bug, e) {
             (Bug::WrongOomError, BackendError::OutOfMemory) => BackendError::InvalidArgument,
             _ => e,
@@ -146,6 +202,7 @@ impl GpuBackend for Mutant {
     }
 
     fn free(&mut self, id: BufferId) -> Result<(), BackendError> {
+        self.flush()?;
         match self.inner.free(id) {
             Err(BackendError::NoSuchBuffer) if self.bug == Bug::LenientFree => Ok(()),
             r => r,
@@ -157,6 +214,7 @@ impl GpuBackend for Mutant {
     }
 
     fn write(&mut self, id: BufferId, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+        self.flush()?;
         match self.inner.write(id, offset, data) {
             Err(BackendError::OutOfBounds) if self.bug == Bug::ClampedWrite => {
                 let size = self.inner.size(id)?;
@@ -169,6 +227,7 @@ impl GpuBackend for Mutant {
     }
 
     fn read(&mut self, id: BufferId, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
+        self.flush()?;
         self.inner.read(id, offset, out)?;
         if self.bug == Bug::RareBadRead && offset % 13 == 5 && out.len() > 1 {
             out[1] ^= 0x01;
@@ -177,6 +236,9 @@ impl GpuBackend for Mutant {
     }
 
     fn copy(&mut self, src: BufferId, so: u64, dst: BufferId, d: u64, len: u64) -> Result<(), BackendError> {
+        if self.hold(Held::Copy(src, so, dst, d, len))? {
+            return Ok(());
+        }
         match self.bug {
             Bug::OverlapAllowed if src == dst => {
                 let mut tmp = vec![0u8; len as usize];
@@ -192,6 +254,9 @@ impl GpuBackend for Mutant {
         if self.bug == Bug::Panics && value == 0x5A {
             panic!("planted panic");
         }
+        if self.hold(Held::Fill(id, offset, len, value))? {
+            return Ok(());
+        }
         if self.bug == Bug::WrappingFill {
             let size = self.inner.size(id)?;
             if offset.wrapping_add(len) <= size {
@@ -202,6 +267,9 @@ impl GpuBackend for Mutant {
     }
 
     fn dispatch(&mut self, call: &KernelCall) -> Result<(), BackendError> {
+        if self.hold(Held::Dispatch(*call))? {
+            return Ok(());
+        }
         match (self.bug, *call) {
             (Bug::AliasAllowed, _) => match self.inner.dispatch(call) {
                 Err(BackendError::InvalidArgument) => Ok(()),
@@ -235,6 +303,10 @@ impl GpuBackend for Mutant {
 
     fn storage_range(&self, id: BufferId, offset: u64, len: u64) -> Option<Range<usize>> {
         self.inner.storage_range(id, offset, len)
+    }
+
+    fn select_queue(&mut self, queue: QueueId) {
+        self.queue = queue.0;
     }
 }
 
@@ -288,6 +360,7 @@ fn every_planted_bug_is_caught() {
         (Bug::AliasAllowed, &["kernel_invalid_rejected"]),
         (Bug::RareBadRead, &["random_ops_match_reference"]),
         (Bug::Panics, &["fill_ranges"]),
+        (Bug::QueuesRunInQueueOrder, &["queues_keep_call_order"]),
     ];
     let mut missed = Vec::new();
     for &(bug, names) in expectations {

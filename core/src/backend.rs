@@ -15,6 +15,11 @@
 //!   `fill` within bounds succeed and do nothing.
 //! - [`Usage`] is exact: `used` is the sum of the sizes of live buffers.
 //! - Kernels are validated with [`KernelCall::validate`] before any device work.
+//! - **Queues.** A host may say whose work follows ([`GpuBackend::select_queue`]: the node
+//!   names each session's queue). A backend that keeps queues of its own (CUDA: a stream per
+//!   queue) may run the work of different queues in any order relative to each other, but every
+//!   call sees the effects of every call made before it, whatever queues they were made for:
+//!   keeping that order across queues is the backend's job, never the host's.
 
 use core::fmt;
 
@@ -22,6 +27,16 @@ use heapless::String;
 
 use crate::config::{MAX_DEVICE_NAME, MAX_VENDOR_NAME};
 pub use crate::kernel::{BinaryOp, KernelCall, KernelId, MAX_ATTENTION_SEQ, WeightType, Work};
+
+/// Whose work a backend call is: a host-chosen name for a queue of device work
+/// ([`GpuBackend::select_queue`]). The node names each session's queue by its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueueId(pub u64);
+
+impl QueueId {
+    /// The queue of work no host named (a backend's start, shared models, shutdown).
+    pub const DEFAULT: Self = Self(0);
+}
 
 /// A backend's name for one of its buffers. Opaque to sessions and never sent on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -216,7 +231,9 @@ pub trait GpuBackend {
     /// Sets `len` bytes from `offset` to `value`.
     fn fill(&mut self, id: BufferId, offset: u64, len: u64, value: u8) -> Result<(), BackendError>;
 
-    /// Runs a built-in kernel and waits for it to complete.
+    /// Runs a built-in kernel. A GPU backend may only queue it: every later call sees its
+    /// output, and an error in queued work may surface on a later call that waits (a READ) as
+    /// [`BackendError::DeviceLost`].
     fn dispatch(&mut self, call: &KernelCall) -> Result<(), BackendError>;
 
     /// Runs the part of `call` that writes output units `units` ([`KernelCall::work`]) and
@@ -261,6 +278,21 @@ pub trait GpuBackend {
     fn storage_range(&self, id: BufferId, offset: u64, len: u64) -> Option<core::ops::Range<usize>> {
         let _ = (id, offset, len);
         None
+    }
+
+    /// The calls that follow are `queue`'s work, until another queue is selected. A backend
+    /// with queues of its own puts the buffers allocated from now on on that queue, and the
+    /// work on a buffer on the buffer's queue, so that waiting for one queue's work (a READ)
+    /// does not wait for another's. Order across queues stays as the module docs require.
+    /// The default (one queue for everything, as the host backend has) ignores it.
+    fn select_queue(&mut self, queue: QueueId) {
+        let _ = queue;
+    }
+
+    /// `queue` names no more work: its resources may go once its buffers are freed. Buffers
+    /// still live on it stay usable. The default does nothing.
+    fn end_queue(&mut self, queue: QueueId) {
+        let _ = queue;
     }
 }
 
@@ -324,5 +356,11 @@ impl<B: GpuBackend + ?Sized> GpuBackend for &mut B {
     }
     fn storage_range(&self, id: BufferId, offset: u64, len: u64) -> Option<core::ops::Range<usize>> {
         (**self).storage_range(id, offset, len)
+    }
+    fn select_queue(&mut self, queue: QueueId) {
+        (**self).select_queue(queue)
+    }
+    fn end_queue(&mut self, queue: QueueId) {
+        (**self).end_queue(queue)
     }
 }

@@ -28,7 +28,8 @@ use core::ops::Range;
 use heapless::Vec;
 
 use crate::backend::{
-    BackendError, BufferId, DeviceInfo, GpuBackend, KernelCall, Usage, check_copy_overlap, check_range,
+    BackendError, BufferId, DeviceInfo, GpuBackend, KernelCall, QueueId, Usage, check_copy_overlap,
+    check_range,
 };
 
 /// Most buffers leased at once (a node lends at most a few per connection).
@@ -218,5 +219,13 @@ impl<B: GpuBackend> GpuBackend for Checked<B> {
 
     fn storage_range(&self, id: BufferId, offset: u64, len: u64) -> Option<Range<usize>> {
         if self.retired(id) { None } else { self.inner.storage_range(id, offset, len) }
+    }
+
+    fn select_queue(&mut self, queue: QueueId) {
+        self.inner.select_queue(queue)
+    }
+
+    fn end_queue(&mut self, queue: QueueId) {
+        self.inner.end_queue(queue)
     }
 }

@@ -30,6 +30,14 @@ for t in .gpu/tests/*; do
   grep -E "^test result|FAILED|panicked|SKIPPED" "$out/test-$name.log" || true
   [ "$rc" -eq 0 ] || status=1
 done
+# Queues (issue #12: a CUDA stream per session, no device wait per call): the probes print how
+# long a small WRITE+READ on one queue took while another queue's MATMULs ran, and 2000
+# dependent ADDs with one READ at the end (the same probe as Vulkan's and wgpu's).
+if [ -x .gpu/tests/cuda-device ]; then
+  echo "== cuda queue probes"
+  .gpu/tests/cuda-device --test-threads 1 --nocapture a_read_on_one_queue_while_another_computes \
+    dispatch_chain 2>&1 | tee "$out/cuda-queues.txt" | grep -E "MATMUL|ADDs|SKIPPED|test result|panicked" || true
+fi
 echo "== conformance"
 .gpu/vram-relay conformance --backend all 2>&1 | tee "$out/conformance.txt" || status=1
 for backend in cuda vulkan; do

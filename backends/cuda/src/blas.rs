@@ -20,12 +20,14 @@
 use std::sync::Arc;
 
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys as blas_sys};
-use cudarc::driver::{CudaSlice, CudaStream};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
 use rela_core::backend::{BackendError, KernelCall};
 
-/// SGEMM on the backend's stream, or nothing when cuBLAS is missing.
+/// SGEMM on the stream of each call's output, or nothing when cuBLAS is missing.
 pub(crate) struct Blas {
     blas: Option<CudaBlas>,
+    /// The stream the handle is set to.
+    on: Option<Arc<CudaStream>>,
     /// `m` ones (f32) for LINEAR's bias, grown as calls need.
     ones: Option<CudaSlice<f32>>,
 }
@@ -55,7 +57,7 @@ impl Blas {
         // SAFETY: only tries to `dlopen` the library's candidate names; nothing is called.
         let present = unsafe { blas_sys::is_culib_present() };
         let blas = if present { CudaBlas::new(Arc::clone(stream)).ok() } else { None };
-        Self { blas, ones: None }
+        Self { blas, on: Some(Arc::clone(stream)), ones: None }
     }
 
     /// Whether SGEMM is available.
@@ -67,13 +69,25 @@ impl Blas {
     /// when SGEMM cannot take it (no cuBLAS, another kernel, a dimension past `i32`) and the
     /// caller runs its own kernel. `inputs` are the call's input buffers in order (MATMUL: `a`,
     /// `b`; LINEAR: `x`, `w`, `bias`).
+    ///
+    /// The products run on `stream` (the output's).
     pub(crate) fn run(
         &mut self,
+        ctx: &Arc<CudaContext>,
         stream: &Arc<CudaStream>,
         call: &KernelCall,
         inputs: &[&CudaSlice<u8>],
         out: &mut CudaSlice<u8>,
     ) -> Result<bool, BackendError> {
+        let Some(handle) = self.blas.as_mut() else { return Ok(false) };
+        if !self.on.as_ref().is_some_and(|on| Arc::ptr_eq(on, stream)) {
+            // SAFETY: the handle is this backend's alone and is used from one call at a time
+            // (`&mut self`); work already enqueued through it stays ordered on its old stream,
+            // and every buffer the next products touch carries cudarc's events, which make the
+            // new stream wait for their last writes on any other.
+            unsafe { handle.set_stream(Arc::clone(stream)) }.map_err(|_| BackendError::DeviceLost)?;
+            self.on = Some(Arc::clone(stream));
+        }
         let Some(blas) = self.blas.as_ref() else { return Ok(false) };
         let fits = |v: u32| i32::try_from(v).is_ok();
         match (*call, inputs) {
@@ -97,7 +111,7 @@ impl Blas {
                 if m == 0 || n == 0 {
                     return Ok(true);
                 }
-                self.grow_ones(stream, m)?;
+                self.grow_ones(ctx, stream, m)?;
                 let (Some(blas), Some(ones)) = (self.blas.as_ref(), self.ones.as_ref()) else {
                     return Err(BackendError::DeviceLost);
                 };
@@ -114,10 +128,20 @@ impl Blas {
         }
     }
 
-    /// Makes `ones` hold at least `m` ones on the device.
-    fn grow_ones(&mut self, stream: &Arc<CudaStream>, m: u32) -> Result<(), BackendError> {
+    /// Makes `ones` hold at least `m` ones on the device. The old ones may have been read on
+    /// several streams (cudarc's free waits only for the last), so the device is synchronized
+    /// before they go.
+    fn grow_ones(
+        &mut self,
+        ctx: &Arc<CudaContext>,
+        stream: &Arc<CudaStream>,
+        m: u32,
+    ) -> Result<(), BackendError> {
         let m = m as usize;
         if self.ones.as_ref().is_none_or(|o| o.len() < m) {
+            if self.ones.is_some() {
+                ctx.synchronize().map_err(crate::map_err)?;
+            }
             let host = vec![1f32; m.next_power_of_two()];
             self.ones = Some(stream.clone_htod(&host).map_err(crate::map_err)?);
         }

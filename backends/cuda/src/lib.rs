@@ -26,10 +26,21 @@
 //! - Accounting is exact and enforced against [`CudaConfig::capacity`] (clamped to the device's
 //!   total memory); a real device allocation failure is reported as
 //!   [`BackendError::OutOfMemory`] too.
-//! - Every operation runs on the context's default stream and synchronizes it before returning,
-//!   so an error is reported by the call that caused it. WRITE and READ move whole megabytes
-//!   through two pinned host chunks, one filling or draining while the device copies the other
-//!   (`staging`); shorter pieces go straight from or to the caller's memory.
+//! - **A stream per queue, no wait per call.** Each queue the host names
+//!   ([`GpuBackend::select_queue`]; the node names one per session) gets a CUDA stream of its
+//!   own on its first ALLOC, and a buffer's work (fills, copies into it, kernels writing it,
+//!   its zeroing on free) runs on the stream it was allocated on. ALLOC, FREE, COPY, FILL and
+//!   DISPATCH only enqueue; WRITE and READ wait for their buffer's stream, and no other. So one
+//!   session's READ does not wait for another session's kernels. Order across streams:
+//!   cudarc's events make a stream wait for the last write of every buffer it reads; the
+//!   backend notes which other streams read a buffer, and before anything next changes or
+//!   frees it, the buffer's stream waits for an event on each of them (cudarc keeps one read
+//!   event per buffer, so readers on two other streams would otherwise race that change). No
+//!   call waits on the host for that. An error in queued work surfaces as
+//!   [`BackendError::DeviceLost`] on a later call that waits.
+//! - WRITE and READ move whole megabytes through two pinned host chunks, one filling or
+//!   draining while the device copies the other (`staging`); shorter pieces go straight from or
+//!   to the caller's memory.
 //! - MATMUL and LINEAR run as cuBLAS SGEMMs when `libcublas` loads (`blas`; checked first,
 //!   like the driver), else on the kernels below. Driver errors map to
 //!   [`BackendError::OutOfMemory`] (`CUDA_ERROR_OUT_OF_MEMORY`) or
@@ -41,6 +52,7 @@
 //!   their tree reductions and `expf` agree with the reference to a few ulp. Every call is
 //!   checked with [`KernelCall::validate`] before any device work.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -53,8 +65,8 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::{self, CompileOptions};
 use rela_core::backend::{
-    BackendError, BackendKind, BufferId, DeviceInfo, GpuBackend, KernelCall, Usage, check_copy_overlap,
-    check_range,
+    BackendError, BackendKind, BufferId, DeviceInfo, GpuBackend, KernelCall, QueueId, Usage,
+    check_copy_overlap, check_range,
 };
 use rela_kernels::{
     ATTENTION_WORKGROUP, Kernel, Launch, Q_LINEAR_WORKGROUP, TILE, WORKGROUP_1D, grid_linear_tiles, op_code,
@@ -172,9 +184,17 @@ struct Kernels {
 pub struct CudaBackend {
     // Field order is drop order: buffers go before the kernels, stream and context they use.
     buffers: HashMap<u64, CudaSlice<u8>>,
+    /// Buffers read on other streams than their own since they last changed, with those
+    /// streams: the buffer's stream waits for them before it changes the buffer or frees it.
+    crossed: HashMap<u64, Vec<Arc<CudaStream>>>,
     blas: Blas,
     staging: Staging,
     kernels: Kernels,
+    /// The stream of each queue that allocated (made at its first ALLOC).
+    queues: HashMap<QueueId, Arc<CudaStream>>,
+    /// The queue calls are made for now.
+    queue: QueueId,
+    /// The context's default stream: [`QueueId::DEFAULT`]'s.
     stream: Arc<CudaStream>,
     ctx: Arc<CudaContext>,
     info: DeviceInfo,
@@ -293,7 +313,20 @@ impl CudaBackend {
 
         let blas = Blas::new(&stream);
         let staging = Staging::new(&ctx);
-        Ok(Self { buffers: HashMap::new(), blas, staging, kernels, stream, ctx, info, next_id: 1, used: 0 })
+        Ok(Self {
+            buffers: HashMap::new(),
+            crossed: HashMap::new(),
+            blas,
+            staging,
+            kernels,
+            queues: HashMap::new(),
+            queue: QueueId::DEFAULT,
+            stream,
+            ctx,
+            info,
+            next_id: 1,
+            used: 0,
+        })
     }
 
     fn buffer(&self, id: BufferId) -> Result<&CudaSlice<u8>, BackendError> {
@@ -304,8 +337,54 @@ impl CudaBackend {
         self.buffers.get_mut(&id.0).ok_or(BackendError::NoSuchBuffer)
     }
 
-    fn sync(&self) -> Result<(), BackendError> {
-        self.stream.synchronize().map_err(map_err)
+    /// The stream of the selected queue, made on its first use.
+    fn queue_stream(&mut self) -> Result<Arc<CudaStream>, BackendError> {
+        if self.queue == QueueId::DEFAULT {
+            return Ok(Arc::clone(&self.stream));
+        }
+        if let Some(s) = self.queues.get(&self.queue) {
+            return Ok(Arc::clone(s));
+        }
+        let s = self.ctx.new_stream().map_err(map_err)?;
+        self.queues.insert(self.queue, Arc::clone(&s));
+        Ok(s)
+    }
+
+    /// The stream buffer `id` lives on: where everything that changes it runs.
+    fn stream_of(&self, id: BufferId) -> Result<Arc<CudaStream>, BackendError> {
+        Ok(Arc::clone(self.buffer(id)?.stream()))
+    }
+
+    /// Before buffer `id` changes or is freed: makes its stream wait for everything enqueued
+    /// so far on each other stream that read it since it last changed (an event on each, no
+    /// host wait), so that no reader sees the change. cudarc's own bookkeeping keeps one read
+    /// event per buffer, which covers only the last of several reading streams.
+    fn settle(&mut self, id: BufferId) -> Result<(), BackendError> {
+        if let Some(readers) = self.crossed.remove(&id.0) {
+            let own = self.stream_of(id)?;
+            for reader in readers {
+                own.join(&reader).map_err(map_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Notes, for each buffer among `read` that lives on another stream than `on`, that `on`
+    /// read it.
+    fn mark_read(&mut self, read: &[BufferId], on: &Arc<CudaStream>) {
+        for id in read {
+            if self.buffers.get(&id.0).is_some_and(|s| !Arc::ptr_eq(s.stream(), on)) {
+                let readers = self.crossed.entry(id.0).or_default();
+                if !readers.iter().any(|r| Arc::ptr_eq(r, on)) {
+                    readers.push(Arc::clone(on));
+                }
+            }
+        }
+    }
+
+    /// Reports an error recorded by cudarc's event bookkeeping since the last call.
+    fn recorded(&self) -> Result<(), BackendError> {
+        self.ctx.check_err().map_err(map_err)
     }
 
     /// Takes `out` out of the map while `f` runs with the other buffers, then puts it back.
@@ -321,7 +400,8 @@ impl CudaBackend {
         result
     }
 
-    /// Sets `len` bytes of `slice` from `start` to `value`, on the stream (not synchronized).
+    /// Sets `len` bytes of `slice` from `start` to `value`, on the slice's stream (not
+    /// synchronized).
     fn memset(
         &self,
         slice: &mut CudaSlice<u8>,
@@ -330,18 +410,20 @@ impl CudaBackend {
         value: u8,
     ) -> Result<(), BackendError> {
         let end = start.checked_add(len).ok_or(BackendError::OutOfBounds)?;
+        let stream = Arc::clone(slice.stream());
         let mut view = slice.try_slice_mut(start..end).ok_or(BackendError::OutOfBounds)?;
         if value == 0 {
-            return self.stream.memset_zeros(&mut view).map_err(map_err);
+            return stream.memset_zeros(&mut view).map_err(map_err);
         }
         self.ctx.bind_to_thread().map_err(map_err)?;
-        let (ptr, _record) = view.device_ptr_mut(&self.stream);
+        let (ptr, _record) = view.device_ptr_mut(&stream);
         // SAFETY: `ptr` addresses `view`, `len` bytes inside a live allocation of this context,
         // which the mutable borrow keeps alive and unaliased until the call is enqueued; the
-        // context is bound to this thread and `cu_stream` belongs to it. The write is
-        // stream-ordered with every other use of the buffer (one stream), and callers
-        // synchronize before the buffer can be released.
-        unsafe { cu_result::memset_d8_async(ptr, value, len, self.stream.cu_stream()) }.map_err(map_err)
+        // context is bound to this thread and `cu_stream` belongs to it. The write is ordered
+        // after every earlier use of the buffer: on its own stream by stream order, on others
+        // by the event `device_ptr_mut` waited for (and `settle`, which the callers ran); and
+        // the buffer is released only by `free`, which enqueues its zeroing behind this.
+        unsafe { cu_result::memset_d8_async(ptr, value, len, stream.cu_stream()) }.map_err(map_err)
     }
 
     fn launch_binary(&self, call: &KernelCall, out: &mut CudaSlice<u8>) -> Result<(), BackendError> {
@@ -354,7 +436,8 @@ impl CudaBackend {
         let (a, b) = (self.buffer(a)?, self.buffer(b)?);
         let op = op_code(op);
         let cfg = grid_1d(n);
-        let mut builder = self.stream.launch_builder(&self.kernels.binary);
+        let stream = Arc::clone(out.stream());
+        let mut builder = stream.launch_builder(&self.kernels.binary);
         builder.arg(a).arg(b).arg(&mut *out).arg(&n).arg(&op);
         // SAFETY: `rela_binary(const float* a, const float* b, float* out, unsigned int n,
         // unsigned int op)`: three device pointers (each CudaSlice argument passes its
@@ -374,7 +457,8 @@ impl CudaBackend {
         }
         let x = self.buffer(x)?;
         let cfg = grid_1d(n);
-        let mut builder = self.stream.launch_builder(&self.kernels.scale);
+        let stream = Arc::clone(out.stream());
+        let mut builder = stream.launch_builder(&self.kernels.scale);
         builder.arg(x).arg(&mut *out).arg(&n).arg(&alpha);
         // SAFETY: `rela_scale(const float* x, float* out, unsigned int n, float alpha)`: two
         // device pointers, a `u32` and an `f32`, in that order. `validate` checked that `x` and
@@ -393,6 +477,7 @@ impl CudaBackend {
         }
         let (a, b) = (self.buffer(a)?, self.buffer(b)?);
         let b_view = b.as_view();
+        let stream = Arc::clone(out.stream());
         // Grid y is limited to 65,535 blocks, so rows go in chunks of up to 65,535 tiles, each
         // launch seeing its rows of `a` and `out` through views.
         let rows_per_launch = MAX_GRID_Y * TILE;
@@ -408,7 +493,7 @@ impl CudaBackend {
                 block_dim: (TILE, TILE, 1),
                 shared_mem_bytes: 0,
             };
-            let mut builder = self.stream.launch_builder(&self.kernels.matmul);
+            let mut builder = stream.launch_builder(&self.kernels.matmul);
             builder.arg(&a_view).arg(&b_view).arg(&mut out_view).arg(&rows).arg(&k).arg(&n);
             // SAFETY: `rela_matmul(const float* a, const float* b, float* out, unsigned int m,
             // unsigned int k, unsigned int n)`: three device pointers then three `u32`s, in that
@@ -449,7 +534,8 @@ impl CudaBackend {
         };
         let cfg =
             LaunchConfig { grid_dim: (groups.0, groups.1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 };
-        let mut builder = self.stream.launch_builder(f);
+        let stream = Arc::clone(out.stream());
+        let mut builder = stream.launch_builder(f);
         // Scalars outlive `builder`: they are bound here, before it is used.
         let (p, scale) = (launch.params, launch.params.alpha);
         let buf = |id| self.buffer(id);
@@ -601,30 +687,37 @@ impl GpuBackend for CudaBackend {
         let len = usize::try_from(size).map_err(|_| BackendError::OutOfMemory)?;
         let id = self.next_id;
         let next_id = id.checked_add(1).ok_or(BackendError::OutOfMemory)?;
+        let stream = self.queue_stream()?;
         // SAFETY: the memory is uninitialized only until the memset below, which is enqueued on
-        // the same stream before any other use; if it fails the slice is dropped unread.
-        let mut slice = unsafe { self.stream.alloc::<u8>(len) }.map_err(map_err)?;
-        self.stream.memset_zeros(&mut slice).map_err(map_err)?;
-        self.sync()?;
+        // the slice's own stream before any other use (every later use waits for it: on that
+        // stream by order, on others by the slice's write event); if it fails the slice is
+        // dropped unread.
+        let mut slice = unsafe { stream.alloc::<u8>(len) }.map_err(map_err)?;
+        stream.memset_zeros(&mut slice).map_err(map_err)?;
         self.buffers.insert(id, slice);
         self.next_id = next_id;
         self.used = used;
+        self.recorded()?;
         Ok(BufferId(id))
     }
 
     fn free(&mut self, id: BufferId) -> Result<(), BackendError> {
+        self.buffer(id)?;
+        self.settle(id)?;
         let slice = self.buffers.get_mut(&id.0).ok_or(BackendError::NoSuchBuffer)?;
-        // Zero before release. If zeroing fails the buffer stays live (and accounted), so no
-        // unzeroed memory is ever handed back to the driver by this path.
-        self.stream.memset_zeros(slice).map_err(map_err)?;
-        self.sync()?;
+        let stream = Arc::clone(slice.stream());
+        // Zero before release, on the buffer's stream: the release (cudarc's asynchronous
+        // free, on the same stream) is ordered after it, and the driver hands the memory out
+        // again only after the release. If zeroing cannot be enqueued the buffer stays live
+        // (and accounted), so no unzeroed memory is ever handed back to the driver by this path.
+        stream.memset_zeros(slice).map_err(map_err)?;
         let Some(slice) = self.buffers.remove(&id.0) else {
             return Err(BackendError::NoSuchBuffer);
         };
         self.used = self.used.saturating_sub(slice.len() as u64);
         drop(slice);
         // Surface a failed release (recorded by the slice's destructor).
-        self.ctx.check_err().map_err(map_err)
+        self.recorded()
     }
 
     fn size(&self, id: BufferId) -> Result<u64, BackendError> {
@@ -632,24 +725,30 @@ impl GpuBackend for CudaBackend {
     }
 
     fn write(&mut self, id: BufferId, offset: u64, data: &[u8]) -> Result<(), BackendError> {
-        let slice = self.buffers.get_mut(&id.0).ok_or(BackendError::NoSuchBuffer)?;
-        let range = usize_range(check_range(slice.len() as u64, offset, data.len() as u64)?)?;
+        let range = usize_range(check_range(self.size(id)?, offset, data.len() as u64)?)?;
         if range.is_empty() {
             return Ok(());
         }
-        self.staging.upload(&self.stream, data, slice, range.start)?;
-        self.sync()
+        self.settle(id)?;
+        let stream = self.stream_of(id)?;
+        let slice = self.buffers.get_mut(&id.0).ok_or(BackendError::NoSuchBuffer)?;
+        self.staging.upload(&stream, data, slice, range.start)?;
+        // The caller's bytes are all on their way; the staging chunks are free again once the
+        // buffer's stream has run the copies (and with them this queue's earlier work).
+        stream.synchronize().map_err(map_err)?;
+        self.recorded()
     }
 
     fn read(&mut self, id: BufferId, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
-        let slice = self.buffer(id)?;
-        let range = usize_range(check_range(slice.len() as u64, offset, out.len() as u64)?)?;
+        let range = usize_range(check_range(self.size(id)?, offset, out.len() as u64)?)?;
         if range.is_empty() {
             return Ok(());
         }
+        let stream = self.stream_of(id)?;
         let slice = self.buffers.get(&id.0).ok_or(BackendError::NoSuchBuffer)?;
-        self.staging.download(&self.stream, slice, range.start, out)?;
-        self.sync()
+        self.staging.download(&stream, slice, range.start, out)?;
+        stream.synchronize().map_err(map_err)?;
+        self.recorded()
     }
 
     fn copy(
@@ -669,9 +768,12 @@ impl GpuBackend for CudaBackend {
             return Ok(());
         }
         let (src_range, dst_range) = (usize_range(src_range)?, usize_range(dst_range)?);
+        self.settle(dst)?;
+        // On the destination's stream, which changes.
+        let stream = self.stream_of(dst)?;
+        self.mark_read(&[src], &stream);
         if src == dst {
             // Non-overlapping ranges of one buffer: split it between them.
-            let stream = Arc::clone(&self.stream);
             let slice = self.buffer_mut(src)?;
             let mid = src_range.start.max(dst_range.start);
             let (lo, mut hi) = slice.try_split_at_mut(mid).ok_or(BackendError::OutOfBounds)?;
@@ -689,10 +791,10 @@ impl GpuBackend for CudaBackend {
             self.with_output(dst, |this, out| {
                 let s = this.buffer(src)?.try_slice(src_range).ok_or(BackendError::OutOfBounds)?;
                 let mut d = out.try_slice_mut(dst_range).ok_or(BackendError::OutOfBounds)?;
-                this.stream.memcpy_dtod(&s, &mut d).map_err(map_err)
+                stream.memcpy_dtod(&s, &mut d).map_err(map_err)
             })?;
         }
-        self.sync()
+        self.recorded()
     }
 
     fn fill(&mut self, id: BufferId, offset: u64, len: u64, value: u8) -> Result<(), BackendError> {
@@ -700,29 +802,53 @@ impl GpuBackend for CudaBackend {
         if range.is_empty() {
             return Ok(());
         }
+        self.settle(id)?;
         self.with_output(id, |this, slice| this.memset(slice, range.start, range.len(), value))?;
-        self.sync()
+        self.recorded()
     }
 
     fn dispatch(&mut self, call: &KernelCall) -> Result<(), BackendError> {
-        call.validate(|id| self.buffers.get(&id.0).map(|s| s.len() as u64))?;
-        if self.gemm(call)? {
-            return self.sync();
-        }
-        self.with_output(call.output(), |this, out| match call {
-            KernelCall::Binary { .. } => this.launch_binary(call, out),
-            KernelCall::Scale { .. } => this.launch_scale(call, out),
-            KernelCall::Matmul { .. } => this.launch_matmul(call, out),
-            _ => this.launch_model(call, out),
+        // Every buffer the call names, as `validate` visits them.
+        let named = RefCell::new(Vec::with_capacity(8));
+        call.validate(|id| {
+            named.borrow_mut().push(id);
+            self.buffers.get(&id.0).map(|s| s.len() as u64)
         })?;
-        self.sync()
+        let out = call.output();
+        self.settle(out)?;
+        // Kernels run on their output's stream; the inputs read there are marked.
+        let stream = self.stream_of(out)?;
+        let inputs: Vec<BufferId> = named.into_inner().into_iter().filter(|&id| id != out).collect();
+        self.mark_read(&inputs, &stream);
+        if !self.gemm(call, &stream)? {
+            self.with_output(out, |this, out| match call {
+                KernelCall::Binary { .. } => this.launch_binary(call, out),
+                KernelCall::Scale { .. } => this.launch_scale(call, out),
+                KernelCall::Matmul { .. } => this.launch_matmul(call, out),
+                _ => this.launch_model(call, out),
+            })?;
+        }
+        self.recorded()
+    }
+
+    fn select_queue(&mut self, queue: QueueId) {
+        self.queue = queue;
+    }
+
+    fn end_queue(&mut self, queue: QueueId) {
+        // Its buffers keep the stream alive (each slice holds it) until they are freed; the
+        // driver destroys it once the last goes and its work is done.
+        self.queues.remove(&queue);
+        if self.queue == queue {
+            self.queue = QueueId::DEFAULT;
+        }
     }
 }
 
 impl CudaBackend {
-    /// Runs a validated MATMUL or LINEAR through cuBLAS if it can ([`Blas::run`]); `false`
-    /// leaves the call to the kernels.
-    fn gemm(&mut self, call: &KernelCall) -> Result<bool, BackendError> {
+    /// Runs a validated MATMUL or LINEAR through cuBLAS on `stream` if it can ([`Blas::run`]);
+    /// `false` leaves the call to the kernels.
+    fn gemm(&mut self, call: &KernelCall, stream: &Arc<CudaStream>) -> Result<bool, BackendError> {
         let inputs: &[BufferId] = match call {
             KernelCall::Matmul { a, b, .. } => &[*a, *b],
             KernelCall::Linear { x, w, bias, .. } => &[*x, *w, *bias],
@@ -737,7 +863,7 @@ impl CudaBackend {
             let found: Option<Vec<&CudaSlice<u8>>> =
                 inputs.iter().map(|id| self.buffers.get(&id.0)).collect();
             match found {
-                Some(slices) => self.blas.run(&self.stream, call, &slices, &mut out),
+                Some(slices) => self.blas.run(&self.ctx, stream, call, &slices, &mut out),
                 None => Err(BackendError::NoSuchBuffer),
             }
         };
@@ -754,16 +880,24 @@ impl CudaBackend {
     pub fn uses_pinned_staging(&self) -> bool {
         self.staging.pinned()
     }
+
+    /// Streams of queues that allocated and have not ended (the default stream not counted).
+    pub fn queue_streams(&self) -> usize {
+        self.queues.len()
+    }
 }
 
 impl Drop for CudaBackend {
     fn drop(&mut self) {
-        // Zero every live buffer before the driver gets it back. Errors are ignored: there is
-        // no one to report them to, and a failed device keeps nothing to leak.
+        // Zero every live buffer, each on its own stream, and wait for all of it before the
+        // driver gets the memory back. Errors are ignored: there is no one to report them to,
+        // and a failed device keeps nothing to leak.
+        let _ = self.ctx.synchronize();
         for slice in self.buffers.values_mut() {
-            let _ = self.stream.memset_zeros(slice);
+            let stream = Arc::clone(slice.stream());
+            let _ = stream.memset_zeros(slice);
         }
-        let _ = self.stream.synchronize();
+        let _ = self.ctx.synchronize();
     }
 }
 

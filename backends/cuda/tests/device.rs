@@ -2,7 +2,7 @@
 //! `RELA_REQUIRE_BACKENDS` environment variable lists `cuda`, in which case it fails.
 
 use rela_backend_cuda::{CudaBackend, CudaConfig};
-use rela_core::backend::{BackendError, BinaryOp, BufferId, GpuBackend, KernelCall};
+use rela_core::backend::{BackendError, BinaryOp, BufferId, GpuBackend, KernelCall, QueueId};
 use rela_kernels::reference;
 use rela_test_support::f32_bytes;
 
@@ -185,4 +185,86 @@ fn transfers_over_pinned_chunks_land_exactly() {
     b.read(id, 0, &mut edges[..5]).expect("read head");
     b.read(id, 5 + len as u64, &mut edges[5..]).expect("read tail");
     assert_eq!(edges, [0; 8], "bytes outside the written range stay zero");
+}
+
+#[test]
+fn a_stream_per_queue_until_the_queue_ends() {
+    let Some(mut b) = backend("a_stream_per_queue_until_the_queue_ends") else { return };
+    assert_eq!(b.queue_streams(), 0, "no queue named yet");
+    b.select_queue(QueueId(1));
+    let one = b.alloc(4096).expect("alloc on queue 1");
+    b.select_queue(QueueId(2));
+    let two = b.alloc(4096).expect("alloc on queue 2");
+    b.select_queue(QueueId(1));
+    let again = b.alloc(4096).expect("another alloc on queue 1");
+    assert_eq!(b.queue_streams(), 2, "one stream per queue that allocated");
+    b.fill(one, 0, 4096, 7).expect("fill on queue 1");
+    b.select_queue(QueueId(2));
+    b.copy(one, 0, two, 0, 4096).expect("copy from queue 1's buffer into queue 2's");
+    b.end_queue(QueueId(1));
+    assert_eq!(b.queue_streams(), 1, "queue 1's stream is let go");
+    assert!(read_all(&mut b, two).iter().all(|&v| v == 7), "the copy across streams saw the fill");
+    assert!(read_all(&mut b, one).iter().all(|&v| v == 7), "a buffer of an ended queue stays usable");
+    for id in [one, two, again] {
+        b.free(id).expect("free");
+    }
+    b.end_queue(QueueId(2));
+    assert_eq!(b.queue_streams(), 0);
+    assert_eq!(b.usage().used, 0);
+}
+
+/// Not a timing assertion: prints how long a small READ of one queue took while another queue's
+/// long kernels ran, next to how long those kernels took (the READ should take a small part of
+/// it), and checks both results.
+#[test]
+fn a_read_on_one_queue_while_another_computes() {
+    let Some(mut b) = backend("a_read_on_one_queue_while_another_computes") else { return };
+    let side = 2048u32;
+    let bytes = u64::from(side) * u64::from(side) * 4;
+    b.select_queue(QueueId(1));
+    let (x, y, out) = (b.alloc(bytes).expect("x"), b.alloc(bytes).expect("y"), b.alloc(bytes).expect("out"));
+    b.fill(x, 0, bytes, 0).expect("fill x");
+    b.fill(y, 0, bytes, 0).expect("fill y");
+    b.select_queue(QueueId(2));
+    let small = b.alloc(4096).expect("small");
+    let data = vec![0x5Au8; 4096];
+    let start = std::time::Instant::now();
+    b.select_queue(QueueId(1));
+    let rounds = 40;
+    for _ in 0..rounds {
+        b.dispatch(&KernelCall::Matmul { a: x, b: y, out, m: side, k: side, n: side }).expect("matmul");
+    }
+    let queued = start.elapsed();
+    b.select_queue(QueueId(2));
+    b.write(small, 0, &data).expect("write on queue 2");
+    assert_eq!(read_all(&mut b, small), data, "queue 2's round trip");
+    let light = start.elapsed();
+    assert!(read_all(&mut b, out).iter().all(|&v| v == 0), "0 · 0 is 0");
+    let heavy = start.elapsed();
+    eprintln!(
+        "{rounds} MATMULs {side}³ on queue 1: enqueued in {:.2} ms, done after {:.2} ms; a 4 KiB WRITE+READ on \
+         queue 2 meanwhile done after {:.2} ms",
+        queued.as_secs_f64() * 1e3,
+        heavy.as_secs_f64() * 1e3,
+        light.as_secs_f64() * 1e3
+    );
+}
+
+/// Not a timing assertion: 2000 dependent ADDs, then one READ (as the Vulkan and wgpu probes
+/// of the same name), with no device wait between the calls.
+#[test]
+fn dispatch_chain() {
+    let Some(mut b) = backend("dispatch_chain") else { return };
+    let n = 256u32;
+    let (x, one, y) = (b.alloc(1024).expect("x"), b.alloc(1024).expect("one"), b.alloc(1024).expect("y"));
+    b.write(one, 0, &f32_bytes(&vec![1.0; n as usize])).expect("ones");
+    let start = std::time::Instant::now();
+    let (mut from, mut to) = (x, y);
+    for _ in 0..2000 {
+        b.dispatch(&KernelCall::Binary { op: BinaryOp::Add, a: from, b: one, out: to, n }).expect("add");
+        (from, to) = (to, from);
+    }
+    let sum = read_all(&mut b, from);
+    eprintln!("2000 dependent ADDs and a READ: {:.2} ms", start.elapsed().as_secs_f64() * 1e3);
+    assert!(sum.chunks_exact(4).all(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) == 2000.0));
 }

@@ -2,7 +2,7 @@
 //! that runs on them can skip naming exactly what is missing while a backend's kernels are
 //! being written (rather than a list kept by hand).
 
-use rela_core::backend::{BackendError, BinaryOp, BufferId, GpuBackend, KernelCall, WeightType};
+use rela_core::backend::{BackendError, BinaryOp, BufferId, GpuBackend, KernelCall, QueueId, WeightType};
 
 /// The generation kernels (ADD, RMS_NORM, ROPE, SWIGLU, CAUSAL_ATTENTION, ARGMAX, and
 /// Q_LINEAR / Q_GATHER over each format of `types`) that `backend` answers
@@ -112,5 +112,11 @@ impl<B: GpuBackend> GpuBackend for Refusing<B> {
     }
     fn storage_range(&self, id: BufferId, offset: u64, len: u64) -> Option<core::ops::Range<usize>> {
         self.inner.storage_range(id, offset, len)
+    }
+    fn select_queue(&mut self, queue: QueueId) {
+        self.inner.select_queue(queue)
+    }
+    fn end_queue(&mut self, queue: QueueId) {
+        self.inner.end_queue(queue)
     }
 }

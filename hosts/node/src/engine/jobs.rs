@@ -49,7 +49,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use rela_core::backend::{
-    BackendError, BufferId, DeviceInfo, GpuBackend, KernelCall, Usage, check_copy_overlap, check_range,
+    BackendError, BufferId, DeviceInfo, GpuBackend, KernelCall, QueueId, Usage, check_copy_overlap,
+    check_range,
 };
 use rela_core::checked::Checked;
 use rela_core::time::Instant as CoreInstant;
@@ -102,6 +103,12 @@ impl GpuBackend for Raw {
     }
     fn storage_range(&self, id: BufferId, offset: u64, len: u64) -> Option<Range<usize>> {
         self.0.storage_range(id, offset, len)
+    }
+    fn select_queue(&mut self, queue: QueueId) {
+        self.0.select_queue(queue)
+    }
+    fn end_queue(&mut self, queue: QueueId) {
+        self.0.end_queue(queue)
     }
 }
 
@@ -243,7 +250,9 @@ impl Turns {
                         .send(Command::Want { conn: self.conn })
                         .map_err(|_| BackendError::DeviceLost)?;
                 }
-                let backend = self.grants.recv().map_err(|_| BackendError::DeviceLost)?;
+                let mut backend = self.grants.recv().map_err(|_| BackendError::DeviceLost)?;
+                // The job's device work goes on its session's queue.
+                backend.select_queue(QueueId(self.conn));
                 slot.insert((backend, Instant::now()))
             }
         };

@@ -14,14 +14,14 @@ pub(crate) mod jobs;
 mod output;
 pub(crate) mod sched;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use rela_client::FastCrc32;
-use rela_core::backend::{BackendError, BufferId, DeviceInfo, GpuBackend, KernelCall, Usage};
+use rela_core::backend::{BackendError, BufferId, DeviceInfo, GpuBackend, KernelCall, QueueId, Usage};
 use rela_core::model::ModelHost;
 use rela_core::session::{DirectWrite, Session, SessionConfig};
 use rela_core::wire::msg::{Alloc, Message};
@@ -177,6 +177,9 @@ pub(crate) struct Engine {
     llms: Arc<SharedLlms>,
     /// The limits on one GENERATE.
     generate: GenerateLimits,
+    /// Sessions whose queue the backend was told of ([`GpuBackend::select_queue`]); each is
+    /// ended once its session and job are gone.
+    queues: HashSet<ConnId>,
 }
 
 impl Engine {
@@ -223,6 +226,7 @@ impl Engine {
             generate,
             status,
             throttle,
+            queues: HashSet::new(),
         }
     }
 
@@ -234,6 +238,19 @@ impl Engine {
             let live = sessions.contains_key(conn);
             if !live {
                 models.release_all(backend);
+            }
+            live
+        });
+    }
+
+    /// Tells the backend that the queues of sessions that have ended (and whose job has ended)
+    /// name no more work.
+    fn end_queues(&mut self) {
+        let (sessions, jobs, backend) = (&self.sessions, &self.jobs, &mut self.backend);
+        self.queues.retain(|conn| {
+            let live = sessions.contains_key(conn) || jobs.contains_key(conn);
+            if !live {
+                backend.end_queue(QueueId(*conn));
             }
             live
         });
@@ -269,6 +286,7 @@ impl Engine {
                     break;
                 }
                 self.release_models();
+                self.end_queues();
                 self.status.used.store(self.backend.usage().used, Ordering::Relaxed);
                 if let Some(conn) = self.sched.next() {
                     self.lend(conn);
@@ -815,6 +833,9 @@ impl Engine {
     ) -> Option<Stepped> {
         let c = self.sessions.get(&conn)?;
         let checked: &mut Checked<Raw> = &mut self.backend;
+        // What the session allocates goes on its own queue (a CUDA stream per session).
+        checked.select_queue(QueueId(conn));
+        self.queues.insert(conn);
         let mut session = c.state.lock();
         input(&mut session, checked);
         let mut start = 0;
