@@ -351,8 +351,8 @@ pub(crate) fn split(
     Ok((reader, writer))
 }
 
-/// Reads straight into the caller's memory when it asks for at least this much: records are
-/// read there and opened where they lie, their plaintext moved down over the headers and tags.
+/// Opens records straight into the caller's memory when it asks for at least this much
+/// ([`Reader::poll_direct`]); smaller reads are served from records opened in the buffer.
 const DIRECT_READ: usize = 2 * (HEADER + MAX_CIPHERTEXT);
 
 /// The body length a record header declares, checked.
@@ -465,6 +465,45 @@ impl Receiving {
     }
 }
 
+impl Receiving {
+    /// Opens the whole records of `src` from `*raw` into `dst` from `*data`: the AEAD reads each
+    /// record where it lies and writes its inner plaintext (content, type, padding) straight
+    /// into `dst`, where the next record's data then goes over the type and padding; advances
+    /// both. Stops at a partial record, at `close_notify`, or where `dst` has no room for the
+    /// next record's inner plaintext.
+    fn open_into(
+        &mut self,
+        src: &[u8],
+        raw: &mut usize,
+        dst: &mut [u8],
+        data: &mut usize,
+    ) -> Result<(), RecordError> {
+        while !self.closed && src.len() - *raw >= HEADER {
+            let mut header = [0u8; HEADER];
+            header.copy_from_slice(&src[*raw..*raw + HEADER]);
+            let len = body_len(&header)?;
+            if src.len() - *raw < HEADER + len {
+                break;
+            }
+            // `body_len` checked that the body is longer than its tag.
+            let inner_len = len - TAG;
+            if dst.len() - *data < inner_len {
+                break;
+            }
+            let nonce = self.keys.next_nonce()?;
+            let (ciphertext, tag) = src[*raw + HEADER..*raw + HEADER + len].split_at(inner_len);
+            let inner = &mut dst[*data..*data + inner_len];
+            self.keys
+                .key
+                .open_separate_gather(nonce, Aad::from(header), ciphertext, tag, inner)
+                .map_err(|_| RecordError::Decrypt)?;
+            *raw += HEADER + len;
+            *data += self.opened(inner)?;
+        }
+        Ok(())
+    }
+}
+
 impl Reader {
     /// Opens the next record if it is whole in the buffer. `Ok(false)`: not whole yet.
     fn open_next(&mut self) -> Result<bool, RecordError> {
@@ -488,27 +527,34 @@ impl Reader {
         }
     }
 
-    /// Reads records into `out` and opens them there (nothing is buffered but a partial
-    /// record). Returns once something was read, or at the end.
+    /// Reads records into the buffer and opens them from there into `out` (nothing is buffered
+    /// but a partial record): each byte of data is written to `out` once, by the AEAD. Returns
+    /// once something was read, or at the end.
     fn poll_direct(&mut self, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let dst = out.initialize_unfilled();
-        // The partial record buffered goes first.
-        let carried = self.tail - self.head;
-        dst[..carried].copy_from_slice(&self.buf[self.head..self.tail]);
-        (self.head, self.tail, self.plain) = (0, 0, 0..0);
-        let (mut data, mut raw, mut end) = (0, 0, carried);
+        let mut data = 0;
         let mut outcome = Poll::Ready(Ok(()));
         loop {
-            if let Err(e) = self.rx.open_in_place(dst, &mut data, &mut raw, end) {
+            let mut raw = self.head;
+            let opened = self.rx.open_into(&self.buf[..self.tail], &mut raw, dst, &mut data);
+            self.head = raw;
+            if let Err(e) = opened {
+                // The records opened before this one are data; the error comes with the next
+                // read.
                 self.failed = Some(e);
-                outcome = Poll::Ready(Err(e.into()));
+                if data == 0 {
+                    outcome = Poll::Ready(Err(e.into()));
+                }
                 break;
             }
             // Room for one more whole record, or stop here.
-            if self.rx.closed || dst.len() - end < HEADER + MAX_CIPHERTEXT {
+            if self.rx.closed || dst.len() - data < MAX_CIPHERTEXT {
                 break;
             }
-            let mut space = ReadBuf::new(&mut dst[end..]);
+            // Only a partial record is left: to the front, and read more behind it.
+            self.buf.copy_within(self.head..self.tail, 0);
+            (self.tail, self.head) = (self.tail - self.head, 0);
+            let mut space = ReadBuf::new(&mut self.buf[self.tail..]);
             match Pin::new(&mut self.io).poll_read(cx, &mut space) {
                 Poll::Pending => {
                     if data == 0 {
@@ -527,13 +573,9 @@ impl Reader {
                     }
                     break;
                 }
-                Poll::Ready(Ok(())) => end += space.filled().len(),
+                Poll::Ready(Ok(())) => self.tail += space.filled().len(),
             }
         }
-        // What is not opened yet (a partial record) goes back to the buffer.
-        let left = (end - raw).min(self.buf.len());
-        self.buf[..left].copy_from_slice(&dst[raw..raw + left]);
-        self.tail = left;
         out.advance(data);
         if data == 0 && !self.rx.closed && matches!(outcome, Poll::Ready(Ok(()))) {
             // Only records other than data until the room ran out: go on from the buffer.

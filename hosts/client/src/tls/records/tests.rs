@@ -217,6 +217,56 @@ async fn an_altered_record_fails_and_stays_failed() {
 }
 
 #[tokio::test]
+async fn reads_of_every_size_take_the_records_in_order() {
+    // Pieces of records, whole records, and reads that have room for only some of the records
+    // the buffer holds (those left are taken by the next read, whatever its size).
+    const LEN: usize = 400_000;
+    let data = pattern(LEN, 3);
+    let sent = data.clone();
+    let (mut rd, _wr, server) = session(|mut server| async move {
+        for piece in sent.chunks(50_000) {
+            server.send(piece).await;
+        }
+    })
+    .await;
+    let sizes = [40_000usize, 100, 33_300, 70_001, 1, 16_385, 200_000];
+    let mut got = Vec::with_capacity(LEN);
+    for size in sizes.iter().cycle() {
+        if got.len() == LEN {
+            break;
+        }
+        let mut buf = vec![0u8; (*size).min(LEN - got.len())];
+        rd.read_exact(&mut buf).await.expect("read");
+        got.extend_from_slice(&buf);
+    }
+    assert!(got == data, "the data came back changed or out of order");
+    server.await.expect("server");
+}
+
+#[tokio::test]
+async fn an_altered_record_fails_a_large_read() {
+    let (mut rd, _wr, server) = session(|mut server| async move {
+        server.conn.writer().write_all(&pattern(100_000, 5)).expect("plaintext in");
+        let mut out = Vec::new();
+        while server.conn.wants_write() {
+            server.conn.write_tls(&mut out).expect("write_tls");
+        }
+        // A byte of the fourth record's ciphertext.
+        out[3 * (HEADER + MAX_PLAINTEXT + 1 + TAG) + HEADER + 7] ^= 0x40;
+        server.io.write_all(&out).await.expect("socket write");
+    })
+    .await;
+    let mut buf = vec![0u8; 100_000];
+    let e = rd.read_exact(&mut buf).await.expect_err("an altered record");
+    assert_eq!(record_error(&e), Some(RecordError::Decrypt));
+    // The three records before it came through as data.
+    assert!(buf[..3 * MAX_PLAINTEXT] == pattern(100_000, 5)[..3 * MAX_PLAINTEXT]);
+    let e = rd.read(&mut buf).await.expect_err("still failed");
+    assert_eq!(record_error(&e), Some(RecordError::Decrypt));
+    server.await.expect("server");
+}
+
+#[tokio::test]
 async fn an_oversized_record_is_refused() {
     let (mut rd, _wr, server) = session(|mut server| async move {
         let len = u16::try_from(MAX_CIPHERTEXT + 1).expect("u16");
