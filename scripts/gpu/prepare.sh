@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds here, on a machine without a GPU, what scripts/gpu/run.sh runs on a GPU machine, into
 # .gpu/ (git-ignored): the CLI, the test binaries of the CUDA, Vulkan and wgpu backends and
-# rela-llm's device forward-pass test, release builds, stripped (it prints their size: keep it
-# under what the device machine can be sent). The device machine then needs no Rust toolchain:
-# carry `.gpu` and run `bash scripts/gpu/run.sh`.
+# rela-llm's device forward-pass test, release builds, stripped, packed into .gpu/bundle.tgz
+# (it prints the sizes: the archive must stay under the 64 MiB a device call can carry). The
+# device machine then needs no Rust toolchain: carry `.gpu` and run `bash scripts/gpu/run.sh`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 rm -rf .gpu
@@ -38,5 +38,12 @@ for line in sys.stdin:
   cp "$exe" .gpu/tests/llm-device
   strip .gpu/tests/llm-device
 done
-du -sh .gpu
 ls .gpu/tests
+du -sh .gpu
+# A carried folder may hold 64 MiB in all, and the binaries are more: they travel as one gzip
+# archive (about 30 MiB), which run.sh unpacks.
+tar czf .gpu-bundle.tgz -C .gpu .
+rm -rf .gpu
+mkdir .gpu
+mv .gpu-bundle.tgz .gpu/bundle.tgz
+du -sh .gpu/bundle.tgz

@@ -13,6 +13,8 @@ mkdir -p "$out"
 # Mesa's and NVIDIA's EGL probing want a private runtime directory (wgpu's GL backend).
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 chmod 700 "$XDG_RUNTIME_DIR"
+# prepare.sh packs the binaries into one archive; unpack it once.
+if [ -f .gpu/bundle.tgz ]; then tar xzf .gpu/bundle.tgz -C .gpu && rm .gpu/bundle.tgz; fi
 [ -x .gpu/vram-relay ] || { echo "no .gpu/: run scripts/gpu/prepare.sh first and carry .gpu" >&2; exit 2; }
 # Vulkan loader and NVIDIA ICD on a bare device machine (see the device tool's notes).
 if [ -d .gl ]; then for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig; fi
