@@ -14,7 +14,7 @@
 use rela_core::backend::{BinaryOp, BufferId, GpuBackend, KernelCall, QueueId};
 
 use crate::Failure;
-use crate::support::{Ctx, ensure, f32_bytes, f32_values, read_all};
+use crate::support::{Ctx, ensure, f32_bytes, read_all, same_bytes};
 
 type Outcome = Result<(), Failure>;
 
@@ -36,14 +36,11 @@ fn add(b: &mut dyn GpuBackend, a: BufferId, x: BufferId, out: BufferId) -> Outco
     b.dispatch(&call).ctx(|| format!("ADD {a:?} + {x:?} -> {out:?}"))
 }
 
-/// `id` holds `want` (every element), or the first element that differs is reported.
+/// `id` holds `want(i)` at every element `i` (compared as bytes: the first difference is
+/// reported).
 fn holds(b: &mut dyn GpuBackend, id: BufferId, what: &str, want: impl Fn(usize) -> f32) -> Outcome {
-    let got = f32_values(&read_all(b, id)?);
-    ensure!(got.len() == N as usize, "{what}: read {} floats, expected {N}", got.len());
-    if let Some((i, v)) = got.iter().enumerate().find(|&(i, v)| v.to_bits() != want(i).to_bits()) {
-        ensure!(false, "{what}: element {i} is {v}, expected {}", want(i));
-    }
-    Ok(())
+    let want: Vec<f32> = (0..N as usize).map(want).collect();
+    same_bytes(what, &read_all(b, id)?, &f32_bytes(&want))
 }
 
 pub(crate) fn queues_keep_call_order(b: &mut dyn GpuBackend) -> Outcome {

@@ -602,6 +602,8 @@ impl Engine {
                 return self.settle(conn);
             }
             Command::Open { conn, peer, span, state, replies } => {
+                // Its queue is ended once the session and its job are gone (`end_queues`).
+                self.queues.insert(conn);
                 tracing::debug!(parent: &span, "session opened");
                 self.sessions.insert(conn, Conn { state, replies, peer, span });
                 self.control(conn, |_, _| {});
@@ -835,7 +837,6 @@ impl Engine {
         let checked: &mut Checked<Raw> = &mut self.backend;
         // What the session allocates goes on its own queue (a CUDA stream per session).
         checked.select_queue(QueueId(conn));
-        self.queues.insert(conn);
         let mut session = c.state.lock();
         input(&mut session, checked);
         let mut start = 0;
